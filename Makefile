@@ -1,0 +1,39 @@
+# Set-up and common tasks. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# CPU machines take the CPU build of torch pinned in constraints.txt; a local wheel folder
+# (if the machine has one) is searched first.
+PIP_FLAGS = -c constraints.txt $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+
+REAL ?= demo-data/real.zarr
+GEN  ?= demo-data/gen.zarr
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/shardeval: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[test,dev]'
+	touch $@
+
+demo: $(BIN)/shardeval
+	@if [ "$(REAL)" = demo-data/real.zarr ] && [ ! -e demo-data/real.zarr ]; then \
+	  $(BIN)/shardeval synth demo-data/real.zarr --n 20000 --d 256 --seed 1; fi
+	@if [ "$(GEN)" = demo-data/gen.zarr ] && [ ! -e demo-data/gen.zarr ]; then \
+	  $(BIN)/shardeval synth demo-data/gen.zarr --n 20000 --d 256 --seed 2 --mean 0.05 --scale 1.1; fi
+	$(BIN)/shardeval fid $(REAL) $(GEN) --out demo-data/fid.json
+	@echo "JSON report: demo-data/fid.json"
+
+test: $(BIN)/shardeval
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/shardeval
+	$(BIN)/ruff check pipeline kernels workflows tests benchmarks
+	$(BIN)/mypy
+
+bench: $(BIN)/shardeval
+	$(BIN)/python -m benchmarks.fid_vs_peers
+
+clean:
+	rm -rf $(VENV) demo-data bench-data *.egg-info

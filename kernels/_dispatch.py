@@ -1,0 +1,63 @@
+"""One place that decides where a kernel runs.
+
+``auto`` picks the Triton kernel for CUDA tensors and the torch/BLAS path for CPU tensors.
+``triton`` forces the Triton kernel; on a CPU tensor that only works under the Triton
+interpreter (``TRITON_INTERPRET=1`` set before :mod:`kernels` is imported), which is how the
+test-suite exercises every kernel on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS: tuple[Backend, ...] = ("auto", "triton", "torch")
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run in the interpreter (CPU tensors allowed)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(x: torch.Tensor, backend: str) -> Literal["triton", "torch"]:
+    """Turn a requested backend into the one that will run for tensor ``x``.
+
+    Raises:
+        ValueError: for an unknown backend name, or ``triton`` on a CPU tensor without the
+            interpreter.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ValueError("backend 'triton' requested but triton is not installed")
+        if not x.is_cuda and not triton_interpreted():
+            raise ValueError(
+                "backend 'triton' on a CPU tensor needs the Triton interpreter: "
+                "set TRITON_INTERPRET=1 before importing kernels"
+            )
+        return "triton"
+    return "torch"
+
+
+def check_matrix(x: torch.Tensor, name: str = "x") -> None:
+    """Shape/dtype check shared by the launchers: a 2-D real tensor."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows x features), got shape {tuple(x.shape)}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")

@@ -1,0 +1,161 @@
+"""Per-shard first and second moments: ``x (n, d) -> (n, mean (d,), m2 (d, d))``.
+
+``m2`` is the centred co-moment Σ (x_i − mean)(x_i − mean)ᵀ, never the raw Σ x xᵀ: subtracting
+n·mean·meanᵀ from raw sums cancels catastrophically when the mean is large against the spread.
+
+Numerical contract (DESIGN.md): centre on the shard's own mean, accumulate the co-moment with
+fp32 IEEE products (fp64 for fp64 input), return float64. The centring uses the corrected
+two-pass scheme: shift by the fp32-rounded mean ``c``, then with s = Σ (x_i − c) (float64),
+
+    mean = c + s / n,        m2 = Σ (x_i − c)(x_i − c)ᵀ − s sᵀ / n,
+
+which is exact algebra, so rounding ``c`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.linalg import blas
+
+from kernels._dispatch import Backend, check_matrix, resolve_backend
+
+#: One rank-k update at a time per process. OpenBLAS serialises concurrent callers internally
+#: (two threads each running a 1-thread ``syrk`` take as long as running them one after the
+#: other), so the engine gives BLAS all cores and this lock orders the calls; reading and
+#: decompressing the next shard overlaps with the update on other Dask threads.
+BLAS_LOCK = threading.Lock()
+
+
+class ShardMoments(NamedTuple):
+    """What a shard contributes: row count, float64 mean (d,), float64 co-moment (d, d)."""
+
+    n: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _empty(d: int, device: torch.device) -> ShardMoments:
+    zeros = torch.zeros(d, dtype=torch.float64, device=device)
+    return ShardMoments(0, zeros, torch.zeros(d, d, dtype=torch.float64, device=device))
+
+
+def shard_moments_reference(x: torch.Tensor) -> ShardMoments:
+    """Float64 two-pass reference: the definition, for tests.
+
+    Args:
+        x: (n, d) real tensor on any device.
+
+    Returns:
+        ShardMoments with float64 ``mean`` and ``m2``.
+    """
+    check_matrix(x)
+    n, d = x.shape
+    if n == 0:
+        return _empty(d, x.device)
+    x64 = x.to(torch.float64)
+    mean = x64.mean(dim=0)
+    centred = x64 - mean
+    m2 = centred.T @ centred
+    return ShardMoments(n, mean, 0.5 * (m2 + m2.T))
+
+
+def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
+    """Torch path on any device: fp32 IEEE products, float64 result.
+
+    Computes the full (d, d) product, twice the multiplications of a symmetric rank-k update;
+    used on CUDA tensors when the Triton kernel is not chosen.
+    """
+    check_matrix(x)
+    n, d = x.shape
+    if n == 0:
+        return _empty(d, x.device)
+    cdtype = _compute_dtype(x)
+    xc = x.to(cdtype)
+    shift = xc.mean(dim=0, dtype=torch.float64).to(cdtype)
+    centred = xc - shift
+    col_sum = centred.sum(dim=0, dtype=torch.float64)
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE products unless the caller opts in
+    try:
+        product = (centred.T @ centred).to(torch.float64)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    m2 = product - torch.outer(col_sum, col_sum) / n
+    mean = shift.to(torch.float64) + col_sum / n
+    return ShardMoments(n, mean, 0.5 * (m2 + m2.T))
+
+
+def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
+    """CPU path: BLAS ``?syrk`` computes only the upper triangle, half the products of a GEMM.
+
+    Args:
+        x: (n, d) real CPU tensor; fp16/bf16/integers are upcast to fp32, fp64 stays fp64.
+
+    Returns:
+        ShardMoments with float64 ``mean`` and ``m2`` (full symmetric matrix).
+    """
+    check_matrix(x)
+    if x.is_cuda:
+        raise ValueError("shard_moments_blas takes CPU tensors; use the dispatcher for CUDA")
+    n, d = x.shape
+    if n == 0:
+        return _empty(d, x.device)
+    cdtype = _compute_dtype(x)
+    values = x.to(cdtype).numpy()
+    shift = values.mean(axis=0, dtype=np.float64).astype(values.dtype)
+    centred = values - shift
+    col_sum = centred.sum(axis=0, dtype=np.float64)
+    syrk = blas.dsyrk if cdtype == torch.float64 else blas.ssyrk
+    # centred.T is (d, n) Fortran-ordered: syrk reads it without a copy and fills C = A Aᵀ.
+    with BLAS_LOCK:
+        upper = syrk(1.0, centred.T, trans=0, lower=0)  # strictly-lower part is zero
+    product = upper + upper.T  # exact mirror: each off-diagonal sum adds a zero
+    product.ravel()[:: d + 1] *= 0.5  # the diagonal was doubled; halving is exact
+    m2 = product.astype(np.float64)
+    root = col_sum / np.sqrt(n)  # outer(root, root) is exactly symmetric, outer(s, s/n) is not
+    m2 -= np.outer(root, root)
+    mean = shift.astype(np.float64) + col_sum / n
+    return ShardMoments(n, torch.from_numpy(mean), torch.from_numpy(m2))
+
+
+def shard_moments(x: torch.Tensor, *, backend: Backend = "auto") -> ShardMoments:
+    """Row count, mean and centred co-moment of one shard of features.
+
+    .. math::
+        \\bar x = \\frac1n \\sum_i x_i, \\qquad M_2 = \\sum_i (x_i - \\bar x)(x_i - \\bar x)^\\top
+
+    Args:
+        x: (n, d) tensor of features, rows are samples. Any real dtype.
+        backend: ``auto`` (Triton on CUDA, BLAS on CPU), ``triton`` or ``torch``.
+
+    Returns:
+        ShardMoments(n, mean, m2) with float64 tensors on ``x``'s device.
+
+    Raises:
+        ValueError: ``x`` is not 2-D, or the backend cannot run on ``x``'s device.
+        TypeError: ``x`` is not a real tensor.
+
+    Example:
+        >>> import torch
+        >>> from kernels import shard_moments
+        >>> n, mean, m2 = shard_moments(torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+        >>> n, mean.tolist(), m2.tolist()
+        (2, [2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
+    """
+    check_matrix(x)
+    chosen = resolve_backend(x, backend)
+    if chosen == "triton":
+        # The fused Triton kernel lands with the GPU-kernels work; until then CUDA tensors take
+        # the torch path on their own device.
+        return shard_moments_torch(x)
+    if x.is_cuda:
+        return shard_moments_torch(x)
+    return shard_moments_blas(x)

@@ -1,0 +1,133 @@
+"""Where the task graph runs: Dask's threaded scheduler in-process (default), the synchronous
+scheduler (debugging), or a running ``distributed`` scheduler given by address.
+
+Threads are budgeted so that the threads doing arithmetic never exceed the cores: Dask threads
+read and prepare shards concurrently, while the BLAS rank-k updates run one at a time (see
+``kernels.moments.BLAS_LOCK``), each on all cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import torch
+from dask.callbacks import Callback
+from threadpoolctl import threadpool_limits
+
+from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, tree_merge
+
+#: ``progress(done, total)``: called as shard tasks finish.
+Progress = Callable[[int, int], None]
+
+LOCAL_SCHEDULERS = ("threads", "sync")
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Limit BLAS/OpenMP pools (numpy, scipy, torch) to ``n`` threads, then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+class _ShardProgress(Callback):
+    """Counts finished shard tasks on the local schedulers."""
+
+    def __init__(self, total: int, progress: Progress) -> None:
+        super().__init__()
+        self.total, self.done, self.progress = total, 0, progress
+
+    def _start(self, dsk: Any) -> None:
+        self.progress(0, self.total)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(key, str) and key.startswith(SHARD_PREFIX):
+            self.done += 1
+            self.progress(self.done, self.total)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How to run a reduction.
+
+    Attributes:
+        scheduler: ``threads`` (default), ``sync``, or a distributed scheduler address such
+            as ``tcp://10.0.0.1:8786``.
+        num_workers: Dask threads for the threaded scheduler (default: all cores).
+    """
+
+    scheduler: str = "threads"
+    num_workers: int | None = None
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.scheduler not in LOCAL_SCHEDULERS
+
+    def describe(self) -> dict[str, Any]:
+        if self.is_distributed:
+            return {"scheduler": "distributed", "address": self.scheduler}
+        return {"scheduler": self.scheduler, "threads": self._threads()}
+
+    def _threads(self) -> int:
+        if self.scheduler == "sync":
+            return 1
+        return self.num_workers or available_cores()
+
+    def reduce(
+        self,
+        groups: Sequence[Sequence[Any]],
+        *,
+        split_every: int = DEFAULT_SPLIT_EVERY,
+        progress: Progress | None = None,
+    ) -> list[Any]:
+        """Tree-merge each group of shard tasks into one state; all groups run in one graph.
+
+        Args:
+            groups: per output, the delayed shard states (see :func:`pipeline.reduce.shard_tasks`).
+            split_every: merge fan-in.
+            progress: called with (shards done, shards total).
+
+        Returns:
+            One merged state per group.
+        """
+        total = sum(len(g) for g in groups)
+        report = progress or (lambda done, total: None)
+        if self.is_distributed:
+            return self._reduce_distributed(groups, split_every, total, report)
+        roots = [tree_merge(g, split_every=split_every) for g in groups]
+        threads = self._threads()
+        with _ShardProgress(total, report), blas_threads(available_cores()):
+            return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
+
+    def _reduce_distributed(
+        self, groups: Sequence[Sequence[Any]], split_every: int, total: int, report: Progress
+    ) -> list[Any]:
+        from distributed import Client, as_completed
+
+        with Client(self.scheduler, set_as_default=False) as client:
+            leaves = [client.compute(list(g)) for g in groups]
+            roots = client.compute([tree_merge(f, split_every=split_every) for f in leaves])
+            # Hand the leaf futures to as_completed and drop our own references, so each
+            # shard state is freed on the cluster as soon as its merge has consumed it.
+            finished = as_completed([f for group in leaves for f in group])
+            del leaves
+            report(0, total)
+            for done, _ in enumerate(finished, start=1):
+                report(done, total)
+            return list(client.gather(roots))

@@ -1,0 +1,39 @@
+"""Specific exceptions raised at the public boundary.
+
+Every message names the store, the shape or value that is wrong, and what would fix it. The CLI
+turns any :class:`ShardevalError` into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+
+class ShardevalError(Exception):
+    """Base class: a problem with the user's input or request, reported in one line."""
+
+
+class StoreError(ShardevalError):
+    """A feature store cannot be opened: missing path, unreadable format, ambiguous array."""
+
+
+class ShapeError(ShardevalError):
+    """Features have the wrong rank, too few rows, or feature dimensions that differ."""
+
+
+class DtypeError(ShardevalError):
+    """Features are not real numbers."""
+
+
+class NonFiniteError(ShardevalError):
+    """Features contain NaN or ±inf rows."""
+
+
+class StatsFormatError(ShardevalError):
+    """A statistics file lacks the expected fields or has inconsistent shapes."""
+
+
+class NumericalError(ShardevalError):
+    """A result is not trustworthy: e.g. a covariance that is not positive semi-definite."""
+
+
+class SingularCovarianceWarning(UserWarning):
+    """N ≤ d: the sample covariance is singular. FID is still defined and computed."""

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+
+from kernels import (
+    shard_moments,
+    shard_moments_blas,
+    shard_moments_reference,
+    shard_moments_torch,
+)
+
+# Relative tolerance of m2 (scaled by max |m2|) and of the mean per input dtype: the inputs are
+# converted to fp32 (fp64 stays fp64) and the products accumulate in that precision.
+TOLERANCE = {
+    torch.float64: 1e-12,
+    torch.float32: 2e-6,
+    torch.float16: 2e-6,
+    torch.bfloat16: 2e-6,
+    torch.int32: 2e-6,
+}
+SHAPES = [(1, 3), (7, 3), (7, 64), (1000, 129), (1000, 3), (130, 64)]
+PATHS = {"blas": shard_moments_blas, "torch": shard_moments_torch,
+         "dispatch": lambda x: shard_moments(x)}
+
+
+def _data(n, d, dtype, offset=5.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * 2 + offset
+    if dtype == torch.int32:
+        return (x * 10).round().to(dtype)
+    return x.to(dtype)
+
+
+def _check(got, x, rtol):
+    ref = np.asarray(x.to(torch.float64).numpy())
+    mean = ref.mean(axis=0)
+    m2 = (ref - mean).T @ (ref - mean)
+    assert got.n == ref.shape[0]
+    assert got.mean.dtype == torch.float64
+    assert got.m2.dtype == torch.float64
+    scale = max(np.abs(m2).max(), 1e-300)
+    np.testing.assert_allclose(got.mean.numpy(), mean, rtol=rtol, atol=rtol * np.abs(mean).max())
+    np.testing.assert_allclose(got.m2.numpy(), m2, rtol=0, atol=rtol * scale)
+    np.testing.assert_array_equal(got.m2.numpy(), got.m2.numpy().T)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+def test_against_float64_definition(path, shape, dtype):
+    x = _data(*shape, dtype)
+    _check(PATHS[path](x), x, TOLERANCE[dtype])
+
+
+def test_reference_is_the_definition():
+    x = _data(50, 5, torch.float64)
+    _check(shard_moments_reference(x), x, 1e-13)
+
+
+@pytest.mark.parametrize("path", ["blas", "torch"])
+def test_large_mean_does_not_cancel(path):
+    # Mean 1e4 against unit spread: raw Σxxᵀ − n·μμᵀ in fp32 would lose every digit of m2.
+    x = (torch.randn(4000, 16, generator=torch.Generator().manual_seed(1)) + 1e4).float()
+    _check(PATHS[path](x), x, 1e-5)
+
+
+def test_empty_block_gives_zero_state():
+    got = shard_moments(torch.empty(0, 4))
+    assert got.n == 0
+    assert torch.count_nonzero(got.m2) == 0
+
+
+@pytest.mark.parametrize(("bad", "err"), [
+    (torch.zeros(3), ValueError),
+    (torch.zeros(2, 2, 2), ValueError),
+    (torch.zeros(3, 2, dtype=torch.complex64), TypeError),
+    (torch.zeros(3, 2, dtype=torch.bool), TypeError),
+    (np.zeros((3, 2)), TypeError),
+])
+def test_rejects_bad_input(bad, err):
+    with pytest.raises(err):
+        shard_moments(bad)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        shard_moments(torch.zeros(2, 2), backend="cuda-magic")

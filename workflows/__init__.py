@@ -1,0 +1,1 @@
+"""What a user touches: the CLI, reports on disk. Never does arithmetic on features."""

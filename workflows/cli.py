@@ -1,0 +1,254 @@
+"""``shardeval``: FID over sharded feature stores, on one machine or a Dask cluster.
+
+Examples:
+    shardeval synth real.zarr --n 50000 --d 2048 --seed 1
+    shardeval synth gen.zarr --n 50000 --d 2048 --seed 2 --mean 0.05
+    shardeval fid real.zarr gen.zarr --out fid.json
+    shardeval stats real.zarr -o real-stats.zarr
+    shardeval fid gen.zarr --ref real-stats.zarr
+    shardeval fid gen.zarr --ref fid_stats_inception.npz      # pytorch-fid / clean-fid file
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from kernels import BACKENDS
+from pipeline import (
+    Engine,
+    FeatureSource,
+    Gaussian,
+    ShapeError,
+    ShardevalError,
+    as_gaussian,
+    check_same_dim,
+    feature_moments,
+    frechet_distance,
+    load_stats,
+    open_features,
+    save_stats,
+)
+from pipeline.reduce import DEFAULT_SPLIT_EVERY
+from pipeline.statsio import stats_provenance
+from pipeline.synthetic import gaussian_features, write_features
+from workflows.progress import ProgressBar
+from workflows.report import FIDReport, Side, now_iso, to_json, versions, write_json
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class UsageError(ShardevalError):
+    """Arguments that parse but do not fit together."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _engine_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("engine")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="'threads' (default), 'sync', or a distributed scheduler address "
+                        "(tcp://host:8786); default from DASK_SCHEDULER_ADDRESS if set")
+    g.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="Dask threads for the threaded scheduler (default: all cores)")
+    g.add_argument("--shard-rows", type=_positive_int, metavar="N",
+                   help="rows per shard (default: whole stored chunks, about 32 MiB a shard)")
+    g.add_argument("--split-every", type=int, default=DEFAULT_SPLIT_EVERY, metavar="K",
+                   help=f"merge fan-in of the reduction tree (default {DEFAULT_SPLIT_EVERY})")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where shard kernels run; auto: CUDA where the worker has it")
+    g.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="kernel backend (auto: Triton on CUDA, BLAS on CPU)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    io = p.add_argument_group("input")
+    io.add_argument("--array", metavar="NAME",
+                    help="variable inside a Zarr group / xarray dataset / .npz")
+    io.add_argument("--nonfinite", choices=("error", "drop"), default="error",
+                    help="rows with NaN/inf: fail (default) or drop and count them")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shardeval", description=__doc__.split("\n\n")[0],
+        epilog="Stores: Zarr array or group (path or fsspec URL), xarray dataset in Zarr, "
+               ".npy or .npz. Statistics: a Zarr group from `shardeval stats` (exact, "
+               "mergeable) or a pytorch-fid/clean-fid .npz with mu and sigma.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _engine_options()
+
+    fid = sub.add_parser(
+        "fid", parents=[common], help="Fréchet distance between two feature sets",
+        description="Fréchet Inception Distance between REAL and GEN feature stores, or GEN "
+                    "against reference statistics (--ref).",
+        epilog="examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
+               "  shardeval fid gen.zarr --ref real-stats.zarr\n"
+               "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fid.add_argument("stores", nargs="+", metavar="STORE",
+                     help="REAL GEN, or only GEN when --ref is given")
+    fid.add_argument("--ref", metavar="STATS", help="reference statistics instead of REAL")
+    fid.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
+    fid.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    fid.set_defaults(func=cmd_fid)
+
+    stats = sub.add_parser(
+        "stats", parents=[common], help="compute and save statistics of one store",
+        description="Compute exact, mergeable statistics (n, mean, m2) of STORE once and "
+                    "save them: a Zarr group (ours) or, for a name ending in .npz, a "
+                    "pytorch-fid style file with mu, sigma (and n).",
+    )
+    stats.add_argument("store", metavar="STORE")
+    stats.add_argument("--output", "-o", required=True, metavar="STATS")
+    stats.set_defaults(func=cmd_stats)
+
+    synth = sub.add_parser(
+        "synth", help="write synthetic Gaussian features (demo, tests, benchmarks)",
+        description="Write an (N, D) float32 Zarr array (or .npy) of Gaussian features with "
+                    "covariance scale²(I + B Bᵀ), B a fixed D x 16 matrix.",
+    )
+    synth.add_argument("output", metavar="OUT")
+    synth.add_argument("--n", type=_positive_int, default=10_000, help="rows (default 10000)")
+    synth.add_argument("--d", type=_positive_int, default=256, help="features (default 256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--mean", type=float, default=0.0, help="every coordinate's mean")
+    synth.add_argument("--scale", type=float, default=1.0, help="standard-deviation scale")
+    synth.add_argument("--chunk-rows", type=_positive_int, default=4096)
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
+    return Engine(scheduler, num_workers=args.threads)
+
+
+def _open(args: argparse.Namespace, location: str) -> FeatureSource:
+    return open_features(location, array_name=args.array, shard_rows=args.shard_rows)
+
+
+def _progress(args: argparse.Namespace) -> ProgressBar | None:
+    return None if args.quiet else ProgressBar()
+
+
+def _moments(args: argparse.Namespace, sources: Sequence[FeatureSource]) -> list[Any]:
+    if args.split_every < 2:
+        raise UsageError(f"--split-every must be at least 2, got {args.split_every}")
+    return feature_moments(
+        sources, engine=_engine(args), split_every=args.split_every, device=args.device,
+        backend=args.backend, nonfinite=args.nonfinite, progress=_progress(args),
+    )
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    if args.ref is not None and len(args.stores) != 1:
+        raise UsageError(f"with --ref give only GEN; got {len(args.stores)} stores")
+    if args.ref is None and len(args.stores) != 2:
+        raise UsageError(f"give REAL and GEN (or GEN with --ref STATS); got {len(args.stores)}")
+    sources = [_open(args, s) for s in args.stores]
+    ref: Gaussian | None = None
+    if args.ref is not None:
+        ref = as_gaussian(load_stats(args.ref), args.ref)
+        if ref.d != sources[0].d:
+            raise ShapeError(f"feature dimensions differ: reference {args.ref!r} has d={ref.d}, "
+                             f"{sources[0].location!r} has d={sources[0].d}")
+    check_same_dim(*sources)
+    computed = _moments(args, sources)
+    sides = []
+    gaussians = []
+    for source, (moments, dropped) in zip(sources, computed, strict=True):
+        gaussians.append(Gaussian.from_moments(moments, source.location))
+        sides.append(Side("", source.location, moments.n, source.d, source.shards, "features",
+                          True, dropped, source.describe()))
+    if ref is not None:
+        gaussians.insert(0, ref)
+        sides.insert(0, Side("", args.ref, ref.n, ref.d, 0, "statistics", ref.mergeable, 0,
+                             stats_provenance(args.ref)))
+    real_side, gen_side = (Side(**{**s.__dict__, "role": role})
+                           for s, role in zip(sides, ("real", "gen"), strict=True))
+    notes = []
+    if ref is not None and not ref.mergeable:
+        notes.append(f"reference {args.ref!r} has mu/sigma without n: usable for FID, "
+                     "but it cannot be merged with other statistics")
+    result = frechet_distance(gaussians[0], gaussians[1])
+    report = FIDReport(result, real_side, gen_side, time.perf_counter() - start,
+                       _engine(args).describe(), tuple(notes))
+    data = report.to_dict()
+    if args.out:
+        write_json(args.out, data)
+    print(to_json(data) if args.json else report.summary(), end="" if args.json else "\n")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    source = _open(args, args.store)
+    ((moments, dropped),) = _moments(args, [source])
+    provenance = {**source.describe(), "nonfinite_dropped": dropped, "created": now_iso(),
+                  "versions": versions()}
+    save_stats(args.output, moments, provenance)
+    print(f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
+          f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    x = gaussian_features(args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed,
+                          mean=args.mean, scale=args.scale)
+    attrs = {"feature_extractor": "synthetic-gaussian", "seed": args.seed, "mean": args.mean,
+             "scale": args.scale}
+    if args.output.endswith(".npy"):
+        import numpy as np
+
+        from pipeline.atomic import atomic_file
+        with atomic_file(args.output, "wb") as fh:
+            np.save(fh, x.compute())
+    else:
+        write_features(args.output, x, chunk_rows=args.chunk_rows, attrs=attrs)
+    print(f"wrote {args.n:,} x {args.d:,} synthetic features to {args.output}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``shardeval`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            code = int(args.func(args))
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print(f"shardeval: warning: {w.message}", file=sys.stderr)
+        return code
+    except ShardevalError as exc:
+        print(f"shardeval: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"shardeval: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("shardeval: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

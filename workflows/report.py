@@ -1,0 +1,131 @@
+"""Typed results → JSON (machines) and a short summary (people)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from pipeline.atomic import atomic_file
+from pipeline.fid import FrechetDistance
+
+_PACKAGES = ("shardeval", "dask", "distributed", "numpy", "scipy", "torch", "triton", "zarr",
+             "xarray")
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a result."""
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One input of a comparison: where from, how big, and whether its statistics merge."""
+
+    role: str
+    location: str
+    n: int | None
+    d: int
+    shards: int
+    kind: str  # "features" or "statistics"
+    mergeable: bool = True
+    nonfinite_dropped: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FIDReport:
+    result: FrechetDistance
+    real: Side
+    gen: Side
+    seconds: float
+    engine: dict[str, Any]
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "metric": "fid",
+            "fid": r.fid,
+            "mean_term": r.mean_term,
+            "trace_term": r.trace_term,
+            "trace_real": r.trace_real,
+            "trace_gen": r.trace_gen,
+            "trace_sqrt_product": r.trace_sqrt,
+            "n_real": self.real.n,
+            "n_gen": self.gen.n,
+            "d": self.real.d,
+            "shards": {"real": self.real.shards, "gen": self.gen.shards},
+            "eigenvalues_clamped": {"count": r.clamped_count, "max_abs": r.clamped_max},
+            "inputs": {"real": _side_dict(self.real), "gen": _side_dict(self.gen)},
+            "warnings": [*r.warnings, *self.notes],
+            "engine": self.engine,
+            "seconds": self.seconds,
+            "created": now_iso(),
+            "versions": versions(),
+        }
+
+    def summary(self) -> str:
+        r = self.result
+        lines = [
+            f"FID {r.fid:.6g}   (mean term {r.mean_term:.6g} + trace term {r.trace_term:.6g})",
+            f"  trace term = tr Σr {r.trace_real:.6g} + tr Σg {r.trace_gen:.6g} "
+            f"- 2 tr √(Σr Σg) {r.trace_sqrt:.6g}",
+        ]
+        for side in (self.real, self.gen):
+            n = f"{side.n:,}" if side.n is not None else "unknown"
+            lines.append(f"  {side.role:<4} {side.location}  n={n} d={side.d:,} "
+                         f"shards={side.shards} ({side.kind})")
+        lines.append(f"  eigenvalues clamped: {r.clamped_count}"
+                     + (f" (largest {r.clamped_max:.3g})" if r.clamped_count else ""))
+        lines.append(f"  {self.seconds:.2f} s on {_engine_text(self.engine)}")
+        return "\n".join(lines)
+
+
+def _side_dict(side: Side) -> dict[str, Any]:
+    return {
+        "location": side.location, "kind": side.kind, "n": side.n, "d": side.d,
+        "shards": side.shards, "mergeable": side.mergeable,
+        "nonfinite_dropped": side.nonfinite_dropped, "provenance": side.provenance,
+    }
+
+
+def _engine_text(engine: dict[str, Any]) -> str:
+    if engine.get("scheduler") == "distributed":
+        return f"distributed scheduler {engine.get('address')}"
+    return f"{engine.get('scheduler')} scheduler ({engine.get('threads')} threads)"
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/inf: write them as null rather than emit invalid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(data: dict[str, Any]) -> str:
+    return json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write a report atomically."""
+    with atomic_file(path, "w") as fh:
+        fh.write(to_json(data))
