@@ -8,7 +8,9 @@ Equilibrium", NeurIPS 2017; the Fréchet distance of Gaussians is Dowson & Landa
 The trace term is computed without a matrix square root and without complex numbers: with any
 factor F, Σ_g = F Fᵀ (Cholesky, or a symmetric eigendecomposition when Σ_g is singular),
 M = Fᵀ Σ_r F is symmetric positive semi-definite and has the eigenvalues of Σ_r Σ_g, so
-tr (Σ_r Σ_g)^½ = Σ_i √λ_i(M), with λ from a float64 symmetric eigenvalue routine.
+tr (Σ_r Σ_g)^½ = Σ_i √λ_i(M), with λ from a float64 symmetric eigenvalue routine. Cost: one
+Cholesky and one symmetric eigenvalue problem of size d, against the Schur decomposition of a
+non-symmetric matrix (``scipy.linalg.sqrtm``) or its complex eigenvalues.
 """
 
 from __future__ import annotations
@@ -102,14 +104,26 @@ class FrechetDistance:
 
 
 def _psd_factor(cov: np.ndarray, clamp_tol: float) -> tuple[np.ndarray, int, float]:
-    """F with F Fᵀ = cov: Cholesky when positive definite, else from ``eigh`` with clamping."""
+    """F with F Fᵀ = cov.
+
+    Cholesky when cov is comfortably positive definite. Otherwise (singular, N ≤ d) F spans only
+    the numerical range of cov, from ``eigh``: directions where cov has no variance contribute
+    nothing to tr (A cov)^½, and leaving them out keeps their rounding noise (√ of ~1e-16 is
+    ~1e-8) out of the trace. Negative eigenvalues within ``clamp_tol`` are counted as clamped.
+    """
+    d = cov.shape[0]
+    rank_tol = d * np.finfo(np.float64).eps
     try:
-        return np.linalg.cholesky(cov), 0, 0.0
+        factor = np.linalg.cholesky(cov)
+        pivots = np.diagonal(factor) ** 2
+        if pivots.min() > rank_tol * pivots.max():
+            return factor, 0, 0.0
     except np.linalg.LinAlgError:
         pass
     w, v = np.linalg.eigh(cov)
-    clamped, worst = _clamp(w, clamp_tol, "covariance")
-    return v * np.sqrt(clamped), int(np.count_nonzero(w < 0)), worst
+    _, worst = _clamp(w, clamp_tol, "covariance")
+    keep = w > rank_tol * max(w.max(), 0.0)
+    return v[:, keep] * np.sqrt(w[keep]), int(np.count_nonzero(w < 0)), worst
 
 
 def _clamp(eigenvalues: np.ndarray, tol: float, what: str) -> tuple[np.ndarray, float]:

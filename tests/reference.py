@@ -41,3 +41,25 @@ def eigvals_formula(mu1, s1, mu2, s2) -> float:
     diff = mu1 - mu2
     c = np.sqrt(np.linalg.eigvals(s1 @ s2).astype(complex)).real.sum()
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * c)
+
+
+def high_precision_fid(mu1, s1, mu2, s2, digits: int = 40) -> float:
+    """FID in ``digits``-digit arithmetic (mpmath) from the float64 inputs taken as exact.
+
+    For singular covariances, where float64 leaves √(rounding) ~ 1e-8 terms in any method.
+    """
+    import mpmath
+
+    with mpmath.workdps(digits):
+        a, b = mpmath.matrix(s1.tolist()), mpmath.matrix(s2.tolist())
+        w, v = mpmath.eigsy(a)
+        d = len(w)
+        root = mpmath.matrix(d, d)
+        for k in range(d):
+            if w[k] > 0:
+                col = v[:, k]
+                root += mpmath.sqrt(w[k]) * (col * col.T)
+        lam = mpmath.eigsy(root * b * root, eigvals_only=True)
+        tr = sum(mpmath.sqrt(x) for x in lam if x > 0)
+        diff = sum((mpmath.mpf(p) - mpmath.mpf(q)) ** 2 for p, q in zip(mu1, mu2, strict=True))
+        return float(diff + sum(a[i, i] + b[i, i] for i in range(d)) - 2 * tr)

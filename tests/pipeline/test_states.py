@@ -1,0 +1,81 @@
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.reduce import merge_all
+from pipeline.states import FeatureSummary, Moments, NonFiniteRows
+from tests.reference import np_stats
+
+DATA = np.random.default_rng(7).standard_normal((300, 5)) * [1, 10, 0.1, 3, 1] + [1e3, -2, 0, 5, 7]
+
+
+def _split(x, cuts):
+    edges = [0, *sorted(set(cuts)), len(x)]
+    return [x[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _random_tree_merge(states, draw_index):
+    states = list(states)
+    while len(states) > 1:
+        i = draw_index(len(states) - 1)
+        states[i : i + 2] = [states[i].merge(states[i + 1])]
+    return states[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(cuts=st.lists(st.integers(1, len(DATA) - 1), max_size=12), data=st.data())
+def test_merge_matches_concatenated_under_random_partitions_and_orders(cuts, data):
+    parts = [Moments.from_block(p) for p in _split(DATA, cuts)]
+    merged = _random_tree_merge(parts, lambda k: data.draw(st.integers(0, k - 1)) if k > 0 else 0)
+    mean, cov = np_stats(DATA)
+    assert merged.n == len(DATA)
+    np.testing.assert_allclose(merged.mean, mean, rtol=1e-12)
+    np.testing.assert_allclose(merged.covariance(), cov, rtol=1e-9, atol=1e-9 * np.abs(cov).max())
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=6))
+def test_merge_is_commutative_and_ignores_empty_states(sizes):
+    blocks = [DATA[i * 5 : i * 5 + s] for i, s in enumerate(sizes)]
+    states = [Moments.from_block(b) if len(b) else Moments.empty(5) for b in blocks]
+    forward = merge_all(Moments.empty(5), *states)
+    backward = merge_all(*reversed(states), Moments.empty(5))
+    assert forward.n == backward.n == sum(sizes)
+    np.testing.assert_allclose(forward.m2, backward.m2, rtol=1e-12, atol=1e-9)
+
+
+def test_empty_is_identity():
+    m = Moments.from_block(DATA[:10])
+    assert m.merge(Moments.empty(5)) is m
+    assert Moments.empty(5).merge(m) is m
+
+
+def test_state_is_frozen_and_pickles():
+    m = Moments.from_block(DATA[:20])
+    with pytest.raises(ValueError, match="read-only"):
+        m.mean[0] = 1.0
+    back = pickle.loads(pickle.dumps(m))
+    assert back.n == m.n
+    np.testing.assert_array_equal(back.m2, m.m2)
+    s = FeatureSummary(m, NonFiniteRows(2, (3, 9)))
+    assert pickle.loads(pickle.dumps(s)).nonfinite == NonFiniteRows(2, (3, 9))
+
+
+def test_mismatched_dimensions_do_not_merge():
+    with pytest.raises(ValueError, match="d=5 and d=3"):
+        Moments.from_block(DATA[:4]).merge(Moments.from_block(DATA[:4, :3]))
+
+
+def test_nonfinite_rows_keep_the_first_indices_in_order():
+    a = NonFiniteRows.from_mask(np.array([False, True, True]), offset=100)
+    b = NonFiniteRows.from_mask(np.array([True, False, True, True, True, True]), offset=0)
+    merged = b.merge(a)
+    assert merged.count == 7
+    assert merged.first == (0, 2, 3, 4, 5)
+
+
+def test_covariance_needs_two_rows():
+    with pytest.raises(ValueError, match="n > ddof"):
+        Moments.from_block(DATA[:1]).covariance()
