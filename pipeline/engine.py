@@ -19,7 +19,7 @@ import torch
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
-from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, tree_merge
+from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, chain_merge, tree_merge
 
 #: ``progress(done, total)``: called as shard tasks finish.
 Progress = Callable[[int, int], None]
@@ -57,7 +57,8 @@ class _ShardProgress(Callback):
         self.progress(0, self.total)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(key, str) and key.startswith(SHARD_PREFIX):
+        name = key[0] if isinstance(key, tuple) else key
+        if isinstance(name, str) and name.startswith(SHARD_PREFIX):
             self.done += 1
             self.progress(self.done, self.total)
 
@@ -93,14 +94,16 @@ class Engine:
         self,
         groups: Sequence[Sequence[Any]],
         *,
-        split_every: int = DEFAULT_SPLIT_EVERY,
+        split_every: int | None = None,
         progress: Progress | None = None,
     ) -> list[Any]:
-        """Tree-merge each group of shard tasks into one state; all groups run in one graph.
+        """Merge each group of shard tasks into one state; all groups run in one graph.
 
         Args:
             groups: per output, the delayed shard states (see :func:`pipeline.reduce.shard_tasks`).
-            split_every: merge fan-in.
+            split_every: fan-in of a balanced merge tree. ``None``: on the local schedulers a
+                chain (flat memory in the number of shards), on a cluster a balanced tree of
+                fan-in :data:`~pipeline.reduce.DEFAULT_SPLIT_EVERY` (merges spread over workers).
             progress: called with (shards done, shards total).
 
         Returns:
@@ -109,8 +112,11 @@ class Engine:
         total = sum(len(g) for g in groups)
         report = progress or (lambda done, total: None)
         if self.is_distributed:
-            return self._reduce_distributed(groups, split_every, total, report)
-        roots = [tree_merge(g, split_every=split_every) for g in groups]
+            return self._reduce_distributed(
+                groups, split_every or DEFAULT_SPLIT_EVERY, total, report
+            )
+        roots = [chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
+                 for g in groups]
         threads = self._threads()
         with _ShardProgress(total, report), blas_threads(available_cores()):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
@@ -120,7 +126,7 @@ class Engine:
     ) -> list[Any]:
         from distributed import Client, as_completed
 
-        with Client(self.scheduler, set_as_default=False) as client:
+        with Client(self.scheduler) as client:
             leaves = [client.compute(list(g)) for g in groups]
             roots = client.compute([tree_merge(f, split_every=split_every) for f in leaves])
             # Hand the leaf futures to as_completed and drop our own references, so each

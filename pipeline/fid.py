@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import blas
 
 from kernels import Backend
 from pipeline.engine import Engine, Progress
 from pipeline.errors import NonFiniteError, NumericalError, ShapeError, SingularCovarianceWarning
-from pipeline.reduce import DEFAULT_SPLIT_EVERY, shard_tasks, summarize_block
+from pipeline.reduce import shard_tasks, summarize_block
 from pipeline.sources import FeatureSource
 from pipeline.states import FeatureSummary, Moments
 
@@ -103,8 +104,9 @@ class FrechetDistance:
         return self.trace_real + self.trace_gen - 2.0 * self.trace_sqrt
 
 
-def _psd_factor(cov: np.ndarray, clamp_tol: float) -> tuple[np.ndarray, int, float]:
-    """F with F Fᵀ = cov.
+def _psd_factor(cov: np.ndarray, clamp_tol: float) -> tuple[np.ndarray, bool, int, float]:
+    """F with F Fᵀ = cov, whether F is the (lower-triangular) Cholesky factor, and the count
+    and largest magnitude of negative eigenvalues clamped.
 
     Cholesky when cov is comfortably positive definite. Otherwise (singular, N ≤ d) F spans only
     the numerical range of cov, from ``eigh``: directions where cov has no variance contribute
@@ -117,13 +119,24 @@ def _psd_factor(cov: np.ndarray, clamp_tol: float) -> tuple[np.ndarray, int, flo
         factor = np.linalg.cholesky(cov)
         pivots = np.diagonal(factor) ** 2
         if pivots.min() > rank_tol * pivots.max():
-            return factor, 0, 0.0
+            return factor, True, 0, 0.0
     except np.linalg.LinAlgError:
         pass
     w, v = np.linalg.eigh(cov)
     _, worst = _clamp(w, clamp_tol, "covariance")
     keep = w > rank_tol * max(w.max(), 0.0)
-    return v[:, keep] * np.sqrt(w[keep]), int(np.count_nonzero(w < 0)), worst
+    return v[:, keep] * np.sqrt(w[keep]), False, int(np.count_nonzero(w < 0)), worst
+
+
+def _congruence(a: np.ndarray, factor: np.ndarray, lower_triangular: bool) -> np.ndarray:
+    """Fᵀ A F, symmetrised. A lower-triangular F (Cholesky) takes two triangular products
+    (``dtrmm``), half the multiplications of two general ones."""
+    if lower_triangular:
+        af = blas.dtrmm(1.0, factor, a, side=1, lower=1)  # A L
+        m = blas.dtrmm(1.0, factor, af, side=0, lower=1, trans_a=1, overwrite_b=1)  # Lᵀ (A L)
+    else:
+        m = factor.T @ a @ factor
+    return 0.5 * (m + m.T)
 
 
 def _clamp(eigenvalues: np.ndarray, tol: float, what: str) -> tuple[np.ndarray, float]:
@@ -161,9 +174,8 @@ def trace_sqrt_product(
     a = np.asarray(cov_a, dtype=np.float64)
     b = np.asarray(cov_b, dtype=np.float64)
     tol = clamp_rtol * float(np.linalg.norm(a)) * float(np.linalg.norm(b))
-    factor, count_b, worst_b = _psd_factor(b, clamp_rtol * float(np.linalg.norm(b)))
-    m = factor.T @ a @ factor
-    m = 0.5 * (m + m.T)
+    factor, triangular, count_b, worst_b = _psd_factor(b, clamp_rtol * float(np.linalg.norm(b)))
+    m = _congruence(a, factor, triangular)
     eig = np.linalg.eigvalsh(m)
     clamped, worst = _clamp(eig, tol, "the product of the covariances")
     count = int(np.count_nonzero(eig < 0)) + count_b
@@ -217,10 +229,11 @@ def feature_moments(
     sources: Sequence[FeatureSource],
     *,
     engine: Engine | None = None,
-    split_every: int = DEFAULT_SPLIT_EVERY,
+    split_every: int | None = None,
     device: str = "cpu",
     backend: Backend = "auto",
     nonfinite: str = "error",
+    precision: str = "fp32",
     progress: Progress | None = None,
 ) -> list[tuple[Moments, int]]:
     """Stream every source through shard moments and a tree merge, in one task graph.
@@ -228,10 +241,12 @@ def feature_moments(
     Args:
         sources: opened feature stores.
         engine: where to run (default: threaded scheduler).
-        split_every: merge fan-in.
+        split_every: merge fan-in; None: the engine's choice (see :meth:`Engine.reduce`).
         device: ``cpu`` or ``cuda`` for the shard kernels.
         backend: kernel backend.
         nonfinite: ``error`` (raise on NaN/inf rows) or ``drop`` (exclude and count them).
+        precision: ``fp32`` or ``fp64`` products inside a shard (see
+            :func:`pipeline.reduce.summarize_block`).
         progress: called with (shards done, shards total).
 
     Returns:
@@ -243,7 +258,9 @@ def feature_moments(
     """
     if nonfinite not in ("error", "drop"):
         raise ValueError(f"nonfinite must be 'error' or 'drop', got {nonfinite!r}")
-    groups = [shard_tasks(s, summarize_block, device, backend) for s in sources]
+    if precision not in ("fp32", "fp64"):
+        raise ValueError(f"precision must be 'fp32' or 'fp64', got {precision!r}")
+    groups = [shard_tasks(s, summarize_block, device, backend, precision) for s in sources]
     summaries: list[FeatureSummary] = (engine or Engine()).reduce(
         groups, split_every=split_every, progress=progress
     )

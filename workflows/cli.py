@@ -68,12 +68,16 @@ def _engine_options() -> argparse.ArgumentParser:
                    help="Dask threads for the threaded scheduler (default: all cores)")
     g.add_argument("--shard-rows", type=_positive_int, metavar="N",
                    help="rows per shard (default: whole stored chunks, about 32 MiB a shard)")
-    g.add_argument("--split-every", type=int, default=DEFAULT_SPLIT_EVERY, metavar="K",
-                   help=f"merge fan-in of the reduction tree (default {DEFAULT_SPLIT_EVERY})")
+    g.add_argument("--split-every", type=int, metavar="K",
+                   help="fan-in of a balanced merge tree (default: a chain of merges on one "
+                        f"machine, fan-in {DEFAULT_SPLIT_EVERY} on a cluster)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where shard kernels run; auto: CUDA where the worker has it")
     g.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="kernel backend (auto: Triton on CUDA, BLAS on CPU)")
+    g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
+                   help="products inside a shard: fp32 (fast; float64 data stay float64) or "
+                        "fp64 (2x slower; results independent of shard sizes to ~1e-12)")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     io = p.add_argument_group("input")
     io.add_argument("--array", metavar="NAME",
@@ -150,11 +154,12 @@ def _progress(args: argparse.Namespace) -> ProgressBar | None:
 
 
 def _moments(args: argparse.Namespace, sources: Sequence[FeatureSource]) -> list[Any]:
-    if args.split_every < 2:
+    if args.split_every is not None and args.split_every < 2:
         raise UsageError(f"--split-every must be at least 2, got {args.split_every}")
     return feature_moments(
         sources, engine=_engine(args), split_every=args.split_every, device=args.device,
-        backend=args.backend, nonfinite=args.nonfinite, progress=_progress(args),
+        backend=args.backend, nonfinite=args.nonfinite, precision=args.precision,
+        progress=_progress(args),
     )
 
 

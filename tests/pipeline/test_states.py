@@ -1,3 +1,4 @@
+import itertools
 import pickle
 
 import numpy as np
@@ -14,7 +15,7 @@ DATA = np.random.default_rng(7).standard_normal((300, 5)) * [1, 10, 0.1, 3, 1] +
 
 def _split(x, cuts):
     edges = [0, *sorted(set(cuts)), len(x)]
-    return [x[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [x[a:b] for a, b in itertools.pairwise(edges)]
 
 
 def _random_tree_merge(states, draw_index):

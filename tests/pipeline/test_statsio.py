@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from pipeline import (
+    Gaussian,
+    Moments,
+    StatsFormatError,
+    StoreError,
+    frechet_distance,
+    load_stats,
+    save_stats,
+)
+from pipeline.statsio import as_gaussian, stats_provenance
+from tests.reference import pytorch_fid_formula
+
+
+@pytest.fixture
+def moments(rng):
+    return Moments.from_block(rng.standard_normal((40, 6)) + 2)
+
+
+def test_zarr_stats_round_trip_exactly(tmp_path, moments):
+    path = save_stats(tmp_path / "s.zarr", moments, {"source": "x.zarr"})
+    back = load_stats(path)
+    assert isinstance(back, Moments)
+    assert back.n == moments.n
+    np.testing.assert_array_equal(back.mean, moments.mean)
+    np.testing.assert_array_equal(back.m2, moments.m2)
+    assert stats_provenance(path)["source"] == "x.zarr"
+    save_stats(path, moments.merge(moments))  # overwriting replaces the old group whole
+    assert load_stats(path).n == 2 * moments.n
+
+
+def test_npz_with_n_is_mergeable(tmp_path, moments):
+    back = load_stats(save_stats(tmp_path / "s.npz", moments))
+    assert isinstance(back, Moments)
+    assert back.n == moments.n
+    np.testing.assert_allclose(back.m2, moments.m2, rtol=1e-13)
+    with np.load(tmp_path / "s.npz") as f:
+        np.testing.assert_allclose(f["sigma"], moments.covariance(), rtol=1e-15)
+
+
+def test_bare_pytorch_fid_npz_gives_pytorch_fids_value(tmp_path, rng):
+    stats = []
+    for i, shift in enumerate((0.0, 0.4)):
+        x = rng.standard_normal((300, 8)) @ rng.standard_normal((8, 8)) + shift
+        mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+        np.savez(tmp_path / f"{i}.npz", mu=mu, sigma=sigma)
+        stats.append((mu, sigma))
+    a, b = load_stats(tmp_path / "0.npz"), load_stats(tmp_path / "1.npz")
+    assert isinstance(a, Gaussian)
+    assert not a.mergeable
+    ours = frechet_distance(as_gaussian(a), as_gaussian(b)).fid
+    assert ours == pytest.approx(pytorch_fid_formula(*stats[0], *stats[1]), rel=1e-5)
+
+
+@pytest.mark.parametrize(("arrays", "msg"), [
+    ({"mu": np.zeros(3)}, "lacks \\['sigma'\\]"),
+    ({"mean": np.zeros(3), "cov": np.eye(3)}, "lacks"),
+    ({"mu": np.zeros(3), "sigma": np.eye(4)}, "expected \\(d,\\) and \\(d, d\\)"),
+    ({"mu": np.zeros((3, 1)), "sigma": np.eye(3)}, "expected"),
+    ({"mu": np.full(3, np.nan), "sigma": np.eye(3)}, "NaN"),
+])
+def test_bad_npz(tmp_path, arrays, msg):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(StatsFormatError, match=msg):
+        load_stats(tmp_path / "bad.npz")
+
+
+def test_missing_and_foreign_stats(tmp_path, rng):
+    with pytest.raises(StoreError, match="does not exist"):
+        load_stats(tmp_path / "none.zarr")
+    import zarr
+
+    zarr.create_array(str(tmp_path / "feats.zarr"), shape=(3, 2), dtype="f4")
+    with pytest.raises((StatsFormatError, StoreError)):
+        load_stats(tmp_path / "feats.zarr")

@@ -1,0 +1,149 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import write_zarr
+from tests.reference import exact_fid, np_stats, pytorch_fid_formula
+from workflows.cli import main
+
+REPORT_KEYS = {"fid", "mean_term", "trace_term", "n_real", "n_gen", "d", "shards",
+               "eigenvalues_clamped", "seconds", "versions"}
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_fid_end_to_end_report(tmp_path, capsys, feature_pair):
+    real_path, real, gen_path, gen = feature_pair
+    out = tmp_path / "r.json"
+    code, stdout, _ = _run(capsys, "fid", real_path, gen_path, "--out", out, "--quiet")
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report.keys() >= REPORT_KEYS
+    assert report["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+    assert report["fid"] == pytest.approx(report["mean_term"] + report["trace_term"], rel=1e-12)
+    assert (report["n_real"], report["n_gen"], report["d"]) == (900, 700, 24)
+    assert report["eigenvalues_clamped"] == {"count": 0, "max_abs": 0.0}
+    assert report["inputs"]["real"]["provenance"]["feature_extractor"] == "test-net"
+    assert f"FID {report['fid']:.6g}" in stdout
+
+
+def test_stats_then_ref_gives_the_same_fid(tmp_path, capsys, feature_pair):
+    real_path, _, gen_path, _ = feature_pair
+    _, stdout, _ = _run(capsys, "fid", real_path, gen_path, "--json", "-q")
+    direct = json.loads(stdout)["fid"]
+    for name in ("s.zarr", "s.npz"):
+        assert _run(capsys, "stats", real_path, "-o", tmp_path / name, "-q")[0] == 0
+        code, stdout, _ = _run(capsys, "fid", gen_path, "--ref", tmp_path / name, "--json", "-q")
+        assert code == 0
+        report = json.loads(stdout)
+        assert report["fid"] == pytest.approx(direct, rel=1e-9)
+        assert report["inputs"]["real"]["mergeable"] is True
+
+
+def test_bare_npz_ref_matches_pytorch_fid_and_says_unmergeable(tmp_path, capsys, feature_pair):
+    _real_path, real, gen_path, gen = feature_pair
+    mu, sigma = np_stats(real)
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
+    _code, stdout, _ = _run(capsys, "fid", gen_path, "--ref", tmp_path / "ref.npz", "--json", "-q")
+    report = json.loads(stdout)
+    assert report["fid"] == pytest.approx(pytorch_fid_formula(mu, sigma, *np_stats(gen)), rel=1e-5)
+    assert report["inputs"]["real"]["mergeable"] is False
+    assert any("cannot be merged" in w for w in report["warnings"])
+
+
+def test_singular_covariance_warns_and_reports(tmp_path, capsys, rng):
+    a = write_zarr(tmp_path / "a.zarr", rng.standard_normal((10, 30)).astype(np.float32))
+    b = write_zarr(tmp_path / "b.zarr", rng.standard_normal((12, 30)).astype(np.float32))
+    code, stdout, err = _run(capsys, "fid", a, b, "--json", "-q")
+    assert code == 0
+    assert "shardeval: warning: real set has n=10 <= d=30" in err
+    assert len(json.loads(stdout)["warnings"]) == 2
+
+
+def _bad_inputs(tmp_path, rng):
+    good = write_zarr(tmp_path / "good.zarr", rng.standard_normal((20, 4)).astype(np.float32))
+    nan = rng.standard_normal((20, 4)).astype(np.float32)
+    nan[[3, 11]] = np.nan
+    np.save(tmp_path / "3d.npy", np.zeros((4, 3, 2), np.float32))
+    np.save(tmp_path / "one.npy", np.zeros((1, 4), np.float32))
+    np.save(tmp_path / "str.npy", np.array([["a"] * 4] * 3))
+    np.save(tmp_path / "d3.npy", np.zeros((5, 3), np.float32))
+    np.savez(tmp_path / "nosigma.npz", mu=np.zeros(4))
+    np.savez(tmp_path / "mismatch.npz", mu=np.zeros(4), sigma=np.eye(3))
+    return {
+        "missing store": (["fid", tmp_path / "nope.zarr", good], "does not exist"),
+        "not 2-D": (["fid", tmp_path / "3d.npy", good], "must be 2-D"),
+        "fewer than 2 rows": (["fid", tmp_path / "one.npy", good], "at least 2"),
+        "non-numeric": (["fid", tmp_path / "str.npy", good], "integer or floating"),
+        "dims differ": (["fid", tmp_path / "d3.npy", good], "feature dimensions differ"),
+        "non-finite": (["fid", write_zarr(tmp_path / "nan.zarr", nan), good],
+                       r"2 row\(s\) with NaN or inf \(first at rows 3, 11\)"),
+        "stats without sigma": (["fid", good, "--ref", tmp_path / "nosigma.npz"], "lacks"),
+        "stats mismatched": (["fid", good, "--ref", tmp_path / "mismatch.npz"], "expected"),
+        "ref d differs": (["fid", tmp_path / "d3.npy", "--ref", tmp_path / "mismatch.npz"],
+                          "expected"),
+        "three stores": (["fid", good, good, good], "give REAL and GEN"),
+    }
+
+
+@pytest.mark.parametrize("case", [
+    "missing store", "not 2-D", "fewer than 2 rows", "non-numeric", "dims differ", "non-finite",
+    "stats without sigma", "stats mismatched", "ref d differs", "three stores",
+])
+def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, rng, case):
+    argv, msg = _bad_inputs(tmp_path, rng)[case]
+    out = tmp_path / "out" / "report.json"
+    code, _stdout, err = _run(capsys, *argv, "--out", out, "-q")
+    assert code == 2
+    assert err.startswith("shardeval: error: ")
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+    assert __import__("re").search(msg, err)
+    assert not out.exists()
+
+
+def test_nonfinite_drop_counts_rows(tmp_path, capsys, rng):
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    x[5, 1] = np.inf
+    a = write_zarr(tmp_path / "a.zarr", x)
+    code, stdout, _ = _run(capsys, "fid", a, a, "--nonfinite", "drop", "--json", "-q")
+    report = json.loads(stdout)
+    assert code == 0
+    assert report["n_real"] == 39
+    assert report["inputs"]["gen"]["nonfinite_dropped"] == 1
+
+
+def test_progress_bar_goes_to_stderr_unless_quiet(capsys, feature_pair):
+    real_path, _, gen_path, _ = feature_pair
+    _, _, err = _run(capsys, "fid", real_path, gen_path, "--shard-rows", "100")
+    assert "16/16 shards done" in err
+    _, _, err = _run(capsys, "fid", real_path, gen_path, "--shard-rows", "100", "-q")
+    assert err == ""
+
+
+def test_synth_writes_a_store(tmp_path, capsys):
+    code, stdout, _ = _run(capsys, "synth", tmp_path / "s.zarr", "--n", "100", "--d", "5")
+    assert code == 0
+    assert "100 x 5" in stdout
+    code, _, _ = _run(capsys, "synth", tmp_path / "s.npy", "--n", "10", "--d", "3")
+    assert np.load(tmp_path / "s.npy").shape == (10, 3)
+
+
+def test_console_script_help_and_error_exit():
+    exe = os.path.join(os.path.dirname(sys.executable), "shardeval")
+    help_run = subprocess.run([exe, "fid", "--help"], capture_output=True, text=True, check=False)
+    assert help_run.returncode == 0
+    assert "--ref STATS" in help_run.stdout
+    bad = subprocess.run([exe, "fid", "/nonexistent/a.zarr", "/nonexistent/b.zarr"],
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "shardeval: error: feature store '/nonexistent/a.zarr' does not exist"]
