@@ -30,6 +30,10 @@ from kernels._dispatch import Backend, check_matrix, resolve_backend
 BLAS_LOCK = threading.Lock()
 
 
+#: Rows centred and added per rank-k update on the CPU path.
+SUB_ROWS = 2048
+
+
 class ShardMoments(NamedTuple):
     """What a shard contributes: row count, float64 mean (d,), float64 co-moment (d, d)."""
 
@@ -111,13 +115,18 @@ def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
     cdtype = _compute_dtype(x)
     values = x.to(cdtype).numpy()
     shift = values.mean(axis=0, dtype=np.float64).astype(values.dtype)
-    centred = values - shift
-    col_sum = centred.sum(axis=0, dtype=np.float64)
+    col_sum = np.zeros(d)
     syrk = blas.dsyrk if cdtype == torch.float64 else blas.ssyrk
-    # centred.T is (d, n) Fortran-ordered: syrk reads it without a copy and fills C = A Aᵀ.
-    with BLAS_LOCK:
-        upper = syrk(1.0, centred.T, trans=0, lower=0)  # strictly-lower part is zero
-    product = upper + upper.T  # exact mirror: each off-diagonal sum adds a zero
+    upper = np.zeros((d, d), dtype=values.dtype, order="F")
+    # Centre and accumulate SUB_ROWS rows at a time: the centred copy stays small whatever the
+    # shard size, and C += AᵢᵀAᵢ in the working precision is what one big syrk does internally.
+    for start in range(0, n, SUB_ROWS):
+        centred = values[start : start + SUB_ROWS] - shift
+        col_sum += centred.sum(axis=0, dtype=np.float64)
+        with BLAS_LOCK:
+            # centred.T is (d, rows) Fortran-ordered: syrk reads it without a copy.
+            upper = syrk(1.0, centred.T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
+    product = upper + upper.T  # exact mirror: the strictly-lower part of `upper` is zero
     product.ravel()[:: d + 1] *= 0.5  # the diagonal was doubled; halving is exact
     m2 = product.astype(np.float64)
     root = col_sum / np.sqrt(n)  # outer(root, root) is exactly symmetric, outer(s, s/n) is not

@@ -105,7 +105,8 @@ def summarize_block(
     block = np.asarray(block)
     if precision == "fp64":
         block = block.astype(np.float64, copy=False)
-    moments = Moments.from_block(block, device=device, backend=backend)
+    with np.errstate(invalid="ignore"):  # NaN rows are found and handled just below
+        moments = Moments.from_block(block, device=device, backend=backend)
     # NaN and ±inf propagate into the float64 mean (a float64 sum of float32 values cannot
     # overflow), so a finite mean proves every value finite without another pass over the block.
     if np.isfinite(moments.mean).all():

@@ -21,7 +21,7 @@ from pipeline.errors import DtypeError, ShapeError, StoreError
 #: Target bytes of one shard when the user does not choose rows: large enough that a BLAS
 #: rank-k update runs at full speed, small enough that a few in flight per thread stay far
 #: below a gigabyte.
-DEFAULT_SHARD_BYTES = 32 * 2**20
+DEFAULT_SHARD_BYTES = 64 * 2**20
 
 #: Store attributes that name the network that produced the features, in order of preference.
 EXTRACTOR_ATTRS = ("feature_extractor", "extractor", "model")
@@ -195,7 +195,7 @@ def open_features(
     Args:
         location: local path or fsspec URL of a Zarr array/group, or a ``.npy``/``.npz`` file.
         array_name: the variable inside a Zarr group, xarray dataset or ``.npz``.
-        shard_rows: rows per shard; default: whole stored chunks, about 32 MiB a shard.
+        shard_rows: rows per shard; default: whole stored chunks, about 64 MiB a shard.
         min_rows: fewest rows accepted (2 for a covariance).
         storage_options: passed to fsspec for URLs.
 

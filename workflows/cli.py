@@ -67,7 +67,7 @@ def _engine_options() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=_positive_int, metavar="N",
                    help="Dask threads for the threaded scheduler (default: all cores)")
     g.add_argument("--shard-rows", type=_positive_int, metavar="N",
-                   help="rows per shard (default: whole stored chunks, about 32 MiB a shard)")
+                   help="rows per shard (default: whole stored chunks, about 64 MiB a shard)")
     g.add_argument("--split-every", type=int, metavar="K",
                    help="fan-in of a balanced merge tree (default: a chain of merges on one "
                         f"machine, fan-in {DEFAULT_SPLIT_EVERY} on a cluster)")
