@@ -14,21 +14,13 @@ which is exact algebra, so rounding ``c`` costs nothing.
 
 from __future__ import annotations
 
-import threading
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from scipy.linalg import blas
 
+from kernels._blas import syrk_upper
 from kernels._dispatch import Backend, check_matrix, resolve_backend
-
-#: One rank-k update at a time per process. OpenBLAS serialises concurrent callers internally
-#: (two threads each running a 1-thread ``syrk`` take as long as running them one after the
-#: other), so the engine gives BLAS all cores and this lock orders the calls; reading and
-#: decompressing the next shard overlaps with the update on other Dask threads.
-BLAS_LOCK = threading.Lock()
-
 
 #: Rows centred and added per rank-k update on the CPU path.
 SUB_ROWS = 2048
@@ -116,16 +108,14 @@ def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
     values = x.to(cdtype).numpy()
     shift = values.mean(axis=0, dtype=np.float64).astype(values.dtype)
     col_sum = np.zeros(d)
-    syrk = blas.dsyrk if cdtype == torch.float64 else blas.ssyrk
     upper = np.zeros((d, d), dtype=values.dtype, order="F")
     # Centre and accumulate SUB_ROWS rows at a time: the centred copy stays small whatever the
     # shard size, and C += AᵢᵀAᵢ in the working precision is what one big syrk does internally.
     for start in range(0, n, SUB_ROWS):
         centred = values[start : start + SUB_ROWS] - shift
         col_sum += centred.sum(axis=0, dtype=np.float64)
-        with BLAS_LOCK:
-            # centred.T is (d, rows) Fortran-ordered: syrk reads it without a copy.
-            upper = syrk(1.0, centred.T, beta=1.0, c=upper, trans=0, lower=0, overwrite_c=1)
+        # centred.T is (d, rows) Fortran-ordered: syrk reads it without a copy, GIL released.
+        syrk_upper(centred.T, upper, beta=1.0)
     product = upper + upper.T  # exact mirror: the strictly-lower part of `upper` is zero
     product.ravel()[:: d + 1] *= 0.5  # the diagonal was doubled; halving is exact
     m2 = product.astype(np.float64)

@@ -1,9 +1,10 @@
 """Where the task graph runs: Dask's threaded scheduler in-process (default), the synchronous
 scheduler (debugging), or a running ``distributed`` scheduler given by address.
 
-Threads are budgeted so that the threads doing arithmetic never exceed the cores: Dask threads
-read and prepare shards concurrently, while the BLAS rank-k updates run one at a time (see
-``kernels.moments.BLAS_LOCK``), each on all cores.
+Threads are budgeted so that Dask threads × BLAS threads never exceed the cores: during the
+shard phase each Dask thread runs single-threaded BLAS (the CPU kernel releases the GIL, so the
+threads really run in parallel and overlap reading with arithmetic); finalisation, a few d × d
+factorisations after the graph has run, gets all cores back.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Engine:
         roots = [chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
                  for g in groups]
         threads = self._threads()
-        with _ShardProgress(total, report), blas_threads(available_cores()):
+        with _ShardProgress(total, report), blas_threads(max(1, available_cores() // threads)):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
 
     def _reduce_distributed(

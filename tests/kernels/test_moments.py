@@ -85,3 +85,26 @@ def test_rejects_bad_input(bad, err):
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown kernel backend"):
         shard_moments(torch.zeros(2, 2), backend="cuda-magic")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gil_free_syrk_matches_blas_definition(dtype):
+    from kernels._blas import syrk_upper
+
+    a = np.random.default_rng(3).standard_normal((37, 11)).astype(dtype)
+    c = np.asfortranarray(np.tril(np.ones((11, 11), dtype)))  # lower part must survive
+    syrk_upper(a.T, c, beta=2.0)
+    expected = a.T.astype(np.float64) @ a + 2.0 * np.eye(11)  # c's upper part was the identity
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(np.triu(c), np.triu(expected), rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(np.tril(c, -1), np.tril(np.ones((11, 11)), -1))
+
+
+def test_gil_free_syrk_rejects_c_ordered_operands():
+    from kernels._blas import syrk_upper
+
+    a = np.zeros((5, 3), np.float32)
+    with pytest.raises(ValueError, match="Fortran"):
+        syrk_upper(a, np.zeros((5, 5), np.float32, order="F"), 0.0)
+    with pytest.raises(ValueError, match="Fortran-ordered"):
+        syrk_upper(a.T, np.zeros((3, 3), np.float32), 0.0)
