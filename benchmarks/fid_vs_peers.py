@@ -99,8 +99,11 @@ def _run_torchmetrics(paths: dict[str, str]) -> float:
     return float(a + b - 2 * c)
 
 
-METHODS = {"shardeval": _run_shardeval, "pytorch-fid": _run_pytorch_fid,
-           "torchmetrics": _run_torchmetrics}
+METHODS = {
+    "shardeval": _run_shardeval,
+    "pytorch-fid": _run_pytorch_fid,
+    "torchmetrics": _run_torchmetrics,
+}
 
 
 def _child(method: str, n: int, d: int) -> None:
@@ -115,15 +118,20 @@ def _child(method: str, n: int, d: int) -> None:
     fid = fn(paths)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"method": method, "n": n, "fid": fid, "seconds": seconds,
-                      "peak_rss_mib": peak_mib}))
+    print(
+        json.dumps(
+            {"method": method, "n": n, "fid": fid, "seconds": seconds, "peak_rss_mib": peak_mib}
+        )
+    )
 
 
 def run_one(method: str, n: int, d: int) -> dict[str, float]:
     start = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.fid_vs_peers", "--child", method, str(n), str(d)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["process_seconds"] = time.perf_counter() - start
@@ -135,16 +143,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 200_000])
     parser.add_argument("--d", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3, help="runs per method; medians quoted")
-    parser.add_argument("--peers-max-n", type=int, default=50_000,
-                        help="largest N the in-memory peers are run at")
+    parser.add_argument(
+        "--peers-max-n", type=int, default=50_000, help="largest N the in-memory peers are run at"
+    )
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(args.child[0], int(args.child[1]), int(args.child[2]))
         return
     print(f"# machine: {os.cpu_count()} cores; d={args.d}; medians of {args.repeats} runs")
-    print(f"{'N':>8} {'method':<13} {'fid':>14} {'seconds':>9} {'process s':>10} "
-          f"{'peak MiB':>9} {'time ratio':>10}")
+    print(
+        f"{'N':>8} {'method':<13} {'fid':>14} {'seconds':>9} {'process s':>10} "
+        f"{'peak MiB':>9} {'time ratio':>10}"
+    )
     for n in args.sizes:
         make_data(n, args.d)
         methods = [m for m in METHODS if m == "shardeval" or n <= args.peers_max_n]
@@ -152,13 +163,17 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all
             for m in methods:
                 runs[m].append(run_one(m, n, args.d))
-        med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "method"}
-               for m, rs in runs.items()}
+        med = {
+            m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "method"}
+            for m, rs in runs.items()
+        }
         ref = med.get("pytorch-fid", {}).get("seconds")
         for m, r in med.items():
             ratio = f"{r['seconds'] / ref:.3f}" if ref else "-"
-            print(f"{n:>8} {m:<13} {r['fid']:>14.6f} {r['seconds']:>9.2f} "
-                  f"{r['process_seconds']:>10.2f} {r['peak_rss_mib']:>9.0f} {ratio:>10}")
+            print(
+                f"{n:>8} {m:<13} {r['fid']:>14.6f} {r['seconds']:>9.2f} "
+                f"{r['process_seconds']:>10.2f} {r['peak_rss_mib']:>9.0f} {ratio:>10}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,14 +28,25 @@ def _fortran_function(name: str, real: type) -> Callable[..., None]:
     address = get_pointer(capsule, get_name(capsule))
     # uplo, trans, n, k, alpha, a, lda, beta, c, ldc — Fortran passes everything by reference.
     prototype = ctypes.CFUNCTYPE(
-        None, ctypes.c_char_p, ctypes.c_char_p, _ptr(_c_int), _ptr(_c_int), _ptr(real),
-        ctypes.c_void_p, _ptr(_c_int), _ptr(real), ctypes.c_void_p, _ptr(_c_int),
+        None,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        _ptr(_c_int),
+        _ptr(_c_int),
+        _ptr(real),
+        ctypes.c_void_p,
+        _ptr(_c_int),
+        _ptr(real),
+        ctypes.c_void_p,
+        _ptr(_c_int),
     )
     return prototype(address)
 
 
-_SYRK = {np.dtype(np.float32): (_fortran_function("ssyrk", ctypes.c_float), ctypes.c_float),
-         np.dtype(np.float64): (_fortran_function("dsyrk", ctypes.c_double), ctypes.c_double)}
+_SYRK = {
+    np.dtype(np.float32): (_fortran_function("ssyrk", ctypes.c_float), ctypes.c_float),
+    np.dtype(np.float64): (_fortran_function("dsyrk", ctypes.c_double), ctypes.c_double),
+}
 
 
 def syrk_upper(a: np.ndarray, c: np.ndarray, beta: float) -> None:
@@ -55,6 +66,15 @@ def syrk_upper(a: np.ndarray, c: np.ndarray, beta: float) -> None:
     if d == 0 or k == 0:
         return
     n_, k_, lda, ldc = _c_int(d), _c_int(k), _c_int(d), _c_int(d)
-    fn(b"U", b"N", ctypes.byref(n_), ctypes.byref(k_), ctypes.byref(real(1.0)),
-       a.ctypes.data, ctypes.byref(lda), ctypes.byref(real(beta)), c.ctypes.data,
-       ctypes.byref(ldc))
+    fn(
+        b"U",
+        b"N",
+        ctypes.byref(n_),
+        ctypes.byref(k_),
+        ctypes.byref(real(1.0)),
+        a.ctypes.data,
+        ctypes.byref(lda),
+        ctypes.byref(real(beta)),
+        c.ctypes.data,
+        ctypes.byref(ldc),
+    )

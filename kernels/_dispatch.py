@@ -8,7 +8,10 @@ test-suite exercises every kernel on machines without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
@@ -20,6 +23,21 @@ BACKENDS: tuple[Backend, ...] = ("auto", "triton", "torch")
 def triton_interpreted() -> bool:
     """True when Triton kernels run in the interpreter (CPU tensors allowed)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_INTERPRETER_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def launch_guard() -> Iterator[None]:
+    """Serialise kernel launches under the Triton interpreter, which patches ``triton.language``
+    globally while a kernel runs and so breaks when two Dask threads interpret at once. Compiled
+    launches need no lock."""
+    if triton_interpreted():
+        with _INTERPRETER_LOCK:
+            yield
+    else:
+        yield
 
 
 def triton_available() -> bool:

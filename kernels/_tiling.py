@@ -6,7 +6,16 @@ caps under the interpreter so that CPU tests stay fast.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import triton
+
+# Compiled kernels are cached per node: a home directory on a shared filesystem would make
+# every worker of a cluster contend for one cache. Users who set it keep theirs.
+os.environ.setdefault(
+    "TRITON_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"shardeval-triton-{os.getuid()}")
+)
 
 from kernels._dispatch import triton_interpreted
 

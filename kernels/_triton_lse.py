@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dispatch import launch_guard
 from kernels._tiling import block
 
 
@@ -25,8 +26,12 @@ def _row_lse_kernel(
     x_ptr,  # (n, k) input, row stride stride_xn, column stride 1
     max_ptr,  # (n,) out: row max
     sum_ptr,  # (n,) out: Σ_k exp(x − max)
-    n, k, stride_xn,
-    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    n,
+    k,
+    stride_xn,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < n
@@ -35,8 +40,9 @@ def _row_lse_kernel(
     for start in range(0, k, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         mask = mask_r[:, None] & (cols < k)[None, :]
-        v = tl.load(x_ptr + rows[:, None] * stride_xn + cols[None, :], mask=mask,
-                    other=float("-inf")).to(ACC_DTYPE)
+        v = tl.load(
+            x_ptr + rows[:, None] * stride_xn + cols[None, :], mask=mask, other=float("-inf")
+        ).to(ACC_DTYPE)
         m_new = tl.maximum(m, tl.max(v, axis=1))
         scale, safe = _rescale(m, m_new)
         s = s * scale + tl.sum(tl.exp(v - safe[:, None]), axis=1)
@@ -51,8 +57,11 @@ def _flat_stats_kernel(
     max_ptr,  # (P,) out: per-program max
     sum_ptr,  # (P,) out: per-program Σ exp(x − max)
     sum2_ptr,  # (P,) out: per-program Σ exp(2(x − max)); written when SQUARES
-    n, chunk,
-    BLOCK: tl.constexpr, SQUARES: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    n,
+    chunk,
+    BLOCK: tl.constexpr,
+    SQUARES: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     m = tl.full((BLOCK,), float("-inf"), ACC_DTYPE)
@@ -90,8 +99,10 @@ def row_lse_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m = torch.empty(n, dtype=dtype, device=x.device)
     s = torch.empty(n, dtype=dtype, device=x.device)
     block_r, block_k = block(n, 32, floor=1), block(k, 256, floor=1)
-    _row_lse_kernel[(triton.cdiv(n, block_r),)](
-        x, m, s, n, k, x.stride(0), BLOCK_R=block_r, BLOCK_K=block_k, ACC_DTYPE=acc)
+    with launch_guard():
+        _row_lse_kernel[(triton.cdiv(n, block_r),)](
+            x, m, s, n, k, x.stride(0), BLOCK_R=block_r, BLOCK_K=block_k, ACC_DTYPE=acc
+        )
     return m, s
 
 
@@ -108,6 +119,8 @@ def flat_stats_triton(
     m = torch.empty(programs, dtype=dtype, device=x.device)
     s = torch.empty(programs, dtype=dtype, device=x.device)
     s2 = torch.zeros(programs, dtype=dtype, device=x.device)
-    _flat_stats_kernel[(programs,)](x, m, s, s2, n, chunk, BLOCK=blk, SQUARES=squares,
-                                    ACC_DTYPE=acc)
+    with launch_guard():
+        _flat_stats_kernel[(programs,)](
+            x, m, s, s2, n, chunk, BLOCK=blk, SQUARES=squares, ACC_DTYPE=acc
+        )
     return m, s, s2

@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels._dispatch import launch_guard
 from kernels._tiling import block
 
 
@@ -17,8 +18,12 @@ def _shard_moments_kernel(
     tiles_ptr,  # (T, 2) int32 upper-triangle tile coordinates (i ≤ j)
     c_ptr,  # (d, d) out: Σ (x − c)(x − c)ᵀ, both triangles written
     s_ptr,  # (d,) out, fp64: Σ (x − c), written by diagonal tiles
-    n, d, stride_xn,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    n,
+    d,
+    stride_xn,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -34,10 +39,16 @@ def _shard_moments_kernel(
     for start in range(0, n, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_r = rows < n
-        a = tl.load(x_ptr + rows[:, None] * stride_xn + cols_i[None, :],
-                    mask=mask_r[:, None] & mask_i[None, :], other=0.0).to(ACC_DTYPE)
-        b = tl.load(x_ptr + rows[:, None] * stride_xn + cols_j[None, :],
-                    mask=mask_r[:, None] & mask_j[None, :], other=0.0).to(ACC_DTYPE)
+        a = tl.load(
+            x_ptr + rows[:, None] * stride_xn + cols_i[None, :],
+            mask=mask_r[:, None] & mask_i[None, :],
+            other=0.0,
+        ).to(ACC_DTYPE)
+        b = tl.load(
+            x_ptr + rows[:, None] * stride_xn + cols_j[None, :],
+            mask=mask_r[:, None] & mask_j[None, :],
+            other=0.0,
+        ).to(ACC_DTYPE)
         # Masked rows must stay zero after the shift, or they would add shiftᵀshift terms.
         a = tl.where(mask_r[:, None], a - shift_i[None, :], 0.0)
         b = tl.where(mask_r[:, None], b - shift_j[None, :], 0.0)
@@ -76,10 +87,19 @@ def shifted_comoment_triton(
     tiles = _upper_tiles(triton.cdiv(d, block_d), x.device)
     comoment = torch.empty(d, d, dtype=acc_dtype, device=x.device)
     col_sum = torch.empty(d, dtype=torch.float64, device=x.device)
-    _shard_moments_kernel[(tiles.shape[0],)](
-        x, shift.to(acc_dtype).contiguous(), tiles, comoment, col_sum, n, d, x.stride(0),
-        BLOCK_N=block_n, BLOCK_D=block_d,
-        PRECISION="ieee" if acc_dtype == torch.float64 else precision,
-        ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
-    )
+    with launch_guard():
+        _shard_moments_kernel[(tiles.shape[0],)](
+            x,
+            shift.to(acc_dtype).contiguous(),
+            tiles,
+            comoment,
+            col_sum,
+            n,
+            d,
+            x.stride(0),
+            BLOCK_N=block_n,
+            BLOCK_D=block_d,
+            PRECISION="ieee" if acc_dtype == torch.float64 else precision,
+            ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
+        )
     return comoment, col_sum

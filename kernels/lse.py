@@ -37,8 +37,9 @@ def _safe(m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
 
 
-def merge_pairs(m: torch.Tensor, s: torch.Tensor, dim: int = -1,
-                power: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_pairs(
+    m: torch.Tensor, s: torch.Tensor, dim: int = -1, power: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge partial pairs along ``dim``; ``power=2`` for sums of exp(2(x − m))."""
     top = m.max(dim=dim, keepdim=True).values
     scaled = s * torch.exp(power * (m - _safe(top)))
@@ -62,10 +63,24 @@ def logsumexp_reference(x: torch.Tensor, dim: int | None = None) -> LSEPair:
     if v.shape[dim] == 0:
         shape = list(v.shape)
         del shape[dim]
-        return LSEPair(torch.full(shape, -math.inf, dtype=torch.float64, device=v.device),
-                       torch.zeros(shape, dtype=torch.float64, device=v.device))
+        return LSEPair(
+            torch.full(shape, -math.inf, dtype=torch.float64, device=v.device),
+            torch.zeros(shape, dtype=torch.float64, device=v.device),
+        )
     m = v.max(dim=dim).values
     return LSEPair(m, torch.exp(v - _safe(m).unsqueeze(dim)).sum(dim=dim))
+
+
+def _lse_torch(x: torch.Tensor, dim: int | None) -> LSEPair:
+    """CPU path: max and exp in the input's working precision (fp32 unless fp64), the sum
+    accumulated in float64; no float64 copy of the input."""
+    v = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if dim is None:
+        v, dim = v.reshape(-1), 0
+    m = v.amax(dim=dim)
+    shifted = v - _safe(m).unsqueeze(dim)
+    s = shifted.exp_().sum(dim=dim, dtype=torch.float64)
+    return LSEPair(m.to(torch.float64), s)
 
 
 def logsumexp(x: torch.Tensor, *, dim: int | None = None, backend: Backend = "auto") -> LSEPair:
@@ -93,10 +108,13 @@ def logsumexp(x: torch.Tensor, *, dim: int | None = None, backend: Backend = "au
     """
     _check_real(x, "x")
     if dim not in (None, 1) or (dim == 1 and x.ndim != 2):
-        raise ValueError(f"dim must be None, or 1 for a 2-D tensor; got dim={dim}, "
-                         f"shape {tuple(x.shape)}")
-    if x.numel() == 0 or resolve_backend(x, backend) == "torch":
+        raise ValueError(
+            f"dim must be None, or 1 for a 2-D tensor; got dim={dim}, shape {tuple(x.shape)}"
+        )
+    if x.numel() == 0:
         return logsumexp_reference(x, dim)
+    if resolve_backend(x, backend) == "torch":
+        return _lse_torch(x, dim)
     from kernels._triton_lse import flat_stats_triton, row_lse_triton
 
     if dim == 1:

@@ -14,6 +14,7 @@ which is exact algebra, so rounding ``c`` costs nothing.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -24,6 +25,9 @@ from kernels._dispatch import Backend, check_matrix, resolve_backend
 
 #: Rows centred and added per rank-k update on the CPU path.
 SUB_ROWS = 2048
+
+#: Rows whose mean shifts the data before the one-pass Triton co-moment.
+SHIFT_ROWS = 1024
 
 
 class ShardMoments(NamedTuple):
@@ -125,7 +129,34 @@ def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
     return ShardMoments(n, torch.from_numpy(mean), torch.from_numpy(m2))
 
 
-def shard_moments(x: torch.Tensor, *, backend: Backend = "auto") -> ShardMoments:
+def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMoments:
+    """Triton path (CUDA, or CPU under the interpreter): one fused pass over the rows.
+
+    The shift c is the mean of the first SHIFT_ROWS rows, close enough to the shard mean that
+    Σ(x − c)(x − c)ᵀ does not cancel, without a second pass over the shard.
+
+    Args:
+        x: (n, d) tensor.
+        precision: ``ieee`` fp32 products (default), or ``tf32x3`` (faster on tensor cores;
+            error measured in ``benchmarks/kernels.py``).
+    """
+    from kernels._triton_moments import shifted_comoment_triton
+
+    check_matrix(x)
+    n, d = x.shape
+    if n == 0:
+        return _empty(d, x.device)
+    cdtype = _compute_dtype(x)
+    shift = x[:SHIFT_ROWS].to(torch.float64).mean(dim=0).to(cdtype)
+    comoment, col_sum = shifted_comoment_triton(x, shift, precision)
+    root = col_sum / math.sqrt(n)
+    m2 = comoment.to(torch.float64) - torch.outer(root, root)
+    return ShardMoments(n, shift.to(torch.float64) + col_sum / n, m2)
+
+
+def shard_moments(
+    x: torch.Tensor, *, backend: Backend = "auto", precision: str = "ieee"
+) -> ShardMoments:
     """Row count, mean and centred co-moment of one shard of features.
 
     .. math::
@@ -134,6 +165,7 @@ def shard_moments(x: torch.Tensor, *, backend: Backend = "auto") -> ShardMoments
     Args:
         x: (n, d) tensor of features, rows are samples. Any real dtype.
         backend: ``auto`` (Triton on CUDA, BLAS on CPU), ``triton`` or ``torch``.
+        precision: Triton ``tl.dot`` precision, ``ieee`` (default) or ``tf32x3``.
 
     Returns:
         ShardMoments(n, mean, m2) with float64 tensors on ``x``'s device.
@@ -152,9 +184,7 @@ def shard_moments(x: torch.Tensor, *, backend: Backend = "auto") -> ShardMoments
     check_matrix(x)
     chosen = resolve_backend(x, backend)
     if chosen == "triton":
-        # The fused Triton kernel lands with the GPU-kernels work; until then CUDA tensors take
-        # the torch path on their own device.
-        return shard_moments_torch(x)
+        return shard_moments_triton(x, precision=precision)
     if x.is_cuda:
         return shard_moments_torch(x)
     return shard_moments_blas(x)

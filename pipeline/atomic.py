@@ -21,8 +21,9 @@ def _parent(path: str) -> str:
 def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it replaces ``path``."""
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=_parent(path))
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=_parent(path)
+    )
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

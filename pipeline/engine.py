@@ -116,8 +116,10 @@ class Engine:
             return self._reduce_distributed(
                 groups, split_every or DEFAULT_SPLIT_EVERY, total, report
             )
-        roots = [chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
-                 for g in groups]
+        roots = [
+            chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
+            for g in groups
+        ]
         threads = self._threads()
         with _ShardProgress(total, report), blas_threads(max(1, available_cores() // threads)):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
@@ -128,7 +130,12 @@ class Engine:
         from distributed import Client, as_completed
 
         with Client(self.scheduler) as client:
-            leaves = [client.compute(list(g)) for g in groups]
+            # Workers that declare GPUs (dask-cuda, `--resources GPU=1`) take one shard at a
+            # time per GPU; elsewhere shards go to any worker thread.
+            workers = client.scheduler_info().get("workers", {}).values()
+            gpu = any("GPU" in (w.get("resources") or {}) for w in workers)
+            resources = {"GPU": 1} if gpu else None
+            leaves = [client.compute(list(g), resources=resources) for g in groups]
             roots = client.compute([tree_merge(f, split_every=split_every) for f in leaves])
             # Hand the leaf futures to as_completed and drop our own references, so each
             # shard state is freed on the cluster as soon as its merge has consumed it.

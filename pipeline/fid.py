@@ -213,8 +213,10 @@ def frechet_distance(
     notes = []
     for g, side in ((real, "real"), (gen, "generated")):
         if g.n is not None and g.n <= g.d:
-            msg = (f"{side} set has n={g.n} <= d={g.d}: its covariance is singular; "
-                   "FID is still defined but has high variance")
+            msg = (
+                f"{side} set has n={g.n} <= d={g.d}: its covariance is singular; "
+                "FID is still defined but has high variance"
+            )
             warnings.warn(msg, SingularCovarianceWarning, stacklevel=2)
             notes.append(msg)
     diff = real.mean - gen.mean

@@ -38,8 +38,9 @@ def merge_all(*states: Any) -> Any:
     return functools.reduce(lambda a, b: a.merge(b), unwrapped)
 
 
-def tree_merge(nodes: Sequence[Any], *, split_every: int = DEFAULT_SPLIT_EVERY,
-               name: str = "merge") -> Delayed:
+def tree_merge(
+    nodes: Sequence[Any], *, split_every: int = DEFAULT_SPLIT_EVERY, name: str = "merge"
+) -> Delayed:
     """Merge delayed states (or futures) in a tree of fan-in ``split_every``.
 
     Args:
@@ -88,7 +89,10 @@ def chain_merge(nodes: Sequence[Any], *, name: str = "merge") -> Delayed:
 
 
 def summarize_block(
-    block: np.ndarray, offset: int, device: str = "cpu", backend: Backend = "auto",
+    block: np.ndarray,
+    offset: int,
+    device: str = "cpu",
+    backend: Backend = "auto",
     precision: str = "fp32",
 ) -> FeatureSummary:
     """The chunk step for features: moments of the finite rows, and where the others are.
@@ -118,8 +122,12 @@ def summarize_block(
     )
 
 
-def _chunk_block(block: np.ndarray, chunk: Callable[..., Any], *args: Any,
-                 block_info: dict[Any, Any] | None = None) -> np.ndarray:
+def _chunk_block(
+    block: np.ndarray,
+    chunk: Callable[..., Any],
+    *args: Any,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
     offset = block_info[0]["array-location"][0][0] if block_info else 0
     out = np.empty((1, 1), dtype=object)
     out[0, 0] = chunk(block, offset, *args)
@@ -139,7 +147,10 @@ def shard_tasks(
     """
     token = tokenize(source.array.name, chunk.__name__, args)
     states = da.map_blocks(
-        _chunk_block, source.array, chunk, *args,
+        _chunk_block,
+        source.array,
+        chunk,
+        *args,
         name=f"{SHARD_PREFIX}{chunk.__name__}-{token}",
         chunks=((1,) * source.shards, (1,)),
         meta=np.empty((0, 0), dtype=object),

@@ -132,9 +132,7 @@ def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple
     arrays = dict(group.arrays())
     if array_name is not None:
         if array_name not in arrays:
-            raise StoreError(
-                f"{location!r} has no array {array_name!r}; it holds {sorted(arrays)}"
-            )
+            raise StoreError(f"{location!r} has no array {array_name!r}; it holds {sorted(arrays)}")
         return arrays[array_name], array_name
     candidates = [k for k, a in arrays.items() if _dims(a) == _SAMPLE_DIMS]
     if not candidates:

@@ -76,7 +76,8 @@ class Moments:
         if device == "auto":  # decided on the worker: a GPU worker uses its GPU
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device != "cpu":
-            x = x.to(device, non_blocking=True)
+            # Page-locked staging lets the copy run as a DMA transfer.
+            x = x.pin_memory().to(device, non_blocking=True)
         n, mean, m2 = shard_moments(x, backend=backend)
         return cls(n, mean.cpu().numpy(), m2.cpu().numpy())
 

@@ -28,8 +28,9 @@ from pipeline.states import Moments
 FORMAT_VERSION = 1
 
 
-def save_stats(path: str | os.PathLike[str], moments: Moments,
-               provenance: dict[str, Any] | None = None) -> str:
+def save_stats(
+    path: str | os.PathLike[str], moments: Moments, provenance: dict[str, Any] | None = None
+) -> str:
     """Write statistics to ``path``: ``.npz`` (mu, sigma, n) or otherwise a Zarr group.
 
     Args:
@@ -49,8 +50,14 @@ def save_stats(path: str | os.PathLike[str], moments: Moments,
         group = zarr.open_group(tmp, mode="w")
         group.create_array("mean", data=moments.mean)
         group.create_array("m2", data=moments.m2)
-        group.attrs.update({"format": STATS_FORMAT, "format_version": FORMAT_VERSION,
-                            "n": int(moments.n), **(provenance or {})})
+        group.attrs.update(
+            {
+                "format": STATS_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n": int(moments.n),
+                **(provenance or {}),
+            }
+        )
     return path
 
 

@@ -25,15 +25,24 @@ def basis(d: int, rank: int = DEFAULT_RANK, basis_seed: int = 0) -> np.ndarray:
     return rng.standard_normal((d, rank)) / np.sqrt(rank)
 
 
-def population(d: int, *, mean: float = 0.0, scale: float = 1.0, rank: int = DEFAULT_RANK,
-               basis_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def population(
+    d: int, *, mean: float = 0.0, scale: float = 1.0, rank: int = DEFAULT_RANK, basis_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The exact (mean, covariance) that :func:`gaussian_features` samples from."""
     b = basis(d, rank, basis_seed)
     return np.full(d, float(mean)), scale**2 * (np.eye(d) + b @ b.T)
 
 
-def _block(rows: int, d: int, seed: int, index: int, mean: float, scale: float,
-           b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def _block(
+    rows: int,
+    d: int,
+    seed: int,
+    index: int,
+    mean: float,
+    scale: float,
+    b: np.ndarray,
+    dtype: np.dtype,
+) -> np.ndarray:
     rng = np.random.default_rng([seed, index])
     z = rng.standard_normal((rows, d), dtype=np.float32)
     u = rng.standard_normal((rows, b.shape[1]), dtype=np.float32)
@@ -44,8 +53,15 @@ def _block(rows: int, d: int, seed: int, index: int, mean: float, scale: float,
 
 
 def gaussian_features(
-    n: int, d: int, *, shard_rows: int = 4096, seed: int = 0, mean: float = 0.0,
-    scale: float = 1.0, rank: int = DEFAULT_RANK, basis_seed: int = 0,
+    n: int,
+    d: int,
+    *,
+    shard_rows: int = 4096,
+    seed: int = 0,
+    mean: float = 0.0,
+    scale: float = 1.0,
+    rank: int = DEFAULT_RANK,
+    basis_seed: int = 0,
     dtype: str | np.dtype = "float32",
 ) -> da.Array:
     """A lazy (n, d) dask array of Gaussian features, one block per ``shard_rows`` rows.
@@ -63,7 +79,8 @@ def gaussian_features(
     blocks = [
         da.from_delayed(
             da.core.delayed(_block, pure=True)(rows, d, seed, i, mean, scale, b, dt),
-            shape=(rows, d), dtype=dt,
+            shape=(rows, d),
+            dtype=dt,
         )
         for i, rows in enumerate(sizes)
     ]
@@ -71,8 +88,12 @@ def gaussian_features(
 
 
 def write_features(
-    path: str | os.PathLike[str], features: da.Array, *, chunk_rows: int = 4096,
-    attrs: dict[str, Any] | None = None, compressors: Any = None,
+    path: str | os.PathLike[str],
+    features: da.Array,
+    *,
+    chunk_rows: int = 4096,
+    attrs: dict[str, Any] | None = None,
+    compressors: Any = None,
 ) -> zarr.Array:
     """Write features to a Zarr v3 array at ``path`` (chunked by rows), shard by shard.
 
@@ -82,8 +103,12 @@ def write_features(
     """
     features = features.rechunk((chunk_rows, features.shape[1]))
     target = zarr.create_array(
-        os.fspath(path), shape=features.shape, chunks=(chunk_rows, features.shape[1]),
-        dtype=features.dtype, overwrite=True, dimension_names=("sample", "feature"),
+        os.fspath(path),
+        shape=features.shape,
+        chunks=(chunk_rows, features.shape[1]),
+        dtype=features.dtype,
+        overwrite=True,
+        dimension_names=("sample", "feature"),
         compressors=compressors,
     )
     da.store(features, target, lock=False)  # type: ignore[arg-type]  # zarr arrays take slices

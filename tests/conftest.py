@@ -1,3 +1,9 @@
+import os
+
+# Triton kernels run in the interpreter on CPU-only machines; it is read when a kernel module is
+# first imported, so set it before anything imports them.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
 import zarr
@@ -9,8 +15,14 @@ def rng():
 
 
 def write_zarr(path, x, chunk_rows=64, **attrs):
-    arr = zarr.create_array(str(path), shape=x.shape, chunks=(chunk_rows, x.shape[1]),
-                            dtype=x.dtype, overwrite=True, dimension_names=("sample", "feature"))
+    arr = zarr.create_array(
+        str(path),
+        shape=x.shape,
+        chunks=(chunk_rows, x.shape[1]),
+        dtype=x.dtype,
+        overwrite=True,
+        dimension_names=("sample", "feature"),
+    )
     arr[...] = x
     arr.attrs.update(attrs)
     return str(path)
@@ -23,5 +35,9 @@ def feature_pair(tmp_path, rng):
     a = rng.standard_normal((d, d)) / np.sqrt(d)
     real = (rng.standard_normal((900, d)) @ a + 3.0).astype(np.float32)
     gen = (rng.standard_normal((700, d)) @ (1.2 * a) + 3.1).astype(np.float32)
-    return (write_zarr(tmp_path / "real.zarr", real, feature_extractor="test-net"), real,
-            write_zarr(tmp_path / "gen.zarr", gen), gen)
+    return (
+        write_zarr(tmp_path / "real.zarr", real, feature_extractor="test-net"),
+        real,
+        write_zarr(tmp_path / "gen.zarr", gen),
+        gen,
+    )

@@ -61,73 +61,112 @@ def _positive_int(text: str) -> int:
 def _engine_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("engine")
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="'threads' (default), 'sync', or a distributed scheduler address "
-                        "(tcp://host:8786); default from DASK_SCHEDULER_ADDRESS if set")
-    g.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="Dask threads for the threaded scheduler (default: all cores)")
-    g.add_argument("--shard-rows", type=_positive_int, metavar="N",
-                   help="rows per shard (default: whole stored chunks, about 64 MiB a shard)")
-    g.add_argument("--split-every", type=int, metavar="K",
-                   help="fan-in of a balanced merge tree (default: a chain of merges on one "
-                        f"machine, fan-in {DEFAULT_SPLIT_EVERY} on a cluster)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where shard kernels run; auto: CUDA where the worker has it")
-    g.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="kernel backend (auto: Triton on CUDA, BLAS on CPU)")
-    g.add_argument("--precision", choices=("fp32", "fp64"), default="fp32",
-                   help="products inside a shard: fp32 (fast; float64 data stay float64) or "
-                        "fp64 (2x slower; results independent of shard sizes to ~1e-12)")
+    g.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="'threads' (default), 'sync', or a distributed scheduler address "
+        "(tcp://host:8786); default from DASK_SCHEDULER_ADDRESS if set",
+    )
+    g.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="Dask threads for the threaded scheduler (default: all cores)",
+    )
+    g.add_argument(
+        "--shard-rows",
+        type=_positive_int,
+        metavar="N",
+        help="rows per shard (default: whole stored chunks, about 64 MiB a shard)",
+    )
+    g.add_argument(
+        "--split-every",
+        type=int,
+        metavar="K",
+        help="fan-in of a balanced merge tree (default: a chain of merges on one "
+        f"machine, fan-in {DEFAULT_SPLIT_EVERY} on a cluster)",
+    )
+    g.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where shard kernels run; auto: CUDA where the worker has it",
+    )
+    g.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="kernel backend (auto: Triton on CUDA, BLAS on CPU)",
+    )
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "fp64"),
+        default="fp32",
+        help="products inside a shard: fp32 (fast; float64 data stay float64) or "
+        "fp64 (2x slower; results independent of shard sizes to ~1e-12)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     io = p.add_argument_group("input")
-    io.add_argument("--array", metavar="NAME",
-                    help="variable inside a Zarr group / xarray dataset / .npz")
-    io.add_argument("--nonfinite", choices=("error", "drop"), default="error",
-                    help="rows with NaN/inf: fail (default) or drop and count them")
+    io.add_argument(
+        "--array", metavar="NAME", help="variable inside a Zarr group / xarray dataset / .npz"
+    )
+    io.add_argument(
+        "--nonfinite",
+        choices=("error", "drop"),
+        default="error",
+        help="rows with NaN/inf: fail (default) or drop and count them",
+    )
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="shardeval", description=__doc__.split("\n\n")[0],
+        prog="shardeval",
+        description=__doc__.split("\n\n")[0],
         epilog="Stores: Zarr array or group (path or fsspec URL), xarray dataset in Zarr, "
-               ".npy or .npz. Statistics: a Zarr group from `shardeval stats` (exact, "
-               "mergeable) or a pytorch-fid/clean-fid .npz with mu and sigma.",
+        ".npy or .npz. Statistics: a Zarr group from `shardeval stats` (exact, "
+        "mergeable) or a pytorch-fid/clean-fid .npz with mu and sigma.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _engine_options()
 
     fid = sub.add_parser(
-        "fid", parents=[common], help="Fréchet distance between two feature sets",
+        "fid",
+        parents=[common],
+        help="Fréchet distance between two feature sets",
         description="Fréchet Inception Distance between REAL and GEN feature stores, or GEN "
-                    "against reference statistics (--ref).",
+        "against reference statistics (--ref).",
         epilog="examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
-               "  shardeval fid gen.zarr --ref real-stats.zarr\n"
-               "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
+        "  shardeval fid gen.zarr --ref real-stats.zarr\n"
+        "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fid.add_argument("stores", nargs="+", metavar="STORE",
-                     help="REAL GEN, or only GEN when --ref is given")
+    fid.add_argument(
+        "stores", nargs="+", metavar="STORE", help="REAL GEN, or only GEN when --ref is given"
+    )
     fid.add_argument("--ref", metavar="STATS", help="reference statistics instead of REAL")
     fid.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
     fid.add_argument("--json", action="store_true", help="print the JSON report on stdout")
     fid.set_defaults(func=cmd_fid)
 
     stats = sub.add_parser(
-        "stats", parents=[common], help="compute and save statistics of one store",
+        "stats",
+        parents=[common],
+        help="compute and save statistics of one store",
         description="Compute exact, mergeable statistics (n, mean, m2) of STORE once and "
-                    "save them: a Zarr group (ours) or, for a name ending in .npz, a "
-                    "pytorch-fid style file with mu, sigma (and n).",
+        "save them: a Zarr group (ours) or, for a name ending in .npz, a "
+        "pytorch-fid style file with mu, sigma (and n).",
     )
     stats.add_argument("store", metavar="STORE")
     stats.add_argument("--output", "-o", required=True, metavar="STATS")
     stats.set_defaults(func=cmd_stats)
 
     synth = sub.add_parser(
-        "synth", help="write synthetic Gaussian features (demo, tests, benchmarks)",
+        "synth",
+        help="write synthetic Gaussian features (demo, tests, benchmarks)",
         description="Write an (N, D) float32 Zarr array (or .npy) of Gaussian features with "
-                    "covariance scale²(I + B Bᵀ), B a fixed D x 16 matrix.",
+        "covariance scale²(I + B Bᵀ), B a fixed D x 16 matrix.",
     )
     synth.add_argument("output", metavar="OUT")
     synth.add_argument("--n", type=_positive_int, default=10_000, help="rows (default 10000)")
@@ -157,8 +196,13 @@ def _moments(args: argparse.Namespace, sources: Sequence[FeatureSource]) -> list
     if args.split_every is not None and args.split_every < 2:
         raise UsageError(f"--split-every must be at least 2, got {args.split_every}")
     return feature_moments(
-        sources, engine=_engine(args), split_every=args.split_every, device=args.device,
-        backend=args.backend, nonfinite=args.nonfinite, precision=args.precision,
+        sources,
+        engine=_engine(args),
+        split_every=args.split_every,
+        device=args.device,
+        backend=args.backend,
+        nonfinite=args.nonfinite,
+        precision=args.precision,
         progress=_progress(args),
     )
 
@@ -174,29 +218,63 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if args.ref is not None:
         ref = as_gaussian(load_stats(args.ref), args.ref)
         if ref.d != sources[0].d:
-            raise ShapeError(f"feature dimensions differ: reference {args.ref!r} has d={ref.d}, "
-                             f"{sources[0].location!r} has d={sources[0].d}")
+            raise ShapeError(
+                f"feature dimensions differ: reference {args.ref!r} has d={ref.d}, "
+                f"{sources[0].location!r} has d={sources[0].d}"
+            )
     check_same_dim(*sources)
     computed = _moments(args, sources)
     sides = []
     gaussians = []
     for source, (moments, dropped) in zip(sources, computed, strict=True):
         gaussians.append(Gaussian.from_moments(moments, source.location))
-        sides.append(Side("", source.location, moments.n, source.d, source.shards, "features",
-                          True, dropped, source.describe()))
+        sides.append(
+            Side(
+                "",
+                source.location,
+                moments.n,
+                source.d,
+                source.shards,
+                "features",
+                True,
+                dropped,
+                source.describe(),
+            )
+        )
     if ref is not None:
         gaussians.insert(0, ref)
-        sides.insert(0, Side("", args.ref, ref.n, ref.d, 0, "statistics", ref.mergeable, 0,
-                             stats_provenance(args.ref)))
-    real_side, gen_side = (Side(**{**s.__dict__, "role": role})
-                           for s, role in zip(sides, ("real", "gen"), strict=True))
+        sides.insert(
+            0,
+            Side(
+                "",
+                args.ref,
+                ref.n,
+                ref.d,
+                0,
+                "statistics",
+                ref.mergeable,
+                0,
+                stats_provenance(args.ref),
+            ),
+        )
+    real_side, gen_side = (
+        Side(**{**s.__dict__, "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
+    )
     notes = []
     if ref is not None and not ref.mergeable:
-        notes.append(f"reference {args.ref!r} has mu/sigma without n: usable for FID, "
-                     "but it cannot be merged with other statistics")
+        notes.append(
+            f"reference {args.ref!r} has mu/sigma without n: usable for FID, "
+            "but it cannot be merged with other statistics"
+        )
     result = frechet_distance(gaussians[0], gaussians[1])
-    report = FIDReport(result, real_side, gen_side, time.perf_counter() - start,
-                       _engine(args).describe(), tuple(notes))
+    report = FIDReport(
+        result,
+        real_side,
+        gen_side,
+        time.perf_counter() - start,
+        _engine(args).describe(),
+        tuple(notes),
+    )
     data = report.to_dict()
     if args.out:
         write_json(args.out, data)
@@ -208,23 +286,35 @@ def cmd_stats(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     source = _open(args, args.store)
     ((moments, dropped),) = _moments(args, [source])
-    provenance = {**source.describe(), "nonfinite_dropped": dropped, "created": now_iso(),
-                  "versions": versions()}
+    provenance = {
+        **source.describe(),
+        "nonfinite_dropped": dropped,
+        "created": now_iso(),
+        "versions": versions(),
+    }
     save_stats(args.output, moments, provenance)
-    print(f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
-          f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)")
+    print(
+        f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
+        f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)"
+    )
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    x = gaussian_features(args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed,
-                          mean=args.mean, scale=args.scale)
-    attrs = {"feature_extractor": "synthetic-gaussian", "seed": args.seed, "mean": args.mean,
-             "scale": args.scale}
+    x = gaussian_features(
+        args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed, mean=args.mean, scale=args.scale
+    )
+    attrs = {
+        "feature_extractor": "synthetic-gaussian",
+        "seed": args.seed,
+        "mean": args.mean,
+        "scale": args.scale,
+    }
     if args.output.endswith(".npy"):
         import numpy as np
 
         from pipeline.atomic import atomic_file
+
         with atomic_file(args.output, "wb") as fh:
             np.save(fh, x.compute())
     else:

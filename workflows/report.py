@@ -13,8 +13,17 @@ from typing import Any
 from pipeline.atomic import atomic_file
 from pipeline.fid import FrechetDistance
 
-_PACKAGES = ("shardeval", "dask", "distributed", "numpy", "scipy", "torch", "triton", "zarr",
-             "xarray")
+_PACKAGES = (
+    "shardeval",
+    "dask",
+    "distributed",
+    "numpy",
+    "scipy",
+    "torch",
+    "triton",
+    "zarr",
+    "xarray",
+)
 
 
 def versions() -> dict[str, str | None]:
@@ -88,19 +97,28 @@ class FIDReport:
         ]
         for side in (self.real, self.gen):
             n = f"{side.n:,}" if side.n is not None else "unknown"
-            lines.append(f"  {side.role:<4} {side.location}  n={n} d={side.d:,} "
-                         f"shards={side.shards} ({side.kind})")
-        lines.append(f"  eigenvalues clamped: {r.clamped_count}"
-                     + (f" (largest {r.clamped_max:.3g})" if r.clamped_count else ""))
+            lines.append(
+                f"  {side.role:<4} {side.location}  n={n} d={side.d:,} "
+                f"shards={side.shards} ({side.kind})"
+            )
+        lines.append(
+            f"  eigenvalues clamped: {r.clamped_count}"
+            + (f" (largest {r.clamped_max:.3g})" if r.clamped_count else "")
+        )
         lines.append(f"  {self.seconds:.2f} s on {_engine_text(self.engine)}")
         return "\n".join(lines)
 
 
 def _side_dict(side: Side) -> dict[str, Any]:
     return {
-        "location": side.location, "kind": side.kind, "n": side.n, "d": side.d,
-        "shards": side.shards, "mergeable": side.mergeable,
-        "nonfinite_dropped": side.nonfinite_dropped, "provenance": side.provenance,
+        "location": side.location,
+        "kind": side.kind,
+        "n": side.n,
+        "d": side.d,
+        "shards": side.shards,
+        "mergeable": side.mergeable,
+        "nonfinite_dropped": side.nonfinite_dropped,
+        "provenance": side.provenance,
     }
 
 

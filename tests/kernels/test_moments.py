@@ -19,8 +19,11 @@ TOLERANCE = {
     torch.int32: 2e-6,
 }
 SHAPES = [(1, 3), (7, 3), (7, 64), (1000, 129), (1000, 3), (130, 64)]
-PATHS = {"blas": shard_moments_blas, "torch": shard_moments_torch,
-         "dispatch": lambda x: shard_moments(x)}
+PATHS = {
+    "blas": shard_moments_blas,
+    "torch": shard_moments_torch,
+    "dispatch": lambda x: shard_moments(x),
+}
 
 
 def _data(n, d, dtype, offset=5.0, seed=0):
@@ -70,13 +73,16 @@ def test_empty_block_gives_zero_state():
     assert torch.count_nonzero(got.m2) == 0
 
 
-@pytest.mark.parametrize(("bad", "err"), [
-    (torch.zeros(3), ValueError),
-    (torch.zeros(2, 2, 2), ValueError),
-    (torch.zeros(3, 2, dtype=torch.complex64), TypeError),
-    (torch.zeros(3, 2, dtype=torch.bool), TypeError),
-    (np.zeros((3, 2)), TypeError),
-])
+@pytest.mark.parametrize(
+    ("bad", "err"),
+    [
+        (torch.zeros(3), ValueError),
+        (torch.zeros(2, 2, 2), ValueError),
+        (torch.zeros(3, 2, dtype=torch.complex64), TypeError),
+        (torch.zeros(3, 2, dtype=torch.bool), TypeError),
+        (np.zeros((3, 2)), TypeError),
+    ],
+)
 def test_rejects_bad_input(bad, err):
     with pytest.raises(err):
         shard_moments(bad)

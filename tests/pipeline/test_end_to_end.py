@@ -31,10 +31,14 @@ def test_matches_numpy_reference(feature_pair):
     assert got == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
 
 
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.integers(1, 400), split_every=st.one_of(st.none(), st.integers(2, 9)),
-       scheduler=st.sampled_from(["threads", "sync"]))
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.integers(1, 400),
+    split_every=st.one_of(st.none(), st.integers(2, 9)),
+    scheduler=st.sampled_from(["threads", "sync"]),
+)
 def test_fp64_invariant_to_shards_tree_and_scheduler(feature_pair, rows, split_every, scheduler):
     real_path, _, gen_path, _ = feature_pair
     baseline = _fid([open_features(real_path), open_features(gen_path)], precision="fp64")
@@ -43,10 +47,14 @@ def test_fp64_invariant_to_shards_tree_and_scheduler(feature_pair, rows, split_e
     assert got == pytest.approx(baseline, rel=1e-9)
 
 
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.integers(1, 400), split_every=st.one_of(st.none(), st.integers(2, 9)),
-       scheduler=st.sampled_from(["threads", "sync"]))
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.integers(1, 400),
+    split_every=st.one_of(st.none(), st.integers(2, 9)),
+    scheduler=st.sampled_from(["threads", "sync"]),
+)
 def test_fp32_tree_and_scheduler_invariance(feature_pair, rows, split_every, scheduler):
     # Fixed shards: only the float64 merge order changes, so 1e-9 holds with fp32 products.
     # Changing the shard sizes changes the fp32 rounding inside shards: ~1e-7 relative in FID.
@@ -65,10 +73,14 @@ def test_distributed_local_cluster_matches_threads(feature_pair):
     sources = [open_features(real_path, shard_rows=50), open_features(gen_path, shard_rows=50)]
     baseline = _fid(sources)
     seen = []
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster:
-        got = _fid(sources, engine=Engine(cluster.scheduler_address),
-                   progress=lambda done, total: seen.append((done, total)))
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        got = _fid(
+            sources,
+            engine=Engine(cluster.scheduler_address),
+            progress=lambda done, total: seen.append((done, total)),
+        )
     assert got == pytest.approx(baseline, rel=1e-9)
     assert seen[-1] == (sources[0].shards + sources[1].shards,) * 2
 
@@ -92,8 +104,9 @@ def test_nonfinite_rows_error_or_drop(tmp_path, rng):
     keep = np.isfinite(x).all(axis=1)
     assert dropped == 4
     assert m.n == 116
-    np.testing.assert_allclose(m.covariance(), np.cov(x[keep].astype(np.float64), rowvar=False),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        m.covariance(), np.cov(x[keep].astype(np.float64), rowvar=False), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_fewer_than_two_finite_rows(tmp_path):
@@ -108,8 +121,9 @@ def test_closed_form_population(tmp_path):
     # Two synthetic sets whose population FID is known: sampling error shrinks as 1/√n.
     d, n = 8, 200_000
     for name, seed, mean, scale in (("r", 1, 0.0, 1.0), ("g", 2, 0.2, 1.3)):
-        write_features(tmp_path / f"{name}.zarr",
-                       gaussian_features(n, d, seed=seed, mean=mean, scale=scale))
+        write_features(
+            tmp_path / f"{name}.zarr", gaussian_features(n, d, seed=seed, mean=mean, scale=scale)
+        )
     got = _fid([open_features(str(tmp_path / "r.zarr")), open_features(str(tmp_path / "g.zarr"))])
     expected = exact_fid(*population(d), *population(d, mean=0.2, scale=1.3))
     assert got == pytest.approx(expected, rel=0.02)
@@ -134,9 +148,18 @@ def test_acceptance_50k_by_2048(tmp_path):
     expected = exact_fid(*ref_stats[0], *ref_stats[1])
     assert got.fid == pytest.approx(expected, rel=1e-6)
     assert got.clamped_count == 0
-    ours_on_same_stats = frechet_distance(
-        Gaussian(*ref_stats[0]), Gaussian(*ref_stats[1])).fid
-    assert ours_on_same_stats == pytest.approx(pytorch_fid_formula(*ref_stats[0], *ref_stats[1]),
-                                               rel=1e-5)
+    ours_on_same_stats = frechet_distance(Gaussian(*ref_stats[0]), Gaussian(*ref_stats[1])).fid
+    assert ours_on_same_stats == pytest.approx(
+        pytorch_fid_formula(*ref_stats[0], *ref_stats[1]), rel=1e-5
+    )
     same = frechet_distance(Gaussian.from_moments(mr), Gaussian.from_moments(mr))
     assert abs(same.fid) <= 1e-9 * same.trace_real
+
+
+def test_triton_path_equals_cpu_path(feature_pair):
+    """FID through the Triton shard-moments kernel (interpreter on CPU) equals the BLAS path."""
+    real_path, _, gen_path, _ = feature_pair
+    sources = [open_features(real_path, shard_rows=300), open_features(gen_path, shard_rows=300)]
+    cpu = _fid(sources, backend="torch")
+    triton_path = _fid(sources, backend="triton")
+    assert triton_path == pytest.approx(cpu, rel=1e-6)

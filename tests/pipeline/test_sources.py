@@ -25,15 +25,17 @@ def test_zarr_v3_array_with_default_and_given_shards(tmp_path, x):
 
 
 def test_zarr_v2_is_readable(tmp_path, x):
-    arr = zarr.create_array(str(tmp_path / "v2.zarr"), shape=x.shape, chunks=(16, 4),
-                            dtype=x.dtype, zarr_format=2)
+    arr = zarr.create_array(
+        str(tmp_path / "v2.zarr"), shape=x.shape, chunks=(16, 4), dtype=x.dtype, zarr_format=2
+    )
     arr[...] = x
     np.testing.assert_array_equal(open_features(str(tmp_path / "v2.zarr")).array.compute(), x)
 
 
 def test_xarray_dataset_variable_is_found_by_dims(tmp_path, x):
-    ds = xr.Dataset({"features": (("sample", "feature"), x),
-                     "labels": (("sample",), np.arange(50))})
+    ds = xr.Dataset(
+        {"features": (("sample", "feature"), x), "labels": (("sample",), np.arange(50))}
+    )
     ds.to_zarr(tmp_path / "ds.zarr")
     src = open_features(str(tmp_path / "ds.zarr"))
     assert src.name == "features"
@@ -67,14 +69,17 @@ def test_fsspec_url(x):
     np.testing.assert_array_equal(open_features("memory://feats.zarr").array.compute(), x)
 
 
-@pytest.mark.parametrize(("data", "err", "msg"), [
-    (np.zeros((4, 3, 2), np.float32), ShapeError, "must be 2-D"),
-    (np.zeros(5, np.float32), ShapeError, "must be 2-D"),
-    (np.zeros((1, 3), np.float32), ShapeError, "at least 2"),
-    (np.zeros((4, 3), bool), DtypeError, "integer or floating"),
-    (np.zeros((4, 3), complex), DtypeError, "integer or floating"),
-    (np.array([["a", "b"], ["c", "d"]]), DtypeError, "integer or floating"),
-])
+@pytest.mark.parametrize(
+    ("data", "err", "msg"),
+    [
+        (np.zeros((4, 3, 2), np.float32), ShapeError, "must be 2-D"),
+        (np.zeros(5, np.float32), ShapeError, "must be 2-D"),
+        (np.zeros((1, 3), np.float32), ShapeError, "at least 2"),
+        (np.zeros((4, 3), bool), DtypeError, "integer or floating"),
+        (np.zeros((4, 3), complex), DtypeError, "integer or floating"),
+        (np.array([["a", "b"], ["c", "d"]]), DtypeError, "integer or floating"),
+    ],
+)
 def test_bad_stores(tmp_path, data, err, msg):
     np.save(tmp_path / "bad.npy", data)
     with pytest.raises(err, match=msg):

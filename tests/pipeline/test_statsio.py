@@ -54,13 +54,16 @@ def test_bare_pytorch_fid_npz_gives_pytorch_fids_value(tmp_path, rng):
     assert ours == pytest.approx(pytorch_fid_formula(*stats[0], *stats[1]), rel=1e-5)
 
 
-@pytest.mark.parametrize(("arrays", "msg"), [
-    ({"mu": np.zeros(3)}, "lacks \\['sigma'\\]"),
-    ({"mean": np.zeros(3), "cov": np.eye(3)}, "lacks"),
-    ({"mu": np.zeros(3), "sigma": np.eye(4)}, "expected \\(d,\\) and \\(d, d\\)"),
-    ({"mu": np.zeros((3, 1)), "sigma": np.eye(3)}, "expected"),
-    ({"mu": np.full(3, np.nan), "sigma": np.eye(3)}, "NaN"),
-])
+@pytest.mark.parametrize(
+    ("arrays", "msg"),
+    [
+        ({"mu": np.zeros(3)}, "lacks \\['sigma'\\]"),
+        ({"mean": np.zeros(3), "cov": np.eye(3)}, "lacks"),
+        ({"mu": np.zeros(3), "sigma": np.eye(4)}, "expected \\(d,\\) and \\(d, d\\)"),
+        ({"mu": np.zeros((3, 1)), "sigma": np.eye(3)}, "expected"),
+        ({"mu": np.full(3, np.nan), "sigma": np.eye(3)}, "NaN"),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, msg):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(StatsFormatError, match=msg):

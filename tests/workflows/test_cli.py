@@ -10,8 +10,18 @@ from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats, pytorch_fid_formula
 from workflows.cli import main
 
-REPORT_KEYS = {"fid", "mean_term", "trace_term", "n_real", "n_gen", "d", "shards",
-               "eigenvalues_clamped", "seconds", "versions"}
+REPORT_KEYS = {
+    "fid",
+    "mean_term",
+    "trace_term",
+    "n_real",
+    "n_gen",
+    "d",
+    "shards",
+    "eigenvalues_clamped",
+    "seconds",
+    "versions",
+}
 
 
 def _run(capsys, *argv):
@@ -84,20 +94,35 @@ def _bad_inputs(tmp_path, rng):
         "fewer than 2 rows": (["fid", tmp_path / "one.npy", good], "at least 2"),
         "non-numeric": (["fid", tmp_path / "str.npy", good], "integer or floating"),
         "dims differ": (["fid", tmp_path / "d3.npy", good], "feature dimensions differ"),
-        "non-finite": (["fid", write_zarr(tmp_path / "nan.zarr", nan), good],
-                       r"2 row\(s\) with NaN or inf \(first at rows 3, 11\)"),
+        "non-finite": (
+            ["fid", write_zarr(tmp_path / "nan.zarr", nan), good],
+            r"2 row\(s\) with NaN or inf \(first at rows 3, 11\)",
+        ),
         "stats without sigma": (["fid", good, "--ref", tmp_path / "nosigma.npz"], "lacks"),
         "stats mismatched": (["fid", good, "--ref", tmp_path / "mismatch.npz"], "expected"),
-        "ref d differs": (["fid", tmp_path / "d3.npy", "--ref", tmp_path / "mismatch.npz"],
-                          "expected"),
+        "ref d differs": (
+            ["fid", tmp_path / "d3.npy", "--ref", tmp_path / "mismatch.npz"],
+            "expected",
+        ),
         "three stores": (["fid", good, good, good], "give REAL and GEN"),
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing store", "not 2-D", "fewer than 2 rows", "non-numeric", "dims differ", "non-finite",
-    "stats without sigma", "stats mismatched", "ref d differs", "three stores",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing store",
+        "not 2-D",
+        "fewer than 2 rows",
+        "non-numeric",
+        "dims differ",
+        "non-finite",
+        "stats without sigma",
+        "stats mismatched",
+        "ref d differs",
+        "three stores",
+    ],
+)
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, capsys, rng, case):
     argv, msg = _bad_inputs(tmp_path, rng)[case]
     out = tmp_path / "out" / "report.json"
@@ -142,8 +167,13 @@ def test_console_script_help_and_error_exit():
     help_run = subprocess.run([exe, "fid", "--help"], capture_output=True, text=True, check=False)
     assert help_run.returncode == 0
     assert "--ref STATS" in help_run.stdout
-    bad = subprocess.run([exe, "fid", "/nonexistent/a.zarr", "/nonexistent/b.zarr"],
-                         capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [exe, "fid", "/nonexistent/a.zarr", "/nonexistent/b.zarr"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "shardeval: error: feature store '/nonexistent/a.zarr' does not exist"]
+        "shardeval: error: feature store '/nonexistent/a.zarr' does not exist"
+    ]
