@@ -19,15 +19,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import statistics
-import subprocess
-import sys
-import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+
+from benchmarks._harness import child, medians, run_child
 
 DATA_DIR = os.environ.get("SHARDEVAL_BENCH_DATA", "bench-data")
 
@@ -106,36 +104,11 @@ METHODS = {
 }
 
 
-def _child(method: str, n: int, d: int) -> None:
-    paths = _paths(n, d)
-    fn = METHODS[method]
-    if method == "shardeval":
-        import pipeline  # noqa: F401  (imports outside the timed region, as for the peers)
-    else:
-        import scipy.linalg  # noqa: F401
-        import torch  # noqa: F401
-    start = time.perf_counter()
-    fid = fn(paths)
-    seconds = time.perf_counter() - start
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {"method": method, "n": n, "fid": fid, "seconds": seconds, "peak_rss_mib": peak_mib}
-        )
-    )
+def _timed_method(method: str) -> Callable[[str, str], float]:
+    def run(n: str, d: str) -> float:
+        return METHODS[method](_paths(int(n), int(d)))
 
-
-def run_one(method: str, n: int, d: int) -> dict[str, float]:
-    start = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fid_vs_peers", "--child", method, str(n), str(d)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - start
-    return result
+    return run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,7 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "N", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(args.child[0], int(args.child[1]), int(args.child[2]))
+        import scipy.linalg  # noqa: F401
+
+        import pipeline  # noqa: F401  (imports outside the timed region, for every method)
+
+        child({m: _timed_method(m) for m in METHODS}, args.child[0], args.child[1:])
         return
     print(f"# machine: {os.cpu_count()} cores; d={args.d}; medians of {args.repeats} runs")
     print(
@@ -159,19 +136,16 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.sizes:
         make_data(n, args.d)
         methods = [m for m in METHODS if m == "shardeval" or n <= args.peers_max_n]
-        runs: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
+        runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
         for _ in range(args.repeats):  # interleaved, so drift on a shared machine hits all
             for m in methods:
-                runs[m].append(run_one(m, n, args.d))
-        med = {
-            m: {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "method"}
-            for m, rs in runs.items()
-        }
+                runs[m].append(run_child("benchmarks.fid_vs_peers", m, n, args.d))
+        med = {m: medians(rs) for m, rs in runs.items()}
         ref = med.get("pytorch-fid", {}).get("seconds")
         for m, r in med.items():
             ratio = f"{r['seconds'] / ref:.3f}" if ref else "-"
             print(
-                f"{n:>8} {m:<13} {r['fid']:>14.6f} {r['seconds']:>9.2f} "
+                f"{n:>8} {m:<13} {r['value']:>14.6f} {r['seconds']:>9.2f} "
                 f"{r['process_seconds']:>10.2f} {r['peak_rss_mib']:>9.0f} {ratio:>10}"
             )
 

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     full = args.full or device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False  # IEEE fp32 for the torch baselines too
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    name = (
+        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+    )
     print(f"# device: {name}; medians; ratio = ours / torch (below 1: ours faster)")
     print(f"{'kernel':<34} {'shape':<22} {'ours ms':>9} {'torch ms':>9} {'rate':>16} {'ratio':>6}")
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -75,39 +77,61 @@ def main(argv: list[str] | None = None) -> None:
         return torch.randn(*shape, generator=g).to(device)
 
     def row(label: str, shape: str, ours: float, base: float, rate: str) -> None:
-        print(f"{label:<34} {shape:<22} {ours * 1e3:>9.2f} {base * 1e3:>9.2f} {rate:>16} "
-              f"{ours / base:>6.2f}")
+        print(
+            f"{label:<34} {shape:<22} {ours * 1e3:>9.2f} {base * 1e3:>9.2f} {rate:>16} "
+            f"{ours / base:>6.2f}"
+        )
 
     n, d = (50_000, 2048) if full else (8192, 1024)
     x = rand(n, d) + 3.0
     t_ours = _timed(lambda: shard_moments(x), device, args.repeats)
     t_base = _timed(lambda: _torch_moments(x), device, args.repeats)
-    row("shard_moments (fp32 ieee)", f"{n}x{d}", t_ours, t_base,
-        f"{2 * n * d * d / t_ours / 1e12:.2f} TFLOP/s*")
+    row(
+        "shard_moments (fp32 ieee)",
+        f"{n}x{d}",
+        t_ours,
+        t_base,
+        f"{2 * n * d * d / t_ours / 1e12:.2f} TFLOP/s*",
+    )
     if device.type == "cuda":
         ref = shard_moments_reference(x).m2
         fast = shard_moments(x, precision="tf32x3")
         ieee = shard_moments(x)
         t_fast = _timed(lambda: shard_moments(x, precision="tf32x3"), device, args.repeats)
         scale = float(ref.abs().max())
-        print(f"{'shard_moments (tf32x3)':<34} {f'{n}x{d}':<22} {t_fast * 1e3:>9.2f} "
-              f"{'':>9} {2 * n * d * d / t_fast / 1e12:>12.2f} TFLOP/s*  "
-              f"max|err|/max|m2|: tf32x3 {float((fast.m2 - ref).abs().max()) / scale:.2e}, "
-              f"ieee {float((ieee.m2 - ref).abs().max()) / scale:.2e}")
+        print(
+            f"{'shard_moments (tf32x3)':<34} {f'{n}x{d}':<22} {t_fast * 1e3:>9.2f} "
+            f"{'':>9} {2 * n * d * d / t_fast / 1e12:>12.2f} TFLOP/s*  "
+            f"max|err|/max|m2|: tf32x3 {float((fast.m2 - ref).abs().max()) / scale:.2e}, "
+            f"ieee {float((ieee.m2 - ref).abs().max()) / scale:.2e}"
+        )
 
     rows, k = (1_000_000, 64) if full else (200_000, 64)
     lw = rand(rows, k) * 10
     t_ours = _timed(lambda: logsumexp(lw, dim=1), device, args.repeats)
     t_base = _timed(lambda: torch.logsumexp(lw, dim=1), device, args.repeats)
-    row("logsumexp (rows)", f"{rows}x{k}", t_ours, t_base,
-        f"{lw.numel() * 4 / t_ours / 1e9:.1f} GB/s")
+    row(
+        "logsumexp (rows)",
+        f"{rows}x{k}",
+        t_ours,
+        t_base,
+        f"{lw.numel() * 4 / t_ours / 1e9:.1f} GB/s",
+    )
 
     flat = rand(10_000_000 if full else 2_000_000) * 10
     t_ours = _timed(lambda: weight_stats(flat, top=100), device, args.repeats)
-    t_base = _timed(lambda: (torch.logsumexp(flat, 0), torch.logsumexp(2 * flat, 0),
-                             torch.topk(flat, 100)), device, args.repeats)
-    row("weight_stats (+top-100)", f"{flat.numel()}", t_ours, t_base,
-        f"{flat.numel() * 4 / t_ours / 1e9:.1f} GB/s")
+    t_base = _timed(
+        lambda: (torch.logsumexp(flat, 0), torch.logsumexp(2 * flat, 0), torch.topk(flat, 100)),
+        device,
+        args.repeats,
+    )
+    row(
+        "weight_stats (+top-100)",
+        f"{flat.numel()}",
+        t_ours,
+        t_base,
+        f"{flat.numel() * 4 / t_ours / 1e9:.1f} GB/s",
+    )
 
     n, d = (50_000, 2048) if full else (8192, 512)
     a = rand(d, d)
@@ -116,18 +140,24 @@ def main(argv: list[str] | None = None) -> None:
     linv = torch.linalg.solve_triangular(chol, torch.eye(d, device=device), upper=False)
     t_ours = _timed(lambda: gaussian_logpdf(xs, mean, chol), device, args.repeats)
     t_base = _timed(lambda: ((xs - mean) @ linv.T).square().sum(1), device, args.repeats)
-    row("gaussian_logpdf", f"{n}x{d}", t_ours, t_base,
-        f"{n * d * d / t_ours / 1e12:.2f} TFLOP/s")
+    row("gaussian_logpdf", f"{n}x{d}", t_ours, t_base, f"{n * d * d / t_ours / 1e12:.2f} TFLOP/s")
 
     n, m, d = (16_384, 65_536, 2048) if full else (2048, 4096, 256)
     q, s = rand(n, d), rand(m, d)
     h = math.sqrt(d)
     t_ours = _timed(lambda: parzen_logpdf(q, s, h), device, args.repeats)
     t_base = _timed(lambda: _torch_parzen(q, s, h), device, args.repeats)
-    row("parzen_logpdf", f"{n}x{m}x{d}", t_ours, t_base,
-        f"{2 * n * m * d / t_ours / 1e12:.2f} TFLOP/s")
-    print("* shard_moments rate counts the 2·n·d² flops of the full product; syrk/upper-tile "
-          "kernels do about half of them")
+    row(
+        "parzen_logpdf",
+        f"{n}x{m}x{d}",
+        t_ours,
+        t_base,
+        f"{2 * n * m * d / t_ours / 1e12:.2f} TFLOP/s",
+    )
+    print(
+        "* shard_moments rate counts the 2·n·d² flops of the full product; syrk/upper-tile "
+        "kernels do about half of them"
+    )
 
 
 if __name__ == "__main__":

@@ -120,8 +120,26 @@ class Engine:
             chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
             for g in groups
         ]
+        return self.run_delayed(roots, progress=progress, shards=total)
+
+    def run_delayed(
+        self, roots: Sequence[Any], *, progress: Progress | None = None, shards: int = 0
+    ) -> list[Any]:
+        """Compute delayed objects whose graphs contain ``shards`` tasks named ``shard-…``.
+
+        On a cluster progress is reported at the start and the end only.
+        """
+        report = progress or (lambda done, total: None)
+        if self.is_distributed:
+            from distributed import Client
+
+            with Client(self.scheduler) as client:
+                report(0, shards)
+                out = list(client.gather(client.compute(list(roots))))
+                report(shards, shards)
+                return out
         threads = self._threads()
-        with _ShardProgress(total, report), blas_threads(max(1, available_cores() // threads)):
+        with _ShardProgress(shards, report), blas_threads(max(1, available_cores() // threads)):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
 
     def _reduce_distributed(

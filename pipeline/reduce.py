@@ -32,7 +32,7 @@ DEFAULT_SPLIT_EVERY = 4
 def merge_all(*states: Any) -> Any:
     """Left fold of ``merge`` over one group of states (the combine/aggregate step).
 
-    Shard states arrive as the 1 x 1 object blocks that ``map_blocks`` produces; unwrap them.
+    Shard states arrive as the one-element object blocks that ``map_blocks`` produces; unwrap them.
     """
     unwrapped = [s.item() if isinstance(s, np.ndarray) else s for s in states]
     return functools.reduce(lambda a, b: a.merge(b), unwrapped)
@@ -129,8 +129,8 @@ def _chunk_block(
     block_info: dict[Any, Any] | None = None,
 ) -> np.ndarray:
     offset = block_info[0]["array-location"][0][0] if block_info else 0
-    out = np.empty((1, 1), dtype=object)
-    out[0, 0] = chunk(block, offset, *args)
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out[(0,) * block.ndim] = chunk(block, offset, *args)
     return out
 
 
@@ -152,7 +152,7 @@ def shard_tasks(
         chunk,
         *args,
         name=f"{SHARD_PREFIX}{chunk.__name__}-{token}",
-        chunks=((1,) * source.shards, (1,)),
-        meta=np.empty((0, 0), dtype=object),
+        chunks=((1,) * source.shards, *((1,),) * (source.array.ndim - 1)),
+        meta=np.empty((0,) * source.array.ndim, dtype=object),
     )
     return list(states.to_delayed().ravel())

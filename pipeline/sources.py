@@ -55,7 +55,8 @@ class FeatureSource:
 
     @property
     def d(self) -> int:
-        return int(self.array.shape[1])
+        """Features per row (columns; 1 for a 1-D array of per-sample values)."""
+        return int(self.array.shape[1]) if self.array.ndim == 2 else 1
 
     @property
     def dtype(self) -> np.dtype:
@@ -75,7 +76,7 @@ class FeatureSource:
         return {
             "source": self.location,
             "array": self.name,
-            "shape": [self.n, self.d],
+            "shape": list(self.array.shape),
             "dtype": str(self.dtype),
             "shards": self.shards,
             "feature_extractor": self.feature_extractor,
@@ -166,18 +167,17 @@ def _default_shard_rows(stored_rows: int, row_bytes: int, n: int) -> int:
     return max(1, min(rows, n))
 
 
-def validate_shape_dtype(location: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-    """Features are 2-D and real: integers or floating point."""
-    if len(shape) != 2:
-        raise ShapeError(
-            f"{location!r} has shape {shape}; features must be 2-D (samples x features)"
-        )
+def validate_shape_dtype(
+    location: str, shape: tuple[int, ...], dtype: np.dtype, ndims: tuple[int, ...] = (2,)
+) -> None:
+    """Rank in ``ndims`` and a real dtype: integers or floating point."""
+    if len(shape) not in ndims:
+        want = " or ".join({1: "1-D (samples)", 2: "2-D (samples x features)"}[k] for k in ndims)
+        raise ShapeError(f"{location!r} has shape {shape}; it must be {want}")
     if dtype == np.bool_ or not (
         np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
     ):
-        raise DtypeError(
-            f"{location!r} has dtype {dtype}; features must be integer or floating point"
-        )
+        raise DtypeError(f"{location!r} has dtype {dtype}; it must be integer or floating point")
 
 
 def open_features(
@@ -187,6 +187,7 @@ def open_features(
     shard_rows: int | None = None,
     min_rows: int = 2,
     storage_options: dict[str, Any] | None = None,
+    ndims: tuple[int, ...] = (2,),
 ) -> FeatureSource:
     """Open a feature store lazily as a dask array with one block per shard.
 
@@ -196,6 +197,8 @@ def open_features(
         shard_rows: rows per shard; default: whole stored chunks, about 64 MiB a shard.
         min_rows: fewest rows accepted (2 for a covariance).
         storage_options: passed to fsspec for URLs.
+        ndims: accepted ranks: (2,) for features; (1,) or (1, 2) for per-sample values such as
+            log-likelihoods (N,) or log-weights (N, K).
 
     Returns:
         A validated :class:`FeatureSource`.
@@ -228,17 +231,18 @@ def open_features(
         outer = getattr(data, "shards", None) or data.chunks
         stored_rows = int(outer[0]) if data.ndim else 0
     shape, dtype = tuple(int(s) for s in data.shape), np.dtype(data.dtype)
-    validate_shape_dtype(location, shape, dtype)
-    n, d = shape
+    validate_shape_dtype(location, shape, dtype, ndims)
+    n, d = shape[0], (shape[1] if len(shape) == 2 else 1)
     if n < min_rows:
         raise ShapeError(f"{location!r} has {n} row(s); at least {min_rows} are needed")
     if d < 1:
-        raise ShapeError(f"{location!r} has shape {shape}; it holds no features")
+        raise ShapeError(f"{location!r} has shape {shape}; its rows are empty")
     rows = shard_rows or _default_shard_rows(stored_rows, d * dtype.itemsize, n)
+    chunks = (rows, *shape[1:])
     if isinstance(data, np.ndarray):
-        array = da.from_array(data, chunks=(rows, d), name=False)
+        array = da.from_array(data, chunks=chunks, name=False)
     else:
-        array = da.from_zarr(data, chunks=(rows, d))
+        array = da.from_zarr(data, chunks=chunks)
     return FeatureSource(location, array, name, _extractor(attrs), attrs)
 
 

@@ -113,9 +113,9 @@ class NonFiniteRows:
         return cls()
 
     @classmethod
-    def from_mask(cls, bad: np.ndarray, offset: int) -> NonFiniteRows:
+    def from_mask(cls, bad: Any, offset: int) -> NonFiniteRows:
         """From a boolean per-row mask of one block whose first row is global row ``offset``."""
-        idx = np.flatnonzero(bad)
+        idx = np.flatnonzero(np.asarray(bad))
         return cls(int(idx.size), tuple(int(i) + offset for i in idx[:_MAX_REPORTED_ROWS]))
 
     def merge(self, other: NonFiniteRows) -> NonFiniteRows:
@@ -139,3 +139,204 @@ class FeatureSummary:
         return FeatureSummary(
             self.moments.merge(other.moments), self.nonfinite.merge(other.nonfinite)
         )
+
+
+@dataclass(frozen=True)
+class ScalarMoments:
+    """Welford/Chan moments of a scalar per sample (e.g. log-likelihoods), with min and max.
+
+    Attributes:
+        n: values seen.
+        mean: their mean.
+        m2: Σ (v − mean)².
+        min, max: extremes (+inf / −inf when n = 0).
+
+    Example:
+        >>> s = ScalarMoments.from_values(np.array([1.0, 2.0])).merge(
+        ...     ScalarMoments.from_values(np.array([3.0, 6.0])))
+        >>> s.n, s.mean, s.variance(), s.min, s.max
+        (4, 3.0, 4.666666666666667, 1.0, 6.0)
+    """
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    min: float = float("inf")
+    max: float = float("-inf")
+
+    @classmethod
+    def empty(cls) -> ScalarMoments:
+        return cls()
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> ScalarMoments:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.size == 0:
+            return cls()
+        mean = float(v.mean())
+        return cls(
+            int(v.size), mean, float(np.square(v - mean).sum()), float(v.min()), float(v.max())
+        )
+
+    def merge(self, other: ScalarMoments) -> ScalarMoments:
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return ScalarMoments(
+            n,
+            self.mean + delta * other.n / n,
+            self.m2 + other.m2 + delta * delta * self.n * other.n / n,
+            min(self.min, other.min),
+            max(self.max, other.max),
+        )
+
+    def variance(self, ddof: int = 1) -> float:
+        return self.m2 / (self.n - ddof) if self.n > ddof else float("nan")
+
+    def standard_error(self) -> float:
+        """Standard error of the mean, √(var / n)."""
+        return float(np.sqrt(self.variance() / self.n)) if self.n > 1 else float("nan")
+
+
+def _lse_merge(m_a: float, s_a: float, m_b: float, s_b: float) -> tuple[float, float]:
+    m = max(m_a, m_b)
+    if m == float("-inf"):  # nothing but −inf seen on either side
+        return m, 0.0
+    return m, s_a * float(np.exp(m_a - m)) + s_b * float(np.exp(m_b - m))
+
+
+@dataclass(frozen=True)
+class LogSumExp:
+    """Mergeable log-sum-exp: max m, s = Σ exp(x − m), and the count n. LSE = m + log s.
+
+    Example:
+        >>> a = LogSumExp.from_values(np.array([0.0, 1000.0]))
+        >>> b = LogSumExp.from_values(np.array([-np.inf]))
+        >>> round(a.merge(b).value, 6), a.merge(b).n
+        (1000.0, 3)
+    """
+
+    max: float = float("-inf")
+    sum: float = 0.0
+    n: int = 0
+
+    @classmethod
+    def empty(cls) -> LogSumExp:
+        return cls()
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> LogSumExp:
+        from kernels import logsumexp  # tensors in, pair out
+
+        v = np.asarray(values)
+        if v.size == 0:
+            return cls()
+        pair = logsumexp(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)))
+        return cls(float(pair.max), float(pair.sum), int(v.size))
+
+    def merge(self, other: LogSumExp) -> LogSumExp:
+        m, s = _lse_merge(self.max, self.sum, other.max, other.sum)
+        return LogSumExp(m, s, self.n + other.n)
+
+    @property
+    def value(self) -> float:
+        return self.max + float(np.log(self.sum)) if self.sum > 0 else float("-inf")
+
+
+@dataclass(frozen=True, eq=False)
+class WeightStats:
+    """Importance log-weights: LSE of log w and of 2·log w, and the ``keep`` largest log w.
+
+    ESS = exp(2·LSE(log w) − LSE(2·log w)); the kept tail feeds the Pareto k̂ fit (PSIS).
+    """
+
+    lse: LogSumExp
+    lse2: LogSumExp
+    top: np.ndarray  # descending, at most ``keep`` values
+    keep: int
+
+    @classmethod
+    def empty(cls, keep: int) -> WeightStats:
+        return cls(LogSumExp(), LogSumExp(), np.zeros(0), keep)
+
+    @classmethod
+    def from_values(cls, log_w: np.ndarray, keep: int) -> WeightStats:
+        from kernels import weight_stats
+
+        v = np.ascontiguousarray(np.asarray(log_w).reshape(-1))
+        if v.size == 0:
+            return cls.empty(keep)
+        w = weight_stats(torch.from_numpy(v), top=keep)
+        m = float(w.max)
+        return cls(
+            LogSumExp(m, float(w.sum), w.n),
+            LogSumExp(2 * m, float(w.sum_sq), w.n),
+            w.top.numpy(),
+            keep,
+        )
+
+    def merge(self, other: WeightStats) -> WeightStats:
+        union = np.concatenate([self.top, other.top])
+        top = -np.sort(-union)[: self.keep]
+        return WeightStats(self.lse.merge(other.lse), self.lse2.merge(other.lse2), top, self.keep)
+
+    @property
+    def n(self) -> int:
+        return self.lse.n
+
+    def ess(self) -> float:
+        """(Σw)² / Σw², from the log domain."""
+        return float(np.exp(2 * self.lse.value - self.lse2.value)) if self.n else float("nan")
+
+    def max_normalized_weight(self) -> float:
+        return float(np.exp(self.lse.max - self.lse.value)) if self.n else float("nan")
+
+
+@dataclass(frozen=True, eq=False)
+class Histogram:
+    """Counts over fixed bin edges (mergeable quantiles of per-row quantities)."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def empty(cls, edges: np.ndarray) -> Histogram:
+        return cls(edges, np.zeros(len(edges) - 1, dtype=np.int64))
+
+    @classmethod
+    def from_values(cls, values: np.ndarray, edges: np.ndarray) -> Histogram:
+        clipped = np.clip(np.asarray(values, dtype=np.float64), edges[0], edges[-1])
+        return cls(edges, np.histogram(clipped, bins=edges)[0].astype(np.int64))
+
+    def merge(self, other: Histogram) -> Histogram:
+        return Histogram(self.edges, self.counts + other.counts)
+
+    def quantile(self, q: float) -> float:
+        """Upper edge of the bin holding the q-quantile (resolution: one bin)."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return float("nan")
+        idx = int(np.searchsorted(np.cumsum(self.counts), q * total, side="left"))
+        return float(self.edges[min(idx + 1, len(self.edges) - 1)])
+
+
+@dataclass(frozen=True, eq=False)
+class RowLogSumExp:
+    """Per query row, the (max, Σ exp(· − max)) pair: one test shard's Parzen sums over some
+    sample shards; merges across sample shards element-wise."""
+
+    max: np.ndarray
+    sum: np.ndarray
+
+    def merge(self, other: RowLogSumExp) -> RowLogSumExp:
+        m = np.maximum(self.max, other.max)
+        safe = np.where(np.isneginf(m), 0.0, m)
+        s = self.sum * np.exp(self.max - safe) + other.sum * np.exp(other.max - safe)
+        return RowLogSumExp(m, s)
+
+    def values(self) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return self.max + np.log(self.sum)

@@ -1,4 +1,4 @@
-"""``shardeval``: FID over sharded feature stores, on one machine or a Dask cluster.
+"""``shardeval``: FID, NLL and ESS over sharded stores, on one machine or a Dask cluster.
 
 Examples:
     shardeval synth real.zarr --n 50000 --d 2048 --seed 1
@@ -7,11 +7,14 @@ Examples:
     shardeval stats real.zarr -o real-stats.zarr
     shardeval fid gen.zarr --ref real-stats.zarr
     shardeval fid gen.zarr --ref fid_stats_inception.npz      # pytorch-fid / clean-fid file
+    shardeval nll loglik.zarr --dims 3072
+    shardeval ess logw.zarr
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -34,11 +37,23 @@ from pipeline import (
     open_features,
     save_stats,
 )
+from pipeline.likelihood import ess_of, nll_from_loglik, nll_gaussian, nll_importance, nll_parzen
 from pipeline.reduce import DEFAULT_SPLIT_EVERY
 from pipeline.statsio import stats_provenance
 from pipeline.synthetic import gaussian_features, write_features
 from workflows.progress import ProgressBar
-from workflows.report import FIDReport, Side, now_iso, to_json, versions, write_json
+from workflows.report import (
+    FIDReport,
+    Side,
+    ess_dict,
+    ess_summary,
+    nll_dict,
+    nll_summary,
+    now_iso,
+    to_json,
+    versions,
+    write_json,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -162,6 +177,58 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--output", "-o", required=True, metavar="STATS")
     stats.set_defaults(func=cmd_stats)
 
+    nll = sub.add_parser(
+        "nll",
+        parents=[common],
+        help="negative log-likelihood reports",
+        description="Mean NLL (nats) with its standard error, from per-sample log-likelihoods, "
+        "importance log-weights (IWAE-style), a Gaussian of saved statistics, or a "
+        "Parzen window (Gaussian KDE) of sample features.",
+        epilog="examples:\n  shardeval nll loglik.zarr --dims 3072\n"
+        "  shardeval nll --iw logw.zarr\n"
+        "  shardeval nll --gaussian real-stats.zarr test.zarr\n"
+        "  shardeval nll --parzen samples.zarr test.zarr --bandwidth cv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    nll.add_argument(
+        "stores",
+        nargs="*",
+        metavar="STORE",
+        help="LOGLIK (N,), or TEST features with --gaussian/--parzen",
+    )
+    nll.add_argument("--iw", metavar="LOGW", help="importance log-weights (N, K)")
+    nll.add_argument("--gaussian", metavar="STATS", help="statistics from `shardeval stats`")
+    nll.add_argument("--parzen", metavar="SAMPLES", help="feature store of kernel centres")
+    nll.add_argument(
+        "--bandwidth",
+        type=_bandwidth,
+        default="silverman",
+        metavar="H",
+        help="Parzen bandwidth: a number, 'silverman' (default) or 'cv'",
+    )
+    nll.add_argument(
+        "--dims",
+        type=_positive_int,
+        metavar="D",
+        help="dimensions per sample, for bits/dim (e.g. 3072 for 32x32 RGB)",
+    )
+    nll.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
+    nll.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    nll.set_defaults(func=cmd_nll)
+
+    ess = sub.add_parser(
+        "ess",
+        parents=[common],
+        help="effective sample size and Pareto k of log-weights",
+        description="ESS = (Σw)²/Σw², ESS/N, the largest normalised weight and the PSIS Pareto "
+        "k̂ (< 0.5 good, < 0.7 usable, ≥ 0.7 unreliable) of log-weights (N,) or "
+        "(N, K) (then also per row, summarised).",
+    )
+    ess.add_argument("store", metavar="LOGW")
+    ess.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
+    ess.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    ess.set_defaults(func=cmd_ess)
+
     synth = sub.add_parser(
         "synth",
         help="write synthetic Gaussian features (demo, tests, benchmarks)",
@@ -275,11 +342,103 @@ def cmd_fid(args: argparse.Namespace) -> int:
         _engine(args).describe(),
         tuple(notes),
     )
-    data = report.to_dict()
+    return _emit(args, report.to_dict(), report.summary())
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], summary: str) -> int:
+    """Write the JSON report (--out), then print the summary or the JSON (--json)."""
     if args.out:
         write_json(args.out, data)
-    print(to_json(data) if args.json else report.summary(), end="" if args.json else "\n")
+    print(to_json(data) if args.json else summary, end="" if args.json else "\n")
     return 0
+
+
+def _report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
+    return {
+        "engine": _engine(args).describe(),
+        "seconds": time.perf_counter() - start,
+        "created": now_iso(),
+        "versions": versions(),
+    }
+
+
+def _open_values(args: argparse.Namespace, location: str, ndims: tuple[int, ...]) -> FeatureSource:
+    return open_features(
+        location, array_name=args.array, shard_rows=args.shard_rows, min_rows=1, ndims=ndims
+    )
+
+
+def _bandwidth(text: str) -> float | str:
+    if text in ("silverman", "cv"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, 'silverman' or 'cv', got {text!r}"
+        ) from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"bandwidth must be positive and finite, got {text}")
+    return value
+
+
+def cmd_nll(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    modes = [m for m in ("iw", "gaussian", "parzen") if getattr(args, m) is not None]
+    if len(modes) > 1:
+        raise UsageError(f"choose one of --iw, --gaussian, --parzen; got {', '.join(modes)}")
+    mode = modes[0] if modes else "loglik"
+    want = {"loglik": 1, "iw": 0, "gaussian": 1, "parzen": 1}[mode]
+    if len(args.stores) != want:
+        usage = {
+            "loglik": "LOGLIK",
+            "iw": "no positional store (--iw LOGW)",
+            "gaussian": "TEST (--gaussian STATS TEST)",
+            "parzen": "TEST (--parzen SAMPLES TEST)",
+        }
+        raise UsageError(f"nll {mode} takes {usage[mode]}; got {len(args.stores)} store(s)")
+    engine, bar = _engine(args), _progress(args)
+    inputs: dict[str, Any] = {}
+    if mode == "loglik":
+        source = _open_values(args, args.stores[0], (1,))
+        result = nll_from_loglik(
+            source, nonfinite=args.nonfinite, dims=args.dims, engine=engine, progress=bar
+        )
+        inputs["loglik"] = source.describe()
+    elif mode == "iw":
+        source = _open_values(args, args.iw, (2,))
+        result = nll_importance(
+            source, nonfinite=args.nonfinite, dims=args.dims, engine=engine, progress=bar
+        )
+        inputs["log_weights"] = source.describe()
+    elif mode == "gaussian":
+        stats = as_gaussian(load_stats(args.gaussian), args.gaussian)
+        source = _open(args, args.stores[0])
+        result = nll_gaussian(
+            stats, source, nonfinite=args.nonfinite, device=args.device, engine=engine, progress=bar
+        )
+        inputs.update(statistics=args.gaussian, test=source.describe())
+    else:
+        samples, test = _open(args, args.parzen), _open(args, args.stores[0])
+        result = nll_parzen(samples, test, args.bandwidth, engine=engine, progress=bar)
+        inputs.update(samples=samples.describe(), test=test.describe())
+    data = {"metric": "nll", **nll_dict(result), "inputs": inputs, **_report_tail(args, start)}
+    return _emit(args, data, nll_summary(result, data["seconds"]))
+
+
+def cmd_ess(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    source = _open_values(args, args.store, (1, 2))
+    result = ess_of(
+        source, engine=_engine(args), nonfinite=args.nonfinite, progress=_progress(args)
+    )
+    data = {
+        "metric": "ess",
+        **ess_dict(result),
+        "inputs": {"log_weights": source.describe()},
+        **_report_tail(args, start),
+    }
+    return _emit(args, data, ess_summary(result, data["seconds"]))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 
 from pipeline.atomic import atomic_file
 from pipeline.fid import FrechetDistance
+from pipeline.likelihood import ESSResult, NLLResult
 
 _PACKAGES = (
     "shardeval",
@@ -147,3 +148,77 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     """Write a report atomically."""
     with atomic_file(path, "w") as fh:
         fh.write(to_json(data))
+
+
+def nll_dict(r: NLLResult) -> dict[str, Any]:
+    return {
+        "method": r.method,
+        "n": r.n,
+        "nll": r.nll,
+        "standard_error": r.standard_error,
+        "nats_per_dim": r.nats_per_dim,
+        "bits_per_dim": r.bits_per_dim,
+        "dims": r.dims,
+        "min_loglik": r.min_loglik,
+        "max_loglik": r.max_loglik,
+        "nonfinite_dropped": r.nonfinite,
+        **{k: v for k, v in r.extra.items()},
+    }
+
+
+def nll_summary(r: NLLResult, seconds: float) -> str:
+    lines = [
+        f"NLL {r.nll:.6g} nats/sample ± {r.standard_error:.3g} (s.e.)   [{r.method}, n={r.n:,}]"
+    ]
+    if r.dims:
+        lines.append(
+            f"  {r.nats_per_dim:.6g} nats/dim, {r.bits_per_dim:.6g} bits/dim (D={r.dims:,})"
+        )
+    lines.append(
+        f"  log-likelihood min {r.min_loglik:.6g}, max {r.max_loglik:.6g}; "
+        f"non-finite dropped: {r.nonfinite}"
+    )
+    if "bandwidth" in r.extra:
+        lines.append(
+            f"  Parzen bandwidth {r.extra['bandwidth']:.6g} over {r.extra['samples']:,} samples"
+        )
+    if "per_row" in r.extra:
+        q = r.extra["per_row"]["ess_over_k_quantiles"]
+        c = r.extra["per_row"]["khat_counts"]
+        lines.append(
+            f"  per-row ESS/K median {q[0.5]:.3g} (5%: {q[0.05]:.3g}); k̂ good "
+            f"{c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
+        )
+    lines.append(f"  {seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def ess_dict(r: ESSResult) -> dict[str, Any]:
+    return {
+        "n": r.n,
+        "ess": r.ess,
+        "ess_fraction": r.ess_fraction,
+        "max_weight": r.max_weight,
+        "khat": r.khat,
+        "khat_reading": r.khat_reading,
+        "tail": r.tail,
+        "nonfinite_dropped": r.nonfinite,
+        "per_row": r.per_row,
+    }
+
+
+def ess_summary(r: ESSResult, seconds: float) -> str:
+    lines = [
+        f"ESS {r.ess:,.1f} of {r.n:,} weights (ESS/N {r.ess_fraction:.4g}); "
+        f"largest normalised weight {r.max_weight:.3g}",
+        f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,})",
+    ]
+    if r.per_row:
+        q = r.per_row["ess_over_k_quantiles"]
+        c = r.per_row["khat_counts"]
+        lines.append(
+            f"  per row (K={r.per_row['k']}): ESS/K median {q[0.5]:.3g}, 5% {q[0.05]:.3g}; "
+            f"k̂ good {c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
+        )
+    lines.append(f"  {seconds:.2f} s")
+    return "\n".join(lines)
