@@ -22,7 +22,7 @@ demo: $(BIN)/shardeval
 	  $(BIN)/shardeval synth demo-data/real.zarr --n 20000 --d 256 --seed 1; fi
 	@if [ "$(GEN)" = demo-data/gen.zarr ] && [ ! -e demo-data/gen.zarr ]; then \
 	  $(BIN)/shardeval synth demo-data/gen.zarr --n 20000 --d 256 --seed 2 --mean 0.05 --scale 1.1; fi
-	$(BIN)/shardeval fid $(REAL) $(GEN) --out demo-data/fid.json
+	$(BIN)/shardeval fid $(REAL) $(GEN) --shard-rows 4096 --out demo-data/fid.json
 	@echo "JSON report: demo-data/fid.json"
 
 test: $(BIN)/shardeval
@@ -34,6 +34,8 @@ lint: $(BIN)/shardeval
 
 bench: $(BIN)/shardeval
 	$(BIN)/python -m benchmarks.fid_vs_peers
+	$(BIN)/python -m benchmarks.nll_ess
+	$(BIN)/python -m benchmarks.kernels
 
 clean:
 	rm -rf $(VENV) demo-data bench-data *.egg-info

@@ -1,5 +1,6 @@
 """NLL and ESS against closed forms, scipy, ArviZ and float64 direct sums."""
 
+import itertools
 import math
 
 import numpy as np
@@ -15,7 +16,6 @@ from pipeline.likelihood import (
     nll_gaussian,
     nll_importance,
     nll_parzen,
-    psis_khat,
     silverman_bandwidth,
     tail_size,
 )
@@ -46,16 +46,18 @@ def test_ess_fraction_matches_closed_form(tmp_path, rng, mu, s):
     assert got.max_weight == pytest.approx(w.max() / w.sum(), rel=1e-9)
 
 
-@pytest.mark.parametrize(("mu", "s", "seed"), [(0.5, 1.5, 0), (2.0, 1.0, 1), (0.0, 0.6, 2),
-                                               (1.5, 0.8, 3)])
+@pytest.mark.parametrize(
+    ("mu", "s", "seed"), [(0.5, 1.5, 0), (2.0, 1.0, 1), (0.0, 0.6, 2), (1.5, 0.8, 3)]
+)
 def test_khat_agrees_with_arviz(tmp_path, mu, s, seed):
     az = pytest.importorskip("arviz")
     lw = _log_weights(np.random.default_rng(seed), 20_000, mu, s)
     got = ess_of(open_features(_save(tmp_path, "lw", lw), ndims=(1,), shard_rows=3000))
     _, k_arviz = az.psislw(lw.copy(), reff=1.0)
     assert got.khat == pytest.approx(float(k_arviz), abs=0.05)
-    assert got.khat_reading == ("good" if got.khat < 0.5 else "usable" if got.khat < 0.7
-                                else "unreliable")
+    assert got.khat_reading == (
+        "good" if got.khat < 0.5 else "usable" if got.khat < 0.7 else "unreliable"
+    )
 
 
 def test_gpd_khat_recovers_shape():
@@ -64,7 +66,8 @@ def test_gpd_khat_recovers_shape():
         sample = (rng.uniform(size=50_000) ** -k - 1) / k  # GPD(k, σ=1) by inversion
         assert gpd_khat(sample) == pytest.approx(k, abs=0.03)
     assert math.isnan(gpd_khat(np.zeros(10)))
-    assert tail_size(100) == 20 and tail_size(10_000) == 300
+    assert tail_size(100) == 20
+    assert tail_size(10_000) == 300
 
 
 def test_nll_of_gaussian_samples_under_their_own_gaussian(tmp_path, rng):
@@ -72,8 +75,9 @@ def test_nll_of_gaussian_samples_under_their_own_gaussian(tmp_path, rng):
     x = rng.normal(4.0, sigma, (60_000, d))
     stats = Gaussian.from_moments(Moments.from_block(x))
     got = nll_gaussian(stats, open_features(_save(tmp_path, "x", x), shard_rows=7000))
-    assert got.nats_per_dim == pytest.approx(0.5 * math.log(2 * math.pi * math.e * sigma**2),
-                                             rel=2e-3)
+    assert got.nats_per_dim == pytest.approx(
+        0.5 * math.log(2 * math.pi * math.e * sigma**2), rel=2e-3
+    )
 
 
 def test_mixture_loglik_matches_direct_sum_and_survives_underflow(tmp_path, rng):
@@ -89,8 +93,9 @@ def test_mixture_loglik_matches_direct_sum_and_survives_underflow(tmp_path, rng)
         assert np.isneginf(np.log(np.exp(far).sum(axis=1))).all()
     far_lse = np.array([LogSumExp.from_values(row).value for row in far])
     np.testing.assert_allclose(far_lse, lse - 800.0, rtol=1e-12)
-    got = nll_from_loglik(open_features(_save(tmp_path, "ll", far_lse), ndims=(1,),
-                                        shard_rows=64), dims=1)
+    got = nll_from_loglik(
+        open_features(_save(tmp_path, "ll", far_lse), ndims=(1,), shard_rows=64), dims=1
+    )
     assert got.nll == pytest.approx(-far_lse.mean(), rel=1e-12)
     assert got.standard_error == pytest.approx(far_lse.std(ddof=1) / math.sqrt(500), rel=1e-9)
     assert got.bits_per_dim == pytest.approx(got.nll / math.log(2), rel=1e-12)
@@ -111,8 +116,11 @@ def test_parzen_matches_scipy_kde_and_brute_force(tmp_path, rng):
     test = (rng.normal(size=(150, d)) @ mix - raw.mean(0)) @ root
     h = 0.6
     kde = gaussian_kde(samples.T, bw_method=h)
-    got = nll_parzen(open_features(_save(tmp_path, "s", samples), shard_rows=90),
-                     open_features(_save(tmp_path, "t", test), shard_rows=40), h)
+    got = nll_parzen(
+        open_features(_save(tmp_path, "s", samples), shard_rows=90),
+        open_features(_save(tmp_path, "t", test), shard_rows=40),
+        h,
+    )
     # Distances use fp32 products on the CPU path (as on the GPU): 1e-6 relative.
     assert got.nll == pytest.approx(-kde.logpdf(test.T).mean(), rel=1e-6)
     sq = ((test[:, None, :] - samples[None]) ** 2).sum(-1)
@@ -126,7 +134,8 @@ def test_parzen_bandwidth_rules(tmp_path, rng):
     s, t = open_features(_save(tmp_path, "s", samples)), open_features(_save(tmp_path, "t", test))
     sil = nll_parzen(s, t, "silverman")
     assert sil.extra["bandwidth"] == pytest.approx(
-        silverman_bandwidth(np.trace(np.cov(samples, rowvar=False)), 2000, 2), rel=1e-12)
+        silverman_bandwidth(np.trace(np.cov(samples, rowvar=False)), 2000, 2), rel=1e-12
+    )
     cv = nll_parzen(s, t, "cv")
     scores = cv.extra["cv"]["mean_loglik"]
     assert cv.extra["bandwidth"] == cv.extra["cv"]["candidates"][int(np.argmax(scores))]
@@ -141,7 +150,7 @@ def test_scalar_and_weight_states_merge_under_random_partitions(cuts, data):
     values = np.random.default_rng(9).normal(size=300) * 40
     values[[3, 100]] = -np.inf  # zero weights are legal log-weights
     edges = [0, *sorted(set(cuts)), 300]
-    parts = [values[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    parts = [values[a:b] for a, b in itertools.pairwise(edges)]
     order = data.draw(st.permutations(range(len(parts))))
     ws = [WeightStats.from_values(parts[i], 11) for i in order]
     total = ws[0]
@@ -163,7 +172,8 @@ def test_all_neg_inf_single_row_and_empty_shards(tmp_path):
     lw = np.full(10, -np.inf)
     lw[7] = 0.0
     got = ess_of(open_features(_save(tmp_path, "lw", lw), ndims=(1,), shard_rows=1, min_rows=1))
-    assert got.ess == pytest.approx(1.0) and got.max_weight == pytest.approx(1.0)
+    assert got.ess == pytest.approx(1.0)
+    assert got.max_weight == pytest.approx(1.0)
     assert LogSumExp().merge(LogSumExp.from_values(np.full(3, -np.inf))).value == -np.inf
     assert ScalarMoments().merge(ScalarMoments()).n == 0
 
