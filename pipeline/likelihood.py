@@ -33,6 +33,7 @@ from pipeline.states import (
     RowLogSumExp,
     ScalarMoments,
     WeightStats,
+    merge_fieldwise,
 )
 
 #: Bin edges for per-row ESS/K: quantiles are reported to 1/1000 of K.
@@ -102,8 +103,7 @@ class ValueSummary:
     values: ScalarMoments
     nonfinite: NonFiniteRows
 
-    def merge(self, other: ValueSummary) -> ValueSummary:
-        return ValueSummary(self.values.merge(other.values), self.nonfinite.merge(other.nonfinite))
+    merge = merge_fieldwise
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,14 +117,7 @@ class ImportanceSummary:
     ess_fraction: Histogram
     khat: Histogram
 
-    def merge(self, other: ImportanceSummary) -> ImportanceSummary:
-        return ImportanceSummary(
-            self.values.merge(other.values),
-            self.nonfinite.merge(other.nonfinite),
-            self.pos_inf + other.pos_inf,
-            self.ess_fraction.merge(other.ess_fraction),
-            self.khat.merge(other.khat),
-        )
+    merge = merge_fieldwise
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,12 +128,7 @@ class WeightSummary:
     nonfinite: NonFiniteRows
     pos_inf: int
 
-    def merge(self, other: WeightSummary) -> WeightSummary:
-        return WeightSummary(
-            self.weights.merge(other.weights),
-            self.nonfinite.merge(other.nonfinite),
-            self.pos_inf + other.pos_inf,
-        )
+    merge = merge_fieldwise
 
 
 def _finite_rows(block: np.ndarray) -> np.ndarray:

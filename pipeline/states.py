@@ -7,8 +7,8 @@ float64 rounding). States are float64 and pickle cheaply, since Dask ships them 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +16,18 @@ import torch
 from kernels import Backend, shard_moments
 
 _MAX_REPORTED_ROWS = 5
+
+T = TypeVar("T")
+
+
+def merge_fieldwise(a: T, b: T) -> T:
+    """Merge two composite states of one dataclass type field by field: fields that are states
+    merge, integer counts add. Shard summaries that bundle several states use it as ``merge``."""
+    merged = {}
+    for f in fields(a):  # type: ignore[arg-type]
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        merged[f.name] = x + y if isinstance(x, int) else x.merge(y)
+    return type(a)(**merged)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -135,10 +147,7 @@ class FeatureSummary:
     def empty(cls, d: int) -> FeatureSummary:
         return cls(Moments.empty(d), NonFiniteRows.empty())
 
-    def merge(self, other: FeatureSummary) -> FeatureSummary:
-        return FeatureSummary(
-            self.moments.merge(other.moments), self.nonfinite.merge(other.nonfinite)
-        )
+    merge = merge_fieldwise
 
 
 @dataclass(frozen=True)

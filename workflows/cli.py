@@ -134,6 +134,11 @@ def _engine_options() -> argparse.ArgumentParser:
     return p
 
 
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
+    parser.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardeval",
@@ -161,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stores", nargs="+", metavar="STORE", help="REAL GEN, or only GEN when --ref is given"
     )
     fid.add_argument("--ref", metavar="STATS", help="reference statistics instead of REAL")
-    fid.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
-    fid.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    _report_options(fid)
     fid.set_defaults(func=cmd_fid)
 
     stats = sub.add_parser(
@@ -212,8 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D",
         help="dimensions per sample, for bits/dim (e.g. 3072 for 32x32 RGB)",
     )
-    nll.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
-    nll.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    _report_options(nll)
     nll.set_defaults(func=cmd_nll)
 
     ess = sub.add_parser(
@@ -225,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(N, K) (then also per row, summarised).",
     )
     ess.add_argument("store", metavar="LOGW")
-    ess.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
-    ess.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    _report_options(ess)
     ess.set_defaults(func=cmd_ess)
 
     synth = sub.add_parser(
