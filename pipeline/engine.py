@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import torch
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
+from pipeline.errors import ClusterError
 from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, chain_merge, tree_merge
 
 #: ``progress(done, total)``: called as shard tasks finish.
@@ -72,10 +74,19 @@ class Engine:
         scheduler: ``threads`` (default), ``sync``, or a distributed scheduler address such
             as ``tcp://10.0.0.1:8786``.
         num_workers: Dask threads for the threaded scheduler (default: all cores).
+        log: receives one-line notices (the dashboard link of a distributed cluster).
+        performance_report: on a distributed cluster, save Dask's HTML performance report here.
+        worker_timeout: seconds a distributed computation may wait with no worker at all before
+            it fails (lost workers are otherwise replaced and their tasks recomputed).
+        connect_timeout: seconds to wait for the scheduler to answer.
     """
 
     scheduler: str = "threads"
     num_workers: int | None = None
+    log: Callable[[str], None] | None = None
+    performance_report: str | None = None
+    worker_timeout: float = 60.0
+    connect_timeout: float = 20.0
 
     @property
     def is_distributed(self) -> bool:
@@ -109,6 +120,10 @@ class Engine:
 
         Returns:
             One merged state per group.
+
+        Raises:
+            ClusterError: the scheduler cannot be reached, every worker is gone for longer
+                than ``worker_timeout``, or a shard task keeps killing its workers.
         """
         total = sum(len(g) for g in groups)
         report = progress or (lambda done, total: None)
@@ -131,23 +146,74 @@ class Engine:
         """
         report = progress or (lambda done, total: None)
         if self.is_distributed:
-            from distributed import Client
-
-            with Client(self.scheduler) as client:
+            with self._client() as client:
                 report(0, shards)
-                out = list(client.gather(client.compute(list(roots))))
+                out = self._gather(client, client.compute(list(roots)))
                 report(shards, shards)
                 return out
         threads = self._threads()
         with _ShardProgress(shards, report), blas_threads(max(1, available_cores() // threads)):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
 
+    @contextlib.contextmanager
+    def _client(self) -> Iterator[Any]:
+        from distributed import Client, performance_report
+
+        try:
+            client = Client(self.scheduler, timeout=f"{self.connect_timeout}s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {self.scheduler}: {exc}; is it running?"
+            ) from exc
+        with client:
+            if self.log:
+                self.log(f"dashboard: {client.dashboard_link}")
+            report = (
+                performance_report(filename=self.performance_report)
+                if self.performance_report
+                else contextlib.nullcontext()
+            )
+            with report:
+                yield client
+
+    def _watch(self, client: Any, alone_since: list[float | None]) -> None:
+        """Fail when the cluster has had no worker for ``worker_timeout`` seconds."""
+        if client.nthreads():
+            alone_since[0] = None
+            return
+        now = time.monotonic()
+        if alone_since[0] is None:
+            alone_since[0] = now
+        elif now - alone_since[0] > self.worker_timeout:
+            raise ClusterError(
+                f"every worker of the Dask cluster at {self.scheduler} is gone (none for "
+                f"{self.worker_timeout:.0f} s); the computation cannot finish"
+            )
+
+    def _gather(self, client: Any, futures: list[Any]) -> list[Any]:
+        from distributed import KilledWorker, wait
+
+        alone_since: list[float | None] = [None]
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+                break
+            except TimeoutError:
+                self._watch(client, alone_since)
+        try:
+            return list(client.gather(futures))
+        except KilledWorker as exc:
+            raise ClusterError(
+                f"a task killed every worker it ran on ({exc}); raise "
+                "distributed.scheduler.allowed-failures or the workers' memory limit"
+            ) from exc
+
     def _reduce_distributed(
         self, groups: Sequence[Sequence[Any]], split_every: int, total: int, report: Progress
     ) -> list[Any]:
-        from distributed import Client, as_completed
+        from distributed import as_completed
 
-        with Client(self.scheduler) as client:
+        with self._client() as client:
             # Workers that declare GPUs (dask-cuda, `--resources GPU=1`) take one shard at a
             # time per GPU; elsewhere shards go to any worker thread.
             workers = client.scheduler_info().get("workers", {}).values()
@@ -160,6 +226,15 @@ class Engine:
             finished = as_completed([f for group in leaves for f in group])
             del leaves
             report(0, total)
-            for done, _ in enumerate(finished, start=1):
-                report(done, total)
-            return list(client.gather(roots))
+            done = 0
+            alone_since: list[float | None] = [None]
+            while not finished.is_empty():
+                batch = finished.next_batch(block=False)
+                if batch:
+                    done += len(batch)
+                    report(done, total)
+                    del batch
+                else:
+                    self._watch(client, alone_since)
+                    time.sleep(0.2)
+            return self._gather(client, roots)

@@ -37,3 +37,7 @@ class NumericalError(ShardevalError):
 
 class SingularCovarianceWarning(UserWarning):
     """N ≤ d: the sample covariance is singular. FID is still defined and computed."""
+
+
+class ClusterError(ShardevalError):
+    """The cluster cannot be started or reached, or lost every worker."""

@@ -201,8 +201,8 @@ def summarize_gaussian(
     ok = _finite_rows(x)
     lp = gaussian_logpdf(
         torch.from_numpy(np.ascontiguousarray(x[ok])),
-        torch.from_numpy(mean),
-        torch.from_numpy(chol),
+        torch.tensor(mean),  # a copy: the statistics are read-only
+        torch.tensor(chol),
     )
     return ValueSummary(ScalarMoments.from_values(lp.numpy()), NonFiniteRows.from_mask(~ok, offset))
 

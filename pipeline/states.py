@@ -77,6 +77,26 @@ class Moments:
     def d(self) -> int:
         return int(self.mean.shape[0])
 
+    def __getstate__(self) -> tuple[int, np.ndarray, np.ndarray]:
+        # m2 is symmetric: ship only its upper triangle, row by row — half the bytes that
+        # cross the network in a merge tree (16 MiB instead of 32 at d = 2048), exactly.
+        rows = [self.m2[i, i:] for i in range(self.d)]
+        return self.n, self.mean, np.concatenate(rows) if rows else np.zeros(0)
+
+    def __setstate__(self, state: tuple[int, np.ndarray, np.ndarray]) -> None:
+        n, mean, packed = state
+        d = mean.shape[0]
+        m2 = np.empty((d, d))
+        start = 0
+        for i in range(d):
+            row = packed[start : start + d - i]
+            m2[i, i:] = row
+            m2[i:, i] = row
+            start += d - i
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "mean", _frozen(mean))
+        object.__setattr__(self, "m2", _frozen(m2))
+
     @classmethod
     def empty(cls, d: int) -> Moments:
         return cls(0, np.zeros(d), np.zeros((d, d)))

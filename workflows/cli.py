@@ -37,6 +37,7 @@ from pipeline import (
     open_features,
     save_stats,
 )
+from pipeline.clusters import running_cluster
 from pipeline.likelihood import ess_of, nll_from_loglik, nll_gaussian, nll_importance, nll_parzen
 from pipeline.reduce import DEFAULT_SPLIT_EVERY
 from pipeline.statsio import stats_provenance
@@ -81,6 +82,17 @@ def _engine_options() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="'threads' (default), 'sync', or a distributed scheduler address "
         "(tcp://host:8786); default from DASK_SCHEDULER_ADDRESS if set",
+    )
+    g.add_argument(
+        "--cluster",
+        metavar="SPEC",
+        help="start a Dask cluster from a spec file (cluster/local.yaml, cuda.yaml, slurm.yaml), "
+        "run on it, then close it",
+    )
+    g.add_argument(
+        "--performance-report",
+        metavar="FILE.html",
+        help="save Dask's performance report (needs --scheduler ADDRESS or --cluster)",
     )
     g.add_argument(
         "--threads",
@@ -248,9 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _notice(message: str) -> None:
+    print(f"shardeval: {message}", file=sys.stderr)
+
+
 def _engine(args: argparse.Namespace) -> Engine:
     scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
-    return Engine(scheduler, num_workers=args.threads)
+    engine = Engine(
+        scheduler,
+        num_workers=args.threads,
+        log=None if args.quiet else _notice,
+        performance_report=args.performance_report,
+    )
+    if args.performance_report and not engine.is_distributed:
+        raise UsageError(
+            "--performance-report needs a distributed cluster: pass "
+            "--scheduler ADDRESS or --cluster SPEC"
+        )
+    return engine
 
 
 def _open(args: argparse.Namespace, location: str) -> FeatureSource:
@@ -490,7 +517,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            code = int(args.func(args))
+            if getattr(args, "cluster", None):
+                with running_cluster(args.cluster) as address:
+                    args.scheduler = address
+                    code = int(args.func(args))
+            else:
+                code = int(args.func(args))
         for w in caught:
             if issubclass(w.category, UserWarning):
                 print(f"shardeval: warning: {w.message}", file=sys.stderr)

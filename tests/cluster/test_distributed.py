@@ -1,0 +1,187 @@
+"""A real Dask cluster: separate scheduler/worker processes, a worker killed mid-graph, every
+worker gone, and the CLI starting a cluster from a spec."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from distributed import Client
+
+from pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
+from pipeline.errors import ClusterError
+from pipeline.likelihood import ess_of
+from pipeline.synthetic import gaussian_features
+from workflows.cli import main
+
+DASK = os.path.join(os.path.dirname(sys.executable), "dask")
+
+
+def _sources(shards=120, rows=500, d=64):
+    """A pair generated on the fly by the workers: many small shards, no disk."""
+    return [
+        FeatureSource(
+            f"synthetic-{seed}",
+            gaussian_features(shards * rows, d, shard_rows=rows, seed=seed, mean=0.1 * seed),
+        )
+        for seed in (1, 2)
+    ]
+
+
+def _fid(sources, **kw):
+    (a, _), (b, _) = feature_moments(sources, **kw)
+    return frechet_distance(Gaussian.from_moments(a), Gaussian.from_moments(b)).fid
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """`dask scheduler` and `dask worker` started as separate processes on 127.0.0.1."""
+    started = []
+
+    def start(*args):
+        proc = subprocess.Popen(
+            [DASK, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    def cluster(workers=2, nanny=True):
+        file = str(tmp_path / "scheduler.json")
+        start(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            file,
+        )
+        deadline = time.monotonic() + 60
+        while not os.path.exists(file):
+            if time.monotonic() > deadline:
+                raise TimeoutError("dask scheduler did not start")
+            time.sleep(0.1)
+        time.sleep(0.3)
+        with open(file) as fh:
+            address = json.load(fh)["address"]
+        for _ in range(workers):
+            start(
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--nanny" if nanny else "--no-nanny",
+                "--host",
+                "127.0.0.1",
+            )
+        with Client(address) as client:
+            client.wait_for_workers(workers, timeout=60)
+        return address
+
+    yield cluster
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_separate_scheduler_and_worker_processes(processes):
+    address = processes(workers=2)
+    sources = _sources(shards=40)
+    assert _fid(sources, engine=Engine(address)) == pytest.approx(_fid(sources), rel=1e-9)
+
+
+def test_worker_killed_mid_graph_gives_the_same_result(processes):
+    address = processes(workers=2, nanny=True)
+    sources = _sources()
+    with Client(address) as client:
+        pids = list(client.run(os.getpid).values())
+    killed = []
+
+    def progress(done, total):
+        if not killed and done >= total // 4:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(done)
+
+    got = _fid(sources, engine=Engine(address), progress=progress)
+    assert killed, "the kill never happened"
+    assert killed[0] < sum(s.shards for s in sources)  # it landed mid-graph
+    assert got == pytest.approx(_fid(sources), rel=1e-9)
+
+
+def test_every_worker_gone_fails_with_one_clear_error(processes):
+    address = processes(workers=2, nanny=False)
+    with Client(address) as client:
+        pids = list(client.run(os.getpid).values())
+
+    def progress(done, total):
+        if done >= 1:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match="every worker .* is gone"):
+        _fid(_sources(shards=400), engine=Engine(address, worker_timeout=3), progress=progress)
+    assert time.monotonic() - start < 60
+
+
+def test_unreachable_scheduler():
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
+        _fid(_sources(shards=2), engine=Engine("tcp://127.0.0.1:1", connect_timeout=2))
+
+
+def test_nll_ess_on_a_cluster_match_threads(processes, tmp_path, rng):
+    import numpy as np
+
+    lw = rng.normal(size=20_000) * 3
+    np.save(tmp_path / "lw.npy", lw)
+    from pipeline import open_features
+
+    source = open_features(str(tmp_path / "lw.npy"), ndims=(1,), shard_rows=1000)
+    address = processes(workers=2)
+    local, remote = ess_of(source), ess_of(source, engine=Engine(address))
+    assert remote.ess == pytest.approx(local.ess, rel=1e-9)
+    assert remote.khat == pytest.approx(local.khat, rel=1e-9)
+
+
+def test_cli_cluster_spec_dashboard_and_performance_report(tmp_path, capsys, feature_pair):
+    real_path, _, gen_path, _ = feature_pair
+    spec = tmp_path / "local.yaml"
+    spec.write_text(
+        "backend: local\noptions:\n  n_workers: 2\n  threads_per_worker: 1\n"
+        "  processes: true\n  dashboard_address: ':0'\n"
+    )
+    report = tmp_path / "perf.html"
+    code = main(
+        [
+            "fid",
+            real_path,
+            gen_path,
+            "--cluster",
+            str(spec),
+            "--shard-rows",
+            "100",
+            "--performance-report",
+            str(report),
+            "--json",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert json.loads(out)["engine"]["scheduler"] == "distributed"
+    assert "shardeval: dashboard: http://" in err
+    assert report.exists()
+    assert report.stat().st_size > 1000
+    code = main(["fid", real_path, gen_path, "--performance-report", str(report), "-q"])
+    assert code == 2
+    assert "needs a distributed cluster" in capsys.readouterr().err

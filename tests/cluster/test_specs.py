@@ -1,0 +1,127 @@
+"""Cluster spec files: loading, errors, the SLURM job script, the Kubernetes manifests."""
+
+import os
+
+import pytest
+import yaml
+
+from pipeline.clusters import ClusterSpec, cluster_class, load_spec, make_cluster
+from pipeline.errors import ClusterError
+
+CLUSTER = os.path.join(os.path.dirname(__file__), "..", "..", "cluster")
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cuda.yaml", "slurm.yaml"])
+def test_shipped_specs_load(name):
+    spec = load_spec(os.path.join(CLUSTER, name))
+    assert spec.backend == name.split(".")[0]
+    assert isinstance(spec.options, dict)
+
+
+@pytest.mark.parametrize(
+    ("text", "msg"),
+    [
+        ("backend: local\nworkers: 3\n", "unknown key"),
+        ("backend: spark\n", "not one of"),
+        ("backend: local\nscale: 0\n", "positive integer"),
+        ("backend: local\noptions: [1, 2]\n", "must be a mapping"),
+        ("- backend\n", "must be a mapping"),
+        ("backend: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_specs(tmp_path, text, msg):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(ClusterError, match=msg):
+        load_spec(path)
+
+
+def test_missing_spec_and_bad_option(tmp_path):
+    with pytest.raises(ClusterError, match="cannot be read"):
+        load_spec(tmp_path / "none.yaml")
+    with pytest.raises(ClusterError, match="bad option for LocalCluster"):
+        make_cluster(ClusterSpec("local", {"no_such_option": 1}, None, "x.yaml"))
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def refuse(name, *args, **kwargs):
+        if name.startswith("dask_cuda"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+    with pytest.raises(ClusterError, match=r"pip install 'shardeval\[cuda\]'"):
+        cluster_class("cuda")
+
+
+def test_slurm_spec_renders_a_gpu_job_script():
+    pytest.importorskip("dask_jobqueue")
+    spec = load_spec(os.path.join(CLUSTER, "slurm.yaml"))
+    options = {
+        **spec.options,
+        "scheduler_options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+    }
+    cls = cluster_class("slurm")
+    with cls(**options) as cluster:
+        script = cluster.job_script()
+    assert script.startswith("#!/usr/bin/env bash")
+    assert "#SBATCH -p gpu" in script
+    assert "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH -t 02:00:00" in script
+    assert "--resources GPU=1" in script
+    assert "export TRITON_CACHE_DIR=" in script
+    assert "distributed.cli.dask_worker" in script or "dask worker" in script
+    assert spec.scale == 4
+
+
+def _crd_schema(kind):
+    dk = pytest.importorskip("dask_kubernetes")
+    base = os.path.join(
+        os.path.dirname(dk.__file__),
+        "operator",
+        "deployment",
+        "helm",
+        "dask-kubernetes-operator",
+        "crds",
+    )
+    with open(os.path.join(base, f"{kind.lower()}.yaml")) as fh:
+        crd = yaml.safe_load(fh)
+    (version,) = [v for v in crd["spec"]["versions"] if v.get("served", True)]
+    return crd["spec"]["group"], version["name"], version["schema"]["openAPIV3Schema"]
+
+
+def _unknown_fields(doc, schema, path="$"):
+    """Keys of ``doc`` that the schema does not name (where it names its properties)."""
+    out = []
+    if isinstance(doc, dict) and "properties" in schema:
+        for key, value in doc.items():
+            sub = schema["properties"].get(key)
+            if sub is None and not schema.get("x-kubernetes-preserve-unknown-fields"):
+                out.append(f"{path}.{key}")
+            elif sub is not None:
+                out.extend(_unknown_fields(value, sub, f"{path}.{key}"))
+    elif isinstance(doc, list) and "items" in schema:
+        for i, item in enumerate(doc):
+            out.extend(_unknown_fields(item, schema["items"], f"{path}[{i}]"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["daskcluster.yaml", "daskjob.yaml"])
+def test_kubernetes_manifests_match_the_operator_crds(name):
+    jsonschema = pytest.importorskip("jsonschema")
+    with open(os.path.join(CLUSTER, "kubernetes", name)) as fh:
+        doc = yaml.safe_load(fh)
+    group, version, schema = _crd_schema(doc["kind"])
+    assert doc["apiVersion"] == f"{group}/{version}"
+    jsonschema.validate(doc, schema)
+    assert _unknown_fields(doc["spec"], schema["properties"]["spec"], "$.spec") == []
+
+
+def test_field_check_catches_a_misspelt_field():
+    _, _, schema = _crd_schema("DaskCluster")
+    doc = {"worker": {"replicas": 2, "spce": {}}}
+    assert _unknown_fields(doc, schema["properties"]["spec"], "$.spec") == ["$.spec.worker.spce"]
