@@ -130,7 +130,7 @@ def test_every_worker_gone_fails_with_one_clear_error(processes):
                     os.kill(pid, signal.SIGKILL)
 
     start = time.monotonic()
-    with pytest.raises(ClusterError, match="every worker .* is gone"):
+    with pytest.raises(ClusterError, match=r"every worker .* is gone"):
         _fid(_sources(shards=400), engine=Engine(address, worker_timeout=3), progress=progress)
     assert time.monotonic() - start < 60
 
