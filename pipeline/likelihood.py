@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 from dask.delayed import delayed
+from dask.sizeof import sizeof
 
 from kernels import gaussian_logpdf, logsumexp, parzen_lse
 from pipeline.engine import Engine, Progress
@@ -33,6 +34,7 @@ from pipeline.states import (
     RowLogSumExp,
     ScalarMoments,
     WeightStats,
+    _sizeof_fields,
     merge_fieldwise,
 )
 
@@ -584,3 +586,7 @@ def ess_of(
         bad.count,
         per_row,
     )
+
+
+sizeof.register(ImportanceSummary)(_sizeof_fields)
+sizeof.register(WeightSummary)(_sizeof_fields)
