@@ -36,6 +36,7 @@ bench: $(BIN)/shardeval
 	$(BIN)/python -m benchmarks.fid_vs_peers
 	$(BIN)/python -m benchmarks.nll_ess
 	$(BIN)/python -m benchmarks.kernels
+	$(BIN)/python -m benchmarks.cluster_scale
 
 clean:
 	rm -rf $(VENV) demo-data bench-data *.egg-info
