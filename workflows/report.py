@@ -6,7 +6,7 @@ import datetime as _dt
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -151,19 +151,18 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 
 
 def nll_dict(r: NLLResult) -> dict[str, Any]:
-    return {
-        "method": r.method,
-        "n": r.n,
-        "nll": r.nll,
-        "standard_error": r.standard_error,
-        "nats_per_dim": r.nats_per_dim,
-        "bits_per_dim": r.bits_per_dim,
-        "dims": r.dims,
-        "min_loglik": r.min_loglik,
-        "max_loglik": r.max_loglik,
-        "nonfinite_dropped": r.nonfinite,
-        **{k: v for k, v in r.extra.items()},
-    }
+    data = asdict(r)
+    data["nonfinite_dropped"] = data.pop("nonfinite")
+    extra = data.pop("extra")
+    return {**data, "nats_per_dim": r.nats_per_dim, "bits_per_dim": r.bits_per_dim, **extra}
+
+
+def _per_row_line(per_row: dict[str, Any]) -> str:
+    q, c = per_row["ess_over_k_quantiles"], per_row["khat_counts"]
+    return (
+        f"  per row (K={per_row['k']}): ESS/K median {q[0.5]:.3g}, 5% {q[0.05]:.3g}; "
+        f"k̂ good {c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
+    )
 
 
 def nll_summary(r: NLLResult, seconds: float) -> str:
@@ -183,28 +182,15 @@ def nll_summary(r: NLLResult, seconds: float) -> str:
             f"  Parzen bandwidth {r.extra['bandwidth']:.6g} over {r.extra['samples']:,} samples"
         )
     if "per_row" in r.extra:
-        q = r.extra["per_row"]["ess_over_k_quantiles"]
-        c = r.extra["per_row"]["khat_counts"]
-        lines.append(
-            f"  per-row ESS/K median {q[0.5]:.3g} (5%: {q[0.05]:.3g}); k̂ good "
-            f"{c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
-        )
+        lines.append(_per_row_line(r.extra["per_row"]))
     lines.append(f"  {seconds:.2f} s")
     return "\n".join(lines)
 
 
 def ess_dict(r: ESSResult) -> dict[str, Any]:
-    return {
-        "n": r.n,
-        "ess": r.ess,
-        "ess_fraction": r.ess_fraction,
-        "max_weight": r.max_weight,
-        "khat": r.khat,
-        "khat_reading": r.khat_reading,
-        "tail": r.tail,
-        "nonfinite_dropped": r.nonfinite,
-        "per_row": r.per_row,
-    }
+    data = asdict(r)
+    data["nonfinite_dropped"] = data.pop("nonfinite")
+    return data
 
 
 def ess_summary(r: ESSResult, seconds: float) -> str:
@@ -214,11 +200,6 @@ def ess_summary(r: ESSResult, seconds: float) -> str:
         f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,})",
     ]
     if r.per_row:
-        q = r.per_row["ess_over_k_quantiles"]
-        c = r.per_row["khat_counts"]
-        lines.append(
-            f"  per row (K={r.per_row['k']}): ESS/K median {q[0.5]:.3g}, 5% {q[0.05]:.3g}; "
-            f"k̂ good {c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
-        )
+        lines.append(_per_row_line(r.per_row))
     lines.append(f"  {seconds:.2f} s")
     return "\n".join(lines)
