@@ -9,11 +9,14 @@ Examples:
     shardeval fid gen.zarr --ref fid_stats_inception.npz      # pytorch-fid / clean-fid file
     shardeval nll loglik.zarr --dims 3072
     shardeval ess logw.zarr
+    shardeval run examples/job.toml && shardeval report runs/history.zarr -o report.html
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import math
 import os
 import sys
@@ -42,6 +45,9 @@ from pipeline.likelihood import ess_of, nll_from_loglik, nll_gaussian, nll_impor
 from pipeline.reduce import DEFAULT_SPLIT_EVERY
 from pipeline.statsio import stats_provenance
 from pipeline.synthetic import gaussian_features, write_features
+from workflows.history import History
+from workflows.htmlreport import write_report
+from workflows.jobs import Job, RunSummary, load_job, run_job
 from workflows.progress import ProgressBar
 from workflows.report import (
     FIDReport,
@@ -242,6 +248,43 @@ def build_parser() -> argparse.ArgumentParser:
     ess.add_argument("store", metavar="LOGW")
     _report_options(ess)
     ess.set_defaults(func=cmd_ess)
+
+    run = sub.add_parser(
+        "run",
+        help="run an evaluation job file (resumable, idempotent)",
+        description="Evaluate every entry of JOB.toml that is not yet in its history, "
+        "committing each as soon as it is done; see examples/job.toml.",
+    )
+    run.add_argument("job", metavar="JOB.toml")
+    run.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="distributed scheduler (overrides the job's [engine])",
+    )
+    run.add_argument("--force", action="store_true", help="recompute entries already done")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    run.set_defaults(func=cmd_run)
+
+    hist = sub.add_parser(
+        "history",
+        help="print a run history",
+        description="Entries of a history with their metrics, by step.",
+    )
+    hist.add_argument("history", metavar="HISTORY")
+    hist.add_argument("--metric", help="only this metric")
+    hist.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    hist.set_defaults(func=cmd_history)
+
+    rep = sub.add_parser(
+        "report",
+        help="write the HTML (and Markdown) report of a history",
+        description="A self-contained HTML file with the table of entries x "
+        "metrics, metrics over steps and eigen-spectra; a "
+        "Markdown summary is written beside it.",
+    )
+    rep.add_argument("history", metavar="HISTORY")
+    rep.add_argument("--output", "-o", required=True, metavar="REPORT.html")
+    rep.set_defaults(func=cmd_report)
 
     synth = sub.add_parser(
         "synth",
@@ -508,6 +551,69 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         write_features(args.output, x, chunk_rows=args.chunk_rows, attrs=attrs)
     print(f"wrote {args.n:,} x {args.d:,} synthetic features to {args.output}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)  # validates everything before any compute
+    scheduler = args.scheduler or job.scheduler
+    log = (lambda message: None) if args.quiet else _notice
+    if job.cluster and not args.scheduler:
+        with running_cluster(job.cluster) as address:
+            summary = _run(job, Engine(address, log=log), args)
+    else:
+        engine = Engine(scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads", log=log)
+        summary = _run(job, engine, args)
+    print(
+        f"job {job.name}: {len(summary.computed)} computed, {len(summary.skipped)} already "
+        f"done, {len(job.entries)} entries; history {job.history} ({summary.seconds:.1f} s)"
+    )
+    return 0
+
+
+def _run(job: Job, engine: Engine, args: argparse.Namespace) -> RunSummary:
+    return run_job(
+        job,
+        engine=engine,
+        force=args.force,
+        progress=None if args.quiet else ProgressBar(),
+        log=(lambda message: None) if args.quiet else _notice,
+    )
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    history = History(args.history)
+    if history.load() is None:
+        raise UsageError(f"no history at {args.history!r}; `shardeval run JOB.toml` makes one")
+    try:
+        rows = history.table(args.metric)
+    except KeyError:
+        raise UsageError(f"{args.history!r} has no metric {args.metric!r}") from None
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        keys = list(rows[0]) if rows else ["name"]
+        widths = {k: max(len(k), *(len(_cell(r[k])) for r in rows)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys))
+        for r in rows:
+            print("  ".join(_cell(r[k]).ljust(widths[k]) for k in keys))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        page, md = write_report(args.history, args.output)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {page} and {md}")
     return 0
 
 

@@ -125,3 +125,22 @@ def test_field_check_catches_a_misspelt_field():
     _, _, schema = _crd_schema("DaskCluster")
     doc = {"worker": {"replicas": 2, "spce": {}}}
     assert _unknown_fields(doc, schema["properties"]["spec"], "$.spec") == ["$.spec.worker.spce"]
+
+
+def test_schedule_examples_call_shardeval_run():
+    base = os.path.join(CLUSTER, "schedule")
+    for name in ("crontab", "scrontab"):
+        with open(os.path.join(base, name)) as fh:
+            lines = [ln for ln in fh if ln.strip() and not ln.startswith("#")]
+        assert lines, name
+        for line in lines:
+            fields = line.split(None, 5)
+            assert len(fields) == 6
+            assert all(f.replace("*", "0").isdigit() for f in fields[:5])
+            assert "shardeval run " in fields[5]
+    with open(os.path.join(base, "cronjob.yaml")) as fh:
+        job = yaml.safe_load(fh)
+    assert job["apiVersion"] == "batch/v1"
+    assert job["kind"] == "CronJob"
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["shardeval", "run"]

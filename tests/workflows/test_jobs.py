@@ -1,0 +1,251 @@
+"""Scheduled evaluation jobs: job files, resumable runs, the history, reports."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import Engine
+from pipeline.synthetic import gaussian_features, write_features
+from workflows.cli import main
+from workflows.history import History
+from workflows.htmlreport import write_report
+from workflows.jobs import JobError, load_job, run_job
+
+JOB = """
+[job]
+name = "test"
+history = "runs/history.zarr"
+
+[reference]
+store = "real.zarr"
+
+[[entries]]
+glob = "ckpt/*/features.zarr"
+
+[[entries]]
+name = "final"
+store = "final.zarr"
+step = 9000
+tags = ["release"]
+
+[metrics.fid]
+[metrics.nll_gaussian]
+"""
+
+
+def _write(path, n, d, seed, mean):
+    write_features(
+        path, gaussian_features(n, d, seed=seed, mean=mean, shard_rows=1000), chunk_rows=1000
+    )
+
+
+@pytest.fixture
+def job_dir(tmp_path):
+    d = 16
+    _write(tmp_path / "real.zarr", 4000, d, 1, 0.0)
+    for i in (1, 2, 3):
+        (tmp_path / "ckpt" / f"step-{i * 1000}").mkdir(parents=True)
+        _write(tmp_path / "ckpt" / f"step-{i * 1000}" / "features.zarr", 3000, d, 10 + i, 0.1 * i)
+    _write(tmp_path / "final.zarr", 3000, d, 20, 0.05)
+    (tmp_path / "job.toml").write_text(JOB)
+    return tmp_path
+
+
+def test_job_writes_history_and_report_then_recomputes_nothing(job_dir):
+    job = load_job(job_dir / "job.toml")
+    assert [e.name for e in job.entries] == ["step-1000", "step-2000", "step-3000", "final"]
+    assert [e.step for e in job.entries] == [1000, 2000, 3000, 9000]
+    first = run_job(job)
+    assert len(first.computed) == 4
+    rows = History(job.history).table()
+    assert [r["name"] for r in rows] == ["step-1000", "step-2000", "step-3000", "final"]
+    assert all(r["fid"] > 0 for r in rows)
+    shard_calls = []
+    second = run_job(load_job(job_dir / "job.toml"), progress=lambda *a: shard_calls.append(a))
+    assert second.computed == []
+    assert len(second.skipped) == 4
+    assert shard_calls == []  # no shard task ran
+    assert History(job.history).table() == rows
+    page, md = write_report(job.history, str(job_dir / "report.html"))
+    from pathlib import Path
+
+    text = Path(page).read_text()
+    assert text.count("data:image/png;base64,") == 3  # fid, nll_gaussian over steps; spectra
+    assert "| step-1000 | 1000 |" in Path(md).read_text()
+
+
+def test_force_and_changed_options_recompute(job_dir):
+    job = load_job(job_dir / "job.toml")
+    run_job(job)
+    assert len(run_job(job, force=True).computed) == 4
+    (job_dir / "job.toml").write_text(JOB.replace("[metrics.nll_gaussian]\n", ""))
+    assert len(run_job(load_job(job_dir / "job.toml")).computed) == 4
+
+
+def test_modified_reference_invalidates_the_cache(job_dir):
+    job = load_job(job_dir / "job.toml")
+    run_job(job)
+    caches = sorted(p.name for p in (job_dir / "runs").glob("reference-*.zarr"))
+    before = History(job.history).table()
+    _write(job_dir / "real.zarr", 4000, 16, 2, 0.3)  # same shape, other values
+    after = run_job(load_job(job_dir / "job.toml"))
+    assert len(after.computed) == 4
+    assert len(list((job_dir / "runs").glob("reference-*.zarr"))) == len(caches) + 1
+    assert History(job.history).table()[0]["fid"] != before[0]["fid"]
+
+
+def test_interrupted_run_resumes_with_identical_values(job_dir):
+    for i in (4, 5, 6):  # larger entries so the kill lands mid-job
+        (job_dir / "ckpt" / f"step-{i * 1000}").mkdir()
+        _write(job_dir / "ckpt" / f"step-{i * 1000}" / "features.zarr", 60_000, 16, 30 + i, 0.1)
+    exe = os.path.join(os.path.dirname(sys.executable), "shardeval")
+    proc = subprocess.Popen(
+        [exe, "run", str(job_dir / "job.toml"), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    history = History(str(job_dir / "runs" / "history.zarr"))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(history.path) and len(history.table()) >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    done_before = len(history.table())
+    assert 1 <= done_before < 7, "the kill must land after the first entry, before the last"
+    resumed = run_job(load_job(job_dir / "job.toml"))
+    assert len(resumed.skipped) == done_before
+    assert len(resumed.computed) == 7 - done_before
+    # An uninterrupted run elsewhere gives the same values.
+    clean = job_dir / "clean"
+    shutil.copytree(job_dir, clean, ignore=shutil.ignore_patterns("runs", "clean"))
+    run_job(load_job(clean / "job.toml"))
+    got = {r["name"]: r["fid"] for r in history.table()}
+    expected = {r["name"]: r["fid"] for r in History(str(clean / "runs" / "history.zarr")).table()}
+    assert got.keys() == expected.keys()
+    for name in got:
+        assert got[name] == pytest.approx(expected[name], rel=1e-12)
+
+
+def _append_many(path, reference_path, worker):
+    from pipeline import Gaussian
+    from workflows.jobs import Entry
+    from workflows.metrics import Reference
+
+    ref = Reference(Gaussian(np.zeros(3), np.eye(3)), "ref")
+    history = History(path)
+    for i in range(5):
+        history.append(
+            entry=Entry(f"w{worker}-{i}", "x.zarr", i),
+            values={"fid": float(i)},
+            fingerprint="f",
+            options="o",
+            reference=ref,
+            seconds=0.0,
+            job="j",
+            engine={},
+        )
+
+
+def test_concurrent_appends_do_not_corrupt(tmp_path):
+    path = str(tmp_path / "h.zarr")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, None, w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    names = sorted(r["name"] for r in History(path).table())
+    assert names == sorted(f"w{w}-{i}" for w in range(3) for i in range(5))
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (lambda t: t.replace("[metrics.fid]", "[metrics.fdi]"), r"\[metrics.fdi\] is not a metric"),
+        (lambda t: t.replace('store = "real.zarr"', 'store = "missing.zarr"'), "does not exist"),
+        (lambda t: t.replace("step = 9000", 'step = "late"'), "step must be an integer"),
+        (lambda t: t.replace("ckpt/*/features.zarr", "nothing/*/here.zarr"), "matches nothing"),
+        (
+            lambda t: t.replace("[metrics.nll_gaussian]", "[metrics.nll_gaussian]\nbins = 3"),
+            "has no option",
+        ),
+        (lambda t: t.replace('name = "test"', 'name = "test"\ncolour = "red"'), "unknown key"),
+        (lambda t: t + "\n[extras]\n", "unknown section"),
+        (lambda t: t.replace("[job]", "[job"), "not valid TOML"),
+    ],
+)
+def test_bad_job_files_fail_before_compute(job_dir, capsys, edit, msg):
+    (job_dir / "bad.toml").write_text(edit(JOB))
+    with pytest.raises(JobError, match=msg):
+        load_job(job_dir / "bad.toml")
+    code = main(["run", str(job_dir / "bad.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("shardeval: error:")
+    assert err.count("\n") == 1
+    assert not (job_dir / "runs").exists()
+
+
+def test_history_and_report_commands(job_dir, capsys):
+    assert main(["run", str(job_dir / "job.toml"), "-q"]) == 0
+    capsys.readouterr()
+    history = str(job_dir / "runs" / "history.zarr")
+    assert main(["history", history, "--metric", "fid", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["step"] for r in rows] == [1000, 2000, 3000, 9000]
+    assert set(rows[0]) == {"name", "step", "tags", "fid"}
+    assert main(["history", history, "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("name,step,tags,")
+    assert main(["report", history, "-o", str(job_dir / "r.html")]) == 0
+    assert (job_dir / "r.md").exists()
+    assert main(["history", history, "--metric", "bleu"]) == 2
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_report_renders_in_headless_chromium(job_dir, tmp_path):
+    job = load_job(job_dir / "job.toml")
+    run_job(job, engine=Engine("sync"))
+    page, _ = write_report(job.history, str(job_dir / "report.html"))
+    out = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            f"file://{page}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'data-rendered="ok"' in out.stdout  # the page's own check: every plot decoded
+    assert out.stdout.count("<img") == 3
