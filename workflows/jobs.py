@@ -247,7 +247,8 @@ def reference_of(job: Job, engine: Engine, log: Callable[[str], None]) -> Refere
             as_gaussian(load_stats(job.reference_stats), job.reference_stats),
             fingerprint(job.reference_stats),
         )
-    assert job.reference_store is not None  # load_job guarantees one of the two
+    if job.reference_store is None:
+        raise JobError(f"{job.path}: [reference] needs 'store' or 'stats'")
     digest = fingerprint(job.reference_store)
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
     if os.path.exists(cache):
@@ -295,7 +296,7 @@ def run_job(
             seconds=time.perf_counter() - t0,
             job=job.name,
             engine=engine.describe(),
-            headline=tuple(m.headline for m in job.metrics.values()),
+            headline=tuple(job.metrics),
         )
         summary.computed.append(entry.name)
         shown = ", ".join(f"{k} {v:.6g}" for k, v in values.items() if isinstance(v, float))

@@ -6,6 +6,7 @@ one entry's feature store against the job's reference statistics.
 
 from __future__ import annotations
 
+import abc
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,11 @@ class MetricOptionError(ValueError):
     """A metric's options in a job file are wrong."""
 
 
+def spectrum(cov: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a covariance, largest first (the reports' eigen-spectra)."""
+    return np.sort(np.linalg.eigvalsh(cov))[::-1]
+
+
 @dataclass(frozen=True)
 class Reference:
     """What every metric of a job may use of the reference: its Gaussian statistics."""
@@ -33,16 +39,15 @@ class Reference:
     @functools.cached_property
     def spectrum(self) -> np.ndarray:
         """Eigenvalues of the reference covariance, largest first."""
-        return np.sort(np.linalg.eigvalsh(self.gaussian.cov))[::-1]
+        return spectrum(self.gaussian.cov)
 
 
-class Metric:
-    """Base class: ``name``, the ``options`` it accepts (with defaults), ``compute``."""
+class Metric(abc.ABC):
+    """A metric: its ``name``, the ``options`` it accepts (with defaults), and ``compute``,
+    which returns named values; the one named ``name`` is what reports plot over steps."""
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
-    #: The value plotted over steps in reports (others are shown in tables).
-    headline: ClassVar[str]
 
     def __init__(self, options: dict[str, Any]):
         unknown = set(options) - set(self.defaults)
@@ -60,17 +65,16 @@ class Metric:
                     f"{expected.__name__}, got {value!r}"
                 )
 
+    @abc.abstractmethod
     def compute(
         self, entry: FeatureSource, reference: Reference, engine: Engine, progress: Progress | None
-    ) -> dict[str, Any]:
-        raise NotImplementedError
+    ) -> dict[str, Any]: ...
 
 
 class FID(Metric):
     """Fréchet distance to the reference; also the entry covariance's eigen-spectrum."""
 
     name = "fid"
-    headline = "fid"
     defaults: ClassVar[dict[str, Any]] = {"nonfinite": "error"}
 
     def compute(
@@ -87,7 +91,7 @@ class FID(Metric):
             "fid_trace_term": result.trace_term,
             "n": moments.n,
             "nonfinite_dropped": dropped,
-            "spectrum": np.sort(np.linalg.eigvalsh(gen.cov))[::-1],
+            "spectrum": spectrum(gen.cov),
         }
 
 
@@ -95,7 +99,6 @@ class GaussianNLL(Metric):
     """NLL of the entry's features under the reference Gaussian, nats per dimension."""
 
     name = "nll_gaussian"
-    headline = "nll_gaussian"
     defaults: ClassVar[dict[str, Any]] = {"nonfinite": "error"}
 
     def compute(
