@@ -9,6 +9,7 @@ import triton.language as tl
 
 from kernels._dispatch import launch_guard
 from kernels._tiling import block
+from kernels._triton_lse import _rescale
 
 
 @triton.jit
@@ -95,8 +96,8 @@ def _parzen_lse_kernel(
         dist = tl.maximum(xx[:, None] + yy[None, :] - 2.0 * dot, 0.0)
         logit = tl.where(mask_c[None, :], -dist * inv_two_h2, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(logit, axis=1))
-        safe = tl.where(new_max == float("-inf"), 0.0, new_max)
-        run_sum = run_sum * tl.exp(run_max - safe) + tl.sum(tl.exp(logit - safe[:, None]), axis=1)
+        scale, safe = _rescale(run_max, new_max)
+        run_sum = run_sum * scale + tl.sum(tl.exp(logit - safe[:, None]), axis=1)
         run_max = new_max
     tl.store(max_ptr + rows, run_max, mask=mask_r)
     tl.store(sum_ptr + rows, run_sum, mask=mask_r)

@@ -18,6 +18,28 @@ from kernels import Backend, shard_moments
 
 _MAX_REPORTED_ROWS = 5
 
+
+def chan_merge(
+    n_a: int, mean_a: Any, m2_a: Any, n_b: int, mean_b: Any, m2_b: Any
+) -> tuple[Any, Any]:
+    """Chan, Golub & LeVeque's pairwise update of (mean, m2) for vectors (m2 a d × d co-moment)
+    and scalars alike: δ = mean_b − mean_a, n = n_a + n_b, mean = mean_a + δ·n_b/n,
+    m2 = m2_a + m2_b + δδᵀ·n_a·n_b/n. Both counts must be positive."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + np.multiply.outer(delta, delta) * (n_a * n_b / n)
+    return mean, m2
+
+
+def lse_merge(m_a: Any, s_a: Any, m_b: Any, s_b: Any) -> tuple[Any, Any]:
+    """Merge log-sum-exp pairs (scalars or arrays, element-wise): m = max(m_a, m_b),
+    s = s_a·e^(m_a − m) + s_b·e^(m_b − m); where m = −inf (only −inf seen) it scales nothing."""
+    m = np.maximum(m_a, m_b)
+    safe = np.where(np.isneginf(m), 0.0, m)
+    return m, s_a * np.exp(m_a - safe) + s_b * np.exp(m_b - safe)
+
+
 T = TypeVar("T")
 
 
@@ -121,11 +143,8 @@ class Moments:
             return self
         if self.n == 0:
             return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
-        return Moments(n, mean, m2)
+        mean, m2 = chan_merge(self.n, self.mean, self.m2, other.n, other.mean, other.m2)
+        return Moments(self.n + other.n, mean, m2)
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """Sample covariance m2 / (n − ddof); ``ddof=1`` matches ``np.cov``."""
@@ -213,12 +232,11 @@ class ScalarMoments:
             return self
         if self.n == 0:
             return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
+        mean, m2 = chan_merge(self.n, self.mean, self.m2, other.n, other.mean, other.m2)
         return ScalarMoments(
-            n,
-            self.mean + delta * other.n / n,
-            self.m2 + other.m2 + delta * delta * self.n * other.n / n,
+            self.n + other.n,
+            float(mean),
+            float(m2),
             min(self.min, other.min),
             max(self.max, other.max),
         )
@@ -229,13 +247,6 @@ class ScalarMoments:
     def standard_error(self) -> float:
         """Standard error of the mean, √(var / n)."""
         return float(np.sqrt(self.variance() / self.n)) if self.n > 1 else float("nan")
-
-
-def _lse_merge(m_a: float, s_a: float, m_b: float, s_b: float) -> tuple[float, float]:
-    m = max(m_a, m_b)
-    if m == float("-inf"):  # nothing but −inf seen on either side
-        return m, 0.0
-    return m, s_a * float(np.exp(m_a - m)) + s_b * float(np.exp(m_b - m))
 
 
 @dataclass(frozen=True)
@@ -268,8 +279,8 @@ class LogSumExp:
         return cls(float(pair.max), float(pair.sum), int(v.size))
 
     def merge(self, other: LogSumExp) -> LogSumExp:
-        m, s = _lse_merge(self.max, self.sum, other.max, other.sum)
-        return LogSumExp(m, s, self.n + other.n)
+        m, s = lse_merge(self.max, self.sum, other.max, other.sum)
+        return LogSumExp(float(m), float(s), self.n + other.n)
 
     @property
     def value(self) -> float:
@@ -362,10 +373,7 @@ class RowLogSumExp:
     sum: np.ndarray
 
     def merge(self, other: RowLogSumExp) -> RowLogSumExp:
-        m = np.maximum(self.max, other.max)
-        safe = np.where(np.isneginf(m), 0.0, m)
-        s = self.sum * np.exp(self.max - safe) + other.sum * np.exp(other.max - safe)
-        return RowLogSumExp(m, s)
+        return RowLogSumExp(*lse_merge(self.max, self.sum, other.max, other.sum))
 
     def values(self) -> np.ndarray:
         with np.errstate(divide="ignore"):
