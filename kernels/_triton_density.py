@@ -156,7 +156,7 @@ def parzen_lse_triton(
             n,
             m,
             d,
-            1.0 / (2.0 * bandwidth**2),
+            0.5 / bandwidth / bandwidth,
             BLOCK_R=block_r,
             BLOCK_M=block_m,
             BLOCK_D=block_d,

@@ -54,9 +54,14 @@ def _shard_moments_kernel(
         b = tl.where(mask_r[:, None], b - shift_j[None, :], 0.0)
         acc += tl.dot(tl.trans(a), b, input_precision=PRECISION, out_dtype=ACC_DTYPE)
         col_sum += tl.sum(a, axis=0).to(tl.float64)
+    # Each element of C is written by exactly one store: the tile to the upper triangle (with
+    # the diagonal), its mirror to the strictly-lower one. On a diagonal tile both stores would
+    # otherwise hit the same addresses in no defined order, and acc is not bit-symmetric.
     out_mask = mask_i[:, None] & mask_j[None, :]
-    tl.store(c_ptr + cols_i[:, None] * d + cols_j[None, :], acc, mask=out_mask)
-    tl.store(c_ptr + cols_j[None, :] * d + cols_i[:, None], acc, mask=out_mask)  # mirror
+    upper = cols_i[:, None] <= cols_j[None, :]
+    tl.store(c_ptr + cols_i[:, None] * d + cols_j[None, :], acc, mask=out_mask & upper)
+    mirror = out_mask & (cols_i[:, None] < cols_j[None, :])
+    tl.store(c_ptr + cols_j[None, :] * d + cols_i[:, None], acc, mask=mirror)
     if ti == tj:
         tl.store(s_ptr + cols_i, col_sum, mask=mask_i)
 

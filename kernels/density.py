@@ -117,7 +117,7 @@ def parzen_lse(
     xx = xc.square().sum(dim=1)
     run_max = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     run_sum = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-    scale = 1.0 / (2 * bandwidth**2)
+    scale = 0.5 / bandwidth / bandwidth  # never h² itself: it overflows for h near 1e155
     for start in range(0, samples.shape[0], PARZEN_TILE):
         yc = samples[start : start + PARZEN_TILE].to(torch.float32) - centre
         dist = (xx[:, None] + yc.square().sum(dim=1)[None, :] - 2.0 * (xc @ yc.T)).clamp_min_(0)
@@ -157,4 +157,4 @@ def parzen_logpdf(
     """
     m, s = parzen_lse(x, samples, bandwidth, backend=backend)
     d, count = x.shape[1], samples.shape[0]
-    return m + torch.log(s) - math.log(count) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)
+    return m + torch.log(s) - math.log(count) - 0.5 * d * (_LOG_2PI + 2.0 * math.log(bandwidth))

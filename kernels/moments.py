@@ -38,13 +38,42 @@ class ShardMoments(NamedTuple):
     m2: torch.Tensor
 
 
+#: Input dtypes whose values fp32 cannot hold exactly: their products are taken in float64.
+_WIDE = (torch.float64, torch.int32, torch.int64)
+
+#: Per working precision, the magnitudes (as powers of two) inside which products neither
+#: overflow (n·x² below the largest float) nor lose digits as subnormals; a shard outside is
+#: scaled into range by a power of two, which is exact.
+_SAFE_EXPONENT = {torch.float32: 40, torch.float64: 300}
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.float64 if x.dtype in _WIDE else torch.float32
+
+
+def _range_exponent(x: torch.Tensor, cdtype: torch.dtype) -> int:
+    """e such that x·2^e has magnitude about 1, or 0 when x is already in the safe range."""
+    if x.numel() == 0:
+        return 0
+    low, high = torch.aminmax(x)
+    amax = max(abs(float(low)), abs(float(high)))
+    if amax == 0.0 or not math.isfinite(amax):
+        return 0  # all zero, or non-finite values that the caller detects and reports
+    _, exponent = math.frexp(amax)
+    limit = _SAFE_EXPONENT[cdtype]
+    return -exponent if abs(exponent) > limit else 0
 
 
 def _empty(d: int, device: torch.device) -> ShardMoments:
     zeros = torch.zeros(d, dtype=torch.float64, device=device)
     return ShardMoments(0, zeros, torch.zeros(d, d, dtype=torch.float64, device=device))
+
+
+def _tf32_enabled() -> bool:
+    """Whether fp32 CUDA matmuls in this process may round inputs to TF32."""
+    return bool(torch.backends.cuda.matmul.allow_tf32) or (
+        torch.get_float32_matmul_precision() != "highest"
+    )
 
 
 def shard_moments_reference(x: torch.Tensor) -> ShardMoments:
@@ -82,12 +111,11 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
     shift = xc.mean(dim=0, dtype=torch.float64).to(cdtype)
     centred = xc - shift
     col_sum = centred.sum(dim=0, dtype=torch.float64)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # IEEE products unless the caller opts in
-    try:
-        product = (centred.T @ centred).to(torch.float64)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
+    if centred.is_cuda and cdtype == torch.float32 and _tf32_enabled():
+        # The process has TF32 matmuls on (its owner's choice, a global flag that a worker
+        # thread must not flip): keep the IEEE-product contract by multiplying in float64.
+        centred = centred.to(torch.float64)
+    product = (centred.T @ centred).to(torch.float64)
     m2 = product - torch.outer(col_sum, col_sum) / n
     mean = shift.to(torch.float64) + col_sum / n
     return ShardMoments(n, mean, 0.5 * (m2 + m2.T))
@@ -183,8 +211,22 @@ def shard_moments(
     """
     check_matrix(x)
     chosen = resolve_backend(x, backend)
+    cdtype = _compute_dtype(x)
+    exponent = _range_exponent(x, cdtype)
+    if exponent:
+        # Features of magnitude 1e18 or 1e-25 would overflow or underflow fp32 products:
+        # scale by 2^e (exact), compute, and undo the scale in float64 (exact again).
+        x = torch.ldexp(x.to(cdtype), torch.tensor(exponent, device=x.device))
     if chosen == "triton":
-        return shard_moments_triton(x, precision=precision)
-    if x.is_cuda:
-        return shard_moments_torch(x)
-    return shard_moments_blas(x)
+        result = shard_moments_triton(x, precision=precision)
+    elif x.is_cuda:
+        result = shard_moments_torch(x)
+    else:
+        result = shard_moments_blas(x)
+    if not exponent:
+        return result
+    return ShardMoments(
+        result.n,
+        torch.ldexp(result.mean, torch.tensor(-exponent, device=x.device)),
+        torch.ldexp(result.m2, torch.tensor(-2 * exponent, device=x.device)),
+    )
