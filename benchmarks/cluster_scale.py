@@ -29,8 +29,12 @@ def _sent_bytes(dask_worker) -> int:  # type: ignore[no-untyped-def]
 def run(n: int, d: int, shards: int, split_every: int, memory_limit: str) -> dict[str, float]:
     rows = n // shards
     source = FeatureSource("synthetic", gaussian_features(rows * shards, d, shard_rows=rows))
-    with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=memory_limit,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         engine = Engine(cluster.scheduler_address)
         start = time.perf_counter()
         ((moments, _),) = feature_moments([source], engine=engine, split_every=split_every)
@@ -39,9 +43,14 @@ def run(n: int, d: int, shards: int, split_every: int, memory_limit: str) -> dic
         sent = sum(client.run(_sent_bytes).values())
     states_moved = sent / ((d * d + d) * 8)  # the metric counts in-memory bytes
     wire_mib = states_moved * (d * (d + 1) / 2 + d) * 8 / 2**20  # pickles hold half of m2
-    return {"seconds": seconds, "per_shard_ms": 1e3 * seconds / shards,
-            "worker_peak_mib": max(peaks.values()), "states_moved": states_moved,
-            "wire_mib": wire_mib, "n": moments.n}
+    return {
+        "seconds": seconds,
+        "per_shard_ms": 1e3 * seconds / shards,
+        "worker_peak_mib": max(peaks.values()),
+        "states_moved": states_moved,
+        "wire_mib": wire_mib,
+        "n": moments.n,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,17 +64,23 @@ def main(argv: list[str] | None = None) -> None:
 
     # Scheduler overhead: the same 400-shard graph with almost no arithmetic per shard.
     tiny = run(args.shards * 10, 4, args.shards, args.split_every, args.memory_limit)
-    print(f"scheduler overhead: {tiny['per_shard_ms']:.2f} ms per shard "
-          f"({args.shards} shards of 10 x 4 on 2 worker processes)")
+    print(
+        f"scheduler overhead: {tiny['per_shard_ms']:.2f} ms per shard "
+        f"({args.shards} shards of 10 x 4 on 2 worker processes)"
+    )
     big = run(args.n, args.d, args.shards, args.split_every, args.memory_limit)
     block_mib = args.n // args.shards * args.d * 4 / 2**20
-    print(f"{big['n']:,} x {args.d} in {args.shards} shards ({block_mib:.0f} MiB each), "
-          f"fan-in {args.split_every}: {big['seconds']:.1f} s, "
-          f"{big['per_shard_ms']:.0f} ms per shard")
-    print(f"worker peak RSS {big['worker_peak_mib']:.0f} MiB (limit {args.memory_limit}); "
-          f"merge traffic between workers: {big['states_moved']:.0f} states, "
-          f"{big['wire_mib']:.0f} MiB on the wire; the "
-          f"{big['n'] * args.d * 4 / 2**30:.1f} GiB of features never move")
+    print(
+        f"{big['n']:,} x {args.d} in {args.shards} shards ({block_mib:.0f} MiB each), "
+        f"fan-in {args.split_every}: {big['seconds']:.1f} s, "
+        f"{big['per_shard_ms']:.0f} ms per shard"
+    )
+    print(
+        f"worker peak RSS {big['worker_peak_mib']:.0f} MiB (limit {args.memory_limit}); "
+        f"merge traffic between workers: {big['states_moved']:.0f} states, "
+        f"{big['wire_mib']:.0f} MiB on the wire; the "
+        f"{big['n'] * args.d * 4 / 2**30:.1f} GiB of features never move"
+    )
 
 
 if __name__ == "__main__":

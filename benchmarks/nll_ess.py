@@ -66,7 +66,7 @@ def make_data(n: int) -> str:
 
 def _ess_shardeval(tag: str) -> float:
     from pipeline import open_features
-    from pipeline.likelihood import ess_of
+    from pipeline.ess import ess_of
 
     return ess_of(open_features(_paths(tag)["lw.zarr"], ndims=(1,))).ess_fraction
 
@@ -86,7 +86,7 @@ def _ess_numpy(tag: str) -> float:
 
 def _parzen_shardeval(tag: str) -> float:
     from pipeline import open_features
-    from pipeline.likelihood import nll_parzen
+    from pipeline.parzen import nll_parzen
 
     p = _paths(tag)
     return nll_parzen(open_features(p["samples.zarr"]), open_features(p["test.zarr"]), 4.0).nll

@@ -39,5 +39,9 @@ class SingularCovarianceWarning(UserWarning):
     """N ≤ d: the sample covariance is singular. FID is still defined and computed."""
 
 
+class SuspectStoreWarning(UserWarning):
+    """A store reads without error but holds something that looks unwritten."""
+
+
 class ClusterError(ShardevalError):
     """The cluster cannot be started or reached, or lost every worker."""

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
+from dask.sizeof import sizeof
 
-from kernels import Backend
 from pipeline.sources import FeatureSource
-from pipeline.states import FeatureSummary, Moments, NonFiniteRows
+from pipeline.states import Histogram, Moments, RowLogSumExp, WeightStats
 
 #: Key prefix of shard tasks; progress reporting counts the finished tasks carrying it.
 SHARD_PREFIX = "shard-"
@@ -88,40 +89,6 @@ def chain_merge(nodes: Sequence[Any], *, name: str = "merge") -> Delayed:
     return acc
 
 
-def summarize_block(
-    block: np.ndarray,
-    offset: int,
-    device: str = "cpu",
-    backend: Backend = "auto",
-    precision: str = "fp32",
-) -> FeatureSummary:
-    """The chunk step for features: moments of the finite rows, and where the others are.
-
-    Args:
-        block: (n, d) rows of one shard.
-        offset: global index of the block's first row (to report non-finite rows).
-        device: where the kernel runs (``cpu``, ``cuda`` or ``auto``).
-        backend: kernel backend, see :func:`kernels.shard_moments`.
-        precision: ``fp32`` products (the kernels' contract; float64 input stays float64) or
-            ``fp64`` (upcast first: twice the time, and results independent of shard sizes to
-            ~1e-12 instead of the ~1e-7 that fp32 rounding inside each shard leaves).
-    """
-    block = np.asarray(block)
-    if precision == "fp64":
-        block = block.astype(np.float64, copy=False)
-    with np.errstate(invalid="ignore"):  # NaN rows are found and handled just below
-        moments = Moments.from_block(block, device=device, backend=backend)
-    # NaN and ±inf propagate into the float64 mean (a float64 sum of float32 values cannot
-    # overflow), so a finite mean proves every value finite without another pass over the block.
-    if np.isfinite(moments.mean).all():
-        return FeatureSummary(moments, NonFiniteRows.empty())
-    finite = np.isfinite(block).all(axis=1)
-    return FeatureSummary(
-        Moments.from_block(block[finite], device=device, backend=backend),
-        NonFiniteRows.from_mask(~finite, offset),
-    )
-
-
 def _chunk_block(
     block: np.ndarray,
     chunk: Callable[..., Any],
@@ -134,11 +101,7 @@ def _chunk_block(
     return out
 
 
-def shard_tasks(
-    source: FeatureSource,
-    chunk: Callable[..., Any] = summarize_block,
-    *args: Any,
-) -> list[Delayed]:
+def shard_tasks(source: FeatureSource, chunk: Callable[..., Any], *args: Any) -> list[Delayed]:
     """One delayed ``chunk(block, offset, *args)`` per shard of ``source``.
 
     Built with ``map_blocks`` so that Dask fuses reading a block and reducing it into one task:
@@ -156,3 +119,20 @@ def shard_tasks(
         meta=np.empty((0,) * source.array.ndim, dtype=object),
     )
     return list(states.to_delayed().ravel())
+
+
+# Dask sizes objects it does not know as a few dozen bytes; a d × d state is megabytes. Telling
+# it the truth lets the distributed scheduler account memory and place merges correctly.
+@sizeof.register(Moments)
+def _sizeof_moments(m: Moments) -> int:
+    return int(m.mean.nbytes + m.m2.nbytes)
+
+
+def sizeof_fields(state: Any) -> int:
+    """Size of a dataclass state: the sum of its fields' sizes. Register composite states with
+    ``sizeof.register(cls)(sizeof_fields)``."""
+    return sum(int(sizeof(getattr(state, f.name))) for f in fields(state))
+
+
+for _state in (WeightStats, Histogram, RowLogSumExp):
+    sizeof.register(_state)(sizeof_fields)

@@ -9,14 +9,20 @@ stores) the feature dimension.
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 
-from pipeline.errors import DtypeError, ShapeError, StoreError
+from pipeline.errors import DtypeError, ShapeError, StoreError, SuspectStoreWarning
+from pipeline.reader import CF_KEYS, StoredArray, cf_decode, missing_chunks, native
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 #: Target bytes of one shard when the user does not choose rows: large enough that a BLAS
 #: rank-k update runs at full speed, small enough that a few in flight per thread stay far
@@ -28,6 +34,9 @@ EXTRACTOR_ATTRS = ("feature_extractor", "extractor", "model")
 
 #: Attribute value that marks a Zarr group written by ``shardeval stats``.
 STATS_FORMAT = "shardeval.moments"
+
+#: Group attribute present while an extraction is still writing its store.
+INCOMPLETE_ATTR = "shardeval_incomplete"
 
 _SAMPLE_DIMS = ("sample", "feature")
 
@@ -95,17 +104,25 @@ def _extractor(*attr_sets: Any) -> str | None:
     return None
 
 
-def _open_numpy(location: str, array_name: str | None) -> tuple[Any, str, dict[str, Any]]:
+#: What a failed read of a numpy file can raise: a truncated ``.npz`` is a broken zip, a
+#: truncated member a short zlib stream.
+_NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _open_numpy(location: str, array_name: str | None) -> tuple[Any, str, tuple[int, ...], Any]:
+    """(what the reader reads, array name, shape, dtype) of a ``.npy``/``.npz`` file."""
     try:
         if location.endswith(".npy"):
-            return np.load(location, mmap_mode="r", allow_pickle=False), "", {}
+            mapped = np.load(location, mmap_mode="r", allow_pickle=False)
+            return location, "", tuple(mapped.shape), mapped.dtype
         archive = np.load(location, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+        keys = list(archive.keys())
+    except _NUMPY_READ_ERRORS as exc:
         raise StoreError(f"cannot read {location!r} as a numpy file: {exc}") from exc
-    keys = list(archive.keys())
     if {"mu", "sigma"} <= set(keys):
         raise StoreError(
-            f"{location!r} holds statistics (mu, sigma), not features; pass it as --ref"
+            f"{location!r} holds statistics (mu, sigma), not features; give it where "
+            "statistics are accepted (e.g. `shardeval fid STATS GEN`)"
         )
     if array_name is None:
         if len(keys) != 1:
@@ -115,7 +132,14 @@ def _open_numpy(location: str, array_name: str | None) -> tuple[Any, str, dict[s
         array_name = keys[0]
     if array_name not in keys:
         raise StoreError(f"{location!r} has no array {array_name!r}; it holds {keys}")
-    return archive[array_name], array_name, {}
+    try:
+        data = archive[array_name]
+    except _NUMPY_READ_ERRORS as exc:
+        raise StoreError(
+            f"cannot read array {array_name!r} of {location!r}: {exc}; the file is damaged "
+            "or truncated"
+        ) from exc
+    return data, array_name, tuple(data.shape), data.dtype
 
 
 def _dims(node: Any) -> tuple[str, ...] | None:
@@ -128,14 +152,15 @@ def _dims(node: Any) -> tuple[str, ...] | None:
 def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple[Any, str]:
     if group.attrs.get("format") == STATS_FORMAT:
         raise StoreError(
-            f"{location!r} is a shardeval statistics group, not features; pass it as --ref"
+            f"{location!r} is a shardeval statistics group, not features; give it where "
+            "statistics are accepted (e.g. `shardeval fid STATS GEN`)"
         )
     arrays = dict(group.arrays())
     if array_name is not None:
         if array_name not in arrays:
             raise StoreError(f"{location!r} has no array {array_name!r}; it holds {sorted(arrays)}")
         return arrays[array_name], array_name
-    candidates = [k for k, a in arrays.items() if _dims(a) == _SAMPLE_DIMS]
+    candidates = [k for k, a in arrays.items() if set(_dims(a) or ()) == set(_SAMPLE_DIMS)]
     if not candidates:
         candidates = [k for k, a in arrays.items() if a.ndim == 2]
     if len(candidates) != 1:
@@ -155,9 +180,70 @@ def _open_zarr(
         raise StoreError(f"cannot open {location!r} as a Zarr store: {exc}") from exc
     if isinstance(node, zarr.Group):
         group_attrs = dict(node.attrs)
+        if group_attrs.get(INCOMPLETE_ATTR):
+            raise StoreError(
+                f"{location!r} is an incomplete extraction ({group_attrs[INCOMPLETE_ATTR]}); "
+                "run the extraction again to finish it"
+            )
         node, array_name = _pick_from_group(node, location, array_name)
         return node, array_name, group_attrs
     return node, "", {}
+
+
+def _cf_attributes(array: Any, dims: tuple[str, ...] | None) -> dict[str, Any]:
+    """The CF attributes xarray would decode this Zarr array with: scale/offset, missing and
+    fill values from the attributes, and, for an xarray variable in Zarr v2, the array's own
+    fill value (which xarray reads as ``_FillValue``)."""
+    attrs = {k: array.attrs[k] for k in CF_KEYS if k in array.attrs}
+    xarray_v2 = dims is not None and "_ARRAY_DIMENSIONS" in array.attrs
+    if xarray_v2 and "_FillValue" not in attrs and array.fill_value is not None:
+        fill = np.asarray(array.fill_value)
+        if not (fill.dtype.kind == "f" and np.isnan(fill)):  # NaN masks nothing new
+            attrs["_FillValue"] = fill.item()
+    return attrs
+
+
+def _check_complete(array: Any, location: str) -> None:
+    """Every chunk the metadata declare must be stored: a missing one would read as the fill
+    value, a plausible number that is wrong."""
+    missing, total = missing_chunks(array)
+    if not missing:
+        return
+    index, key = missing[0]
+    outer = getattr(array, "shards", None) or array.chunks
+    first = index[0] * outer[0]
+    last = min(first + outer[0], array.shape[0]) - 1
+    raise StoreError(
+        f"{location!r} is incomplete: {len(missing)} of {total} chunks are missing (first: "
+        f"{key!r}, rows {first}-{last} as stored); the writer stopped early or the shape was "
+        "changed. (Zarr also skips chunks that are entirely the fill value unless written "
+        "with write_empty_chunks=True)"
+    )
+
+
+def _check_last_row(reader: StoredArray) -> None:
+    """Warn when the last row equals the fill value in every column.
+
+    A listing cannot see a chunk that was written only part-way, or a shape enlarged within
+    the last chunk: the rows past the written ones read as the fill value. Reading the last row
+    (one chunk) catches the common case; a real feature row equal to the fill value in every
+    column is rare enough to be worth a warning, not common enough to refuse.
+    """
+    fill = getattr(reader.stored, "fill_value", None)
+    if fill is None or reader.cf or reader.ndim != 2 or reader.shape[1] < 2:
+        return
+    fill = np.asarray(fill)
+    if fill.dtype.kind == "f" and not np.isfinite(fill):
+        return  # a NaN fill shows up as non-finite rows, which are checked anyway
+    last = reader[reader.shape[0] - 1 : reader.shape[0]]
+    if np.all(last == fill):
+        warnings.warn(
+            f"{reader.location!r}: the last row (row {reader.shape[0] - 1}) equals the fill "
+            f"value {fill.item()!r} in every column; if the writer stopped part-way through a "
+            "chunk, or the shape was enlarged, those rows are not data and the result is wrong",
+            SuspectStoreWarning,
+            stacklevel=3,
+        )
 
 
 def _default_shard_rows(stored_rows: int, row_bytes: int, n: int) -> int:
@@ -180,6 +266,50 @@ def validate_shape_dtype(
         raise DtypeError(f"{location!r} has dtype {dtype}; it must be integer or floating point")
 
 
+def _stored_array(
+    location: str, array_name: str | None, storage_options: dict[str, Any] | None
+) -> tuple[StoredArray, str, dict[str, Any]]:
+    """Locate the array, check it is complete, and say how to read it."""
+    if location.endswith((".npy", ".npz")):
+        data, name, shape, dtype = _open_numpy(location, array_name)
+        chunk_rows = shape[0] if shape else 1
+        return (
+            StoredArray(
+                location, data, shape, native(np.empty(0, dtype)).dtype, max(1, chunk_rows)
+            ),
+            name,
+            {},
+        )
+    node, name, group_attrs = _open_zarr(location, array_name, storage_options)
+    attrs = {**group_attrs, **dict(node.attrs)}
+    dims = _dims(node)
+    shape = tuple(int(s) for s in node.shape)
+    transposed = dims is not None and len(dims) == 2 and tuple(dims) == _SAMPLE_DIMS[::-1]
+    if transposed:
+        shape = shape[::-1]
+    outer = getattr(node, "shards", None) or node.chunks
+    chunk_rows = int(outer[1] if transposed else outer[0]) if outer else 1
+    cf = _cf_attributes(node, dims)
+    dtype = native(np.empty(0, node.dtype)).dtype
+    stored_dims = tuple(dims) if dims is not None else tuple(f"dim_{i}" for i in range(node.ndim))
+    if cf:
+        empty = np.empty((0,) * node.ndim, dtype)
+        dtype = cf_decode(empty, stored_dims, cf).dtype
+    validate_shape_dtype(location, shape, dtype, (1, 2))  # rank checked again by the caller
+    _check_complete(node, location)
+    reader = StoredArray(
+        location,
+        node,
+        shape,
+        dtype,
+        max(1, chunk_rows),
+        transposed,
+        stored_dims,
+        tuple(sorted(cf.items())),
+    )
+    return reader, name, attrs
+
+
 def open_features(
     location: str | os.PathLike[str],
     *,
@@ -190,6 +320,11 @@ def open_features(
     ndims: tuple[int, ...] = (2,),
 ) -> FeatureSource:
     """Open a feature store lazily as a dask array with one block per shard.
+
+    Before anything is computed the store is checked: every chunk it declares is stored (a
+    listing), the rank and dtype are right. Blocks are read decoded (CF scale/offset/fill as
+    xarray decodes them), row-major (a variable stored ``(feature, sample)`` is transposed),
+    and in native byte order; a chunk that cannot be decoded fails naming its rows.
 
     Args:
         location: local path or fsspec URL of a Zarr array/group, or a ``.npy``/``.npz`` file.
@@ -204,8 +339,8 @@ def open_features(
         A validated :class:`FeatureSource`.
 
     Raises:
-        StoreError: the store is missing, unreadable, or the array is ambiguous.
-        ShapeError: not 2-D, or fewer than ``min_rows`` rows.
+        StoreError: the store is missing, unreadable, incomplete, or the array is ambiguous.
+        ShapeError: wrong rank, or fewer than ``min_rows`` rows.
         DtypeError: not integer or floating point.
 
     Example:
@@ -216,33 +351,34 @@ def open_features(
         >>> src.n, src.d, src.shards
         (10, 3, 3)
     """
+    import dask.array as da
+    from dask.base import tokenize
+
     location = os.fspath(location)
     if shard_rows is not None and shard_rows < 1:
         raise ShapeError(f"shard rows must be a positive integer, got {shard_rows}")
     if not _is_url(location) and not os.path.exists(location):
         raise StoreError(f"feature store {location!r} does not exist")
-    attrs: dict[str, Any] = {}
-    if location.endswith((".npy", ".npz")):
-        data, name, _ = _open_numpy(location, array_name)
-        stored_rows = int(data.shape[0]) if data.ndim else 0
-    else:
-        data, name, group_attrs = _open_zarr(location, array_name, storage_options)
-        attrs = {**group_attrs, **dict(data.attrs)}
-        outer = getattr(data, "shards", None) or data.chunks
-        stored_rows = int(outer[0]) if data.ndim else 0
-    shape, dtype = tuple(int(s) for s in data.shape), np.dtype(data.dtype)
+    reader, name, attrs = _stored_array(location, array_name, storage_options)
+    shape, dtype = reader.shape, reader.dtype
     validate_shape_dtype(location, shape, dtype, ndims)
     n, d = shape[0], (shape[1] if len(shape) == 2 else 1)
     if n < min_rows:
         raise ShapeError(f"{location!r} has {n} row(s); at least {min_rows} are needed")
     if d < 1:
         raise ShapeError(f"{location!r} has shape {shape}; its rows are empty")
-    rows = shard_rows or _default_shard_rows(stored_rows, d * dtype.itemsize, n)
+    _check_last_row(reader)
+    rows = shard_rows or _default_shard_rows(reader.chunk_rows, d * dtype.itemsize, n)
     chunks = (rows, *shape[1:])
-    if isinstance(data, np.ndarray):
-        array = da.from_array(data, chunks=chunks, name=False)
-    else:
-        array = da.from_zarr(data, chunks=chunks)
+    token = tokenize(location, name, shape, str(dtype), reader.transposed, reader.cf, rows)
+    array = da.from_array(
+        reader,
+        chunks=chunks,
+        name=f"read-{token}",
+        lock=False,
+        asarray=False,
+        meta=np.empty((0,) * len(shape), dtype),
+    )
     return FeatureSource(location, array, name, _extractor(attrs), attrs)
 
 

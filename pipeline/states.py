@@ -3,6 +3,8 @@
 Each state has ``empty()``, a constructor from one block, and a pure, associative ``merge``; the
 result of a reduction therefore does not depend on shard sizes, tree shape or worker count (up to
 float64 rounding). States are float64 and pickle cheaply, since Dask ships them between workers.
+They are plain numbers: kernels and devices are the chunk steps' business
+(:mod:`pipeline.summaries`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,6 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
-from dask.sizeof import sizeof
-
-from kernels import Backend, shard_moments
 
 _MAX_REPORTED_ROWS = 5
 
@@ -32,12 +30,13 @@ def chan_merge(
     return mean, m2
 
 
-def lse_merge(m_a: Any, s_a: Any, m_b: Any, s_b: Any) -> tuple[Any, Any]:
+def lse_merge(m_a: Any, s_a: Any, m_b: Any, s_b: Any, power: int = 1) -> tuple[Any, Any]:
     """Merge log-sum-exp pairs (scalars or arrays, element-wise): m = max(m_a, m_b),
-    s = s_a·e^(m_a − m) + s_b·e^(m_b − m); where m = −inf (only −inf seen) it scales nothing."""
+    s = s_a·e^(p(m_a − m)) + s_b·e^(p(m_b − m)); where m = −inf (only −inf seen) it scales
+    nothing. ``power`` p = 2 merges sums of exp(2(x − m)) kept against the same max."""
     m = np.maximum(m_a, m_b)
     safe = np.where(np.isneginf(m), 0.0, m)
-    return m, s_a * np.exp(m_a - safe) + s_b * np.exp(m_b - safe)
+    return m, s_a * np.exp(power * (m_a - safe)) + s_b * np.exp(power * (m_b - safe))
 
 
 T = TypeVar("T")
@@ -76,7 +75,7 @@ class Moments:
     Example:
         >>> import numpy as np
         >>> x = np.arange(12.0).reshape(6, 2)
-        >>> m = Moments.from_block(x[:2]).merge(Moments.from_block(x[2:]))
+        >>> m = Moments.from_rows(x[:2]).merge(Moments.from_rows(x[2:]))
         >>> m.n, m.mean.tolist(), np.allclose(m.covariance(), np.cov(x, rowvar=False))
         (6, [5.0, 6.0], True)
     """
@@ -125,16 +124,15 @@ class Moments:
         return cls(0, np.zeros(d), np.zeros((d, d)))
 
     @classmethod
-    def from_block(cls, block: Any, *, device: str = "cpu", backend: Backend = "auto") -> Moments:
-        """Moments of one (n, d) block (numpy array or tensor), computed by the kernels."""
-        x = torch.as_tensor(block)
-        if device == "auto":  # decided on the worker: a GPU worker uses its GPU
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device != "cpu":
-            # Page-locked staging lets the copy run as a DMA transfer.
-            x = x.pin_memory().to(device, non_blocking=True)
-        n, mean, m2 = shard_moments(x, backend=backend)
-        return cls(n, mean.cpu().numpy(), m2.cpu().numpy())
+    def from_rows(cls, rows: Any) -> Moments:
+        """Moments of (n, d) rows in float64 numpy, by the definition (two passes)."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.shape[0] == 0:
+            return cls.empty(x.shape[1])
+        mean = x.mean(axis=0)
+        centred = x - mean
+        m2 = centred.T @ centred
+        return cls(x.shape[0], mean, 0.5 * (m2 + m2.T))
 
     def merge(self, other: Moments) -> Moments:
         if self.d != other.d:
@@ -173,21 +171,6 @@ class NonFiniteRows:
     def merge(self, other: NonFiniteRows) -> NonFiniteRows:
         first = tuple(sorted(self.first + other.first)[:_MAX_REPORTED_ROWS])
         return NonFiniteRows(self.count + other.count, first)
-
-
-@dataclass(frozen=True, eq=False)
-class FeatureSummary:
-    """What one shard of a feature store reduces to: moments of its finite rows, and the count
-    and positions of the rows that were not finite."""
-
-    moments: Moments
-    nonfinite: NonFiniteRows
-
-    @classmethod
-    def empty(cls, d: int) -> FeatureSummary:
-        return cls(Moments.empty(d), NonFiniteRows.empty())
-
-    merge = merge_fieldwise
 
 
 @dataclass(frozen=True)
@@ -270,13 +253,12 @@ class LogSumExp:
 
     @classmethod
     def from_values(cls, values: np.ndarray) -> LogSumExp:
-        from kernels import logsumexp  # tensors in, pair out
-
-        v = np.asarray(values)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.size == 0:
             return cls()
-        pair = logsumexp(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)))
-        return cls(float(pair.max), float(pair.sum), int(v.size))
+        m = float(v.max())
+        safe = 0.0 if m == float("-inf") else m
+        return cls(m, float(np.exp(v - safe).sum()), int(v.size))
 
     def merge(self, other: LogSumExp) -> LogSumExp:
         m, s = lse_merge(self.max, self.sum, other.max, other.sum)
@@ -289,51 +271,63 @@ class LogSumExp:
 
 @dataclass(frozen=True, eq=False)
 class WeightStats:
-    """Importance log-weights: LSE of log w and of 2·log w, and the ``keep`` largest log w.
+    """Importance log-weights: n, m = max log w, s = Σ exp(log w − m), s₂ = Σ exp(2(log w − m)),
+    and the ``keep`` largest log w.
 
-    ESS = exp(2·LSE(log w) − LSE(2·log w)); the kept tail feeds the Pareto k̂ fit (PSIS).
+    Both sums are taken relative to the one max, so ESS = (Σw)²/Σw² = s²/s₂ and the largest
+    normalised weight is 1/s, with nothing that overflows even when log w is near 1e308 (where
+    2·log w is not a float). The kept tail feeds the Pareto k̂ fit (PSIS).
+
+    Example:
+        >>> w = WeightStats.from_values(np.log([1.0, 1.0, 2.0]), keep=1)
+        >>> round(w.ess(), 6), w.top.tolist() == [np.log(2.0)]   # ESS = 4² / 6
+        (2.666667, True)
     """
 
-    lse: LogSumExp
-    lse2: LogSumExp
+    n: int
+    max: float
+    sum: float
+    sum_sq: float
     top: np.ndarray  # descending, at most ``keep`` values
     keep: int
 
     @classmethod
     def empty(cls, keep: int) -> WeightStats:
-        return cls(LogSumExp(), LogSumExp(), np.zeros(0), keep)
+        return cls(0, float("-inf"), 0.0, 0.0, np.zeros(0), keep)
 
     @classmethod
     def from_values(cls, log_w: np.ndarray, keep: int) -> WeightStats:
-        from kernels import weight_stats
-
-        v = np.ascontiguousarray(np.asarray(log_w).reshape(-1))
+        """From log-weights in float64 numpy (the kernels' :func:`kernels.weight_stats` is the
+        fast path; see :mod:`pipeline.summaries`)."""
+        v = np.asarray(log_w, dtype=np.float64).reshape(-1)
         if v.size == 0:
             return cls.empty(keep)
-        w = weight_stats(torch.from_numpy(v), top=keep)
-        m = float(w.max)
+        m = float(v.max())
+        shifted = v - (0.0 if m == float("-inf") else m)
+        top = -np.sort(-v)[:keep]
         return cls(
-            LogSumExp(m, float(w.sum), w.n),
-            LogSumExp(2 * m, float(w.sum_sq), w.n),
-            w.top.numpy(),
-            keep,
+            v.size, m, float(np.exp(shifted).sum()), float(np.exp(2 * shifted).sum()), top, keep
         )
 
     def merge(self, other: WeightStats) -> WeightStats:
+        m, s = lse_merge(self.max, self.sum, other.max, other.sum)
+        _, s2 = lse_merge(self.max, self.sum_sq, other.max, other.sum_sq, power=2)
         union = np.concatenate([self.top, other.top])
         top = -np.sort(-union)[: self.keep]
-        return WeightStats(self.lse.merge(other.lse), self.lse2.merge(other.lse2), top, self.keep)
+        return WeightStats(self.n + other.n, float(m), float(s), float(s2), top, self.keep)
 
     @property
-    def n(self) -> int:
-        return self.lse.n
+    def all_zero(self) -> bool:
+        """Every weight is zero (every log-weight −inf): ESS and k̂ are undefined."""
+        return self.sum == 0.0
 
     def ess(self) -> float:
-        """(Σw)² / Σw², from the log domain."""
-        return float(np.exp(2 * self.lse.value - self.lse2.value)) if self.n else float("nan")
+        """(Σw)² / Σw² = s² / s₂ (the max cancels)."""
+        return self.sum**2 / self.sum_sq if self.sum_sq > 0 else float("nan")
 
     def max_normalized_weight(self) -> float:
-        return float(np.exp(self.lse.max - self.lse.value)) if self.n else float("nan")
+        """max w / Σw = 1 / s."""
+        return 1.0 / self.sum if self.sum > 0 else float("nan")
 
 
 @dataclass(frozen=True, eq=False)
@@ -378,18 +372,3 @@ class RowLogSumExp:
     def values(self) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return self.max + np.log(self.sum)
-
-
-# Dask sizes objects it does not know as a few dozen bytes; a d × d state is megabytes. Telling
-# it the truth lets the distributed scheduler account memory and place merges correctly.
-@sizeof.register(Moments)
-def _sizeof_moments(m: Moments) -> int:
-    return int(m.mean.nbytes + m.m2.nbytes)
-
-
-@sizeof.register(FeatureSummary)
-@sizeof.register(WeightStats)
-@sizeof.register(Histogram)
-@sizeof.register(RowLogSumExp)
-def _sizeof_fields(state: Any) -> int:
-    return sum(int(sizeof(getattr(state, f.name))) for f in fields(state))

@@ -6,7 +6,7 @@ Two formats:
   attribute ``n`` and provenance (source, shape, dtype, feature extractor, versions);
 * pytorch-fid / clean-fid ``.npz`` with ``mu`` and ``sigma`` (``np.cov``, ddof=1). We also write
   ``n``, which makes our ``.npz`` files mergeable; a bare ``mu``/``sigma`` file is read as a
-  :class:`~pipeline.fid.Gaussian` with ``n=None`` and cannot be merged.
+  :class:`~pipeline.gaussian.Gaussian` with ``n=None`` and cannot be merged.
 
 Writes are atomic (:mod:`pipeline.atomic`).
 """
@@ -21,7 +21,7 @@ import zarr
 
 from pipeline.atomic import atomic_dir, atomic_file
 from pipeline.errors import StatsFormatError, StoreError
-from pipeline.fid import Gaussian
+from pipeline.gaussian import Gaussian
 from pipeline.sources import STATS_FORMAT
 from pipeline.states import Moments
 
@@ -139,7 +139,3 @@ def stats_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     if path.endswith(".npz"):
         return {}
     return dict(zarr.open_group(path, mode="r").attrs)
-
-
-def as_gaussian(stats: Moments | Gaussian, source: str = "") -> Gaussian:
-    return stats if isinstance(stats, Gaussian) else Gaussian.from_moments(stats, source)

@@ -63,3 +63,13 @@ def high_precision_fid(mu1, s1, mu2, s2, digits: int = 40) -> float:
         tr = sum(mpmath.sqrt(x) for x in lam if x > 0)
         diff = sum((mpmath.mpf(p) - mpmath.mpf(q)) ** 2 for p, q in zip(mu1, mu2, strict=True))
         return float(diff + sum(a[i, i] + b[i, i] for i in range(d)) - 2 * tr)
+
+
+def gaussian_nll_in_sample(x: np.ndarray) -> float:
+    """Mean NLL of the rows of ``x`` under their own Gaussian (np.cov, ddof = 1), in closed
+    form: the mean Mahalanobis term is tr(Σ⁻¹ Σ_mle) = d(n−1)/n, so
+    NLL = ½·d(n−1)/n + ½ log det Σ + (d/2) log 2π."""
+    x = np.asarray(x, dtype=np.float64)
+    n, d = x.shape
+    _, logdet = np.linalg.slogdet(np.cov(x, rowvar=False))
+    return 0.5 * d * (n - 1) / n + 0.5 * logdet + 0.5 * d * np.log(2 * np.pi)

@@ -41,7 +41,10 @@ from pipeline import (
     save_stats,
 )
 from pipeline.clusters import running_cluster
-from pipeline.likelihood import ess_of, nll_from_loglik, nll_gaussian, nll_importance, nll_parzen
+from pipeline.ess import ess_of
+from pipeline.gaussian import nll_gaussian
+from pipeline.nll import nll_from_loglik, nll_importance
+from pipeline.parzen import nll_parzen
 from pipeline.reduce import DEFAULT_SPLIT_EVERY
 from pipeline.statsio import stats_provenance
 from pipeline.synthetic import gaussian_features, write_features

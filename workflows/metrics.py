@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
-from pipeline.likelihood import nll_gaussian
+from pipeline.gaussian import nll_gaussian
 
 Progress = Callable[[int, int], None]
 

@@ -11,8 +11,9 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.atomic import atomic_file
-from pipeline.fid import FrechetDistance
-from pipeline.likelihood import ESSResult, NLLResult
+from pipeline.ess import ESSResult
+from pipeline.frechet import FrechetDistance
+from pipeline.nll import NLLResult
 
 _PACKAGES = (
     "shardeval",

@@ -14,7 +14,7 @@ from distributed import Client
 
 from pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
 from pipeline.errors import ClusterError
-from pipeline.likelihood import ess_of
+from pipeline.ess import ess_of
 from pipeline.synthetic import gaussian_features
 from workflows.cli import main
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import Gaussian, NumericalError, ShapeError, SingularCovarianceWarning
-from pipeline.fid import frechet_distance, trace_sqrt_product
+from pipeline.frechet import frechet_distance, trace_sqrt_product
 from tests.reference import eigvals_formula, exact_fid, high_precision_fid, pytorch_fid_formula
 
 

@@ -9,16 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import Gaussian, Moments, NonFiniteError, ShapeError, open_features
-from pipeline.likelihood import (
-    ess_of,
-    gpd_khat,
-    nll_from_loglik,
-    nll_gaussian,
-    nll_importance,
-    nll_parzen,
-    silverman_bandwidth,
-    tail_size,
-)
+from pipeline.ess import ess_of
+from pipeline.gaussian import nll_gaussian
+from pipeline.nll import nll_from_loglik, nll_importance
+from pipeline.parzen import nll_parzen, silverman_bandwidth
+from pipeline.psis import gpd_khat, tail_size
 from pipeline.states import LogSumExp, ScalarMoments, WeightStats
 
 
@@ -73,7 +68,7 @@ def test_gpd_khat_recovers_shape():
 def test_nll_of_gaussian_samples_under_their_own_gaussian(tmp_path, rng):
     d, sigma = 6, 2.5
     x = rng.normal(4.0, sigma, (60_000, d))
-    stats = Gaussian.from_moments(Moments.from_block(x))
+    stats = Gaussian.from_moments(Moments.from_rows(x))
     got = nll_gaussian(stats, open_features(_save(tmp_path, "x", x), shard_rows=7000))
     assert got.nats_per_dim == pytest.approx(
         0.5 * math.log(2 * math.pi * math.e * sigma**2), rel=2e-3

@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.reduce import merge_all
-from pipeline.states import FeatureSummary, Moments, NonFiniteRows
+from pipeline.states import Moments, NonFiniteRows
+from pipeline.summaries import FeatureSummary
 from tests.reference import np_stats
 
 DATA = np.random.default_rng(7).standard_normal((300, 5)) * [1, 10, 0.1, 3, 1] + [1e3, -2, 0, 5, 7]
@@ -29,7 +30,7 @@ def _random_tree_merge(states, draw_index):
 @settings(max_examples=60, deadline=None)
 @given(cuts=st.lists(st.integers(1, len(DATA) - 1), max_size=12), data=st.data())
 def test_merge_matches_concatenated_under_random_partitions_and_orders(cuts, data):
-    parts = [Moments.from_block(p) for p in _split(DATA, cuts)]
+    parts = [Moments.from_rows(p) for p in _split(DATA, cuts)]
     merged = _random_tree_merge(parts, lambda k: data.draw(st.integers(0, k - 1)) if k > 0 else 0)
     mean, cov = np_stats(DATA)
     assert merged.n == len(DATA)
@@ -40,7 +41,7 @@ def test_merge_matches_concatenated_under_random_partitions_and_orders(cuts, dat
 @given(st.lists(st.integers(0, 4), min_size=1, max_size=6))
 def test_merge_is_commutative_and_ignores_empty_states(sizes):
     blocks = [DATA[i * 5 : i * 5 + s] for i, s in enumerate(sizes)]
-    states = [Moments.from_block(b) if len(b) else Moments.empty(5) for b in blocks]
+    states = [Moments.from_rows(b) if len(b) else Moments.empty(5) for b in blocks]
     forward = merge_all(Moments.empty(5), *states)
     backward = merge_all(*reversed(states), Moments.empty(5))
     assert forward.n == backward.n == sum(sizes)
@@ -48,13 +49,13 @@ def test_merge_is_commutative_and_ignores_empty_states(sizes):
 
 
 def test_empty_is_identity():
-    m = Moments.from_block(DATA[:10])
+    m = Moments.from_rows(DATA[:10])
     assert m.merge(Moments.empty(5)) is m
     assert Moments.empty(5).merge(m) is m
 
 
 def test_state_is_frozen_and_pickles():
-    m = Moments.from_block(DATA[:20])
+    m = Moments.from_rows(DATA[:20])
     with pytest.raises(ValueError, match="read-only"):
         m.mean[0] = 1.0
     back = pickle.loads(pickle.dumps(m))
@@ -66,7 +67,7 @@ def test_state_is_frozen_and_pickles():
 
 def test_mismatched_dimensions_do_not_merge():
     with pytest.raises(ValueError, match="d=5 and d=3"):
-        Moments.from_block(DATA[:4]).merge(Moments.from_block(DATA[:4, :3]))
+        Moments.from_rows(DATA[:4]).merge(Moments.from_rows(DATA[:4, :3]))
 
 
 def test_nonfinite_rows_keep_the_first_indices_in_order():
@@ -79,4 +80,4 @@ def test_nonfinite_rows_keep_the_first_indices_in_order():
 
 def test_covariance_needs_two_rows():
     with pytest.raises(ValueError, match="n > ddof"):
-        Moments.from_block(DATA[:1]).covariance()
+        Moments.from_rows(DATA[:1]).covariance()

@@ -10,13 +10,14 @@ from pipeline import (
     load_stats,
     save_stats,
 )
-from pipeline.statsio import as_gaussian, stats_provenance
+from pipeline.gaussian import as_gaussian
+from pipeline.statsio import stats_provenance
 from tests.reference import pytorch_fid_formula
 
 
 @pytest.fixture
 def moments(rng):
-    return Moments.from_block(rng.standard_normal((40, 6)) + 2)
+    return Moments.from_rows(rng.standard_normal((40, 6)) + 2)
 
 
 def test_zarr_stats_round_trip_exactly(tmp_path, moments):

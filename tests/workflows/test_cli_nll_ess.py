@@ -29,7 +29,7 @@ def test_nll_from_loglik_with_bits_per_dim(tmp_path, capsys, rng):
 def test_nll_gaussian_parzen_iw_and_ess_commands(tmp_path, capsys, rng):
     x = rng.normal(size=(3000, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    save_stats(tmp_path / "s.zarr", Moments.from_block(x))
+    save_stats(tmp_path / "s.zarr", Moments.from_rows(x))
     code, out, _ = _run(capsys, "nll", "--gaussian", tmp_path / "s.zarr", tmp_path / "x.npy", "-q")
     assert code == 0
     assert "nats/dim" in out
@@ -63,7 +63,7 @@ def test_nll_gaussian_parzen_iw_and_ess_commands(tmp_path, capsys, rng):
     ("array", "argv", "msg"),
     [
         (np.zeros((3, 2, 2)), ["ess"], "must be 1-D"),
-        (np.array([0.0, np.nan, 1.0]), ["ess"], r"1 row\(s\) that are NaN"),
+        (np.array([0.0, np.nan, 1.0]), ["ess"], r"1 row\(s\) with NaN"),
         (np.array([0.0, np.inf, 1.0]), ["ess"], r"\+inf"),
         (np.zeros((4, 0)), ["nll", "--iw"], "rows are empty"),
         (np.zeros((4, 2)), ["nll"], "must be 1-D"),

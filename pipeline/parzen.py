@@ -1,0 +1,287 @@
+"""Parzen-window NLL: log-density of test rows under a Gaussian kernel density estimate of
+sample rows (Parzen 1962; the estimator of Breuleux et al. 2011 and Goodfellow et al. 2014 for
+implicit models),
+
+    log p(x) = LSE_j(−‖x − y_j‖² / 2h²) − log M − (d/2) log(2π h²),
+
+tiled as test shards × sample shards: each pair returns, per test row, the mergeable
+log-sum-exp pair over its sample rows, and pairs merge across sample shards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine import Engine, Progress
+from pipeline.errors import NumericalError, ShapeError
+from pipeline.moments import feature_moments
+from pipeline.nll import NLLResult, summarize_nll
+from pipeline.reduce import SHARD_PREFIX, chain_merge, merge_all, shard_tasks, sizeof_fields
+from pipeline.sources import FeatureSource
+from pipeline.states import NonFiniteRows, RowLogSumExp, ScalarMoments, merge_fieldwise
+from pipeline.summaries import (
+    ValueSummary,
+    check_nonfinite,
+    check_policy,
+    count_finite,
+    finite_rows,
+)
+
+_LOG_2PI = math.log(2 * math.pi)
+
+#: 1/(2h²) multiplies fp32 squared distances: it must be an fp32 number.
+_MIN_BANDWIDTH = math.sqrt(0.5 / float(np.finfo(np.float32).max))
+
+
+def silverman_bandwidth(variance_trace: float, n: int, d: int) -> float:
+    """Silverman's rule for an isotropic Gaussian kernel in d dimensions:
+    h = σ̄ (4 / ((d + 2) n))^{1/(d+4)}, σ̄² = tr Σ / d."""
+    sigma = math.sqrt(variance_trace / d)
+    return sigma * (4.0 / ((d + 2) * n)) ** (1.0 / (d + 4))
+
+
+def check_bandwidth(h: float) -> float:
+    """A bandwidth the kernels can use: positive, finite, and large enough that 1/(2h²) is an
+    fp32 number (any larger h is exact: the kernel values tend to 1)."""
+    if not (h > 0 and math.isfinite(h)):
+        raise ValueError(f"bandwidth must be positive and finite, got {h}")
+    if h < _MIN_BANDWIDTH:
+        raise NumericalError(
+            f"bandwidth {h:g} is below {_MIN_BANDWIDTH:.3g}: 1/(2h²) overflows fp32 and every "
+            "kernel value underflows; choose a bandwidth on the scale of the distances"
+        )
+    return h
+
+
+@dataclass(frozen=True, eq=False)
+class KernelSums:
+    """Per row of one test block: the log-sum-exp pair of −‖x − y‖²/2h² over the sample rows
+    seen so far, and how many finite sample rows those were. Non-finite test rows hold NaN."""
+
+    rows: RowLogSumExp
+    samples: int
+
+    merge = merge_fieldwise
+
+
+@dataclass(frozen=True, eq=False)
+class ParzenSummary:
+    """Log-densities of a test block: moments of the finite ones, the rows that were not
+    finite, and the finite rows whose density underflowed to zero."""
+
+    values: ScalarMoments
+    nonfinite: NonFiniteRows
+    underflow: NonFiniteRows
+
+    merge = merge_fieldwise
+
+
+def _pair(test: np.ndarray, samples: np.ndarray, bandwidth: float) -> KernelSums:
+    import torch
+
+    from kernels import parzen_lse
+
+    samples = np.asarray(samples)
+    samples = samples[finite_rows(samples)]
+    test = np.asarray(test)
+    bad = ~finite_rows(test)
+    if bad.any():
+        test = np.where(bad[:, None], 0, test)  # computed as zeros, reported as NaN
+    if samples.shape[0] == 0:
+        m = np.full(test.shape[0], -np.inf)
+        s = np.zeros(test.shape[0])
+    else:
+        mt, st = parzen_lse(
+            torch.from_numpy(np.ascontiguousarray(test)),
+            torch.from_numpy(np.ascontiguousarray(samples)),
+            bandwidth,
+        )
+        m, s = mt.numpy().copy(), st.numpy()
+    m[bad] = np.nan
+    return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]))
+
+
+def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSummary:
+    if sums.samples == 0:
+        raise ShapeError("no finite sample rows remain to place kernels on")
+    norm = math.log(sums.samples) + 0.5 * d * (_LOG_2PI + 2.0 * math.log(bandwidth))
+    lp = sums.rows.values() - norm
+    ok = np.isfinite(lp)
+    return ParzenSummary(
+        ScalarMoments.from_values(lp[ok]),
+        NonFiniteRows.from_mask(np.isnan(lp), offset),
+        NonFiniteRows.from_mask(np.isneginf(lp), offset),
+    )
+
+
+def _graph(
+    test: Sequence[Any], offsets: Sequence[int], sample_blocks: Sequence[Any], d: int, h: float
+) -> Any:
+    from dask.base import tokenize
+    from dask.delayed import delayed
+
+    token = tokenize(
+        [getattr(t, "key", t) for t in test], [getattr(s, "key", s) for s in sample_blocks], h
+    )
+    leaves = []
+    for i, (tb, offset) in enumerate(zip(test, offsets, strict=True)):
+        pairs = [
+            delayed(_pair, pure=True)(
+                tb, sb, h, dask_key_name=f"{SHARD_PREFIX}parzen-{token}-{i}-{j}"
+            )
+            for j, sb in enumerate(sample_blocks)
+        ]
+        leaves.append(
+            delayed(_finish, pure=True)(
+                chain_merge(pairs, name=f"parzen-merge-{token}-{i}"),
+                offset,
+                d,
+                h,
+                dask_key_name=f"parzen-finish-{token}-{i}",
+            )
+        )
+    return delayed(merge_all, pure=True)(*leaves, dask_key_name=f"parzen-total-{token}")
+
+
+def _blocks(array: Any) -> tuple[list[Any], list[int]]:
+    offsets = [0, *np.cumsum(array.chunks[0])[:-1].tolist()]
+    return list(array.to_delayed().ravel()), offsets
+
+
+def nll_parzen(
+    samples: FeatureSource,
+    test: FeatureSource,
+    bandwidth: float | str = "silverman",
+    *,
+    engine: Engine | None = None,
+    nonfinite: str = "error",
+    progress: Progress | None = None,
+    cv_grid: int = 9,
+) -> NLLResult:
+    """Parzen-window NLL of TEST rows under a Gaussian KDE of SAMPLES.
+
+    Args:
+        samples: kernel centres (M, d).
+        test: query rows (n, d).
+        bandwidth: h > 0, ``silverman``, or ``cv`` (held-out likelihood: every 10th sample row
+            (at most 2,000) is held out, h is chosen on a log grid around Silverman's rule).
+        engine: where to run.
+        nonfinite: ``error`` (NaN/inf rows in either store fail, before the pairs are
+            computed) or ``drop`` (they are left out and counted).
+        progress: called with (tasks done, total).
+        cv_grid: candidates tried by ``cv``.
+
+    Returns:
+        :class:`~pipeline.nll.NLLResult` with ``method='parzen'`` and the bandwidth.
+
+    Raises:
+        ShapeError: dimensions differ, or no finite rows remain.
+        NonFiniteError: non-finite rows with ``nonfinite='error'``.
+        NumericalError: a bandwidth too small for fp32, constant samples under a rule, or
+            test rows whose density underflows to zero at the chosen bandwidth.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> from pipeline.sources import open_features
+        >>> path = os.path.join(tempfile.mkdtemp(), "x.npy")
+        >>> np.save(path, np.zeros((2, 1)))
+        >>> src = open_features(path)
+        >>> round(nll_parzen(src, src, 1.0).nll, 6)   # ½ log 2π
+        0.918939
+    """
+    check_policy(nonfinite)
+    if samples.d != test.d:
+        raise ShapeError(
+            f"feature dimensions differ: {samples.location!r} has d={samples.d}, "
+            f"{test.location!r} has d={test.d}"
+        )
+    if isinstance(bandwidth, str) and bandwidth not in ("silverman", "cv"):
+        raise ValueError(f"bandwidth must be a number, 'silverman' or 'cv'; got {bandwidth!r}")
+    if not isinstance(bandwidth, str):
+        check_bandwidth(float(bandwidth))
+    engine = engine or Engine()
+    # A cheap first pass finds non-finite rows before the n × M pairs are computed; under a
+    # bandwidth rule it is the samples' moments pass, which the rule needs anyway.
+    (test_count,) = engine.reduce([shard_tasks(test, count_finite)])
+    check_nonfinite(test.location, test_count.nonfinite, nonfinite)
+    extra: dict[str, Any] = {}
+    if isinstance(bandwidth, str):
+        ((moments, dropped),) = feature_moments([samples], engine=engine, nonfinite=nonfinite)
+        rule = silverman_bandwidth(float(np.trace(moments.covariance())), moments.n, samples.d)
+        if not (rule > 0 and math.isfinite(rule)):
+            raise NumericalError(
+                f"the samples {samples.location!r} have no spread (trace of their covariance "
+                f"is {np.trace(moments.covariance()):g}): Silverman's rule gives h = {rule:g}; "
+                "pass a bandwidth"
+            )
+        extra["silverman"] = rule
+        h = (
+            rule
+            if bandwidth == "silverman"
+            else _cross_validate(samples, rule, engine, cv_grid, extra)
+        )
+        extra["samples"] = moments.n
+        extra["samples_nonfinite_dropped"] = dropped
+    else:
+        (sample_count,) = engine.reduce([shard_tasks(samples, count_finite)])
+        check_nonfinite(samples.location, sample_count.nonfinite, nonfinite)
+        if sample_count.n == 0:
+            raise ShapeError(f"{samples.location!r} has no finite rows")
+        h = float(bandwidth)
+        extra["samples"] = sample_count.n
+        extra["samples_nonfinite_dropped"] = sample_count.nonfinite.count
+    check_bandwidth(h)
+    extra["bandwidth"] = h
+    test_blocks, offsets = _blocks(test.array)
+    sample_blocks, _ = _blocks(samples.array)
+    total = _graph(test_blocks, offsets, sample_blocks, test.d, h)
+    (summary,) = engine.run_delayed([total], progress=progress, shards=test.shards * samples.shards)
+    if summary.underflow.count:
+        raise NumericalError(
+            f"{summary.underflow.count} row(s) of {test.location!r} have density 0 at bandwidth "
+            f"{h:g} (first at rows {', '.join(map(str, summary.underflow.first))}): every "
+            "kernel value underflows; the bandwidth is too small for these distances"
+        )
+    return summarize_nll("parzen", ValueSummary(summary.values, summary.nonfinite), test.d, **extra)
+
+
+def _cross_validate(
+    samples: FeatureSource, rule: float, engine: Engine, grid: int, extra: dict[str, Any]
+) -> float:
+    step = max(10, math.ceil(samples.n / 2000))
+    held = np.zeros(samples.n, dtype=bool)
+    held[::step] = True
+    fit, val = samples.array[~held], samples.array[held]
+    candidates = [c for c in rule * 2.0 ** np.linspace(-2, 2, grid) if c >= _MIN_BANDWIDTH]
+    if not candidates:
+        check_bandwidth(float(rule * 4.0))  # raises: even the largest candidate is too small
+    fit_blocks, _ = _blocks(fit)
+    val_blocks, val_offsets = _blocks(val)
+    totals = [_graph(val_blocks, val_offsets, fit_blocks, samples.d, float(h)) for h in candidates]
+    summaries = engine.run_delayed(totals)
+    # A candidate under which some held-out row has density 0 has held-out likelihood 0.
+    scores = [
+        s.values.mean if s.values.n and not s.underflow.count else float("-inf") for s in summaries
+    ]
+    best = int(np.argmax(scores))
+    extra["cv"] = {
+        "candidates": [float(c) for c in candidates],
+        "mean_loglik": scores,
+        "held_out": int(held.sum()),
+    }
+    return float(candidates[best])
+
+
+def _register_sizes() -> None:
+    from dask.sizeof import sizeof
+
+    for state in (KernelSums, ParzenSummary):
+        sizeof.register(state)(sizeof_fields)
+
+
+_register_sizes()
