@@ -1,29 +1,39 @@
-"""Per-shard compute on one device: tensors in, small float64 tensors out.
+"""Per-shard compute on one device: arrays in, small float64 arrays out.
 
-Knows nothing of Dask or Zarr. Each operation has a torch reference, a CPU (torch/BLAS) path and,
-for CUDA tensors, a Triton kernel (private ``_triton_*`` modules, imported on first use), chosen
-by one dispatcher (:mod:`kernels._dispatch`).
+Knows nothing of Dask or Zarr. Each operation has a torch reference, a CPU path and, for CUDA
+tensors, a Triton kernel (private ``_triton_*`` modules, imported on first use), chosen by one
+dispatcher (:mod:`kernels._dispatch`). The CPU shard-moments path also takes numpy arrays and
+then needs no torch at all. Names are imported on first use, so importing :mod:`kernels` costs
+nothing until a kernel is needed.
 """
 
-from kernels._dispatch import BACKENDS, Backend
-from kernels.density import gaussian_logpdf, gaussian_logpdf_reference, parzen_logpdf, parzen_lse
-from kernels.lse import (
-    LSEPair,
-    WeightSums,
-    logsumexp,
-    logsumexp_reference,
-    merge_pairs,
-    weight_stats,
-    weight_stats_reference,
-)
-from kernels.moments import (
-    ShardMoments,
-    shard_moments,
-    shard_moments_blas,
-    shard_moments_reference,
-    shard_moments_torch,
-    shard_moments_triton,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "BACKENDS": "kernels._dispatch",
+    "Backend": "kernels._dispatch",
+    "gaussian_logpdf": "kernels.density",
+    "gaussian_logpdf_reference": "kernels.density",
+    "parzen_logpdf": "kernels.density",
+    "parzen_lse": "kernels.density",
+    "LSEPair": "kernels.lse",
+    "WeightSums": "kernels.lse",
+    "logsumexp": "kernels.lse",
+    "logsumexp_reference": "kernels.lse",
+    "merge_pairs": "kernels.lse",
+    "weight_stats": "kernels.lse",
+    "weight_stats_reference": "kernels.lse",
+    "ShardMoments": "kernels.moments",
+    "shard_moments": "kernels.moments",
+    "shard_moments_blas": "kernels.moments",
+    "shard_moments_numpy": "kernels.moments",
+    "shard_moments_reference": "kernels.moments",
+    "shard_moments_torch": "kernels.moments",
+    "shard_moments_triton": "kernels.moments",
+}
 
 __all__ = [
     "BACKENDS",
@@ -40,9 +50,46 @@ __all__ = [
     "parzen_lse",
     "shard_moments",
     "shard_moments_blas",
+    "shard_moments_numpy",
     "shard_moments_reference",
     "shard_moments_torch",
     "shard_moments_triton",
     "weight_stats",
     "weight_stats_reference",
 ]
+
+if TYPE_CHECKING:
+    from kernels._dispatch import BACKENDS, Backend
+    from kernels.density import (
+        gaussian_logpdf,
+        gaussian_logpdf_reference,
+        parzen_logpdf,
+        parzen_lse,
+    )
+    from kernels.lse import (
+        LSEPair,
+        WeightSums,
+        logsumexp,
+        logsumexp_reference,
+        merge_pairs,
+        weight_stats,
+        weight_stats_reference,
+    )
+    from kernels.moments import (
+        ShardMoments,
+        shard_moments,
+        shard_moments_blas,
+        shard_moments_numpy,
+        shard_moments_reference,
+        shard_moments_torch,
+        shard_moments_triton,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

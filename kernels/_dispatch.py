@@ -12,9 +12,10 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[Backend, ...] = ("auto", "triton", "torch")
@@ -73,6 +74,8 @@ def resolve_backend(x: torch.Tensor, backend: str) -> Literal["triton", "torch"]
 
 def check_matrix(x: torch.Tensor, name: str = "x") -> None:
     """Shape/dtype check shared by the launchers: a 2-D real tensor."""
+    import torch
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 2:

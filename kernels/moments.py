@@ -15,13 +15,16 @@ which is exact algebra, so rounding ``c`` costs nothing.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from kernels._blas import syrk_upper
-from kernels._dispatch import Backend, check_matrix, resolve_backend
+
+if TYPE_CHECKING:
+    import torch
+
+    from kernels._dispatch import Backend
 
 #: Rows centred and added per rank-k update on the CPU path.
 SUB_ROWS = 2048
@@ -31,45 +34,62 @@ SHIFT_ROWS = 1024
 
 
 class ShardMoments(NamedTuple):
-    """What a shard contributes: row count, float64 mean (d,), float64 co-moment (d, d)."""
+    """What a shard contributes: row count, float64 mean (d,), float64 co-moment (d, d); numpy
+    arrays for numpy input, tensors on the input's device for tensor input."""
 
     n: int
-    mean: torch.Tensor
-    m2: torch.Tensor
+    mean: Any
+    m2: Any
 
 
-#: Input dtypes whose values fp32 cannot hold exactly: their products are taken in float64.
-_WIDE = (torch.float64, torch.int32, torch.int64)
+#: Per working precision (bytes per value), the magnitudes, as powers of two, inside which
+#: products neither overflow (n·x² below the largest float) nor lose digits as subnormals; a
+#: shard outside is scaled into range by a power of two, which is exact.
+_SAFE_EXPONENT = {4: 40, 8: 300}
 
-#: Per working precision, the magnitudes (as powers of two) inside which products neither
-#: overflow (n·x² below the largest float) nor lose digits as subnormals; a shard outside is
-#: scaled into range by a power of two, which is exact.
-_SAFE_EXPONENT = {torch.float32: 40, torch.float64: 300}
+
+def _wide(dtype: np.dtype) -> bool:
+    """Values fp32 cannot hold exactly (float64, integers wider than 16 bits): their products
+    are taken in float64."""
+    return dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4)
+
+
+def _exponent(low: float, high: float, itemsize: int) -> int:
+    """e such that values in [low, high] times 2^e have magnitude about 1, or 0 when they lie
+    in the safe range already (or are all zero, or not finite: the caller reports those)."""
+    amax = max(abs(low), abs(high))
+    if amax == 0.0 or not math.isfinite(amax):
+        return 0
+    _, exponent = math.frexp(amax)
+    return -exponent if abs(exponent) > _SAFE_EXPONENT[itemsize] else 0
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype in _WIDE else torch.float32
+    import torch
+
+    wide = x.dtype in (torch.float64, torch.int32, torch.int64)
+    return torch.float64 if wide else torch.float32
 
 
 def _range_exponent(x: torch.Tensor, cdtype: torch.dtype) -> int:
-    """e such that x·2^e has magnitude about 1, or 0 when x is already in the safe range."""
+    import torch
+
     if x.numel() == 0:
         return 0
     low, high = torch.aminmax(x)
-    amax = max(abs(float(low)), abs(float(high)))
-    if amax == 0.0 or not math.isfinite(amax):
-        return 0  # all zero, or non-finite values that the caller detects and reports
-    _, exponent = math.frexp(amax)
-    limit = _SAFE_EXPONENT[cdtype]
-    return -exponent if abs(exponent) > limit else 0
+    return _exponent(float(low), float(high), cdtype.itemsize)
 
 
 def _empty(d: int, device: torch.device) -> ShardMoments:
+    import torch
+
     zeros = torch.zeros(d, dtype=torch.float64, device=device)
     return ShardMoments(0, zeros, torch.zeros(d, d, dtype=torch.float64, device=device))
 
 
 def _tf32_enabled() -> bool:
+    import torch
+
     """Whether fp32 CUDA matmuls in this process may round inputs to TF32."""
     return bool(torch.backends.cuda.matmul.allow_tf32) or (
         torch.get_float32_matmul_precision() != "highest"
@@ -85,6 +105,10 @@ def shard_moments_reference(x: torch.Tensor) -> ShardMoments:
     Returns:
         ShardMoments with float64 ``mean`` and ``m2``.
     """
+    import torch
+
+    from kernels._dispatch import check_matrix
+
     check_matrix(x)
     n, d = x.shape
     if n == 0:
@@ -102,6 +126,10 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
     Computes the full (d, d) product, twice the multiplications of a symmetric rank-k update;
     used on CUDA tensors when the Triton kernel is not chosen.
     """
+    import torch
+
+    from kernels._dispatch import check_matrix
+
     check_matrix(x)
     n, d = x.shape
     if n == 0:
@@ -121,23 +149,9 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
     return ShardMoments(n, mean, 0.5 * (m2 + m2.T))
 
 
-def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
-    """CPU path: BLAS ``?syrk`` computes only the upper triangle, half the products of a GEMM.
-
-    Args:
-        x: (n, d) real CPU tensor; fp16/bf16/integers are upcast to fp32, fp64 stays fp64.
-
-    Returns:
-        ShardMoments with float64 ``mean`` and ``m2`` (full symmetric matrix).
-    """
-    check_matrix(x)
-    if x.is_cuda:
-        raise ValueError("shard_moments_blas takes CPU tensors; use the dispatcher for CUDA")
-    n, d = x.shape
-    if n == 0:
-        return _empty(d, x.device)
-    cdtype = _compute_dtype(x)
-    values = x.to(cdtype).numpy()
+def _blas_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, m2) of an (n ≥ 1, d) float32/float64 array by BLAS ``?syrk``, in float64."""
+    n, d = values.shape
     shift = values.mean(axis=0, dtype=np.float64).astype(values.dtype)
     col_sum = np.zeros(d)
     upper = np.zeros((d, d), dtype=values.dtype, order="F")
@@ -153,7 +167,71 @@ def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
     m2 = product.astype(np.float64)
     root = col_sum / np.sqrt(n)  # outer(root, root) is exactly symmetric, outer(s, s/n) is not
     m2 -= np.outer(root, root)
-    mean = shift.astype(np.float64) + col_sum / n
+    return shift.astype(np.float64) + col_sum / n, m2
+
+
+def shard_moments_numpy(x: np.ndarray) -> ShardMoments:
+    """CPU path on a numpy array, without torch: BLAS ``?syrk`` computes only the upper
+    triangle, half the products of a GEMM.
+
+    Args:
+        x: (n, d) real array; float16 and integers up to 16 bits are multiplied in fp32,
+            float64 and wider integers in float64 (fp32 cannot hold their digits). A shard
+            whose magnitudes would overflow or underflow fp32 products is first scaled by a
+            power of two (exact), and the result scaled back.
+
+    Returns:
+        ShardMoments with float64 numpy ``mean`` (d,) and ``m2`` (d, d), exactly symmetric.
+
+    Raises:
+        ValueError: ``x`` is not 2-D.
+        TypeError: ``x`` does not hold real numbers.
+
+    Example:
+        >>> import numpy as np
+        >>> n, mean, m2 = shard_moments_numpy(np.array([[1.0, 2.0], [3.0, 6.0]], np.float32))
+        >>> n, mean.tolist(), m2.tolist()
+        (2, [2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (rows x features), got shape {x.shape}")
+    if x.dtype == np.bool_ or x.dtype.kind not in "iuf":
+        raise TypeError(f"x must hold real numbers, got dtype {x.dtype}")
+    n, d = x.shape
+    if n == 0:
+        return ShardMoments(0, np.zeros(d), np.zeros((d, d)))
+    values = x.astype(np.float64 if _wide(x.dtype) else np.float32, copy=False)
+    exponent = _exponent(float(values.min()), float(values.max()), values.itemsize)
+    if exponent:
+        # Features of magnitude 1e18 or 1e-25 would overflow or underflow fp32 products:
+        # scale by 2^e (exact), compute, and undo the scale in float64 (exact again).
+        values = np.ldexp(values, exponent).astype(values.dtype, copy=False)
+    mean, m2 = _blas_moments(np.ascontiguousarray(values))
+    if exponent:
+        mean, m2 = np.ldexp(mean, -exponent), np.ldexp(m2, -2 * exponent)
+    return ShardMoments(n, mean, m2)
+
+
+def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
+    """CPU path on a tensor: :func:`shard_moments_numpy` on its values, tensors out.
+
+    Args:
+        x: (n, d) real CPU tensor; fp16/bf16 and small integers are multiplied in fp32,
+            float64 and wide integers in float64.
+
+    Returns:
+        ShardMoments with float64 ``mean`` and ``m2`` (full symmetric matrix).
+    """
+    import torch
+
+    from kernels._dispatch import check_matrix
+
+    check_matrix(x)
+    if x.is_cuda:
+        raise ValueError("shard_moments_blas takes CPU tensors; use the dispatcher for CUDA")
+    values = x.to(_compute_dtype(x)).numpy()
+    n, mean, m2 = shard_moments_numpy(values)
     return ShardMoments(n, torch.from_numpy(mean), torch.from_numpy(m2))
 
 
@@ -168,6 +246,9 @@ def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMo
         precision: ``ieee`` fp32 products (default), or ``tf32x3`` (faster on tensor cores;
             error measured in ``benchmarks/kernels.py``).
     """
+    import torch
+
+    from kernels._dispatch import check_matrix
     from kernels._triton_moments import shifted_comoment_triton
 
     check_matrix(x)
@@ -182,25 +263,25 @@ def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMo
     return ShardMoments(n, shift.to(torch.float64) + col_sum / n, m2)
 
 
-def shard_moments(
-    x: torch.Tensor, *, backend: Backend = "auto", precision: str = "ieee"
-) -> ShardMoments:
+def shard_moments(x: Any, *, backend: Backend = "auto", precision: str = "ieee") -> ShardMoments:
     """Row count, mean and centred co-moment of one shard of features.
 
     .. math::
         \\bar x = \\frac1n \\sum_i x_i, \\qquad M_2 = \\sum_i (x_i - \\bar x)(x_i - \\bar x)^\\top
 
     Args:
-        x: (n, d) tensor of features, rows are samples. Any real dtype.
+        x: (n, d) features, rows are samples, any real dtype: a numpy array (CPU, no torch
+            needed) or a torch tensor on any device.
         backend: ``auto`` (Triton on CUDA, BLAS on CPU), ``triton`` or ``torch``.
         precision: Triton ``tl.dot`` precision, ``ieee`` (default) or ``tf32x3``.
 
     Returns:
-        ShardMoments(n, mean, m2) with float64 tensors on ``x``'s device.
+        ShardMoments(n, mean, m2), float64, of the input's kind (numpy or tensors on ``x``'s
+        device).
 
     Raises:
         ValueError: ``x`` is not 2-D, or the backend cannot run on ``x``'s device.
-        TypeError: ``x`` is not a real tensor.
+        TypeError: ``x`` is not real.
 
     Example:
         >>> import torch
@@ -209,20 +290,32 @@ def shard_moments(
         >>> n, mean.tolist(), m2.tolist()
         (2, [2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
     """
+    if isinstance(x, np.ndarray):
+        if backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"unknown kernel backend {backend!r}")
+        if backend != "triton":
+            return shard_moments_numpy(x)
+        import torch  # the interpreter tests run the Triton kernel on numpy input too
+
+        n, mean, m2 = shard_moments(torch.from_numpy(x), backend=backend, precision=precision)
+        return ShardMoments(n, mean.numpy(), m2.numpy())
+    import torch
+
+    from kernels._dispatch import check_matrix, resolve_backend
+
     check_matrix(x)
     chosen = resolve_backend(x, backend)
+    if chosen == "torch" and not x.is_cuda:
+        return shard_moments_blas(x)
     cdtype = _compute_dtype(x)
     exponent = _range_exponent(x, cdtype)
     if exponent:
-        # Features of magnitude 1e18 or 1e-25 would overflow or underflow fp32 products:
-        # scale by 2^e (exact), compute, and undo the scale in float64 (exact again).
         x = torch.ldexp(x.to(cdtype), torch.tensor(exponent, device=x.device))
-    if chosen == "triton":
-        result = shard_moments_triton(x, precision=precision)
-    elif x.is_cuda:
-        result = shard_moments_torch(x)
-    else:
-        result = shard_moments_blas(x)
+    result = (
+        shard_moments_triton(x, precision=precision)
+        if chosen == "triton"
+        else (shard_moments_torch(x))
+    )
     if not exponent:
         return result
     return ShardMoments(
