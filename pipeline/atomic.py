@@ -1,5 +1,11 @@
-"""Atomic outputs: write a temporary sibling completely, then rename it over the target, so an
-interrupted run leaves either the old output or the new one, never half of one."""
+"""Outputs: written atomically, and never over something the command did not create.
+
+A write goes to a temporary sibling, which is renamed over the target once complete, so an
+interrupted run leaves either the old output or the new one, never half of one. Before that,
+:func:`claim_output` refuses a target that exists and is not of the kind the command writes
+(a feature store where statistics were asked for, a README where a report was), and one of
+the right kind unless the caller asked to overwrite it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,42 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
+
+from pipeline.errors import ShardevalError
+
+
+class OutputExistsError(ShardevalError):
+    """The output path holds something the command may not replace."""
+
+
+def claim_output(
+    path: str | os.PathLike[str], kind: str, is_kind: Callable[[str], bool], overwrite: bool
+) -> None:
+    """Check that ``path`` may be written: absent, or of ``kind`` and ``overwrite`` given.
+
+    Args:
+        path: the output location.
+        kind: what the command writes, for the message (e.g. "statistics group").
+        is_kind: whether an existing ``path`` is such an output (never raises).
+        overwrite: the user asked to replace an existing output of that kind.
+
+    Raises:
+        OutputExistsError: ``path`` exists and may not be replaced.
+    """
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return
+    if not is_kind(path):
+        raise OutputExistsError(
+            f"{path!r} already exists and is not a {kind}; shardeval replaces only what it "
+            "wrote itself: choose another output path"
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"{path!r} already exists (a {kind}); pass --overwrite to replace it"
+        )
 
 
 def _parent(path: str) -> str:
@@ -38,7 +78,11 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[str]:
-    """Yield a temporary directory next to ``path``; on success it replaces ``path``."""
+    """Yield a temporary directory next to ``path``; on success it replaces ``path``.
+
+    Callers check with :func:`claim_output` first that an existing ``path`` is theirs to
+    replace.
+    """
     path = os.fspath(path)
     parent = _parent(path)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)

@@ -3,31 +3,39 @@ scheduler (debugging), or a running ``distributed`` scheduler given by address.
 
 Threads are budgeted so that Dask threads × BLAS threads never exceed the cores: during the
 shard phase each Dask thread runs single-threaded BLAS (the CPU kernel releases the GIL, so the
-threads really run in parallel and overlap reading with arithmetic); finalisation, a few d × d
-factorisations after the graph has run, gets all cores back.
+threads really run in parallel and overlap reading with arithmetic). One BLAS thread per shard
+on every scheduler also makes results identical across schedulers: a BLAS kernel's summation
+order depends on its thread count. Finalisation, a few d × d factorisations after the graph
+has run, gets all cores back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dask
-import torch
 from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
-from pipeline.errors import ClusterError
+from pipeline.errors import ClusterError, EngineError
 from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, chain_merge, tree_merge
 
 #: ``progress(done, total)``: called as shard tasks finish.
 Progress = Callable[[int, int], None]
 
 LOCAL_SCHEDULERS = ("threads", "sync")
+
+#: A distributed scheduler's address: a comm protocol and host:port, or a bare host:port.
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[\w.\-\[\]:]+:\d+/?$")
 
 
 def available_cores() -> int:
@@ -39,14 +47,19 @@ def available_cores() -> int:
 
 @contextlib.contextmanager
 def blas_threads(n: int) -> Iterator[None]:
-    """Limit BLAS/OpenMP pools (numpy, scipy, torch) to ``n`` threads, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
+    """Limit BLAS/OpenMP pools (numpy, scipy, and torch's when a metric has loaded it) to
+    ``n`` threads, then restore. Metrics whose chunk steps use torch import it with their
+    module, before the graph runs; the CPU FID path never loads it."""
+    torch = sys.modules.get("torch")
+    previous = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(n)
     try:
         with threadpool_limits(limits=n):
             yield
     finally:
-        torch.set_num_threads(previous)
+        if torch is not None:
+            torch.set_num_threads(previous)
 
 
 class _ShardProgress(Callback):
@@ -88,6 +101,18 @@ class Engine:
     worker_timeout: float = 60.0
     connect_timeout: float = 20.0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheduler, str) or not (
+            self.scheduler in LOCAL_SCHEDULERS or _ADDRESS.match(self.scheduler)
+        ):
+            raise EngineError(
+                f"scheduler {self.scheduler!r} is not 'threads', 'sync' or a scheduler address "
+                "such as tcp://host:8786; to run on local worker processes start a cluster "
+                "with --cluster cluster/local.yaml"
+            )
+        if self.num_workers is not None and self.num_workers < 1:
+            raise EngineError(f"threads must be a positive integer, got {self.num_workers}")
+
     @property
     def is_distributed(self) -> bool:
         return self.scheduler not in LOCAL_SCHEDULERS
@@ -108,6 +133,7 @@ class Engine:
         *,
         split_every: int | None = None,
         progress: Progress | None = None,
+        gpu: bool = False,
     ) -> list[Any]:
         """Merge each group of shard tasks into one state; all groups run in one graph.
 
@@ -117,6 +143,9 @@ class Engine:
                 chain (flat memory in the number of shards), on a cluster a balanced tree of
                 fan-in :data:`~pipeline.reduce.DEFAULT_SPLIT_EVERY` (merges spread over workers).
             progress: called with (shards done, shards total).
+            gpu: the shard tasks use a GPU where the worker has one: on a cluster whose workers
+                declare GPUs, each shard task then reserves one (``resources={"GPU": 1}``).
+                Tasks that never touch a GPU reserve nothing and run on any worker thread.
 
         Returns:
             One merged state per group.
@@ -129,7 +158,7 @@ class Engine:
         report = progress or (lambda done, total: None)
         if self.is_distributed:
             return self._reduce_distributed(
-                groups, split_every or DEFAULT_SPLIT_EVERY, total, report
+                groups, split_every or DEFAULT_SPLIT_EVERY, total, report, gpu
             )
         roots = [
             chain_merge(g) if split_every is None else tree_merge(g, split_every=split_every)
@@ -151,14 +180,18 @@ class Engine:
                 out = self._gather(client, client.compute(list(roots)))
                 report(shards, shards)
                 return out
+        # One BLAS thread per shard task whatever the scheduler and thread count: the order in
+        # which a BLAS kernel sums depends on its threads, so a fixed count makes results
+        # identical on threads, sync and distributed workers (whose nannies also set 1).
         threads = self._threads()
-        with _ShardProgress(shards, report), blas_threads(max(1, available_cores() // threads)):
+        with _ShardProgress(shards, report), blas_threads(1):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
         from distributed import Client, performance_report
 
+        self._probe()
         try:
             client = Client(self.scheduler, timeout=f"{self.connect_timeout}s")
         except (OSError, TimeoutError) as exc:
@@ -175,6 +208,39 @@ class Engine:
             )
             with report:
                 yield client
+
+    def _probe(self) -> None:
+        """Ask the address who it is, within ``connect_timeout``: ``Client`` waits forever on a
+        port that accepts connections but never answers (a dashboard, a foreign server)."""
+        from distributed.comm import connect
+
+        async def identity() -> Any:
+            comm = await asyncio.wait_for(
+                connect(self.scheduler, timeout=self.connect_timeout), self.connect_timeout
+            )
+            try:
+                await asyncio.wait_for(
+                    comm.write({"op": "identity", "reply": True}), self.connect_timeout
+                )
+                return await asyncio.wait_for(comm.read(), self.connect_timeout)
+            finally:
+                comm.abort()
+
+        try:
+            # A thread of its own: the caller may already be running an event loop.
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                reply = pool.submit(asyncio.run, identity()).result()
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = str(exc) or f"no answer within {self.connect_timeout:g} s"
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {self.scheduler}: {reason}; is it running, "
+                "and is this its scheduler port (8786 by default, not the dashboard's)?"
+            ) from exc
+        kind = reply.get("type") if isinstance(reply, dict) else None
+        if kind != "Scheduler":
+            raise ClusterError(
+                f"{self.scheduler} answered, but it is not a Dask scheduler ({kind})"
+            )
 
     def _watch(self, client: Any, alone_since: list[float | None]) -> None:
         """Fail when the cluster has had no worker for ``worker_timeout`` seconds."""
@@ -209,16 +275,21 @@ class Engine:
             ) from exc
 
     def _reduce_distributed(
-        self, groups: Sequence[Sequence[Any]], split_every: int, total: int, report: Progress
+        self,
+        groups: Sequence[Sequence[Any]],
+        split_every: int,
+        total: int,
+        report: Progress,
+        gpu: bool,
     ) -> list[Any]:
         from distributed import as_completed
 
         with self._client() as client:
-            # Workers that declare GPUs (dask-cuda, `--resources GPU=1`) take one shard at a
-            # time per GPU; elsewhere shards go to any worker thread.
+            # Workers that declare GPUs (dask-cuda, `--resources GPU=1`) take one GPU shard at
+            # a time per GPU; elsewhere, and for CPU work, shards go to any worker thread.
             workers = client.scheduler_info().get("workers", {}).values()
-            gpu = any("GPU" in (w.get("resources") or {}) for w in workers)
-            resources = {"GPU": 1} if gpu else None
+            has_gpus = any("GPU" in (w.get("resources") or {}) for w in workers)
+            resources = {"GPU": 1} if gpu and has_gpus else None
             leaves = [client.compute(list(g), resources=resources) for g in groups]
             roots = client.compute([tree_merge(f, split_every=split_every) for f in leaves])
             # Hand the leaf futures to as_completed and drop our own references, so each

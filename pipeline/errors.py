@@ -43,5 +43,9 @@ class SuspectStoreWarning(UserWarning):
     """A store reads without error but holds something that looks unwritten."""
 
 
+class EngineError(ShardevalError):
+    """The engine is configured wrongly: an unknown scheduler, a device this machine lacks."""
+
+
 class ClusterError(ShardevalError):
     """The cluster cannot be started or reached, or lost every worker."""

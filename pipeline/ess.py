@@ -14,12 +14,18 @@ import numpy as np
 
 from pipeline.engine import Engine, Progress
 from pipeline.errors import NumericalError, ShapeError
-from pipeline.nll import ImportanceSummary, check_pos_inf, per_row_summary, summarize_importance
+from pipeline.nll import (
+    ImportanceSummary,
+    check_pos_inf,
+    check_reff,
+    per_row_summary,
+    summarize_importance,
+)
 from pipeline.psis import khat_reading, psis_khat, tail_size
 from pipeline.reduce import shard_tasks, sizeof_fields
 from pipeline.sources import FeatureSource
 from pipeline.states import NonFiniteRows, WeightStats
-from pipeline.summaries import check_nonfinite, check_policy
+from pipeline.summaries import check_device, check_nonfinite, check_policy, to_tensor, uses_gpu
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,16 @@ class WeightSummary:
         )
 
 
-def summarize_weights(block: np.ndarray, offset: int, keep: int, reff: float) -> WeightSummary:
+def summarize_weights(
+    block: np.ndarray,
+    offset: int,
+    keep: int,
+    reff: float,
+    device: str = "cpu",
+    backend: str = "auto",
+) -> WeightSummary:
     """Log-weights (n,) or (n, K): the weight sums and the largest ``keep`` over all values,
     NaN and +inf left out and counted; for (n, K) also the per-row ESS/K and k̂."""
-    import torch
-
     from kernels import weight_stats
 
     lw = np.asarray(block, dtype=np.float64)
@@ -74,12 +85,13 @@ def summarize_weights(block: np.ndarray, offset: int, keep: int, reff: float) ->
     nan, pos_inf = np.isnan(flat), np.isposinf(flat)
     ok = flat[~(nan | pos_inf)]
     if ok.size:
-        w = weight_stats(torch.from_numpy(np.ascontiguousarray(ok)), top=keep)
-        weights = WeightStats(w.n, float(w.max), float(w.sum), float(w.sum_sq), w.top.numpy(), keep)
+        w = weight_stats(to_tensor(ok, device), top=keep, backend=backend)  # type: ignore[arg-type]
+        top = w.top.cpu().numpy()
+        weights = WeightStats(w.n, float(w.max), float(w.sum), float(w.sum_sq), top, keep)
     else:
         weights = WeightStats.empty(keep)
     rows_nan = nan.reshape(lw.shape[0], -1).any(axis=1)
-    rows = summarize_importance(lw, offset, reff) if lw.ndim == 2 else None
+    rows = summarize_importance(lw, offset, reff, device, backend) if lw.ndim == 2 else None
     return WeightSummary(
         weights, NonFiniteRows.from_mask(rows_nan, offset), int(pos_inf.sum()), rows
     )
@@ -91,6 +103,8 @@ def ess_of(
     engine: Engine | None = None,
     nonfinite: str = "error",
     reff: float = 1.0,
+    device: str = "auto",
+    backend: str = "auto",
     progress: Progress | None = None,
 ) -> ESSResult:
     """ESS, ESS/N, largest normalised weight and PSIS k̂ of log-weights (N,) or (N, K).
@@ -110,6 +124,8 @@ def ess_of(
         nonfinite: ``error`` or ``drop`` for NaN log-weights.
         reff: relative efficiency of the draws (1 for independent draws; < 1 for MCMC, as
             ``az.loo`` computes it): a longer tail for correlated draws.
+        device: where the kernels run (``auto``: a worker's GPU if it has one).
+        backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
         progress: called with (shards done, shards total).
 
     Raises:
@@ -125,11 +141,15 @@ def ess_of(
         2.666667
     """
     check_policy(nonfinite)
-    if not (reff > 0 and np.isfinite(reff)):
-        raise ValueError(f"reff must be positive and finite, got {reff}")
+    check_reff(reff)
+    engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
     n_total = source.n * (source.d if source.array.ndim == 2 else 1)
-    tasks = shard_tasks(source, summarize_weights, tail_size(n_total, reff) + 1, reff)
-    (summary,) = (engine or Engine()).reduce([tasks], progress=progress)
+    keep = tail_size(n_total, reff) + 1
+    import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
+
+    tasks = shard_tasks(source, summarize_weights, keep, reff, device, backend)
+    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
     check_pos_inf(source, summary.pos_inf)
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     weights = summary.weights

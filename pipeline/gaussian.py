@@ -16,7 +16,15 @@ from pipeline.nll import NLLResult, summarize_nll
 from pipeline.reduce import shard_tasks
 from pipeline.sources import FeatureSource
 from pipeline.states import Moments, NonFiniteRows, ScalarMoments
-from pipeline.summaries import ValueSummary, check_nonfinite, check_policy, finite_rows, to_tensor
+from pipeline.summaries import (
+    ValueSummary,
+    check_device,
+    check_nonfinite,
+    check_policy,
+    finite_rows,
+    to_tensor,
+    uses_gpu,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +86,12 @@ def cholesky_factor(cov: np.ndarray) -> np.ndarray | None:
 
 
 def summarize_gaussian(
-    block: np.ndarray, offset: int, mean: np.ndarray, chol: np.ndarray, device: str = "cpu"
+    block: np.ndarray,
+    offset: int,
+    mean: np.ndarray,
+    chol: np.ndarray,
+    device: str = "cpu",
+    backend: str = "auto",
 ) -> ValueSummary:
     """Log-density of each finite feature row under N(mean, L Lᵀ)."""
     import torch
@@ -87,10 +100,12 @@ def summarize_gaussian(
 
     x = np.asarray(block)
     ok = finite_rows(x)
+    rows = to_tensor(x[ok], device)
     lp = gaussian_logpdf(
-        to_tensor(x[ok], device),
-        torch.tensor(mean),  # a copy: the statistics are read-only
-        torch.tensor(chol),
+        rows,
+        torch.tensor(mean, device=rows.device),  # a copy: the statistics are read-only
+        torch.tensor(chol, device=rows.device),
+        backend=backend,  # type: ignore[arg-type]
     )
     return ValueSummary(
         ScalarMoments.from_values(lp.cpu().numpy()), NonFiniteRows.from_mask(~ok, offset)
@@ -103,7 +118,8 @@ def nll_gaussian(
     *,
     engine: Engine | None = None,
     nonfinite: str = "error",
-    device: str = "cpu",
+    device: str = "auto",
+    backend: str = "auto",
     progress: Progress | None = None,
 ) -> NLLResult:
     """NLL of feature rows under N(mean, cov) of saved statistics; also nats per dimension.
@@ -113,7 +129,8 @@ def nll_gaussian(
         source: feature rows (n, d).
         engine: where to run.
         nonfinite: ``error`` or ``drop`` for rows with NaN/inf.
-        device: where the kernel runs.
+        device: where the kernel runs (``auto``: a worker's GPU if it has one).
+        backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
         progress: called with (shards done, shards total).
 
     Returns:
@@ -134,6 +151,8 @@ def nll_gaussian(
         1.837877
     """
     check_policy(nonfinite)
+    engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
     if stats.d != source.d:
         raise ShapeError(
             f"feature dimensions differ: statistics {stats.source!r} have "
@@ -150,7 +169,9 @@ def nll_gaussian(
             f"the covariance of {stats.source!r} (d={stats.d}) is singular to working "
             "precision: a Gaussian NLL under it is not defined"
         )
-    tasks = shard_tasks(source, summarize_gaussian, stats.mean, chol, device)
-    (summary,) = (engine or Engine()).reduce([tasks], progress=progress)
+    import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
+
+    tasks = shard_tasks(source, summarize_gaussian, stats.mean, chol, device, backend)
+    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     return summarize_nll("gaussian", summary, source.d)

@@ -14,9 +14,11 @@ from pipeline.states import Moments
 from pipeline.summaries import (
     PRECISIONS,
     FeatureSummary,
+    check_device,
     check_nonfinite,
     check_policy,
     summarize_block,
+    uses_gpu,
 )
 
 
@@ -36,7 +38,7 @@ def feature_moments(
     *,
     engine: Engine | None = None,
     split_every: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     backend: str = "auto",
     nonfinite: str = "error",
     precision: str = "fp32",
@@ -48,7 +50,7 @@ def feature_moments(
         sources: opened feature stores.
         engine: where to run (default: threaded scheduler).
         split_every: merge fan-in; None: the engine's choice (see :meth:`Engine.reduce`).
-        device: ``cpu`` or ``cuda`` for the shard kernels.
+        device: ``auto`` (a worker's GPU if it has one), ``cpu`` or ``cuda``.
         backend: kernel backend.
         nonfinite: ``error`` (raise on NaN/inf rows) or ``drop`` (exclude and count them).
         precision: ``fp32`` or ``fp64`` products inside a shard (see
@@ -66,12 +68,14 @@ def feature_moments(
     check_policy(nonfinite)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
     groups = [
         shard_tasks(s, summarize_block, device, backend, products_precision(s, precision))
         for s in sources
     ]
-    summaries: list[FeatureSummary] = (engine or Engine()).reduce(
-        groups, split_every=split_every, progress=progress
+    summaries: list[FeatureSummary] = engine.reduce(
+        groups, split_every=split_every, progress=progress, gpu=uses_gpu(device)
     )
     out = []
     for source, summary in zip(sources, summaries, strict=True):

@@ -23,7 +23,15 @@ from pipeline.psis import psis_khat, tail_size
 from pipeline.reduce import shard_tasks, sizeof_fields
 from pipeline.sources import FeatureSource
 from pipeline.states import Histogram, NonFiniteRows, ScalarMoments, merge_fieldwise
-from pipeline.summaries import ValueSummary, check_nonfinite, check_policy, finite_rows
+from pipeline.summaries import (
+    ValueSummary,
+    check_device,
+    check_nonfinite,
+    check_policy,
+    finite_rows,
+    to_tensor,
+    uses_gpu,
+)
 
 #: Bin edges for per-row ESS/K: quantiles are reported to 1/1000 of K.
 ESS_EDGES = np.linspace(0.0, 1.0, 1001)
@@ -132,10 +140,16 @@ def row_ess_fraction(lw: Any, pair: Any) -> np.ndarray:
     safe = torch.where(torch.isneginf(pair.max), torch.zeros_like(pair.max), pair.max)
     sum_sq = torch.exp(2.0 * (lw - safe[:, None])).sum(dim=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (pair.sum.square() / sum_sq / lw.shape[1]).numpy()
+        return (pair.sum.square() / sum_sq / lw.shape[1]).cpu().numpy()
 
 
-def summarize_importance(block: np.ndarray, offset: int, reff: float = 1.0) -> ImportanceSummary:
+def summarize_importance(
+    block: np.ndarray,
+    offset: int,
+    reff: float = 1.0,
+    device: str = "cpu",
+    backend: str = "auto",
+) -> ImportanceSummary:
     """Log-weights (n, K): log p̂ = LSE_k(log w) − log K per row; ESS/K and k̂ per row.
 
     Rows holding NaN or +inf are left out and counted; −inf weights are zero weights, legal,
@@ -148,15 +162,15 @@ def summarize_importance(block: np.ndarray, offset: int, reff: float = 1.0) -> I
     lw = np.asarray(block, dtype=np.float64)
     pos_inf = np.isposinf(lw)
     ok = ~(np.isnan(lw).any(axis=1) | pos_inf.any(axis=1))
-    good = torch.from_numpy(np.ascontiguousarray(lw[ok]))
+    good = to_tensor(lw[ok], device)
     k = lw.shape[1]
     est, ess, khats = np.zeros(0), np.zeros(0), np.zeros(0)
     if good.shape[0]:
-        pair = logsumexp(good, dim=1)
+        pair = logsumexp(good, dim=1, backend=backend)  # type: ignore[arg-type]
         with np.errstate(divide="ignore"):
-            est = (pair.max + torch.log(pair.sum)).numpy() - math.log(k)
+            est = (pair.max + torch.log(pair.sum)).cpu().numpy() - math.log(k)
         ess = row_ess_fraction(good, pair)
-        tops = torch.topk(good, min(tail_size(k, reff) + 1, k), dim=1).values.numpy()
+        tops = torch.topk(good, min(tail_size(k, reff) + 1, k), dim=1).values.cpu().numpy()
         khats = np.array([psis_khat(row, k, reff) for row in tops])
     zero = np.zeros(lw.shape[0], dtype=bool)
     zero[np.flatnonzero(ok)[np.isneginf(est)]] = True
@@ -186,6 +200,11 @@ def per_row_summary(ess: Histogram, khat: Histogram, k: int) -> dict[str, Any]:
     }
 
 
+def check_reff(reff: float) -> None:
+    if not (isinstance(reff, int | float) and reff > 0 and math.isfinite(reff)):
+        raise ValueError(f"reff must be a positive finite number, got {reff!r}")
+
+
 def check_pos_inf(source: FeatureSource, count: int) -> None:
     # +inf log-weights make every normalised weight undefined: always an error.
     if count:
@@ -202,6 +221,8 @@ def nll_importance(
     nonfinite: str = "error",
     dims: int | None = None,
     reff: float = 1.0,
+    device: str = "auto",
+    backend: str = "auto",
     progress: Progress | None = None,
 ) -> NLLResult:
     """IWAE-style NLL from log-weights (N, K): log p̂(x_i) = LSE_k log w_ik − log K.
@@ -212,6 +233,8 @@ def nll_importance(
         nonfinite: ``error`` or ``drop`` for rows holding NaN.
         dims: dimensions per sample (for bits/dim).
         reff: relative efficiency of the K draws, for the per-row k̂ tail length.
+        device: where the kernels run (``auto``: a worker's GPU if it has one).
+        backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
         progress: called with (shards done, shards total).
 
     Raises:
@@ -220,14 +243,18 @@ def nll_importance(
         NumericalError: a row's weights are all zero (p̂ = 0, an infinite NLL).
     """
     check_policy(nonfinite)
+    check_reff(reff)
+    engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
     if source.array.ndim != 2:
         raise ShapeError(
             f"{source.location!r} has shape {source.array.shape}; importance "
             "log-weights must be 2-D (N, K)"
         )
-    (summary,) = (engine or Engine()).reduce(
-        [shard_tasks(source, summarize_importance, reff)], progress=progress
-    )
+    import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
+
+    tasks = shard_tasks(source, summarize_importance, reff, device, backend)
+    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
     check_pos_inf(source, summary.pos_inf)
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     if summary.all_zero.count:

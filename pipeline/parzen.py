@@ -26,10 +26,12 @@ from pipeline.sources import FeatureSource
 from pipeline.states import NonFiniteRows, RowLogSumExp, ScalarMoments, merge_fieldwise
 from pipeline.summaries import (
     ValueSummary,
+    check_device,
     check_nonfinite,
     check_policy,
     count_finite,
     finite_rows,
+    to_tensor,
 )
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -81,9 +83,9 @@ class ParzenSummary:
     merge = merge_fieldwise
 
 
-def _pair(test: np.ndarray, samples: np.ndarray, bandwidth: float) -> KernelSums:
-    import torch
-
+def _pair(
+    test: np.ndarray, samples: np.ndarray, bandwidth: float, device: str, backend: str
+) -> KernelSums:
     from kernels import parzen_lse
 
     samples = np.asarray(samples)
@@ -97,11 +99,12 @@ def _pair(test: np.ndarray, samples: np.ndarray, bandwidth: float) -> KernelSums
         s = np.zeros(test.shape[0])
     else:
         mt, st = parzen_lse(
-            torch.from_numpy(np.ascontiguousarray(test)),
-            torch.from_numpy(np.ascontiguousarray(samples)),
+            to_tensor(test, device),
+            to_tensor(samples, device),
             bandwidth,
+            backend=backend,  # type: ignore[arg-type]
         )
-        m, s = mt.numpy().copy(), st.numpy()
+        m, s = mt.cpu().numpy().copy(), st.cpu().numpy()
     m[bad] = np.nan
     return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]))
 
@@ -120,7 +123,13 @@ def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSu
 
 
 def _graph(
-    test: Sequence[Any], offsets: Sequence[int], sample_blocks: Sequence[Any], d: int, h: float
+    test: Sequence[Any],
+    offsets: Sequence[int],
+    sample_blocks: Sequence[Any],
+    d: int,
+    h: float,
+    device: str,
+    backend: str,
 ) -> Any:
     from dask.base import tokenize
     from dask.delayed import delayed
@@ -132,7 +141,7 @@ def _graph(
     for i, (tb, offset) in enumerate(zip(test, offsets, strict=True)):
         pairs = [
             delayed(_pair, pure=True)(
-                tb, sb, h, dask_key_name=f"{SHARD_PREFIX}parzen-{token}-{i}-{j}"
+                tb, sb, h, device, backend, dask_key_name=f"{SHARD_PREFIX}parzen-{token}-{i}-{j}"
             )
             for j, sb in enumerate(sample_blocks)
         ]
@@ -160,6 +169,8 @@ def nll_parzen(
     *,
     engine: Engine | None = None,
     nonfinite: str = "error",
+    device: str = "auto",
+    backend: str = "auto",
     progress: Progress | None = None,
     cv_grid: int = 9,
 ) -> NLLResult:
@@ -173,6 +184,8 @@ def nll_parzen(
         engine: where to run.
         nonfinite: ``error`` (NaN/inf rows in either store fail, before the pairs are
             computed) or ``drop`` (they are left out and counted).
+        device: where the pair kernels run (``auto``: a worker's GPU if it has one).
+        backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
         progress: called with (tasks done, total).
         cv_grid: candidates tried by ``cv``.
 
@@ -205,6 +218,9 @@ def nll_parzen(
     if not isinstance(bandwidth, str):
         check_bandwidth(float(bandwidth))
     engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
+    import torch  # noqa: F401  # loaded before any graph runs, so its threads are budgeted
+
     # A cheap first pass finds non-finite rows before the n × M pairs are computed; under a
     # bandwidth rule it is the samples' moments pass, which the rule needs anyway.
     (test_count,) = engine.reduce([shard_tasks(test, count_finite)])
@@ -220,11 +236,9 @@ def nll_parzen(
                 "pass a bandwidth"
             )
         extra["silverman"] = rule
-        h = (
-            rule
-            if bandwidth == "silverman"
-            else _cross_validate(samples, rule, engine, cv_grid, extra)
-        )
+        h = rule
+        if bandwidth == "cv":
+            h = _cross_validate(samples, rule, engine, cv_grid, extra, device, backend)
         extra["samples"] = moments.n
         extra["samples_nonfinite_dropped"] = dropped
     else:
@@ -239,7 +253,7 @@ def nll_parzen(
     extra["bandwidth"] = h
     test_blocks, offsets = _blocks(test.array)
     sample_blocks, _ = _blocks(samples.array)
-    total = _graph(test_blocks, offsets, sample_blocks, test.d, h)
+    total = _graph(test_blocks, offsets, sample_blocks, test.d, h, device, backend)
     (summary,) = engine.run_delayed([total], progress=progress, shards=test.shards * samples.shards)
     if summary.underflow.count:
         raise NumericalError(
@@ -251,7 +265,13 @@ def nll_parzen(
 
 
 def _cross_validate(
-    samples: FeatureSource, rule: float, engine: Engine, grid: int, extra: dict[str, Any]
+    samples: FeatureSource,
+    rule: float,
+    engine: Engine,
+    grid: int,
+    extra: dict[str, Any],
+    device: str,
+    backend: str,
 ) -> float:
     step = max(10, math.ceil(samples.n / 2000))
     held = np.zeros(samples.n, dtype=bool)
@@ -262,7 +282,10 @@ def _cross_validate(
         check_bandwidth(float(rule * 4.0))  # raises: even the largest candidate is too small
     fit_blocks, _ = _blocks(fit)
     val_blocks, val_offsets = _blocks(val)
-    totals = [_graph(val_blocks, val_offsets, fit_blocks, samples.d, float(h)) for h in candidates]
+    totals = [
+        _graph(val_blocks, val_offsets, fit_blocks, samples.d, float(h), device, backend)
+        for h in candidates
+    ]
     summaries = engine.run_delayed(totals)
     # A candidate under which some held-out row has density 0 has held-out likelihood 0.
     scores = [

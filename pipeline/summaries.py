@@ -8,12 +8,14 @@ and count them) is applied the same way by every metric.
 
 from __future__ import annotations
 
+import glob
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import NonFiniteError
+from pipeline.errors import EngineError, NonFiniteError
 from pipeline.reduce import sizeof_fields
 from pipeline.states import Moments, NonFiniteRows, ScalarMoments, merge_fieldwise
 
@@ -22,6 +24,46 @@ NONFINITE_POLICIES = ("error", "drop")
 
 #: What the ``precision`` option of the feature metrics accepts.
 PRECISIONS = ("fp32", "fp64")
+
+#: Where chunk steps run, and which kernel implementation (see :mod:`kernels._dispatch`).
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "triton", "torch")
+
+
+def check_device(device: str, backend: str, *, local: bool = True) -> None:
+    """Refuse, before any compute, a device or kernel backend this machine cannot run.
+
+    On a distributed cluster the workers' devices are not this machine's, so only the names
+    are checked; ``auto`` is always valid (a worker without a GPU uses its CPU).
+
+    Raises:
+        EngineError: ``cuda`` without a CUDA GPU, or ``triton`` without a GPU to compile for
+            (outside the Triton interpreter the tests use).
+    """
+    if device not in DEVICES:
+        raise EngineError(f"device must be one of {DEVICES}, got {device!r}")
+    if backend not in BACKENDS:
+        raise EngineError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
+    if not local:
+        return
+    from kernels._dispatch import triton_interpreted
+
+    has_cuda = worker_device("auto") == "cuda"
+    if device == "cuda" and not has_cuda:
+        raise EngineError(
+            "--device cuda, but this machine has no CUDA GPU that torch can use; use "
+            "--device auto or cpu, or run on GPU workers (--scheduler / --cluster)"
+        )
+    if backend == "triton" and not (has_cuda and device != "cpu") and not triton_interpreted():
+        raise EngineError(
+            "--backend triton compiles kernels for a CUDA GPU, and none will be used here; use "
+            "--backend auto (BLAS on CPU, Triton on GPU)"
+        )
+
+
+def uses_gpu(device: str) -> bool:
+    """Whether chunk steps with this device setting run on a worker's GPU when it has one."""
+    return device in ("auto", "cuda")
 
 
 def check_policy(nonfinite: str) -> None:
@@ -44,26 +86,44 @@ def finite_rows(block: np.ndarray) -> np.ndarray:
     return np.asarray(np.isfinite(v).all(axis=1))
 
 
-def to_tensor(block: np.ndarray, device: str = "cpu") -> Any:
-    """A block as a torch tensor on ``device`` (``auto``: the worker's GPU if it has one).
+def _gpu_nodes() -> bool:
+    """Whether this machine exposes GPU device nodes (NVIDIA or ROCm): a check that needs no
+    torch, so CPU-only workers never import it to find out that they have no GPU."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
 
-    Decided on the worker, so a GPU worker of a mixed cluster uses its GPU. The copy to a GPU
-    goes through page-locked memory, so that it runs as a DMA transfer.
-    """
+
+def worker_device(device: str) -> str:
+    """The device a chunk step runs on: ``auto`` is decided on the worker, so a GPU worker of a
+    mixed cluster uses its GPU and a CPU worker its BLAS."""
+    if device != "auto":
+        return device
+    if not _gpu_nodes():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def to_tensor(block: np.ndarray, device: str = "cpu") -> Any:
+    """A block as a torch tensor on ``device`` (see :func:`worker_device`). The copy to a GPU
+    goes through page-locked memory, so that it runs as a DMA transfer."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(block))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = worker_device(device)
     if device != "cpu":
         x = x.pin_memory().to(device, non_blocking=True)
     return x
 
 
 def block_moments(block: np.ndarray, device: str = "cpu", backend: str = "auto") -> Moments:
-    """Moments of one (n, d) block, computed by :func:`kernels.shard_moments`."""
+    """Moments of one (n, d) block, computed by :func:`kernels.shard_moments`: on a CPU the
+    numpy BLAS path (no torch), on a GPU the Triton kernel."""
     from kernels import shard_moments
 
+    if worker_device(device) == "cpu" and backend != "triton":
+        n, mean, m2 = shard_moments(np.asarray(block))
+        return Moments(n, mean, m2)
     n, mean, m2 = shard_moments(to_tensor(block, device), backend=backend)  # type: ignore[arg-type]
     return Moments(n, mean.cpu().numpy(), m2.cpu().numpy())
 

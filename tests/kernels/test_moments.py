@@ -80,12 +80,55 @@ def test_empty_block_gives_zero_state():
         (torch.zeros(2, 2, 2), ValueError),
         (torch.zeros(3, 2, dtype=torch.complex64), TypeError),
         (torch.zeros(3, 2, dtype=torch.bool), TypeError),
-        (np.zeros((3, 2)), TypeError),
+        (np.zeros(3), ValueError),
+        (np.zeros((3, 2), dtype=np.complex64), TypeError),
+        (np.zeros((3, 2), dtype=bool), TypeError),
+        ([[1.0, 2.0]], TypeError),
     ],
 )
 def test_rejects_bad_input(bad, err):
     with pytest.raises(err):
         shard_moments(bad)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32, np.uint16])
+def test_numpy_input_needs_no_torch_and_matches_the_definition(shape, dtype):
+    x = _data(*shape, torch.float64).numpy()
+    x = (np.abs(x) * 10).round().astype(dtype) if np.dtype(dtype).kind in "iu" else x.astype(dtype)
+    got = shard_moments(x)
+    assert isinstance(got.mean, np.ndarray)
+    rtol = 1e-12 if np.dtype(dtype).itemsize >= 4 and dtype != np.float32 else 2e-6
+    _check(
+        type(got)(got.n, torch.from_numpy(got.mean), torch.from_numpy(got.m2)),
+        torch.from_numpy(x.astype(np.float64)),
+        rtol,
+    )
+
+
+@pytest.mark.parametrize("magnitude", [1e-25, 1e-22, 1e18, 1e30])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_magnitudes_outside_fp32_range_are_scaled_exactly(magnitude, as_tensor):
+    # Squares of 1e-25 underflow fp32, sums of squares of 1e18 overflow it: without the
+    # power-of-two scaling the co-moment is 0 or inf.
+    x64 = _data(500, 8, torch.float64, offset=3.0).numpy() * magnitude
+    x = x64.astype(np.float32)
+    got = shard_moments(torch.from_numpy(x) if as_tensor else x)
+    m2 = np.asarray(got.m2)
+    ref = shard_moments_reference(torch.from_numpy(x))
+    scale = float(ref.m2.abs().max())
+    assert np.isfinite(m2).all()
+    np.testing.assert_allclose(m2, ref.m2.numpy(), rtol=0, atol=2e-6 * scale)
+    np.testing.assert_array_equal(m2, m2.T)
+
+
+def test_wide_integers_keep_their_digits():
+    # 1e10 + small noise: fp32 holds 7 digits, so an fp32 cast would leave no variance at all.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randint(-50, 50, (400, 5), generator=g) + 10**10).to(torch.int64)
+    ref = shard_moments_reference(x)
+    for got in (shard_moments(x), shard_moments(x.numpy())):
+        np.testing.assert_allclose(np.asarray(got.m2), ref.m2.numpy(), rtol=1e-12)
 
 
 def test_unknown_backend():

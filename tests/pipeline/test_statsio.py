@@ -28,7 +28,7 @@ def test_zarr_stats_round_trip_exactly(tmp_path, moments):
     np.testing.assert_array_equal(back.mean, moments.mean)
     np.testing.assert_array_equal(back.m2, moments.m2)
     assert stats_provenance(path)["source"] == "x.zarr"
-    save_stats(path, moments.merge(moments))  # overwriting replaces the old group whole
+    save_stats(path, moments.merge(moments), overwrite=True)  # replaces the old group whole
     assert load_stats(path).n == 2 * moments.n
 
 
