@@ -75,9 +75,17 @@ def gaussian_logpdf(
         return gaussian_logpdf_reference(x, mean, chol)
     eye = torch.eye(x.shape[1], dtype=torch.float64, device=chol.device)
     linv = torch.linalg.solve_triangular(chol.to(torch.float64), eye, upper=False)
-    if resolve_backend(x, backend) == "torch":
-        # fp32 GEMM against the precomputed inverse factor; squares summed in float64.
-        centred = x.to(torch.float32) - mean.to(torch.float32)
+    if x.dtype in (torch.float64, torch.int32, torch.int64):
+        # Values fp32 cannot hold: the whole computation in float64.
+        z = (x.to(torch.float64) - mean.to(torch.float64)) @ linv.T
+        sq = z.square().sum(dim=1)
+    elif resolve_backend(x, backend) == "torch":
+        # fp32 GEMM against the precomputed inverse factor; squares summed in float64. The
+        # mean is subtracted as two fp32 terms (its rounding, then the rest), so that a large
+        # common offset does not cost the spread its digits.
+        mean_hi = mean.to(torch.float32)
+        mean_lo = (mean.to(torch.float64) - mean_hi.to(torch.float64)).to(torch.float32)
+        centred = (x.to(torch.float32) - mean_hi) - mean_lo
         z = centred @ linv.to(torch.float32).T
         sq = z.square().sum(dim=1, dtype=torch.float64)
     else:

@@ -27,7 +27,8 @@ from dask.callbacks import Callback
 from threadpoolctl import threadpool_limits
 
 from pipeline.errors import ClusterError, EngineError
-from pipeline.reduce import DEFAULT_SPLIT_EVERY, SHARD_PREFIX, chain_merge, tree_merge
+from pipeline.options import DEFAULT_SPLIT_EVERY
+from pipeline.reduce import SHARD_PREFIX, chain_merge, tree_merge
 
 #: ``progress(done, total)``: called as shard tasks finish.
 Progress = Callable[[int, int], None]
@@ -141,7 +142,7 @@ class Engine:
             groups: per output, the delayed shard states (see :func:`pipeline.reduce.shard_tasks`).
             split_every: fan-in of a balanced merge tree. ``None``: on the local schedulers a
                 chain (flat memory in the number of shards), on a cluster a balanced tree of
-                fan-in :data:`~pipeline.reduce.DEFAULT_SPLIT_EVERY` (merges spread over workers).
+                fan-in :data:`~pipeline.options.DEFAULT_SPLIT_EVERY` (merges spread over workers).
             progress: called with (shards done, shards total).
             gpu: the shard tasks use a GPU where the worker has one: on a cluster whose workers
                 declare GPUs, each shard task then reserves one (``resources={"GPU": 1}``).

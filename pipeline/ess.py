@@ -105,6 +105,7 @@ def ess_of(
     reff: float = 1.0,
     device: str = "auto",
     backend: str = "auto",
+    split_every: int | None = None,
     progress: Progress | None = None,
 ) -> ESSResult:
     """ESS, ESS/N, largest normalised weight and PSIS k̂ of log-weights (N,) or (N, K).
@@ -126,6 +127,7 @@ def ess_of(
             ``az.loo`` computes it): a longer tail for correlated draws.
         device: where the kernels run (``auto``: a worker's GPU if it has one).
         backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
+        split_every: fan-in of a balanced merge tree (see :meth:`Engine.reduce`).
         progress: called with (shards done, shards total).
 
     Raises:
@@ -149,7 +151,9 @@ def ess_of(
     import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     tasks = shard_tasks(source, summarize_weights, keep, reff, device, backend)
-    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
+    (summary,) = engine.reduce(
+        [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
+    )
     check_pos_inf(source, summary.pos_inf)
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     weights = summary.weights

@@ -120,6 +120,7 @@ def nll_gaussian(
     nonfinite: str = "error",
     device: str = "auto",
     backend: str = "auto",
+    split_every: int | None = None,
     progress: Progress | None = None,
 ) -> NLLResult:
     """NLL of feature rows under N(mean, cov) of saved statistics; also nats per dimension.
@@ -131,6 +132,7 @@ def nll_gaussian(
         nonfinite: ``error`` or ``drop`` for rows with NaN/inf.
         device: where the kernel runs (``auto``: a worker's GPU if it has one).
         backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
+        split_every: fan-in of a balanced merge tree (see :meth:`Engine.reduce`).
         progress: called with (shards done, shards total).
 
     Returns:
@@ -172,6 +174,8 @@ def nll_gaussian(
     import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     tasks = shard_tasks(source, summarize_gaussian, stats.mean, chol, device, backend)
-    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
+    (summary,) = engine.reduce(
+        [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
+    )
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     return summarize_nll("gaussian", summary, source.d)

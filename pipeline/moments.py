@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from pipeline.engine import Engine, Progress
 from pipeline.errors import ShapeError
+from pipeline.options import PRECISIONS
 from pipeline.reduce import shard_tasks
 from pipeline.sources import FeatureSource
 from pipeline.states import Moments
 from pipeline.summaries import (
-    PRECISIONS,
     FeatureSummary,
     check_device,
     check_nonfinite,

@@ -96,9 +96,12 @@ def nll_from_loglik(
     engine: Engine | None = None,
     nonfinite: str = "error",
     dims: int | None = None,
+    split_every: int | None = None,
     progress: Progress | None = None,
 ) -> NLLResult:
     """NLL summary of per-sample log-likelihoods (N,).
+
+    ``split_every``: fan-in of a balanced merge tree (see :meth:`Engine.reduce`).
 
     Raises:
         ShapeError: the store is not 1-D.
@@ -111,7 +114,7 @@ def nll_from_loglik(
             "must be 1-D (N,); for (N, K) log-weights use --iw"
         )
     (summary,) = (engine or Engine()).reduce(
-        [shard_tasks(source, summarize_loglik)], progress=progress
+        [shard_tasks(source, summarize_loglik)], split_every=split_every, progress=progress
     )
     check_nonfinite(source.location, summary.nonfinite, nonfinite, "value(s)")
     return summarize_nll("loglik", summary, dims)
@@ -223,6 +226,7 @@ def nll_importance(
     reff: float = 1.0,
     device: str = "auto",
     backend: str = "auto",
+    split_every: int | None = None,
     progress: Progress | None = None,
 ) -> NLLResult:
     """IWAE-style NLL from log-weights (N, K): log p̂(x_i) = LSE_k log w_ik − log K.
@@ -235,6 +239,7 @@ def nll_importance(
         reff: relative efficiency of the K draws, for the per-row k̂ tail length.
         device: where the kernels run (``auto``: a worker's GPU if it has one).
         backend: kernel backend (``auto``: Triton on GPU, torch on CPU).
+        split_every: fan-in of a balanced merge tree (see :meth:`Engine.reduce`).
         progress: called with (shards done, shards total).
 
     Raises:
@@ -254,7 +259,9 @@ def nll_importance(
     import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     tasks = shard_tasks(source, summarize_importance, reff, device, backend)
-    (summary,) = engine.reduce([tasks], progress=progress, gpu=uses_gpu(device))
+    (summary,) = engine.reduce(
+        [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
+    )
     check_pos_inf(source, summary.pos_inf)
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     if summary.all_zero.count:

@@ -20,14 +20,12 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from dask.sizeof import sizeof
 
+from pipeline.options import DEFAULT_SPLIT_EVERY
 from pipeline.sources import FeatureSource
 from pipeline.states import Histogram, Moments, RowLogSumExp, WeightStats
 
 #: Key prefix of shard tasks; progress reporting counts the finished tasks carrying it.
 SHARD_PREFIX = "shard-"
-
-#: Fan-in of the balanced tree used on a distributed cluster (and on request locally).
-DEFAULT_SPLIT_EVERY = 4
 
 
 def merge_all(*states: Any) -> Any:

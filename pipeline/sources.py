@@ -388,25 +388,3 @@ def check_same_dim(*sources: FeatureSource) -> None:
     if len(dims) > 1:
         listing = ", ".join(f"{s.location!r} has d={s.d}" for s in sources)
         raise ShapeError(f"feature dimensions differ: {listing}; compare features of one model")
-
-
-def fingerprint(location: str) -> str:
-    """Content digest of a store: BLAKE2b over every stored file's path and bytes, as stored
-    (compressed chunks are hashed compressed, never decoded), so a changed value, shape, dtype
-    or metadata changes it. Reads the store's bytes once, without the arithmetic of a pass.
-    """
-    import hashlib
-
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(location)
-    if not fs.exists(root):
-        raise StoreError(f"store {location!r} does not exist")
-    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
-    digest = hashlib.blake2b(digest_size=16)
-    for path in files:
-        digest.update(os.path.relpath(path, root).encode())
-        with fs.open(path, "rb") as fh:
-            while chunk := fh.read(1 << 23):
-                digest.update(chunk)
-    return digest.hexdigest()

@@ -205,7 +205,9 @@ class ScalarMoments:
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.size == 0:
             return cls()
-        mean = float(v.mean())
+        # Shifted by one of the values, so that a sum of values near the float64 limit does
+        # not overflow on the way to their mean.
+        mean = float(v[0] + (v - v[0]).mean())
         return cls(
             int(v.size), mean, float(np.square(v - mean).sum()), float(v.min()), float(v.max())
         )

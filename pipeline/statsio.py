@@ -49,7 +49,7 @@ def is_stats(path: str | os.PathLike[str]) -> bool:
     try:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as archive:
-                return {"mu", "sigma"} <= set(archive.keys())
+                return bool({"mu", "sigma"} & set(archive.keys()))
         return zarr.open_group(path, mode="r").attrs.get("format") == STATS_FORMAT
     except Exception:
         return False

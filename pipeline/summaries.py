@@ -16,18 +16,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import EngineError, NonFiniteError
+from pipeline.options import BACKENDS, DEVICES, NONFINITE_POLICIES
 from pipeline.reduce import sizeof_fields
 from pipeline.states import Moments, NonFiniteRows, ScalarMoments, merge_fieldwise
-
-#: What the ``nonfinite`` option of every metric accepts.
-NONFINITE_POLICIES = ("error", "drop")
-
-#: What the ``precision`` option of the feature metrics accepts.
-PRECISIONS = ("fp32", "fp64")
-
-#: Where chunk steps run, and which kernel implementation (see :mod:`kernels._dispatch`).
-DEVICES = ("auto", "cpu", "cuda")
-BACKENDS = ("auto", "triton", "torch")
 
 
 def check_device(device: str, backend: str, *, local: bool = True) -> None:

@@ -1,18 +1,42 @@
 """Reports people read: one self-contained HTML file (plots embedded as PNG data, no network)
-and a Markdown summary beside it, from a run history."""
+and a Markdown summary beside it, from a run history.
+
+The page says what was evaluated and how (job, reference, when each entry ran, engine,
+package versions), then one section per metric with its results (units in every header and
+axis) and the plots the metric declares. It knows no metric by name: everything comes from the
+declarations stored in the history.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
 import os
 from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_file
-from workflows.history import History
+from pipeline.atomic import atomic_file, claim_output
+from workflows.history import History, HistoryError
+
+#: Marks our pages and summaries, so that ``report`` replaces only files it wrote.
+GENERATOR = "shardeval report"
+_HTML_MARK = f'<meta name="generator" content="{GENERATOR}">'
+_MD_MARK = f"<!-- {GENERATOR} -->"
+
+
+def _starts_with(path: str, mark: str, limit: int = 4096) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return mark in fh.read(limit)
+    except OSError:
+        return False
+
+
+def markdown_path(out: str) -> str:
+    return os.path.splitext(out)[0] + ".md"
 
 
 def _png(fig: Any) -> str:
@@ -21,89 +45,174 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(history: History, rows: list[dict[str, Any]], metrics: list[str]) -> dict[str, str]:
+def _label(name: str, units: dict[str, str]) -> str:
+    unit = units.get(name, "")
+    return f"{name} [{unit}]" if unit else name
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict[str, str]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    ds = history.load()
-    plots = {}
-    have_steps = all(r["step"] >= 0 for r in rows)
-    x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
-    for metric in metrics:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ax.plot(x, [r[metric] for r in rows], marker="o")
-        ax.set_xlabel("step" if have_steps else "entry")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} over {'steps' if have_steps else 'entries'}")
-        ax.grid(alpha=0.3)
-        plots[f"{metric} over steps"] = _png(fig)
-        plt.close(fig)
-    if ds is not None and "spectrum" in ds and rows:
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    unit = next((units[v] for v in spec["values"] if units.get(v)), "")
+    ax.set_ylabel(f"{spec['ylabel']} [{unit}]" if unit else spec["ylabel"])
+    if spec["kind"] == "steps":
+        have_steps = all(r["step"] >= 0 for r in rows)
+        x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
+        for name in spec["values"]:
+            ys = [np.nan if r.get(name) is None else r[name] for r in rows]
+            ax.plot(x, ys, marker="o", label=name)
+        ax.set_xlabel("training step" if have_steps else "entry (no steps recorded)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:  # curve: the latest entry's arrays against their index
         latest = rows[-1]["name"]
-        idx = int(np.flatnonzero(ds["name"].values == latest)[0])
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        ref = ds["reference_spectrum"].values
-        ax.semilogy(np.arange(1, ref.size + 1), np.clip(ref, 1e-300, None), label="reference")
-        spec = ds["spectrum"].values[idx]
-        spec = spec[np.isfinite(spec)]
-        ax.semilogy(
-            np.arange(1, spec.size + 1), np.clip(spec, 1e-300, None), label=f"{latest} (latest)"
-        )
-        ax.set_xlabel("component")
-        ax.set_ylabel("covariance eigenvalue")
-        ax.set_title("eigen-spectra")
+        idx = int(np.flatnonzero(ds["name"].values.astype(str) == latest)[0])
+        for name in spec["values"]:
+            if name not in ds.variables:
+                continue
+            y = np.asarray(ds[name].values[idx], dtype=np.float64)
+            y = y[np.isfinite(y)]
+            if spec.get("log"):
+                y = np.clip(y, np.finfo(np.float64).tiny, None)
+            ax.plot(np.arange(1, y.size + 1), y, label=f"{name} ({latest})")
+        ax.set_xlabel("index (largest first)")
+    if spec.get("log"):
+        ax.set_yscale("log")
+    if len(spec["values"]) > 1:
         ax.legend()
-        ax.grid(alpha=0.3)
-        plots["eigen-spectra"] = _png(fig)
-        plt.close(fig)
-    return plots
+    ax.grid(alpha=0.3)
+    data = _png(fig)
+    plt.close(fig)
+    title = html.escape(spec["title"])
+    return (
+        f'<figure><img alt="{title}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{title}</figcaption></figure>"
+    )
 
 
-def write_report(history_path: str, out: str) -> tuple[str, str]:
+def _unique(ds: Any, name: str) -> list[str]:
+    return sorted({str(v) for v in ds[name].values}) if name in ds.variables else []
+
+
+def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    versions = json.loads(ds.attrs.get("versions", "{}"))
+    engines = [
+        ", ".join(f"{k} {v}" for k, v in json.loads(e).items()) for e in _unique(ds, "engine")
+    ]
+    references = [
+        f"{loc} (digest {fp[:12]})"
+        for loc, fp in sorted(
+            {
+                (str(a), str(b))
+                for a, b in zip(
+                    ds["reference"].values, ds["reference_fingerprint"].values, strict=True
+                )
+            }
+        )
+    ]
+    created = [r["created"] for r in rows]
+    return [
+        ("job", ", ".join(_unique(ds, "job"))),
+        ("history", history.path),
+        ("reference", "; ".join(references)),
+        ("entries", f"{len(rows)}, run from {min(created)} to {max(created)} (UTC)"),
+        ("feature dimension", str(ds.attrs.get("d", "?"))),
+        ("engine", "; ".join(engines)),
+        ("updated", str(ds.attrs.get("updated", ""))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
+    ]
+
+
+def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tuple[str, str]:
     """Write ``out`` (HTML) and the Markdown summary beside it (``.md``); return both paths.
 
     Raises:
-        FileNotFoundError: there is no history at ``history_path``.
+        HistoryError: there is no history at ``history_path``, or it is damaged.
+        OutputExistsError: ``out`` or the Markdown path exists and is not a report of ours, or
+            ``overwrite`` is not given.
     """
+    md = markdown_path(out)
+    if os.path.abspath(md) == os.path.abspath(out):
+        raise HistoryError(f"the report {out!r} must not end in .md: the summary goes there")
+    claim_output(out, "shardeval HTML report", lambda p: _starts_with(p, _HTML_MARK), overwrite)
+    claim_output(md, "shardeval Markdown report", lambda p: _starts_with(p, _MD_MARK), overwrite)
     history = History(history_path)
-    if history.load() is None:
-        raise FileNotFoundError(f"no history at {history_path!r}")
+    ds = history.load()
+    if ds is None:
+        raise HistoryError(f"no history at {history_path!r}; `shardeval run JOB.toml` makes one")
     rows = history.table()
-    metrics = [k for k in rows[0] if k not in ("name", "step", "tags")] if rows else []
-    plots = _plots(history, rows, [m for m in history.headline() if m in metrics])
-    head = ["entry", "step", "tags", *metrics]
+    declared = json.loads(ds.attrs.get("metrics", "{}"))
+    units = {o["name"]: o["unit"] for spec in declared.values() for o in spec["outputs"]}
+    facts = _provenance(history, ds, rows)
+    headline = [m for m in declared if m in ds.variables]
+    head = ["entry", "step", "tags", "ran at (UTC)", *(_label(m, units) for m in headline)]
     cells = [
         [
             r["name"],
             str(r["step"]) if r["step"] >= 0 else "",
             r["tags"],
-            *(f"{r[m]:.6g}" for m in metrics),
+            r["created"],
+            *(_fmt(r.get(m)) for m in headline),
         ]
         for r in rows
     ]
-    table = (
-        "<table><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr>"
-        + "".join(
-            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells
+    sections = []
+    for metric, spec in declared.items():
+        scalars = [
+            o["name"] for o in spec["outputs"] if not o["array"] and o["name"] in ds.variables
+        ]
+        table = _table(
+            ["entry", "step", *(_label(n, units) for n in scalars)],
+            [
+                [
+                    r["name"],
+                    str(r["step"]) if r["step"] >= 0 else "",
+                    *(_fmt(r.get(n)) for n in scalars),
+                ]
+                for r in rows
+            ],
         )
-        + "</table>"
-    )
-    figures = "".join(
-        f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
-        f"<figcaption>{html.escape(t)}</figcaption></figure>"
-        for t, b in plots.items()
+        notes = "".join(
+            f"<li><code>{html.escape(o['name'])}</code>: {html.escape(o['description'])}</li>"
+            for o in spec["outputs"]
+        )
+        plots = "".join(_plot(p, ds, rows, units) for p in spec["plots"]) if rows else ""
+        sections.append(
+            f'<section id="{html.escape(metric)}"><h2>{html.escape(spec["title"])}</h2>'
+            f"{table}<ul>{notes}</ul>{plots}</section>"
+        )
+    facts_html = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts
     )
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>shardeval report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}figure{{display:inline-block}}
+<html lang="en"><head><meta charset="utf-8">{_HTML_MARK}<title>shardeval report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;
+margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+table.facts th,table.facts td{{text-align:left}}figure{{display:inline-block;margin:1em}}
 </style></head>
-<body><h1>shardeval report</h1><p>{len(rows)} entries from {html.escape(history_path)}</p>
-{table}{figures}
+<body><h1>shardeval report</h1><table class="facts">{facts_html}</table>
+<h2>Entries</h2>{_table(head, cells)}
+{"".join(sections)}
 <script>
 // Marks the page once every plot has decoded, so a headless browser can check the rendering.
 Promise.all([...document.images].map(i => i.decode())).then(() => {{
@@ -112,16 +221,10 @@ Promise.all([...document.images].map(i => i.decode())).then(() => {{
 }});
 </script></body></html>
 """
-    md_lines = [
-        "# shardeval report",
-        "",
-        f"{len(rows)} entries from `{history_path}`",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    md_lines = [_MD_MARK, "# shardeval report", ""]
+    md_lines += [f"- **{k}**: {v}" for k, v in facts]
+    md_lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md_lines += ["| " + " | ".join(row) + " |" for row in cells]
-    md = os.path.splitext(out)[0] + ".md"
     with atomic_file(out, "w") as fh:
         fh.write(page)
     with atomic_file(md, "w") as fh:

@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.atomic import atomic_file
-from pipeline.ess import ESSResult
-from pipeline.frechet import FrechetDistance
-from pipeline.nll import NLLResult
+from pipeline.atomic import atomic_file, claim_output
+from workflows.provenance import now_iso, versions
 
-_PACKAGES = (
-    "shardeval",
-    "dask",
-    "distributed",
-    "numpy",
-    "scipy",
-    "torch",
-    "triton",
-    "zarr",
-    "xarray",
-)
-
-
-def versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape a result."""
-    out: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+if TYPE_CHECKING:
+    from pipeline.ess import ESSResult
+    from pipeline.frechet import FrechetDistance
+    from pipeline.nll import NLLResult
 
 
 @dataclass(frozen=True)
@@ -83,7 +57,7 @@ class FIDReport:
             "shards": {"real": self.real.shards, "gen": self.gen.shards},
             "eigenvalues_clamped": {"count": r.clamped_count, "max_abs": r.clamped_max},
             "inputs": {"real": _side_dict(self.real), "gen": _side_dict(self.gen)},
-            "warnings": [*r.warnings, *self.notes],
+            "warnings": list(dict.fromkeys([*r.warnings, *self.notes])),
             "engine": self.engine,
             "seconds": self.seconds,
             "created": now_iso(),
@@ -145,8 +119,24 @@ def to_json(data: dict[str, Any]) -> str:
     return json.dumps(_finite_or_none(data), indent=2, allow_nan=False) + "\n"
 
 
-def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write a report atomically."""
+def is_json_report(path: str) -> bool:
+    """Whether ``path`` holds a shardeval JSON report (never raises)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "metric" in data and "versions" in data
+
+
+def claim_json(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Before computing: ``path`` may receive a JSON report (see :func:`claim_output`)."""
+    claim_output(path, "shardeval JSON report", is_json_report, overwrite)
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any], overwrite: bool = False) -> None:
+    """Write a report atomically; an existing file must be a report and ``overwrite`` given."""
+    claim_json(path, overwrite)
     with atomic_file(path, "w") as fh:
         fh.write(to_json(data))
 
@@ -181,6 +171,7 @@ def nll_summary(r: NLLResult, seconds: float) -> str:
     if "bandwidth" in r.extra:
         lines.append(
             f"  Parzen bandwidth {r.extra['bandwidth']:.6g} over {r.extra['samples']:,} samples"
+            f" (non-finite samples dropped: {r.extra.get('samples_nonfinite_dropped', 0)})"
         )
     if "per_row" in r.extra:
         lines.append(_per_row_line(r.extra["per_row"]))
@@ -198,7 +189,8 @@ def ess_summary(r: ESSResult, seconds: float) -> str:
     lines = [
         f"ESS {r.ess:,.1f} of {r.n:,} weights (ESS/N {r.ess_fraction:.4g}); "
         f"largest normalised weight {r.max_weight:.3g}",
-        f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,})",
+        f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,}"
+        + (f", r_eff {r.reff:g})" if r.reff != 1.0 else ")"),
     ]
     if r.per_row:
         lines.append(_per_row_line(r.per_row))

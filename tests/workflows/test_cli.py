@@ -175,5 +175,5 @@ def test_console_script_help_and_error_exit():
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "shardeval: error: feature store '/nonexistent/a.zarr' does not exist"
+        "shardeval: error: '/nonexistent/a.zarr' does not exist"
     ]

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from pipeline import Engine
@@ -137,23 +136,16 @@ def test_interrupted_run_resumes_with_identical_values(job_dir):
 
 
 def _append_many(path, reference_path, worker):
-    from pipeline import Gaussian
-    from workflows.jobs import Entry
-    from workflows.metrics import Reference
+    from pipeline.metrics import METRICS
+    from workflows.history import HistoryRow
 
-    ref = Reference(Gaussian(np.zeros(3), np.eye(3)), "ref")
     history = History(path)
+    declarations = {"fid": METRICS["fid"].declaration()}
     for i in range(5):
-        history.append(
-            entry=Entry(f"w{worker}-{i}", "x.zarr", i),
-            values={"fid": float(i)},
-            fingerprint="f",
-            options="o",
-            reference=ref,
-            seconds=0.0,
-            job="j",
-            engine={},
+        row = HistoryRow(
+            f"w{worker}-{i}", "x.zarr", i, "", "f", "o", "ref", "r", "j", "{}", 0.0, "now"
         )
+        history.append(row, {"fid": float(i)}, declarations, d=3)
 
 
 def test_concurrent_appends_do_not_corrupt(tmp_path):
@@ -204,7 +196,8 @@ def test_history_and_report_commands(job_dir, capsys):
     assert main(["history", history, "--metric", "fid", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["step"] for r in rows] == [1000, 2000, 3000, 9000]
-    assert set(rows[0]) == {"name", "step", "tags", "fid"}
+    fid_outputs = {"fid", "fid_mean_term", "fid_trace_term", "fid_n", "fid_nonfinite_dropped"}
+    assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs}
     assert main(["history", history, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("name,step,tags,")
     assert main(["report", history, "-o", str(job_dir / "r.html")]) == 0

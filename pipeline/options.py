@@ -1,0 +1,19 @@
+"""The choices of the options that metrics and commands share, in a module that imports
+nothing, so that parsing arguments and validating job files stay instant."""
+
+from __future__ import annotations
+
+#: Rows with NaN/inf: fail naming them, or leave them out and count them.
+NONFINITE_POLICIES = ("error", "drop")
+
+#: Products inside a shard: fp32 (the kernels' contract) or fp64 (upcast first).
+PRECISIONS = ("fp32", "fp64")
+
+#: Where chunk steps run: ``auto`` is decided on each worker (its GPU if it has one).
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Kernel implementations (:data:`kernels.BACKENDS`; a test checks they agree).
+BACKENDS = ("auto", "triton", "torch")
+
+#: Fan-in of the balanced merge tree on a distributed cluster.
+DEFAULT_SPLIT_EVERY = 4

@@ -1,0 +1,61 @@
+"""FID stays within its stated error where fp32 products used to fail it: few rows (N ≤ d),
+magnitudes outside fp32's comfortable range, and the choice of scheduler."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import Engine, Gaussian, feature_moments, frechet_distance, open_features
+from tests.conftest import write_zarr
+from tests.reference import exact_fid, np_stats
+from workflows.cli import main
+
+
+def _fid(capsys, a, b):
+    code = main(["fid", str(a), str(b), "--json", "-q"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)["fid"]
+
+
+def test_fewer_rows_than_features_at_the_default_precision(tmp_path, capsys):
+    # 200 x 256 against 20,000 x 256: the small side's covariance is singular, and fp32 noise in
+    # its null space used to put FID 2.6e-4 off (the rank cut-off took noise for variance).
+    rng = np.random.default_rng(0)
+    d = 256
+    a = rng.standard_normal((d, d)) / np.sqrt(d)
+    small = (rng.standard_normal((200, d)) @ a + 1).astype(np.float32)
+    big = (rng.standard_normal((20_000, d)) @ (1.3 * a)).astype(np.float32)
+    p_small = write_zarr(tmp_path / "small.zarr", small, chunk_rows=64)
+    p_big = write_zarr(tmp_path / "big.zarr", big, chunk_rows=4096)
+    expected = exact_fid(*np_stats(small), *np_stats(big))
+    assert _fid(capsys, p_small, p_big) == pytest.approx(expected, rel=1e-6)
+    assert _fid(capsys, p_big, p_small) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("magnitude", [1e18, 1e-22, 1e-25])
+def test_magnitudes_outside_fp32_range(tmp_path, capsys, magnitude):
+    # 1e18 overflowed fp32 sums of squares (FID inf, JSON null); 1e-22 lost digits in
+    # subnormals (0.3% off); 1e-25 underflowed to a false "not positive semi-definite".
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((3000, 16)) * magnitude).astype(np.float32)
+    y = ((rng.standard_normal((3000, 16)) * 1.2 + 0.1) * magnitude).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    expected = exact_fid(*np_stats(x), *np_stats(y))
+    assert _fid(capsys, tmp_path / "x.npy", tmp_path / "y.npy") == pytest.approx(expected, rel=1e-6)
+
+
+def test_threaded_and_sync_schedulers_agree_exactly(tmp_path, rng):
+    # 777-row shards: with BLAS threads following the scheduler, threads and sync differed by
+    # 1.1e-9. One BLAS thread per shard on every scheduler makes them agree.
+    x = (rng.standard_normal((20_000, 96)) @ rng.standard_normal((96, 96)) + 2).astype(np.float32)
+    y = (rng.standard_normal((15_000, 96)) @ rng.standard_normal((96, 96))).astype(np.float32)
+    paths = [write_zarr(tmp_path / "x.zarr", x), write_zarr(tmp_path / "y.zarr", y)]
+    values = []
+    for scheduler in ("threads", "sync"):
+        sources = [open_features(p, shard_rows=777) for p in paths]
+        (a, _), (b, _) = feature_moments(sources, engine=Engine(scheduler))
+        values.append(frechet_distance(Gaussian.from_moments(a), Gaussian.from_moments(b)).fid)
+    assert abs(values[0] - values[1]) <= 1e-12 * abs(values[0])

@@ -1,0 +1,84 @@
+"""Parzen NLL at its edges: non-finite rows under both policies, bandwidths at the ends of the
+float range, and samples without spread."""
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import NonFiniteError, NumericalError, open_features
+from pipeline.parzen import nll_parzen
+
+
+def _brute(test, samples, h):
+    sq = ((test[:, None, :] - samples[None]) ** 2).sum(-1)
+    d = test.shape[1]
+    return np.log(np.exp(-sq / (2 * h * h)).mean(axis=1)) - 0.5 * d * math.log(2 * math.pi * h * h)
+
+
+@pytest.fixture
+def sets(tmp_path, rng):
+    samples = rng.normal(size=(500, 3))
+    test = rng.normal(size=(120, 3))
+    samples[[5, 77]] = np.nan
+    test[[3]] = np.inf
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "t.npy", test)
+    return (
+        samples,
+        test,
+        open_features(str(tmp_path / "s.npy"), shard_rows=90),
+        open_features(str(tmp_path / "t.npy"), shard_rows=50),
+    )
+
+
+@pytest.mark.parametrize("bandwidth", [0.7, "silverman"])
+def test_nonfinite_rows_fail_by_default(sets, bandwidth):
+    *_, s, t = sets
+    with pytest.raises(NonFiniteError, match=r"1 row\(s\) with NaN or inf \(first at rows 3\)"):
+        nll_parzen(s, t, bandwidth)
+
+
+def test_nonfinite_rows_dropped_on_request_give_the_finite_value(sets):
+    samples, test, s, t = sets
+    got = nll_parzen(s, t, 0.7, nonfinite="drop")
+    keep_s = np.isfinite(samples).all(1)
+    keep_t = np.isfinite(test).all(1)
+    assert got.nll == pytest.approx(-_brute(test[keep_t], samples[keep_s], 0.7).mean(), rel=1e-6)
+    assert got.nonfinite == 1
+    assert got.n == keep_t.sum()
+    assert got.extra["samples"] == keep_s.sum()
+    assert got.extra["samples_nonfinite_dropped"] == 2
+    for rule in ("silverman", "cv"):
+        assert math.isfinite(nll_parzen(s, t, rule, nonfinite="drop").nll)
+
+
+def test_tiny_bandwidth_is_refused(tmp_path, rng):
+    np.save(tmp_path / "x.npy", rng.normal(size=(50, 2)))
+    x = open_features(str(tmp_path / "x.npy"))
+    with pytest.raises(NumericalError, match="1/\\(2h²\\) overflows"):
+        nll_parzen(x, x, 1e-300)
+    # A representable h whose scaled distances overflow fp32: every kernel value is 0.
+    np.save(tmp_path / "y.npy", rng.normal(size=(50, 2)) + 1e3)
+    with pytest.raises(NumericalError, match="density 0 at bandwidth"):
+        nll_parzen(x, open_features(str(tmp_path / "y.npy")), 1e-17)
+
+
+def test_huge_bandwidth_is_exact(tmp_path, rng):
+    # Every kernel value is 1 to float64 precision: log p = −(d/2) log(2π h²), computed as
+    # −(d/2)(log 2π + 2 log h) because h² overflows.
+    np.save(tmp_path / "x.npy", rng.normal(size=(40, 2)))
+    x = open_features(str(tmp_path / "x.npy"))
+    got = nll_parzen(x, x, 1e300)
+    assert got.nll == pytest.approx(
+        0.5 * 2 * (math.log(2 * math.pi) + 2 * math.log(1e300)), rel=1e-12
+    )
+
+
+def test_constant_samples_have_no_silverman_bandwidth(tmp_path):
+    np.save(tmp_path / "c.npy", np.ones((30, 4)))
+    c = open_features(str(tmp_path / "c.npy"))
+    with pytest.raises(NumericalError, match="no spread"):
+        nll_parzen(c, c, "silverman")
+    with pytest.raises(NumericalError, match="no spread"):
+        nll_parzen(c, c, "cv")

@@ -1,0 +1,86 @@
+"""ESS and PSIS k̂ where they used to be wrong: ties at the tail cut-off, correlated draws
+(r_eff), weights that are all zero, and log-weights near the float64 limit."""
+
+import math
+
+import arviz as az
+import numpy as np
+import pytest
+
+from pipeline import NumericalError, open_features
+from pipeline.ess import ess_of
+from pipeline.psis import psis_khat, tail_size
+
+
+def _source(tmp_path, lw, **kw):
+    np.save(tmp_path / "lw.npy", lw)
+    return open_features(str(tmp_path / "lw.npy"), ndims=(1, 2), min_rows=1, **kw)
+
+
+def _arviz_khat(lw, reff=1.0):
+    _, k = az.psislw(np.asarray(lw, dtype=np.float64).copy(), reff=reff)
+    return float(k)
+
+
+@pytest.mark.parametrize(
+    ("case", "reff"),
+    [
+        ("repeated", 1.0),
+        ("rounded-t3", 1.0),
+        ("rounded-normal", 1.0),
+        ("rounded-t3", 0.3),
+        ("continuous", 0.7),
+    ],
+)
+def test_khat_equals_arviz_with_ties_and_reff(tmp_path, case, reff):
+    rng = np.random.default_rng(11)
+    if case == "repeated":  # MCMC-like: each draw kept 4 times
+        lw = np.repeat(rng.standard_t(3, 1000), 4)
+    elif case == "rounded-t3":
+        lw = np.round(rng.standard_t(3, 4000), 1)
+    elif case == "rounded-normal":
+        lw = np.round(rng.standard_normal(4000), 1)
+    else:
+        lw = rng.standard_t(4, 4000)
+    got = ess_of(_source(tmp_path, lw, shard_rows=700), reff=reff)
+    expected = _arviz_khat(lw, reff)
+    assert math.isfinite(expected)
+    assert got.khat == pytest.approx(expected, abs=1e-6)
+    assert got.tail == tail_size(lw.size, reff)
+
+
+def test_tail_length_follows_az_loo():
+    # az.loo: M = ceil(min(N/5, 3 sqrt(N / r_eff))), the square root of N / r_eff.
+    assert tail_size(630, 0.7) == math.ceil(min(126, 3 * math.sqrt(630 / 0.7)))
+    assert tail_size(100) == 20 and tail_size(10_000) == 300
+
+
+def test_short_tail_is_undetermined():
+    lw = np.zeros(30)
+    lw[:3] = 1.0  # the tail above the cut-off holds 3 values: no fit
+    assert math.isnan(psis_khat(np.sort(lw)[::-1], 30))
+
+
+def test_all_weights_zero_is_an_error(tmp_path):
+    with pytest.raises(NumericalError, match="every weight .* is zero"):
+        ess_of(_source(tmp_path, np.full(50, -np.inf)))
+
+
+def test_log_weights_near_the_float64_limit(tmp_path):
+    rng = np.random.default_rng(2)
+    offsets = rng.standard_normal(5000)
+    lw = 1e308 + offsets  # 1e308 + O(1) is 1e308: every weight is equal
+    got = ess_of(_source(tmp_path, lw, shard_rows=900))
+    assert got.ess == pytest.approx(5000.0, rel=1e-12)
+    shifted = 7e307 + offsets * 1e292  # spread on the float64 grid at 7e307
+    w = np.exp(shifted - shifted.max())
+    got = ess_of(_source(tmp_path, shifted, shard_rows=900))
+    assert got.ess == pytest.approx(w.sum() ** 2 / (w * w).sum(), rel=1e-9)
+    assert math.isfinite(got.max_weight)
+
+
+def test_per_row_ess_near_the_float64_limit(tmp_path):
+    lw = np.full((20, 8), 1e308)
+    got = ess_of(_source(tmp_path, lw, shard_rows=7))
+    assert got.ess == pytest.approx(160.0, rel=1e-12)
+    assert got.per_row["ess_over_k_quantiles"][0.5] == pytest.approx(1.0, abs=1e-3)

@@ -1,0 +1,175 @@
+"""A store is read only as it is: complete, decodable, decoded as xarray decodes it, rows by
+dimension name, any byte order. Every case here printed a wrong FID with exit 0, or a
+traceback, before the reader checked it."""
+
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from pipeline import StoreError, open_features
+from pipeline.errors import SuspectStoreWarning
+from tests.conftest import write_zarr
+from tests.reference import exact_fid, np_stats
+from workflows.cli import main
+
+
+def _fid_cli(capsys, a, b, *extra):
+    code = main(["fid", str(a), str(b), "--json", "-q", *map(str, extra)])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out)["fid"] if code == 0 else None), err
+
+
+@pytest.fixture
+def pair(tmp_path, rng):
+    real = (rng.standard_normal((1000, 8)) + 1).astype(np.float32)
+    gen = (rng.standard_normal((1000, 8)) * 1.3).astype(np.float32)
+    return real, gen, write_zarr(tmp_path / "gen.zarr", gen, chunk_rows=100)
+
+
+def test_deleted_chunk_is_an_error_naming_it(tmp_path, capsys, pair):
+    real, _, gen = pair
+    path = write_zarr(tmp_path / "real.zarr", real, chunk_rows=100)
+    os.remove(os.path.join(path, "c", "3", "0"))
+    code, fid, err = _fid_cli(capsys, path, gen)
+    assert (code, fid) == (2, None)
+    assert err.count("\n") == 1
+    assert "1 of 10 chunks are missing" in err and "'c/3/0', rows 300-399" in err
+
+
+def test_declared_larger_than_written_is_an_error(tmp_path, capsys, pair):
+    real, _, gen = pair
+    arr = zarr.create_array(
+        str(tmp_path / "short.zarr"), shape=(1600, 8), chunks=(100, 8), dtype="float32"
+    )
+    arr[:1000] = real  # an interrupted writer: rows 1000-1599 never written
+    code, _, err = _fid_cli(capsys, tmp_path / "short.zarr", gen)
+    assert code == 2 and "6 of 16 chunks are missing" in err
+
+
+def test_shape_enlarged_in_metadata_is_an_error(tmp_path, capsys, pair):
+    real, _, gen = pair
+    path = write_zarr(tmp_path / "real.zarr", real, chunk_rows=100)
+    meta_path = os.path.join(path, "zarr.json")
+    meta = json.load(open(meta_path))
+    meta["shape"][0] = 1500
+    json.dump(meta, open(meta_path, "w"))
+    code, _, err = _fid_cli(capsys, path, gen)
+    assert code == 2 and "5 of 15 chunks are missing" in err
+
+
+def test_shape_enlarged_inside_the_last_chunk_warns(tmp_path, pair):
+    # A listing cannot see it (the last chunk exists); the last row reads as the fill value.
+    real, _, _ = pair
+    path = write_zarr(tmp_path / "real.zarr", real[:950], chunk_rows=100)
+    meta_path = os.path.join(path, "zarr.json")
+    meta = json.load(open(meta_path))
+    meta["shape"][0] = 1000
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.warns(SuspectStoreWarning, match="last row .* equals the fill value"):
+        open_features(path)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random"])
+def test_damaged_chunk_fails_naming_its_rows(tmp_path, capsys, pair, damage):
+    real, _, gen = pair
+    arr = zarr.create_array(
+        str(tmp_path / "z.zarr"),
+        shape=real.shape,
+        chunks=(100, 8),
+        dtype="float32",
+        compressors=zarr.codecs.ZstdCodec(),
+    )
+    arr[...] = real
+    chunk = tmp_path / "z.zarr" / "c" / "4" / "0"
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[: len(data) // 2] if damage == "truncate" else os.urandom(len(data)))
+    code, _, err = _fid_cli(capsys, tmp_path / "z.zarr", gen)
+    assert code == 2 and err.count("\n") == 1
+    assert "the chunk holding rows 400-499 cannot be read or decoded" in err
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_cf_packed_xarray_variable_is_decoded(tmp_path, capsys, pair, zarr_format):
+    real, gen, gen_path = pair
+    x = real.astype(np.float64)
+    x[7, 3] = np.nan  # becomes _FillValue on disk, NaN again on read
+    ds = xr.Dataset({"feat": (("sample", "feature"), x)})
+    path = str(tmp_path / f"packed{zarr_format}.zarr")
+    encoding = {
+        "feat": {"dtype": "int16", "scale_factor": 1e-3, "add_offset": 1.0, "_FillValue": -32768}
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(path, mode="w", zarr_format=zarr_format, encoding=encoding)
+    decoded = xr.open_zarr(path)["feat"].values
+    finite = np.isfinite(decoded).all(axis=1)
+    code, _, err = _fid_cli(capsys, path, gen_path)
+    assert code == 2 and "1 row(s) with NaN" in err  # the fill value is a missing value
+    code, fid, _ = _fid_cli(capsys, path, gen_path, "--nonfinite", "drop")
+    assert code == 0
+    assert fid == pytest.approx(exact_fid(*np_stats(decoded[finite]), *np_stats(gen)), rel=1e-6)
+
+
+def test_variable_stored_feature_by_sample_is_read_by_dim_name(tmp_path, capsys, pair):
+    real, gen, gen_path = pair
+    ds = xr.Dataset({"feat": (("feature", "sample"), real.T.copy())})
+    ds.to_zarr(str(tmp_path / "t.zarr"), mode="w", zarr_format=3, consolidated=False)
+    source = open_features(str(tmp_path / "t.zarr"))
+    assert (source.n, source.d) == (1000, 8)
+    np.testing.assert_array_equal(source.array.compute(), real)
+    code, fid, _ = _fid_cli(capsys, tmp_path / "t.zarr", gen_path)
+    assert fid == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+
+
+def test_big_endian_npy_and_zarr_v2_are_read(tmp_path, capsys, pair):
+    real, gen, gen_path = pair
+    np.save(tmp_path / "be.npy", real.astype(">f4"))
+    arr = zarr.create_array(
+        str(tmp_path / "be.zarr"), shape=real.shape, chunks=(100, 8), dtype=">f4", zarr_format=2
+    )
+    arr[...] = real
+    expected = exact_fid(*np_stats(real), *np_stats(gen))
+    for path in (tmp_path / "be.npy", tmp_path / "be.zarr"):
+        code, fid, err = _fid_cli(capsys, path, gen_path)
+        assert code == 0, err
+        assert fid == pytest.approx(expected, rel=1e-6)
+
+
+def test_wide_integers_are_not_cast_to_fp32(tmp_path, capsys, rng):
+    # 1e10 + noise: fp32 keeps 7 digits, so a cast left tr Σ = 0 and FID = the mean term.
+    base = 10**10
+    a = base + rng.integers(-1000, 1000, (2000, 4))
+    b = base + 50 + rng.integers(-1500, 1500, (2000, 4))
+    np.save(tmp_path / "a.npy", a.astype(np.int64))
+    np.save(tmp_path / "b.npy", b.astype(np.int64))
+    code, fid, err = _fid_cli(capsys, tmp_path / "a.npy", tmp_path / "b.npy")
+    assert code == 0, err
+    assert fid == pytest.approx(exact_fid(*np_stats(a), *np_stats(b)), rel=1e-9)
+
+
+@pytest.mark.parametrize("where", ["features", "ref"])
+def test_truncated_npz_is_one_line(tmp_path, capsys, pair, where):
+    real, _, gen = pair
+    if where == "features":
+        np.savez(tmp_path / "x.npz", features=real)
+    else:
+        np.savez(tmp_path / "x.npz", mu=real.mean(0), sigma=np.cov(real, rowvar=False))
+    data = (tmp_path / "x.npz").read_bytes()
+    (tmp_path / "x.npz").write_bytes(data[: len(data) // 2])
+    code, _, err = _fid_cli(capsys, tmp_path / "x.npz", gen)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("shardeval: error:")
+
+
+def test_missing_chunk_in_a_group_member_is_found(tmp_path):
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    arr = group.create_array("x", shape=(300, 4), chunks=(100, 4), dtype="float32")
+    arr[...] = 1.0
+    shutil.rmtree(tmp_path / "g.zarr" / "x" / "c" / "1")
+    with pytest.raises(StoreError, match="1 of 3 chunks are missing"):
+        open_features(str(tmp_path / "g.zarr"), array_name="x")

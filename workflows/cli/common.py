@@ -1,0 +1,123 @@
+"""What the commands share: the engine from the options, the progress bar, refusing options
+that do not apply, opening inputs, and printing or writing a report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import ShardevalError, StoreError
+
+if TYPE_CHECKING:
+    from pipeline.engine import Engine
+    from workflows.progress import ProgressBar
+
+#: Options of the engine and input groups; a command that runs nothing must not take them.
+ENGINE_OPTIONS = ("scheduler", "cluster", "performance_report", "threads")
+INPUT_OPTIONS = (
+    "shard_rows",
+    "array",
+    "split_every",
+    "device",
+    "backend",
+    "precision",
+    "nonfinite",
+)
+
+
+class UsageError(ShardevalError):
+    """Arguments that parse but do not fit together."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def given(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
+    """The options among ``names`` that the user gave."""
+    return [n for n in names if getattr(args, n, None) not in (None, False)]
+
+
+def refuse(args: argparse.Namespace, names: Iterable[str], why: str) -> None:
+    """Options that cannot apply are an error, never silently ignored."""
+    bad = given(args, names)
+    if bad:
+        raise UsageError(f"{', '.join(flag(n) for n in bad)} {why}")
+
+
+def notice(message: str) -> None:
+    print(f"shardeval: {message}", file=sys.stderr)
+
+
+def must_exist(*locations: str) -> None:
+    """Fail at once, before anything heavy is imported, on a local input that is not there."""
+    for location in locations:
+        if "://" not in location and not os.path.exists(location):
+            raise StoreError(f"{location!r} does not exist")
+
+
+def engine(args: argparse.Namespace) -> Engine:
+    """The engine the options describe (built once per command)."""
+    from pipeline.engine import Engine
+
+    cached = getattr(args, "_engine", None)
+    if cached is not None:
+        return cached
+    scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
+    built = Engine(
+        scheduler,
+        num_workers=args.threads,
+        log=None if args.quiet else notice,
+        performance_report=args.performance_report,
+    )
+    if args.performance_report and not built.is_distributed:
+        raise UsageError(
+            "--performance-report needs a distributed cluster: pass --scheduler ADDRESS or "
+            "--cluster SPEC"
+        )
+    if args.threads is not None and scheduler != "threads":
+        raise UsageError(f"--threads sets the threaded scheduler's threads, not {scheduler!r}'s")
+    args._engine = built
+    return built
+
+
+def progress(args: argparse.Namespace) -> ProgressBar | None:
+    from workflows.progress import ProgressBar
+
+    return None if args.quiet else ProgressBar()
+
+
+def claim_report(args: argparse.Namespace) -> None:
+    """Before computing: the JSON report may be written where --out says."""
+    if args.out:
+        from workflows.report import claim_json
+
+        claim_json(args.out, args.overwrite)
+    elif args.overwrite:
+        raise UsageError("--overwrite applies to the report written with --out")
+
+
+def report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
+    from workflows.provenance import now_iso, versions
+
+    return {
+        "warnings": [str(w) for w in getattr(args, "_warnings", [])],
+        "engine": engine(args).describe(),
+        "seconds": time.perf_counter() - start,
+        "created": now_iso(),
+        "versions": versions(),
+    }
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], summary: str) -> int:
+    """Write the JSON report (--out), then print the summary or the JSON (--json)."""
+    from workflows.report import to_json, write_json
+
+    if args.out:
+        write_json(args.out, data, overwrite=args.overwrite)
+    print(to_json(data) if args.json else summary, end="" if args.json else "\n")
+    return 0

@@ -1,0 +1,353 @@
+"""The measurement commands: fid, stats (and stats merge), nll, ess, synth."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from workflows.cli.common import (
+    ENGINE_OPTIONS,
+    INPUT_OPTIONS,
+    UsageError,
+    claim_report,
+    emit,
+    engine,
+    must_exist,
+    progress,
+    refuse,
+    report_tail,
+)
+
+if TYPE_CHECKING:
+    from pipeline.gaussian import Gaussian
+    from pipeline.sources import FeatureSource
+    from workflows.report import Side
+
+
+def _open(args: argparse.Namespace, location: str, **kw: Any) -> FeatureSource:
+    from pipeline.sources import open_features
+
+    return open_features(location, array_name=args.array, shard_rows=args.shard_rows, **kw)
+
+
+def _moments(args: argparse.Namespace, sources: list[FeatureSource]) -> list[Any]:
+    from pipeline.moments import feature_moments
+
+    return feature_moments(
+        sources,
+        engine=engine(args),
+        split_every=args.split_every,
+        device=args.device or "auto",
+        backend=args.backend or "auto",
+        nonfinite=args.nonfinite or "error",
+        precision=args.precision or "fp32",
+        progress=progress(args),
+    )
+
+
+def _statistics_side(location: str) -> tuple[Gaussian, Side]:
+    from pipeline.gaussian import as_gaussian
+    from pipeline.statsio import load_stats, stats_provenance
+    from workflows.report import Side
+
+    stats = as_gaussian(load_stats(location), location)
+    side = Side(
+        "",
+        location,
+        stats.n,
+        stats.d,
+        0,
+        "statistics",
+        stats.mergeable,
+        0,
+        stats_provenance(location),
+    )
+    return stats, side
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    from pipeline.gaussian import Gaussian
+    from pipeline.sources import check_same_dim
+    from pipeline.statsio import is_stats
+    from workflows.report import FIDReport, Side
+
+    start = time.perf_counter()
+    inputs = ([args.ref] if args.ref is not None else []) + list(args.stores)
+    if len(inputs) != 2:
+        raise UsageError(
+            f"give REAL and GEN (each a feature store or statistics); got {len(inputs)} inputs"
+        )
+    must_exist(*inputs)
+    claim_report(args)
+    kinds = ["statistics" if is_stats(p) else "features" for p in inputs]
+    if args.ref is not None:
+        kinds[0] = "statistics"  # --ref names statistics, whatever they look like
+    feature_paths = [p for p, k in zip(inputs, kinds, strict=True) if k == "features"]
+    if not feature_paths:
+        refuse(
+            args,
+            (*ENGINE_OPTIONS, *INPUT_OPTIONS),
+            "apply to feature stores; both inputs are statistics",
+        )
+    sources = [_open(args, p) for p in feature_paths]
+    stats = {
+        p: _statistics_side(p) for p, k in zip(inputs, kinds, strict=True) if k == "statistics"
+    }
+    dims = {p: side.d for p, (_, side) in stats.items()} | {s.location: s.d for s in sources}
+    if len(set(dims.values())) > 1:
+        listing = ", ".join(f"{p!r} has d={d}" for p, d in dims.items())
+        raise UsageError(f"feature dimensions differ: {listing}; compare features of one model")
+    check_same_dim(*sources)
+    computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
+    gaussians, sides, notes = [], [], []
+    for path in inputs:
+        if path in stats:
+            gaussian, side = stats[path]
+            if not gaussian.mergeable:
+                notes.append(
+                    f"{path!r} has mu/sigma without n: usable for FID, but it cannot be merged "
+                    "with other statistics"
+                )
+        else:
+            src = next(s for s in sources if s.location == path)
+            moments, dropped = computed[path]
+            gaussian = Gaussian.from_moments(moments, path)
+            side = Side(
+                "", path, moments.n, src.d, src.shards, "features", True, dropped, src.describe()
+            )
+        gaussians.append(gaussian)
+        sides.append(side)
+    from pipeline.frechet import frechet_distance
+
+    result = frechet_distance(gaussians[0], gaussians[1])
+    real, gen = (
+        Side(**{**vars(s), "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
+    )
+    described = engine(args).describe() if sources else {"scheduler": "none (statistics only)"}
+    notes += [str(w) for w in getattr(args, "_warnings", [])]
+    report = FIDReport(result, real, gen, time.perf_counter() - start, described, tuple(notes))
+    return emit(args, report.to_dict(), report.summary())
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pipeline.statsio import save_stats
+    from workflows.provenance import now_iso, versions
+
+    start = time.perf_counter()
+    if args.inputs[0] == "merge":
+        return _merge(args)
+    if len(args.inputs) != 1:
+        raise UsageError(
+            f"stats takes one STORE (or `merge A B ...`); got {len(args.inputs)} inputs"
+        )
+    must_exist(args.inputs[0])
+    from pipeline.atomic import claim_output
+    from pipeline.statsio import is_stats
+
+    claim_output(args.output, "statistics file", is_stats, args.overwrite)
+    source = _open(args, args.inputs[0])
+    ((moments, dropped),) = _moments(args, [source])
+    provenance = {
+        **source.describe(),
+        "nonfinite_dropped": dropped,
+        "created": now_iso(),
+        "versions": versions(),
+    }
+    save_stats(args.output, moments, provenance, overwrite=args.overwrite)
+    print(
+        f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
+        f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)"
+    )
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from pipeline.atomic import claim_output
+    from pipeline.statsio import is_stats, merge_stats, save_stats
+    from workflows.provenance import now_iso, versions
+
+    refuse(args, (*ENGINE_OPTIONS, *INPUT_OPTIONS), "do not apply to `stats merge`")
+    paths = args.inputs[1:]
+    must_exist(*paths)
+    claim_output(args.output, "statistics file", is_stats, args.overwrite)
+    merged, provenance = merge_stats(paths)
+    save_stats(
+        args.output,
+        merged,
+        {**provenance, "created": now_iso(), "versions": versions()},
+        overwrite=args.overwrite,
+    )
+    print(f"merged {len(paths)} statistics: n={merged.n:,} d={merged.d:,} -> {args.output}")
+    return 0
+
+
+#: nll: which options apply to which mode
+_NLL_MODES = {
+    "dims": ("loglik", "iw"),
+    "reff": ("iw",),
+    "bandwidth": ("parzen",),
+    "device": ("iw", "gaussian", "parzen"),
+    "backend": ("iw", "gaussian", "parzen"),
+    "split_every": ("loglik", "iw", "gaussian"),
+}
+_NLL_USAGE = {
+    "loglik": "LOGLIK",
+    "iw": "no positional store (--iw LOGW)",
+    "gaussian": "TEST (--gaussian STATS TEST)",
+    "parzen": "TEST (--parzen SAMPLES TEST)",
+}
+
+
+def cmd_nll(args: argparse.Namespace) -> int:
+    from workflows.report import nll_dict, nll_summary
+
+    start = time.perf_counter()
+    modes = [m for m in ("iw", "gaussian", "parzen") if getattr(args, m) is not None]
+    if len(modes) > 1:
+        raise UsageError(f"choose one of --iw, --gaussian, --parzen; got {', '.join(modes)}")
+    mode = modes[0] if modes else "loglik"
+    want = 0 if mode == "iw" else 1
+    if len(args.stores) != want:
+        raise UsageError(f"nll {mode} takes {_NLL_USAGE[mode]}; got {len(args.stores)} store(s)")
+    for option, applies in _NLL_MODES.items():
+        if mode not in applies:
+            refuse(args, (option,), f"does not apply to nll {mode}")
+    must_exist(*args.stores, *(getattr(args, m) for m in modes))
+    claim_report(args)
+    eng, bar, nonfinite = engine(args), progress(args), args.nonfinite or "error"
+    device, backend = args.device or "auto", args.backend or "auto"
+    inputs: dict[str, Any] = {}
+    if mode == "loglik":
+        from pipeline.nll import nll_from_loglik
+
+        source = _open(args, args.stores[0], min_rows=1, ndims=(1,))
+        result = nll_from_loglik(
+            source,
+            engine=eng,
+            nonfinite=nonfinite,
+            dims=args.dims,
+            split_every=args.split_every,
+            progress=bar,
+        )
+        inputs["loglik"] = source.describe()
+    elif mode == "iw":
+        from pipeline.nll import nll_importance
+
+        source = _open(args, args.iw, min_rows=1, ndims=(2,))
+        result = nll_importance(
+            source,
+            engine=eng,
+            nonfinite=nonfinite,
+            dims=args.dims,
+            reff=args.reff or 1.0,
+            device=device,
+            backend=backend,
+            split_every=args.split_every,
+            progress=bar,
+        )
+        inputs["log_weights"] = source.describe()
+    elif mode == "gaussian":
+        from pipeline.gaussian import as_gaussian, nll_gaussian
+        from pipeline.statsio import load_stats
+
+        stats = as_gaussian(load_stats(args.gaussian), args.gaussian)
+        source = _open(args, args.stores[0])
+        result = nll_gaussian(
+            stats,
+            source,
+            engine=eng,
+            nonfinite=nonfinite,
+            device=device,
+            backend=backend,
+            split_every=args.split_every,
+            progress=bar,
+        )
+        inputs.update(statistics=args.gaussian, test=source.describe())
+    else:
+        from pipeline.parzen import nll_parzen
+
+        samples, test = _open(args, args.parzen), _open(args, args.stores[0])
+        result = nll_parzen(
+            samples,
+            test,
+            args.bandwidth or "silverman",
+            engine=eng,
+            nonfinite=nonfinite,
+            device=device,
+            backend=backend,
+            progress=bar,
+        )
+        inputs.update(samples=samples.describe(), test=test.describe())
+    data = {"metric": "nll", **nll_dict(result), "inputs": inputs, **report_tail(args, start)}
+    return emit(args, data, nll_summary(result, data["seconds"]))
+
+
+def cmd_ess(args: argparse.Namespace) -> int:
+    from pipeline.ess import ess_of
+    from workflows.report import ess_dict, ess_summary
+
+    start = time.perf_counter()
+    must_exist(args.store)
+    claim_report(args)
+    source = _open(args, args.store, min_rows=1, ndims=(1, 2))
+    result = ess_of(
+        source,
+        engine=engine(args),
+        nonfinite=args.nonfinite or "error",
+        reff=args.reff or 1.0,
+        device=args.device or "auto",
+        backend=args.backend or "auto",
+        split_every=args.split_every,
+        progress=progress(args),
+    )
+    data = {
+        "metric": "ess",
+        **ess_dict(result),
+        "inputs": {"log_weights": source.describe()},
+        **report_tail(args, start),
+    }
+    return emit(args, data, ess_summary(result, data["seconds"]))
+
+
+def _is_synthetic(path: str) -> bool:
+    """Whether ``path`` holds features that ``synth`` wrote (never raises)."""
+    import numpy as np
+
+    try:
+        if path.endswith(".npy"):
+            header = np.load(path, mmap_mode="r")
+            return header.ndim == 2 and header.dtype == np.float32
+        import zarr
+
+        node = zarr.open_array(path, mode="r")
+        return node.attrs.get("feature_extractor") == "synthetic-gaussian"
+    except Exception:
+        return False
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.atomic import atomic_dir, atomic_file, claim_output
+    from pipeline.synthetic import gaussian_features, write_features
+
+    claim_output(args.output, "synthetic feature store", _is_synthetic, args.overwrite)
+    x = gaussian_features(
+        args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed, mean=args.mean, scale=args.scale
+    )
+    attrs = {
+        "feature_extractor": "synthetic-gaussian",
+        "seed": args.seed,
+        "mean": args.mean,
+        "scale": args.scale,
+    }
+    if args.output.endswith(".npy"):
+        import numpy as np
+
+        with atomic_file(args.output, "wb") as fh:
+            np.save(fh, x.compute())
+    else:
+        with atomic_dir(args.output) as tmp:
+            write_features(tmp, x, chunk_rows=args.chunk_rows, attrs=attrs)
+    print(f"wrote {args.n:,} x {args.d:,} synthetic features to {os.fspath(args.output)}")
+    return 0
