@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]
 LOCAL_SCHEDULERS = ("threads", "sync")
 
 #: A distributed scheduler's address: a comm protocol and host:port, or a bare host:port.
-_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss|inproc)://)?[\w.\-\[\]:]+:\d+/?$")
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+/?$|^inproc://\S+$")
 
 
 def available_cores() -> int:
@@ -80,6 +80,13 @@ class _ShardProgress(Callback):
             self.progress(self.done, self.total)
 
 
+def _configured_connect_timeout() -> float:
+    from dask.config import get
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(get("distributed.comm.timeouts.connect", "30s"), "s"))
+
+
 @dataclass(frozen=True)
 class Engine:
     """How to run a reduction.
@@ -92,7 +99,9 @@ class Engine:
         performance_report: on a distributed cluster, save Dask's HTML performance report here.
         worker_timeout: seconds a distributed computation may wait with no worker at all before
             it fails (lost workers are otherwise replaced and their tasks recomputed).
-        connect_timeout: seconds to wait for the scheduler to answer.
+        connect_timeout: seconds to wait for the scheduler to answer; default: Dask's
+            ``distributed.comm.timeouts.connect`` setting (30 s unless configured, e.g. by
+            ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s``).
     """
 
     scheduler: str = "threads"
@@ -100,9 +109,11 @@ class Engine:
     log: Callable[[str], None] | None = None
     performance_report: str | None = None
     worker_timeout: float = 60.0
-    connect_timeout: float = 20.0
+    connect_timeout: float | None = None
 
     def __post_init__(self) -> None:
+        if self.connect_timeout is None:
+            object.__setattr__(self, "connect_timeout", _configured_connect_timeout())
         if not isinstance(self.scheduler, str) or not (
             self.scheduler in LOCAL_SCHEDULERS or _ADDRESS.match(self.scheduler)
         ):

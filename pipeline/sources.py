@@ -113,6 +113,11 @@ def _open_numpy(location: str, array_name: str | None) -> tuple[Any, str, tuple[
     """(what the reader reads, array name, shape, dtype) of a ``.npy``/``.npz`` file."""
     try:
         if location.endswith(".npy"):
+            if array_name is not None:
+                raise StoreError(
+                    f"{location!r} is a .npy file, which holds one array: it has no array "
+                    f"{array_name!r} (--array picks a variable in a group, dataset or .npz)"
+                )
             mapped = np.load(location, mmap_mode="r", allow_pickle=False)
             return location, "", tuple(mapped.shape), mapped.dtype
         archive = np.load(location, allow_pickle=False)

@@ -39,7 +39,7 @@ def check_device(device: str, backend: str, *, local: bool = True) -> None:
         return
     from kernels._dispatch import triton_interpreted
 
-    has_cuda = worker_device("auto") == "cuda"
+    has_cuda = cuda_available()
     if device == "cuda" and not has_cuda:
         raise EngineError(
             "--device cuda, but this machine has no CUDA GPU that torch can use; use "
@@ -83,16 +83,21 @@ def _gpu_nodes() -> bool:
     return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
 
 
+def cuda_available() -> bool:
+    """Whether torch can use a CUDA GPU here (without importing torch on a CPU-only machine)."""
+    if not _gpu_nodes():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def worker_device(device: str) -> str:
     """The device a chunk step runs on: ``auto`` is decided on the worker, so a GPU worker of a
     mixed cluster uses its GPU and a CPU worker its BLAS."""
     if device != "auto":
         return device
-    if not _gpu_nodes():
-        return "cpu"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 def to_tensor(block: np.ndarray, device: str = "cpu") -> Any:

@@ -67,6 +67,9 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict[str, str]) -> str:
+    """One declared plot as an HTML figure ("" when none of its values are in the history)."""
+    if not any(name in ds.variables for name in spec["values"]):
+        return ""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,8 +83,9 @@ def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict
         have_steps = all(r["step"] >= 0 for r in rows)
         x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
         for name in spec["values"]:
-            ys = [np.nan if r.get(name) is None else r[name] for r in rows]
-            ax.plot(x, ys, marker="o", label=name)
+            if name in ds.variables:
+                ys = [np.nan if r.get(name) is None else r[name] for r in rows]
+                ax.plot(x, ys, marker="o", label=name)
         ax.set_xlabel("training step" if have_steps else "entry (no steps recorded)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:  # curve: the latest entry's arrays against their index
@@ -98,7 +102,7 @@ def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict
         ax.set_xlabel("index (largest first)")
     if spec.get("log"):
         ax.set_yscale("log")
-    if len(spec["values"]) > 1:
+    if len(ax.get_lines()) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
     data = _png(fig)

@@ -26,35 +26,55 @@ def test_nll_from_loglik_with_bits_per_dim(tmp_path, capsys, rng):
     assert report["bits_per_dim"] == pytest.approx(-ll.mean() / (8 * math.log(2)), rel=1e-12)
 
 
-def test_nll_gaussian_parzen_iw_and_ess_commands(tmp_path, capsys, rng):
-    x = rng.normal(size=(3000, 4)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
+def _json(capsys, *argv):
+    code, out, err = _run(capsys, *argv, "--json", "-q")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_nll_gaussian_equals_the_float64_density(tmp_path, capsys, rng):
+    from scipy.stats import multivariate_normal
+
+    x = (rng.normal(size=(3000, 4)) @ rng.normal(size=(4, 4)) + 2).astype(np.float32)
+    test = (rng.normal(size=(700, 4)) + 2.2).astype(np.float32)
+    np.save(tmp_path / "t.npy", test)
     save_stats(tmp_path / "s.zarr", Moments.from_rows(x))
-    code, out, _ = _run(capsys, "nll", "--gaussian", tmp_path / "s.zarr", tmp_path / "x.npy", "-q")
-    assert code == 0
-    assert "nats/dim" in out
-    code, out, _ = _run(
-        capsys,
-        "nll",
-        "--parzen",
-        tmp_path / "x.npy",
-        tmp_path / "x.npy",
-        "--bandwidth",
-        "0.5",
-        "--json",
-        "-q",
+    report = _json(capsys, "nll", "--gaussian", tmp_path / "s.zarr", tmp_path / "t.npy")
+    mean, cov = x.astype(np.float64).mean(0), np.cov(x.astype(np.float64), rowvar=False)
+    lp = multivariate_normal(mean, cov).logpdf(test.astype(np.float64))
+    assert report["nll"] == pytest.approx(-lp.mean(), rel=1e-6)
+    assert report["nats_per_dim"] == pytest.approx(-lp.mean() / 4, rel=1e-6)
+    assert report["standard_error"] == pytest.approx(lp.std(ddof=1) / math.sqrt(700), rel=1e-5)
+
+
+def test_nll_parzen_equals_the_brute_force_kde(tmp_path, capsys, rng):
+    samples, test = rng.normal(size=(900, 3)), rng.normal(size=(300, 3)) * 1.1
+    np.save(tmp_path / "s.npy", samples)
+    np.save(tmp_path / "t.npy", test)
+    h = 0.5
+    report = _json(
+        capsys, "nll", "--parzen", tmp_path / "s.npy", tmp_path / "t.npy", "--bandwidth", str(h)
     )
-    assert code == 0
-    assert json.loads(out)["bandwidth"] == 0.5
+    sq = ((test[:, None, :] - samples[None]) ** 2).sum(-1)
+    lp = np.log(np.exp(-sq / (2 * h * h)).mean(1)) - 1.5 * math.log(2 * math.pi * h * h)
+    assert report["bandwidth"] == h
+    assert report["nll"] == pytest.approx(-lp.mean(), rel=1e-6)
+    assert report["min_loglik"] == pytest.approx(lp.min(), rel=1e-5)
+
+
+def test_nll_iw_and_ess_equal_direct_sums(tmp_path, capsys, rng):
     lw = rng.normal(size=(200, 30))
     np.save(tmp_path / "lw.npy", lw)
-    code, out, _ = _run(capsys, "nll", "--iw", tmp_path / "lw.npy", "--json", "-q")
-    assert code == 0
-    assert json.loads(out)["per_row"]["k"] == 30
+    report = _json(capsys, "nll", "--iw", tmp_path / "lw.npy")
+    log_p = np.log(np.exp(lw).mean(axis=1))
+    assert report["nll"] == pytest.approx(-log_p.mean(), rel=1e-12)
+    assert report["per_row"]["k"] == 30
     code, out, _ = _run(capsys, "ess", tmp_path / "lw.npy", "--out", tmp_path / "e.json", "-q")
+    assert code == 0
     report = json.loads((tmp_path / "e.json").read_text())
     w = np.exp(lw - lw.max())
     assert report["ess"] == pytest.approx(w.sum() ** 2 / (w * w).sum(), rel=1e-9)
+    assert report["max_weight"] == pytest.approx(w.max() / w.sum(), rel=1e-9)
     assert report["khat_reading"] in ("good", "usable", "unreliable")
     assert "Pareto k̂" in out
 

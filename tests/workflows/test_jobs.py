@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from pipeline import Engine
@@ -230,7 +231,7 @@ def test_report_renders_in_headless_chromium(job_dir, tmp_path):
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=5000",
+            "--virtual-time-budget=30000",
             "--dump-dom",
             f"file://{page}",
         ],
@@ -242,3 +243,136 @@ def test_report_renders_in_headless_chromium(job_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'data-rendered="ok"' in out.stdout  # the page's own check: every plot decoded
     assert out.stdout.count("<img") == 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (
+            lambda t: t.replace("[metrics.fid]", '[metrics.fid]\nnonfinite = "sometimes"'),
+            r"option 'nonfinite' must be one of \['error', 'drop'\]",
+        ),
+        (lambda t: t + "\n[engine]\nscheduler = 5\n", "scheduler 5 is not"),
+        (lambda t: t + '\n[engine]\nscheduler = "processes"\n', "'processes' is not"),
+        (lambda t: t + '\n[engine]\ndevice = "tpu"\n', "engine.device must be one of"),
+    ],
+)
+def test_options_and_engine_are_checked_at_load(job_dir, capsys, edit, msg):
+    (job_dir / "bad.toml").write_text(edit(JOB))
+    code = main(["run", str(job_dir / "bad.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert __import__("re").search(msg, err), err
+    assert not (job_dir / "runs").exists()  # nothing computed, not even the reference
+
+
+def _group_store(path, arrays):
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    for name, x in arrays.items():
+        arr = group.create_array(name, shape=x.shape, chunks=(500, x.shape[1]), dtype=x.dtype)
+        arr[...] = x
+
+
+def test_the_array_is_part_of_both_keys(tmp_path, capsys, rng):
+    ref = {k: rng.normal(size=(2000, 6)).astype(np.float32) + s for k, s in (("a", 0), ("b", 3))}
+    ent = {k: rng.normal(size=(1500, 6)).astype(np.float32) * 1.2 for k in ("a", "b")}
+    _group_store(tmp_path / "ref.zarr", ref)
+    _group_store(tmp_path / "entry.zarr", ent)
+    text = (
+        '[job]\nname = "arrays"\nhistory = "h.zarr"\narray = "a"\n[reference]\n'
+        'store = "ref.zarr"\n[[entries]]\nstore = "entry.zarr"\nstep = 1\n[metrics.fid]\n'
+    )
+    (tmp_path / "job.toml").write_text(text)
+    assert len(run_job(load_job(tmp_path / "job.toml")).computed) == 1
+    (tmp_path / "job.toml").write_text(text.replace('array = "a"', 'array = "b"'))
+    assert len(run_job(load_job(tmp_path / "job.toml")).computed) == 1  # not "already done"
+    from tests.reference import exact_fid, np_stats
+
+    got = History(str(tmp_path / "h.zarr")).table()[0]["fid"]
+    assert got == pytest.approx(exact_fid(*np_stats(ref["b"]), *np_stats(ent["b"])), rel=1e-6)
+    assert len(list(tmp_path.glob("reference-*.zarr"))) == 2
+
+
+def test_absolute_glob_names_entries_by_what_the_star_matched(job_dir):
+    text = JOB.replace('glob = "ckpt/*/features.zarr"', f'glob = "{job_dir}/ckpt/*/features.zarr"')
+    (job_dir / "abs.toml").write_text(text)
+    job = load_job(job_dir / "abs.toml")
+    assert [e.name for e in job.entries] == ["step-1000", "step-2000", "step-3000", "final"]
+    assert [e.step for e in job.entries] == [1000, 2000, 3000, 9000]
+
+
+def test_job_values_equal_the_commands(job_dir, capsys):
+    job = load_job(job_dir / "job.toml")
+    run_job(job)
+    row = next(r for r in History(job.history).table() if r["name"] == "final")
+    real, final = str(job_dir / "real.zarr"), str(job_dir / "final.zarr")
+    assert main(["fid", real, final, "--json", "-q"]) == 0
+    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-12)
+    assert main(["stats", real, "-o", str(job_dir / "s.zarr"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["nll", "--gaussian", str(job_dir / "s.zarr"), final, "--json", "-q"]) == 0
+    nll = json.loads(capsys.readouterr().out)
+    assert row["nll_gaussian"] == pytest.approx(nll["nats_per_dim"], rel=1e-12)
+
+
+def test_a_history_of_other_features_is_refused_before_compute(job_dir, capsys):
+    run_job(load_job(job_dir / "job.toml"))
+    other = job_dir / "other"
+    (other / "ckpt" / "step-1").mkdir(parents=True)
+    _write(other / "real.zarr", 500, 8, 1, 0.0)
+    _write(other / "ckpt" / "step-1" / "features.zarr", 500, 8, 2, 0.0)
+    _write(other / "final.zarr", 500, 8, 3, 0.0)
+    text = JOB.replace('history = "runs/history.zarr"', f'history = "{job_dir}/runs/history.zarr"')
+    (other / "job.toml").write_text(text)
+    code = main(["run", str(other / "job.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "d=16 features; this job's features have d=8" in err
+    assert len(list((job_dir / "runs").glob("reference-*.zarr"))) == 1  # nothing new computed
+
+
+def test_a_metric_added_through_the_plug_in_interface_alone(job_dir):
+    from pipeline.metrics import METRICS, Metric, Output, Plot, register
+
+    class MeanNorm(Metric):
+        name = "mean_norm"
+        title = "Norm of the entry's mean"
+        outputs = (Output("mean_norm", "units", "‖μ‖ of the entry"),)
+        plots = (Plot("Mean norm over steps", "steps", ("mean_norm",), "‖μ‖"),)
+
+        def compute(self, entry, context):
+            moments, _ = context.moments(entry)
+            return {"mean_norm": float(np.linalg.norm(moments.mean))}
+
+    register(MeanNorm)
+    try:
+        (job_dir / "job.toml").write_text(JOB + "\n[metrics.mean_norm]\n")
+        job = load_job(job_dir / "job.toml")
+        run_job(job)
+        rows = History(job.history).table("mean_norm")
+        assert [r["step"] for r in rows] == [1000, 2000, 3000, 9000]
+        assert all(r["mean_norm"] > 0 for r in rows)
+        page, md = write_report(job.history, str(job_dir / "report.html"))
+        with open(page) as fh:
+            text = fh.read()
+        assert "Norm of the entry&#x27;s mean" in text
+        assert "mean_norm [units]" in text
+        assert text.count("data:image/png;base64,") == 4
+        with open(md) as fh:
+            assert "mean_norm [units]" in fh.read()
+    finally:
+        del METRICS["mean_norm"]
+
+
+def test_an_entry_whose_statistics_overflow_is_one_line(job_dir, capsys):
+    x = np.random.default_rng(0).normal(size=(500, 16)) * 1e200  # m2 ~ 1e400: inf
+    np.save(job_dir / "huge.npy", x)
+    text = JOB.replace('store = "final.zarr"', 'store = "huge.npy"')
+    (job_dir / "huge.toml").write_text(text)
+    code = main(["run", str(job_dir / "huge.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1

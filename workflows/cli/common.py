@@ -101,10 +101,40 @@ def claim_report(args: argparse.Namespace) -> None:
         raise UsageError("--overwrite applies to the report written with --out")
 
 
+#: The computation settings a report records, with the value each takes when not given.
+SETTINGS = {
+    "shard_rows": "whole stored chunks",
+    "array": None,
+    "split_every": "chain of merges (one machine)",
+    "device": "auto",
+    "backend": "auto",
+    "precision": "fp32",
+    "nonfinite": "error",
+    "reff": 1.0,
+    "bandwidth": "silverman",
+    "dims": None,
+}
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings this command took, as they were applied (defaults filled in)."""
+    out = {}
+    for name, default in SETTINGS.items():
+        if hasattr(args, name):
+            value = getattr(args, name)
+            out[name] = default if value is None else value
+    if out.get("split_every") == SETTINGS["split_every"] and engine(args).is_distributed:
+        from pipeline.options import DEFAULT_SPLIT_EVERY
+
+        out["split_every"] = DEFAULT_SPLIT_EVERY
+    return out
+
+
 def report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
     from workflows.provenance import now_iso, versions
 
     return {
+        "settings": settings(args),
         "warnings": [str(w) for w in getattr(args, "_warnings", [])],
         "engine": engine(args).describe(),
         "seconds": time.perf_counter() - start,

@@ -18,6 +18,7 @@ from workflows.cli.common import (
     progress,
     refuse,
     report_tail,
+    settings,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +129,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
     described = engine(args).describe() if sources else {"scheduler": "none (statistics only)"}
     notes += [str(w) for w in getattr(args, "_warnings", [])]
     report = FIDReport(result, real, gen, time.perf_counter() - start, described, tuple(notes))
-    return emit(args, report.to_dict(), report.summary())
+    data = report.to_dict()
+    if sources:
+        data["settings"] = settings(args)
+    return emit(args, data, report.summary())
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -151,6 +155,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     ((moments, dropped),) = _moments(args, [source])
     provenance = {
         **source.describe(),
+        "settings": settings(args),
         "nonfinite_dropped": dropped,
         "created": now_iso(),
         "versions": versions(),
@@ -281,6 +286,9 @@ def cmd_nll(args: argparse.Namespace) -> int:
         )
         inputs.update(samples=samples.describe(), test=test.describe())
     data = {"metric": "nll", **nll_dict(result), "inputs": inputs, **report_tail(args, start)}
+    data["settings"] = {
+        k: v for k, v in data["settings"].items() if mode in _NLL_MODES.get(k, (mode,))
+    }
     return emit(args, data, nll_summary(result, data["seconds"]))
 
 

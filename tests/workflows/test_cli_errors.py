@@ -1,0 +1,172 @@
+"""Every failure a user can cause is one line on stderr and exit code 2 (these printed
+tracebacks, or hung), and nothing is written."""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from pipeline import Moments, save_stats
+from tests.conftest import write_zarr
+from workflows.cli import main
+
+EXE = os.path.join(os.path.dirname(sys.executable), "shardeval")
+
+
+@pytest.fixture
+def store(tmp_path, rng):
+    return write_zarr(tmp_path / "x.zarr", rng.normal(size=(400, 4)).astype(np.float32))
+
+
+def _one_line(capsys, argv, match):
+    code = main([*(str(a) for a in argv), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("shardeval: error:")
+    assert err.count("\n") == 1
+    assert match in err, err
+
+
+@pytest.mark.parametrize("scheduler", ["processes", "foo bar", "tcp://"])
+def test_unknown_schedulers(capsys, store, scheduler):
+    _one_line(capsys, ["fid", store, store, "--scheduler", scheduler], "is not 'threads', 'sync'")
+
+
+def test_cuda_without_a_gpu(capsys, store):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    _one_line(capsys, ["fid", store, store, "--device", "cuda"], "no CUDA GPU")
+
+
+def test_triton_without_a_gpu_outside_the_interpreter(store):
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run(
+        [EXE, "fid", store, store, "--backend", "triton", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert "--backend triton compiles kernels for a CUDA GPU" in out.stderr
+
+
+def test_a_port_that_never_answers_fails_within_the_timeout(store):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(
+        target=lambda: held.extend(server.accept() for _ in range(8)), daemon=True
+    ).start()
+    port = server.getsockname()[1]
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    start = time.monotonic()
+    out = subprocess.run(
+        [EXE, "fid", store, store, "--scheduler", f"tcp://127.0.0.1:{port}", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert time.monotonic() - start < 30
+    assert out.returncode == 2
+    assert "no answer within 2 s" in out.stderr
+    server.close()
+
+
+def test_nan_in_zarr_statistics(tmp_path, capsys, store, rng):
+    path = save_stats(tmp_path / "s.zarr", Moments.from_rows(rng.normal(size=(50, 4))))
+    m2 = zarr.open_array(str(tmp_path / "s.zarr" / "m2"), mode="r+")
+    values = m2[...]
+    values[1, 2] = np.nan
+    m2[...] = values
+    _one_line(capsys, ["fid", path, store], "holds NaN or inf")
+
+
+@pytest.mark.parametrize(
+    "problem", ["one triangle", "asymmetric", "n huge", "n zero", "n negative", "n none", "n text"]
+)
+def test_statistics_that_do_not_mean_what_they_seem(tmp_path, capsys, store, rng, problem):
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    arrays = {"mu": mu, "sigma": sigma}
+    if problem == "one triangle":
+        arrays["sigma"] = np.triu(sigma)
+    elif problem == "asymmetric":
+        arrays["sigma"] = sigma + np.triu(np.full((4, 4), 1e-2), 1)
+    path = tmp_path / "s.npz"
+    if problem.startswith("n "):
+        value = {"n huge": 1e30, "n zero": 0, "n negative": -5}.get(problem)
+        if problem in ("n none", "n text"):
+            # Zarr statistics whose attribute n is null or a string.
+            path = tmp_path / "s.zarr"
+            save_stats(path, Moments(300, mu, sigma * 299))
+            group = zarr.open_group(str(path), mode="r+")
+            group.attrs["n"] = None if problem == "n none" else "abc"
+        else:
+            np.savez(path, **arrays, n=np.asarray(value))
+    else:
+        np.savez(path, **arrays)
+    match = "not symmetric" if problem in ("one triangle", "asymmetric") else "row count n"
+    _one_line(capsys, ["fid", path, store], match)
+
+
+@pytest.mark.parametrize(("bandwidth", "match"), [("1e-300", "1/(2h²) overflows")])
+def test_parzen_bandwidth_extremes(tmp_path, capsys, store, bandwidth, match):
+    _one_line(capsys, ["nll", "--parzen", store, store, "--bandwidth", bandwidth], match)
+    code = main(["nll", "--parzen", store, store, "--bandwidth", "1e300", "-q"])
+    assert code == 0
+
+
+def test_constant_samples_have_no_rule_bandwidth(tmp_path, capsys, store):
+    np.save(tmp_path / "c.npy", np.ones((40, 4), np.float32))
+    for rule in ("silverman", "cv"):
+        _one_line(
+            capsys, ["nll", "--parzen", tmp_path / "c.npy", store, "--bandwidth", rule], "no spread"
+        )
+
+
+def test_parzen_nonfinite_policy_is_honoured(tmp_path, capsys, rng):
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    x[4] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    _one_line(
+        capsys, ["nll", "--parzen", tmp_path / "x.npy", tmp_path / "x.npy"], "with NaN or inf"
+    )
+    code = main(
+        [
+            "nll",
+            "--parzen",
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "x.npy"),
+            "--nonfinite",
+            "drop",
+            "-q",
+        ]
+    )
+    assert code == 0
+    assert "non-finite dropped: 1" in capsys.readouterr().out
+
+
+def test_all_zero_weights(tmp_path, capsys):
+    np.save(tmp_path / "lw.npy", np.full(20, -np.inf))
+    _one_line(capsys, ["ess", tmp_path / "lw.npy"], "every weight")
+
+
+def test_threads_with_a_distributed_scheduler(capsys, store):
+    _one_line(
+        capsys,
+        ["fid", store, store, "--scheduler", "tcp://127.0.0.1:1", "--threads", "2"],
+        "--threads",
+    )

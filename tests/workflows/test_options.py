@@ -1,0 +1,569 @@
+"""Every option of every command changes something, or is refused where it cannot apply: an
+option that a command accepts and ignores is a defect. The table below has a check for each
+(command, option) pair of the parser, and a test makes sure no pair is missing from it."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+import kernels.lse
+import kernels.moments
+import pipeline.engine
+import pipeline.summaries
+from pipeline import Moments, save_stats
+from tests.conftest import write_zarr
+from workflows.cli import main
+from workflows.cli.parser import build_parser
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _report(capsys, *argv):
+    code, out, err = _run(capsys, *argv, "--json", "-q")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _refused(capsys, *argv, match):
+    quiet = ["-q"] if argv[0] not in ("report", "synth", "history") else []
+    code, _, err = _run(capsys, *argv, *quiet)
+    assert code == 2, err
+    assert match in err, err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("opts")
+    rng = np.random.default_rng(4)
+    a = (rng.normal(size=(600, 4)) @ rng.normal(size=(4, 4)) + 1).astype(np.float32)
+    b = (rng.normal(size=(500, 4)) * 1.3).astype(np.float32)
+    nan = a.copy()
+    nan[7, 1] = np.nan
+    group = zarr.open_group(str(tmp / "g.zarr"), mode="w")
+    for name, x in (("u", a), ("v", b)):
+        group.create_array(name, shape=x.shape, chunks=(100, 4), dtype="float32")[...] = x
+    np.save(tmp / "ll.npy", rng.normal(-50, 2, 800))
+    lw = rng.standard_t(3, (60, 400))
+    np.save(tmp / "lw.npy", lw)
+    lw_nan = lw.copy()
+    lw_nan[3, 3] = np.nan
+    np.save(tmp / "lw_nan.npy", lw_nan)
+    save_stats(tmp / "s.zarr", Moments.from_rows(a))
+    (tmp / "local.yaml").write_text(
+        "backend: local\noptions:\n  n_workers: 1\n  threads_per_worker: 1\n"
+        "  processes: false\n  dashboard_address: ':0'\n"
+    )
+    return {
+        "a": write_zarr(tmp / "a.zarr", a, chunk_rows=100),
+        "b": write_zarr(tmp / "b.zarr", b, chunk_rows=100),
+        "nan": write_zarr(tmp / "nan.zarr", nan, chunk_rows=100),
+        "g": str(tmp / "g.zarr"),
+        "ll": str(tmp / "ll.npy"),
+        "lw": str(tmp / "lw.npy"),
+        "lw_nan": str(tmp / "lw_nan.npy"),
+        "s": str(tmp / "s.zarr"),
+        "spec": str(tmp / "local.yaml"),
+        "tmp": tmp,
+    }
+
+
+def _base(command, f):
+    """A working invocation of each measurement command."""
+    return {
+        "fid": ["fid", f["a"], f["b"]],
+        "nll": ["nll", "--iw", f["lw"]],
+        "ess": ["ess", f["lw"]],
+    }[command]
+
+
+def _spy(monkeypatch, module, name):
+    calls = []
+    original = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+# --- checks shared by the measurement commands (fid, nll, ess) ------------------------------
+
+
+def check_scheduler(capsys, f, command, monkeypatch):
+    assert (
+        _report(capsys, *_base(command, f), "--scheduler", "sync")["engine"]["scheduler"] == "sync"
+    )
+    assert _report(capsys, *_base(command, f))["engine"]["scheduler"] == "threads"
+
+
+def check_threads(capsys, f, command, monkeypatch):
+    assert _report(capsys, *_base(command, f), "--threads", "1")["engine"]["threads"] == 1
+
+
+def check_cluster(capsys, f, command, monkeypatch):
+    page = f["tmp"] / f"perf-{command}.html"
+    report = _report(
+        capsys, *_base(command, f), "--cluster", f["spec"], "--performance-report", page
+    )
+    assert report["engine"]["scheduler"] == "distributed"
+    assert page.exists()
+
+
+def check_performance_report(capsys, f, command, monkeypatch):
+    _refused(
+        capsys,
+        *_base(command, f),
+        "--performance-report",
+        f["tmp"] / "p.html",
+        match="needs a distributed cluster",
+    )
+    check_cluster(capsys, f, command, monkeypatch)
+
+
+def check_quiet(capsys, f, command, monkeypatch):
+    code, _, err = _run(capsys, *_base(command, f))
+    assert code == 0
+    assert "shards" in err
+    code, _, err = _run(capsys, *_base(command, f), "-q")
+    assert code == 0
+    assert err == ""
+
+
+def check_shard_rows(capsys, f, command, monkeypatch):
+    many = _report(capsys, *_base(command, f), "--shard-rows", "50")
+    few = _report(capsys, *_base(command, f), "--shard-rows", "1000")
+    key = "real" if command == "fid" else None
+    if key:
+        assert (many["shards"]["real"], few["shards"]["real"]) == (12, 1)
+    else:
+        inputs = next(iter(many["inputs"].values()))
+        assert inputs["shards"] > next(iter(few["inputs"].values()))["shards"]
+
+
+def check_array(capsys, f, command, monkeypatch):
+    if command != "fid":
+        _refused(capsys, *_base(command, f), "--array", "nope", match="has no array 'nope'")
+        return
+    u = _report(capsys, "fid", f["g"], f["b"], "--array", "u")["fid"]
+    v = _report(capsys, "fid", f["g"], f["b"], "--array", "v")["fid"]
+    assert u != v
+    assert v == pytest.approx(0.0, abs=1e-9)  # array v holds the same rows as b
+
+
+def check_split_every(capsys, f, command, monkeypatch):
+    calls = _spy(monkeypatch, pipeline.engine, "tree_merge")
+    report = _report(capsys, *_base(command, f), "--split-every", "3")
+    assert report["settings"]["split_every"] == 3
+    assert calls
+    assert all(kw.get("split_every") == 3 for _, kw in calls)
+
+
+def check_device(capsys, f, command, monkeypatch):
+    calls = _spy(monkeypatch, pipeline.summaries, "worker_device")
+    report = _report(capsys, *_base(command, f), "--device", "cpu")
+    assert report["settings"]["device"] == "cpu"
+    assert calls
+    assert all(args[0] == "cpu" for args, _ in calls)
+    import torch
+
+    if not torch.cuda.is_available():
+        _refused(capsys, *_base(command, f), "--device", "cuda", match="no CUDA GPU")
+
+
+def check_backend(capsys, f, command, monkeypatch):
+    # The tests run Triton kernels in its interpreter (tests/conftest.py).
+    module, name = (
+        (kernels.moments, "shard_moments_triton")
+        if command == "fid"
+        else (kernels.lse, "_lse_torch")
+    )
+    if command == "fid":
+        calls = _spy(monkeypatch, module, name)
+        report = _report(capsys, *_base(command, f), "--backend", "triton")
+        assert calls
+    else:
+        calls = _spy(monkeypatch, module, name)
+        report = _report(capsys, *_base(command, f), "--backend", "triton")
+        assert not calls  # the torch path was not taken
+        assert _report(capsys, *_base(command, f), "--backend", "torch")
+        assert calls
+    assert report["settings"]["backend"] == "triton"
+
+
+def check_precision(capsys, f, command, monkeypatch):
+    calls = _spy(monkeypatch, kernels.moments, "shard_moments_numpy")
+    report = _report(capsys, *_base(command, f), "--precision", "fp64")
+    assert report["settings"]["precision"] == "fp64"
+    assert {args[0].dtype for args, _ in calls} == {np.dtype(np.float64)}
+
+
+def check_nonfinite(capsys, f, command, monkeypatch):
+    argv = {
+        "fid": ["fid", f["nan"], f["b"]],
+        "nll": ["nll", "--iw", f["lw_nan"]],
+        "ess": ["ess", f["lw_nan"]],
+    }[command]
+    _refused(capsys, *argv, match="with NaN or inf")
+    report = _report(capsys, *argv, "--nonfinite", "drop")
+    dropped = (
+        report["inputs"]["real"]["nonfinite_dropped"]
+        if command == "fid"
+        else report["nonfinite_dropped"]
+    )
+    assert dropped == 1
+
+
+def check_out(capsys, f, command, monkeypatch):
+    path = f["tmp"] / f"out-{command}.json"
+    code, out, _ = _run(capsys, *_base(command, f), "--out", path, "-q")
+    assert code == 0
+    assert json.loads(path.read_text())["metric"] == command if command != "nll" else "nll"
+    assert not out.startswith("{")
+    os.remove(path)
+
+
+def check_json(capsys, f, command, monkeypatch):
+    _, out, _ = _run(capsys, *_base(command, f), "-q")
+    assert not out.startswith("{")
+    assert json.loads(_run(capsys, *_base(command, f), "--json", "-q")[1])
+
+
+def check_overwrite(capsys, f, command, monkeypatch):
+    path = f["tmp"] / f"ow-{command}.json"
+    _refused(capsys, *_base(command, f), "--overwrite", match="--overwrite applies to the report")
+    assert _run(capsys, *_base(command, f), "--out", path, "-q")[0] == 0
+    _refused(capsys, *_base(command, f), "--out", path, match="pass --overwrite")
+    assert _run(capsys, *_base(command, f), "--out", path, "--overwrite", "-q")[0] == 0
+
+
+def check_reff(capsys, f, command, monkeypatch):
+    default = _report(capsys, *_base(command, f))
+    correlated = _report(capsys, *_base(command, f), "--reff", "0.2")
+    if command == "ess":
+        assert correlated["tail"] > default["tail"]
+    else:
+        assert correlated["settings"]["reff"] == 0.2
+        assert correlated["per_row"]["khat_quantiles"] != default["per_row"]["khat_quantiles"]
+    _refused(capsys, "nll", f["ll"], "--reff", "0.5", match="--reff does not apply to nll loglik")
+
+
+# --- command-specific checks -----------------------------------------------------------------
+
+
+def check_fid_ref(capsys, f, command, monkeypatch):
+    direct = _report(capsys, "fid", f["s"], f["b"])["fid"]
+    assert _report(capsys, "fid", f["b"], "--ref", f["s"])["fid"] == direct
+    _refused(capsys, "fid", f["a"], f["b"], "--ref", f["s"], match="got 3 inputs")
+
+
+def check_stats_option(option, value):
+    def check(capsys, f, command, monkeypatch):
+        out = f["tmp"] / f"st-{option}.zarr"
+        argv = ["stats", f["g"] if option == "array" else f["a"], "-o", out, "-q"]
+        if option in ("scheduler", "threads", "cluster", "performance_report"):
+            extra = {
+                "scheduler": ["--scheduler", "sync"],
+                "threads": ["--threads", "1"],
+                "cluster": ["--cluster", f["spec"]],
+                "performance_report": [
+                    "--cluster",
+                    f["spec"],
+                    "--performance-report",
+                    f["tmp"] / "st.html",
+                ],
+            }[option]
+            assert _run(capsys, *argv, *extra)[0] == 0
+            if option == "performance_report":
+                assert (f["tmp"] / "st.html").exists()
+            _refused(
+                capsys,
+                "stats",
+                "merge",
+                f["s"],
+                f["s"],
+                "-o",
+                f["tmp"] / "m.zarr",
+                *extra,
+                match="do not apply to `stats merge`",
+            )
+            return
+        flag = "--" + option.replace("_", "-")
+        assert _run(capsys, *argv, flag, value)[0] == 0
+        settings = zarr.open_group(str(out), mode="r").attrs["settings"]
+        assert str(settings[option]) == str(value)
+        _refused(
+            capsys,
+            "stats",
+            "merge",
+            f["s"],
+            f["s"],
+            "-o",
+            f["tmp"] / "m.zarr",
+            flag,
+            value,
+            match="do not apply to `stats merge`",
+        )
+
+    return check
+
+
+def check_stats_quiet(capsys, f, command, monkeypatch):
+    out = f["tmp"] / "sq.zarr"
+    assert "shards" in _run(capsys, "stats", f["a"], "-o", out)[2]
+    assert _run(capsys, "stats", f["a"], "-o", out, "--overwrite", "-q")[2] == ""
+
+
+def check_stats_output(capsys, f, command, monkeypatch):
+    out = f["tmp"] / "so.npz"
+    assert _run(capsys, "stats", f["a"], "-o", out, "-q")[0] == 0
+    with np.load(out) as archive:
+        assert set(archive) == {"mu", "sigma", "n"}
+
+
+def check_stats_overwrite(capsys, f, command, monkeypatch):
+    out = f["tmp"] / "sow.zarr"
+    assert _run(capsys, "stats", f["a"], "-o", out, "-q")[0] == 0
+    _refused(capsys, "stats", f["a"], "-o", out, match="pass --overwrite")
+    assert _run(capsys, "stats", f["a"], "-o", out, "--overwrite", "-q")[0] == 0
+
+
+def check_nll_mode(capsys, f, command, monkeypatch):
+    iw = _report(capsys, "nll", "--iw", f["lw"])
+    assert iw["method"] == "importance"
+    gauss = _report(capsys, "nll", "--gaussian", f["s"], f["a"])
+    assert gauss["method"] == "gaussian"
+    parzen = _report(capsys, "nll", "--parzen", f["a"], f["b"], "--bandwidth", "1.0")
+    assert parzen["method"] == "parzen"
+    _refused(capsys, "nll", "--iw", f["lw"], "--gaussian", f["s"], match="choose one of")
+
+
+def check_nll_bandwidth(capsys, f, command, monkeypatch):
+    one = _report(capsys, "nll", "--parzen", f["a"], f["b"], "--bandwidth", "1.0")["nll"]
+    two = _report(capsys, "nll", "--parzen", f["a"], f["b"], "--bandwidth", "2.0")["nll"]
+    assert one != two
+    _refused(capsys, "nll", "--iw", f["lw"], "--bandwidth", "1.0", match="does not apply to nll iw")
+
+
+def check_nll_dims(capsys, f, command, monkeypatch):
+    assert _report(capsys, "nll", f["ll"])["bits_per_dim"] is None
+    assert _report(capsys, "nll", f["ll"], "--dims", "4")["bits_per_dim"] is not None
+    _refused(
+        capsys, "nll", "--gaussian", f["s"], f["a"], "--dims", "4", match="--dims does not apply"
+    )
+
+
+def check_nll_kernel_refusal(option, value):
+    def check(capsys, f, command, monkeypatch):
+        shared = {
+            "device": check_device,
+            "backend": check_backend,
+            "split_every": check_split_every,
+        }
+        shared[option](capsys, f, command, monkeypatch)
+        mode = ["nll", f["ll"]] if option != "split_every" else ["nll", "--parzen", f["a"], f["b"]]
+        flag = "--" + option.replace("_", "-")
+        _refused(capsys, *mode, flag, value, match=f"{flag} does not apply")
+
+    return check
+
+
+def check_run_option(option):
+    def check(capsys, f, command, monkeypatch):
+        tmp = f["tmp"] / f"run-{option}"
+        tmp.mkdir()
+        (tmp / "job.toml").write_text(
+            f'[job]\nhistory = "h.zarr"\n[reference]\nstore = "{f["a"]}"\n'
+            f'[[entries]]\nstore = "{f["b"]}"\nname = "b"\nstep = 1\n[metrics.fid]\n'
+        )
+        job = str(tmp / "job.toml")
+        from workflows.history import History
+
+        history = History(tmp / "h.zarr")
+        if option == "scheduler":
+            assert _run(capsys, "run", job, "--scheduler", "sync", "-q")[0] == 0
+            assert '"sync"' in str(history.load()["engine"].values[0])
+        elif option == "force":
+            assert _run(capsys, "run", job, "-q")[1].count("1 computed") == 1
+            assert "0 computed" in _run(capsys, "run", job, "-q")[1]
+            assert "1 computed" in _run(capsys, "run", job, "--force", "-q")[1]
+        elif option == "verify":
+            assert _run(capsys, "run", job, "-q")[0] == 0
+            assert str(history.load()["content_digest"].values[0]) == ""
+            assert "1 computed" in _run(capsys, "run", job, "--verify", "-q")[1]
+            assert len(str(history.load()["content_digest"].values[0])) == 32
+            assert "0 computed" in _run(capsys, "run", job, "--verify", "-q")[1]
+        else:
+            assert _run(capsys, "run", job)[2] != ""
+            assert _run(capsys, "run", job, "--force", "-q")[2] == ""
+
+    return check
+
+
+def _history(f):
+    path = f["tmp"] / "hist.zarr"
+    if not path.exists():
+        from pipeline.metrics import METRICS
+        from workflows.history import History, HistoryRow
+
+        declared = {m: METRICS[m].declaration() for m in ("fid", "nll_gaussian")}
+        row = HistoryRow("e", "x", 1, "", "f", "o", "r", "rf", "j", "{}", 0.1, "now")
+        History(path).append(row, {"fid": 1.0, "nll_gaussian": 2.0}, declared, d=4)
+    return str(path)
+
+
+def check_history_metric(capsys, f, command, monkeypatch):
+    all_rows = json.loads(_run(capsys, "history", _history(f), "--format", "json")[1])
+    fid_rows = json.loads(
+        _run(capsys, "history", _history(f), "--format", "json", "--metric", "fid")[1]
+    )
+    assert "nll_gaussian" in all_rows[0]
+    assert "nll_gaussian" not in fid_rows[0]
+
+
+def check_history_format(capsys, f, command, monkeypatch):
+    outs = {
+        fmt: _run(capsys, "history", _history(f), "--format", fmt)[1]
+        for fmt in ("table", "csv", "json")
+    }
+    assert outs["csv"].startswith("name,step,tags,created,")
+    assert json.loads(outs["json"])[0]["name"] == "e"
+    assert outs["table"].split()[0] == "name"
+
+
+def check_report_output(capsys, f, command, monkeypatch):
+    out = f["tmp"] / "rep.html"
+    assert _run(capsys, "report", _history(f), "-o", out)[0] == 0
+    assert out.exists()
+    assert out.with_suffix(".md").exists()
+
+
+def check_report_overwrite(capsys, f, command, monkeypatch):
+    out = f["tmp"] / "rep2.html"
+    assert _run(capsys, "report", _history(f), "-o", out)[0] == 0
+    _refused(capsys, "report", _history(f), "-o", out, match="pass --overwrite")
+    assert _run(capsys, "report", _history(f), "-o", out, "--overwrite")[0] == 0
+
+
+def check_synth(option, value):
+    def check(capsys, f, command, monkeypatch):
+        base = f["tmp"] / f"syn-base-{option}.zarr"
+        other = f["tmp"] / f"syn-{option}.zarr"
+        assert _run(capsys, "synth", base, "--n", "300", "--d", "3")[0] == 0
+        if option == "overwrite":
+            _refused(capsys, "synth", base, "--n", "300", "--d", "3", match="pass --overwrite")
+            assert _run(capsys, "synth", base, "--n", "30", "--d", "3", "--overwrite")[0] == 0
+            assert zarr.open_array(str(base)).shape == (30, 3)
+            return
+        flag = "--" + option.replace("_", "-")
+        argv = {"n": ["--d", "3"], "d": ["--n", "300"]}.get(option, ["--n", "300", "--d", "3"])
+        assert _run(capsys, "synth", other, *argv, flag, value)[0] == 0
+        x, y = zarr.open_array(str(base)), zarr.open_array(str(other))
+        if option == "chunk_rows":
+            assert x.chunks != y.chunks
+        elif option in ("n", "d"):
+            assert x.shape != y.shape
+        else:
+            assert not np.array_equal(x[...], y[...])
+
+    return check
+
+
+ENGINE = {
+    "scheduler": check_scheduler,
+    "threads": check_threads,
+    "cluster": check_cluster,
+    "performance_report": check_performance_report,
+    "quiet": check_quiet,
+    "shard_rows": check_shard_rows,
+    "array": check_array,
+    "split_every": check_split_every,
+    "device": check_device,
+    "backend": check_backend,
+    "nonfinite": check_nonfinite,
+    "out": check_out,
+    "json": check_json,
+    "overwrite": check_overwrite,
+}
+
+CHECKS = {
+    **{("fid", k): v for k, v in ENGINE.items()},
+    ("fid", "precision"): check_precision,
+    ("fid", "ref"): check_fid_ref,
+    **{("ess", k): v for k, v in ENGINE.items()},
+    ("ess", "reff"): check_reff,
+    **{("nll", k): v for k, v in ENGINE.items()},
+    ("nll", "reff"): check_reff,
+    ("nll", "iw"): check_nll_mode,
+    ("nll", "gaussian"): check_nll_mode,
+    ("nll", "parzen"): check_nll_mode,
+    ("nll", "bandwidth"): check_nll_bandwidth,
+    ("nll", "dims"): check_nll_dims,
+    ("nll", "device"): check_nll_kernel_refusal("device", "cpu"),
+    ("nll", "backend"): check_nll_kernel_refusal("backend", "torch"),
+    ("nll", "split_every"): check_nll_kernel_refusal("split_every", "3"),
+    **{
+        ("stats", k): check_stats_option(k, v)
+        for k, v in {
+            "scheduler": None,
+            "threads": None,
+            "cluster": None,
+            "performance_report": None,
+            "shard_rows": 200,
+            "array": "u",
+            "split_every": 3,
+            "device": "cpu",
+            "backend": "torch",
+            "precision": "fp64",
+            "nonfinite": "drop",
+        }.items()
+    },
+    ("stats", "quiet"): check_stats_quiet,
+    ("stats", "output"): check_stats_output,
+    ("stats", "overwrite"): check_stats_overwrite,
+    **{("run", k): check_run_option(k) for k in ("scheduler", "force", "verify", "quiet")},
+    ("history", "metric"): check_history_metric,
+    ("history", "format"): check_history_format,
+    ("report", "output"): check_report_output,
+    ("report", "overwrite"): check_report_overwrite,
+    **{
+        ("synth", k): check_synth(k, v)
+        for k, v in {
+            "n": "40",
+            "d": "5",
+            "seed": "9",
+            "mean": "2.5",
+            "scale": "3",
+            "chunk_rows": "64",
+            "overwrite": None,
+        }.items()
+    },
+}
+
+
+def _parser_options():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return {
+        (name, action.dest)
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if action.option_strings and action.dest != "help"
+    }
+
+
+def test_every_option_has_a_check():
+    assert _parser_options() == set(CHECKS)
+
+
+@pytest.mark.parametrize(("command", "option"), sorted(CHECKS))
+def test_option_changes_something_or_is_refused(files, capsys, monkeypatch, command, option):
+    CHECKS[(command, option)](capsys, files, command, monkeypatch)
