@@ -222,9 +222,6 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     Raises:
         JobError: one line naming the bad key, metric, option, type or store.
     """
-    from pipeline.engine import Engine
-    from pipeline.errors import EngineError
-
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -252,6 +249,9 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     history = _string(f"{path}: job.history", job.get("history", ""))
     scheduler = engine.get("scheduler")
     if scheduler is not None:
+        from pipeline.engine import Engine
+        from pipeline.errors import EngineError
+
         try:
             Engine(scheduler)
         except EngineError as exc:

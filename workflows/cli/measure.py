@@ -69,11 +69,6 @@ def _statistics_side(location: str) -> tuple[Gaussian, Side]:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    from pipeline.gaussian import Gaussian
-    from pipeline.sources import check_same_dim
-    from pipeline.statsio import is_stats
-    from workflows.report import FIDReport, Side
-
     start = time.perf_counter()
     inputs = ([args.ref] if args.ref is not None else []) + list(args.stores)
     if len(inputs) != 2:
@@ -82,6 +77,11 @@ def cmd_fid(args: argparse.Namespace) -> int:
         )
     must_exist(*inputs)
     claim_report(args)
+    from pipeline.gaussian import Gaussian
+    from pipeline.sources import check_same_dim
+    from pipeline.statsio import is_stats
+    from workflows.report import FIDReport, Side
+
     kinds = ["statistics" if is_stats(p) else "features" for p in inputs]
     if args.ref is not None:
         kinds[0] = "statistics"  # --ref names statistics, whatever they look like
@@ -136,9 +136,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pipeline.statsio import save_stats
-    from workflows.provenance import now_iso, versions
-
     start = time.perf_counter()
     if args.inputs[0] == "merge":
         return _merge(args)
@@ -148,7 +145,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     must_exist(args.inputs[0])
     from pipeline.atomic import claim_output
-    from pipeline.statsio import is_stats
+    from pipeline.statsio import is_stats, save_stats
+    from workflows.provenance import now_iso, versions
 
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     source = _open(args, args.inputs[0])
@@ -169,13 +167,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from pipeline.atomic import claim_output
-    from pipeline.statsio import is_stats, merge_stats, save_stats
-    from workflows.provenance import now_iso, versions
-
     refuse(args, (*ENGINE_OPTIONS, *INPUT_OPTIONS), "do not apply to `stats merge`")
     paths = args.inputs[1:]
     must_exist(*paths)
+    from pipeline.atomic import claim_output
+    from pipeline.statsio import is_stats, merge_stats, save_stats
+    from workflows.provenance import now_iso, versions
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     merged, provenance = merge_stats(paths)
     save_stats(
@@ -206,8 +203,6 @@ _NLL_USAGE = {
 
 
 def cmd_nll(args: argparse.Namespace) -> int:
-    from workflows.report import nll_dict, nll_summary
-
     start = time.perf_counter()
     modes = [m for m in ("iw", "gaussian", "parzen") if getattr(args, m) is not None]
     if len(modes) > 1:
@@ -221,6 +216,7 @@ def cmd_nll(args: argparse.Namespace) -> int:
             refuse(args, (option,), f"does not apply to nll {mode}")
     must_exist(*args.stores, *(getattr(args, m) for m in modes))
     claim_report(args)
+    from workflows.report import nll_dict, nll_summary
     eng, bar, nonfinite = engine(args), progress(args), args.nonfinite or "error"
     device, backend = args.device or "auto", args.backend or "auto"
     inputs: dict[str, Any] = {}
@@ -293,12 +289,11 @@ def cmd_nll(args: argparse.Namespace) -> int:
 
 
 def cmd_ess(args: argparse.Namespace) -> int:
-    from pipeline.ess import ess_of
-    from workflows.report import ess_dict, ess_summary
-
     start = time.perf_counter()
     must_exist(args.store)
     claim_report(args)
+    from pipeline.ess import ess_of
+    from workflows.report import ess_dict, ess_summary
     source = _open(args, args.store, min_rows=1, ndims=(1, 2))
     result = ess_of(
         source,

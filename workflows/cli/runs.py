@@ -13,12 +13,13 @@ from workflows.cli.common import UsageError, notice
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.clusters import running_cluster
-    from pipeline.engine import Engine
     from workflows.jobs import load_job, run_job
-    from workflows.progress import ProgressBar
 
     job = load_job(args.job)  # validates the file before anything else
+    from pipeline.clusters import running_cluster
+    from pipeline.engine import Engine
+    from workflows.progress import ProgressBar
+
     log = (lambda message: None) if args.quiet else notice
 
     def run(engine: Engine) -> Any:
