@@ -22,7 +22,7 @@ demo: $(BIN)/shardeval
 	  $(BIN)/shardeval synth demo-data/real.zarr --n 20000 --d 256 --seed 1; fi
 	@if [ "$(GEN)" = demo-data/gen.zarr ] && [ ! -e demo-data/gen.zarr ]; then \
 	  $(BIN)/shardeval synth demo-data/gen.zarr --n 20000 --d 256 --seed 2 --mean 0.05 --scale 1.1; fi
-	$(BIN)/shardeval fid $(REAL) $(GEN) --shard-rows 4096 --out demo-data/fid.json
+	$(BIN)/shardeval fid $(REAL) $(GEN) --shard-rows 4096 --out demo-data/fid.json --overwrite
 	@echo "JSON report: demo-data/fid.json"
 
 test: $(BIN)/shardeval

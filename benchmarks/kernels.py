@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if device.type == "cuda":
         ref = shard_moments_reference(x).m2
-        fast = shard_moments(x, precision="tf32x3")
+        fast = shard_moments(x, dot_precision="tf32x3")
         ieee = shard_moments(x)
-        t_fast = _timed(lambda: shard_moments(x, precision="tf32x3"), device, args.repeats)
+        t_fast = _timed(lambda: shard_moments(x, dot_precision="tf32x3"), device, args.repeats)
         scale = float(ref.abs().max())
         print(
             f"{'shard_moments (tf32x3)':<34} {f'{n}x{d}':<22} {t_fast * 1e3:>9.2f} "

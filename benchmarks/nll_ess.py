@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         import scipy.special  # noqa: F401
 
         # Imports outside the timed region (pipeline loads names lazily).
-        import pipeline.ess  # noqa: F401
-        import pipeline.parzen  # noqa: F401
+        import pipeline.ess
+        import pipeline.parzen
         import pipeline.sources  # noqa: F401
 
         child(METHODS, args.child[0], args.child[1:])

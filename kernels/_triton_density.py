@@ -104,7 +104,7 @@ def _parzen_lse_kernel(
 
 
 def whitened_sq_norm_triton(
-    x: torch.Tensor, mean: torch.Tensor, linv: torch.Tensor, precision: str = "ieee"
+    x: torch.Tensor, mean: torch.Tensor, linv: torch.Tensor, dot_precision: str = "ieee"
 ) -> torch.Tensor:
     """‖L⁻¹(x_i − μ)‖² per row, fp32."""
     n, d = x.shape
@@ -123,13 +123,13 @@ def whitened_sq_norm_triton(
             x.stride(0),
             BLOCK_R=block_r,
             BLOCK_D=block_d,
-            PRECISION=precision,
+            PRECISION=dot_precision,
         )
     return out
 
 
 def parzen_lse_triton(
-    x: torch.Tensor, y: torch.Tensor, bandwidth: float, precision: str = "ieee"
+    x: torch.Tensor, y: torch.Tensor, bandwidth: float, dot_precision: str = "ieee"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query row: the (max, scaled sum) pair of −‖x − y_j‖²/(2h²) over all samples y_j.
 
@@ -160,6 +160,6 @@ def parzen_lse_triton(
             BLOCK_R=block_r,
             BLOCK_M=block_m,
             BLOCK_D=block_d,
-            PRECISION=precision,
+            PRECISION=dot_precision,
         )
     return run_max, run_sum

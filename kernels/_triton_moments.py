@@ -72,17 +72,17 @@ def _upper_tiles(t: int, device: torch.device) -> torch.Tensor:
 
 
 def shifted_comoment_triton(
-    x: torch.Tensor, shift: torch.Tensor, precision: str = "ieee"
+    x: torch.Tensor, shift: torch.Tensor, dot_precision: str = "ieee"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the kernel: returns (Σ(x−c)(x−c)ᵀ, Σ(x−c)), in the accumulation dtype and fp64.
 
     Args:
         x: (n, d) tensor, rows contiguous in the feature axis.
         shift: (d,) vector c.
-        precision: ``ieee`` (default) or ``tf32x3`` for ``tl.dot``.
+        dot_precision: ``ieee`` (default) or ``tf32x3`` for ``tl.dot``.
     """
-    if precision not in ("ieee", "tf32x3", "tf32"):
-        raise ValueError(f"precision must be 'ieee', 'tf32x3' or 'tf32', got {precision!r}")
+    if dot_precision not in ("ieee", "tf32x3", "tf32"):
+        raise ValueError(f"dot_precision must be 'ieee', 'tf32x3' or 'tf32', got {dot_precision!r}")
     n, d = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
@@ -104,7 +104,7 @@ def shifted_comoment_triton(
             x.stride(0),
             BLOCK_N=block_n,
             BLOCK_D=block_d,
-            PRECISION="ieee" if acc_dtype == torch.float64 else precision,
+            PRECISION="ieee" if acc_dtype == torch.float64 else dot_precision,
             ACC_DTYPE=tl.float64 if acc_dtype == torch.float64 else tl.float32,
         )
     return comoment, col_sum

@@ -64,6 +64,14 @@ def _exponent(low: float, high: float, itemsize: int) -> int:
     return -exponent if abs(exponent) > _SAFE_EXPONENT[itemsize] else 0
 
 
+def _corrected(n: int, shift: Any, product: Any, col_sum: Any) -> tuple[Any, Any]:
+    """The corrected two-pass finish, for numpy arrays and tensors alike (all float64): with
+    s = Σ(x − c), mean = c + s/n and m2 = Σ(x − c)(x − c)ᵀ − (s/√n)(s/√n)ᵀ; the outer product
+    of one vector with itself is exactly symmetric (s sᵀ/n would not be)."""
+    root = col_sum / math.sqrt(n)
+    return shift + col_sum / n, product - root[:, None] * root[None, :]
+
+
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     import torch
 
@@ -144,8 +152,7 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
         # thread must not flip): keep the IEEE-product contract by multiplying in float64.
         centred = centred.to(torch.float64)
     product = (centred.T @ centred).to(torch.float64)
-    m2 = product - torch.outer(col_sum, col_sum) / n
-    mean = shift.to(torch.float64) + col_sum / n
+    mean, m2 = _corrected(n, shift.to(torch.float64), product, col_sum)
     return ShardMoments(n, mean, 0.5 * (m2 + m2.T))
 
 
@@ -165,9 +172,7 @@ def _blas_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     product = upper + upper.T  # exact mirror: the strictly-lower part of `upper` is zero
     product.ravel()[:: d + 1] *= 0.5  # the diagonal was doubled; halving is exact
     m2 = product.astype(np.float64)
-    root = col_sum / np.sqrt(n)  # outer(root, root) is exactly symmetric, outer(s, s/n) is not
-    m2 -= np.outer(root, root)
-    return shift.astype(np.float64) + col_sum / n, m2
+    return _corrected(n, shift.astype(np.float64), m2, col_sum)
 
 
 def shard_moments_numpy(x: np.ndarray) -> ShardMoments:
@@ -235,7 +240,7 @@ def shard_moments_blas(x: torch.Tensor) -> ShardMoments:
     return ShardMoments(n, torch.from_numpy(mean), torch.from_numpy(m2))
 
 
-def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMoments:
+def shard_moments_triton(x: torch.Tensor, *, dot_precision: str = "ieee") -> ShardMoments:
     """Triton path (CUDA, or CPU under the interpreter): one fused pass over the rows.
 
     The shift c is the mean of the first SHIFT_ROWS rows, close enough to the shard mean that
@@ -243,7 +248,7 @@ def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMo
 
     Args:
         x: (n, d) tensor.
-        precision: ``ieee`` fp32 products (default), or ``tf32x3`` (faster on tensor cores;
+        dot_precision: ``ieee`` fp32 products (default), or ``tf32x3`` (faster on tensor cores;
             error measured in ``benchmarks/kernels.py``).
     """
     import torch
@@ -257,13 +262,14 @@ def shard_moments_triton(x: torch.Tensor, *, precision: str = "ieee") -> ShardMo
         return _empty(d, x.device)
     cdtype = _compute_dtype(x)
     shift = x[:SHIFT_ROWS].to(torch.float64).mean(dim=0).to(cdtype)
-    comoment, col_sum = shifted_comoment_triton(x, shift, precision)
-    root = col_sum / math.sqrt(n)
-    m2 = comoment.to(torch.float64) - torch.outer(root, root)
-    return ShardMoments(n, shift.to(torch.float64) + col_sum / n, m2)
+    comoment, col_sum = shifted_comoment_triton(x, shift, dot_precision)
+    mean, m2 = _corrected(n, shift.to(torch.float64), comoment.to(torch.float64), col_sum)
+    return ShardMoments(n, mean, m2)
 
 
-def shard_moments(x: Any, *, backend: Backend = "auto", precision: str = "ieee") -> ShardMoments:
+def shard_moments(
+    x: Any, *, backend: Backend = "auto", dot_precision: str = "ieee"
+) -> ShardMoments:
     """Row count, mean and centred co-moment of one shard of features.
 
     .. math::
@@ -273,7 +279,7 @@ def shard_moments(x: Any, *, backend: Backend = "auto", precision: str = "ieee")
         x: (n, d) features, rows are samples, any real dtype: a numpy array (CPU, no torch
             needed) or a torch tensor on any device.
         backend: ``auto`` (Triton on CUDA, BLAS on CPU), ``triton`` or ``torch``.
-        precision: Triton ``tl.dot`` precision, ``ieee`` (default) or ``tf32x3``.
+        dot_precision: Triton ``tl.dot`` input precision, ``ieee`` (default) or ``tf32x3``.
 
     Returns:
         ShardMoments(n, mean, m2), float64, of the input's kind (numpy or tensors on ``x``'s
@@ -297,7 +303,9 @@ def shard_moments(x: Any, *, backend: Backend = "auto", precision: str = "ieee")
             return shard_moments_numpy(x)
         import torch  # the interpreter tests run the Triton kernel on numpy input too
 
-        n, mean, m2 = shard_moments(torch.from_numpy(x), backend=backend, precision=precision)
+        n, mean, m2 = shard_moments(
+            torch.from_numpy(x), backend=backend, dot_precision=dot_precision
+        )
         return ShardMoments(n, mean.numpy(), m2.numpy())
     import torch
 
@@ -312,7 +320,7 @@ def shard_moments(x: Any, *, backend: Backend = "auto", precision: str = "ieee")
     if exponent:
         x = torch.ldexp(x.to(cdtype), torch.tensor(exponent, device=x.device))
     result = (
-        shard_moments_triton(x, precision=precision)
+        shard_moments_triton(x, dot_precision=dot_precision)
         if chosen == "triton"
         else (shard_moments_torch(x))
     )

@@ -61,7 +61,7 @@ def test_shard_moments_large_offset_one_pass():
 
 def test_shard_moments_tf32x3_runs_close():
     x = _x(200, 40, torch.float32)
-    got = shard_moments(x, backend="triton", precision="tf32x3")
+    got = shard_moments(x, backend="triton", dot_precision="tf32x3")
     ref = shard_moments_reference(x)
     np.testing.assert_allclose(got.m2, ref.m2, rtol=0, atol=1e-4 * float(ref.m2.abs().max()))
 

@@ -79,3 +79,18 @@ def test_missing_and_foreign_stats(tmp_path, rng):
     zarr.create_array(str(tmp_path / "feats.zarr"), shape=(3, 2), dtype="f4")
     with pytest.raises((StatsFormatError, StoreError)):
         load_stats(tmp_path / "feats.zarr")
+
+
+def test_zarr_statistics_with_a_missing_chunk_are_refused(tmp_path, moments):
+    import os
+
+    path = save_stats(tmp_path / "s.zarr", moments)
+    chunks = [
+        os.path.join(root, name)
+        for root, _, names in os.walk(os.path.join(path, "m2"))
+        for name in names
+        if name != "zarr.json"
+    ]
+    os.remove(chunks[0])  # an m2 that would read as zeros
+    with pytest.raises(StoreError, match="chunks of 'm2' are missing"):
+        load_stats(path)

@@ -177,3 +177,16 @@ def test_console_script_help_and_error_exit():
     assert bad.stderr.strip().splitlines() == [
         "shardeval: error: '/nonexistent/a.zarr' does not exist"
     ]
+
+
+def test_the_cpu_fid_path_never_imports_torch(tmp_path, feature_pair):
+    real_path, _, gen_path, _ = feature_pair
+    script = (
+        "import sys; from workflows.cli import main; "
+        f"code = main(['fid', {real_path!r}, {gen_path!r}, '--device', 'cpu', '-q']); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[-2:] == ["0", "False"]

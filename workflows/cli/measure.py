@@ -173,6 +173,7 @@ def _merge(args: argparse.Namespace) -> int:
     from pipeline.atomic import claim_output
     from pipeline.statsio import is_stats, merge_stats, save_stats
     from workflows.provenance import now_iso, versions
+
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     merged, provenance = merge_stats(paths)
     save_stats(
@@ -217,6 +218,7 @@ def cmd_nll(args: argparse.Namespace) -> int:
     must_exist(*args.stores, *(getattr(args, m) for m in modes))
     claim_report(args)
     from workflows.report import nll_dict, nll_summary
+
     eng, bar, nonfinite = engine(args), progress(args), args.nonfinite or "error"
     device, backend = args.device or "auto", args.backend or "auto"
     inputs: dict[str, Any] = {}
@@ -294,6 +296,7 @@ def cmd_ess(args: argparse.Namespace) -> int:
     claim_report(args)
     from pipeline.ess import ess_of
     from workflows.report import ess_dict, ess_summary
+
     source = _open(args, args.store, min_rows=1, ndims=(1, 2))
     result = ess_of(
         source,
