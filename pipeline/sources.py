@@ -382,6 +382,9 @@ def open_features(
         name=f"read-{token}",
         lock=False,
         asarray=False,
+        # Inlined into each read task: a shared root key would let the scheduler run every
+        # shard's read before the first merge, holding them all in memory.
+        inline_array=True,
         meta=np.empty((0,) * len(shape), dtype),
     )
     return FeatureSource(location, array, name, _extractor(attrs), attrs)
