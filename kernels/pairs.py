@@ -1,0 +1,474 @@
+"""Block-pair computations: two blocks of rows in, small float64 summaries out.
+
+Everything here starts from one product G = X Yᵀ of a block pair (fp32 products by the
+numerical contract, float64 for float64 input) and reduces it at once, never keeping more than
+a column tile of it:
+
+* :func:`kernel_sums`: sums of a kernel over the pair — the polynomial kernel (γ x·y + c)^deg,
+  or the Gaussian RBF exp(−‖x−y‖²/2σ²) summed as its complement 1 − k (kernel values near 1
+  cancel; their complements do not) — with per-row and per-column sums, sums of squares, and
+  the diagonal apart when the pair is a diagonal block of one set.
+* :func:`knn_sq_distances`: per row, the k smallest squared distances to the other block
+  (self excluded on a diagonal block), exact in float64.
+* :func:`radius_decisions`: per row and column, whether (or how many) points lie within given
+  radii, decided exactly.
+
+Decisions taken on fp32 products are exact: a squared distance ‖x‖² + ‖y‖² − 2x·y from an fp32
+dot product is off by at most 2γ_d‖x‖‖y‖ (γ_d = d·u/(1 − d·u), u the unit roundoff: a bound for
+any summation order); every comparison within that bound of its threshold, and every candidate
+within it of the k-th nearest, is recomputed in float64 from the rows themselves.
+Self-distances are exactly zero, and no squared distance is negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+#: Columns of the product reduced at a time: bounds the float64 temporaries to rows × TILE.
+TILE = 1024
+
+
+class KernelSums(NamedTuple):
+    """Sums of kernel values over a block pair (float64).
+
+    For the RBF kernel every sum is of the complement 1 − k.
+
+    Attributes:
+        total: Σ over the pair (off the diagonal for a diagonal block).
+        squares: Σ of squares, same pairs.
+        rows: (m,) per-row sums over the same pairs.
+        cols: (n,) per-column sums over the same pairs.
+        diagonal: Σ over the diagonal (i = j) of a diagonal block; 0 otherwise.
+    """
+
+    total: float
+    squares: float
+    rows: np.ndarray
+    cols: np.ndarray
+    diagonal: float
+
+
+def _working(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both blocks in the working precision: float64 if either is, else fp32."""
+    dtype = np.float64 if np.float64 in (x.dtype, y.dtype) else np.float32
+    return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
+
+
+def dot_error_bound(d: int, dtype: np.dtype) -> float:
+    """γ_d = d·u/(1 − d·u): |fl(x·y) − x·y| ≤ γ_d ‖x‖‖y‖ for a dot product of length d."""
+    u = float(np.finfo(dtype).eps) / 2
+    return d * u / (1 - d * u)
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """What to reduce a block pair to; one product X Yᵀ per column tile serves all of it.
+
+    Attributes:
+        poly: (γ, c, degree) of the polynomial kernel (γ x·y + c)^degree, or None.
+        rbf: σ of the Gaussian RBF on the rows scaled to unit norm (sums of 1 − k), or None.
+        knn: k for the per-row k smallest squared distances, or None.
+        radii: squared radii (x_le (m,), x_lt (m,), y_le (n,)) for :class:`RadiusDecisions`,
+            or None.
+    """
+
+    poly: tuple[float, float, int] | None = None
+    rbf: float | None = None
+    knn: int | None = None
+    radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+class PairResult(NamedTuple):
+    """The reductions a :class:`PairRequest` asked for (None where it asked nothing)."""
+
+    poly: KernelSums | None
+    rbf: KernelSums | None
+    knn: tuple[np.ndarray, np.ndarray] | None
+    radius: RadiusDecisions | None
+
+
+class _Sums:
+    """Accumulates :class:`KernelSums` tile by tile."""
+
+    def __init__(self, m: int, n: int) -> None:
+        self.rows, self.cols = np.zeros(m), np.zeros(n)
+        self.total = self.squares = self.diagonal = 0.0
+
+    def add(
+        self, k: np.ndarray, start: int, diag: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    ) -> None:
+        if diag is not None:
+            i, j, values = diag
+            self.diagonal += float(values.sum())
+            k[i, j] = 0.0
+        self.total += float(k.sum())
+        self.squares += float(np.square(k).sum())
+        self.rows += k.sum(axis=1)
+        self.cols[start : start + k.shape[1]] = k.sum(axis=0)
+
+    def result(self) -> KernelSums:
+        return KernelSums(self.total, self.squares, self.rows, self.cols, self.diagonal)
+
+
+def pair_reduce(
+    x: np.ndarray, y: np.ndarray, request: PairRequest, *, diagonal_block: bool = False
+) -> PairResult:
+    """Everything a :class:`PairRequest` asks of a block pair, from one product per tile.
+
+    Args:
+        x: (m, d) rows.
+        y: (n, d) rows (the same block as ``x`` when ``diagonal_block``).
+        request: the reductions wanted.
+        diagonal_block: ``x`` and ``y`` are one block of one set: the pairs (i, i) are left
+            out of the sums (their kernel values summed apart), of the neighbours and of
+            nothing else.
+
+    Returns:
+        :class:`PairResult`.
+    """
+    x, y = _working(x, y)
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    if y.shape[1] != d:
+        raise ValueError(f"x has d={d} but y has d={y.shape[1]}")
+    xx, xn = _norms(x)
+    yy, yn = _norms(y)
+    bound = 2.0 * dot_error_bound(d, x.dtype)
+    poly = _Sums(m, n) if request.poly is not None else None
+    rbf = _Sums(m, n) if request.rbf is not None else None
+    k = request.knn
+    best_x = np.full((m, k), np.inf) if k else None
+    best_y = np.full((n, k), np.inf) if k else None
+    radius = _Radius(m, n, request.radii) if request.radii is not None else None
+    for start in range(0, n, TILE):
+        stop = min(start + TILE, n)
+        g = (x @ y[start:stop].T).astype(np.float64)
+        diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
+        diag_j = diag_i - start
+        if poly is not None and request.poly is not None:
+            gamma, coef0, degree = request.poly
+            values = (gamma * g + coef0) ** int(degree)
+            poly.add(values, start, (diag_i, diag_j, values[diag_i, diag_j].copy()))
+        if rbf is not None and request.rbf is not None:
+            # On unit rows ‖x̂ − ŷ‖² = 2 − 2 x·y / (‖x‖‖y‖); 1 − exp(−t) = −expm1(−t) keeps the
+            # complement's digits where k is near 1. A row's distance to itself is exactly 0.
+            scale = np.where(xn > 0, xn, 1.0)[:, None] * np.where(yn > 0, yn, 1.0)[None, start:stop]
+            unit = np.maximum(2.0 - 2.0 * g / scale, 0.0)
+            values = -np.expm1(-unit / (2.0 * request.rbf * request.rbf))
+            rbf.add(values, start, (diag_i, diag_j, np.zeros(diag_i.size)))
+        if best_x is None and radius is None:
+            continue
+        sq = np.maximum(xx[:, None] + yy[None, start:stop] - 2.0 * g, 0.0)
+        err = bound * xn[:, None] * yn[None, start:stop]
+        if best_x is not None and best_y is not None and k is not None:
+            sq[diag_i, diag_j] = np.inf  # not a neighbour of itself
+            best_x = _merge_candidates(best_x, sq, err, k, x, y, start)
+            best_y[start:stop] = _merge_candidates(
+                best_y[start:stop], sq.T, err.T, k, y[start:stop], x, 0
+            )
+        if radius is not None:
+            radius.add(sq, err, x, y, start)
+    return PairResult(
+        poly.result() if poly is not None else None,
+        rbf.result() if rbf is not None else None,
+        (best_x, best_y) if best_x is not None and best_y is not None else None,
+        radius.result() if radius is not None else None,
+    )
+
+
+def kernel_sums(
+    x: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    params: tuple[float, ...],
+    *,
+    diagonal_block: bool = False,
+) -> KernelSums:
+    """Sums of a kernel between the rows of two blocks.
+
+    .. math:: k_{poly}(x, y) = (\\gamma\\, x^\\top y + c)^{deg},\\qquad
+              1 - k_{rbf}(x, y) = 1 - e^{-\\|\\hat x-\\hat y\\|^2/2\\sigma^2}
+
+    Args:
+        x: (m, d) rows.
+        y: (n, d) rows (the same block as ``x`` when ``diagonal_block``).
+        kind: ``poly`` (params γ, c, degree) or ``rbf`` (params σ; on the rows scaled to unit
+            norm, as CMMD uses it; sums of 1 − k).
+        params: the kernel's parameters.
+        diagonal_block: ``x`` and ``y`` are one block of one set: the diagonal (i = j) is
+            summed apart (and its RBF complement is exactly 0, a self-distance).
+
+    Returns:
+        :class:`KernelSums` in float64.
+
+    Example:
+        >>> import numpy as np
+        >>> s = kernel_sums(np.ones((2, 2)), np.ones((3, 2)), "poly", (0.5, 1.0, 3))
+        >>> s.total, s.rows.tolist()   # (0.5·2 + 1)³ = 8, over 2 × 3 pairs
+        (48.0, [24.0, 24.0])
+    """
+    if kind == "poly":
+        gamma, coef0, degree = params
+        result = pair_reduce(
+            x, y, PairRequest(poly=(gamma, coef0, int(degree))), diagonal_block=diagonal_block
+        ).poly
+    elif kind == "rbf":
+        (sigma,) = params
+        result = pair_reduce(x, y, PairRequest(rbf=sigma), diagonal_block=diagonal_block).rbf
+    else:
+        raise ValueError(f"kernel must be 'poly' or 'rbf', got {kind!r}")
+    if result is None:  # unreachable: the request asked for it
+        raise ValueError(f"no {kind} sums")
+    return result
+
+
+def kernel_sums_reference(
+    x: np.ndarray,
+    y: np.ndarray,
+    kind: str,
+    params: tuple[float, ...],
+    *,
+    diagonal_block: bool = False,
+) -> KernelSums:
+    """Float64 reference of :func:`kernel_sums`: the whole matrix, by the definition."""
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if kind == "poly":
+        gamma, coef0, degree = params
+        k = (gamma * (x64 @ y64.T) + coef0) ** int(degree)
+    else:
+        (sigma,) = params
+        sq = exact_sq_distances(unit_rows(x64), unit_rows(y64))
+        k = -np.expm1(-sq / (2 * sigma * sigma))
+    diagonal = 0.0
+    if diagonal_block:
+        diagonal = float(np.trace(k))
+        np.fill_diagonal(k, 0.0)
+    return KernelSums(float(k.sum()), float((k * k).sum()), k.sum(1), k.sum(0), diagonal)
+
+
+def _exact_sq(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """‖x_i − y_j‖² in float64 for pairs (i, j), from the rows themselves: the definition every
+    decision of this module is exact against."""
+    diff = x[i].astype(np.float64) - y[j].astype(np.float64)
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+def exact_sq_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """All squared distances ‖x_i − y_j‖² in float64, by the same definition as the decisions
+    (for references and tests: it builds the whole m × n matrix)."""
+    i, j = np.meshgrid(np.arange(x.shape[0]), np.arange(y.shape[0]), indexing="ij")
+    return _exact_sq(x, y, i.ravel(), j.ravel()).reshape(x.shape[0], y.shape[0])
+
+
+def _norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared norms in float64 and the norms of the rows."""
+    sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
+    return sq, np.sqrt(sq)
+
+
+def knn_sq_distances(
+    x: np.ndarray, y: np.ndarray, k: int, *, diagonal_block: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x`` and per row of ``y``, the k smallest squared distances to the other block,
+    exact in float64, ascending (padded with +inf when the other block has fewer rows).
+
+    On a diagonal block (``x`` and ``y`` one block of one set) a row's distance to itself is left
+    out; duplicates of it, at distance 0, count as neighbours.
+
+    Args:
+        x: (m, d) rows.
+        y: (n, d) rows.
+        k: neighbours kept per row.
+        diagonal_block: leave out the pairs (i, i).
+
+    Returns:
+        ((m, k), (n, k)) float64 arrays.
+
+    Example:
+        >>> import numpy as np
+        >>> pts = np.array([[0.0], [1.0], [3.0]])
+        >>> rows, _ = knn_sq_distances(pts, pts, 1, diagonal_block=True)
+        >>> rows.ravel().tolist()
+        [1.0, 1.0, 4.0]
+    """
+    result = pair_reduce(x, y, PairRequest(knn=k), diagonal_block=diagonal_block).knn
+    if result is None:  # unreachable: the request asked for it
+        raise ValueError("no neighbours")
+    return result
+
+
+def _merge_candidates(
+    best: np.ndarray,
+    sq: np.ndarray,
+    err: np.ndarray,
+    k: int,
+    rows: np.ndarray,
+    others: np.ndarray,
+    offset: int,
+) -> np.ndarray:
+    """Merge a tile's squared distances into each row's exact k smallest.
+
+    A column can be among a row's k nearest only if its approximate distance is within
+    2·err of the k-th smallest approximate one (err bounds the approximation both ways); those
+    candidates are recomputed exactly and merged with the row's previous best. (Columns of the
+    tile are rows of ``others`` starting at ``offset``.)
+    """
+    m, width = sq.shape
+    if width == 0:
+        return best
+    kk = min(k, width)
+    kth = np.partition(sq, kk - 1, axis=1)[:, kk - 1] if kk < width else sq.max(axis=1)
+    # The k-th smallest exact distance of the union is at most min(previous k-th, tile k-th
+    # approximate + err); a column can be below it only if its approximate distance is within
+    # err of it.
+    slack = err.max(axis=1)
+    limit = np.minimum(kth + slack, best[:, -1]) + slack
+    cand_r, cand_c = np.nonzero((sq <= limit[:, None]) & np.isfinite(sq))
+    exact = _exact_sq(rows, others, cand_r, cand_c + offset)
+    # Gather candidates per row into a (m, width_max) array padded with inf, then keep k.
+    counts = np.bincount(cand_r, minlength=m)
+    width_max = int(counts.max()) if counts.size else 0
+    padded = np.full((m, width_max + best.shape[1]), np.inf)
+    padded[:, : best.shape[1]] = best
+    if width_max:
+        order = np.argsort(cand_r, kind="stable")
+        slot = np.arange(cand_r.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        padded[cand_r[order], best.shape[1] + slot] = exact[order]
+    return np.sort(padded, axis=1)[:, :k]
+
+
+def knn_sq_distances_reference(
+    x: np.ndarray, y: np.ndarray, k: int, *, diagonal_block: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 reference of :func:`knn_sq_distances`."""
+    sq = exact_sq_distances(x, y)
+    if diagonal_block:
+        np.fill_diagonal(sq, np.inf)
+
+    def smallest(a: np.ndarray) -> np.ndarray:
+        out = np.full((a.shape[0], k), np.inf)
+        s = np.sort(a, axis=1)[:, :k]
+        out[:, : s.shape[1]] = s
+        return out
+
+    return smallest(sq), smallest(sq.T)
+
+
+class RadiusDecisions(NamedTuple):
+    """Per-row outcomes of comparing a block pair's distances with radii.
+
+    Attributes:
+        y_within_x_radius: (n,) for each y, whether some x_i has ‖x_i − y‖ ≤ r_x,i (``le``).
+        y_count_x_radius: (n,) for each y, how many x_i have ‖x_i − y‖ < r2_x,i (strict).
+        x_within_y_radius: (m,) for each x, whether some y_j has ‖x − y_j‖ ≤ r_y,j.
+        x_covered: (m,) for each x, whether some y_j has ‖x − y_j‖ < r2_x,i (strict).
+        uncertain: pairs that were re-decided in float64.
+    """
+
+    y_within_x_radius: np.ndarray
+    y_count_x_radius: np.ndarray
+    x_within_y_radius: np.ndarray
+    x_covered: np.ndarray
+    uncertain: int
+
+
+def radius_decisions(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_radius: np.ndarray,
+    x_radius_strict: np.ndarray,
+    y_radius: np.ndarray,
+) -> RadiusDecisions:
+    """Compare every distance of a block pair with per-row radii, exactly.
+
+    Radii are given squared (float64): ``x_radius`` (≤, the precision test),
+    ``x_radius_strict`` (<, density and coverage) for the rows of ``x``, ``y_radius`` (≤, the
+    recall test) for the rows of ``y``. A comparison whose fp32 squared distance lies within the
+    error bound of its radius is recomputed in float64.
+
+    Example:
+        >>> import numpy as np
+        >>> x, y = np.array([[0.0]]), np.array([[1.0], [2.0]])
+        >>> r = radius_decisions(x, y, np.array([1.0]), np.array([1.0]), np.array([0.5, 4.0]))
+        >>> r.y_within_x_radius.tolist(), r.y_count_x_radius.tolist(), r.x_covered.tolist()
+        ([True, False], [0, 0], [False])
+    """
+    radii = (np.asarray(x_radius), np.asarray(x_radius_strict), np.asarray(y_radius))
+    result = pair_reduce(x, y, PairRequest(radii=radii)).radius
+    if result is None:  # unreachable: the request asked for it
+        raise ValueError("no decisions")
+    return result
+
+
+class _Radius:
+    """Accumulates :class:`RadiusDecisions` tile by tile."""
+
+    def __init__(self, m: int, n: int, radii: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self.x_le, self.x_lt, self.y_le = (np.asarray(r, dtype=np.float64) for r in radii)
+        self.y_within = np.zeros(n, dtype=bool)
+        self.y_count = np.zeros(n, dtype=np.int64)
+        self.x_within = np.zeros(m, dtype=bool)
+        self.x_covered = np.zeros(m, dtype=bool)
+        self.uncertain = 0
+
+    def add(
+        self, sq: np.ndarray, err: np.ndarray, x: np.ndarray, y: np.ndarray, start: int
+    ) -> None:
+        stop = start + sq.shape[1]
+        tests = (
+            (self.x_le[:, None], False),  # precision: ≤ r_x
+            (self.x_lt[:, None], True),  # density, coverage: < r2_x
+            (self.y_le[None, start:stop], False),  # recall: ≤ r_y
+        )
+        results = []
+        for radius, strict in tests:
+            inside = sq < radius if strict else sq <= radius
+            near = np.abs(sq - radius) <= err
+            if near.any():
+                i, j = np.nonzero(near)
+                exact = _exact_sq(x, y, i, j + start)
+                r = np.broadcast_to(radius, sq.shape)[i, j]
+                inside[i, j] = exact < r if strict else exact <= r
+                self.uncertain += int(i.size)
+            results.append(inside)
+        le_x, lt_x, le_y = results
+        self.y_within[start:stop] = le_x.any(axis=0)
+        self.y_count[start:stop] = lt_x.sum(axis=0)
+        self.x_within |= le_y.any(axis=1)
+        self.x_covered |= lt_x.any(axis=1)
+
+    def result(self) -> RadiusDecisions:
+        return RadiusDecisions(
+            np.asarray(self.y_within),
+            self.y_count,
+            np.asarray(self.x_within),
+            np.asarray(self.x_covered),
+            self.uncertain,
+        )
+
+
+def radius_decisions_reference(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_radius: np.ndarray,
+    x_radius_strict: np.ndarray,
+    y_radius: np.ndarray,
+) -> RadiusDecisions:
+    """Float64 reference of :func:`radius_decisions`."""
+    sq = exact_sq_distances(x, y)
+    le_x = sq <= x_radius[:, None]
+    lt_x = sq < x_radius_strict[:, None]
+    le_y = sq <= y_radius[None, :]
+    return RadiusDecisions(
+        np.asarray(le_x.any(0)), lt_x.sum(0), np.asarray(le_y.any(1)), np.asarray(lt_x.any(1)), 0
+    )
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm (in float64, then back to the input's precision)."""
+    x64 = np.asarray(x, np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
+    out = x64 / np.where(norms > 0, norms, 1.0)[:, None]
+    return out.astype(np.float64 if x.dtype == np.float64 else np.float32)

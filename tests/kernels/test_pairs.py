@@ -1,0 +1,130 @@
+"""Block-pair kernels against their float64 references, over awkward shapes and dtypes, and
+exact decisions where fp32 distances tie with a radius or a k-th neighbour."""
+
+import numpy as np
+import pytest
+
+from kernels.pairs import (
+    TILE,
+    exact_sq_distances,
+    kernel_sums,
+    kernel_sums_reference,
+    knn_sq_distances,
+    knn_sq_distances_reference,
+    radius_decisions,
+    radius_decisions_reference,
+)
+
+# Relative tolerance of sums (scaled by the largest |total|) per input dtype.
+TOLERANCE = {np.float32: 1e-6, np.float64: 1e-12}
+SHAPES = [((1, 3), (1, 3)), ((7, 5), (13, 5)), ((40, 64), (TILE + 9, 64)), ((33, 129), (2, 129))]
+
+
+def _data(shape, dtype, seed, offset=0.5):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize(("sx", "sy"), SHAPES)
+@pytest.mark.parametrize(("kind", "params"), [("poly", None), ("rbf", (10.0,)), ("rbf", (0.7,))])
+def test_kernel_sums(dtype, sx, sy, kind, params):
+    x, y = _data(sx, dtype, 1), _data(sy, dtype, 2)
+    if params is None:
+        params = (1.0 / sx[1], 1.0, 3)
+    got = kernel_sums(x, y, kind, params)
+    ref = kernel_sums_reference(x, y, kind, params)
+    tol = TOLERANCE[dtype]
+    scale = max(abs(ref.total), 1e-300)
+    assert got.total == pytest.approx(ref.total, rel=tol, abs=tol * scale)
+    assert got.squares == pytest.approx(ref.squares, rel=5 * tol)
+    np.testing.assert_allclose(got.rows, ref.rows, rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(got.cols, ref.cols, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("kind", ["poly", "rbf"])
+def test_kernel_sums_diagonal_block(kind):
+    x = _data((50, 16), np.float32, 3)
+    params = (1 / 16, 1.0, 3) if kind == "poly" else (2.0,)
+    got = kernel_sums(x, x, kind, params, diagonal_block=True)
+    ref = kernel_sums_reference(x, x, kind, params, diagonal_block=True)
+    assert got.total == pytest.approx(ref.total, rel=1e-6)
+    assert got.diagonal == pytest.approx(ref.diagonal, rel=1e-6, abs=1e-12)
+    if kind == "rbf":
+        assert got.diagonal == 0.0  # self-distances are exactly zero
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize(("sx", "sy"), SHAPES)
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_knn_is_exact(dtype, sx, sy, k):
+    x, y = _data(sx, dtype, 4, offset=30.0), _data(sy, dtype, 5, offset=30.0)
+    got_x, got_y = knn_sq_distances(x, y, k)
+    ref_x, ref_y = knn_sq_distances_reference(x, y, k)
+    # The very float64 values of the definition, never fp32's.
+    np.testing.assert_array_equal(got_x, ref_x)
+    np.testing.assert_array_equal(got_y, ref_y)
+
+
+def test_knn_diagonal_block_and_duplicates():
+    x = _data((60, 8), np.float32, 6)
+    x[10] = x[3]  # a duplicate: its nearest other point is at distance 0
+    got, got_t = knn_sq_distances(x, x, 3, diagonal_block=True)
+    ref, _ = knn_sq_distances_reference(x, x, 3, diagonal_block=True)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got, got_t)
+    assert got[3, 0] == got[10, 0] == 0.0
+
+
+def test_knn_ties_within_fp32_error_are_decided_exactly():
+    # Points on a sphere of radius 1e3 around a query, offset by 1e-4: fp32 dot products
+    # cannot order them (their error is ~1e-1 in squared distance); float64 can.
+    rng = np.random.default_rng(7)
+    d = 64
+    query = rng.standard_normal((1, d)) * 100 + 500
+    directions = rng.standard_normal((200, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    radii = 1e3 + rng.uniform(0, 1e-4, 200)
+    others = query + directions * radii[:, None]
+    got, _ = knn_sq_distances(query, others, 5)
+    ref, _ = knn_sq_distances_reference(query, others, 5)
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize(("sx", "sy"), SHAPES)
+def test_radius_decisions_are_exact(dtype, sx, sy):
+    x, y = _data(sx, dtype, 8, offset=20.0), _data(sy, dtype, 9, offset=20.0)
+    rng = np.random.default_rng(10)
+    # Radii placed exactly on some pair distances, so ties are present.
+    sq = exact_sq_distances(x, y)
+    rx = sq[np.arange(sx[0]), rng.integers(0, sy[0], sx[0])]
+    rx2 = sq[np.arange(sx[0]), rng.integers(0, sy[0], sx[0])]
+    ry = sq[rng.integers(0, sx[0], sy[0]), np.arange(sy[0])]
+    got = radius_decisions(x, y, rx, rx2, ry)
+    ref = radius_decisions_reference(x, y, rx, rx2, ry)
+    for a, b in zip(got[:4], ref[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert got.uncertain >= 1  # the ties were re-decided
+
+
+def test_one_request_equals_the_separate_reductions():
+    from kernels.pairs import PairRequest, pair_reduce
+
+    x, y = _data((70, 12), np.float32, 11), _data((90, 12), np.float32, 12)
+    rx = np.full(70, 20.0)
+    ry = np.full(90, 25.0)
+    both = pair_reduce(
+        x, y, PairRequest(poly=(1 / 12, 1.0, 3), rbf=10.0, knn=4, radii=(rx, rx / 2, ry))
+    )
+    for shared, alone in (
+        (both.poly, kernel_sums(x, y, "poly", (1 / 12, 1.0, 3))),
+        (both.rbf, kernel_sums(x, y, "rbf", (10.0,))),
+    ):
+        for a, b in zip(shared, alone, strict=True):
+            np.testing.assert_array_equal(a, b)  # the very same floats
+    for a, b in zip(both.knn, knn_sq_distances(x, y, 4), strict=True):
+        np.testing.assert_array_equal(a, b)
+    single = radius_decisions(x, y, rx, rx / 2, ry)
+    for a, b in zip(both.radius[:4], single[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
