@@ -103,20 +103,43 @@ class _Sums:
         if diag is not None:
             i, j, values = diag
             self.diagonal += float(values.sum())
-            k[i, j] = 0.0
-        self.total += float(k.sum())
-        self.squares += float(np.square(k).sum())
-        self.rows += k.sum(axis=1)
-        self.cols[start : start + k.shape[1]] = k.sum(axis=0)
+            k[i, j] = 0
+        # Values in the working precision, sums in float64.
+        self.total += float(k.sum(dtype=np.float64))
+        self.squares += float(np.square(k).sum(dtype=np.float64))
+        self.rows += k.sum(axis=1, dtype=np.float64)
+        self.cols[start : start + k.shape[1]] = k.sum(axis=0, dtype=np.float64)
 
     def result(self) -> KernelSums:
         return KernelSums(self.total, self.squares, self.rows, self.cols, self.diagonal)
+
+
+def _sq_bound(d: int, dtype: np.dtype) -> float:
+    """c with |fl(‖x‖² + ‖y‖² − 2x·y) − ‖x − y‖²| ≤ c·(‖x‖ + ‖y‖)² in the working precision:
+    each of the three dot products errs by at most γ_d times the product of its norms, and the
+    two additions and the doubling by at most 3u of operands no larger than (‖x‖ + ‖y‖)²."""
+    u = float(np.finfo(dtype).eps) / 2
+    return 2.0 * dot_error_bound(d, dtype) + 4.0 * u
+
+
+#: A block pair whose first tile leaves more fp32 decisions than this fraction of its pairs
+#: undecided (distances concentrated within the fp32 error bound, as in high-dimensional,
+#: nearly isotropic data) is redone with float64 products: one float64 product is cheaper
+#: than recomputing that many distances one by one.
+UNDECIDED_FRACTION = 1e-3
 
 
 def pair_reduce(
     x: np.ndarray, y: np.ndarray, request: PairRequest, *, diagonal_block: bool = False
 ) -> PairResult:
     """Everything a :class:`PairRequest` asks of a block pair, from one product per tile.
+
+    The tile is kept in the working precision (fp32 for fp32 input, by the numerical contract;
+    float64 for float64 input); kernel values are summed in float64, and every decision is
+    exact: comparisons within the error bound of the working precision are redone in float64
+    from the rows. When too many are (more than :data:`UNDECIDED_FRACTION` of the first
+    tile's pairs), the pair is redone with float64 products, whose error bound is 10⁹ times
+    smaller.
 
     Args:
         x: (m, d) rows.
@@ -130,46 +153,76 @@ def pair_reduce(
         :class:`PairResult`.
     """
     x, y = _working(x, y)
+    decides = request.knn is not None or request.radii is not None
+    if decides and x.dtype == np.float32:
+        result = _reduce(x, y, request, diagonal_block, probe=True)
+        if result is not None:
+            return result
+        x, y = x.astype(np.float64), y.astype(np.float64)
+    result = _reduce(x, y, request, diagonal_block, probe=False)
+    if result is None:  # unreachable: no probe, no abort
+        raise ValueError("the pair was not reduced")
+    return result
+
+
+def _reduce(
+    x: np.ndarray, y: np.ndarray, request: PairRequest, diagonal_block: bool, probe: bool
+) -> PairResult | None:
+    """:func:`pair_reduce` in the working precision of ``x`` and ``y``; with ``probe``, None
+    when the first tile leaves too many decisions to float64 recomputation."""
     m, n, d = x.shape[0], y.shape[0], x.shape[1]
     if y.shape[1] != d:
         raise ValueError(f"x has d={d} but y has d={y.shape[1]}")
+    dtype = x.dtype
     xx, xn = _norms(x)
     yy, yn = _norms(y)
-    bound = 2.0 * dot_error_bound(d, x.dtype)
+    xx_w, yy_w = xx.astype(dtype), yy.astype(dtype)
+    c = _sq_bound(d, dtype)
     poly = _Sums(m, n) if request.poly is not None else None
     rbf = _Sums(m, n) if request.rbf is not None else None
     k = request.knn
     best_x = np.full((m, k), np.inf) if k else None
     best_y = np.full((n, k), np.inf) if k else None
-    radius = _Radius(m, n, request.radii) if request.radii is not None else None
+    radius = _Radius(m, n, request.radii, dtype) if request.radii is not None else None
+    unit_x = (1.0 / np.where(xn > 0, xn, 1.0)).astype(dtype)
+    unit_y = (1.0 / np.where(yn > 0, yn, 1.0)).astype(dtype)
     for start in range(0, n, TILE):
         stop = min(start + TILE, n)
-        g = (x @ y[start:stop].T).astype(np.float64)
+        g = x @ y[start:stop].T
         diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
         diag_j = diag_i - start
         if poly is not None and request.poly is not None:
             gamma, coef0, degree = request.poly
-            values = (gamma * g + coef0) ** int(degree)
-            poly.add(values, start, (diag_i, diag_j, values[diag_i, diag_j].copy()))
+            values = np.power(g * dtype.type(gamma) + dtype.type(coef0), int(degree))
+            poly.add(values, start, (diag_i, diag_j, values[diag_i, diag_j].astype(np.float64)))
         if rbf is not None and request.rbf is not None:
             # On unit rows ‖x̂ − ŷ‖² = 2 − 2 x·y / (‖x‖‖y‖); 1 − exp(−t) = −expm1(−t) keeps the
             # complement's digits where k is near 1. A row's distance to itself is exactly 0.
-            scale = np.where(xn > 0, xn, 1.0)[:, None] * np.where(yn > 0, yn, 1.0)[None, start:stop]
-            unit = np.maximum(2.0 - 2.0 * g / scale, 0.0)
-            values = -np.expm1(-unit / (2.0 * request.rbf * request.rbf))
+            unit = 2 - 2 * (g * unit_x[:, None] * unit_y[None, start:stop])
+            np.maximum(unit, 0, out=unit)
+            values = -np.expm1(unit * dtype.type(-0.5 / (request.rbf * request.rbf)))
             rbf.add(values, start, (diag_i, diag_j, np.zeros(diag_i.size)))
         if best_x is None and radius is None:
             continue
-        sq = np.maximum(xx[:, None] + yy[None, start:stop] - 2.0 * g, 0.0)
-        err = bound * xn[:, None] * yn[None, start:stop]
+        sq = xx_w[:, None] + yy_w[None, start:stop] - 2 * g
+        np.maximum(sq, 0, out=sq)
+        # Per-row bounds (the largest norm of the other side stands in for each one).
+        err_x = c * (xn + yn[start:stop].max()) ** 2
+        err_y = c * (yn[start:stop] + xn.max()) ** 2
+        recomputed = 0
         if best_x is not None and best_y is not None and k is not None:
             sq[diag_i, diag_j] = np.inf  # not a neighbour of itself
-            best_x = _merge_candidates(best_x, sq, err, k, x, y, start)
-            best_y[start:stop] = _merge_candidates(
-                best_y[start:stop], sq.T, err.T, k, y[start:stop], x, 0
+            best_x, count_x = _merge_candidates(best_x, sq, err_x, k, x, y, start)
+            best_y[start:stop], count_y = _merge_candidates(
+                best_y[start:stop], sq.T, err_y, k, y[start:stop], x, 0
             )
+            recomputed += count_x + count_y - k * (m + stop - start)
         if radius is not None:
-            radius.add(sq, err, x, y, start)
+            before = radius.uncertain
+            radius.add(sq, err_x, err_y, x, y, start)
+            recomputed += radius.uncertain - before
+        if probe and start == 0 and recomputed > UNDECIDED_FRACTION * m * (stop - start):
+            return None
     return PairResult(
         poly.result() if poly is not None else None,
         rbf.result() if rbf is not None else None,
@@ -248,11 +301,20 @@ def kernel_sums_reference(
     return KernelSums(float(k.sum()), float((k * k).sum()), k.sum(1), k.sum(0), diagonal)
 
 
+#: Pairs recomputed per chunk: their rows stay in cache while they are differenced.
+_EXACT_CHUNK = 256
+
+
 def _exact_sq(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """‖x_i − y_j‖² in float64 for pairs (i, j), from the rows themselves: the definition every
-    decision of this module is exact against."""
-    diff = x[i].astype(np.float64) - y[j].astype(np.float64)
-    return np.einsum("ij,ij->i", diff, diff)
+    decision of this module is exact against. (The difference of two fp32 numbers is exact in
+    float64.)"""
+    out = np.empty(i.size)
+    for start in range(0, i.size, _EXACT_CHUNK):
+        a, b = i[start : start + _EXACT_CHUNK], j[start : start + _EXACT_CHUNK]
+        diff = np.subtract(x[a], y[b], dtype=np.float64)
+        out[start : start + a.size] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
 def exact_sq_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -299,6 +361,18 @@ def knn_sq_distances(
     return result
 
 
+def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
+    """The k-th smallest value of each row (k small: k − 1 rounds of a row-wise argmin on a
+    contiguous copy, several times faster than a partition)."""
+    if k > 8:
+        return np.partition(a, k - 1, axis=1)[:, k - 1]
+    b = np.array(a, order="C")  # row-wise argmin is vectorised only along contiguous rows
+    rows = np.arange(b.shape[0])
+    for _ in range(k - 1):
+        b[rows, b.argmin(axis=1)] = np.inf
+    return b.min(axis=1)
+
+
 def _merge_candidates(
     best: np.ndarray,
     sq: np.ndarray,
@@ -307,25 +381,29 @@ def _merge_candidates(
     rows: np.ndarray,
     others: np.ndarray,
     offset: int,
-) -> np.ndarray:
-    """Merge a tile's squared distances into each row's exact k smallest.
+) -> tuple[np.ndarray, int]:
+    """Merge a tile's approximate squared distances into each row's exact k smallest; also
+    return how many distances were recomputed exactly.
 
-    A column can be among a row's k nearest only if its approximate distance is within
-    2·err of the k-th smallest approximate one (err bounds the approximation both ways); those
-    candidates are recomputed exactly and merged with the row's previous best. (Columns of the
-    tile are rows of ``others`` starting at ``offset``.)
+    The k-th smallest exact distance of the union is at most T = min(previous k-th, the tile's
+    k-th approximate + err); a column can be below T only if its approximate distance is within
+    err of it. Those candidates are recomputed exactly and merged with the row's previous best.
+    (``err`` (m,) bounds each row's approximation; columns of the tile are rows of ``others``
+    starting at ``offset``.)
     """
     m, width = sq.shape
     if width == 0:
-        return best
-    kk = min(k, width)
-    kth = np.partition(sq, kk - 1, axis=1)[:, kk - 1] if kk < width else sq.max(axis=1)
-    # The k-th smallest exact distance of the union is at most min(previous k-th, tile k-th
-    # approximate + err); a column can be below it only if its approximate distance is within
-    # err of it.
-    slack = err.max(axis=1)
-    limit = np.minimum(kth + slack, best[:, -1]) + slack
-    cand_r, cand_c = np.nonzero((sq <= limit[:, None]) & np.isfinite(sq))
+        return best, 0
+    limit = best[:, -1] + err
+    todo = ~np.isfinite(limit)
+    if todo.any():  # rows without k exact neighbours yet: the tile's own k-th bounds them
+        part = sq if todo.all() else sq[todo]
+        kth = _kth_smallest(part, min(k, width)).astype(np.float64)
+        limit[todo] = np.minimum(kth + err[todo], best[todo, -1])
+        limit[todo] += err[todo]
+    # The threshold rounded to the working precision may fall by one ulp: widen it by that.
+    threshold = (limit * (1 + 4 * float(np.finfo(sq.dtype).eps))).astype(sq.dtype)
+    cand_r, cand_c = np.nonzero((sq <= threshold[:, None]) & np.isfinite(sq))
     exact = _exact_sq(rows, others, cand_r, cand_c + offset)
     # Gather candidates per row into a (m, width_max) array padded with inf, then keep k.
     counts = np.bincount(cand_r, minlength=m)
@@ -336,7 +414,7 @@ def _merge_candidates(
         order = np.argsort(cand_r, kind="stable")
         slot = np.arange(cand_r.size) - np.repeat(np.cumsum(counts) - counts, counts)
         padded[cand_r[order], best.shape[1] + slot] = exact[order]
-    return np.sort(padded, axis=1)[:, :k]
+    return np.sort(padded, axis=1)[:, :k], int(cand_r.size)
 
 
 def knn_sq_distances_reference(
@@ -403,10 +481,19 @@ def radius_decisions(
 
 
 class _Radius:
-    """Accumulates :class:`RadiusDecisions` tile by tile."""
+    """Accumulates :class:`RadiusDecisions` tile by tile.
 
-    def __init__(self, m: int, n: int, radii: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        self.x_le, self.x_lt, self.y_le = (np.asarray(r, dtype=np.float64) for r in radii)
+    Comparisons run in the working precision against the radii rounded to it; those within
+    the error bound (plus the radius' own rounding) of the threshold are redone in float64.
+    """
+
+    def __init__(
+        self, m: int, n: int, radii: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: np.dtype
+    ) -> None:
+        self.exact = tuple(np.asarray(r, dtype=np.float64) for r in radii)
+        self.rounded = tuple(r.astype(dtype) for r in self.exact)
+        eps = float(np.finfo(dtype).eps)
+        self.slack = tuple(eps * np.where(np.isfinite(r), r, 0.0) for r in self.exact)
         self.y_within = np.zeros(n, dtype=bool)
         self.y_count = np.zeros(n, dtype=np.int64)
         self.x_within = np.zeros(m, dtype=bool)
@@ -414,22 +501,35 @@ class _Radius:
         self.uncertain = 0
 
     def add(
-        self, sq: np.ndarray, err: np.ndarray, x: np.ndarray, y: np.ndarray, start: int
+        self,
+        sq: np.ndarray,
+        err_x: np.ndarray,
+        err_y: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        start: int,
     ) -> None:
         stop = start + sq.shape[1]
-        tests = (
-            (self.x_le[:, None], False),  # precision: ≤ r_x
-            (self.x_lt[:, None], True),  # density, coverage: < r2_x
-            (self.y_le[None, start:stop], False),  # recall: ≤ r_y
+        (x_le, x_lt, y_le), (x_le_w, x_lt_w, y_le_w) = self.exact, self.rounded
+        s_le, s_lt, s_y = self.slack
+        tests = (  # (exact radii, rounded, margin (broadcast), strict)
+            (x_le[:, None], x_le_w[:, None], (err_x + s_le)[:, None], False),  # precision
+            (x_lt[:, None], x_lt_w[:, None], (err_x + s_lt)[:, None], True),  # density, coverage
+            (  # recall
+                y_le[None, start:stop],
+                y_le_w[None, start:stop],
+                (err_y + s_y[start:stop])[None, :],
+                False,
+            ),
         )
         results = []
-        for radius, strict in tests:
-            inside = sq < radius if strict else sq <= radius
-            near = np.abs(sq - radius) <= err
+        for exact_r, rounded, margin, strict in tests:
+            inside = sq < rounded if strict else sq <= rounded
+            near = np.abs(sq - rounded) <= margin.astype(sq.dtype)
             if near.any():
                 i, j = np.nonzero(near)
                 exact = _exact_sq(x, y, i, j + start)
-                r = np.broadcast_to(radius, sq.shape)[i, j]
+                r = np.broadcast_to(exact_r, sq.shape)[i, j]
                 inside[i, j] = exact < r if strict else exact <= r
                 self.uncertain += int(i.size)
             results.append(inside)

@@ -50,6 +50,9 @@ class FeatureSource:
         array: (n, d) dask array, one block per shard.
         name: the array's name inside a group or ``.npz`` ("" for a bare array).
         feature_extractor: the store's extractor attribute, if it has one.
+        attrs: the store's attributes (its group's, then its own).
+        reader: what reads its rows by index (the pair metrics' tasks read their own blocks);
+            None for a source made from a computed dask array.
     """
 
     location: str
@@ -57,6 +60,7 @@ class FeatureSource:
     name: str = ""
     feature_extractor: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    reader: StoredArray | None = None
 
     @property
     def n(self) -> int:
@@ -387,7 +391,7 @@ def open_features(
         inline_array=True,
         meta=np.empty((0,) * len(shape), dtype),
     )
-    return FeatureSource(location, array, name, _extractor(attrs), attrs)
+    return FeatureSource(location, array, name, _extractor(attrs), attrs, reader)
 
 
 def check_same_dim(*sources: FeatureSource) -> None:

@@ -168,7 +168,11 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
     declared = json.loads(ds.attrs.get("metrics", "{}"))
     units = {o["name"]: o["unit"] for spec in declared.values() for o in spec["outputs"]}
     facts = _provenance(history, ds, rows)
-    headline = [m for m in declared if m in ds.variables]
+    headline = [
+        spec["outputs"][0]["name"]
+        for spec in declared.values()
+        if spec["outputs"][0]["name"] in ds.variables
+    ]
     head = ["entry", "step", "tags", "ran at (UTC)", *(_label(m, units) for m in headline)]
     cells = [
         [

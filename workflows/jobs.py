@@ -266,6 +266,14 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     array = job.get("array")
     if array is not None:
         array = _string(f"{path}: job.array", array)
+    metrics = _metrics(path, raw.get("metrics"))
+    if ref_kind == "stats":
+        pairs = sorted(name for name, m in metrics.items() if m.needs_reference_features)
+        if pairs:
+            raise JobError(
+                f"{path}: metrics {pairs} compare rows of the entries with rows of the "
+                "reference: give [reference] store (features), not stats"
+            )
     return Job(
         path=path,
         name=_string(
@@ -273,7 +281,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         ),
         history=os.path.normpath(_resolve(base, history)),
         entries=_entries(path, base, raw.get("entries")),
-        metrics=_metrics(path, raw.get("metrics")),
+        metrics=metrics,
         reference_store=ref_path if ref_kind == "store" else None,
         reference_stats=ref_path if ref_kind == "stats" else None,
         scheduler=scheduler,
@@ -336,19 +344,19 @@ def reference_of(job: Job, engine: Engine, digest: str, log: Callable[[str], Non
         stats = load_stats(job.reference_stats)
         return Reference(as_gaussian(stats, job.reference_stats), digest, job.reference_stats)
     store = job.reference_store or ""
+    source = open_features(store, array_name=job.array)
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
     if os.path.exists(cache):
         if not is_stats(cache):
             raise JobError(f"{cache!r} exists and is not reference statistics; move it aside")
         log(f"reference statistics from cache {cache}")
-        return Reference(as_gaussian(load_stats(cache), store), digest, store)
+        return Reference(as_gaussian(load_stats(cache), store), digest, store, source)
     log(f"computing reference statistics of {store}")
-    source = open_features(store, array_name=job.array)
     ((moments, _),) = feature_moments(
         [source], engine=engine, device=job.device, backend=job.backend
     )
     save_stats(cache, moments, {**source.describe(), "fingerprint": digest})
-    return Reference(as_gaussian(moments, store), digest, store)
+    return Reference(as_gaussian(moments, store), digest, store, source)
 
 
 def run_job(
@@ -387,6 +395,10 @@ def run_job(
     reference = reference_of(job, engine, prepared.reference_digest, log)
     summary = RunSummary()
     declarations = job.declarations()
+    requests: dict[str, Any] = {}
+    for metric in job.metrics.values():
+        requests.update(metric.sample_request())
+    headlines = [metric.outputs[0].name for metric in job.metrics.values()]
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
         digest = listing_digest(entry.store)
@@ -411,7 +423,7 @@ def run_job(
             log(f"[{i}/{len(job.entries)}] {entry.name}: already in the history, skipped")
             continue
         t0 = time.perf_counter()
-        context = Context(reference, engine, progress, job.device, job.backend)
+        context = Context(reference, engine, progress, job.device, job.backend, requests)
         values: dict[str, Any] = {}
         for metric in job.metrics.values():
             values.update(
@@ -420,7 +432,7 @@ def run_job(
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
         history.append(row, values, declarations, prepared.d)
         summary.computed.append(entry.name)
-        shown = ", ".join(f"{k} {float(v):.6g}" for k, v in values.items() if k in job.metrics)
+        shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in headlines)
         log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}")
     summary.seconds = time.perf_counter() - start
     return summary

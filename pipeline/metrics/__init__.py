@@ -22,6 +22,10 @@ from pipeline.metrics.base import (
 #: module → class, for the metrics that ship with shardeval
 _MODULES = {
     "pipeline.metrics.fid": "FID",
+    "pipeline.metrics.fid_inf": "FIDInfinity",
+    "pipeline.metrics.kid": "KID",
+    "pipeline.metrics.cmmd": "CMMD",
+    "pipeline.metrics.prdc": "PRDC",
     "pipeline.metrics.nll_gaussian": "GaussianNLL",
 }
 
@@ -32,18 +36,19 @@ def register(cls: type[Metric]) -> type[Metric]:
     """Make a metric known to job files, the history and the reports (usable as a decorator).
 
     Raises:
-        ValueError: a different metric already has that name, or an output is not prefixed
-            by the metric's name.
+        ValueError: a different metric already has that name, an output is not prefixed by the
+            metric's name, or the first output (the headline) is not a scalar.
     """
     if METRICS.get(cls.name, cls) is not cls:
         raise ValueError(f"a metric named {cls.name!r} is already registered")
     bad = [
         o.name for o in cls.outputs if o.name != cls.name and not o.name.startswith(cls.name + "_")
     ]
-    if bad or cls.outputs[0].name != cls.name:
+    if bad or not cls.outputs or cls.outputs[0].array:
         raise ValueError(
-            f"metric {cls.name!r}: the first output must be named {cls.name!r} and every other "
-            f"must start with {cls.name + '_'!r}; got {[o.name for o in cls.outputs]}"
+            f"metric {cls.name!r}: every output must be named {cls.name!r} or start with "
+            f"{cls.name + '_'!r}, and the first (the headline) must be a scalar; got "
+            f"{[o.name for o in cls.outputs]}"
         )
     METRICS[cls.name] = cls
     return cls

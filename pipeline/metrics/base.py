@@ -111,11 +111,22 @@ class Plot:
 
 @dataclass(frozen=True, eq=False)
 class Reference:
-    """What every metric of a job may use of the reference: its Gaussian statistics."""
+    """What every metric of a job may use of the reference: its Gaussian statistics, and its
+    features when the job names a store (pair metrics need them).
+
+    Attributes:
+        gaussian: mean and covariance.
+        fingerprint: digest of the reference (and the array read from it).
+        location: where it is.
+        source: the reference's feature store, or None for statistics.
+        cache: results about the reference that every entry reuses (its own block pairs).
+    """
 
     gaussian: Gaussian
     fingerprint: str
     location: str = ""
+    source: FeatureSource | None = None
+    cache: dict[Any, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def spectrum(self) -> np.ndarray:
@@ -150,7 +161,9 @@ class Context:
     progress: Progress | None = None
     device: str = "auto"
     backend: str = "auto"
+    sample_requests: dict[str, Any] = field(default_factory=dict)
     _moments: dict[tuple[str, str], tuple[Moments, int]] = field(default_factory=dict)
+    _samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def moments(self, entry: FeatureSource, nonfinite: str = "error") -> tuple[Moments, int]:
         """The entry's merged moments and the non-finite rows dropped (one pass per entry)."""
@@ -169,10 +182,29 @@ class Context:
             self._moments[key] = (moments, dropped)
         return self._moments[key]
 
+    def samples(self, entry: FeatureSource) -> dict[str, Any]:
+        """The pair metrics every metric of the job asked for (``sample_requests``), computed
+        together for this entry (one pass over the cross pairs serves all of them; the
+        reference's own pairs are computed once per run)."""
+        from pipeline.samples import sample_metrics
+
+        if self.reference.source is None:
+            raise NumericalError("pair metrics need the reference's features, not statistics")
+        if entry.location not in self._samples:
+            self._samples[entry.location] = sample_metrics(
+                self.reference.source,
+                entry,
+                engine=self.engine,
+                progress=self.progress,
+                reference_cache=self.reference.cache,
+                **self.sample_requests,
+            )
+        return self._samples[entry.location]
+
 
 class Metric(abc.ABC):
-    """A metric: its ``name``, ``title``, ``params``, ``outputs`` (the first is the headline,
-    named like the metric) and ``plots``, and :meth:`compute`.
+    """A metric: its ``name``, ``title``, ``params``, ``outputs`` (the first is the headline;
+    every name starts with the metric's) and ``plots``, and :meth:`compute`.
 
     Example:
         >>> class Rows(Metric):
@@ -189,6 +221,8 @@ class Metric(abc.ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     outputs: ClassVar[tuple[Output, ...]]
     plots: ClassVar[tuple[Plot, ...]] = ()
+    #: the metric compares rows of the entry with rows of the reference (not its statistics)
+    needs_reference_features: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any]):
         known = {p.name: p for p in self.params}
@@ -202,6 +236,11 @@ class Metric(abc.ABC):
             p.name: p.validate(self.name, options[p.name]) if p.name in options else p.default
             for p in self.params
         }
+
+    def sample_request(self) -> dict[str, Any]:
+        """The pair metrics this metric reads from :meth:`Context.samples` (keyword arguments
+        of :func:`pipeline.samples.sample_metrics`), so that the runner asks for all at once."""
+        return {}
 
     @abc.abstractmethod
     def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:

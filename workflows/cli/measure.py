@@ -85,6 +85,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
     kinds = ["statistics" if is_stats(p) else "features" for p in inputs]
     if args.ref is not None:
         kinds[0] = "statistics"  # --ref names statistics, whatever they look like
+    if args.infinity and kinds[1] != "features":
+        raise UsageError("--infinity needs GEN as a feature store (its rows form the subsets)")
+    if not args.infinity:
+        refuse(args, ("seed",), "applies to --infinity")
     feature_paths = [p for p, k in zip(inputs, kinds, strict=True) if k == "features"]
     if not feature_paths:
         refuse(
@@ -101,7 +105,27 @@ def cmd_fid(args: argparse.Namespace) -> int:
         listing = ", ".join(f"{p!r} has d={d}" for p, d in dims.items())
         raise UsageError(f"feature dimensions differ: {listing}; compare features of one model")
     check_same_dim(*sources)
-    computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
+    bands = None
+    if args.infinity:
+        # GEN's nested-subset bands, in one pass; merged, they are GEN's moments.
+        from pipeline.fid_infinity import merged, nested_moments
+
+        bands = nested_moments(
+            sources[-1],
+            engine=engine(args),
+            seed=args.seed or 0,
+            nonfinite=args.nonfinite or "error",
+            device=args.device or "auto",
+            backend=args.backend or "auto",
+            split_every=args.split_every,
+            progress=progress(args),
+        )
+        first = _moments(args, sources[:-1]) if len(sources) > 1 else []
+        computed = dict(
+            zip(feature_paths, [*first, (merged(bands), bands.nonfinite.count)], strict=True)
+        )
+    else:
+        computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
     gaussians, sides, notes = [], [], []
     for path in inputs:
         if path in stats:
@@ -130,9 +154,22 @@ def cmd_fid(args: argparse.Namespace) -> int:
     notes += [str(w) for w in getattr(args, "_warnings", [])]
     report = FIDReport(result, real, gen, time.perf_counter() - start, described, tuple(notes))
     data = report.to_dict()
+    summary = report.summary()
+    if bands is not None:
+        from dataclasses import asdict
+
+        from pipeline.fid_infinity import fit_bands
+
+        inf = fit_bands(gaussians[0], bands, args.seed or 0, inputs[1])
+        data["fid_infinity"] = asdict(inf)
+        summary += (
+            f"\nFID∞ {inf.fid_infinity:.6g}   (least squares of FID_N over {len(inf.sizes)} nested "
+            f"subsets of GEN, {inf.sizes[0]:,} to {inf.sizes[-1]:,} rows: slope {inf.slope:.4g}, "
+            f"R² {inf.r2:.3f}; seed {inf.seed})"
+        )
     if sources:
         data["settings"] = settings(args)
-    return emit(args, data, report.summary())
+    return emit(args, data, summary)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -1,0 +1,68 @@
+"""KID of an entry against the reference's features (exact over all pairs, or by subsets)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pipeline.metrics.base import Context, Metric, Output, Param, Plot
+
+if TYPE_CHECKING:
+    from pipeline.sources import FeatureSource
+
+
+def _non_negative(value: int) -> str | None:
+    return None if value >= 0 else "must be 0 (all pairs) or a positive number of subsets"
+
+
+def _at_least_two(value: int) -> str | None:
+    return None if value >= 2 else "must be at least 2"
+
+
+class KID(Metric):
+    """Kernel Inception Distance (Bińkowski et al. 2018), :mod:`pipeline.kid`."""
+
+    name = "kid"
+    title = "Kernel Inception Distance (KID)"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param(
+            "subsets",
+            int,
+            0,
+            "0: unbiased over all pairs; S: the peers' S subsets",
+            None,
+            _non_negative,
+        ),
+        Param("subset_size", int, 1000, "rows per subset", None, _at_least_two),
+        Param("seed", int, 2020, "seed of the subsets (torch-fidelity's default)"),
+    )
+    outputs: ClassVar[tuple[Output, ...]] = (
+        Output("kid", "", "squared MMD under (x·y/d + 1)³"),
+        Output("kid_standard_error", "", "its standard error (all pairs) or std over subsets"),
+        Output("kid_n", "rows", "rows of the entry"),
+    )
+    plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
+    needs_reference_features = True
+
+    def sample_request(self) -> dict[str, Any]:
+        from pipeline.samples import KIDParams
+
+        return {} if self.options["subsets"] else {"kid": KIDParams()}
+
+    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+        from pipeline.samples import kid_subsets
+
+        if self.options["subsets"]:
+            if context.reference.source is None:  # load_job refuses such jobs
+                raise ValueError("KID needs the reference's features")
+            result = kid_subsets(
+                context.reference.source,
+                entry,
+                subsets=self.options["subsets"],
+                subset_size=self.options["subset_size"],
+                seed=self.options["seed"],
+                engine=context.engine,
+                progress=context.progress,
+            )
+        else:
+            result = context.samples(entry)["kid"]
+        return {"kid": result.kid, "kid_standard_error": result.standard_error, "kid_n": entry.n}

@@ -1,0 +1,228 @@
+"""KID, CMMD, PRDC and FID∞ against float64 brute force, the peers' formulas and closed forms;
+the same values whatever the blocks; a set against itself."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline import Gaussian, ShapeError, open_features
+from pipeline.fid_infinity import fid_infinity
+from pipeline.frechet import frechet_distance
+from pipeline.kid import subset_indices
+from pipeline.samples import CMMDParams, KIDParams, PRDCParams, kid_subsets, sample_metrics
+from pipeline.synthetic import gaussian_features, population, write_features
+
+
+def _store(tmp_path, name, x):
+    np.save(tmp_path / f"{name}.npy", x)
+    return open_features(str(tmp_path / f"{name}.npy"))
+
+
+def _poly(a, b, d):
+    return (a @ b.T / d + 1.0) ** 3
+
+
+def kid_brute(x, y):
+    """The unbiased MMD² over all pairs, in float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d, m, n = x.shape[1], len(x), len(y)
+    kxx, kyy, kxy = _poly(x, x, d), _poly(y, y, d), _poly(x, y, d)
+    return (
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.sum() / (m * n)
+    )
+
+
+def cmmd_brute(x, y, sigma=10.0, unbiased=False):
+    """The reference's formula (V-statistic) or the U-statistic, in float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    def k(a, b):
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T
+        return np.exp(-sq / (2 * sigma * sigma))
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    m, n = len(x), len(y)
+    if unbiased:
+        within = (kxx.sum() - m) / (m * (m - 1)) + (kyy.sum() - n) / (n * (n - 1))
+    else:
+        within = kxx.mean() + kyy.mean()
+    return 1000 * (within - 2 * kxy.mean())
+
+
+@pytest.fixture
+def pair(tmp_path):
+    rng = np.random.default_rng(3)
+    d = 48
+    a = rng.standard_normal((d, d)) / np.sqrt(d)
+    x = (rng.standard_normal((1100, d)) @ a + 0.4).astype(np.float32)
+    y = (rng.standard_normal((900, d)) @ (1.15 * a) + 0.45).astype(np.float32)
+    return x, y, _store(tmp_path, "x", x), _store(tmp_path, "y", y)
+
+
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-5), ("fp64", 1e-9)])
+def test_kid_over_all_pairs_equals_float64_brute_force(pair, precision, rel):
+    x, y, sx, sy = pair
+    got = sample_metrics(sx, sy, kid=KIDParams(), block_rows=256, precision=precision)["kid"]
+    assert got.kid == pytest.approx(kid_brute(x, y), rel=rel)
+    assert got.standard_error > 0
+    assert (got.gamma, got.coef0, got.degree) == (1 / 48, 1.0, 3)
+
+
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-5), ("fp64", 1e-9)])
+def test_kid_subsets_equal_the_peers_formula_on_the_same_draws(pair, precision, rel):
+    x, y, sx, sy = pair
+    got = kid_subsets(sx, sy, subsets=7, subset_size=200, seed=11, precision=precision)
+    draws = subset_indices(len(x), len(y), 7, 200, 11)
+    values = []
+    for real_rows, gen_rows in draws:
+        a, b = np.asarray(x[real_rows], np.float64), np.asarray(y[gen_rows], np.float64)
+        kxx, kyy, kxy = _poly(a, a, 48), _poly(b, b, 48), _poly(a, b, 48)
+        m = 200
+        values.append(
+            (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.sum() / (m * m)
+        )
+    assert got.kid == pytest.approx(np.mean(values), rel=rel)
+    assert got.standard_error == pytest.approx(np.std(values), rel=max(rel, 1e-6) * 100)
+    assert (got.subsets, got.subset_size, got.seed, got.estimator) == (7, 200, 11, "subsets")
+
+
+def test_subset_draws_follow_torch_fidelity():
+    # One RandomState(seed); per subset the generated set's rows first, then the reference's.
+    rng = np.random.RandomState(5)
+    gen_first = rng.choice(50, 10, replace=False)
+    real_second = rng.choice(40, 10, replace=False)
+    (real_rows, gen_rows), *_ = subset_indices(40, 50, 3, 10, 5)
+    np.testing.assert_array_equal(gen_rows, gen_first)
+    np.testing.assert_array_equal(real_rows, real_second)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-4), ("fp64", 1e-9)])
+def test_cmmd_equals_the_reference_formula(pair, unbiased, precision, rel):
+    x, y, sx, sy = pair
+    params = CMMDParams(unbiased=unbiased)
+    got = sample_metrics(sx, sy, cmmd=params, block_rows=300, precision=precision)["cmmd"]
+    assert got.cmmd == pytest.approx(cmmd_brute(x, y, unbiased=unbiased), rel=rel)
+    assert got.estimator == ("U-statistic" if unbiased else "V-statistic")
+
+
+def _prdc_brute(x, y, k, strict):
+    """Kynkäänniemi et al. 2019 / Naeem et al. 2020 by the definition, in float64 (squared
+    distances by float64 products: on these continuous data no two differ by their rounding)."""
+
+    def exact_sq_distances(a, b):
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+        return np.maximum(sq, 0.0)
+
+    real_sq, fake_sq = exact_sq_distances(x, x), exact_sq_distances(y, y)
+    np.fill_diagonal(real_sq, np.inf)
+    np.fill_diagonal(fake_sq, np.inf)
+    r = np.sort(real_sq, axis=1)[:, k - 1]
+    f = np.sort(fake_sq, axis=1)[:, k - 1]
+    cross = exact_sq_distances(x, y)
+    inside = cross < r[:, None] if strict else cross <= r[:, None]
+    inside_fake = cross < f[None, :] if strict else cross <= f[None, :]
+    return {
+        "precision": inside.any(axis=0).mean(),
+        "recall": inside_fake.any(axis=1).mean(),
+        "density": inside.sum() / (k * len(y)),
+        "coverage": inside.any(axis=1).mean(),
+    }
+
+
+def test_prdc_equals_the_prdc_package_and_the_definition(tmp_path):
+    prdc = pytest.importorskip("prdc")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5000, 64))
+    y = rng.standard_normal((5000, 64)) * 1.1 + 0.1
+    got = sample_metrics(
+        _store(tmp_path, "x", x),
+        _store(tmp_path, "y", y),
+        prdc=PRDCParams(k=5, pr_k=3),
+        block_rows=1200,
+    )["prdc"]
+    package_pr = prdc.compute_prdc(x, y, nearest_k=3)
+    package_dc = prdc.compute_prdc(x, y, nearest_k=5)
+    brute_pr, brute_dc = _prdc_brute(x, y, 3, strict=False), _prdc_brute(x, y, 5, strict=True)
+    assert got.precision == package_pr["precision"] == brute_pr["precision"]
+    assert got.recall == package_pr["recall"] == brute_pr["recall"]
+    assert got.density == package_dc["density"] == brute_dc["density"]
+    assert got.coverage == package_dc["coverage"] == brute_dc["coverage"]
+
+
+def test_a_set_against_itself(pair):
+    _, _, sx, _ = pair
+    got = sample_metrics(
+        sx, sx, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=300
+    )
+    assert got["kid"].kid == 0.0  # the paired U-statistic of identical sets
+    assert abs(got["kid"].kid) <= got["kid"].standard_error
+    assert got["cmmd"].cmmd == 0.0
+    assert got["prdc"].precision == got["prdc"].recall == 1.0
+    assert got["kid"].same_store
+
+
+def test_independent_samples_of_one_distribution_give_kid_within_its_error(tmp_path):
+    rng = np.random.default_rng(21)
+    d = 32
+    values = []
+    for i in range(4):
+        x = rng.standard_normal((600, d)).astype(np.float32)
+        y = rng.standard_normal((500, d)).astype(np.float32)
+        r = sample_metrics(
+            _store(tmp_path, f"a{i}", x), _store(tmp_path, f"b{i}", y), kid=KIDParams()
+        )
+        values.append(r["kid"].kid / r["kid"].standard_error)
+    assert max(abs(v) for v in values) < 3.5
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.integers(90, 700), rows2=st.integers(90, 700))
+def test_results_do_not_depend_on_the_blocks(pair, rows, rows2):
+    _x, _y, sx, sy = pair
+    a = sample_metrics(
+        sx, sy, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=rows
+    )
+    b = sample_metrics(
+        sx, sy, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=rows2
+    )
+    assert a["kid"].kid == pytest.approx(b["kid"].kid, rel=1e-6)
+    assert a["cmmd"].cmmd == pytest.approx(b["cmmd"].cmmd, rel=1e-6)
+    four = ("precision", "recall", "density", "coverage")
+    assert [getattr(a["prdc"], f) for f in four] == [getattr(b["prdc"], f) for f in four]
+
+
+def test_bad_parameters(pair):
+    _x, _y, sx, sy = pair
+    with pytest.raises(ShapeError, match="k = 2000 nearest neighbours need more rows"):
+        sample_metrics(sx, sy, prdc=PRDCParams(k=2000))
+    with pytest.raises(ShapeError, match="subset size 5000 exceeds"):
+        kid_subsets(sx, sy, subsets=2, subset_size=5000)
+
+
+def test_fid_infinity_is_closer_to_the_population_than_fid(tmp_path):
+    # The real side is the population itself (exact statistics), so FID_N's bias is all from
+    # the generated set's 1/N; FID∞ removes it.
+    d = 32
+    mu_r, cov_r = population(d)
+    mu_g, cov_g = population(d, mean=0.05, scale=1.1)
+    truth = frechet_distance(Gaussian(mu_r, cov_r), Gaussian(mu_g, cov_g)).fid
+    err_n, err_inf = [], []
+    for seed in range(5):
+        path = tmp_path / f"g{seed}.zarr"
+        write_features(path, gaussian_features(20_000, d, seed=100 + seed, mean=0.05, scale=1.1))
+        r = fid_infinity(Gaussian(mu_r, cov_r), open_features(str(path)), seed=seed)
+        assert r.sizes[-1] == 20_000
+        assert len(r.sizes) == 15
+        err_n.append(r.fid - truth)
+        err_inf.append(r.fid_infinity - truth)
+    assert np.mean(np.abs(err_inf)) < np.mean(np.abs(err_n))
+    assert np.mean(err_n) > 0  # FID_N is biased upwards
