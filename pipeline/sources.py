@@ -196,6 +196,11 @@ def _open_zarr(
             )
         node, array_name = _pick_from_group(node, location, array_name)
         return node, array_name, group_attrs
+    if array_name is not None:
+        raise StoreError(
+            f"{location!r} is a single Zarr array: it has no array {array_name!r} (--array picks "
+            "a variable in a group, dataset or .npz)"
+        )
     return node, "", {}
 
 

@@ -57,7 +57,7 @@ def test_options_that_cannot_apply_to_two_statistics_files(tmp_path, capsys, dat
     save_stats(tmp_path / "b.npz", Moments.from_rows(b))
     code = main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--shard-rows", "9"])
     assert code == 2
-    assert "--shard-rows apply to feature stores" in capsys.readouterr().err
+    assert "--shard-rows applies to feature stores" in capsys.readouterr().err
 
 
 def test_stats_merge(tmp_path, capsys, data):

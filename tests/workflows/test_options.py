@@ -46,9 +46,10 @@ def files(tmp_path_factory):
     b = (rng.normal(size=(500, 4)) * 1.3).astype(np.float32)
     nan = a.copy()
     nan[7, 1] = np.nan
-    group = zarr.open_group(str(tmp / "g.zarr"), mode="w")
-    for name, x in (("u", a), ("v", b)):
-        group.create_array(name, shape=x.shape, chunks=(100, 4), dtype="float32")[...] = x
+    for store, arrays in (("g.zarr", (("u", a), ("v", b))), ("g2.zarr", (("u", 2 * b), ("v", b)))):
+        group = zarr.open_group(str(tmp / store), mode="w")
+        for name, x in arrays:
+            group.create_array(name, shape=x.shape, chunks=(100, 4), dtype="float32")[...] = x
     np.save(tmp / "ll.npy", rng.normal(-50, 2, 800))
     lw = rng.standard_t(3, (60, 400))
     np.save(tmp / "lw.npy", lw)
@@ -65,6 +66,7 @@ def files(tmp_path_factory):
         "b": write_zarr(tmp / "b.zarr", b, chunk_rows=100),
         "nan": write_zarr(tmp / "nan.zarr", nan, chunk_rows=100),
         "g": str(tmp / "g.zarr"),
+        "g2": str(tmp / "g2.zarr"),
         "ll": str(tmp / "ll.npy"),
         "lw": str(tmp / "lw.npy"),
         "lw_nan": str(tmp / "lw_nan.npy"),
@@ -80,6 +82,10 @@ def _base(command, f):
         "fid": ["fid", f["a"], f["b"]],
         "nll": ["nll", "--iw", f["lw"]],
         "ess": ["ess", f["lw"]],
+        "kid": ["kid", f["a"], f["b"]],
+        "cmmd": ["cmmd", f["a"], f["b"]],
+        "prdc": ["prdc", f["a"], f["b"]],
+        "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
     }[command]
 
 
@@ -150,13 +156,21 @@ def check_shard_rows(capsys, f, command, monkeypatch):
 
 
 def check_array(capsys, f, command, monkeypatch):
-    if command != "fid":
+    if command in ("nll", "ess"):
         _refused(capsys, *_base(command, f), "--array", "nope", match="has no array 'nope'")
         return
-    u = _report(capsys, "fid", f["g"], f["b"], "--array", "u")["fid"]
-    v = _report(capsys, "fid", f["g"], f["b"], "--array", "v")["fid"]
+    value = {
+        "fid": lambda r: r["fid"],
+        "metrics": lambda r: r["fid"]["fid"],
+        "kid": lambda r: r["kid"]["kid"],
+        "cmmd": lambda r: r["cmmd"]["cmmd"],
+        "prdc": lambda r: r["prdc"]["precision"],
+    }[command]
+    argv = [command, f["g"], f["g2"]] + (["--metrics", "fid"] if command == "metrics" else [])
+    u = value(_report(capsys, *argv, "--array", "u"))
+    v = value(_report(capsys, *argv, "--array", "v"))
     assert u != v
-    assert v == pytest.approx(0.0, abs=1e-9)  # array v holds the same rows as b
+    _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
 
 
 def check_split_every(capsys, f, command, monkeypatch):
@@ -177,21 +191,19 @@ def check_device(capsys, f, command, monkeypatch):
 
     if not torch.cuda.is_available():
         _refused(capsys, *_base(command, f), "--device", "cuda", match="no CUDA GPU")
+    if command == "metrics":
+        argv = ["metrics", f["a"], f["b"], "--metrics", "kid"]
+        _refused(capsys, *argv, "--device", "cpu", match="apply to fid and fid_inf only")
 
 
 def check_backend(capsys, f, command, monkeypatch):
     # The tests run Triton kernels in its interpreter (tests/conftest.py).
-    module, name = (
-        (kernels.moments, "shard_moments_triton")
-        if command == "fid"
-        else (kernels.lse, "_lse_torch")
-    )
-    if command == "fid":
-        calls = _spy(monkeypatch, module, name)
+    if command in ("fid", "metrics"):
+        calls = _spy(monkeypatch, kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
     else:
-        calls = _spy(monkeypatch, module, name)
+        calls = _spy(monkeypatch, kernels.lse, "_lse_torch")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert not calls  # the torch path was not taken
         assert _report(capsys, *_base(command, f), "--backend", "torch")
@@ -200,9 +212,13 @@ def check_backend(capsys, f, command, monkeypatch):
 
 
 def check_precision(capsys, f, command, monkeypatch):
-    calls = _spy(monkeypatch, kernels.moments, "shard_moments_numpy")
+    if command in ("fid", "metrics"):
+        calls = _spy(monkeypatch, kernels.moments, "shard_moments_numpy")
+    else:
+        calls = _spy(monkeypatch, kernels.pairs, "pair_reduce")
     report = _report(capsys, *_base(command, f), "--precision", "fp64")
     assert report["settings"]["precision"] == "fp64"
+    assert calls
     assert {args[0].dtype for args, _ in calls} == {np.dtype(np.float64)}
 
 
@@ -211,22 +227,35 @@ def check_nonfinite(capsys, f, command, monkeypatch):
         "fid": ["fid", f["nan"], f["b"]],
         "nll": ["nll", "--iw", f["lw_nan"]],
         "ess": ["ess", f["lw_nan"]],
+        "metrics": ["metrics", f["nan"], f["b"], "--metrics", "fid"],
     }[command]
     _refused(capsys, *argv, match="with NaN or inf")
     report = _report(capsys, *argv, "--nonfinite", "drop")
-    dropped = (
-        report["inputs"]["real"]["nonfinite_dropped"]
-        if command == "fid"
-        else report["nonfinite_dropped"]
-    )
+    dropped = {
+        "fid": lambda r: r["inputs"]["real"]["nonfinite_dropped"],
+        "metrics": lambda r: r["nonfinite_dropped"]["real"],
+    }.get(command, lambda r: r["nonfinite_dropped"])(report)
     assert dropped == 1
+    if command == "metrics":
+        _refused(
+            capsys,
+            "metrics",
+            f["a"],
+            f["b"],
+            "--metrics",
+            "kid",
+            "--nonfinite",
+            "drop",
+            match="need every row",
+        )
 
 
 def check_out(capsys, f, command, monkeypatch):
     path = f["tmp"] / f"out-{command}.json"
     code, out, _ = _run(capsys, *_base(command, f), "--out", path, "-q")
     assert code == 0
-    assert json.loads(path.read_text())["metric"] == command if command != "nll" else "nll"
+    expected = "fid" if command == "metrics" else command
+    assert json.loads(path.read_text())["metric"] == expected
     assert not out.startswith("{")
     os.remove(path)
 
@@ -293,7 +322,7 @@ def check_stats_option(option, value):
                 "-o",
                 f["tmp"] / "m.zarr",
                 *extra,
-                match="do not apply to `stats merge`",
+                match="not apply to `stats merge`",
             )
             return
         flag = "--" + option.replace("_", "-")
@@ -310,7 +339,7 @@ def check_stats_option(option, value):
             f["tmp"] / "m.zarr",
             flag,
             value,
-            match="do not apply to `stats merge`",
+            match="not apply to `stats merge`",
         )
 
     return check
@@ -477,6 +506,104 @@ def check_synth(option, value):
     return check
 
 
+def check_infinity(capsys, f, command, monkeypatch):
+    assert "fid_infinity" not in _report(capsys, "fid", f["a"], f["b"])
+    report = _report(capsys, "fid", f["a"], f["b"], "--infinity")
+    assert len(report["fid_infinity"]["sizes"]) == 15
+    _refused(capsys, "fid", f["a"], f["s"], "--infinity", match="--infinity needs GEN")
+
+
+def check_fid_seed(capsys, f, command, monkeypatch):
+    _refused(capsys, "fid", f["a"], f["b"], "--seed", "1", match="--seed applies to --infinity")
+    one = _report(capsys, "fid", f["a"], f["b"], "--infinity", "--seed", "1")["fid_infinity"]
+    two = _report(capsys, "fid", f["a"], f["b"], "--infinity", "--seed", "2")["fid_infinity"]
+    assert one["seed"] == 1
+    assert one["sizes"] != two["sizes"] or one["fids"] != two["fids"]
+
+
+def _one_metric(capsys, f, command, metric, *extra):
+    if command == "metrics":
+        argv = ["metrics", f["a"], f["b"], "--metrics", metric]
+    else:
+        argv = [metric, f["a"], f["b"]]
+    return _report(capsys, *argv, *extra)[metric]
+
+
+def check_subsets(capsys, f, command, monkeypatch):
+    assert _one_metric(capsys, f, command, "kid")["estimator"] == "all pairs"
+    got = _one_metric(capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50")
+    assert (got["estimator"], got["subsets"]) == ("subsets", 3)
+
+
+def check_subset_size(capsys, f, command, monkeypatch):
+    a = _one_metric(capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50")
+    b = _one_metric(capsys, f, command, "kid", "--subsets", "3", "--subset-size", "80")
+    assert (a["subset_size"], b["subset_size"]) == (50, 80)
+    assert a["kid"] != b["kid"]
+    kid = (
+        ["metrics", f["a"], f["b"], "--metrics", "kid"] if command == "metrics" else _base("kid", f)
+    )
+    _refused(capsys, *kid, "--subset-size", "50", match="applies with --subsets")
+    if command == "metrics":
+        _refused(capsys, *_base(command, f), "--subset-size", "50", match="which is not asked for")
+
+
+def check_kid_seed(capsys, f, command, monkeypatch):
+    a = _one_metric(
+        capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50", "--seed", "1"
+    )
+    b = _one_metric(
+        capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50", "--seed", "2"
+    )
+    assert a["kid"] != b["kid"]
+    if command == "kid":
+        _refused(capsys, "kid", f["a"], f["b"], "--seed", "1", match="--seed applies to the subset")
+    else:
+        inf = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid_inf", "--seed", "4")
+        assert inf["fid_inf"]["seed"] == 4
+        _refused(capsys, *_base(command, f), "--seed", "1", match="--seed applies to fid_inf")
+
+
+def check_unbiased(capsys, f, command, monkeypatch):
+    v = _one_metric(capsys, f, command, "cmmd")
+    u = _one_metric(capsys, f, command, "cmmd", "--unbiased")
+    assert (v["estimator"], u["estimator"]) == ("V-statistic", "U-statistic")
+    assert v["cmmd"] != u["cmmd"]
+    if command == "metrics":
+        _refused(capsys, *_base(command, f), "--unbiased", match="which is not asked for")
+
+
+def check_sigma(capsys, f, command, monkeypatch):
+    a = _one_metric(capsys, f, command, "cmmd")
+    b = _one_metric(capsys, f, command, "cmmd", "--sigma", "0.5")
+    assert (a["sigma"], b["sigma"]) == (10.0, 0.5)
+    assert a["cmmd"] != b["cmmd"]
+
+
+def check_k(capsys, f, command, monkeypatch):
+    a = _one_metric(capsys, f, command, "prdc")
+    b = _one_metric(capsys, f, command, "prdc", "--k", "2")
+    assert (a["k"], b["k"]) == (5, 2)
+    assert a["density"] != b["density"]
+    _refused(capsys, "prdc", f["a"], f["b"], "--k", "5000", match="need more rows than k")
+
+
+def check_pr_k(capsys, f, command, monkeypatch):
+    a = _one_metric(capsys, f, command, "prdc")
+    b = _one_metric(capsys, f, command, "prdc", "--pr-k", "1")
+    assert (a["pr_k"], b["pr_k"]) == (3, 1)
+    assert a["precision"] != b["precision"]
+
+
+def check_metrics(capsys, f, command, monkeypatch):
+    one = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid")
+    all_ = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid,fid_inf,kid,cmmd,prdc")
+    assert "kid" not in one
+    assert {"fid", "fid_inf", "kid", "cmmd", "prdc"} <= set(all_)
+    # With fid_inf, FID comes from the band moments: the same rows, other fp32 roundings.
+    assert all_["fid"]["fid"] == pytest.approx(one["fid"]["fid"], rel=1e-6)
+
+
 ENGINE = {
     "scheduler": check_scheduler,
     "threads": check_threads,
@@ -494,7 +621,37 @@ ENGINE = {
     "overwrite": check_overwrite,
 }
 
+PAIRS = {
+    k: ENGINE[k]
+    for k in (
+        "scheduler",
+        "threads",
+        "cluster",
+        "performance_report",
+        "quiet",
+        "shard_rows",
+        "array",
+        "split_every",
+        "out",
+        "json",
+        "overwrite",
+    )
+}
+
 CHECKS = {
+    ("fid", "infinity"): check_infinity,
+    ("fid", "seed"): check_fid_seed,
+    **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
+    **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "metrics")},
+    **{(c, "subsets"): check_subsets for c in ("kid", "metrics")},
+    **{(c, "subset_size"): check_subset_size for c in ("kid", "metrics")},
+    **{(c, "seed"): check_kid_seed for c in ("kid", "metrics")},
+    **{(c, "unbiased"): check_unbiased for c in ("cmmd", "metrics")},
+    **{(c, "sigma"): check_sigma for c in ("cmmd", "metrics")},
+    **{(c, "k"): check_k for c in ("prdc", "metrics")},
+    **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
+    ("metrics", "metrics"): check_metrics,
+    **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},
     ("fid", "precision"): check_precision,
     ("fid", "ref"): check_fid_ref,

@@ -46,6 +46,10 @@ def refuse(args: argparse.Namespace, names: Iterable[str], why: str) -> None:
     """Options that cannot apply are an error, never silently ignored."""
     bad = given(args, names)
     if bad:
+        if len(bad) == 1:  # the message is written for several options
+            for plural, singular in (("apply ", "applies "), ("do not ", "does not ")):
+                if why.startswith(plural):
+                    why = singular + why[len(plural) :]
         raise UsageError(f"{', '.join(flag(n) for n in bad)} {why}")
 
 

@@ -1,0 +1,159 @@
+"""The ``extract`` command: images → a Zarr feature store, through an encoder on each worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from kernels.encoders import ENCODERS, INCEPTION_RESIZES
+from pipeline.options import DEVICES
+from workflows.cli.common import UsageError, engine, must_exist, notice
+from workflows.cli.parser import positive_int
+
+DESCRIPTION = """\
+Encode every image of IMAGES and write the features to a Zarr feature store: array `features`
+(N x d float32, one chunk per batch), `names` (the image of each row) and attributes naming the
+encoder, its weights' digest, the resize and the source. The store is marked complete last; a
+killed run, re-run with the same arguments, computes only the chunks that are missing.
+
+IMAGES: a folder (recursive; png, jpg, jpeg, webp, bmp), a .zip, a .npz (arr_0) or .npy of
+uint8 (N, H, W, 3) images, a .tar shard, or a folder or quoted glob of .tar shards; taken in
+sorted order. Weights are never downloaded: --weights, or torch hub's checkpoint folder
+(inception) / the Hugging Face cache (dinov2-vitl14, clip-vitl14-336)."""
+
+EPILOG = """\
+examples:
+  shardeval extract samples/ -o gen.zarr
+  shardeval extract samples.npz -o gen.zarr --resize clean
+  shardeval extract 'shards/*.tar' -o real.zarr --encoder dinov2-vitl14 --cluster cluster/cuda.yaml
+  shardeval fid real.zarr gen.zarr"""
+
+
+def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``extract`` command to the subparsers ``sub``.
+
+    Args:
+        sub: the action ``ArgumentParser.add_subparsers`` returned.
+        parents: shared option groups to include (the engine options).
+
+    Returns:
+        The command's parser.
+    """
+    p = sub.add_parser(
+        "extract",
+        parents=parents,
+        help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", metavar="IMAGES")
+    p.add_argument("--output", "-o", required=True, metavar="FEATURES.zarr")
+    g = p.add_argument_group("encoder")
+    g.add_argument(
+        "--encoder",
+        choices=sorted(ENCODERS),
+        help="inception (default: FID's 2048-d pool3), dinov2-vitl14 (1024-d CLS, as dgm-eval), "
+        "clip-vitl14-336 (768-d unit-norm embeddings, as CMMD)",
+    )
+    g.add_argument(
+        "--resize",
+        choices=INCEPTION_RESIZES,
+        help="inception only: legacy-pytorch (default; pytorch-fid's bilinear resize, its "
+        "features exactly) or clean (clean-fid's PIL bicubic)",
+    )
+    g.add_argument(
+        "--weights",
+        metavar="PATH",
+        help="weights file (inception) or Hugging Face model folder (ViTs); default: the "
+        "standard caches",
+    )
+    g.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="B",
+        help="images per forward pass and rows per chunk (default 32; a resumed run keeps the "
+        "store's)",
+    )
+    g.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where the encoder runs (default auto: a worker's GPU if it has one, else CPU)",
+    )
+    o = p.add_argument_group("images and output")
+    o.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be decoded (a decoding pass lists them first; the "
+        "store names them) instead of stopping at the first",
+    )
+    o.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an extraction store already at --output (whatever its settings)",
+    )
+    return p
+
+
+def _summary(result: Any, described: dict[str, Any]) -> str:
+    where = (
+        f"{described['scheduler']} scheduler"
+        + (f" ({described['threads']} threads)" if "threads" in described else "")
+        + (f" at {described['address']}" if "address" in described else "")
+    )
+    if result.already_complete:
+        return (
+            f"{result.output} already holds these features ({result.rows:,} x {result.dim:,}, "
+            f"{result.feature_extractor}, resize {result.resize}); nothing computed"
+        )
+    lines = [
+        f"extracted {result.images:,} images -> {result.output}: {result.rows:,} x "
+        f"{result.dim:,} float32 ({result.feature_extractor}, resize {result.resize})",
+        f"  chunks: {result.computed} computed, {result.present} already there "
+        f"({result.chunks} in all){' - resumed' if result.resumed else ''}",
+    ]
+    if result.skipped:
+        shown = ", ".join(name for name, _ in result.skipped[:3])
+        more = f" and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
+        lines.append(
+            f"  skipped {len(result.skipped)} image(s) that cannot be decoded: {shown}{more} "
+            "(listed in the store's attribute 'skipped')"
+        )
+    devices = ", ".join(result.devices) or "-"
+    lines.append(f"  {result.seconds:.2f} s on {where}, device {devices}")
+    return "\n".join(lines)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    """Run ``shardeval extract``; print a short summary. Returns the exit code."""
+    if not any(c in args.images for c in "*?[") or os.path.exists(args.images):
+        must_exist(args.images)
+    encoder = args.encoder or "inception"
+    if args.resize is not None and encoder != "inception":
+        raise UsageError(
+            f"--resize applies to --encoder inception; {encoder}'s preprocessing is fixed to "
+            "match its reference"
+        )
+    from pipeline.extract import extract_features
+    from workflows.progress import ProgressBar
+
+    bar = None if args.quiet else ProgressBar("chunks")
+    result = extract_features(
+        args.images,
+        args.output,
+        encoder=encoder,
+        weights=args.weights,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device or "auto",
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        engine=engine(args),
+        progress=bar,
+        check_progress=None if args.quiet else ProgressBar("images checked"),
+    )
+    if result.skipped and not args.quiet:
+        notice(f"{len(result.skipped)} image(s) skipped (--skip-bad)")
+    print(_summary(result, engine(args).describe()))
+    return 0
