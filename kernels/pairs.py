@@ -23,7 +23,7 @@ Self-distances are exactly zero, and no squared distance is negative.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -114,6 +114,12 @@ class _Sums:
         return KernelSums(self.total, self.squares, self.rows, self.cols, self.diagonal)
 
 
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
 def _sq_bound(d: int, dtype: np.dtype) -> float:
     """c with |fl(‖x‖² + ‖y‖² − 2x·y) − ‖x − y‖²| ≤ c·(‖x‖ + ‖y‖)² in the working precision:
     each of the three dot products errs by at most γ_d times the product of its norms, and the
@@ -130,7 +136,12 @@ UNDECIDED_FRACTION = 1e-3
 
 
 def pair_reduce(
-    x: np.ndarray, y: np.ndarray, request: PairRequest, *, diagonal_block: bool = False
+    x: Any,
+    y: Any,
+    request: PairRequest,
+    *,
+    diagonal_block: bool = False,
+    backend: str = "auto",
 ) -> PairResult:
     """Everything a :class:`PairRequest` asks of a block pair, from one product per tile.
 
@@ -142,16 +153,29 @@ def pair_reduce(
     smaller.
 
     Args:
-        x: (m, d) rows.
+        x: (m, d) rows: a numpy array (the CPU path) or a torch tensor (CUDA: the Triton
+            kernels of :mod:`kernels._triton_pairs`).
         y: (n, d) rows (the same block as ``x`` when ``diagonal_block``).
         request: the reductions wanted.
         diagonal_block: ``x`` and ``y`` are one block of one set: the pairs (i, i) are left
             out of the sums (their kernel values summed apart), of the neighbours and of
             nothing else.
+        backend: for tensors, ``auto`` (Triton on CUDA), ``triton`` (also on CPU tensors under
+            the interpreter) or ``torch`` (the CPU path on the tensors' values).
 
     Returns:
-        :class:`PairResult`.
+        :class:`PairResult` (numpy arrays).
     """
+    if not isinstance(x, np.ndarray):
+        from kernels._dispatch import resolve_backend
+
+        chosen = resolve_backend(x, backend)
+        if chosen == "triton" and x.dtype != _torch().float64:
+            from kernels._triton_path import pair_reduce_triton
+
+            return pair_reduce_triton(x, y, request, diagonal_block)
+        # float64 products (--precision fp64), or the torch backend: the CPU path.
+        x, y = x.cpu().numpy(), y.cpu().numpy()
     x, y = _working(x, y)
     decides = request.knn is not None or request.radii is not None
     if decides and x.dtype == np.float32:

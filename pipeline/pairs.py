@@ -225,12 +225,16 @@ class PairPlan:
         rbf: σ for RBF complement sums on unit rows (CMMD), or None.
         knn: k for the k nearest squared distances within a set (PRDC radii), or None.
         radii: squared radii for the cross pass (PRDC): x_le (N,), x_lt (N,), y_le (M,).
+        device: where the pair kernels run (``auto``: a worker's GPU if it has one).
+        backend: ``auto`` (Triton on a GPU, the BLAS path on a CPU), ``triton`` or ``torch``.
     """
 
     poly: tuple[float, float, int] | None = None
     rbf: float | None = None
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
+    device: str = "cpu"
+    backend: str = "auto"
 
     def request(self, cross: bool, bx: tuple[int, int], by: tuple[int, int]) -> Any:
         from kernels.pairs import PairRequest
@@ -244,13 +248,23 @@ class PairPlan:
         )
 
 
-def _self_pair(blocks: RowBlocks, i: int, j: int, plan: PairPlan) -> SelfState:
+def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal: bool) -> Any:
+    """One block pair through the kernels, on the worker's device."""
     from kernels.pairs import pair_reduce
+    from pipeline.summaries import to_tensor, worker_device
 
+    if worker_device(plan.device) == "cpu" and plan.backend != "triton":
+        return pair_reduce(x, y, request, diagonal_block=diagonal)
+    xt = to_tensor(x, plan.device)
+    yt = xt if y is x else to_tensor(y, plan.device)
+    return pair_reduce(xt, yt, request, diagonal_block=diagonal, backend=plan.backend)
+
+
+def _self_pair(blocks: RowBlocks, i: int, j: int, plan: PairPlan) -> SelfState:
     x = blocks.read(i)
     y = x if i == j else blocks.read(j)
     bx, by = blocks.bounds[i], blocks.bounds[j]
-    result = pair_reduce(x, y, plan.request(False, bx, by), diagonal_block=i == j)
+    result = _reduce(x, y, plan, plan.request(False, bx, by), i == j)
     n = blocks.n
 
     def sums(s: Any) -> SetSums | None:
@@ -275,11 +289,9 @@ def _self_pair(blocks: RowBlocks, i: int, j: int, plan: PairPlan) -> SelfState:
 
 
 def _cross_pair(a: RowBlocks, i: int, b: RowBlocks, j: int, plan: PairPlan) -> CrossState:
-    from kernels.pairs import pair_reduce
-
     x, y = a.read(i), b.read(j)
     bx, by = a.bounds[i], b.bounds[j]
-    result = pair_reduce(x, y, plan.request(True, bx, by))
+    result = _reduce(x, y, plan, plan.request(True, bx, by), False)
 
     def sums(s: Any) -> CrossSums | None:
         if s is None:
@@ -347,8 +359,12 @@ def self_statistics(
                     f"{s.source.location!r} has {s.n} rows: k = {plan.knn} nearest neighbours "
                     "need more rows than k"
                 )
+    from pipeline.summaries import uses_gpu
+
     groups = [_tasks(s, None, plan, "self") for s in sets]
-    return engine.reduce(groups, split_every=split_every, progress=progress)
+    return engine.reduce(
+        groups, split_every=split_every, progress=progress, gpu=uses_gpu(plan.device)
+    )
 
 
 def cross_statistics(
@@ -361,8 +377,13 @@ def cross_statistics(
     progress: Progress | None = None,
 ) -> CrossState:
     """Every pair of a row of ``a`` with a row of ``b``."""
+    from pipeline.summaries import uses_gpu
+
     (state,) = engine.reduce(
-        [_tasks(a, b, plan, "cross")], split_every=split_every, progress=progress
+        [_tasks(a, b, plan, "cross")],
+        split_every=split_every,
+        progress=progress,
+        gpu=uses_gpu(plan.device),
     )
     return state
 

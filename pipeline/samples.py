@@ -40,6 +40,7 @@ from pipeline.pairs import (
 from pipeline.prdc import prdc_from, radii
 from pipeline.reduce import SHARD_PREFIX
 from pipeline.sources import FeatureSource
+from pipeline.summaries import check_device
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def sample_metrics(
     block_rows: int | None = None,
     precision: str = "fp32",
     split_every: int | None = None,
+    device: str = "auto",
+    backend: str = "auto",
     progress: Progress | None = None,
     reference_cache: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
@@ -102,6 +105,8 @@ def sample_metrics(
         block_rows: rows per block of the pair tasks (default: about 32 MiB a block).
         precision: ``fp32`` products (default) or ``fp64``.
         split_every: merge fan-in (see :meth:`Engine.reduce`).
+        device: where the pair kernels run (``auto``: a worker's GPU if it has one).
+        backend: ``auto``, ``triton`` or ``torch`` (float64 products run the CPU path).
         progress: called with (pairs done, pairs total), once per pass.
         reference_cache: where REAL's own-pair statistics are kept between calls (a job
             evaluates many entries against one reference).
@@ -115,13 +120,16 @@ def sample_metrics(
     """
     _check(real, gen, precision)
     engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
     same = same_store(real, gen)
     check_finite([real] if same else [real, gen], engine)
     rb = row_blocks(real, block_rows, precision)
     gb = rb if same else row_blocks(gen, block_rows, precision)
     poly = kernel_params(real.d, kid.degree, kid.gamma, kid.coef0) if kid else None
     knn = max(prdc.k, prdc.pr_k) if prdc else None
-    own = PairPlan(poly=poly, rbf=cmmd.sigma if cmmd else None, knn=knn)
+    own = PairPlan(
+        poly=poly, rbf=cmmd.sigma if cmmd else None, knn=knn, device=device, backend=backend
+    )
     key = ("self", real.location, real.name, own.poly, own.rbf, own.knn, rb.bounds, precision)
     cached = reference_cache.get(key) if reference_cache is not None else None
     sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
@@ -142,6 +150,8 @@ def sample_metrics(
         poly=None if same else poly,
         rbf=None if same or not cmmd else cmmd.sigma,
         radii=cross_radii,
+        device=device,
+        backend=backend,
     )
     cross = None
     if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:

@@ -128,3 +128,59 @@ def test_one_request_equals_the_separate_reductions():
     single = radius_decisions(x, y, rx, rx / 2, ry)
     for a, b in zip(both.radius[:4], single[:4], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# --- the Triton path (interpreted on CPU by tests/conftest.py) against the CPU path --------
+
+
+@pytest.mark.parametrize(("sx", "sy"), [((1, 3), (1, 3)), ((7, 5), (13, 5)), ((70, 33), (45, 33))])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_triton_pair_sums(sx, sy, diagonal):
+    import torch
+
+    from kernels.pairs import PairRequest, pair_reduce
+
+    x = _data(sx, np.float32, 31)
+    y = x if diagonal else _data(sy, np.float32, 32)
+    request = PairRequest(poly=(1 / sx[1], 1.0, 3), rbf=10.0)
+    cpu = pair_reduce(x, y, request, diagonal_block=diagonal)
+    gpu = pair_reduce(
+        torch.from_numpy(x), torch.from_numpy(y), request, diagonal_block=diagonal, backend="triton"
+    )
+    for a, b in ((cpu.poly, gpu.poly), (cpu.rbf, gpu.rbf)):
+        scale = max(abs(a.total), 1e-300)
+        assert b.total == pytest.approx(a.total, rel=1e-6, abs=1e-6 * scale)
+        assert b.squares == pytest.approx(a.squares, rel=1e-5, abs=1e-12)
+        assert b.diagonal == pytest.approx(a.diagonal, rel=1e-6, abs=1e-12)
+        np.testing.assert_allclose(b.rows, a.rows, rtol=1e-5, atol=1e-6 * scale)
+        np.testing.assert_allclose(b.cols, a.cols, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize(("sx", "sy"), [((9, 4), (70, 4)), ((70, 33), (45, 33))])
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_triton_knn_and_radii_equal_the_cpu_path_exactly(sx, sy, diagonal):
+    import torch
+
+    from kernels.pairs import PairRequest, pair_reduce
+
+    x = _data(sx, np.float32, 33, offset=10.0)
+    y = x if diagonal else _data(sy, np.float32, 34, offset=10.0)
+    y_rows = len(y)
+    sq = exact_sq_distances(x, y)
+    rng = np.random.default_rng(3)
+    radii = (
+        sq[np.arange(len(x)), rng.integers(0, y_rows, len(x))],
+        sq[np.arange(len(x)), rng.integers(0, y_rows, len(x))],
+        sq[rng.integers(0, len(x), y_rows), np.arange(y_rows)],
+    )
+    request = PairRequest(knn=3, radii=None if diagonal else radii)
+    cpu = pair_reduce(x, y, request, diagonal_block=diagonal)
+    gpu = pair_reduce(
+        torch.from_numpy(x), torch.from_numpy(y), request, diagonal_block=diagonal, backend="triton"
+    )
+    for a, b in zip(cpu.knn, gpu.knn, strict=True):
+        np.testing.assert_array_equal(a, b)
+    if not diagonal:
+        for a, b in zip(cpu.radius[:4], gpu.radius[:4], strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert gpu.radius.uncertain >= 1  # the radii sit on pair distances: ties re-decided

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+import kernels._triton_path
 import kernels.lse
 import kernels.moments
 import pipeline.engine
@@ -65,6 +66,9 @@ def files(tmp_path_factory):
         "a": write_zarr(tmp / "a.zarr", a, chunk_rows=100),
         "b": write_zarr(tmp / "b.zarr", b, chunk_rows=100),
         "nan": write_zarr(tmp / "nan.zarr", nan, chunk_rows=100),
+        # Few rows, for the Triton interpreter.
+        "a_small": write_zarr(tmp / "a_small.zarr", a[:90], chunk_rows=50),
+        "b_small": write_zarr(tmp / "b_small.zarr", b[:70], chunk_rows=50),
         "g": str(tmp / "g.zarr"),
         "g2": str(tmp / "g2.zarr"),
         "ll": str(tmp / "ll.npy"),
@@ -191,14 +195,30 @@ def check_device(capsys, f, command, monkeypatch):
 
     if not torch.cuda.is_available():
         _refused(capsys, *_base(command, f), "--device", "cuda", match="no CUDA GPU")
-    if command == "metrics":
-        argv = ["metrics", f["a"], f["b"], "--metrics", "kid"]
-        _refused(capsys, *argv, "--device", "cpu", match="apply to fid and fid_inf only")
+    if command in ("kid", "metrics"):
+        argv = (
+            _base("kid", f) if command == "kid" else ["metrics", f["a"], f["b"], "--metrics", "kid"]
+        )
+        calls.clear()
+        _report(capsys, *argv, "--device", "cpu")
+        assert calls
+        assert all(args[0] == "cpu" for args, _ in calls)
+        _refused(capsys, *argv, "--subsets", "2", "--device", "cpu", match="not to --subsets")
 
 
 def check_backend(capsys, f, command, monkeypatch):
     # The tests run Triton kernels in its interpreter (tests/conftest.py).
-    if command in ("fid", "metrics"):
+    if command in ("kid", "cmmd", "prdc"):
+        small = [command, f["a_small"], f["b_small"]]
+        calls = _spy(monkeypatch, kernels._triton_path, "pair_reduce_triton")
+        report = _report(capsys, *small, "--backend", "triton", "--shard-rows", "50")
+        assert calls
+        calls.clear()
+        cpu = _report(capsys, *small, "--backend", "torch", "--shard-rows", "50")
+        assert not calls
+        key = {"kid": "kid", "cmmd": "cmmd", "prdc": "precision"}[command]
+        assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
+    elif command in ("fid", "metrics"):
         calls = _spy(monkeypatch, kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
@@ -632,6 +652,8 @@ PAIRS = {
         "shard_rows",
         "array",
         "split_every",
+        "device",
+        "backend",
         "out",
         "json",
         "overwrite",

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, metavar="S", help="seed of the nested subsets of --infinity (default 0)"
     )
 
-    pairs = [engine, shards, tree, products, output]
+    pairs = [engine, shards, tree, kernels, products, output]
     kid = sub.add_parser(
         "kid",
         parents=pairs,

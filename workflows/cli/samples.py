@@ -67,6 +67,7 @@ def _run(
     results: dict[str, Any] = {}
     eng, precision, bar = engine(args), args.precision or "fp32", progress(args)
     kid = params.pop("kid", None)
+    device, backend = args.device or "auto", args.backend or "auto"
     if args.subsets is not None and kid is not None:
         results["kid"] = kid_subsets(
             real,
@@ -92,6 +93,8 @@ def _run(
                 block_rows=args.shard_rows,
                 precision=precision,
                 split_every=args.split_every,
+                device=device,
+                backend=backend,
                 progress=bar,
             )
         )
@@ -163,6 +166,7 @@ def cmd_kid(args: argparse.Namespace) -> int:
         refuse(args, ("seed",), "applies to the subset protocol (--subsets)")
     else:
         refuse(args, ("split_every",), "applies to the exact estimator, not to --subsets")
+        refuse(args, ("device", "backend"), "apply to the exact estimator, not to --subsets")
     return _one(args, "kid")
 
 
@@ -183,12 +187,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     wanted = args.metrics
     pair = [m for m in wanted if m in ("kid", "cmmd", "prdc")]
-    if pair:
-        refuse(args, ("device", "backend"), "apply to fid and fid_inf only (pair kernels: CPU)")
-        if args.nonfinite == "drop":
-            raise UsageError(
-                "--nonfinite drop cannot apply to kid, cmmd or prdc, which need every row"
-            )
+    if pair and args.nonfinite == "drop":
+        raise UsageError(
+            "--nonfinite drop cannot apply to kid, cmmd or prdc, which need every row"
+        )
+    if args.subsets is not None and wanted == ("kid",):
+        refuse(args, ("device", "backend"), "apply to the exact estimator, not to --subsets")
     if args.seed is not None and "fid_inf" not in wanted and args.subsets is None:
         raise UsageError("--seed applies to fid_inf or to KID's --subsets")
     params = _params(args, tuple(wanted))
