@@ -71,6 +71,13 @@ def row_blocks(
     return RowBlocks(source, bounds, precision)
 
 
+def shard_blocks(source: FeatureSource, precision: str = "fp32") -> RowBlocks:
+    """The source's own shards as blocks (whole stored chunks; ``--shard-rows`` sets them)."""
+    stops = np.cumsum(source.array.chunks[0]).tolist()
+    starts = [0, *stops[:-1]]
+    return RowBlocks(source, tuple(zip(starts, stops, strict=True)), precision)
+
+
 def check_finite(sources: Sequence[FeatureSource], engine: Engine) -> None:
     """Pair metrics need every row: a cheap pass finds non-finite rows before any pair runs.
 

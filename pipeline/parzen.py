@@ -4,14 +4,14 @@ implicit models),
 
     log p(x) = LSE_j(−‖x − y_j‖² / 2h²) − log M − (d/2) log(2π h²),
 
-tiled as test shards × sample shards: each pair returns, per test row, the mergeable
-log-sum-exp pair over its sample rows, and pairs merge across sample shards.
+tiled as test shards × sample shards on the block-pair engine (:mod:`pipeline.pairs`): each
+pair task reads its two shards and returns, per test row, the mergeable log-sum-exp pair over
+its sample rows; pairs merge across sample shards.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,8 @@ from pipeline.engine import Engine, Progress
 from pipeline.errors import NumericalError, ShapeError
 from pipeline.moments import feature_moments
 from pipeline.nll import NLLResult, summarize_nll
-from pipeline.reduce import SHARD_PREFIX, chain_merge, merge_all, shard_tasks, sizeof_fields
+from pipeline.pairs import RowBlocks, shard_blocks
+from pipeline.reduce import SHARD_PREFIX, merge_all, shard_tasks, sizeof_fields
 from pipeline.sources import FeatureSource
 from pipeline.states import NonFiniteRows, RowLogSumExp, ScalarMoments, merge_fieldwise
 from pipeline.summaries import (
@@ -32,6 +33,7 @@ from pipeline.summaries import (
     count_finite,
     finite_rows,
     to_tensor,
+    uses_gpu,
 )
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -83,14 +85,13 @@ class ParzenSummary:
     merge = merge_fieldwise
 
 
-def _pair(
+def _lse(
     test: np.ndarray, samples: np.ndarray, bandwidth: float, device: str, backend: str
 ) -> KernelSums:
+    """The log-sum-exp pair of every test row over the finite sample rows."""
     from kernels import parzen_lse
 
-    samples = np.asarray(samples)
     samples = samples[finite_rows(samples)]
-    test = np.asarray(test)
     bad = ~finite_rows(test)
     if bad.any():
         test = np.where(bad[:, None], 0, test)  # computed as zeros, reported as NaN
@@ -109,6 +110,12 @@ def _pair(
     return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]))
 
 
+def _pair(
+    test: RowBlocks, i: int, samples: RowBlocks, j: int, h: float, device: str, backend: str
+) -> KernelSums:
+    return _lse(test.read(i), samples.read(j), h, device, backend)
+
+
 def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSummary:
     if sums.samples == 0:
         raise ShapeError("no finite sample rows remain to place kernels on")
@@ -122,44 +129,42 @@ def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSu
     )
 
 
-def _graph(
-    test: Sequence[Any],
-    offsets: Sequence[int],
-    sample_blocks: Sequence[Any],
-    d: int,
+def _density(
+    samples: FeatureSource,
+    test: FeatureSource,
     h: float,
+    engine: Engine,
     device: str,
     backend: str,
-) -> Any:
+    progress: Progress | None,
+) -> ParzenSummary:
+    """Test shards × sample shards on the block-pair engine: each task reads its two shards,
+    so a worker holds two shards whatever the size of the sample set."""
     from dask.base import tokenize
     from dask.delayed import delayed
 
-    token = tokenize(
-        [getattr(t, "key", t) for t in test], [getattr(s, "key", s) for s in sample_blocks], h
-    )
-    leaves = []
-    for i, (tb, offset) in enumerate(zip(test, offsets, strict=True)):
-        pairs = [
+    tb, sb = shard_blocks(test), shard_blocks(samples)
+    token = tokenize(test.location, tb.bounds, samples.location, sb.bounds, h)
+    groups = [
+        [
             delayed(_pair, pure=True)(
-                tb, sb, h, device, backend, dask_key_name=f"{SHARD_PREFIX}parzen-{token}-{i}-{j}"
-            )
-            for j, sb in enumerate(sample_blocks)
-        ]
-        leaves.append(
-            delayed(_finish, pure=True)(
-                chain_merge(pairs, name=f"parzen-merge-{token}-{i}"),
-                offset,
-                d,
+                tb,
+                i,
+                sb,
+                j,
                 h,
-                dask_key_name=f"parzen-finish-{token}-{i}",
+                device,
+                backend,
+                dask_key_name=f"{SHARD_PREFIX}parzen-{token}-{i}-{j}",
             )
-        )
-    return delayed(merge_all, pure=True)(*leaves, dask_key_name=f"parzen-total-{token}")
-
-
-def _blocks(array: Any) -> tuple[list[Any], list[int]]:
-    offsets = [0, *np.cumsum(array.chunks[0])[:-1].tolist()]
-    return list(array.to_delayed().ravel()), offsets
+            for j in range(len(sb.bounds))
+        ]
+        for i in range(len(tb.bounds))
+    ]
+    states = engine.reduce(groups, progress=progress, gpu=uses_gpu(device))
+    return merge_all(
+        *(_finish(s, start, test.d, h) for s, (start, _) in zip(states, tb.bounds, strict=True))
+    )
 
 
 def nll_parzen(
@@ -251,10 +256,7 @@ def nll_parzen(
         extra["samples_nonfinite_dropped"] = sample_count.nonfinite.count
     check_bandwidth(h)
     extra["bandwidth"] = h
-    test_blocks, offsets = _blocks(test.array)
-    sample_blocks, _ = _blocks(samples.array)
-    total = _graph(test_blocks, offsets, sample_blocks, test.d, h, device, backend)
-    (summary,) = engine.run_delayed([total], progress=progress, shards=test.shards * samples.shards)
+    summary = _density(samples, test, h, engine, device, backend, progress)
     if summary.underflow.count:
         raise NumericalError(
             f"{summary.underflow.count} row(s) of {test.location!r} have density 0 at bandwidth "
@@ -262,6 +264,35 @@ def nll_parzen(
             "kernel value underflows; the bandwidth is too small for these distances"
         )
     return summarize_nll("parzen", ValueSummary(summary.values, summary.nonfinite), test.d, **extra)
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateSums:
+    """The held-out rows' kernel sums under each candidate bandwidth."""
+
+    sums: tuple[KernelSums, ...]
+
+    def merge(self, other: CandidateSums) -> CandidateSums:
+        return CandidateSums(tuple(a.merge(b) for a, b in zip(self.sums, other.sums, strict=True)))
+
+
+def _held_out(samples: RowBlocks, j: int, step: int) -> np.ndarray:
+    start, stop = samples.bounds[j]
+    return samples.read(j)[np.arange(start, stop) % step == 0]
+
+
+def _cv_pair(
+    held: np.ndarray,
+    samples: RowBlocks,
+    j: int,
+    step: int,
+    candidates: tuple[float, ...],
+    device: str,
+    backend: str,
+) -> CandidateSums:
+    start, stop = samples.bounds[j]
+    fit = samples.read(j)[np.arange(start, stop) % step != 0]
+    return CandidateSums(tuple(_lse(held, fit, h, device, backend) for h in candidates))
 
 
 def _cross_validate(
@@ -273,37 +304,53 @@ def _cross_validate(
     device: str,
     backend: str,
 ) -> float:
+    from dask.base import tokenize
+    from dask.delayed import delayed
+
     step = max(10, math.ceil(samples.n / 2000))
-    held = np.zeros(samples.n, dtype=bool)
-    held[::step] = True
-    fit, val = samples.array[~held], samples.array[held]
-    candidates = [c for c in rule * 2.0 ** np.linspace(-2, 2, grid) if c >= _MIN_BANDWIDTH]
+    candidates = tuple(
+        float(c) for c in rule * 2.0 ** np.linspace(-2, 2, grid) if c >= _MIN_BANDWIDTH
+    )
     if not candidates:
         check_bandwidth(float(rule * 4.0))  # raises: even the largest candidate is too small
-    fit_blocks, _ = _blocks(fit)
-    val_blocks, val_offsets = _blocks(val)
-    totals = [
-        _graph(val_blocks, val_offsets, fit_blocks, samples.d, float(h), device, backend)
-        for h in candidates
+    # The held-out rows (at most 2,000) are gathered once; each task reads one sample shard,
+    # fits on its other rows and scores every candidate, so the shards are read once.
+    sb = shard_blocks(samples)
+    token = tokenize(samples.location, sb.bounds, step, candidates)
+    parts = [delayed(_held_out, pure=True)(sb, j, step) for j in range(len(sb.bounds))]
+    held = delayed(np.concatenate, pure=True)(parts, dask_key_name=f"parzen-held-{token}")
+    tasks = [
+        delayed(_cv_pair, pure=True)(
+            held,
+            sb,
+            j,
+            step,
+            candidates,
+            device,
+            backend,
+            dask_key_name=f"{SHARD_PREFIX}parzen-cv-{token}-{j}",
+        )
+        for j in range(len(sb.bounds))
     ]
-    summaries = engine.run_delayed(totals)
+    (state,) = engine.reduce([tasks], gpu=uses_gpu(device))
+    summaries = [_finish(s, 0, samples.d, h) for s, h in zip(state.sums, candidates, strict=True)]
     # A candidate under which some held-out row has density 0 has held-out likelihood 0.
     scores = [
         s.values.mean if s.values.n and not s.underflow.count else float("-inf") for s in summaries
     ]
     best = int(np.argmax(scores))
     extra["cv"] = {
-        "candidates": [float(c) for c in candidates],
+        "candidates": list(candidates),
         "mean_loglik": scores,
-        "held_out": int(held.sum()),
+        "held_out": len(range(0, samples.n, step)),
     }
-    return float(candidates[best])
+    return candidates[best]
 
 
 def _register_sizes() -> None:
     from dask.sizeof import sizeof
 
-    for state in (KernelSums, ParzenSummary):
+    for state in (KernelSums, ParzenSummary, CandidateSums):
         sizeof.register(state)(sizeof_fields)
 
 

@@ -154,6 +154,33 @@ def test_nll_ess_on_a_cluster_match_threads(processes, tmp_path, rng):
     assert remote.khat == pytest.approx(local.khat, rel=1e-9)
 
 
+def test_pair_metrics_and_parzen_on_a_cluster_equal_threads(processes, tmp_path, rng):
+    import numpy as np
+
+    from pipeline import open_features
+    from pipeline.parzen import nll_parzen
+    from pipeline.samples import CMMDParams, KIDParams, PRDCParams, sample_metrics
+
+    x = rng.normal(size=(900, 16)).astype(np.float32)
+    y = (1.1 * rng.normal(size=(700, 16)) + 0.2).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    sx, sy = (open_features(str(tmp_path / f), shard_rows=200) for f in ("x.npy", "y.npy"))
+    address = processes(workers=2)
+
+    def metrics(engine):
+        params = dict(kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams())
+        return sample_metrics(sx, sy, engine=engine, block_rows=250, **params)
+
+    local, remote = metrics(Engine()), metrics(Engine(address))
+    # A tree of merges on the cluster, a chain locally: sums agree to rounding, decisions exactly.
+    assert remote["kid"].kid == pytest.approx(local["kid"].kid, rel=1e-9)
+    assert remote["cmmd"].cmmd == pytest.approx(local["cmmd"].cmmd, rel=1e-9)
+    assert remote["prdc"] == local["prdc"]
+    here, there = nll_parzen(sx, sy, 1.5), nll_parzen(sx, sy, 1.5, engine=Engine(address))
+    assert there.nll == pytest.approx(here.nll, rel=1e-12)
+
+
 def test_cli_cluster_spec_dashboard_and_performance_report(tmp_path, capsys, feature_pair):
     real_path, _, gen_path, _ = feature_pair
     spec = tmp_path / "local.yaml"
