@@ -29,9 +29,13 @@ from pipeline.summaries import check_nonfinite, count_finite
 BLOCK_BYTES = 32 * 2**20
 
 
-@dataclass(frozen=True, eq=False)
 class RowBlocks:
     """A feature set cut into row blocks that a task reads by index.
+
+    Deliberately not a dataclass: ``dask.delayed`` looks inside dataclass arguments, and would
+    make the source's dask array a dependency of every task that gets the blocks, so each
+    task would wait for (and a cluster would ship) the whole set. A plain object is passed
+    as it is, and each task reads only its own blocks.
 
     Attributes:
         source: the opened store.
@@ -40,9 +44,12 @@ class RowBlocks:
             ``fp64`` (every block upcast to float64).
     """
 
-    source: FeatureSource
-    bounds: tuple[tuple[int, int], ...]
-    precision: str = "fp32"
+    __slots__ = ("bounds", "precision", "source")
+
+    def __init__(
+        self, source: FeatureSource, bounds: tuple[tuple[int, int], ...], precision: str = "fp32"
+    ) -> None:
+        self.source, self.bounds, self.precision = source, bounds, precision
 
     @property
     def n(self) -> int:

@@ -242,3 +242,31 @@ def test_triton_pair_kernels_give_the_cpu_path_results(tmp_path):
     assert gpu["kid"].standard_error == pytest.approx(cpu["kid"].standard_error, rel=1e-5)
     assert gpu["cmmd"].cmmd == pytest.approx(cmmd_brute(x, y), rel=1e-4)
     assert gpu["prdc"] == cpu["prdc"]
+
+
+def test_pair_tasks_depend_on_no_chunk_of_the_sets(pair, monkeypatch):
+    # Each pair task reads its own blocks: its graph holds no chunk of the sources' dask
+    # arrays (such a dependency would compute every set whole into each task, and ship it to
+    # every worker on a cluster).
+    from pipeline.engine import Engine
+    from pipeline.parzen import nll_parzen
+
+    graphs = []
+    original = Engine.run_delayed
+
+    def spy(self, roots, **kwargs):
+        graphs.extend(dict(root.__dask_graph__()) for root in roots)
+        return original(self, roots, **kwargs)
+
+    monkeypatch.setattr(Engine, "run_delayed", spy)
+    _x, _y, sx, sy = pair
+    sample_metrics(sx, sy, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=300)
+    kid_subsets(sx, sy, subsets=2, subset_size=100)
+    nll_parzen(sx, sy, 2.0)
+    nll_parzen(sx, sy, "cv")
+    pair_tasks = ("shard-self", "shard-cross", "shard-parzen", "shard-kid-subset")
+    with_pairs = [g for g in graphs if any(str(k).startswith(pair_tasks) for k in g)]
+    assert len(with_pairs) >= 6
+    ours = ("shard-", "merge-", "parzen-", "_gather-", "_held_out-")
+    foreign = [k for g in with_pairs for k in g if not (isinstance(k, str) and k.startswith(ours))]
+    assert not foreign
