@@ -6,6 +6,10 @@ BIN     = $(VENV)/bin
 # (if the machine has one) is searched first.
 PIP_FLAGS = -c constraints.txt $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 
+# The encoder reference tests need torchvision (pytorch-fid and clean-fid import it), which
+# installs here only beside torch 2.14.1: a second environment, made once (about 5.5 GB).
+ENC_VENV ?= .venv-encoders
+
 REAL ?= demo-data/real.zarr
 GEN  ?= demo-data/gen.zarr
 
@@ -17,6 +21,12 @@ $(BIN)/shardeval: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[test,dev]'
 	touch $@
 
+$(ENC_VENV)/bin/shardeval: pyproject.toml constraints-encoders.txt
+	$(PYTHON) -m venv $(ENC_VENV)
+	$(ENC_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ENC_VENV)/bin/python -m pip install -q -c constraints-encoders.txt -e '.[encoders-test]'
+	touch $@
+
 demo: $(BIN)/shardeval
 	@if [ "$(REAL)" = demo-data/real.zarr ] && [ ! -e demo-data/real.zarr ]; then \
 	  $(BIN)/shardeval synth demo-data/real.zarr --n 20000 --d 256 --seed 1; fi
@@ -25,8 +35,9 @@ demo: $(BIN)/shardeval
 	$(BIN)/shardeval fid $(REAL) $(GEN) --shard-rows 4096 --out demo-data/fid.json --overwrite
 	@echo "JSON report: demo-data/fid.json"
 
-test: $(BIN)/shardeval
+test: $(BIN)/shardeval $(ENC_VENV)/bin/shardeval
 	$(BIN)/python -m pytest -q
+	$(ENC_VENV)/bin/python -m pytest -q -m encoders -p no:cacheprovider tests/encoders
 
 lint: $(BIN)/shardeval
 	$(BIN)/ruff check pipeline kernels workflows tests benchmarks
@@ -37,6 +48,8 @@ bench: $(BIN)/shardeval
 	$(BIN)/python -m benchmarks.nll_ess
 	$(BIN)/python -m benchmarks.kernels
 	$(BIN)/python -m benchmarks.cluster_scale
+	$(BIN)/python -m benchmarks.sample_metrics
+	$(BIN)/python -m benchmarks.extract
 
 clean:
-	rm -rf $(VENV) demo-data bench-data *.egg-info
+	rm -rf $(VENV) $(ENC_VENV) demo-data bench-data *.egg-info

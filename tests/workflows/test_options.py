@@ -62,6 +62,7 @@ def files(tmp_path_factory):
         "backend: local\noptions:\n  n_workers: 1\n  threads_per_worker: 1\n"
         "  processes: false\n  dashboard_address: ':0'\n"
     )
+    _extract_inputs(tmp, rng)
     return {
         "a": write_zarr(tmp / "a.zarr", a, chunk_rows=100),
         "b": write_zarr(tmp / "b.zarr", b, chunk_rows=100),
@@ -80,6 +81,44 @@ def files(tmp_path_factory):
     }
 
 
+def _extract_inputs(tmp, rng):
+    """Five small images, the same with one truncated file, and two random Inception weights."""
+    import torch
+    from PIL import Image
+
+    from kernels.encoders.inception import random_state_dict
+
+    for folder in ("images", "bad-images"):
+        (tmp / folder).mkdir()
+        for i in range(5):
+            pixels = rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp / folder / f"{i}.png")
+    (tmp / "bad-images" / "2.png").write_bytes((tmp / "images" / "2.png").read_bytes()[:60])
+    for seed in (1, 2):
+        torch.save(random_state_dict(seed), tmp / f"inception-{seed}.pth")
+
+
+_OUTPUTS = iter(range(10**6))
+
+
+def _extract(f, *extra, images="images", weights=1):
+    """An extract command line writing a new store."""
+    out = f["tmp"] / f"x-{next(_OUTPUTS)}.zarr"
+    return [
+        "extract",
+        f["tmp"] / images,
+        "-o",
+        out,
+        "--weights",
+        f["tmp"] / f"inception-{weights}.pth",
+        *extra,
+    ]
+
+
+def _features(report):
+    return np.asarray(zarr.open_group(report["output"], mode="r")["features"][:])
+
+
 def _base(command, f):
     """A working invocation of each measurement command."""
     return {
@@ -90,6 +129,7 @@ def _base(command, f):
         "cmmd": ["cmmd", f["a"], f["b"]],
         "prdc": ["prdc", f["a"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
+        "extract": _extract(f),
     }[command]
 
 
@@ -306,6 +346,109 @@ def check_reff(capsys, f, command, monkeypatch):
 
 
 # --- command-specific checks -----------------------------------------------------------------
+
+
+def check_extract_quiet(capsys, f, command, monkeypatch):
+    code, _, err = _run(capsys, *_extract(f))
+    assert code == 0
+    assert "chunks" in err
+    code, _, err = _run(capsys, *_extract(f), "-q")
+    assert code == 0
+    assert err == ""
+
+
+def check_extract_output(capsys, f, command, monkeypatch):
+    argv = _extract(f)
+    report = _report(capsys, *argv)
+    assert report["output"] == str(argv[3])
+    assert _features(report).shape == (5, 2048)
+    existing = f["tmp"] / "not-ours"
+    existing.mkdir(exist_ok=True)
+    (existing / "notes.txt").write_text("keep")
+    _refused(capsys, *argv[:3], existing, *argv[4:], match="not a feature store written by")
+    assert (existing / "notes.txt").read_text() == "keep"
+
+
+def check_extract_encoder(capsys, f, command, monkeypatch):
+    assert _report(capsys, *_extract(f))["encoder"] == "inception"
+    argv = ["extract", f["tmp"] / "images", "-o", f["tmp"] / "dino.zarr", "-q"]
+    _refused(capsys, *argv, "--encoder", "dinov2-vitl14", match="dinov2")
+    assert not (f["tmp"] / "dino.zarr").exists()
+
+
+def check_extract_resize(capsys, f, command, monkeypatch):
+    legacy = _report(capsys, *_extract(f))
+    clean = _report(capsys, *_extract(f, "--resize", "clean"))
+    assert (legacy["resize"], clean["resize"]) == ("legacy-pytorch", "clean")
+    assert not np.array_equal(_features(legacy), _features(clean))
+    argv = ["extract", f["tmp"] / "images", "-o", f["tmp"] / "r.zarr"]
+    _refused(capsys, *argv, "--encoder", "clip-vitl14-336", "--resize", "clean", match="--resize")
+
+
+def check_extract_weights(capsys, f, command, monkeypatch):
+    one = _features(_report(capsys, *_extract(f, weights=1)))
+    two = _features(_report(capsys, *_extract(f, weights=2)))
+    assert not np.array_equal(one, two)
+    argv = ["extract", f["tmp"] / "images", "-o", f["tmp"] / "w.zarr"]
+    _refused(capsys, *argv, "--weights", f["tmp"] / "none.pth", match="do not exist")
+
+
+def check_extract_batch_size(capsys, f, command, monkeypatch):
+    two = _report(capsys, *_extract(f, "--batch-size", "2"))
+    five = _report(capsys, *_extract(f, "--batch-size", "5"))
+    assert (two["chunks"], five["chunks"]) == (3, 1)
+    np.testing.assert_allclose(_features(two), _features(five), rtol=1e-5, atol=1e-6)
+
+
+def check_extract_device(capsys, f, command, monkeypatch):
+    assert _report(capsys, *_extract(f, "--device", "cpu"))["devices"] == ["cpu"]
+    import torch
+
+    if not torch.cuda.is_available():
+        _refused(capsys, *_extract(f, "--device", "cuda"), match="no CUDA GPU")
+
+
+def check_extract_skip_bad(capsys, f, command, monkeypatch):
+    _refused(capsys, *_extract(f, images="bad-images"), match="2.png")
+    report = _report(capsys, *_extract(f, "--skip-bad", images="bad-images"))
+    assert report["rows"] == 4
+    assert [name for name, _ in report["skipped"]] == ["2.png"]
+
+
+def check_extract_overwrite(capsys, f, command, monkeypatch):
+    argv = _extract(f)
+    assert not _report(capsys, *argv)["already_complete"]
+    assert _report(capsys, *argv)["already_complete"]  # the same settings: nothing computed
+    other = [*argv[:5], f["tmp"] / "inception-2.pth"]
+    _refused(capsys, *other, match="pass --overwrite")
+    report = _report(capsys, *other, "--overwrite")
+    assert report["computed"] == report["chunks"]
+
+
+def check_extract_json(capsys, f, command, monkeypatch):
+    _, out, _ = _run(capsys, *_extract(f), "-q")
+    assert out.startswith("extracted 5 images")
+    report = json.loads(_run(capsys, *_extract(f), "--json", "-q")[1])
+    assert report["rows"] == 5
+    assert report["engine"]["scheduler"] == "threads"
+
+
+EXTRACT = {
+    "scheduler": check_scheduler,
+    "threads": check_threads,
+    "cluster": check_cluster,
+    "performance_report": check_performance_report,
+    "quiet": check_extract_quiet,
+    "output": check_extract_output,
+    "encoder": check_extract_encoder,
+    "resize": check_extract_resize,
+    "weights": check_extract_weights,
+    "batch_size": check_extract_batch_size,
+    "device": check_extract_device,
+    "skip_bad": check_extract_skip_bad,
+    "overwrite": check_extract_overwrite,
+    "json": check_extract_json,
+}
 
 
 def check_fid_ref(capsys, f, command, monkeypatch):
@@ -673,6 +816,7 @@ CHECKS = {
     **{(c, "k"): check_k for c in ("prdc", "metrics")},
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
     ("metrics", "metrics"): check_metrics,
+    **{("extract", k): v for k, v in EXTRACT.items()},
     **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},
     ("fid", "precision"): check_precision,

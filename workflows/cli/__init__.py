@@ -20,6 +20,7 @@ EXIT_FAILED = 1
 
 #: command → (module, function)
 _COMMANDS = {
+    "extract": ("workflows.cli.extract", "cmd_extract"),
     "fid": ("workflows.cli.measure", "cmd_fid"),
     "stats": ("workflows.cli.measure", "cmd_stats"),
     "nll": ("workflows.cli.measure", "cmd_nll"),

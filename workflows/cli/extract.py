@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 from typing import Any
 
 from kernels.encoders import ENCODERS, INCEPTION_RESIZES
@@ -93,6 +94,9 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
         action="store_true",
         help="replace an extraction store already at --output (whatever its settings)",
     )
+    o.add_argument(
+        "--json", action="store_true", help="print what was done as JSON instead of a summary"
+    )
     return p
 
 
@@ -155,5 +159,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
     )
     if result.skipped and not args.quiet:
         notice(f"{len(result.skipped)} image(s) skipped (--skip-bad)")
-    print(_summary(result, engine(args).describe()))
+    described = engine(args).describe()
+    if args.json:
+        from workflows.provenance import now_iso, versions
+        from workflows.report import to_json
+
+        data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}
+        print(to_json(data), end="")
+    else:
+        print(_summary(result, described))
     return 0

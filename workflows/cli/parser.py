@@ -14,13 +14,18 @@ import math
 from pipeline.metrics import METRICS
 from pipeline.options import BACKENDS, DEFAULT_SPLIT_EVERY, DEVICES, NONFINITE_POLICIES, PRECISIONS
 
-DESCRIPTION = "FID, NLL and ESS over sharded stores, on one machine or a Dask cluster."
+DESCRIPTION = (
+    "Image features, FID, KID, CMMD, precision/recall/density/coverage, NLL and ESS over "
+    "sharded stores, exact over full sets, on one machine or a Dask cluster."
+)
 
 EPILOG = """\
 examples:
+  shardeval extract samples/ -o gen.zarr              # images -> Inception features
   shardeval synth real.zarr --n 50000 --d 2048 --seed 1
   shardeval synth gen.zarr --n 50000 --d 2048 --seed 2 --mean 0.05
   shardeval fid real.zarr gen.zarr --out fid.json
+  shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc
   shardeval stats real.zarr -o real-stats.zarr
   shardeval fid real-stats.zarr gen.zarr              # statistics on either side
   shardeval fid fid_stats_a.npz fid_stats_b.npz       # two pytorch-fid statistics files
@@ -281,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     kernels, products = kernel_options(), precision_options()
     nonfinite, output, reff = nonfinite_options(), output_options(), reff_option()
     features = [engine, shards, tree, kernels, products, nonfinite]
+
+    # Imported here: the extract module imports this one for its option types.
+    from workflows.cli.extract import add_extract_parser
+
+    add_extract_parser(sub, [engine])
 
     fid = sub.add_parser(
         "fid",

@@ -1,0 +1,156 @@
+"""Image preprocessing: one decoded RGB image (H, W, 3) uint8 → the model's input (3, S, S).
+
+Each function reproduces a reference tool's arithmetic exactly, because FID and its kin move
+measurably with the resize (clean-fid's paper):
+
+* ``legacy-pytorch`` (pytorch-fid): ToTensor to [0, 1], then ``F.interpolate`` bilinear with
+  ``align_corners=False`` to 299 × 299. pytorch-fid resizes a whole batch inside the model; the
+  interpolation treats every image on its own, so resizing each image before stacking gives the
+  same numbers and lets one batch hold images of different sizes.
+* ``clean`` (clean-fid, ``make_resizer("PIL", False, "bicubic", (299, 299))``): each channel as
+  float32 (0..255, unscaled) through PIL's antialiased bicubic in mode ``F``, clipped to
+  [0, 255]. clean-fid's Inception then computes (x − 128) / 128, not pytorch-fid's
+  2·(x / 255) − 1; our network computes 2·x' − 1, so clean mode gives it x' = x / 256.
+* DINOv2 (dgm-eval): PIL bicubic on the RGB image straight to 224 × 224 (aspect not kept),
+  ToTensor, ImageNet mean/std.
+* CLIP ViT-L/14-336 (CMMD): centre crop to the largest square, PIL bicubic to 336, / 255, CLIP
+  mean/std.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+#: Inception's input side.
+INCEPTION_SIZE = 299
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_rgb(image: np.ndarray) -> np.ndarray:
+    """``image`` as a C-contiguous (H, W, 3) uint8 array.
+
+    Raises:
+        ValueError: another shape or dtype.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"an image must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    if not image.flags.writeable:  # torch warns on (and may write to) read-only memory
+        return image.copy()
+    return np.ascontiguousarray(image)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 → (3, H, W) float32 in [0, 1], as torchvision's ToTensor computes it
+    (a float32 division by 255)."""
+    import torch
+
+    # Contiguous (C, H, W) as ToTensor makes it: convolutions pick their algorithm by memory
+    # layout, and a channels-last view would round differently from the reference.
+    chw = torch.from_numpy(check_rgb(image)).permute(2, 0, 1).contiguous()
+    return chw.to(torch.float32).div(255)
+
+
+def legacy_pytorch(image: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """pytorch-fid's input: ToTensor, then bilinear ``F.interpolate`` (align_corners=False) to
+    ``size`` × ``size``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: output side.
+
+    Returns:
+        (3, size, size) float32 in [0, 1].
+    """
+    import torch.nn.functional as F
+
+    x = to_tensor(image)[None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x[0]
+
+
+def clean_resize(
+    image: np.ndarray, size: tuple[int, int] = (INCEPTION_SIZE, INCEPTION_SIZE)
+) -> np.ndarray:
+    """clean-fid's PIL bicubic resize without quantisation, channel by channel in mode ``F``.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: (width, height), PIL's order.
+
+    Returns:
+        (height, width, 3) float32 in [0, 255].
+    """
+    from PIL import Image
+
+    image = check_rgb(image)
+    channels = []
+    for c in range(3):
+        # A 2-D float32 array becomes a mode "F" image (32-bit float pixels), so the bicubic
+        # filter sees the 0..255 values unrounded and returns floats.
+        plane = Image.fromarray(np.ascontiguousarray(image[:, :, c], dtype=np.float32))
+        resized = plane.resize(size, resample=Image.Resampling.BICUBIC)
+        channels.append(np.asarray(resized, dtype=np.float32).clip(0, 255))
+    return np.stack(channels, axis=2)
+
+
+def clean(image: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """The Inception's input in ``clean`` mode: :func:`clean_resize`, then / 256, so that the
+    network's 2x − 1 is clean-fid's (x − 128) / 128 (up to one rounding: x / 128 − 1 there is
+    computed as (x − 128) / 128).
+
+    Returns:
+        (3, size, size) float32 in [0, 255/256].
+    """
+    import torch
+
+    resized = clean_resize(image, (size, size))
+    return torch.from_numpy(resized).permute(2, 0, 1).contiguous().div(256)
+
+
+def pil_bicubic(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL's (antialiased) bicubic resize of the RGB image to ``size`` × ``size``, quantised to
+    uint8 as PIL returns it; the aspect ratio is not kept."""
+    from PIL import Image
+
+    out = Image.fromarray(check_rgb(image)).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(out)
+
+
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square: side l = min(h, w), top = (h − l) // 2, left = (w − l) // 2."""
+    image = check_rgb(image)
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(x − mean) / std per channel of a (3, H, W) tensor, in its dtype."""
+    import torch
+
+    m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def dinov2(image: np.ndarray, size: int = 224) -> torch.Tensor:
+    """dgm-eval's DINOv2 input: PIL bicubic to ``size`` × ``size``, ToTensor, ImageNet
+    normalisation. Returns (3, size, size) float32."""
+    return normalize(to_tensor(pil_bicubic(image, size)), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def clip(image: np.ndarray, size: int = 336) -> torch.Tensor:
+    """CMMD's CLIP input: centre square crop, PIL bicubic to ``size``, / 255, CLIP
+    normalisation. Returns (3, size, size) float32."""
+    return normalize(to_tensor(pil_bicubic(center_crop_square(image), size)), CLIP_MEAN, CLIP_STD)

@@ -1,0 +1,249 @@
+"""Where an encoder's weights are, what they are (a digest), and how they are read.
+
+No weights are ever downloaded and no model is ever left randomly initialised: a missing file is
+a one-line :class:`WeightsError` naming the file that is needed, where to put it, and the
+``--weights`` alternative. Locations follow the caches the reference tools use:
+
+* the FID Inception: torch hub's checkpoint folder, ``$TORCH_HOME/hub/checkpoints`` (TORCH_HOME
+  defaults to ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``), file
+  ``pt_inception-2015-12-05-6726825d.pth`` as pytorch-fid stores it;
+* the ViTs: the Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+  ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``), one model snapshot.
+
+Nothing here imports torch except :func:`read_state_dict`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+#: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it.
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+#: Hugging Face model ids of the ViT encoders.
+HF_MODEL_IDS = {
+    "dinov2-vitl14": "facebook/dinov2-large",
+    "clip-vitl14-336": "openai/clip-vit-large-patch14-336",
+}
+
+#: Files of a Hugging Face snapshot that decide the model (configuration and tensors).
+_HF_MODEL_FILES = ("config.json",)
+_HF_TENSOR_SUFFIXES = (".safetensors", ".bin")
+
+_DIGEST_BYTES = 16
+_digests: dict[tuple[str, int, int], str] = {}
+_digests_lock = threading.Lock()
+
+
+class EncoderError(Exception):
+    """An encoder cannot be set up; the message is one line saying what would fix it."""
+
+
+class WeightsError(EncoderError):
+    """Weights are missing, unreadable, or do not fit the model."""
+
+
+class MissingDependencyError(EncoderError):
+    """An optional package the encoder needs is not installed."""
+
+
+def torch_home() -> str:
+    """torch hub's root folder, resolved as ``torch.hub`` resolves it (without importing torch)."""
+    if os.environ.get("TORCH_HOME"):
+        return os.path.expanduser(os.environ["TORCH_HOME"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.expanduser(os.path.join(cache, "torch"))
+
+
+def hf_hub_cache() -> str:
+    """The Hugging Face hub cache folder, resolved as ``huggingface_hub`` resolves it."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.expanduser(os.path.join(cache, "huggingface", "hub"))
+
+
+def _hf_snapshot(model_id: str) -> str | None:
+    """The cached snapshot folder of ``model_id`` (the one ``refs/main`` names, else the only
+    one), or None."""
+    root = os.path.join(hf_hub_cache(), "models--" + model_id.replace("/", "--"))
+    snapshots = os.path.join(root, "snapshots")
+    try:
+        with open(os.path.join(root, "refs", "main")) as fh:
+            revision = fh.read().strip()
+        if os.path.isdir(os.path.join(snapshots, revision)):
+            return os.path.join(snapshots, revision)
+    except OSError:
+        pass
+    try:
+        found = sorted(os.listdir(snapshots))
+    except OSError:
+        return None
+    return os.path.join(snapshots, found[0]) if len(found) == 1 else None
+
+
+def _hf_tensor_files(folder: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    return [n for n in names if n.endswith(_HF_TENSOR_SUFFIXES)]
+
+
+def _check_hf_folder(folder: str, what: str) -> None:
+    if not os.path.isfile(os.path.join(folder, "config.json")) or not _hf_tensor_files(folder):
+        raise WeightsError(
+            f"{what} {folder!r} is not a Hugging Face model folder: it needs config.json and "
+            "model.safetensors (or pytorch_model.bin)"
+        )
+
+
+def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) -> str:
+    """The weights an encoder will load: the file (Inception) or model folder (ViTs).
+
+    Args:
+        encoder: an encoder name (``inception``, ``dinov2-vitl14``, ``clip-vitl14-336``).
+        weights: a path the user gave; default: the standard cache.
+
+    Returns:
+        An absolute path that exists.
+
+    Raises:
+        WeightsError: the weights are not there; the message names the file or model id
+            needed, where to put it, and the ``--weights`` alternative.
+    """
+    if weights is not None:
+        path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
+        if not os.path.exists(path):
+            raise WeightsError(f"weights {path!r} do not exist")
+        if encoder in HF_MODEL_IDS:
+            if not os.path.isdir(path):
+                raise WeightsError(
+                    f"--weights for {encoder} must be a Hugging Face model folder (config.json "
+                    f"and model.safetensors), not the file {path!r}"
+                )
+            _check_hf_folder(path, "--weights")
+        elif not os.path.isfile(path):
+            raise WeightsError(f"--weights for {encoder} must be a file, not the folder {path!r}")
+        return path
+    if encoder == "inception":
+        path = os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
+        if not os.path.isfile(path):
+            raise WeightsError(
+                f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: copy "
+                "pytorch-fid's release file there (TORCH_HOME moves the folder) or pass "
+                "--weights PATH; nothing is downloaded"
+            )
+        return path
+    if encoder not in HF_MODEL_IDS:
+        raise WeightsError(f"unknown encoder {encoder!r}")
+    model_id = HF_MODEL_IDS[encoder]
+    folder = _hf_snapshot(model_id)
+    if folder is None:
+        raise WeightsError(
+            f"the {encoder} weights (Hugging Face model {model_id!r}) are not in the cache "
+            f"{hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli download "
+            f"{model_id}` on a machine with network; HF_HOME moves it) or pass --weights DIR "
+            "with config.json and model.safetensors; nothing is downloaded"
+        )
+    _check_hf_folder(folder, f"the cached snapshot of {model_id!r}")
+    return folder
+
+
+def _digest_files(path: str) -> list[tuple[str, str]]:
+    """(name recorded in the digest, file read) for a weights file or model folder."""
+    if os.path.isfile(path):
+        return [(os.path.basename(path), path)]
+    names = [n for n in _HF_MODEL_FILES if os.path.isfile(os.path.join(path, n))]
+    return [(n, os.path.join(path, n)) for n in [*names, *_hf_tensor_files(path)]]
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """BLAKE2b (128-bit) of the weights: a file's bytes (its name and place do not count), or a
+    model folder's configuration and tensor files (name and bytes, in name order). Remembered
+    per (path, size, mtime), so a process that already hashed a file does not read it again.
+
+    Returns:
+        ``"blake2b-128:<hex>"``.
+
+    Raises:
+        WeightsError: the weights cannot be read.
+    """
+    path = os.path.abspath(os.fspath(path))
+    try:
+        stat = os.stat(path)
+        files = _digest_files(path)
+        stamp = max([stat.st_mtime_ns] + [os.stat(f).st_mtime_ns for _, f in files])
+        size = sum(os.stat(f).st_size for _, f in files)
+    except OSError as exc:
+        raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
+    key = (path, size, stamp)
+    with _digests_lock:
+        if key in _digests:
+            return _digests[key]
+    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
+    try:
+        for name, file in files:
+            if os.path.isdir(path):  # a file is digested by its bytes alone, wherever it is
+                digest.update(name.encode() + b"\0")
+            with open(file, "rb") as fh:
+                while block := fh.read(1 << 24):
+                    digest.update(block)
+    except OSError as exc:
+        raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
+    value = f"blake2b-128:{digest.hexdigest()}"
+    with _digests_lock:
+        _digests[key] = value
+    return value
+
+
+def check_digest(path: str, expected: str | None) -> None:
+    """Fail when the weights at ``path`` are not the ones ``expected`` names (a worker of a
+    cluster whose copy of the file differs from the one the output records).
+
+    Raises:
+        WeightsError: the digests differ.
+    """
+    if expected is None:
+        return
+    found = weights_digest(path)
+    if found != expected:
+        raise WeightsError(
+            f"weights {path!r} have digest {found}, but this extraction uses {expected}: every "
+            "worker must see the same weights file"
+        )
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A torch checkpoint holding a state dict (plain, or under ``state_dict``), read on the
+    CPU with ``weights_only`` (no code in the file is run).
+
+    Raises:
+        WeightsError: the file is not a readable torch checkpoint of tensors.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(
+            f"weights {path!r} cannot be read as a torch checkpoint: {reason}"
+        ) from exc
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise WeightsError(f"weights {path!r} do not hold a state dict of tensors")
+    return dict(loaded)

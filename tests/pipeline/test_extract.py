@@ -1,0 +1,302 @@
+"""Extraction to Zarr with the random-weights Inception (small images, small batches, CPU):
+the store and its completion mark, resuming after an interruption (also a real SIGKILL),
+settings that must match, outputs never replaced, --skip-bad, and a 2-worker cluster."""
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+import pipeline.extract as ex
+from kernels.encoders import load_encoder
+from kernels.encoders.inception import random_state_dict
+from pipeline.atomic import OutputExistsError
+from pipeline.engine import Engine
+from pipeline.errors import StoreError
+from pipeline.extract import EncoderSetupError, ExtractionError, extract_features
+from pipeline.images import ImageError, open_images
+from pipeline.sources import INCOMPLETE_ATTR, open_features
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "inception.pth"
+    torch.save(random_state_dict(3), path)
+    return str(path)
+
+
+def _folder(root, n, rng, size=(40, 40)):
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"img-{i:03d}.png")
+    return str(root)
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    return _folder(tmp_path / "images", 8, rng)
+
+
+def _chunk_files(store):
+    folder = os.path.join(store, "features", "c")
+    return sorted(
+        os.path.relpath(os.path.join(d, f), folder)
+        for d, _, files in os.walk(folder)
+        for f in files
+        if not f.endswith(".partial")
+    )
+
+
+def _count_chunks(monkeypatch):
+    calls = []
+    original = ex.extract_chunk
+
+    def counted(job, chunk, refs):
+        calls.append(chunk)
+        return original(job, chunk, refs)
+
+    monkeypatch.setattr(ex, "extract_chunk", counted)
+    return calls
+
+
+def test_extraction_writes_a_complete_store(tmp_path, images, weights):
+    out = str(tmp_path / "features.zarr")
+    seen = []
+    result = extract_features(
+        images, out, weights=weights, batch_size=2, progress=lambda d, t: seen.append((d, t))
+    )
+    assert (result.images, result.rows, result.dim, result.chunks) == (8, 8, 2048, 4)
+    assert (result.computed, result.present, result.already_complete) == (4, 0, False)
+    assert seen[-1] == (4, 4)
+    group = zarr.open_group(out, mode="r")
+    attrs = dict(group.attrs)
+    assert INCOMPLETE_ATTR not in attrs
+    assert attrs["complete"] is True
+    assert attrs["format"] == "shardeval.features"
+    assert attrs["feature_extractor"] == "inception-2015-12-05/pool3"
+    assert attrs["encoder"] == "inception"
+    assert attrs["resize"] == "legacy-pytorch"
+    assert attrs["image_count"] == 8
+    assert attrs["source_fingerprint"] == open_images(images).fingerprint
+    assert attrs["weights_digest"].startswith("blake2b-128:")
+    features = group["features"]
+    assert features.dtype == np.float32
+    assert features.chunks == (2, 2048)
+    assert tuple(features.metadata.dimension_names) == ("sample", "feature")
+    assert list(group["names"][:]) == [f"img-{i:03d}.png" for i in range(8)]
+    source = open_features(out)
+    assert (source.n, source.d, source.feature_extractor) == (8, 2048, attrs["feature_extractor"])
+    # The rows are the encoder's features of the images, in order.
+    encoder = load_encoder("inception", weights)
+    decoded = open_images(images).refs(range(8)).read()
+    np.testing.assert_allclose(features[:], encoder.encode(decoded, 2), rtol=1e-5, atol=1e-5)
+    again = extract_features(images, out, weights=weights)
+    assert (again.already_complete, again.computed, again.present) == (True, 0, 4)
+
+
+def test_resume_computes_only_missing_chunks(tmp_path, images, weights, monkeypatch):
+    out = str(tmp_path / "features.zarr")
+    extract_features(images, out, weights=weights, batch_size=2)
+    before = zarr.open_group(out, mode="r")["features"][:]
+    # Simulate an interruption: the mark back, two chunks gone.
+    group = zarr.open_group(out, mode="r+")
+    group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: ex.INCOMPLETE_NOTE, "complete": False})
+    for chunk in ("1/0", "3/0"):
+        os.remove(os.path.join(out, "features", "c", *chunk.split("/")))
+    with pytest.raises(StoreError, match="incomplete extraction"):
+        open_features(out)
+    calls = _count_chunks(monkeypatch)
+    result = extract_features(images, out, weights=weights)  # the store's batch size is kept
+    assert sorted(calls) == [1, 3]
+    assert (result.computed, result.present, result.resumed) == (2, 2, True)
+    np.testing.assert_array_equal(zarr.open_group(out, mode="r")["features"][:], before)
+    assert open_features(out).n == 8
+
+
+def test_other_settings_are_refused(tmp_path, images, weights, rng):
+    out = str(tmp_path / "features.zarr")
+    extract_features(images, out, weights=weights, batch_size=4)
+    with pytest.raises(ExtractionError, match="finished extraction with other settings") as info:
+        extract_features(images, out, weights=weights, resize="clean")
+    assert "resize 'legacy-pytorch' there, 'clean' asked" in str(info.value)
+    group = zarr.open_group(out, mode="r+")
+    group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: ex.INCOMPLETE_NOTE})
+    other = tmp_path / "other.pth"
+    torch.save(random_state_dict(4), other)
+    with pytest.raises(ExtractionError, match=r"unfinished extraction.*weights_digest"):
+        extract_features(images, out, weights=other)
+    with pytest.raises(ExtractionError, match="batch size 4"):
+        extract_features(images, out, weights=weights, batch_size=2)
+    Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(
+        os.path.join(images, "new.png")
+    )
+    with pytest.raises(ExtractionError, match="source_fingerprint"):
+        extract_features(images, out, weights=weights)
+    result = extract_features(images, out, weights=weights, resize="clean", overwrite=True)
+    assert (result.rows, result.computed) == (9, 1)
+    assert zarr.open_group(out, mode="r").attrs["resize"] == "clean"
+
+
+def test_foreign_outputs_are_never_replaced(tmp_path, images, weights):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    zarr.create_array(str(tmp_path / "theirs.zarr"), shape=(4, 2), dtype="f4")[:] = 1.0
+    for out in (folder, tmp_path / "theirs.zarr"):
+        with pytest.raises(OutputExistsError, match="not a feature store written by"):
+            extract_features(images, str(out), weights=weights, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep me"
+    assert zarr.open_array(str(tmp_path / "theirs.zarr"), mode="r")[:].sum() == 8.0
+
+
+def test_missing_weights_before_any_work(tmp_path, images, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(EncoderSetupError, match=r"pt_inception-2015-12-05-6726825d\.pth"):
+        extract_features(images, str(tmp_path / "out.zarr"))
+    assert not os.path.exists(tmp_path / "out.zarr")
+
+
+def test_bad_image_stops_or_is_skipped(tmp_path, images, weights):
+    data = (tmp_path / "images" / "img-005.png").read_bytes()
+    (tmp_path / "images" / "img-005.png").write_bytes(data[: len(data) // 3])
+    out = str(tmp_path / "stopped.zarr")
+    with pytest.raises(ImageError, match=r"img-005\.png.*--skip-bad"):
+        extract_features(images, out, weights=weights, batch_size=2, engine=Engine("sync"))
+    with pytest.raises(StoreError, match="incomplete extraction"):
+        open_features(out)
+    with pytest.raises(ExtractionError, match="skip_bad"):
+        extract_features(images, out, weights=weights, skip_bad=True)
+    kept = str(tmp_path / "kept.zarr")
+    result = extract_features(images, kept, weights=weights, batch_size=2, skip_bad=True)
+    assert (result.images, result.rows, result.chunks) == (8, 7, 4)
+    assert [name for name, _ in result.skipped] == ["img-005.png"]
+    group = zarr.open_group(kept, mode="r")
+    assert "img-005.png" not in list(group["names"][:])
+    assert len(group["names"][:]) == 7
+    assert group.attrs["skipped"][0]["name"] == "img-005.png"
+    assert group.attrs["skipped"][0]["reason"]
+    assert open_features(kept).n == 7
+
+
+def _extract_in_child(images, out, weights):
+    """A child process extracting one chunk at a time, slowly enough to be killed mid-way."""
+    script = f"""
+import time
+import pipeline.extract as ex
+from pipeline.engine import Engine
+
+original = ex.extract_chunk
+
+def slow(*args):
+    result = original(*args)
+    time.sleep(0.4)
+    return result
+
+ex.extract_chunk = slow
+ex.extract_features({images!r}, {out!r}, weights={weights!r}, batch_size=2, engine=Engine("sync"))
+"""
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def test_sigkill_half_way_then_resume_is_identical(tmp_path, rng, weights, monkeypatch):
+    images = _folder(tmp_path / "images", 12, rng, size=(36, 44))
+    out = str(tmp_path / "killed.zarr")
+    child = _extract_in_child(images, out, weights)
+    deadline = time.monotonic() + 120
+    try:
+        while len(_chunk_files(out)) < 2:
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline, "the child wrote no chunk in 120 s"
+            time.sleep(0.02)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    present = _chunk_files(out)
+    assert 2 <= len(present) < 6
+    with pytest.raises(StoreError, match="incomplete extraction"):
+        open_features(out)
+    calls = _count_chunks(monkeypatch)
+    result = extract_features(images, out, weights=weights)
+    assert len(calls) == 6 - len(present)
+    assert (result.computed, result.present, result.resumed) == (len(calls), len(present), True)
+    monkeypatch.undo()
+    whole = str(tmp_path / "whole.zarr")
+    extract_features(images, whole, weights=weights, batch_size=2)
+    a, b = zarr.open_group(out, mode="r"), zarr.open_group(whole, mode="r")
+    np.testing.assert_array_equal(a["features"][:], b["features"][:])
+    np.testing.assert_array_equal(a["names"][:], b["names"][:])
+    drop = {"created"}
+    assert {k: v for k, v in a.attrs.items() if k not in drop} == {
+        k: v for k, v in b.attrs.items() if k not in drop
+    }
+    assert _chunk_files(out) == _chunk_files(whole)
+
+
+def test_two_worker_cluster_equals_threads(tmp_path, rng, weights):
+    from distributed import LocalCluster
+
+    path = str(tmp_path / "samples.npz")
+    np.savez(path, rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+    threaded = str(tmp_path / "threads.zarr")
+    extract_features(path, threaded, weights=weights, batch_size=2)
+    spread = str(tmp_path / "cluster.zarr")
+    seen = []
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster:
+        result = extract_features(
+            path,
+            spread,
+            weights=weights,
+            batch_size=2,
+            engine=Engine(cluster.scheduler_address),
+            progress=lambda d, t: seen.append((d, t)),
+        )
+    assert (result.computed, result.devices) == (5, ("cpu",))
+    assert seen[-1] == (5, 5)
+    a = zarr.open_group(threaded, mode="r")["features"][:]
+    b = zarr.open_group(spread, mode="r")["features"][:]
+    np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    assert list(zarr.open_group(spread, mode="r")["names"][:2]) == ["arr_0[0]", "arr_0[1]"]
+
+
+def test_zip_and_tar_sources(tmp_path, rng, weights):
+    import tarfile
+    import zipfile
+
+    blobs = []
+    for _ in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(buf, "PNG")
+        blobs.append(buf.getvalue())
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        for i, blob in enumerate(blobs):
+            zf.writestr(f"x/{i}.png", blob)
+    with tarfile.open(tmp_path / "a.tar", "w") as tf:
+        for i, blob in enumerate(blobs):
+            info = tarfile.TarInfo(f"x/{i}.png")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    z = extract_features(str(tmp_path / "a.zip"), str(tmp_path / "z.zarr"), weights=weights)
+    t = extract_features(str(tmp_path / "a.tar"), str(tmp_path / "t.zarr"), weights=weights)
+    assert (z.rows, t.rows) == (3, 3)
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["features"][:],
+        zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["features"][:],
+    )
