@@ -1,106 +1,31 @@
-"""Evaluation jobs from a TOML file: a reference, entries (checkpoints), metrics, an engine and
-a history. Resumable and idempotent: each finished entry is committed to the history at once,
-and a re-run skips entries whose inputs and options are already there.
-
-.. code-block:: toml
-
-    [job]
-    name = "nightly"
-    history = "runs/history.zarr"
-    array = "features"                # optional: the variable inside group stores
-
-    [reference]
-    store = "data/real.zarr"          # or: stats = "real-stats.zarr" (or a .npz)
-
-    [engine]                          # optional; default: threaded scheduler in-process
-    scheduler = "tcp://10.0.0.5:8786" # or: cluster = "cluster/slurm.yaml"
-    device = "auto"                   # auto | cpu | cuda
-    backend = "auto"                  # auto | triton | torch
-
-    [[entries]]
-    glob = "checkpoints/*/features.zarr"   # name: what * matched; step: its last digits
-
-    [[entries]]
-    name = "final"
-    store = "final/features.zarr"
-    step = 100000
-    tags = ["release"]
-
-    [metrics.fid]
-    [metrics.nll_gaussian]
-    nonfinite = "drop"
-
-Everything is checked before any compute: the file (keys, types, metric options), every store
-(complete, readable, one feature dimension) and the history (readable, same dimension).
+"""Running evaluation jobs (:mod:`workflows.jobfile` reads them). Resumable and idempotent:
+each finished entry is committed to the history at once, and a re-run skips entries whose
+inputs and options are already there. Image inputs are extracted first, into a cache beside
+the history keyed by what decides their features.
 """
 
 from __future__ import annotations
 
-import glob as globlib
 import hashlib
 import json
 import os
-import re
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.errors import ShardevalError
-from pipeline.metrics import METRICS, Context, Metric, MetricOptionError, Reference
-from pipeline.options import BACKENDS, DEVICES
+from pipeline.metrics import Context, Reference
 from workflows.history import History, HistoryRow
+from workflows.jobfile import Job, JobError, load_job
 from workflows.provenance import now_iso
 
 if TYPE_CHECKING:
     from pipeline.engine import Engine, Progress
+    from pipeline.extract import Extraction
+    from pipeline.images import ImageSource
     from pipeline.sources import FeatureSource
 
-
-class JobError(ShardevalError):
-    """A job file is wrong: unknown key or metric, wrong type, missing store, empty glob."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    store: str
-    step: int | None = None
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Job:
-    path: str
-    name: str
-    history: str
-    entries: tuple[Entry, ...]
-    metrics: dict[str, Metric]
-    reference_store: str | None = None
-    reference_stats: str | None = None
-    scheduler: str | None = None
-    cluster: str | None = None
-    device: str = "auto"
-    backend: str = "auto"
-    array: str | None = None
-
-    @property
-    def options_digest(self) -> str:
-        """Identifies everything besides the stores that changes a value: the metrics and their
-        options, and the array read from group stores. An entry computed under other options
-        is computed again."""
-        text = json.dumps(
-            {
-                "metrics": {k: m.options for k, m in sorted(self.metrics.items())},
-                "array": self.array,
-            },
-            sort_keys=True,
-        )
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-    def declarations(self) -> dict[str, Any]:
-        return {name: metric.declaration() for name, metric in self.metrics.items()}
+__all__ = ["JobError", "RunSummary", "load_job", "reference_of", "run_job"]
 
 
 @dataclass
@@ -110,231 +35,135 @@ class RunSummary:
     seconds: float = 0.0
 
 
-_SECTIONS: dict[str, set[str] | None] = {
-    "job": {"name", "history", "array"},
-    "reference": {"store", "stats"},
-    "engine": {"scheduler", "cluster", "device", "backend"},
-    "entries": None,
-    "metrics": None,
-}
-_ENTRY_KEYS = {"name", "store", "glob", "step", "tags"}
-
-
-def _check_keys(where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(table, dict):
-        raise JobError(f"{where} must be a table")
-    unknown = set(table) - allowed
-    if unknown:
-        raise JobError(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return table
-
-
-def _string(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise JobError(f"{where} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise JobError(f"{where} must be one of {list(choices)}, got {value!r}")
-    return str(value)
-
-
-def _resolve(base: str, path: str) -> str:
-    return path if "://" in path or os.path.isabs(path) else os.path.join(base, path)
-
-
-def _must_exist(where: str, path: str) -> str:
-    if "://" not in path and not os.path.exists(path):
-        raise JobError(f"{where}: {path!r} does not exist")
-    return path
-
-
-def glob_name(pattern: str, match: str) -> str:
-    """The path components of ``match`` where ``pattern`` has wildcards, joined by ``/``
-    (``ckpt/*/f.zarr`` matching ``ckpt/step-100/f.zarr`` → ``step-100``). Both must be spelled
-    alike (both absolute, or both relative to one base)."""
-    pattern_parts = os.path.normpath(pattern).split(os.sep)
-    match_parts = os.path.normpath(match).split(os.sep)
-    parts = [
-        m for p, m in zip(pattern_parts, match_parts, strict=False) if any(c in p for c in "*?[")
-    ]
-    return "/".join(parts) or os.path.basename(match)
-
-
-def _entries(path: str, base: str, raw: Any) -> tuple[Entry, ...]:
-    if not isinstance(raw, list) or not raw:
-        raise JobError(f"{path}: [[entries]] must list at least one entry")
-    out: list[Entry] = []
-    for i, item in enumerate(raw):
-        where = f"{path}: entries[{i}]"
-        item = _check_keys(where, item, _ENTRY_KEYS)
-        tags = item.get("tags", [])
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise JobError(f"{where}.tags must be a list of strings")
-        step = item.get("step")
-        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-            raise JobError(f"{where}.step must be an integer, got {step!r}")
-        if ("glob" in item) == ("store" in item):
-            raise JobError(f"{where} needs exactly one of 'store' or 'glob'")
-        if "store" in item:
-            store = _must_exist(
-                f"{where}.store", _resolve(base, _string(f"{where}.store", item["store"]))
-            )
-            name = item.get("name") or os.path.basename(os.path.normpath(store))
-            out.append(Entry(_string(f"{where}.name", name), store, step, tuple(tags)))
-            continue
-        pattern = _resolve(base, _string(f"{where}.glob", item["glob"]))
-        matches = sorted(globlib.glob(pattern))
-        if not matches:
-            raise JobError(f"{where}.glob {item['glob']!r} matches nothing")
-        for match in matches:
-            name = glob_name(pattern, match)
-            digits = re.findall(r"\d+", name)
-            out.append(Entry(name, match, int(digits[-1]) if digits else step, tuple(tags)))
-    names = [e.name for e in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise JobError(f"{path}: entry names must be unique; repeated: {dupes}")
-    return tuple(out)
-
-
-def _metrics(path: str, raw: Any) -> dict[str, Metric]:
-    if not isinstance(raw, dict) or not raw:
-        raise JobError(f"{path}: [metrics] must name at least one of {sorted(METRICS)}")
-    metrics = {}
-    for name, options in raw.items():
-        if name not in METRICS:
-            raise JobError(f"{path}: [metrics.{name}] is not a metric; known: {sorted(METRICS)}")
-        if not isinstance(options, dict):
-            raise JobError(f"{path}: [metrics.{name}] must be a table of options")
-        try:
-            metrics[name] = METRICS[name](options)
-        except MetricOptionError as exc:
-            raise JobError(f"{path}: {exc}") from None
-    return metrics
-
-
-def load_job(path: str | os.PathLike[str]) -> Job:
-    """Read and validate a job file; nothing is computed or written.
-
-    Raises:
-        JobError: one line naming the bad key, metric, option, type or store.
-    """
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except OSError as exc:
-        raise JobError(f"job file {path!r} cannot be read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise JobError(f"job file {path!r} is not valid TOML: {exc}") from exc
-    base = os.path.dirname(os.path.abspath(path))
-    unknown = set(raw) - set(_SECTIONS)
-    if unknown:
-        raise JobError(
-            f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(_SECTIONS)}"
-        )
-    job = _check_keys(f"{path}: [job]", raw.get("job", {}), _SECTIONS["job"] or set())
-    ref = _check_keys(f"{path}: [reference]", raw.get("reference", {}), {"store", "stats"})
-    engine = _check_keys(f"{path}: [engine]", raw.get("engine", {}), _SECTIONS["engine"] or set())
-    if len(ref) != 1:
-        raise JobError(f"{path}: [reference] needs exactly one of 'store' or 'stats'")
-    ((ref_kind, ref_path),) = ref.items()
-    ref_path = _must_exist(
-        f"{path}: reference.{ref_kind}",
-        _resolve(base, _string(f"{path}: reference.{ref_kind}", ref_path)),
-    )
-    history = _string(f"{path}: job.history", job.get("history", ""))
-    scheduler = engine.get("scheduler")
-    if scheduler is not None:
-        from pipeline.engine import Engine
-        from pipeline.errors import EngineError
-
-        try:
-            Engine(scheduler)
-        except EngineError as exc:
-            raise JobError(f"{path}: engine.scheduler: {exc}") from None
-    cluster = engine.get("cluster")
-    if cluster is not None:
-        cluster = _must_exist(
-            f"{path}: engine.cluster", _resolve(base, _string(f"{path}: engine.cluster", cluster))
-        )
-    if scheduler is not None and cluster is not None:
-        raise JobError(f"{path}: [engine] takes 'scheduler' or 'cluster', not both")
-    array = job.get("array")
-    if array is not None:
-        array = _string(f"{path}: job.array", array)
-    metrics = _metrics(path, raw.get("metrics"))
-    if ref_kind == "stats":
-        pairs = sorted(name for name, m in metrics.items() if m.needs_reference_features)
-        if pairs:
-            raise JobError(
-                f"{path}: metrics {pairs} compare rows of the entries with rows of the "
-                "reference: give [reference] store (features), not stats"
-            )
-    return Job(
-        path=path,
-        name=_string(
-            f"{path}: job.name", job.get("name", os.path.splitext(os.path.basename(path))[0])
-        ),
-        history=os.path.normpath(_resolve(base, history)),
-        entries=_entries(path, base, raw.get("entries")),
-        metrics=metrics,
-        reference_store=ref_path if ref_kind == "store" else None,
-        reference_stats=ref_path if ref_kind == "stats" else None,
-        scheduler=scheduler,
-        cluster=cluster,
-        device=_choice(f"{path}: engine.device", engine.get("device", "auto"), DEVICES),
-        backend=_choice(f"{path}: engine.backend", engine.get("backend", "auto"), BACKENDS),
-        array=array,
-    )
-
-
 def _digest(*parts: Any) -> str:
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What a run checked before computing: the opened entries and the reference's identity."""
+    """What a run checked before computing: the opened stores, the listed image sources, the
+    extraction settings, and the digest of each input (images: with the settings)."""
 
     sources: dict[str, FeatureSource]
+    images: dict[str, ImageSource]
+    digests: dict[str, str]
     d: int
     reference_digest: str
+    reference_images: ImageSource | None
+    extraction: Extraction | None
+
+
+#: The array of a feature store written by extraction.
+_EXTRACTED = "features"
 
 
 def _prepare(job: Job) -> _Prepared:
-    """Open every store (complete, readable) and check one feature dimension and the history,
-    before anything is computed."""
+    """Open every store (complete, readable), list every image source, find the encoder's
+    weights, and check one feature dimension and the history, before anything is computed."""
+    from pipeline.extract import plan_extraction
     from pipeline.fingerprint import listing_digest
+    from pipeline.images import open_images
     from pipeline.sources import open_features
     from pipeline.statsio import load_stats
 
+    uses_images = job.reference_images is not None or any(e.images for e in job.entries)
+    settings = {k: v for k, v in job.extract.items() if k != "batch_size"}
+    extraction = plan_extraction(**settings) if uses_images else None
+
+    def image_digest(source: ImageSource) -> str:
+        if extraction is None:  # unreachable: image inputs plan an extraction
+            raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
+        return _digest(source.fingerprint, *_identity(extraction, job))
+
+    reference_images = None
     if job.reference_stats is not None:
         d = load_stats(job.reference_stats).d
         reference_digest = _digest(listing_digest(job.reference_stats))
     elif job.reference_store is not None:
         d = open_features(job.reference_store, array_name=job.array).d
         reference_digest = _digest(listing_digest(job.reference_store), job.array)
+    elif job.reference_images is not None and extraction is not None:
+        reference_images = open_images(job.reference_images)
+        d, reference_digest = extraction.dim, image_digest(reference_images)
     else:
-        raise JobError(f"{job.path}: [reference] needs 'store' or 'stats'")
-    sources = {e.name: open_features(e.store, array_name=job.array) for e in job.entries}
-    other = {name: s.d for name, s in sources.items() if s.d != d}
+        raise JobError(f"{job.path}: [reference] needs 'store', 'stats' or 'images'")
+    sources = {
+        e.name: open_features(e.store, array_name=job.array) for e in job.entries if not e.images
+    }
+    images = {e.name: open_images(e.store) for e in job.entries if e.images}
+    digests = {name: image_digest(source) for name, source in images.items()}
+    dims = {name: s.d for name, s in sources.items()}
+    dims.update({name: extraction.dim for name in images if extraction is not None})
+    other = {name: dim for name, dim in dims.items() if dim != d}
     if other:
         raise JobError(
             f"{job.path}: the reference has d={d} features but entries {other} differ; "
             "compare features of one model"
         )
     History(job.history).check(d)
-    return _Prepared(sources, d, reference_digest)
+    return _Prepared(sources, images, digests, d, reference_digest, reference_images, extraction)
 
 
-def reference_of(job: Job, engine: Engine, digest: str, log: Callable[[str], None]) -> Reference:
-    """The reference statistics: read from a stats file, or computed once from a store and
-    cached beside the history under the store's digest (a changed store has a new digest, so
-    it is recomputed, never silently reused)."""
+def _identity(extraction: Extraction, job: Job) -> tuple[str, str, str, int | None]:
+    """What, besides the images, decides extracted features (and names their cache)."""
+    return (
+        extraction.encoder,
+        extraction.digest,
+        extraction.resize,
+        job.extract.get("batch_size"),
+    )
+
+
+def _extracted(
+    job: Job,
+    prepared: _Prepared,
+    source: ImageSource,
+    digest: str,
+    engine: Engine,
+    progress: Progress | None,
+    log: Callable[[str], None],
+) -> FeatureSource:
+    """The features of an image source: extracted into ``features-<digest>.zarr`` beside the
+    history, or read from there (a killed extraction resumes; a finished one is reused)."""
+    from pipeline.extract import extract_features
+    from pipeline.sources import open_features
+
+    extraction = prepared.extraction
+    if extraction is None:  # unreachable: image inputs plan an extraction
+        raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
+    cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"features-{digest}.zarr")
+    result = extract_features(
+        source.location,
+        cache,
+        encoder=extraction.encoder,
+        weights=extraction.weights,
+        resize=extraction.resize,
+        batch_size=job.extract.get("batch_size"),
+        device=job.device,
+        engine=engine,
+        progress=progress,
+    )
+    if result.already_complete:
+        log(f"features of {source.location} from cache {cache}")
+    else:
+        log(
+            f"extracted {result.rows:,} images of {source.location} ({extraction.encoder}, "
+            f"{result.computed} chunks) -> {cache}"
+        )
+    return open_features(cache, array_name=_EXTRACTED)
+
+
+def reference_of(
+    job: Job,
+    engine: Engine,
+    digest: str,
+    log: Callable[[str], None],
+    source: FeatureSource | None = None,
+) -> Reference:
+    """The reference statistics: read from a stats file, or computed once from a store (or
+    ``source``, the features extracted from reference images) and cached beside the history
+    under the input's digest (a changed input has a new digest, so it is recomputed, never
+    silently reused)."""
     from pipeline.gaussian import as_gaussian
     from pipeline.moments import feature_moments
     from pipeline.sources import open_features
@@ -343,20 +172,21 @@ def reference_of(job: Job, engine: Engine, digest: str, log: Callable[[str], Non
     if job.reference_stats:
         stats = load_stats(job.reference_stats)
         return Reference(as_gaussian(stats, job.reference_stats), digest, job.reference_stats)
-    store = job.reference_store or ""
-    source = open_features(store, array_name=job.array)
+    if source is None:
+        source = open_features(job.reference_store or "", array_name=job.array)
+    where = job.reference_images or job.reference_store or source.location
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
     if os.path.exists(cache):
         if not is_stats(cache):
             raise JobError(f"{cache!r} exists and is not reference statistics; move it aside")
         log(f"reference statistics from cache {cache}")
-        return Reference(as_gaussian(load_stats(cache), store), digest, store, source)
-    log(f"computing reference statistics of {store}")
+        return Reference(as_gaussian(load_stats(cache), where), digest, where, source)
+    log(f"computing reference statistics of {where}")
     ((moments, _),) = feature_moments(
         [source], engine=engine, device=job.device, backend=job.backend
     )
     save_stats(cache, moments, {**source.describe(), "fingerprint": digest})
-    return Reference(as_gaussian(moments, store), digest, store, source)
+    return Reference(as_gaussian(moments, where), digest, where, source)
 
 
 def run_job(
@@ -392,7 +222,18 @@ def run_job(
     engine = engine or Engine()
     prepared = _prepare(job)
     history = History(job.history)
-    reference = reference_of(job, engine, prepared.reference_digest, log)
+    features = None
+    if prepared.reference_images is not None:
+        features = _extracted(
+            job,
+            prepared,
+            prepared.reference_images,
+            prepared.reference_digest,
+            engine,
+            progress,
+            log,
+        )
+    reference = reference_of(job, engine, prepared.reference_digest, log, features)
     summary = RunSummary()
     declarations = job.declarations()
     requests: dict[str, Any] = {}
@@ -401,8 +242,13 @@ def run_job(
     headlines = [metric.outputs[0].name for metric in job.metrics.values()]
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
-        digest = listing_digest(entry.store)
-        content = content_digest(entry.store) if verify else ""
+        if entry.images:
+            digest = prepared.digests[entry.name]
+            settings = _identity(prepared.extraction, job) if prepared.extraction else ()
+            content = _digest(content_digest(entry.store), *settings) if verify else ""
+        else:
+            digest = listing_digest(entry.store)
+            content = content_digest(entry.store) if verify else ""
         row = HistoryRow(
             name=entry.name,
             store=entry.store,
@@ -423,12 +269,15 @@ def run_job(
             log(f"[{i}/{len(job.entries)}] {entry.name}: already in the history, skipped")
             continue
         t0 = time.perf_counter()
+        source = (
+            _extracted(job, prepared, prepared.images[entry.name], digest, engine, progress, log)
+            if entry.images
+            else prepared.sources[entry.name]
+        )
         context = Context(reference, engine, progress, job.device, job.backend, requests)
         values: dict[str, Any] = {}
         for metric in job.metrics.values():
-            values.update(
-                metric.check_outputs(metric.compute(prepared.sources[entry.name], context))
-            )
+            values.update(metric.check_outputs(metric.compute(source, context)))
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
         history.append(row, values, declarations, prepared.d)
         summary.computed.append(entry.name)

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -376,3 +377,118 @@ def test_an_entry_whose_statistics_overflow_is_one_line(job_dir, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1
+
+
+IMAGE_JOB = """
+[job]
+history = "runs/history.zarr"
+
+[reference]
+images = "real"
+
+[[entries]]
+images = "samples/ckpt-*"
+
+[extract]
+weights = "inception.pth"
+batch_size = 4
+
+[metrics.fid]
+[metrics.kid]
+"""
+
+
+@pytest.fixture
+def image_job(tmp_path, rng):
+    import torch
+    from PIL import Image
+
+    from kernels.encoders.inception import random_state_dict
+
+    torch.save(random_state_dict(5), tmp_path / "inception.pth")
+    for folder, n in (("real", 10), ("samples/ckpt-100", 6), ("samples/ckpt-200", 7)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / folder / f"{i:02d}.png")
+    (tmp_path / "job.toml").write_text(IMAGE_JOB)
+    return tmp_path
+
+
+@pytest.mark.filterwarnings("ignore:.*covariance is singular")
+def test_image_entries_are_extracted_once_then_evaluated(image_job, capsys, monkeypatch):
+    import pipeline.extract
+
+    job = load_job(image_job / "job.toml")
+    assert [(e.name, e.step, e.images) for e in job.entries] == [
+        ("ckpt-100", 100, True),
+        ("ckpt-200", 200, True),
+    ]
+    run_job(job)
+    rows = {r["name"]: r for r in History(job.history).table()}
+    cached = sorted(p.name for p in (image_job / "runs").glob("features-*.zarr"))
+    assert len(cached) == 3  # the reference and two entries
+    # The values equal the commands on stores extracted by `shardeval extract`.
+    weights = str(image_job / "inception.pth")
+    for name in ("real", "samples/ckpt-200"):
+        out = str(image_job / f"{name.replace('/', '-')}.zarr")
+        argv = ["extract", str(image_job / name), "-o", out, "--weights", weights, "-q"]
+        assert main([*argv, "--batch-size", "4"]) == 0
+    capsys.readouterr()
+    real, gen = str(image_job / "real.zarr"), str(image_job / "samples-ckpt-200.zarr")
+    assert main(["fid", real, gen, "--json", "-q"]) == 0
+    assert rows["ckpt-200"]["fid"] == pytest.approx(
+        json.loads(capsys.readouterr().out)["fid"], rel=1e-9
+    )
+    assert main(["kid", real, gen, "--json", "-q"]) == 0
+    assert rows["ckpt-200"]["kid"] == pytest.approx(
+        json.loads(capsys.readouterr().out)["kid"]["kid"], rel=1e-9
+    )
+    # A re-run finds every entry in the history and extracts nothing.
+    calls = []
+    monkeypatch.setattr(pipeline.extract, "extract_chunk", lambda *a: calls.append(a))
+    summary = run_job(load_job(image_job / "job.toml"))
+    assert summary.skipped == ["ckpt-100", "ckpt-200"]
+    assert not calls
+    # New images in an entry: a new input, extracted and evaluated again.
+    shutil.copy(image_job / "real" / "00.png", image_job / "samples" / "ckpt-100" / "99.png")
+    monkeypatch.undo()
+    summary = run_job(load_job(image_job / "job.toml"))
+    assert summary.computed == ["ckpt-100"]
+    assert len(list((image_job / "runs").glob("features-*.zarr"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("edit", "msg"),
+    [
+        (lambda t: t.replace('images = "real"', 'store = "real"'), "not a feature store|cannot"),
+        (
+            lambda t: t.replace('weights = "inception.pth"\n', 'encoder = "resnet"\n'),
+            "unknown encoder",
+        ),
+        (
+            lambda t: t.replace('weights = "inception.pth"', 'weights = "none.pth"'),
+            "does not exist",
+        ),
+        (lambda t: t.replace("batch_size = 4", "batch_size = 0"), "positive integer"),
+        (lambda t: t.replace("[extract]", "[extract]\nshards = 3"), "unknown key"),
+        (
+            lambda t: t.replace("samples/ckpt-*", "samples/none-*"),
+            "matches nothing",
+        ),
+    ],
+)
+def test_bad_image_jobs_fail_before_compute(image_job, capsys, edit, msg):
+    (image_job / "bad.toml").write_text(edit(IMAGE_JOB))
+    code = main(["run", str(image_job / "bad.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1
+    assert re.search(msg, err)
+    assert not (image_job / "runs").exists()
+
+
+def test_extract_settings_without_images_are_refused(job_dir):
+    (job_dir / "bad.toml").write_text(JOB + '\n[extract]\nencoder = "inception"\n')
+    with pytest.raises(JobError, match=r"\[extract\] applies to image entries"):
+        load_job(job_dir / "bad.toml")
