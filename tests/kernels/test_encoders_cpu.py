@@ -2,6 +2,7 @@
 (the reference comparisons, which need torchvision/pytorch-fid/clean-fid, are in
 tests/encoders and run in their own environment)."""
 
+import importlib
 import os
 from pathlib import Path
 
@@ -168,12 +169,12 @@ def test_encoders_package_imports_nothing_heavy():
     assert out.stdout.strip() == "[]"
 
 
-# --- ViT encoders: tiny configurations, only where transformers is installed ---
+# --- ViT encoders: tiny configurations (transformers is a test dependency) ---
 
 
 @pytest.fixture
 def transformers():
-    return pytest.importorskip("transformers")
+    return importlib.import_module("transformers")
 
 
 def _tiny_dinov2(transformers, folder, seed=0):

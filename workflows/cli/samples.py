@@ -188,9 +188,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     wanted = args.metrics
     pair = [m for m in wanted if m in ("kid", "cmmd", "prdc")]
     if pair and args.nonfinite == "drop":
-        raise UsageError(
-            "--nonfinite drop cannot apply to kid, cmmd or prdc, which need every row"
-        )
+        raise UsageError("--nonfinite drop cannot apply to kid, cmmd or prdc, which need every row")
     if args.subsets is not None and wanted == ("kid",):
         refuse(args, ("device", "backend"), "apply to the exact estimator, not to --subsets")
     if args.seed is not None and "fid_inf" not in wanted and args.subsets is None:
