@@ -15,5 +15,11 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Kernel implementations (:data:`kernels.BACKENDS`; a test checks they agree).
 BACKENDS = ("auto", "triton", "torch")
 
+#: Image encoders of ``extract`` (:data:`kernels.encoders.ENCODERS`; a test checks they agree).
+ENCODER_NAMES = ("clip-vitl14-336", "dinov2-vitl14", "inception")
+
+#: The Inception's resize modes (:data:`kernels.encoders.INCEPTION_RESIZES`), default first.
+INCEPTION_RESIZES = ("legacy-pytorch", "clean")
+
 #: Fan-in of the balanced merge tree on a distributed cluster.
 DEFAULT_SPLIT_EVERY = 4

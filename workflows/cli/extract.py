@@ -7,8 +7,7 @@ import os
 from dataclasses import asdict
 from typing import Any
 
-from kernels.encoders import ENCODERS, INCEPTION_RESIZES
-from pipeline.options import DEVICES
+from pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
 from workflows.cli.common import UsageError, engine, must_exist, notice
 from workflows.cli.parser import positive_int
 
@@ -54,7 +53,7 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     g = p.add_argument_group("encoder")
     g.add_argument(
         "--encoder",
-        choices=sorted(ENCODERS),
+        choices=ENCODER_NAMES,
         help="inception (default: FID's 2048-d pool3), dinov2-vitl14 (1024-d CLS, as dgm-eval), "
         "clip-vitl14-336 (768-d unit-norm embeddings, as CMMD)",
     )
