@@ -54,19 +54,119 @@ def _listing(array: Any) -> set[str]:
     return {key[len(prefix) :] for key in sync(collect())}
 
 
-def missing_chunks(array: Any) -> tuple[list[tuple[tuple[int, ...], str]], int]:
-    """Chunks (or shards) of a Zarr array that the store does not hold: (grid index, key) for
-    each, and the number expected. A listing of the store: nothing is read or decoded."""
-    outer = getattr(array, "shards", None) or array.chunks
-    grid = [max(1, math.ceil(s / c)) for s, c in zip(array.shape, outer, strict=True)]
+def missing_chunks(array: Any, location: str = "") -> tuple[list[tuple[tuple[int, ...], str]], int]:
+    """Chunks of a Zarr array that the store does not hold, and the number expected.
+
+    Each missing chunk comes as (its index in the chunk grid, where it should be stored, quoted
+    for a message). For a sharded array the unit is the inner chunk: a shard file exists once
+    any of its chunks was written, so each stored shard's index (a few bytes at its end or
+    start) is read as well. Nothing else is read or decoded.
+
+    Raises:
+        StoreError: a stored shard too short to hold its index, or one whose index codecs are
+            not the specification's ``bytes`` (+ ``crc32c``); ``location`` names the store.
+    """
     if 0 in array.shape:
         return [], 0
+    grid = [max(1, math.ceil(s / c)) for s, c in zip(array.shape, array.chunks, strict=True)]
+    sharding = _sharding_codec(array)
+    if sharding is None:
+        expected = [
+            (index, array.metadata.encode_chunk_key(index))
+            for index in itertools.product(*(range(g) for g in grid))
+        ]
+        present = _listing(array)
+        return [(i, repr(k)) for i, k in expected if k not in present], len(expected)
+
+    per_shard = tuple(s // c for s, c in zip(array.shards, array.chunks, strict=True))
+    shard_grid = [math.ceil(g / p) for g, p in zip(grid, per_shard, strict=True)]
     present = _listing(array)
-    expected = [
+    shards = [
         (index, array.metadata.encode_chunk_key(index))
-        for index in itertools.product(*(range(g) for g in grid))
+        for index in itertools.product(*(range(g) for g in shard_grid))
     ]
-    return [(i, k) for i, k in expected if k not in present], len(expected)
+    stored = [(i, k) for i, k in shards if k in present]
+    empties = _shard_indexes(array, sharding, stored, per_shard, location)
+    indexes = dict(zip((k for _, k in stored), empties, strict=True))
+    missing: list[tuple[tuple[int, ...], str]] = []
+    total = 0
+    for shard, key in shards:
+        empty = indexes.get(key)
+        for inner in itertools.product(*(range(p) for p in per_shard)):
+            chunk = tuple(s * p + j for s, p, j in zip(shard, per_shard, inner, strict=True))
+            if any(c >= g for c, g in zip(chunk, grid, strict=True)):
+                continue  # past the array's edge: never written
+            total += 1
+            if empty is None:
+                missing.append((chunk, repr(key)))
+            elif empty[inner]:
+                missing.append((chunk, f"chunk {inner} of shard {key!r}"))
+    return missing, total
+
+
+def _sharding_codec(array: Any) -> Any:
+    """The array's sharding codec, or None when it is not sharded."""
+    from zarr.codecs import ShardingCodec
+
+    codecs = getattr(array.metadata, "codecs", ())
+    return codecs[0] if codecs and isinstance(codecs[0], ShardingCodec) else None
+
+
+#: The Zarr v3 sharding index marks a chunk that was never written by this offset and length.
+_EMPTY = np.uint64(2**64 - 1)
+
+
+def _shard_indexes(
+    array: Any,
+    sharding: Any,
+    shards: list[tuple[tuple[int, ...], str]],
+    per_shard: tuple[int, ...],
+    location: str,
+) -> list[np.ndarray]:
+    """For each stored shard, a boolean array over its inner chunks: True where empty.
+
+    The index is ``per_shard + (2,)`` uint64 (offset, length), encoded by ``index_codecs``: a
+    ``bytes`` codec and an optional ``crc32c`` checksum, per the sharding specification (a
+    checksum that does not match shows up when the shard is read).
+    """
+    from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodecIndexLocation
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    codecs = list(sharding.index_codecs)
+    checksum = 4 if codecs[1:] == [Crc32cCodec()] else 0
+    if not codecs or not isinstance(codecs[0], BytesCodec) or len(codecs) > 1 + bool(checksum):
+        raise StoreError(
+            f"{location!r} is sharded with index codecs {codecs}: only bytes and crc32c are "
+            "understood, so its completeness cannot be checked"
+        )
+    endian = "<" if getattr(codecs[0].endian, "value", "little") == "little" else ">"
+    size = 16 * math.prod(per_shard) + checksum
+    at_start = sharding.index_location == ShardingCodecIndexLocation.start
+    request = RangeByteRequest(0, size) if at_start else SuffixByteRequest(size)
+    store, prefix = array.store_path.store, array.store_path.path
+    prefix = f"{prefix}/" if prefix else ""
+
+    async def read_all() -> list[Any]:
+        import asyncio
+
+        prototype = default_buffer_prototype()
+        return await asyncio.gather(
+            *(store.get(prefix + key, prototype, byte_range=request) for _, key in shards)
+        )
+
+    indexes = []
+    for (_, key), buffer in zip(shards, sync(read_all()), strict=True):
+        raw = b"" if buffer is None else buffer.to_bytes()
+        if len(raw) != size:
+            raise StoreError(
+                f"{location!r}: shard {key!r} holds {len(raw)} bytes where its index alone takes "
+                f"{size}: the shard is damaged or was written incompletely"
+            )
+        pairs = np.frombuffer(raw[: size - checksum], dtype=f"{endian}u8").reshape(*per_shard, 2)
+        indexes.append(np.all(pairs == _EMPTY, axis=-1))
+    return indexes
 
 
 @dataclass(frozen=True, eq=False)

@@ -220,16 +220,15 @@ def _cf_attributes(array: Any, dims: tuple[str, ...] | None) -> dict[str, Any]:
 def _check_complete(array: Any, location: str) -> None:
     """Every chunk the metadata declare must be stored: a missing one would read as the fill
     value, a plausible number that is wrong."""
-    missing, total = missing_chunks(array)
+    missing, total = missing_chunks(array, location)
     if not missing:
         return
-    index, key = missing[0]
-    outer = getattr(array, "shards", None) or array.chunks
-    first = index[0] * outer[0]
-    last = min(first + outer[0], array.shape[0]) - 1
+    index, where = missing[0]
+    first = index[0] * array.chunks[0]
+    last = min(first + array.chunks[0], array.shape[0]) - 1
     raise StoreError(
         f"{location!r} is incomplete: {len(missing)} of {total} chunks are missing (first: "
-        f"{key!r}, rows {first}-{last} as stored); the writer stopped early or the shape was "
+        f"{where}, rows {first}-{last} as stored); the writer stopped early or the shape was "
         "changed. (Zarr also skips chunks that are entirely the fill value unless written "
         "with write_empty_chunks=True)"
     )

@@ -168,11 +168,11 @@ def _read_array(group: zarr.Group, path: str, name: str) -> np.ndarray:
         ) from None
     if not isinstance(node, zarr.Array):
         raise StatsFormatError(f"{path!r}: {name!r} is not an array")
-    missing, total = missing_chunks(node)
+    missing, total = missing_chunks(node, f"{path}/{name}")
     if missing:
         raise StoreError(
             f"{path!r} is incomplete: {len(missing)} of {total} chunks of {name!r} are missing "
-            f"(first: {missing[0][1]!r}); recompute the statistics"
+            f"(first: {missing[0][1]}); recompute the statistics"
         )
     try:
         return np.asarray(node[...], dtype=np.float64)

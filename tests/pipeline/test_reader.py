@@ -184,3 +184,62 @@ def test_missing_chunk_in_a_group_member_is_found(tmp_path):
     shutil.rmtree(tmp_path / "g.zarr" / "x" / "c" / "1")
     with pytest.raises(StoreError, match="1 of 3 chunks are missing"):
         open_features(str(tmp_path / "g.zarr"), array_name="x")
+
+
+def _sharded(path, shape, index_location="end", index_codecs=None):
+    """A float32 Zarr v3 array of 100-row chunks in 400-row shards."""
+    codecs = index_codecs or [zarr.codecs.BytesCodec(), zarr.codecs.Crc32cCodec()]
+    return zarr.create_array(
+        str(path),
+        shape=shape,
+        dtype="float32",
+        chunks=(400, shape[1]),
+        serializer=zarr.codecs.ShardingCodec(
+            chunk_shape=(100, shape[1]),
+            codecs=[zarr.codecs.BytesCodec(), zarr.codecs.ZstdCodec()],
+            index_codecs=codecs,
+            index_location=index_location,
+        ),
+        compressors=None,
+    )
+
+
+def test_chunks_never_written_inside_a_shard_are_an_error(tmp_path, capsys, pair):
+    # The shard file exists once any of its chunks is written, so a listing sees a complete
+    # store; rows 600-999 read as zeros and gave a wrong FID with exit 0 (and a warning).
+    real, _, gen = pair
+    arr = _sharded(tmp_path / "s.zarr", real.shape)
+    arr[:600] = real[:600]  # an interrupted writer
+    code, fid, err = _fid_cli(capsys, tmp_path / "s.zarr", gen)
+    assert (code, fid) == (2, None)
+    assert err.count("\n") == 1
+    assert "4 of 10 chunks are missing (first: chunk (2, 0) of shard 'c/1/0', rows 600-699" in err
+
+
+@pytest.mark.parametrize("index_location", ["start", "end"])
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_complete_sharded_arrays_are_read_whatever_their_index_layout(
+    tmp_path, capsys, pair, index_location, endian
+):
+    real, gen, gen_path = pair
+    rows = 950  # the last shard runs past the array's edge: its chunks 10 and 11 never exist
+    codecs = [zarr.codecs.BytesCodec(endian=endian)]
+    arr = _sharded(tmp_path / "s.zarr", (rows, 8), index_location, codecs)
+    arr[...] = real[:rows]
+    code, fid, err = _fid_cli(capsys, tmp_path / "s.zarr", gen_path)
+    assert code == 0, err
+    assert fid == pytest.approx(exact_fid(*np_stats(real[:rows]), *np_stats(gen)), rel=1e-6)
+    arr[400:500] = 0.0  # now a chunk of fill values inside a shard: zarr does not store it
+    code, _, err = _fid_cli(capsys, tmp_path / "s.zarr", gen_path)
+    assert code == 2
+    assert "1 of 10 chunks are missing (first: chunk (0, 0) of shard 'c/1/0'" in err
+
+
+def test_shard_shorter_than_its_index_is_an_error(tmp_path, capsys, pair):
+    real, _, gen = pair
+    _sharded(tmp_path / "s.zarr", real.shape)[...] = real
+    (tmp_path / "s.zarr" / "c" / "2" / "0").write_bytes(b"\0" * 10)
+    code, _, err = _fid_cli(capsys, tmp_path / "s.zarr", gen)
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "shard 'c/2/0' holds 10 bytes where its index alone takes" in err
