@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "BACKENDS": "kernels._dispatch",
     "Backend": "kernels._dispatch",
+    "use_ieee_fp32": "kernels._dispatch",
     "gaussian_logpdf": "kernels.density",
     "gaussian_logpdf_reference": "kernels.density",
     "parzen_logpdf": "kernels.density",
@@ -54,12 +55,13 @@ __all__ = [
     "shard_moments_reference",
     "shard_moments_torch",
     "shard_moments_triton",
+    "use_ieee_fp32",
     "weight_stats",
     "weight_stats_reference",
 ]
 
 if TYPE_CHECKING:
-    from kernels._dispatch import BACKENDS, Backend
+    from kernels._dispatch import BACKENDS, Backend, use_ieee_fp32
     from kernels.density import (
         gaussian_logpdf,
         gaussian_logpdf_reference,

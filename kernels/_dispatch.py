@@ -41,6 +41,66 @@ def launch_guard() -> Iterator[None]:
         yield
 
 
+def _fp32_precision(*nodes: object) -> str | None:
+    """The first explicit ``fp32_precision`` from a leaf up its parents (``none`` inherits);
+    None on a PyTorch without this interface (before 2.9), whose legacy flags then apply."""
+    for node in nodes:
+        value = getattr(node, "fp32_precision", None)
+        if value is None:
+            return None
+        if value != "none":
+            return str(value)
+    return "ieee"
+
+
+def tf32_matmuls() -> bool:
+    """Whether fp32 CUDA matmuls in this process may round their inputs to TF32 (PyTorch's
+    default: no; a user's ``allow_tf32``, ``fp32_precision`` or
+    ``set_float32_matmul_precision`` may say yes)."""
+    import torch
+
+    backends = torch.backends
+    if torch.get_float32_matmul_precision() != "highest":
+        return True
+    precision = _fp32_precision(backends.cuda.matmul, backends)
+    if precision is None:
+        return bool(backends.cuda.matmul.allow_tf32)
+    return precision == "tf32"
+
+
+def tf32_convolutions() -> bool:
+    """Whether fp32 cuDNN convolutions in this process may round their inputs to TF32
+    (PyTorch's default: yes, on GPUs of compute capability 8.0 and later)."""
+    import torch
+
+    backends = torch.backends
+    conv = getattr(backends.cudnn, "conv", None)
+    precision = None if conv is None else _fp32_precision(conv, backends.cudnn, backends)
+    if precision is None:
+        return bool(backends.cudnn.allow_tf32)
+    return precision == "tf32"
+
+
+def use_ieee_fp32() -> None:
+    """Make fp32 CUDA matmuls and cuDNN convolutions of this process use IEEE products.
+
+    Process-wide flags: for a program's entry point or a worker's start, before any thread
+    computes, never from a task (another thread may be computing under the old value).
+    """
+    import torch
+
+    backends = torch.backends
+    conv = getattr(backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # The new interface only: PyTorch refuses to read flags set through both.
+        for node in (conv, getattr(backends.cudnn, "rnn"), backends.cuda.matmul):  # noqa: B009
+            node.fp32_precision = "ieee"
+    else:
+        backends.cudnn.allow_tf32 = False
+        backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+
+
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

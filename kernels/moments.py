@@ -95,15 +95,6 @@ def _empty(d: int, device: torch.device) -> ShardMoments:
     return ShardMoments(0, zeros, torch.zeros(d, d, dtype=torch.float64, device=device))
 
 
-def _tf32_enabled() -> bool:
-    import torch
-
-    """Whether fp32 CUDA matmuls in this process may round inputs to TF32."""
-    return bool(torch.backends.cuda.matmul.allow_tf32) or (
-        torch.get_float32_matmul_precision() != "highest"
-    )
-
-
 def shard_moments_reference(x: torch.Tensor) -> ShardMoments:
     """Float64 two-pass reference: the definition, for tests.
 
@@ -136,7 +127,7 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
     """
     import torch
 
-    from kernels._dispatch import check_matrix
+    from kernels._dispatch import check_matrix, tf32_matmuls
 
     check_matrix(x)
     n, d = x.shape
@@ -147,7 +138,7 @@ def shard_moments_torch(x: torch.Tensor) -> ShardMoments:
     shift = xc.mean(dim=0, dtype=torch.float64).to(cdtype)
     centred = xc - shift
     col_sum = centred.sum(dim=0, dtype=torch.float64)
-    if centred.is_cuda and cdtype == torch.float32 and _tf32_enabled():
+    if centred.is_cuda and cdtype == torch.float32 and tf32_matmuls():
         # The process has TF32 matmuls on (its owner's choice, a global flag that a worker
         # thread must not flip): keep the IEEE-product contract by multiplying in float64.
         centred = centred.to(torch.float64)

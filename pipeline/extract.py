@@ -151,8 +151,10 @@ def cached_encoder(
 
     Raises:
         EncoderSetupError: weights missing, unreadable, not matching ``digest``; a package
-            missing.
+            missing; this process would let the GPU round fp32 products to TF32.
     """
+    import socket
+
     from kernels.encoders import EncoderError, load_encoder, locate_weights
 
     where = worker_device(device)
@@ -163,9 +165,16 @@ def cached_encoder(
                 path = locate_weights(encoder, weights)
                 _ENCODERS[key] = load_encoder(encoder, path, device=where, digest=digest)
             loaded = _ENCODERS[key]
-        return loaded if loaded.resize == resize else loaded.with_resize(resize)
     except EncoderError as exc:
         raise EncoderSetupError(str(exc)) from exc
+    if loaded.fp32_products != "ieee":
+        raise EncoderSetupError(
+            f"{socket.gethostname()}: PyTorch lets fp32 convolutions on {loaded.device} round to "
+            "TF32 (its default on Ampere and later GPUs; features move by about 1e-3): start "
+            "the Dask workers with --preload pipeline.ieee_fp32, as the specs in cluster/ do "
+            "(from Python, call kernels.use_ieee_fp32() before extracting)"
+        )
+    return loaded if loaded.resize == resize else loaded.with_resize(resize)
 
 
 def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:

@@ -41,3 +41,22 @@ def feature_pair(tmp_path, rng):
         write_zarr(tmp_path / "gen.zarr", gen),
         gen,
     )
+
+
+@pytest.fixture
+def fp32_flags():
+    """Restore this process's fp32 product flags (PyTorch's, process-wide) after the test."""
+    import torch
+
+    backends = torch.backends
+    saved = (
+        torch.get_float32_matmul_precision(),
+        backends.cudnn.conv.fp32_precision,
+        backends.cudnn.rnn.fp32_precision,
+        backends.cuda.matmul.fp32_precision,
+    )
+    yield
+    torch.set_float32_matmul_precision(saved[0])
+    backends.cudnn.conv.fp32_precision = saved[1]
+    backends.cudnn.rnn.fp32_precision = saved[2]
+    backends.cuda.matmul.fp32_precision = saved[3]

@@ -126,12 +126,14 @@ def _extracted(
     """The features of an image source: extracted into ``features-<digest>.zarr`` beside the
     history, or read from there (a killed extraction resumes; a finished one is reused)."""
     from pipeline.extract import extract_features
+    from pipeline.ieee_fp32 import set_in_this_process
     from pipeline.sources import open_features
 
     extraction = prepared.extraction
     if extraction is None:  # unreachable: image inputs plan an extraction
         raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"features-{digest}.zarr")
+    set_in_this_process(engine, job.device)
     result = extract_features(
         source.location,
         cache,

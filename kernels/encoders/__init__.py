@@ -141,6 +141,23 @@ class Encoder:
         self.network = network.to(device).eval()
         self._preprocess = preprocess
 
+    @property
+    def fp32_products(self) -> str:
+        """``tf32`` when this process lets the network's fp32 convolutions or matmuls round
+        their inputs to TF32 on its device (a CUDA GPU of compute capability 8.0 or later,
+        with PyTorch's default cuDNN setting, unless :func:`kernels.use_ieee_fp32` ran), else
+        ``ieee``. TF32 keeps 10 mantissa bits: features then differ from the fp32 reference
+        by about 1e-3 relative."""
+        import torch
+
+        from kernels._dispatch import tf32_convolutions, tf32_matmuls
+
+        if not self.device.startswith("cuda"):
+            return "ieee"
+        if torch.cuda.get_device_capability(torch.device(self.device))[0] < 8:
+            return "ieee"  # no TF32 units before Ampere
+        return "tf32" if tf32_convolutions() or tf32_matmuls() else "ieee"
+
     def with_resize(self, resize: str) -> Encoder:
         """The same network (shared, not copied) with another preprocessing mode.
 

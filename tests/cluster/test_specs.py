@@ -145,3 +145,38 @@ def test_schedule_examples_call_shardeval_run():
     assert job["kind"] == "CronJob"
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["shardeval", "run"]
+
+
+def test_ieee_preload_sets_the_flags_on_each_worker():
+    import subprocess
+    import sys
+
+    from distributed import Client, LocalCluster
+
+    from kernels._dispatch import tf32_convolutions
+
+    fresh = "from kernels._dispatch import tf32_convolutions as t; print(t())"
+    default = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True)
+    assert default.stdout.strip() == "True"  # PyTorch's default, which the preload changes
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            preload=["pipeline.ieee_fp32"],
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        assert list(client.run(tf32_convolutions).values()) == [False]
+
+
+@pytest.mark.parametrize(
+    "name", ["cuda.yaml", "slurm.yaml", "kubernetes/daskcluster.yaml", "kubernetes/daskjob.yaml"]
+)
+def test_gpu_specs_start_workers_with_ieee_products(name):
+    with open(os.path.join(CLUSTER, name)) as fh:
+        text = fh.read()
+    assert "pipeline.ieee_fp32" in text
+    if name == "cuda.yaml":
+        assert load_spec(os.path.join(CLUSTER, name)).options["preload"] == ["pipeline.ieee_fp32"]

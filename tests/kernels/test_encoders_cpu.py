@@ -243,3 +243,22 @@ def test_clip_tiny_and_uninitialised_weights_refused(tmp_path, rng, transformers
     transformers.CLIPVisionModel(config).save_pretrained(tmp_path / "no-projection")
     with pytest.raises(WeightsError, match="visual_projection"):
         load_encoder("clip-vitl14-336", str(tmp_path / "no-projection"))
+
+
+def test_encoder_says_when_pytorch_would_round_to_tf32(inception, monkeypatch, fp32_flags):
+    import copy
+
+    from kernels import use_ieee_fp32
+
+    assert inception.fp32_products == "ieee"  # no TF32 on a CPU
+    gpu = copy.copy(inception)
+    gpu.device = "cuda:0"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
+    assert gpu.fp32_products == "tf32"
+    use_ieee_fp32()
+    assert gpu.fp32_products == "ieee"
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls, in the ViTs' linear layers
+    assert gpu.fp32_products == "tf32"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert gpu.fp32_products == "ieee"  # no TF32 units before Ampere

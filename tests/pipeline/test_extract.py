@@ -300,3 +300,27 @@ def test_zip_and_tar_sources(tmp_path, rng, weights):
         zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["features"][:],
         zarr.open_group(str(tmp_path / "t.zarr"), mode="r")["features"][:],
     )
+
+
+def test_tf32_in_the_worker_is_refused_before_any_work(tmp_path, images, weights, monkeypatch):
+    from kernels.encoders import Encoder
+
+    monkeypatch.setattr(Encoder, "fp32_products", property(lambda self: "tf32"))
+    out = str(tmp_path / "f.zarr")
+    with pytest.raises(EncoderSetupError, match=r"round to TF32 .* --preload pipeline.ieee_fp32"):
+        extract_features(images, out, weights=weights, batch_size=2)
+    assert _chunk_files(out) == []
+
+
+def test_the_extract_command_sets_ieee_products_in_its_process(
+    tmp_path, images, weights, fp32_flags
+):
+    from kernels._dispatch import tf32_convolutions
+    from workflows.cli import main
+
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
+    out = str(tmp_path / "f.zarr")
+    assert (
+        main(["extract", images, "-o", out, "--weights", weights, "--batch-size", "4", "-q"]) == 0
+    )
+    assert not tf32_convolutions()

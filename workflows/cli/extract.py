@@ -139,8 +139,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
             "match its reference"
         )
     from pipeline.extract import extract_features
+    from pipeline.ieee_fp32 import set_in_this_process
     from workflows.progress import ProgressBar
 
+    set_in_this_process(engine(args), args.device or "auto")
     bar = None if args.quiet else ProgressBar("chunks")
     result = extract_features(
         args.images,
