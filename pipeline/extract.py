@@ -170,7 +170,7 @@ def cached_encoder(
     if loaded.fp32_products != "ieee":
         raise EncoderSetupError(
             f"{socket.gethostname()}: PyTorch lets fp32 convolutions on {loaded.device} round to "
-            "TF32 (its default on Ampere and later GPUs; features move by about 1e-3): start "
+            "TF32 (its default on Ampere and later GPUs; inputs keep 10 mantissa bits): start "
             "the Dask workers with --preload pipeline.ieee_fp32, as the specs in cluster/ do "
             "(from Python, call kernels.use_ieee_fp32() before extracting)"
         )
