@@ -9,8 +9,8 @@ task. The cluster specs in ``cluster/`` that start GPU workers load it:
 
     dask worker tcp://scheduler:8786 --preload pipeline.ieee_fp32
 
-``shardeval`` commands that run encoders set the same flags in their own process. A feature
-store records what its chunks ran with (attribute ``fp32_products``: ``ieee`` or ``tf32``).
+``shardeval extract`` and ``shardeval run`` set the same flags in their own process; an
+extraction task on a worker that would still round to TF32 stops with one line.
 """
 
 from __future__ import annotations
