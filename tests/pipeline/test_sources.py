@@ -36,7 +36,7 @@ def test_xarray_dataset_variable_is_found_by_dims(tmp_path, x):
     ds = xr.Dataset(
         {"features": (("sample", "feature"), x), "labels": (("sample",), np.arange(50))}
     )
-    ds.to_zarr(tmp_path / "ds.zarr")
+    ds.to_zarr(tmp_path / "ds.zarr", consolidated=False)
     src = open_features(str(tmp_path / "ds.zarr"))
     assert src.name == "features"
     np.testing.assert_array_equal(src.array.compute(), x)
