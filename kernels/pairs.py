@@ -22,7 +22,8 @@ Self-distances are exactly zero, and no squared distance is negative.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -106,7 +107,7 @@ class _Sums:
             k[i, j] = 0
         # Values in the working precision, sums in float64.
         self.total += float(k.sum(dtype=np.float64))
-        self.squares += float(np.square(k).sum(dtype=np.float64))
+        self.squares += float(np.square(k, dtype=np.float64).sum())
         self.rows += k.sum(axis=1, dtype=np.float64)
         self.cols[start : start + k.shape[1]] = k.sum(axis=0, dtype=np.float64)
 
@@ -126,6 +127,34 @@ def _sq_bound(d: int, dtype: np.dtype) -> float:
     two additions and the doubling by at most 3u of operands no larger than (‖x‖ + ‖y‖)²."""
     u = float(np.finfo(dtype).eps) / 2
     return 2.0 * dot_error_bound(d, dtype) + 4.0 * u
+
+
+#: fp32 products are taken of rows whose largest magnitude lies in [2^-RANGE, 2^RANGE) as they
+#: are; other rows are first scaled by a power of two (exact), since their products would
+#: overflow fp32 (|x| ≈ 1e19) or lose digits to its subnormals (|x| ≈ 1e-22).
+SAFE_EXPONENT = 20
+
+#: The polynomial kernel's values are formed in fp32 (sums in float64): when a bound on them
+#: exceeds this, the pair is computed with float64 products instead.
+POLY_LIMIT = 2.0**100
+
+
+def _exponent(x: Any, y: Any) -> int:
+    """e with the largest |value| of both blocks in [2^(e−1), 2^e); 0 when all are zero."""
+    amax = max(float(abs(b).max()) if b.shape[0] else 0.0 for b in (x, y))
+    return math.frexp(amax)[1] if amax > 0 and math.isfinite(amax) else 0
+
+
+def _poly_bound(request: PairRequest, x: Any, y: Any, exponent: int) -> float:
+    """An upper bound on |γ x·y + c|^degree over the pair (0 without a polynomial kernel)."""
+    if request.poly is None:
+        return 0.0
+    gamma, coef0, degree = request.poly
+    product = x.shape[1] * 4.0**exponent  # d · max|x| · max|y| ≤ d · 2^(2e)
+    try:
+        return float((abs(gamma) * product + abs(coef0)) ** int(degree))
+    except OverflowError:
+        return math.inf
 
 
 #: A block pair whose first tile leaves more fp32 decisions than this fraction of its pairs
@@ -166,6 +195,43 @@ def pair_reduce(
     Returns:
         :class:`PairResult` (numpy arrays).
     """
+    if _is_fp64(x) or _is_fp64(y):
+        return _pair_reduce(x, y, request, diagonal_block, backend)
+    exponent = _exponent(x, y)
+    if _poly_bound(request, x, y, exponent) > POLY_LIMIT:
+        return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
+    if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT:
+        return _pair_reduce(x, y, request, diagonal_block, backend)
+    # Scale both blocks by 2^-e (exact): squared distances and radii scale by 4^-e, decisions
+    # and the RBF on unit rows not at all; a polynomial kernel here is small (bounded above).
+    if request.poly is not None:
+        return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
+    factor = 2.0**-exponent
+    radii = request.radii
+    if radii is not None:
+        le, lt, y_le = (r * factor**2 for r in radii)
+        radii = (le, lt, y_le)
+    result = _pair_reduce(
+        x * factor, y * factor, replace(request, radii=radii), diagonal_block, backend
+    )
+    if result.knn is None:
+        return result
+    knn_x, knn_y = result.knn
+    return result._replace(knn=(knn_x / factor**2, knn_y / factor**2))
+
+
+def _is_fp64(x: Any) -> bool:
+    return str(x.dtype) in ("float64", "torch.float64")
+
+
+def _fp64(x: Any) -> Any:
+    return x.astype(np.float64) if isinstance(x, np.ndarray) else x.double()
+
+
+def _pair_reduce(
+    x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: str
+) -> PairResult:
+    """:func:`pair_reduce` on rows whose products are safe in the working precision."""
     if not isinstance(x, np.ndarray):
         from kernels._dispatch import resolve_backend
 

@@ -130,6 +130,56 @@ def test_one_request_equals_the_separate_reductions():
         np.testing.assert_array_equal(a, b)
 
 
+# Magnitudes whose fp32 products overflow (|x| ≈ 1e19: ‖x‖² > 3.4e38) or fall into subnormals
+# (|x| ≈ 1e-22): PRDC gave precision = recall = 1, density = coverage = 0 and CMMD 90.6 instead
+# of 0.546, with exit 0, before blocks were scaled by a power of two.
+EXTREME = [2.0**70, 1e19, 1e-22, 2.0**-90]
+
+
+def _extreme_pair(scale):
+    x = (_data((40, 16), np.float64, 41, offset=2.0) * scale).astype(np.float32)
+    y = (_data((50, 16), np.float64, 42, offset=2.3) * scale).astype(np.float32)
+    return x, y
+
+
+@pytest.mark.parametrize("scale", EXTREME)
+def test_extreme_magnitudes_keep_neighbours_and_radius_decisions_exact(scale):
+    x, y = _extreme_pair(scale)
+    for got, ref in zip(
+        knn_sq_distances(x, y, 3), knn_sq_distances_reference(x, y, 3), strict=True
+    ):
+        np.testing.assert_array_equal(got, ref)
+    sq = exact_sq_distances(x, y)
+    # Radii on pair distances (ties, re-decided in float64) that split the pairs.
+    rx, ry = np.sort(sq, axis=1)[:, 1], np.sort(sq, axis=0)[1]
+    got = radius_decisions(x, y, rx, rx, ry)
+    ref = radius_decisions_reference(x, y, rx, rx, ry)
+    for a, b in zip(got[:4], ref[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert got.y_count_x_radius.sum() == np.count_nonzero(sq < rx[:, None])  # one per row
+
+
+@pytest.mark.parametrize("scale", EXTREME)
+def test_extreme_magnitudes_keep_the_rbf_on_unit_rows(scale):
+    x, y = _extreme_pair(scale)
+    got = kernel_sums(x, y, "rbf", (0.5,))
+    ref = kernel_sums_reference(x, y, "rbf", (0.5,))
+    assert got.total == pytest.approx(ref.total, rel=1e-6)
+    np.testing.assert_allclose(got.rows, ref.rows, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [3e3, 3e6, 1e12])
+def test_polynomial_kernel_values_beyond_fp32_are_summed_exactly(scale):
+    # (x·y/d + 1)³ reaches 1e21 (its squares overflow fp32: the KID error was ± inf) and 1e39
+    # (the values themselves: KID nan); such pairs take float64 products.
+    x, y = _extreme_pair(scale)
+    got = kernel_sums(x, y, "poly", (1 / 16, 1.0, 3))
+    ref = kernel_sums_reference(x, y, "poly", (1 / 16, 1.0, 3))
+    assert np.isfinite([got.total, got.squares]).all()
+    assert got.total == pytest.approx(ref.total, rel=1e-6)
+    assert got.squares == pytest.approx(ref.squares, rel=1e-5)
+
+
 # --- the Triton path (interpreted on CPU by tests/conftest.py) against the CPU path --------
 
 
@@ -184,3 +234,24 @@ def test_triton_knn_and_radii_equal_the_cpu_path_exactly(sx, sy, diagonal):
         for a, b in zip(cpu.radius[:4], gpu.radius[:4], strict=True):
             np.testing.assert_array_equal(a, b)
         assert gpu.radius.uncertain >= 1  # the radii sit on pair distances: ties re-decided
+
+
+def test_triton_path_scales_extreme_magnitudes_like_the_cpu_path():
+    import torch
+
+    from kernels.pairs import PairRequest, pair_reduce
+
+    x, y = _extreme_pair(1e19)
+    sq = exact_sq_distances(x, y)
+    request = PairRequest(
+        rbf=0.5, knn=3, radii=(np.median(sq, 1), np.median(sq, 1) / 2, np.median(sq, 0))
+    )
+    cpu = pair_reduce(x, y, request)
+    gpu = pair_reduce(torch.from_numpy(x), torch.from_numpy(y), request, backend="triton")
+    for a, b in zip(cpu.knn, gpu.knn, strict=True):
+        # float64 from the rows on both paths; torch and numpy sum the 16 squares in
+        # different orders, so the last bit may differ.
+        np.testing.assert_allclose(a, b, rtol=4e-16)
+    for a, b in zip(cpu.radius[:4], gpu.radius[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert gpu.rbf.total == pytest.approx(cpu.rbf.total, rel=1e-6)
