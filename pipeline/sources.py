@@ -38,7 +38,37 @@ STATS_FORMAT = "shardeval.moments"
 #: Group attribute present while an extraction is still writing its store.
 INCOMPLETE_ATTR = "shardeval_incomplete"
 
-_SAMPLE_DIMS = ("sample", "feature")
+#: Dimension names (any case) that say which axis of a 2-D variable holds the samples.
+# fmt: off
+SAMPLE_DIM_NAMES = frozenset({
+    "sample", "samples", "row", "rows", "n", "image", "images", "item", "items", "obs",
+    "observation", "observations", "example", "examples", "draw", "draws", "point", "points",
+})
+FEATURE_DIM_NAMES = frozenset({
+    "feature", "features", "feat", "dim", "d", "embedding", "channel", "channels", "component",
+    "components", "variable", "variables",
+})
+# fmt: on
+
+
+def rows_axis(dims: tuple[str, ...] | None, location: str) -> int | None:
+    """Which axis of a 2-D variable holds the samples, by its dimension names: 0, 1, or None
+    when the names say nothing (rows are then taken first, as stored).
+
+    Raises:
+        StoreError: names that point both ways, e.g. ``("sample", "row")``.
+    """
+    if dims is None or len(dims) != 2:
+        return None
+    a, b = (str(name).lower() for name in dims)
+    first = a in SAMPLE_DIM_NAMES or b in FEATURE_DIM_NAMES
+    last = a in FEATURE_DIM_NAMES or b in SAMPLE_DIM_NAMES
+    if first and last:
+        raise StoreError(
+            f"{location!r}: dimension names {tuple(dims)} do not say which axis holds the "
+            "samples; name one 'sample' and the other 'feature'"
+        )
+    return 0 if first else 1 if last else None
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,7 +199,7 @@ def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple
         if array_name not in arrays:
             raise StoreError(f"{location!r} has no array {array_name!r}; it holds {sorted(arrays)}")
         return arrays[array_name], array_name
-    candidates = [k for k, a in arrays.items() if set(_dims(a) or ()) == set(_SAMPLE_DIMS)]
+    candidates = [k for k, a in arrays.items() if rows_axis(_dims(a), location) is not None]
     if not candidates:
         candidates = [k for k, a in arrays.items() if a.ndim == 2]
     if len(candidates) != 1:
@@ -184,7 +214,11 @@ def _open_zarr(
     location: str, array_name: str | None, storage_options: dict[str, Any] | None
 ) -> tuple[Any, str, dict[str, Any]]:
     try:
-        node = zarr.open(location, mode="r", storage_options=storage_options)
+        # Each array's own metadata, not a consolidated copy: one written before the array
+        # was resized or rewritten would give its old shape (half the rows, say) silently.
+        node = zarr.open(
+            location, mode="r", storage_options=storage_options, use_consolidated=False
+        )
     except Exception as exc:  # zarr raises several types for a missing or foreign store
         raise StoreError(f"cannot open {location!r} as a Zarr store: {exc}") from exc
     if isinstance(node, zarr.Group):
@@ -297,7 +331,7 @@ def _stored_array(
     attrs = {**group_attrs, **dict(node.attrs)}
     dims = _dims(node)
     shape = tuple(int(s) for s in node.shape)
-    transposed = dims is not None and len(dims) == 2 and tuple(dims) == _SAMPLE_DIMS[::-1]
+    transposed = rows_axis(dims, location) == 1
     if transposed:
         shape = shape[::-1]
     outer = getattr(node, "shards", None) or node.chunks

@@ -50,7 +50,10 @@ def is_stats(path: str | os.PathLike[str]) -> bool:
         if path.endswith(".npz"):
             with np.load(path, allow_pickle=False) as archive:
                 return bool({"mu", "sigma"} & set(archive.keys()))
-        return zarr.open_group(path, mode="r").attrs.get("format") == STATS_FORMAT
+        return (
+            zarr.open_group(path, mode="r", use_consolidated=False).attrs.get("format")
+            == STATS_FORMAT
+        )
     except Exception:
         return False
 
@@ -199,7 +202,7 @@ def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
     if path.endswith(".npz"):
         return _load_npz(path)
     try:
-        group = zarr.open_group(path, mode="r")
+        group = zarr.open_group(path, mode="r", use_consolidated=False)
     except Exception as exc:
         raise StoreError(f"cannot open statistics {path!r} as a Zarr group: {exc}") from exc
     if group.attrs.get("format") != STATS_FORMAT:
@@ -220,7 +223,7 @@ def stats_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = os.fspath(path)
     if path.endswith(".npz"):
         return {}
-    return dict(zarr.open_group(path, mode="r").attrs)
+    return dict(zarr.open_group(path, mode="r", use_consolidated=False).attrs)
 
 
 def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:

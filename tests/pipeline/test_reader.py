@@ -243,3 +243,45 @@ def test_shard_shorter_than_its_index_is_an_error(tmp_path, capsys, pair):
     assert code == 2
     assert err.count("\n") == 1
     assert "shard 'c/2/0' holds 10 bytes where its index alone takes" in err
+
+
+def test_stale_consolidated_metadata_is_not_trusted(tmp_path, capsys, pair):
+    # Consolidated when the array held 600 rows, then resized and filled: the consolidated copy
+    # says 600, and reading through it gave the FID of the first 600 rows with exit 0.
+    real, gen, gen_path = pair
+    group = zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
+    group.create_array("features", shape=(600, 8), chunks=(100, 8), dtype="float32")[...] = real[
+        :600
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Zarr notes consolidation is not in the v3 spec
+        zarr.consolidate_metadata(str(tmp_path / "c.zarr"))
+    arr = zarr.open_array(str(tmp_path / "c.zarr" / "features"), mode="a")
+    arr.resize((1000, 8))
+    arr[600:] = real[600:]
+    code, fid, err = _fid_cli(capsys, tmp_path / "c.zarr", gen_path)
+    assert code == 0, err
+    assert fid == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dims", "transposed"),
+    [(("feature", "row"), True), (("Embedding", "image"), True), (("n", "d"), False)],
+)
+def test_sample_axis_is_found_by_common_dimension_names(tmp_path, capsys, pair, dims, transposed):
+    real, gen, gen_path = pair
+    data = real.T.copy() if transposed else real
+    xr.Dataset({"f": (dims, data)}).to_zarr(str(tmp_path / "t.zarr"), mode="w", consolidated=False)
+    source = open_features(str(tmp_path / "t.zarr"))
+    assert (source.n, source.d) == (1000, 8)
+    _code, fid, _ = _fid_cli(capsys, tmp_path / "t.zarr", gen_path)
+    assert fid == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+
+
+def test_dimension_names_that_point_both_ways_are_refused(tmp_path, pair):
+    real, _, _ = pair
+    xr.Dataset({"f": (("sample", "row"), real)}).to_zarr(
+        str(tmp_path / "t.zarr"), mode="w", consolidated=False
+    )
+    with pytest.raises(StoreError, match="do not say which axis holds the samples"):
+        open_features(str(tmp_path / "t.zarr"), array_name="f")
