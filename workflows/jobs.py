@@ -166,10 +166,11 @@ def reference_of(
     ``source``, the features extracted from reference images) and cached beside the history
     under the input's digest (a changed input has a new digest, so it is recomputed, never
     silently reused)."""
+    from pipeline.atomic import OutputExistsError
     from pipeline.gaussian import as_gaussian
     from pipeline.moments import feature_moments
     from pipeline.sources import open_features
-    from pipeline.statsio import is_stats, load_stats, save_stats
+    from pipeline.statsio import is_stats, load_stats, save_stats, stats_provenance
 
     if job.reference_stats:
         stats = load_stats(job.reference_stats)
@@ -187,7 +188,14 @@ def reference_of(
     ((moments, _),) = feature_moments(
         [source], engine=engine, device=job.device, backend=job.backend
     )
-    save_stats(cache, moments, {**source.describe(), "fingerprint": digest})
+    try:
+        save_stats(cache, moments, {**source.describe(), "fingerprint": digest})
+    except (OutputExistsError, OSError):
+        # Another run of this job wrote the cache meanwhile: the same input (its digest names
+        # the file), so the same statistics. Anything else there is still an error.
+        if not (is_stats(cache) and stats_provenance(cache).get("fingerprint") == digest):
+            raise
+        log(f"reference statistics {cache} written meanwhile by another run")
     return Reference(as_gaussian(moments, where), digest, where, source)
 
 

@@ -103,6 +103,34 @@ def test_modified_reference_invalidates_the_cache(job_dir):
     assert History(job.history).table()[0]["fid"] != before[0]["fid"]
 
 
+@pytest.mark.parametrize("same_input", [True, False])
+def test_reference_cache_written_meanwhile_by_another_run(job_dir, monkeypatch, same_input):
+    # Two runs of one job both find no cache and both compute; the second to write found the
+    # first's file and stopped: "already exists (a statistics file); pass --overwrite" (which
+    # `run` does not take). The same input's statistics are used; anything else still stops.
+    import pipeline.statsio
+    from pipeline.atomic import OutputExistsError
+
+    real_save = pipeline.statsio.save_stats
+
+    def another_run_lands_first(path, moments, provenance=None, **kwargs):
+        theirs = dict(provenance or {})
+        if not same_input:
+            theirs["fingerprint"] = "another input"
+        real_save(path, moments, theirs)
+        return real_save(path, moments, provenance, **kwargs)
+
+    monkeypatch.setattr(pipeline.statsio, "save_stats", another_run_lands_first)
+    lines = []
+    job = load_job(job_dir / "job.toml")
+    if same_input:
+        assert len(run_job(job, log=lines.append).computed) == 4
+        assert any("written meanwhile by another run" in line for line in lines)
+    else:
+        with pytest.raises(OutputExistsError, match="already exists"):
+            run_job(job, log=lines.append)
+
+
 def test_interrupted_run_resumes_with_identical_values(job_dir):
     for i in (4, 5, 6):  # larger entries so the kill lands mid-job
         (job_dir / "ckpt" / f"step-{i * 1000}").mkdir()
