@@ -401,7 +401,9 @@ def extract_features(
         "source_fingerprint": source.fingerprint,
         "skip_bad": skip_bad,
     }
-    attrs = None if overwrite or not os.path.exists(output) else _existing(output, wanted)
+    attrs = None
+    if not overwrite and os.path.exists(output) and not _unstarted(output):
+        attrs = _existing(output, wanted)
     for value, key, flag in (
         (batch_size, "batch_size", "--batch-size"),
         (chunk_rows, "chunk_rows", ""),
@@ -478,6 +480,21 @@ def extract_features(
         seconds=time.perf_counter() - start,
         check_seconds=check_seconds,
     )
+
+
+def _unstarted(output: str) -> bool:
+    """Our store, unfinished, with no chunk written (a run that failed on its first chunk):
+    started afresh, whatever the settings it was created with."""
+    import zarr
+
+    from pipeline.reader import missing_chunks
+
+    group = zarr.open_group(output, mode="r")
+    features = group.get("features")
+    if _complete(dict(group.attrs)) or not isinstance(features, zarr.Array):
+        return False
+    missing, total = missing_chunks(features)
+    return len(missing) == total
 
 
 def _complete(attrs: dict[str, Any]) -> bool:

@@ -187,6 +187,20 @@ def test_bad_image_stops_or_is_skipped(tmp_path, images, weights):
     assert open_features(kept).n == 7
 
 
+def test_a_store_without_any_chunk_is_started_afresh(tmp_path, images, weights):
+    # One chunk, which fails: the unfinished store it left behind made the retry with
+    # --skip-bad a refused "unfinished extraction with other settings".
+    data = (tmp_path / "images" / "img-000.png").read_bytes()
+    (tmp_path / "images" / "img-000.png").write_bytes(data[:100])
+    out = tmp_path / "f.zarr"
+    with pytest.raises(ImageError, match=r"img-000\.png"):
+        extract_features(images, str(out), weights=weights, batch_size=8)
+    with pytest.raises(StoreError, match="incomplete extraction"):
+        open_features(str(out))
+    result = extract_features(images, str(out), weights=weights, batch_size=8, skip_bad=True)
+    assert (result.rows, [name for name, _ in result.skipped]) == (7, ["img-000.png"])
+
+
 def _extract_in_child(images, out, weights):
     """A child process extracting one chunk at a time, slowly enough to be killed mid-way."""
     script = f"""
