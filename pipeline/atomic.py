@@ -51,6 +51,25 @@ def claim_output(
         )
 
 
+def check_outside(output: str | os.PathLike[str], inputs: list[str]) -> None:
+    """Refuse an output at or inside one of the command's inputs: writing it would change
+    the input (a statistics group written into the feature store it describes, say).
+
+    Raises:
+        OutputExistsError: naming the output and the input.
+    """
+    out = os.path.realpath(os.fspath(output))
+    for given in inputs:
+        if "://" in given:
+            continue  # a remote store: its path cannot be a local output's parent
+        source = os.path.realpath(given)
+        if out == source or out.startswith(source.rstrip(os.sep) + os.sep):
+            raise OutputExistsError(
+                f"{os.fspath(output)!r} is inside the input {given!r}: writing it would change "
+                "the input; choose an output outside it"
+            )
+
+
 def _parent(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)

@@ -17,6 +17,7 @@ what is not a statistics file (:mod:`pipeline.atomic`).
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 import zarr
 
 from pipeline.atomic import atomic_dir, atomic_file, claim_output
-from pipeline.errors import ShapeError, StatsFormatError, StoreError
+from pipeline.errors import ShapeError, StatsFormatError, StoreError, SuspectStoreWarning
 from pipeline.gaussian import Gaussian
 from pipeline.reader import missing_chunks
 from pipeline.sources import STATS_FORMAT
@@ -260,6 +261,7 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
             f"{repeated} given more than once: merging a file with itself counts its rows twice"
         )
     extractors: dict[str, str] = {}
+    sources: dict[tuple[str, ...], str] = {}
     merged: Moments | None = None
     for path in paths:
         stats = load_stats(path)
@@ -272,7 +274,19 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
             raise ShapeError(
                 f"feature dimensions differ: {path!r} has d={stats.d}, the others d={merged.d}"
             )
-        extractor = stats_provenance(path).get("feature_extractor")
+        provenance = stats_provenance(path)
+        extractor = provenance.get("feature_extractor")
+        if provenance.get("source") is not None:
+            key = tuple(str(provenance.get(k)) for k in ("source", "array", "shape"))
+            if key in sources:
+                warnings.warn(
+                    f"{sources[key]!r} and {path!r} record the same source "
+                    f"{provenance['source']!r} (array, shape): if they are statistics of the "
+                    "same rows, the merge counts those rows twice",
+                    SuspectStoreWarning,
+                    stacklevel=2,
+                )
+            sources[key] = path
         if extractor is not None:
             extractors[path] = str(extractor)
         merged = stats if merged is None else merged.merge(stats)
@@ -283,8 +297,8 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
         )
     if merged is None:  # unreachable: at least two paths were read
         raise StatsFormatError("no statistics to merge")
-    provenance = {
+    merged_provenance = {
         "merged_from": list(paths),
         "feature_extractor": next(iter(extractors.values()), None),
     }
-    return merged, provenance
+    return merged, merged_provenance

@@ -170,3 +170,24 @@ def test_threads_with_a_distributed_scheduler(capsys, store):
         ["fid", store, store, "--scheduler", "tcp://127.0.0.1:1", "--threads", "2"],
         "--threads",
     )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    # `shardeval ... | head -1` ended with "shardeval: error: [Errno 32] Broken pipe".
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for name in ("a.npy", "b.npy"):
+        np.save(tmp_path / name, rng.standard_normal((50, 3)))
+    code = "import sys; from workflows.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "fid", str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader is gone before the first line (imports take longer)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "Broken pipe" not in err
+    assert "Traceback" not in err

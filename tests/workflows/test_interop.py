@@ -102,3 +102,26 @@ def test_stats_merge_refuses(tmp_path, capsys, data, problem):
     assert code == 2, err
     assert err.count("\n") == 1
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_merging_statistics_of_one_source_twice_warns(tmp_path, capsys, data):
+    # Two statistics of the same store (one copied): the merge counted its rows twice, silently.
+    import shutil
+
+    a, _ = data
+    store = write_zarr(tmp_path / "x.zarr", a)
+    assert main(["stats", store, "-o", str(tmp_path / "s.zarr"), "-q"]) == 0
+    shutil.copytree(tmp_path / "s.zarr", tmp_path / "copy.zarr")
+    capsys.readouterr()
+    argv = [
+        "stats",
+        "merge",
+        tmp_path / "s.zarr",
+        tmp_path / "copy.zarr",
+        "-o",
+        tmp_path / "m.zarr",
+    ]
+    assert main([str(p) for p in argv]) == 0
+    err = capsys.readouterr().err
+    assert "record the same source" in err
+    assert "counts those rows twice" in err

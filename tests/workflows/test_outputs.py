@@ -104,3 +104,16 @@ def test_json_report_refused_before_compute(tmp_path, capsys, store):
     capsys.readouterr()
     _refused(capsys, ["fid", store, store, "--out", ours, "-q"], ours)
     assert main(["fid", store, store, "--out", str(ours), "--overwrite", "-q"]) == 0
+
+
+def test_stats_refuses_an_output_inside_its_input(tmp_path, capsys, store):
+    # `stats x.zarr -o x.zarr/stats` wrote a statistics group into the feature store.
+    err = _refused(capsys, ["stats", store, "-o", os.path.join(store, "stats"), "-q"], store)
+    assert "is inside the input" in err
+    one = tmp_path / "one.zarr"
+    assert main(["stats", store, "-o", str(one), "-q"]) == 0
+    two = tmp_path / "two.zarr"
+    assert main(["stats", store, "-o", str(two), "-q"]) == 0
+    capsys.readouterr()
+    inside = ["stats", "merge", one, two, "-o", one / "merged.zarr"]
+    assert "is inside the input" in _refused(capsys, inside, one)

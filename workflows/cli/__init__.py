@@ -8,6 +8,7 @@ code 2; an operating-system failure (disk full, permission) is one line and exit
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,8 @@ from workflows.cli.parser import build_parser
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+#: What a shell reports for a process ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 #: command → (module, function)
 _COMMANDS = {
@@ -59,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             args._warnings = _LiveMessages(caught)
             code = _dispatch(args)
+            sys.stdout.flush()  # a reader that went away fails here, not at interpreter exit
         for w in caught:
             if issubclass(w.category, UserWarning):
                 print(f"shardeval: warning: {w.message}", file=sys.stderr)
@@ -66,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardevalError as exc:
         print(f"shardeval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader went away (`shardeval ... | head -1`): stop quietly, as other tools do,
+        # and keep the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as exc:
         print(f"shardeval: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

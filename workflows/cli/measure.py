@@ -181,10 +181,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"stats takes one STORE (or `merge A B ...`); got {len(args.inputs)} inputs"
         )
     must_exist(args.inputs[0])
-    from pipeline.atomic import claim_output
+    from pipeline.atomic import check_outside, claim_output
     from pipeline.statsio import is_stats, save_stats
     from workflows.provenance import now_iso, versions
 
+    check_outside(args.output, args.inputs)
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     source = _open(args, args.inputs[0])
     ((moments, dropped),) = _moments(args, [source])
@@ -207,10 +208,11 @@ def _merge(args: argparse.Namespace) -> int:
     refuse(args, (*ENGINE_OPTIONS, *INPUT_OPTIONS), "do not apply to `stats merge`")
     paths = args.inputs[1:]
     must_exist(*paths)
-    from pipeline.atomic import claim_output
+    from pipeline.atomic import check_outside, claim_output
     from pipeline.statsio import is_stats, merge_stats, save_stats
     from workflows.provenance import now_iso, versions
 
+    check_outside(args.output, paths)
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     merged, provenance = merge_stats(paths)
     save_stats(
