@@ -139,7 +139,7 @@ def _timed_extract(n: str, batch: str) -> dict[str, Any]:
     weights, real = _inception_weights()
     out = os.path.join(tempfile.mkdtemp(), "features.zarr")
     start = time.perf_counter()
-    extract_features(folder, out, weights=weights, batch_size=int(batch))
+    extract_features(folder, out, weights=weights, batch_size=int(batch), device="cpu")
     seconds = time.perf_counter() - start
     return {"images_per_s": int(n) / seconds, "real_weights": real}
 

@@ -129,9 +129,10 @@ def _sq_bound(d: int, dtype: np.dtype) -> float:
     return 2.0 * dot_error_bound(d, dtype) + 4.0 * u
 
 
-#: fp32 products are taken of rows whose largest magnitude lies in [2^-RANGE, 2^RANGE) as they
-#: are; other rows are first scaled by a power of two (exact), since their products would
-#: overflow fp32 (|x| ≈ 1e19) or lose digits to its subnormals (|x| ≈ 1e-22).
+#: fp32 products are taken of a block pair whose largest magnitude lies in
+#: [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT) as it is; another is first scaled by a power of two
+#: (exact), since its products would overflow fp32 (|x| ≈ 1e19) or lose digits to its
+#: subnormals (|x| ≈ 1e-22).
 SAFE_EXPONENT = 20
 
 #: The polynomial kernel's values are formed in fp32 (sums in float64): when a bound on them
@@ -197,27 +198,57 @@ def pair_reduce(
     """
     if _is_fp64(x) or _is_fp64(y):
         return _pair_reduce(x, y, request, diagonal_block, backend)
+    x, y = _fp32(x), _fp32(y)
     exponent = _exponent(x, y)
     if _poly_bound(request, x, y, exponent) > POLY_LIMIT:
         return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
     if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT:
         return _pair_reduce(x, y, request, diagonal_block, backend)
-    # Scale both blocks by 2^-e (exact): squared distances and radii scale by 4^-e, decisions
-    # and the RBF on unit rows not at all; a polynomial kernel here is small (bounded above).
-    if request.poly is not None:
+    # Scaled by 2^-e, squared distances and radii scale by 4^-e and the RBF on unit rows not
+    # at all, exactly, when no value falls below fp32's normal range on the way. A polynomial
+    # kernel does not scale; it and rows of too wide a range take float64 products.
+    if request.poly is not None or not _scales_exactly(x, y, exponent):
         return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
-    factor = 2.0**-exponent
     radii = request.radii
     if radii is not None:
-        le, lt, y_le = (r * factor**2 for r in radii)
+        le, lt, y_le = (np.asarray(r, np.float64) * 4.0**-exponent for r in radii)
         radii = (le, lt, y_le)
     result = _pair_reduce(
-        x * factor, y * factor, replace(request, radii=radii), diagonal_block, backend
+        _times_power_of_two(x, -exponent),
+        _times_power_of_two(y, -exponent),
+        replace(request, radii=radii),
+        diagonal_block,
+        backend,
     )
     if result.knn is None:
         return result
     knn_x, knn_y = result.knn
-    return result._replace(knn=(knn_x / factor**2, knn_y / factor**2))
+    return result._replace(knn=(knn_x * 4.0**exponent, knn_y * 4.0**exponent))
+
+
+def _scales_exactly(x: Any, y: Any, exponent: int) -> bool:
+    """Whether every nonzero value times 2^-exponent stays a normal fp32 number (the largest
+    becomes < 1; the smallest must stay ≥ 2^-126), so that the scaling loses no bit."""
+    smallest = math.inf
+    for block in (x, y):
+        magnitude = abs(block)
+        nonzero = magnitude[magnitude > 0]
+        if nonzero.shape[0]:
+            smallest = min(smallest, float(nonzero.min()))
+    return smallest == math.inf or smallest * 2.0**-exponent >= 2.0**-126
+
+
+def _times_power_of_two(x: Any, k: int) -> Any:
+    """x · 2^k in x's precision, in two steps so that neither factor leaves the fp32 range
+    (2^k itself may: k = 140 for rows near 1e-42)."""
+    return x * 2.0 ** (k // 2) * 2.0 ** (k - k // 2)
+
+
+def _fp32(x: Any) -> Any:
+    """Rows of any other real dtype (integers, float16) in fp32, the working precision."""
+    if isinstance(x, np.ndarray):
+        return x if x.dtype == np.float32 else x.astype(np.float32)
+    return x if str(x.dtype) == "torch.float32" else x.float()
 
 
 def _is_fp64(x: Any) -> bool:

@@ -171,8 +171,8 @@ def cached_encoder(
         raise EncoderSetupError(
             f"{socket.gethostname()}: PyTorch lets fp32 convolutions on {loaded.device} round to "
             "TF32 (its default on Ampere and later GPUs; inputs keep 10 mantissa bits): start "
-            "the Dask workers with --preload pipeline.ieee_fp32, as the specs in cluster/ do "
-            "(from Python, call kernels.use_ieee_fp32() before extracting)"
+            "the Dask workers with --preload pipeline.ieee_fp32, as cluster/cuda.yaml, "
+            "slurm.yaml and kubernetes/ do (from Python, call kernels.use_ieee_fp32() first)"
         )
     return loaded if loaded.resize == resize else loaded.with_resize(resize)
 

@@ -188,6 +188,16 @@ def _dims(node: Any) -> tuple[str, ...] | None:
     return tuple(names) if names is not None else None
 
 
+def _names_samples_and_features(dims: tuple[str, ...] | None) -> bool:
+    """Whether a variable's dimension names are one sample name and one feature name."""
+    if dims is None or len(dims) != 2:
+        return False
+    a, b = (str(name).lower() for name in dims)
+    return (a in SAMPLE_DIM_NAMES and b in FEATURE_DIM_NAMES) or (
+        a in FEATURE_DIM_NAMES and b in SAMPLE_DIM_NAMES
+    )
+
+
 def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple[Any, str]:
     if group.attrs.get("format") == STATS_FORMAT:
         raise StoreError(
@@ -199,7 +209,7 @@ def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple
         if array_name not in arrays:
             raise StoreError(f"{location!r} has no array {array_name!r}; it holds {sorted(arrays)}")
         return arrays[array_name], array_name
-    candidates = [k for k, a in arrays.items() if rows_axis(_dims(a), location) is not None]
+    candidates = [k for k, a in arrays.items() if _names_samples_and_features(_dims(a))]
     if not candidates:
         candidates = [k for k, a in arrays.items() if a.ndim == 2]
     if len(candidates) != 1:

@@ -133,7 +133,7 @@ def test_one_request_equals_the_separate_reductions():
 # Magnitudes whose fp32 products overflow (|x| ≈ 1e19: ‖x‖² > 3.4e38) or fall into subnormals
 # (|x| ≈ 1e-22): PRDC gave precision = recall = 1, density = coverage = 0 and CMMD 90.6 instead
 # of 0.546, with exit 0, before blocks were scaled by a power of two.
-EXTREME = [2.0**70, 1e19, 1e-22, 2.0**-90]
+EXTREME = [2.0**70, 1e19, 1e-22, 2.0**-90, 1e-41]  # 1e-41: fp32 subnormals
 
 
 def _extreme_pair(scale):
@@ -157,6 +157,36 @@ def test_extreme_magnitudes_keep_neighbours_and_radius_decisions_exact(scale):
     for a, b in zip(got[:4], ref[:4], strict=True):
         np.testing.assert_array_equal(a, b)
     assert got.y_count_x_radius.sum() == np.count_nonzero(sq < rx[:, None])  # one per row
+
+
+@pytest.mark.parametrize(
+    ("x", "y"),
+    [
+        ([[2.0**100, 0], [3e-8, 1e-8]], [[1e-8, 2e-8]]),  # 2^-101 would make 1e-8 subnormal
+        ([[2.0**21, 0], [3e-40, 1e-40]], [[1e-40, 2e-40], [5.0, 1.0]]),
+    ],
+)
+def test_rows_of_too_wide_a_range_to_scale_exactly_are_decided_exactly(x, y):
+    x, y = np.array(x, np.float32), np.array(y, np.float32)
+    for got, ref in zip(
+        knn_sq_distances(x, y, 1), knn_sq_distances_reference(x, y, 1), strict=True
+    ):
+        np.testing.assert_array_equal(got, ref)
+    sq = exact_sq_distances(x, y)
+    rx, ry = sq.min(axis=1), sq.min(axis=0)  # radii exactly on distances
+    got = radius_decisions(x, y, rx, rx, ry)
+    ref = radius_decisions_reference(x, y, rx, rx, ry)
+    for a, b in zip(got[:4], ref[:4], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float32_radii_are_scaled_in_float64():
+    x, y = _extreme_pair(1e-22)
+    sq = exact_sq_distances(x, y)
+    rx, ry = np.median(sq, axis=1), np.median(sq, axis=0)
+    got = radius_decisions(x, y, rx.astype(np.float32), rx.astype(np.float32), ry)
+    ref = radius_decisions_reference(x, y, rx.astype(np.float32), rx.astype(np.float32), ry)
+    np.testing.assert_array_equal(got.y_count_x_radius, ref.y_count_x_radius)
 
 
 @pytest.mark.parametrize("scale", EXTREME)

@@ -285,3 +285,19 @@ def test_dimension_names_that_point_both_ways_are_refused(tmp_path, pair):
     )
     with pytest.raises(StoreError, match="do not say which axis holds the samples"):
         open_features(str(tmp_path / "t.zarr"), array_name="f")
+
+
+def test_other_variables_of_a_dataset_do_not_stand_in_the_way(tmp_path, pair):
+    # A projection (component, feature) and labels (sample, class) beside the features: the
+    # features are still found without --array.
+    real, _, _ = pair
+    ds = xr.Dataset(
+        {
+            "features": (("sample", "feature"), real),
+            "pca": (("component", "feature"), real[:3]),
+            "onehot": (("sample", "class"), np.zeros((1000, 2), np.float32)),
+        }
+    )
+    ds.to_zarr(str(tmp_path / "ds.zarr"), mode="w", consolidated=False)
+    source = open_features(str(tmp_path / "ds.zarr"))
+    assert (source.name, source.n, source.d) == ("features", 1000, 8)
