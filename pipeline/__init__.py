@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "DtypeError": "pipeline.errors",
     "NonFiniteError": "pipeline.errors",
+    "ZeroRowError": "pipeline.errors",
     "NumericalError": "pipeline.errors",
     "ShapeError": "pipeline.errors",
     "ShardevalError": "pipeline.errors",
@@ -52,6 +53,7 @@ __all__ = [
     "SingularCovarianceWarning",
     "StatsFormatError",
     "StoreError",
+    "ZeroRowError",
     "as_gaussian",
     "check_same_dim",
     "feature_moments",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         SingularCovarianceWarning,
         StatsFormatError,
         StoreError,
+        ZeroRowError,
     )
     from pipeline.frechet import FrechetDistance, frechet_distance
     from pipeline.gaussian import Gaussian, as_gaussian

@@ -27,6 +27,10 @@ class NonFiniteError(ShardevalError):
     """Features contain NaN or ±inf rows."""
 
 
+class ZeroRowError(ShardevalError):
+    """A metric that scales each row to unit norm met a row of zeros, which has no direction."""
+
+
 class StatsFormatError(ShardevalError):
     """A statistics file lacks the expected fields or has inconsistent shapes."""
 

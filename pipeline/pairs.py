@@ -85,17 +85,32 @@ def shard_blocks(source: FeatureSource, precision: str = "fp32") -> RowBlocks:
     return RowBlocks(source, tuple(zip(starts, stops, strict=True)), precision)
 
 
-def check_finite(sources: Sequence[FeatureSource], engine: Engine) -> None:
-    """Pair metrics need every row: a cheap pass finds non-finite rows before any pair runs.
+def check_finite(sources: Sequence[FeatureSource], engine: Engine, unit_rows: bool = False) -> None:
+    """Pair metrics need every row: a cheap pass finds non-finite rows before any pair runs,
+    and, for a kernel on rows scaled to unit norm (``unit_rows``), rows of zeros.
 
     Raises:
         NonFiniteError: naming the store, how many rows and the first of them.
+        ZeroRowError: likewise, for rows of zeros.
     """
+    from pipeline.errors import ZeroRowError
     from pipeline.reduce import shard_tasks
+    from pipeline.summaries import zero_rows
 
-    counts = engine.reduce([shard_tasks(s, count_finite) for s in sources])
+    groups = [shard_tasks(s, count_finite) for s in sources]
+    if unit_rows:
+        groups += [shard_tasks(s, zero_rows) for s in sources]
+    states = engine.reduce(groups)
+    counts, zero_counts = states[: len(sources)], states[len(sources) :]
     for source, count in zip(sources, counts, strict=True):
         check_nonfinite(source.location, count.nonfinite, "error")
+    for source, zeros in zip(sources, zero_counts, strict=False):  # empty unless unit_rows
+        if zeros.count:
+            raise ZeroRowError(
+                f"{source.location!r} has {zeros.count:,} row(s) of zeros (first at row "
+                f"{zeros.first[0]}): the kernel scales each row to unit norm, which a zero row "
+                "does not have; remove them"
+            )
 
 
 def same_store(a: FeatureSource, b: FeatureSource) -> bool:

@@ -122,7 +122,7 @@ def sample_metrics(
     engine = engine or Engine()
     check_device(device, backend, local=not engine.is_distributed)
     same = same_store(real, gen)
-    check_finite([real] if same else [real, gen], engine)
+    check_finite([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     rb = row_blocks(real, block_rows, precision)
     gb = rb if same else row_blocks(gen, block_rows, precision)
     poly = kernel_params(real.d, kid.degree, kid.gamma, kid.coef0) if kid else None

@@ -201,6 +201,11 @@ def count_finite(block: np.ndarray, offset: int) -> FiniteCount:
     return FiniteCount(int(ok.sum()), NonFiniteRows.from_mask(~ok, offset))
 
 
+def zero_rows(block: np.ndarray, offset: int) -> NonFiniteRows:
+    """The chunk step that finds rows of zeros (in the :class:`NonFiniteRows` record)."""
+    return NonFiniteRows.from_mask(~np.any(block != 0, axis=1), offset)
+
+
 def _register_sizes() -> None:
     from dask.sizeof import sizeof
 

@@ -104,6 +104,10 @@ def _prepare(job: Job) -> _Prepared:
     return _Prepared(sources, images, digests, d, reference_digest, reference_images, extraction)
 
 
+#: Attribute of a cache beside the history: the digest of the input bytes it was computed from.
+CONTENT_ATTR = "content_digest"
+
+
 def _identity(extraction: Extraction, job: Job) -> tuple[str, str, str, int | None]:
     """What, besides the images, decides extracted features (and names their cache)."""
     return (
@@ -122,9 +126,14 @@ def _extracted(
     engine: Engine,
     progress: Progress | None,
     log: Callable[[str], None],
+    content: str | None = None,
 ) -> FeatureSource:
     """The features of an image source: extracted into ``features-<digest>.zarr`` beside the
-    history, or read from there (a killed extraction resumes; a finished one is reused)."""
+    history, or read from there (a killed extraction resumes; a finished one is reused).
+
+    ``content`` (``--verify``): the digest of the images' bytes. A cache that recorded other
+    bytes, or none, is extracted again: an image rewritten with its size and time kept leaves
+    the listing, and so ``digest``, as it was."""
     from pipeline.extract import extract_features
     from pipeline.ieee_fp32 import set_in_this_process
     from pipeline.sources import open_features
@@ -133,6 +142,9 @@ def _extracted(
     if extraction is None:  # unreachable: image inputs plan an extraction
         raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"features-{digest}.zarr")
+    stale = content is not None and os.path.exists(cache) and _recorded(cache) != content
+    if stale:
+        log(f"{cache}: extracted from other bytes of {source.location} (--verify); again")
     set_in_this_process(engine, job.device)
     result = extract_features(
         source.location,
@@ -144,7 +156,10 @@ def _extracted(
         device=job.device,
         engine=engine,
         progress=progress,
+        overwrite=stale,
     )
+    if content is not None:
+        _record(cache, content)
     if result.already_complete:
         log(f"features of {source.location} from cache {cache}")
     else:
@@ -155,12 +170,31 @@ def _extracted(
     return open_features(cache, array_name=_EXTRACTED)
 
 
+def _recorded(path: str) -> str | None:
+    """The digest of the input bytes a cache of ours was computed from (None: not recorded)."""
+    import zarr
+
+    value = zarr.open_group(path, mode="r", use_consolidated=False).attrs.get(CONTENT_ATTR)
+    return None if value is None else str(value)
+
+
+def _record(path: str, content: str) -> None:
+    import zarr
+
+    zarr.open_group(path, mode="r+", use_consolidated=False).attrs[CONTENT_ATTR] = content
+
+
+def _reference_location(job: Job) -> str:
+    return job.reference_stats or job.reference_store or job.reference_images or ""
+
+
 def reference_of(
     job: Job,
     engine: Engine,
     digest: str,
     log: Callable[[str], None],
     source: FeatureSource | None = None,
+    content: str | None = None,
 ) -> Reference:
     """The reference statistics: read from a stats file, or computed once from a store (or
     ``source``, the features extracted from reference images) and cached beside the history
@@ -179,17 +213,22 @@ def reference_of(
         source = open_features(job.reference_store or "", array_name=job.array)
     where = job.reference_images or job.reference_store or source.location
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
+    stale = False
     if os.path.exists(cache):
         if not is_stats(cache):
             raise JobError(f"{cache!r} exists and is not reference statistics; move it aside")
-        log(f"reference statistics from cache {cache}")
-        return Reference(as_gaussian(load_stats(cache), where), digest, where, source)
+        if content is None or stats_provenance(cache).get(CONTENT_ATTR) == content:
+            log(f"reference statistics from cache {cache}")
+            return Reference(as_gaussian(load_stats(cache), where), digest, where, source)
+        stale = True
+        log(f"{cache}: computed from other bytes of {where} (--verify); again")
     log(f"computing reference statistics of {where}")
     ((moments, _),) = feature_moments(
         [source], engine=engine, device=job.device, backend=job.backend
     )
     try:
-        save_stats(cache, moments, {**source.describe(), "fingerprint": digest})
+        provenance = {**source.describe(), "fingerprint": digest, CONTENT_ATTR: content}
+        save_stats(cache, moments, provenance, overwrite=stale)
     except (OutputExistsError, OSError):
         # Another run of this job wrote the cache meanwhile: the same input (its digest names
         # the file), so the same statistics. Anything else there is still an error.
@@ -232,6 +271,8 @@ def run_job(
     engine = engine or Engine()
     prepared = _prepare(job)
     history = History(job.history)
+    # --verify: bytes decide, the reference's as well as each entry's.
+    reference_content = content_digest(_reference_location(job)) if verify else None
     features = None
     if prepared.reference_images is not None:
         features = _extracted(
@@ -242,8 +283,11 @@ def run_job(
             engine,
             progress,
             log,
+            reference_content,
         )
-    reference = reference_of(job, engine, prepared.reference_digest, log, features)
+    reference = reference_of(
+        job, engine, prepared.reference_digest, log, features, reference_content
+    )
     summary = RunSummary()
     declarations = job.declarations()
     requests: dict[str, Any] = {}
@@ -252,13 +296,14 @@ def run_job(
     headlines = [metric.outputs[0].name for metric in job.metrics.values()]
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
+        entry_bytes = content_digest(entry.store) if verify else None
         if entry.images:
             digest = prepared.digests[entry.name]
             settings = _identity(prepared.extraction, job) if prepared.extraction else ()
-            content = _digest(content_digest(entry.store), *settings) if verify else ""
         else:
             digest = listing_digest(entry.store)
-            content = content_digest(entry.store) if verify else ""
+            settings = ()
+        content = _digest(entry_bytes, *settings, reference_content) if verify else ""
         row = HistoryRow(
             name=entry.name,
             store=entry.store,
@@ -280,7 +325,16 @@ def run_job(
             continue
         t0 = time.perf_counter()
         source = (
-            _extracted(job, prepared, prepared.images[entry.name], digest, engine, progress, log)
+            _extracted(
+                job,
+                prepared,
+                prepared.images[entry.name],
+                digest,
+                engine,
+                progress,
+                log,
+                entry_bytes,
+            )
             if entry.images
             else prepared.sources[entry.name]
         )

@@ -210,6 +210,19 @@ def test_bad_parameters(pair):
         kid_subsets(sx, sy, subsets=2, subset_size=5000)
 
 
+def test_cmmd_refuses_rows_of_zeros(tmp_path):
+    # A zero row has no unit direction: it was left at distance 2 from every other row but 0
+    # from itself, so a set and its copy gave CMMD 6.6e-4 instead of 0, exit 0.
+    from pipeline import ZeroRowError
+
+    x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
+    x[[5, 7, 11]] = 0
+    sx, sy = _store(tmp_path, "x", x), _store(tmp_path, "y", x.copy())
+    with pytest.raises(ZeroRowError, match=r"has 3 row\(s\) of zeros \(first at row 5\)"):
+        sample_metrics(sx, sy, cmmd=CMMDParams())
+    assert sample_metrics(sx, sy, kid=KIDParams())["kid"].kid is not None  # KID needs no norm
+
+
 def test_fid_infinity_is_closer_to_the_population_than_fid(tmp_path):
     # The real side is the population itself (exact statistics), so FID_N's bias is all from
     # the generated set's 1/N; FID∞ removes it.

@@ -520,3 +520,28 @@ def test_extract_settings_without_images_are_refused(job_dir):
     (job_dir / "bad.toml").write_text(JOB + '\n[extract]\nencoder = "inception"\n')
     with pytest.raises(JobError, match=r"\[extract\] applies to image entries"):
         load_job(job_dir / "bad.toml")
+
+
+def test_verify_sees_a_reference_rewritten_with_its_sizes_and_times(job_dir, capsys):
+    # The reference changed in place, each file keeping its size and mtime (as `cp -p` or
+    # `rsync -t` leave it): `--force --verify` recomputed the entries against the cached
+    # statistics of the old reference (FID 0.23 where the data give 23.4), exit 0.
+    import zarr
+
+    job = load_job(job_dir / "job.toml")
+    run_job(job)
+    store = job_dir / "real.zarr"
+    times = {p: os.stat(p) for p in store.rglob("*") if p.is_file()}
+    arr = zarr.open_array(str(store), mode="r+")
+    arr[:] = arr[:] * 2 + 1
+    for path, st in times.items():
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert {p: os.stat(p).st_size for p in times} == {p: st.st_size for p, st in times.items()}
+    assert run_job(load_job(job_dir / "job.toml")).computed == []  # the listing is unchanged
+    lines = []
+    assert len(run_job(load_job(job_dir / "job.toml"), verify=True, log=lines.append).computed) == 4
+    assert any("other bytes of" in line for line in lines)
+    row = next(r for r in History(job.history).table() if r["name"] == "final")
+    assert main(["fid", str(store), str(job_dir / "final.zarr"), "--json", "-q"]) == 0
+    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-12)
+    assert run_job(load_job(job_dir / "job.toml"), verify=True).computed == []  # bytes recorded
