@@ -70,6 +70,21 @@ def check_outside(output: str | os.PathLike[str], inputs: list[str]) -> None:
             )
 
 
+def _umask() -> int:
+    """This process's file-creation mask (read from /proc where it can be, without changing
+    it; elsewhere set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _parent(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -84,6 +99,7 @@ def atomic_file(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
         prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=_parent(path)
     )
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -106,6 +122,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[str]:
     parent = _parent(path)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # as mkdir would create it, not mkdtemp's 0700
         yield tmp
         if os.path.exists(path):
             # A directory cannot be renamed over a non-empty one: move the old one aside first.

@@ -23,3 +23,13 @@ INCEPTION_RESIZES = ("legacy-pytorch", "clean")
 
 #: Fan-in of the balanced merge tree on a distributed cluster.
 DEFAULT_SPLIT_EVERY = 4
+
+#: Seeds of subset draws: numpy's legacy generator (the peers' KID subsets) takes [0, 2^32).
+MAX_SEED = 2**32 - 1
+
+
+def seed_problem(value: int) -> str | None:
+    """Why ``value`` cannot seed a subset draw, or None when it can."""
+    if 0 <= value <= MAX_SEED:
+        return None
+    return f"a seed is an integer in [0, {MAX_SEED}], got {value}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.metrics.base import Context, Metric, Output, Param, Plot
-from pipeline.options import NONFINITE_POLICIES
+from pipeline.options import NONFINITE_POLICIES, seed_problem
 
 if TYPE_CHECKING:
     from pipeline.sources import FeatureSource
@@ -17,7 +17,7 @@ class FIDInfinity(Metric):
     name = "fid_inf"
     title = "FID∞ (FID extrapolated to infinitely many samples)"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("seed", int, 0, "seed of the nested subsets"),
+        Param("seed", int, 0, "seed of the nested subsets", check=seed_problem),
         Param("nonfinite", str, "error", "rows with NaN/inf: fail or drop", NONFINITE_POLICIES),
     )
     outputs: ClassVar[tuple[Output, ...]] = (

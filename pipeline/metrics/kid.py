@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from pipeline.options import seed_problem
 
 if TYPE_CHECKING:
     from pipeline.sources import FeatureSource
@@ -33,7 +34,9 @@ class KID(Metric):
             _non_negative,
         ),
         Param("subset_size", int, 1000, "rows per subset", None, _at_least_two),
-        Param("seed", int, 2020, "seed of the subsets (torch-fidelity's default)"),
+        Param(
+            "seed", int, 2020, "seed of the subsets (torch-fidelity's default)", check=seed_problem
+        ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("kid", "", "squared MMD under (x·y/d + 1)³"),

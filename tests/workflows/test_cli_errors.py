@@ -191,3 +191,30 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     assert proc.wait() == 141, err
     assert "Broken pipe" not in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["kid", "--subsets", "3", "--subset-size", "50", "--seed", "-1"], "a seed is an integer"),
+        (["fid", "--infinity", "--seed", str(2**64)], "a seed is an integer"),
+        (["fid", "--shard-rows", "99999999999999999999"], "beyond any count of rows"),
+    ],
+)
+def test_out_of_range_numbers_are_usage_errors(capsys, store, argv, match):
+    # They were tracebacks: numpy's seed range, a uint64 overflow, dask's int64 chunk sizes.
+    with pytest.raises(SystemExit) as stop:
+        main([argv[0], str(store), str(store), *argv[1:]])
+    assert stop.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
+    # It passed the checks, failed with a traceback after the reference was computed, and left
+    # the history's lock and the reference cache behind.
+    (tmp_path / "job.toml").write_text(
+        f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
+        f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.fid_inf]\nseed = -1\n'
+    )
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "a seed is an integer")
+    assert not (tmp_path / "runs").exists()

@@ -117,3 +117,24 @@ def test_stats_refuses_an_output_inside_its_input(tmp_path, capsys, store):
     capsys.readouterr()
     inside = ["stats", "merge", one, two, "-o", one / "merged.zarr"]
     assert "is inside the input" in _refused(capsys, inside, one)
+
+
+def test_synth_never_replaces_a_npy_it_cannot_tell_it_wrote(tmp_path, capsys, rng):
+    # Any 2-D float32 .npy passed as "a synthetic feature store": --overwrite replaced a
+    # user's feature dump.
+    victim = tmp_path / "features.npy"
+    np.save(victim, rng.random((50, 4), dtype=np.float32))
+    _refused(capsys, ["synth", victim, "--n", "4", "--d", "2", "--overwrite"], victim)
+
+
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path, capsys, store):
+    # Written through a temporary file: reports and .npz came out 0600, Zarr groups 0700.
+    old = os.umask(0o022)
+    try:
+        assert main(["stats", store, "-o", str(tmp_path / "s.npz"), "-q"]) == 0
+        assert main(["stats", store, "-o", str(tmp_path / "s.zarr"), "-q"]) == 0
+    finally:
+        os.umask(old)
+    capsys.readouterr()
+    assert os.stat(tmp_path / "s.npz").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "s.zarr").st_mode & 0o777 == 0o755

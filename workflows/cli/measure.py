@@ -357,13 +357,9 @@ def cmd_ess(args: argparse.Namespace) -> int:
 
 
 def _is_synthetic(path: str) -> bool:
-    """Whether ``path`` holds features that ``synth`` wrote (never raises)."""
-    import numpy as np
-
+    """Whether ``path`` holds features that ``synth`` wrote (never raises). A ``.npy`` cannot
+    say who wrote it (any float32 feature dump looks the same), so it never counts as ours."""
     try:
-        if path.endswith(".npy"):
-            header = np.load(path, mmap_mode="r")
-            return header.ndim == 2 and header.dtype == np.float32
         import zarr
 
         node = zarr.open_array(path, mode="r")

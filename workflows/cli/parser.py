@@ -12,7 +12,14 @@ import argparse
 import math
 
 from pipeline.metrics import METRICS
-from pipeline.options import BACKENDS, DEFAULT_SPLIT_EVERY, DEVICES, NONFINITE_POLICIES, PRECISIONS
+from pipeline.options import (
+    BACKENDS,
+    DEFAULT_SPLIT_EVERY,
+    DEVICES,
+    NONFINITE_POLICIES,
+    PRECISIONS,
+    seed_problem,
+)
 
 DESCRIPTION = (
     "Image features, FID, KID, CMMD, precision/recall/density/coverage, NLL and ESS over "
@@ -39,6 +46,10 @@ Statistics: a Zarr group from `shardeval stats` (exact, mergeable) or a pytorch-
 .npz with mu and sigma. Bad input: one line on stderr, exit code 2, nothing written."""
 
 
+#: Larger than any row count, and still an int64 (dask's chunk sizes are).
+MAX_COUNT = 2**62
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -46,6 +57,19 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{value} is beyond any count of rows (at most 2^62)")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    problem = seed_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -237,7 +261,7 @@ def subset_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--seed",
-        type=int,
+        type=seed,
         metavar="SEED",
         help="seed of the subsets (default 2020, as torch-fidelity)",
     )
@@ -316,7 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
         "intercept of a least-squares line in 1/N (one pass; GEN must be a feature store)",
     )
     fid.add_argument(
-        "--seed", type=int, metavar="S", help="seed of the nested subsets of --infinity (default 0)"
+        "--seed",
+        type=seed,
+        metavar="S",
+        help="seed of the nested subsets of --infinity (default 0)",
     )
 
     pairs = [engine, shards, tree, kernels, products, output]
@@ -498,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("output", metavar="OUT")
     synth.add_argument("--n", type=positive_int, default=10_000, help="rows (default 10000)")
     synth.add_argument("--d", type=positive_int, default=256, help="features (default 256)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     synth.add_argument(
         "--mean", type=finite_float, default=0.0, help="every coordinate's mean (default 0)"
     )
