@@ -188,7 +188,8 @@ def summarize_importance(
 
 
 def per_row_summary(ess: Histogram, khat: Histogram, k: int) -> dict[str, Any]:
-    """Quantiles of per-row ESS/K and k̂, and how many rows read good / usable / unreliable."""
+    """Quantiles of per-row ESS/K and k̂, and how many rows read good / usable / unreliable
+    (and how many have too few tail weights for k̂ at all)."""
     counts = khat.counts
     edges = khat.edges[:-1]
     return {
@@ -198,6 +199,8 @@ def per_row_summary(ess: Histogram, khat: Histogram, k: int) -> dict[str, Any]:
             "good": int(counts[edges < 0.5].sum()),
             "usable": int(counts[(edges >= 0.5) & (edges < 0.7)].sum()),
             "unreliable": int(counts[edges >= 0.7].sum()),
+            # Tails too short for a fit (K ≤ 20 or so): ArviZ reports inf for these rows.
+            "undetermined": int(ess.counts.sum() - counts.sum()),
         },
         "k": k,
     }

@@ -153,6 +153,7 @@ def _per_row_line(per_row: dict[str, Any]) -> str:
     return (
         f"  per row (K={per_row['k']}): ESS/K median {q[0.5]:.3g}, 5% {q[0.05]:.3g}; "
         f"k̂ good {c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
+        + (f", undetermined {c['undetermined']}" if c.get("undetermined") else "")
     )
 
 

@@ -187,6 +187,16 @@ def test_importance_weighted_nll_and_per_row_ess(tmp_path, rng):
     assert sum(per_row["khat_counts"].values()) == n
 
 
+def test_rows_too_short_for_khat_are_counted_as_undetermined(tmp_path, rng):
+    # K = 20 leaves a tail of 4 weights, too few for a fit: every row was in no k̂ category,
+    # so the counts read "good 0, usable 0, unreliable 0" for 200 rows.
+    n, k = 200, 20
+    lw = _log_weights(rng, n * k, 0.3, 1.4).reshape(n, k)
+    got = nll_importance(open_features(_save(tmp_path, "lw", lw), ndims=(2,), shard_rows=50))
+    counts = got.extra["per_row"]["khat_counts"]
+    assert counts == {"good": 0, "usable": 0, "unreliable": 0, "undetermined": n}
+
+
 def test_bad_inputs(tmp_path):
     nan = np.zeros((6, 3))
     nan[[1, 4], 0] = np.nan
