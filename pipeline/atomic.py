@@ -70,6 +70,33 @@ def check_outside(output: str | os.PathLike[str], inputs: list[str]) -> None:
             )
 
 
+@contextlib.contextmanager
+def locked(lock_path: str, exclusive: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``lock_path`` (created beside what it guards) for the block:
+    exclusive for a writer, shared for a reader. A reader in a place it cannot write goes
+    without (nobody can be writing there either).
+
+    Raises:
+        OSError: a writer cannot create the lock file.
+    """
+    import fcntl
+
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+        fh = open(lock_path, "a")  # noqa: SIM115  # held for the whole block
+    except OSError:
+        if exclusive:
+            raise
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _umask() -> int:
     """This process's file-creation mask (read from /proc where it can be, without changing
     it; elsewhere set and restored at once)."""

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pipeline.atomic import atomic_dir, claim_output
+from pipeline.atomic import atomic_dir, claim_output, locked
 from pipeline.engine import Engine, Progress, available_cores
 from pipeline.errors import ShardevalError, StoreError
 from pipeline.images import ImageRefs, ImageSource, open_images
@@ -401,85 +401,91 @@ def extract_features(
         "source_fingerprint": source.fingerprint,
         "skip_bad": skip_bad,
     }
-    attrs = None
-    if not overwrite and os.path.exists(output) and not _unstarted(output):
-        attrs = _existing(output, wanted)
-    for value, key, flag in (
-        (batch_size, "batch_size", "--batch-size"),
-        (chunk_rows, "chunk_rows", ""),
-    ):
-        if attrs is not None and value is not None and value != attrs.get(key):
-            how = f"re-run with {flag} {attrs.get(key)}" if flag else "keep its chunk rows"
-            raise ExtractionError(
-                f"{output!r} was started with {key.replace('_', ' ')} {attrs.get(key)}; "
-                f"{how} to finish it, or pass --overwrite"
-            )
-    fresh, was_complete = attrs is None, attrs is not None and _complete(attrs)
-    check_seconds = 0.0
-    if attrs is None:
-        t = time.perf_counter()
-        attrs = _new_attrs(source, spec.feature_extractor, wanted, batch_size, chunk_rows)
-        if skip_bad:
-            skipped = _bad_images(engine, source, check_progress)
-            attrs["skipped"] = [{"name": n, "reason": r} for n, r in skipped]
-            attrs["rows"] = len(source) - len(skipped)
-            if attrs["rows"] == 0:
+    # One writer per store: a second run on it waits here, then resumes or reuses what the
+    # first one wrote (the lock file stays beside the store, as a history's does).
+    with locked(output + ".lock", exclusive=True):
+        attrs = None
+        if not overwrite and os.path.exists(output) and not _unstarted(output):
+            attrs = _existing(output, wanted)
+        for value, key, flag in (
+            (batch_size, "batch_size", "--batch-size"),
+            (chunk_rows, "chunk_rows", ""),
+        ):
+            if attrs is not None and value is not None and value != attrs.get(key):
+                how = f"re-run with {flag} {attrs.get(key)}" if flag else "keep its chunk rows"
                 raise ExtractionError(
-                    f"no image of {source.location!r} can be decoded; nothing to extract"
+                    f"{output!r} was started with {key.replace('_', ' ')} {attrs.get(key)}; "
+                    f"{how} to finish it, or pass --overwrite"
                 )
-        check_seconds = time.perf_counter() - t
-        keep = _kept(source, attrs)
-        _create_store(output, attrs, [source.names[i] for i in keep], spec.dim, attrs["chunk_rows"])
-    else:
-        keep = _kept(source, attrs)
-        _remove_partial_writes(output)
-    group = zarr.open_group(output, mode="r+")
-    features = group["features"]
-    if not isinstance(features, zarr.Array):
-        raise StoreError(f"{output!r}: 'features' is not an array; pass --overwrite")
-    rows_per_chunk = int(attrs["chunk_rows"])
-    if tuple(features.shape) != (len(keep), spec.dim) or features.chunks[0] != rows_per_chunk:
-        raise StoreError(
-            f"{output!r} has features of shape {tuple(features.shape)}, not the "
-            f"{(len(keep), spec.dim)} its attributes promise; pass --overwrite to start again"
+        fresh, was_complete = attrs is None, attrs is not None and _complete(attrs)
+        check_seconds = 0.0
+        if attrs is None:
+            t = time.perf_counter()
+            attrs = _new_attrs(source, spec.feature_extractor, wanted, batch_size, chunk_rows)
+            if skip_bad:
+                skipped = _bad_images(engine, source, check_progress)
+                attrs["skipped"] = [{"name": n, "reason": r} for n, r in skipped]
+                attrs["rows"] = len(source) - len(skipped)
+                if attrs["rows"] == 0:
+                    raise ExtractionError(
+                        f"no image of {source.location!r} can be decoded; nothing to extract"
+                    )
+            check_seconds = time.perf_counter() - t
+            keep = _kept(source, attrs)
+            _create_store(
+                output, attrs, [source.names[i] for i in keep], spec.dim, attrs["chunk_rows"]
+            )
+        else:
+            keep = _kept(source, attrs)
+            _remove_partial_writes(output)
+        group = zarr.open_group(output, mode="r+")
+        features = group["features"]
+        if not isinstance(features, zarr.Array):
+            raise StoreError(f"{output!r}: 'features' is not an array; pass --overwrite")
+        rows_per_chunk = int(attrs["chunk_rows"])
+        if tuple(features.shape) != (len(keep), spec.dim) or features.chunks[0] != rows_per_chunk:
+            raise StoreError(
+                f"{output!r} has features of shape {tuple(features.shape)}, not the "
+                f"{(len(keep), spec.dim)} its attributes promise; pass --overwrite to start again"
+            )
+        missing = sorted(index[0] for index, _ in missing_chunks(features)[0])
+        job = ChunkJob(
+            output, encoder, given, digest, mode, device, int(attrs["batch_size"]), rows_per_chunk
         )
-    missing = sorted(index[0] for index, _ in missing_chunks(features)[0])
-    job = ChunkJob(
-        output, encoder, given, digest, mode, device, int(attrs["batch_size"]), rows_per_chunk
-    )
-    calls = [
-        (job, c, source.refs(keep[c * rows_per_chunk : (c + 1) * rows_per_chunk])) for c in missing
-    ]
-    if calls and not engine.is_distributed:
-        # This process is the worker: load the encoder now, so a bad checkpoint fails before
-        # any task runs, and every task finds it in the cache.
-        cached_encoder(encoder, given, digest, device, mode)
-    annotation = _gpu_annotation(engine, device) if calls else None
-    results = _run(engine, "extract", extract_chunk, calls, progress, annotation)
-    left, chunks = missing_chunks(features)
-    if left:
-        raise StoreError(f"{output!r}: {len(left)} chunks are still missing after the run")
-    if not _complete(attrs):
-        final = {k: v for k, v in attrs.items() if k != INCOMPLETE_ATTR}
-        group.attrs.put({**final, "complete": True})  # the completion mark, written last
-    return ExtractResult(
-        output=output,
-        encoder=encoder,
-        feature_extractor=spec.feature_extractor,
-        resize=mode,
-        images=len(source),
-        rows=len(keep),
-        dim=spec.dim,
-        skipped=tuple((s["name"], s["reason"]) for s in attrs.get("skipped", [])),
-        chunks=chunks,
-        computed=len(missing),
-        present=chunks - len(missing),
-        already_complete=was_complete and not missing,
-        resumed=not fresh and not was_complete and bool(missing),
-        devices=tuple(sorted({r.device for r in results})),
-        seconds=time.perf_counter() - start,
-        check_seconds=check_seconds,
-    )
+        calls = [
+            (job, c, source.refs(keep[c * rows_per_chunk : (c + 1) * rows_per_chunk]))
+            for c in missing
+        ]
+        if calls and not engine.is_distributed:
+            # This process is the worker: load the encoder now, so a bad checkpoint fails before
+            # any task runs, and every task finds it in the cache.
+            cached_encoder(encoder, given, digest, device, mode)
+        annotation = _gpu_annotation(engine, device) if calls else None
+        results = _run(engine, "extract", extract_chunk, calls, progress, annotation)
+        left, chunks = missing_chunks(features)
+        if left:
+            raise StoreError(f"{output!r}: {len(left)} chunks are still missing after the run")
+        if not _complete(attrs):
+            final = {k: v for k, v in attrs.items() if k != INCOMPLETE_ATTR}
+            group.attrs.put({**final, "complete": True})  # the completion mark, written last
+        return ExtractResult(
+            output=output,
+            encoder=encoder,
+            feature_extractor=spec.feature_extractor,
+            resize=mode,
+            images=len(source),
+            rows=len(keep),
+            dim=spec.dim,
+            skipped=tuple((s["name"], s["reason"]) for s in attrs.get("skipped", [])),
+            chunks=chunks,
+            computed=len(missing),
+            present=chunks - len(missing),
+            already_complete=was_complete and not missing,
+            resumed=not fresh and not was_complete and bool(missing),
+            devices=tuple(sorted({r.device for r in results})),
+            seconds=time.perf_counter() - start,
+            check_seconds=check_seconds,
+        )
 
 
 def _unstarted(output: str) -> bool:

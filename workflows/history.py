@@ -16,13 +16,11 @@ described by the declarations that the metrics' plug-ins give and the history st
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -94,22 +92,10 @@ class History:
 
     # -- locking and versions -----------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        try:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            fh = open(self.lock_path, "a")  # noqa: SIM115  # held for the whole block
-        except OSError:
-            if exclusive:
-                raise
-            yield  # a read-only place: nobody can be writing
-            return
-        with fh:
-            fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self, exclusive: bool) -> contextlib.AbstractContextManager[None]:
+        from pipeline.atomic import locked
+
+        return locked(self.lock_path, exclusive)
 
     def _versions(self) -> list[str]:
         """Complete versions, oldest first."""

@@ -338,3 +338,31 @@ def test_the_extract_command_sets_ieee_products_in_its_process(
         main(["extract", images, "-o", out, "--weights", weights, "--batch-size", "4", "-q"]) == 0
     )
     assert not tf32_convolutions()
+
+
+def test_a_second_extraction_of_one_store_waits_for_the_first(
+    tmp_path, images, weights, monkeypatch
+):
+    # Without a lock, a second run could find the first's store still without a chunk and
+    # start it afresh under the first's feet; now it waits, then finds it finished.
+    import threading
+
+    original = ex.extract_chunk
+    started = threading.Event()
+
+    def slow(*args):
+        started.set()
+        time.sleep(0.5)
+        return original(*args)
+
+    monkeypatch.setattr(ex, "extract_chunk", slow)
+    out = str(tmp_path / "f.zarr")
+    first = {}
+    worker = threading.Thread(
+        target=lambda: first.update(r=extract_features(images, out, weights=weights, batch_size=4))
+    )
+    worker.start()
+    assert started.wait(30)
+    second = extract_features(images, out, weights=weights, batch_size=4)
+    worker.join()
+    assert (first["r"].computed, second.computed, second.already_complete) == (2, 0, True)
