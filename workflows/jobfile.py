@@ -191,13 +191,30 @@ def _entries(path: str, base: str, raw: Any) -> tuple[Entry, ...]:
             name = item.get("name") or os.path.basename(os.path.normpath(value))
             out.append(Entry(_string(f"{where}.name", name), value, step, tuple(tags), images))
             continue
-        matches = sorted(globlib.glob(value))
+        if "name" in item:
+            raise JobError(
+                f"{where}: a {kind} pattern names its entries by what * matched; "
+                "'name' applies to a single store"
+            )
+        pattern = item[kind]
+        # The job file's folder is a place, not a pattern: '[1]' in it must match '[1]'.
+        relative = not ("://" in pattern or os.path.isabs(pattern))
+        search = os.path.join(globlib.escape(base), pattern) if relative else value
+        matches = sorted(globlib.glob(search))
         if not matches:
             raise JobError(f"{where}.{kind} {item[kind]!r} matches nothing")
         for match in matches:
-            name = glob_name(value, match)
+            name = glob_name(pattern, os.path.relpath(match, base) if relative else match)
             digits = re.findall(r"\d+", name)
-            out.append(Entry(name, match, int(digits[-1]) if digits else step, tuple(tags), images))
+            if digits and step is not None:
+                raise JobError(
+                    f"{where}: 'step' would be ignored: the step of {match!r} is "
+                    "the last digits of what * matched"
+                )
+            found = int(digits[-1]) if digits else step
+            if found is not None and found >= 2**63:
+                raise JobError(f"{where}: the step {found} of {match!r} exceeds a 64-bit integer")
+            out.append(Entry(name, match, found, tuple(tags), images))
     names = [e.name for e in out]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

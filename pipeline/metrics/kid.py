@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from pipeline.metrics.base import Context, Metric, MetricOptionError, Output, Param, Plot
 from pipeline.options import seed_problem
 
 if TYPE_CHECKING:
@@ -45,6 +45,15 @@ class KID(Metric):
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
     needs_reference_features = True
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        subset_only = sorted(k for k in ("subset_size", "seed") if k in options)
+        if subset_only and not self.options["subsets"]:
+            raise MetricOptionError(
+                f"metric 'kid': {subset_only} apply with 'subsets' (the peers' protocol); the "
+                "default KID is over all pairs"
+            )
 
     def sample_request(self) -> dict[str, Any]:
         from pipeline.samples import KIDParams

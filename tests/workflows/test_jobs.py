@@ -545,3 +545,49 @@ def test_verify_sees_a_reference_rewritten_with_its_sizes_and_times(job_dir, cap
     assert main(["fid", str(store), str(job_dir / "final.zarr"), "--json", "-q"]) == 0
     assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-12)
     assert run_job(load_job(job_dir / "job.toml"), verify=True).computed == []  # bytes recorded
+
+
+def test_brackets_in_the_job_folder_are_not_a_pattern(tmp_path):
+    # 'exp[1]/job.toml' with glob "ck/*.zarr" searched exp1/ck/*.zarr: another folder's store
+    # was evaluated (FID 143.8 where the job's own data give 0.24), exit 0.
+    own, other = tmp_path / "exp[1]", tmp_path / "exp1"
+    for folder, mean in ((own, 0.0), (other, 3.0)):
+        (folder / "ck").mkdir(parents=True)
+        _write(folder / "ck" / "a-10.zarr", 1000, 4, 5, mean)
+    _write(own / "real.zarr", 1000, 4, 6, 0.0)
+    (own / "job.toml").write_text(
+        '[job]\nname = "b"\nhistory = "h.zarr"\n[reference]\nstore = "real.zarr"\n'
+        '[[entries]]\nglob = "ck/*.zarr"\n[metrics.fid]\n'
+    )
+    job = load_job(own / "job.toml")
+    assert [(e.name, e.store, e.step) for e in job.entries] == [
+        ("a-10.zarr", str(own / "ck" / "a-10.zarr"), 10)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ('name = "mine"\n', "'name' applies to a single store"),
+        ("step = 5\n", "'step' would be ignored"),
+    ],
+)
+def test_entry_keys_a_glob_would_ignore_are_refused(job_dir, extra, match):
+    text = JOB.replace('glob = "ckpt/*/features.zarr"\n', f'glob = "ckpt/*/features.zarr"\n{extra}')
+    (job_dir / "job.toml").write_text(text)
+    with pytest.raises(JobError, match=match):
+        load_job(job_dir / "job.toml")
+
+
+def test_a_step_beyond_int64_is_refused_at_load(job_dir):
+    big = job_dir / "ckpt" / "step-99999999999999999999"
+    (job_dir / "ckpt" / "step-1000").rename(big)
+    with pytest.raises(JobError, match="exceeds a 64-bit integer"):
+        load_job(job_dir / "job.toml")
+
+
+def test_kid_subset_options_without_subsets_are_refused(job_dir):
+    # They were accepted and ignored: the run gave the all-pairs KID.
+    (job_dir / "job.toml").write_text(JOB + "[metrics.kid]\nsubset_size = 300\nseed = 77\n")
+    with pytest.raises(JobError, match=r"\['seed', 'subset_size'\] apply with 'subsets'"):
+        load_job(job_dir / "job.toml")
