@@ -35,6 +35,10 @@ FORMAT_VERSION = 2
 _VERSION = re.compile(r"^v(\d{6,})$")
 
 
+#: History attribute: every chunk is stored (so a missing one is damage, not fill values).
+ALL_CHUNKS_ATTR = "all_chunks_written"
+
+
 class HistoryError(ShardevalError):
     """A history cannot be used: damaged, of another kind, or of other features."""
 
@@ -111,6 +115,14 @@ class History:
         first format, or the newest complete version when a crash lost the link)."""
         if os.path.islink(self.path):
             target = os.path.realpath(self.path)
+            ours = os.path.realpath(self.versions_dir)
+            if os.path.dirname(target) != ours:
+                # A link the user made (to a history elsewhere, or to a file): switching
+                # versions would replace it and leave its target behind.
+                raise HistoryError(
+                    f"{self.path!r} is a symbolic link to {target!r}, not a history's own "
+                    "version link; give the history's real path"
+                )
             if os.path.isdir(target):
                 return target
         elif os.path.isdir(self.path):
@@ -149,6 +161,7 @@ class History:
     def _read(self, where: str) -> Any:
         import xarray as xr
 
+        self._check_complete(where)
         try:
             with xr.open_zarr(where, consolidated=False) as ds:
                 loaded = ds.load()
@@ -166,7 +179,42 @@ class History:
         missing = [v for v in ("name", "step", "fingerprint") if v not in loaded.variables]
         if missing:
             raise HistoryError(f"history {self.path!r} lacks {missing}; it is damaged")
+        try:
+            declared = json.loads(loaded.attrs.get("metrics", "{}"))
+            int(loaded.attrs.get("d", 0))
+            if not all(isinstance(v.get("outputs"), list) for v in declared.values()):
+                raise ValueError("a metric declares no outputs")
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise HistoryError(
+                f"history {self.path!r} has damaged attributes ({exc}); move it aside and run "
+                "the job again to start a new one"
+            ) from exc
         return loaded
+
+    def _check_complete(self, where: str) -> None:
+        """Every chunk of every variable is stored: a missing one would read as the fill
+        value (steps of 0, FIDs of NaN) and an entry as done. (Histories written before
+        :data:`ALL_CHUNKS_ATTR` cannot be checked: their writer left chunks of fill values
+        out.)"""
+        import zarr
+
+        from pipeline.reader import missing_chunks
+
+        try:
+            group = zarr.open_group(where, mode="r", use_consolidated=False)
+            if not group.attrs.get(ALL_CHUNKS_ATTR):
+                return  # written before every chunk was stored: a chunk of fill values is not
+            arrays = list(group.arrays())
+        except Exception:  # unreadable metadata: _read names it
+            return
+        for name, array in arrays:
+            missing, total = missing_chunks(array, f"{self.path}/{name}")
+            if missing:
+                raise HistoryError(
+                    f"history {self.path!r} is damaged: {len(missing)} of {total} chunks of "
+                    f"{name!r} are missing (first: {missing[0][1]}); move it aside and run the "
+                    "job again to start a new one"
+                )
 
     def load(self) -> Any:
         """The whole history in memory (one consistent version), or None when there is none.
@@ -302,6 +350,8 @@ class History:
                 "metrics": json.dumps({**known, **declarations}),
                 "updated": now_iso(),
                 "versions": json.dumps(versions()),
+                # Every chunk is stored, empty or not, so a missing one means damage.
+                ALL_CHUNKS_ATTR: True,
             }
             for name in new.variables:
                 new[name].encoding = {}
@@ -310,7 +360,9 @@ class History:
             version = os.path.join(self.versions_dir, f"v{max(numbers, default=0) + 1:06d}")
             staging = os.path.join(self.versions_dir, f".tmp-{os.path.basename(version)}")
             shutil.rmtree(staging, ignore_errors=True)
-            new.to_zarr(staging, mode="w", consolidated=False, zarr_format=2)
+            new.to_zarr(
+                staging, mode="w", consolidated=False, zarr_format=2, write_empty_chunks=True
+            )
             os.replace(staging, version)  # a version appears complete or not at all
             self._switch(version)
             self._collect(version)

@@ -108,8 +108,22 @@ def test_a_trailing_slash_names_the_same_history(tmp_path):
     assert History(tmp_path / "h.zarr").table()[0]["name"] == "a"
 
 
-@pytest.mark.parametrize("damage", ["bytes", "missing name"])
+def _edit_attrs(current, **changes):
+    path = os.path.join(current, ".zattrs")
+    with open(path) as fh:
+        attrs = json.load(fh)
+    attrs.update(changes)
+    with open(path, "w") as fh:
+        json.dump(attrs, fh)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["bytes", "missing name", "chunk deleted", "metrics json", "d", "outputs"],
+)
 def test_damaged_history_is_one_line(tmp_path, capsys, damage):
+    # "chunk deleted" read as fill values with exit 0 (every step 0, every FID missing, and
+    # every entry "already done"); the attribute damages were tracebacks.
     history = History(tmp_path / "h.zarr")
     _append(history, "a", 1.0)
     current = os.path.realpath(history.path)
@@ -117,8 +131,18 @@ def test_damaged_history_is_one_line(tmp_path, capsys, damage):
         chunk = os.path.join(current, "fid", "0")
         with open(chunk, "wb") as fh:
             fh.write(os.urandom(64))
-    else:
+    elif damage == "missing name":
         shutil.rmtree(os.path.join(current, "name"))
+    elif damage == "chunk deleted":
+        os.remove(os.path.join(current, "step", "0"))
+    elif damage == "metrics json":
+        with open(os.path.join(current, ".zattrs")) as fh:
+            metrics = json.load(fh)["metrics"]
+        _edit_attrs(current, metrics=metrics[:-5])
+    elif damage == "d":
+        _edit_attrs(current, d="x32")
+    else:
+        _edit_attrs(current, metrics=json.dumps({"fid": {"title": "FID"}}))
     code = main(["history", str(tmp_path / "h.zarr")])
     err = capsys.readouterr().err
     assert code == 2
@@ -142,3 +166,18 @@ def test_json_history_writes_null_for_missing_values(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)  # strict JSON: no bare NaN
     assert rows[0]["nll_gaussian"] is None
     assert rows[1]["fid"] is None
+
+
+@pytest.mark.parametrize("target", ["history", "file"])
+def test_a_symbolic_link_of_the_users_is_never_replaced(tmp_path, capsys, target):
+    # A link to a history elsewhere (or to a file) was taken as the history's own version
+    # link, replaced by a new one, and the linked history never got the entry.
+    real = History(tmp_path / "real.zarr")
+    _append(real, "a", 1.0)
+    (tmp_path / "notes.txt").write_text("mine")
+    link = tmp_path / "alias.zarr"
+    os.symlink(real.path if target == "history" else tmp_path / "notes.txt", link)
+    with pytest.raises(HistoryError, match="is a symbolic link to"):
+        _append(History(link), "b", 2.0)
+    assert os.readlink(link) == (real.path if target == "history" else str(tmp_path / "notes.txt"))
+    assert [r["name"] for r in real.table()] == ["a"]
