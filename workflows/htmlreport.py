@@ -231,10 +231,15 @@ Promise.all([...document.images].map(i => i.decode())).then(() => {{
 """
     md_lines = [_MD_MARK, "# shardeval report", ""]
     md_lines += [f"- **{k}**: {v}" for k, v in facts]
-    md_lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    md_lines += ["| " + " | ".join(row) + " |" for row in cells]
+    md_lines += ["", _md_row(head), "|" + "---|" * len(head)]
+    md_lines += [_md_row(row) for row in cells]
     with atomic_file(out, "w") as fh:
         fh.write(page)
     with atomic_file(md, "w") as fh:
         fh.write("\n".join(md_lines) + "\n")
     return out, md
+
+
+def _md_row(cells: list[str]) -> str:
+    """A Markdown table row; a '|' inside a cell (a name, a tag) is escaped, not a column."""
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"

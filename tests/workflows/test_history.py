@@ -181,3 +181,16 @@ def test_a_symbolic_link_of_the_users_is_never_replaced(tmp_path, capsys, target
         _append(History(link), "b", 2.0)
     assert os.readlink(link) == (real.path if target == "history" else str(tmp_path / "notes.txt"))
     assert [r["name"] for r in real.table()] == ["a"]
+
+
+def test_markdown_report_escapes_bars_in_names(tmp_path):
+    from workflows.htmlreport import write_report
+
+    history = History(tmp_path / "h.zarr")
+    _append(history, "a|b", 1.0)
+    _, md = write_report(history.path, str(tmp_path / "r.html"))
+    with open(md) as fh:
+        rows = [line for line in fh.read().splitlines() if line.startswith("|")]
+    header, row = rows[0], rows[2]
+    assert "a\\|b" in row
+    assert row.replace("\\|", "").count("|") == header.count("|")
