@@ -180,9 +180,27 @@ def frechet_distance(
     mean_term = float(diff @ diff)
     tr_r, tr_g = float(np.trace(real.cov)), float(np.trace(gen.cov))
     fid = mean_term + tr_r + tr_g - 2.0 * trace_sqrt
+    if -1e-12 * (mean_term + tr_r + tr_g) <= fid < 0.0:
+        # FID ≥ 0: a negative sum this small is the rounding of the traces it cancels
+        # (identical sets give ±1e-14 of traces ~1): report the distance, 0.
+        fid = 0.0
     if not np.isfinite(fid):
         raise NumericalError(
             f"FID overflowed float64 (mean term {mean_term:.3g}, traces {tr_r:.3g} and "
             f"{tr_g:.3g}); rescale the features"
         )
     return FrechetDistance(fid, mean_term, tr_r, tr_g, trace_sqrt, count, worst, tuple(notes))
+
+
+def warn_if_rounding_reached_spectrum(result: FrechetDistance, precision: str) -> None:
+    """Warn when fp32 products left eigenvalues below zero: the covariances have directions
+    of (near) zero variance that fp32 rounding cannot resolve, and FID can be off by ~1e-3
+    (``shardeval fid`` recomputes with float64 products; elsewhere pass ``--precision fp64``)."""
+    if result.clamped_count and precision == "fp32":
+        warnings.warn(
+            f"with fp32 products {result.clamped_count} eigenvalues fell below zero (a "
+            "covariance of lower rank than d, as a set of repeated rows has): FID may be off by "
+            "about 1e-3; compute with --precision fp64",
+            UserWarning,
+            stacklevel=2,
+        )

@@ -41,12 +41,13 @@ class FID(Metric):
     )
 
     def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
-        from pipeline.frechet import frechet_distance
+        from pipeline.frechet import frechet_distance, warn_if_rounding_reached_spectrum
         from pipeline.gaussian import Gaussian
 
         moments, dropped = context.moments(entry, self.options["nonfinite"])
         gen = Gaussian.from_moments(moments, entry.location)
         result = frechet_distance(context.reference.gaussian, gen)
+        warn_if_rounding_reached_spectrum(result, "fp32")  # jobs take fp32 products
         return {
             "fid": result.fid,
             "fid_mean_term": result.mean_term,

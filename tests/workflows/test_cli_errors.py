@@ -218,3 +218,23 @@ def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
     )
     _one_line(capsys, ["run", tmp_path / "job.toml"], "a seed is an integer")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_collapsed_set_is_recomputed_with_float64_products(tmp_path, capsys):
+    # 20 distinct rows repeated (a mode-collapsed generator): fp32 products cannot tell the
+    # covariance's 236 zero eigenvalues from rounding, and FID came out 1.5e-3 low, exit 0.
+    import json
+
+    from tests.reference import exact_fid, np_stats
+
+    rng = np.random.default_rng(5)
+    real = rng.standard_normal((4000, 64)).astype(np.float32)
+    gen = np.repeat(rng.standard_normal((8, 64)), 500, axis=0).astype(np.float32)
+    np.save(tmp_path / "real.npy", real)
+    np.save(tmp_path / "gen.npy", gen)
+    assert main(["fid", str(tmp_path / "real.npy"), str(tmp_path / "gen.npy"), "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+    assert any("recomputed with float64 products" in w for w in out["warnings"])
+    assert main(["fid", str(tmp_path / "gen.npy"), str(tmp_path / "gen.npy"), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] >= 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from workflows.cli.common import (
@@ -33,7 +34,9 @@ def _open(args: argparse.Namespace, location: str, **kw: Any) -> FeatureSource:
     return open_features(location, array_name=args.array, shard_rows=args.shard_rows, **kw)
 
 
-def _moments(args: argparse.Namespace, sources: list[FeatureSource]) -> list[Any]:
+def _moments(
+    args: argparse.Namespace, sources: list[FeatureSource], precision: str | None = None
+) -> list[Any]:
     from pipeline.moments import feature_moments
 
     return feature_moments(
@@ -43,9 +46,42 @@ def _moments(args: argparse.Namespace, sources: list[FeatureSource]) -> list[Any
         device=args.device or "auto",
         backend=args.backend or "auto",
         nonfinite=args.nonfinite or "error",
-        precision=args.precision or "fp32",
+        precision=precision or args.precision or "fp32",
         progress=progress(args),
     )
+
+
+def _frechet(
+    inputs: list[str],
+    stats: dict[str, tuple[Gaussian, Side]],
+    sources: list[FeatureSource],
+    computed: dict[str, Any],
+) -> tuple[Any, list[Gaussian], list[Side], list[str]]:
+    """The Fréchet distance of the two inputs (statistics as given, stores as computed), the
+    Gaussians and report sides, and notes on the inputs."""
+    from pipeline.frechet import frechet_distance
+    from pipeline.gaussian import Gaussian
+    from workflows.report import Side
+
+    gaussians, sides, notes = [], [], []
+    for path in inputs:
+        if path in stats:
+            gaussian, side = stats[path]
+            if not gaussian.mergeable:
+                notes.append(
+                    f"{path!r} has mu/sigma without n: usable for FID, but it cannot be merged "
+                    "with other statistics"
+                )
+        else:
+            src = next(s for s in sources if s.location == path)
+            moments, dropped = computed[path]
+            gaussian = Gaussian.from_moments(moments, path)
+            side = Side(
+                "", path, moments.n, src.d, src.shards, "features", True, dropped, src.describe()
+            )
+        gaussians.append(gaussian)
+        sides.append(side)
+    return frechet_distance(gaussians[0], gaussians[1]), gaussians, sides, notes
 
 
 def _statistics_side(location: str) -> tuple[Gaussian, Side]:
@@ -77,7 +113,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
         )
     must_exist(*inputs)
     claim_report(args)
-    from pipeline.gaussian import Gaussian
     from pipeline.sources import check_same_dim
     from pipeline.statsio import is_stats
     from workflows.report import FIDReport, Side
@@ -126,27 +161,20 @@ def cmd_fid(args: argparse.Namespace) -> int:
         )
     else:
         computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
-    gaussians, sides, notes = [], [], []
-    for path in inputs:
-        if path in stats:
-            gaussian, side = stats[path]
-            if not gaussian.mergeable:
-                notes.append(
-                    f"{path!r} has mu/sigma without n: usable for FID, but it cannot be merged "
-                    "with other statistics"
-                )
-        else:
-            src = next(s for s in sources if s.location == path)
-            moments, dropped = computed[path]
-            gaussian = Gaussian.from_moments(moments, path)
-            side = Side(
-                "", path, moments.n, src.d, src.shards, "features", True, dropped, src.describe()
-            )
-        gaussians.append(gaussian)
-        sides.append(side)
-    from pipeline.frechet import frechet_distance
-
-    result = frechet_distance(gaussians[0], gaussians[1])
+    result, gaussians, sides, notes = _frechet(inputs, stats, sources, computed)
+    if result.clamped_count and (args.precision or "fp32") == "fp32" and sources:
+        # fp32 rounding reached the spectrum: a covariance of lower rank than d (a collapsed
+        # set repeats few rows) has zero eigenvalues that fp32 products cannot tell from
+        # their rounding (1e-3 off here), float64 products can. Recompute, then say so.
+        clamped = result.clamped_count
+        again = dict(zip(feature_paths, _moments(args, sources, "fp64"), strict=True))
+        result, gaussians, sides, notes = _frechet(inputs, stats, sources, again)
+        warnings.warn(
+            f"recomputed with float64 products: with fp32 products {clamped} eigenvalues fell "
+            "below zero (a covariance of lower rank than d, as a set of repeated rows has)",
+            UserWarning,
+            stacklevel=2,
+        )
     real, gen = (
         Side(**{**vars(s), "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
     )

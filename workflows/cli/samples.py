@@ -180,7 +180,7 @@ def cmd_prdc(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from pipeline.fid_infinity import fid_infinity
-    from pipeline.frechet import frechet_distance
+    from pipeline.frechet import frechet_distance, warn_if_rounding_reached_spectrum
     from pipeline.gaussian import Gaussian
     from pipeline.moments import feature_moments
 
@@ -237,6 +237,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                 backend=backend,
             )
             fd = frechet_distance(reference, Gaussian.from_moments(gen_moments, gen.location))
+            warn_if_rounding_reached_spectrum(fd, args.precision or "fp32")
             results["fid"] = {"fid": fd.fid, "mean_term": fd.mean_term, "trace_term": fd.trace_term}
         extra["nonfinite_dropped"] = {"real": dropped}
     results.update(_run(args, real, gen, params))
