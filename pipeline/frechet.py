@@ -192,11 +192,13 @@ def frechet_distance(
     return FrechetDistance(fid, mean_term, tr_r, tr_g, trace_sqrt, count, worst, tuple(notes))
 
 
-def warn_if_rounding_reached_spectrum(result: FrechetDistance, precision: str) -> None:
+def warn_if_rounding_reached_spectrum(result: FrechetDistance, fp32_products: bool) -> None:
     """Warn when fp32 products left eigenvalues below zero: the covariances have directions
     of (near) zero variance that fp32 rounding cannot resolve, and FID can be off by ~1e-3
-    (``shardeval fid`` recomputes with float64 products; elsewhere pass ``--precision fp64``)."""
-    if result.clamped_count and precision == "fp32":
+    (``shardeval fid`` recomputes with float64 products; elsewhere pass ``--precision fp64``).
+    ``fp32_products``: either side's moments took fp32 products (sides of n ≤ d take float64
+    whatever was asked, and their clamped eigenvalues are true zeros)."""
+    if result.clamped_count and fp32_products:
         warnings.warn(
             f"with fp32 products {result.clamped_count} eigenvalues fell below zero (a "
             "covariance of lower rank than d, as a set of repeated rows has): FID may be off by "

@@ -113,6 +113,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         )
     must_exist(*inputs)
     claim_report(args)
+    from pipeline.moments import products_precision
     from pipeline.sources import check_same_dim
     from pipeline.statsio import is_stats
     from workflows.report import FIDReport, Side
@@ -162,7 +163,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
     else:
         computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
     result, gaussians, sides, notes = _frechet(inputs, stats, sources, computed)
-    if result.clamped_count and (args.precision or "fp32") == "fp32" and sources:
+    requested = args.precision or "fp32"
+    fp32_used = any(products_precision(src, requested) == "fp32" for src in sources)
+    if result.clamped_count and fp32_used:
         # fp32 rounding reached the spectrum: a covariance of lower rank than d (a collapsed
         # set repeats few rows) has zero eigenvalues that fp32 products cannot tell from
         # their rounding (1e-3 off here), float64 products can. Recompute, then say so.
