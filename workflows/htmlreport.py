@@ -222,9 +222,11 @@ table.facts th,table.facts td{{text-align:left}}figure{{display:inline-block;mar
 <h2>Entries</h2>{_table(head, cells)}
 {"".join(sections)}
 <script>
-// Marks the page once every plot has decoded, so a headless browser can check the rendering.
-Promise.all([...document.images].map(i => i.decode())).then(() => {{
-  const ok = [...document.images].every(i => i.naturalWidth > 0);
+// Marks the page when it has loaded (every plot with it), so a headless browser can check the
+// rendering: the load event is part of the page load that --dump-dom waits for, where a
+// decode() promise may settle after the dump on a busy machine.
+window.addEventListener("load", () => {{
+  const ok = [...document.images].every(i => i.complete && i.naturalWidth > 0);
   document.body.dataset.rendered = ok ? "ok" : "broken";
 }});
 </script></body></html>
