@@ -14,6 +14,7 @@ from pipeline.errors import ShardevalError, StoreError
 
 if TYPE_CHECKING:
     from pipeline.engine import Engine
+    from pipeline.sources import FeatureSource
     from workflows.progress import ProgressBar
 
 #: Options of the engine and input groups; a command that runs nothing must not take them.
@@ -93,6 +94,25 @@ def progress(args: argparse.Namespace) -> ProgressBar | None:
     from workflows.progress import ProgressBar
 
     return None if args.quiet else ProgressBar()
+
+
+def moments_of(
+    args: argparse.Namespace, sources: list[FeatureSource], precision: str | None = None
+) -> list[Any]:
+    """Each source's (moments, non-finite rows dropped) under the command's engine options,
+    in one pass; ``precision`` overrides ``--precision``."""
+    from pipeline.moments import feature_moments
+
+    return feature_moments(
+        sources,
+        engine=engine(args),
+        split_every=args.split_every,
+        device=args.device or "auto",
+        backend=args.backend or "auto",
+        nonfinite=args.nonfinite or "error",
+        precision=precision or args.precision or "fp32",
+        progress=progress(args),
+    )
 
 
 def claim_report(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from workflows.cli.common import (
     claim_report,
     emit,
     engine,
+    moments_of,
     must_exist,
     progress,
     refuse,
@@ -32,23 +33,6 @@ def _open(args: argparse.Namespace, location: str, **kw: Any) -> FeatureSource:
     from pipeline.sources import open_features
 
     return open_features(location, array_name=args.array, shard_rows=args.shard_rows, **kw)
-
-
-def _moments(
-    args: argparse.Namespace, sources: list[FeatureSource], precision: str | None = None
-) -> list[Any]:
-    from pipeline.moments import feature_moments
-
-    return feature_moments(
-        sources,
-        engine=engine(args),
-        split_every=args.split_every,
-        device=args.device or "auto",
-        backend=args.backend or "auto",
-        nonfinite=args.nonfinite or "error",
-        precision=precision or args.precision or "fp32",
-        progress=progress(args),
-    )
 
 
 def _frechet(
@@ -156,12 +140,14 @@ def cmd_fid(args: argparse.Namespace) -> int:
             split_every=args.split_every,
             progress=progress(args),
         )
-        first = _moments(args, sources[:-1]) if len(sources) > 1 else []
+        first = moments_of(args, sources[:-1]) if len(sources) > 1 else []
         computed = dict(
             zip(feature_paths, [*first, (merged(bands), bands.nonfinite.count)], strict=True)
         )
     else:
-        computed = dict(zip(feature_paths, _moments(args, sources) if sources else [], strict=True))
+        computed = dict(
+            zip(feature_paths, moments_of(args, sources) if sources else [], strict=True)
+        )
     result, gaussians, sides, notes = _frechet(inputs, stats, sources, computed)
     requested = args.precision or "fp32"
     fp32_used = any(products_precision(src, requested) == "fp32" for src in sources)
@@ -170,7 +156,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         # set repeats few rows) has zero eigenvalues that fp32 products cannot tell from
         # their rounding (1e-3 off here), float64 products can. Recompute, then say so.
         clamped = result.clamped_count
-        again = dict(zip(feature_paths, _moments(args, sources, "fp64"), strict=True))
+        again = dict(zip(feature_paths, moments_of(args, sources, "fp64"), strict=True))
         result, gaussians, sides, notes = _frechet(inputs, stats, sources, again)
         warnings.warn(
             f"recomputed with float64 products: with fp32 products {clamped} eigenvalues fell "
@@ -219,7 +205,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     check_outside(args.output, args.inputs)
     claim_output(args.output, "statistics file", is_stats, args.overwrite)
     source = _open(args, args.inputs[0])
-    ((moments, dropped),) = _moments(args, [source])
+    ((moments, dropped),) = moments_of(args, [source])
     provenance = {
         **source.describe(),
         "settings": settings(args),

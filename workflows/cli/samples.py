@@ -12,6 +12,7 @@ from workflows.cli.common import (
     claim_report,
     emit,
     engine,
+    moments_of,
     must_exist,
     progress,
     refuse,
@@ -182,7 +183,6 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from pipeline.fid_infinity import fid_infinity
     from pipeline.frechet import frechet_distance, warn_if_rounding_reached_spectrum
     from pipeline.gaussian import Gaussian
-    from pipeline.moments import feature_moments
 
     start = time.perf_counter()
     wanted = args.metrics
@@ -199,16 +199,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     device, backend = args.device or "auto", args.backend or "auto"
     if "fid" in wanted or "fid_inf" in wanted:
-        ((real_moments, dropped),) = feature_moments(
-            [real],
-            engine=engine(args),
-            split_every=args.split_every,
-            nonfinite=args.nonfinite or "error",
-            precision=args.precision or "fp32",
-            progress=progress(args),
-            device=device,
-            backend=backend,
-        )
+        ((real_moments, dropped),) = moments_of(args, [real])
         reference = Gaussian.from_moments(real_moments, real.location)
         if "fid_inf" in wanted:
             inf = fid_infinity(
@@ -226,16 +217,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             if "fid" in wanted:
                 results["fid"] = {"fid": inf.fid}
         else:
-            ((gen_moments, _),) = feature_moments(
-                [gen],
-                engine=engine(args),
-                split_every=args.split_every,
-                nonfinite=args.nonfinite or "error",
-                precision=args.precision or "fp32",
-                progress=progress(args),
-                device=device,
-                backend=backend,
-            )
+            ((gen_moments, _),) = moments_of(args, [gen])
             fd = frechet_distance(reference, Gaussian.from_moments(gen_moments, gen.location))
             fp32 = (args.precision or "fp32") == "fp32" and max(real.n, gen.n) > real.d
             warn_if_rounding_reached_spectrum(fd, fp32)
