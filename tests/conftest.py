@@ -68,6 +68,7 @@ def fp32_flags():
 # every thread and the live child processes go to stderr (so the log names what held it), and
 # the process ends with the session's own status, which the tests had already decided.
 _EXIT_GRACE_SECONDS = 120
+_EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_unconfigure(config):
@@ -76,7 +77,7 @@ def pytest_unconfigure(config):
     import threading
     import time
 
-    status = getattr(config, "_shardeval_exitstatus", 1)
+    status = config.stash.get(_EXIT_STATUS, 1)  # 1: the session never finished
 
     def watch():
         time.sleep(_EXIT_GRACE_SECONDS)
@@ -104,4 +105,4 @@ def pytest_unconfigure(config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    session.config._shardeval_exitstatus = int(exitstatus)
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
