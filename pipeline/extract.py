@@ -9,14 +9,22 @@ The group is created complete but for the chunks, in one atomic step (a temporar
 renamed into place), and carries ``shardeval_incomplete`` until every chunk is stored;
 :func:`pipeline.sources.open_features` refuses it until then. A re-run with the same settings
 computes only the chunks the store's listing lacks; other settings are refused (``overwrite``
-starts again); something that is not an extraction store is never replaced.
+starts again); something that is not an extraction store is never replaced. The batch size
+and chunk rows are not settings of the features: a finished store is reused whatever they are
+asked to be; an unfinished one is finished only with its own (its chunks are laid out by
+them), and another is refused naming the value to pass.
 
 The graph: one task per chunk, named ``shard-extract-…`` (the progress bar counts them). A
 task gets only names and locators of its images, reads and decodes them itself, runs the
 encoder of its process (loaded once per worker process and kept, keyed by encoder, weights
 digest and device), and writes its whole chunk, so no two tasks touch one chunk file. With
 ``skip_bad`` a decode pre-pass (tasks ``shard-check-…``) first lists the images that cannot be
-decoded; the store then holds the others only, in order, and names the skipped ones.
+read or decoded; the store then holds the others only, in order, and names the skipped ones
+with the reason (a sentence naming the image). Without it, an image the listing already found
+unreadable (a symbolic link whose target is gone) is refused before anything is written.
+
+Messages name the Python arguments that would fix them (``skip_bad=True``,
+``overwrite=True``, ``batch_size=N``); the CLI words them as its flags.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.atomic import atomic_dir, claim_output, locked
 from pipeline.engine import Engine, Progress, available_cores
 from pipeline.errors import ShardevalError, StoreError
-from pipeline.images import ImageRefs, ImageSource, open_images
+from pipeline.images import IMAGE_ADVICE, ImageError, ImageRefs, ImageSource, open_images
 from pipeline.reduce import SHARD_PREFIX
 from pipeline.sources import INCOMPLETE_ATTR
 from pipeline.summaries import check_device, uses_gpu, worker_device
@@ -77,7 +85,8 @@ class ExtractResult:
         encoder, feature_extractor, resize: what computed the features.
         images: images in the source; rows: rows in the store (images − skipped).
         dim: features per row.
-        skipped: (name, reason) of images left out (``skip_bad``).
+        skipped: (name, reason) of images left out (``skip_bad``); the reason is a sentence
+            naming the image (path, or member and archive) and what is wrong with it.
         chunks: chunks of the store; computed: by this run; present: stored before it.
         already_complete: the store was finished before; nothing was computed.
         resumed: an unfinished store was completed.
@@ -357,10 +366,13 @@ def extract_features(
         encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
         weights: the weights file / model folder; default: the standard caches.
         resize: ``legacy-pytorch`` (default) or ``clean`` for the Inception.
-        batch_size: images per forward pass (default 32; a resumed store keeps its own).
-        chunk_rows: rows per chunk and task, a multiple of ``batch_size`` (default: one batch).
+        batch_size: images per forward pass (default 32). A finished store is reused
+            whatever it is; an unfinished one is finished with its own (default) only.
+        chunk_rows: rows per chunk and task, a multiple of ``batch_size`` (default: one
+            batch); for an existing store, as ``batch_size``.
         device: ``auto`` (each worker's GPU if it has one), ``cpu`` or ``cuda``.
-        skip_bad: leave out images that cannot be decoded (a decode pre-pass lists them).
+        skip_bad: leave out images that cannot be read or decoded (a decode pre-pass lists
+            them; :attr:`ExtractResult.skipped` names them with their reasons).
         overwrite: replace an extraction store already at ``output``, whatever its settings.
         engine: where tasks run (default: the threaded scheduler).
         progress: called with (chunks done, chunks to compute).
@@ -370,11 +382,13 @@ def extract_features(
         What was done (:class:`ExtractResult`).
 
     Raises:
-        ImageSourceError, ImageError: the source or one image cannot be read.
+        ImageSourceError, ImageError: the source or one image cannot be read (an image
+            without ``skip_bad``; one found unreadable by the listing before any work).
         EncoderSetupError: weights missing or wrong, ``transformers`` missing.
         OutputExistsError: ``output`` holds something that is not an extraction store.
         ExtractionError: ``output`` holds an extraction with other settings (without
-            ``overwrite``), or every image was skipped.
+            ``overwrite``), an unfinished one started with another batch size or chunk rows,
+            or every image was skipped.
         EngineError, ClusterError: the engine cannot run.
     """
     import zarr
@@ -393,6 +407,9 @@ def extract_features(
     given, digest, mode = plan.weights, plan.digest, plan.resize
     spec = ENCODERS[encoder]
     source = open_images(images)
+    if source.unreadable and not skip_bad:
+        # Known from the listing (a link whose target is gone): refused before any work.
+        raise ImageError(f"{source.unreadable[0][1]}; {IMAGE_ADVICE}")
     claim_output(output, _KIND, is_extraction_store, overwrite=True)  # refuses foreign outputs
     wanted = {
         "encoder": encoder,
@@ -407,16 +424,7 @@ def extract_features(
         attrs = None
         if not overwrite and os.path.exists(output) and not _unstarted(output):
             attrs = _existing(output, wanted)
-        for value, key, flag in (
-            (batch_size, "batch_size", "--batch-size"),
-            (chunk_rows, "chunk_rows", ""),
-        ):
-            if attrs is not None and value is not None and value != attrs.get(key):
-                how = f"re-run with {flag} {attrs.get(key)}" if flag else "keep its chunk rows"
-                raise ExtractionError(
-                    f"{output!r} was started with {key.replace('_', ' ')} {attrs.get(key)}; "
-                    f"{how} to finish it, or pass --overwrite"
-                )
+            _check_layout(output, attrs, batch_size, chunk_rows)
         fresh, was_complete = attrs is None, attrs is not None and _complete(attrs)
         check_seconds = 0.0
         if attrs is None:
@@ -441,12 +449,13 @@ def extract_features(
         group = zarr.open_group(output, mode="r+")
         features = group["features"]
         if not isinstance(features, zarr.Array):
-            raise StoreError(f"{output!r}: 'features' is not an array; pass --overwrite")
+            raise StoreError(f"{output!r}: 'features' is not an array; pass overwrite=True")
         rows_per_chunk = int(attrs["chunk_rows"])
         if tuple(features.shape) != (len(keep), spec.dim) or features.chunks[0] != rows_per_chunk:
             raise StoreError(
                 f"{output!r} has features of shape {tuple(features.shape)}, not the "
-                f"{(len(keep), spec.dim)} its attributes promise; pass --overwrite to start again"
+                f"{(len(keep), spec.dim)} its attributes promise; pass overwrite=True to start "
+                "again"
             )
         missing = sorted(index[0] for index, _ in missing_chunks(features)[0])
         job = ChunkJob(
@@ -488,6 +497,29 @@ def extract_features(
         )
 
 
+def _check_layout(
+    output: str, attrs: dict[str, Any], batch_size: int | None, chunk_rows: int | None
+) -> None:
+    """Refuse a batch size or chunk rows that an existing store of the same settings cannot
+    be finished with. Features do not depend on either, so a finished store is taken whatever
+    they are; an unfinished one has its rows laid out in chunks of its own chunk rows (a whole
+    number of its batches), so its missing chunks are computed with its own only.
+
+    Raises:
+        ExtractionError: an unfinished store started with another batch size or chunk rows,
+            naming the value to pass.
+    """
+    if _complete(attrs):
+        return
+    for value, key in ((batch_size, "batch_size"), (chunk_rows, "chunk_rows")):
+        if value is not None and value != attrs.get(key):
+            raise ExtractionError(
+                f"{output!r} holds an unfinished extraction started with {key}={attrs.get(key)} "
+                f"(its chunks are laid out by it), not {value}; re-run with "
+                f"{key}={attrs.get(key)} to finish it, or pass overwrite=True to start again"
+            )
+
+
 def _unstarted(output: str) -> bool:
     """Our store, unfinished, with no chunk written (a run that failed on its first chunk):
     started afresh, whatever the settings it was created with."""
@@ -522,11 +554,11 @@ def _existing(output: str, wanted: dict[str, Any]) -> dict[str, Any]:
     if _complete(attrs):
         raise ExtractionError(
             f"{output!r} holds a finished extraction with other settings ({diff}); pass "
-            "--overwrite to replace it, or choose another output"
+            "overwrite=True to replace it, or choose another output"
         )
     raise ExtractionError(
         f"{output!r} holds an unfinished extraction with other settings ({diff}); re-run with "
-        "its settings to finish it, or pass --overwrite to start again"
+        "its settings to finish it, or pass overwrite=True to start again"
     )
 
 
@@ -578,6 +610,6 @@ def _kept(source: ImageSource, attrs: dict[str, Any]) -> list[int]:
     if len(keep) != attrs.get("rows"):
         raise StoreError(
             f"the store records {attrs.get('rows')} rows but the source lists {len(keep)} "
-            "images to keep; pass --overwrite to start again"
+            "images to keep; pass overwrite=True to start again"
         )
     return keep

@@ -134,7 +134,7 @@ def test_other_settings_are_refused(tmp_path, images, weights, rng):
     torch.save(random_state_dict(4), other)
     with pytest.raises(ExtractionError, match=r"unfinished extraction.*weights_digest"):
         extract_features(images, out, weights=other)
-    with pytest.raises(ExtractionError, match="batch size 4"):
+    with pytest.raises(ExtractionError, match="unfinished extraction started with batch_size=4"):
         extract_features(images, out, weights=weights, batch_size=2)
     Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(
         os.path.join(images, "new.png")
@@ -169,7 +169,7 @@ def test_bad_image_stops_or_is_skipped(tmp_path, images, weights):
     data = (tmp_path / "images" / "img-005.png").read_bytes()
     (tmp_path / "images" / "img-005.png").write_bytes(data[: len(data) // 3])
     out = str(tmp_path / "stopped.zarr")
-    with pytest.raises(ImageError, match=r"img-005\.png.*--skip-bad"):
+    with pytest.raises(ImageError, match=r"img-005\.png.*skip_bad=True"):
         extract_features(images, out, weights=weights, batch_size=2, engine=Engine("sync"))
     with pytest.raises(StoreError, match="incomplete extraction"):
         open_features(out)
@@ -366,3 +366,166 @@ def test_a_second_extraction_of_one_store_waits_for_the_first(
     second = extract_features(images, out, weights=weights, batch_size=4)
     worker.join()
     assert (first["r"].computed, second.computed, second.already_complete) == (2, 0, True)
+
+
+# --- hostile sources and re-runs --------------------------------------------------------------
+
+
+def _png_bytes(rng, size=(30, 30)):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _rows(store):
+    group = zarr.open_group(store, mode="r")
+    return group["features"][:], list(group["names"][:])
+
+
+def _reference(tmp_path, weights, files, batch_size=4):
+    """Rows extracted from ``files`` ({name: bytes}) written as separate files of a folder."""
+    folder = tmp_path / f"reference-{len(os.listdir(tmp_path))}"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    out = str(folder) + ".zarr"
+    extract_features(str(folder), out, weights=weights, batch_size=batch_size)
+    return _rows(out)[0]
+
+
+def test_every_member_of_a_zip_is_extracted_though_two_share_a_name(tmp_path, rng, weights):
+    # Both 'a.png' rows held the last a.png's features (exit 0); the first was never read.
+    import warnings
+    import zipfile
+
+    first, other, second = (_png_bytes(rng) for _ in range(3))
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)
+        for name, data in (("a.png", first), ("b.png", other), ("a.png", second)):
+            zf.writestr(name, data)
+    out = str(tmp_path / "dup.zarr")
+    result = extract_features(str(path), out, weights=weights, batch_size=4)
+    features, names = _rows(out)
+    assert (result.rows, names) == (3, ["a.png", "a.png#2", "b.png"])
+    expected = _reference(tmp_path, weights, {"a1.png": first, "a2.png": second, "b.png": other})
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_bad_member_of_a_repeated_name_is_the_only_one_left_out(tmp_path, rng, weights):
+    import warnings
+    import zipfile
+
+    good, other = _png_bytes(rng), _png_bytes(rng)
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)
+        for name, data in (("a.png", good), ("b.png", other), ("a.png", b"garbage")):
+            zf.writestr(name, data)
+    out = str(tmp_path / "dup.zarr")
+    result = extract_features(str(path), out, weights=weights, batch_size=4, skip_bad=True)
+    assert [name for name, _ in result.skipped] == ["a.png#2"]
+    features, names = _rows(out)
+    assert names == ["a.png", "b.png"]
+    expected = _reference(tmp_path, weights, {"a.png": good, "b.png": other})
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_linked_folders_and_macos_metadata(tmp_path, rng, weights):
+    # The linked folder was skipped ("extracted 1 images"); '._own.png' stopped the run.
+    blobs = {f"{i}.png": _png_bytes(rng) for i in range(3)}
+    own = _png_bytes(rng)
+    (tmp_path / "pool").mkdir()
+    for name, data in blobs.items():
+        (tmp_path / "pool" / name).write_bytes(data)
+    samples = tmp_path / "samples"
+    (samples / "__MACOSX").mkdir(parents=True)
+    (samples / "own.png").write_bytes(own)
+    (samples / "._own.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    (samples / "__MACOSX" / "._own.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    os.symlink(os.path.join("..", "pool"), samples / "more")
+    os.symlink(".", samples / "loop")
+    out = str(tmp_path / "linked.zarr")
+    result = extract_features(str(samples), out, weights=weights, batch_size=4)
+    features, names = _rows(out)
+    assert (result.images, names) == (4, ["more/0.png", "more/1.png", "more/2.png", "own.png"])
+    expected = _reference(
+        tmp_path, weights, {**{f"m{n}": d for n, d in blobs.items()}, "z.png": own}
+    )
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_dangling_link_is_a_bad_image(tmp_path, rng, weights):
+    # It stopped the listing, with skip_bad too.
+    a, c = _png_bytes(rng), _png_bytes(rng)
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(a)
+    (folder / "c.png").write_bytes(c)
+    os.symlink(tmp_path / "gone.png", folder / "b.png")
+    out = str(tmp_path / "f.zarr")
+    with pytest.raises(ImageError, match=r"b\.png' cannot be read \(a symbolic link to .*gone"):
+        extract_features(str(folder), out, weights=weights, batch_size=4)
+    assert not os.path.exists(out)  # refused before anything was written
+    result = extract_features(str(folder), out, weights=weights, batch_size=4, skip_bad=True)
+    [(name, reason)] = result.skipped
+    assert name == "b.png"
+    assert str(folder / "b.png") in reason
+    assert "symbolic link" in reason
+    features, names = _rows(out)
+    assert (result.images, result.rows, names) == (3, 2, ["a.png", "c.png"])
+    expected = _reference(tmp_path, weights, {"a.png": a, "c.png": c})
+    np.testing.assert_allclose(features, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_skipped_reasons_name_the_image_readably(tmp_path, images, weights):
+    (tmp_path / "images" / "img-002.png").write_bytes(b"garbage")
+    (tmp_path / "images" / "img-006.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = extract_features(
+        images, str(tmp_path / "k.zarr"), weights=weights, batch_size=4, skip_bad=True
+    )
+    assert (result.images, result.rows) == (8, 6)
+    assert [name for name, _ in result.skipped] == ["img-002.png", "img-006.png"]
+    for name, reason in result.skipped:
+        assert os.path.join(images, name) in reason
+        assert " object at 0x" not in reason
+    stored = zarr.open_group(str(tmp_path / "k.zarr"), mode="r").attrs["skipped"]
+    assert [(s["name"], s["reason"]) for s in stored] == list(result.skipped)
+
+
+def test_a_finished_store_is_reused_whatever_the_batch_size(tmp_path, images, weights, monkeypatch):
+    # It was refused: "was started with batch size 2; re-run with --batch-size 2 to finish it".
+    out = str(tmp_path / "f.zarr")
+    extract_features(images, out, weights=weights, batch_size=2)
+    before = _rows(out)
+    calls = _count_chunks(monkeypatch)
+    for batch_size, chunk_rows in ((4, None), (3, None), (1, 8)):
+        again = extract_features(
+            images, out, weights=weights, batch_size=batch_size, chunk_rows=chunk_rows
+        )
+        assert (again.already_complete, again.computed, again.present) == (True, 0, 4)
+    assert calls == []
+    after = _rows(out)
+    np.testing.assert_array_equal(after[0], before[0])
+    assert after[1] == before[1]
+
+
+def test_an_unfinished_store_is_finished_with_its_own_batch_size_only(
+    tmp_path, images, weights, monkeypatch
+):
+    out = str(tmp_path / "f.zarr")
+    extract_features(images, out, weights=weights, batch_size=2)
+    before = _rows(out)[0]
+    group = zarr.open_group(out, mode="r+")
+    group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: ex.INCOMPLETE_NOTE, "complete": False})
+    os.remove(os.path.join(out, "features", "c", "2", "0"))
+    with pytest.raises(ExtractionError) as info:
+        extract_features(images, out, weights=weights, batch_size=4)
+    assert "started with batch_size=2" in str(info.value)
+    assert "re-run with batch_size=2 to finish it" in str(info.value)
+    with pytest.raises(ExtractionError, match="re-run with chunk_rows=2 to finish it"):
+        extract_features(images, out, weights=weights, chunk_rows=4)
+    calls = _count_chunks(monkeypatch)
+    result = extract_features(images, out, weights=weights, batch_size=2)
+    assert (calls, result.resumed) == ([2], True)
+    np.testing.assert_array_equal(_rows(out)[0], before)

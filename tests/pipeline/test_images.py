@@ -1,9 +1,11 @@
 """Image sources: listing order per kind, conversion to RGB as Pillow's convert("RGB"), decoding
 errors that name the file, the --skip-bad check, fingerprints."""
 
+import contextlib
 import io
 import os
 import tarfile
+import warnings
 import zipfile
 
 import numpy as np
@@ -176,7 +178,7 @@ def test_truncated_image_names_the_file(tmp_path, pixels):
         refs.read(threads=2)
     message = str(info.value)
     assert "sub/bad.png" in message
-    assert "--skip-bad" in message
+    assert "skip_bad=True" in message  # a Python argument: the CLI words it as its flag
     assert "\n" not in message
     assert isinstance(info.value, ShardevalError)
     bad = refs.check(threads=2)
@@ -214,3 +216,183 @@ def test_damaged_zip_member_is_an_image_error(tmp_path, pixels):
     with pytest.raises(ImageError, match=r"'b\.png' in .*d\.zip.*cannot be read"):
         refs.read()
     assert [src.names[i] for i, _ in refs.check()] == ["b.png"]
+
+
+# --- hostile inputs: repeated archive names, linked folders, macOS metadata, dangling links --
+
+
+@contextlib.contextmanager
+def _quiet_duplicates():
+    """zipfile warns when it writes a second member of one name, which these tests mean to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Duplicate name", UserWarning)
+        yield
+
+
+def test_zip_members_of_one_name_are_each_read_by_their_own_entry(tmp_path, pixels):
+    # A read by name returned the last 'a.png' for both rows and never the first.
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf, _quiet_duplicates():
+        for name, px in (("a.png", pixels[0]), ("b.png", pixels[1]), ("a.png", pixels[2])):
+            zf.writestr(name, _png(px))
+    src = open_images(path)
+    assert src.names == ("a.png", "a.png#2", "b.png")  # archive order among one name
+    got = src.refs(range(3)).read(threads=2)
+    for g, px in zip(got, [pixels[0], pixels[2], pixels[1]], strict=True):
+        np.testing.assert_array_equal(g, px)
+    np.testing.assert_array_equal(src.refs([1]).read()[0], pixels[2])  # one entry alone too
+
+
+def test_a_changed_entry_of_a_repeated_name_changes_the_fingerprint(tmp_path, pixels):
+    def fingerprint(first, second):
+        path = tmp_path / "dup.zip"
+        path.unlink(missing_ok=True)
+        with zipfile.ZipFile(path, "w") as zf, _quiet_duplicates():
+            zf.writestr("a.png", _png(first))
+            zf.writestr("a.png", _png(second))
+        return open_images(path).fingerprint
+
+    base = fingerprint(pixels[0], pixels[1])
+    assert fingerprint(pixels[0], pixels[1]) == base
+    assert fingerprint(pixels[3], pixels[1]) != base  # the first entry changed
+    assert fingerprint(pixels[0], pixels[3]) != base  # the second entry changed
+    assert fingerprint(pixels[1], pixels[0]) != base  # the two swapped
+
+
+def test_a_bad_member_of_a_repeated_name_is_named_as_found_in_the_zip(tmp_path, pixels):
+    path = tmp_path / "dup.zip"
+    with zipfile.ZipFile(path, "w") as zf, _quiet_duplicates():
+        zf.writestr("x/a.png", _png(pixels[0]))
+        zf.writestr("x/a.png", b"not a png")
+    src = open_images(path)
+    [(index, problem)] = src.refs(range(2)).check()
+    assert src.names[index] == "x/a.png#2"
+    assert "'x/a.png#2' (member 2 of those named 'x/a.png') in " in problem
+    assert "dup.zip" in problem
+
+
+def test_tar_members_of_one_name_stay_distinct(tmp_path, pixels):
+    _tar(tmp_path / "s.tar", [("a.png", _png(pixels[0])), ("a.png", _png(pixels[1]))])
+    src = open_images(tmp_path / "s.tar")
+    assert src.names == ("s.tar/a.png", "s.tar/a.png#2")
+    got = src.refs(range(2)).read()
+    np.testing.assert_array_equal(got[0], pixels[0])
+    np.testing.assert_array_equal(got[1], pixels[1])
+
+
+def _linked_samples(tmp_path, pixels):
+    """samples/own.png and samples/more -> ../pool, a folder of 4 images outside samples."""
+    for i in range(4):
+        _write(str(tmp_path / "pool" / f"{i}.png"), _png(pixels[i]))
+    _write(str(tmp_path / "samples" / "own.png"), _png(pixels[4]))
+    os.symlink(os.path.join("..", "pool"), tmp_path / "samples" / "more")
+    return tmp_path / "samples"
+
+
+def test_linked_folders_are_followed(tmp_path, pixels):
+    # The linked folder was skipped without a word: 1 image of 5.
+    src = open_images(_linked_samples(tmp_path, pixels))
+    assert src.names == ("more/0.png", "more/1.png", "more/2.png", "more/3.png", "own.png")
+    got = src.refs(range(5)).read()
+    for g, px in zip(got, pixels, strict=True):
+        np.testing.assert_array_equal(g, px)
+
+
+def test_links_back_to_a_walked_folder_are_not_entered_again(tmp_path, pixels):
+    samples = _linked_samples(tmp_path, pixels)
+    os.symlink(".", samples / "loop")  # an ancestor: would loop forever
+    os.symlink(tmp_path, samples / "up")  # the parent: holds samples and pool, both walked
+    os.symlink(os.path.join("..", "pool"), samples / "again")  # a second path to pool
+    src = open_images(samples)
+    # Each real folder once, named by the first path of the sorted walk that reaches it.
+    assert src.names == (
+        "again/0.png",
+        "again/1.png",
+        "again/2.png",
+        "again/3.png",
+        "own.png",
+    )
+
+
+def test_macos_metadata_is_not_an_image(tmp_path, pixels):
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # an AppleDouble header
+    zpath = tmp_path / "mac.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("imgs/a.png", _png(pixels[0]))
+        zf.writestr("__MACOSX/imgs/._a.png", junk)
+        zf.writestr("imgs/._b.png", junk)
+    _write(str(tmp_path / "dir" / "a.png"), _png(pixels[0]))
+    _write(str(tmp_path / "dir" / "._a.png"), junk)
+    _write(str(tmp_path / "dir" / "__MACOSX" / "a.png"), _png(pixels[1]))
+    _tar(
+        tmp_path / "t.tar",
+        [("a.png", _png(pixels[0])), ("._a.png", junk), ("__MACOSX/._a.png", junk)],
+    )
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _tar(shards / "s.tar", [("a.png", _png(pixels[0]))])
+    _write(str(shards / "._s.tar"), junk)
+    for location, names in (
+        (zpath, ("imgs/a.png",)),
+        (tmp_path / "dir", ("a.png",)),
+        (tmp_path / "t.tar", ("t.tar/a.png",)),
+        (shards, ("s.tar/a.png",)),
+    ):
+        src = open_images(location)
+        assert src.names == names
+        np.testing.assert_array_equal(src.refs([0]).read()[0], pixels[0])
+
+
+def test_a_dangling_link_is_a_bad_image_not_a_broken_source(tmp_path, pixels):
+    # The listing stopped on it ("cannot be read"), with or without skipping bad images.
+    _write(str(tmp_path / "f" / "a.png"), _png(pixels[0]))
+    _write(str(tmp_path / "f" / "c.png"), _png(pixels[1]))
+    os.symlink(tmp_path / "gone.png", tmp_path / "f" / "b.png")
+    src = open_images(tmp_path / "f")
+    assert src.names == ("a.png", "b.png", "c.png")
+    [(index, problem)] = src.unreadable
+    assert index == 1
+    assert "b.png" in problem
+    assert "symbolic link to" in problem
+    assert "gone.png" in problem
+    refs = src.refs(range(3))
+    assert refs.check() == [(1, problem)]
+    with pytest.raises(ImageError, match=r"b\.png' cannot be read \(a symbolic link"):
+        refs.read()
+    first = src.fingerprint
+    _write(str(tmp_path / "gone.png"), _png(pixels[2]))  # the target is back: a change
+    mended = open_images(tmp_path / "f")
+    assert (mended.unreadable, mended.fingerprint != first) == ((), True)
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error(tmp_path, pixels, monkeypatch):
+    # os.walk skipped it without a word (as it did a linked folder).
+    _write(str(tmp_path / "f" / "a.png"), _png(pixels[0]))
+    _write(str(tmp_path / "f" / "locked" / "b.png"), _png(pixels[1]))
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    with pytest.raises(ImageSourceError, match=r"locked' under .* cannot be listed"):
+        open_images(tmp_path / "f")
+
+
+def test_reasons_name_the_image_and_are_readable(tmp_path, pixels):
+    # A reason read "cannot identify image file <_io.BytesIO object at 0x7f...>".
+    _write(str(tmp_path / "f" / "a.png"), _png(pixels[0]))
+    _write(str(tmp_path / "f" / "junk.png"), b"garbage")
+    _write(str(tmp_path / "f" / "cut.png"), _png(pixels[1])[:80])
+    src = open_images(tmp_path / "f")
+    problems = dict(src.refs(range(3)).check())
+    assert set(problems) == {1, 2}  # a.png, cut.png, junk.png in order
+    for index, problem in problems.items():
+        assert str(tmp_path / "f" / src.names[index]) in problem
+        assert " object at 0x" not in problem
+    assert "not in an image format Pillow can identify" in problems[2]
+    with pytest.raises(ImageError) as info:
+        decode_image(b"garbage", "'x.png'")
+    assert " object at 0x" not in str(info.value)

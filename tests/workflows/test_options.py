@@ -394,10 +394,24 @@ def check_extract_weights(capsys, f, command, monkeypatch):
 
 
 def check_extract_batch_size(capsys, f, command, monkeypatch):
-    two = _report(capsys, *_extract(f, "--batch-size", "2"))
+    argv = _extract(f, "--batch-size", "2")
+    two = _report(capsys, *argv)
     five = _report(capsys, *_extract(f, "--batch-size", "5"))
     assert (two["chunks"], five["chunks"]) == (3, 1)
     np.testing.assert_allclose(_features(two), _features(five), rtol=1e-5, atol=1e-6)
+    # A finished store is reused whatever the batch size (features do not depend on it).
+    again = _report(capsys, *argv[:-1], "5")
+    assert (again["already_complete"], again["computed"]) == (True, 0)
+    # An unfinished one is laid out by its batches: the refusal says what to pass.
+    from pipeline.extract import INCOMPLETE_NOTE
+    from pipeline.sources import INCOMPLETE_ATTR
+
+    group = zarr.open_group(two["output"], mode="r+")
+    group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: INCOMPLETE_NOTE, "complete": False})
+    os.remove(os.path.join(two["output"], "features", "c", "1", "0"))
+    _refused(capsys, *argv[:-1], "5", match="re-run with --batch-size 2 to finish it")
+    resumed = _report(capsys, *argv[:-2])
+    assert (resumed["resumed"], resumed["computed"]) == (True, 1)
 
 
 def check_extract_device(capsys, f, command, monkeypatch):
@@ -410,9 +424,17 @@ def check_extract_device(capsys, f, command, monkeypatch):
 
 def check_extract_skip_bad(capsys, f, command, monkeypatch):
     _refused(capsys, *_extract(f, images="bad-images"), match="2.png")
+    _refused(capsys, *_extract(f, images="bad-images"), match="or pass --skip-bad to leave it")
     report = _report(capsys, *_extract(f, "--skip-bad", images="bad-images"))
     assert report["rows"] == 4
     assert [name for name, _ in report["skipped"]] == ["2.png"]
+    # The counts say what was kept; the reason names the image, readably.
+    code, out, err = _run(capsys, *_extract(f, "--skip-bad", images="bad-images"), "-q")
+    assert code == 0, err
+    assert out.startswith("extracted 4 of 5 images (1 bad image left out) -> ")
+    bad = str(f["tmp"] / "bad-images" / "2.png")
+    assert f"  left out: image {bad!r} cannot be decoded (" in out
+    assert report["skipped"][0][1].startswith(f"image {bad!r} cannot be decoded (")
 
 
 def check_extract_overwrite(capsys, f, command, monkeypatch):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import asdict
 from typing import Any
 
+from pipeline.errors import ShardevalError
 from pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
 from workflows.cli.common import UsageError, engine, must_exist, notice
 from workflows.cli.parser import positive_int
@@ -17,9 +19,11 @@ Encode every image of IMAGES and write the features to a Zarr feature store: arr
 encoder, its weights' digest, the resize and the source. The store is marked complete last; a
 killed run, re-run with the same arguments, computes only the chunks that are missing.
 
-IMAGES: a folder (recursive; png, jpg, jpeg, webp, bmp), a .zip, a .npz (arr_0) or .npy of
-uint8 (N, H, W, 3) images, a .tar shard, or a folder or quoted glob of .tar shards; taken in
-sorted order. Weights are never downloaded: --weights, or torch hub's checkpoint folder
+IMAGES: a folder (recursive, following symbolic links, each real folder once; png, jpg, jpeg,
+webp, bmp), a .zip, a .npz (arr_0) or .npy of uint8 (N, H, W, 3) images, a .tar shard, or a
+folder or quoted glob of .tar shards; taken in sorted order. macOS metadata (__MACOSX/, ._*)
+is ignored. Every archive member is its own row: a second member of one name is named NAME#2.
+Weights are never downloaded: --weights, or torch hub's checkpoint folder
 (inception) / the Hugging Face cache (dinov2-vitl14, clip-vitl14-336)."""
 
 EPILOG = """\
@@ -73,8 +77,8 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
         "--batch-size",
         type=positive_int,
         metavar="B",
-        help="images per forward pass and rows per chunk (default 32; a resumed run keeps the "
-        "store's)",
+        help="images per forward pass and rows per chunk (default 32); a finished store is reused "
+        "whatever it is, an unfinished one is finished with its own",
     )
     g.add_argument(
         "--device",
@@ -85,8 +89,8 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     o.add_argument(
         "--skip-bad",
         action="store_true",
-        help="leave out images that cannot be decoded (a decoding pass lists them first; the "
-        "store names them) instead of stopping at the first",
+        help="leave out images that cannot be read or decoded (a decoding pass lists them first; "
+        "the store names them with the reason) instead of stopping at the first",
     )
     o.add_argument(
         "--overwrite",
@@ -99,30 +103,59 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     return p
 
 
+#: How this command spells the fixes that pipeline messages give as Python arguments.
+_FLAGS = (
+    (re.compile(r"\bskip_bad=True\b"), "--skip-bad"),
+    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
+    (re.compile(r"\bbatch_size=(\d+)"), r"--batch-size \1"),
+)
+
+#: Reasons of left-out images printed in the summary (the store lists them all).
+_REASONS_SHOWN = 5
+
+
+def in_flags(message: str) -> str:
+    """A pipeline message with the Python arguments it names (``skip_bad=True``…) written as
+    this command's flags (``--skip-bad``…)."""
+    for python, flag in _FLAGS:
+        message = python.sub(flag, message)
+    return message
+
+
+def _left_out(result: Any) -> list[str]:
+    """Summary lines naming the images ``--skip-bad`` left out, with their reasons."""
+    lines = [f"  left out: {reason}" for _, reason in result.skipped[:_REASONS_SHOWN]]
+    more = len(result.skipped) - _REASONS_SHOWN
+    if more > 0:
+        lines.append(f"  left out: {more} more (every one in the store's attribute 'skipped')")
+    return lines
+
+
 def _summary(result: Any, described: dict[str, Any]) -> str:
+    """What an extraction did, for people: counts (images left out named with reasons),
+    chunks, time and where it ran."""
     where = (
         f"{described['scheduler']} scheduler"
         + (f" ({described['threads']} threads)" if "threads" in described else "")
         + (f" at {described['address']}" if "address" in described else "")
     )
+    bad = len(result.skipped)
+    left_out = f"{bad} bad image{'s' if bad != 1 else ''} left out" if bad else ""
     if result.already_complete:
         return (
             f"{result.output} already holds these features ({result.rows:,} x {result.dim:,}, "
-            f"{result.feature_extractor}, resize {result.resize}); nothing computed"
+            f"{result.feature_extractor}, resize {result.resize}"
+            f"{'; ' + left_out if bad else ''}); nothing computed"
         )
+    images = f"{result.images:,} image{'s' if result.images != 1 else ''}"
+    counts = f"{result.rows:,} of {images} ({left_out})" if bad else images
     lines = [
-        f"extracted {result.images:,} images -> {result.output}: {result.rows:,} x "
+        f"extracted {counts} -> {result.output}: {result.rows:,} x "
         f"{result.dim:,} float32 ({result.feature_extractor}, resize {result.resize})",
         f"  chunks: {result.computed} computed, {result.present} already there "
         f"({result.chunks} in all){' - resumed' if result.resumed else ''}",
+        *_left_out(result),
     ]
-    if result.skipped:
-        shown = ", ".join(name for name, _ in result.skipped[:3])
-        more = f" and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
-        lines.append(
-            f"  skipped {len(result.skipped)} image(s) that cannot be decoded: {shown}{more} "
-            "(listed in the store's attribute 'skipped')"
-        )
     devices = ", ".join(result.devices) or "-"
     lines.append(f"  {result.seconds:.2f} s on {where}, device {devices}")
     return "\n".join(lines)
@@ -144,22 +177,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     set_in_this_process(engine(args), args.device or "auto")
     bar = None if args.quiet else ProgressBar("chunks")
-    result = extract_features(
-        args.images,
-        args.output,
-        encoder=encoder,
-        weights=args.weights,
-        resize=args.resize,
-        batch_size=args.batch_size,
-        device=args.device or "auto",
-        skip_bad=args.skip_bad,
-        overwrite=args.overwrite,
-        engine=engine(args),
-        progress=bar,
-        check_progress=None if args.quiet else ProgressBar("images checked"),
-    )
+    try:
+        result = extract_features(
+            args.images,
+            args.output,
+            encoder=encoder,
+            weights=args.weights,
+            resize=args.resize,
+            batch_size=args.batch_size,
+            device=args.device or "auto",
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            engine=engine(args),
+            progress=bar,
+            check_progress=None if args.quiet else ProgressBar("images checked"),
+        )
+    except ShardevalError as exc:
+        exc.args = (in_flags(str(exc)),)  # the same error, in this command's words
+        raise
     if result.skipped and not args.quiet:
-        notice(f"{len(result.skipped)} image(s) skipped (--skip-bad)")
+        notice(f"{len(result.skipped)} bad image(s) left out (--skip-bad)")
     described = engine(args).describe()
     if args.json:
         from workflows.provenance import now_iso, versions
