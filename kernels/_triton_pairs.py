@@ -17,11 +17,14 @@ from kernels._tiling import block
 
 
 @triton.jit
-def _expm1(z):
-    # e^z − 1 without cancellation near 0 (Triton has no expm1): a Taylor series where |z| < ½
-    # (truncation below 2e-8 relative), the exponential elsewhere.
-    series = z * (1 + z / 2 * (1 + z / 3 * (1 + z / 4 * (1 + z / 5 * (1 + z / 6 * (1 + z / 7))))))
-    return tl.where(tl.abs(z) < 0.5, series, tl.exp(z) - 1)
+def _expm1_fp64(z):
+    # e^z − 1 in float64 without cancellation near 0 (Triton has no expm1): where |z| < ½ the
+    # Taylor series to z^18/18! (truncation below 1e-18 relative), the exponential elsewhere
+    # (where e^z − 1 loses at most a factor 1/(1 − e^−½) ≈ 2.5 of one rounding).
+    s = 1.0 + z / 18.0
+    for k in tl.static_range(17, 1, -1):
+        s = 1.0 + z / k * s
+    return tl.where(tl.abs(z) < 0.5, z * s, tl.exp(z) - 1.0)
 
 
 @triton.jit
@@ -58,63 +61,71 @@ def _product_tile(
 
 
 @triton.jit
-def _pair_sums_kernel(
-    x_ptr,  # (m, d) rows, row stride stride_x
-    y_ptr,  # (n, d) rows, row stride stride_y
-    xs_ptr,  # (m,) 1/‖x‖ (RBF on unit rows), unused for the polynomial kernel
-    ys_ptr,  # (n,) 1/‖y‖
+def _kernel_sums_kernel(
+    a_ptr,  # (m, d) float64 centred rows, row stride stride_a
+    b_ptr,  # (n, d) float64 centred rows, row stride stride_b
+    ra_ptr,  # (m,) polynomial: α = o·a; RBF: ‖a‖²
+    rb_ptr,  # (n,) polynomial: β = o·b; RBF: ‖b‖²
+    coeff_ptr,  # (DEGREE,) polynomial: Horner coefficients C(D, k)·P^(D−k), k = 1..D
     rows_ptr,  # (Tn, m) fp64 out: per column tile, each row's partial sum
     cols_ptr,  # (Tm, n) fp64 out: per row tile, each column's partial sum
-    tot_ptr,  # (Tm, Tn, 3) fp64 out: total, squares, diagonal of each tile
+    tot_ptr,  # (Tm, Tn, 2) fp64 out: squares and diagonal of each tile
     m,
     n,
     d,
-    stride_x,
-    stride_y,
-    p0,  # polynomial: γ; RBF: −1/(2σ²)
-    p1,  # polynomial: c
-    KIND: tl.constexpr,  # 0 polynomial (values), 1 RBF (complements 1 − k)
+    stride_a,
+    stride_b,
+    scale,  # polynomial: γ; RBF: −1/(2σ²)
+    KIND: tl.constexpr,  # 0 polynomial (values − P^D), 1 RBF (complements 1 − k)
     DEGREE: tl.constexpr,
     DIAGONAL: tl.constexpr,
     BM: tl.constexpr,
     BN: tl.constexpr,
     BK: tl.constexpr,
-    PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     cols = pid_n.to(tl.int64) * BN + tl.arange(0, BN)
-    acc = _product_tile(
-        x_ptr, y_ptr, rows, cols, m, n, d, stride_x, stride_y, BM, BN, BK, PRECISION
-    )
+    acc = tl.zeros((BM, BN), tl.float64)
+    for k0 in range(0, d, BK):
+        ks = k0 + tl.arange(0, BK)
+        a = tl.load(
+            a_ptr + rows[:, None] * stride_a + ks[None, :],
+            mask=(rows < m)[:, None] & (ks < d)[None, :],
+            other=0.0,
+        )
+        b = tl.load(
+            b_ptr + cols[None, :] * stride_b + ks[:, None],
+            mask=(ks < d)[:, None] & (cols < n)[None, :],
+            other=0.0,
+        )
+        acc += tl.dot(a, b, input_precision="ieee")
     valid = (rows < m)[:, None] & (cols < n)[None, :]
+    ra = tl.load(ra_ptr + rows, mask=rows < m, other=0.0)
+    rb = tl.load(rb_ptr + cols, mask=cols < n, other=0.0)
     if KIND == 0:
-        base = acc * p0 + p1
-        vals = base
-        for _ in tl.static_range(DEGREE - 1):
-            vals = vals * base
+        t = ((acc + ra[:, None]) + rb[None, :]) * scale
+        vals = t * tl.load(coeff_ptr + DEGREE - 1)
+        for k in tl.static_range(DEGREE - 2, -1, -1):
+            vals = (vals + tl.load(coeff_ptr + k)) * t
     else:
-        xs = tl.load(xs_ptr + rows, mask=rows < m, other=0.0)
-        ys = tl.load(ys_ptr + cols, mask=cols < n, other=0.0)
-        t = tl.maximum(2.0 - 2.0 * (acc * xs[:, None] * ys[None, :]), 0.0)
-        vals = -_expm1(t * p0)
+        t = tl.maximum((acc * -2.0 + ra[:, None]) + rb[None, :], 0.0)
+        vals = -_expm1_fp64(t * scale)
     vals = tl.where(valid, vals, 0.0)
     diag_sum = 0.0
     if DIAGONAL:
         on_diag = valid & (rows[:, None] == cols[None, :])
         if KIND == 0:
-            diag_sum = tl.sum(tl.sum(tl.where(on_diag, vals, 0.0).to(tl.float64), axis=1), axis=0)
+            diag_sum = tl.sum(tl.sum(tl.where(on_diag, vals, 0.0), axis=1), axis=0)
         vals = tl.where(on_diag, 0.0, vals)  # a row's distance to itself is 0: complement 0
-    v64 = vals.to(tl.float64)
-    row_part = tl.sum(v64, axis=1)
-    col_part = tl.sum(v64, axis=0)
+    row_part = tl.sum(vals, axis=1)
+    col_part = tl.sum(vals, axis=0)
     tl.store(rows_ptr + pid_n.to(tl.int64) * m + rows, row_part, mask=rows < m)
     tl.store(cols_ptr + pid_m.to(tl.int64) * n + cols, col_part, mask=cols < n)
-    base_out = tot_ptr + (pid_m.to(tl.int64) * tl.num_programs(1) + pid_n) * 3
-    tl.store(base_out, tl.sum(row_part, axis=0))
-    tl.store(base_out + 1, tl.sum(tl.sum(v64 * v64, axis=1), axis=0))
-    tl.store(base_out + 2, diag_sum)
+    base_out = tot_ptr + (pid_m.to(tl.int64) * tl.num_programs(1) + pid_n) * 2
+    tl.store(base_out, tl.sum(tl.sum(vals * vals, axis=1), axis=0))
+    tl.store(base_out + 1, diag_sum)
 
 
 @triton.jit
@@ -228,57 +239,52 @@ def _prepared(x: torch.Tensor) -> torch.Tensor:
 
 
 def pair_sums_triton(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    row_terms: tuple[torch.Tensor, torch.Tensor],
     kind: str,
-    params: tuple[float, ...],
+    scale: float,
+    coeffs: tuple[float, ...],
     diagonal: bool,
-    dot_precision: str = "ieee",
-) -> tuple[float, float, torch.Tensor, torch.Tensor, float]:
-    """(total, squares, row sums (m,), column sums (n,), diagonal) in float64; RBF sums are of
-    the complements 1 − k on unit rows."""
-    x, y = _prepared(x), _prepared(y)
-    (m, d), n = x.shape, y.shape[0]
-    bm, bn, bk = _tiles(m, n, d)
+) -> tuple[float, torch.Tensor, torch.Tensor, float]:
+    """(squares, row sums (m,), column sums (n,), diagonal) of one block pair in float64, from
+    centred float64 rows ``a``, ``b`` and their per-row terms (α, β for ``poly``; ‖a‖², ‖b‖²
+    for ``rbf``): see :mod:`kernels.kernel_sums` for what is summed."""
+    a = a if a.stride(1) == 1 else a.contiguous()
+    b = b if b.stride(1) == 1 else b.contiguous()
+    (m, d), n = a.shape, b.shape[0]
+    bm, bn, bk = block(m, 64), block(n, 64), block(d, 16)
     tm, tn = triton.cdiv(m, bm), triton.cdiv(n, bn)
-    rows = torch.empty(tn, m, dtype=torch.float64, device=x.device)
-    cols = torch.empty(tm, n, dtype=torch.float64, device=x.device)
-    tot = torch.empty(tm, tn, 3, dtype=torch.float64, device=x.device)
-    if kind == "poly":
-        gamma, coef0, degree = params
-        p0, p1, kind_id, deg = float(gamma), float(coef0), 0, int(degree)
-        xs = ys = torch.empty(1, dtype=torch.float32, device=x.device)
-    else:
-        (sigma,) = params
-        p0, p1, kind_id, deg = -0.5 / (sigma * sigma), 0.0, 1, 1
-        xs = 1.0 / x.to(torch.float64).norm(dim=1).clamp_min(1e-300).to(torch.float32)
-        ys = 1.0 / y.to(torch.float64).norm(dim=1).clamp_min(1e-300).to(torch.float32)
+    rows = torch.empty(tn, m, dtype=torch.float64, device=a.device)
+    cols = torch.empty(tm, n, dtype=torch.float64, device=a.device)
+    tot = torch.empty(tm, tn, 2, dtype=torch.float64, device=a.device)
+    coeff = torch.tensor(coeffs or (0.0,), dtype=torch.float64, device=a.device)
+    ra, rb = (r.to(torch.float64).contiguous() for r in row_terms)
     with launch_guard():
-        _pair_sums_kernel[(tm, tn)](
-            x,
-            y,
-            xs,
-            ys,
+        _kernel_sums_kernel[(tm, tn)](
+            a,
+            b,
+            ra,
+            rb,
+            coeff,
             rows,
             cols,
             tot,
             m,
             n,
             d,
-            x.stride(0),
-            y.stride(0),
-            p0,
-            p1,
-            KIND=kind_id,
-            DEGREE=deg,
+            a.stride(0),
+            b.stride(0),
+            float(scale),
+            KIND=0 if kind == "poly" else 1,
+            DEGREE=max(1, len(coeffs)),
             DIAGONAL=diagonal,
             BM=bm,
             BN=bn,
             BK=bk,
-            PRECISION=dot_precision,
         )
     total = tot.sum(dim=(0, 1))
-    return float(total[0]), float(total[1]), rows.sum(0), cols.sum(0), float(total[2])
+    return float(total[0]), rows.sum(0), cols.sum(0), float(total[1])
 
 
 def pair_knn_triton(

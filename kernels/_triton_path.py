@@ -1,7 +1,7 @@
 """:func:`kernels.pairs.pair_reduce` on tensors: the Triton tile kernels, then float64 torch on
 the few rows the fp32 bound left undecided, so the results equal the CPU path's exactly.
 
-* Kernel sums: one kernel, fp32 products, float64 sums.
+* Kernel sums: one kernel, float64 products of centred rows, float64 sums.
 * k nearest: the kernel keeps each row's ``k + 4`` smallest fp32 distances per column tile;
   every kept candidate within the error bound of the row's k-th is recomputed in float64 from
   the rows; a row whose tile may have held more such candidates than were kept (its last kept
@@ -12,14 +12,20 @@ the few rows the fp32 bound left undecided, so the results equal the CPU path's 
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from kernels._triton_pairs import pair_knn_triton, pair_radius_triton, pair_sums_triton
-from kernels.pairs import (
+from kernels.kernel_sums import (
     KernelSums,
+    PolyKernel,
+    RBFKernel,
+    centre_of,
+    poly_bound,
+    poly_constants,
+    rbf_bound,
+)
+from kernels.pairs import (
     PairRequest,
     PairResult,
     RadiusDecisions,
@@ -80,9 +86,57 @@ def _knn_side(x: torch.Tensor, y: torch.Tensor, k: int, diagonal: bool, c: float
     return out
 
 
-def _sums(result: Any) -> KernelSums:
-    total, squares, rows, cols, diagonal = result
-    return KernelSums(total, squares, rows.cpu().numpy(), cols.cpu().numpy(), diagonal)
+def kernel_sums_triton(
+    x: torch.Tensor, y: torch.Tensor, kernel: PolyKernel | RBFKernel, diagonal_block: bool
+) -> KernelSums:
+    """:func:`kernels.kernel_sums.poly_sums` / :func:`~kernels.kernel_sums.rbf_sums` on
+    tensors: the rows centred in float64 by torch, the products and sums by the Triton kernel,
+    the error bound from the rows' norms, exactly as on the CPU."""
+    d = x.shape[1]
+    centre = centre_of(kernel.centre, d)
+    o = torch.as_tensor(centre, dtype=torch.float64, device=x.device)
+
+    def terms(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows64 = rows.to(torch.float64)
+        if isinstance(kernel, PolyKernel):
+            a = rows64 - o
+            return a, a @ o, a.norm(dim=1)
+        # As kernels.kernel_sums.unit_rows: scaled by a power of two first (exact).
+        peak = rows64.abs().amax(dim=1)
+        _, exponent = torch.frexp(torch.where(peak > 0, peak, torch.ones_like(peak)))
+        scaled = torch.ldexp(rows64, -exponent[:, None].to(torch.float64))
+        norms = scaled.norm(dim=1)
+        a = scaled / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None] - o
+        sq = (a * a).sum(dim=1)
+        return a, sq, sq.sqrt()
+
+    a, ra, na = terms(x)
+    b, rb, nb = (a, ra, na) if (y is x or diagonal_block) else terms(y)
+    if isinstance(kernel, PolyKernel):
+        p, coeffs = poly_constants(kernel, centre)
+        squares, rows, cols, diagonal = pair_sums_triton(
+            a, b, (ra, rb), "poly", kernel.gamma, tuple(coeffs), diagonal_block
+        )
+        norms_a, alpha, norms_b, beta = (v.cpu().numpy() for v in (na, ra, nb, rb))
+        error, magnitude = poly_bound(kernel, centre, d, norms_a, alpha, norms_b, beta)
+        shift = p ** int(kernel.degree)
+    else:
+        scale = -0.5 / (kernel.sigma * kernel.sigma)
+        squares, rows, cols, diagonal = pair_sums_triton(
+            a, b, (ra, rb), "rbf", scale, (), diagonal_block
+        )
+        error, magnitude = rbf_bound(kernel.sigma, d, na.cpu().numpy(), nb.cpu().numpy())
+        shift, diagonal = 0.0, 0.0
+    return KernelSums(
+        float(rows.sum()),
+        squares,
+        rows.cpu().numpy(),
+        cols.cpu().numpy(),
+        diagonal,
+        shift,
+        error,
+        magnitude,
+    )
 
 
 def _radius(
@@ -130,11 +184,7 @@ def pair_reduce_triton(
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has d={x.shape[1]} but y has d={y.shape[1]}")
     c = _sq_bound(x.shape[1], np.dtype(np.float32))
-    poly = rbf = knn = radius = None
-    if request.poly is not None:
-        poly = _sums(pair_sums_triton(x, y, "poly", request.poly, diagonal_block))
-    if request.rbf is not None:
-        rbf = _sums(pair_sums_triton(x, y, "rbf", (request.rbf,), diagonal_block))
+    knn = radius = None
     if request.knn is not None:
         knn = (
             _knn_side(x, y, request.knn, diagonal_block, c).cpu().numpy(),
@@ -142,4 +192,4 @@ def pair_reduce_triton(
         )
     if request.radii is not None:
         radius = _radius(x, y, request.radii, c)
-    return PairResult(poly, rbf, knn, radius)
+    return PairResult(None, None, knn, radius)

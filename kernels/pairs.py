@@ -1,22 +1,18 @@
 """Block-pair computations: two blocks of rows in, small float64 summaries out.
 
-Everything here starts from one product G = X Yᵀ of a block pair (fp32 products by the
-numerical contract, float64 for float64 input) and reduces it at once, never keeping more than
-a column tile of it:
-
-* :func:`kernel_sums`: sums of a kernel over the pair — the polynomial kernel (γ x·y + c)^deg,
-  or the Gaussian RBF exp(−‖x−y‖²/2σ²) summed as its complement 1 − k (kernel values near 1
-  cancel; their complements do not) — with per-row and per-column sums, sums of squares, and
-  the diagonal apart when the pair is a diagonal block of one set.
+* Kernel sums (KID's polynomial kernel, CMMD's RBF): float64 products of rows centred on a
+  point both sets share, with a bound on the rounding error (:mod:`kernels.kernel_sums`).
 * :func:`knn_sq_distances`: per row, the k smallest squared distances to the other block
   (self excluded on a diagonal block), exact in float64.
 * :func:`radius_decisions`: per row and column, whether (or how many) points lie within given
   radii, decided exactly.
 
-Decisions taken on fp32 products are exact: a squared distance ‖x‖² + ‖y‖² − 2x·y from an fp32
-dot product is off by at most 2γ_d‖x‖‖y‖ (γ_d = d·u/(1 − d·u), u the unit roundoff: a bound for
-any summation order); every comparison within that bound of its threshold, and every candidate
-within it of the k-th nearest, is recomputed in float64 from the rows themselves.
+The decisions start from one product G = X Yᵀ of the pair per column tile (fp32 products by
+the numerical contract, float64 for float64 input), never keeping more than a column tile of
+it. Decisions taken on fp32 products are exact: a squared distance ‖x‖² + ‖y‖² − 2x·y from an
+fp32 dot product is off by at most 2γ_d‖x‖‖y‖ (γ_d = d·u/(1 − d·u), u the unit roundoff: a
+bound for any summation order); every comparison within that bound of its threshold, and every
+candidate within it of the k-th nearest, is recomputed in float64 from the rows themselves.
 Self-distances are exactly zero, and no squared distance is negative.
 """
 
@@ -28,28 +24,34 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-#: Columns of the product reduced at a time: bounds the float64 temporaries to rows × TILE.
+from kernels.kernel_sums import (
+    KernelSums,
+    PolyKernel,
+    RBFKernel,
+    kernel_sums_reference,
+    poly_sums,
+    rbf_sums,
+)
+
+#: Columns of the product reduced at a time by the decisions: bounds the temporaries to
+#: rows × TILE.
 TILE = 1024
 
-
-class KernelSums(NamedTuple):
-    """Sums of kernel values over a block pair (float64).
-
-    For the RBF kernel every sum is of the complement 1 − k.
-
-    Attributes:
-        total: Σ over the pair (off the diagonal for a diagonal block).
-        squares: Σ of squares, same pairs.
-        rows: (m,) per-row sums over the same pairs.
-        cols: (n,) per-column sums over the same pairs.
-        diagonal: Σ over the diagonal (i = j) of a diagonal block; 0 otherwise.
-    """
-
-    total: float
-    squares: float
-    rows: np.ndarray
-    cols: np.ndarray
-    diagonal: float
+__all__ = [
+    "TILE",
+    "KernelSums",
+    "PairRequest",
+    "PairResult",
+    "PolyKernel",
+    "RBFKernel",
+    "RadiusDecisions",
+    "exact_sq_distances",
+    "kernel_sums",
+    "kernel_sums_reference",
+    "knn_sq_distances",
+    "pair_reduce",
+    "radius_decisions",
+]
 
 
 def _working(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,20 +66,20 @@ def dot_error_bound(d: int, dtype: np.dtype) -> float:
     return d * u / (1 - d * u)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PairRequest:
-    """What to reduce a block pair to; one product X Yᵀ per column tile serves all of it.
+    """What to reduce a block pair to.
 
     Attributes:
-        poly: (γ, c, degree) of the polynomial kernel (γ x·y + c)^degree, or None.
-        rbf: σ of the Gaussian RBF on the rows scaled to unit norm (sums of 1 − k), or None.
+        poly: the polynomial kernel and its centre, for sums of its values, or None.
+        rbf: the RBF on unit rows and its centre, for sums of its complements 1 − k, or None.
         knn: k for the per-row k smallest squared distances, or None.
         radii: squared radii (x_le (m,), x_lt (m,), y_le (n,)) for :class:`RadiusDecisions`,
             or None.
     """
 
-    poly: tuple[float, float, int] | None = None
-    rbf: float | None = None
+    poly: PolyKernel | None = None
+    rbf: RBFKernel | None = None
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -89,30 +91,6 @@ class PairResult(NamedTuple):
     rbf: KernelSums | None
     knn: tuple[np.ndarray, np.ndarray] | None
     radius: RadiusDecisions | None
-
-
-class _Sums:
-    """Accumulates :class:`KernelSums` tile by tile."""
-
-    def __init__(self, m: int, n: int) -> None:
-        self.rows, self.cols = np.zeros(m), np.zeros(n)
-        self.total = self.squares = self.diagonal = 0.0
-
-    def add(
-        self, k: np.ndarray, start: int, diag: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    ) -> None:
-        if diag is not None:
-            i, j, values = diag
-            self.diagonal += float(values.sum())
-            k[i, j] = 0
-        # Values in the working precision, sums in float64.
-        self.total += float(k.sum(dtype=np.float64))
-        self.squares += float(np.square(k, dtype=np.float64).sum())
-        self.rows += k.sum(axis=1, dtype=np.float64)
-        self.cols[start : start + k.shape[1]] = k.sum(axis=0, dtype=np.float64)
-
-    def result(self) -> KernelSums:
-        return KernelSums(self.total, self.squares, self.rows, self.cols, self.diagonal)
 
 
 def _torch() -> Any:
@@ -135,27 +113,10 @@ def _sq_bound(d: int, dtype: np.dtype) -> float:
 #: subnormals (|x| ≈ 1e-22).
 SAFE_EXPONENT = 20
 
-#: The polynomial kernel's values are formed in fp32 (sums in float64): when a bound on them
-#: exceeds this, the pair is computed with float64 products instead.
-POLY_LIMIT = 2.0**100
-
-
 def _exponent(x: Any, y: Any) -> int:
     """e with the largest |value| of both blocks in [2^(e−1), 2^e); 0 when all are zero."""
     amax = max(float(abs(b).max()) if b.shape[0] else 0.0 for b in (x, y))
     return math.frexp(amax)[1] if amax > 0 and math.isfinite(amax) else 0
-
-
-def _poly_bound(request: PairRequest, x: Any, y: Any, exponent: int) -> float:
-    """An upper bound on |γ x·y + c|^degree over the pair (0 without a polynomial kernel)."""
-    if request.poly is None:
-        return 0.0
-    gamma, coef0, degree = request.poly
-    product = x.shape[1] * 4.0**exponent  # d · max|x| · max|y| ≤ d · 2^(2e)
-    try:
-        return float((abs(gamma) * product + abs(coef0)) ** int(degree))
-    except OverflowError:
-        return math.inf
 
 
 #: A block pair whose first tile leaves more fp32 decisions than this fraction of its pairs
@@ -173,14 +134,15 @@ def pair_reduce(
     diagonal_block: bool = False,
     backend: str = "auto",
 ) -> PairResult:
-    """Everything a :class:`PairRequest` asks of a block pair, from one product per tile.
+    """Everything a :class:`PairRequest` asks of a block pair.
 
-    The tile is kept in the working precision (fp32 for fp32 input, by the numerical contract;
-    float64 for float64 input); kernel values are summed in float64, and every decision is
-    exact: comparisons within the error bound of the working precision are redone in float64
-    from the rows. When too many are (more than :data:`UNDECIDED_FRACTION` of the first
-    tile's pairs), the pair is redone with float64 products, whose error bound is 10⁹ times
-    smaller.
+    Kernel sums take float64 products of centred rows, with a bound on their rounding
+    (:mod:`kernels.kernel_sums`). Decisions (neighbours, radius tests) take one product per
+    column tile in the working precision (fp32 for fp32 input, by the numerical contract;
+    float64 for float64 input), and every one is exact: comparisons within the error bound of
+    the working precision are redone in float64 from the rows. When too many are (more than
+    :data:`UNDECIDED_FRACTION` of the first tile's pairs), the pair is redone with float64
+    products, whose error bound is 10⁹ times smaller.
 
     Args:
         x: (m, d) rows: a numpy array (the CPU path) or a torch tensor (CUDA: the Triton
@@ -195,19 +157,62 @@ def pair_reduce(
 
     Returns:
         :class:`PairResult` (numpy arrays).
+
+    Raises:
+        ValueError: the blocks' feature dimensions differ.
     """
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x has d={x.shape[1]} but y has d={y.shape[1]}")
+    poly, rbf = _kernel_sums(x, y, request, diagonal_block, backend)
+    if request.knn is None and request.radii is None:
+        return PairResult(poly, rbf, None, None)
+    decided = _decide(x, y, replace(request, poly=None, rbf=None), diagonal_block, backend)
+    return decided._replace(poly=poly, rbf=rbf)
+
+
+def _kernel_sums(
+    x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: str
+) -> tuple[KernelSums | None, KernelSums | None]:
+    """The kernel sums a request asks for: Triton on CUDA tensors, else the CPU path."""
+    if request.poly is None and request.rbf is None:
+        return None, None
+    if not isinstance(x, np.ndarray):
+        from kernels._dispatch import resolve_backend
+
+        if resolve_backend(x, backend) == "triton":
+            from kernels._triton_path import kernel_sums_triton
+
+            poly = rbf = None
+            if request.poly is not None:
+                poly = kernel_sums_triton(x, y, request.poly, diagonal_block)
+            if request.rbf is not None:
+                rbf = kernel_sums_triton(x, y, request.rbf, diagonal_block)
+            return poly, rbf
+        same = y is x
+        x = x.cpu().numpy()
+        y = x if same else y.cpu().numpy()
+    if diagonal_block:
+        y = x  # one block: its rows are expanded once
+    return (
+        poly_sums(x, y, request.poly, diagonal_block=diagonal_block) if request.poly else None,
+        rbf_sums(x, y, request.rbf, diagonal_block=diagonal_block) if request.rbf else None,
+    )
+
+
+def _decide(
+    x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: str
+) -> PairResult:
+    """Neighbours and radius tests, in fp32 where the magnitudes allow (scaled by a power of
+    two where that is exact), else with float64 products."""
     if _is_fp64(x) or _is_fp64(y):
         return _pair_reduce(x, y, request, diagonal_block, backend)
     x, y = _fp32(x), _fp32(y)
     exponent = _exponent(x, y)
-    if _poly_bound(request, x, y, exponent) > POLY_LIMIT:
-        return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
     if -SAFE_EXPONENT <= exponent <= SAFE_EXPONENT:
         return _pair_reduce(x, y, request, diagonal_block, backend)
-    # Scaled by 2^-e, squared distances and radii scale by 4^-e and the RBF on unit rows not
-    # at all, exactly, when no value falls below fp32's normal range on the way. A polynomial
-    # kernel does not scale; it and rows of too wide a range take float64 products.
-    if request.poly is not None or not _scales_exactly(x, y, exponent):
+    # Scaled by 2^-e, squared distances and radii scale by 4^-e, exactly, when no value falls
+    # below fp32's normal range on the way; rows of too wide a range take float64 products.
+    if not _scales_exactly(x, y, exponent):
         return _pair_reduce(_fp64(x), _fp64(y), request, diagonal_block, backend)
     radii = request.radii
     if radii is not None:
@@ -299,30 +304,15 @@ def _reduce(
     yy, yn = _norms(y)
     xx_w, yy_w = xx.astype(dtype), yy.astype(dtype)
     c = _sq_bound(d, dtype)
-    poly = _Sums(m, n) if request.poly is not None else None
-    rbf = _Sums(m, n) if request.rbf is not None else None
     k = request.knn
     best_x = np.full((m, k), np.inf) if k else None
     best_y = np.full((n, k), np.inf) if k else None
     radius = _Radius(m, n, request.radii, dtype) if request.radii is not None else None
-    unit_x = (1.0 / np.where(xn > 0, xn, 1.0)).astype(dtype)
-    unit_y = (1.0 / np.where(yn > 0, yn, 1.0)).astype(dtype)
     for start in range(0, n, TILE):
         stop = min(start + TILE, n)
         g = x @ y[start:stop].T
         diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
         diag_j = diag_i - start
-        if poly is not None and request.poly is not None:
-            gamma, coef0, degree = request.poly
-            values = np.power(g * dtype.type(gamma) + dtype.type(coef0), int(degree))
-            poly.add(values, start, (diag_i, diag_j, values[diag_i, diag_j].astype(np.float64)))
-        if rbf is not None and request.rbf is not None:
-            # On unit rows ‖x̂ − ŷ‖² = 2 − 2 x·y / (‖x‖‖y‖); 1 − exp(−t) = −expm1(−t) keeps the
-            # complement's digits where k is near 1. A row's distance to itself is exactly 0.
-            unit = 2 - 2 * (g * unit_x[:, None] * unit_y[None, start:stop])
-            np.maximum(unit, 0, out=unit)
-            values = -np.expm1(unit * dtype.type(-0.5 / (request.rbf * request.rbf)))
-            rbf.add(values, start, (diag_i, diag_j, np.zeros(diag_i.size)))
         if best_x is None and radius is None:
             continue
         sq = xx_w[:, None] + yy_w[None, start:stop] - 2 * g
@@ -345,8 +335,8 @@ def _reduce(
         if probe and start == 0 and recomputed > UNDECIDED_FRACTION * m * (stop - start):
             return None
     return PairResult(
-        poly.result() if poly is not None else None,
-        rbf.result() if rbf is not None else None,
+        None,
+        None,
         (best_x, best_y) if best_x is not None and best_y is not None else None,
         radius.result() if radius is not None else None,
     )
@@ -355,71 +345,40 @@ def _reduce(
 def kernel_sums(
     x: np.ndarray,
     y: np.ndarray,
-    kind: str,
-    params: tuple[float, ...],
+    kernel: PolyKernel | RBFKernel,
     *,
     diagonal_block: bool = False,
 ) -> KernelSums:
-    """Sums of a kernel between the rows of two blocks.
+    """Sums of a kernel between the rows of two blocks (see :mod:`kernels.kernel_sums`).
 
-    .. math:: k_{poly}(x, y) = (\\gamma\\, x^\\top y + c)^{deg},\\qquad
+    .. math:: k_{poly}(x, y) - P^D = (\\gamma\\, x^\\top y + c)^{D} - P^D,\\qquad
               1 - k_{rbf}(x, y) = 1 - e^{-\\|\\hat x-\\hat y\\|^2/2\\sigma^2}
 
     Args:
         x: (m, d) rows.
         y: (n, d) rows (the same block as ``x`` when ``diagonal_block``).
-        kind: ``poly`` (params γ, c, degree) or ``rbf`` (params σ; on the rows scaled to unit
-            norm, as CMMD uses it; sums of 1 − k).
-        params: the kernel's parameters.
+        kernel: a :class:`PolyKernel` (sums of k − P^D, P = γ o·o + c for the kernel's centre
+            o) or an :class:`RBFKernel` (on the rows scaled to unit norm, as CMMD uses it;
+            sums of 1 − k).
         diagonal_block: ``x`` and ``y`` are one block of one set: the diagonal (i = j) is
             summed apart (and its RBF complement is exactly 0, a self-distance).
 
     Returns:
-        :class:`KernelSums` in float64.
+        :class:`KernelSums` in float64, with a bound on the total's rounding error.
 
     Example:
         >>> import numpy as np
-        >>> s = kernel_sums(np.ones((2, 2)), np.ones((3, 2)), "poly", (0.5, 1.0, 3))
-        >>> s.total, s.rows.tolist()   # (0.5·2 + 1)³ = 8, over 2 × 3 pairs
-        (48.0, [24.0, 24.0])
+        >>> s = kernel_sums(np.ones((2, 2)), np.ones((3, 2)), PolyKernel(0.5, 1.0, 3))
+        >>> s.total + 6 * s.shift   # (0.5·2 + 1)³ = 8, over 2 × 3 pairs
+        48.0
     """
-    if kind == "poly":
-        gamma, coef0, degree = params
-        result = pair_reduce(
-            x, y, PairRequest(poly=(gamma, coef0, int(degree))), diagonal_block=diagonal_block
-        ).poly
-    elif kind == "rbf":
-        (sigma,) = params
-        result = pair_reduce(x, y, PairRequest(rbf=sigma), diagonal_block=diagonal_block).rbf
-    else:
-        raise ValueError(f"kernel must be 'poly' or 'rbf', got {kind!r}")
-    if result is None:  # unreachable: the request asked for it
-        raise ValueError(f"no {kind} sums")
-    return result
-
-
-def kernel_sums_reference(
-    x: np.ndarray,
-    y: np.ndarray,
-    kind: str,
-    params: tuple[float, ...],
-    *,
-    diagonal_block: bool = False,
-) -> KernelSums:
-    """Float64 reference of :func:`kernel_sums`: the whole matrix, by the definition."""
-    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    if kind == "poly":
-        gamma, coef0, degree = params
-        k = (gamma * (x64 @ y64.T) + coef0) ** int(degree)
-    else:
-        (sigma,) = params
-        sq = exact_sq_distances(unit_rows(x64), unit_rows(y64))
-        k = -np.expm1(-sq / (2 * sigma * sigma))
-    diagonal = 0.0
-    if diagonal_block:
-        diagonal = float(np.trace(k))
-        np.fill_diagonal(k, 0.0)
-    return KernelSums(float(k.sum()), float((k * k).sum()), k.sum(1), k.sum(0), diagonal)
+    poly = isinstance(kernel, PolyKernel)
+    request = PairRequest(poly=kernel) if poly else PairRequest(rbf=kernel)  # type: ignore[arg-type]
+    result = pair_reduce(x, y, request, diagonal_block=diagonal_block)
+    sums = result.poly if poly else result.rbf
+    if sums is None:  # unreachable: the request asked for it
+        raise ValueError(f"no sums of {kernel!r}")
+    return sums
 
 
 #: Pairs recomputed per chunk: their rows stay in cache while they are differenced.
@@ -685,11 +644,3 @@ def radius_decisions_reference(
     return RadiusDecisions(
         np.asarray(le_x.any(0)), lt_x.sum(0), np.asarray(le_y.any(1)), np.asarray(lt_x.any(1)), 0
     )
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit Euclidean norm (in float64, then back to the input's precision)."""
-    x64 = np.asarray(x, np.float64)
-    norms = np.sqrt(np.einsum("ij,ij->i", x64, x64))
-    out = x64 / np.where(norms > 0, norms, 1.0)[:, None]
-    return out.astype(np.float64 if x.dtype == np.float64 else np.float32)

@@ -17,7 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.errors import NumericalError
 from pipeline.pairs import CrossSums, SetSums
+
+#: Unit roundoff of float64.
+_U64 = 2.0**-53
 
 #: The reference implementation's bandwidth and scale.
 SIGMA = 10.0
@@ -36,6 +40,10 @@ class CMMDResult:
         estimator: ``V-statistic`` (the reference's) or ``U-statistic``.
         normalised: embeddings were scaled to unit norm before the kernel.
         same_store: both inputs were one store.
+        rounding_bound: bound on |cmmd − the estimator in exact arithmetic| (float64
+            products of centred unit rows; see :mod:`kernels.kernel_sums`).
+        clamped: the V-statistic came out below zero by less than its rounding bound and is
+            reported as 0 (a squared norm is never negative).
     """
 
     cmmd: float
@@ -46,14 +54,34 @@ class CMMDResult:
     estimator: str
     normalised: bool = True
     same_store: bool = False
+    rounding_bound: float = 0.0
+    clamped: bool = False
 
 
 def cmmd_from_sums(
     xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int, *, unbiased: bool, scale: float
-) -> float:
-    """×scale MMD² from complement sums (the diagonal complements are exactly 0)."""
-    if unbiased:
-        within = xx.total / (m * (m - 1)) + yy.total / (n * (n - 1))
-    else:
-        within = xx.total / (m * m) + yy.total / (n * n)
-    return scale * (2.0 * xy.total / (m * n) - within)
+) -> tuple[float, float, bool]:
+    """×scale MMD² from complement sums (the diagonal complements are exactly 0), its
+    rounding bound, and whether a V-statistic below zero by rounding was clamped to 0.
+
+    Raises:
+        NumericalError: a V-statistic below zero by more than its rounding bound (it is a
+            squared norm: that would be a defect, never a result).
+    """
+    nxx, nyy = (m * (m - 1), n * (n - 1)) if unbiased else (m * m, n * n)
+    a, b, c = xx.total / nxx, yy.total / nyy, xy.total / (m * n)
+    value = scale * (2.0 * c - a - b)
+    bound = scale * (
+        xx.total_error() / nxx
+        + yy.total_error() / nyy
+        + 2 * xy.total_error() / (m * n)
+        + 5 * _U64 * (abs(a) + abs(b) + 2 * abs(c))
+    )
+    if unbiased or value >= 0:
+        return value, bound, False
+    if value + bound < 0:
+        raise NumericalError(
+            f"the CMMD V-statistic came out {value:.3g}, below zero by more than its rounding "
+            f"bound {bound:.2g}; it is a squared norm and cannot be negative"
+        )
+    return 0.0, bound, True

@@ -53,3 +53,8 @@ class EngineError(ShardevalError):
 
 class ClusterError(ShardevalError):
     """The cluster cannot be started or reached, or lost every worker."""
+
+
+class RoundingWarning(UserWarning):
+    """A result is smaller than the stated tolerance allows for its rounding bound: it is
+    reported with that bound (e.g. an MMD between sets that float64 cannot tell apart)."""

@@ -30,6 +30,9 @@ import numpy as np
 
 from pipeline.pairs import CrossSums, SetSums
 
+#: Unit roundoff of float64.
+_U64 = 2.0**-53
+
 
 @dataclass(frozen=True)
 class KIDResult:
@@ -44,6 +47,9 @@ class KIDResult:
         estimator: ``all pairs`` or ``subsets``.
         subsets, subset_size, seed: the subset protocol's parameters (None for all pairs).
         same_store: both inputs were one store (the paired U-statistic, exactly 0).
+        rounding_bound: bound on |kid − the estimator in exact arithmetic| (float64 products
+            of centred rows; see :mod:`kernels.kernel_sums`); for subsets, the mean of the
+            subsets' bounds.
     """
 
     kid: float
@@ -58,6 +64,7 @@ class KIDResult:
     subset_size: int | None = None
     seed: int | None = None
     same_store: bool = False
+    rounding_bound: float = 0.0
 
 
 def kernel_params(
@@ -65,6 +72,21 @@ def kernel_params(
 ) -> tuple[float, float, int]:
     """The polynomial kernel's (γ, c, degree); γ defaults to 1/d."""
     return (1.0 / d if gamma is None else float(gamma), float(coef0), int(degree))
+
+
+def mmd2_rounding(
+    xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int, *, cross_diagonal: bool = False
+) -> float:
+    """Bound on the rounding of the unbiased MMD² (or, ``cross_diagonal``, the peers' subset
+    estimator, whose cross mean is over m² pairs) from the three sums' bounds: each mean errs
+    by its sum's bound over its count plus one rounding, and the final a + b − 2c by three
+    more."""
+    nxx, nyy, nxy = m * (m - 1), n * (n - 1), (m * m if cross_diagonal else m * n)
+    a, b, c = xx.total / nxx, yy.total / nyy, xy.total / nxy
+    spread = abs(a) + abs(b) + 2 * abs(c)
+    return (
+        xx.total_error() / nxx + yy.total_error() / nyy + 2 * xy.total_error() / nxy
+    ) + 4 * _U64 * spread
 
 
 def mmd2_and_se(xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int) -> tuple[float, float]:
@@ -98,7 +120,7 @@ def mmd2_and_se(xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int) -> tupl
 def mmd2_same_store(xx: SetSums, m: int) -> tuple[float, float]:
     """One store against itself: the paired U-statistic, exactly 0, and the standard error of
     the estimator for two sets of m rows each with these within-set sums."""
-    xy = CrossSums(xx.total, xx.squares, xx.rows, xx.rows)
+    xy = CrossSums(xx.total, xx.squares, xx.rows, xx.rows, xx.error, xx.magnitude, xx.additions)
     _, se = mmd2_and_se(xx, xx, xy, m, m)
     return 0.0, se
 

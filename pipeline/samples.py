@@ -11,6 +11,7 @@ read of each store per group of subsets.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,11 +20,12 @@ import numpy as np
 
 from pipeline.cmmd import SCALE, SIGMA, CMMDResult, cmmd_from_sums
 from pipeline.engine import Engine, Progress
-from pipeline.errors import ShapeError
+from pipeline.errors import RoundingWarning, ShapeError
 from pipeline.kid import (
     KIDResult,
     kernel_params,
     mmd2_and_se,
+    mmd2_rounding,
     mmd2_same_store,
     subset_indices,
     subset_mmd2,
@@ -31,8 +33,8 @@ from pipeline.kid import (
 from pipeline.options import PRECISIONS
 from pipeline.pairs import (
     PairPlan,
-    check_finite,
     cross_statistics,
+    inspect_sets,
     row_blocks,
     same_store,
     self_statistics,
@@ -41,6 +43,24 @@ from pipeline.prdc import prdc_from, radii
 from pipeline.reduce import SHARD_PREFIX
 from pipeline.sources import FeatureSource
 from pipeline.summaries import check_device
+
+#: KID and CMMD are stated to this relative accuracy: a value whose rounding bound exceeds it
+#: (a value within about 1e5 bounds of zero) is reported with a warning giving the bound.
+ROUNDING_TOLERANCE = 1e-5
+
+#: Unit roundoff of float64.
+_U64 = 2.0**-53
+
+
+def _warn_if_unresolved(metric: str, value: float, bound: float) -> None:
+    if bound > ROUNDING_TOLERANCE * abs(value):
+        warnings.warn(
+            RoundingWarning(
+                f"{metric} = {value:.6g} is right to ±{bound:.2g} (its float64 rounding bound), "
+                f"not to {ROUNDING_TOLERANCE:g} of itself: the sets are that close"
+            ),
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -121,34 +141,44 @@ def sample_metrics(
     _check(real, gen, precision)
     engine = engine or Engine()
     check_device(device, backend, local=not engine.is_distributed)
+    from kernels.kernel_sums import PolyKernel, RBFKernel
+
     same = same_store(real, gen)
-    check_finite([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
+    seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     rb = row_blocks(real, block_rows, precision)
     gb = rb if same else row_blocks(gen, block_rows, precision)
-    poly = kernel_params(real.d, kid.degree, kid.gamma, kid.coef0) if kid else None
     knn = max(prdc.k, prdc.pr_k) if prdc else None
-    own = PairPlan(
-        poly=poly, rbf=cmmd.sigma if cmmd else None, knn=knn, device=device, backend=backend
-    )
-    key = ("self", real.location, real.name, own.poly, own.rbf, own.knn, rb.bounds, precision)
+    key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision)
     cached = reference_cache.get(key) if reference_cache is not None else None
+    if cached is not None:
+        sx, poly, rbf = cached
+    else:
+        # Both sets' kernel sums expand about the reference's means (see kernels.kernel_sums).
+        poly = rbf = None
+        if kid:
+            gamma, coef0, degree = kernel_params(real.d, kid.degree, kid.gamma, kid.coef0)
+            poly = PolyKernel(gamma, coef0, degree, seen[0].rows.mean)
+        if cmmd:
+            rbf = RBFKernel(cmmd.sigma, seen[0].units.mean)
+    own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend)
     sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
     stats = (
         self_statistics(sets, own, engine=engine, split_every=split_every, progress=progress)
         if sets
         else []
     )
-    sx = cached if cached is not None else stats[0]
+    if cached is None:
+        sx = stats[0]
     sy = sx if same else stats[-1]
     if reference_cache is not None:
-        reference_cache[key] = sx
+        reference_cache[key] = (sx, poly, rbf)
     m, n = real.n, gen.n
     cross_radii = None
     if prdc and sx.knn is not None and sy.knn is not None:
         cross_radii = (radii(sx.knn, prdc.pr_k), radii(sx.knn, prdc.k), radii(sy.knn, prdc.pr_k))
     cross_plan = PairPlan(
         poly=None if same else poly,
-        rbf=None if same or not cmmd else cmmd.sigma,
+        rbf=None if same else rbf,
         radii=cross_radii,
         device=device,
         backend=backend,
@@ -160,23 +190,38 @@ def sample_metrics(
         )
     out: dict[str, Any] = {}
     if kid and poly and sx.poly is not None:
+        bound = 0.0
         if same:
             value, se = mmd2_same_store(sx.poly, m)
         else:
             if cross is None or cross.poly is None or sy.poly is None:  # unreachable
                 raise ValueError("the cross pass did not compute kernel sums")
             value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
-        gamma, coef0, degree = poly
-        out["kid"] = KIDResult(value, se, m, n, degree, gamma, coef0, "all pairs", same_store=same)
+            bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
+            _warn_if_unresolved("KID", value, bound)
+        out["kid"] = KIDResult(
+            value,
+            se,
+            m,
+            n,
+            poly.degree,
+            poly.gamma,
+            poly.coef0,
+            "all pairs",
+            same_store=same,
+            rounding_bound=bound,
+        )
     if cmmd and sx.rbf is not None:
+        bound, clamped = 0.0, False
         if same:
             value = 0.0  # K_xy = K_xx: every estimator of MMD² between a set and itself is 0
         else:
             if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable
                 raise ValueError("the cross pass did not compute RBF sums")
-            value = cmmd_from_sums(
+            value, bound, clamped = cmmd_from_sums(
                 sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
             )
+            _warn_if_unresolved("CMMD", value, bound)
         out["cmmd"] = CMMDResult(
             value,
             m,
@@ -185,6 +230,8 @@ def sample_metrics(
             cmmd.scale,
             "U-statistic" if cmmd.unbiased else "V-statistic",
             same_store=same,
+            rounding_bound=bound,
+            clamped=clamped,
         )
     if prdc:
         if cross is None or cross.radius is None:  # unreachable
@@ -217,8 +264,10 @@ def _subset_value(
     d: int,
     params: Any,
     dtype: Any,
-) -> float:
-    from kernels.pairs import kernel_sums
+) -> tuple[float, float]:
+    """One subset's estimate and its rounding bound (float64 products of rows centred on the
+    subset's reference rows' mean)."""
+    from kernels.pairs import PolyKernel, kernel_sums
 
     def assemble(parts: Sequence[Any]) -> np.ndarray:
         rows = np.zeros((size, d), dtype=dtype)
@@ -229,10 +278,14 @@ def _subset_value(
         return rows
 
     x, y = assemble(real_parts), assemble(gen_parts)
-    xx = kernel_sums(x, x, "poly", params, diagonal_block=True)
-    yy = kernel_sums(y, y, "poly", params, diagonal_block=True)
-    xy = kernel_sums(x, y, "poly", params)
-    return subset_mmd2(xx, yy, xy, size)
+    gamma, coef0, degree = params
+    kernel = PolyKernel(gamma, coef0, degree, x.astype(np.float64).mean(axis=0))
+    xx = kernel_sums(x, x, kernel, diagonal_block=True)
+    yy = kernel_sums(y, y, kernel, diagonal_block=True)
+    xy = kernel_sums(x, y, kernel)
+    a, b, c = xx.total / (size * (size - 1)), yy.total / (size * (size - 1)), xy.total / size**2
+    bound = (xx.error + yy.error) / (size * (size - 1)) + 2 * xy.error / size**2
+    return subset_mmd2(xx, yy, xy, size), bound + 4 * _U64 * (abs(a) + abs(b) + 2 * abs(c))
 
 
 def kid_subsets(
@@ -267,14 +320,14 @@ def kid_subsets(
                 f"subset size {subset_size} exceeds the {source.n} rows of {source.location!r}"
             )
     engine = engine or Engine()
-    check_finite([real] if same_store(real, gen) else [real, gen], engine)
+    inspect_sets([real] if same_store(real, gen) else [real, gen], engine)
     params = params or KIDParams()
     kernel = kernel_params(real.d, params.degree, params.gamma, params.coef0)
     rb, gb = row_blocks(real, None, precision), row_blocks(gen, None, precision)
     dtype = np.float64 if precision == "fp64" else np.float32
     draws = subset_indices(real.n, gen.n, subsets, subset_size, seed)
     per_group = max(1, group_bytes // (2 * subset_size * real.d * np.dtype(dtype).itemsize))
-    values: list[float] = []
+    values: list[tuple[float, float]] = []
     for first in range(0, subsets, per_group):
         group = draws[first : first + per_group]
         real_parts = [delayed(_gather)(rb, b, [r for r, _ in group]) for b in range(len(rb.bounds))]
@@ -294,9 +347,10 @@ def kid_subsets(
         ]
         values += engine.run_delayed(tasks, progress=progress, shards=len(tasks))
     gamma, coef0, degree = kernel
+    estimates = np.array([v for v, _ in values])
     return KIDResult(
-        float(np.mean(values)),
-        float(np.std(values)),
+        float(np.mean(estimates)),
+        float(np.std(estimates)),
         real.n,
         gen.n,
         degree,
@@ -307,4 +361,5 @@ def kid_subsets(
         subset_size,
         seed,
         same_store(real, gen),
+        float(np.mean([b for _, b in values])) + 2 * _U64 * float(np.abs(estimates).max()),
     )

@@ -151,6 +151,38 @@ class Moments:
         return self.m2 / (self.n - ddof)
 
 
+@dataclass(frozen=True, eq=False)
+class RowMean:
+    """Count and mean of a set of d-dimensional rows (a point to centre them on).
+
+    Example:
+        >>> a = RowMean.from_rows(np.array([[0.0, 2.0]]))
+        >>> b = RowMean.from_rows(np.array([[3.0, 2.0], [3.0, 8.0]]))
+        >>> a.merge(b).n, a.merge(b).mean.tolist()
+        (3, [2.0, 4.0])
+    """
+
+    n: int
+    mean: np.ndarray
+
+    @classmethod
+    def empty(cls, d: int) -> RowMean:
+        return cls(0, np.zeros(d))
+
+    @classmethod
+    def from_rows(cls, rows: Any) -> RowMean:
+        x = np.asarray(rows, dtype=np.float64)
+        return cls(x.shape[0], x.mean(axis=0) if x.shape[0] else np.zeros(x.shape[1]))
+
+    def merge(self, other: RowMean) -> RowMean:
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        return RowMean(n, self.mean + (other.mean - self.mean) * (other.n / n))
+
+
 @dataclass(frozen=True)
 class NonFiniteRows:
     """How many rows held NaN/±inf, and the first few of their global indices."""

@@ -73,3 +73,101 @@ def gaussian_nll_in_sample(x: np.ndarray) -> float:
     n, d = x.shape
     _, logdet = np.linalg.slogdet(np.cov(x, rowvar=False))
     return 0.5 * d * (n - 1) / n + 0.5 * logdet + 0.5 * d * np.log(2 * np.pi)
+
+
+# --- exact arithmetic for the estimators that cancel (KID, CMMD) ---------------------------
+
+
+def _dyadic_ints(*arrays: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """The arrays' float values as Python integers times 2^-shift, exactly (floats are
+    dyadic rationals), with one shift for all."""
+    values = np.concatenate([np.asarray(a, np.float64).ravel() for a in arrays])
+    nonzero = values[values != 0]
+    shift = 0
+    if nonzero.size:
+        _, exponents = np.frexp(nonzero)
+        shift = int(53 - exponents.min())
+    out = []
+    for a in arrays:
+        flat = [int(np.ldexp(v, shift)) for v in np.asarray(a, np.float64).ravel()]
+        out.append(np.array(flat, dtype=object).reshape(np.shape(a)))
+    return out, shift
+
+
+def exact_poly_sums(x, y, gamma, coef0, degree, centre=None, diagonal=False):
+    """(Σ over pairs of (γ x·y + c)^D − P^D, the same for the diagonal alone), exactly, as
+    Fractions: P = γ o·o + c for the centre o, γ and c the floats given, taken exactly.
+
+    Integer arithmetic throughout: with every float an integer times 2^-shift and γ, c
+    fractions of powers of two, γ x·y + c = N / Q for integers N (per pair) and Q."""
+    from fractions import Fraction
+
+    centre = np.zeros(np.shape(x)[1]) if centre is None else np.asarray(centre, np.float64)
+    (xi, yi, oi), shift = _dyadic_ints(x, y, centre)
+    g, c = Fraction(float(gamma)), Fraction(float(coef0))
+    unit = 2 ** (2 * shift)
+    q = g.denominator * c.denominator * unit
+
+    def numerator(dot):
+        return g.numerator * c.denominator * dot + c.numerator * g.denominator * unit
+
+    powers = numerator(xi @ yi.T) ** degree
+    p_power = numerator(int(oi @ oi)) ** degree
+    diag = 0
+    if diagonal:
+        diag = int(sum(powers[i, i] - p_power for i in range(min(powers.shape))))
+    total = int(powers.sum()) - powers.size * p_power - diag
+    return Fraction(total, q**degree), Fraction(diag, q**degree)
+
+
+def exact_kid(x, y, degree=3, gamma=None, coef0=1.0):
+    """The unbiased MMD² over all pairs under (γ x·y + c)^D, in exact rational arithmetic."""
+    d, m, n = np.shape(x)[1], len(x), len(y)
+    gamma = 1.0 / d if gamma is None else gamma
+    kxx, _ = exact_poly_sums(x, x, gamma, coef0, degree, diagonal=True)
+    kyy, _ = exact_poly_sums(y, y, gamma, coef0, degree, diagonal=True)
+    kxy, _ = exact_poly_sums(x, y, gamma, coef0, degree)
+    return kxx / (m * (m - 1)) + kyy / (n * (n - 1)) - 2 * kxy / (m * n)
+
+
+def mp_rbf_sums(x, y, sigma, diagonal=False, digits=40):
+    """Σ over pairs of 1 − exp(−‖x̂ − ŷ‖²/2σ²) on the exactly normalised rows, in
+    ``digits``-digit arithmetic (mpmath), the diagonal left out when ``diagonal``."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+
+        def unit(rows):
+            out = []
+            for r in np.asarray(rows, np.float64):
+                v = [mpmath.mpf(float(t)) for t in r]
+                norm = mpmath.sqrt(mpmath.fsum(t * t for t in v))
+                out.append([t / norm for t in v])
+            return out
+
+        ux, uy = unit(x), unit(y)
+        inv = 1 / (2 * mpmath.mpf(float(sigma)) ** 2)
+        total = mpmath.mpf(0)
+        for i, a in enumerate(ux):
+            for j, b in enumerate(uy):
+                if diagonal and i == j:
+                    continue
+                sq = mpmath.fsum((p - q) ** 2 for p, q in zip(a, b, strict=True))
+                total += -mpmath.expm1(-sq * inv)
+        return total
+
+
+def mp_cmmd(x, y, sigma=10.0, unbiased=False, digits=40):
+    """CMMD (×1000 MMD² under the RBF on unit rows) in ``digits``-digit arithmetic."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        m, n = len(x), len(y)
+        sxx = mp_rbf_sums(x, x, sigma, diagonal=True, digits=digits)
+        syy = mp_rbf_sums(y, y, sigma, diagonal=True, digits=digits)
+        sxy = mp_rbf_sums(x, y, sigma, digits=digits)
+        if unbiased:
+            within = sxx / (m * (m - 1)) + syy / (n * (n - 1))
+        else:
+            within = sxx / (m * m) + syy / (n * n)
+        return 1000 * (2 * sxy / (m * n) - within)

@@ -6,6 +6,8 @@ import pytest
 
 from kernels.pairs import (
     TILE,
+    PolyKernel,
+    RBFKernel,
     exact_sq_distances,
     kernel_sums,
     kernel_sums_reference,
@@ -25,31 +27,36 @@ def _data(shape, dtype, seed, offset=0.5):
     return (rng.standard_normal(shape) + offset).astype(dtype)
 
 
+def _kernel(kind, params, d):
+    if kind == "poly":
+        return PolyKernel(*(params or (1.0 / d, 1.0, 3)))
+    return RBFKernel(*params)
+
+
 @pytest.mark.parametrize("dtype", list(TOLERANCE))
 @pytest.mark.parametrize(("sx", "sy"), SHAPES)
 @pytest.mark.parametrize(("kind", "params"), [("poly", None), ("rbf", (10.0,)), ("rbf", (0.7,))])
 def test_kernel_sums(dtype, sx, sy, kind, params):
+    # Float64 products whatever the input dtype (see kernels.kernel_sums).
     x, y = _data(sx, dtype, 1), _data(sy, dtype, 2)
-    if params is None:
-        params = (1.0 / sx[1], 1.0, 3)
-    got = kernel_sums(x, y, kind, params)
-    ref = kernel_sums_reference(x, y, kind, params)
-    tol = TOLERANCE[dtype]
-    scale = max(abs(ref.total), 1e-300)
-    assert got.total == pytest.approx(ref.total, rel=tol, abs=tol * scale)
-    assert got.squares == pytest.approx(ref.squares, rel=5 * tol)
-    np.testing.assert_allclose(got.rows, ref.rows, rtol=tol, atol=tol * scale)
-    np.testing.assert_allclose(got.cols, ref.cols, rtol=tol, atol=tol * scale)
+    kernel = _kernel(kind, params, sx[1])
+    got = kernel_sums(x, y, kernel)
+    ref = kernel_sums_reference(x, y, kernel)
+    scale = max(got.magnitude, 1e-300)
+    assert got.total == pytest.approx(ref.total, rel=1e-12, abs=1e-12 * scale)
+    assert got.squares == pytest.approx(ref.squares, rel=1e-10)
+    np.testing.assert_allclose(got.rows, ref.rows, rtol=1e-10, atol=1e-12 * scale)
+    np.testing.assert_allclose(got.cols, ref.cols, rtol=1e-10, atol=1e-12 * scale)
 
 
 @pytest.mark.parametrize("kind", ["poly", "rbf"])
 def test_kernel_sums_diagonal_block(kind):
     x = _data((50, 16), np.float32, 3)
-    params = (1 / 16, 1.0, 3) if kind == "poly" else (2.0,)
-    got = kernel_sums(x, x, kind, params, diagonal_block=True)
-    ref = kernel_sums_reference(x, x, kind, params, diagonal_block=True)
-    assert got.total == pytest.approx(ref.total, rel=1e-6)
-    assert got.diagonal == pytest.approx(ref.diagonal, rel=1e-6, abs=1e-12)
+    kernel = PolyKernel(1 / 16, 1.0, 3) if kind == "poly" else RBFKernel(2.0)
+    got = kernel_sums(x, x, kernel, diagonal_block=True)
+    ref = kernel_sums_reference(x, x, kernel, diagonal_block=True)
+    assert got.total == pytest.approx(ref.total, rel=1e-12)
+    assert got.diagonal == pytest.approx(ref.diagonal, rel=1e-12, abs=1e-12)
     if kind == "rbf":
         assert got.diagonal == 0.0  # self-distances are exactly zero
 
@@ -114,13 +121,9 @@ def test_one_request_equals_the_separate_reductions():
     x, y = _data((70, 12), np.float32, 11), _data((90, 12), np.float32, 12)
     rx = np.full(70, 20.0)
     ry = np.full(90, 25.0)
-    both = pair_reduce(
-        x, y, PairRequest(poly=(1 / 12, 1.0, 3), rbf=10.0, knn=4, radii=(rx, rx / 2, ry))
-    )
-    for shared, alone in (
-        (both.poly, kernel_sums(x, y, "poly", (1 / 12, 1.0, 3))),
-        (both.rbf, kernel_sums(x, y, "rbf", (10.0,))),
-    ):
+    poly, rbf = PolyKernel(1 / 12, 1.0, 3), RBFKernel(10.0)
+    both = pair_reduce(x, y, PairRequest(poly=poly, rbf=rbf, knn=4, radii=(rx, rx / 2, ry)))
+    for shared, alone in ((both.poly, kernel_sums(x, y, poly)), (both.rbf, kernel_sums(x, y, rbf))):
         for a, b in zip(shared, alone, strict=True):
             np.testing.assert_array_equal(a, b)  # the very same floats
     for a, b in zip(both.knn, knn_sq_distances(x, y, 4), strict=True):
@@ -192,22 +195,23 @@ def test_float32_radii_are_scaled_in_float64():
 @pytest.mark.parametrize("scale", EXTREME)
 def test_extreme_magnitudes_keep_the_rbf_on_unit_rows(scale):
     x, y = _extreme_pair(scale)
-    got = kernel_sums(x, y, "rbf", (0.5,))
-    ref = kernel_sums_reference(x, y, "rbf", (0.5,))
-    assert got.total == pytest.approx(ref.total, rel=1e-6)
-    np.testing.assert_allclose(got.rows, ref.rows, rtol=1e-6)
+    got = kernel_sums(x, y, RBFKernel(0.5))
+    ref = kernel_sums_reference(x, y, RBFKernel(0.5))
+    assert got.total == pytest.approx(ref.total, rel=1e-12)
+    np.testing.assert_allclose(got.rows, ref.rows, rtol=1e-12)
 
 
 @pytest.mark.parametrize("scale", [3e3, 3e6, 1e12])
 def test_polynomial_kernel_values_beyond_fp32_are_summed_exactly(scale):
     # (x·y/d + 1)³ reaches 1e21 (its squares overflow fp32: the KID error was ± inf) and 1e39
-    # (the values themselves: KID nan); such pairs take float64 products.
+    # (the values themselves: KID nan); kernel sums take float64 products.
     x, y = _extreme_pair(scale)
-    got = kernel_sums(x, y, "poly", (1 / 16, 1.0, 3))
-    ref = kernel_sums_reference(x, y, "poly", (1 / 16, 1.0, 3))
-    assert np.isfinite([got.total, got.squares]).all()
-    assert got.total == pytest.approx(ref.total, rel=1e-6)
-    assert got.squares == pytest.approx(ref.squares, rel=1e-5)
+    kernel = PolyKernel(1 / 16, 1.0, 3)
+    got = kernel_sums(x, y, kernel)
+    ref = kernel_sums_reference(x, y, kernel)
+    assert np.isfinite([got.total, got.squares, got.error]).all()
+    assert got.total == pytest.approx(ref.total, rel=1e-12)
+    assert got.squares == pytest.approx(ref.squares, rel=1e-10)
 
 
 # --- the Triton path (interpreted on CPU by tests/conftest.py) against the CPU path --------
@@ -220,20 +224,27 @@ def test_triton_pair_sums(sx, sy, diagonal):
 
     from kernels.pairs import PairRequest, pair_reduce
 
-    x = _data(sx, np.float32, 31)
-    y = x if diagonal else _data(sy, np.float32, 32)
-    request = PairRequest(poly=(1 / sx[1], 1.0, 3), rbf=10.0)
+    x = _data(sx, np.float32, 31, offset=30.0)
+    y = x if diagonal else _data(sy, np.float32, 32, offset=30.0)
+    centre = x.astype(np.float64).mean(axis=0)
+    request = PairRequest(
+        poly=PolyKernel(1 / sx[1], 1.0, 3, centre), rbf=RBFKernel(10.0, centre / 30.0)
+    )
     cpu = pair_reduce(x, y, request, diagonal_block=diagonal)
     gpu = pair_reduce(
         torch.from_numpy(x), torch.from_numpy(y), request, diagonal_block=diagonal, backend="triton"
     )
     for a, b in ((cpu.poly, gpu.poly), (cpu.rbf, gpu.rbf)):
-        scale = max(abs(a.total), 1e-300)
-        assert b.total == pytest.approx(a.total, rel=1e-6, abs=1e-6 * scale)
-        assert b.squares == pytest.approx(a.squares, rel=1e-5, abs=1e-12)
-        assert b.diagonal == pytest.approx(a.diagonal, rel=1e-6, abs=1e-12)
-        np.testing.assert_allclose(b.rows, a.rows, rtol=1e-5, atol=1e-6 * scale)
-        np.testing.assert_allclose(b.cols, a.cols, rtol=1e-5, atol=1e-6 * scale)
+        # Float64 products on both paths, in different orders: within both bounds.
+        assert abs(b.total - a.total) <= a.error + b.error
+        assert b.error == pytest.approx(a.error, rel=1e-9)
+        assert b.magnitude == pytest.approx(a.magnitude, rel=1e-9)
+        assert b.shift == a.shift
+        assert b.squares == pytest.approx(a.squares, rel=1e-10, abs=1e-300)
+        assert b.diagonal == pytest.approx(a.diagonal, rel=1e-10, abs=1e-12 * a.magnitude)
+        scale = max(a.magnitude, 1e-300)
+        np.testing.assert_allclose(b.rows, a.rows, rtol=1e-10, atol=1e-12 * scale)
+        np.testing.assert_allclose(b.cols, a.cols, rtol=1e-10, atol=1e-12 * scale)
 
 
 @pytest.mark.parametrize(("sx", "sy"), [((9, 4), (70, 4)), ((70, 33), (45, 33))])
@@ -274,7 +285,7 @@ def test_triton_path_scales_extreme_magnitudes_like_the_cpu_path():
     x, y = _extreme_pair(1e19)
     sq = exact_sq_distances(x, y)
     request = PairRequest(
-        rbf=0.5, knn=3, radii=(np.median(sq, 1), np.median(sq, 1) / 2, np.median(sq, 0))
+        rbf=RBFKernel(0.5), knn=3, radii=(np.median(sq, 1), np.median(sq, 1) / 2, np.median(sq, 0))
     )
     cpu = pair_reduce(x, y, request)
     gpu = pair_reduce(torch.from_numpy(x), torch.from_numpy(y), request, backend="triton")
@@ -284,4 +295,4 @@ def test_triton_path_scales_extreme_magnitudes_like_the_cpu_path():
         np.testing.assert_allclose(a, b, rtol=4e-16)
     for a, b in zip(cpu.radius[:4], gpu.radius[:4], strict=True):
         np.testing.assert_array_equal(a, b)
-    assert gpu.rbf.total == pytest.approx(cpu.rbf.total, rel=1e-6)
+    assert gpu.rbf.total == pytest.approx(cpu.rbf.total, rel=1e-12)

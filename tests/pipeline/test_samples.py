@@ -2,18 +2,20 @@
 the same values whatever the blocks; a set against itself."""
 
 import importlib
+import warnings
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import Gaussian, ShapeError, open_features
+from pipeline import Gaussian, NumericalError, ShapeError, open_features
 from pipeline.fid_infinity import fid_infinity
 from pipeline.frechet import frechet_distance
 from pipeline.kid import subset_indices
 from pipeline.samples import CMMDParams, KIDParams, PRDCParams, kid_subsets, sample_metrics
 from pipeline.synthetic import gaussian_features, population, write_features
+from tests.reference import exact_kid, exact_poly_sums, mp_cmmd
 
 
 def _store(tmp_path, name, x):
@@ -66,17 +68,82 @@ def pair(tmp_path):
     return x, y, _store(tmp_path, "x", x), _store(tmp_path, "y", y)
 
 
-@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-5), ("fp64", 1e-9)])
-def test_kid_over_all_pairs_equals_float64_brute_force(pair, precision, rel):
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_kid_over_all_pairs_equals_float64_brute_force(pair, precision):
+    # Kernel sums take float64 products whatever the precision (which the decisions of PRDC
+    # use): both give the brute force to its own rounding.
     x, y, sx, sy = pair
     got = sample_metrics(sx, sy, kid=KIDParams(), block_rows=256, precision=precision)["kid"]
-    assert got.kid == pytest.approx(kid_brute(x, y), rel=rel)
+    assert got.kid == pytest.approx(kid_brute(x, y), rel=1e-9)
     assert got.standard_error > 0
+    assert 0 < got.rounding_bound < 1e-9 * abs(got.kid)
     assert (got.gamma, got.coef0, got.degree) == (1 / 48, 1.0, 3)
 
 
-@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-5), ("fp64", 1e-9)])
-def test_kid_subsets_equal_the_peers_formula_on_the_same_draws(pair, precision, rel):
+@pytest.mark.parametrize("d", [6, 64])
+@pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0, 10000.0])
+def test_kid_of_features_with_a_large_common_offset_is_exact(tmp_path, d, offset):
+    # Rows N(0, 1) + offset against N(0, 1) + 1.00001 offset, float32: with fp32 products KID
+    # was 1.9e-2 off at an offset of 100, had the wrong sign at 1,000 and was 131× the exact
+    # value at 10,000 (d = 64), exit 0. Exact: rational arithmetic on the same floats.
+    rng = np.random.default_rng(int(offset) + d)
+    x = (rng.standard_normal((120, d)) + offset).astype(np.float32)
+    y = (rng.standard_normal((100, d)) + offset * 1.00001).astype(np.float32)
+    got = sample_metrics(
+        _store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=KIDParams(), block_rows=50
+    )["kid"]
+    exact = float(exact_kid(x, y))
+    assert abs(got.kid - exact) <= got.rounding_bound
+    assert got.kid == pytest.approx(exact, rel=1e-5)
+    assert got.rounding_bound <= 1e-5 * abs(exact)
+
+
+def test_the_reported_offset_case_to_1e_5(tmp_path):
+    # The issue's own case: 300 × 64 rows N(0, 1) + 1000 against 250 × 64 N(0, 1) + 1000.01.
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((300, 64)) + 1000).astype(np.float32)
+    y = (rng.standard_normal((250, 64)) + 1000.01).astype(np.float32)
+    got = sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=KIDParams())
+    exact = float(exact_kid(x, y))
+    assert got["kid"].kid == pytest.approx(exact, rel=1e-5)
+
+
+def test_kid_standard_error_survives_the_offset(tmp_path):
+    # The Hoeffding terms (sums of squares less squared means) are formed from values less
+    # their common P^D: the standard error at an offset of 1,000 equals the one from exact
+    # kernel values put through the same formula in float64.
+    from fractions import Fraction
+
+    from pipeline.kid import mmd2_and_se
+    from pipeline.pairs import CrossSums, SetSums
+
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((60, 8)) + 1000).astype(np.float32)
+    y = (rng.standard_normal((50, 8)) + 1000.5).astype(np.float32)
+    got = sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=KIDParams())
+    centre = x.astype(np.float64).mean(axis=0)
+
+    def exact_matrix(a, b):
+        out = np.empty((len(a), len(b)))
+        for i in range(len(a)):
+            for j in range(len(b)):
+                total, _ = exact_poly_sums(a[i : i + 1], b[j : j + 1], 1 / 8, 1.0, 3, centre)
+                out[i, j] = float(total)
+        return out
+
+    def own(k):
+        np.fill_diagonal(k, 0.0)
+        return SetSums(float(k.sum()), float((k * k).sum()), 0.0, k.sum(1))
+
+    kxy = exact_matrix(x, y)
+    cross = CrossSums(float(kxy.sum()), float((kxy * kxy).sum()), kxy.sum(1), kxy.sum(0))
+    _, se = mmd2_and_se(own(exact_matrix(x, x)), own(exact_matrix(y, y)), cross, 60, 50)
+    assert got["kid"].standard_error == pytest.approx(se, rel=1e-6)
+    assert Fraction(got["kid"].kid) != 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_kid_subsets_equal_the_peers_formula_on_the_same_draws(pair, precision):
     x, y, sx, sy = pair
     got = kid_subsets(sx, sy, subsets=7, subset_size=200, seed=11, precision=precision)
     draws = subset_indices(len(x), len(y), 7, 200, 11)
@@ -89,8 +156,9 @@ def test_kid_subsets_equal_the_peers_formula_on_the_same_draws(pair, precision, 
             (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
             - 2 * kxy.sum() / (m * m)
         )
-    assert got.kid == pytest.approx(np.mean(values), rel=rel)
-    assert got.standard_error == pytest.approx(np.std(values), rel=max(rel, 1e-6) * 100)
+    assert got.kid == pytest.approx(np.mean(values), rel=1e-9)
+    assert got.standard_error == pytest.approx(np.std(values), rel=1e-6)
+    assert 0 < got.rounding_bound < 1e-9 * abs(got.kid)
     assert (got.subsets, got.subset_size, got.seed, got.estimator) == (7, 200, 11, "subsets")
 
 
@@ -105,13 +173,50 @@ def test_subset_draws_follow_torch_fidelity():
 
 
 @pytest.mark.parametrize("unbiased", [False, True])
-@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-4), ("fp64", 1e-9)])
-def test_cmmd_equals_the_reference_formula(pair, unbiased, precision, rel):
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_cmmd_equals_the_reference_formula(pair, unbiased, precision):
     x, y, sx, sy = pair
     params = CMMDParams(unbiased=unbiased)
     got = sample_metrics(sx, sy, cmmd=params, block_rows=300, precision=precision)["cmmd"]
-    assert got.cmmd == pytest.approx(cmmd_brute(x, y, unbiased=unbiased), rel=rel)
+    assert got.cmmd == pytest.approx(cmmd_brute(x, y, unbiased=unbiased), rel=1e-9)
+    assert got.rounding_bound < 1e-9 * abs(got.cmmd)
     assert got.estimator == ("U-statistic" if unbiased else "V-statistic")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_cmmd_of_nearly_parallel_rows_is_exact_and_never_negative(tmp_path, seed):
+    # Rows N(0, 1) + 1e4, d = 6: every unit row lies within 1e-4 of every other. The fp32
+    # V-statistic was 36× the float64 value on one draw and negative on another (-4.3e-9,
+    # a squared norm). Reference: 40-digit arithmetic.
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((40, 6)) + 1e4).astype(np.float32)
+    y = (rng.standard_normal((30, 6)) + 1e4).astype(np.float32)
+    sx, sy = _store(tmp_path, "x", x), _store(tmp_path, "y", y)
+    for unbiased in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # within 1e-5 by its own bound: no RoundingWarning
+            got = sample_metrics(sx, sy, cmmd=CMMDParams(unbiased=unbiased))["cmmd"]
+        exact = float(mp_cmmd(x, y, unbiased=unbiased))
+        assert abs(got.cmmd - exact) <= got.rounding_bound
+        assert got.cmmd == pytest.approx(exact, rel=1e-5)
+        if not unbiased:
+            assert got.cmmd > 0
+            assert not got.clamped
+
+
+def test_a_v_statistic_below_zero_by_rounding_is_clamped_to_zero():
+    from pipeline.cmmd import cmmd_from_sums
+    from pipeline.pairs import CrossSums, SetSums
+
+    rows = np.zeros(2)
+    own = SetSums(1.0, 0.0, 0.0, rows, error=1e-12, magnitude=1.0)
+    cross = CrossSums(1.0 - 1e-13, 0.0, rows, rows, error=1e-12, magnitude=1.0)
+    value, bound, clamped = cmmd_from_sums(own, own, cross, 2, 2, unbiased=False, scale=1000.0)
+    assert (value, clamped) == (0.0, True)
+    assert bound > 0
+    far = CrossSums(0.5, 0.0, rows, rows, error=1e-12, magnitude=1.0)
+    with pytest.raises(NumericalError, match="cannot be negative"):
+        cmmd_from_sums(own, own, far, 2, 2, unbiased=False, scale=1000.0)
 
 
 def _prdc_brute(x, y, k, strict):
@@ -253,9 +358,10 @@ def test_triton_pair_kernels_give_the_cpu_path_results(tmp_path):
     kwargs = dict(kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(k=3, pr_k=2), block_rows=48)
     gpu = sample_metrics(sx, sy, device="cpu", backend="triton", **kwargs)
     cpu = sample_metrics(sx, sy, device="cpu", backend="torch", **kwargs)
-    assert gpu["kid"].kid == pytest.approx(kid_brute(x, y), rel=1e-5)
-    assert gpu["kid"].standard_error == pytest.approx(cpu["kid"].standard_error, rel=1e-5)
-    assert gpu["cmmd"].cmmd == pytest.approx(cmmd_brute(x, y), rel=1e-4)
+    assert gpu["kid"].kid == pytest.approx(kid_brute(x, y), rel=1e-9)
+    assert abs(gpu["kid"].kid - cpu["kid"].kid) <= gpu["kid"].rounding_bound * 2
+    assert gpu["kid"].standard_error == pytest.approx(cpu["kid"].standard_error, rel=1e-9)
+    assert gpu["cmmd"].cmmd == pytest.approx(cmmd_brute(x, y), rel=1e-9)
     assert gpu["prdc"] == cpu["prdc"]
 
 

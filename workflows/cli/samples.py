@@ -111,12 +111,14 @@ def _summary(name: str, result: Any) -> str:
         )
         return (
             f"KID {result.kid:.6g} ± {result.standard_error:.3g}   [{how}; kernel "
-            f"(x·y/{1 / result.gamma:g} + {result.coef0:g})^{result.degree}]"
+            f"(x·y/{1 / result.gamma:g} + {result.coef0:g})^{result.degree}; rounding ≤ "
+            f"{result.rounding_bound:.2g}]"
         )
     if name == "cmmd":
+        clamped = "; below 0 by rounding: 0" if result.clamped else ""
         return (
             f"CMMD {result.cmmd:.6g}   [{result.estimator}, σ = {result.sigma:g} on unit-norm "
-            f"embeddings, ×{result.scale:g}]"
+            f"embeddings, ×{result.scale:g}; rounding ≤ {result.rounding_bound:.2g}{clamped}]"
         )
     if name == "prdc":
         return (
@@ -153,8 +155,20 @@ def _report(
     return emit(args, data, "\n".join(lines))
 
 
+def _refuse_fp32_sums(args: argparse.Namespace) -> None:
+    """KID and CMMD alone: ``--precision fp64`` is what they do; fp32 they cannot honour."""
+    if args.precision == "fp32":
+        raise UsageError(
+            "--precision fp32 cannot apply to kid and cmmd: their kernel sums always take "
+            "float64 products of centred rows, since no bound on fp32 rounding holds their "
+            "value to 1e-5 (README: Numerics); --precision applies to fid and prdc"
+        )
+
+
 def _one(args: argparse.Namespace, name: str) -> int:
     start = time.perf_counter()
+    if name in ("kid", "cmmd"):
+        _refuse_fp32_sums(args)
     params = _params(args, (name,))
     real, gen = _sources(args)
     if name != "kid":
@@ -193,6 +207,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         refuse(args, ("device", "backend"), "apply to the exact estimator, not to --subsets")
     if args.seed is not None and "fid_inf" not in wanted and args.subsets is None:
         raise UsageError("--seed applies to fid_inf or to KID's --subsets")
+    if set(wanted) <= {"kid", "cmmd"}:
+        _refuse_fp32_sums(args)
     params = _params(args, tuple(wanted))
     real, gen = _sources(args)
     results: dict[str, Any] = {}
