@@ -113,21 +113,24 @@ def parzen_lse(
     sample rows: pairs from several sample shards merge with :func:`kernels.lse.merge_pairs`.
     Float64 results."""
     _parzen_checks(x, samples, bandwidth)
-    if x.shape[0] and resolve_backend(x, backend) == "triton":
+    wide = torch.float64 in (x.dtype, samples.dtype)
+    if x.shape[0] and not wide and resolve_backend(x, backend) == "triton":
         from kernels._triton_density import parzen_lse_triton
 
         m, s = parzen_lse_triton(x, samples, bandwidth)
         return m.double(), s.double()
-    # CPU path: centre both sets on the samples' mean (so ‖x‖² + ‖y‖² − 2x·y does not cancel a
-    # large common offset), fp32 GEMM per tile of samples, online LSE merge across tiles.
-    centre = samples.to(torch.float64).mean(dim=0).to(torch.float32)
-    xc = x.to(torch.float32) - centre
+    # CPU path (and float64 on any device): centre both sets on the samples' mean (so
+    # ‖x‖² + ‖y‖² − 2x·y does not cancel a large common offset), a GEMM per tile of samples
+    # in the working precision (fp32, or float64 for float64 input), online LSE merge.
+    dtype = torch.float64 if wide else torch.float32
+    centre = samples.to(torch.float64).mean(dim=0).to(dtype)
+    xc = x.to(dtype) - centre
     xx = xc.square().sum(dim=1)
     run_max = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     run_sum = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     scale = 0.5 / bandwidth / bandwidth  # never h² itself: it overflows for h near 1e155
     for start in range(0, samples.shape[0], PARZEN_TILE):
-        yc = samples[start : start + PARZEN_TILE].to(torch.float32) - centre
+        yc = samples[start : start + PARZEN_TILE].to(dtype) - centre
         dist = (xx[:, None] + yc.square().sum(dim=1)[None, :] - 2.0 * (xc @ yc.T)).clamp_min_(0)
         tile = _lse_torch(dist.mul_(-scale), dim=1)
         run_max, run_sum = merge_pairs(

@@ -6,6 +6,7 @@ FID share, its Cholesky factor with a rank test, and the Gaussian NLL of feature
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,8 @@ from pipeline.summaries import (
     to_tensor,
     uses_gpu,
 )
+
+_LOG_2PI = math.log(2 * math.pi)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,30 +88,107 @@ def cholesky_factor(cov: np.ndarray) -> np.ndarray | None:
     return None
 
 
+#: The Gaussian NLL's Mahalanobis term is stated to this relative accuracy: fp32 products are
+#: used only where their rounding bound meets it (small d, a well-conditioned covariance).
+GAUSSIAN_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianSummary:
+    """Log-densities of a shard: moments of the finite ones, where the others are, and a
+    bound on the rounding of their sum (nats)."""
+
+    values: ScalarMoments
+    nonfinite: NonFiniteRows
+    rounding: float = 0.0
+
+    def merge(self, other: GaussianSummary) -> GaussianSummary:
+        return GaussianSummary(
+            self.values.merge(other.values),
+            self.nonfinite.merge(other.nonfinite),
+            self.rounding + other.rounding,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Whitening:
+    """What every shard needs of the Gaussian: its mean, Cholesky factor, and the norms that
+    bound the products' rounding: ‖L⁻¹‖_F and ‖L‖₂ (the largest singular value)."""
+
+    mean: np.ndarray
+    chol: np.ndarray
+    inverse_norm: float
+    factor_norm: float
+
+    @classmethod
+    def of(cls, mean: np.ndarray, chol: np.ndarray) -> Whitening:
+        from scipy.linalg import solve_triangular
+
+        inverse = solve_triangular(chol, np.eye(chol.shape[0]), lower=True)
+        return cls(
+            mean,
+            chol,
+            float(np.linalg.norm(inverse)),
+            float(np.linalg.norm(chol, 2)),
+        )
+
+    def relative_rounding(self, products: str) -> float:
+        """Bound on |δ‖z‖| / ‖z‖ for z = L⁻¹(x − μ) by ``products`` (fp32 or float64): the
+        product errs by γ_(d+3)‖L⁻¹‖_F‖x − μ‖ (the factor's and the centring's rounding
+        included), and ‖z‖ ≥ ‖x − μ‖ / ‖L‖₂."""
+        from kernels.kernel_sums import gamma_n
+
+        dtype = np.float32 if products == "fp32" else np.float64
+        u = float(np.finfo(dtype).eps) / 2
+        return gamma_n(self.mean.shape[0] + 3, u) * self.inverse_norm * self.factor_norm
+
+    def products(self) -> str:
+        """fp32 where its bound meets :data:`GAUSSIAN_TOLERANCE` on ‖z‖², else float64."""
+        r = self.relative_rounding("fp32")
+        return "fp32" if 2 * r + r * r <= GAUSSIAN_TOLERANCE else "float64"
+
+
 def summarize_gaussian(
     block: np.ndarray,
     offset: int,
-    mean: np.ndarray,
-    chol: np.ndarray,
+    whitening: Whitening,
+    products: str = "fp32",
     device: str = "cpu",
     backend: str = "auto",
-) -> ValueSummary:
-    """Log-density of each finite feature row under N(mean, L Lᵀ)."""
+) -> GaussianSummary:
+    """Log-density of each finite feature row under N(mean, L Lᵀ), with products in
+    ``products`` precision, and the bound on the rounding of their sum: per row
+    ‖z‖·δ + δ²/2 + a float64 rounding of ‖z‖², δ = r‖z‖ (:meth:`Whitening.relative_rounding`),
+    plus the fp32 centring's rounding of a large mean (u² ‖μ‖ through ‖L⁻¹‖_F)."""
     import torch
 
     from kernels import gaussian_logpdf
 
     x = np.asarray(block)
     ok = finite_rows(x)
-    rows = to_tensor(x[ok], device)
+    rows = x[ok].astype(np.float64) if products == "float64" else x[ok]
+    tensor = to_tensor(rows, device)
     lp = gaussian_logpdf(
-        rows,
-        torch.tensor(mean, device=rows.device),  # a copy: the statistics are read-only
-        torch.tensor(chol, device=rows.device),
+        tensor,
+        torch.tensor(whitening.mean, device=tensor.device),  # a copy: read-only statistics
+        torch.tensor(whitening.chol, device=tensor.device),
         backend=backend,  # type: ignore[arg-type]
     )
-    return ValueSummary(
-        ScalarMoments.from_values(lp.cpu().numpy()), NonFiniteRows.from_mask(~ok, offset)
+    lp_np = lp.cpu().numpy()
+    d = whitening.mean.shape[0]
+    log_det = float(np.log(np.diagonal(whitening.chol)).sum())
+    sq = np.maximum(-2.0 * (lp_np + log_det + 0.5 * d * _LOG_2PI), 0.0)
+    norm_z = np.sqrt(sq)
+    r = whitening.relative_rounding(products)
+    delta = r * norm_z
+    if products == "fp32":  # the mean enters as two fp32 terms: u² of it is lost
+        u32 = float(np.finfo(np.float32).eps) / 2
+        delta = delta + whitening.inverse_norm * u32 * u32 * float(np.linalg.norm(whitening.mean))
+    u64 = 2.0**-53
+    per_row = norm_z * delta + 0.5 * delta * delta + (d + 4) * u64 * (sq + np.abs(lp_np))
+    rounding = float(per_row.sum())
+    return GaussianSummary(
+        ScalarMoments.from_values(lp_np), NonFiniteRows.from_mask(~ok, offset), rounding
     )
 
 
@@ -173,9 +253,18 @@ def nll_gaussian(
         )
     import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
-    tasks = shard_tasks(source, summarize_gaussian, stats.mean, chol, device, backend)
+    whitening = Whitening.of(stats.mean, chol)
+    products = whitening.products()
+    tasks = shard_tasks(source, summarize_gaussian, whitening, products, device, backend)
     (summary,) = engine.reduce(
         [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
     )
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
-    return summarize_nll("gaussian", summary, source.d)
+    n = max(summary.values.n, 1)
+    return summarize_nll(
+        "gaussian",
+        ValueSummary(summary.values, summary.nonfinite),
+        source.d,
+        products=products,
+        rounding_bound=summary.rounding / n,
+    )

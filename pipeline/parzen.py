@@ -24,7 +24,7 @@ from pipeline.nll import NLLResult, summarize_nll
 from pipeline.pairs import RowBlocks, shard_blocks
 from pipeline.reduce import SHARD_PREFIX, merge_all, shard_tasks, sizeof_fields
 from pipeline.sources import FeatureSource
-from pipeline.states import NonFiniteRows, RowLogSumExp, ScalarMoments, merge_fieldwise
+from pipeline.states import NonFiniteRows, RowLogSumExp, ScalarMoments
 from pipeline.summaries import (
     ValueSummary,
     check_device,
@@ -62,52 +62,110 @@ def check_bandwidth(h: float) -> float:
     return h
 
 
+#: Parzen log-densities are stated to this many nats: a block pair whose fp32 products could
+#: move a row's log-density by more (from the blocks' norms) takes float64 products.
+PARZEN_TOLERANCE = 1e-6
+
+
 @dataclass(frozen=True, eq=False)
 class KernelSums:
     """Per row of one test block: the log-sum-exp pair of −‖x − y‖²/2h² over the sample rows
-    seen so far, and how many finite sample rows those were. Non-finite test rows hold NaN."""
+    seen so far, how many finite sample rows those were, a bound on each row's rounding (in
+    nats: the log-sum-exp moves by at most the largest error of its terms), and how many of
+    the block pairs took float64 products. Non-finite test rows hold NaN."""
 
     rows: RowLogSumExp
     samples: int
+    rounding: np.ndarray
+    pairs: int = 1
+    float64_pairs: int = 0
 
-    merge = merge_fieldwise
+    def merge(self, other: KernelSums) -> KernelSums:
+        return KernelSums(
+            self.rows.merge(other.rows),
+            self.samples + other.samples,
+            np.maximum(self.rounding, other.rounding),
+            self.pairs + other.pairs,
+            self.float64_pairs + other.float64_pairs,
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class ParzenSummary:
     """Log-densities of a test block: moments of the finite ones, the rows that were not
-    finite, and the finite rows whose density underflowed to zero."""
+    finite, the finite rows whose density underflowed to zero, the largest rounding bound of
+    a row (nats), and the block pairs (all, and with float64 products)."""
 
     values: ScalarMoments
     nonfinite: NonFiniteRows
     underflow: NonFiniteRows
+    rounding: float = 0.0
+    pairs: int = 0
+    float64_pairs: int = 0
 
-    merge = merge_fieldwise
+    def merge(self, other: ParzenSummary) -> ParzenSummary:
+        return ParzenSummary(
+            self.values.merge(other.values),
+            self.nonfinite.merge(other.nonfinite),
+            self.underflow.merge(other.underflow),
+            max(self.rounding, other.rounding),
+            self.pairs + other.pairs,
+            self.float64_pairs + other.float64_pairs,
+        )
+
+
+def rounding_per_row(
+    test: np.ndarray, samples: np.ndarray, bandwidth: float, dtype: type
+) -> np.ndarray:
+    """Bound, per test row, on how far the products' rounding moves its log-sum-exp over
+    ``samples`` (nats): each centred squared distance ‖x‖² + ‖y‖² − 2x·y errs by at most
+    c(‖x‖ + ‖y‖)² (c = 2γ_(d+2) + 4u: the three products, the centring's own rounding, the
+    additions), scaled by 1/2h²; the fp32 exponentials add 8u of the sum (GPU exponentials
+    are approximate to a few ulp)."""
+    from kernels.kernel_sums import gamma_n
+
+    u = float(np.finfo(dtype).eps) / 2
+    c = 2 * gamma_n(test.shape[1] + 2, u) + 4 * u
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound (inf)
+        centre = samples.astype(np.float64).mean(axis=0)
+        test_norms = np.linalg.norm(test.astype(np.float64) - centre, axis=1)
+        sample_norm = float(np.linalg.norm(samples.astype(np.float64) - centre, axis=1).max())
+        exp_rounding = 8 * u if dtype == np.float32 else 0.0
+        return c * (test_norms + sample_norm) ** 2 * (0.5 / bandwidth / bandwidth) + exp_rounding
 
 
 def _lse(
     test: np.ndarray, samples: np.ndarray, bandwidth: float, device: str, backend: str
 ) -> KernelSums:
-    """The log-sum-exp pair of every test row over the finite sample rows."""
+    """The log-sum-exp pair of every test row over the finite sample rows: fp32 products
+    where their rounding bound is within :data:`PARZEN_TOLERANCE`, float64 elsewhere."""
     from kernels import parzen_lse
 
     samples = samples[finite_rows(samples)]
     bad = ~finite_rows(test)
     if bad.any():
         test = np.where(bad[:, None], 0, test)  # computed as zeros, reported as NaN
+    rounding = np.zeros(test.shape[0])
+    wide = False
     if samples.shape[0] == 0:
         m = np.full(test.shape[0], -np.inf)
         s = np.zeros(test.shape[0])
     else:
+        working = np.float64 if np.float64 in (test.dtype, samples.dtype) else np.float32
+        rounding = rounding_per_row(test, samples, bandwidth, working)
+        if working == np.float32 and rounding.max(initial=0.0) > PARZEN_TOLERANCE:
+            working, wide = np.float64, True
+            rounding = rounding_per_row(test, samples, bandwidth, np.float64)
         mt, st = parzen_lse(
-            to_tensor(test, device),
-            to_tensor(samples, device),
+            to_tensor(test.astype(working, copy=False), device),
+            to_tensor(samples.astype(working, copy=False), device),
             bandwidth,
             backend=backend,  # type: ignore[arg-type]
         )
         m, s = mt.cpu().numpy().copy(), st.cpu().numpy()
     m[bad] = np.nan
-    return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]))
+    rounding[bad] = 0.0
+    return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]), rounding, 1, int(wide))
 
 
 def _pair(
@@ -126,6 +184,9 @@ def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSu
         ScalarMoments.from_values(lp[ok]),
         NonFiniteRows.from_mask(np.isnan(lp), offset),
         NonFiniteRows.from_mask(np.isneginf(lp), offset),
+        float(sums.rounding[ok].max(initial=0.0)),
+        sums.pairs,
+        sums.float64_pairs,
     )
 
 
@@ -263,6 +324,9 @@ def nll_parzen(
             f"{h:g} (first at rows {', '.join(map(str, summary.underflow.first))}): every "
             "kernel value underflows; the bandwidth is too small for these distances"
         )
+    extra["rounding_bound"] = summary.rounding
+    extra["pairs"] = summary.pairs
+    extra["pairs_float64"] = summary.float64_pairs
     return summarize_nll("parzen", ValueSummary(summary.values, summary.nonfinite), test.d, **extra)
 
 

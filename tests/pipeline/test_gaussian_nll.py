@@ -48,3 +48,41 @@ def test_singular_covariance_without_a_row_count(tmp_path, rng):
     stats = Gaussian(x.mean(0), np.cov(x, rowvar=False), n=None)  # a bare mu/sigma file
     with pytest.raises(NumericalError, match="singular to working precision"):
         nll_gaussian(stats, _source(tmp_path, x))
+
+
+def _mp_gaussian_nll(x, mean, cov, digits=40):
+    """Mean NLL of the rows under N(mean, cov), in ``digits``-digit arithmetic."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        c = mpmath.matrix(np.asarray(cov, np.float64).tolist())
+        inv, det = mpmath.inverse(c), mpmath.det(c)
+        d = len(mean)
+        total = mpmath.mpf(0)
+        for row in np.asarray(x, np.float64):
+            diff = mpmath.matrix(
+                [
+                    mpmath.mpf(float(a)) - mpmath.mpf(float(b))
+                    for a, b in zip(row, mean, strict=True)
+                ]
+            )
+            total += (diff.T * inv * diff)[0] / 2
+        n = len(x)
+        return float(total / n + mpmath.log(det) / 2 + d * mpmath.log(2 * mpmath.pi) / 2)
+
+
+@pytest.mark.parametrize(("d", "offset", "products"), [(3, 0.0, "fp32"), (40, 1e4, "float64")])
+def test_the_nll_is_within_its_rounding_bound(tmp_path, rng, d, offset, products):
+    # fp32 products only where their bound meets 1e-5 of the Mahalanobis term (small d, a
+    # well-conditioned covariance); float64 elsewhere. The reported bound holds against
+    # 40-digit arithmetic, and with a large common offset too.
+    a = rng.normal(size=(d, d)) / np.sqrt(d) + np.eye(d)
+    x = (rng.normal(size=(60, d)) @ a + offset).astype(np.float32)
+    mean = x.astype(np.float64).mean(axis=0)
+    cov = np.cov(x.astype(np.float64), rowvar=False) + 0.1 * np.eye(d)
+    np.save(tmp_path / "x.npy", x)
+    got = nll_gaussian(Gaussian(mean, cov, n=1000), open_features(str(tmp_path / "x.npy")))
+    exact = _mp_gaussian_nll(x, mean, cov)
+    assert got.extra["products"] == products
+    assert abs(got.nll - exact) <= got.extra["rounding_bound"] + 1e-12 * abs(exact)
+    assert got.extra["rounding_bound"] <= 1e-5 * abs(exact)

@@ -58,10 +58,22 @@ def test_tiny_bandwidth_is_refused(tmp_path, rng):
     x = open_features(str(tmp_path / "x.npy"))
     with pytest.raises(NumericalError, match="1/\\(2h²\\) overflows"):
         nll_parzen(x, x, 1e-300)
-    # A representable h whose scaled distances overflow fp32: every kernel value is 0.
-    np.save(tmp_path / "y.npy", rng.normal(size=(50, 2)) + 1e3)
+    # Scaled distances beyond fp32 (1e6 / 2e-34) are within float64, which the products
+    # take when fp32's would overflow: the log-density is finite and exact.
+    y = rng.normal(size=(50, 2)) + 1e3
+    np.save(tmp_path / "y.npy", y)
+    got = nll_parzen(x, open_features(str(tmp_path / "y.npy")), 1e-17)
+    from scipy.special import logsumexp
+
+    xs = np.load(tmp_path / "x.npy")
+    sq = ((y[:, None, :] - xs[None, :, :]) ** 2).sum(-1)
+    lp = logsumexp(-sq * (0.5 / 1e-17 / 1e-17), axis=1) - math.log(50)
+    lp -= 0.5 * 2 * (math.log(2 * math.pi) + 2 * math.log(1e-17))
+    assert got.nll == pytest.approx(-lp.mean(), rel=1e-12)
+    # Distances beyond float64 (1e400): every kernel value is 0, an error.
+    np.save(tmp_path / "far.npy", rng.normal(size=(50, 2)) + 1e200)
     with pytest.raises(NumericalError, match="density 0 at bandwidth"):
-        nll_parzen(x, open_features(str(tmp_path / "y.npy")), 1e-17)
+        nll_parzen(x, open_features(str(tmp_path / "far.npy")), 1.0)
 
 
 def test_huge_bandwidth_is_exact(tmp_path, rng):
@@ -82,3 +94,27 @@ def test_constant_samples_have_no_silverman_bandwidth(tmp_path):
         nll_parzen(c, c, "silverman")
     with pytest.raises(NumericalError, match="no spread"):
         nll_parzen(c, c, "cv")
+
+
+@pytest.mark.parametrize(("d", "h", "float64_pairs"), [(2, 10.0, 0), (64, 1.0, 1)])
+def test_parzen_rounding_is_bounded_and_fp32_only_within_tolerance(
+    tmp_path, rng, d, h, float64_pairs
+):
+    # A pair whose fp32 products could move a log-density by more than 1e-6 nats (d = 64 at
+    # h = 1) takes float64 products; the reported bound holds against float64 brute force.
+    from scipy.special import logsumexp
+
+    s = (rng.normal(size=(80, d)) + 30).astype(np.float32)
+    t = (rng.normal(size=(50, d)) + 30).astype(np.float32)
+    np.save(tmp_path / "s.npy", s)
+    np.save(tmp_path / "t.npy", t)
+    got = nll_parzen(
+        open_features(str(tmp_path / "s.npy")), open_features(str(tmp_path / "t.npy")), h
+    )
+    s64, t64 = s.astype(np.float64), t.astype(np.float64)
+    sq = ((t64[:, None, :] - s64[None, :, :]) ** 2).sum(-1)
+    lp = logsumexp(-0.5 * sq / h**2, axis=1) - math.log(80)
+    lp -= 0.5 * d * math.log(2 * math.pi * h**2)
+    assert got.extra["pairs_float64"] == float64_pairs
+    assert got.extra["rounding_bound"] <= 1e-6
+    assert abs(got.nll + lp.mean()) <= got.extra["rounding_bound"] + 1e-12 * abs(lp.mean())
