@@ -11,6 +11,11 @@ Kubernetes. A spec is YAML:
 
 Optional back-ends live in extras (``shardeval[cuda]``, ``[slurm]``, ``[kubernetes]``); a
 missing one is a one-line error naming the extra.
+
+A back-end that starts its scheduler on this machine (``local``, ``cuda``) serves it and its
+dashboard on 127.0.0.1 unless the spec names another address: ``distributed`` binds its
+dashboard to every interface by default, which shows the cluster, and what it reads, to the
+network.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "kubernetes": ("dask_kubernetes.operator", "KubeCluster", "kubernetes"),
 }
 _KEYS = {"backend", "options", "scale"}
+
+#: Back-ends whose scheduler runs in this process, on this machine.
+LOCAL_BACKENDS = ("local", "cuda")
+
+#: Where a local scheduler serves its dashboard unless the spec says otherwise (Dask's default,
+#: ":8787", is every interface). A taken port falls back to a free one on the same host.
+LOOPBACK_DASHBOARD = "127.0.0.1:8787"
 
 
 @dataclass(frozen=True)
@@ -89,11 +101,21 @@ def cluster_class(backend: str) -> Any:
         ) from exc
 
 
+def cluster_options(spec: ClusterSpec) -> dict[str, Any]:
+    """The keyword arguments the spec's cluster class is called with: the spec's options, and
+    for a local scheduler a dashboard on 127.0.0.1 when the spec names none. (The scheduler
+    itself already listens on 127.0.0.1 unless ``host`` or ``interface`` says otherwise.)"""
+    options = dict(spec.options)
+    if spec.backend in LOCAL_BACKENDS:
+        options.setdefault("dashboard_address", LOOPBACK_DASHBOARD)
+    return options
+
+
 def make_cluster(spec: ClusterSpec) -> Any:
     """Construct (and so start) the cluster a spec describes; the caller closes it."""
     cls = cluster_class(spec.backend)
     try:
-        cluster = cls(**spec.options)
+        cluster = cls(**cluster_options(spec))
     except (TypeError, ValueError, RuntimeError) as exc:
         # LocalCluster hands unknown options to its workers, which then fail to start.
         cause = exc.__cause__ or exc.__context__ or exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -37,6 +38,14 @@ LOCAL_SCHEDULERS = ("threads", "sync")
 
 #: A distributed scheduler's address: a comm protocol and host:port, or a bare host:port.
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d+/?$|^inproc://\S+$")
+
+
+class SchedulerLostError(ClusterError):
+    """The distributed scheduler went away, or cancelled the computation, while it ran. Not
+    something the input could fix: an operating failure, as a full disk is (the CLI exits 1,
+    not 2, on errors whose ``operating_failure`` is true)."""
+
+    operating_failure = True
 
 
 def available_cores() -> int:
@@ -78,6 +87,29 @@ class _ShardProgress(Callback):
         if isinstance(name, str) and name.startswith(SHARD_PREFIX):
             self.done += 1
             self.progress(self.done, self.total)
+
+
+class _ConnectionNoise(logging.Filter):
+    """Drops what Dask's client logs when its scheduler went away, which the engine reports
+    itself as :class:`SchedulerLostError` (one line, not a traceback on the terminal): that it
+    gave up reconnecting, and the cancelled reconnection when the client is closed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to reconnect to scheduler"):
+            return False
+        cancelled = record.exc_info[1] if record.exc_info else None
+        return not isinstance(cancelled, asyncio.CancelledError)
+
+
+@contextlib.contextmanager
+def _connection_noise_dropped() -> Iterator[None]:
+    """:class:`_ConnectionNoise` on Dask's client logger for the block."""
+    logger, noise = logging.getLogger("distributed.client"), _ConnectionNoise()
+    logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        logger.removeFilter(noise)
 
 
 def _configured_connect_timeout() -> float:
@@ -201,6 +233,13 @@ class Engine:
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
+        """A client of the scheduler for the block; closed afterwards.
+
+        Raises:
+            ClusterError: the scheduler cannot be reached.
+            SchedulerLostError: it went away, or cancelled the computation, during the block
+                (Dask's own errors for that are many: a closed comm, cancelled futures).
+        """
         from distributed import Client, performance_report
 
         self._probe()
@@ -210,16 +249,53 @@ class Engine:
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {self.scheduler}: {exc}; is it running?"
             ) from exc
-        with client:
-            if self.log:
-                self.log(f"dashboard: {client.dashboard_link}")
-            report = (
-                performance_report(filename=self.performance_report)
-                if self.performance_report
-                else contextlib.nullcontext()
-            )
-            with report:
-                yield client
+        with _connection_noise_dropped(), client:
+            try:
+                if self.log:
+                    self.log(f"dashboard: {client.dashboard_link}")
+                report = (
+                    performance_report(filename=self.performance_report)
+                    if self.performance_report
+                    else contextlib.nullcontext()
+                )
+                with report:
+                    yield client
+            except SchedulerLostError:
+                raise
+            except (Exception, asyncio.CancelledError) as exc:
+                lost = self._lost(client, exc)
+                if lost is None:
+                    raise
+                raise lost from exc
+
+    def _lost(self, client: Any, exc: BaseException) -> SchedulerLostError | None:
+        """The error to report when ``exc`` means the scheduler is gone or cancelled the
+        computation; None for anything else (a task's own error, raised as it was)."""
+        from distributed.comm.core import CommClosedError
+
+        reason = type(exc).__name__
+        if isinstance(exc, CommClosedError):
+            return self._went_away(reason)
+        if isinstance(exc, concurrent.futures.CancelledError | asyncio.CancelledError):
+            return self._interrupted(client, reason)
+        return self._went_away(reason) if client.status != "running" else None
+
+    def _interrupted(self, client: Any, reason: str) -> SchedulerLostError:
+        """Futures were cancelled: by the client itself when it lost its scheduler, or by the
+        scheduler (a restart, another client)."""
+        if client.status != "running":
+            return self._went_away(reason)
+        return SchedulerLostError(
+            f"the computation was cancelled by the Dask scheduler at {self.scheduler} "
+            f"({reason}): the cluster was restarted or shut down, or another client "
+            "cancelled it; run the computation again"
+        )
+
+    def _went_away(self, reason: str) -> SchedulerLostError:
+        return SchedulerLostError(
+            f"the Dask scheduler at {self.scheduler} went away during the computation "
+            f"({reason}); start it again (or see why it stopped) and run the computation again"
+        )
 
     def _probe(self) -> None:
         """Ask the address who it is, within ``connect_timeout``: ``Client`` waits forever on a
@@ -255,7 +331,12 @@ class Engine:
             )
 
     def _watch(self, client: Any, alone_since: list[float | None]) -> None:
-        """Fail when the cluster has had no worker for ``worker_timeout`` seconds."""
+        """Fail when the scheduler is gone, or the cluster has had no worker for
+        ``worker_timeout`` seconds."""
+        if client.status != "running":
+            # The connection is lost: Dask has cancelled every future of this client, so
+            # waiting for it to reconnect (the connect timeout) cannot bring the results back.
+            raise self._went_away(f"the client is {client.status}")
         if client.nthreads():
             alone_since[0] = None
             return
@@ -313,6 +394,8 @@ class Engine:
             alone_since: list[float | None] = [None]
             while not finished.is_empty():
                 batch = finished.next_batch(block=False)
+                if any(future.cancelled() for future in batch):
+                    raise self._interrupted(client, "shard tasks cancelled")  # not done
                 if batch:
                     done += len(batch)
                     report(done, total)

@@ -2,8 +2,9 @@
 
 A store is a Zarr array (v3; v2 readable) at a local path or fsspec URL, a Zarr group or xarray
 dataset holding a 2-D variable (dims ``sample``, ``feature``), or a ``.npy``/``.npz`` file for
-small work. Everything is validated here, before any compute: rank, dtype, rows, and (across
-stores) the feature dimension.
+small work. What a store is comes from what it holds, never from its name: a folder is Zarr, a
+file is read by its first bytes (:func:`numpy_kind`). Everything is validated here, before any
+compute: rank, dtype, rows, and (across stores) the feature dimension.
 """
 
 from __future__ import annotations
@@ -142,11 +143,47 @@ def _extractor(*attr_sets: Any) -> str | None:
 #: truncated member a short zlib stream.
 _NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
+#: The first bytes of a NumPy ``.npy`` file.
+NPY_MAGIC = b"\x93NUMPY"
 
-def _open_numpy(location: str, array_name: str | None) -> tuple[Any, str, tuple[int, ...], Any]:
-    """(what the reader reads, array name, shape, dtype) of a ``.npy``/``.npz`` file."""
+#: The first bytes of a zip archive (``.npz``): a file entry, or the end record of an empty one
+#: (the two numpy's own ``np.load`` takes for an archive).
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def numpy_kind(location: str) -> str | None:
+    """What a local file holds, by its first bytes, whatever its name: ``"npy"`` (one array) or
+    ``"npz"`` (a zip archive of arrays). None for what is not a local file (a folder or an
+    fsspec URL, read as Zarr) or does not exist (the caller reports that).
+
+    Raises:
+        StoreError: a local file that is neither (a CSV, a pickle, an empty file, ...).
+    """
+    if _is_url(location) or not os.path.isfile(location):
+        return None
     try:
-        if location.endswith(".npy"):
+        with open(location, "rb") as fh:
+            head = fh.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read {location!r}: {exc.strerror}") from exc
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head.startswith(ZIP_MAGICS):
+        return "npz"
+    start = f"it begins with {head!r}" if head else "it is empty"
+    raise StoreError(
+        f"{location!r} is neither a .npy array nor a .npz archive ({start}); give a Zarr "
+        "store (a folder), a file written by numpy.save (.npy) or numpy.savez (.npz)"
+    )
+
+
+def _open_numpy(
+    location: str, kind: str, array_name: str | None
+) -> tuple[Any, str, tuple[int, ...], Any]:
+    """(what the reader reads, array name, shape, dtype) of a numpy file of ``kind``
+    (:func:`numpy_kind`)."""
+    try:
+        if kind == "npy":
             if array_name is not None:
                 raise StoreError(
                     f"{location!r} is a .npy file, which holds one array: it has no array "
@@ -327,8 +364,9 @@ def _stored_array(
     location: str, array_name: str | None, storage_options: dict[str, Any] | None
 ) -> tuple[StoredArray, str, dict[str, Any]]:
     """Locate the array, check it is complete, and say how to read it."""
-    if location.endswith((".npy", ".npz")):
-        data, name, shape, dtype = _open_numpy(location, array_name)
+    kind = numpy_kind(location)
+    if kind is not None:
+        data, name, shape, dtype = _open_numpy(location, kind, array_name)
         chunk_rows = shape[0] if shape else 1
         return (
             StoredArray(
@@ -384,7 +422,8 @@ def open_features(
     and in native byte order; a chunk that cannot be decoded fails naming its rows.
 
     Args:
-        location: local path or fsspec URL of a Zarr array/group, or a ``.npy``/``.npz`` file.
+        location: local path or fsspec URL of a Zarr array/group, or a ``.npy``/``.npz`` file
+            (told apart by their bytes, not their names).
         array_name: the variable inside a Zarr group, xarray dataset or ``.npz``.
         shard_rows: rows per shard; default: whole stored chunks, about 64 MiB a shard.
         min_rows: fewest rows accepted (2 for a covariance).

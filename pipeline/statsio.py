@@ -8,6 +8,10 @@ Two formats:
   ``n``, which makes our ``.npz`` files mergeable; a bare ``mu``/``sigma`` file is read as a
   :class:`~pipeline.gaussian.Gaussian` with ``n=None`` and cannot be merged.
 
+A file is told apart by its bytes, not its name: a zip archive is read as ``.npz``, a folder as a
+Zarr group (:func:`pipeline.sources.numpy_kind`). pytorch-fid's d = 1 statistics (a 0-d
+``sigma``) are read as it reads them, with ``np.atleast_1d``/``np.atleast_2d``.
+
 Everything read is checked before it is used: shapes, finite values, a symmetric covariance
 (a file holding one triangle would give a wrong FID), non-negative variances, an integer
 ``n`` ≥ 2, and, for Zarr groups, every chunk present. Writes are atomic and never replace
@@ -25,11 +29,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.atomic import atomic_dir, atomic_file, claim_output
+from pipeline.atomic import atomic_dir, atomic_file, claim_output, is_stream
 from pipeline.errors import ShapeError, StatsFormatError, StoreError, SuspectStoreWarning
 from pipeline.gaussian import Gaussian
 from pipeline.reader import missing_chunks
-from pipeline.sources import STATS_FORMAT
+from pipeline.sources import STATS_FORMAT, numpy_kind
 from pipeline.states import Moments
 
 FORMAT_VERSION = 1
@@ -45,12 +49,16 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Ke
 
 
 def is_stats(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` looks like statistics (ours, or a pytorch-fid ``.npz``); never raises."""
+    """Whether ``path`` looks like statistics (ours, or a pytorch-fid ``.npz``, whatever it is
+    named); never raises."""
     path = os.fspath(path)
     try:
-        if path.endswith(".npz"):
+        kind = numpy_kind(path)
+        if kind == "npz":
             with np.load(path, allow_pickle=False) as archive:
                 return bool({"mu", "sigma"} & set(archive.keys()))
+        if kind == "npy":
+            return False  # one array: features or values, never mu and sigma
         return (
             zarr.open_group(path, mode="r", use_consolidated=False).attrs.get("format")
             == STATS_FORMAT
@@ -69,7 +77,9 @@ def save_stats(
     """Write statistics to ``path``: ``.npz`` (mu, sigma, n) or otherwise a Zarr group.
 
     Args:
-        path: output location (local). Ending in ``.npz`` selects the pytorch-fid layout.
+        path: output location (local). Ending in ``.npz``, or a stream (a pipe, FIFO or
+            device, such as ``/dev/stdout``: one file, written in place), selects the
+            pytorch-fid layout.
         moments: merged moments, n ≥ 2.
         provenance: JSON-serialisable attributes recorded with the statistics.
         overwrite: replace an existing statistics file at ``path`` (anything else there is
@@ -82,8 +92,8 @@ def save_stats(
         OutputExistsError: ``path`` exists and is not statistics, or ``overwrite`` is False.
     """
     path = os.fspath(path)
-    claim_output(path, "statistics file", is_stats, overwrite)
-    if path.endswith(".npz"):
+    claim_output(path, "statistics file", is_stats, overwrite, streams=True)
+    if path.endswith(".npz") or is_stream(path):
         with atomic_file(path, "wb") as fh:
             np.savez(fh, mu=moments.mean, sigma=moments.covariance(ddof=1), n=np.int64(moments.n))
         return path
@@ -151,8 +161,10 @@ def _load_npz(path: str) -> Moments | Gaussian:
                     f"{path!r} lacks {sorted(missing)}; a statistics .npz needs 'mu' (d,) and "
                     f"'sigma' (d, d), it holds {sorted(keys)}"
                 )
-            mu = np.asarray(archive["mu"], dtype=np.float64)
-            sigma = np.asarray(archive["sigma"], dtype=np.float64)
+            # As pytorch-fid reads them: at d = 1 np.cov gives a 0-d sigma (and a mean a 0-d
+            # or 1-element mu).
+            mu = np.atleast_1d(np.asarray(archive["mu"], dtype=np.float64))
+            sigma = np.atleast_2d(np.asarray(archive["sigma"], dtype=np.float64))
             n = archive["n"] if "n" in keys else None
     except _NPZ_ERRORS as exc:
         raise StoreError(f"cannot read statistics {path!r}: {exc}; the file is damaged") from exc
@@ -200,8 +212,11 @@ def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
     path = os.fspath(path)
     if "://" not in path and not os.path.exists(path):
         raise StoreError(f"statistics file {path!r} does not exist")
-    if path.endswith(".npz"):
+    kind = numpy_kind(path)
+    if kind == "npz":
         return _load_npz(path)
+    if kind == "npy":
+        raise StatsFormatError(_one_array(path))
     try:
         group = zarr.open_group(path, mode="r", use_consolidated=False)
     except Exception as exc:
@@ -219,10 +234,23 @@ def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
     return Moments(n, mean, m2)
 
 
+def _one_array(path: str) -> str:
+    """The message for a ``.npy`` file given as statistics."""
+    try:
+        shape = f"of shape {np.load(path, mmap_mode='r', allow_pickle=False).shape} "
+    except _NPZ_ERRORS:
+        shape = ""
+    return (
+        f"{path!r} holds one array {shape}(a .npy file), not statistics; statistics are a "
+        "shardeval statistics group or a .npz with 'mu' and 'sigma' (save_stats writes them "
+        "from the moments of features)"
+    )
+
+
 def stats_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Attributes recorded with a Zarr statistics group ({} for ``.npz``)."""
+    """Attributes recorded with a Zarr statistics group ({} for a numpy file)."""
     path = os.fspath(path)
-    if path.endswith(".npz"):
+    if numpy_kind(path) is not None:
         return {}
     return dict(zarr.open_group(path, mode="r", use_consolidated=False).attrs)
 

@@ -11,6 +11,13 @@ before the current one is kept for readers that do not lock (``xr.open_zarr(HIST
 
 The history knows no metric by name: what each metric returned, with units and plots, is
 described by the declarations that the metrics' plug-ins give and the history stores.
+
+A history keeps every result it has recorded for an entry until that same metric is computed
+for it again: a run writes the metrics it computed into the entry's row and keeps the others
+(a job with another set of metrics adds columns; it removes none). So that a run can tell what
+is already done, each metric's results carry their own provenance (``METRIC.provenance``, JSON:
+the store's fingerprint, the metric's options, the reference, when), beside the entry's
+provenance of its latest run.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from pipeline.errors import ShardevalError
 from workflows.provenance import now_iso, versions
 
 FORMAT = "shardeval.history"
-FORMAT_VERSION = 2
+#: 3: per-metric provenance (``METRIC.provenance``); rows are merged, never replaced whole.
+FORMAT_VERSION = 3
 
 _VERSION = re.compile(r"^v(\d{6,})$")
 
@@ -53,7 +61,8 @@ class HistoryRow:
         step: training step, or -1 when unknown.
         tags: labels from the job file.
         fingerprint: digest of the store's listing (:mod:`pipeline.fingerprint`).
-        options: digest of everything else that changes a value (metric options, the array).
+        options: digest of everything else that changes a value (metric options, the array)
+            for the whole job that ran last; each metric's own is in its provenance.
         reference: the reference's location.
         reference_fingerprint: digest of the reference (and the array read from it).
         job: the job's name.
@@ -77,13 +86,72 @@ class HistoryRow:
     created: str
     content_digest: str = ""
 
-    def key(self) -> tuple[str, str, str, str]:
-        """What decides that an entry is already done: the same name, store contents, options
-        and reference."""
-        return (self.name, self.fingerprint, self.options, self.reference_fingerprint)
-
 
 PROVENANCE = tuple(f.name for f in fields(HistoryRow))
+
+#: What a metric's results were computed from, as recorded in ``METRIC.provenance``.
+_METRIC_PROVENANCE = ("fingerprint", "options", "reference_fingerprint", "content_digest")
+
+#: Ends the name of a metric's provenance variable. The dot keeps it apart from every output
+#: name, which starts with the metric's name and is an identifier.
+_PROVENANCE_SUFFIX = ".provenance"
+
+
+def provenance_variable(metric: str) -> str:
+    """The variable holding, per entry, the provenance of ``metric``'s results (JSON; "" where
+    the metric was never computed)."""
+    return metric + _PROVENANCE_SUFFIX
+
+
+def _metric_provenance(row: HistoryRow, options: str) -> str:
+    """The JSON recorded with a metric's results: the inputs they came from, the metric's own
+    options digest, and the run."""
+    recorded = {**{k: getattr(row, k) for k in _METRIC_PROVENANCE}, "options": options}
+    return json.dumps({**recorded, "job": row.job, "created": row.created}, sort_keys=True)
+
+
+def _computed_from(text: str, row: HistoryRow, options: str, check_content: bool) -> bool:
+    """Whether recorded metric provenance ``text`` says the results came from what ``row``
+    describes, under ``options``."""
+    try:
+        recorded = json.loads(text) if text else {}
+    except ValueError:
+        return False  # unreadable provenance: compute again rather than trust
+    wanted = {**{k: getattr(row, k) for k in _METRIC_PROVENANCE}, "options": options}
+    if not check_content:
+        wanted.pop("content_digest")
+    return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items())
+
+
+def _other_kind(where: str) -> tuple[str, str] | None:
+    """What a Zarr store that is not a history is ("a feature store") and holds, or None when
+    it may be a history (it says so, or cannot be opened as Zarr: :meth:`History._read` names
+    that damage)."""
+    import zarr
+
+    from pipeline.sources import STATS_FORMAT
+
+    try:
+        node = zarr.open(where, mode="r", use_consolidated=False)
+    except Exception:  # zarr raises many types for a store it cannot open
+        return None
+    if isinstance(node, zarr.Array):
+        return "a feature store", f"a Zarr array of shape {tuple(node.shape)}"
+    kind = node.attrs.get("format")
+    if kind == FORMAT:
+        return None
+    if kind == STATS_FORMAT:
+        return "a statistics group", "mean and m2, as `shardeval stats` writes them"
+    try:
+        arrays = dict(node.arrays())
+    except Exception:
+        return None
+    if "name" in arrays and "fingerprint" in arrays:
+        return None  # a history without its format attribute: _read says what it lacks
+    features = sorted(name for name, array in arrays.items() if array.ndim == 2)
+    if features:
+        return "a feature store", f"a Zarr group holding {features}"
+    return None
 
 
 class History:
@@ -161,6 +229,7 @@ class History:
     def _read(self, where: str) -> Any:
         import xarray as xr
 
+        self._refuse_other_kinds(where)
         self._check_complete(where)
         try:
             with xr.open_zarr(where, consolidated=False) as ds:
@@ -190,6 +259,23 @@ class History:
                 "the job again to start a new one"
             ) from exc
         return loaded
+
+    def _refuse_other_kinds(self, where: str) -> None:
+        """A Zarr store that is not a history (features, statistics) is named for what it is,
+        not called a damaged history: the advice for damage (move it aside) would move the
+        user's data.
+
+        Raises:
+            HistoryError: naming what ``where`` holds and what a history is.
+        """
+        other = _other_kind(where)
+        if other is not None:
+            kind, holding = other
+            raise HistoryError(
+                f"{self.path!r} is {kind}, not a history ({holding}); a history is the Zarr store "
+                "`shardeval run JOB.toml` writes at the job's [job] history path (one row per "
+                "evaluated entry): give that path, or run a job to make one"
+            )
 
     def _check_complete(self, where: str) -> None:
         """Every chunk of every variable is stored: a missing one would read as the fill
@@ -240,23 +326,52 @@ class History:
                 f"features have d={d}: use another history"
             )
 
-    def contains(self, key: tuple[str, str, str, str], content_digest: str | None = None) -> bool:
-        """Whether an entry with this :meth:`HistoryRow.key` is recorded (and, when
-        ``content_digest`` is given, recorded with those bytes)."""
+    def current(
+        self, row: HistoryRow, options: dict[str, str], check_content: bool = False
+    ) -> set[str]:
+        """The metrics whose results for the entry ``row.name`` are recorded and came from
+        what ``row`` describes: the same store listing and reference (and, ``check_content``,
+        the same bytes), each under its options digest in ``options``.
+
+        Args:
+            row: the entry as a run would record it now.
+            options: metric name → digest of its options
+                (:meth:`workflows.jobfile.Job.metric_digest`).
+            check_content: compare ``row.content_digest`` too (``--verify``).
+
+        Returns:
+            The names among ``options`` that need not be computed again.
+        """
         ds = self.load()
         if ds is None:
-            return False
-        columns = ["name", "fingerprint", "options", "reference_fingerprint"]
-        wanted = list(key)
-        if content_digest is not None:
+            return set()
+        where = np.flatnonzero(ds["name"].values.astype(str) == row.name)
+        if not where.size:
+            return set()
+        i = int(where[-1])
+        if self._whole_job_done(ds, i, row, check_content):
+            return set(options)
+        done = set()
+        for metric, digest in options.items():
+            variable = provenance_variable(metric)
+            if variable in ds.variables:
+                text = str(ds[variable].values[i])
+                if _computed_from(text, row, digest, check_content):
+                    done.add(metric)
+        return done
+
+    @staticmethod
+    def _whole_job_done(ds: Any, i: int, row: HistoryRow, check_content: bool) -> bool:
+        """Whether row ``i`` was last written by a run of the same job (metrics and options:
+        ``row.options``) on the same inputs, which computed, or found current, every metric of
+        that job. (Rows written before metrics carried their own provenance decide so.)"""
+        columns = ["fingerprint", "options", "reference_fingerprint"]
+        if check_content:
             columns.append("content_digest")
-            wanted.append(content_digest)
-        match = np.ones(ds.sizes["entry"], dtype=bool)
-        for column, value in zip(columns, wanted, strict=True):
-            if column not in ds.variables:
-                return False
-            match &= ds[column].values.astype(str) == value
-        return bool(match.any())
+        return all(
+            column in ds.variables and str(ds[column].values[i]) == getattr(row, column)
+            for column in columns
+        )
 
     def declarations(self) -> dict[str, Any]:
         """Per metric, what it returned (outputs with units) and its plots."""
@@ -305,14 +420,23 @@ class History:
         values: dict[str, Any],
         declarations: dict[str, Any],
         d: int,
+        computed: dict[str, str] | None = None,
     ) -> None:
-        """Add one entry (replacing an older row of the same name) as a new version.
+        """Record one entry's results as a new version. An earlier row of the same name is
+        merged, not replaced: ``values`` replace the results of the same names, and every
+        other result recorded for the entry is kept with its provenance.
 
         Args:
-            row: the entry's provenance.
+            row: the entry's provenance (of this run).
             values: the metrics' results by name (scalars, or 1-D arrays).
             declarations: per metric, :meth:`pipeline.metrics.Metric.declaration`.
             d: the feature dimension of the job.
+            computed: metric → its options digest, for the metrics whose results are in
+                ``values``: recorded as their provenance, so that :meth:`current` finds them
+                done (None: nothing recorded, and a job computes them again).
+
+        Raises:
+            HistoryError: the history is damaged, of another kind, or of another ``d``.
         """
         import xarray as xr
 
@@ -322,6 +446,8 @@ class History:
                 data[key] = (("entry", f"{key}_component"), np.asarray(value, np.float64)[None])
             else:
                 data[key] = ("entry", [float(value)])
+        for metric, options in (computed or {}).items():
+            data[provenance_variable(metric)] = ("entry", [_metric_provenance(row, options)])
         new = xr.Dataset(data)
         with self._locked(exclusive=True):
             current = self._current()
@@ -334,7 +460,9 @@ class History:
             known: dict[str, Any] = {}
             if old is not None:
                 known = json.loads(old.attrs.get("metrics", "{}"))
-                old = old.isel(entry=np.flatnonzero(old["name"].values.astype(str) != row.name))
+                names = old["name"].values.astype(str)
+                new = _with_kept_results(new, old.isel(entry=np.flatnonzero(names == row.name)))
+                old = old.isel(entry=np.flatnonzero(names != row.name))
                 new = xr.concat(
                     [old, new],
                     dim="entry",
@@ -343,6 +471,7 @@ class History:
                     coords="different",
                     compat="equals",
                 )
+                new = _empty_where_never_computed(new)
             new.attrs = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -366,3 +495,22 @@ class History:
             os.replace(staging, version)  # a version appears complete or not at all
             self._switch(version)
             self._collect(version)
+
+
+def _with_kept_results(new: Any, earlier: Any) -> Any:
+    """``new`` (one entry) with every variable of the entry's earlier row that it does not
+    replace: the results (and their provenance) of metrics this run did not compute."""
+    if not earlier.sizes.get("entry"):
+        return new
+    earlier = earlier.isel(entry=[-1])  # one row per name; the last if a writer left two
+    kept = {name: earlier[name] for name in earlier.data_vars if name not in new.variables}
+    return new.assign(kept)
+
+
+def _empty_where_never_computed(ds: Any) -> Any:
+    """Metric provenance as "" (never computed) in rows that lack it, where joining rows
+    filled in NaN, so that the variable stays text."""
+    for name in list(ds.data_vars):
+        if str(name).endswith(_PROVENANCE_SUFFIX):
+            ds[name] = ds[name].fillna("").astype(str)
+    return ds

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_file, claim_output
+from pipeline.atomic import atomic_file, claim_output, is_stream
 from workflows.history import History, HistoryError
 
 #: Marks our pages and summaries, so that ``report`` replaces only files it wrote.
@@ -147,19 +147,30 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
     ]
 
 
-def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tuple[str, str]:
+def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tuple[str, str | None]:
     """Write ``out`` (HTML) and the Markdown summary beside it (``.md``); return both paths.
+    When ``out`` is a pipe, FIFO or device (``/dev/stdout``) the page is written into it and no
+    Markdown is written (beside ``/dev/stdout`` is ``/dev``): the second path is then None.
 
     Raises:
         HistoryError: there is no history at ``history_path``, or it is damaged.
         OutputExistsError: ``out`` or the Markdown path exists and is not a report of ours, or
             ``overwrite`` is not given.
     """
-    md = markdown_path(out)
-    if os.path.abspath(md) == os.path.abspath(out):
+    md = None if is_stream(out) else markdown_path(out)
+    if md is not None and os.path.abspath(md) == os.path.abspath(out):
         raise HistoryError(f"the report {out!r} must not end in .md: the summary goes there")
-    claim_output(out, "shardeval HTML report", lambda p: _starts_with(p, _HTML_MARK), overwrite)
-    claim_output(md, "shardeval Markdown report", lambda p: _starts_with(p, _MD_MARK), overwrite)
+    claim_output(
+        out,
+        "shardeval HTML report",
+        lambda p: _starts_with(p, _HTML_MARK),
+        overwrite,
+        streams=True,
+    )
+    if md is not None:
+        claim_output(
+            md, "shardeval Markdown report", lambda p: _starts_with(p, _MD_MARK), overwrite
+        )
     history = History(history_path)
     ds = history.load()
     if ds is None:
@@ -237,8 +248,9 @@ window.addEventListener("load", () => {{
     md_lines += [_md_row(row) for row in cells]
     with atomic_file(out, "w") as fh:
         fh.write(page)
-    with atomic_file(md, "w") as fh:
-        fh.write("\n".join(md_lines) + "\n")
+    if md is not None:
+        with atomic_file(md, "w") as fh:
+            fh.write("\n".join(md_lines) + "\n")
     return out, md
 
 

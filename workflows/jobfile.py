@@ -108,6 +108,17 @@ class Job:
         )
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
+    def metric_digest(self, name: str) -> str:
+        """Identifies what, besides the stores, changes one metric's values: its options and
+        the array read from group stores. A result recorded under the same digest, from the
+        same inputs, is not computed again; other metrics of the job do not enter it (a job
+        that adds or drops a metric recomputes nothing else)."""
+        text = json.dumps(
+            {"metric": name, "options": self.metrics[name].options, "array": self.array},
+            sort_keys=True,
+        )
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
     def declarations(self) -> dict[str, Any]:
         return {name: metric.declaration() for name, metric in self.metrics.items()}
 

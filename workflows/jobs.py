@@ -1,7 +1,8 @@
 """Running evaluation jobs (:mod:`workflows.jobfile` reads them). Resumable and idempotent:
-each finished entry is committed to the history at once, and a re-run skips entries whose
-inputs and options are already there. Image inputs are extracted first, into a cache beside
-the history keyed by what decides their features.
+each finished entry is committed to the history at once, and a re-run computes, per entry,
+only the metrics whose results are not already there from the same inputs and options (the
+rest of the entry's results stay as they are). Image inputs are extracted first, into a cache
+beside the history keyed by what decides their features.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.metrics import Context, Reference
+from pipeline.metrics import Context, Metric, Reference
 from workflows.history import History, HistoryRow
 from workflows.jobfile import Job, JobError, load_job
 from workflows.provenance import now_iso
@@ -30,8 +31,18 @@ __all__ = ["JobError", "RunSummary", "load_job", "reference_of", "run_job"]
 
 @dataclass
 class RunSummary:
+    """What a run did.
+
+    Attributes:
+        computed: entries for which at least one metric was computed.
+        skipped: entries whose every metric was already in the history.
+        metrics: per computed entry, the metrics computed for it (the others were kept).
+        seconds: wall time of the run.
+    """
+
     computed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -290,10 +301,7 @@ def run_job(
     )
     summary = RunSummary()
     declarations = job.declarations()
-    requests: dict[str, Any] = {}
-    for metric in job.metrics.values():
-        requests.update(metric.sample_request())
-    headlines = [metric.outputs[0].name for metric in job.metrics.values()]
+    digests = {name: job.metric_digest(name) for name in job.metrics}
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
         entry_bytes = content_digest(entry.store) if verify else None
@@ -319,7 +327,9 @@ def run_job(
             created="",
             content_digest=content,
         )
-        if not force and history.contains(row.key(), content or None):
+        done = set() if force else history.current(row, digests, check_content=verify)
+        wanted = {name: metric for name, metric in job.metrics.items() if name not in done}
+        if not wanted:
             summary.skipped.append(entry.name)
             log(f"[{i}/{len(job.entries)}] {entry.name}: already in the history, skipped")
             continue
@@ -338,14 +348,39 @@ def run_job(
             if entry.images
             else prepared.sources[entry.name]
         )
-        context = Context(reference, engine, progress, job.device, job.backend, requests)
-        values: dict[str, Any] = {}
-        for metric in job.metrics.values():
-            values.update(metric.check_outputs(metric.compute(source, context)))
+        values = _computed_values(wanted, source, reference, engine, progress, job)
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
-        history.append(row, values, declarations, prepared.d)
+        history.append(row, values, declarations, prepared.d, {n: digests[n] for n in wanted})
         summary.computed.append(entry.name)
-        shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in headlines)
-        log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}")
+        summary.metrics[entry.name] = list(wanted)
+        shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in _headlines(wanted))
+        kept = [name for name in job.metrics if name in done]
+        already = f" ({', '.join(kept)} already in the history)" if kept else ""
+        log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _computed_values(
+    metrics: dict[str, Metric],
+    source: FeatureSource,
+    reference: Reference,
+    engine: Engine,
+    progress: Progress | None,
+    job: Job,
+) -> dict[str, Any]:
+    """The results of ``metrics`` for one entry, checked against their declarations. The pair
+    metrics among them are asked for together (one pass over the cross pairs serves all)."""
+    requests: dict[str, Any] = {}
+    for metric in metrics.values():
+        requests.update(metric.sample_request())
+    context = Context(reference, engine, progress, job.device, job.backend, requests)
+    values: dict[str, Any] = {}
+    for metric in metrics.values():
+        values.update(metric.check_outputs(metric.compute(source, context)))
+    return values
+
+
+def _headlines(metrics: dict[str, Metric]) -> list[str]:
+    """Each metric's headline result (its first output)."""
+    return [metric.outputs[0].name for metric in metrics.values()]

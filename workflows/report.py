@@ -130,8 +130,9 @@ def is_json_report(path: str) -> bool:
 
 
 def claim_json(path: str | os.PathLike[str], overwrite: bool) -> None:
-    """Before computing: ``path`` may receive a JSON report (see :func:`claim_output`)."""
-    claim_output(path, "shardeval JSON report", is_json_report, overwrite)
+    """Before computing: ``path`` may receive a JSON report (see :func:`claim_output`; a pipe,
+    FIFO or device such as ``/dev/stdout`` is written in place, never read)."""
+    claim_output(path, "shardeval JSON report", is_json_report, overwrite, streams=True)
 
 
 def write_json(path: str | os.PathLike[str], data: dict[str, Any], overwrite: bool = False) -> None:

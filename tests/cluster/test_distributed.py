@@ -212,3 +212,77 @@ def test_cli_cluster_spec_dashboard_and_performance_report(tmp_path, capsys, fea
     code = main(["fid", real_path, gen_path, "--performance-report", str(report), "-q"])
     assert code == 2
     assert "needs a distributed cluster" in capsys.readouterr().err
+
+
+def _scheduler_pid(address):
+    with Client(address) as client:
+        return client.run_on_scheduler(os.getpid)
+
+
+@pytest.mark.timeout(300)
+def test_scheduler_killed_mid_run_is_one_clear_error(processes):
+    # It was a FuturesCancelledError or CommClosedError traceback, or "error: in <TCP (closed)
+    # ConnectionPool.ncores ...>" after Dask's own logged traceback.
+    from pipeline.engine import SchedulerLostError
+
+    address = processes(workers=1)
+    pid = _scheduler_pid(address)
+    killed = []
+
+    def progress(done, total):
+        if not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(done)
+
+    with pytest.raises(SchedulerLostError, match=r"went away|was cancelled") as caught:
+        _fid(_sources(shards=400), engine=Engine(address), progress=progress)
+    assert killed
+    assert address in str(caught.value)
+    assert caught.value.operating_failure
+
+
+@pytest.mark.timeout(300)
+def test_cli_scheduler_killed_mid_run_is_one_line_and_exit_1(processes, tmp_path):
+    import threading
+
+    from pipeline.synthetic import write_features
+
+    stores = []
+    for seed in (1, 2):
+        stores.append(str(tmp_path / f"f{seed}.zarr"))
+        x = gaussian_features(200 * 500, 64, shard_rows=500, seed=seed)
+        write_features(stores[-1], x, chunk_rows=500)
+    address = processes(workers=1)
+    pid = _scheduler_pid(address)
+    exe = os.path.join(os.path.dirname(sys.executable), "shardeval")
+    proc = subprocess.Popen(
+        [exe, "fid", *stores, "--scheduler", address, "--shard-rows", "500"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines, connected = [], threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("shardeval: dashboard:"):
+                connected.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert connected.wait(120), "".join(lines)
+        os.kill(pid, signal.SIGKILL)  # mid-run: 400 shards on one worker thread
+        assert proc.wait(timeout=120) == 1, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    reader.join(30)
+    err = "".join(lines)
+    assert "Traceback" not in err
+    assert all(line.startswith(("shardeval:", "shards:")) for line in lines), err
+    errors = [line for line in lines if line.startswith("shardeval: error:")]
+    assert len(errors) == 1, err
+    assert f"the Dask scheduler at {address} went away" in errors[0], err

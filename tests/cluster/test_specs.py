@@ -180,3 +180,68 @@ def test_gpu_specs_start_workers_with_ieee_products(name):
     assert "pipeline.ieee_fp32" in text
     if name == "cuda.yaml":
         assert load_spec(os.path.join(CLUSTER, name)).options["preload"] == ["pipeline.ieee_fp32"]
+
+
+def _shipped_specs():
+    """Every spec in cluster/ that this package reads (YAML with a 'backend' key)."""
+    found = []
+    for root, _, names in os.walk(CLUSTER):
+        for name in sorted(names):
+            if name.endswith((".yaml", ".yml")):
+                with open(os.path.join(root, name)) as fh:
+                    doc = yaml.safe_load(fh)
+                if isinstance(doc, dict) and "backend" in doc:
+                    found.append(os.path.relpath(os.path.join(root, name), CLUSTER))
+    return found
+
+
+def _host(address):
+    """The host of a "host:port" or "proto://host:port" address ("" when there is none)."""
+    address = str(address).split("://")[-1]
+    return address.rsplit(":", 1)[0] if ":" in address else address
+
+
+def test_specs_that_start_a_local_scheduler_bind_it_to_loopback():
+    # local.yaml served the dashboard on every interface (dashboard_address ":8787"): anyone
+    # on the network could see the cluster (and the stores' paths), and run code on it
+    # through the dashboard's Jupyter proxy where one is installed.
+    from pipeline.clusters import LOCAL_BACKENDS, cluster_options
+
+    local = [
+        name
+        for name in _shipped_specs()
+        if load_spec(os.path.join(CLUSTER, name)).backend in LOCAL_BACKENDS
+    ]
+    assert sorted(local) == ["cuda.yaml", "local.yaml"]
+    for name in local:
+        spec = load_spec(os.path.join(CLUSTER, name))
+        written = spec.options.get("dashboard_address")
+        assert written is None or _host(written) == "127.0.0.1", (name, written)
+        options = cluster_options(spec)
+        assert _host(options["dashboard_address"]) == "127.0.0.1", name
+        assert options.get("host", "127.0.0.1") == "127.0.0.1", name
+
+
+def test_local_defaults_bind_to_loopback_and_the_users_choice_is_kept():
+    from pipeline.clusters import cluster_options
+
+    bare = cluster_options(ClusterSpec("cuda", {"n_workers": 1}, None, "x.yaml"))
+    assert _host(bare["dashboard_address"]) == "127.0.0.1"
+    assert "host" not in bare  # LocalCluster's own default: 127.0.0.1
+    mine = {"dashboard_address": "0.0.0.0:8787", "host": "10.1.2.3"}
+    assert cluster_options(ClusterSpec("local", mine, None, "x.yaml")) == mine
+    slurm = {"queue": "gpu"}
+    assert cluster_options(ClusterSpec("slurm", slurm, None, "x.yaml")) == slurm
+
+
+def test_the_shipped_local_spec_serves_its_dashboard_on_loopback_only():
+    spec = load_spec(os.path.join(CLUSTER, "local.yaml"))
+    spec = ClusterSpec(spec.backend, {**spec.options, "n_workers": 0}, None, spec.path)
+    cluster = make_cluster(spec)
+    try:
+        sockets = cluster.scheduler.http_server._sockets.values()
+        hosts = {s.getsockname()[0] for s in sockets}
+        assert hosts == {"127.0.0.1"}
+        assert _host(cluster.scheduler_address) == "127.0.0.1"
+    finally:
+        cluster.close()

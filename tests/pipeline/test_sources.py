@@ -103,3 +103,38 @@ def test_dimensions_must_match(tmp_path, x):
     a, b = open_features(str(tmp_path / "a.npy")), open_features(str(tmp_path / "b.npy"))
     with pytest.raises(ShapeError, match=r"d=4.*d=3"):
         check_same_dim(a, b)
+
+
+def test_numpy_files_are_read_by_their_bytes_not_their_names(tmp_path, x):
+    # A .npy named .npz (and the reverse) was an AttributeError traceback: the name chose
+    # the reader. The bytes decide: "\x93NUMPY" is an array, "PK\x03\x04" a zip archive.
+    np.save(tmp_path / "array.npy", x)
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    np.savez(tmp_path / "archive.npz", feats=x)
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")
+    np.save(tmp_path / "unnamed.npy", x)
+    (tmp_path / "unnamed.npy").rename(tmp_path / "unnamed")
+    for name in ("array.npz", "archive.npy", "unnamed"):
+        np.testing.assert_array_equal(open_features(str(tmp_path / name)).array.compute(), x)
+    assert open_features(str(tmp_path / "archive.npy")).name == "feats"
+    with pytest.raises(StoreError, match=r"is a \.npy file, which holds one array"):
+        open_features(str(tmp_path / "array.npz"), array_name="feats")
+
+
+@pytest.mark.parametrize(
+    "content", [b"a,b\n1,2\n", b"\x89HDF\r\n\x1a\n" + bytes(64), b"", b"\x80\x04K\x01."]
+)
+def test_a_file_that_is_neither_npy_nor_npz_is_one_clear_error(tmp_path, content):
+    (tmp_path / "f.npy").write_bytes(content)
+    with pytest.raises(StoreError, match=r"is neither a \.npy array nor a \.npz archive"):
+        open_features(str(tmp_path / "f.npy"))
+
+
+@pytest.mark.parametrize("name", ["feats.npy", "feats.npz"])
+def test_a_zarr_folder_named_like_a_numpy_file_is_read_as_zarr(tmp_path, x, name):
+    # A directory is a directory: it was refused ("cannot read ... as a numpy file: Is a
+    # directory").
+    write_zarr(tmp_path / name, x, chunk_rows=16)
+    source = open_features(str(tmp_path / name))
+    assert source.shards == 1
+    np.testing.assert_array_equal(source.array.compute(), x)

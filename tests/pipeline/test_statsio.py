@@ -94,3 +94,49 @@ def test_zarr_statistics_with_a_missing_chunk_are_refused(tmp_path, moments):
     os.remove(chunks[0])  # an m2 that would read as zeros
     with pytest.raises(StoreError, match="chunks of 'm2' are missing"):
         load_stats(path)
+
+
+def test_statistics_are_recognised_by_their_bytes_not_their_names(tmp_path, rng, moments):
+    from pipeline.statsio import is_stats
+
+    x = rng.standard_normal((100, 3))
+    np.savez(tmp_path / "s.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+    (tmp_path / "s.npz").rename(tmp_path / "s.npy")  # a zip archive named .npy
+    save_stats(tmp_path / "group.zarr", moments)
+    (tmp_path / "group.zarr").rename(tmp_path / "group.npz")  # a Zarr folder named .npz
+    with open(tmp_path / "features.npz", "wb") as fh:
+        np.save(fh, x)  # an array named .npz: not statistics
+    assert is_stats(tmp_path / "s.npy")
+    assert is_stats(tmp_path / "group.npz")
+    assert not is_stats(tmp_path / "features.npz")
+    np.testing.assert_allclose(load_stats(tmp_path / "s.npy").mean, x.mean(0), rtol=1e-15)
+    back = load_stats(tmp_path / "group.npz")
+    assert isinstance(back, Moments)
+    np.testing.assert_array_equal(back.m2, moments.m2)
+    assert stats_provenance(tmp_path / "group.npz")["format"] == "shardeval.moments"
+    with pytest.raises(StatsFormatError, match=r"holds one array of shape \(100, 3\)"):
+        load_stats(tmp_path / "features.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not numpy at all")
+    with pytest.raises(StoreError, match=r"is neither a \.npy array nor a \.npz archive"):
+        load_stats(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize(
+    ("mu", "sigma"),
+    [
+        (np.float64(1.5), np.float64(4.0)),  # 0-d mu and sigma
+        (np.array([1.5]), np.float64(4.0)),  # 1-element mu, 0-d sigma
+        (np.array([1.5]), np.array([[4.0]])),  # already (1,) and (1, 1)
+    ],
+)
+def test_pytorch_fid_statistics_at_d_1(tmp_path, mu, sigma):
+    # pytorch-fid takes np.atleast_1d(mu) and np.atleast_2d(sigma); a d = 1 file was refused.
+    np.savez(tmp_path / "a.npz", mu=mu, sigma=sigma)
+    np.savez(tmp_path / "b.npz", mu=np.float64(-0.5), sigma=np.float64(0.25))
+    a, b = load_stats(tmp_path / "a.npz"), load_stats(tmp_path / "b.npz")
+    assert a.d == b.d == 1
+    # Two 1-D Gaussians: (μ1 − μ2)² + (σ1 − σ2)² with σ the standard deviations.
+    closed_form = (1.5 - (-0.5)) ** 2 + (2.0 - 0.5) ** 2
+    assert frechet_distance(as_gaussian(a), as_gaussian(b)).fid == pytest.approx(
+        closed_form, rel=1e-12
+    )

@@ -190,3 +190,71 @@ def test_the_cpu_fid_path_never_imports_torch(tmp_path, feature_pair):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout.split()
     assert out[-2:] == ["0", "False"]
+
+
+@pytest.fixture
+def mislabelled(tmp_path, rng):
+    """Features saved as .npy but named .npz, and as .npz but named .npy, with their data."""
+    real = (rng.standard_normal((300, 5)) + 0.5).astype(np.float32)
+    gen = (1.3 * rng.standard_normal((250, 5))).astype(np.float32)
+    np.save(tmp_path / "real.npy", real)
+    os.rename(tmp_path / "real.npy", tmp_path / "real.npz")
+    np.savez(tmp_path / "gen.npz", features=gen)
+    os.rename(tmp_path / "gen.npz", tmp_path / "gen.npy")
+    return str(tmp_path / "real.npz"), real, str(tmp_path / "gen.npy"), gen
+
+
+def test_fid_and_kid_read_mislabelled_numpy_files_by_their_bytes(capsys, mislabelled):
+    # Both were AttributeError tracebacks (exit 1): the extension chose the reader.
+    from tests.pipeline.test_samples import kid_brute
+
+    real_path, real, gen_path, gen = mislabelled
+    code, out, err = _run(capsys, "fid", real_path, gen_path, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["fid"] == pytest.approx(
+        exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6
+    )
+    code, out, err = _run(capsys, "kid", real_path, gen_path, "--json", "-q")
+    assert code == 0, err
+    assert json.loads(out)["kid"]["kid"] == pytest.approx(kid_brute(real, gen), rel=1e-5)
+
+
+def test_stats_and_ess_read_mislabelled_numpy_files_by_their_bytes(tmp_path, capsys, mislabelled):
+    real_path, real, _, _ = mislabelled
+    code, _, err = _run(capsys, "stats", real_path, "-o", tmp_path / "s.zarr", "-q")
+    assert code == 0, err
+    from pipeline.statsio import load_stats
+
+    stats = load_stats(tmp_path / "s.zarr")
+    np.testing.assert_allclose(stats.mean, real.astype(np.float64).mean(0), rtol=1e-6)
+    lw = np.random.default_rng(3).normal(size=500) * 2
+    np.savez(tmp_path / "lw.npz", lw=lw)
+    os.rename(tmp_path / "lw.npz", tmp_path / "lw.npy")
+    code, out, err = _run(capsys, "ess", tmp_path / "lw.npy", "--json", "-q")
+    assert code == 0, err
+    w = np.exp(lw - lw.max())
+    assert json.loads(out)["ess"] == pytest.approx(w.sum() ** 2 / (w * w).sum(), rel=1e-9)
+
+
+def test_statistics_named_npy_are_statistics(tmp_path, capsys, feature_pair):
+    _, real, gen_path, gen = feature_pair
+    mu, sigma = np_stats(real)
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
+    os.rename(tmp_path / "ref.npz", tmp_path / "ref.npy")
+    code, out, err = _run(capsys, "fid", tmp_path / "ref.npy", gen_path, "--json", "-q")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["inputs"]["real"]["kind"] == "statistics"
+    assert report["fid"] == pytest.approx(exact_fid(mu, sigma, *np_stats(gen)), rel=1e-6)
+
+
+def test_fid_against_pytorch_fid_statistics_at_d_1(tmp_path, capsys, rng):
+    # A pytorch-fid .npz at d = 1 holds a 0-d sigma (np.cov of one feature); it was refused.
+    gen = (0.5 * rng.standard_normal((4000, 1)) - 1.0).astype(np.float64)
+    np.savez(tmp_path / "ref.npz", mu=np.float64(2.0), sigma=np.float64(9.0))
+    np.save(tmp_path / "gen.npy", gen)
+    code, out, err = _run(capsys, "fid", tmp_path / "ref.npz", tmp_path / "gen.npy", "--json", "-q")
+    assert code == 0, err
+    # Two 1-D Gaussians: (μ1 − μ2)² + (σ1 − σ2)², σ the standard deviations.
+    mu2, sd2 = gen.mean(), gen.std(ddof=1)
+    assert json.loads(out)["fid"] == pytest.approx((2.0 - mu2) ** 2 + (3.0 - sd2) ** 2, rel=1e-9)

@@ -194,3 +194,30 @@ def test_markdown_report_escapes_bars_in_names(tmp_path):
     header, row = rows[0], rows[2]
     assert "a\\|b" in row
     assert row.replace("\\|", "").count("|") == header.count("|")
+
+
+@pytest.mark.parametrize("command", ["history", "report"])
+@pytest.mark.parametrize("layout", ["array", "group"])
+def test_a_feature_store_is_called_a_feature_store_not_a_damaged_history(
+    tmp_path, capsys, command, layout
+):
+    # It said "history ... cannot be read (ContainsArrayError ...); it is damaged: move it
+    # aside", advice that moves the user's features.
+    import numpy as np
+
+    from tests.conftest import write_zarr
+
+    x = np.zeros((10, 3), np.float32)
+    if layout == "array":
+        store = write_zarr(tmp_path / "feats.zarr", x)
+    else:
+        store = str(tmp_path / "feats.zarr")
+        xr.Dataset({"features": (("sample", "feature"), x)}).to_zarr(store, consolidated=False)
+    argv = [command, store] + (["-o", str(tmp_path / "r.html")] if command == "report" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "is a feature store, not a history" in err
+    assert "damaged" not in err
+    assert "shardeval run" in err
+    assert not (tmp_path / "r.html").exists()

@@ -87,8 +87,17 @@ def test_force_and_changed_options_recompute(job_dir):
     job = load_job(job_dir / "job.toml")
     run_job(job)
     assert len(run_job(job, force=True).computed) == 4
+    nll = [r["nll_gaussian"] for r in History(job.history).table()]
+    # A metric dropped from the job: nothing to compute, and its results stay.
     (job_dir / "job.toml").write_text(JOB.replace("[metrics.nll_gaussian]\n", ""))
-    assert len(run_job(load_job(job_dir / "job.toml")).computed) == 4
+    assert run_job(load_job(job_dir / "job.toml")).computed == []
+    assert [r["nll_gaussian"] for r in History(job.history).table()] == nll
+    # A metric's option changed: that metric again, and only it.
+    option = '[metrics.nll_gaussian]\nnonfinite = "drop"\n'
+    (job_dir / "job.toml").write_text(JOB.replace("[metrics.nll_gaussian]\n", option))
+    again = run_job(load_job(job_dir / "job.toml"))
+    assert again.metrics == {name: ["nll_gaussian"] for name in again.computed}
+    assert len(again.computed) == 4
 
 
 def test_modified_reference_invalidates_the_cache(job_dir):
@@ -591,3 +600,140 @@ def test_kid_subset_options_without_subsets_are_refused(job_dir):
     (job_dir / "job.toml").write_text(JOB + "[metrics.kid]\nsubset_size = 300\nseed = 77\n")
     with pytest.raises(JobError, match=r"\['seed', 'subset_size'\] apply with 'subsets'"):
         load_job(job_dir / "job.toml")
+
+
+def _metric_set_job(path, metrics, entries=("e-1", "e-2")):
+    listed = "".join(
+        f'[[entries]]\nname = "{e}"\nstore = "{e}.npy"\nstep = {i}\n'
+        for i, e in enumerate(entries, 1)
+    )
+    path.write_text(
+        '[job]\nname = "sets"\nhistory = "runs/h.zarr"\n[reference]\nstore = "real.npy"\n'
+        + listed
+        + "".join(f"[metrics.{m}]\n{options}\n" for m, options in metrics.items())
+    )
+    return load_job(path)
+
+
+@pytest.fixture
+def metric_sets(tmp_path):
+    rng = np.random.default_rng(7)
+    data = {
+        "real": rng.normal(size=(500, 6)),
+        "e-1": 1.1 * rng.normal(size=(400, 6)) + 0.2,
+        "e-2": 0.9 * rng.normal(size=(450, 6)) - 0.1,
+    }
+    for name, x in data.items():
+        np.save(tmp_path / f"{name}.npy", x.astype(np.float32))
+    return tmp_path, {k: v.astype(np.float32) for k, v in data.items()}
+
+
+def _recorded(history, entry, names):
+    row = next(r for r in History(history).table() if r["name"] == entry)
+    return {n: row.get(n) for n in names}
+
+
+def _every_kept_version(history):
+    """Each complete version under HISTORY.versions (the current one and the one before)."""
+    import xarray as xr
+
+    versions = History(history)._versions()
+    assert versions
+    for version in versions:
+        with xr.open_zarr(version, consolidated=False) as ds:
+            yield ds.load()
+
+
+def test_a_job_with_another_metric_set_keeps_every_result(metric_sets):
+    # Job A (fid, kid) over e-1 and e-2, then job B (fid, cmmd) over e-1 on the same history:
+    # e-1's KID was gone (the row was replaced whole), and after one more run it was gone
+    # from the kept versions too.
+    from tests.pipeline.test_samples import cmmd_brute, kid_brute
+    from tests.reference import exact_fid, np_stats
+
+    tmp, data = metric_sets
+    job_a = _metric_set_job(tmp / "a.toml", {"fid": "", "kid": ""})
+    first = run_job(job_a)
+    assert first.computed == ["e-1", "e-2"]
+    history = job_a.history
+    kid = {e: _recorded(history, e, ["kid"])["kid"] for e in ("e-1", "e-2")}
+    for entry in ("e-1", "e-2"):
+        assert kid[entry] == pytest.approx(kid_brute(data["real"], data[entry]), rel=1e-5)
+
+    job_b = _metric_set_job(tmp / "b.toml", {"fid": "", "cmmd": ""}, entries=("e-1",))
+    second = run_job(job_b)
+    assert second.computed == ["e-1"]
+    assert second.metrics == {"e-1": ["cmmd"]}  # FID of e-1 is already there: not again
+    for _ in range(2):  # more runs switch versions: nothing may fall out of the kept ones
+        assert run_job(job_b).skipped == ["e-1"]
+        assert run_job(job_a).skipped == ["e-1", "e-2"]
+    e1 = _recorded(history, "e-1", ["fid", "kid", "cmmd"])
+    assert e1["kid"] == kid["e-1"]
+    assert e1["fid"] == pytest.approx(
+        exact_fid(*np_stats(data["real"]), *np_stats(data["e-1"])), rel=1e-6
+    )
+    assert e1["cmmd"] == pytest.approx(cmmd_brute(data["real"], data["e-1"]), rel=1e-5)
+    assert _recorded(history, "e-2", ["kid", "cmmd"]) == {"kid": kid["e-2"], "cmmd": None}
+    for ds in _every_kept_version(history):
+        names = list(ds["name"].values.astype(str))
+        for entry in ("e-1", "e-2"):
+            assert float(ds["kid"].values[names.index(entry)]) == kid[entry]
+
+
+def test_a_changed_option_recomputes_that_metric_only(metric_sets):
+    from tests.pipeline.test_samples import cmmd_brute
+
+    tmp, data = metric_sets
+    run_job(_metric_set_job(tmp / "a.toml", {"fid": "", "kid": ""}))
+    run_job(_metric_set_job(tmp / "b.toml", {"fid": "", "cmmd": ""}))
+    job_c = _metric_set_job(tmp / "c.toml", {"kid": "", "cmmd": "sigma = 5.0"})
+    before = _recorded(job_c.history, "e-1", ["fid", "kid"])
+    summary = run_job(job_c)
+    assert summary.metrics == {"e-1": ["cmmd"], "e-2": ["cmmd"]}
+    after = _recorded(job_c.history, "e-1", ["fid", "kid", "cmmd"])
+    assert {k: after[k] for k in ("fid", "kid")} == before
+    assert after["cmmd"] == pytest.approx(cmmd_brute(data["real"], data["e-1"], 5.0), rel=1e-5)
+    assert len(run_job(job_c, force=True).computed) == 2  # --force: the job's metrics again
+
+
+def test_a_changed_store_recomputes_what_is_asked_and_keeps_the_rest_traceable(metric_sets):
+    import xarray as xr
+
+    tmp, data = metric_sets
+    job_a = _metric_set_job(tmp / "a.toml", {"fid": "", "kid": ""}, entries=("e-1",))
+    run_job(job_a)
+    old = _recorded(job_a.history, "e-1", ["fid", "kid"])
+    np.save(tmp / "e-1.npy", data["e-2"])  # other rows under the same name
+    job_b = _metric_set_job(tmp / "b.toml", {"fid": ""}, entries=("e-1",))
+    assert run_job(job_b).metrics == {"e-1": ["fid"]}
+    new = _recorded(job_a.history, "e-1", ["fid", "kid"])
+    assert new["fid"] != old["fid"]
+    assert new["kid"] == old["kid"]  # kept: KID was not asked for again
+    with xr.open_zarr(job_a.history, consolidated=False) as ds:
+        fid_from = json.loads(str(ds["fid.provenance"].values[0]))["fingerprint"]
+        kid_from = json.loads(str(ds["kid.provenance"].values[0]))["fingerprint"]
+        assert str(ds["fingerprint"].values[0]) == fid_from != kid_from
+    assert run_job(job_a).metrics == {"e-1": ["kid"]}  # its KID is of the old rows: again
+
+
+def test_a_history_without_metric_provenance_is_still_resumed(metric_sets):
+    # Histories written before results carried their own provenance (format 2): an unchanged
+    # job still skips what it did, and another metric set still keeps what is there.
+    import xarray as xr
+
+    tmp, _ = metric_sets
+    job_a = _metric_set_job(tmp / "a.toml", {"fid": "", "kid": ""})
+    run_job(job_a)
+    version = os.path.realpath(job_a.history)
+    with xr.open_zarr(version, consolidated=False) as ds:
+        old = ds.load()
+    old = old.drop_vars([v for v in old.data_vars if str(v).endswith(".provenance")])
+    old.attrs["format_version"] = 2
+    for name in old.variables:
+        old[name].encoding = {}
+    old.to_zarr(version, mode="w", consolidated=False, zarr_format=2, write_empty_chunks=True)
+    kid = _recorded(job_a.history, "e-1", ["kid"])
+    assert run_job(job_a).skipped == ["e-1", "e-2"]
+    job_b = _metric_set_job(tmp / "b.toml", {"fid": "", "cmmd": ""}, entries=("e-1",))
+    assert run_job(job_b).metrics == {"e-1": ["fid", "cmmd"]}  # FID's options were not recorded
+    assert _recorded(job_a.history, "e-1", ["kid"]) == kid

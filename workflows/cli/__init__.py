@@ -69,7 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ShardevalError as exc:
         print(f"shardeval: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        # A scheduler that went away mid-run is an operating failure, as a full disk is:
+        # nothing in the input would fix it.
+        return EXIT_FAILED if getattr(exc, "operating_failure", False) else EXIT_BAD_INPUT
     except BrokenPipeError:
         # The reader went away (`shardeval ... | head -1`): stop quietly, as other tools do,
         # and keep the interpreter's final flush from failing again.

@@ -4,6 +4,7 @@ that do not apply, opening inputs, and printing or writing a report."""
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 import time
@@ -56,6 +57,21 @@ def refuse(args: argparse.Namespace, names: Iterable[str], why: str) -> None:
 
 def notice(message: str) -> None:
     print(f"shardeval: {message}", file=sys.stderr)
+
+
+def is_stdout(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is where this command's standard output goes (``/dev/stdout``, or the
+    pipe or file stdout is redirected to); never raises, opens nothing."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False  # no such path, or a stdout without a descriptor (captured)
+
+
+def say(text: str, *outputs: str) -> None:
+    """Print a command's closing line on stdout, or on stderr when one of ``outputs`` is
+    stdout: the output (a report piped into jq, say) then stays whole."""
+    print(text, file=sys.stderr if any(is_stdout(o) for o in outputs) else sys.stdout)
 
 
 def must_exist(*locations: str) -> None:
@@ -168,10 +184,16 @@ def report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], summary: str) -> int:
-    """Write the JSON report (--out), then print the summary or the JSON (--json)."""
+    """Write the JSON report (--out), then print the summary or the JSON (--json). When --out
+    is stdout itself (``--out /dev/stdout | jq``), stdout gets the report alone, once: the
+    summary goes to stderr."""
     from workflows.report import to_json, write_json
 
     if args.out:
         write_json(args.out, data, overwrite=args.overwrite)
+        if is_stdout(args.out):
+            if not args.json:
+                print(summary, file=sys.stderr)
+            return 0
     print(to_json(data) if args.json else summary, end="" if args.json else "\n")
     return 0

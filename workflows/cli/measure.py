@@ -20,6 +20,7 @@ from workflows.cli.common import (
     progress,
     refuse,
     report_tail,
+    say,
     settings,
 )
 
@@ -203,7 +204,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from workflows.provenance import now_iso, versions
 
     check_outside(args.output, args.inputs)
-    claim_output(args.output, "statistics file", is_stats, args.overwrite)
+    claim_output(args.output, "statistics file", is_stats, args.overwrite, streams=True)
     source = _open(args, args.inputs[0])
     ((moments, dropped),) = moments_of(args, [source])
     provenance = {
@@ -214,9 +215,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         "versions": versions(),
     }
     save_stats(args.output, moments, provenance, overwrite=args.overwrite)
-    print(
+    say(
         f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
-        f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)"
+        f"shards={source.shards} -> {args.output} ({time.perf_counter() - start:.2f} s)",
+        args.output,
     )
     return 0
 
@@ -230,7 +232,7 @@ def _merge(args: argparse.Namespace) -> int:
     from workflows.provenance import now_iso, versions
 
     check_outside(args.output, paths)
-    claim_output(args.output, "statistics file", is_stats, args.overwrite)
+    claim_output(args.output, "statistics file", is_stats, args.overwrite, streams=True)
     merged, provenance = merge_stats(paths)
     save_stats(
         args.output,
@@ -238,7 +240,10 @@ def _merge(args: argparse.Namespace) -> int:
         {**provenance, "created": now_iso(), "versions": versions()},
         overwrite=args.overwrite,
     )
-    print(f"merged {len(paths)} statistics: n={merged.n:,} d={merged.d:,} -> {args.output}")
+    say(
+        f"merged {len(paths)} statistics: n={merged.n:,} d={merged.d:,} -> {args.output}",
+        args.output,
+    )
     return 0
 
 
@@ -386,10 +391,12 @@ def _is_synthetic(path: str) -> bool:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.atomic import atomic_dir, atomic_file, claim_output
+    from pipeline.atomic import atomic_dir, atomic_file, claim_output, is_stream
     from pipeline.synthetic import gaussian_features, write_features
 
-    claim_output(args.output, "synthetic feature store", _is_synthetic, args.overwrite)
+    claim_output(
+        args.output, "synthetic feature store", _is_synthetic, args.overwrite, streams=True
+    )
     x = gaussian_features(
         args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed, mean=args.mean, scale=args.scale
     )
@@ -399,7 +406,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         "mean": args.mean,
         "scale": args.scale,
     }
-    if args.output.endswith(".npy"):
+    if args.output.endswith(".npy") or is_stream(args.output):  # a pipe takes one file
         import numpy as np
 
         with atomic_file(args.output, "wb") as fh:
@@ -407,5 +414,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     else:
         with atomic_dir(args.output) as tmp:
             write_features(tmp, x, chunk_rows=args.chunk_rows, attrs=attrs)
-    print(f"wrote {args.n:,} x {args.d:,} synthetic features to {os.fspath(args.output)}")
+    say(
+        f"wrote {args.n:,} x {args.d:,} synthetic features to {os.fspath(args.output)}",
+        args.output,
+    )
     return 0

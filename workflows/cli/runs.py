@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from workflows.cli.common import UsageError, notice
+from workflows.cli.common import UsageError, notice, say
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,5 +85,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from workflows.htmlreport import write_report
 
     page, md = write_report(args.history, args.output, overwrite=args.overwrite)
-    print(f"wrote {page} and {md}")
+    if md is None:
+        say(f"wrote {page} (no Markdown summary: it has no place beside a pipe or device)", page)
+    else:
+        say(f"wrote {page} and {md}", page)
     return 0
