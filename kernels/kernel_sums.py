@@ -340,7 +340,7 @@ def rbf_sums(
     Example:
         >>> import numpy as np
         >>> s = rbf_sums(np.array([[1.0, 0.0]]), np.array([[0.0, 2.0]]), RBFKernel(1.0))
-        >>> round(s.total, 12) == round(1 - np.exp(-1.0), 12)   # ‖x̂ − ŷ‖² = 2
+        >>> round(s.total, 12) == round(1 - float(np.exp(-1.0)), 12)   # ‖x̂ − ŷ‖² = 2
         True
     """
     d = x.shape[1]

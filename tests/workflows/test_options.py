@@ -250,7 +250,9 @@ def check_backend(capsys, f, command, monkeypatch):
     # The tests run Triton kernels in its interpreter (tests/conftest.py).
     if command in ("kid", "cmmd", "prdc"):
         small = [command, f["a_small"], f["b_small"]]
-        calls = _spy(monkeypatch, kernels._triton_path, "pair_reduce_triton")
+        # Kernel sums (KID, CMMD) and decisions (PRDC) have their own Triton launchers.
+        triton_entry = "pair_reduce_triton" if command == "prdc" else "kernel_sums_triton"
+        calls = _spy(monkeypatch, kernels._triton_path, triton_entry)
         report = _report(capsys, *small, "--backend", "triton", "--shard-rows", "50")
         assert calls
         calls.clear()
