@@ -40,7 +40,7 @@ test: $(BIN)/shardeval $(ENC_VENV)/bin/shardeval
 	$(ENC_VENV)/bin/python -m pytest -q -m encoders -p no:cacheprovider tests/encoders
 
 lint: $(BIN)/shardeval
-	$(BIN)/ruff check pipeline kernels workflows tests benchmarks
+	$(BIN)/ruff check shardeval tests benchmarks
 	$(BIN)/mypy
 
 bench: $(BIN)/shardeval

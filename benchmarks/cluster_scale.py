@@ -14,8 +14,8 @@ import time
 
 from distributed import Client, LocalCluster
 
-from pipeline import Engine, FeatureSource, feature_moments
-from pipeline.synthetic import gaussian_features
+from shardeval.pipeline import Engine, FeatureSource, feature_moments
+from shardeval.pipeline.io.synthetic import gaussian_features
 
 
 def _peak_rss_mib() -> float:

@@ -67,8 +67,8 @@ def _inception_weights() -> tuple[str, bool]:
     """(weights file, real?) — the cached file, or random weights in a temporary file."""
     import torch
 
-    from kernels.encoders import WeightsError, locate_weights
-    from kernels.encoders.inception import random_state_dict
+    from shardeval.kernels.encoders import WeightsError, locate_weights
+    from shardeval.kernels.encoders.inception import random_state_dict
 
     try:
         return locate_weights("inception"), True
@@ -82,8 +82,8 @@ def _vit(name: str, meta: bool = False) -> tuple[Any, bool]:
     """(network, real?) of a ViT encoder: the cached weights, or the architecture at random."""
     import torch
 
-    from kernels.encoders import WeightsError, locate_weights
-    from kernels.encoders import vit as v
+    from shardeval.kernels.encoders import WeightsError, locate_weights
+    from shardeval.kernels.encoders import vit as v
 
     if not meta:
         try:
@@ -105,8 +105,8 @@ def _vit(name: str, meta: bool = False) -> tuple[Any, bool]:
 def _encoder(name: str) -> tuple[Any, bool]:
     from functools import partial
 
-    from kernels.encoders import ENCODERS, Encoder, load_encoder
-    from kernels.encoders import resize as pre
+    from shardeval.kernels.encoders import ENCODERS, Encoder, load_encoder
+    from shardeval.kernels.encoders import resize as pre
 
     if name == "inception":
         path, real = _inception_weights()
@@ -133,7 +133,7 @@ def _timed_encode(name: str, n: str, batch: str) -> dict[str, Any]:
 
 
 def _timed_extract(n: str, batch: str) -> dict[str, Any]:
-    from pipeline.extract import extract_features
+    from shardeval.pipeline.images.extract import extract_features
 
     folder = _png_folder(int(n))
     weights, real = _inception_weights()
@@ -145,7 +145,7 @@ def _timed_extract(n: str, batch: str) -> dict[str, Any]:
 
 
 def _timed_decode(n: str, batch: str) -> dict[str, Any]:
-    from pipeline.images import open_images
+    from shardeval.pipeline.images.sources import open_images
 
     refs = open_images(_png_folder(int(n))).refs(range(int(n)))
     start = time.perf_counter()
@@ -170,8 +170,8 @@ def flops_per_image() -> dict[str, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from kernels.encoders import ENCODERS
-    from kernels.encoders.inception import FIDInception
+    from shardeval.kernels.encoders import ENCODERS
+    from shardeval.kernels.encoders.inception import FIDInception
 
     out = {}
     nets: dict[str, Any] = {}
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         import torch  # noqa: F401  (imports outside the timed region)
 
-        import kernels.encoders.inception  # noqa: F401
-        import pipeline.extract  # noqa: F401
+        import shardeval.kernels.encoders.inception
+        import shardeval.pipeline.images.extract  # noqa: F401
 
         child({m: _method(m) for m in METHODS}, args.child[0], args.child[1:])
         return

@@ -37,7 +37,7 @@ def _paths(n: int, d: int) -> dict[str, str]:
 
 def make_data(n: int, d: int) -> dict[str, str]:
     """Write the pair once as Zarr (what shardeval reads) and .npy (what the peers load)."""
-    from pipeline.synthetic import gaussian_features, write_features
+    from shardeval.pipeline.io.synthetic import gaussian_features, write_features
 
     paths = _paths(n, d)
     if all(os.path.exists(p) for p in paths.values()):
@@ -54,7 +54,7 @@ def make_data(n: int, d: int) -> dict[str, str]:
 
 
 def _run_shardeval(paths: dict[str, str]) -> float:
-    from pipeline import Gaussian, feature_moments, frechet_distance, open_features
+    from shardeval.pipeline import Gaussian, feature_moments, frechet_distance, open_features
 
     sources = [open_features(paths["real.zarr"]), open_features(paths["gen.zarr"])]
     (real, _), (gen, _) = feature_moments(sources)
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> None:
         import scipy.linalg  # noqa: F401
 
         # Imports outside the timed region, for every method (pipeline loads names lazily).
-        import pipeline.frechet
-        import pipeline.moments
-        import pipeline.sources  # noqa: F401
+        import shardeval.pipeline.fid.frechet
+        import shardeval.pipeline.fid.moments
+        import shardeval.pipeline.io.stores  # noqa: F401
 
         child({m: _timed_method(m) for m in METHODS}, args.child[0], args.child[1:])
         return

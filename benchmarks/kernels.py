@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels import (
+from shardeval.kernels import (
     gaussian_logpdf,
     logsumexp,
     parzen_logpdf,

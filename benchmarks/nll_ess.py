@@ -65,8 +65,8 @@ def make_data(n: int) -> str:
 
 
 def _ess_shardeval(tag: str) -> float:
-    from pipeline import open_features
-    from pipeline.ess import ess_of
+    from shardeval.pipeline import open_features
+    from shardeval.pipeline.likelihood.ess import ess_of
 
     return ess_of(open_features(_paths(tag)["lw.zarr"], ndims=(1,))).ess_fraction
 
@@ -85,8 +85,8 @@ def _ess_numpy(tag: str) -> float:
 
 
 def _parzen_shardeval(tag: str) -> float:
-    from pipeline import open_features
-    from pipeline.parzen import nll_parzen
+    from shardeval.pipeline import open_features
+    from shardeval.pipeline.likelihood.parzen import nll_parzen
 
     p = _paths(tag)
     return nll_parzen(open_features(p["samples.zarr"]), open_features(p["test.zarr"]), 4.0).nll
@@ -124,9 +124,6 @@ def main(argv: list[str] | None = None) -> None:
         import scipy.special  # noqa: F401
 
         # Imports outside the timed region (pipeline loads names lazily).
-        import pipeline.ess
-        import pipeline.parzen
-        import pipeline.sources  # noqa: F401
 
         child(METHODS, args.child[0], args.child[1:])
         return

@@ -48,21 +48,21 @@ def _load(paths: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shardeval(paths: dict[str, str], **params: Any) -> Any:
-    from pipeline import open_features
-    from pipeline.samples import sample_metrics
+    from shardeval.pipeline import open_features
+    from shardeval.pipeline.pairwise.passes import sample_metrics
 
     real, gen = open_features(paths["real.zarr"]), open_features(paths["gen.zarr"])
     return sample_metrics(real, gen, **params)
 
 
 def _run_kid(paths: dict[str, str]) -> float:
-    from pipeline.samples import KIDParams
+    from shardeval.pipeline.pairwise.passes import KIDParams
 
     return _shardeval(paths, kid=KIDParams())["kid"].kid
 
 
 def _run_prdc(paths: dict[str, str], k: int = 5, pr_k: int = 3) -> list[float]:
-    from pipeline.samples import PRDCParams
+    from shardeval.pipeline.pairwise.passes import PRDCParams
 
     r = _shardeval(paths, prdc=PRDCParams(k=k, pr_k=pr_k))["prdc"]
     return [r.precision, r.recall, r.density, r.coverage]
@@ -128,8 +128,8 @@ def _peer_bytes(method: str, n: int, d: int) -> int:
 def accuracy(n: int, d: int) -> None:
     """Relative error of KID and CMMD (both estimators) against float64 brute force on the
     first ``n`` rows of each set, for fp32 and fp64 products."""
-    from pipeline import open_features
-    from pipeline.samples import CMMDParams, KIDParams, sample_metrics
+    from shardeval.pipeline import open_features
+    from shardeval.pipeline.pairwise.passes import CMMDParams, KIDParams, sample_metrics
 
     paths = _paths(n, d)
     x, y = (np.load(paths[f"{s}.npy"]).astype(np.float64) for s in ("real", "gen"))
@@ -213,10 +213,6 @@ def main(argv: list[str] | None = None) -> None:
         accuracy(args.accuracy, args.d)
         return
     if args.child:
-        import pipeline.pairs
-        import pipeline.samples
-        import pipeline.sources  # noqa: F401
-
         if args.child[0] == "prdc-package":
             import prdc  # noqa: F401
         child({m: _timed_method(m) for m in METHODS}, args.child[0], args.child[1:])

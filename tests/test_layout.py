@@ -10,9 +10,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 #: What each package may not import.
 FORBIDDEN = {
-    "kernels": ("pipeline", "workflows"),
-    "pipeline": ("workflows",),
-    "workflows": ("kernels",),
+    "shardeval.kernels": ("shardeval.pipeline", "shardeval.workflows"),
+    "shardeval.pipeline": ("shardeval.workflows",),
+    "shardeval.workflows": ("shardeval.kernels",),
 }
 
 
@@ -25,21 +25,40 @@ def _imports(path):
             yield node.module
 
 
+def _within(name, packages):
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_go_one_way(package):
+    files = sorted((ROOT / package.replace(".", "/")).rglob("*.py"))
+    assert files
     wrong = [
         f"{path.relative_to(ROOT)} imports {name}"
-        for path in sorted((ROOT / package).rglob("*.py"))
+        for path in files
         for name in _imports(path)
-        if name.split(".")[0] in FORBIDDEN[package]
+        if _within(name, FORBIDDEN[package])
+    ]
+    assert not wrong
+
+
+def test_one_import_name():
+    # Generic top-level names (kernels, pipeline) collide with other distributions: everything
+    # lives under shardeval, and no module imports the old top-level names.
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in sorted(ROOT.glob("**/*.py"))
+        if ".venv" not in path.parts
+        for name in _imports(path)
+        if name.split(".")[0] in ("pipeline", "kernels", "workflows")
     ]
     assert not wrong
 
 
 def test_option_choices_agree_with_the_kernels():
-    from kernels._dispatch import BACKENDS
-    from kernels.encoders import ENCODERS, INCEPTION_RESIZES
-    from pipeline import options
+    from shardeval.kernels._dispatch import BACKENDS
+    from shardeval.kernels.encoders import ENCODERS, INCEPTION_RESIZES
+    from shardeval.pipeline import options
 
     assert options.BACKENDS == BACKENDS
     assert tuple(sorted(ENCODERS)) == options.ENCODER_NAMES

@@ -12,11 +12,11 @@ import time
 import pytest
 from distributed import Client
 
-from pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
-from pipeline.errors import ClusterError
-from pipeline.ess import ess_of
-from pipeline.synthetic import gaussian_features
-from workflows.cli import main
+from shardeval.pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
+from shardeval.pipeline.errors import ClusterError
+from shardeval.pipeline.io.synthetic import gaussian_features
+from shardeval.pipeline.likelihood.ess import ess_of
+from shardeval.workflows.cli import main
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
 
@@ -145,7 +145,7 @@ def test_nll_ess_on_a_cluster_match_threads(processes, tmp_path, rng):
 
     lw = rng.normal(size=20_000) * 3
     np.save(tmp_path / "lw.npy", lw)
-    from pipeline import open_features
+    from shardeval.pipeline import open_features
 
     source = open_features(str(tmp_path / "lw.npy"), ndims=(1,), shard_rows=1000)
     address = processes(workers=2)
@@ -157,9 +157,9 @@ def test_nll_ess_on_a_cluster_match_threads(processes, tmp_path, rng):
 def test_pair_metrics_and_parzen_on_a_cluster_equal_threads(processes, tmp_path, rng):
     import numpy as np
 
-    from pipeline import open_features
-    from pipeline.parzen import nll_parzen
-    from pipeline.samples import CMMDParams, KIDParams, PRDCParams, sample_metrics
+    from shardeval.pipeline import open_features
+    from shardeval.pipeline.likelihood.parzen import nll_parzen
+    from shardeval.pipeline.pairwise.passes import CMMDParams, KIDParams, PRDCParams, sample_metrics
 
     x = rng.normal(size=(900, 16)).astype(np.float32)
     y = (1.1 * rng.normal(size=(700, 16)) + 0.2).astype(np.float32)
@@ -223,7 +223,7 @@ def _scheduler_pid(address):
 def test_scheduler_killed_mid_run_is_one_clear_error(processes):
     # It was a FuturesCancelledError or CommClosedError traceback, or "error: in <TCP (closed)
     # ConnectionPool.ncores ...>" after Dask's own logged traceback.
-    from pipeline.engine import SchedulerLostError
+    from shardeval.pipeline.core.engine import SchedulerLostError
 
     address = processes(workers=1)
     pid = _scheduler_pid(address)
@@ -245,7 +245,7 @@ def test_scheduler_killed_mid_run_is_one_clear_error(processes):
 def test_cli_scheduler_killed_mid_run_is_one_line_and_exit_1(processes, tmp_path):
     import threading
 
-    from pipeline.synthetic import write_features
+    from shardeval.pipeline.io.synthetic import write_features
 
     stores = []
     for seed in (1, 2):

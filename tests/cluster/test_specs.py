@@ -6,8 +6,8 @@ import os
 import pytest
 import yaml
 
-from pipeline.clusters import ClusterSpec, cluster_class, load_spec, make_cluster
-from pipeline.errors import ClusterError
+from shardeval.pipeline.core.clusters import ClusterSpec, cluster_class, load_spec, make_cluster
+from shardeval.pipeline.errors import ClusterError
 
 CLUSTER = os.path.join(os.path.dirname(__file__), "..", "..", "cluster")
 
@@ -153,9 +153,9 @@ def test_ieee_preload_sets_the_flags_on_each_worker():
 
     from distributed import Client, LocalCluster
 
-    from kernels._dispatch import tf32_convolutions
+    from shardeval.kernels._dispatch import tf32_convolutions
 
-    fresh = "from kernels._dispatch import tf32_convolutions as t; print(t())"
+    fresh = "from shardeval.kernels._dispatch import tf32_convolutions as t; print(t())"
     default = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True)
     assert default.stdout.strip() == "True"  # PyTorch's default, which the preload changes
     with (
@@ -163,7 +163,7 @@ def test_ieee_preload_sets_the_flags_on_each_worker():
             n_workers=1,
             threads_per_worker=1,
             processes=True,
-            preload=["pipeline.ieee_fp32"],
+            preload=["shardeval.pipeline.core.ieee_fp32"],
             dashboard_address=":0",
         ) as cluster,
         Client(cluster) as client,
@@ -177,9 +177,11 @@ def test_ieee_preload_sets_the_flags_on_each_worker():
 def test_gpu_specs_start_workers_with_ieee_products(name):
     with open(os.path.join(CLUSTER, name)) as fh:
         text = fh.read()
-    assert "pipeline.ieee_fp32" in text
+    assert "shardeval.pipeline.core.ieee_fp32" in text
     if name == "cuda.yaml":
-        assert load_spec(os.path.join(CLUSTER, name)).options["preload"] == ["pipeline.ieee_fp32"]
+        assert load_spec(os.path.join(CLUSTER, name)).options["preload"] == [
+            "shardeval.pipeline.core.ieee_fp32"
+        ]
 
 
 def _shipped_specs():
@@ -205,7 +207,7 @@ def test_specs_that_start_a_local_scheduler_bind_it_to_loopback():
     # local.yaml served the dashboard on every interface (dashboard_address ":8787"): anyone
     # on the network could see the cluster (and the stores' paths), and run code on it
     # through the dashboard's Jupyter proxy where one is installed.
-    from pipeline.clusters import LOCAL_BACKENDS, cluster_options
+    from shardeval.pipeline.core.clusters import LOCAL_BACKENDS, cluster_options
 
     local = [
         name
@@ -223,7 +225,7 @@ def test_specs_that_start_a_local_scheduler_bind_it_to_loopback():
 
 
 def test_local_defaults_bind_to_loopback_and_the_users_choice_is_kept():
-    from pipeline.clusters import cluster_options
+    from shardeval.pipeline.core.clusters import cluster_options
 
     bare = cluster_options(ClusterSpec("cuda", {"n_workers": 1}, None, "x.yaml"))
     assert _host(bare["dashboard_address"]) == "127.0.0.1"

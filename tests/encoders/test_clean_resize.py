@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kernels.encoders import resize as pre
+from shardeval.kernels.encoders import resize as pre
 
 pytestmark = pytest.mark.encoders
 

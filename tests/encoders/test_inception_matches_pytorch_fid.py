@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kernels.encoders import load_encoder, locate_weights
-from kernels.encoders.inception import FIDInception, random_state_dict
-from pipeline.extract import extract_features
+from shardeval.kernels.encoders import load_encoder, locate_weights
+from shardeval.kernels.encoders.inception import FIDInception, random_state_dict
+from shardeval.pipeline.images.extract import extract_features
 
 pytestmark = pytest.mark.encoders
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.encoders import (
+from shardeval.kernels.encoders import (
     ENCODERS,
     EncoderError,
     WeightsError,
@@ -19,8 +19,8 @@ from kernels.encoders import (
     resolve_resize,
     weights_digest,
 )
-from kernels.encoders import resize as pre
-from kernels.encoders.inception import random_state_dict
+from shardeval.kernels.encoders import resize as pre
+from shardeval.kernels.encoders.inception import random_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_encoders_package_imports_nothing_heavy():
     import sys
 
     script = (
-        "import sys, kernels.encoders; "
+        "import sys, shardeval.kernels.encoders; "
         "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
@@ -193,7 +193,7 @@ def _tiny_dinov2(transformers, folder, seed=0):
 
 
 def test_dinov2_tiny(tmp_path, rng, transformers):
-    from kernels.encoders.vit import HUB_INTERPOLATE_OFFSET
+    from shardeval.kernels.encoders.vit import HUB_INTERPOLATE_OFFSET
 
     reference = _tiny_dinov2(transformers, tmp_path / "dino")
     encoder = load_encoder("dinov2-vitl14", locate_weights("dinov2-vitl14", tmp_path / "dino"))
@@ -248,7 +248,7 @@ def test_clip_tiny_and_uninitialised_weights_refused(tmp_path, rng, transformers
 def test_encoder_says_when_pytorch_would_round_to_tf32(inception, monkeypatch, fp32_flags):
     import copy
 
-    from kernels import use_ieee_fp32
+    from shardeval.kernels import use_ieee_fp32
 
     assert inception.fp32_products == "ieee"  # no TF32 on a CPU
     gpu = copy.copy(inception)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.kernel_sums import (
+from shardeval.kernels.kernel_sums import (
     PolyKernel,
     RBFKernel,
     kernel_sums_reference,

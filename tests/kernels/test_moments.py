@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import (
+from shardeval.kernels import (
     shard_moments,
     shard_moments_blas,
     shard_moments_reference,
@@ -138,7 +138,7 @@ def test_unknown_backend():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gil_free_syrk_matches_blas_definition(dtype):
-    from kernels._blas import syrk_upper
+    from shardeval.kernels._blas import syrk_upper
 
     a = np.random.default_rng(3).standard_normal((37, 11)).astype(dtype)
     c = np.asfortranarray(np.tril(np.ones((11, 11), dtype)))  # lower part must survive
@@ -150,7 +150,7 @@ def test_gil_free_syrk_matches_blas_definition(dtype):
 
 
 def test_gil_free_syrk_rejects_c_ordered_operands():
-    from kernels._blas import syrk_upper
+    from shardeval.kernels._blas import syrk_upper
 
     a = np.zeros((5, 3), np.float32)
     with pytest.raises(ValueError, match="Fortran"):

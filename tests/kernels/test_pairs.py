@@ -4,7 +4,7 @@ exact decisions where fp32 distances tie with a radius or a k-th neighbour."""
 import numpy as np
 import pytest
 
-from kernels.pairs import (
+from shardeval.kernels.pairs import (
     TILE,
     PolyKernel,
     RBFKernel,
@@ -37,7 +37,7 @@ def _kernel(kind, params, d):
 @pytest.mark.parametrize(("sx", "sy"), SHAPES)
 @pytest.mark.parametrize(("kind", "params"), [("poly", None), ("rbf", (10.0,)), ("rbf", (0.7,))])
 def test_kernel_sums(dtype, sx, sy, kind, params):
-    # Float64 products whatever the input dtype (see kernels.kernel_sums).
+    # Float64 products whatever the input dtype (see shardeval.kernels.kernel_sums).
     x, y = _data(sx, dtype, 1), _data(sy, dtype, 2)
     kernel = _kernel(kind, params, sx[1])
     got = kernel_sums(x, y, kernel)
@@ -116,7 +116,7 @@ def test_radius_decisions_are_exact(dtype, sx, sy):
 
 
 def test_one_request_equals_the_separate_reductions():
-    from kernels.pairs import PairRequest, pair_reduce
+    from shardeval.kernels.pairs import PairRequest, pair_reduce
 
     x, y = _data((70, 12), np.float32, 11), _data((90, 12), np.float32, 12)
     rx = np.full(70, 20.0)
@@ -222,7 +222,7 @@ def test_polynomial_kernel_values_beyond_fp32_are_summed_exactly(scale):
 def test_triton_pair_sums(sx, sy, diagonal):
     import torch
 
-    from kernels.pairs import PairRequest, pair_reduce
+    from shardeval.kernels.pairs import PairRequest, pair_reduce
 
     x = _data(sx, np.float32, 31, offset=30.0)
     y = x if diagonal else _data(sy, np.float32, 32, offset=30.0)
@@ -252,7 +252,7 @@ def test_triton_pair_sums(sx, sy, diagonal):
 def test_triton_knn_and_radii_equal_the_cpu_path_exactly(sx, sy, diagonal):
     import torch
 
-    from kernels.pairs import PairRequest, pair_reduce
+    from shardeval.kernels.pairs import PairRequest, pair_reduce
 
     x = _data(sx, np.float32, 33, offset=10.0)
     y = x if diagonal else _data(sy, np.float32, 34, offset=10.0)
@@ -280,7 +280,7 @@ def test_triton_knn_and_radii_equal_the_cpu_path_exactly(sx, sy, diagonal):
 def test_triton_path_scales_extreme_magnitudes_like_the_cpu_path():
     import torch
 
-    from kernels.pairs import PairRequest, pair_reduce
+    from shardeval.kernels.pairs import PairRequest, pair_reduce
 
     x, y = _extreme_pair(1e19)
     sq = exact_sq_distances(x, y)

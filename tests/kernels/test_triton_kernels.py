@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import (
+from shardeval.kernels import (
     gaussian_logpdf,
     gaussian_logpdf_reference,
     logsumexp,

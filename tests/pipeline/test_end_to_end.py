@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import (
+from shardeval.pipeline import (
     Engine,
     Gaussian,
     NonFiniteError,
@@ -15,7 +15,7 @@ from pipeline import (
     frechet_distance,
     open_features,
 )
-from pipeline.synthetic import gaussian_features, population, write_features
+from shardeval.pipeline.io.synthetic import gaussian_features, population, write_features
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats, pytorch_fid_formula
 

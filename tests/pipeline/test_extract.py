@@ -15,15 +15,15 @@ import torch
 import zarr
 from PIL import Image
 
-import pipeline.extract as ex
-from kernels.encoders import load_encoder
-from kernels.encoders.inception import random_state_dict
-from pipeline.atomic import OutputExistsError
-from pipeline.engine import Engine
-from pipeline.errors import StoreError
-from pipeline.extract import EncoderSetupError, ExtractionError, extract_features
-from pipeline.images import ImageError, open_images
-from pipeline.sources import INCOMPLETE_ATTR, open_features
+import shardeval.pipeline.images.extract as ex
+from shardeval.kernels.encoders import load_encoder
+from shardeval.kernels.encoders.inception import random_state_dict
+from shardeval.pipeline.core.engine import Engine
+from shardeval.pipeline.errors import StoreError
+from shardeval.pipeline.images.extract import EncoderSetupError, ExtractionError, extract_features
+from shardeval.pipeline.images.sources import ImageError, open_images
+from shardeval.pipeline.io.atomic import OutputExistsError
+from shardeval.pipeline.io.stores import INCOMPLETE_ATTR, open_features
 
 
 @pytest.fixture(scope="module")
@@ -205,8 +205,8 @@ def _extract_in_child(images, out, weights):
     """A child process extracting one chunk at a time, slowly enough to be killed mid-way."""
     script = f"""
 import time
-import pipeline.extract as ex
-from pipeline.engine import Engine
+import shardeval.pipeline.images.extract as ex
+from shardeval.pipeline.core.engine import Engine
 
 original = ex.extract_chunk
 
@@ -317,11 +317,13 @@ def test_zip_and_tar_sources(tmp_path, rng, weights):
 
 
 def test_tf32_in_the_worker_is_refused_before_any_work(tmp_path, images, weights, monkeypatch):
-    from kernels.encoders import Encoder
+    from shardeval.kernels.encoders import Encoder
 
     monkeypatch.setattr(Encoder, "fp32_products", property(lambda self: "tf32"))
     out = str(tmp_path / "f.zarr")
-    with pytest.raises(EncoderSetupError, match=r"round to TF32 .* --preload pipeline.ieee_fp32"):
+    with pytest.raises(
+        EncoderSetupError, match=r"round to TF32 .* --preload shardeval.pipeline.core.ieee_fp32"
+    ):
         extract_features(images, out, weights=weights, batch_size=2)
     assert _chunk_files(out) == []
 
@@ -329,8 +331,8 @@ def test_tf32_in_the_worker_is_refused_before_any_work(tmp_path, images, weights
 def test_the_extract_command_sets_ieee_products_in_its_process(
     tmp_path, images, weights, fp32_flags
 ):
-    from kernels._dispatch import tf32_convolutions
-    from workflows.cli import main
+    from shardeval.kernels._dispatch import tf32_convolutions
+    from shardeval.workflows.cli import main
 
     torch.backends.cudnn.conv.fp32_precision = "tf32"  # PyTorch's default
     out = str(tmp_path / "f.zarr")

@@ -3,8 +3,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline import Gaussian, NumericalError, ShapeError, SingularCovarianceWarning
-from pipeline.frechet import frechet_distance, trace_sqrt_product
+from shardeval.pipeline import Gaussian, NumericalError, ShapeError, SingularCovarianceWarning
+from shardeval.pipeline.fid.frechet import frechet_distance, trace_sqrt_product
 from tests.reference import eigvals_formula, exact_fid, high_precision_fid, pytorch_fid_formula
 
 

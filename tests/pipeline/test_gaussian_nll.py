@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from pipeline import Gaussian, Moments, NumericalError, ShapeError, open_features
-from pipeline.gaussian import nll_gaussian
+from shardeval.pipeline import Gaussian, Moments, NumericalError, ShapeError, open_features
+from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
 from tests.reference import gaussian_nll_in_sample
 
 

@@ -12,8 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import ShardevalError
-from pipeline.images import ImageError, ImageSourceError, decode_image, open_images, to_rgb
+from shardeval.pipeline.errors import ShardevalError
+from shardeval.pipeline.images.sources import (
+    ImageError,
+    ImageSourceError,
+    decode_image,
+    open_images,
+    to_rgb,
+)
 
 
 def _png(array):

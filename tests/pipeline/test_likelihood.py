@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import Gaussian, Moments, NonFiniteError, ShapeError, open_features
-from pipeline.ess import ess_of
-from pipeline.gaussian import nll_gaussian
-from pipeline.nll import nll_from_loglik, nll_importance
-from pipeline.parzen import nll_parzen, silverman_bandwidth
-from pipeline.psis import gpd_khat, tail_size
-from pipeline.states import LogSumExp, ScalarMoments, WeightStats
+from shardeval.pipeline import Gaussian, Moments, NonFiniteError, ShapeError, open_features
+from shardeval.pipeline.core.states import LogSumExp, ScalarMoments, WeightStats
+from shardeval.pipeline.likelihood.ess import ess_of
+from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
+from shardeval.pipeline.likelihood.nll import nll_from_loglik, nll_importance
+from shardeval.pipeline.likelihood.parzen import nll_parzen, silverman_bandwidth
+from shardeval.pipeline.likelihood.psis import gpd_khat, tail_size
 
 
 def _save(tmp_path, name, array):

@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import Engine, Gaussian, feature_moments, frechet_distance, open_features
+from shardeval.pipeline import Engine, Gaussian, feature_moments, frechet_distance, open_features
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats
-from workflows.cli import main
 
 
 def _fid(capsys, a, b):

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import NonFiniteError, NumericalError, open_features
-from pipeline.parzen import nll_parzen
+from shardeval.pipeline import NonFiniteError, NumericalError, open_features
+from shardeval.pipeline.likelihood.parzen import nll_parzen
 
 
 def _brute(test, samples, h):

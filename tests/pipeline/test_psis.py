@@ -7,9 +7,9 @@ import arviz as az
 import numpy as np
 import pytest
 
-from pipeline import NumericalError, open_features
-from pipeline.ess import ess_of
-from pipeline.psis import psis_khat, tail_size
+from shardeval.pipeline import NumericalError, open_features
+from shardeval.pipeline.likelihood.ess import ess_of
+from shardeval.pipeline.likelihood.psis import psis_khat, tail_size
 
 
 def _source(tmp_path, lw, **kw):

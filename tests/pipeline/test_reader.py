@@ -12,11 +12,11 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline import StoreError, open_features
-from pipeline.errors import SuspectStoreWarning
+from shardeval.pipeline import StoreError, open_features
+from shardeval.pipeline.errors import SuspectStoreWarning
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats
-from workflows.cli import main
 
 
 def _fid_cli(capsys, a, b, *extra):

@@ -9,12 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import Gaussian, NumericalError, ShapeError, open_features
-from pipeline.fid_infinity import fid_infinity
-from pipeline.frechet import frechet_distance
-from pipeline.kid import subset_indices
-from pipeline.samples import CMMDParams, KIDParams, PRDCParams, kid_subsets, sample_metrics
-from pipeline.synthetic import gaussian_features, population, write_features
+from shardeval.pipeline import Gaussian, NumericalError, ShapeError, open_features
+from shardeval.pipeline.fid.frechet import frechet_distance
+from shardeval.pipeline.fid.infinity import fid_infinity
+from shardeval.pipeline.io.synthetic import gaussian_features, population, write_features
+from shardeval.pipeline.mmd.kid import subset_indices
+from shardeval.pipeline.pairwise.passes import (
+    CMMDParams,
+    KIDParams,
+    PRDCParams,
+    kid_subsets,
+    sample_metrics,
+)
 from tests.reference import exact_kid, exact_poly_sums, mp_cmmd
 
 
@@ -114,8 +120,8 @@ def test_kid_standard_error_survives_the_offset(tmp_path):
     # kernel values put through the same formula in float64.
     from fractions import Fraction
 
-    from pipeline.kid import mmd2_and_se
-    from pipeline.pairs import CrossSums, SetSums
+    from shardeval.pipeline.mmd.kid import mmd2_and_se
+    from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((60, 8)) + 1000).astype(np.float32)
@@ -205,8 +211,8 @@ def test_cmmd_of_nearly_parallel_rows_is_exact_and_never_negative(tmp_path, seed
 
 
 def test_a_v_statistic_below_zero_by_rounding_is_clamped_to_zero():
-    from pipeline.cmmd import cmmd_from_sums
-    from pipeline.pairs import CrossSums, SetSums
+    from shardeval.pipeline.mmd.cmmd import cmmd_from_sums
+    from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 
     rows = np.zeros(2)
     own = SetSums(1.0, 0.0, 0.0, rows, error=1e-12, magnitude=1.0)
@@ -318,7 +324,7 @@ def test_bad_parameters(pair):
 def test_cmmd_refuses_rows_of_zeros(tmp_path):
     # A zero row has no unit direction: it was left at distance 2 from every other row but 0
     # from itself, so a set and its copy gave CMMD 6.6e-4 instead of 0, exit 0.
-    from pipeline import ZeroRowError
+    from shardeval.pipeline import ZeroRowError
 
     x = np.random.default_rng(9).normal(size=(300, 8)).astype(np.float32)
     x[[5, 7, 11]] = 0
@@ -369,8 +375,8 @@ def test_pair_tasks_depend_on_no_chunk_of_the_sets(pair, monkeypatch):
     # Each pair task reads its own blocks: its graph holds no chunk of the sources' dask
     # arrays (such a dependency would compute every set whole into each task, and ship it to
     # every worker on a cluster).
-    from pipeline.engine import Engine
-    from pipeline.parzen import nll_parzen
+    from shardeval.pipeline.core.engine import Engine
+    from shardeval.pipeline.likelihood.parzen import nll_parzen
 
     graphs = []
     original = Engine.run_delayed

@@ -3,7 +3,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline import DtypeError, ShapeError, StoreError, check_same_dim, open_features
+from shardeval.pipeline import DtypeError, ShapeError, StoreError, check_same_dim, open_features
 from tests.conftest import write_zarr
 
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.reduce import merge_all
-from pipeline.states import Moments, NonFiniteRows
-from pipeline.summaries import FeatureSummary
+from shardeval.pipeline.core.chunks import FeatureSummary
+from shardeval.pipeline.core.reduce import merge_all
+from shardeval.pipeline.core.states import Moments, NonFiniteRows
 from tests.reference import np_stats
 
 DATA = np.random.default_rng(7).standard_normal((300, 5)) * [1, 10, 0.1, 3, 1] + [1e3, -2, 0, 5, 7]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline import (
+from shardeval.pipeline import (
     Gaussian,
     Moments,
     StatsFormatError,
@@ -10,8 +10,8 @@ from pipeline import (
     load_stats,
     save_stats,
 )
-from pipeline.gaussian import as_gaussian
-from pipeline.statsio import stats_provenance
+from shardeval.pipeline.fid.gaussian import as_gaussian
+from shardeval.pipeline.io.statsio import stats_provenance
 from tests.reference import pytorch_fid_formula
 
 
@@ -97,7 +97,7 @@ def test_zarr_statistics_with_a_missing_chunk_are_refused(tmp_path, moments):
 
 
 def test_statistics_are_recognised_by_their_bytes_not_their_names(tmp_path, rng, moments):
-    from pipeline.statsio import is_stats
+    from shardeval.pipeline.io.statsio import is_stats
 
     x = rng.standard_normal((100, 3))
     np.savez(tmp_path / "s.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats, pytorch_fid_formula
-from workflows.cli import main
 
 REPORT_KEYS = {
     "fid",
@@ -182,7 +182,7 @@ def test_console_script_help_and_error_exit():
 def test_the_cpu_fid_path_never_imports_torch(tmp_path, feature_pair):
     real_path, _, gen_path, _ = feature_pair
     script = (
-        "import sys; from workflows.cli import main; "
+        "import sys; from shardeval.workflows.cli import main; "
         f"code = main(['fid', {real_path!r}, {gen_path!r}, '--device', 'cpu', '-q']); "
         "print(code, 'torch' in sys.modules)"
     )
@@ -223,7 +223,7 @@ def test_stats_and_ess_read_mislabelled_numpy_files_by_their_bytes(tmp_path, cap
     real_path, real, _, _ = mislabelled
     code, _, err = _run(capsys, "stats", real_path, "-o", tmp_path / "s.zarr", "-q")
     assert code == 0, err
-    from pipeline.statsio import load_stats
+    from shardeval.pipeline.io.statsio import load_stats
 
     stats = load_stats(tmp_path / "s.zarr")
     np.testing.assert_allclose(stats.mean, real.astype(np.float64).mean(0), rtol=1e-6)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import Moments, save_stats
+from shardeval.pipeline import Moments, save_stats
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
-from workflows.cli import main
 
 EXE = os.path.join(os.path.dirname(sys.executable), "shardeval")
 
@@ -180,7 +180,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("a.npy", "b.npy"):
         np.save(tmp_path / name, rng.standard_normal((50, 3)))
-    code = "import sys; from workflows.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from shardeval.workflows.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "fid", str(tmp_path / "a.npy"), str(tmp_path / "b.npy")],
         stdout=subprocess.PIPE,

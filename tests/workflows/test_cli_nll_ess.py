@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import Moments, save_stats
-from workflows.cli import main
+from shardeval.pipeline import Moments, save_stats
+from shardeval.workflows.cli import main
 
 
 def _run(capsys, *argv):

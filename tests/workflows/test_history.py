@@ -9,9 +9,9 @@ import shutil
 import pytest
 import xarray as xr
 
-from pipeline.metrics import METRICS
-from workflows.cli import main
-from workflows.history import History, HistoryError, HistoryRow
+from shardeval.pipeline.metrics import METRICS
+from shardeval.workflows.cli import main
+from shardeval.workflows.history import History, HistoryError, HistoryRow
 
 DECLARED = {"fid": METRICS["fid"].declaration()}
 
@@ -184,7 +184,7 @@ def test_a_symbolic_link_of_the_users_is_never_replaced(tmp_path, capsys, target
 
 
 def test_markdown_report_escapes_bars_in_names(tmp_path):
-    from workflows.htmlreport import write_report
+    from shardeval.workflows.htmlreport import write_report
 
     history = History(tmp_path / "h.zarr")
     _append(history, "a|b", 1.0)

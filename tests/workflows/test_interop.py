@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import Moments, load_stats, save_stats
+from shardeval.pipeline import Moments, load_stats, save_stats
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats, pytorch_fid_formula
-from workflows.cli import main
 
 
 def _fid(capsys, *inputs):

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import Engine
-from pipeline.synthetic import gaussian_features, write_features
-from workflows.cli import main
-from workflows.history import History
-from workflows.htmlreport import write_report
-from workflows.jobs import JobError, load_job, run_job
+from shardeval.pipeline import Engine
+from shardeval.pipeline.io.synthetic import gaussian_features, write_features
+from shardeval.workflows.cli import main
+from shardeval.workflows.history import History
+from shardeval.workflows.htmlreport import write_report
+from shardeval.workflows.jobs import JobError, load_job, run_job
 
 JOB = """
 [job]
@@ -117,10 +117,10 @@ def test_reference_cache_written_meanwhile_by_another_run(job_dir, monkeypatch, 
     # Two runs of one job both find no cache and both compute; the second to write found the
     # first's file and stopped: "already exists (a statistics file); pass --overwrite" (which
     # `run` does not take). The same input's statistics are used; anything else still stops.
-    import pipeline.statsio
-    from pipeline.atomic import OutputExistsError
+    import shardeval.pipeline.io.statsio
+    from shardeval.pipeline.io.atomic import OutputExistsError
 
-    real_save = pipeline.statsio.save_stats
+    real_save = shardeval.pipeline.io.statsio.save_stats
 
     def another_run_lands_first(path, moments, provenance=None, **kwargs):
         theirs = dict(provenance or {})
@@ -129,7 +129,7 @@ def test_reference_cache_written_meanwhile_by_another_run(job_dir, monkeypatch, 
         real_save(path, moments, theirs)
         return real_save(path, moments, provenance, **kwargs)
 
-    monkeypatch.setattr(pipeline.statsio, "save_stats", another_run_lands_first)
+    monkeypatch.setattr(shardeval.pipeline.io.statsio, "save_stats", another_run_lands_first)
     lines = []
     job = load_job(job_dir / "job.toml")
     if same_input:
@@ -175,8 +175,8 @@ def test_interrupted_run_resumes_with_identical_values(job_dir):
 
 
 def _append_many(path, reference_path, worker):
-    from pipeline.metrics import METRICS
-    from workflows.history import HistoryRow
+    from shardeval.pipeline.metrics import METRICS
+    from shardeval.workflows.history import HistoryRow
 
     history = History(path)
     declarations = {"fid": METRICS["fid"].declaration()}
@@ -373,7 +373,7 @@ def test_a_history_of_other_features_is_refused_before_compute(job_dir, capsys):
 
 
 def test_a_metric_added_through_the_plug_in_interface_alone(job_dir):
-    from pipeline.metrics import METRICS, Metric, Output, Plot, register
+    from shardeval.pipeline.metrics import METRICS, Metric, Output, Plot, register
 
     class MeanNorm(Metric):
         name = "mean_norm"
@@ -440,7 +440,7 @@ def image_job(tmp_path, rng):
     import torch
     from PIL import Image
 
-    from kernels.encoders.inception import random_state_dict
+    from shardeval.kernels.encoders.inception import random_state_dict
 
     torch.save(random_state_dict(5), tmp_path / "inception.pth")
     for folder, n in (("real", 10), ("samples/ckpt-100", 6), ("samples/ckpt-200", 7)):
@@ -454,7 +454,7 @@ def image_job(tmp_path, rng):
 
 @pytest.mark.filterwarnings("ignore:.*covariance is singular")
 def test_image_entries_are_extracted_once_then_evaluated(image_job, capsys, monkeypatch):
-    import pipeline.extract
+    import shardeval.pipeline.images.extract
 
     job = load_job(image_job / "job.toml")
     assert [(e.name, e.step, e.images) for e in job.entries] == [
@@ -483,7 +483,9 @@ def test_image_entries_are_extracted_once_then_evaluated(image_job, capsys, monk
     )
     # A re-run finds every entry in the history and extracts nothing.
     calls = []
-    monkeypatch.setattr(pipeline.extract, "extract_chunk", lambda *a: calls.append(a))
+    monkeypatch.setattr(
+        shardeval.pipeline.images.extract, "extract_chunk", lambda *a: calls.append(a)
+    )
     summary = run_job(load_job(image_job / "job.toml"))
     assert summary.skipped == ["ckpt-100", "ckpt-200"]
     assert not calls

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import zarr
 
-import kernels._triton_path
-import kernels.lse
-import kernels.moments
-import pipeline.engine
-import pipeline.summaries
-from pipeline import Moments, save_stats
+import shardeval.kernels._triton_path
+import shardeval.kernels.lse
+import shardeval.kernels.moments
+import shardeval.pipeline.core.chunks
+import shardeval.pipeline.core.engine
+from shardeval.pipeline import Moments, save_stats
+from shardeval.workflows.cli import main
+from shardeval.workflows.cli.parser import build_parser
 from tests.conftest import write_zarr
-from workflows.cli import main
-from workflows.cli.parser import build_parser
 
 
 def _run(capsys, *argv):
@@ -86,7 +86,7 @@ def _extract_inputs(tmp, rng):
     import torch
     from PIL import Image
 
-    from kernels.encoders.inception import random_state_dict
+    from shardeval.kernels.encoders.inception import random_state_dict
 
     for folder in ("images", "bad-images"):
         (tmp / folder).mkdir()
@@ -218,7 +218,7 @@ def check_array(capsys, f, command, monkeypatch):
 
 
 def check_split_every(capsys, f, command, monkeypatch):
-    calls = _spy(monkeypatch, pipeline.engine, "tree_merge")
+    calls = _spy(monkeypatch, shardeval.pipeline.core.engine, "tree_merge")
     report = _report(capsys, *_base(command, f), "--split-every", "3")
     assert report["settings"]["split_every"] == 3
     assert calls
@@ -226,7 +226,7 @@ def check_split_every(capsys, f, command, monkeypatch):
 
 
 def check_device(capsys, f, command, monkeypatch):
-    calls = _spy(monkeypatch, pipeline.summaries, "worker_device")
+    calls = _spy(monkeypatch, shardeval.pipeline.core.chunks, "worker_device")
     report = _report(capsys, *_base(command, f), "--device", "cpu")
     assert report["settings"]["device"] == "cpu"
     assert calls
@@ -252,7 +252,7 @@ def check_backend(capsys, f, command, monkeypatch):
         small = [command, f["a_small"], f["b_small"]]
         # Kernel sums (KID, CMMD) and decisions (PRDC) have their own Triton launchers.
         triton_entry = "pair_reduce_triton" if command == "prdc" else "kernel_sums_triton"
-        calls = _spy(monkeypatch, kernels._triton_path, triton_entry)
+        calls = _spy(monkeypatch, shardeval.kernels._triton_path, triton_entry)
         report = _report(capsys, *small, "--backend", "triton", "--shard-rows", "50")
         assert calls
         calls.clear()
@@ -261,11 +261,11 @@ def check_backend(capsys, f, command, monkeypatch):
         key = {"kid": "kid", "cmmd": "cmmd", "prdc": "precision"}[command]
         assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
     elif command in ("fid", "metrics"):
-        calls = _spy(monkeypatch, kernels.moments, "shard_moments_triton")
+        calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
     else:
-        calls = _spy(monkeypatch, kernels.lse, "_lse_torch")
+        calls = _spy(monkeypatch, shardeval.kernels.lse, "_lse_torch")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert not calls  # the torch path was not taken
         assert _report(capsys, *_base(command, f), "--backend", "torch")
@@ -275,9 +275,9 @@ def check_backend(capsys, f, command, monkeypatch):
 
 def check_precision(capsys, f, command, monkeypatch):
     if command in ("fid", "metrics"):
-        calls = _spy(monkeypatch, kernels.moments, "shard_moments_numpy")
+        calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_numpy")
     else:
-        calls = _spy(monkeypatch, kernels.pairs, "pair_reduce")
+        calls = _spy(monkeypatch, shardeval.kernels.pairs, "pair_reduce")
     report = _report(capsys, *_base(command, f), "--precision", "fp64")
     assert report["settings"]["precision"] == "fp64"
     assert calls
@@ -405,8 +405,8 @@ def check_extract_batch_size(capsys, f, command, monkeypatch):
     again = _report(capsys, *argv[:-1], "5")
     assert (again["already_complete"], again["computed"]) == (True, 0)
     # An unfinished one is laid out by its batches: the refusal says what to pass.
-    from pipeline.extract import INCOMPLETE_NOTE
-    from pipeline.sources import INCOMPLETE_ATTR
+    from shardeval.pipeline.images.extract import INCOMPLETE_NOTE
+    from shardeval.pipeline.io.stores import INCOMPLETE_ATTR
 
     group = zarr.open_group(two["output"], mode="r+")
     group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: INCOMPLETE_NOTE, "complete": False})
@@ -601,7 +601,7 @@ def check_run_option(option):
             f'[[entries]]\nstore = "{f["b"]}"\nname = "b"\nstep = 1\n[metrics.fid]\n'
         )
         job = str(tmp / "job.toml")
-        from workflows.history import History
+        from shardeval.workflows.history import History
 
         history = History(tmp / "h.zarr")
         if option == "scheduler":
@@ -627,8 +627,8 @@ def check_run_option(option):
 def _history(f):
     path = f["tmp"] / "hist.zarr"
     if not path.exists():
-        from pipeline.metrics import METRICS
-        from workflows.history import History, HistoryRow
+        from shardeval.pipeline.metrics import METRICS
+        from shardeval.workflows.history import History, HistoryRow
 
         declared = {m: METRICS[m].declaration() for m in ("fid", "nll_gaussian")}
         row = HistoryRow("e", "x", 1, "", "f", "o", "r", "rf", "j", "{}", 0.1, "now")

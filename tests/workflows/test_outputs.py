@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
-from workflows.cli import main
 
 
 def _tree_digest(path):
@@ -82,10 +82,10 @@ def test_synth_refuses_foreign_stores(tmp_path, capsys, store):
 
 
 def test_report_never_replaces_a_readme(tmp_path, capsys, store):
-    from workflows.history import History, HistoryRow
+    from shardeval.workflows.history import History, HistoryRow
 
     history = tmp_path / "h.zarr"
-    from pipeline.metrics import METRICS
+    from shardeval.pipeline.metrics import METRICS
 
     row = HistoryRow("e", "x", 1, "", "f", "o", "r", "rf", "j", "{}", 0.1, "now")
     History(history).append(row, {"fid": 1.0}, {"fid": METRICS["fid"].declaration()}, d=4)
@@ -232,7 +232,7 @@ def test_json_report_to_a_named_fifo(tmp_path, feature_pair):
 
 
 def test_statistics_to_a_named_fifo_are_npz_bytes(tmp_path, feature_pair):
-    from pipeline.statsio import load_stats
+    from shardeval.pipeline.io.statsio import load_stats
     from tests.reference import np_stats
 
     real, x, _, _ = feature_pair
@@ -248,8 +248,8 @@ def test_statistics_to_a_named_fifo_are_npz_bytes(tmp_path, feature_pair):
 
 
 def test_html_report_to_dev_stdout_writes_no_markdown_beside_it(tmp_path, capsys):
-    from pipeline.metrics import METRICS
-    from workflows.history import History, HistoryRow
+    from shardeval.pipeline.metrics import METRICS
+    from shardeval.workflows.history import History, HistoryRow
 
     history = tmp_path / "h.zarr"
     row = HistoryRow("e", "x", 1, "", "f", "o", "r", "rf", "j", "{}", 0.1, "now")
@@ -267,7 +267,7 @@ def test_dev_null_is_written_and_a_folder_output_refuses_a_pipe(tmp_path, capsys
     assert main(["stats", store, "-o", "/dev/null", "-q"]) == 0
     capsys.readouterr()
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
-    from pipeline.atomic import OutputExistsError, atomic_dir, claim_output
+    from shardeval.pipeline.io.atomic import OutputExistsError, atomic_dir, claim_output
 
     refused = "is a pipe, FIFO or device"
     with pytest.raises(OutputExistsError, match=refused):
@@ -279,7 +279,7 @@ def test_dev_null_is_written_and_a_folder_output_refuses_a_pipe(tmp_path, capsys
 def test_synthetic_features_through_a_pipe_are_npy_bytes():
     import io
 
-    from pipeline.synthetic import gaussian_features
+    from shardeval.pipeline.io.synthetic import gaussian_features
 
     argv = ["synth", "/dev/stdout", "--n", "50", "--d", "3", "--seed", "4"]
     done = _run(argv, capture_output=True)

@@ -1,0 +1,1 @@
+"""Images into features: image sources (listing, fingerprint, decoding) and extraction."""

@@ -1,0 +1,2 @@
+"""Reading and writing: feature stores opened and checked, statistics files, digests of what
+was read, outputs written atomically, synthetic features."""

@@ -1,0 +1,332 @@
+"""Statistics files: compute once, reuse many times, merge.
+
+Two formats:
+
+* our own, exact and mergeable: a Zarr group with ``mean`` (d,) and ``m2`` (d, d) in float64,
+  attribute ``n`` and provenance (source, shape, dtype, feature extractor, versions);
+* pytorch-fid / clean-fid ``.npz`` with ``mu`` and ``sigma`` (``np.cov``, ddof=1). We also write
+  ``n``, which makes our ``.npz`` files mergeable; a bare ``mu``/``sigma`` file is read as a
+  :class:`~shardeval.pipeline.fid.gaussian.Gaussian` with ``n=None`` and cannot be merged.
+
+A file is told apart by its bytes, not its name: a zip archive is read as ``.npz``, a folder as a
+Zarr group (:func:`shardeval.pipeline.io.stores.numpy_kind`). pytorch-fid's d = 1 statistics (a 0-d
+``sigma``) are read as it reads them, with ``np.atleast_1d``/``np.atleast_2d``.
+
+Everything read is checked before it is used: shapes, finite values, a symmetric covariance
+(a file holding one triangle would give a wrong FID), non-negative variances, an integer
+``n`` ≥ 2, and, for Zarr groups, every chunk present. Writes are atomic and never replace
+what is not a statistics file (:mod:`shardeval.pipeline.io.atomic`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+import zlib
+from typing import Any
+
+import numpy as np
+import zarr
+
+from shardeval.pipeline.core.states import Moments
+from shardeval.pipeline.errors import ShapeError, StatsFormatError, StoreError, SuspectStoreWarning
+from shardeval.pipeline.fid.gaussian import Gaussian
+from shardeval.pipeline.io.atomic import atomic_dir, atomic_file, claim_output, is_stream
+from shardeval.pipeline.io.reader import missing_chunks
+from shardeval.pipeline.io.stores import STATS_FORMAT, numpy_kind
+
+FORMAT_VERSION = 1
+
+#: Largest asymmetry max|Σ − Σᵀ| / max|Σ| accepted: float32 storage of a symmetric matrix is
+#: exactly symmetric, and anything computed then rounded stays within a few ulps of fp32.
+SYMMETRY_RTOL = 1e-5
+
+#: Largest row count accepted: float64 counts are exact up to 2^53.
+MAX_N = 2**53
+
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+def is_stats(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` looks like statistics (ours, or a pytorch-fid ``.npz``, whatever it is
+    named); never raises."""
+    path = os.fspath(path)
+    try:
+        kind = numpy_kind(path)
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return bool({"mu", "sigma"} & set(archive.keys()))
+        if kind == "npy":
+            return False  # one array: features or values, never mu and sigma
+        return (
+            zarr.open_group(path, mode="r", use_consolidated=False).attrs.get("format")
+            == STATS_FORMAT
+        )
+    except Exception:
+        return False
+
+
+def save_stats(
+    path: str | os.PathLike[str],
+    moments: Moments,
+    provenance: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> str:
+    """Write statistics to ``path``: ``.npz`` (mu, sigma, n) or otherwise a Zarr group.
+
+    Args:
+        path: output location (local). Ending in ``.npz``, or a stream (a pipe, FIFO or
+            device, such as ``/dev/stdout``: one file, written in place), selects the
+            pytorch-fid layout.
+        moments: merged moments, n ≥ 2.
+        provenance: JSON-serialisable attributes recorded with the statistics.
+        overwrite: replace an existing statistics file at ``path`` (anything else there is
+            never replaced).
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputExistsError: ``path`` exists and is not statistics, or ``overwrite`` is False.
+    """
+    path = os.fspath(path)
+    claim_output(path, "statistics file", is_stats, overwrite, streams=True)
+    if path.endswith(".npz") or is_stream(path):
+        with atomic_file(path, "wb") as fh:
+            np.savez(fh, mu=moments.mean, sigma=moments.covariance(ddof=1), n=np.int64(moments.n))
+        return path
+    with atomic_dir(path) as tmp:
+        group = zarr.open_group(tmp, mode="w")
+        group.create_array("mean", data=moments.mean)
+        group.create_array("m2", data=moments.m2)
+        group.attrs.update(
+            {
+                "format": STATS_FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n": int(moments.n),
+                **(provenance or {}),
+            }
+        )
+    return path
+
+
+def _check_n(path: str, n: Any) -> int:
+    """An exact row count: an integer in [2, 2^53]."""
+    if isinstance(n, np.ndarray):
+        n = n.item() if n.ndim == 0 and n.dtype.kind in "iu" else n
+    if isinstance(n, bool) or not isinstance(n, int | np.integer):
+        raise StatsFormatError(
+            f"{path!r}: the row count n is {n!r}; it must be an integer (how many rows the "
+            "statistics summarise)"
+        )
+    if not 2 <= int(n) <= MAX_N:
+        raise StatsFormatError(f"{path!r}: the row count n is {int(n)}; it must be in [2, 2^53]")
+    return int(n)
+
+
+def _check_matrix(
+    path: str, mean: np.ndarray, second: np.ndarray, names: tuple[str, str]
+) -> np.ndarray:
+    """Shapes, finite values, symmetry and non-negative diagonal of a covariance-like matrix;
+    returns it exactly symmetric."""
+    a, b = names
+    if mean.ndim != 1 or second.shape != (mean.shape[0], mean.shape[0]):
+        raise StatsFormatError(
+            f"{path!r}: {a!r} has shape {mean.shape} and {b!r} {second.shape}; "
+            "expected (d,) and (d, d)"
+        )
+    if not (np.isfinite(mean).all() and np.isfinite(second).all()):
+        raise StatsFormatError(f"{path!r}: {a!r} or {b!r} holds NaN or inf")
+    scale = float(np.abs(second).max()) if second.size else 0.0
+    asymmetry = float(np.abs(second - second.T).max()) if second.size else 0.0
+    if asymmetry > SYMMETRY_RTOL * scale:
+        raise StatsFormatError(
+            f"{path!r}: {b!r} is not symmetric (max |S - S^T| = {asymmetry:.3g} against max |S| "
+            f"= {scale:.3g}); it may hold only one triangle. A covariance must be stored whole"
+        )
+    if (np.diagonal(second) < 0).any():
+        raise StatsFormatError(f"{path!r}: {b!r} has a negative variance on its diagonal")
+    return 0.5 * (second + second.T)
+
+
+def _load_npz(path: str) -> Moments | Gaussian:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.keys())
+            missing = {"mu", "sigma"} - keys
+            if missing:
+                raise StatsFormatError(
+                    f"{path!r} lacks {sorted(missing)}; a statistics .npz needs 'mu' (d,) and "
+                    f"'sigma' (d, d), it holds {sorted(keys)}"
+                )
+            # As pytorch-fid reads them: at d = 1 np.cov gives a 0-d sigma (and a mean a 0-d
+            # or 1-element mu).
+            mu = np.atleast_1d(np.asarray(archive["mu"], dtype=np.float64))
+            sigma = np.atleast_2d(np.asarray(archive["sigma"], dtype=np.float64))
+            n = archive["n"] if "n" in keys else None
+    except _NPZ_ERRORS as exc:
+        raise StoreError(f"cannot read statistics {path!r}: {exc}; the file is damaged") from exc
+    sigma = _check_matrix(path, mu, sigma, ("mu", "sigma"))
+    if n is None:
+        return Gaussian(mu, sigma, None, path)
+    count = _check_n(path, n)
+    return Moments(count, mu, sigma * (count - 1))
+
+
+def _read_array(group: zarr.Group, path: str, name: str) -> np.ndarray:
+    try:
+        node = group[name]
+    except KeyError:
+        raise StatsFormatError(
+            f"{path!r} lacks {name!r}; expected mean, m2 and attribute n"
+        ) from None
+    if not isinstance(node, zarr.Array):
+        raise StatsFormatError(f"{path!r}: {name!r} is not an array")
+    missing, total = missing_chunks(node, f"{path}/{name}")
+    if missing:
+        raise StoreError(
+            f"{path!r} is incomplete: {len(missing)} of {total} chunks of {name!r} are missing "
+            f"(first: {missing[0][1]}); recompute the statistics"
+        )
+    try:
+        return np.asarray(node[...], dtype=np.float64)
+    except Exception as exc:  # codecs raise many types for damaged bytes
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise StoreError(f"{path!r}: {name!r} cannot be decoded ({reason})") from exc
+
+
+def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
+    """Read statistics written by :func:`save_stats`, or a pytorch-fid/clean-fid ``.npz``.
+
+    Returns:
+        :class:`Moments` (mergeable) when the file records n, else a :class:`Gaussian`.
+
+    Raises:
+        StoreError: missing, unreadable, incomplete or damaged file.
+        StatsFormatError: fields missing, shapes inconsistent, values not finite, a covariance
+            that is not symmetric or has a negative variance, an ``n`` that is not an integer
+            in [2, 2^53].
+    """
+    path = os.fspath(path)
+    if "://" not in path and not os.path.exists(path):
+        raise StoreError(f"statistics file {path!r} does not exist")
+    kind = numpy_kind(path)
+    if kind == "npz":
+        return _load_npz(path)
+    if kind == "npy":
+        raise StatsFormatError(_one_array(path))
+    try:
+        group = zarr.open_group(path, mode="r", use_consolidated=False)
+    except Exception as exc:
+        raise StoreError(f"cannot open statistics {path!r} as a Zarr group: {exc}") from exc
+    if group.attrs.get("format") != STATS_FORMAT:
+        raise StatsFormatError(
+            f"{path!r} is not a shardeval statistics group (attribute format="
+            f"{group.attrs.get('format')!r}); make one with `shardeval stats STORE -o {path}`"
+        )
+    if "n" not in group.attrs:
+        raise StatsFormatError(f"{path!r} lacks the attribute 'n' (the row count)")
+    n = _check_n(path, group.attrs["n"])
+    mean = _read_array(group, path, "mean")
+    m2 = _check_matrix(path, mean, _read_array(group, path, "m2"), ("mean", "m2"))
+    return Moments(n, mean, m2)
+
+
+def _one_array(path: str) -> str:
+    """The message for a ``.npy`` file given as statistics."""
+    try:
+        shape = f"of shape {np.load(path, mmap_mode='r', allow_pickle=False).shape} "
+    except _NPZ_ERRORS:
+        shape = ""
+    return (
+        f"{path!r} holds one array {shape}(a .npy file), not statistics; statistics are a "
+        "shardeval statistics group or a .npz with 'mu' and 'sigma' (save_stats writes them "
+        "from the moments of features)"
+    )
+
+
+def stats_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Attributes recorded with a Zarr statistics group ({} for a numpy file)."""
+    path = os.fspath(path)
+    if numpy_kind(path) is not None:
+        return {}
+    return dict(zarr.open_group(path, mode="r", use_consolidated=False).attrs)
+
+
+def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
+    """Merge statistics files of disjoint row sets into the statistics of their union.
+
+    Args:
+        paths: two or more statistics files, each recording its row count ``n``.
+
+    Returns:
+        The merged :class:`Moments` and provenance (the inputs; the feature extractor they
+        share).
+
+    Raises:
+        StatsFormatError: a file has no ``n`` (a bare pytorch-fid file cannot be merged), the
+            same file is given twice, or the files name different feature extractors.
+        ShapeError: the feature dimensions differ.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> x = np.arange(12.0).reshape(6, 2)
+        >>> tmp = tempfile.mkdtemp()
+        >>> a = save_stats(os.path.join(tmp, "a.npz"), Moments.from_rows(x[:2]))
+        >>> b = save_stats(os.path.join(tmp, "b.npz"), Moments.from_rows(x[2:]))
+        >>> merged, _ = merge_stats([a, b])
+        >>> merged.n, np.allclose(merged.covariance(), np.cov(x, rowvar=False))
+        (6, True)
+    """
+    if len(paths) < 2:
+        raise StatsFormatError(f"merging needs at least two statistics files, got {len(paths)}")
+    real = [os.path.realpath(p) for p in paths]
+    repeated = sorted({p for p, r in zip(paths, real, strict=True) if real.count(r) > 1})
+    if repeated:
+        raise StatsFormatError(
+            f"{repeated} given more than once: merging a file with itself counts its rows twice"
+        )
+    extractors: dict[str, str] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    merged: Moments | None = None
+    for path in paths:
+        stats = load_stats(path)
+        if not isinstance(stats, Moments):
+            raise StatsFormatError(
+                f"{path!r} has mu and sigma but no row count n: it cannot be merged (write "
+                "statistics with `shardeval stats`, which records n)"
+            )
+        if merged is not None and merged.d != stats.d:
+            raise ShapeError(
+                f"feature dimensions differ: {path!r} has d={stats.d}, the others d={merged.d}"
+            )
+        provenance = stats_provenance(path)
+        extractor = provenance.get("feature_extractor")
+        if provenance.get("source") is not None:
+            key = tuple(str(provenance.get(k)) for k in ("source", "array", "shape"))
+            if key in sources:
+                warnings.warn(
+                    f"{sources[key]!r} and {path!r} record the same source "
+                    f"{provenance['source']!r} (array, shape): if they are statistics of the "
+                    "same rows, the merge counts those rows twice",
+                    SuspectStoreWarning,
+                    stacklevel=2,
+                )
+            sources[key] = path
+        if extractor is not None:
+            extractors[path] = str(extractor)
+        merged = stats if merged is None else merged.merge(stats)
+    if len(set(extractors.values())) > 1:
+        raise StatsFormatError(
+            f"the files come from different feature extractors ({extractors}); statistics of "
+            "different features cannot be merged"
+        )
+    if merged is None:  # unreachable: at least two paths were read
+        raise StatsFormatError("no statistics to merge")
+    merged_provenance = {
+        "merged_from": list(paths),
+        "feature_extractor": next(iter(extractors.values()), None),
+    }
+    return merged, merged_provenance

@@ -1,0 +1,146 @@
+"""Kernel Inception Distance (Bińkowski, Sutherland, Arbel & Gretton, "Demystifying MMD GANs",
+ICLR 2018): the squared MMD between two feature sets under the polynomial kernel
+k(x, y) = (x·y/d + 1)³.
+
+By default the unbiased estimator over ALL pairs of the full sets, from the block-pair engine
+(:mod:`shardeval.pipeline.pairwise.passes`):
+
+    KID = Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(n(n−1)) − 2 Σ_{i,j} k(x_i, y_j)/(mn)
+
+with its standard error from the Hoeffding decomposition of the three U-statistics (plug-in
+estimates of their first- and second-order variance terms and of the covariances between
+them), all of which follow from the sums, sums of squares and per-row sums that the pairs
+return. When the two inputs are one store, the cross term leaves out the pairs (i, i) as well
+(the paired U-statistic), so a set against itself gives exactly 0.
+
+``subsets``: the protocol of the peers (torch-fidelity's ``mmd_est="unbiased"``, also
+torchmetrics', clean-fid's, dgm-eval's): ``subsets`` draws of ``subset_size`` rows from each set
+without replacement (``numpy.random.RandomState(seed)``, generated set first), the estimator
+above on each draw with the cross term's diagonal kept and divided by m², then the mean and the
+standard deviation (ddof = 0) over draws.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
+
+#: Unit roundoff of float64.
+_U64 = 2.0**-53
+
+
+@dataclass(frozen=True)
+class KIDResult:
+    """KID and how it was estimated.
+
+    Attributes:
+        kid: the MMD² estimate (the mean over subsets with ``subsets``).
+        standard_error: its standard error (all pairs), or the standard deviation over subsets
+            (ddof = 0, as the peers report).
+        n_real, n_gen: rows of each set.
+        degree, gamma, coef0: the kernel (γ x·y + c)^degree.
+        estimator: ``all pairs`` or ``subsets``.
+        subsets, subset_size, seed: the subset protocol's parameters (None for all pairs).
+        same_store: both inputs were one store (the paired U-statistic, exactly 0).
+        rounding_bound: bound on |kid − the estimator in exact arithmetic| (float64 products
+            of centred rows; see :mod:`shardeval.kernels.kernel_sums`); for subsets, the mean of the
+            subsets' bounds.
+    """
+
+    kid: float
+    standard_error: float
+    n_real: int
+    n_gen: int
+    degree: int
+    gamma: float
+    coef0: float
+    estimator: str
+    subsets: int | None = None
+    subset_size: int | None = None
+    seed: int | None = None
+    same_store: bool = False
+    rounding_bound: float = 0.0
+
+
+def kernel_params(
+    d: int, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> tuple[float, float, int]:
+    """The polynomial kernel's (γ, c, degree); γ defaults to 1/d."""
+    return (1.0 / d if gamma is None else float(gamma), float(coef0), int(degree))
+
+
+def mmd2_rounding(
+    xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int, *, cross_diagonal: bool = False
+) -> float:
+    """Bound on the rounding of the unbiased MMD² (or, ``cross_diagonal``, the peers' subset
+    estimator, whose cross mean is over m² pairs) from the three sums' bounds: each mean errs
+    by its sum's bound over its count plus one rounding, and the final a + b − 2c by three
+    more."""
+    nxx, nyy, nxy = m * (m - 1), n * (n - 1), (m * m if cross_diagonal else m * n)
+    a, b, c = xx.total / nxx, yy.total / nyy, xy.total / nxy
+    spread = abs(a) + abs(b) + 2 * abs(c)
+    return (
+        xx.total_error() / nxx + yy.total_error() / nyy + 2 * xy.total_error() / nxy
+    ) + 4 * _U64 * spread
+
+
+def mmd2_and_se(xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int) -> tuple[float, float]:
+    """The unbiased MMD² over all pairs and its standard error, from merged pair sums.
+
+    Hoeffding's decomposition of each U-statistic U (A within X, B within Y, C across) gives
+    Var(A) = [4(m−2)ζ₁ + 2ζ₂] / (m(m−1)), Var(C) = [(n−1)ζ₁₀ + (m−1)ζ₀₁ + ζ₁₁] / (mn), and the
+    covariances Cov(A, C) = (2/m)·cov(a_i, c_i), Cov(B, C) = (2/n)·cov(b_j, c_j) through the
+    shared rows; ζ's are estimated by their plug-in sample values from the per-row sums and the
+    sums of squares. Var(MMD²) = Var(A) + Var(B) + 4Var(C) − 4Cov(A, C) − 4Cov(B, C).
+    """
+    a = xx.total / (m * (m - 1))
+    b = yy.total / (n * (n - 1))
+    c = xy.total / (m * n)
+    a_i = xx.rows / (m - 1)
+    b_j = yy.rows / (n - 1)
+    cx_i = xy.rows_x / n
+    cy_j = xy.rows_y / m
+    zeta2_a = max(xx.squares / (m * (m - 1)) - a * a, 0.0)
+    zeta2_b = max(yy.squares / (n * (n - 1)) - b * b, 0.0)
+    zeta11 = max(xy.squares / (m * n) - c * c, 0.0)
+    var_a = (4 * (m - 2) * float(np.var(a_i)) + 2 * zeta2_a) / (m * (m - 1))
+    var_b = (4 * (n - 2) * float(np.var(b_j)) + 2 * zeta2_b) / (n * (n - 1))
+    var_c = ((n - 1) * float(np.var(cx_i)) + (m - 1) * float(np.var(cy_j)) + zeta11) / (m * n)
+    cov_ac = 2.0 / m * float(np.mean((a_i - a_i.mean()) * (cx_i - cx_i.mean())))
+    cov_bc = 2.0 / n * float(np.mean((b_j - b_j.mean()) * (cy_j - cy_j.mean())))
+    var = var_a + var_b + 4 * var_c - 4 * cov_ac - 4 * cov_bc
+    return a + b - 2 * c, math.sqrt(max(var, 0.0))
+
+
+def mmd2_same_store(xx: SetSums, m: int) -> tuple[float, float]:
+    """One store against itself: the paired U-statistic, exactly 0, and the standard error of
+    the estimator for two sets of m rows each with these within-set sums."""
+    xy = CrossSums(xx.total, xx.squares, xx.rows, xx.rows, xx.error, xx.magnitude, xx.additions)
+    _, se = mmd2_and_se(xx, xx, xy, m, m)
+    return 0.0, se
+
+
+def subset_mmd2(xx: Any, yy: Any, xy: Any, m: int) -> float:
+    """The peers' unbiased estimator on one subset of m rows per set: within-set sums without
+    the diagonal over m(m−1), the cross sum with its diagonal over m²."""
+    return (xx.total + yy.total) / (m * (m - 1)) - 2.0 * xy.total / (m * m)
+
+
+def subset_indices(
+    n_real: int, n_gen: int, subsets: int, size: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The rows each subset draws, as torch-fidelity draws them: one ``RandomState(seed)``, and
+    for each subset the generated set's rows, then the reference's, without replacement.
+    Returns (real rows, generated rows) per subset."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(subsets):
+        gen_rows = rng.choice(n_gen, size, replace=False)
+        real_rows = rng.choice(n_real, size, replace=False)
+        out.append((real_rows, gen_rows))
+    return out

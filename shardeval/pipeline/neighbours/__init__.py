@@ -1,0 +1,1 @@
+"""Nearest-neighbour metrics: precision, recall, density and coverage, and their plug-in."""

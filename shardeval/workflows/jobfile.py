@@ -1,0 +1,354 @@
+"""Job files: a reference, entries (checkpoints), metrics, an engine and a history, in TOML,
+read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
+
+.. code-block:: toml
+
+    [job]
+    name = "nightly"
+    history = "runs/history.zarr"
+    array = "features"                # optional: the variable inside group stores
+
+    [reference]
+    store = "data/real.zarr"          # or: stats = "real-stats.zarr" (or a .npz)
+
+    [engine]                          # optional; default: threaded scheduler in-process
+    scheduler = "tcp://10.0.0.5:8786" # or: cluster = "cluster/slurm.yaml"
+    device = "auto"                   # auto | cpu | cuda
+    backend = "auto"                  # auto | triton | torch
+
+    [[entries]]
+    glob = "checkpoints/*/features.zarr"   # name: what * matched; step: its last digits
+
+    [[entries]]
+    name = "final"
+    store = "final/features.zarr"
+    step = 100000
+    tags = ["release"]
+
+    [[entries]]
+    images = "samples/ckpt-*"         # image sources (folder, .zip, .npz, .tar): extracted
+                                      # once into features-<digest>.zarr beside the history
+
+    [extract]                         # optional; how image entries become features
+    encoder = "inception"             # inception | dinov2-vitl14 | clip-vitl14-336
+    resize = "clean"                  # inception only: legacy-pytorch (default) | clean
+    weights = "weights/pt_inception-2015-12-05-6726825d.pth"   # default: the standard caches
+    batch_size = 32
+
+    [metrics.fid]
+    [metrics.nll_gaussian]
+    nonfinite = "drop"
+
+Everything is checked before any compute: the file (keys, types, metric options), every store
+(complete, readable, one feature dimension), every image source (listed, not empty), the
+encoder's weights (found and hashed) and the history (readable, same dimension). The reference
+may be images too (``[reference] images = ...``).
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from shardeval.pipeline.errors import ShardevalError
+from shardeval.pipeline.metrics import METRICS, Metric, MetricOptionError
+from shardeval.pipeline.options import BACKENDS, DEVICES
+
+
+class JobError(ShardevalError):
+    """A job file is wrong: unknown key or metric, wrong type, missing store, empty glob."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing to evaluate: a feature store, or (``images``) an image source whose features
+    are extracted first."""
+
+    name: str
+    store: str
+    step: int | None = None
+    tags: tuple[str, ...] = ()
+    images: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    path: str
+    name: str
+    history: str
+    entries: tuple[Entry, ...]
+    metrics: dict[str, Metric]
+    reference_store: str | None = None
+    reference_stats: str | None = None
+    scheduler: str | None = None
+    cluster: str | None = None
+    device: str = "auto"
+    backend: str = "auto"
+    array: str | None = None
+    reference_images: str | None = None
+    extract: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def options_digest(self) -> str:
+        """Identifies everything besides the stores that changes a value: the metrics and their
+        options, and the array read from group stores. An entry computed under other options
+        is computed again."""
+        text = json.dumps(
+            {
+                "metrics": {k: m.options for k, m in sorted(self.metrics.items())},
+                "array": self.array,
+            },
+            sort_keys=True,
+        )
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def metric_digest(self, name: str) -> str:
+        """Identifies what, besides the stores, changes one metric's values: its options and
+        the array read from group stores. A result recorded under the same digest, from the
+        same inputs, is not computed again; other metrics of the job do not enter it (a job
+        that adds or drops a metric recomputes nothing else)."""
+        text = json.dumps(
+            {"metric": name, "options": self.metrics[name].options, "array": self.array},
+            sort_keys=True,
+        )
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def declarations(self) -> dict[str, Any]:
+        return {name: metric.declaration() for name, metric in self.metrics.items()}
+
+
+_SECTIONS: dict[str, set[str] | None] = {
+    "job": {"name", "history", "array"},
+    "reference": {"store", "stats", "images"},
+    "engine": {"scheduler", "cluster", "device", "backend"},
+    "extract": {"encoder", "resize", "weights", "batch_size"},
+    "entries": None,
+    "metrics": None,
+}
+_ENTRY_KEYS = {"name", "store", "glob", "images", "step", "tags"}
+_GLOB_CHARS = "*?["
+
+
+def _check_keys(where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise JobError(f"{where} must be a table")
+    unknown = set(table) - allowed
+    if unknown:
+        raise JobError(f"{where} has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return table
+
+
+def _string(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise JobError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise JobError(f"{where} must be one of {list(choices)}, got {value!r}")
+    return str(value)
+
+
+def _resolve(base: str, path: str) -> str:
+    return path if "://" in path or os.path.isabs(path) else os.path.join(base, path)
+
+
+def _must_exist(where: str, path: str) -> str:
+    if "://" not in path and not os.path.exists(path):
+        raise JobError(f"{where}: {path!r} does not exist")
+    return path
+
+
+def glob_name(pattern: str, match: str) -> str:
+    """The path components of ``match`` where ``pattern`` has wildcards, joined by ``/``
+    (``ckpt/*/f.zarr`` matching ``ckpt/step-100/f.zarr`` → ``step-100``). Both must be spelled
+    alike (both absolute, or both relative to one base)."""
+    pattern_parts = os.path.normpath(pattern).split(os.sep)
+    match_parts = os.path.normpath(match).split(os.sep)
+    parts = [
+        m for p, m in zip(pattern_parts, match_parts, strict=False) if any(c in p for c in "*?[")
+    ]
+    return "/".join(parts) or os.path.basename(match)
+
+
+def _entries(path: str, base: str, raw: Any) -> tuple[Entry, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise JobError(f"{path}: [[entries]] must list at least one entry")
+    out: list[Entry] = []
+    for i, item in enumerate(raw):
+        where = f"{path}: entries[{i}]"
+        item = _check_keys(where, item, _ENTRY_KEYS)
+        tags = item.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise JobError(f"{where}.tags must be a list of strings")
+        step = item.get("step")
+        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+            raise JobError(f"{where}.step must be an integer, got {step!r}")
+        kinds = [k for k in ("store", "glob", "images") if k in item]
+        if len(kinds) != 1:
+            raise JobError(f"{where} needs exactly one of 'store', 'glob' or 'images'")
+        (kind,) = kinds
+        value = _resolve(base, _string(f"{where}.{kind}", item[kind]))
+        images = kind == "images"
+        if kind == "store" or (images and not any(c in value for c in _GLOB_CHARS)):
+            value = _must_exist(f"{where}.{kind}", value)
+            name = item.get("name") or os.path.basename(os.path.normpath(value))
+            out.append(Entry(_string(f"{where}.name", name), value, step, tuple(tags), images))
+            continue
+        if "name" in item:
+            raise JobError(
+                f"{where}: a {kind} pattern names its entries by what * matched; "
+                "'name' applies to a single store"
+            )
+        pattern = item[kind]
+        # The job file's folder is a place, not a pattern: '[1]' in it must match '[1]'.
+        relative = not ("://" in pattern or os.path.isabs(pattern))
+        search = os.path.join(globlib.escape(base), pattern) if relative else value
+        matches = sorted(globlib.glob(search))
+        if not matches:
+            raise JobError(f"{where}.{kind} {item[kind]!r} matches nothing")
+        for match in matches:
+            name = glob_name(pattern, os.path.relpath(match, base) if relative else match)
+            digits = re.findall(r"\d+", name)
+            if digits and step is not None:
+                raise JobError(
+                    f"{where}: 'step' would be ignored: the step of {match!r} is "
+                    "the last digits of what * matched"
+                )
+            found = int(digits[-1]) if digits else step
+            if found is not None and found >= 2**63:
+                raise JobError(f"{where}: the step {found} of {match!r} exceeds a 64-bit integer")
+            out.append(Entry(name, match, found, tuple(tags), images))
+    names = [e.name for e in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise JobError(f"{path}: entry names must be unique; repeated: {dupes}")
+    return tuple(out)
+
+
+def _metrics(path: str, raw: Any) -> dict[str, Metric]:
+    if not isinstance(raw, dict) or not raw:
+        raise JobError(f"{path}: [metrics] must name at least one of {sorted(METRICS)}")
+    metrics = {}
+    for name, options in raw.items():
+        if name not in METRICS:
+            raise JobError(f"{path}: [metrics.{name}] is not a metric; known: {sorted(METRICS)}")
+        if not isinstance(options, dict):
+            raise JobError(f"{path}: [metrics.{name}] must be a table of options")
+        try:
+            metrics[name] = METRICS[name](options)
+        except MetricOptionError as exc:
+            raise JobError(f"{path}: {exc}") from None
+    return metrics
+
+
+def _extract(path: str, base: str, raw: Any) -> dict[str, Any]:
+    """The [extract] table as keyword arguments of
+    :func:`shardeval.pipeline.images.extract.plan_extraction` and the batch size (types checked
+    here; values when the weights are looked up)."""
+    table = _check_keys(f"{path}: [extract]", raw or {}, _SECTIONS["extract"] or set())
+    out: dict[str, Any] = {}
+    for key in ("encoder", "resize", "weights"):
+        if key in table:
+            out[key] = _string(f"{path}: extract.{key}", table[key])
+    if "weights" in out:
+        out["weights"] = _must_exist(f"{path}: extract.weights", _resolve(base, out["weights"]))
+    if "batch_size" in table:
+        size = table["batch_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise JobError(f"{path}: extract.batch_size must be a positive integer, got {size!r}")
+        out["batch_size"] = size
+    return out
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Read and validate a job file; nothing is computed or written.
+
+    Raises:
+        JobError: one line naming the bad key, metric, option, type or store.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise JobError(f"job file {path!r} cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise JobError(f"job file {path!r} is not valid TOML: {exc}") from exc
+    base = os.path.dirname(os.path.abspath(path))
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise JobError(
+            f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(_SECTIONS)}"
+        )
+    job = _check_keys(f"{path}: [job]", raw.get("job", {}), _SECTIONS["job"] or set())
+    ref = _check_keys(
+        f"{path}: [reference]", raw.get("reference", {}), _SECTIONS["reference"] or set()
+    )
+    engine = _check_keys(f"{path}: [engine]", raw.get("engine", {}), _SECTIONS["engine"] or set())
+    if len(ref) != 1:
+        raise JobError(f"{path}: [reference] needs exactly one of 'store', 'stats' or 'images'")
+    ((ref_kind, ref_path),) = ref.items()
+    ref_path = _must_exist(
+        f"{path}: reference.{ref_kind}",
+        _resolve(base, _string(f"{path}: reference.{ref_kind}", ref_path)),
+    )
+    history = _string(f"{path}: job.history", job.get("history", ""))
+    scheduler = engine.get("scheduler")
+    if scheduler is not None:
+        from shardeval.pipeline.core.engine import Engine
+        from shardeval.pipeline.errors import EngineError
+
+        try:
+            Engine(scheduler)
+        except EngineError as exc:
+            raise JobError(f"{path}: engine.scheduler: {exc}") from None
+    cluster = engine.get("cluster")
+    if cluster is not None:
+        cluster = _must_exist(
+            f"{path}: engine.cluster", _resolve(base, _string(f"{path}: engine.cluster", cluster))
+        )
+    if scheduler is not None and cluster is not None:
+        raise JobError(f"{path}: [engine] takes 'scheduler' or 'cluster', not both")
+    array = job.get("array")
+    if array is not None:
+        array = _string(f"{path}: job.array", array)
+    metrics = _metrics(path, raw.get("metrics"))
+    entries = _entries(path, base, raw.get("entries"))
+    extract = _extract(path, base, raw.get("extract"))
+    if "extract" in raw and ref_kind != "images" and not any(e.images for e in entries):
+        raise JobError(
+            f"{path}: [extract] applies to image entries or reference, and there are none"
+        )
+    if ref_kind == "stats":
+        pairs = sorted(name for name, m in metrics.items() if m.needs_reference_features)
+        if pairs:
+            raise JobError(
+                f"{path}: metrics {pairs} compare rows of the entries with rows of the "
+                "reference: give [reference] store (features), not stats"
+            )
+    return Job(
+        path=path,
+        name=_string(
+            f"{path}: job.name", job.get("name", os.path.splitext(os.path.basename(path))[0])
+        ),
+        history=os.path.normpath(_resolve(base, history)),
+        entries=entries,
+        metrics=metrics,
+        reference_store=ref_path if ref_kind == "store" else None,
+        reference_stats=ref_path if ref_kind == "stats" else None,
+        scheduler=scheduler,
+        cluster=cluster,
+        device=_choice(f"{path}: engine.device", engine.get("device", "auto"), DEVICES),
+        backend=_choice(f"{path}: engine.backend", engine.get("backend", "auto"), BACKENDS),
+        array=array,
+        reference_images=ref_path if ref_kind == "images" else None,
+        extract=extract,
+    )

@@ -1,0 +1,386 @@
+"""Running evaluation jobs (:mod:`shardeval.workflows.jobfile` reads them). Resumable and
+idempotent: each finished entry is committed to the history at once, and a re-run computes, per
+entry, only the metrics whose results are not already there from the same inputs and options (the
+rest of the entry's results stay as they are). Image inputs are extracted first, into a cache
+beside the history keyed by what decides their features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shardeval.pipeline.metrics import Context, Metric, Reference
+from shardeval.workflows.history import History, HistoryRow
+from shardeval.workflows.jobfile import Job, JobError, load_job
+from shardeval.workflows.provenance import now_iso
+
+if TYPE_CHECKING:
+    from shardeval.pipeline.core.engine import Engine, Progress
+    from shardeval.pipeline.images.extract import Extraction
+    from shardeval.pipeline.images.sources import ImageSource
+    from shardeval.pipeline.io.stores import FeatureSource
+
+__all__ = ["JobError", "RunSummary", "load_job", "reference_of", "run_job"]
+
+
+@dataclass
+class RunSummary:
+    """What a run did.
+
+    Attributes:
+        computed: entries for which at least one metric was computed.
+        skipped: entries whose every metric was already in the history.
+        metrics: per computed entry, the metrics computed for it (the others were kept).
+        seconds: wall time of the run.
+    """
+
+    computed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a run checked before computing: the opened stores, the listed image sources, the
+    extraction settings, and the digest of each input (images: with the settings)."""
+
+    sources: dict[str, FeatureSource]
+    images: dict[str, ImageSource]
+    digests: dict[str, str]
+    d: int
+    reference_digest: str
+    reference_images: ImageSource | None
+    extraction: Extraction | None
+
+
+#: The array of a feature store written by extraction.
+_EXTRACTED = "features"
+
+
+def _prepare(job: Job) -> _Prepared:
+    """Open every store (complete, readable), list every image source, find the encoder's
+    weights, and check one feature dimension and the history, before anything is computed."""
+    from shardeval.pipeline.images.extract import plan_extraction
+    from shardeval.pipeline.images.sources import open_images
+    from shardeval.pipeline.io.fingerprint import listing_digest
+    from shardeval.pipeline.io.statsio import load_stats
+    from shardeval.pipeline.io.stores import open_features
+
+    uses_images = job.reference_images is not None or any(e.images for e in job.entries)
+    settings = {k: v for k, v in job.extract.items() if k != "batch_size"}
+    extraction = plan_extraction(**settings) if uses_images else None
+
+    def image_digest(source: ImageSource) -> str:
+        if extraction is None:  # unreachable: image inputs plan an extraction
+            raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
+        return _digest(source.fingerprint, *_identity(extraction, job))
+
+    reference_images = None
+    if job.reference_stats is not None:
+        d = load_stats(job.reference_stats).d
+        reference_digest = _digest(listing_digest(job.reference_stats))
+    elif job.reference_store is not None:
+        d = open_features(job.reference_store, array_name=job.array).d
+        reference_digest = _digest(listing_digest(job.reference_store), job.array)
+    elif job.reference_images is not None and extraction is not None:
+        reference_images = open_images(job.reference_images)
+        d, reference_digest = extraction.dim, image_digest(reference_images)
+    else:
+        raise JobError(f"{job.path}: [reference] needs 'store', 'stats' or 'images'")
+    sources = {
+        e.name: open_features(e.store, array_name=job.array) for e in job.entries if not e.images
+    }
+    images = {e.name: open_images(e.store) for e in job.entries if e.images}
+    digests = {name: image_digest(source) for name, source in images.items()}
+    dims = {name: s.d for name, s in sources.items()}
+    dims.update({name: extraction.dim for name in images if extraction is not None})
+    other = {name: dim for name, dim in dims.items() if dim != d}
+    if other:
+        raise JobError(
+            f"{job.path}: the reference has d={d} features but entries {other} differ; "
+            "compare features of one model"
+        )
+    History(job.history).check(d)
+    return _Prepared(sources, images, digests, d, reference_digest, reference_images, extraction)
+
+
+#: Attribute of a cache beside the history: the digest of the input bytes it was computed from.
+CONTENT_ATTR = "content_digest"
+
+
+def _identity(extraction: Extraction, job: Job) -> tuple[str, str, str, int | None]:
+    """What, besides the images, decides extracted features (and names their cache)."""
+    return (
+        extraction.encoder,
+        extraction.digest,
+        extraction.resize,
+        job.extract.get("batch_size"),
+    )
+
+
+def _extracted(
+    job: Job,
+    prepared: _Prepared,
+    source: ImageSource,
+    digest: str,
+    engine: Engine,
+    progress: Progress | None,
+    log: Callable[[str], None],
+    content: str | None = None,
+) -> FeatureSource:
+    """The features of an image source: extracted into ``features-<digest>.zarr`` beside the
+    history, or read from there (a killed extraction resumes; a finished one is reused).
+
+    ``content`` (``--verify``): the digest of the images' bytes. A cache that recorded other
+    bytes, or none, is extracted again: an image rewritten with its size and time kept leaves
+    the listing, and so ``digest``, as it was."""
+    from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
+    from shardeval.pipeline.images.extract import extract_features
+    from shardeval.pipeline.io.stores import open_features
+
+    extraction = prepared.extraction
+    if extraction is None:  # unreachable: image inputs plan an extraction
+        raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
+    cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"features-{digest}.zarr")
+    stale = content is not None and os.path.exists(cache) and _recorded(cache) != content
+    if stale:
+        log(f"{cache}: extracted from other bytes of {source.location} (--verify); again")
+    set_in_this_process(engine, job.device)
+    result = extract_features(
+        source.location,
+        cache,
+        encoder=extraction.encoder,
+        weights=extraction.weights,
+        resize=extraction.resize,
+        batch_size=job.extract.get("batch_size"),
+        device=job.device,
+        engine=engine,
+        progress=progress,
+        overwrite=stale,
+    )
+    if content is not None:
+        _record(cache, content)
+    if result.already_complete:
+        log(f"features of {source.location} from cache {cache}")
+    else:
+        log(
+            f"extracted {result.rows:,} images of {source.location} ({extraction.encoder}, "
+            f"{result.computed} chunks) -> {cache}"
+        )
+    return open_features(cache, array_name=_EXTRACTED)
+
+
+def _recorded(path: str) -> str | None:
+    """The digest of the input bytes a cache of ours was computed from (None: not recorded)."""
+    import zarr
+
+    value = zarr.open_group(path, mode="r", use_consolidated=False).attrs.get(CONTENT_ATTR)
+    return None if value is None else str(value)
+
+
+def _record(path: str, content: str) -> None:
+    import zarr
+
+    zarr.open_group(path, mode="r+", use_consolidated=False).attrs[CONTENT_ATTR] = content
+
+
+def _reference_location(job: Job) -> str:
+    return job.reference_stats or job.reference_store or job.reference_images or ""
+
+
+def reference_of(
+    job: Job,
+    engine: Engine,
+    digest: str,
+    log: Callable[[str], None],
+    source: FeatureSource | None = None,
+    content: str | None = None,
+) -> Reference:
+    """The reference statistics: read from a stats file, or computed once from a store (or
+    ``source``, the features extracted from reference images) and cached beside the history
+    under the input's digest (a changed input has a new digest, so it is recomputed, never
+    silently reused)."""
+    from shardeval.pipeline.fid.gaussian import as_gaussian
+    from shardeval.pipeline.fid.moments import feature_moments
+    from shardeval.pipeline.io.atomic import OutputExistsError
+    from shardeval.pipeline.io.statsio import is_stats, load_stats, save_stats, stats_provenance
+    from shardeval.pipeline.io.stores import open_features
+
+    if job.reference_stats:
+        stats = load_stats(job.reference_stats)
+        return Reference(as_gaussian(stats, job.reference_stats), digest, job.reference_stats)
+    if source is None:
+        source = open_features(job.reference_store or "", array_name=job.array)
+    where = job.reference_images or job.reference_store or source.location
+    cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
+    stale = False
+    if os.path.exists(cache):
+        if not is_stats(cache):
+            raise JobError(f"{cache!r} exists and is not reference statistics; move it aside")
+        if content is None or stats_provenance(cache).get(CONTENT_ATTR) == content:
+            log(f"reference statistics from cache {cache}")
+            return Reference(as_gaussian(load_stats(cache), where), digest, where, source)
+        stale = True
+        log(f"{cache}: computed from other bytes of {where} (--verify); again")
+    log(f"computing reference statistics of {where}")
+    ((moments, _),) = feature_moments(
+        [source], engine=engine, device=job.device, backend=job.backend
+    )
+    try:
+        provenance = {**source.describe(), "fingerprint": digest, CONTENT_ATTR: content}
+        save_stats(cache, moments, provenance, overwrite=stale)
+    except (OutputExistsError, OSError):
+        # Another run of this job wrote the cache meanwhile: the same input (its digest names
+        # the file), so the same statistics. Anything else there is still an error.
+        if not (is_stats(cache) and stats_provenance(cache).get("fingerprint") == digest):
+            raise
+        log(f"reference statistics {cache} written meanwhile by another run")
+    return Reference(as_gaussian(moments, where), digest, where, source)
+
+
+def run_job(
+    job: Job,
+    *,
+    engine: Engine | None = None,
+    force: bool = False,
+    verify: bool = False,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> RunSummary:
+    """Evaluate every entry not yet in the history, committing each as soon as it is done.
+
+    Args:
+        job: from :func:`load_job`.
+        engine: where to run (default: the threaded scheduler).
+        force: compute entries already in the history again.
+        verify: decide "already done" from the stores' bytes too, not only their listings
+            (reads every entry once; recomputes an entry whose recorded bytes differ or were
+            never recorded).
+        progress: called with (shards done, shards total) per pass.
+        log: receives one line per entry.
+
+    Raises:
+        JobError, HistoryError, StoreError, ...: before any compute when a store or the
+            history cannot be used; during the run when an entry fails (entries committed
+            before it stay committed).
+    """
+    from shardeval.pipeline.core.engine import Engine
+    from shardeval.pipeline.io.fingerprint import content_digest, listing_digest
+
+    start = time.perf_counter()
+    engine = engine or Engine()
+    prepared = _prepare(job)
+    history = History(job.history)
+    # --verify: bytes decide, the reference's as well as each entry's.
+    reference_content = content_digest(_reference_location(job)) if verify else None
+    features = None
+    if prepared.reference_images is not None:
+        features = _extracted(
+            job,
+            prepared,
+            prepared.reference_images,
+            prepared.reference_digest,
+            engine,
+            progress,
+            log,
+            reference_content,
+        )
+    reference = reference_of(
+        job, engine, prepared.reference_digest, log, features, reference_content
+    )
+    summary = RunSummary()
+    declarations = job.declarations()
+    digests = {name: job.metric_digest(name) for name in job.metrics}
+    engine_text = json.dumps(engine.describe(), sort_keys=True)
+    for i, entry in enumerate(job.entries, start=1):
+        entry_bytes = content_digest(entry.store) if verify else None
+        if entry.images:
+            digest = prepared.digests[entry.name]
+            settings = _identity(prepared.extraction, job) if prepared.extraction else ()
+        else:
+            digest = listing_digest(entry.store)
+            settings = ()
+        content = _digest(entry_bytes, *settings, reference_content) if verify else ""
+        row = HistoryRow(
+            name=entry.name,
+            store=entry.store,
+            step=-1 if entry.step is None else entry.step,
+            tags=",".join(entry.tags),
+            fingerprint=digest,
+            options=job.options_digest,
+            reference=reference.location,
+            reference_fingerprint=reference.fingerprint,
+            job=job.name,
+            engine=engine_text,
+            seconds=0.0,
+            created="",
+            content_digest=content,
+        )
+        done = set() if force else history.current(row, digests, check_content=verify)
+        wanted = {name: metric for name, metric in job.metrics.items() if name not in done}
+        if not wanted:
+            summary.skipped.append(entry.name)
+            log(f"[{i}/{len(job.entries)}] {entry.name}: already in the history, skipped")
+            continue
+        t0 = time.perf_counter()
+        source = (
+            _extracted(
+                job,
+                prepared,
+                prepared.images[entry.name],
+                digest,
+                engine,
+                progress,
+                log,
+                entry_bytes,
+            )
+            if entry.images
+            else prepared.sources[entry.name]
+        )
+        values = _computed_values(wanted, source, reference, engine, progress, job)
+        row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
+        history.append(row, values, declarations, prepared.d, {n: digests[n] for n in wanted})
+        summary.computed.append(entry.name)
+        summary.metrics[entry.name] = list(wanted)
+        shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in _headlines(wanted))
+        kept = [name for name in job.metrics if name in done]
+        already = f" ({', '.join(kept)} already in the history)" if kept else ""
+        log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _computed_values(
+    metrics: dict[str, Metric],
+    source: FeatureSource,
+    reference: Reference,
+    engine: Engine,
+    progress: Progress | None,
+    job: Job,
+) -> dict[str, Any]:
+    """The results of ``metrics`` for one entry, checked against their declarations. The pair
+    metrics among them are asked for together (one pass over the cross pairs serves all)."""
+    requests: dict[str, Any] = {}
+    for metric in metrics.values():
+        requests.update(metric.sample_request())
+    context = Context(reference, engine, progress, job.device, job.backend, requests)
+    values: dict[str, Any] = {}
+    for metric in metrics.values():
+        values.update(metric.check_outputs(metric.compute(source, context)))
+    return values
+
+
+def _headlines(metrics: dict[str, Metric]) -> list[str]:
+    """Each metric's headline result (its first output)."""
+    return [metric.outputs[0].name for metric in metrics.values()]
