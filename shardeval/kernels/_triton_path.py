@@ -122,7 +122,7 @@ def kernel_sums_triton(
         error, magnitude = poly_bound(kernel, centre, d, norms_a, alpha, norms_b, beta)
         shift = p ** int(kernel.degree)
     else:
-        scale = -0.5 / (kernel.sigma * kernel.sigma)
+        scale = -0.5 / kernel.sigma / kernel.sigma
         squares, rows, cols, diagonal = pair_sums_triton(
             a, b, (ra, rb), "rbf", scale, (), diagonal_block
         )

@@ -77,6 +77,9 @@ class PolyKernel:
     degree: int
     centre: np.ndarray | None = None
 
+    def describe(self) -> str:
+        return f"({self.gamma:.4g} x·y + {self.coef0:g})^{self.degree}"
+
     def __post_init__(self) -> None:
         if int(self.degree) != self.degree or self.degree < 1:
             raise ValueError(f"degree must be a positive integer, got {self.degree!r}")
@@ -89,11 +92,38 @@ class RBFKernel:
     Attributes:
         sigma: σ (CMMD: 10).
         centre: (d,) float64 centre of the unit rows (None: the origin).
+
+    Raises:
+        ValueError: σ is not positive, or so small that 1/2σ² is beyond float64.
     """
 
     sigma: float
-
     centre: np.ndarray | None = None
+
+    def describe(self) -> str:
+        return f"exp(−‖x̂ − ŷ‖²/2σ²), σ = {self.sigma:g}"
+
+    def __post_init__(self) -> None:
+        if not (self.sigma > 0 and math.isfinite(0.5 / self.sigma / self.sigma)):
+            raise ValueError(
+                f"sigma={self.sigma!r}: the RBF needs σ > 0 with 1/(2σ²) within float64 "
+                "(σ above about 5e-155)"
+            )
+
+
+class KernelOverflowError(ArithmeticError):
+    """Kernel values, their squares or their rounding bound are beyond float64."""
+
+
+def _finite(sums: KernelSums, kernel: Any) -> KernelSums:
+    """``sums`` if every figure the estimators use is finite, else the overflow named."""
+    figures = (sums.total, sums.squares, sums.error, sums.magnitude, sums.shift)
+    if all(math.isfinite(v) for v in figures) and np.isfinite(sums.rows).all():
+        return sums
+    raise KernelOverflowError(
+        f"sums of the kernel {kernel.describe()} over these rows are beyond float64 (about "
+        "1.8e308): the features are too large for it; scale them"
+    )
 
 
 class KernelSums(NamedTuple):
@@ -128,10 +158,24 @@ class KernelSums(NamedTuple):
 
 
 def poly_constants(kernel: PolyKernel, centre: np.ndarray) -> tuple[float, list[float]]:
-    """P = γ o·o + c and the Horner coefficients C(D, k)·P^(D−k) for k = 1..D."""
-    p = kernel.gamma * float(centre @ centre) + kernel.coef0
+    """P = γ o·o + c and the Horner coefficients C(D, k)·P^(D−k) for k = 1..D.
+
+    Raises:
+        KernelOverflowError: P^D is beyond float64.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is tested just below
+        p = kernel.gamma * float(centre @ centre) + kernel.coef0
     degree = int(kernel.degree)
-    return p, [math.comb(degree, k) * p ** (degree - k) for k in range(1, degree + 1)]
+    try:
+        coeffs = [math.comb(degree, k) * p ** (degree - k) for k in range(1, degree + 1)]
+        if not (math.isfinite(p) and math.isfinite(p**degree)):
+            raise OverflowError
+    except OverflowError:
+        raise KernelOverflowError(
+            f"the kernel {kernel.describe()} about the rows' mean reaches {p:.3g}^{degree}, "
+            "beyond float64: the features are too large for it; scale them"
+        ) from None
+    return p, coeffs
 
 
 def _summation_factor(m: int, n: int) -> float:
@@ -209,7 +253,7 @@ def rbf_bound(
     m, n = norms_a.shape[0], norms_b.shape[0]
     if m == 0 or n == 0:
         return 0.0, 0.0
-    inv = 0.5 / (sigma * sigma)
+    inv = 0.5 / sigma / sigma  # never σ² itself: it underflows for σ near 1e-160
     nb_max = float(norms_b.max())
     unit_a = gamma_n(d + 2) + U64 * norms_a
     unit_b = gamma_n(d + 2) + U64 * nb_max
@@ -242,9 +286,11 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def poly_terms(x: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centred rows a = x − o, α = o·a and ‖a‖, in float64."""
+    """Centred rows a = x − o, α = o·a and ‖a‖, in float64 (inf beyond float64: the bound
+    and the sums then say so)."""
     a = np.asarray(x, dtype=np.float64) - centre
-    return a, a @ centre, np.sqrt(np.einsum("ij,ij->i", a, a))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return a, a @ centre, np.sqrt(np.einsum("ij,ij->i", a, a))
 
 
 def unit_terms(x: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -318,7 +364,7 @@ def poly_sums(
             values *= t
         _accumulate(values, start, diagonal_block, out)
     error, magnitude = poly_bound(kernel, centre, d, norms_a, alpha, norms_b, beta)
-    return KernelSums(
+    sums = KernelSums(
         float(out["rows"].sum()),
         out["squares"],
         out["rows"],
@@ -328,6 +374,7 @@ def poly_sums(
         error,
         magnitude,
     )
+    return _finite(sums, kernel)
 
 
 def rbf_sums(
@@ -347,7 +394,7 @@ def rbf_sums(
     centre = centre_of(kernel.centre, d)
     a, sq_a, norms_a = unit_terms(x, centre)
     b, sq_b, norms_b = (a, sq_a, norms_a) if y is x else unit_terms(y, centre)
-    scale = -0.5 / (kernel.sigma * kernel.sigma)
+    scale = -0.5 / kernel.sigma / kernel.sigma
     out: dict[str, Any] = {"rows": np.zeros(a.shape[0]), "cols": np.zeros(b.shape[0])}
     out["squares"] = out["diagonal"] = 0.0
     for start in range(0, b.shape[0], TILE):
@@ -364,7 +411,7 @@ def rbf_sums(
         if diagonal_block:
             out["diagonal"] = 0.0  # 1 − k(x, x) = 0 exactly
     error, magnitude = rbf_bound(kernel.sigma, d, norms_a, norms_b)
-    return KernelSums(
+    sums = KernelSums(
         float(out["rows"].sum()),
         out["squares"],
         out["rows"],
@@ -374,6 +421,7 @@ def rbf_sums(
         error,
         magnitude,
     )
+    return _finite(sums, kernel)
 
 
 def kernel_sums_reference(

@@ -86,3 +86,21 @@ def test_the_nll_is_within_its_rounding_bound(tmp_path, rng, d, offset, products
     assert got.extra["products"] == products
     assert abs(got.nll - exact) <= got.extra["rounding_bound"] + 1e-12 * abs(exact)
     assert got.extra["rounding_bound"] <= 1e-5 * abs(exact)
+
+
+def test_an_ill_conditioned_covariance_widens_the_bound_to_the_factorisation(tmp_path, rng):
+    # Eigenvalues 8e-15, 1e-10 and 1.07 (accepted as non-singular): the float64 Cholesky
+    # factor moves the NLL by 3.5e-4 nats; the bound covered the products only (2.6e-8).
+    from shardeval.pipeline.errors import RoundingWarning
+
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    cov = q @ np.diag([8.2e-15, 1e-10, 1.07]) @ q.T
+    cov = (cov + cov.T) / 2
+    mean = np.array([0.3, -0.2, 0.1])
+    x = rng.multivariate_normal(mean, cov, size=40)
+    np.save(tmp_path / "x.npy", x)
+    with pytest.warns(RoundingWarning, match="right to"):
+        got = nll_gaussian(Gaussian(mean, cov, n=1000), open_features(str(tmp_path / "x.npy")))
+    exact = _mp_gaussian_nll(x, mean, cov, digits=60)
+    assert got.extra["products"] == "float64"  # float64 data: never fp32 products
+    assert abs(got.nll - exact) <= got.extra["rounding_bound"]

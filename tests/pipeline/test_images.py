@@ -402,3 +402,24 @@ def test_reasons_name_the_image_and_are_readable(tmp_path, pixels):
     with pytest.raises(ImageError) as info:
         decode_image(b"garbage", "'x.png'")
     assert " object at 0x" not in str(info.value)
+
+
+def test_a_fifo_named_like_an_image_is_a_bad_image_never_opened(tmp_path, pixels):
+    # Opening it waited for a writer for ever, even with skip_bad (the extraction hung).
+    _write(str(tmp_path / "f" / "a.png"), _png(pixels[0]))
+    os.mkfifo(tmp_path / "f" / "p.png")
+    src = open_images(tmp_path / "f")
+    [(index, problem)] = src.unreadable
+    assert index == 1
+    assert "p.png' cannot be read (a FIFO, not a regular file)" in problem
+    refs = src.refs(range(2))
+    assert refs.check() == [(1, problem)]  # returns: nothing was opened
+
+
+def test_a_loop_of_links_is_named_as_a_loop(tmp_path):
+    os.makedirs(tmp_path / "f")
+    os.symlink("c.png", tmp_path / "f" / "b.png")
+    os.symlink("b.png", tmp_path / "f" / "c.png")
+    src = open_images(tmp_path / "f")
+    assert len(src.unreadable) == 2
+    assert all("a loop of symbolic links" in problem for _, problem in src.unreadable)

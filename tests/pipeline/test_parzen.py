@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from shardeval.pipeline import NonFiniteError, NumericalError, open_features
+from shardeval.pipeline import NonFiniteError, NumericalError, ShapeError, open_features
 from shardeval.pipeline.likelihood.parzen import nll_parzen
 
 
@@ -118,3 +118,38 @@ def test_parzen_rounding_is_bounded_and_fp32_only_within_tolerance(
     assert got.extra["pairs_float64"] == float64_pairs
     assert got.extra["rounding_bound"] <= 1e-6
     assert abs(got.nll + lp.mean()) <= got.extra["rounding_bound"] + 1e-12 * abs(lp.mean())
+
+
+def test_too_many_shard_pairs_are_refused(tmp_path, rng):
+    # 200 × 200 one-row shards made 40,000 tasks (two minutes); 1,000² would be a million.
+    np.save(tmp_path / "s.npy", rng.normal(size=(200, 2)))
+    s = open_features(str(tmp_path / "s.npy"), shard_rows=1)
+    with pytest.raises(ShapeError, match="40,000 tasks"):
+        nll_parzen(s, s, 0.5)
+
+
+def test_float64_data_at_a_tiny_bandwidth(tmp_path, rng):
+    # Refused as "1/(2h²) overflows fp32" though the products are float64.
+    from scipy.special import logsumexp
+
+    x = rng.normal(size=(30, 2)) * 1e-25
+    np.save(tmp_path / "x.npy", x)
+    src = open_features(str(tmp_path / "x.npy"))
+    got = nll_parzen(src, src, 1e-25)
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    lp = logsumexp(-sq / (2 * 1e-50), axis=1) - math.log(30) - math.log(2 * math.pi * 1e-50)
+    assert got.nll == pytest.approx(-lp.mean(), rel=1e-12)
+
+
+def test_the_bound_covers_the_normalisation(tmp_path, rng):
+    # At h = 1e100 every kernel value is 1 and the log-density is all normalisation: its
+    # rounding (3.7e-12 here) was left out of a bound of 8e-211.
+    import mpmath
+
+    x = rng.normal(size=(20, 400))
+    np.save(tmp_path / "x.npy", x)
+    src = open_features(str(tmp_path / "x.npy"))
+    got = nll_parzen(src, src, 1e100)
+    with mpmath.workdps(40):
+        exact = 200 * (mpmath.log(2 * mpmath.pi) + 2 * mpmath.log(mpmath.mpf(1e100)))
+    assert abs(got.nll - float(exact)) <= got.extra["rounding_bound"]

@@ -397,3 +397,93 @@ def test_pair_tasks_depend_on_no_chunk_of_the_sets(pair, monkeypatch):
     ours = ("shard-", "merge-", "parzen-", "_gather-", "_held_out-")
     foreign = [k for g in with_pairs for k in g if not (isinstance(k, str) and k.startswith(ours))]
     assert not foreign
+
+
+# --- an adversarial pass over the float64 kernel sums -------------------------------------
+
+
+@pytest.mark.parametrize("scale", [1e50, 1e60, 1e200])
+def test_kid_of_features_beyond_float64_is_an_error(tmp_path, scale):
+    # KID ± nan (1e50), a traceback (1e52–1e100) and KID nan with exit 0 (1e200) before.
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((6, 3)) * scale, rng.standard_normal((5, 3)) * scale
+    with pytest.raises(NumericalError, match="beyond float64"):
+        sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=KIDParams())
+
+
+def test_kid_subsets_keep_float64_rows(tmp_path):
+    # Float64 rows of spread 1e-3 at an offset of 1e6 were cast to fp32 by the subset path:
+    # KID 0 ± 0 with bound 0, exit 0, where the exact mean over the draws is 2.9e18.
+    from fractions import Fraction
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((20, 3)) * 1e-3 + 1e6
+    y = rng.standard_normal((20, 3)) * 2e-3 + 1e6
+    from shardeval.pipeline.errors import RoundingWarning
+
+    with pytest.warns(RoundingWarning, match="is right to"):  # 7e-5 of itself: said
+        got = kid_subsets(
+            _store(tmp_path, "x", x), _store(tmp_path, "y", y), subsets=3, subset_size=6, seed=2020
+        )
+    values = []
+    for real_rows, gen_rows in subset_indices(20, 20, 3, 6, 2020):
+        a, b = x[real_rows], y[gen_rows]
+        xx, _ = exact_poly_sums(a, a, 1 / 3, 1.0, 3, diagonal=True)
+        yy, _ = exact_poly_sums(b, b, 1 / 3, 1.0, 3, diagonal=True)
+        xy, _ = exact_poly_sums(a, b, 1 / 3, 1.0, 3)
+        values.append((xx + yy) / 30 - 2 * xy / 36)
+    exact = float(sum(values, Fraction(0)) / 3)
+    assert abs(got.kid - exact) <= got.rounding_bound
+    assert got.kid == pytest.approx(exact, rel=1e-3)
+
+
+def test_integers_beyond_2_53_are_refused(tmp_path):
+    # Rows of 2^60 + small integers read as float64 collapsed: KID 0 ± 0, exit 0.
+    from shardeval.pipeline import feature_moments
+
+    rng = np.random.default_rng(3)
+    x = (2**60 + rng.integers(0, 100, (10, 3))).astype(np.int64)
+    y = (2**60 + rng.integers(0, 100, (12, 3))).astype(np.int64)
+    sx, sy = _store(tmp_path, "x", x), _store(tmp_path, "y", y)
+    with pytest.raises(NumericalError, match="integers beyond 2\\^53"):
+        sample_metrics(sx, sy, kid=KIDParams())
+    with pytest.raises(NumericalError, match="integers beyond 2\\^53"):
+        feature_moments([sx])
+
+
+def test_too_many_blocks_are_refused_before_any_pass(tmp_path, monkeypatch):
+    # The refusal came after a full pass over one-row shards (23 s at 5,000 rows, over 12
+    # minutes at 50,000).
+    import shardeval.pipeline.pairwise.passes as passes
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a pass ran before the blocks were checked")
+
+    monkeypatch.setattr(passes, "inspect_sets", no_pass)
+    x = np.zeros((5000, 2), np.float32)
+    sx = _store(tmp_path, "x", x)
+    with pytest.raises(ShapeError, match="at most 4,096 are allowed: use at least 2 rows"):
+        sample_metrics(sx, sx, kid=KIDParams(), block_rows=1)
+
+
+def test_cmmd_bandwidth_too_small_for_float64_is_refused(pair):
+    # --sigma 1e-200 raised ZeroDivisionError (a traceback); 1e-160 gave a bound of inf.
+    from shardeval.pipeline.metrics import MetricOptionError
+
+    _x, _y, sx, sy = pair
+    for sigma in (1e-200, 1e-160):
+        with pytest.raises(MetricOptionError, match="within float64"):
+            sample_metrics(sx, sy, cmmd=CMMDParams(sigma=sigma))
+
+
+def test_one_store_spelled_as_a_file_url_is_the_same_store(tmp_path):
+    # Z.zarr against file:///…/Z.zarr gave KID −0.59 (two sets) where Z.zarr twice gives 0.
+    from shardeval.pipeline.io.synthetic import write_features
+
+    path = tmp_path / "z.zarr"
+    write_features(path, gaussian_features(300, 4, seed=5))
+    a, b = open_features(str(path)), open_features(f"file://{path}")
+    got = sample_metrics(a, b, kid=KIDParams(), cmmd=CMMDParams(unbiased=True))
+    assert got["kid"].kid == 0.0
+    assert got["kid"].same_store
+    assert got["cmmd"].cmmd == 0.0

@@ -17,7 +17,7 @@ import numpy as np
 
 from shardeval.pipeline.core.reduce import sizeof_fields
 from shardeval.pipeline.core.states import Moments, NonFiniteRows, ScalarMoments, merge_fieldwise
-from shardeval.pipeline.errors import EngineError, NonFiniteError
+from shardeval.pipeline.errors import EngineError, NonFiniteError, NumericalError
 from shardeval.pipeline.options import BACKENDS, DEVICES, NONFINITE_POLICIES
 
 
@@ -139,6 +139,20 @@ class FeatureSummary:
     merge = merge_fieldwise
 
 
+#: Integers of larger magnitude are not all float64 numbers: products would round the data.
+EXACT_INTEGERS = 2**53
+
+
+def inexact_integer_rows(block: np.ndarray) -> np.ndarray:
+    """Per row, whether it holds an integer beyond 2^53 (not every such integer is a float64
+    number, so products in float64 would round the data)."""
+    if block.dtype.kind not in "iu" or block.dtype.itemsize < 8:
+        return np.zeros(block.shape[0], dtype=bool)
+    limit = block.dtype.type(EXACT_INTEGERS)
+    beyond = block > limit if block.dtype.kind == "u" else (block > limit) | (block < -limit)
+    return beyond.reshape(block.shape[0], -1).any(axis=1)
+
+
 def summarize_block(
     block: np.ndarray,
     offset: int,
@@ -159,6 +173,13 @@ def summarize_block(
             ~1e-12 instead of the ~1e-7 that fp32 rounding inside each shard leaves).
     """
     block = np.asarray(block)
+    inexact = np.flatnonzero(inexact_integer_rows(block))
+    if inexact.size:
+        raise NumericalError(
+            f"{inexact.size:,} row(s) of integers beyond 2^53 (first at row "
+            f"{offset + int(inexact[0])}), which float64 cannot hold exactly; store them as "
+            "floats if rounding them is acceptable"
+        )
     if precision == "fp64" or (block.dtype.kind == "u" and block.dtype.itemsize >= 4):
         # Unsigned 32/64-bit integers have no exact torch kernel dtype: float64 holds them.
         block = block.astype(np.float64, copy=False)

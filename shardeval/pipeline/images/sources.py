@@ -34,11 +34,13 @@ scheduler carries a few hundred bytes per task.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import io
 import os
 import re
+import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -172,12 +174,28 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
 
 def _unreadable_file(path: str, where: str, exc: OSError) -> str:
     """The problem of an image file that cannot be opened, naming it; a symbolic link whose
-    target is gone says so (the OS only says the file does not exist)."""
-    if os.path.islink(path) and not os.path.exists(path):
+    target is gone, or that leads back to itself, says so (the OS says only that the file
+    does not exist, or that there are too many levels of links)."""
+    if exc.errno == errno.ELOOP:
+        reason = f"a loop of symbolic links (through {os.readlink(path)!r})"
+    elif os.path.islink(path) and not os.path.exists(path):
         reason = f"a symbolic link to {os.readlink(path)!r}, which does not exist"
     else:
         reason = _reason(exc)
     return f"image {where} cannot be read ({reason})"
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why ``path`` is not a regular file (a FIFO, a device, a socket), else None: reading
+    one would wait for a writer for ever (a FIFO) or never end (``/dev/zero``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # the read says why
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) else "not a file"
+    return f"{kind}, not a regular file"
 
 
 @dataclass(frozen=True)
@@ -322,6 +340,9 @@ class ImageRefs:
 
         def from_file(path: str, where: str) -> Callable[[], np.ndarray | str]:
             def run() -> np.ndarray | str:
+                odd = _not_a_file(path)
+                if odd is not None:
+                    return f"image {where} cannot be read ({odd})"
                 try:
                     with open(path, "rb") as fh:
                         data = fh.read()
@@ -467,13 +488,18 @@ def _folder(root: str, files: list[str]) -> ImageSource:
     unreadable: list[tuple[int, str]] = []
     for i, (name, path) in enumerate(zip(rel, paths, strict=True)):
         try:
-            stat = os.stat(path)  # of the target, for a symbolic link
+            info = os.stat(path)  # of the target, for a symbolic link
         except OSError as exc:
             unreadable.append((i, _unreadable_file(path, repr(path), exc)))
             target = os.readlink(path) if os.path.islink(path) else ""
             items.append((name, "unreadable", exc.errno, target))
             continue
-        items.append((name, stat.st_size, stat.st_mtime_ns))
+        odd = _not_a_file(path)
+        if odd is not None:  # a FIFO or device named like an image: never opened
+            unreadable.append((i, f"image {path!r} cannot be read ({odd})"))
+            items.append((name, "not a file", info.st_mode))
+            continue
+        items.append((name, info.st_size, info.st_mtime_ns))
     return ImageSource(
         root,
         "folder",

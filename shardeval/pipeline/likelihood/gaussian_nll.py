@@ -8,6 +8,7 @@ with fp32 products only where a bound on their rounding meets the stated toleran
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ from shardeval.pipeline.core.chunks import (
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import shard_tasks
 from shardeval.pipeline.core.states import NonFiniteRows, ScalarMoments
-from shardeval.pipeline.errors import NumericalError, ShapeError
+from shardeval.pipeline.errors import NumericalError, RoundingWarning, ShapeError
 from shardeval.pipeline.fid.gaussian import Gaussian, cholesky_factor
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.likelihood.nll import NLLResult, summarize_nll
@@ -57,37 +58,57 @@ class GaussianSummary:
 @dataclass(frozen=True, eq=False)
 class Whitening:
     """What every shard needs of the Gaussian: its mean, Cholesky factor, and the norms that
-    bound the products' rounding: ‖L⁻¹‖_F and ‖L‖₂ (the largest singular value)."""
+    bound the rounding: ‖L⁻¹‖_F, ‖L‖₂ (the largest singular value) and ‖L‖_F.
+
+    Attributes:
+        factorisation: ρ = γ_(d+1)‖L⁻¹‖_F²‖L‖_F², a bound on ‖L⁻¹ΔΣL⁻ᵀ‖₂ for the ΔΣ with
+            L Lᵀ = Σ + ΔΣ that the float64 Cholesky factorisation leaves (|ΔΣ| ≤
+            γ_(d+1)|L||Lᵀ|, Higham Thm 10.3): the NLL computed is the one under Σ + ΔΣ.
+    """
 
     mean: np.ndarray
     chol: np.ndarray
     inverse_norm: float
     factor_norm: float
+    factor_frobenius: float
+    factorisation: float
 
     @classmethod
     def of(cls, mean: np.ndarray, chol: np.ndarray) -> Whitening:
         from scipy.linalg import solve_triangular
 
+        from shardeval.kernels.kernel_sums import gamma_n
+
         inverse = solve_triangular(chol, np.eye(chol.shape[0]), lower=True)
+        inverse_norm, frobenius = float(np.linalg.norm(inverse)), float(np.linalg.norm(chol))
         return cls(
             mean,
             chol,
-            float(np.linalg.norm(inverse)),
+            inverse_norm,
             float(np.linalg.norm(chol, 2)),
+            frobenius,
+            gamma_n(chol.shape[0] + 1) * inverse_norm**2 * frobenius**2,
         )
 
     def relative_rounding(self, products: str) -> float:
         """Bound on |δ‖z‖| / ‖z‖ for z = L⁻¹(x − μ) by ``products`` (fp32 or float64): the
-        product errs by γ_(d+3)‖L⁻¹‖_F‖x − μ‖ (the factor's and the centring's rounding
-        included), and ‖z‖ ≥ ‖x − μ‖ / ‖L‖₂."""
+        product errs by γ_(d+3)‖L⁻¹‖_F‖x − μ‖ (the inverse's and the centring's rounding
+        included), ‖z‖ ≥ ‖x − μ‖ / ‖L‖₂; the float64 inverse of L, X with |XL − I| ≤
+        γ_d|X||L|, moves z by γ_d‖X‖_F‖L‖_F of itself more."""
         from shardeval.kernels.kernel_sums import gamma_n
 
+        d = self.mean.shape[0]
         dtype = np.float32 if products == "fp32" else np.float64
         u = float(np.finfo(dtype).eps) / 2
-        return gamma_n(self.mean.shape[0] + 3, u) * self.inverse_norm * self.factor_norm
+        inverse = gamma_n(d) * self.inverse_norm * self.factor_frobenius
+        return gamma_n(d + 3, u) * self.inverse_norm * self.factor_norm + inverse
 
-    def products(self) -> str:
-        """fp32 where its bound meets :data:`GAUSSIAN_TOLERANCE` on ‖z‖², else float64."""
+    def products(self, source: FeatureSource) -> str:
+        """float64 for float64 or wide-integer data, which fp32 cannot hold; else fp32 where
+        its bound meets :data:`GAUSSIAN_TOLERANCE` on ‖z‖², float64 otherwise."""
+        dtype = np.dtype(source.dtype)
+        if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4):
+            return "float64"
         r = self.relative_rounding("fp32")
         return "fp32" if 2 * r + r * r <= GAUSSIAN_TOLERANCE else "float64"
 
@@ -103,7 +124,13 @@ def summarize_gaussian(
     """Log-density of each finite feature row under N(mean, L Lᵀ), with products in
     ``products`` precision, and the bound on the rounding of their sum: per row
     ‖z‖·δ + δ²/2 + a float64 rounding of ‖z‖², δ = r‖z‖ (:meth:`Whitening.relative_rounding`),
-    plus the fp32 centring's rounding of a large mean (u² ‖μ‖ through ‖L⁻¹‖_F)."""
+    plus the fp32 centring's rounding of a large mean (u² ‖μ‖ through ‖L⁻¹‖_F), plus the
+    factorisation's: with ρ = :attr:`Whitening.factorisation` < 1, the Mahalanobis term under
+    Σ + ΔΣ is within ρ/(1 − ρ) of itself and ½ log det within d ρ/(2(1 − ρ)).
+
+    Raises:
+        NumericalError: ρ ≥ ½: the covariance is too ill-conditioned for float64 to bound.
+    """
     import torch
 
     from shardeval.kernels import gaussian_logpdf
@@ -129,7 +156,10 @@ def summarize_gaussian(
         u32 = float(np.finfo(np.float32).eps) / 2
         delta = delta + whitening.inverse_norm * u32 * u32 * float(np.linalg.norm(whitening.mean))
     u64 = 2.0**-53
+    rho = whitening.factorisation
+    factor = rho / (1 - rho)
     per_row = norm_z * delta + 0.5 * delta * delta + (d + 4) * u64 * (sq + np.abs(lp_np))
+    per_row = per_row + 0.5 * (sq + delta * (2 * norm_z + delta)) * factor + 0.5 * d * factor
     rounding = float(per_row.sum())
     return GaussianSummary(
         ScalarMoments.from_values(lp_np), NonFiniteRows.from_mask(~ok, offset), rounding
@@ -199,17 +229,33 @@ def nll_gaussian(
     import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     whitening = Whitening.of(stats.mean, chol)
-    products = whitening.products()
+    if whitening.factorisation >= 0.5:
+        raise NumericalError(
+            f"the covariance of {stats.source!r} (d={stats.d}) is too ill-conditioned for a "
+            f"Gaussian NLL in float64: its Cholesky factorisation's rounding (bound "
+            f"{whitening.factorisation:.2g} relative) could change the result entirely"
+        )
+    products = whitening.products(source)
     tasks = shard_tasks(source, summarize_gaussian, whitening, products, device, backend)
     (summary,) = engine.reduce(
         [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
     )
     check_nonfinite(source.location, summary.nonfinite, nonfinite)
     n = max(summary.values.n, 1)
-    return summarize_nll(
+    result = summarize_nll(
         "gaussian",
         ValueSummary(summary.values, summary.nonfinite),
         source.d,
         products=products,
         rounding_bound=summary.rounding / n,
     )
+    bound = result.extra["rounding_bound"]
+    if bound > GAUSSIAN_TOLERANCE * abs(result.nll):
+        warnings.warn(
+            RoundingWarning(
+                f"the Gaussian NLL {result.nll:.8g} is right to ±{bound:.2g} nats only (its "
+                "rounding bound; the covariance is ill-conditioned)"
+            ),
+            stacklevel=2,
+        )
+    return result

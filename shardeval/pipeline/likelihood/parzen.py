@@ -37,9 +37,10 @@ from shardeval.pipeline.likelihood.nll import NLLResult, summarize_nll
 from shardeval.pipeline.pairwise.blocks import RowBlocks, shard_blocks
 
 _LOG_2PI = math.log(2 * math.pi)
+_U64 = 2.0**-53
 
 #: 1/(2h²) multiplies fp32 squared distances: it must be an fp32 number.
-_MIN_BANDWIDTH = math.sqrt(0.5 / float(np.finfo(np.float32).max))
+_MIN_BANDWIDTH = math.sqrt(0.5 / float(np.finfo(np.float64).max))
 
 
 def silverman_bandwidth(variance_trace: float, n: int, d: int) -> float:
@@ -50,16 +51,21 @@ def silverman_bandwidth(variance_trace: float, n: int, d: int) -> float:
 
 
 def check_bandwidth(h: float) -> float:
-    """A bandwidth the kernels can use: positive, finite, and large enough that 1/(2h²) is an
-    fp32 number (any larger h is exact: the kernel values tend to 1)."""
+    """A bandwidth the kernels can use: positive, finite, and large enough that 1/(2h²) is a
+    float64 number (any larger h is exact: the kernel values tend to 1). Where 1/(2h²) is not
+    an fp32 number, the products are float64 (:func:`rounding_per_row` sees to it)."""
     if not (h > 0 and math.isfinite(h)):
         raise ValueError(f"bandwidth must be positive and finite, got {h}")
     if h < _MIN_BANDWIDTH:
         raise NumericalError(
-            f"bandwidth {h:g} is below {_MIN_BANDWIDTH:.3g}: 1/(2h²) overflows fp32 and every "
-            "kernel value underflows; choose a bandwidth on the scale of the distances"
+            f"bandwidth {h:g} is below {_MIN_BANDWIDTH:.3g}: 1/(2h²) overflows float64 and "
+            "every kernel value underflows; choose a bandwidth on the scale of the distances"
         )
     return h
+
+
+#: Test × sample shard pairs, i.e. tasks: more are refused, naming the shard that fits.
+MAX_PARZEN_PAIRS = 16_384
 
 
 #: Parzen log-densities are stated to this many nats: a block pair whose fp32 products could
@@ -68,7 +74,7 @@ PARZEN_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True, eq=False)
-class KernelSums:
+class ParzenSums:
     """Per row of one test block: the log-sum-exp pair of −‖x − y‖²/2h² over the sample rows
     seen so far, how many finite sample rows those were, a bound on each row's rounding (in
     nats: the log-sum-exp moves by at most the largest error of its terms), and how many of
@@ -80,8 +86,8 @@ class KernelSums:
     pairs: int = 1
     float64_pairs: int = 0
 
-    def merge(self, other: KernelSums) -> KernelSums:
-        return KernelSums(
+    def merge(self, other: ParzenSums) -> ParzenSums:
+        return ParzenSums(
             self.rows.merge(other.rows),
             self.samples + other.samples,
             np.maximum(self.rounding, other.rounding),
@@ -126,17 +132,20 @@ def rounding_per_row(
 
     u = float(np.finfo(dtype).eps) / 2
     c = 2 * gamma_n(test.shape[1] + 2, u) + 4 * u
+    scale = 0.5 / bandwidth / bandwidth
+    if dtype == np.float32 and scale > float(np.finfo(np.float32).max):
+        return np.full(test.shape[0], np.inf)  # the fp32 path cannot even scale the distances
     with np.errstate(over="ignore", invalid="ignore"):  # beyond float64: no bound (inf)
         centre = samples.astype(np.float64).mean(axis=0)
         test_norms = np.linalg.norm(test.astype(np.float64) - centre, axis=1)
         sample_norm = float(np.linalg.norm(samples.astype(np.float64) - centre, axis=1).max())
         exp_rounding = 8 * u if dtype == np.float32 else 0.0
-        return c * (test_norms + sample_norm) ** 2 * (0.5 / bandwidth / bandwidth) + exp_rounding
+        return c * (test_norms + sample_norm) ** 2 * scale + exp_rounding
 
 
 def _lse(
     test: np.ndarray, samples: np.ndarray, bandwidth: float, device: str, backend: str
-) -> KernelSums:
+) -> ParzenSums:
     """The log-sum-exp pair of every test row over the finite sample rows: fp32 products
     where their rounding bound is within :data:`PARZEN_TOLERANCE`, float64 elsewhere."""
     from shardeval.kernels import parzen_lse
@@ -165,26 +174,29 @@ def _lse(
         m, s = mt.cpu().numpy().copy(), st.cpu().numpy()
     m[bad] = np.nan
     rounding[bad] = 0.0
-    return KernelSums(RowLogSumExp(m, s), int(samples.shape[0]), rounding, 1, int(wide))
+    return ParzenSums(RowLogSumExp(m, s), int(samples.shape[0]), rounding, 1, int(wide))
 
 
 def _pair(
     test: RowBlocks, i: int, samples: RowBlocks, j: int, h: float, device: str, backend: str
-) -> KernelSums:
+) -> ParzenSums:
     return _lse(test.read(i), samples.read(j), h, device, backend)
 
 
-def _finish(sums: KernelSums, offset: int, d: int, bandwidth: float) -> ParzenSummary:
+def _finish(sums: ParzenSums, offset: int, d: int, bandwidth: float) -> ParzenSummary:
     if sums.samples == 0:
         raise ShapeError("no finite sample rows remain to place kernels on")
     norm = math.log(sums.samples) + 0.5 * d * (_LOG_2PI + 2.0 * math.log(bandwidth))
     lp = sums.rows.values() - norm
     ok = np.isfinite(lp)
+    # The finish's own rounding: max + log s − norm, norm's few terms, each a rounding or two.
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows of density 0: refused later
+        finish = 8 * _U64 * (np.abs(sums.rows.max) + np.abs(np.log(sums.rows.sum)) + abs(norm))
     return ParzenSummary(
         ScalarMoments.from_values(lp[ok]),
         NonFiniteRows.from_mask(np.isnan(lp), offset),
         NonFiniteRows.from_mask(np.isneginf(lp), offset),
-        float(sums.rounding[ok].max(initial=0.0)),
+        float((sums.rounding + finish)[ok].max(initial=0.0)),
         sums.pairs,
         sums.float64_pairs,
     )
@@ -284,6 +296,13 @@ def nll_parzen(
         raise ValueError(f"bandwidth must be a number, 'silverman' or 'cv'; got {bandwidth!r}")
     if not isinstance(bandwidth, str):
         check_bandwidth(float(bandwidth))
+    pairs = test.shards * samples.shards
+    if pairs > MAX_PARZEN_PAIRS:
+        raise ShapeError(
+            f"{test.shards:,} test shards × {samples.shards:,} sample shards make {pairs:,} tasks "
+            f"(each reads two shards); at most {MAX_PARZEN_PAIRS:,} are allowed: use larger "
+            "shards (shard_rows), or the stored chunks"
+        )
     engine = engine or Engine()
     check_device(device, backend, local=not engine.is_distributed)
     import torch  # noqa: F401  # loaded before any graph runs, so its threads are budgeted
@@ -325,7 +344,9 @@ def nll_parzen(
             f"{h:g} (first at rows {', '.join(map(str, summary.underflow.first))}): every "
             "kernel value underflows; the bandwidth is too small for these distances"
         )
-    extra["rounding_bound"] = summary.rounding
+    # The mean of n values: each addition rounds by u of a partial sum at most n·max|lp|.
+    spread = max(abs(summary.values.min), abs(summary.values.max))
+    extra["rounding_bound"] = summary.rounding + (summary.values.n + 2) * _U64 * spread
     extra["pairs"] = summary.pairs
     extra["pairs_float64"] = summary.float64_pairs
     return summarize_nll("parzen", ValueSummary(summary.values, summary.nonfinite), test.d, **extra)
@@ -335,7 +356,7 @@ def nll_parzen(
 class CandidateSums:
     """The held-out rows' kernel sums under each candidate bandwidth."""
 
-    sums: tuple[KernelSums, ...]
+    sums: tuple[ParzenSums, ...]
 
     def merge(self, other: CandidateSums) -> CandidateSums:
         return CandidateSums(tuple(a.merge(b) for a, b in zip(self.sums, other.sums, strict=True)))
@@ -415,7 +436,7 @@ def _cross_validate(
 def _register_sizes() -> None:
     from dask.sizeof import sizeof
 
-    for state in (KernelSums, ParzenSummary, CandidateSums):
+    for state in (ParzenSums, ParzenSummary, CandidateSums):
         sizeof.register(state)(sizeof_fields)
 
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from shardeval.pipeline.core.chunks import check_nonfinite, finite_rows
+from shardeval.pipeline.core.chunks import check_nonfinite, finite_rows, inexact_integer_rows
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import SHARD_PREFIX, sizeof_fields
 from shardeval.pipeline.core.states import NonFiniteRows, RowMean, merge_fieldwise
-from shardeval.pipeline.errors import ShapeError
+from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 
 #: Target bytes of one row block (and of one column chunk streamed past it).
@@ -140,6 +140,7 @@ class SetInspection:
     zeros: NonFiniteRows
     rows: RowMean
     units: RowMean
+    inexact: NonFiniteRows
 
     merge = merge_fieldwise
 
@@ -149,6 +150,7 @@ def inspect_block(block: np.ndarray, offset: int) -> SetInspection:
     from shardeval.kernels.kernel_sums import unit_rows
 
     ok = finite_rows(block)
+    inexact = inexact_integer_rows(block)
     x = np.asarray(block[ok], dtype=np.float64)
     nonzero = np.any(x != 0, axis=1)
     return SetInspection(
@@ -156,6 +158,7 @@ def inspect_block(block: np.ndarray, offset: int) -> SetInspection:
         NonFiniteRows.from_mask(~np.any(block != 0, axis=1), offset),
         RowMean.from_rows(x),
         RowMean.from_rows(unit_rows(x[nonzero])),
+        NonFiniteRows.from_mask(inexact, offset),
     )
 
 
@@ -169,6 +172,7 @@ def inspect_sets(
     Raises:
         NonFiniteError: naming the store, how many rows and the first of them.
         ZeroRowError: likewise, for rows of zeros.
+        NumericalError: likewise, for integers beyond 2^53.
     """
     from shardeval.pipeline.core.reduce import shard_tasks
     from shardeval.pipeline.errors import ZeroRowError
@@ -176,6 +180,12 @@ def inspect_sets(
     found: list[SetInspection] = engine.reduce([shard_tasks(s, inspect_block) for s in sources])
     for source, seen in zip(sources, found, strict=True):
         check_nonfinite(source.location, seen.nonfinite, "error")
+        if seen.inexact.count:
+            raise NumericalError(
+                f"{source.location!r} has {seen.inexact.count:,} row(s) of integers beyond "
+                f"2^53 (first at row {seen.inexact.first[0]}), which float64 cannot hold "
+                "exactly; store them as floats if rounding them is acceptable"
+            )
         if unit_rows and seen.zeros.count:
             raise ZeroRowError(
                 f"{source.location!r} has {seen.zeros.count:,} row(s) of zeros (first at row "
@@ -190,7 +200,8 @@ def same_store(a: FeatureSource, b: FeatureSource) -> bool:
     import os
 
     def key(s: FeatureSource) -> tuple[str, str]:
-        where = s.location if "://" in s.location else os.path.realpath(s.location)
+        where = s.location.removeprefix("file://")  # a local URL is its path
+        where = where if "://" in where else os.path.realpath(where)
         return where, s.name
 
     return key(a) == key(b)

@@ -11,8 +11,10 @@ read of each store per group of subsets.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +23,9 @@ import numpy as np
 from shardeval.pipeline.core.chunks import check_device
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
-from shardeval.pipeline.errors import RoundingWarning, ShapeError
+from shardeval.pipeline.errors import NumericalError, RoundingWarning, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
+from shardeval.pipeline.metrics.base import MetricOptionError
 from shardeval.pipeline.mmd.cmmd import SCALE, SIGMA, CMMDResult, cmmd_from_sums
 from shardeval.pipeline.mmd.kid import (
     KIDResult,
@@ -52,15 +55,36 @@ ROUNDING_TOLERANCE = 1e-5
 _U64 = 2.0**-53
 
 
-def _warn_if_unresolved(metric: str, value: float, bound: float) -> None:
+def _checked(metric: str, value: float, bound: float, standard_error: float = 0.0) -> None:
+    """A value, its bound and its standard error are numbers (else an error: features too
+    large for float64); a bound beyond :data:`ROUNDING_TOLERANCE` of the value is a warning."""
+    if not all(math.isfinite(v) for v in (value, bound, standard_error)):
+        raise NumericalError(
+            f"{metric} of these features is beyond float64 (value {value}, rounding bound "
+            f"{bound}, standard error {standard_error}): the features are too large for its "
+            "kernel; scale them"
+        )
     if bound > ROUNDING_TOLERANCE * abs(value):
         warnings.warn(
             RoundingWarning(
                 f"{metric} = {value:.6g} is right to ±{bound:.2g} (its float64 rounding bound), "
-                f"not to {ROUNDING_TOLERANCE:g} of itself: the sets are that close"
+                f"not to {ROUNDING_TOLERANCE:g} of itself: the value is small beside the kernel "
+                "values it is the difference of"
             ),
             stacklevel=3,
         )
+
+
+@contextlib.contextmanager
+def _overflow_named(*sources: FeatureSource) -> Iterator[None]:
+    """A kernel sum beyond float64, raised inside a pair task, as one line naming the sets."""
+    from shardeval.kernels.kernel_sums import KernelOverflowError
+
+    try:
+        yield
+    except KernelOverflowError as exc:
+        names = " and ".join(repr(s.location) for s in sources)
+        raise NumericalError(f"{names}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -143,10 +167,16 @@ def sample_metrics(
     check_device(device, backend, local=not engine.is_distributed)
     from shardeval.kernels.kernel_sums import PolyKernel, RBFKernel
 
+    if cmmd:
+        try:
+            RBFKernel(cmmd.sigma)
+        except ValueError as exc:
+            raise MetricOptionError(f"metric 'cmmd': {exc}") from None
     same = same_store(real, gen)
-    seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
+    # Blocks first: a cut into too many is refused before any pass reads a row.
     rb = row_blocks(real, block_rows, precision)
     gb = rb if same else row_blocks(gen, block_rows, precision)
+    seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     knn = max(prdc.k, prdc.pr_k) if prdc else None
     key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision)
     cached = reference_cache.get(key) if reference_cache is not None else None
@@ -163,11 +193,12 @@ def sample_metrics(
             rbf = RBFKernel(cmmd.sigma, seen[0].units.mean)
     own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend)
     sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
-    stats = (
-        self_statistics(sets, own, engine=engine, split_every=split_every, progress=progress)
-        if sets
-        else []
-    )
+    with _overflow_named(real, gen):
+        stats = (
+            self_statistics(sets, own, engine=engine, split_every=split_every, progress=progress)
+            if sets
+            else []
+        )
     if cached is None:
         sx = stats[0]
     sy = sx if same else stats[-1]
@@ -186,9 +217,10 @@ def sample_metrics(
     )
     cross = None
     if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:
-        cross = cross_statistics(
-            rb, gb, cross_plan, engine=engine, split_every=split_every, progress=progress
-        )
+        with _overflow_named(real, gen):
+            cross = cross_statistics(
+                rb, gb, cross_plan, engine=engine, split_every=split_every, progress=progress
+            )
     out: dict[str, Any] = {}
     if kid and poly and sx.poly is not None:
         bound = 0.0
@@ -199,7 +231,7 @@ def sample_metrics(
                 raise ValueError("the cross pass did not compute kernel sums")
             value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
             bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
-            _warn_if_unresolved("KID", value, bound)
+        _checked("KID", value, bound, se)
         out["kid"] = KIDResult(
             value,
             se,
@@ -222,7 +254,7 @@ def sample_metrics(
             value, bound, clamped = cmmd_from_sums(
                 sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
             )
-            _warn_if_unresolved("CMMD", value, bound)
+            _checked("CMMD", value, bound)
         out["cmmd"] = CMMDResult(
             value,
             m,
@@ -325,7 +357,9 @@ def kid_subsets(
     params = params or KIDParams()
     kernel = kernel_params(real.d, params.degree, params.gamma, params.coef0)
     rb, gb = row_blocks(real, None, precision), row_blocks(gen, None, precision)
-    dtype = np.float64 if precision == "fp64" else np.float32
+    # The subsets' rows as read (float64 data stays float64): the kernel sums take float64
+    # products whatever the precision.
+    dtype = np.float64
     draws = subset_indices(real.n, gen.n, subsets, subset_size, seed)
     per_group = max(1, group_bytes // (2 * subset_size * real.d * np.dtype(dtype).itemsize))
     values: list[tuple[float, float]] = []
@@ -346,9 +380,13 @@ def kid_subsets(
             )
             for s in range(len(group))
         ]
-        values += engine.run_delayed(tasks, progress=progress, shards=len(tasks))
+        with _overflow_named(real, gen):
+            values += engine.run_delayed(tasks, progress=progress, shards=len(tasks))
     gamma, coef0, degree = kernel
     estimates = np.array([v for v, _ in values])
+    # The mean of the subsets' values errs by the mean of their bounds and its own rounding.
+    bound = float(np.mean([b for _, b in values])) + 2 * _U64 * float(np.abs(estimates).max())
+    _checked("KID", float(np.mean(estimates)), bound, float(np.std(estimates)))
     return KIDResult(
         float(np.mean(estimates)),
         float(np.std(estimates)),
@@ -362,5 +400,5 @@ def kid_subsets(
         subset_size,
         seed,
         same_store(real, gen),
-        float(np.mean([b for _, b in values])) + 2 * _U64 * float(np.abs(estimates).max()),
+        bound,
     )

@@ -77,8 +77,9 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
         "--batch-size",
         type=positive_int,
         metavar="B",
-        help="images per forward pass and rows per chunk (default 32); a finished store is reused "
-        "whatever it is, an unfinished one is finished with its own",
+        help="images per forward pass and rows per chunk (default 32, or the store's own when "
+        "resuming); a finished store is reused whatever it is; an unfinished one resumes only "
+        "with its own (leave this out, or give that value)",
     )
     g.add_argument(
         "--device",
