@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from shardeval.pipeline.errors import ShardevalError
-from shardeval.workflows.provenance import now_iso, versions
+from shardeval.pipeline.io.provenance import now_iso, versions
 
 FORMAT = "shardeval.history"
 #: 3: per-metric provenance (``METRIC.provenance``); rows are merged, never replaced whole.

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardeval.pipeline.io.provenance import now_iso
 from shardeval.pipeline.metrics import Context, Metric, Reference
 from shardeval.workflows.history import History, HistoryRow
 from shardeval.workflows.jobfile import Job, JobError, load_job
-from shardeval.workflows.provenance import now_iso
 
 if TYPE_CHECKING:
     from shardeval.pipeline.core.engine import Engine, Progress

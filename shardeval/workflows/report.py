@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shardeval.pipeline.io.atomic import atomic_file, claim_output
-from shardeval.workflows.provenance import now_iso, versions
+from shardeval.pipeline.io.provenance import now_iso, versions
 
 if TYPE_CHECKING:
     from shardeval.pipeline.fid.frechet import FrechetDistance

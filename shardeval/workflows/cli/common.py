@@ -171,7 +171,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
-    from shardeval.workflows.provenance import now_iso, versions
+    from shardeval.pipeline.io.provenance import now_iso, versions
 
     return {
         "settings": settings(args),

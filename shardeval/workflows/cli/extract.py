@@ -200,7 +200,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         notice(f"{len(result.skipped)} bad image(s) left out (--skip-bad)")
     described = engine(args).describe()
     if args.json:
-        from shardeval.workflows.provenance import now_iso, versions
+        from shardeval.pipeline.io.provenance import now_iso, versions
         from shardeval.workflows.report import to_json
 
         data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}

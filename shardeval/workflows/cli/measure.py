@@ -200,8 +200,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     must_exist(args.inputs[0])
     from shardeval.pipeline.io.atomic import check_outside, claim_output
+    from shardeval.pipeline.io.provenance import now_iso, versions
     from shardeval.pipeline.io.statsio import is_stats, save_stats
-    from shardeval.workflows.provenance import now_iso, versions
 
     check_outside(args.output, args.inputs)
     claim_output(args.output, "statistics file", is_stats, args.overwrite, streams=True)
@@ -228,8 +228,8 @@ def _merge(args: argparse.Namespace) -> int:
     paths = args.inputs[1:]
     must_exist(*paths)
     from shardeval.pipeline.io.atomic import check_outside, claim_output
+    from shardeval.pipeline.io.provenance import now_iso, versions
     from shardeval.pipeline.io.statsio import is_stats, merge_stats, save_stats
-    from shardeval.workflows.provenance import now_iso, versions
 
     check_outside(args.output, paths)
     claim_output(args.output, "statistics file", is_stats, args.overwrite, streams=True)
