@@ -6,9 +6,13 @@ turns any :class:`ShardevalError` into one line on stderr and a non-zero exit.
 
 from __future__ import annotations
 
+from shardeval._words import Worded
 
-class ShardevalError(Exception):
-    """Base class: a problem with the user's input or request, reported in one line."""
+
+class ShardevalError(Worded, Exception):
+    """Base class: a problem with the user's input or request, reported in one line. Its
+    message marks the options that would fix it (``«nonfinite='drop'»``): ``str()`` names
+    them as Python arguments, :meth:`cli_text` as the command line's flags."""
 
 
 class StoreError(ShardevalError):
@@ -39,11 +43,11 @@ class NumericalError(ShardevalError):
     """A result is not trustworthy: e.g. a covariance that is not positive semi-definite."""
 
 
-class SingularCovarianceWarning(UserWarning):
+class SingularCovarianceWarning(Worded, UserWarning):
     """N ≤ d: the sample covariance is singular. FID is still defined and computed."""
 
 
-class SuspectStoreWarning(UserWarning):
+class SuspectStoreWarning(Worded, UserWarning):
     """A store reads without error but holds something that looks unwritten."""
 
 
@@ -55,6 +59,6 @@ class ClusterError(ShardevalError):
     """The cluster cannot be started or reached, or lost every worker."""
 
 
-class RoundingWarning(UserWarning):
+class RoundingWarning(Worded, UserWarning):
     """A result is smaller than the stated tolerance allows for its rounding bound: it is
     reported with that bound (e.g. an MMD between sets that float64 cannot tell apart)."""

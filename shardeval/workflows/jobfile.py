@@ -56,6 +56,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardeval._words import marked
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.metrics import METRICS, Metric, MetricOptionError
 from shardeval.pipeline.options import BACKENDS, DEVICES
@@ -245,7 +246,7 @@ def _metrics(path: str, raw: Any) -> dict[str, Metric]:
         try:
             metrics[name] = METRICS[name](options)
         except MetricOptionError as exc:
-            raise JobError(f"{path}: {exc}") from None
+            raise JobError(f"{path}: {marked(exc)}") from None
     return metrics
 
 
@@ -309,7 +310,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         try:
             Engine(scheduler)
         except EngineError as exc:
-            raise JobError(f"{path}: engine.scheduler: {exc}") from None
+            raise JobError(f"{path}: engine.scheduler: {marked(exc)}") from None
     cluster = engine.get("cluster")
     if cluster is not None:
         cluster = _must_exist(

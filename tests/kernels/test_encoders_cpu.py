@@ -70,7 +70,7 @@ def test_missing_weights_is_one_line_naming_the_file(tmp_path, monkeypatch):
     expected = os.path.join(str(tmp_path / "torch"), "hub", "checkpoints")
     assert "pt_inception-2015-12-05-6726825d.pth" in message
     assert expected in message
-    assert "--weights" in message
+    assert "weights=PATH" in message
     assert "\n" not in message
     with pytest.raises(WeightsError, match="do not exist"):
         locate_weights("inception", tmp_path / "nope.pth")
@@ -91,7 +91,8 @@ def test_hf_cache_layout(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(WeightsError, match="facebook/dinov2-large") as info:
         locate_weights("dinov2-vitl14")
-    assert "--weights DIR" in str(info.value)
+    assert "weights=DIR" in str(info.value)
+    assert "--weights DIR" in info.value.cli_text()
     root = tmp_path / "hf" / "hub" / "models--facebook--dinov2-large"
     snap = root / "snapshots" / "abc123"
     snap.mkdir(parents=True)

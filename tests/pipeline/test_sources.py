@@ -46,7 +46,7 @@ def test_group_needs_array_name_when_ambiguous(tmp_path, x):
     g = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     g.create_array("a", data=x)
     g.create_array("b", data=x[:, :2])
-    with pytest.raises(StoreError, match="--array NAME"):
+    with pytest.raises(StoreError, match="array=NAME"):
         open_features(str(tmp_path / "g.zarr"))
     assert open_features(str(tmp_path / "g.zarr"), array_name="b").d == 2
     with pytest.raises(StoreError, match="no array 'c'"):

@@ -114,7 +114,7 @@ def resolve_resize(encoder: str, resize: str | None) -> str:
         return spec.default_resize
     if resize not in spec.resizes:
         raise EncoderError(
-            f"--resize {resize} does not apply to --encoder {encoder}, whose preprocessing is "
+            f"«resize='{resize}'» does not apply to «encoder='{encoder}'», whose preprocessing is "
             f"fixed to match its reference ({', '.join(spec.resizes)})"
         )
     return resize

@@ -39,7 +39,7 @@ def _transformers(encoder: str) -> Any:
         import transformers
     except ImportError as exc:
         raise MissingDependencyError(
-            f"--encoder {encoder} needs the transformers package, which is not installed: "
+            f"«encoder='{encoder}'» needs the transformers package, which is not installed: "
             "pip install transformers (or the extra shardeval[encoders])"
         ) from exc
     return transformers

@@ -20,6 +20,8 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from shardeval._words import Worded
+
 if TYPE_CHECKING:
     import torch
 
@@ -41,8 +43,9 @@ _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
 
 
-class EncoderError(Exception):
-    """An encoder cannot be set up; the message is one line saying what would fix it."""
+class EncoderError(Worded, Exception):
+    """An encoder cannot be set up; the message is one line saying what would fix it (its
+    options marked: see :mod:`shardeval._words`)."""
 
 
 class WeightsError(EncoderError):
@@ -127,12 +130,12 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
         if encoder in HF_MODEL_IDS:
             if not os.path.isdir(path):
                 raise WeightsError(
-                    f"--weights for {encoder} must be a Hugging Face model folder (config.json "
+                    f"«weights» for {encoder} must be a Hugging Face model folder (config.json "
                     f"and model.safetensors), not the file {path!r}"
                 )
-            _check_hf_folder(path, "--weights")
+            _check_hf_folder(path, "«weights»")
         elif not os.path.isfile(path):
-            raise WeightsError(f"--weights for {encoder} must be a file, not the folder {path!r}")
+            raise WeightsError(f"«weights» for {encoder} must be a file, not the folder {path!r}")
         return path
     if encoder == "inception":
         path = os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
@@ -140,7 +143,7 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
             raise WeightsError(
                 f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: copy "
                 "pytorch-fid's release file there (TORCH_HOME moves the folder) or pass "
-                "--weights PATH; nothing is downloaded"
+                "«weights=PATH»; nothing is downloaded"
             )
         return path
     if encoder not in HF_MODEL_IDS:
@@ -151,7 +154,7 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
         raise WeightsError(
             f"the {encoder} weights (Hugging Face model {model_id!r}) are not in the cache "
             f"{hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli download "
-            f"{model_id}` on a machine with network; HF_HOME moves it) or pass --weights DIR "
+            f"{model_id}` on a machine with network; HF_HOME moves it) or pass «weights=DIR» "
             "with config.json and model.safetensors; nothing is downloaded"
         )
     _check_hf_folder(folder, f"the cached snapshot of {model_id!r}")

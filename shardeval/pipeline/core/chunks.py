@@ -42,13 +42,13 @@ def check_device(device: str, backend: str, *, local: bool = True) -> None:
     has_cuda = cuda_available()
     if device == "cuda" and not has_cuda:
         raise EngineError(
-            "--device cuda, but this machine has no CUDA GPU that torch can use; use "
-            "--device auto or cpu, or run on GPU workers (--scheduler / --cluster)"
+            "«device='cuda'», but this machine has no CUDA GPU that torch can use; use "
+            "«device='auto'» or 'cpu', or run on GPU workers («scheduler» / «cluster»)"
         )
     if backend == "triton" and not (has_cuda and device != "cpu") and not triton_interpreted():
         raise EngineError(
-            "--backend triton compiles kernels for a CUDA GPU, and none will be used here; use "
-            "--backend auto (BLAS on CPU, Triton on GPU)"
+            "«backend='triton'» compiles kernels for a CUDA GPU, and none will be used here; use "
+            "«backend='auto'» (BLAS on CPU, Triton on GPU)"
         )
 
 
@@ -67,7 +67,7 @@ def check_nonfinite(location: str, bad: NonFiniteRows, policy: str, what: str = 
     if bad.count and policy == "error":
         raise NonFiniteError(
             f"{location!r} has {bad.count} {what} with NaN or inf (first at rows "
-            f"{', '.join(map(str, bad.first))}); clean them or pass --nonfinite drop"
+            f"{', '.join(map(str, bad.first))}); clean them or pass «nonfinite='drop'»"
         )
 
 

@@ -152,7 +152,7 @@ class Engine:
             raise EngineError(
                 f"scheduler {self.scheduler!r} is not 'threads', 'sync' or a scheduler address "
                 "such as tcp://host:8786; to run on local worker processes start a cluster "
-                "with --cluster cluster/local.yaml"
+                "with «cluster='cluster/local.yaml'»"
             )
         if self.num_workers is not None and self.num_workers < 1:
             raise EngineError(f"threads must be a positive integer, got {self.num_workers}")

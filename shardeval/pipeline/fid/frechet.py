@@ -21,7 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import blas
 
-from shardeval.pipeline.errors import NumericalError, ShapeError, SingularCovarianceWarning
+from shardeval.pipeline.errors import (
+    NumericalError,
+    RoundingWarning,
+    ShapeError,
+    SingularCovarianceWarning,
+)
 from shardeval.pipeline.fid.gaussian import Gaussian, cholesky_factor
 
 #: Eigenvalues of M below zero are rounding, and are clamped to zero, while they lie within
@@ -195,14 +200,14 @@ def frechet_distance(
 def warn_if_rounding_reached_spectrum(result: FrechetDistance, fp32_products: bool) -> None:
     """Warn when fp32 products left eigenvalues below zero: the covariances have directions
     of (near) zero variance that fp32 rounding cannot resolve, and FID can be off by ~1e-3
-    (``shardeval fid`` recomputes with float64 products; elsewhere pass ``--precision fp64``).
+    (``shardeval fid`` recomputes with float64 products; elsewhere pass fp64 precision).
     ``fp32_products``: either side's moments took fp32 products (sides of n ≤ d take float64
     whatever was asked, and their clamped eigenvalues are true zeros)."""
     if result.clamped_count and fp32_products:
         warnings.warn(
             f"with fp32 products {result.clamped_count} eigenvalues fell below zero (a "
             "covariance of lower rank than d, as a set of repeated rows has): FID may be off by "
-            "about 1e-3; compute with --precision fp64",
-            UserWarning,
+            "about 1e-3; compute with «precision='fp64'»",
+            RoundingWarning,
             stacklevel=2,
         )

@@ -23,8 +23,8 @@ read or decoded; the store then holds the others only, in order, and names the s
 with the reason (a sentence naming the image). Without it, an image the listing already found
 unreadable (a symbolic link whose target is gone) is refused before anything is written.
 
-Messages name the Python arguments that would fix them (``skip_bad=True``,
-``overwrite=True``, ``batch_size=N``); the CLI words them as its flags.
+Messages mark the arguments that would fix them (``«skip_bad=True»``, ``«overwrite=True»``,
+``«batch_size=N»``): a Python caller reads them as arguments, the CLI as its flags.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shardeval._words import marked
 from shardeval.pipeline.core.chunks import check_device, uses_gpu, worker_device
 from shardeval.pipeline.core.engine import Engine, Progress, available_cores
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
@@ -181,7 +182,7 @@ def cached_encoder(
                 _ENCODERS[key] = load_encoder(encoder, path, device=where, digest=digest)
             loaded = _ENCODERS[key]
     except EncoderError as exc:
-        raise EncoderSetupError(str(exc)) from exc
+        raise EncoderSetupError(marked(exc)) from exc
     if loaded.fp32_products != "ieee":
         raise EncoderSetupError(
             f"{socket.gethostname()}: PyTorch lets fp32 convolutions on {loaded.device} round to "
@@ -344,7 +345,7 @@ def plan_extraction(
         mode = resolve_resize(encoder, resize)
         digest = digest_of(locate_weights(encoder, given))
     except EncoderError as exc:
-        raise EncoderSetupError(str(exc)) from exc
+        raise EncoderSetupError(marked(exc)) from exc
     return Extraction(encoder, given, digest, mode, ENCODERS[encoder].dim)
 
 
@@ -456,12 +457,12 @@ def extract_features(
         group = zarr.open_group(output, mode="r+")
         features = group["features"]
         if not isinstance(features, zarr.Array):
-            raise StoreError(f"{output!r}: 'features' is not an array; pass overwrite=True")
+            raise StoreError(f"{output!r}: 'features' is not an array; pass «overwrite=True»")
         rows_per_chunk = int(attrs["chunk_rows"])
         if tuple(features.shape) != (len(keep), spec.dim) or features.chunks[0] != rows_per_chunk:
             raise StoreError(
                 f"{output!r} has features of shape {tuple(features.shape)}, not the "
-                f"{(len(keep), spec.dim)} its attributes promise; pass overwrite=True to start "
+                f"{(len(keep), spec.dim)} its attributes promise; pass «overwrite=True» to start "
                 "again"
             )
         missing = sorted(index[0] for index, _ in missing_chunks(features)[0])
@@ -521,9 +522,9 @@ def _check_layout(
     for value, key in ((batch_size, "batch_size"), (chunk_rows, "chunk_rows")):
         if value is not None and value != attrs.get(key):
             raise ExtractionError(
-                f"{output!r} holds an unfinished extraction started with {key}={attrs.get(key)} "
+                f"{output!r} holds an unfinished extraction started with «{key}={attrs.get(key)}» "
                 f"(its chunks are laid out by it), not {value}; re-run with "
-                f"{key}={attrs.get(key)} to finish it, or pass overwrite=True to start again"
+                f"«{key}={attrs.get(key)}» to finish it, or pass «overwrite=True» to start again"
             )
 
 
@@ -561,11 +562,11 @@ def _existing(output: str, wanted: dict[str, Any]) -> dict[str, Any]:
     if _complete(attrs):
         raise ExtractionError(
             f"{output!r} holds a finished extraction with other settings ({diff}); pass "
-            "overwrite=True to replace it, or choose another output"
+            "«overwrite=True» to replace it, or choose another output"
         )
     raise ExtractionError(
         f"{output!r} holds an unfinished extraction with other settings ({diff}); re-run with "
-        "its settings to finish it, or pass overwrite=True to start again"
+        "its settings to finish it, or pass «overwrite=True» to start again"
     )
 
 
@@ -617,6 +618,6 @@ def _kept(source: ImageSource, attrs: dict[str, Any]) -> list[int]:
     if len(keep) != attrs.get("rows"):
         raise StoreError(
             f"the store records {attrs.get('rows')} rows but the source lists {len(keep)} "
-            "images to keep; pass overwrite=True to start again"
+            "images to keep; pass «overwrite=True» to start again"
         )
     return keep

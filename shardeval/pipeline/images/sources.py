@@ -58,8 +58,8 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 _GLOB_CHARS = "*?["
 _DIGEST_BYTES = 16
 
-#: What an image error tells the caller to do (the CLI words ``skip_bad=True`` as its flag).
-IMAGE_ADVICE = "replace or remove it, or pass skip_bad=True to leave it out"
+#: What an image error tells the caller to do (marked: see :mod:`shardeval._words`).
+IMAGE_ADVICE = "replace or remove it, or pass «skip_bad=True» to leave it out"
 
 #: A folder macOS adds to the zips it makes (resource forks, Finder metadata).
 _MAC_FOLDER = "__MACOSX"

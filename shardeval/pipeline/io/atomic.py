@@ -100,7 +100,7 @@ def claim_output(
         )
     if not overwrite:
         raise OutputExistsError(
-            f"{path!r} already exists (a {kind}); pass --overwrite to replace it"
+            f"{path!r} already exists (a {kind}); pass «overwrite=True» to replace it"
         )
 
 

@@ -187,7 +187,7 @@ def _open_numpy(
             if array_name is not None:
                 raise StoreError(
                     f"{location!r} is a .npy file, which holds one array: it has no array "
-                    f"{array_name!r} (--array picks a variable in a group, dataset or .npz)"
+                    f"{array_name!r} («array» picks a variable in a group, dataset or .npz)"
                 )
             mapped = np.load(location, mmap_mode="r", allow_pickle=False)
             return location, "", tuple(mapped.shape), mapped.dtype
@@ -203,7 +203,7 @@ def _open_numpy(
     if array_name is None:
         if len(keys) != 1:
             raise StoreError(
-                f"{location!r} holds arrays {keys}; choose the features with --array NAME"
+                f"{location!r} holds arrays {keys}; choose the features with «array=NAME»"
             )
         array_name = keys[0]
     if array_name not in keys:
@@ -252,7 +252,7 @@ def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple
     if len(candidates) != 1:
         raise StoreError(
             f"{location!r} is a group holding {sorted(arrays)}; "
-            "choose the features with --array NAME"
+            "choose the features with «array=NAME»"
         )
     return arrays[candidates[0]], candidates[0]
 
@@ -279,7 +279,7 @@ def _open_zarr(
         return node, array_name, group_attrs
     if array_name is not None:
         raise StoreError(
-            f"{location!r} is a single Zarr array: it has no array {array_name!r} (--array picks "
+            f"{location!r} is a single Zarr array: it has no array {array_name!r} («array» picks "
             "a variable in a group, dataset or .npz)"
         )
     return node, "", {}

@@ -111,7 +111,7 @@ def nll_from_loglik(
     if source.array.ndim != 1:
         raise ShapeError(
             f"{source.location!r} has shape {source.array.shape}; log-likelihoods "
-            "must be 1-D (N,); for (N, K) log-weights use --iw"
+            "must be 1-D (N,); for (N, K) log-weights use «iw»"
         )
     (summary,) = (engine or Engine()).reduce(
         [shard_tasks(source, summarize_loglik)], split_every=split_every, progress=progress

@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
+from shardeval._words import Worded
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.workflows.cli.parser import build_parser
 
@@ -65,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()  # a reader that went away fails here, not at interpreter exit
         for w in caught:
             if issubclass(w.category, UserWarning):
-                print(f"shardeval: warning: {w.message}", file=sys.stderr)
+                print(f"shardeval: warning: {_in_cli(w.message)}", file=sys.stderr)
         return code
     except ShardevalError as exc:
-        print(f"shardeval: error: {exc}", file=sys.stderr)
+        print(f"shardeval: error: {exc.cli_text()}", file=sys.stderr)
         # A scheduler that went away mid-run is an operating failure, as a full disk is:
         # nothing in the input would fix it.
         return EXIT_FAILED if getattr(exc, "operating_failure", False) else EXIT_BAD_INPUT
@@ -83,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shardeval: interrupted", file=sys.stderr)
         return 130
+
+
+def _in_cli(message: Warning | str) -> str:
+    """A message in this command line's words (its marked options as flags)."""
+    from shardeval._words import in_cli
+
+    return in_cli(message.cli_text() if isinstance(message, Worded) else str(message))
 
 
 class _LiveMessages:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from dataclasses import asdict
 from typing import Any
 
-from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
 from shardeval.workflows.cli.common import UsageError, engine, must_exist, notice
 from shardeval.workflows.cli.parser import positive_int
@@ -104,23 +102,8 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     return p
 
 
-#: How this command spells the fixes that pipeline messages give as Python arguments.
-_FLAGS = (
-    (re.compile(r"\bskip_bad=True\b"), "--skip-bad"),
-    (re.compile(r"\boverwrite=True\b"), "--overwrite"),
-    (re.compile(r"\bbatch_size=(\d+)"), r"--batch-size \1"),
-)
-
 #: Reasons of left-out images printed in the summary (the store lists them all).
 _REASONS_SHOWN = 5
-
-
-def in_flags(message: str) -> str:
-    """A pipeline message with the Python arguments it names (``skip_bad=True``…) written as
-    this command's flags (``--skip-bad``…)."""
-    for python, flag in _FLAGS:
-        message = python.sub(flag, message)
-    return message
 
 
 def _left_out(result: Any) -> list[str]:
@@ -178,24 +161,20 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     set_in_this_process(engine(args), args.device or "auto")
     bar = None if args.quiet else ProgressBar("chunks")
-    try:
-        result = extract_features(
-            args.images,
-            args.output,
-            encoder=encoder,
-            weights=args.weights,
-            resize=args.resize,
-            batch_size=args.batch_size,
-            device=args.device or "auto",
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-            engine=engine(args),
-            progress=bar,
-            check_progress=None if args.quiet else ProgressBar("images checked"),
-        )
-    except ShardevalError as exc:
-        exc.args = (in_flags(str(exc)),)  # the same error, in this command's words
-        raise
+    result = extract_features(
+        args.images,
+        args.output,
+        encoder=encoder,
+        weights=args.weights,
+        resize=args.resize,
+        batch_size=args.batch_size,
+        device=args.device or "auto",
+        skip_bad=args.skip_bad,
+        overwrite=args.overwrite,
+        engine=engine(args),
+        progress=bar,
+        check_progress=None if args.quiet else ProgressBar("images checked"),
+    )
     if result.skipped and not args.quiet:
         notice(f"{len(result.skipped)} bad image(s) left out (--skip-bad)")
     described = engine(args).describe()
