@@ -15,8 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from shardeval.pipeline.core.reduce import sizeof_fields
-from shardeval.pipeline.core.states import Moments, NonFiniteRows, ScalarMoments, merge_fieldwise
+from shardeval.pipeline.core.states import (
+    Examples,
+    Moments,
+    NonFiniteRows,
+    ScalarMoments,
+    examples_of,
+    merge_fieldwise,
+    state,
+)
 from shardeval.pipeline.errors import EngineError, NonFiniteError, NumericalError
 from shardeval.pipeline.options import BACKENDS, DEVICES, NONFINITE_POLICIES
 
@@ -124,6 +131,14 @@ def block_moments(block: np.ndarray, device: str = "cpu", backend: str = "auto")
     return Moments(n, mean.cpu().numpy(), m2.cpu().numpy())
 
 
+def _feature_summary_examples(rng: np.random.Generator) -> Examples[FeatureSummary]:
+    empty_moments, moments = examples_of(Moments, rng)
+    empty_rows, rows = examples_of(NonFiniteRows, rng)
+    found = [FeatureSummary(m, r) for m, r in zip(moments, rows, strict=True)]
+    return FeatureSummary(empty_moments, empty_rows), found
+
+
+@state(examples=_feature_summary_examples)
 @dataclass(frozen=True, eq=False)
 class FeatureSummary:
     """What one shard of a feature store reduces to: moments of its finite rows, and the count
@@ -196,6 +211,13 @@ def summarize_block(
     )
 
 
+def _value_summary_examples(rng: np.random.Generator) -> Examples[ValueSummary]:
+    _, values = examples_of(ScalarMoments, rng)
+    _, rows = examples_of(NonFiniteRows, rng)
+    return ValueSummary.empty(), [ValueSummary(v, r) for v, r in zip(values, rows, strict=True)]
+
+
+@state(examples=_value_summary_examples)
 @dataclass(frozen=True, eq=False)
 class ValueSummary:
     """A shard of per-sample values: moments of the finite ones, and where the others are."""
@@ -203,15 +225,30 @@ class ValueSummary:
     values: ScalarMoments
     nonfinite: NonFiniteRows
 
+    @classmethod
+    def empty(cls) -> ValueSummary:
+        return cls(ScalarMoments.empty(), NonFiniteRows.empty())
+
     merge = merge_fieldwise
 
 
+def _finite_count_examples(rng: np.random.Generator) -> Examples[FiniteCount]:
+    _, rows = examples_of(NonFiniteRows, rng)
+    found = [FiniteCount(int(n), r) for n, r in zip(rng.integers(1, 100, 3), rows, strict=True)]
+    return FiniteCount.empty(), found
+
+
+@state(examples=_finite_count_examples)
 @dataclass(frozen=True)
 class FiniteCount:
     """Rows of a shard that are finite, and where the others are."""
 
     n: int
     nonfinite: NonFiniteRows
+
+    @classmethod
+    def empty(cls) -> FiniteCount:
+        return cls(0, NonFiniteRows.empty())
 
     merge = merge_fieldwise
 
@@ -225,13 +262,3 @@ def count_finite(block: np.ndarray, offset: int) -> FiniteCount:
 def zero_rows(block: np.ndarray, offset: int) -> NonFiniteRows:
     """The chunk step that finds rows of zeros (in the :class:`NonFiniteRows` record)."""
     return NonFiniteRows.from_mask(~np.any(block != 0, axis=1), offset)
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    for summary in (FeatureSummary, ValueSummary, FiniteCount):
-        sizeof.register(summary)(sizeof_fields)
-
-
-_register_sizes()

@@ -4,23 +4,21 @@ This is the chunk → combine → aggregate split of ``dask.array.reduction`` wr
 ``to_delayed()`` blocks, because our states are structured objects, not arrays: the chunk step
 turns a block into a state, combine and aggregate are the same pure ``merge``. ``split_every``
 bounds how many states one merge task holds at once, which bounds worker memory by
-``state size × split_every`` whatever the number of shards.
+``state size × split_every`` whatever the number of shards; Dask knows each state's size from its
+registration (:func:`shardeval.pipeline.core.states.state`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
-from dask.sizeof import sizeof
 
-from shardeval.pipeline.core.states import Histogram, Moments, RowLogSumExp, WeightStats
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.options import DEFAULT_SPLIT_EVERY
 
@@ -117,20 +115,3 @@ def shard_tasks(source: FeatureSource, chunk: Callable[..., Any], *args: Any) ->
         meta=np.empty((0,) * source.array.ndim, dtype=object),
     )
     return list(states.to_delayed().ravel())
-
-
-# Dask sizes objects it does not know as a few dozen bytes; a d × d state is megabytes. Telling
-# it the truth lets the distributed scheduler account memory and place merges correctly.
-@sizeof.register(Moments)
-def _sizeof_moments(m: Moments) -> int:
-    return int(m.mean.nbytes + m.m2.nbytes)
-
-
-def sizeof_fields(state: Any) -> int:
-    """Size of a dataclass state: the sum of its fields' sizes. Register composite states with
-    ``sizeof.register(cls)(sizeof_fields)``."""
-    return sum(int(sizeof(getattr(state, f.name))) for f in fields(state))
-
-
-for _state in (WeightStats, Histogram, RowLogSumExp):
-    sizeof.register(_state)(sizeof_fields)

@@ -1,18 +1,119 @@
 """Mergeable states: small frozen objects that hold exactly what a later merge needs.
 
-Each state has ``empty()``, a constructor from one block, and a pure, associative ``merge``; the
-result of a reduction therefore does not depend on shard sizes, tree shape or worker count (up to
-float64 rounding). States are float64 and pickle cheaply, since Dask ships them between workers.
-They are plain numbers: kernels and devices are the chunk steps' business
-(:mod:`shardeval.pipeline.core.chunks`).
+Each state has a pure, associative ``merge`` (and, where its shape parameters are few, an
+``empty(...)`` identity) and a constructor from one block; the result of a reduction therefore
+does not depend on shard sizes, tree shape or worker count (up to float64 rounding). States are
+float64 and pickle cheaply, since Dask ships them between workers. They are plain numbers:
+kernels and devices are the chunk steps' business (:mod:`shardeval.pipeline.core.chunks`).
+
+This module is also where *every* state type is declared, wherever it lives: :class:`State` is
+the protocol, and the :func:`state` class decorator is the one registry. Registering a state
+gives Dask its true byte size (through ``__sizeof__``, so nothing here imports Dask) and records
+its examples, on which ``tests/pipeline/test_state_laws.py`` runs the merge laws (identity,
+associativity, order invariance, pickling) for every registered state.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, is_dataclass
+from types import MappingProxyType
+from typing import Any, Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 
 import numpy as np
+
+
+@runtime_checkable
+class State(Protocol):
+    """A mergeable statistic: a frozen dataclass whose ``merge`` is pure (returns a new state,
+    or one of its operands unchanged; never mutates), associative and, up to float64
+    rounding, order invariant, with an identity element (an empty state).
+
+    The identity is no method here, since what it needs differs by state (d, rows, the tail
+    kept, bin edges): a state's ``empty(...)`` takes its own, and its registered examples carry
+    one. ``__sizeof__`` counts the bytes the state's arrays hold, which is what Dask's ``sizeof``
+    reports (through ``sys.getsizeof``) when it places tasks and accounts worker memory;
+    :func:`state` installs it."""
+
+    def merge(self, other: Self) -> Self: ...
+
+    def __sizeof__(self) -> int: ...
+
+
+S = TypeVar("S", bound=State)
+
+#: What a state's examples factory returns: an identity element and three mutually mergeable,
+#: non-trivial states built from random data.
+Examples: TypeAlias = tuple[S, list[S]]
+
+_REGISTRY: dict[type, Callable[[np.random.Generator], Examples[Any]]] = {}
+
+
+def _payload_bytes(value: Any) -> int:
+    """Bytes a field holds: an array's data, a nested state's own size, a container's items."""
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple | list):
+        return sys.getsizeof(value) + sum(_payload_bytes(v) for v in value)
+    if isinstance(value, dict):
+        items = sum(_payload_bytes(k) + _payload_bytes(v) for k, v in value.items())
+        return sys.getsizeof(value) + items
+    return sys.getsizeof(value)  # a nested state lands in its own __sizeof__
+
+
+def _state_sizeof(self: Any) -> int:
+    # Dask sizes objects it does not know by sys.getsizeof, i.e. a few dozen bytes, while a
+    # d × d co-moment is megabytes: the truth lets the scheduler place merges and account memory.
+    return object.__sizeof__(self) + sum(
+        _payload_bytes(getattr(self, f.name)) for f in fields(self)
+    )
+
+
+def state(
+    *, examples: Callable[[np.random.Generator], Examples[S]]
+) -> Callable[[type[S]], type[S]]:
+    """Register a state type (a class decorator, outermost, above ``@dataclass(frozen=True)``).
+
+    Args:
+        examples: ``examples(rng)`` returns ``(empty, [a, b, c])``: an identity element and
+            three mutually mergeable, non-trivial states from random data, on which the law
+            test runs. Write it beside the state, in the same module.
+
+    Raises:
+        TypeError: the class is not a frozen dataclass with a ``merge`` method.
+    """
+
+    def register(cls: type[S]) -> type[S]:
+        params = getattr(cls, "__dataclass_params__", None)
+        if not (is_dataclass(cls) and params is not None and params.frozen):
+            raise TypeError(f"state {cls.__qualname__} must be a frozen dataclass")
+        if not callable(getattr(cls, "merge", None)):
+            raise TypeError(f"state {cls.__qualname__} has no merge method")
+        cls.__sizeof__ = _state_sizeof
+        _REGISTRY[cls] = examples
+        return cls
+
+    return register
+
+
+def registered_states() -> Mapping[type, Callable[[np.random.Generator], Examples[Any]]]:
+    """Every registered state type and its examples factory (read-only; a state module
+    registers its states when it is imported)."""
+    return MappingProxyType(_REGISTRY)
+
+
+def examples_of(cls: type[S], rng: np.random.Generator) -> Examples[S]:
+    """A registered state's examples (composite states build theirs from their parts').
+
+    Raises:
+        TypeError: ``cls`` is not registered.
+    """
+    factory = _REGISTRY.get(cls)
+    if factory is None:
+        raise TypeError(f"{cls.__qualname__} is not a registered state; decorate it with @state")
+    return factory(rng)
+
 
 _MAX_REPORTED_ROWS = 5
 
@@ -58,6 +159,13 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _moments_examples(rng: np.random.Generator) -> Examples[Moments]:
+    # Means far from zero against the spread, as features have.
+    blocks = [rng.standard_normal((n, 3)) * [1.0, 10.0, 0.1] + [1e3, -2.0, 0.0] for n in (4, 7, 2)]
+    return Moments.empty(3), [Moments.from_rows(b) for b in blocks]
+
+
+@state(examples=_moments_examples)
 @dataclass(frozen=True, eq=False)
 class Moments:
     """Count, mean and centred co-moment of a set of d-dimensional rows.
@@ -151,6 +259,11 @@ class Moments:
         return self.m2 / (self.n - ddof)
 
 
+def _row_mean_examples(rng: np.random.Generator) -> Examples[RowMean]:
+    return RowMean.empty(3), [RowMean.from_rows(rng.standard_normal((n, 3)) + 5) for n in (3, 1, 5)]
+
+
+@state(examples=_row_mean_examples)
 @dataclass(frozen=True, eq=False)
 class RowMean:
     """Count and mean of a set of d-dimensional rows (a point to centre them on).
@@ -183,6 +296,18 @@ class RowMean:
         return RowMean(n, self.mean + (other.mean - self.mean) * (other.n / n))
 
 
+def _nonfinite_rows_examples(rng: np.random.Generator) -> Examples[NonFiniteRows]:
+    # Together more than the reported first rows, so that the merges must choose which to keep.
+    masks = [rng.random(6) < 0.5 for _ in range(3)]
+    for mask in masks:
+        mask[rng.integers(6)] = True
+    found = [
+        NonFiniteRows.from_mask(m, offset) for m, offset in zip(masks, (40, 0, 20), strict=True)
+    ]
+    return NonFiniteRows.empty(), found
+
+
+@state(examples=_nonfinite_rows_examples)
 @dataclass(frozen=True)
 class NonFiniteRows:
     """How many rows held NaN/±inf, and the first few of their global indices."""
@@ -205,6 +330,12 @@ class NonFiniteRows:
         return NonFiniteRows(self.count + other.count, first)
 
 
+def _scalar_moments_examples(rng: np.random.Generator) -> Examples[ScalarMoments]:
+    values = [rng.standard_normal(n) * 3 - 50 for n in (5, 2, 8)]
+    return ScalarMoments.empty(), [ScalarMoments.from_values(v) for v in values]
+
+
+@state(examples=_scalar_moments_examples)
 @dataclass(frozen=True)
 class ScalarMoments:
     """Welford/Chan moments of a scalar per sample (e.g. log-likelihoods), with min and max.
@@ -266,6 +397,12 @@ class ScalarMoments:
         return float(np.sqrt(self.variance() / self.n)) if self.n > 1 else float("nan")
 
 
+def _log_sum_exp_examples(rng: np.random.Generator) -> Examples[LogSumExp]:
+    values = [rng.standard_normal(n) * 20 for n in (4, 6, 3)]
+    return LogSumExp.empty(), [LogSumExp.from_values(v) for v in values]
+
+
+@state(examples=_log_sum_exp_examples)
 @dataclass(frozen=True)
 class LogSumExp:
     """Mergeable log-sum-exp: max m, s = Σ exp(x − m), and the count n. LSE = m + log s.
@@ -303,6 +440,13 @@ class LogSumExp:
         return self.max + float(np.log(self.sum)) if self.sum > 0 else float("-inf")
 
 
+def _weight_stats_examples(rng: np.random.Generator) -> Examples[WeightStats]:
+    # Each shorter than the kept tail and together longer, so that the merges truncate it.
+    values = [rng.standard_normal(n) * 5 for n in (3, 4, 2)]
+    return WeightStats.empty(keep=5), [WeightStats.from_values(v, keep=5) for v in values]
+
+
+@state(examples=_weight_stats_examples)
 @dataclass(frozen=True, eq=False)
 class WeightStats:
     """Importance log-weights: n, m = max log w, s = Σ exp(log w − m), s₂ = Σ exp(2(log w − m)),
@@ -364,6 +508,13 @@ class WeightStats:
         return 1.0 / self.sum if self.sum > 0 else float("nan")
 
 
+def _histogram_examples(rng: np.random.Generator) -> Examples[Histogram]:
+    edges = np.linspace(-2.0, 2.0, 9)
+    values = [rng.standard_normal(n) for n in (10, 4, 7)]
+    return Histogram.empty(edges), [Histogram.from_values(v, edges) for v in values]
+
+
+@state(examples=_histogram_examples)
 @dataclass(frozen=True, eq=False)
 class Histogram:
     """Counts over fixed bin edges (mergeable quantiles of per-row quantities)."""
@@ -392,6 +543,16 @@ class Histogram:
         return float(self.edges[min(idx + 1, len(self.edges) - 1)])
 
 
+def _row_log_sum_exp_examples(rng: np.random.Generator) -> Examples[RowLogSumExp]:
+    found = []
+    for k in (3, 1, 4):
+        v = rng.standard_normal((5, k)) * 10
+        v[rng.integers(5)] = -np.inf  # a row with nothing in reach yet: max −inf, sum 0
+        found.append(RowLogSumExp.from_values(v))
+    return RowLogSumExp.empty(5), found
+
+
+@state(examples=_row_log_sum_exp_examples)
 @dataclass(frozen=True, eq=False)
 class RowLogSumExp:
     """Per query row, the (max, Σ exp(· − max)) pair: one test shard's Parzen sums over some
@@ -399,6 +560,22 @@ class RowLogSumExp:
 
     max: np.ndarray
     sum: np.ndarray
+
+    @classmethod
+    def empty(cls, rows: int) -> RowLogSumExp:
+        """Nothing seen for any of ``rows`` rows: max −inf, sum 0."""
+        return cls(np.full(rows, -np.inf), np.zeros(rows))
+
+    @classmethod
+    def from_values(cls, values: np.ndarray) -> RowLogSumExp:
+        """Per row of (rows, k) values, the pair (max, Σ exp(· − max)) (max −inf, sum 0 for
+        a row of −inf)."""
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape[1] == 0:
+            return cls.empty(v.shape[0])
+        m = v.max(axis=1)
+        safe = np.where(np.isneginf(m), 0.0, m)
+        return cls(m, np.exp(v - safe[:, None]).sum(axis=1))
 
     def merge(self, other: RowLogSumExp) -> RowLogSumExp:
         return RowLogSumExp(*lse_merge(self.max, self.sum, other.max, other.sum))

@@ -26,8 +26,8 @@ from shardeval.pipeline.core.chunks import (
     uses_gpu,
 )
 from shardeval.pipeline.core.engine import Engine, Progress
-from shardeval.pipeline.core.reduce import shard_tasks, sizeof_fields
-from shardeval.pipeline.core.states import Moments, NonFiniteRows
+from shardeval.pipeline.core.reduce import shard_tasks
+from shardeval.pipeline.core.states import Examples, Moments, NonFiniteRows, examples_of, state
 from shardeval.pipeline.errors import ShapeError
 from shardeval.pipeline.fid.frechet import frechet_distance
 from shardeval.pipeline.fid.gaussian import Gaussian
@@ -57,12 +57,24 @@ def subset_sizes(n: int, points: int = POINTS) -> np.ndarray:
     return np.linspace(low, n, points).astype(np.int64)
 
 
+def _band_moments_examples(rng: np.random.Generator) -> Examples[BandMoments]:
+    bands = [examples_of(Moments, rng)[1] for _ in range(2)]
+    _, nonfinite = examples_of(NonFiniteRows, rng)
+    found = [BandMoments(tuple(b), f) for *b, f in zip(*bands, nonfinite, strict=True)]
+    return BandMoments.empty(bands[0][0].d, len(bands)), found
+
+
+@state(examples=_band_moments_examples)
 @dataclass(frozen=True, eq=False)
 class BandMoments:
     """Per band of the nested subsets, the moments of its finite rows; and the non-finite rows."""
 
     bands: tuple[Moments, ...]
     nonfinite: NonFiniteRows
+
+    @classmethod
+    def empty(cls, d: int, bands: int) -> BandMoments:
+        return cls((Moments.empty(d),) * bands, NonFiniteRows.empty())
 
     def merge(self, other: BandMoments) -> BandMoments:
         return BandMoments(
@@ -252,12 +264,3 @@ def fid_infinity(
         progress=progress,
     )
     return fit_bands(real, bands, seed, gen.location)
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    sizeof.register(BandMoments)(sizeof_fields)
-
-
-_register_sizes()

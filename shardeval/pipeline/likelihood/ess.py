@@ -21,8 +21,14 @@ from shardeval.pipeline.core.chunks import (
     uses_gpu,
 )
 from shardeval.pipeline.core.engine import Engine, Progress
-from shardeval.pipeline.core.reduce import shard_tasks, sizeof_fields
-from shardeval.pipeline.core.states import NonFiniteRows, WeightStats
+from shardeval.pipeline.core.reduce import shard_tasks
+from shardeval.pipeline.core.states import (
+    Examples,
+    NonFiniteRows,
+    WeightStats,
+    examples_of,
+    state,
+)
 from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.likelihood.nll import (
@@ -55,6 +61,21 @@ class ESSResult:
     reff: float = 1.0
 
 
+def _weight_summary_examples(rng: np.random.Generator) -> Examples[WeightSummary]:
+    empty_weights, weights = examples_of(WeightStats, rng)
+    found = [
+        WeightSummary(w, nonfinite, int(rng.integers(0, 3)), rows)
+        for w, nonfinite, rows in zip(
+            weights,
+            examples_of(NonFiniteRows, rng)[1],
+            examples_of(ImportanceSummary, rng)[1],
+            strict=True,
+        )
+    ]
+    return WeightSummary.empty(empty_weights.keep, per_row=True), found
+
+
+@state(examples=_weight_summary_examples)
 @dataclass(frozen=True, eq=False)
 class WeightSummary:
     """A shard of log-weights: sums and tail, NaN positions, the count of +inf, and, for
@@ -64,6 +85,12 @@ class WeightSummary:
     nonfinite: NonFiniteRows
     pos_inf: int
     rows: ImportanceSummary | None
+
+    @classmethod
+    def empty(cls, keep: int, *, per_row: bool = False) -> WeightSummary:
+        """No log-weights yet; ``per_row`` for (n, K) blocks, whose rows are summarised too."""
+        rows = ImportanceSummary.empty() if per_row else None
+        return cls(WeightStats.empty(keep), NonFiniteRows.empty(), 0, rows)
 
     def merge(self, other: WeightSummary) -> WeightSummary:
         rows = self.rows.merge(other.rows) if self.rows and other.rows else None
@@ -189,12 +216,3 @@ def ess_of(
         per_row,
         reff,
     )
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    sizeof.register(WeightSummary)(sizeof_fields)
-
-
-_register_sizes()

@@ -24,7 +24,13 @@ from shardeval.pipeline.core.chunks import (
 )
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import shard_tasks
-from shardeval.pipeline.core.states import NonFiniteRows, ScalarMoments
+from shardeval.pipeline.core.states import (
+    Examples,
+    NonFiniteRows,
+    ScalarMoments,
+    examples_of,
+    state,
+)
 from shardeval.pipeline.errors import NumericalError, RoundingWarning, ShapeError
 from shardeval.pipeline.fid.gaussian import Gaussian, cholesky_factor
 from shardeval.pipeline.io.stores import FeatureSource
@@ -38,6 +44,20 @@ _LOG_2PI = math.log(2 * math.pi)
 GAUSSIAN_TOLERANCE = 1e-5
 
 
+def _gaussian_summary_examples(rng: np.random.Generator) -> Examples[GaussianSummary]:
+    found = [
+        GaussianSummary(values, nonfinite, float(rounding))
+        for values, nonfinite, rounding in zip(
+            examples_of(ScalarMoments, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            rng.random(3) * 1e-9,
+            strict=True,
+        )
+    ]
+    return GaussianSummary.empty(), found
+
+
+@state(examples=_gaussian_summary_examples)
 @dataclass(frozen=True, eq=False)
 class GaussianSummary:
     """Log-densities of a shard: moments of the finite ones, where the others are, and a
@@ -46,6 +66,10 @@ class GaussianSummary:
     values: ScalarMoments
     nonfinite: NonFiniteRows
     rounding: float = 0.0
+
+    @classmethod
+    def empty(cls) -> GaussianSummary:
+        return cls(ScalarMoments.empty(), NonFiniteRows.empty())
 
     def merge(self, other: GaussianSummary) -> GaussianSummary:
         return GaussianSummary(

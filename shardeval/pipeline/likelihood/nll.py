@@ -27,8 +27,16 @@ from shardeval.pipeline.core.chunks import (
     uses_gpu,
 )
 from shardeval.pipeline.core.engine import Engine, Progress
-from shardeval.pipeline.core.reduce import shard_tasks, sizeof_fields
-from shardeval.pipeline.core.states import Histogram, NonFiniteRows, ScalarMoments, merge_fieldwise
+from shardeval.pipeline.core.reduce import shard_tasks
+from shardeval.pipeline.core.states import (
+    Examples,
+    Histogram,
+    NonFiniteRows,
+    ScalarMoments,
+    examples_of,
+    merge_fieldwise,
+    state,
+)
 from shardeval.pipeline.errors import NonFiniteError, NumericalError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.likelihood.psis import psis_khat, tail_size
@@ -120,6 +128,27 @@ def nll_from_loglik(
     return summarize_nll("loglik", summary, dims)
 
 
+def _importance_summary_examples(rng: np.random.Generator) -> Examples[ImportanceSummary]:
+    found = [
+        ImportanceSummary(
+            values,
+            nonfinite,
+            int(rng.integers(0, 3)),
+            all_zero,
+            Histogram.from_values(rng.random(6), ESS_EDGES),
+            Histogram.from_values(rng.standard_normal(6), KHAT_EDGES),
+        )
+        for values, nonfinite, all_zero in zip(
+            examples_of(ScalarMoments, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            strict=True,
+        )
+    ]
+    return ImportanceSummary.empty(), found
+
+
+@state(examples=_importance_summary_examples)
 @dataclass(frozen=True, eq=False)
 class ImportanceSummary:
     """A shard of (n, K) log-weights: moments of log p̂ per row, rows with NaN, the count of
@@ -131,6 +160,18 @@ class ImportanceSummary:
     all_zero: NonFiniteRows
     ess_fraction: Histogram
     khat: Histogram
+
+    @classmethod
+    def empty(cls) -> ImportanceSummary:
+        nothing = NonFiniteRows.empty()
+        return cls(
+            ScalarMoments.empty(),
+            nothing,
+            0,
+            nothing,
+            Histogram.empty(ESS_EDGES),
+            Histogram.empty(KHAT_EDGES),
+        )
 
     merge = merge_fieldwise
 
@@ -281,12 +322,3 @@ def nll_importance(
         k=source.d,
         per_row=per_row,
     )
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    sizeof.register(ImportanceSummary)(sizeof_fields)
-
-
-_register_sizes()

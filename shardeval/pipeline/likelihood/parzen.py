@@ -28,8 +28,15 @@ from shardeval.pipeline.core.chunks import (
     uses_gpu,
 )
 from shardeval.pipeline.core.engine import Engine, Progress
-from shardeval.pipeline.core.reduce import SHARD_PREFIX, merge_all, shard_tasks, sizeof_fields
-from shardeval.pipeline.core.states import NonFiniteRows, RowLogSumExp, ScalarMoments
+from shardeval.pipeline.core.reduce import SHARD_PREFIX, merge_all, shard_tasks
+from shardeval.pipeline.core.states import (
+    Examples,
+    NonFiniteRows,
+    RowLogSumExp,
+    ScalarMoments,
+    examples_of,
+    state,
+)
 from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.fid.moments import feature_moments
 from shardeval.pipeline.io.stores import FeatureSource
@@ -73,6 +80,17 @@ MAX_PARZEN_PAIRS = 16_384
 PARZEN_TOLERANCE = 1e-6
 
 
+def _parzen_sums_examples(rng: np.random.Generator) -> Examples[ParzenSums]:
+    _, rows = examples_of(RowLogSumExp, rng)
+    n = len(rows[0].max)
+    found = [
+        ParzenSums(r, int(rng.integers(1, 50)), rng.random(n) * 1e-9, 1, int(f64))
+        for r, f64 in zip(rows, rng.integers(0, 2, 3), strict=True)
+    ]
+    return ParzenSums.empty(n), found
+
+
+@state(examples=_parzen_sums_examples)
 @dataclass(frozen=True, eq=False)
 class ParzenSums:
     """Per row of one test block: the log-sum-exp pair of −‖x − y‖²/2h² over the sample rows
@@ -86,6 +104,11 @@ class ParzenSums:
     pairs: int = 1
     float64_pairs: int = 0
 
+    @classmethod
+    def empty(cls, rows: int) -> ParzenSums:
+        """No sample rows (and no block pair) yet, for a test block of ``rows`` rows."""
+        return cls(RowLogSumExp.empty(rows), 0, np.zeros(rows), pairs=0)
+
     def merge(self, other: ParzenSums) -> ParzenSums:
         return ParzenSums(
             self.rows.merge(other.rows),
@@ -96,6 +119,21 @@ class ParzenSums:
         )
 
 
+def _parzen_summary_examples(rng: np.random.Generator) -> Examples[ParzenSummary]:
+    found = [
+        ParzenSummary(values, nonfinite, underflow, float(rng.random()) * 1e-9, pairs, pairs // 2)
+        for values, nonfinite, underflow, pairs in zip(
+            examples_of(ScalarMoments, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            (int(p) for p in rng.integers(1, 9, 3)),
+            strict=True,
+        )
+    ]
+    return ParzenSummary.empty(), found
+
+
+@state(examples=_parzen_summary_examples)
 @dataclass(frozen=True, eq=False)
 class ParzenSummary:
     """Log-densities of a test block: moments of the finite ones, the rows that were not
@@ -108,6 +146,10 @@ class ParzenSummary:
     rounding: float = 0.0
     pairs: int = 0
     float64_pairs: int = 0
+
+    @classmethod
+    def empty(cls) -> ParzenSummary:
+        return cls(ScalarMoments.empty(), NonFiniteRows.empty(), NonFiniteRows.empty())
 
     def merge(self, other: ParzenSummary) -> ParzenSummary:
         return ParzenSummary(
@@ -352,11 +394,24 @@ def nll_parzen(
     return summarize_nll("parzen", ValueSummary(summary.values, summary.nonfinite), test.d, **extra)
 
 
+def _candidate_sums_examples(rng: np.random.Generator) -> Examples[CandidateSums]:
+    _, first = examples_of(ParzenSums, rng)
+    _, second = examples_of(ParzenSums, rng)
+    found = [CandidateSums((a, b)) for a, b in zip(first, second, strict=True)]
+    return CandidateSums.empty(first[0].rounding.shape[0], 2), found
+
+
+@state(examples=_candidate_sums_examples)
 @dataclass(frozen=True, eq=False)
 class CandidateSums:
     """The held-out rows' kernel sums under each candidate bandwidth."""
 
     sums: tuple[ParzenSums, ...]
+
+    @classmethod
+    def empty(cls, rows: int, candidates: int) -> CandidateSums:
+        """No sample shard yet, for ``rows`` held-out rows and ``candidates`` bandwidths."""
+        return cls((ParzenSums.empty(rows),) * candidates)
 
     def merge(self, other: CandidateSums) -> CandidateSums:
         return CandidateSums(tuple(a.merge(b) for a, b in zip(self.sums, other.sums, strict=True)))
@@ -431,13 +486,3 @@ def _cross_validate(
         "held_out": len(range(0, samples.n, step)),
     }
     return candidates[best]
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    for state in (ParzenSums, ParzenSummary, CandidateSums):
-        sizeof.register(state)(sizeof_fields)
-
-
-_register_sizes()

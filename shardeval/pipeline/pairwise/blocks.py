@@ -25,8 +25,15 @@ import numpy as np
 
 from shardeval.pipeline.core.chunks import check_nonfinite, finite_rows, inexact_integer_rows
 from shardeval.pipeline.core.engine import Engine, Progress
-from shardeval.pipeline.core.reduce import SHARD_PREFIX, sizeof_fields
-from shardeval.pipeline.core.states import NonFiniteRows, RowMean, merge_fieldwise
+from shardeval.pipeline.core.reduce import SHARD_PREFIX
+from shardeval.pipeline.core.states import (
+    Examples,
+    NonFiniteRows,
+    RowMean,
+    examples_of,
+    merge_fieldwise,
+    state,
+)
 from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 
@@ -130,6 +137,22 @@ def shard_blocks(source: FeatureSource, precision: str = "fp32") -> RowBlocks:
 # the pass before the pairs
 
 
+def _set_inspection_examples(rng: np.random.Generator) -> Examples[SetInspection]:
+    found = [
+        SetInspection(*parts)
+        for parts in zip(
+            examples_of(NonFiniteRows, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            examples_of(RowMean, rng)[1],
+            examples_of(RowMean, rng)[1],
+            examples_of(NonFiniteRows, rng)[1],
+            strict=True,
+        )
+    ]
+    return SetInspection.empty(found[0].rows.mean.shape[0]), found
+
+
+@state(examples=_set_inspection_examples)
 @dataclass(frozen=True, eq=False)
 class SetInspection:
     """One read of a set before its pairs: where its non-finite rows and its rows of zeros
@@ -141,6 +164,11 @@ class SetInspection:
     rows: RowMean
     units: RowMean
     inexact: NonFiniteRows
+
+    @classmethod
+    def empty(cls, d: int) -> SetInspection:
+        nothing = NonFiniteRows.empty()
+        return cls(nothing, nothing, RowMean.empty(d), RowMean.empty(d), nothing)
 
     merge = merge_fieldwise
 
@@ -211,6 +239,32 @@ def same_store(a: FeatureSource, b: FeatureSource) -> bool:
 # states
 
 
+def _additions(a: SetSums | CrossSums, b: SetSums | CrossSums) -> int:
+    """Float64 additions of block-pair totals in a ⊕ b: both operands', and one for their sum,
+    unless an operand is an exact zero (no magnitude, total 0.0), to which adding is exact.
+    Testing the magnitude too keeps the count associative: a sum of magnitudes is zero only
+    if every one is, where totals can cancel."""
+    exact = any(s.magnitude == 0.0 and s.total == 0.0 for s in (a, b))
+    return a.additions + b.additions + (0 if exact else 1)
+
+
+def _set_sums_examples(rng: np.random.Generator) -> Examples[SetSums]:
+    def drawn() -> SetSums:
+        total = float(rng.standard_normal()) * 100
+        return SetSums(
+            total,
+            float(rng.random()) * 1e4,
+            float(rng.standard_normal()),
+            rng.standard_normal(5),
+            error=float(rng.random()) * 1e-12,
+            magnitude=abs(total) + float(rng.random()) * 100,
+            additions=int(rng.integers(0, 4)),
+        )
+
+    return SetSums.empty(5), [drawn() for _ in range(3)]
+
+
+@state(examples=_set_sums_examples)
 @dataclass(frozen=True, eq=False)
 class SetSums:
     """Kernel sums within one set over ordered pairs i ≠ j: the total, the sum of squares, each
@@ -221,7 +275,8 @@ class SetSums:
         error: bound on the total's rounding inside the block pairs.
         magnitude: bound on Σ |value| over the pairs in the total.
         additions: float64 additions of block-pair totals into this one (each rounds by at
-            most u × the magnitude).
+            most u × the magnitude; adding an empty state's exact zero does not round, and is
+            not counted, so the empty state is an identity).
     """
 
     total: float
@@ -232,6 +287,11 @@ class SetSums:
     magnitude: float = 0.0
     additions: int = 0
 
+    @classmethod
+    def empty(cls, rows: int) -> SetSums:
+        """No pairs yet, in a set of ``rows`` rows."""
+        return cls(0.0, 0.0, 0.0, np.zeros(rows))
+
     def merge(self, other: SetSums) -> SetSums:
         return SetSums(
             self.total + other.total,
@@ -240,7 +300,7 @@ class SetSums:
             self.rows + other.rows,
             self.error + other.error,
             self.magnitude + other.magnitude,
-            self.additions + other.additions + 1,
+            _additions(self, other),
         )
 
     def total_error(self) -> float:
@@ -248,6 +308,23 @@ class SetSums:
         return self.error + self.additions * _U64 * self.magnitude
 
 
+def _cross_sums_examples(rng: np.random.Generator) -> Examples[CrossSums]:
+    def drawn() -> CrossSums:
+        total = float(rng.standard_normal()) * 100
+        return CrossSums(
+            total,
+            float(rng.random()) * 1e4,
+            rng.standard_normal(5),
+            rng.standard_normal(4),
+            error=float(rng.random()) * 1e-12,
+            magnitude=abs(total) + float(rng.random()) * 100,
+            additions=int(rng.integers(0, 4)),
+        )
+
+    return CrossSums.empty(5, 4), [drawn() for _ in range(3)]
+
+
+@state(examples=_cross_sums_examples)
 @dataclass(frozen=True, eq=False)
 class CrossSums:
     """Kernel sums between two sets over all pairs: the total, the sum of squares, each row's
@@ -262,6 +339,11 @@ class CrossSums:
     magnitude: float = 0.0
     additions: int = 0
 
+    @classmethod
+    def empty(cls, rows_x: int, rows_y: int) -> CrossSums:
+        """No pairs yet, between sets of ``rows_x`` and ``rows_y`` rows."""
+        return cls(0.0, 0.0, np.zeros(rows_x), np.zeros(rows_y))
+
     def merge(self, other: CrossSums) -> CrossSums:
         return CrossSums(
             self.total + other.total,
@@ -270,7 +352,7 @@ class CrossSums:
             self.rows_y + other.rows_y,
             self.error + other.error,
             self.magnitude + other.magnitude,
-            self.additions + other.additions + 1,
+            _additions(self, other),
         )
 
     def total_error(self) -> float:
@@ -278,11 +360,26 @@ class CrossSums:
         return self.error + self.additions * _U64 * self.magnitude
 
 
+def _neighbours_examples(rng: np.random.Generator) -> Examples[Neighbours]:
+    def drawn() -> Neighbours:
+        sq = rng.random((5, 3)) * 10
+        sq[rng.integers(5), -1] = np.inf  # a row with fewer than k rows seen yet
+        return Neighbours(np.sort(sq, axis=1))
+
+    return Neighbours.empty(5, 3), [drawn() for _ in range(3)]
+
+
+@state(examples=_neighbours_examples)
 @dataclass(frozen=True, eq=False)
 class Neighbours:
-    """Per row of one set, the k smallest exact squared distances to the other rows (N, k)."""
+    """Per row of one set, the k smallest exact squared distances to the other rows (N, k),
+    ascending (inf where fewer than k rows were seen)."""
 
     sq: np.ndarray
+
+    @classmethod
+    def empty(cls, rows: int, k: int) -> Neighbours:
+        return cls(np.full((rows, k), np.inf))
 
     def merge(self, other: Neighbours) -> Neighbours:
         return Neighbours(_k_smallest(self.sq, other.sq))
@@ -293,6 +390,20 @@ def _k_smallest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate([a, b], axis=1), axis=1)[:, : a.shape[1]]
 
 
+def _decisions_examples(rng: np.random.Generator) -> Examples[Decisions]:
+    def drawn() -> Decisions:
+        return Decisions(
+            rng.random(4) < 0.3,
+            rng.integers(0, 3, 4),
+            rng.random(5) < 0.3,
+            rng.random(5) < 0.3,
+            int(rng.integers(0, 3)),
+        )
+
+    return Decisions.empty(5, 4), [drawn() for _ in range(3)]
+
+
+@state(examples=_decisions_examples)
 @dataclass(frozen=True, eq=False)
 class Decisions:
     """Radius tests between a reference set X (N) and a generated set Y (M), per row.
@@ -311,6 +422,18 @@ class Decisions:
     x_covered: np.ndarray
     uncertain: int
 
+    @classmethod
+    def empty(cls, x_rows: int, y_rows: int) -> Decisions:
+        """No radius tests yet, between a reference set of ``x_rows`` rows and a generated set
+        of ``y_rows``."""
+        return cls(
+            np.zeros(y_rows, bool),
+            np.zeros(y_rows, np.int64),
+            np.zeros(x_rows, bool),
+            np.zeros(x_rows, bool),
+            0,
+        )
+
     def merge(self, other: Decisions) -> Decisions:
         return Decisions(
             self.y_within | other.y_within,
@@ -325,6 +448,15 @@ def _merge_optional(a: Any, b: Any) -> Any:
     return None if a is None else a.merge(b)
 
 
+def _self_state_examples(rng: np.random.Generator) -> Examples[SelfState]:
+    # Only some statistics asked for: the others stay None through every merge.
+    empty_sums, sums = examples_of(SetSums, rng)
+    empty_knn, knn = examples_of(Neighbours, rng)
+    found = [SelfState(poly=s, knn=k) for s, k in zip(sums, knn, strict=True)]
+    return SelfState(poly=empty_sums, knn=empty_knn), found
+
+
+@state(examples=_self_state_examples)
 @dataclass(frozen=True, eq=False)
 class SelfState:
     """What the pairs of one set with itself reduce to (None where not asked)."""
@@ -341,6 +473,14 @@ class SelfState:
         )
 
 
+def _cross_state_examples(rng: np.random.Generator) -> Examples[CrossState]:
+    empty_sums, sums = examples_of(CrossSums, rng)
+    empty_radius, radius = examples_of(Decisions, rng)
+    found = [CrossState(rbf=s, radius=r) for s, r in zip(sums, radius, strict=True)]
+    return CrossState(rbf=empty_sums, radius=empty_radius), found
+
+
+@state(examples=_cross_state_examples)
 @dataclass(frozen=True, eq=False)
 class CrossState:
     """What the pairs of two sets reduce to (None where not asked)."""
@@ -590,21 +730,3 @@ def cross_statistics(
         gpu=uses_gpu(plan.device),
     )
     return state
-
-
-def _register_sizes() -> None:
-    from dask.sizeof import sizeof
-
-    for state in (
-        SetInspection,
-        SetSums,
-        CrossSums,
-        Neighbours,
-        Decisions,
-        SelfState,
-        CrossState,
-    ):
-        sizeof.register(state)(sizeof_fields)
-
-
-_register_sizes()
