@@ -1,6 +1,112 @@
 """shardeval: distributed, exact evaluation of generative models.
 
+``import shardeval as se`` costs nothing until a function runs: names are imported on first
+use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
+``se.fid_infinity``, ``se.metrics``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
+``se.ess``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's argument order), each
+returning a typed report (``float()`` the headline, ``.to_dict()`` the JSON report), and
+training-loop metrics (``se.FID``…) that accumulate mergeable states and ``sync()`` under
+``torch.distributed``.
+
 ``shardeval.pipeline`` holds the mathematics and the task graph, ``shardeval.kernels`` the
 per-shard compute on one device, ``shardeval.workflows`` the command line, job files, history
-and reports (``workflows → pipeline → kernels``, one way).
+and reports; ``shardeval.api`` the functions above (``workflows → api → pipeline → kernels``).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name → module that defines it
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "fid",
+            "fid_infinity",
+            "frechet_distance",
+            "stats",
+            "merge_stats",
+            "nll",
+            "ess",
+        ),
+        "shardeval.api.functions",
+    ),
+    **dict.fromkeys(("kid", "cmmd", "prdc", "metrics"), "shardeval.api.samples"),
+    "extract": "shardeval.api.extraction",
+    "Report": "shardeval.api.results",
+    **dict.fromkeys(
+        (
+            "ShardevalError",
+            "OptionError",
+            "StoreError",
+            "ShapeError",
+            "DtypeError",
+            "NonFiniteError",
+            "NumericalError",
+            "RoundingWarning",
+        ),
+        "shardeval.pipeline.errors",
+    ),
+}
+
+__all__ = [
+    "DtypeError",
+    "NonFiniteError",
+    "NumericalError",
+    "OptionError",
+    "Report",
+    "RoundingWarning",
+    "ShapeError",
+    "ShardevalError",
+    "StoreError",
+    "cmmd",
+    "ess",
+    "extract",
+    "fid",
+    "fid_infinity",
+    "frechet_distance",
+    "kid",
+    "merge_stats",
+    "metrics",
+    "nll",
+    "prdc",
+    "stats",
+]
+
+if TYPE_CHECKING:
+    from shardeval.api.extraction import extract
+    from shardeval.api.functions import (
+        ess,
+        fid,
+        fid_infinity,
+        frechet_distance,
+        merge_stats,
+        nll,
+        stats,
+    )
+    from shardeval.api.results import Report
+    from shardeval.api.samples import cmmd, kid, metrics, prdc
+    from shardeval.pipeline.errors import (
+        DtypeError,
+        NonFiniteError,
+        NumericalError,
+        OptionError,
+        RoundingWarning,
+        ShapeError,
+        ShardevalError,
+        StoreError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardeval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

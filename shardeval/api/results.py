@@ -4,11 +4,17 @@ JSON report's content exactly (no NaN or inf: JSON has none; they are ``None``),
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from shardeval.pipeline.fid.frechet import FrechetDistance
+    from shardeval.pipeline.likelihood.ess import ESSResult
+    from shardeval.pipeline.likelihood.nll import NLLResult
 
 
 def jsonable(obj: Any) -> Any:
@@ -47,3 +53,175 @@ class Result:
 
     def summary(self) -> str:
         return f"{self.headline} {float(self):.6g}"
+
+
+@dataclass(frozen=True)
+class Report(Result):
+    """What a command computed: its typed results, and the JSON report built from them once
+    (so ``to_dict()`` is the very content ``--out`` writes).
+
+    Attributes:
+        metric: what was computed (``fid``, ``kid``, ``nll``…; several joined by commas).
+        results: the typed result of each metric by name (e.g. a
+            :class:`~shardeval.pipeline.mmd.kid.KIDResult` under ``kid``).
+        data: the JSON report.
+        text: the summary for people.
+        value: the headline value (``float(report)``).
+
+    Example:
+        >>> r = Report("toy", {}, {"metric": "toy", "toy": 1.5}, "toy 1.5", 1.5)
+        >>> float(r), r.to_dict()["toy"], r.summary()
+        (1.5, 1.5, 'toy 1.5')
+    """
+
+    metric: str
+    results: dict[str, Any]
+    data: dict[str, Any] = field(repr=False)
+    text: str = field(repr=False)
+    value: float = math.nan
+
+    headline: ClassVar[str] = "value"
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(jsonable(self.data))
+
+    def summary(self) -> str:
+        return self.text
+
+    def __getitem__(self, name: str) -> Any:
+        return self.results[name]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One input of a comparison: where from, how big, and whether its statistics merge."""
+
+    role: str
+    location: str
+    n: int | None
+    d: int
+    shards: int
+    kind: str  # "features" or "statistics"
+    mergeable: bool = True
+    nonfinite_dropped: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
+    """The FID figures of the JSON report."""
+    r = result
+    return {
+        "metric": "fid",
+        "fid": r.fid,
+        "mean_term": r.mean_term,
+        "trace_term": r.trace_term,
+        "trace_real": r.trace_real,
+        "trace_gen": r.trace_gen,
+        "trace_sqrt_product": r.trace_sqrt,
+        "n_real": real.n,
+        "n_gen": gen.n,
+        "d": real.d,
+        "shards": {"real": real.shards, "gen": gen.shards},
+        "eigenvalues_clamped": {"count": r.clamped_count, "max_abs": r.clamped_max},
+        "inputs": {"real": _side_dict(real), "gen": _side_dict(gen)},
+    }
+
+
+def fid_summary(
+    result: FrechetDistance, real: Side, gen: Side, seconds: float, engine: dict[str, Any]
+) -> str:
+    r = result
+    lines = [
+        f"FID {r.fid:.6g}   (mean term {r.mean_term:.6g} + trace term {r.trace_term:.6g})",
+        f"  trace term = tr Σr {r.trace_real:.6g} + tr Σg {r.trace_gen:.6g} "
+        f"- 2 tr √(Σr Σg) {r.trace_sqrt:.6g}",
+    ]
+    for side in (real, gen):
+        n = f"{side.n:,}" if side.n is not None else "unknown"
+        lines.append(
+            f"  {side.role:<4} {side.location}  n={n} d={side.d:,} "
+            f"shards={side.shards} ({side.kind})"
+        )
+    lines.append(
+        f"  eigenvalues clamped: {r.clamped_count}"
+        + (f" (largest {r.clamped_max:.3g})" if r.clamped_count else "")
+    )
+    lines.append(f"  {seconds:.2f} s on {engine_text(engine)}")
+    return "\n".join(lines)
+
+
+def _side_dict(side: Side) -> dict[str, Any]:
+    return {
+        "location": side.location,
+        "kind": side.kind,
+        "n": side.n,
+        "d": side.d,
+        "shards": side.shards,
+        "mergeable": side.mergeable,
+        "nonfinite_dropped": side.nonfinite_dropped,
+        "provenance": side.provenance,
+    }
+
+
+def engine_text(engine: dict[str, Any]) -> str:
+    if engine.get("scheduler") == "distributed":
+        return f"distributed scheduler {engine.get('address')}"
+    return f"{engine.get('scheduler')} scheduler ({engine.get('threads')} threads)"
+
+
+def nll_dict(r: NLLResult) -> dict[str, Any]:
+    data = asdict(r)
+    data["nonfinite_dropped"] = data.pop("nonfinite")
+    extra = data.pop("extra")
+    return {**data, "nats_per_dim": r.nats_per_dim, "bits_per_dim": r.bits_per_dim, **extra}
+
+
+def _per_row_line(per_row: dict[str, Any]) -> str:
+    q, c = per_row["ess_over_k_quantiles"], per_row["khat_counts"]
+    return (
+        f"  per row (K={per_row['k']}): ESS/K median {q[0.5]:.3g}, 5% {q[0.05]:.3g}; "
+        f"k̂ good {c['good']}, usable {c['usable']}, unreliable {c['unreliable']}"
+        + (f", undetermined {c['undetermined']}" if c.get("undetermined") else "")
+    )
+
+
+def nll_summary(r: NLLResult, seconds: float) -> str:
+    lines = [
+        f"NLL {r.nll:.6g} nats/sample ± {r.standard_error:.3g} (s.e.)   [{r.method}, n={r.n:,}]"
+    ]
+    if r.dims:
+        lines.append(
+            f"  {r.nats_per_dim:.6g} nats/dim, {r.bits_per_dim:.6g} bits/dim (D={r.dims:,})"
+        )
+    lines.append(
+        f"  log-likelihood min {r.min_loglik:.6g}, max {r.max_loglik:.6g}; "
+        f"non-finite dropped: {r.nonfinite}"
+    )
+    if "bandwidth" in r.extra:
+        lines.append(
+            f"  Parzen bandwidth {r.extra['bandwidth']:.6g} over {r.extra['samples']:,} samples"
+            f" (non-finite samples dropped: {r.extra.get('samples_nonfinite_dropped', 0)})"
+        )
+    if "per_row" in r.extra:
+        lines.append(_per_row_line(r.extra["per_row"]))
+    lines.append(f"  {seconds:.2f} s")
+    return "\n".join(lines)
+
+
+def ess_dict(r: ESSResult) -> dict[str, Any]:
+    data = asdict(r)
+    data["nonfinite_dropped"] = data.pop("nonfinite")
+    return data
+
+
+def ess_summary(r: ESSResult, seconds: float) -> str:
+    lines = [
+        f"ESS {r.ess:,.1f} of {r.n:,} weights (ESS/N {r.ess_fraction:.4g}); "
+        f"largest normalised weight {r.max_weight:.3g}",
+        f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,}"
+        + (f", r_eff {r.reff:g})" if r.reff != 1.0 else ")"),
+    ]
+    if r.per_row:
+        lines.append(_per_row_line(r.per_row))
+    lines.append(f"  {seconds:.2f} s")
+    return "\n".join(lines)

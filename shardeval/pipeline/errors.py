@@ -15,6 +15,10 @@ class ShardevalError(Worded, Exception):
     them as Python arguments, :meth:`cli_text` as the command line's flags."""
 
 
+class OptionError(ShardevalError):
+    """Options that cannot apply, or do not fit together (one given where it means nothing)."""
+
+
 class StoreError(ShardevalError):
     """A feature store cannot be opened: missing path, unreadable format, ambiguous array."""
 

@@ -59,6 +59,9 @@ class FrechetDistance:
     clamped_max: float
     warnings: tuple[str, ...] = ()
 
+    def __float__(self) -> float:
+        return float(self.fid)
+
     @property
     def trace_term(self) -> float:
         """tr Σ_r + tr Σ_g − 2 tr (Σ_r Σ_g)^½."""

@@ -7,15 +7,12 @@ import argparse
 import io
 import os
 import sys
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from shardeval.pipeline.errors import ShardevalError, StoreError
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.core.engine import Engine
-    from shardeval.pipeline.io.stores import FeatureSource
     from shardeval.workflows.progress import ProgressBar
 
 #: Options of the engine and input groups; a command that runs nothing must not take them.
@@ -81,54 +78,39 @@ def must_exist(*locations: str) -> None:
             raise StoreError(f"{location!r} does not exist")
 
 
-def engine(args: argparse.Namespace) -> Engine:
-    """The engine the options describe (built once per command)."""
-    from shardeval.pipeline.core.engine import Engine
+#: Options the API functions take by the same names, when the command has them.
+API_OPTIONS = (
+    "scheduler",
+    "threads",
+    "performance_report",
+    "shard_rows",
+    "array",
+    "split_every",
+    "device",
+    "backend",
+    "precision",
+    "nonfinite",
+    "reff",
+    "bandwidth",
+    "dims",
+)
 
-    cached = getattr(args, "_engine", None)
-    if cached is not None:
-        return cached
-    scheduler = args.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
-    built = Engine(
-        scheduler,
-        num_workers=args.threads,
-        log=None if args.quiet else notice,
-        performance_report=args.performance_report,
-    )
-    if args.performance_report and not built.is_distributed:
-        raise UsageError(
-            "--performance-report needs a distributed cluster: pass --scheduler ADDRESS or "
-            "--cluster SPEC"
-        )
-    if args.threads is not None and scheduler != "threads":
-        raise UsageError(f"--threads sets the threaded scheduler's threads, not {scheduler!r}'s")
-    args._engine = built
-    return built
+
+def api_options(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    """The command's options as keyword arguments of its API function (None where not given,
+    so that the function applies its defaults), with the progress bar and the notices. The
+    engine is built by the function (``--cluster`` was started by the dispatcher and stands
+    in ``scheduler``)."""
+    options = {n: getattr(args, n) for n in (*API_OPTIONS, *extra) if hasattr(args, n)}
+    options["progress"] = progress(args)
+    options["log"] = None if args.quiet else notice
+    return options
 
 
 def progress(args: argparse.Namespace) -> ProgressBar | None:
     from shardeval.workflows.progress import ProgressBar
 
     return None if args.quiet else ProgressBar()
-
-
-def moments_of(
-    args: argparse.Namespace, sources: list[FeatureSource], precision: str | None = None
-) -> list[Any]:
-    """Each source's (moments, non-finite rows dropped) under the command's engine options,
-    in one pass; ``precision`` overrides ``--precision``."""
-    from shardeval.pipeline.fid.moments import feature_moments
-
-    return feature_moments(
-        sources,
-        engine=engine(args),
-        split_every=args.split_every,
-        device=args.device or "auto",
-        backend=args.backend or "auto",
-        nonfinite=args.nonfinite or "error",
-        precision=precision or args.precision or "fp32",
-        progress=progress(args),
-    )
 
 
 def claim_report(args: argparse.Namespace) -> None:
@@ -139,48 +121,6 @@ def claim_report(args: argparse.Namespace) -> None:
         claim_json(args.out, args.overwrite)
     elif args.overwrite:
         raise UsageError("--overwrite applies to the report written with --out")
-
-
-#: The computation settings a report records, with the value each takes when not given.
-SETTINGS = {
-    "shard_rows": "whole stored chunks",
-    "array": None,
-    "split_every": "chain of merges (one machine)",
-    "device": "auto",
-    "backend": "auto",
-    "precision": "fp32",
-    "nonfinite": "error",
-    "reff": 1.0,
-    "bandwidth": "silverman",
-    "dims": None,
-}
-
-
-def settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings this command took, as they were applied (defaults filled in)."""
-    out = {}
-    for name, default in SETTINGS.items():
-        if hasattr(args, name):
-            value = getattr(args, name)
-            out[name] = default if value is None else value
-    if out.get("split_every") == SETTINGS["split_every"] and engine(args).is_distributed:
-        from shardeval.pipeline.options import DEFAULT_SPLIT_EVERY
-
-        out["split_every"] = DEFAULT_SPLIT_EVERY
-    return out
-
-
-def report_tail(args: argparse.Namespace, start: float) -> dict[str, Any]:
-    from shardeval.pipeline.io.provenance import now_iso, versions
-
-    return {
-        "settings": settings(args),
-        "warnings": [str(w) for w in getattr(args, "_warnings", [])],
-        "engine": engine(args).describe(),
-        "seconds": time.perf_counter() - start,
-        "created": now_iso(),
-        "versions": versions(),
-    }
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], summary: str) -> int:

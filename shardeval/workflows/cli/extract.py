@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict
 from typing import Any
 
 from shardeval.pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
-from shardeval.workflows.cli.common import UsageError, engine, must_exist, notice
+from shardeval.workflows.cli.common import api_options, must_exist, notice
 from shardeval.workflows.cli.parser import positive_int
 
 DESCRIPTION = """\
@@ -102,88 +101,34 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     return p
 
 
-#: Reasons of left-out images printed in the summary (the store lists them all).
-_REASONS_SHOWN = 5
-
-
-def _left_out(result: Any) -> list[str]:
-    """Summary lines naming the images ``--skip-bad`` left out, with their reasons."""
-    lines = [f"  left out: {reason}" for _, reason in result.skipped[:_REASONS_SHOWN]]
-    more = len(result.skipped) - _REASONS_SHOWN
-    if more > 0:
-        lines.append(f"  left out: {more} more (every one in the store's attribute 'skipped')")
-    return lines
-
-
-def _summary(result: Any, described: dict[str, Any]) -> str:
-    """What an extraction did, for people: counts (images left out named with reasons),
-    chunks, time and where it ran."""
-    where = (
-        f"{described['scheduler']} scheduler"
-        + (f" ({described['threads']} threads)" if "threads" in described else "")
-        + (f" at {described['address']}" if "address" in described else "")
-    )
-    bad = len(result.skipped)
-    left_out = f"{bad} bad image{'s' if bad != 1 else ''} left out" if bad else ""
-    if result.already_complete:
-        return (
-            f"{result.output} already holds these features ({result.rows:,} x {result.dim:,}, "
-            f"{result.feature_extractor}, resize {result.resize}"
-            f"{'; ' + left_out if bad else ''}); nothing computed"
-        )
-    images = f"{result.images:,} image{'s' if result.images != 1 else ''}"
-    counts = f"{result.rows:,} of {images} ({left_out})" if bad else images
-    lines = [
-        f"extracted {counts} -> {result.output}: {result.rows:,} x "
-        f"{result.dim:,} float32 ({result.feature_extractor}, resize {result.resize})",
-        f"  chunks: {result.computed} computed, {result.present} already there "
-        f"({result.chunks} in all){' - resumed' if result.resumed else ''}",
-        *_left_out(result),
-    ]
-    devices = ", ".join(result.devices) or "-"
-    lines.append(f"  {result.seconds:.2f} s on {where}, device {devices}")
-    return "\n".join(lines)
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
     """Run ``shardeval extract``; print a short summary. Returns the exit code."""
-    if not any(c in args.images for c in "*?[") or os.path.exists(args.images):
-        must_exist(args.images)
-    encoder = args.encoder or "inception"
-    if args.resize is not None and encoder != "inception":
-        raise UsageError(
-            f"--resize applies to --encoder inception; {encoder}'s preprocessing is fixed to "
-            "match its reference"
-        )
-    from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
-    from shardeval.pipeline.images.extract import extract_features
+    import shardeval as se
     from shardeval.workflows.progress import ProgressBar
 
-    set_in_this_process(engine(args), args.device or "auto")
-    bar = None if args.quiet else ProgressBar("chunks")
-    result = extract_features(
+    if not any(c in args.images for c in "*?[") or os.path.exists(args.images):
+        must_exist(args.images)
+    options = api_options(args)
+    options["progress"] = None if args.quiet else ProgressBar("chunks")
+    report = se.extract(
         args.images,
         args.output,
-        encoder=encoder,
-        weights=args.weights,
+        encoder=args.encoder,
         resize=args.resize,
+        weights=args.weights,
         batch_size=args.batch_size,
-        device=args.device or "auto",
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
-        engine=engine(args),
-        progress=bar,
         check_progress=None if args.quiet else ProgressBar("images checked"),
+        **options,
     )
-    if result.skipped and not args.quiet:
-        notice(f"{len(result.skipped)} bad image(s) left out (--skip-bad)")
-    described = engine(args).describe()
+    skipped = report.results["extract"].skipped
+    if skipped and not args.quiet:
+        notice(f"{len(skipped)} bad image(s) left out (--skip-bad)")
     if args.json:
-        from shardeval.pipeline.io.provenance import now_iso, versions
         from shardeval.workflows.report import to_json
 
-        data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}
-        print(to_json(data), end="")
+        print(to_json(report.to_dict()), end="")
     else:
-        print(_summary(result, described))
+        print(report.summary())
     return 0

@@ -1,0 +1,126 @@
+"""Images into features: ``shardeval.extract(images, output)`` is ``shardeval extract``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from shardeval.api.functions import Progress, _noted, _running
+from shardeval.api.results import Report
+from shardeval.pipeline.errors import OptionError
+
+
+def _left_out(result: Any, shown: int = 5) -> list[str]:
+    """Summary lines naming the images left out as bad, with their reasons."""
+    lines = [f"  left out: {reason}" for _, reason in result.skipped[:shown]]
+    more = len(result.skipped) - shown
+    if more > 0:
+        lines.append(f"  left out: {more} more (every one in the store's attribute 'skipped')")
+    return lines
+
+
+def extraction_summary(result: Any, described: dict[str, Any]) -> str:
+    """What an extraction did, for people: counts (images left out named with reasons),
+    chunks, time and where it ran."""
+    where = (
+        f"{described['scheduler']} scheduler"
+        + (f" ({described['threads']} threads)" if "threads" in described else "")
+        + (f" at {described['address']}" if "address" in described else "")
+    )
+    bad = len(result.skipped)
+    left_out = f"{bad} bad image{'s' if bad != 1 else ''} left out" if bad else ""
+    if result.already_complete:
+        return (
+            f"{result.output} already holds these features ({result.rows:,} x {result.dim:,}, "
+            f"{result.feature_extractor}, resize {result.resize}"
+            f"{'; ' + left_out if bad else ''}); nothing computed"
+        )
+    images = f"{result.images:,} image{'s' if result.images != 1 else ''}"
+    counts = f"{result.rows:,} of {images} ({left_out})" if bad else images
+    lines = [
+        f"extracted {counts} -> {result.output}: {result.rows:,} x "
+        f"{result.dim:,} float32 ({result.feature_extractor}, resize {result.resize})",
+        f"  chunks: {result.computed} computed, {result.present} already there "
+        f"({result.chunks} in all){' - resumed' if result.resumed else ''}",
+        *_left_out(result),
+    ]
+    devices = ", ".join(result.devices) or "-"
+    lines.append(f"  {result.seconds:.2f} s on {where}, device {devices}")
+    return "\n".join(lines)
+
+
+def extract(
+    images: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    encoder: str | None = None,
+    resize: str | None = None,
+    weights: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    scheduler: Any = None,
+    cluster: str | None = None,
+    threads: int | None = None,
+    performance_report: str | None = None,
+    progress: Progress | None = None,
+    check_progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Extract features of ``images`` (a folder, zip, tar shard(s), or a uint8 (N, H, W, 3)
+    ``.npy``/``.npz``) into the Zarr feature store ``output``, resumably.
+
+    Args:
+        encoder: ``inception`` (default; the FID Inception, 2,048-d), ``dinov2-vitl14`` or
+            ``clip-vitl14-336``.
+        resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's) or ``clean``
+            (clean-fid's).
+        weights: the weights' file or folder (default: torch hub's / the Hugging Face cache;
+            nothing is downloaded).
+        batch_size: images per forward pass and rows per chunk (default 32).
+        device: where the encoder runs (``auto``: a worker's GPU if it has one).
+        skip_bad: leave unreadable images out (named in the report) instead of stopping.
+        overwrite: replace an extraction store written before (never anything else).
+        check_progress: called as the images are checked (with ``skip_bad``).
+
+    Returns:
+        :class:`~shardeval.api.results.Report` (``float()`` the rows written;
+        ``results["extract"]`` the extraction's result).
+
+    Raises:
+        ImageSourceError, ImageError, ExtractionError, EncoderSetupError: named, one line.
+    """
+    options = dict(locals())
+    name = encoder or "inception"
+    if resize is not None and name != "inception":
+        raise OptionError(
+            f"«resize» applies to «encoder='inception'»; {name}'s preprocessing is fixed to "
+            "match its reference"
+        )
+    from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
+    from shardeval.pipeline.images.extract import extract_features
+    from shardeval.pipeline.io.provenance import now_iso, versions
+
+    with _noted(), _running(options) as run:
+        set_in_this_process(run.engine, device or "auto")
+        result = extract_features(
+            os.fspath(images),
+            os.fspath(output),
+            encoder=name,
+            weights=weights,
+            resize=resize,
+            batch_size=batch_size,
+            device=device or "auto",
+            skip_bad=skip_bad,
+            overwrite=overwrite,
+            engine=run.engine,
+            progress=run.progress,
+            check_progress=check_progress,
+        )
+        described = run.engine.describe()
+    data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}
+    text = extraction_summary(result, described)
+    return Report("extract", {"extract": result}, data, text, float(result.rows))
