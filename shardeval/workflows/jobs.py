@@ -1,8 +1,9 @@
 """Running evaluation jobs (:mod:`shardeval.workflows.jobfile` reads them). Resumable and
 idempotent: each finished entry is committed to the history at once, and a re-run computes, per
 entry, only the metrics whose results are not already there from the same inputs and options (the
-rest of the entry's results stay as they are). Image inputs are extracted first, into a cache
-beside the history keyed by what decides their features.
+rest of the entry's results stay as they are). Image inputs are extracted first, into a feature
+cache (:mod:`shardeval.pipeline.images.cache`) beside the history, keyed by what decides their
+features (not the batch size); the key is also the input's fingerprint in the history.
 """
 
 from __future__ import annotations
@@ -64,13 +65,10 @@ class _Prepared:
     extraction: Extraction | None
 
 
-#: The array of a feature store written by extraction.
-_EXTRACTED = "features"
-
-
 def _prepare(job: Job) -> _Prepared:
     """Open every store (complete, readable), list every image source, find the encoder's
     weights, and check one feature dimension and the history, before anything is computed."""
+    from shardeval.pipeline.images.cache import cache_key
     from shardeval.pipeline.images.extract import plan_extraction
     from shardeval.pipeline.images.sources import open_images
     from shardeval.pipeline.io.fingerprint import listing_digest
@@ -84,7 +82,8 @@ def _prepare(job: Job) -> _Prepared:
     def image_digest(source: ImageSource) -> str:
         if extraction is None:  # unreachable: image inputs plan an extraction
             raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
-        return _digest(source.fingerprint, *_identity(extraction, job))
+        _check_outside(job, source)
+        return cache_key(source, extraction)
 
     reference_images = None
     if job.reference_stats is not None:
@@ -115,88 +114,98 @@ def _prepare(job: Job) -> _Prepared:
     return _Prepared(sources, images, digests, d, reference_digest, reference_images, extraction)
 
 
-#: Attribute of a cache beside the history: the digest of the input bytes it was computed from.
+#: Attribute of a cache beside the history: the digest of the input bytes it was computed from
+#: (the feature cache's entries record it under the same name).
 CONTENT_ATTR = "content_digest"
 
 
-def _identity(extraction: Extraction, job: Job) -> tuple[str, str, str, int | None]:
-    """What, besides the images, decides extracted features (and names their cache)."""
-    return (
-        extraction.encoder,
-        extraction.digest,
-        extraction.resize,
-        job.extract.get("batch_size"),
-    )
+def _cache_root(job: Job) -> str:
+    """The folder of the job's caches: the history's."""
+    return os.path.dirname(os.path.abspath(job.history))
+
+
+def _check_outside(job: Job, source: ImageSource) -> None:
+    """Refuse, before any compute, a history (and so the caches beside it) at or inside a
+    folder of images: writing it would change them.
+
+    Raises:
+        JobError: naming both.
+    """
+    if not os.path.isdir(source.location):
+        return  # a file or a glob of files: nothing is written inside it
+    images = os.path.realpath(source.location).rstrip(os.sep) + os.sep
+    if (os.path.realpath(_cache_root(job)) + os.sep).startswith(images):
+        raise JobError(
+            f"{job.path}: the history {job.history!r} is inside the images "
+            f"{source.location!r}, and writing it and its caches there would change them; "
+            "put the history elsewhere"
+        )
+
+
+def _identity(extraction: Extraction) -> tuple[str, str, str]:
+    """What, besides the images, decides extracted features (the batch size does not)."""
+    return (extraction.encoder, extraction.digest, extraction.resize)
 
 
 def _extracted(
     job: Job,
     prepared: _Prepared,
     source: ImageSource,
-    digest: str,
     engine: Engine,
     progress: Progress | None,
     log: Callable[[str], None],
     content: str | None = None,
 ) -> FeatureSource:
-    """The features of an image source: extracted into ``features-<digest>.zarr`` beside the
-    history, or read from there (a killed extraction resumes; a finished one is reused).
+    """The features of an image source, from the feature cache beside the history:
+    ``features-<key>.zarr``, extracted, finished (a killed extraction resumes) or reused.
 
     ``content`` (``--verify``): the digest of the images' bytes. A cache that recorded other
     bytes, or none, is extracted again: an image rewritten with its size and time kept leaves
-    the listing, and so ``digest``, as it was."""
+    the listing, and so the key, as it was."""
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
-    from shardeval.pipeline.images.extract import extract_features
-    from shardeval.pipeline.io.stores import open_features
+    from shardeval.pipeline.images.cache import fill_cache
 
     extraction = prepared.extraction
     if extraction is None:  # unreachable: image inputs plan an extraction
         raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
-    cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"features-{digest}.zarr")
-    stale = content is not None and os.path.exists(cache) and _recorded(cache) != content
-    if stale:
-        log(f"{cache}: extracted from other bytes of {source.location} (--verify); again")
     set_in_this_process(engine, job.device)
-    result = extract_features(
-        source.location,
-        cache,
-        encoder=extraction.encoder,
-        weights=extraction.weights,
-        resize=extraction.resize,
+    cached = fill_cache(
+        source,
+        extraction,
+        cache_root=_cache_root(job),
         batch_size=job.extract.get("batch_size"),
         device=job.device,
         engine=engine,
         progress=progress,
-        overwrite=stale,
+        content=content,
     )
-    if content is not None:
-        _record(cache, content)
-    if result.already_complete:
-        log(f"features of {source.location} from cache {cache}")
+    if cached.stale:
+        log(f"{cached.path}: extracted from other bytes of {source.location} (--verify); again")
+    if cached.reused:
+        log(f"features of {source.location} from cache {cached.path}")
     else:
         log(
-            f"extracted {result.rows:,} images of {source.location} ({extraction.encoder}, "
-            f"{result.computed} chunks) -> {cache}"
+            f"extracted {cached.extraction.rows:,} images of {source.location} "
+            f"({extraction.encoder}, {cached.extraction.computed} chunks) -> {cached.path}"
         )
-    return open_features(cache, array_name=_EXTRACTED)
-
-
-def _recorded(path: str) -> str | None:
-    """The digest of the input bytes a cache of ours was computed from (None: not recorded)."""
-    import zarr
-
-    value = zarr.open_group(path, mode="r", use_consolidated=False).attrs.get(CONTENT_ATTR)
-    return None if value is None else str(value)
-
-
-def _record(path: str, content: str) -> None:
-    import zarr
-
-    zarr.open_group(path, mode="r+", use_consolidated=False).attrs[CONTENT_ATTR] = content
+    return cached.open()
 
 
 def _reference_location(job: Job) -> str:
     return job.reference_stats or job.reference_store or job.reference_images or ""
+
+
+def _entry_bytes(location: str, images: ImageSource | None) -> str:
+    """The digest of an input's bytes (``--verify``): of the files a source of images is read
+    from, or of every file of a store."""
+    from shardeval.pipeline.images.cache import images_digest
+    from shardeval.pipeline.io.fingerprint import content_digest
+
+    return images_digest(images) if images is not None else content_digest(location)
+
+
+def _reference_bytes(job: Job, prepared: _Prepared) -> str:
+    return _entry_bytes(_reference_location(job), prepared.reference_images)
 
 
 def reference_of(
@@ -276,25 +285,18 @@ def run_job(
             before it stay committed).
     """
     from shardeval.pipeline.core.engine import Engine
-    from shardeval.pipeline.io.fingerprint import content_digest, listing_digest
+    from shardeval.pipeline.io.fingerprint import listing_digest
 
     start = time.perf_counter()
     engine = engine or Engine()
     prepared = _prepare(job)
     history = History(job.history)
     # --verify: bytes decide, the reference's as well as each entry's.
-    reference_content = content_digest(_reference_location(job)) if verify else None
+    reference_content = _reference_bytes(job, prepared) if verify else None
     features = None
     if prepared.reference_images is not None:
         features = _extracted(
-            job,
-            prepared,
-            prepared.reference_images,
-            prepared.reference_digest,
-            engine,
-            progress,
-            log,
-            reference_content,
+            job, prepared, prepared.reference_images, engine, progress, log, reference_content
         )
     reference = reference_of(
         job, engine, prepared.reference_digest, log, features, reference_content
@@ -304,10 +306,10 @@ def run_job(
     digests = {name: job.metric_digest(name) for name in job.metrics}
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
-        entry_bytes = content_digest(entry.store) if verify else None
+        entry_bytes = _entry_bytes(entry.store, prepared.images.get(entry.name)) if verify else None
         if entry.images:
             digest = prepared.digests[entry.name]
-            settings = _identity(prepared.extraction, job) if prepared.extraction else ()
+            settings = _identity(prepared.extraction) if prepared.extraction else ()
         else:
             digest = listing_digest(entry.store)
             settings = ()
@@ -336,14 +338,7 @@ def run_job(
         t0 = time.perf_counter()
         source = (
             _extracted(
-                job,
-                prepared,
-                prepared.images[entry.name],
-                digest,
-                engine,
-                progress,
-                log,
-                entry_bytes,
+                job, prepared, prepared.images[entry.name], engine, progress, log, entry_bytes
             )
             if entry.images
             else prepared.sources[entry.name]

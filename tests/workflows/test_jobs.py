@@ -527,6 +527,84 @@ def test_bad_image_jobs_fail_before_compute(image_job, capsys, edit, msg):
     assert not (image_job / "runs").exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*covariance is singular")
+def test_the_batch_size_is_not_part_of_the_image_key(image_job, monkeypatch):
+    # Features do not depend on the batch size: with another one, every entry is found in the
+    # history (the key is the input's fingerprint there) and nothing is extracted.
+    import shardeval.pipeline.images.extract as ex
+
+    run_job(load_job(image_job / "job.toml"))
+    cached = sorted((image_job / "runs").glob("features-*.zarr"))
+    (image_job / "job.toml").write_text(IMAGE_JOB.replace("batch_size = 4", "batch_size = 2"))
+    calls = []
+    monkeypatch.setattr(ex, "extract_chunk", lambda *a: calls.append(a))
+    lines = []
+    summary = run_job(load_job(image_job / "job.toml"), log=lines.append)
+    assert summary.skipped == ["ckpt-100", "ckpt-200"]
+    assert not calls
+    assert sum(line.startswith("features of") for line in lines) == 1  # the reference's
+    assert sorted((image_job / "runs").glob("features-*.zarr")) == cached
+
+
+def _stored_png(path, pixels):
+    """A PNG without compression: its size depends on the image's shape alone."""
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path, compress_level=0)
+
+
+@pytest.mark.filterwarnings("ignore:.*covariance is singular")
+def test_verify_sees_an_image_rewritten_with_its_size_and_time(image_job, rng):
+    shutil.rmtree(image_job / "samples" / "ckpt-100")  # one entry is enough
+    image = image_job / "samples" / "ckpt-200" / "00.png"
+    _stored_png(image, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    job = load_job(image_job / "job.toml")
+    assert run_job(job, verify=True).computed == ["ckpt-200"]
+    assert run_job(load_job(image_job / "job.toml"), verify=True).computed == []
+    before = next(r for r in History(job.history).table() if r["name"] == "ckpt-200")["fid"]
+    st = os.stat(image)
+    _stored_png(image, rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(image).st_size == st.st_size
+    assert run_job(load_job(image_job / "job.toml")).computed == []  # the listing is unchanged
+    lines = []
+    summary = run_job(load_job(image_job / "job.toml"), verify=True, log=lines.append)
+    assert summary.computed == ["ckpt-200"]
+    assert any("other bytes of" in line and "ckpt-200" in line for line in lines)
+    after = next(r for r in History(job.history).table() if r["name"] == "ckpt-200")["fid"]
+    assert after != before
+    # The features cached for the entry now are those of the new bytes.
+    fresh = str(image_job / "fresh.zarr")
+    argv = ["extract", str(image.parent), "-o", fresh, "--weights"]
+    assert main([*argv, str(image_job / "inception.pth"), "--batch-size", "4", "-q"]) == 0
+    (cache,) = [
+        p
+        for p in (image_job / "runs").glob("features-*.zarr")
+        if zarr_attr(p, "source") == str(image.parent)
+    ]
+    np.testing.assert_allclose(_features(cache), _features(fresh), rtol=1e-5, atol=1e-6)
+
+
+def zarr_attr(path, key):
+    import zarr
+
+    return zarr.open_group(str(path), mode="r").attrs.get(key)
+
+
+def _features(path):
+    import zarr
+
+    return np.asarray(zarr.open_group(str(path), mode="r")["features"][...])
+
+
+def test_a_history_inside_the_images_is_refused_before_compute(image_job):
+    text = IMAGE_JOB.replace('"runs/history.zarr"', '"real/runs/history.zarr"')
+    (image_job / "inside.toml").write_text(text)
+    with pytest.raises(JobError, match=r"is inside the images .*put the history elsewhere"):
+        run_job(load_job(image_job / "inside.toml"))
+    assert not (image_job / "real" / "runs").exists()
+
+
 def test_extract_settings_without_images_are_refused(job_dir):
     (job_dir / "bad.toml").write_text(JOB + '\n[extract]\nencoder = "inception"\n')
     with pytest.raises(JobError, match=r"\[extract\] applies to image entries"):

@@ -1,0 +1,331 @@
+"""The feature cache (random-weights Inception, small images, CPU): its features equal an
+extraction's, a second call runs no encoder whatever the batch size, changed images make a new
+entry, where the cache is, what is refused, ``verify``; and telling images from stores."""
+
+import io
+import os
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+
+import shardeval.kernels.encoders as encoders
+import shardeval.pipeline.images.extract as ex
+from shardeval.kernels.encoders import Encoder
+from shardeval.kernels.encoders.inception import random_state_dict
+from shardeval.pipeline.images.cache import (
+    CACHE_ENV,
+    CONTENT_ATTR,
+    FEATURES_ARRAY,
+    cache_key,
+    cache_path,
+    cached_features,
+    default_cache_root,
+    is_image_source,
+)
+from shardeval.pipeline.images.extract import (
+    ExtractionError,
+    extract_features,
+    plan_extraction,
+)
+from shardeval.pipeline.images.sources import open_images
+from shardeval.pipeline.io.atomic import OutputExistsError
+from shardeval.pipeline.io.statsio import save_stats
+from shardeval.pipeline.io.stores import INCOMPLETE_ATTR
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "inception.pth"
+    torch.save(random_state_dict(3), path)
+    return str(path)
+
+
+def _png(path, pixels):
+    """A PNG stored without compression: its size depends on the image's shape alone."""
+    Image.fromarray(pixels).save(path, compress_level=0)
+
+
+@pytest.fixture
+def images(tmp_path, rng):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(4):
+        _png(root / f"img-{i}.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    return str(root)
+
+
+def _features(path):
+    group = zarr.open_group(str(path), mode="r")
+    return np.asarray(group["features"][...]), list(group["names"][...])
+
+
+@pytest.fixture
+def no_encoder(monkeypatch):
+    """Make any use of an encoder fail the test: loading one, running one, or a chunk task."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an encoder ran")
+
+    def install():
+        monkeypatch.setattr(encoders, "load_encoder", refuse)
+        monkeypatch.setattr(ex, "cached_encoder", refuse)
+        monkeypatch.setattr(ex, "extract_chunk", refuse)
+        monkeypatch.setattr(Encoder, "encode", refuse)
+        monkeypatch.setattr(Encoder, "forward", refuse)
+
+    return install
+
+
+def test_the_cache_holds_what_extraction_writes(tmp_path, images, weights):
+    root = tmp_path / "cache"
+    cached = cached_features(images, cache_root=root, weights=weights, batch_size=2)
+    key = cache_key(open_images(images), plan_extraction(weights=weights))
+    assert cached.key == key
+    assert cached.path == cache_path(root, key) == str(root / f"features-{key}.zarr")
+    assert (cached.reused, cached.stale, cached.content) == (False, False, None)
+    assert (cached.extraction.rows, cached.extraction.computed) == (4, 2)
+    fresh = str(tmp_path / "fresh.zarr")
+    extract_features(images, fresh, weights=weights, batch_size=2)
+    got, names = _features(cached.path)
+    want, want_names = _features(fresh)
+    assert names == want_names
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    opened = cached.open()
+    assert (opened.n, opened.d, opened.name) == (4, 2048, FEATURES_ARRAY)
+
+
+def test_a_second_call_runs_no_encoder_whatever_the_batch_size(
+    tmp_path, images, weights, no_encoder
+):
+    root = tmp_path / "cache"
+    first = cached_features(images, cache_root=root, weights=weights, batch_size=2)
+    no_encoder()
+    for batch_size in (None, 2, 4):
+        again = cached_features(images, cache_root=root, weights=weights, batch_size=batch_size)
+        assert (again.path, again.key, again.reused) == (first.path, first.key, True)
+        assert (again.extraction.computed, again.extraction.present) == (0, 2)
+    assert [p.name for p in root.glob("features-*.zarr")] == [os.path.basename(first.path)]
+
+
+def test_an_unfinished_entry_is_finished_with_its_own_batch_size(
+    tmp_path, images, weights, monkeypatch
+):
+    root = tmp_path / "cache"
+    first = cached_features(images, cache_root=root, weights=weights, batch_size=2)
+    before, _ = _features(first.path)
+    # A killed run: the mark back, one chunk gone.
+    group = zarr.open_group(first.path, mode="r+")
+    group.attrs.put({**dict(group.attrs), INCOMPLETE_ATTR: ex.INCOMPLETE_NOTE, "complete": False})
+    os.remove(os.path.join(first.path, "features", "c", "1", "0"))
+    again = cached_features(images, cache_root=root, weights=weights, batch_size=4)
+    assert (again.reused, again.extraction.computed, again.extraction.resumed) == (False, 1, True)
+    assert zarr.open_group(again.path, mode="r").attrs["batch_size"] == 2
+    np.testing.assert_allclose(_features(again.path)[0], before, rtol=1e-5, atol=1e-6)
+
+
+def test_changed_images_or_settings_make_a_new_entry(tmp_path, images, weights, rng):
+    root = tmp_path / "cache"
+    first = cached_features(images, cache_root=root, weights=weights)
+    _png(os.path.join(images, "img-1.png"), rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    changed = cached_features(images, cache_root=root, weights=weights)
+    assert changed.key != first.key
+    assert not changed.reused
+    clean = cached_features(images, cache_root=root, weights=weights, resize="clean")
+    assert clean.key not in (first.key, changed.key)
+    assert not clean.reused
+    assert len(list(root.glob("features-*.zarr"))) == 3  # the old entries are kept
+    assert _features(first.path)[1] == _features(changed.path)[1]
+    assert not np.array_equal(_features(first.path)[0], _features(changed.path)[0])
+
+
+def test_where_the_cache_is(tmp_path, images, weights, monkeypatch):
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_root() == str(tmp_path / "home" / ".cache" / "shardeval")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root() == str(tmp_path / "xdg" / "shardeval")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "env"))
+    assert default_cache_root() == str(tmp_path / "env")
+    from_env = cached_features(images, weights=weights)
+    assert os.path.dirname(from_env.path) == str(tmp_path / "env")
+    given = cached_features(images, weights=weights, cache_root=tmp_path / "given")
+    assert os.path.dirname(given.path) == str(tmp_path / "given")
+    assert not given.reused  # another folder, another cache
+    assert not (tmp_path / "xdg").exists()
+    assert not (tmp_path / "home").exists()
+
+
+def test_something_foreign_in_an_entrys_place_is_refused(tmp_path, images, weights, no_encoder):
+    root = tmp_path / "cache"
+    path = cache_path(root, cache_key(open_images(images), plan_extraction(weights=weights)))
+    os.makedirs(path)
+    (tmp_path / "cache" / os.path.basename(path) / "notes.txt").write_text("keep me")
+    no_encoder()
+    with pytest.raises(OutputExistsError, match=r"not a feature store written by extraction.*"):
+        cached_features(images, cache_root=root, weights=weights)
+    assert os.listdir(path) == ["notes.txt"]
+    os.remove(os.path.join(path, "notes.txt"))
+    os.rmdir(path)
+    zarr.create_array(path, shape=(4, 2), dtype="f4")[:] = 1.0
+    with pytest.raises(OutputExistsError, match="cache_root=FOLDER"):
+        cached_features(images, cache_root=root, weights=weights)
+    assert zarr.open_array(path, mode="r")[:].sum() == 8.0
+
+
+def test_an_extraction_of_other_images_in_an_entrys_place_is_refused(
+    tmp_path, images, weights, rng
+):
+    root = tmp_path / "cache"
+    path = cache_path(root, cache_key(open_images(images), plan_extraction(weights=weights)))
+    other = tmp_path / "other"
+    other.mkdir()
+    _png(other / "a.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    _png(other / "b.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    extract_features(str(other), path, weights=weights)
+    with pytest.raises(OutputExistsError, match="records other source_fingerprint"):
+        cached_features(images, cache_root=root, weights=weights)
+    assert zarr.open_group(path, mode="r").attrs["source"] == str(other)
+
+
+def test_the_cache_is_never_inside_the_images_nor_a_file_nor_a_url(
+    tmp_path, images, weights, no_encoder
+):
+    no_encoder()
+    inside = os.path.join(images, "cache")
+    with pytest.raises(OutputExistsError, match="inside the images"):
+        cached_features(images, cache_root=inside, weights=weights)
+    assert not os.path.exists(inside)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputExistsError, match="is not a folder"):
+        cached_features(images, cache_root=tmp_path / "file", weights=weights)
+    with pytest.raises(ExtractionError, match=r"cache_root='s3://b/c' is a URL"):
+        cached_features(images, cache_root="s3://b/c", weights=weights)
+    with pytest.raises(ExtractionError, match="cache_root is empty"):
+        cached_features(images, cache_root="", weights=weights)
+
+
+def test_verify_sees_an_image_rewritten_with_its_size_and_time(tmp_path, images, weights, rng):
+    root = tmp_path / "cache"
+    listed = cached_features(images, cache_root=root, weights=weights)
+    first = cached_features(images, cache_root=root, weights=weights, verify=True)
+    # An entry that recorded no bytes is extracted again once, then reused.
+    assert (first.path, first.stale, first.reused) == (listed.path, True, False)
+    assert zarr.open_group(first.path, mode="r").attrs[CONTENT_ATTR] == first.content
+    again = cached_features(images, cache_root=root, weights=weights, verify=True)
+    assert (again.stale, again.reused, again.content) == (False, True, first.content)
+    image = os.path.join(images, "img-2.png")
+    st = os.stat(image)
+    _png(image, rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(image).st_size == st.st_size
+    assert cached_features(images, cache_root=root, weights=weights).reused  # same listing
+    changed = cached_features(images, cache_root=root, weights=weights, verify=True)
+    assert (changed.path, changed.stale, changed.reused) == (first.path, True, False)
+    assert changed.content != first.content
+    fresh = str(tmp_path / "fresh.zarr")
+    extract_features(images, fresh, weights=weights)
+    np.testing.assert_allclose(
+        _features(changed.path)[0], _features(fresh)[0], rtol=1e-5, atol=1e-6
+    )
+
+
+# --- is_image_source ---------------------------------------------------------------------
+
+
+def _png_bytes(rng):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _tar(path, blobs):
+    with tarfile.open(path, "w") as tf:
+        for i, blob in enumerate(blobs):
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    return str(path)
+
+
+@pytest.fixture
+def kinds(tmp_path, rng, images):
+    """Every kind of input, named for what it is (the names say nothing of what they hold)."""
+    blobs = [_png_bytes(rng) for _ in range(2)]
+    out = {"image folder": images}
+    nested = tmp_path / "nested" / "deep"
+    nested.mkdir(parents=True)
+    (nested / "a.PNG").write_bytes(blobs[0])
+    out["nested image folder"] = str(tmp_path / "nested")
+    with zipfile.ZipFile(tmp_path / "zip-of-images.bin", "w") as zf:
+        for i, blob in enumerate(blobs):
+            zf.writestr(f"x/{i}.png", blob)
+    out["zip"] = str(tmp_path / "zip-of-images.bin")
+    out["tar"] = _tar(tmp_path / "one.tar", blobs)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(2):
+        _tar(shards / f"part-{i}.tar", blobs)
+    out["glob of tars"] = str(shards / "part-*.tar")
+    out["folder of tars"] = str(shards)
+    uint8 = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    with open(tmp_path / "images-npy.dat", "wb") as fh:  # np.save would add ".npy" to a path
+        np.save(fh, uint8)
+    out["uint8 npy"] = str(tmp_path / "images-npy.dat")
+    np.save(tmp_path / "gray.npy", uint8[..., 0])
+    out["uint8 (N, H, W) npy"] = str(tmp_path / "gray.npy")
+    np.savez(tmp_path / "samples.npz", uint8, np.arange(3))  # arr_0 images, arr_1 labels
+    out["uint8 npz"] = str(tmp_path / "samples.npz")
+    # Not images:
+    features = rng.standard_normal((5, 4)).astype(np.float32)
+    np.save(tmp_path / "features.npy", features)
+    out["float npy features"] = str(tmp_path / "features.npy")
+    np.savez(tmp_path / "features.npz", feats=features)
+    out["npz features"] = str(tmp_path / "features.npz")
+    np.savez(tmp_path / "stats.npz", mu=features[0], sigma=np.eye(4))
+    out["statistics npz"] = str(tmp_path / "stats.npz")
+    zarr.create_array(str(tmp_path / "store.zarr"), shape=(5, 4), dtype="f4")[:] = features
+    out["zarr array"] = str(tmp_path / "store.zarr")
+    group = zarr.open_group(str(tmp_path / "group"), mode="w")
+    group.create_array("features", data=features)
+    (tmp_path / "group" / "cover.png").write_bytes(blobs[0])  # a folder that is a store
+    out["folder that is a zarr store"] = str(tmp_path / "group")
+    from shardeval.pipeline.core.states import Moments
+
+    x = features.astype(np.float64)
+    mean = x.mean(axis=0)
+    save_stats(str(tmp_path / "stats.zarr"), Moments(5, mean, (x - mean).T @ (x - mean)))
+    out["statistics zarr"] = str(tmp_path / "stats.zarr")
+    (tmp_path / "empty").mkdir()
+    out["empty folder"] = str(tmp_path / "empty")
+    out["missing path"] = str(tmp_path / "missing")
+    out["glob matching nothing"] = str(tmp_path / "none-*.tar")
+    out["url"] = "s3://bucket/features.zarr"
+    return out
+
+
+IMAGES = {
+    "image folder",
+    "nested image folder",
+    "zip",
+    "tar",
+    "glob of tars",
+    "folder of tars",
+    "uint8 npy",
+    "uint8 (N, H, W) npy",
+    "uint8 npz",
+}
+
+
+def test_is_image_source_tells_each_kind(kinds):
+    assert {name for name, path in kinds.items() if is_image_source(path)} == IMAGES
+
+
+def test_what_is_image_source_opens_as_images(kinds):
+    for name in IMAGES - {"zip", "uint8 npy"}:  # listing goes by the name's extension
+        assert len(open_images(kinds[name])) > 0, name
