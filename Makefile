@@ -35,12 +35,14 @@ demo: $(BIN)/shardeval
 	$(BIN)/shardeval fid $(REAL) $(GEN) --shard-rows 4096 --out demo-data/fid.json --overwrite
 	@echo "JSON report: demo-data/fid.json"
 
-test: $(BIN)/shardeval $(ENC_VENV)/bin/shardeval
+# Lint first: CI fails on ruff or mypy errors as it does on a failing test.
+test: lint $(ENC_VENV)/bin/shardeval
 	$(BIN)/python -m pytest -q
 	$(ENC_VENV)/bin/python -m pytest -q -m encoders -p no:cacheprovider tests/encoders
 
 lint: $(BIN)/shardeval
 	$(BIN)/ruff check shardeval tests benchmarks
+	$(BIN)/ruff format --check shardeval tests benchmarks
 	$(BIN)/mypy
 
 bench: $(BIN)/shardeval

@@ -26,7 +26,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
+from shardeval.api.inputs import (
+    IMAGE_OPTIONS,
+    describe_input,
+    extracted,
+    features,
+    is_images,
+    is_path,
+    is_statistics,
+    statistics,
+)
 from shardeval.api.results import (
     Report,
     Side,
@@ -99,8 +108,8 @@ class _Run:
         """The settings as applied (defaults filled in), those in ``names`` or all taken."""
         out = {}
         for name, default in SETTINGS.items():
-            if name in self.options and (names is None or name in names):
-                value = self.options[name]
+            if (name in self.options) if names is None else (name in names):
+                value = self.options.get(name)
                 out[name] = default if value is None else value
         if out.get("split_every") == SETTINGS["split_every"] and self.engine.is_distributed:
             from shardeval.pipeline.options import DEFAULT_SPLIT_EVERY
@@ -191,6 +200,28 @@ def _noted() -> Iterator[Notes]:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def image_flags(inputs: Sequence[Any], options: dict[str, Any]) -> list[bool]:
+    """Which inputs are image sources; the encoder options are refused when none is."""
+    flags = [is_images(x) for x in inputs]
+    if not any(flags):
+        refuse(
+            options,
+            IMAGE_OPTIONS,
+            "apply to image inputs (folders, zips, tar shards, uint8 arrays), and none was given",
+        )
+    return flags
+
+
+def with_features(run: _Run, inputs: Sequence[Any], flags: Sequence[bool]) -> list[Any]:
+    """``inputs`` with each image source replaced by its features in the feature cache."""
+    return [
+        extracted(x, run.options, run.engine, run.progress, [o for o in inputs if o is not x])
+        if flag
+        else x
+        for x, flag in zip(inputs, flags, strict=True)
+    ]
+
+
 def _must_exist(*locations: Any) -> None:
     from shardeval.pipeline.errors import StoreError
 
@@ -253,6 +284,11 @@ def fid(
     infinity: bool = False,
     seed: int | None = None,
     real_is_statistics: bool = False,
+    encoder: str | None = None,
+    resize: str | None = None,
+    weights: str | None = None,
+    batch_size: int | None = None,
+    cache_root: str | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -282,6 +318,10 @@ def fid(
         infinity: also FID∞ (Chong & Forsyth 2020), from 15 nested subsets of ``gen``.
         seed: seed of the nested subsets (with ``infinity``; default 0).
         real_is_statistics: read ``real`` as statistics whatever it looks like.
+        encoder, resize, weights, batch_size: how image inputs (folders, zips, tar shards,
+            uint8 arrays) become features, as for :func:`shardeval.extract`; their features
+            are cached (``cache_root``, default ``$SHARDEVAL_CACHE`` or
+            ``~/.cache/shardeval``) and reused.
         shard_rows, array, split_every, device, backend, precision, nonfinite: how feature
             stores are read and reduced (see the README's option table).
 
@@ -304,7 +344,11 @@ def fid(
     options = dict(locals())
     inputs = [real, gen]
     _must_exist(*inputs)
-    kinds = ["statistics" if is_statistics(x) else "features" for x in inputs]
+    images = image_flags(inputs, options)
+    kinds = [
+        "statistics" if not image and is_statistics(x) else "features"
+        for x, image in zip(inputs, images, strict=True)
+    ]
     if real_is_statistics:
         kinds[0] = "statistics"
     if infinity and kinds[1] != "features":
@@ -318,7 +362,7 @@ def fid(
             "apply to feature stores; both inputs are statistics",
         )
     with _noted() as notes, _running(options) as run:
-        report = _fid(run, inputs, kinds, infinity, seed or 0, notes)
+        report = _fid(run, with_features(run, inputs, images), kinds, infinity, seed or 0, notes)
     return report
 
 
@@ -481,6 +525,11 @@ def stats(
     output: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    encoder: str | None = None,
+    resize: str | None = None,
+    weights: str | None = None,
+    batch_size: int | None = None,
+    cache_root: str | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -515,7 +564,9 @@ def stats(
     if is_path(store):
         check_outside(output, [os.fspath(store)])
     claim_output(output, "statistics file", is_stats, overwrite, streams=True)
+    images = image_flags([store], options)
     with _noted() as notes, _running(options) as run:
+        (store,) = with_features(run, [store], images)
         source = features(store, array=array, shard_rows=shard_rows)
         ((moments, dropped),) = _moments(run, [source])
         provenance = {

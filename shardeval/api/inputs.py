@@ -127,3 +127,49 @@ def features(
         raise ShapeError(f"{location} has {data.shape[0]} row(s); at least {min_rows} are needed")
     # A distinct location per object: two arrays are never taken for one store.
     return FeatureSource(f"{location} at 0x{id(x):x}", data)
+
+
+#: How image inputs become features: the options of ``extract`` that the metric functions
+#: take too, and where the features are cached.
+IMAGE_OPTIONS = ("encoder", "resize", "weights", "batch_size", "cache_root")
+
+
+def is_images(x: Any) -> bool:
+    """Whether ``x`` names an image source (a folder of images, a zip, tar shards, a uint8
+    (N, H, W, 3) array file), told by content (never raises)."""
+    if not is_path(x):
+        return False
+    from shardeval.pipeline.images.cache import is_image_source
+
+    return is_image_source(os.fspath(x))
+
+
+def extracted(
+    x: Any, options: dict[str, Any], engine: Any, progress: Any, others: list[Any]
+) -> str:
+    """The feature store of the image source ``x``: its entry in the feature cache, extracted
+    now (resumably, locked) or reused without running an encoder.
+
+    Raises:
+        OutputExistsError: the cache lies inside another input (``others``).
+    """
+    from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
+    from shardeval.pipeline.images.cache import cached_features, default_cache_root
+    from shardeval.pipeline.io.atomic import check_outside
+
+    root = options.get("cache_root") or default_cache_root()
+    check_outside(root, [os.fspath(o) for o in others if is_path(o)])
+    device = options.get("device") or "auto"
+    set_in_this_process(engine, device)  # IEEE fp32 convolutions, as extract does
+    cached = cached_features(
+        os.fspath(x),
+        cache_root=root,
+        encoder=options.get("encoder") or "inception",
+        resize=options.get("resize"),
+        weights=options.get("weights"),
+        batch_size=options.get("batch_size"),
+        device=device,
+        engine=engine,
+        progress=progress,
+    )
+    return cached.path

@@ -16,14 +16,18 @@ from shardeval.api.functions import (
     _noted,
     _Run,
     _running,
+    image_flags,
     refuse,
+    with_features,
 )
-from shardeval.api.inputs import features
+from shardeval.api.inputs import describe_input, features, is_statistics, statistics
 from shardeval.api.results import Report
-from shardeval.pipeline.errors import OptionError
+from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
-#: The metrics ``metrics`` computes, and the options of each pair metric.
-SAMPLE_METRICS = ("fid", "fid_inf", "kid", "cmmd", "prdc")
+#: The settings a pair metric's report records.
+_PAIR_SETTINGS = ("shard_rows", "array", "split_every", "device", "backend", "precision")
+
+#: The options of each pair metric (its declaration's), refused when it is not asked for.
 _OWNED = {
     "kid": ("subsets", "subset_size", "seed"),
     "cmmd": ("sigma", "unbiased"),
@@ -157,7 +161,7 @@ def _report(
         data[name] = result if isinstance(result, dict) else asdict(result)
     data.update(extra or {})
     data["inputs"] = {"real": real.describe(), "gen": gen.describe()}
-    data["settings"] = run.settings()
+    data["settings"] = run.settings(_PAIR_SETTINGS)
     data.update(run.tail(notes))
     lines = [summary_line(name, result) for name, result in results.items()]
     lines.append(
@@ -178,7 +182,35 @@ def _refuse_fp32_sums(precision: str | None) -> None:
         )
 
 
+#: The engine and input options of the pair-metric functions, after the metric's own.
+_ENGINE_PARAMS = (
+    ("encoder", "str | None", "the encoder of image inputs (inception, dinov2-vitl14, …)"),
+    ("resize", "str | None", "the Inception's resize of image inputs"),
+    ("weights", "str | None", "the encoder's weights (default: the standard caches)"),
+    ("batch_size", "int | None", "images per forward pass (default 32)"),
+    ("cache_root", "str | None", "the feature cache of image inputs"),
+    ("shard_rows", "int | None", "rows per block, one task each (default: about 32 MiB a block)"),
+    ("array", "str | None", "the variable inside a Zarr group, xarray dataset or .npz"),
+    ("split_every", "int | None", "fan-in of a balanced merge tree"),
+    ("device", "str | None", "where kernels run: auto (default), cpu or cuda"),
+    ("backend", "str | None", "auto (default), triton or torch"),
+    ("precision", "str | None", "products of the PRDC decisions: fp32 (default) or fp64"),
+    ("scheduler", "Any", "threads (default), sync, an address or a distributed.Client"),
+    ("cluster", "str | None", "a cluster spec file: started, used, closed"),
+    ("threads", "int | None", "threads of the threaded scheduler"),
+    ("performance_report", "str | None", "file for Dask's performance report"),
+    ("progress", "Callable[[int, int], None] | None", "called with (done, total)"),
+    ("log", "Callable[[str], None] | None", "called with notices"),
+)
+
+
 def _one(name: str, real: Any, gen: Any, options: dict[str, Any]) -> Report:
+    from shardeval.pipeline.metrics import METRICS
+
+    known = {p.name for p in METRICS[name].params} | {n for n, _, _ in _ENGINE_PARAMS}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"{name}() got unexpected keyword arguments {unknown}")
     if name in ("kid", "cmmd"):
         _refuse_fp32_sums(options.get("precision"))
     if name == "kid":
@@ -190,163 +222,91 @@ def _one(name: str, real: Any, gen: Any, options: dict[str, Any]) -> Report:
             refuse(options, ("device", "backend"), "apply to the exact estimator, not to «subsets»")
     params = _params((name,), options)
     _must_exist(real, gen)
+    images = image_flags([real, gen], options)
     with _noted() as notes, _running(options) as run:
-        o = run.options
-        a, b = (
-            features(x, array=o.get("array"), shard_rows=o.get("shard_rows")) for x in (real, gen)
-        )
+        array, rows = run.options.get("array"), run.options.get("shard_rows")
+        real, gen = with_features(run, [real, gen], images)
+        a, b = (features(x, array=array, shard_rows=rows) for x in (real, gen))
         return _report(run, _pairs(run, a, b, params), a, b, notes)
 
 
-def _documented(function: Callable[..., Report]) -> Callable[..., Report]:
-    """Put the engine options' lines into the docstring where it says ``{engine}``."""
-    function.__doc__ = (function.__doc__ or "").replace("{engine}", _ENGINE_DOC)
+def _metric_function(name: str, text: str, example: str) -> Callable[..., Report]:
+    """The API function of a pair metric: its keyword arguments (with their defaults and
+    documentation) made from the metric's plug-in declaration, then the engine's."""
+    import inspect
+
+    from shardeval.pipeline.metrics import METRICS
+
+    cls = METRICS[name]
+
+    def function(real: Any, gen: Any, **options: Any) -> Report:
+        return _one(name, real, gen, options)
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("real", positional), inspect.Parameter("gen", positional)]
+    parameters += [
+        inspect.Parameter(p.name, keyword, default=p.default, annotation=p.kind.__name__)
+        for p in cls.params
+    ]
+    parameters += [
+        inspect.Parameter(n, keyword, default=None, annotation=t) for n, t, _ in _ENGINE_PARAMS
+    ]
+    function.__signature__ = inspect.Signature(parameters, return_annotation="Report")  # type: ignore[attr-defined]
+    args = "\n".join(f"        {p.name}: {p.describe()}." for p in cls.params)
+    engine = "\n".join(f"        {n}: {h}." for n, _, h in _ENGINE_PARAMS)
+    function.__doc__ = (
+        f"{text}\n\n    Args:\n        real, gen: features (a store path, an array, a tensor…; see"
+        f" :mod:`shardeval.api.inputs`).\n{args}\n{engine}\n\n    Returns:\n"
+        f"        :class:`~shardeval.api.results.Report`: ``float()`` the {cls.outputs[0].name};"
+        f" ``results[{name!r}]`` the typed result.\n\n    Raises:\n        ShapeError, "
+        "NonFiniteError, NumericalError: bad inputs, named; OptionError, MetricOptionError: "
+        f"options that do not apply or fit.\n\n    Example:\n{example}\n"
+    )
+    function.__name__ = function.__qualname__ = name
+    function.__module__ = __name__
     return function
 
 
-_ENGINE_DOC = """
-        shard_rows: rows per block, one task each (default: about 32 MiB a block).
-        array, split_every, device, backend: see the README's option table.
-        scheduler, cluster, threads, performance_report, progress, log: the engine (see
-            :mod:`shardeval.api.functions`)."""
-
-
-@_documented
-def kid(
-    real: Any,
-    gen: Any,
-    *,
-    subsets: int | None = None,
-    subset_size: int | None = None,
-    seed: int | None = None,
-    shard_rows: int | None = None,
-    array: str | None = None,
-    split_every: int | None = None,
-    device: str | None = None,
-    backend: str | None = None,
-    precision: str | None = None,
-    scheduler: Any = None,
-    cluster: str | None = None,
-    threads: int | None = None,
-    performance_report: str | None = None,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Report:
+kid = _metric_function(
+    "kid",
     """Kernel Inception Distance (Bińkowski et al., "Demystifying MMD GANs", ICLR 2018): the
-        squared MMD of ``real`` and ``gen`` under k(x, y) = (x·y/d + 1)³.
+    squared MMD of ``real`` and ``gen`` under k(x, y) = (x·y/d + 1)³,
 
-        .. math:: \\mathrm{KID} = \\frac{\\sum_{i\\ne j} k(x_i,x_j)}{m(m-1)}
-                  + \\frac{\\sum_{i\\ne j} k(y_i,y_j)}{n(n-1)} - \\frac{2\\sum_{i,j} k(x_i,y_j)}{mn}
+        KID = Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(n(n−1)) − 2 Σ k(x_i, y_j)/(mn),
 
-        By default the unbiased estimator over ALL pairs, with its standard error and a rigorous
-        rounding bound; ``subsets`` gives the peers' protocol (torch-fidelity's).
+    by default unbiased over ALL pairs of the full sets, with its standard error and a
+    rigorous bound on its rounding; ``subsets`` gives the peers' protocol (torch-fidelity's).
+    Its kernel sums take float64 products (``precision='fp32'`` is refused).""",
+    """        >>> import numpy as np, shardeval as se
+        >>> rng = np.random.default_rng(0)
+        >>> r = se.kid(rng.normal(size=(300, 8)), rng.normal(0.3, 1.0, size=(300, 8)))
+        >>> bool(0 < float(r) < 1), bool(r["kid"].standard_error > 0)
+        (True, True)""",
+)
 
-        Args:
-            real, gen: features (a store path, an array, a tensor… see :mod:`shardeval.api.inputs`).
-            subsets: the peers' protocol: this many random subsets (default: all pairs).
-            subset_size: rows per subset (default 1000).
-            seed: seed of the subsets (default 2020, torch-fidelity's).
-            precision: ``fp64`` only (the kernel sums are float64; ``fp32`` is refused).
-    {engine}
-
-        Returns:
-            :class:`~shardeval.api.results.Report` (``float()`` the KID; ``results["kid"]`` the
-            :class:`~shardeval.pipeline.mmd.kid.KIDResult`).
-
-        Raises:
-            ShapeError, NonFiniteError, NumericalError: bad inputs, named; OptionError.
-
-        Example:
-            >>> import numpy as np, shardeval as se
-            >>> rng = np.random.default_rng(0)
-            >>> r = se.kid(rng.normal(size=(300, 8)), rng.normal(0.3, 1.0, size=(300, 8)))
-            >>> 0 < float(r) < 1, r["kid"].standard_error > 0
-            (True, True)
-    """
-    return _one("kid", real, gen, dict(locals()))
-
-
-@_documented
-def cmmd(
-    real: Any,
-    gen: Any,
-    *,
-    sigma: float | None = None,
-    unbiased: bool | None = None,
-    shard_rows: int | None = None,
-    array: str | None = None,
-    split_every: int | None = None,
-    device: str | None = None,
-    backend: str | None = None,
-    precision: str | None = None,
-    scheduler: Any = None,
-    cluster: str | None = None,
-    threads: int | None = None,
-    performance_report: str | None = None,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Report:
+cmmd = _metric_function(
+    "cmmd",
     """CMMD (Jayasumana et al., "Rethinking FID", CVPR 2024): 1,000 × the squared MMD under
-        exp(−‖x̂ − ŷ‖²/2σ²) on embeddings scaled to unit norm, over all pairs.
+    exp(−‖x̂ − ŷ‖²/2σ²) on embeddings scaled to unit norm, over all pairs of the full sets (the
+    reference's V-statistic, or the U-statistic). Its kernel sums take float64 products.""",
+    """        >>> import numpy as np, shardeval as se
+        >>> rng = np.random.default_rng(0)
+        >>> r = se.cmmd(rng.normal(size=(200, 8)), rng.normal(0.5, 1.0, size=(200, 8)))
+        >>> bool(float(r) > 0)
+        True""",
+)
 
-        Args:
-            sigma: RBF bandwidth on unit embeddings (default 10).
-            unbiased: the U-statistic (default: the reference's V-statistic).
-            precision: ``fp64`` only (the kernel sums are float64; ``fp32`` is refused).
-    {engine}
-
-        Returns:
-            :class:`~shardeval.api.results.Report` (``float()`` the CMMD).
-
-        Example:
-            >>> import numpy as np, shardeval as se
-            >>> rng = np.random.default_rng(0)
-            >>> r = se.cmmd(rng.normal(size=(200, 8)), rng.normal(0.5, 1.0, size=(200, 8)))
-            >>> float(r) > 0
-            True
-    """
-    return _one("cmmd", real, gen, dict(locals()))
-
-
-@_documented
-def prdc(
-    real: Any,
-    gen: Any,
-    *,
-    k: int | None = None,
-    pr_k: int | None = None,
-    shard_rows: int | None = None,
-    array: str | None = None,
-    split_every: int | None = None,
-    device: str | None = None,
-    backend: str | None = None,
-    precision: str | None = None,
-    scheduler: Any = None,
-    cluster: str | None = None,
-    threads: int | None = None,
-    performance_report: str | None = None,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Report:
-    """Precision and recall (Kynkäänniemi et al. 2019) and density and coverage (Naeem et al.
-        2020), exact over the full sets: every distance decision is exact in float64.
-
-        Args:
-            k: neighbours for density and coverage (default 5).
-            pr_k: neighbours for precision and recall (default 3).
-    {engine}
-
-        Returns:
-            :class:`~shardeval.api.results.Report` (``float()`` the precision).
-
-        Example:
-            >>> import numpy as np, shardeval as se
-            >>> rng = np.random.default_rng(0)
-            >>> r = se.prdc(rng.normal(size=(200, 4)), rng.normal(size=(200, 4)))
-            >>> 0 < r["prdc"].recall <= 1
-            True
-    """
-    return _one("prdc", real, gen, dict(locals()))
+prdc = _metric_function(
+    "prdc",
+    """Precision and recall (Kynkäänniemi et al., NeurIPS 2019) and density and coverage (Naeem
+    et al., ICML 2020), exact over the full sets: every distance decision is exact in float64.""",
+    """        >>> import numpy as np, shardeval as se
+        >>> rng = np.random.default_rng(0)
+        >>> r = se.prdc(rng.normal(size=(200, 4)), rng.normal(size=(200, 4)))
+        >>> bool(0 < r["prdc"].recall <= 1)
+        True""",
+)
 
 
 def metrics(
@@ -354,13 +314,6 @@ def metrics(
     gen: Any,
     names: Sequence[str],
     *,
-    subsets: int | None = None,
-    subset_size: int | None = None,
-    seed: int | None = None,
-    sigma: float | None = None,
-    unbiased: bool | None = None,
-    k: int | None = None,
-    pr_k: int | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -368,92 +321,166 @@ def metrics(
     backend: str | None = None,
     precision: str | None = None,
     nonfinite: str | None = None,
+    encoder: str | None = None,
+    resize: str | None = None,
+    weights: str | None = None,
+    batch_size: int | None = None,
+    cache_root: str | None = None,
     scheduler: Any = None,
     cluster: str | None = None,
     threads: int | None = None,
     performance_report: str | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> Report:
-    """Several metrics at once (``names`` from fid, fid_inf, kid, cmmd, prdc), sharing the
-    passes: one over the shards for FID and FID∞, one over each set's own block pairs and one
-    over the cross pairs for KID, CMMD and PRDC.
+    """Several metrics at once, by their plug-ins (:mod:`shardeval.pipeline.metrics`), as a
+    job computes them for one entry against a reference: ``real`` is the reference, ``gen``
+    the entry. The features' passes are shared: the entry's moments once for every metric
+    that needs them, the pair metrics' block pairs once for KID, CMMD and PRDC together.
+
+    Args:
+        real, gen: features (see :mod:`shardeval.api.inputs`).
+        names: registered metric names (``fid``, ``fid_inf``, ``kid``, ``cmmd``, ``prdc``,
+            ``nll_gaussian``, and any registered since).
+        **options: the metrics' own options by name, as their declarations give them (an
+            option several metrics declare, such as ``seed``, goes to each of them).
+        nonfinite: rows with NaN or inf: ``error`` (default) or ``drop`` (metrics that take
+            it; the pair metrics need every row).
+        shard_rows, array, split_every, device, backend, precision, scheduler, cluster,
+            threads, performance_report, progress, log: as for :func:`shardeval.fid`.
 
     Returns:
-        :class:`~shardeval.api.results.Report` (``float()`` the first metric's headline).
+        :class:`~shardeval.api.results.Report`: each metric's declared outputs under its
+        name; ``float()`` the first metric's headline.
+
+    Raises:
+        OptionError: an unknown metric, or an option no metric asked for takes.
+        MetricOptionError: an option's value its declaration refuses.
 
     Example:
         >>> import numpy as np, shardeval as se
         >>> rng = np.random.default_rng(0)
         >>> a, b = rng.normal(size=(300, 4)), rng.normal(0.3, 1.0, size=(300, 4))
         >>> r = se.metrics(a, b, ["fid", "kid"])
-        >>> sorted(r.results)
-        ['fid', 'kid']
+        >>> sorted(r.results), bool(float(r) > 0)
+        (['fid', 'kid'], True)
     """
-    options = dict(locals())
+    from shardeval.pipeline.metrics import METRICS
+
+    given = dict(locals())
     wanted = tuple(dict.fromkeys(names))
-    unknown = [n for n in wanted if n not in SAMPLE_METRICS]
+    unknown = [n for n in wanted if n not in METRICS]
     if not wanted or unknown:
-        raise OptionError(f"«names» must be from {', '.join(SAMPLE_METRICS)}; got {list(names)}")
-    pair = [m for m in wanted if m in ("kid", "cmmd", "prdc")]
+        raise OptionError(f"«names» must be from {', '.join(METRICS)}; got {list(names)}")
+    declared = {m: {p.name for p in METRICS[m].params} for m in wanted}
+    for option, value in options.items():
+        if value is None or any(option in d for d in declared.values()):
+            continue
+        owners = [m for m in METRICS if option in {p.name for p in METRICS[m].params}]
+        if not owners:
+            raise OptionError(f"no metric takes «{option}»")
+        raise OptionError(f"«{option}» applies to {', '.join(owners)}, which is not asked for")
+    pair = [m for m in wanted if METRICS[m].needs_reference_features]
     if pair and nonfinite == "drop":
         raise OptionError(
-            "«nonfinite='drop'» cannot apply to kid, cmmd or prdc, which need every row"
+            f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which need every row"
         )
     if set(wanted) <= {"kid", "cmmd"}:
         _refuse_fp32_sums(precision)
-    params = _params(wanted, options)  # first: options of metrics not asked for
-    if subsets is not None and wanted == ("kid",):
-        refuse(options, ("device", "backend"), "apply to the exact estimator, not to «subsets»")
-    if seed is not None and "fid_inf" not in wanted and subsets is None:
-        raise OptionError("«seed» applies to fid_inf or to KID's «subsets»")
-    if subset_size is not None and subsets is None:
-        raise OptionError("«subset_size» applies with «subsets» (the subset protocol)")
+    if wanted == ("kid",) and options.get("subsets"):
+        refuse(given, ("device", "backend"), "apply to the exact estimator, not to «subsets»")
+    instances = []
+    for m in wanted:
+        mine = {k: v for k, v in options.items() if k in declared[m] and v is not None}
+        if nonfinite is not None and "nonfinite" in declared[m]:
+            mine["nonfinite"] = nonfinite
+        instances.append(METRICS[m](mine))
     _must_exist(real, gen)
-    with _noted() as notes, _running(options) as run:
-        a, b = (features(x, array=array, shard_rows=shard_rows) for x in (real, gen))
-        results, extra = _fids(run, wanted, a, b, seed)
-        results.update(_pairs(run, a, b, params))
-        return _report(run, {name: results[name] for name in wanted}, a, b, notes, extra)
-
-
-def _fids(
-    run: _Run, wanted: Sequence[str], real: Any, gen: Any, seed: int | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from shardeval.pipeline.fid.frechet import (
-        frechet_distance,
-        warn_if_rounding_reached_spectrum,
-    )
-    from shardeval.pipeline.fid.gaussian import Gaussian
-    from shardeval.pipeline.fid.infinity import fid_infinity
-
-    results: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    if "fid" not in wanted and "fid_inf" not in wanted:
-        return results, extra
-    o = run.options
-    ((real_moments, dropped),) = _moments(run, [real])
-    reference = Gaussian.from_moments(real_moments, real.location)
-    if "fid_inf" in wanted:
-        inf = fid_infinity(
-            reference,
-            gen,
-            engine=run.engine,
-            seed=0 if seed is None else int(seed),
-            nonfinite=o.get("nonfinite") or "error",
-            split_every=o.get("split_every"),
-            progress=run.progress,
-            device=o.get("device") or "auto",
-            backend=o.get("backend") or "auto",
+    if is_statistics(real):
+        # Statistics hold the reference's Gaussian only: enough unless a metric sums over
+        # the reference's rows.
+        rows = [m for m in wanted if METRICS[m].needs_reference_features]
+        if rows:
+            raise StoreError(
+                f"{describe_input(real)!r} holds statistics, but {', '.join(rows)} "
+                f"need{'s' if len(rows) == 1 else ''} the reference's features: give its "
+                "feature store"
+            )
+    images = image_flags([real, gen], given)
+    with _noted() as notes, _running(given) as run:
+        real, gen = with_features(run, [real, gen], images)
+        a = (
+            statistics(real)
+            if is_statistics(real)
+            else features(real, array=array, shard_rows=shard_rows)
         )
-        results["fid_inf"] = inf
-        if "fid" in wanted:
-            results["fid"] = {"fid": inf.fid}
+        b = features(gen, array=array, shard_rows=shard_rows)
+        return _by_plug_ins(run, instances, a, b, notes)
+
+
+def _by_plug_ins(run: _Run, instances: list[Any], real: Any, gen: Any, notes: Notes) -> Report:
+    """``instances`` computed for ``gen`` against ``real`` (features, or statistics when no
+    instance needs the reference's rows) through the plug-in interface."""
+    from shardeval.pipeline.fid.gaussian import Gaussian
+    from shardeval.pipeline.io.stores import check_same_dim
+    from shardeval.pipeline.metrics import Context, Reference
+
+    o = run.options
+    extra: dict[str, Any] = {}
+    gaussian = None
+    if isinstance(real, Gaussian):
+        if real.d != gen.d:
+            raise ShapeError(
+                f"feature dimensions differ: {real.source!r} has d={real.d}, "
+                f"{gen.location!r} has d={gen.d}; compare features of one model"
+            )
+        gaussian, source = real, None
+        location, n, described = real.source, real.n, {"statistics": real.source, "n": real.n}
     else:
-        ((gen_moments, _),) = _moments(run, [gen])
-        fd = frechet_distance(reference, Gaussian.from_moments(gen_moments, gen.location))
-        fp32 = (o.get("precision") or "fp32") == "fp32" and max(real.n, gen.n) > real.d
-        warn_if_rounding_reached_spectrum(fd, fp32)
-        results["fid"] = {"fid": fd.fid, "mean_term": fd.mean_term, "trace_term": fd.trace_term}
-    extra["nonfinite_dropped"] = {"real": dropped}
-    return results, extra
+        check_same_dim(real, gen)
+        source, location, n, described = real, real.location, real.n, real.describe()
+    if gaussian is None and any(not m.needs_reference_features for m in instances):
+        ((moments, dropped),) = _moments(run, [real])
+        gaussian = Gaussian.from_moments(moments, real.location)
+        extra["nonfinite_dropped"] = {"real": dropped}
+    requests: dict[str, Any] = {}
+    for m in instances:
+        requests.update(m.sample_request())
+    context = Context(
+        Reference(gaussian, "", location, source),
+        run.engine,
+        run.progress,
+        o.get("device") or "auto",
+        o.get("backend") or "auto",
+        requests,
+        precision=o.get("precision") or "fp32",
+        split_every=o.get("split_every"),
+        block_rows=o.get("shard_rows"),
+    )
+    results = {m.name: m.check_outputs(m.compute(gen, context)) for m in instances}
+    data: dict[str, Any] = {"metric": ",".join(results), **results, **extra}
+    data["options"] = {m.name: m.options for m in instances}
+    data["inputs"] = {"real": described, "gen": gen.describe()}
+    data["settings"] = run.settings((*_PAIR_SETTINGS, "nonfinite"))
+    data.update(run.tail(notes))
+    lines = [_plug_in_line(m, results[m.name]) for m in instances]
+    lines.append(
+        f"  real {location}  n={n if n is None else format(n, ',')}   gen {gen.location}  "
+        f"n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
+    )
+    first = instances[0]
+    value = float(results[first.name][first.outputs[0].name])
+    return Report(data["metric"], results, data, "\n".join(lines), value)
+
+
+def _plug_in_line(metric: Any, outputs: dict[str, Any]) -> str:
+    """A metric's scalar outputs on one line, by its declaration (names and units)."""
+    shown = []
+    for out in metric.outputs:
+        if out.array:
+            continue
+        value = outputs[out.name]
+        number = f"{value:,}" if isinstance(value, int) else f"{float(value):.6g}"
+        shown.append(f"{out.name} {number}{' ' + out.unit if out.unit else ''}")
+    return f"{metric.title}: " + ", ".join(shown)

@@ -32,6 +32,7 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
     [extract]                         # optional; how image entries become features
     encoder = "inception"             # inception | dinov2-vitl14 | clip-vitl14-336
     resize = "clean"                  # inception only: legacy-pytorch (default) | clean
+                                      # | legacy-tensorflow
     weights = "weights/pt_inception-2015-12-05-6726825d.pth"   # default: the standard caches
     batch_size = 32
 
@@ -56,7 +57,6 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from shardeval._words import marked
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.metrics import METRICS, Metric, MetricOptionError
 from shardeval.pipeline.options import BACKENDS, DEVICES
@@ -246,7 +246,7 @@ def _metrics(path: str, raw: Any) -> dict[str, Metric]:
         try:
             metrics[name] = METRICS[name](options)
         except MetricOptionError as exc:
-            raise JobError(f"{path}: {marked(exc)}") from None
+            raise JobError(f"{path}: {exc}") from None  # a job names options as its file does
     return metrics
 
 
@@ -310,7 +310,7 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         try:
             Engine(scheduler)
         except EngineError as exc:
-            raise JobError(f"{path}: engine.scheduler: {marked(exc)}") from None
+            raise JobError(f"{path}: engine.scheduler: {exc}") from None
     cluster = engine.get("cluster")
     if cluster is not None:
         cluster = _must_exist(

@@ -4,6 +4,7 @@ option that a command accepts and ignores is a defect. The table below has a che
 
 import json
 import os
+import types
 
 import numpy as np
 import pytest
@@ -693,6 +694,47 @@ def check_synth(option, value):
     return check
 
 
+#: Each encoder option on the measurement commands: a value, and what the extraction is given.
+_IMAGE_OPTIONS = {
+    "encoder": ("dinov2-vitl14", "dinov2-vitl14"),
+    "resize": ("clean", "clean"),
+    "weights": ("inception-2.pth", "inception-2.pth"),
+    "batch_size": ("3", 3),
+    "cache_root": ("image-cache", "image-cache"),
+}
+
+
+def check_image_option(option):
+    """Refused without an image input; with one, handed to the extraction (whose options
+    change the features: see the extract checks above)."""
+
+    def check(capsys, f, command, monkeypatch):
+        flag = "--" + option.replace("_", "-")
+        value, given = _IMAGE_OPTIONS[option]
+        if option in ("weights", "cache_root"):
+            value = given = str(f["tmp"] / value)
+        stats_out = f["tmp"] / f"image-stats-{next(_OUTPUTS)}.zarr"
+        features = ["stats", f["a"], "-o", stats_out] if command == "stats" else _base(command, f)
+        _refused(capsys, *features, flag, value, match=f"{flag} applies to image inputs")
+        calls = []
+
+        def extraction(source, **kwargs):
+            calls.append(kwargs)
+            return types.SimpleNamespace(path=f["b"])
+
+        monkeypatch.setattr("shardeval.pipeline.images.cache.cached_features", extraction)
+        images = str(f["tmp"] / "images")
+        if command == "stats":
+            argv = ["stats", images, "-o", stats_out]
+        else:
+            argv = [*_base(command, f)[:2], images, *_base(command, f)[3:]]
+        code, _out, err = _run(capsys, *argv, flag, value, "-q")
+        assert code == 0, err
+        assert [c[option] for c in calls] == [given]
+
+    return check
+
+
 def check_infinity(capsys, f, command, monkeypatch):
     assert "fid_infinity" not in _report(capsys, "fid", f["a"], f["b"])
     report = _report(capsys, "fid", f["a"], f["b"], "--infinity")
@@ -709,17 +751,22 @@ def check_fid_seed(capsys, f, command, monkeypatch):
 
 
 def _one_metric(capsys, f, command, metric, *extra):
-    if command == "metrics":
-        argv = ["metrics", f["a"], f["b"], "--metrics", metric]
-    else:
-        argv = [metric, f["a"], f["b"]]
-    return _report(capsys, *argv, *extra)[metric]
+    """The metric's figures and options: its own report's, or, from `metrics`, its declared
+    outputs (names without the metric's prefix) with the options it ran with."""
+    if command != "metrics":
+        return _report(capsys, metric, f["a"], f["b"], *extra)[metric]
+    report = _report(capsys, "metrics", f["a"], f["b"], "--metrics", metric, *extra)
+    view = {name.removeprefix(metric + "_"): v for name, v in report[metric].items()}
+    return {**view, **report["options"][metric]}
 
 
 def check_subsets(capsys, f, command, monkeypatch):
-    assert _one_metric(capsys, f, command, "kid")["estimator"] == "all pairs"
+    exact = _one_metric(capsys, f, command, "kid")
     got = _one_metric(capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50")
-    assert (got["estimator"], got["subsets"]) == ("subsets", 3)
+    assert got["subsets"] == 3
+    assert got["kid"] != exact["kid"]
+    if command == "kid":
+        assert (exact["estimator"], got["estimator"]) == ("all pairs", "subsets")
 
 
 def check_subset_size(capsys, f, command, monkeypatch):
@@ -747,14 +794,17 @@ def check_kid_seed(capsys, f, command, monkeypatch):
         _refused(capsys, "kid", f["a"], f["b"], "--seed", "1", match="--seed applies to the subset")
     else:
         inf = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid_inf", "--seed", "4")
-        assert inf["fid_inf"]["seed"] == 4
+        assert inf["options"]["fid_inf"]["seed"] == 4
         _refused(capsys, *_base(command, f), "--seed", "1", match="--seed applies to fid_inf")
 
 
 def check_unbiased(capsys, f, command, monkeypatch):
     v = _one_metric(capsys, f, command, "cmmd")
     u = _one_metric(capsys, f, command, "cmmd", "--unbiased")
-    assert (v["estimator"], u["estimator"]) == ("V-statistic", "U-statistic")
+    if command == "cmmd":
+        assert (v["estimator"], u["estimator"]) == ("V-statistic", "U-statistic")
+    else:
+        assert (v["unbiased"], u["unbiased"]) == (False, True)
     assert v["cmmd"] != u["cmmd"]
     if command == "metrics":
         _refused(capsys, *_base(command, f), "--unbiased", match="which is not asked for")
@@ -872,6 +922,11 @@ CHECKS = {
             "precision": "fp64",
             "nonfinite": "drop",
         }.items()
+    },
+    **{
+        (command, option): check_image_option(option)
+        for command in ("fid", "kid", "cmmd", "prdc", "metrics", "stats")
+        for option in _IMAGE_OPTIONS
     },
     ("stats", "quiet"): check_stats_quiet,
     ("stats", "output"): check_stats_output,

@@ -31,6 +31,7 @@ from shardeval.pipeline.core.states import Examples, Moments, NonFiniteRows, exa
 from shardeval.pipeline.errors import ShapeError
 from shardeval.pipeline.fid.frechet import frechet_distance
 from shardeval.pipeline.fid.gaussian import Gaussian
+from shardeval.pipeline.fid.metrics import SEED
 from shardeval.pipeline.io.stores import FeatureSource
 
 #: Sizes at which FID is computed, as in the reference code.
@@ -140,7 +141,7 @@ def nested_moments(
     gen: FeatureSource,
     *,
     engine: Engine | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     points: int = POINTS,
     nonfinite: str = "error",
     device: str = "auto",
@@ -211,7 +212,7 @@ def fid_infinity(
     gen: FeatureSource,
     *,
     engine: Engine | None = None,
-    seed: int = 0,
+    seed: int = SEED,
     points: int = POINTS,
     nonfinite: str = "error",
     device: str = "auto",

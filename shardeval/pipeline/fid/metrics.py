@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from shardeval.pipeline.io.stores import FeatureSource
 
 
+#: Seed of FID∞'s nested subsets when none is given.
+SEED = 0
+
+
 class FID(Metric):
     """Fréchet distance between the reference Gaussian and the entry's (Heusel et al. 2017)."""
 
@@ -50,9 +54,9 @@ class FID(Metric):
 
         moments, dropped = context.moments(entry, self.options["nonfinite"])
         gen = Gaussian.from_moments(moments, entry.location)
-        result = frechet_distance(context.reference.gaussian, gen)
+        result = frechet_distance(context.reference.statistics(), gen)
         # Jobs take fp32 products, except for sides of n ≤ d (float64 whatever was asked).
-        reference_n = context.reference.gaussian.n or 0
+        reference_n = context.reference.statistics().n or 0
         warn_if_rounding_reached_spectrum(result, max(moments.n, reference_n) > entry.d)
         return {
             "fid": result.fid,
@@ -72,7 +76,7 @@ class FIDInfinity(Metric):
     name = "fid_inf"
     title = "FID∞ (FID extrapolated to infinitely many samples)"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("seed", int, 0, "seed of the nested subsets", check=seed_problem),
+        Param("seed", int, SEED, "seed of the nested subsets", check=seed_problem, metavar="S"),
         Param("nonfinite", str, "error", "rows with NaN/inf: fail or drop", NONFINITE_POLICIES),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
@@ -94,7 +98,7 @@ class FIDInfinity(Metric):
         from shardeval.pipeline.fid.infinity import fid_infinity
 
         r = fid_infinity(
-            context.reference.gaussian,
+            context.reference.statistics(),
             entry,
             engine=context.engine,
             seed=self.options["seed"],

@@ -493,8 +493,8 @@ def is_image_source(location: str | os.PathLike[str]) -> bool:
 
     Images: a folder that is not a Zarr store and holds image files or ``.tar`` shards (found
     recursively, as listing does); a zip of image files; a ``.npy``, or a ``.npz`` whose
-    ``arr_0`` or only array is, of rank 3 or 4 ((N, H, W[, C]): features are 1-D or 2-D; one
-    that is not uint8 is still images, which listing then refuses saying why); a tar file; a
+    ``arr_0`` or only array is uint8 of rank 3 or 4 ((N, H, W[, C]): features are 1-D or 2-D);
+    a tar file; a
     glob matching tar files. Not images: a Zarr store (array, group, dataset, statistics),
     a ``.npy``/``.npz`` of features or statistics, a URL, a path that does not exist.
     """
@@ -546,23 +546,26 @@ def _file_holds_images(path: str) -> bool:
         head = fh.read(_TAR_MAGIC_AT + len(_TAR_MAGIC))
     if head.startswith(NPY_MAGIC):
         with open(path, "rb") as fh:
-            return _npy_rank(fh) in (3, 4)
+            return _npy_holds_images(fh)
     if head.startswith(ZIP_MAGICS):
         return _zip_holds_images(path)
     return head[_TAR_MAGIC_AT:] == _TAR_MAGIC or _is_tar(path)
 
 
-def _npy_rank(fh: Any) -> int:
-    """The rank of the array whose ``.npy`` header ``fh`` starts at (the header only)."""
+def _npy_holds_images(fh: Any) -> bool:
+    """Whether the array whose ``.npy`` header ``fh`` starts at is uint8 of rank 3 or 4 (the
+    header only). Floats of rank 3 or 4 are not taken for images: features of the wrong rank
+    are refused as such by the store reader, which names the image layout too."""
     fmt = np.lib.format
     version = fmt.read_magic(fh)
     reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-    shape, _fortran, _dtype = reader(fh)
-    return len(shape)
+    shape, _fortran, dtype = reader(fh)
+    return len(shape) in (3, 4) and np.dtype(dtype) == np.uint8
 
 
 def _zip_holds_images(path: str) -> bool:
-    """A ``.npz`` whose ``arr_0`` or only array has rank 3 or 4, or a zip of image files."""
+    """A ``.npz`` whose ``arr_0`` or only array is uint8 of rank 3 or 4, or a zip of image
+    files."""
     with zipfile.ZipFile(path) as zf:
         names = [i.filename for i in zf.infolist() if not i.is_dir()]
         arrays = [n for n in names if n.endswith(".npy")]
@@ -571,7 +574,7 @@ def _zip_holds_images(path: str) -> bool:
             if key is None:
                 return False  # several arrays, none arr_0: statistics (mu, sigma) or features
             with zf.open(key) as fh:
-                return _npy_rank(fh) in (3, 4)
+                return _npy_holds_images(fh)
         return any(_lists_as_image(n.rsplit("/", 1)[-1]) and "__MACOSX/" not in n for n in names)
 
 

@@ -353,7 +353,8 @@ def validate_shape_dtype(
     """Rank in ``ndims`` and a real dtype: integers or floating point."""
     if len(shape) not in ndims:
         want = " or ".join({1: "1-D (samples)", 2: "2-D (samples x features)"}[k] for k in ndims)
-        raise ShapeError(f"{location!r} has shape {shape}; it must be {want}")
+        images = "; images are uint8 (N, H, W, 3)" if len(shape) in (3, 4) else ""
+        raise ShapeError(f"{location!r} has shape {shape}; it must be {want}{images}")
     if dtype == np.bool_ or not (
         np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
     ):

@@ -34,7 +34,7 @@ class GaussianNLL(Metric):
         from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
 
         result = nll_gaussian(
-            context.reference.gaussian,
+            context.reference.statistics(),
             entry,
             engine=context.engine,
             progress=context.progress,

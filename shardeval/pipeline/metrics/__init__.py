@@ -8,6 +8,8 @@ Importing a metric module is cheap: what a metric computes with is imported when
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from typing import Any
 
 from shardeval.pipeline.metrics.base import (
     Context,
@@ -30,7 +32,55 @@ _SHIPPED = (
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
 )
 
-METRICS: dict[str, type[Metric]] = {}
+
+class _Registry(dict[str, type[Metric]]):
+    """The metrics by name. The shipped ones are imported on first use, not when this package
+    is: their modules import :mod:`.base`, and so this package, first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module, name in _SHIPPED:
+                register(getattr(importlib.import_module(module), name))
+
+    def __getitem__(self, name: str) -> type[Metric]:
+        self._load()
+        return super().__getitem__(name)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        self._load()
+        return super().get(name, default)
+
+    def keys(self) -> Any:
+        self._load()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._load()
+        return super().values()
+
+    def items(self) -> Any:
+        self._load()
+        return super().items()
+
+
+METRICS = _Registry()
 
 
 def register(cls: type[Metric]) -> type[Metric]:
@@ -40,7 +90,7 @@ def register(cls: type[Metric]) -> type[Metric]:
         ValueError: a different metric already has that name, an output is not prefixed by the
             metric's name, or the first output (the headline) is not a scalar.
     """
-    if METRICS.get(cls.name, cls) is not cls:
+    if dict.get(METRICS, cls.name, cls) is not cls:
         raise ValueError(f"a metric named {cls.name!r} is already registered")
     bad = [
         o.name for o in cls.outputs if o.name != cls.name and not o.name.startswith(cls.name + "_")
@@ -51,12 +101,9 @@ def register(cls: type[Metric]) -> type[Metric]:
             f"{cls.name + '_'!r}, and the first (the headline) must be a scalar; got "
             f"{[o.name for o in cls.outputs]}"
         )
-    METRICS[cls.name] = cls
+    dict.__setitem__(METRICS, cls.name, cls)
     return cls
 
-
-for _module, _cls in _SHIPPED:
-    register(getattr(importlib.import_module(_module), _cls))
 
 __all__ = [
     "METRICS",

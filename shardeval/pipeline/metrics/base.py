@@ -42,6 +42,11 @@ class Param:
         help: one line for the documentation.
         choices: the values allowed, when there is a closed set.
         check: returns an error text for a value that has the right type but is not valid.
+        metavar: how the value is shown in a usage line (default: the name in capitals).
+
+    The declaration is the option everywhere: job files validate with it, the command line
+    makes its flag from it (``--name``, a switch for a ``bool``), the Python API takes it as
+    a keyword argument, and all document it from ``help`` and ``default``.
     """
 
     name: str
@@ -50,6 +55,11 @@ class Param:
     help: str
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None
+    metavar: str | None = None
+
+    def describe(self) -> str:
+        """One line: what it is and its default."""
+        return f"{self.help} (default {self.default!r})"
 
     def validate(self, metric: str, value: Any) -> Any:
         # TOML integers are valid floats; booleans are not integers.
@@ -115,14 +125,15 @@ class Reference:
     features when the job names a store (pair metrics need them).
 
     Attributes:
-        gaussian: mean and covariance.
+        gaussian: mean and covariance (None where no metric asked uses them: pair metrics
+            alone need only the features).
         fingerprint: digest of the reference (and the array read from it).
         location: where it is.
         source: the reference's feature store, or None for statistics.
         cache: results about the reference that every entry reuses (its own block pairs).
     """
 
-    gaussian: Gaussian
+    gaussian: Gaussian | None
     fingerprint: str
     location: str = ""
     source: FeatureSource | None = None
@@ -131,7 +142,17 @@ class Reference:
     @functools.cached_property
     def spectrum(self) -> np.ndarray:
         """Eigenvalues of the reference covariance, largest first."""
-        return spectrum(self.gaussian.cov, self.location)
+        return spectrum(self.statistics().cov, self.location)
+
+    def statistics(self) -> Gaussian:
+        """The reference Gaussian.
+
+        Raises:
+            NumericalError: the reference was given without its statistics.
+        """
+        if self.gaussian is None:
+            raise NumericalError(f"the reference {self.location!r} was given without statistics")
+        return self.gaussian
 
 
 def spectrum(cov: np.ndarray, what: str = "covariance") -> np.ndarray:
@@ -162,6 +183,9 @@ class Context:
     device: str = "auto"
     backend: str = "auto"
     sample_requests: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    split_every: int | None = None
+    block_rows: int | None = None
     _moments: dict[tuple[str, str], tuple[Moments, int]] = field(default_factory=dict)
     _samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -177,6 +201,8 @@ class Context:
                 device=self.device,
                 backend=self.backend,
                 nonfinite=nonfinite,
+                precision=self.precision,
+                split_every=self.split_every,
                 progress=self.progress,
             )
             self._moments[key] = (moments, dropped)
@@ -197,6 +223,11 @@ class Context:
                 engine=self.engine,
                 progress=self.progress,
                 reference_cache=self.reference.cache,
+                device=self.device,
+                backend=self.backend,
+                precision=self.precision,
+                split_every=self.split_every,
+                block_rows=self.block_rows,
                 **self.sample_requests,
             )
         return self._samples[entry.location]

@@ -23,10 +23,6 @@ from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 #: Unit roundoff of float64.
 _U64 = 2.0**-53
 
-#: The reference implementation's bandwidth and scale.
-SIGMA = 10.0
-SCALE = 1000.0
-
 
 @dataclass(frozen=True)
 class CMMDResult:

@@ -12,6 +12,15 @@ if TYPE_CHECKING:
     from shardeval.pipeline.io.stores import FeatureSource
 
 
+#: The peers' subset protocol's defaults (torch-fidelity's): rows per subset and the seed.
+SUBSET_SIZE = 1000
+SUBSET_SEED = 2020
+
+#: CMMD's reference implementation's bandwidth and scale.
+SIGMA = 10.0
+SCALE = 1000.0
+
+
 def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must be 0 (all pairs) or a positive number of subsets"
 
@@ -30,13 +39,19 @@ class KID(Metric):
             "subsets",
             int,
             0,
-            "0: unbiased over all pairs; S: the peers' S subsets",
+            "0: the unbiased estimator over all pairs; S: the peers' protocol, S random subsets",
             None,
             _non_negative,
+            "S",
         ),
-        Param("subset_size", int, 1000, "rows per subset", None, _at_least_two),
+        Param("subset_size", int, SUBSET_SIZE, "rows per subset", None, _at_least_two, "M"),
         Param(
-            "seed", int, 2020, "seed of the subsets (torch-fidelity's default)", check=seed_problem
+            "seed",
+            int,
+            SUBSET_SEED,
+            "seed of the subsets (torch-fidelity's)",
+            check=seed_problem,
+            metavar="SEED",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
@@ -51,9 +66,10 @@ class KID(Metric):
         super().__init__(options)
         subset_only = sorted(k for k in ("subset_size", "seed") if k in options)
         if subset_only and not self.options["subsets"]:
+            verb = "applies" if len(subset_only) == 1 else "apply"
             raise MetricOptionError(
-                f"metric 'kid': {subset_only} apply with 'subsets' (the peers' protocol); the "
-                "default KID is over all pairs"
+                f"{', '.join(f'«{k}»' for k in subset_only)} {verb} with «subsets» (the peers' "
+                "protocol); the default KID is over all pairs"
             )
 
     def sample_request(self) -> dict[str, Any]:
@@ -91,7 +107,7 @@ class CMMD(Metric):
     name = "cmmd"
     title = "CMMD (RBF MMD of CLIP embeddings)"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("sigma", float, 10.0, "RBF bandwidth on unit-norm embeddings", None, _positive),
+        Param("sigma", float, SIGMA, "RBF bandwidth on unit-norm embeddings", None, _positive, "σ"),
         Param("unbiased", bool, False, "the U-statistic instead of the reference's V-statistic"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (

@@ -10,6 +10,12 @@ if TYPE_CHECKING:
     from shardeval.pipeline.io.stores import FeatureSource
 
 
+#: Neighbours of density and coverage (Naeem et al.'s 5) and of precision and recall
+#: (Kynkäänniemi et al.'s 3).
+K = 5
+PR_K = 3
+
+
 def _positive(value: int) -> str | None:
     return None if value >= 1 else "must be at least 1"
 
@@ -20,8 +26,8 @@ class PRDC(Metric):
     name = "prdc"
     title = "Precision, recall, density and coverage"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("k", int, 5, "neighbours for density and coverage", None, _positive),
-        Param("pr_k", int, 3, "neighbours for precision and recall", None, _positive),
+        Param("k", int, K, "neighbours for density and coverage", None, _positive, "K"),
+        Param("pr_k", int, PR_K, "neighbours for precision and recall", None, _positive, "K"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("prdc_precision", "fraction", "generated rows inside the reference's manifold"),

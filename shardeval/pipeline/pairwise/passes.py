@@ -26,7 +26,7 @@ from shardeval.pipeline.core.reduce import SHARD_PREFIX
 from shardeval.pipeline.errors import NumericalError, RoundingWarning, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.metrics.base import MetricOptionError
-from shardeval.pipeline.mmd.cmmd import SCALE, SIGMA, CMMDResult, cmmd_from_sums
+from shardeval.pipeline.mmd.cmmd import CMMDResult, cmmd_from_sums
 from shardeval.pipeline.mmd.kid import (
     KIDResult,
     kernel_params,
@@ -36,6 +36,8 @@ from shardeval.pipeline.mmd.kid import (
     subset_indices,
     subset_mmd2,
 )
+from shardeval.pipeline.mmd.metrics import SCALE, SIGMA, SUBSET_SEED, SUBSET_SIZE
+from shardeval.pipeline.neighbours.metrics import PR_K, K
 from shardeval.pipeline.neighbours.prdc import prdc_from, radii
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
@@ -105,8 +107,8 @@ class CMMDParams:
 
 @dataclass(frozen=True)
 class PRDCParams:
-    k: int = 5
-    pr_k: int = 3
+    k: int = K
+    pr_k: int = PR_K
 
 
 def _check(real: FeatureSource, gen: FeatureSource, precision: str) -> None:
@@ -325,9 +327,9 @@ def kid_subsets(
     real: FeatureSource,
     gen: FeatureSource,
     *,
-    subsets: int = 100,
-    subset_size: int = 1000,
-    seed: int = 2020,
+    subsets: int,
+    subset_size: int = SUBSET_SIZE,
+    seed: int = SUBSET_SEED,
     params: KIDParams | None = None,
     engine: Engine | None = None,
     precision: str = "fp32",

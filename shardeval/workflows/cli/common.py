@@ -93,6 +93,11 @@ API_OPTIONS = (
     "reff",
     "bandwidth",
     "dims",
+    "encoder",
+    "resize",
+    "weights",
+    "batch_size",
+    "cache_root",
 )
 
 

@@ -31,27 +31,9 @@ examples:
   shardeval fid real.zarr gen.zarr"""
 
 
-def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add the ``extract`` command to the subparsers ``sub``.
-
-    Args:
-        sub: the action ``ArgumentParser.add_subparsers`` returned.
-        parents: shared option groups to include (the engine options).
-
-    Returns:
-        The command's parser.
-    """
-    p = sub.add_parser(
-        "extract",
-        parents=parents,
-        help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("images", metavar="IMAGES")
-    p.add_argument("--output", "-o", required=True, metavar="FEATURES.zarr")
-    g = p.add_argument_group("encoder")
+def encoder_options(g: Any) -> None:
+    """The encoder's options (``--encoder``, ``--resize``, ``--weights``, ``--batch-size``),
+    for ``extract`` and for the commands that take images as inputs."""
     g.add_argument(
         "--encoder",
         choices=ENCODER_NAMES,
@@ -78,6 +60,30 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
         "resuming); a finished store is reused whatever it is; an unfinished one resumes only "
         "with its own (leave this out, or give that value)",
     )
+
+
+def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the ``extract`` command to the subparsers ``sub``.
+
+    Args:
+        sub: the action ``ArgumentParser.add_subparsers`` returned.
+        parents: shared option groups to include (the engine options).
+
+    Returns:
+        The command's parser.
+    """
+    p = sub.add_parser(
+        "extract",
+        parents=parents,
+        help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", metavar="IMAGES")
+    p.add_argument("--output", "-o", required=True, metavar="FEATURES.zarr")
+    g = p.add_argument_group("encoder")
+    encoder_options(g)
     g.add_argument(
         "--device",
         choices=DEVICES,
@@ -113,10 +119,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     report = se.extract(
         args.images,
         args.output,
-        encoder=args.encoder,
-        resize=args.resize,
-        weights=args.weights,
-        batch_size=args.batch_size,
         skip_bad=args.skip_bad,
         overwrite=args.overwrite,
         check_progress=None if args.quiet else ProgressBar("images checked"),

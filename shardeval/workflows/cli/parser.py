@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from shardeval.pipeline.metrics import METRICS
+from shardeval.pipeline.metrics import METRICS, MetricOptionError, Param
 from shardeval.pipeline.options import (
     BACKENDS,
     DEFAULT_SPLIT_EVERY,
@@ -197,6 +199,22 @@ def precision_options() -> argparse.ArgumentParser:
     return p
 
 
+def image_options() -> argparse.ArgumentParser:
+    """How image inputs (folders, zips, tar shards, uint8 arrays) become features: the
+    encoder's options of ``extract``, and the feature cache they are kept in."""
+    from shardeval.workflows.cli.extract import encoder_options
+
+    p, g = _group("image inputs (extracted into the feature cache, then reused)")
+    encoder_options(g)
+    g.add_argument(
+        "--cache-root",
+        metavar="FOLDER",
+        help="the feature cache (default $SHARDEVAL_CACHE, else $XDG_CACHE_HOME/shardeval or "
+        "~/.cache/shardeval)",
+    )
+    return p
+
+
 def nonfinite_options() -> argparse.ArgumentParser:
     p, g = _group("non-finite values")
     g.add_argument(
@@ -229,73 +247,69 @@ def reff_option() -> argparse.ArgumentParser:
     return p
 
 
-#: Namespace values of the metric options a command does not take (so one code reads all).
-_NO_KID = {"subsets": None, "subset_size": None, "seed": None}
-_NO_CMMD = {"unbiased": False, "sigma": None}
-_NO_PRDC = {"k": None, "pr_k": None}
-
-#: What `shardeval metrics` computes.
-SAMPLE_METRICS = ("fid", "fid_inf", "kid", "cmmd", "prdc")
+#: Options of the metrics verbs that are the command's own, not a metric's.
+_VERB_OPTIONS = ("nonfinite",)
 
 
 def metric_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of registered metrics."""
     names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in SAMPLE_METRICS]
+    unknown = [n for n in names if n not in METRICS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected names from {', '.join(SAMPLE_METRICS)}, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"expected names from {', '.join(METRICS)}, got {text!r}")
     return tuple(dict.fromkeys(names))
 
 
-def subset_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("KID")
-    g.add_argument(
-        "--subsets",
-        type=positive_int,
-        metavar="S",
-        help="the peers' protocol: S random subsets (default: the exact estimator over all pairs)",
-    )
-    g.add_argument(
-        "--subset-size", type=positive_int, metavar="M", help="rows per subset (default 1000)"
-    )
-    g.add_argument(
-        "--seed",
-        type=seed,
-        metavar="SEED",
-        help="seed of the subsets (default 2020, as torch-fidelity)",
-    )
+def _param_type(metric: str, param: Param) -> Callable[[str], Any]:
+    """The argparse type of a metric's option: its kind, then the declaration's own checks."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = param.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {param.kind.__name__}, got {text!r}"
+            ) from None
+        try:
+            return param.validate(metric, value)
+        except MetricOptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def cmmd_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("CMMD")
-    g.add_argument(
-        "--unbiased",
-        action="store_true",
-        help="the U-statistic (default: the reference's V-statistic)",
-    )
-    g.add_argument(
-        "--sigma",
-        type=positive_float,
-        metavar="σ",
-        help="RBF bandwidth on unit embeddings (default 10)",
-    )
-
-
-def prdc_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("PRDC")
-    g.add_argument(
-        "--k",
-        type=positive_int,
-        metavar="K",
-        help="neighbours for density and coverage (default 5)",
-    )
-    g.add_argument(
-        "--pr-k",
-        type=positive_int,
-        metavar="K",
-        help="neighbours for precision and recall (default 3)",
-    )
+def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """The options of the metrics ``names``, made from their plug-ins' declarations: one flag
+    per option name (``--seed`` serves every metric that declares a seed), a switch for a
+    ``bool``, the declaration's type, checks, help and default. Defaults are None here, so
+    that the command passes on only what was given and the declaration fills in the rest."""
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        for param in METRICS[name].params:
+            owners.setdefault(param.name, []).append(name)
+    made: set[str] = set()
+    for name in names:
+        cls = METRICS[name]
+        group = None
+        for param in cls.params:
+            if param.name in made or param.name in _VERB_OPTIONS:
+                continue
+            made.add(param.name)
+            group = group or parser.add_argument_group(cls.title)
+            others = [m for m in owners[param.name] if m != name]
+            shared = f"; also {', '.join(others)}'s" if others else ""
+            text = f"{param.help} (default {param.default!r}{shared})"
+            flag = "--" + param.name.replace("_", "-")
+            if param.kind is bool:
+                group.add_argument(flag, action="store_true", default=None, help=text)
+            else:
+                group.add_argument(
+                    flag,
+                    type=_param_type(name, param),
+                    choices=param.choices,
+                    metavar=param.metavar or param.name.upper(),
+                    help=text,
+                )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernels, products = kernel_options(), precision_options()
     nonfinite, output, reff = nonfinite_options(), output_options(), reff_option()
     features = [engine, shards, tree, kernels, products, nonfinite]
+    images = image_options()
 
     # Imported here: the extract module imports this one for its option types.
     from shardeval.workflows.cli.extract import add_extract_parser
@@ -318,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fid = sub.add_parser(
         "fid",
-        parents=[*features, output],
+        parents=[*features, images, output],
         help="Fréchet distance between two feature sets or statistics",
         description="Fréchet Inception Distance between REAL and GEN. Each may be a feature "
         "store or statistics (ours, or a pytorch-fid .npz); feature stores are streamed "
@@ -339,14 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also FID∞ (Chong & Forsyth 2020): FID at 15 nested subset sizes of GEN, the "
         "intercept of a least-squares line in 1/N (one pass; GEN must be a feature store)",
     )
-    fid.add_argument(
-        "--seed",
-        type=seed,
-        metavar="S",
-        help="seed of the nested subsets of --infinity (default 0)",
-    )
+    metric_options(fid, ("fid_inf",))  # --seed, of the nested subsets of --infinity
 
-    pairs = [engine, shards, tree, kernels, products, output]
+    pairs = [engine, shards, tree, kernels, products, images, output]
     kid = sub.add_parser(
         "kid",
         parents=pairs,
@@ -361,8 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kid.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    subset_options(kid)
-    kid.set_defaults(**_NO_CMMD, **_NO_PRDC)
+    metric_options(kid, ("kid",))
 
     cmmd = sub.add_parser(
         "cmmd",
@@ -373,8 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "biased V-statistic of the reference code, or --unbiased for the U-statistic.",
     )
     cmmd.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    cmmd_options(cmmd)
-    cmmd.set_defaults(**_NO_KID, **_NO_PRDC)
+    metric_options(cmmd, ("cmmd",))
 
     prdc = sub.add_parser(
         "prdc",
@@ -385,12 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
         "al. 2020; --k, strict <), over the full sets; every decision exact in float64.",
     )
     prdc.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    prdc_options(prdc)
-    prdc.set_defaults(**_NO_KID, **_NO_CMMD)
+    metric_options(prdc, ("prdc",))
 
     metrics = sub.add_parser(
         "metrics",
-        parents=[*features, output],
+        parents=[*features, images, output],
         help="several metrics at once (fid, fid_inf, kid, cmmd, prdc), sharing the passes",
         description="The metrics named by --metrics, computed together: one pass over the "
         "shards for FID and FID∞, one over each set's own block pairs and one over the cross "
@@ -404,15 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=metric_list,
         required=True,
         metavar="NAMES",
-        help=f"comma-separated, from {', '.join(SAMPLE_METRICS)}",
+        help=f"comma-separated, from {', '.join(METRICS)}",
     )
-    subset_options(metrics)
-    cmmd_options(metrics)
-    prdc_options(metrics)
+    metric_options(metrics, tuple(METRICS))
 
     stats = sub.add_parser(
         "stats",
-        parents=features,
+        parents=[*features, images],
         help="compute and save statistics of a store, or merge statistics files",
         description="Compute exact, mergeable statistics (n, mean, m2) of STORE once and save "
         "them: a Zarr group (ours) or, for a name ending in .npz, a pytorch-fid style file "

@@ -8,30 +8,34 @@ from typing import Any
 from shardeval.workflows.cli.common import api_options, claim_report, emit, must_exist
 
 
-def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+def _given(args: argparse.Namespace, *metrics: str) -> dict[str, Any]:
+    """The options of ``metrics`` (by their declarations) that the command line gave."""
+    from shardeval.pipeline.metrics import METRICS
+
+    names = {p.name for m in metrics for p in METRICS[m].params} - {"nonfinite"}
     return {n: getattr(args, n) for n in names if getattr(args, n, None) not in (None, False)}
 
 
-def _one(args: argparse.Namespace, name: str, *metric_options: str) -> int:
+def _one(args: argparse.Namespace, name: str) -> int:
     import shardeval as se
 
     must_exist(*args.stores)
     claim_report(args)
     function = getattr(se, name)
-    report = function(*args.stores, **_given(args, *metric_options), **api_options(args))
+    report = function(*args.stores, **_given(args, name), **api_options(args))
     return emit(args, report.to_dict(), report.summary())
 
 
 def cmd_kid(args: argparse.Namespace) -> int:
-    return _one(args, "kid", "subsets", "subset_size", "seed")
+    return _one(args, "kid")
 
 
 def cmd_cmmd(args: argparse.Namespace) -> int:
-    return _one(args, "cmmd", "sigma", "unbiased")
+    return _one(args, "cmmd")
 
 
 def cmd_prdc(args: argparse.Namespace) -> int:
-    return _one(args, "prdc", "k", "pr_k")
+    return _one(args, "prdc")
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -39,7 +43,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     must_exist(*args.stores)
     claim_report(args)
-    options = _given(args, "subsets", "subset_size", "seed", "sigma", "unbiased", "k", "pr_k")
+    from shardeval.pipeline.metrics import METRICS
+
+    options = _given(args, *METRICS)
     real, gen = args.stores
     report = se.metrics(real, gen, args.metrics, **options, **api_options(args))
     return emit(args, report.to_dict(), report.summary())
