@@ -107,6 +107,12 @@ def worker_device(device: str) -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+def on_cpu(device: str, backend: str) -> bool:
+    """Whether a log-sum-exp step with these settings takes its numpy path (no torch): the
+    ``auto`` backend on this worker's CPU. ``torch`` and ``triton`` name their own paths."""
+    return backend == "auto" and worker_device(device) == "cpu"
+
+
 def to_tensor(block: np.ndarray, device: str = "cpu") -> Any:
     """A block as a torch tensor on ``device`` (see :func:`worker_device`). The copy to a GPU
     goes through page-locked memory, so that it runs as a DMA transfer."""

@@ -17,6 +17,7 @@ from shardeval.pipeline.core.chunks import (
     check_device,
     check_nonfinite,
     check_policy,
+    on_cpu,
     to_tensor,
     uses_gpu,
 )
@@ -112,13 +113,18 @@ def summarize_weights(
 ) -> WeightSummary:
     """Log-weights (n,) or (n, K): the weight sums and the largest ``keep`` over all values,
     NaN and +inf left out and counted; for (n, K) also the per-row ESS/K and k̂."""
-    from shardeval.kernels import weight_stats
-
     lw = np.asarray(block, dtype=np.float64)
     flat = lw.reshape(-1)
     nan, pos_inf = np.isnan(flat), np.isposinf(flat)
     ok = flat[~(nan | pos_inf)]
-    if ok.size:
+    if ok.size and on_cpu(device, backend):
+        from shardeval.kernels.lse_numpy import weight_stats_numpy
+
+        v = weight_stats_numpy(ok, top=keep)
+        weights = WeightStats(v.n, v.max, v.sum, v.sum_sq, v.top, keep)
+    elif ok.size:
+        from shardeval.kernels import weight_stats
+
         w = weight_stats(to_tensor(ok, device), top=keep, backend=backend)  # type: ignore[arg-type]
         top = w.top.cpu().numpy()
         weights = WeightStats(w.n, float(w.max), float(w.sum), float(w.sum_sq), top, keep)
@@ -182,7 +188,8 @@ def ess_of(
     check_device(device, backend, local=not engine.is_distributed)
     n_total = source.n * (source.d if source.array.ndim == 2 else 1)
     keep = tail_size(n_total, reff) + 1
-    import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
+    if not on_cpu(device, backend):
+        import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     tasks = shard_tasks(source, summarize_weights, keep, reff, device, backend)
     (summary,) = engine.reduce(

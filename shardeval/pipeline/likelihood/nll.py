@@ -23,6 +23,7 @@ from shardeval.pipeline.core.chunks import (
     check_nonfinite,
     check_policy,
     finite_rows,
+    on_cpu,
     to_tensor,
     uses_gpu,
 )
@@ -176,15 +177,29 @@ class ImportanceSummary:
     merge = merge_fieldwise
 
 
-def row_ess_fraction(lw: Any, pair: Any) -> np.ndarray:
-    """ESS/K per row of an (n, K) tensor, (Σw)²/Σw²/K, given its per-row log-sum-exp pair: the
-    sums are taken against the row max, so nothing overflows even where 2·log w would."""
+def _row_sums_numpy(lw: np.ndarray, keep: int) -> tuple[np.ndarray, ...]:
+    """Per row of (n, K) log-weights: m = max, Σ exp(lw − m), Σ exp(2(lw − m)) and the ``keep``
+    largest, descending; in numpy, so the CPU path needs no torch."""
+    from shardeval.kernels.lse_numpy import largest, row_logsumexp_numpy
+
+    m, s = row_logsumexp_numpy(lw)
+    # Against the row max, so nothing overflows even where 2·log w would.
+    s_sq = np.exp(2.0 * (lw - np.where(np.isneginf(m), 0.0, m)[:, None])).sum(axis=1)
+    return m, s, s_sq, largest(lw, keep)
+
+
+def _row_sums_torch(lw: np.ndarray, keep: int, device: str, backend: str) -> tuple[np.ndarray, ...]:
+    """:func:`_row_sums_numpy` by the kernels on ``device`` (Triton on a GPU)."""
     import torch
 
+    from shardeval.kernels import logsumexp
+
+    good = to_tensor(lw, device)
+    pair = logsumexp(good, dim=1, backend=backend)  # type: ignore[arg-type]
     safe = torch.where(torch.isneginf(pair.max), torch.zeros_like(pair.max), pair.max)
-    sum_sq = torch.exp(2.0 * (lw - safe[:, None])).sum(dim=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (pair.sum.square() / sum_sq / lw.shape[1]).cpu().numpy()
+    s_sq = torch.exp(2.0 * (good - safe[:, None])).sum(dim=1)
+    tops = torch.topk(good, keep, dim=1).values
+    return tuple(t.cpu().numpy() for t in (pair.max, pair.sum, s_sq, tops))
 
 
 def summarize_importance(
@@ -199,22 +214,20 @@ def summarize_importance(
     Rows holding NaN or +inf are left out and counted; −inf weights are zero weights, legal,
     but a row whose weights are all zero has p̂ = 0 and is counted apart.
     """
-    import torch
-
-    from shardeval.kernels import logsumexp
-
     lw = np.asarray(block, dtype=np.float64)
     pos_inf = np.isposinf(lw)
     ok = ~(np.isnan(lw).any(axis=1) | pos_inf.any(axis=1))
-    good = to_tensor(lw[ok], device)
     k = lw.shape[1]
+    keep = min(tail_size(k, reff) + 1, k)
     est, ess, khats = np.zeros(0), np.zeros(0), np.zeros(0)
-    if good.shape[0]:
-        pair = logsumexp(good, dim=1, backend=backend)  # type: ignore[arg-type]
-        with np.errstate(divide="ignore"):
-            est = (pair.max + torch.log(pair.sum)).cpu().numpy() - math.log(k)
-        ess = row_ess_fraction(good, pair)
-        tops = torch.topk(good, min(tail_size(k, reff) + 1, k), dim=1).values.cpu().numpy()
+    if ok.any():
+        if on_cpu(device, backend):
+            m, s, s_sq, tops = _row_sums_numpy(lw[ok], keep)
+        else:
+            m, s, s_sq, tops = _row_sums_torch(lw[ok], keep, device, backend)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            est = m + np.log(s) - math.log(k)
+            ess = s**2 / s_sq / k
         khats = np.array([psis_khat(row, k, reff) for row in tops])
     zero = np.zeros(lw.shape[0], dtype=bool)
     zero[np.flatnonzero(ok)[np.isneginf(est)]] = True
@@ -300,7 +313,8 @@ def nll_importance(
             f"{source.location!r} has shape {source.array.shape}; importance "
             "log-weights must be 2-D (N, K)"
         )
-    import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
+    if not on_cpu(device, backend):
+        import torch  # noqa: F401  # loaded before the graph runs, so its threads are budgeted
 
     tasks = shard_tasks(source, summarize_importance, reff, device, backend)
     (summary,) = engine.reduce(
