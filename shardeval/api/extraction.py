@@ -76,8 +76,8 @@ def extract(
     Args:
         encoder: ``inception`` (default; the FID Inception, 2,048-d), ``dinov2-vitl14`` or
             ``clip-vitl14-336``.
-        resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's) or ``clean``
-            (clean-fid's).
+        resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's), ``clean``
+            (clean-fid's) or ``legacy-tensorflow`` (TF 1.x bilinear, torch-fidelity's).
         weights: the weights' file or folder (default: torch hub's / the Hugging Face cache;
             nothing is downloaded).
         batch_size: images per forward pass and rows per chunk (default 32).

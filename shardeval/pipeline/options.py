@@ -21,7 +21,7 @@ ENCODER_NAMES = ("clip-vitl14-336", "dinov2-vitl14", "inception")
 
 #: The Inception's resize modes (:data:`shardeval.kernels.encoders.INCEPTION_RESIZES`),
 #: default first.
-INCEPTION_RESIZES = ("legacy-pytorch", "clean")
+INCEPTION_RESIZES = ("legacy-pytorch", "clean", "legacy-tensorflow")
 
 #: Fan-in of the balanced merge tree on a distributed cluster.
 DEFAULT_SPLIT_EVERY = 4

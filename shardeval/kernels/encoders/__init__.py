@@ -3,13 +3,14 @@
 Per-batch compute that knows nothing of Dask or Zarr. Each encoder is a network plus the exact
 preprocessing of the reference tool whose features it reproduces:
 
-===================  ====  ==================================================  =========
-name                 d     reference whose features it reproduces              weights
-===================  ====  ==================================================  =========
-``inception``        2048  pytorch-fid (``legacy-pytorch``); clean-fid resize  torch hub
-``dinov2-vitl14``    1024  dgm-eval (DINOv2 ViT-L/14, CLS token)               HF cache
-``clip-vitl14-336``  768   CMMD (CLIP ViT-L/14 at 336 px, unit-norm)           HF cache
-===================  ====  ==================================================  =========
+===================  ====  ========================================================  =========
+name                 d     reference whose features it reproduces                    weights
+===================  ====  ========================================================  =========
+``inception``        2048  pytorch-fid (``legacy-pytorch``), clean-fid (``clean``),  torch hub
+                           torch-fidelity / TF graph (``legacy-tensorflow``)
+``dinov2-vitl14``    1024  dgm-eval (DINOv2 ViT-L/14, CLS token)                     HF cache
+``clip-vitl14-336``  768   CMMD (CLIP ViT-L/14 at 336 px, unit-norm)                 HF cache
+===================  ====  ========================================================  =========
 
 Importing this package imports nothing heavy (the CLI lists the names); torch, Pillow and
 ``transformers`` are imported when an encoder is loaded.
@@ -40,8 +41,9 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-#: Resize modes of the Inception: pytorch-fid's (the default) and clean-fid's.
-INCEPTION_RESIZES = ("legacy-pytorch", "clean")
+#: Resize modes of the Inception: pytorch-fid's (the default), clean-fid's, and TF 1.x's bilinear
+#: of the original FID code (torch-fidelity's); see :mod:`shardeval.kernels.encoders.resize`.
+INCEPTION_RESIZES = ("legacy-pytorch", "clean", "legacy-tensorflow")
 
 __all__ = [
     "ENCODERS",
@@ -84,7 +86,8 @@ class EncoderSpec:
 
 ENCODERS: dict[str, EncoderSpec] = {
     # legacy-pytorch first: with this network it reproduces pytorch-fid end to end, the
-    # implementation behind most published FIDs; clean is clean-fid's resize.
+    # implementation behind most published FIDs; clean is clean-fid's resize; legacy-tensorflow
+    # the TF graph's own (torch-fidelity, StyleGAN, ADM).
     "inception": EncoderSpec(
         "inception", 2048, "inception-2015-12-05/pool3", INCEPTION_RESIZES, 299
     ),
@@ -212,9 +215,7 @@ def _preprocessor(spec: EncoderSpec, mode: str) -> Callable[[np.ndarray], torch.
     from shardeval.kernels.encoders import resize as pre
 
     if spec.name == "inception":
-        return partial(
-            pre.legacy_pytorch if mode == "legacy-pytorch" else pre.clean, size=spec.size
-        )
+        return partial(pre.INCEPTION_PREPROCESSING[mode], size=spec.size)
     if spec.name == "dinov2-vitl14":
         return partial(pre.dinov2, size=spec.size)
     return partial(pre.clip, size=spec.size)

@@ -11,6 +11,13 @@ measurably with the resize (clean-fid's paper):
   float32 (0..255, unscaled) through PIL's antialiased bicubic in mode ``F``, clipped to
   [0, 255]. clean-fid's Inception then computes (x − 128) / 128, not pytorch-fid's
   2·(x / 255) − 1; our network computes 2·x' − 1, so clean mode gives it x' = x / 256.
+* ``legacy-tensorflow`` (the original TensorFlow FID code; torch-fidelity's
+  ``inception-v3-compat``, and so StyleGAN, ADM, EDM): TF 1.x ``tf.image.resize_bilinear``
+  with ``align_corners=False`` on the unscaled 0..255 values, in float32. Unlike
+  ``F.interpolate`` it has no half-pixel centres: output pixel i samples input coordinate
+  i · (in / out), the upper neighbour clamped to the last pixel. The network then sees
+  (x − 128) / 128, which our 2·x' − 1 computes exactly from x' = x / 256 (see
+  :func:`legacy_tensorflow`).
 * DINOv2 (dgm-eval): PIL bicubic on the RGB image straight to 224 × 224 (aspect not kept),
   ToTensor, ImageNet mean/std.
 * CLIP ViT-L/14-336 (CMMD): centre crop to the largest square, PIL bicubic to 336, / 255, CLIP
@@ -115,6 +122,80 @@ def clean(image: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Tensor:
 
     resized = clean_resize(image, (size, size))
     return torch.from_numpy(resized).permute(2, 0, 1).contiguous().div(256)
+
+
+def _tf1_taps(n_in: int, n_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sampling table of TF 1.x's bilinear resize along one axis (align_corners=False).
+
+    TensorFlow's ``CalculateResizeScale`` divides in float (scale = in / out, one float32
+    rounding); output index i samples the float32 product i · scale, truncated to the lower
+    neighbour, the upper one clamped to the last pixel, the fraction left over the weight.
+
+    Returns:
+        (lower, upper) int64 indices and the float32 weight of ``upper``, each (n_out,).
+    """
+    import torch
+
+    scale = torch.tensor(n_in, dtype=torch.float32) / torch.tensor(n_out, dtype=torch.float32)
+    source = torch.arange(n_out, dtype=torch.float32) * scale  # float32 product, as TF's
+    lower = source.to(torch.int64)  # truncation: floor, as source >= 0
+    upper = (lower + 1).clamp_max(n_in - 1)
+    return lower, upper, source - lower.to(torch.float32)
+
+
+def tf1_bilinear_resize(
+    image: np.ndarray, size: tuple[int, int] = (INCEPTION_SIZE, INCEPTION_SIZE)
+) -> torch.Tensor:
+    """TF 1.x ``tf.image.resize_bilinear(align_corners=False)`` of the 0..255 values, in
+    float32, each rounding where TensorFlow's kernel makes it: with x_lerp, y_lerp from
+    :func:`_tf1_taps`, top = tl + (tr − tl)·x_lerp, bottom = bl + (br − bl)·x_lerp,
+    out = top + (bottom − top)·y_lerp (a product, then a sum; no fused multiply-add).
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: (height, width) of the output (torch's order, not PIL's).
+
+    Returns:
+        (3, height, width) float32 in [0, 255], contiguous.
+    """
+    import torch
+
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"an output size must be positive, got {size}")
+    x = torch.from_numpy(check_rgb(image)).permute(2, 0, 1).to(torch.float32)
+    y_lo, y_hi, y_lerp = _tf1_taps(x.shape[1], height)
+    x_lo, x_hi, x_lerp = _tf1_taps(x.shape[2], width)
+    top_rows, bottom_rows = x.index_select(1, y_lo), x.index_select(1, y_hi)
+    top_left, top_right = top_rows.index_select(2, x_lo), top_rows.index_select(2, x_hi)
+    bottom_left, bottom_right = bottom_rows.index_select(2, x_lo), bottom_rows.index_select(2, x_hi)
+    top = top_left + (top_right - top_left) * x_lerp
+    bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
+    return (top + (bottom - top) * y_lerp[:, None]).contiguous()
+
+
+def legacy_tensorflow(image: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """The Inception's input in ``legacy-tensorflow`` mode: :func:`tf1_bilinear_resize` to
+    ``size`` × ``size``, then / 256 (exact: a power of two).
+
+    The TF graph (and torch-fidelity) computes (x − 128) / 128 of the resized x; our network
+    computes 2·x' − 1 = x / 128 − 1. Both are the one correctly rounded float32 of the same
+    real number (scaling by a power of two commutes with rounding), so the first convolution
+    sees bit-identical inputs.
+
+    Returns:
+        (3, size, size) float32 in [0, 255/256].
+    """
+    return tf1_bilinear_resize(image, (size, size)).div_(256)
+
+
+#: The Inception's preprocessing per resize mode (the names are
+#: :data:`shardeval.kernels.encoders.INCEPTION_RESIZES`; a test checks they agree).
+INCEPTION_PREPROCESSING = {
+    "legacy-pytorch": legacy_pytorch,
+    "clean": clean,
+    "legacy-tensorflow": legacy_tensorflow,
+}
 
 
 def pil_bicubic(image: np.ndarray, size: int) -> np.ndarray:

@@ -44,7 +44,8 @@ def encoder_options(g: Any) -> None:
         "--resize",
         choices=INCEPTION_RESIZES,
         help="inception only: legacy-pytorch (default; pytorch-fid's bilinear resize, its "
-        "features exactly) or clean (clean-fid's PIL bicubic)",
+        "features exactly), clean (clean-fid's PIL bicubic) or legacy-tensorflow (TF 1.x "
+        "bilinear of the original FID code, as torch-fidelity)",
     )
     g.add_argument(
         "--weights",
