@@ -450,7 +450,8 @@ def cached_features(
             of shards (see :func:`~shardeval.pipeline.images.sources.open_images`).
         cache_root: the cache folder (default: :func:`default_cache_root`).
         encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
-        resize: ``legacy-pytorch`` (default) or ``clean`` for the Inception.
+        resize: ``legacy-pytorch`` (default), ``clean`` or ``legacy-tensorflow`` for the
+            Inception.
         weights: the weights file / model folder; default: the standard caches.
         batch_size: images per forward pass for a new entry (default 32); not part of the
             key: a finished entry is reused whatever it is.
