@@ -92,6 +92,18 @@ def extract(
 
     Raises:
         ImageSourceError, ImageError, ExtractionError, EncoderSetupError: named, one line.
+
+    Example:
+        >>> import os, tempfile, numpy as np, torch, shardeval as se
+        >>> from shardeval.kernels.encoders.inception import random_state_dict
+        >>> tmp = tempfile.mkdtemp()
+        >>> images = os.path.join(tmp, "images.npy")       # uint8 (N, H, W, 3)
+        >>> np.save(images, np.random.default_rng(0).integers(0, 256, (3, 32, 40, 3), np.uint8))
+        >>> weights = os.path.join(tmp, "inception.pth")   # random weights, for the example
+        >>> torch.save(random_state_dict(0), weights)
+        >>> report = se.extract(images, os.path.join(tmp, "gen.zarr"), weights=weights)
+        >>> float(report), report.to_dict()["encoder"]
+        (3.0, 'inception')
     """
     options = dict(locals())
     name = encoder or "inception"
