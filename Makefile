@@ -13,7 +13,7 @@ ENC_VENV ?= .venv-encoders
 REAL ?= demo-data/real.zarr
 GEN  ?= demo-data/gen.zarr
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check
 
 $(BIN)/shardeval: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ bench: $(BIN)/shardeval
 	$(BIN)/python -m benchmarks.cluster_scale
 	$(BIN)/python -m benchmarks.sample_metrics
 	$(BIN)/python -m benchmarks.extract
+
+# GPU acceptance (benchmarks/gpu_check.py): on a CUDA machine, in an environment with a CUDA
+# build of torch (pip install -e '.[test,encoders]' without constraints.txt, whose torch is the
+# CPU build), so this target does not create $(VENV); GPU_PYTHON picks another interpreter.
+# Exit 0 all passed, 1 a check failed (named on stderr), 2 no CUDA device.
+GPU_PYTHON ?= $(BIN)/python
+gpu-check:
+	$(GPU_PYTHON) -m benchmarks.gpu_check --out bench-data/gpu-check.json
 
 clean:
 	rm -rf $(VENV) $(ENC_VENV) demo-data bench-data *.egg-info

@@ -5,6 +5,10 @@ tensors, a Triton kernel (private ``_triton_*`` modules, imported on first use),
 dispatcher (:mod:`shardeval.kernels._dispatch`). The CPU shard-moments path also takes numpy arrays
 and then needs no torch at all. Names are imported on first use, so importing :mod:`kernels` costs
 nothing until a kernel is needed.
+
+On a GPU each Triton kernel is checked once per process against its torch path on first use
+(:mod:`shardeval.kernels._selfcheck`, the table of :mod:`shardeval.kernels.checks`); one that
+fails gives a :class:`KernelCheckWarning` and the torch path takes over for it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "BACKENDS": "shardeval.kernels._dispatch",
+    "KernelCheckError": "shardeval.kernels._selfcheck",
+    "KernelCheckWarning": "shardeval.kernels._selfcheck",
     "Backend": "shardeval.kernels._dispatch",
     "use_ieee_fp32": "shardeval.kernels._dispatch",
     "gaussian_logpdf": "shardeval.kernels.density",
@@ -39,6 +45,8 @@ _EXPORTS = {
 __all__ = [
     "BACKENDS",
     "Backend",
+    "KernelCheckError",
+    "KernelCheckWarning",
     "LSEPair",
     "ShardMoments",
     "WeightSums",
@@ -62,6 +70,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from shardeval.kernels._dispatch import BACKENDS, Backend, use_ieee_fp32
+    from shardeval.kernels._selfcheck import KernelCheckError, KernelCheckWarning
     from shardeval.kernels.density import (
         gaussian_logpdf,
         gaussian_logpdf_reference,

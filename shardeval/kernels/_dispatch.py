@@ -4,6 +4,11 @@
 ``triton`` forces the Triton kernel; on a CPU tensor that only works under the Triton
 interpreter (``TRITON_INTERPRET=1`` set before :mod:`kernels` is imported), which is how the
 test-suite exercises every kernel on machines without a GPU.
+
+Where Triton is chosen on a GPU, the launch goes through
+:func:`shardeval.kernels._selfcheck.launch`: each kernel is checked once per process and device
+on first use, and one that fails there (does not compile, or disagrees with its torch path) runs
+as the torch path from then on.
 """
 
 from __future__ import annotations

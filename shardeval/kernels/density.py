@@ -80,19 +80,32 @@ def gaussian_logpdf(
         z = (x.to(torch.float64) - mean.to(torch.float64)) @ linv.T
         sq = z.square().sum(dim=1)
     elif resolve_backend(x, backend) == "torch":
-        # fp32 GEMM against the precomputed inverse factor; squares summed in float64. The
-        # mean is subtracted as two fp32 terms (its rounding, then the rest), so that a large
-        # common offset does not cost the spread its digits.
-        mean_hi = mean.to(torch.float32)
-        mean_lo = (mean.to(torch.float64) - mean_hi.to(torch.float64)).to(torch.float32)
-        centred = (x.to(torch.float32) - mean_hi) - mean_lo
-        z = centred @ linv.to(torch.float32).T
-        sq = z.square().sum(dim=1, dtype=torch.float64)
+        sq = whitened_sq_norm_torch(x, mean, linv)
     else:
+        from shardeval.kernels._selfcheck import launch
         from shardeval.kernels._triton_density import whitened_sq_norm_triton
 
-        sq = whitened_sq_norm_triton(x, mean, linv).to(torch.float64)
+        sq = launch(
+            "whitened_sq_norm",
+            x.device,
+            lambda: whitened_sq_norm_triton(x, mean, linv).to(torch.float64),
+            lambda: whitened_sq_norm_torch(x, mean, linv),
+        )
     return -0.5 * sq - _log_det_term(chol) - 0.5 * x.shape[1] * _LOG_2PI
+
+
+def whitened_sq_norm_torch(x: torch.Tensor, mean: torch.Tensor, linv: torch.Tensor) -> torch.Tensor:
+    """‖L⁻¹(x_i − μ)‖² per row by torch on any device: an fp32 GEMM against the inverse
+    factor, the squares summed in float64 (the Triton kernel's torch path).
+
+    The mean is subtracted as two fp32 terms (its rounding, then the rest), so that a large
+    common offset does not cost the spread its digits.
+    """
+    mean_hi = mean.to(torch.float32)
+    mean_lo = (mean.to(torch.float64) - mean_hi.to(torch.float64)).to(torch.float32)
+    centred = (x.to(torch.float32) - mean_hi) - mean_lo
+    z = centred @ linv.to(torch.float32).T
+    return z.square().sum(dim=1, dtype=torch.float64)
 
 
 def _parzen_checks(x: torch.Tensor, samples: torch.Tensor, bandwidth: float) -> None:
@@ -115,13 +128,28 @@ def parzen_lse(
     _parzen_checks(x, samples, bandwidth)
     wide = torch.float64 in (x.dtype, samples.dtype)
     if x.shape[0] and not wide and resolve_backend(x, backend) == "triton":
+        from shardeval.kernels._selfcheck import launch
         from shardeval.kernels._triton_density import parzen_lse_triton
 
-        m, s = parzen_lse_triton(x, samples, bandwidth)
-        return m.double(), s.double()
-    # CPU path (and float64 on any device): centre both sets on the samples' mean (so
-    # ‖x‖² + ‖y‖² − 2x·y does not cancel a large common offset), a GEMM per tile of samples
-    # in the working precision (fp32, or float64 for float64 input), online LSE merge.
+        def triton_path() -> tuple[torch.Tensor, torch.Tensor]:
+            m, s = parzen_lse_triton(x, samples, bandwidth)
+            return m.double(), s.double()
+
+        return launch(
+            "parzen_lse", x.device, triton_path, lambda: parzen_lse_torch(x, samples, bandwidth)
+        )
+    return parzen_lse_torch(x, samples, bandwidth)
+
+
+def parzen_lse_torch(
+    x: torch.Tensor, samples: torch.Tensor, bandwidth: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`parzen_lse` by torch on any device (the CPU path, float64 input anywhere, and
+    the Parzen kernel's torch path); arguments checked by the caller."""
+    # Centre both sets on the samples' mean (so ‖x‖² + ‖y‖² − 2x·y does not cancel a large
+    # common offset), a GEMM per tile of samples in the working precision (fp32, or float64
+    # for float64 input), online LSE merge.
+    wide = torch.float64 in (x.dtype, samples.dtype)
     dtype = torch.float64 if wide else torch.float32
     centre = samples.to(torch.float64).mean(dim=0).to(dtype)
     xc = x.to(dtype) - centre

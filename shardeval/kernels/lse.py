@@ -115,14 +115,45 @@ def logsumexp(x: torch.Tensor, *, dim: int | None = None, backend: Backend = "au
         return logsumexp_reference(x, dim)
     if resolve_backend(x, backend) == "torch":
         return _lse_torch(x, dim)
-    from shardeval.kernels._triton_lse import flat_stats_triton, row_lse_triton
+    from shardeval.kernels._selfcheck import launch
 
     if dim == 1:
-        m, s = row_lse_triton(x)
-        return LSEPair(m.double(), s.double())
+        return launch(
+            "row_lse", x.device, lambda: logsumexp_rows_triton(x), lambda: _lse_torch(x, 1)
+        )
+    return launch(
+        "flat_stats", x.device, lambda: logsumexp_flat_triton(x), lambda: _lse_torch(x, None)
+    )
+
+
+def logsumexp_rows_triton(x: torch.Tensor) -> LSEPair:
+    """The Triton path of :func:`logsumexp` along the rows of (n, k): float64 pairs."""
+    from shardeval.kernels._triton_lse import row_lse_triton
+
+    m, s = row_lse_triton(x)
+    return LSEPair(m.double(), s.double())
+
+
+def logsumexp_flat_triton(x: torch.Tensor) -> LSEPair:
+    """The Triton path of :func:`logsumexp` over everything: the per-program partial pairs,
+    merged in float64."""
+    from shardeval.kernels._triton_lse import flat_stats_triton
+
     m, s, _ = flat_stats_triton(x, squares=False)
     top, total = merge_pairs(m.double(), s.double(), dim=0)
     return LSEPair(top, total)
+
+
+def weight_sums_triton(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Triton path of :func:`weight_stats` without the top values: (max, Σ exp(lw − max),
+    Σ exp(2(lw − max))), float64 scalars, from the per-program partial pairs."""
+    from shardeval.kernels._triton_lse import flat_stats_triton
+
+    m, s, s2 = flat_stats_triton(log_w, squares=True)
+    m, s, s2 = m.double(), s.double(), s2.double()
+    top_m, total = merge_pairs(m, s, dim=0)
+    _, total_sq = merge_pairs(m, s2, dim=0, power=2)
+    return top_m, total, total_sq
 
 
 def weight_stats_reference(log_w: torch.Tensor, top: int = 0) -> WeightSums:
@@ -162,10 +193,11 @@ def weight_stats(log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto"
     _check_real(log_w, "log_w")
     if log_w.numel() == 0 or resolve_backend(log_w, backend) == "torch":
         return weight_stats_reference(log_w, top)
-    from shardeval.kernels._triton_lse import flat_stats_triton
+    from shardeval.kernels._selfcheck import launch
 
-    m, s, s2 = flat_stats_triton(log_w, squares=True)
-    m, s, s2 = m.double(), s.double(), s2.double()
-    top_m, total = merge_pairs(m, s, dim=0)
-    _, total_sq = merge_pairs(m, s2, dim=0, power=2)
-    return WeightSums(log_w.numel(), top_m, total, total_sq, _top(log_w.reshape(-1), top))
+    return launch(
+        "flat_stats",
+        log_w.device,
+        lambda: WeightSums(log_w.numel(), *weight_sums_triton(log_w), _top(log_w.reshape(-1), top)),
+        lambda: weight_stats_reference(log_w, top),
+    )

@@ -32,6 +32,10 @@ SUB_ROWS = 2048
 #: Rows whose mean shifts the data before the one-pass Triton co-moment.
 SHIFT_ROWS = 1024
 
+#: ``tl.dot`` input precisions of the Triton shard moments: IEEE fp32 products (the numerical
+#: contract), or TF32 with error compensation (``tf32x3``) or without (``tf32``) when asked.
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32")
+
 
 class ShardMoments(NamedTuple):
     """What a shard contributes: row count, float64 mean (d,), float64 co-moment (d, d); numpy
@@ -287,6 +291,12 @@ def shard_moments(
         >>> n, mean.tolist(), m2.tolist()
         (2, [2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
     """
+    if dot_precision not in DOT_PRECISIONS:
+        # Checked here, not by the launcher: a wrong argument must be an error, never taken
+        # for a kernel that fails on this GPU (which falls back to the torch path).
+        raise ValueError(
+            f"dot_precision must be one of {', '.join(DOT_PRECISIONS)}, got {dot_precision!r}"
+        )
     if isinstance(x, np.ndarray):
         if backend not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown kernel backend {backend!r}")
@@ -310,11 +320,19 @@ def shard_moments(
     exponent = _range_exponent(x, cdtype)
     if exponent:
         x = torch.ldexp(x.to(cdtype), torch.tensor(exponent, device=x.device))
-    result = (
-        shard_moments_triton(x, dot_precision=dot_precision)
-        if chosen == "triton"
-        else (shard_moments_torch(x))
-    )
+    if chosen == "triton":
+        from shardeval.kernels._selfcheck import launch
+
+        # The torch path of this device, should the kernel fail its check here.
+        fallback = shard_moments_torch if x.is_cuda else shard_moments_blas
+        result = launch(
+            "shard_moments",
+            x.device,
+            lambda: shard_moments_triton(x, dot_precision=dot_precision),
+            lambda: fallback(x),
+        )
+    else:
+        result = shard_moments_torch(x)
     if not exponent:
         return result
     return ShardMoments(

@@ -181,23 +181,46 @@ def _kernel_sums(
         from shardeval.kernels._dispatch import resolve_backend
 
         if resolve_backend(x, backend) == "triton":
+            from shardeval.kernels._selfcheck import launch
             from shardeval.kernels._triton_path import kernel_sums_triton
 
-            poly = rbf = None
-            if request.poly is not None:
-                poly = kernel_sums_triton(x, y, request.poly, diagonal_block)
-            if request.rbf is not None:
-                rbf = kernel_sums_triton(x, y, request.rbf, diagonal_block)
-            return poly, rbf
-        same = y is x
-        x = x.cpu().numpy()
-        y = x if same else y.cpu().numpy()
-    if diagonal_block:
-        y = x  # one block: its rows are expanded once
+            def sums(kernel: PolyKernel | RBFKernel | None) -> KernelSums | None:
+                if kernel is None:
+                    return None
+                return launch(
+                    "kernel_sums",
+                    x.device,
+                    lambda: kernel_sums_triton(x, y, kernel, diagonal_block),
+                    lambda: kernel_sums_cpu(x, y, kernel, diagonal_block),
+                )
+
+            return sums(request.poly), sums(request.rbf)
     return (
-        poly_sums(x, y, request.poly, diagonal_block=diagonal_block) if request.poly else None,
-        rbf_sums(x, y, request.rbf, diagonal_block=diagonal_block) if request.rbf else None,
+        kernel_sums_cpu(x, y, request.poly, diagonal_block) if request.poly else None,
+        kernel_sums_cpu(x, y, request.rbf, diagonal_block) if request.rbf else None,
     )
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A block as a numpy array for the CPU path: tensors copied to the host, bfloat16 (which
+    numpy lacks) as float32, exactly."""
+    if isinstance(x, np.ndarray):
+        return x
+    if str(x.dtype) == "torch.bfloat16":
+        x = x.float()
+    return np.asarray(x.detach().cpu().numpy())
+
+
+def kernel_sums_cpu(
+    x: Any, y: Any, kernel: PolyKernel | RBFKernel, diagonal_block: bool
+) -> KernelSums:
+    """:func:`kernel_sums` by the CPU path on arrays or tensors of any device (the Triton
+    kernel's torch path)."""
+    a = to_numpy(x)
+    b = a if (diagonal_block or y is x) else to_numpy(y)  # one block: expanded once
+    if isinstance(kernel, PolyKernel):
+        return poly_sums(a, b, kernel, diagonal_block=diagonal_block)
+    return rbf_sums(a, b, kernel, diagonal_block=diagonal_block)
 
 
 def _decide(x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: str) -> PairResult:
@@ -272,11 +295,9 @@ def _pair_reduce(
 
         chosen = resolve_backend(x, backend)
         if chosen == "triton" and x.dtype != _torch().float64:
-            from shardeval.kernels._triton_path import pair_reduce_triton
-
-            return pair_reduce_triton(x, y, request, diagonal_block)
+            return _decide_triton(x, y, request, diagonal_block)
         # float64 products (--precision fp64), or the torch backend: the CPU path.
-        x, y = x.cpu().numpy(), y.cpu().numpy()
+        x, y = to_numpy(x), to_numpy(y)
     x, y = _working(x, y)
     decides = request.knn is not None or request.radii is not None
     if decides and x.dtype == np.float32:
@@ -288,6 +309,28 @@ def _pair_reduce(
     if result is None:  # unreachable: no probe, no abort
         raise ValueError("the pair was not reduced")
     return result
+
+
+def _decide_triton(x: Any, y: Any, request: PairRequest, diagonal_block: bool) -> PairResult:
+    """Neighbours and radius tests of tensors by the Triton kernels, each kernel apart so that
+    one that failed its check on this device takes the CPU path alone."""
+    from shardeval.kernels._selfcheck import launch
+    from shardeval.kernels._triton_path import pair_reduce_triton
+
+    def part(kernel: str, asked: PairRequest) -> PairResult:
+        return launch(
+            kernel,
+            x.device,
+            lambda: pair_reduce_triton(x, y, asked, diagonal_block),
+            lambda: _pair_reduce(to_numpy(x), to_numpy(y), asked, diagonal_block, "torch"),
+        )
+
+    knn = radius = None
+    if request.knn is not None:
+        knn = part("pair_knn", replace(request, radii=None)).knn
+    if request.radii is not None:
+        radius = part("pair_radius", replace(request, knn=None)).radius
+    return PairResult(None, None, knn, radius)
 
 
 def _reduce(
