@@ -12,10 +12,10 @@ from shardeval.pipeline.errors import ClusterError
 CLUSTER = os.path.join(os.path.dirname(__file__), "..", "..", "cluster")
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "cuda.yaml", "slurm.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "cuda.yaml", "slurm.yaml", "slurm-cpu.yaml"])
 def test_shipped_specs_load(name):
     spec = load_spec(os.path.join(CLUSTER, name))
-    assert spec.backend == name.split(".")[0]
+    assert spec.backend == name.split(".")[0].split("-")[0]
     assert isinstance(spec.options, dict)
 
 
