@@ -52,6 +52,8 @@ bench: $(BIN)/shardeval
 	$(BIN)/python -m benchmarks.cluster_scale
 	$(BIN)/python -m benchmarks.sample_metrics
 	$(BIN)/python -m benchmarks.extract
+	$(MAKE) $(ENC_VENV)/bin/shardeval
+	$(ENC_VENV)/bin/python -m benchmarks.inception_score   # beside torch-fidelity
 
 # GPU acceptance (benchmarks/gpu_check.py): on a CUDA machine, in an environment with a CUDA
 # build of torch (pip install -e '.[test,encoders]' without constraints.txt, whose torch is the

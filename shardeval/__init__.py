@@ -3,10 +3,10 @@
 ``import shardeval as se`` costs nothing until a function runs: names are imported on first
 use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
 ``se.fid_infinity``, ``se.metrics``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
-``se.ess``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's argument order), each
-returning a typed report (``float()`` the headline, ``.to_dict()`` the JSON report), and
-training-loop metrics (``se.FID``…) that accumulate mergeable states and ``sync()`` under
-``torch.distributed``.
+``se.ess``, ``se.inception_score``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's
+argument order), each returning a typed report (``float()`` the headline, ``.to_dict()`` the
+JSON report), and training-loop metrics (``se.FID``…) that accumulate mergeable states and
+``sync()`` under ``torch.distributed``.
 
 ``shardeval.pipeline`` holds the mathematics and the task graph, ``shardeval.kernels`` the
 per-shard compute on one device, ``shardeval.workflows`` the command line, job files, history
@@ -33,7 +33,9 @@ _EXPORTS = {
         "shardeval.api.functions",
     ),
     **dict.fromkeys(("kid", "cmmd", "prdc", "metrics"), "shardeval.api.samples"),
+    "inception_score": "shardeval.api.inception",
     "extract": "shardeval.api.extraction",
+    "fetch": "shardeval.api.fetching",
     "Report": "shardeval.api.results",
     **dict.fromkeys(
         (
@@ -63,9 +65,11 @@ __all__ = [
     "cmmd",
     "ess",
     "extract",
+    "fetch",
     "fid",
     "fid_infinity",
     "frechet_distance",
+    "inception_score",
     "kid",
     "merge_stats",
     "metrics",
@@ -76,6 +80,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from shardeval.api.extraction import extract
+    from shardeval.api.fetching import fetch
     from shardeval.api.functions import (
         ess,
         fid,
@@ -85,6 +90,7 @@ if TYPE_CHECKING:
         nll,
         stats,
     )
+    from shardeval.api.inception import inception_score
     from shardeval.api.results import Report
     from shardeval.api.samples import cmmd, kid, metrics, prdc
     from shardeval.pipeline.errors import (

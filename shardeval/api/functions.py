@@ -344,7 +344,13 @@ def fid(
     options = dict(locals())
     inputs = [real, gen]
     _must_exist(*inputs)
-    images = image_flags(inputs, options)
+    from shardeval.pipeline.io.statsio import is_adm_reference
+
+    # Statistics are read, never extracted: a guided-diffusion reference batch holds images
+    # and its dataset's FID statistics, and FID takes the statistics.
+    held = [is_path(x) and is_adm_reference(x) for x in inputs]
+    held[0] = held[0] or real_is_statistics
+    images = image_flags([None if h else x for x, h in zip(inputs, held, strict=True)], options)
     kinds = [
         "statistics" if not image and is_statistics(x) else "features"
         for x, image in zip(inputs, images, strict=True)

@@ -4,6 +4,7 @@ metric's plug-in declaration (:mod:`shardeval.pipeline.metrics`)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -20,7 +21,7 @@ from shardeval.api.functions import (
     refuse,
     with_features,
 )
-from shardeval.api.inputs import describe_input, features, is_statistics, statistics
+from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
 from shardeval.api.results import Report
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
@@ -340,9 +341,10 @@ def metrics(
     that needs them, the pair metrics' block pairs once for KID, CMMD and PRDC together.
 
     Args:
-        real, gen: features (see :mod:`shardeval.api.inputs`).
+        real, gen: features (see :mod:`shardeval.api.inputs`); ``real`` is None when every
+            metric named measures the set alone (``is``, whose plug-in needs no reference).
         names: registered metric names (``fid``, ``fid_inf``, ``kid``, ``cmmd``, ``prdc``,
-            ``nll_gaussian``, and any registered since).
+            ``nll_gaussian``, ``is``, and any registered since).
         **options: the metrics' own options by name, as their declarations give them (an
             option several metrics declare, such as ``seed``, goes to each of them).
         nonfinite: rows with NaN or inf: ``error`` (default) or ``drop`` (metrics that take
@@ -396,40 +398,69 @@ def metrics(
         if nonfinite is not None and "nonfinite" in declared[m]:
             mine["nonfinite"] = nonfinite
         instances.append(METRICS[m](mine))
+    compared = [m for m in wanted if METRICS[m].needs_reference]
+    if real is None and compared:
+        raise OptionError(
+            f"{', '.join(compared)} compare{'s' if len(compared) == 1 else ''} the set with a "
+            "reference, and none was given"
+        )
+    if real is not None and not compared:
+        one = len(wanted) == 1
+        raise OptionError(
+            f"{', '.join(wanted)} measure{'s' if one else ''} the set alone and "
+            f"take{'s' if one else ''} no reference: give the set alone"
+        )
     _must_exist(real, gen)
-    if is_statistics(real):
-        # Statistics hold the reference's Gaussian only: enough unless a metric sums over
-        # the reference's rows.
-        rows = [m for m in wanted if METRICS[m].needs_reference_features]
-        if rows:
-            raise StoreError(
-                f"{describe_input(real)!r} holds statistics, but {', '.join(rows)} "
-                f"need{'s' if len(rows) == 1 else ''} the reference's features: give its "
-                "feature store"
-            )
-    images = image_flags([real, gen], given)
+    # Statistics hold the reference's Gaussian only: enough unless a metric sums over the
+    # reference's rows. A guided-diffusion reference batch holds both: its mu/sigma (the
+    # whole dataset's, which FID takes) and images (extracted for the rows).
+    from shardeval.pipeline.io.statsio import is_adm_reference
+
+    given_stats = real is not None and is_statistics(real)
+    rows = [m for m in wanted if METRICS[m].needs_reference_features]
+    adm = given_stats and is_path(real) and is_adm_reference(os.fspath(real))
+    if given_stats and rows and not adm:
+        raise StoreError(
+            f"{describe_input(real)!r} holds statistics, but {', '.join(rows)} "
+            f"need{'s' if len(rows) == 1 else ''} the reference's features: give its "
+            "feature store"
+        )
+    stats_only = given_stats and not rows
+    images = image_flags([None if stats_only else real, gen], given)
     with _noted() as notes, _running(given) as run:
+        gaussian = statistics(real) if given_stats else None
         real, gen = with_features(run, [real, gen], images)
         a = (
-            statistics(real)
-            if is_statistics(real)
+            None
+            if real is None
+            else gaussian
+            if stats_only
             else features(real, array=array, shard_rows=shard_rows)
         )
         b = features(gen, array=array, shard_rows=shard_rows)
-        return _by_plug_ins(run, instances, a, b, notes)
+        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian)
 
 
-def _by_plug_ins(run: _Run, instances: list[Any], real: Any, gen: Any, notes: Notes) -> Report:
+def _by_plug_ins(
+    run: _Run,
+    instances: list[Any],
+    real: Any,
+    gen: Any,
+    notes: Notes,
+    gaussian: Any = None,
+) -> Report:
     """``instances`` computed for ``gen`` against ``real`` (features, or statistics when no
-    instance needs the reference's rows) through the plug-in interface."""
+    instance needs the reference's rows) through the plug-in interface; ``gaussian``, when
+    given, is the reference's Gaussian (a file's statistics beside the rows it holds)."""
     from shardeval.pipeline.fid.gaussian import Gaussian
     from shardeval.pipeline.io.stores import check_same_dim
     from shardeval.pipeline.metrics import Context, Reference
 
     o = run.options
     extra: dict[str, Any] = {}
-    gaussian = None
-    if isinstance(real, Gaussian):
+    if real is None:  # metrics of the set alone (no reference)
+        source, location, n, described = None, "", None, None
+    elif isinstance(real, Gaussian):
         if real.d != gen.d:
             raise ShapeError(
                 f"feature dimensions differ: {real.source!r} has d={real.d}, "
@@ -440,7 +471,11 @@ def _by_plug_ins(run: _Run, instances: list[Any], real: Any, gen: Any, notes: No
     else:
         check_same_dim(real, gen)
         source, location, n, described = real, real.location, real.n, real.describe()
-    if gaussian is None and any(not m.needs_reference_features for m in instances):
+        if gaussian is not None:
+            described = {**described, "statistics": gaussian.source}
+    if gaussian is None and any(
+        m.needs_reference and not m.needs_reference_features for m in instances
+    ):
         ((moments, dropped),) = _moments(run, [real])
         gaussian = Gaussian.from_moments(moments, real.location)
         extra["nonfinite_dropped"] = {"real": dropped}
@@ -466,8 +501,8 @@ def _by_plug_ins(run: _Run, instances: list[Any], real: Any, gen: Any, notes: No
     data.update(run.tail(notes))
     lines = [_plug_in_line(m, results[m.name]) for m in instances]
     lines.append(
-        f"  real {location}  n={n if n is None else format(n, ',')}   gen {gen.location}  "
-        f"n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
+        (f"  real {location}  n={n if n is None else format(n, ',')}" if real is not None else "")
+        + f"   gen {gen.location}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
     )
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])
@@ -478,7 +513,7 @@ def _plug_in_line(metric: Any, outputs: dict[str, Any]) -> str:
     """A metric's scalar outputs on one line, by its declaration (names and units)."""
     shown = []
     for out in metric.outputs:
-        if out.array:
+        if out.array or outputs[out.name] is None:  # None: not asked for by the options
             continue
         value = outputs[out.name]
         number = f"{value:,}" if isinstance(value, int) else f"{float(value):.6g}"

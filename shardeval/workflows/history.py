@@ -428,7 +428,8 @@ class History:
 
         Args:
             row: the entry's provenance (of this run).
-            values: the metrics' results by name (scalars, or 1-D arrays).
+            values: the metrics' results by name (scalars, or 1-D arrays; None for an
+                optional result not computed).
             declarations: per metric, :meth:`shardeval.pipeline.metrics.Metric.declaration`.
             d: the feature dimension of the job.
             computed: metric → its options digest, for the metrics whose results are in
@@ -444,8 +445,8 @@ class History:
         for key, value in values.items():
             if np.ndim(value) == 1:
                 data[key] = (("entry", f"{key}_component"), np.asarray(value, np.float64)[None])
-            else:
-                data[key] = ("entry", [float(value)])
+            else:  # None: an optional result the options did not ask for, recorded missing
+                data[key] = ("entry", [math.nan if value is None else float(value)])
         for metric, options in (computed or {}).items():
             data[provenance_variable(metric)] = ("entry", [_metric_provenance(row, options)])
         new = xr.Dataset(data)

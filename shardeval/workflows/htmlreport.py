@@ -133,12 +133,13 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
                 )
             }
         )
+        if loc  # "": entries of metrics that measure them alone (the Inception Score)
     ]
     created = [r["created"] for r in rows]
     return [
         ("job", ", ".join(_unique(ds, "job"))),
         ("history", history.path),
-        ("reference", "; ".join(references)),
+        ("reference", "; ".join(references) or "none (metrics of the entries alone)"),
         ("entries", f"{len(rows)}, run from {min(created)} to {max(created)} (UTC)"),
         ("feature dimension", str(ds.attrs.get("d", "?"))),
         ("engine", "; ".join(engines)),

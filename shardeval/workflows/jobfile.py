@@ -8,7 +8,7 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
     history = "runs/history.zarr"
     array = "features"                # optional: the variable inside group stores
 
-    [reference]
+    [reference]                       # not needed when no metric compares with one (is)
     store = "data/real.zarr"          # or: stats = "real-stats.zarr" (or a .npz)
 
     [engine]                          # optional; default: threaded scheduler in-process
@@ -294,13 +294,14 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         f"{path}: [reference]", raw.get("reference", {}), _SECTIONS["reference"] or set()
     )
     engine = _check_keys(f"{path}: [engine]", raw.get("engine", {}), _SECTIONS["engine"] or set())
-    if len(ref) != 1:
+    if len(ref) > 1 or ("reference" in raw and not ref):
         raise JobError(f"{path}: [reference] needs exactly one of 'store', 'stats' or 'images'")
-    ((ref_kind, ref_path),) = ref.items()
-    ref_path = _must_exist(
-        f"{path}: reference.{ref_kind}",
-        _resolve(base, _string(f"{path}: reference.{ref_kind}", ref_path)),
-    )
+    ref_kind, ref_path = next(iter(ref.items()), (None, None))
+    if ref_kind is not None:
+        ref_path = _must_exist(
+            f"{path}: reference.{ref_kind}",
+            _resolve(base, _string(f"{path}: reference.{ref_kind}", ref_path)),
+        )
     history = _string(f"{path}: job.history", job.get("history", ""))
     scheduler = engine.get("scheduler")
     if scheduler is not None:
@@ -322,6 +323,12 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     if array is not None:
         array = _string(f"{path}: job.array", array)
     metrics = _metrics(path, raw.get("metrics"))
+    compared = sorted(name for name, m in metrics.items() if m.needs_reference)
+    if ref_kind is None and compared:
+        raise JobError(
+            f"{path}: metrics {compared} compare each entry with a reference: [reference] "
+            "needs one of 'store', 'stats' or 'images'"
+        )
     entries = _entries(path, base, raw.get("entries"))
     extract = _extract(path, base, raw.get("extract"))
     if "extract" in raw and ref_kind != "images" and not any(e.images for e in entries):

@@ -75,7 +75,10 @@ def _prepare(job: Job) -> _Prepared:
     from shardeval.pipeline.io.statsio import load_stats
     from shardeval.pipeline.io.stores import open_features
 
-    uses_images = job.reference_images is not None or any(e.images for e in job.entries)
+    compared = any(m.needs_reference for m in job.metrics.values())
+    uses_images = (compared and job.reference_images is not None) or any(
+        e.images for e in job.entries
+    )
     settings = {k: v for k, v in job.extract.items() if k != "batch_size"}
     extraction = plan_extraction(**settings) if uses_images else None
 
@@ -86,7 +89,11 @@ def _prepare(job: Job) -> _Prepared:
         return cache_key(source, extraction)
 
     reference_images = None
-    if job.reference_stats is not None:
+    d: int | None = None
+    reference_digest = ""
+    if not compared:
+        pass  # every metric measures the entries alone: a reference, if given, is not read
+    elif job.reference_stats is not None:
         d = load_stats(job.reference_stats).d
         reference_digest = _digest(listing_digest(job.reference_stats))
     elif job.reference_store is not None:
@@ -104,6 +111,14 @@ def _prepare(job: Job) -> _Prepared:
     digests = {name: image_digest(source) for name, source in images.items()}
     dims = {name: s.d for name, s in sources.items()}
     dims.update({name: extraction.dim for name in images if extraction is not None})
+    if d is None:  # no reference: the entries agree among themselves
+        d = dims[job.entries[0].name]
+        other = {name: dim for name, dim in dims.items() if dim != d}
+        if other:
+            raise JobError(
+                f"{job.path}: entry {job.entries[0].name!r} has d={d} columns but entries "
+                f"{other} differ; give arrays of one kind"
+            )
     other = {name: dim for name, dim in dims.items() if dim != d}
     if other:
         raise JobError(
@@ -291,16 +306,22 @@ def run_job(
     engine = engine or Engine()
     prepared = _prepare(job)
     history = History(job.history)
+    compared = any(m.needs_reference for m in job.metrics.values())
     # --verify: bytes decide, the reference's as well as each entry's.
-    reference_content = _reference_bytes(job, prepared) if verify else None
+    reference_content = _reference_bytes(job, prepared) if verify and compared else None
     features = None
     if prepared.reference_images is not None:
         features = _extracted(
             job, prepared, prepared.reference_images, engine, progress, log, reference_content
         )
-    reference = reference_of(
-        job, engine, prepared.reference_digest, log, features, reference_content
-    )
+    if compared:
+        reference = reference_of(
+            job, engine, prepared.reference_digest, log, features, reference_content
+        )
+    else:  # every metric measures the entries alone
+        reference = Reference(None, "", "")
+        if _reference_location(job):
+            log(f"reference {_reference_location(job)} not read: no metric of the job uses one")
     summary = RunSummary()
     declarations = job.declarations()
     digests = {name: job.metric_digest(name) for name in job.metrics}

@@ -19,6 +19,7 @@ from shardeval.pipeline import Moments, save_stats
 from shardeval.workflows.cli import main
 from shardeval.workflows.cli.parser import build_parser
 from tests.conftest import write_zarr
+from tests.workflows.test_cli_fetch import FETCH_CHECKS
 
 
 def _run(capsys, *argv):
@@ -131,6 +132,7 @@ def _base(command, f):
         "prdc": ["prdc", f["a"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
         "extract": _extract(f),
+        "is": ["is", f["a"]],  # any (N, C) array is logits
     }[command]
 
 
@@ -201,6 +203,12 @@ def check_shard_rows(capsys, f, command, monkeypatch):
 
 
 def check_array(capsys, f, command, monkeypatch):
+    if command == "is":
+        u = _report(capsys, "is", f["g"], "--array", "u")["is"]["inception_score"]
+        v = _report(capsys, "is", f["g"], "--array", "v")["is"]["inception_score"]
+        assert u != v
+        _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
+        return
     if command in ("nll", "ess"):
         _refused(capsys, *_base(command, f), "--array", "nope", match="has no array 'nope'")
         return
@@ -735,6 +743,58 @@ def check_image_option(option):
     return check
 
 
+def check_is_image_option(option):
+    """``is``: refused without an image input; with one, handed to the extraction; an encoder
+    without logits refused."""
+
+    def check(capsys, f, command, monkeypatch):
+        flag = "--" + option.replace("_", "-")
+        value, given = ("inception", "inception") if option == "encoder" else _IMAGE_OPTIONS[option]
+        if option in ("weights", "cache_root"):
+            value = given = str(f["tmp"] / value)
+        _refused(capsys, "is", f["a"], flag, value, match=f"{flag} applies to image inputs")
+        calls = []
+
+        def extraction(source, **kwargs):
+            calls.append(kwargs)
+            return types.SimpleNamespace(path=f["b"])
+
+        monkeypatch.setattr("shardeval.pipeline.images.cache.cached_features", extraction)
+        images = str(f["tmp"] / "images")
+        code, _out, err = _run(capsys, "is", images, flag, value, "-q")
+        assert code == 0, err
+        assert [c[option] for c in calls] == [given]
+        if option == "encoder":
+            _refused(capsys, "is", images, flag, "dinov2-vitl14", match="has no class logits")
+
+    return check
+
+
+def check_is_splits(capsys, f, command, monkeypatch):
+    argv = _base("is", f) if command == "is" else ["metrics", f["a"], "--metrics", "is"]
+    exact = _report(capsys, *argv)["is"]
+    split = _report(capsys, *argv, "--splits", "4")["is"]
+    if command == "is":
+        assert (exact["splits"], exact["split_mean"], split["splits"]) == (0, None, 4)
+        assert len(split["split_scores"]) == 4
+        # The same sums, added split by split: the same score to rounding.
+        assert split["inception_score"] == pytest.approx(exact["inception_score"], rel=1e-12)
+    else:
+        assert exact["is_split_mean"] is None
+        assert split["is"] == pytest.approx(exact["is"], rel=1e-12)
+        assert split["is_split_mean"] > 0
+        _refused(capsys, *_base(command, f), "--splits", "4", match="which is not asked for")
+    _refused(capsys, *argv, "--splits", "601", match="exceeds the 600 rows")
+
+
+def check_is_seed(capsys, f, command, monkeypatch):
+    one = _report(capsys, *_base(command, f), "--splits", "4", "--seed", "1")["is"]
+    two = _report(capsys, *_base(command, f), "--splits", "4", "--seed", "2")["is"]
+    assert (one["seed"], two["seed"]) == (1, 2)
+    assert one["split_scores"] != two["split_scores"]
+    _refused(capsys, *_base(command, f), "--seed", "1", match="--seed applies with --splits")
+
+
 def check_infinity(capsys, f, command, monkeypatch):
     assert "fid_infinity" not in _report(capsys, "fid", f["a"], f["b"])
     report = _report(capsys, "fid", f["a"], f["b"], "--infinity")
@@ -890,6 +950,10 @@ CHECKS = {
     **{(c, "k"): check_k for c in ("prdc", "metrics")},
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
     ("metrics", "metrics"): check_metrics,
+    **{("is", k): v for k, v in PAIRS.items() if k not in ("device", "backend")},
+    **{("is", o): check_is_image_option(o) for o in _IMAGE_OPTIONS},
+    **{(c, "splits"): check_is_splits for c in ("is", "metrics")},
+    ("is", "seed"): check_is_seed,
     **{("extract", k): v for k, v in EXTRACT.items()},
     **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},
@@ -928,6 +992,7 @@ CHECKS = {
         for command in ("fid", "kid", "cmmd", "prdc", "metrics", "stats")
         for option in _IMAGE_OPTIONS
     },
+    **FETCH_CHECKS,
     ("stats", "quiet"): check_stats_quiet,
     ("stats", "output"): check_stats_output,
     ("stats", "overwrite"): check_stats_overwrite,

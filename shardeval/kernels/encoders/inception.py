@@ -2,9 +2,9 @@
 torch (no torchvision), returning the 2048-d pool3 features.
 
 Module and parameter names are torchvision's ``Inception3`` names, so pytorch-fid's checkpoint
-``pt_inception-2015-12-05-6726825d.pth`` loads as it is, strictly (its ``fc`` 2048 → 1008 is
-loaded but unused for features). What makes this graph differ from torchvision's ImageNet
-Inception, and so from its features:
+``pt_inception-2015-12-05-6726825d.pth`` loads as it is, strictly. Its ``fc`` (2048 → 1008)
+gives the class logits of the Inception Score (:meth:`FIDInception.forward_with_logits`). What
+makes this graph differ from torchvision's ImageNet Inception, and so from its features:
 
 * the pooling branch of the A, C and first E blocks averages over the valid pixels only
   (TensorFlow's ``avg_pool`` ignores padding: ``count_include_pad=False``);
@@ -17,11 +17,19 @@ mapped to [−1, 1] as 2x − 1 inside the forward.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shardeval.kernels.encoders.weights import WeightsError, read_state_dict
+from shardeval.kernels.encoders.weights import EncoderError, WeightsError, read_state_dict
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from shardeval.kernels.encoders import Encoder
 
 #: Feature dimension (pool3).
 DIM = 2048
@@ -193,7 +201,8 @@ class FIDInception(nn.Module):
         self.Mixed_7a = InceptionD(768)
         self.Mixed_7b = InceptionE(1280, pool="avg")
         self.Mixed_7c = InceptionE(2048, pool="max")
-        # Part of the checkpoint (logits of the TF graph); features stop before it.
+        # The TF graph's logits layer: features stop before it; the Inception Score's logits
+        # take its weight (not its bias, see :meth:`logits`).
         self.fc = nn.Linear(DIM, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +219,24 @@ class FIDInception(nn.Module):
         for block in blocks:
             x = block(x)
         return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+
+    def logits(self, pool: torch.Tensor) -> torch.Tensor:
+        """The 1,008 class logits of (B, 2048) pool3 features, WITHOUT the ``fc`` bias:
+        pool3 · Wᵀ, (B, 1008) float32.
+
+        This is what the Inception Score is computed from: the original code (Salimans et al.
+        2016, improved-gan's ``inception_score.py``) multiplies pool3 by the weight of the TF
+        graph's ``softmax/logits/MatMul`` and never adds the bias, and torch-fidelity's
+        ``logits_unbiased`` (its ``isc`` default) is the same product, ``x.mm(fc.weight.T)``.
+        The biased logits are this plus ``fc.bias``.
+        """
+        return pool.mm(self.fc.weight.T)
+
+    def forward_with_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool3 features and the logits of the same pass: ((B, 2048), (B, 1008)); the
+        features equal :meth:`forward`'s."""
+        pool = self.forward(x)
+        return pool, self.logits(pool)
 
 
 def load_inception(path: str) -> FIDInception:
@@ -257,6 +284,46 @@ def load_inception(path: str) -> FIDInception:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def encode_with_logits(
+    encoder: Encoder, images: Sequence[np.ndarray], batch_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features and logits of decoded images from one forward pass per batch, as
+    :meth:`~shardeval.kernels.encoders.Encoder.encode` batches them (the features are the
+    same).
+
+    Args:
+        encoder: a loaded ``inception`` encoder.
+        images: (H, W, 3) uint8 RGB arrays.
+        batch_size: images per forward pass.
+
+    Returns:
+        (len(images), 2048) pool3 features and (len(images), 1008) logits without the bias
+        (:meth:`FIDInception.logits`), both float32.
+
+    Raises:
+        EncoderError: the encoder's network is not the FID Inception (it has no logits).
+    """
+    import numpy as np
+
+    network = encoder.network
+    if not isinstance(network, FIDInception):
+        raise EncoderError(f"the {encoder.spec.name} encoder has no class logits")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    features, logits = [], []
+    for lo in range(0, len(images), batch_size):
+        batch = torch.stack([encoder.preprocess(im) for im in images[lo : lo + batch_size]])
+        if encoder.device != "cpu":
+            batch = batch.pin_memory()
+        with torch.inference_mode():
+            pool, scores = network.forward_with_logits(batch.to(encoder.device, non_blocking=True))
+        features.append(pool.to(torch.float32).cpu().numpy())
+        logits.append(scores.to(torch.float32).cpu().numpy())
+    if not features:
+        return np.empty((0, DIM), np.float32), np.empty((0, CLASSES), np.float32)
+    return np.concatenate(features), np.concatenate(logits)
 
 
 def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
 """Where an encoder's weights are, what they are (a digest), and how they are read.
 
-No weights are ever downloaded and no model is ever left randomly initialised: a missing file is
-a one-line :class:`WeightsError` naming the file that is needed, where to put it, and the
-``--weights`` alternative. Locations follow the caches the reference tools use:
+Nothing here downloads anything and no model is ever left randomly initialised: a missing file
+is a one-line :class:`WeightsError` naming the file that is needed, where to put it, the
+command that fetches it when one can (``shardeval fetch``, :mod:`shardeval.pipeline.io.fetch`,
+which writes to the very place read here), and the ``«weights»`` alternative. Locations follow
+the caches the reference tools use:
 
 * the FID Inception: torch hub's checkpoint folder, ``$TORCH_HOME/hub/checkpoints`` (TORCH_HOME
   defaults to ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``), file
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 
 #: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it.
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+#: The command that downloads :data:`INCEPTION_FILE` into :func:`inception_path`.
+FETCH_INCEPTION = "shardeval fetch inception"
 
 #: Hugging Face model ids of the ViT encoders.
 HF_MODEL_IDS = {
@@ -62,6 +67,12 @@ def torch_home() -> str:
         return os.path.expanduser(os.environ["TORCH_HOME"])
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return os.path.expanduser(os.path.join(cache, "torch"))
+
+
+def inception_path() -> str:
+    """Where the FID Inception weights are read from when none are given (and where ``shardeval
+    fetch inception`` puts them): torch hub's checkpoint folder, as pytorch-fid caches them."""
+    return os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
 
 
 def hf_hub_cache() -> str:
@@ -121,7 +132,8 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
 
     Raises:
         WeightsError: the weights are not there; the message names the file or model id
-            needed, where to put it, and the ``--weights`` alternative.
+            needed, where to put it, the command that fetches it (the Inception's:
+            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative.
     """
     if weights is not None:
         path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
@@ -138,12 +150,14 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
             raise WeightsError(f"«weights» for {encoder} must be a file, not the folder {path!r}")
         return path
     if encoder == "inception":
-        path = os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
+        path = inception_path()
         if not os.path.isfile(path):
             raise WeightsError(
-                f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: copy "
-                "pytorch-fid's release file there (TORCH_HOME moves the folder) or pass "
-                "«weights=PATH»; nothing is downloaded"
+                f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: "
+                f"`{FETCH_INCEPTION}` (in Python shardeval.fetch('inception')) downloads them "
+                "there against their pinned SHA-256, or copy pytorch-fid's release file there "
+                "(TORCH_HOME moves the folder), or pass «weights=PATH»; nothing is downloaded "
+                "implicitly"
             )
         return path
     if encoder not in HF_MODEL_IDS:

@@ -3,8 +3,18 @@ chunk, resumable, with the completion mark written last.
 
 The store is a Zarr v3 group: ``features`` (N, d) float32, dims (sample, feature), one chunk per
 task of ``chunk_rows`` rows (a whole number of batches), fill value NaN (a row never written
-reads as NaN, which every reader rejects); ``names`` (N,) strings, the image of each row; and
-attributes naming the encoder, the weights' digest, the resize, the source and its fingerprint.
+reads as NaN, which every reader rejects); for the Inception, ``logits`` (N, 1008) float32,
+dims (sample, class), the class logits of the same forward pass (pool3 · Wᵀ without the bias,
+what the Inception Score takes; :data:`LOGITS_NOTE`), chunked alike; ``names`` (N,) strings,
+the image of each row; and attributes naming the encoder, the weights' digest, the resize, the
+source and its fingerprint.
+
+Logits are written by default: they cost one 2048 × 1008 product per image (about 0.04% of the
+Inception's forward pass) and 1008 floats a row (a store half again as large), where a store
+without them would have to be extracted again, every image through the network, to give an
+Inception Score. ``logits=False`` leaves them out. They are not a setting: a store is resumed,
+and reused, with the arrays it was created with (one made before logits were written has
+none, and the Inception Score says so).
 The group is created complete but for the chunks, in one atomic step (a temporary sibling
 renamed into place), and carries ``shardeval_incomplete`` until every chunk is stored;
 :func:`shardeval.pipeline.io.stores.open_features` refuses it until then. A re-run with the same
@@ -74,6 +84,17 @@ _NAMES_CHUNK = 65536
 #: Settings that decide a store's contents; a re-run must match them to resume.
 SETTING_KEYS = ("encoder", "weights_digest", "resize", "source_fingerprint", "skip_bad")
 
+#: The array of an extraction store holding the class logits, and the classes per encoder
+#: that has them.
+LOGITS_ARRAY = "logits"
+LOGIT_CLASSES = {"inception": 1008}
+
+#: What the logits are (the store's ``logits`` attribute and the array's ``description``).
+LOGITS_NOTE = (
+    "pool3 · fc.weightᵀ of the TF Inception graph, without the fc bias: the logits the "
+    "Inception Score takes (Salimans et al.'s code, torch-fidelity's logits_unbiased)"
+)
+
 
 class ExtractionError(ShardevalError):
     """An extraction cannot run as asked (an output holding other settings, nothing to keep)."""
@@ -99,6 +120,7 @@ class ExtractResult:
         resumed: an unfinished store was completed.
         devices: devices the tasks of this run used.
         seconds: wall time; check_seconds: of it, the decode pre-pass.
+        classes: logits per row the store holds (0: none).
     """
 
     output: str
@@ -117,6 +139,7 @@ class ExtractResult:
     devices: tuple[str, ...]
     seconds: float
     check_seconds: float
+    classes: int = 0
 
 
 @dataclass(frozen=True)
@@ -134,7 +157,8 @@ class ChunkJob:
     """What every chunk task needs besides its images (small; pickled into each task).
 
     ``weights`` is what the user gave (None: each worker looks in its own cache), ``digest``
-    what the weights must hash to on every worker.
+    what the weights must hash to on every worker; ``logits``: the store has a logits array,
+    written beside the features.
     """
 
     output: str
@@ -145,6 +169,7 @@ class ChunkJob:
     device: str
     batch_size: int
     chunk_rows: int
+    logits: bool = False
 
 
 # One encoder per (encoder, weights digest, device) per process: a worker loads it for its
@@ -207,7 +232,12 @@ def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:
     start = time.perf_counter()
     images = refs.read(threads=min(_DECODE_THREADS, available_cores()))
     model = cached_encoder(job.encoder, job.weights, job.digest, job.device, job.resize)
-    features = model.encode(images, job.batch_size)
+    if job.logits:
+        from shardeval.kernels.encoders.inception import encode_with_logits
+
+        features, logits = encode_with_logits(model, images, job.batch_size)
+    else:
+        features, logits = model.encode(images, job.batch_size), None
     lo = chunk * job.chunk_rows
     array = zarr.open_array(job.output, path="features", mode="r+")
     if lo + len(features) > array.shape[0] or len(features) != min(
@@ -215,6 +245,11 @@ def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:
     ):
         raise StoreError(f"{job.output!r}: chunk {chunk} does not fit the store's rows")
     # A chunk of NaN rows (a broken network) is still written, so the listing stays exact.
+    # The logits first: a chunk whose features are stored has its logits too, so the features'
+    # listing alone says which chunks a killed run left.
+    if logits is not None:
+        scores = zarr.open_array(job.output, path=LOGITS_ARRAY, mode="r+")
+        scores.with_config({"write_empty_chunks": True})[lo : lo + len(logits)] = logits
     array.with_config({"write_empty_chunks": True})[lo : lo + len(features)] = features
     return ChunkResult(chunk, len(features), time.perf_counter() - start, model.device)
 
@@ -271,9 +306,15 @@ def _run(
 
 
 def _create_store(
-    output: str, attrs: dict[str, Any], names: list[str], dim: int, chunk_rows: int
+    output: str,
+    attrs: dict[str, Any],
+    names: list[str],
+    dim: int,
+    chunk_rows: int,
+    classes: int = 0,
 ) -> None:
-    """The whole store but its chunks, renamed into place in one step."""
+    """The whole store but its chunks, renamed into place in one step (with a ``logits``
+    array of ``classes`` columns when ``classes``)."""
     import numpy as np
     import zarr
 
@@ -295,6 +336,18 @@ def _create_store(
             fill_value=np.float32("nan"),
             dimension_names=("sample", "feature"),
         )
+        if classes:
+            # dims (sample, class): readers that pick "the" features of a group by their
+            # dimension names keep picking ``features``.
+            group.create_array(
+                LOGITS_ARRAY,
+                shape=(len(names), classes),
+                dtype="float32",
+                chunks=(chunk_rows, classes),
+                fill_value=np.float32("nan"),
+                dimension_names=("sample", "class"),
+                attributes={"description": LOGITS_NOTE},
+            )
 
 
 def _remove_partial_writes(output: str) -> None:
@@ -364,6 +417,7 @@ def extract_features(
     engine: Engine | None = None,
     progress: Progress | None = None,
     check_progress: Progress | None = None,
+    logits: bool = True,
 ) -> ExtractResult:
     """Extract features of every image of a source into a Zarr feature store.
 
@@ -373,7 +427,8 @@ def extract_features(
         output: a local path (shared by every worker on a cluster).
         encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
         weights: the weights file / model folder; default: the standard caches.
-        resize: ``legacy-pytorch`` (default) or ``clean`` for the Inception.
+        resize: ``legacy-pytorch`` (default), ``clean`` or ``legacy-tensorflow`` for the
+            Inception.
         batch_size: images per forward pass (default 32). A finished store is reused
             whatever it is; an unfinished one is finished with its own (default) only.
         chunk_rows: rows per chunk and task, a multiple of ``batch_size`` (default: one
@@ -385,6 +440,8 @@ def extract_features(
         engine: where tasks run (default: the threaded scheduler).
         progress: called with (chunks done, chunks to compute).
         check_progress: called with (tasks done, total) of the ``skip_bad`` pre-pass.
+        logits: a new store of an encoder with class logits (the Inception) holds them too,
+            from the same forward pass (default). An existing store keeps its own arrays.
 
     Returns:
         What was done (:class:`ExtractResult`).
@@ -448,8 +505,16 @@ def extract_features(
                     )
             check_seconds = time.perf_counter() - t
             keep = _kept(source, attrs)
+            classes = LOGIT_CLASSES.get(encoder, 0) if logits else 0
+            if classes:
+                attrs[LOGITS_ARRAY] = LOGITS_NOTE
             _create_store(
-                output, attrs, [source.names[i] for i in keep], spec.dim, attrs["chunk_rows"]
+                output,
+                attrs,
+                [source.names[i] for i in keep],
+                spec.dim,
+                attrs["chunk_rows"],
+                classes,
             )
         else:
             keep = _kept(source, attrs)
@@ -465,9 +530,30 @@ def extract_features(
                 f"{(len(keep), spec.dim)} its attributes promise; pass «overwrite=True» to start "
                 "again"
             )
-        missing = sorted(index[0] for index, _ in missing_chunks(features)[0])
+        scores = group.get(LOGITS_ARRAY)
+        unwritten = {index[0] for index, _ in missing_chunks(features)[0]}
+        classes = 0
+        if scores is not None:
+            classes = LOGIT_CLASSES.get(encoder, 0)
+            if not isinstance(scores, zarr.Array) or (
+                tuple(scores.shape) != (len(keep), classes) or scores.chunks[0] != rows_per_chunk
+            ):
+                raise StoreError(
+                    f"{output!r} has logits that do not fit its features (rows, chunks or "
+                    f"{classes or 'no'} classes); pass «overwrite=True» to start again"
+                )
+            unwritten |= {index[0] for index, _ in missing_chunks(scores)[0]}
+        missing = sorted(unwritten)
         job = ChunkJob(
-            output, encoder, given, digest, mode, device, int(attrs["batch_size"]), rows_per_chunk
+            output,
+            encoder,
+            given,
+            digest,
+            mode,
+            device,
+            int(attrs["batch_size"]),
+            rows_per_chunk,
+            logits=bool(classes),
         )
         calls = [
             (job, c, source.refs(keep[c * rows_per_chunk : (c + 1) * rows_per_chunk]))
@@ -480,6 +566,8 @@ def extract_features(
         annotation = _gpu_annotation(engine, device) if calls else None
         results = _run(engine, "extract", extract_chunk, calls, progress, annotation)
         left, chunks = missing_chunks(features)
+        if scores is not None:
+            left = left or missing_chunks(scores)[0]
         if left:
             raise StoreError(f"{output!r}: {len(left)} chunks are still missing after the run")
         if not _complete(attrs):
@@ -502,6 +590,7 @@ def extract_features(
             devices=tuple(sorted({r.device for r in results})),
             seconds=time.perf_counter() - start,
             check_seconds=check_seconds,
+            classes=classes,
         )
 
 

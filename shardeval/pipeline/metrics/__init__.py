@@ -30,6 +30,7 @@ _SHIPPED = (
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
+    ("shardeval.pipeline.inception_score.metrics", "InceptionScore"),
 )
 
 

@@ -91,12 +91,15 @@ class Output:
         unit: for headers and axes ("" for a dimensionless number).
         description: one line.
         array: a per-entry array (e.g. an eigen-spectrum) rather than a scalar.
+        optional: a scalar the metric's options may not ask for (e.g. the peers' protocol
+            beside an exact estimate): then it is None, recorded as missing, never a number.
     """
 
     name: str
     unit: str
     description: str
     array: bool = False
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,9 @@ class Metric(abc.ABC):
     plots: ClassVar[tuple[Plot, ...]] = ()
     #: the metric compares rows of the entry with rows of the reference (not its statistics)
     needs_reference_features: ClassVar[bool] = False
+    #: the metric compares the entry with a reference at all (False: computed from the entry
+    #: alone, such as the Inception Score; a job of such metrics needs no [reference])
+    needs_reference: ClassVar[bool] = True
 
     def __init__(self, options: dict[str, Any]):
         known = {p.name: p for p in self.params}
@@ -298,6 +304,8 @@ class Metric(abc.ABC):
                 f"metric {self.name!r} returned {sorted(values)}, declared {sorted(declared)}"
             )
         for name, value in values.items():
+            if value is None and declared[name].optional:
+                continue
             if not declared[name].array and not math.isfinite(float(value)):
                 raise NumericalError(f"metric {self.name!r}: {name} is {value}, not a number")
         return values

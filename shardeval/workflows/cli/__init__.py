@@ -25,6 +25,7 @@ EXIT_BROKEN_PIPE = 141
 #: command → (module, function)
 _COMMANDS = {
     "extract": ("shardeval.workflows.cli.extract", "cmd_extract"),
+    "fetch": ("shardeval.workflows.cli.fetch", "cmd_fetch"),
     "fid": ("shardeval.workflows.cli.measure", "cmd_fid"),
     "stats": ("shardeval.workflows.cli.measure", "cmd_stats"),
     "nll": ("shardeval.workflows.cli.measure", "cmd_nll"),
@@ -33,6 +34,7 @@ _COMMANDS = {
     "kid": ("shardeval.workflows.cli.samples", "cmd_kid"),
     "cmmd": ("shardeval.workflows.cli.samples", "cmd_cmmd"),
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),
+    "is": ("shardeval.workflows.cli.samples", "cmd_is"),
     "metrics": ("shardeval.workflows.cli.samples", "cmd_metrics"),
     "run": ("shardeval.workflows.cli.runs", "cmd_run"),
     "history": ("shardeval.workflows.cli.runs", "cmd_history"),

@@ -30,11 +30,13 @@ DESCRIPTION = (
 
 EPILOG = """\
 examples:
+  shardeval fetch                                     # the FID Inception weights, checked
   shardeval extract samples/ -o gen.zarr              # images -> Inception features
   shardeval synth real.zarr --n 50000 --d 2048 --seed 1
   shardeval synth gen.zarr --n 50000 --d 2048 --seed 2 --mean 0.05
   shardeval fid real.zarr gen.zarr --out fid.json
   shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc
+  shardeval is gen.zarr --splits 10                   # Inception Score of extracted logits
   shardeval stats real.zarr -o real-stats.zarr
   shardeval fid real-stats.zarr gen.zarr              # statistics on either side
   shardeval fid fid_stats_a.npz fid_stats_b.npz       # two pytorch-fid statistics files
@@ -328,8 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Imported here: the extract module imports this one for its option types.
     from shardeval.workflows.cli.extract import add_extract_parser
+    from shardeval.workflows.cli.fetch import add_fetch_parser
 
     add_extract_parser(sub, [engine])
+    add_fetch_parser(sub)
 
     fid = sub.add_parser(
         "fid",
@@ -337,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Fréchet distance between two feature sets or statistics",
         description="Fréchet Inception Distance between REAL and GEN. Each may be a feature "
         "store or statistics (ours, or a pytorch-fid .npz); feature stores are streamed "
-        "through the engine, statistics are read.",
+        "through the engine, statistics are read. A guided-diffusion (ADM) reference batch, "
+        "VIRTUAL_*.npz, is read as its mu/sigma: pool_3 features of the TF Inception graph, "
+        "so extract GEN with --resize legacy-tensorflow to compare with it.",
         epilog="examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
         "  shardeval fid real-stats.zarr gen.zarr\n"
         "  shardeval fid a.npz b.npz\n"
@@ -395,6 +401,24 @@ def build_parser() -> argparse.ArgumentParser:
     prdc.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
     metric_options(prdc, ("prdc",))
 
+    inception = sub.add_parser(
+        "is",
+        parents=[engine, shards, tree, images, output],
+        help="Inception Score of logits, exact over all samples (and the peers' splits)",
+        description="Inception Score (Salimans et al. 2016), exp(E KL(p(y|x) ‖ p(y))), of "
+        "LOGITS: an (N, C) array or store of logits, an extraction store of the Inception (its "
+        "1,008 logits, pool3·Wᵀ without the bias as torch-fidelity's logits_unbiased), or "
+        "images (extracted with the Inception into the feature cache). By default over ALL "
+        "samples, exactly, with its standard error (delta method on log IS); --splits S adds "
+        "the peers' protocol (torch-fidelity's isc: mean and std over S splits of the rows "
+        "shuffled by --seed), so numbers compare with published ones.",
+        epilog="examples:\n  shardeval is gen.zarr\n  shardeval is gen.zarr --splits 10\n"
+        "  shardeval is logits.npy --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    inception.add_argument("store", metavar="LOGITS", help="logits, an extraction store or images")
+    metric_options(inception, ("is",))
+
     metrics = sub.add_parser(
         "metrics",
         parents=[*features, images, output],
@@ -405,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    metrics.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
+    metrics.add_argument(
+        "stores",
+        nargs="+",
+        metavar="STORE",
+        help="REAL GEN, or GEN alone when no metric named compares with a reference (is)",
+    )
     metrics.add_argument(
         "--metrics",
         type=metric_list,

@@ -1,11 +1,18 @@
-"""The sample-metric commands: kid, cmmd, prdc, and metrics (several at once)."""
+"""The sample-metric commands: kid, cmmd, prdc, is (the Inception Score of one set), and
+metrics (several at once)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from shardeval.workflows.cli.common import api_options, claim_report, emit, must_exist
+from shardeval.workflows.cli.common import (
+    UsageError,
+    api_options,
+    claim_report,
+    emit,
+    must_exist,
+)
 
 
 def _given(args: argparse.Namespace, *metrics: str) -> dict[str, Any]:
@@ -38,6 +45,15 @@ def cmd_prdc(args: argparse.Namespace) -> int:
     return _one(args, "prdc")
 
 
+def cmd_is(args: argparse.Namespace) -> int:
+    import shardeval as se
+
+    must_exist(args.store)
+    claim_report(args)
+    report = se.inception_score(args.store, **_given(args, "is"), **api_options(args))
+    return emit(args, report.to_dict(), report.summary())
+
+
 def cmd_metrics(args: argparse.Namespace) -> int:
     import shardeval as se
 
@@ -46,6 +62,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from shardeval.pipeline.metrics import METRICS
 
     options = _given(args, *METRICS)
-    real, gen = args.stores
+    if len(args.stores) > 2:
+        raise UsageError(f"metrics takes REAL GEN (or GEN alone); got {len(args.stores)} stores")
+    real, gen = args.stores if len(args.stores) == 2 else (None, args.stores[0])
     report = se.metrics(real, gen, args.metrics, **options, **api_options(args))
     return emit(args, report.to_dict(), report.summary())

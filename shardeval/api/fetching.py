@@ -1,0 +1,72 @@
+"""Downloads the encoders need: ``shardeval.fetch("inception")`` is ``shardeval fetch
+inception``. Nothing is downloaded anywhere else, at import or implicitly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shardeval.pipeline.io.fetch import FetchResult
+
+
+def fetch(
+    name: str = "inception",
+    *,
+    url: str | None = None,
+    retries: int = 2,
+    timeout: float = 60.0,
+    progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> FetchResult:
+    """Download a file the encoders read into the place they read it from, checked against
+    its pinned SHA-256; or verify the one already there.
+
+    ``inception``: pytorch-fid's FID Inception weights,
+    ``pt_inception-2015-12-05-6726825d.pth``, into torch hub's checkpoint folder
+    (``$TORCH_HOME/hub/checkpoints``), where :func:`shardeval.extract` finds them.
+
+    The download goes to a partial file beside the target, is hashed as it arrives, and is
+    renamed into place only once its digest is right. An interrupted download resumes where
+    it stopped (HTTP ``Range``); a wrong digest, a truncated transfer or a server error raises
+    and leaves nothing behind.
+
+    Args:
+        name: what to fetch (:func:`fetchable` lists the names).
+        url: download from this URL instead (a mirror); default ``$SHARDEVAL_FETCH_URL_<NAME>``,
+            else ``$SHARDEVAL_FETCH_MIRROR/<file name>``, else where the file is published.
+        retries: further attempts after a transfer cut short, a 5xx answer or an unreachable
+            server (each resuming where the last stopped).
+        timeout: seconds a connection may stay silent.
+        progress: called with (bytes so far, bytes in all).
+        log: called with notices (resuming, retrying).
+
+    Returns:
+        :class:`~shardeval.pipeline.io.fetch.FetchResult`: ``path``, ``sha256``,
+        ``verified`` (``sha256``, or ``sha256-prefix`` where only the 8 hex digits in the
+        name are pinned), ``already_present``, ``resumed_from``; ``to_dict()``, ``summary()``.
+
+    Raises:
+        DigestMismatchError, TransferError, FetchError: see
+            :func:`shardeval.pipeline.io.fetch.fetch`; each leaves nothing in place.
+    """
+    from shardeval.pipeline.io.fetch import fetch as fetch_file
+
+    return fetch_file(name, url=url, retries=retries, timeout=timeout, progress=progress, log=log)
+
+
+def fetchable() -> list[dict[str, Any]]:
+    """What :func:`fetch` can download: name, title, file, URL (the one that would be used,
+    environment overrides included), pinned digest, its source, where it goes, and whether it
+    is there."""
+    import os
+
+    from shardeval.pipeline.io.fetch import ARTIFACTS, resolve_url
+
+    rows = []
+    for item in ARTIFACTS.values():
+        row = item.describe()
+        row["url"] = resolve_url(item)
+        row["present"] = os.path.isfile(row["path"])
+        rows.append(row)
+    return rows
