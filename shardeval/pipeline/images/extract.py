@@ -60,7 +60,7 @@ from shardeval.pipeline.images.sources import (
     open_images,
 )
 from shardeval.pipeline.io.atomic import atomic_dir, claim_output, locked
-from shardeval.pipeline.io.stores import INCOMPLETE_ATTR
+from shardeval.pipeline.io.stores import FEATURES_FORMAT, INCOMPLETE_ATTR
 
 if TYPE_CHECKING:
     from shardeval.kernels.encoders import Encoder
@@ -71,8 +71,8 @@ DEFAULT_BATCH_SIZE = 32
 #: Images per task of the ``skip_bad`` decode pre-pass.
 CHECK_ROWS = 256
 
-#: The ``format`` attribute of a feature store written by extraction.
-STORE_FORMAT = "shardeval.features"
+#: The ``format`` attribute of a feature store written by extraction (the readers' constant).
+STORE_FORMAT = FEATURES_FORMAT
 
 #: What the incomplete mark says while chunks are still being written.
 INCOMPLETE_NOTE = "extraction in progress; re-run to finish"

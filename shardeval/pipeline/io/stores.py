@@ -33,6 +33,19 @@ DEFAULT_SHARD_BYTES = 64 * 2**20
 #: Store attributes that name the network that produced the features, in order of preference.
 EXTRACTOR_ATTRS = ("feature_extractor", "extractor", "model")
 
+#: Attribute value that marks an extraction store (``shardeval extract``, the feature cache).
+FEATURES_FORMAT = "shardeval.features"
+
+#: What a report names of an extraction store: report key → the store's attribute.
+_EXTRACTION_PROVENANCE = {
+    "encoder": "encoder",
+    "resize": "resize",
+    "weights_digest": "weights_digest",
+    "images": "source",
+    "image_count": "image_count",
+    "skip_bad": "skip_bad",
+}
+
 #: Attribute value that marks a Zarr group written by ``shardeval stats``.
 STATS_FORMAT = "shardeval.moments"
 
@@ -116,8 +129,10 @@ class FeatureSource:
         return [0, *np.cumsum(self.array.chunks[0])[:-1].tolist()]
 
     def describe(self) -> dict[str, Any]:
-        """Provenance: what a report or a statistics file records about this source."""
-        return {
+        """Provenance: what a report or a statistics file records about this source; for an
+        extraction store also how its features were made (encoder, resize, the weights'
+        digest, the images), which decides what a number compares with."""
+        described = {
             "source": self.location,
             "array": self.name,
             "shape": list(self.array.shape),
@@ -125,6 +140,13 @@ class FeatureSource:
             "shards": self.shards,
             "feature_extractor": self.feature_extractor,
         }
+        if self.attrs.get("format") == FEATURES_FORMAT:
+            described["extraction"] = {
+                key: self.attrs[name]
+                for key, name in _EXTRACTION_PROVENANCE.items()
+                if name in self.attrs
+            }
+        return described
 
 
 def _is_url(location: str) -> bool:
