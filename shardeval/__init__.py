@@ -37,6 +37,9 @@ _EXPORTS = {
     "extract": "shardeval.api.extraction",
     "fetch": "shardeval.api.fetching",
     "Report": "shardeval.api.results",
+    # Training-loop metrics: classes beside the functions of the same name in lower case
+    # (se.FID() accumulates batches, se.fid(real, gen) computes at once).
+    **dict.fromkeys(("FID", "KID", "CMMD", "PRDC", "PairMetrics"), "shardeval.api.streaming"),
     **dict.fromkeys(
         (
             "ShardevalError",
@@ -53,10 +56,15 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CMMD",
+    "FID",
+    "KID",
+    "PRDC",
     "DtypeError",
     "NonFiniteError",
     "NumericalError",
     "OptionError",
+    "PairMetrics",
     "Report",
     "RoundingWarning",
     "ShapeError",
@@ -93,6 +101,7 @@ if TYPE_CHECKING:
     from shardeval.api.inception import inception_score
     from shardeval.api.results import Report
     from shardeval.api.samples import cmmd, kid, metrics, prdc
+    from shardeval.api.streaming import CMMD, FID, KID, PRDC, PairMetrics
     from shardeval.pipeline.errors import (
         DtypeError,
         NonFiniteError,

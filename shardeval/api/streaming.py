@@ -1,0 +1,1464 @@
+"""Training-loop metrics: objects that take batches as a model produces them.
+
+:class:`FID` keeps, per side, the count, mean and centred co-moment of the rows it has seen:
+batches gather in a bounded buffer on their device and go through
+:func:`shardeval.kernels.shard_moments` there (Triton on CUDA, BLAS on a CPU), and the result is
+folded into a running float64 state on that device by Chan, Golub & LeVeque's update; no more
+rows than the buffer's are ever held. :class:`PairMetrics` (and :class:`KID`,
+:class:`CMMD`, :class:`PRDC`) need every row, since they sum over pairs: they spill the rows to a
+Zarr array in a work folder, one chunk at a time, and :meth:`~PairMetrics.compute` runs the
+block-pair engine over them, exactly over all pairs. Memory stays flat in the rows either way.
+
+Both take 2-D features ``(B, d)`` (a tensor on any device, or a numpy array) or 4-D image
+batches ``(B, 3, H, W)`` (uint8, or floats in [0, 1]) for one of ``extract``'s encoders (the
+Inception by default). ``compute()`` returns the :class:`~shardeval.api.results.Report` that the
+one-shot function (:func:`shardeval.fid`, :func:`shardeval.kid`…) gives for the same rows.
+
+``torch.distributed`` (any backend): ``sync(group)`` is the one collective call. :meth:`FID.sync`
+gathers every process's moments and merges them in rank order with
+:meth:`Moments.merge <shardeval.pipeline.core.states.Moments.merge>`, so every rank holds the same
+bits, equal to one process fed the ranks' batches in rank order up to rounding: float64's with
+``precision='fp64'``, fp32 products' (~1e-7 relative: which rows reach the kernel together
+differs) by default, as :func:`shardeval.fid` with other shard sizes.
+:meth:`PairMetrics.sync` sends every rank's rows to rank 0, chunk by chunk through
+``torch.distributed`` (no shared file system is needed: one chunk is in memory at a time), in rank
+order; rank 0 computes over exactly the rows one process would have seen and hands the result to
+every rank. Afterwards ``compute()`` returns the merged result on every rank, until the next
+``update``, ``merge``, ``reset`` or ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from shardeval.api.results import Report, Side, fid_data, fid_summary
+from shardeval.pipeline.core.states import Moments
+from shardeval.pipeline.errors import (
+    DtypeError,
+    EngineError,
+    NonFiniteError,
+    NumericalError,
+    OptionError,
+    ShapeError,
+    StatsFormatError,
+    ZeroRowError,
+)
+from shardeval.pipeline.options import BACKENDS, PRECISIONS
+
+if TYPE_CHECKING:
+    import torch
+
+    from shardeval.kernels.encoders import Encoder
+    from shardeval.pipeline.fid.gaussian import Gaussian
+    from shardeval.pipeline.io.stores import FeatureSource
+
+__all__ = ["CMMD", "FID", "KID", "PRDC", "PairMetrics"]
+
+#: What :meth:`FID.state_dict` holds, and the version of its layout: per side the content of
+#: a statistics file (``n``, ``mean``, ``m2``), under ``real.`` and ``gen.``.
+STATE_FORMAT = "shardeval.FID"
+STATE_VERSION = 1
+
+#: Bytes of one spilled chunk (and of the buffer that fills it): what a pair metric holds in
+#: memory per set, and what one message carries when rows travel to rank 0.
+SPILL_CHUNK_BYTES = 8 * 2**20
+
+#: Bytes of the rows an FID gathers per side on the device before the moments kernel runs.
+BUFFER_BYTES = 32 * 2**20
+
+_SIDES = ("real", "gen")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise OptionError(f"«{name}» must be one of {choices}, got {value!r}")
+
+
+def _first_rows(mask: torch.Tensor) -> str:
+    """How many rows a per-row mask marks, and the first few of them."""
+    import torch
+
+    first = torch.nonzero(mask).flatten()[:5].tolist()
+    return f"{int(mask.sum())} row(s) (first at rows {', '.join(map(str, first))} of the batch)"
+
+
+# ---------------------------------------------------------------------------------------------
+# batches: features or images
+
+
+def _tensor(x: Any, what: str) -> torch.Tensor:
+    """``x`` as a tensor on its own device, of real numbers."""
+    import torch
+
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "iuf" or x.dtype == np.bool_:
+            raise DtypeError(f"{what} has dtype {x.dtype}; it must hold integers or floats")
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")))
+    if not isinstance(x, torch.Tensor):
+        raise DtypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise DtypeError(f"{what} has dtype {x.dtype}; it must hold integers or floats")
+    return x.detach()
+
+
+def _feature_rows(t: torch.Tensor, what: str) -> torch.Tensor:
+    """2-D feature rows of a dtype the kernels multiply without rounding the data: integers
+    wider than 16 bits become float64, which holds them exactly up to 2^53."""
+    import torch
+
+    from shardeval.pipeline.core.chunks import inexact_integer_rows
+
+    if t.ndim != 2:
+        raise ShapeError(
+            f"{what} has shape {tuple(t.shape)}; give 2-D features (B, d) or 4-D images "
+            "(B, 3, H, W)"
+        )
+    if t.is_floating_point() or t.element_size() < 4:
+        return t
+    if inexact_integer_rows(t.cpu().numpy()).any():
+        raise NumericalError(
+            f"{what} holds integers beyond 2^53, which float64 cannot hold exactly; pass them "
+            "as floats if rounding them is acceptable"
+        )
+    return t.to(torch.float64)
+
+
+def _uint8_images(images: torch.Tensor, what: str) -> list[np.ndarray]:
+    """(B, 3, H, W) uint8, or floats in [0, 1], as the (H, W, 3) uint8 images the encoders'
+    preprocessing takes. Floats are quantised as ``torchvision.utils.save_image`` writes a PNG
+    (× 255, + 0.5, clamp, truncate): the features are those of the images as saved, which is
+    what FID of an image folder measures."""
+    import torch
+
+    if images.shape[1] != 3:
+        hint = ", not channels-last: pass x.permute(0, 3, 1, 2)" if images.shape[-1] == 3 else ""
+        raise ShapeError(f"{what} has shape {tuple(images.shape)}; images are (B, 3, H, W){hint}")
+    if images.dtype != torch.uint8:
+        if not images.is_floating_point():
+            raise DtypeError(
+                f"{what} has dtype {images.dtype}; images are uint8 (0..255) or floats in [0, 1]"
+            )
+        low, high = (float(v) for v in torch.aminmax(images)) if images.numel() else (0, 0)
+        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+            raise DtypeError(
+                f"{what} holds {images.dtype} values in [{low:.6g}, {high:.6g}]; float images "
+                "must lie in [0, 1] (scale them, e.g. (x + 1) / 2 for [-1, 1])"
+            )
+        images = images.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+
+
+class _Batches:
+    """What every training-loop metric does with a batch before its own arithmetic: count it,
+    tell features from images (and encode these), check d, and refuse real rows when the
+    reference was given up front.
+
+    The encoder is found (its weights located and hashed) at the first image batch and
+    loaded once per process and device (:func:`~shardeval.pipeline.images.extract.cached_encoder`);
+    a metric fed features never needs weights.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        weights: str | os.PathLike[str] | None,
+        resize: str | None,
+        batch_size: int | None,
+    ) -> None:
+        from shardeval._words import marked
+        from shardeval.kernels.encoders import ENCODERS, EncoderError, resolve_resize
+        from shardeval.pipeline.images.extract import DEFAULT_BATCH_SIZE, EncoderSetupError
+
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        try:
+            resolve_resize(encoder, resize)  # the names now; the weights at the first image
+        except EncoderError as exc:
+            raise EncoderSetupError(marked(exc)) from exc
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise OptionError(f"«batch_size» must be a positive integer, got {batch_size!r}")
+        self._encoder = (encoder, weights, resize, batch_size)
+        self.feature_extractor = ENCODERS[encoder].feature_extractor
+        self.encoded = False  # some rows came from the encoder
+        self._plan: Any = None
+        self._calls = 0
+        self._d: int | None = None
+        self._given = False  # the reference was given up front
+        self._reference_extractor: str | None = None
+
+    def _rows(self, x: Any, real: bool, device: Any) -> tuple[str, torch.Tensor, str]:
+        """The batch's side, its rows (images encoded on ``device``, None: their own) and
+        how messages name it."""
+        side = "real" if real else "gen"
+        if real and self._given:
+            raise OptionError(
+                "update(x, real=True), but a reference was given up front («reference»): give "
+                "one or the other"
+            )
+        self._calls += 1
+        what = f"update() call {self._calls} ({side})"
+        t = _tensor(x, what)
+        if t.ndim == 4:
+            rows = self._encode(t, str(device or t.device), what)
+        else:
+            rows = _feature_rows(t, what)
+        d = int(rows.shape[1])
+        if self._d is None:
+            self._d = d
+        elif d != self._d:
+            raise ShapeError(
+                f"{what} has d={d} features per row, but earlier batches or the reference have "
+                f"d={self._d}; compare features of one model"
+            )
+        return side, rows, what
+
+    def _encode(self, images: torch.Tensor, device: str, what: str) -> torch.Tensor:
+        import torch
+
+        from shardeval.pipeline.images.extract import cached_encoder, plan_extraction
+
+        known = self._reference_extractor
+        if known is not None and known != self.feature_extractor:
+            raise OptionError(
+                f"the reference holds features of {known!r}, but images are encoded by "
+                f"{self.feature_extractor!r}; choose the encoder the reference was made with "
+                "(«encoder»)"
+            )
+        pixels = _uint8_images(images, what)
+        name, weights, resize, batch_size = self._encoder
+        if self._plan is None:
+            self._plan = plan_extraction(name, weights, resize)
+        plan = self._plan
+        model: Encoder = cached_encoder(
+            plan.encoder, plan.weights, plan.digest, device, plan.resize
+        )
+        self.encoded = True
+        return torch.from_numpy(model.encode(pixels, batch_size))
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.distributed
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The process group of a sync: its size, this process's rank in it, and the global rank
+    of its rank 0 (point-to-point calls and broadcasts name global ranks)."""
+
+    handle: Any
+    size: int
+    rank: int
+    root: int
+
+    def global_rank(self, group_rank: int) -> int:
+        import torch.distributed as dist
+
+        return group_rank if self.handle is None else dist.get_global_rank(self.handle, group_rank)
+
+    def all_gather(self, payload: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, payload, group=self.handle)
+        return out
+
+    def broadcast(self, payload: Any) -> Any:
+        """Rank 0's ``payload`` on every rank."""
+        import torch.distributed as dist
+
+        box = [payload]
+        dist.broadcast_object_list(box, src=self.root, group=self.handle)
+        return box[0]
+
+
+def _group(group: Any) -> _Group:
+    """The process group to sync over.
+
+    Raises:
+        EngineError: ``torch.distributed`` is not available or not initialised, or this process
+            is not in ``group``.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise EngineError(
+            "sync() gathers the states of a torch.distributed job, and none is running here: "
+            "call torch.distributed.init_process_group() first (a single process needs no sync)"
+        )
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise EngineError("sync(group) was called by a process that is not in the group")
+    root = 0 if group is None else dist.get_global_rank(group, 0)
+    return _Group(group, dist.get_world_size(group), rank, root)
+
+
+# ---------------------------------------------------------------------------------------------
+# FID
+
+
+class _RunningMoments:
+    """One side of an FID: count, mean and co-moment as float64 tensors on the batches'
+    device, the non-finite rows dropped and the batches seen.
+
+    Batches wait in a buffer on the device (:data:`BUFFER_BYTES`, a few thousand rows) and go
+    through the moments kernel together: its O(d²) finish (the centring correction, the
+    float64 conversion) is then paid once per buffer, not once per batch, which at d = 2,048
+    and batches of 64 rows is 25× the products themselves. The running state is updated in
+    place, so that a GPU never copies a (d, d) matrix to the host per batch. Mutable and
+    private on purpose: what leaves an FID (state dicts, syncs, merges, results) is a frozen
+    :class:`~shardeval.pipeline.core.states.Moments`, merged by its own law-tested ``merge``;
+    a test holds :meth:`add` to that merge.
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        self.backend = backend
+        self.n = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+        self.dropped = 0
+        self.batches = 0
+        self._buffer: torch.Tensor | None = None
+        self._filled = 0
+
+    def push(self, rows: torch.Tensor) -> None:
+        """Finite rows for the kernel, on the state's device in the dtype of their products."""
+        import torch
+
+        buffer = self._buffer
+        if buffer is not None and (
+            buffer.dtype != rows.dtype or self._filled + len(rows) > len(buffer)
+        ):
+            self.flush()
+        capacity = max(1, BUFFER_BYTES // (rows.shape[1] * rows.element_size()))
+        if len(rows) >= capacity:
+            self._reduce(rows)
+            return
+        if buffer is None or buffer.dtype != rows.dtype:
+            shape = (capacity, rows.shape[1])
+            buffer = self._buffer = torch.empty(shape, dtype=rows.dtype, device=rows.device)
+        buffer[self._filled : self._filled + len(rows)] = rows
+        self._filled += len(rows)
+
+    def flush(self) -> None:
+        if self._filled and self._buffer is not None:
+            self._filled, filled = 0, self._filled
+            self._reduce(self._buffer[:filled])
+
+    def _reduce(self, rows: torch.Tensor) -> None:
+        from shardeval.kernels import shard_moments
+
+        self.add(*shard_moments(rows, backend=self.backend))  # type: ignore[arg-type]
+
+    def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Chan, Golub & LeVeque's update (:func:`~shardeval.pipeline.core.states.chan_merge`),
+        in place: δ = mean_b − mean_a, mean += δ·n_b/n, m2 += m2_b + δδᵀ·n_a·n_b/n, where δδᵀ
+        is the outer product of one vector with itself (exactly symmetric)."""
+        import torch
+
+        if n == 0:
+            return
+        if self.mean is None or self.m2 is None:
+            self.n = n
+            self.mean = mean.to(dtype=torch.float64, copy=True)
+            self.m2 = m2.to(dtype=torch.float64, copy=True)
+            return
+        total = self.n + n
+        delta = mean.to(self.mean.device) - self.mean
+        scaled = delta * math.sqrt(self.n * n / total)
+        self.mean += delta * (n / total)
+        self.m2 += m2.to(self.m2.device)
+        self.m2.addr_(scaled, scaled)
+        self.n = total
+
+    def absorb(self, rows: _Rows) -> None:
+        """Add the rows of another FID (or of a state dict)."""
+        import torch
+
+        m = rows.moments
+        if m.n:
+            device = "cpu" if self.mean is None else self.mean.device
+            self.add(m.n, torch.tensor(m.mean, device=device), torch.tensor(m.m2, device=device))
+        self.dropped += rows.dropped
+        self.batches += rows.batches
+
+    def to(self, device: Any) -> None:
+        self.flush()
+        self._buffer = None
+        if self.mean is not None and self.m2 is not None:
+            self.mean, self.m2 = self.mean.to(device), self.m2.to(device)
+
+    def rows(self, d: int) -> _Rows:
+        self.flush()
+        if self.mean is None or self.m2 is None:
+            return _Rows(Moments.empty(d), self.dropped, self.batches)
+        # Copies: the running tensors go on changing in place.
+        mean, m2 = self.mean.cpu().numpy().copy(), self.m2.cpu().numpy().copy()
+        return _Rows(Moments(self.n, mean, m2), self.dropped, self.batches)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """One side's rows as they leave an FID: their moments, the non-finite rows dropped, the
+    batches."""
+
+    moments: Moments
+    dropped: int = 0
+    batches: int = 0
+
+
+@dataclass(frozen=True)
+class _FIDShare:
+    """What one FID holds, as a sync, a merge or a result takes it: both sides' rows, d (None
+    before any row), and the digest of a reference given up front (FIDs merge only with the
+    same one)."""
+
+    real: _Rows
+    gen: _Rows
+    d: int | None
+    reference: str | None
+
+
+def _check_shares(shares: list[_FIDShare], what: str) -> int | None:
+    """The d the shares agree on (None: no rows anywhere).
+
+    Raises:
+        OptionError: different references; ShapeError: different d.
+    """
+    if len({s.reference for s in shares}) > 1:
+        differ = [i for i, s in enumerate(shares) if s.reference != shares[0].reference]
+        raise OptionError(
+            f"{what}: the FIDs hold different references (those at positions {differ} differ "
+            "from the first); give every process the same «reference»"
+        )
+    dims = sorted({s.d for s in shares if s.d is not None})
+    if len(dims) > 1:
+        raise ShapeError(f"{what}: feature dimensions differ between the FIDs: d = {dims}")
+    return dims[0] if dims else None
+
+
+def _fold(shares: list[_FIDShare], what: str) -> _FIDShare:
+    """The shares merged in their order by :meth:`Moments.merge` (a registered state's pure,
+    law-tested merge): the same bits wherever it runs. A share without rows may not know d;
+    its empty moments are left out."""
+    d = _check_shares(shares, what)
+
+    def side(name: str) -> _Rows:
+        parts = [getattr(s, name) for s in shares]
+        moments = Moments.empty(d or 0)
+        for part in parts:
+            if part.moments.n:
+                moments = moments.merge(part.moments) if moments.n else part.moments
+        return _Rows(moments, sum(p.dropped for p in parts), sum(p.batches for p in parts))
+
+    return _FIDShare(side("real"), side("gen"), d, shares[0].reference)
+
+
+def _digest(gaussian: Gaussian) -> str:
+    """A digest of a reference's numbers, to tell whether two FIDs hold the same one."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(b"%d" % (-1 if gaussian.n is None else gaussian.n))
+    h.update(np.ascontiguousarray(gaussian.mean, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(gaussian.cov, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+class FID(_Batches):
+    r"""Fréchet Inception Distance, accumulated batch by batch.
+
+    .. math::
+        \mathrm{FID} = \lVert \mu_r - \mu_g \rVert^2
+            + \operatorname{tr}\left(\Sigma_r + \Sigma_g - 2 (\Sigma_r \Sigma_g)^{1/2}\right)
+
+    of Gaussians fitted to the reference (real) and generated features (Heusel et al.,
+    NeurIPS 2017). The count, mean and centred co-moment of a buffer of batches
+    (:data:`BUFFER_BYTES`) come from :func:`shardeval.kernels.shard_moments` on the batches'
+    device (fp32 products of rows centred on their mean; float64 for float64 rows or
+    ``precision='fp64'``) and are merged into a float64 state on that device with Chan, Golub &
+    LeVeque's update; raw Σx and Σxxᵀ, which lose digits when the mean is large against the
+    spread, are never formed. The
+    distance is :func:`shardeval.fid`'s (a symmetric eigenvalue problem in float64).
+
+    Args:
+        reference: the real side, given up front: anything :func:`shardeval.fid` takes as
+            ``real``: a statistics file (ours or a pytorch-fid ``.npz``), a feature store or an
+            array (its moments are computed now), an image source (extracted into the feature
+            cache with this metric's encoder options), a ``Gaussian`` or ``Moments``. None: feed
+            real rows with ``update(x, real=True)``.
+        device: where the running state lives and the kernels run (``"cuda"``, ``"cuda:1"``,
+            ``"cpu"``); batches elsewhere are moved there. None: the first batch's device.
+        backend: the moments kernel: ``auto`` (Triton on CUDA, BLAS on a CPU), ``triton`` or
+            ``torch``.
+        precision: ``fp32`` products inside a batch (the kernels' contract) or ``fp64``.
+        nonfinite: rows with NaN or inf: ``error`` (raise, naming the batch and rows) or
+            ``drop`` (leave them out and count them); None: the FID plug-in's default
+            (``error``).
+        reset_real: whether :meth:`reset` also forgets real rows fed with ``real=True`` (a
+            reference given up front is always kept), as torchmetrics' ``reset_real_features``.
+        encoder, weights, resize, batch_size: how image batches become features, as for
+            :func:`shardeval.extract`.
+        cache_root, scheduler: where an image-source reference's features are cached, and
+            where a reference store's moments are computed (as for :func:`shardeval.fid`).
+
+    Raises:
+        OptionError: an option out of its choices.
+        EncoderSetupError: an unknown encoder or resize mode.
+        StoreError, StatsFormatError, ShapeError, NonFiniteError: a reference that cannot be
+            read, as :func:`shardeval.fid` raises them.
+
+    Example:
+        >>> import numpy as np
+        >>> import shardeval as se
+        >>> rng = np.random.default_rng(0)
+        >>> fid = se.FID()
+        >>> fid.update(rng.standard_normal((500, 4)), real=True)
+        >>> for _ in range(5):
+        ...     fid.update(rng.standard_normal((100, 4)) + 1.0)
+        >>> report = fid.compute()              # the report of se.fid on the same rows
+        >>> report.to_dict()["n_real"], report.to_dict()["n_gen"], report.to_dict()["d"]
+        (500, 500, 4)
+        >>> 3.5 < report.to_dict()["mean_term"] < 4.5   # about ‖(1, 1, 1, 1)‖² = 4
+        True
+        >>> again = se.FID()
+        >>> again.load_state_dict(fid.state_dict())
+        >>> float(again.compute()) == float(report)
+        True
+
+    Distributed (every rank runs this on its own batches):
+
+    .. code-block:: python
+
+        fid = se.FID("cifar10-train.npz", device=f"cuda:{local_rank}")
+        for images in loader:
+            fid.update(generator(images))
+        fid.sync()                      # collective: every rank now holds the merged state
+        value = float(fid.compute())    # the same bits on every rank
+    """
+
+    def __init__(
+        self,
+        reference: Any = None,
+        *,
+        device: Any = None,
+        backend: str = "auto",
+        precision: str = "fp32",
+        nonfinite: str | None = None,
+        reset_real: bool = True,
+        encoder: str = "inception",
+        weights: str | os.PathLike[str] | None = None,
+        resize: str | None = None,
+        batch_size: int | None = None,
+        cache_root: str | os.PathLike[str] | None = None,
+        scheduler: Any = None,
+    ) -> None:
+        from shardeval.api.samples import _declared
+
+        _check_choice("backend", backend, BACKENDS)
+        _check_choice("precision", precision, PRECISIONS)
+        super().__init__(encoder, weights, resize, batch_size)
+        self.backend, self.precision = backend, precision
+        self.nonfinite = _declared("fid", {"nonfinite": nonfinite})["nonfinite"]
+        self.reset_real = bool(reset_real)
+        self._device = None if device is None else _torch_device(device)
+        self._reference: Gaussian | None = None
+        self._reference_side: Side | None = None
+        self._digest: str | None = None
+        self._sides = {side: _RunningMoments(backend) for side in _SIDES}
+        self._global: _FIDShare | None = None
+        self._processes = 1
+        if reference is not None:
+            options = {
+                "device": "auto" if self._device is None else self._device.type,
+                "backend": backend,
+                "precision": precision,
+                "nonfinite": self.nonfinite,
+                "encoder": encoder,
+                "weights": weights,
+                "resize": resize,
+                "batch_size": batch_size,
+                "cache_root": cache_root,
+                "scheduler": scheduler,
+            }
+            self._set_reference(*_load_reference(reference, options))
+
+    def _set_reference(self, gaussian: Gaussian, side: Side) -> None:
+        if gaussian.n is not None and gaussian.n < 2:
+            raise ShapeError(f"the reference has {gaussian.n} row(s); FID needs at least 2")
+        self._reference, self._reference_side = gaussian, side
+        self._digest = _digest(gaussian)
+        self._given, self._d = True, gaussian.d
+        extractor = side.provenance.get("feature_extractor")
+        self._reference_extractor = None if extractor is None else str(extractor)
+
+    @property
+    def device(self) -> torch.device | None:
+        """Where the running state lives (None before the first batch)."""
+        return self._device
+
+    @property
+    def synced(self) -> bool:
+        """Whether :meth:`compute` gives the merged state of every process (after
+        :meth:`sync`, until the next update, merge, reset or load)."""
+        return self._global is not None
+
+    def update(self, x: Any, real: bool = False) -> None:
+        """Add a batch: features ``(B, d)``, or images ``(B, 3, H, W)`` for the encoder.
+
+        Args:
+            x: a tensor on any device or a numpy array: 2-D feature rows (any real dtype), or
+                4-D images, uint8 or floats in [0, 1] (quantised to uint8 as a saved PNG is).
+            real: the batch is reference rows (only when no reference was given up front).
+
+        Raises:
+            OptionError: ``real=True`` while a reference was given up front.
+            ShapeError: a batch that is neither 2-D nor 4-D, or whose d differs from earlier
+                batches or the reference.
+            DtypeError: not real numbers; images of another dtype, or floats outside [0, 1].
+            NonFiniteError: rows with NaN or inf under ``nonfinite='error'``.
+            NumericalError: integers beyond 2^53.
+            EncoderSetupError: the encoder's weights cannot be found or loaded.
+        """
+        import torch
+
+        side, rows, what = self._rows(x, real, self._device)
+        if self._device is None:
+            self._device = rows.device
+            for running in self._sides.values():
+                running.to(self._device)
+        rows = rows.to(self._device, non_blocking=True)
+        if self.precision == "fp64":
+            rows = rows.to(torch.float64)
+        running = self._sides[side]
+        if not bool(torch.isfinite(rows).all()):
+            finite = torch.isfinite(rows).all(dim=1)
+            if self.nonfinite == "error":
+                raise NonFiniteError(
+                    f"{what} has {_first_rows(~finite)} with NaN or inf; clean them or pass "
+                    "«nonfinite='drop'»"
+                )
+            running.dropped += int((~finite).sum())
+            rows = rows[finite]
+        running.push(rows)
+        running.batches += 1
+        self._global = None
+
+    def _share(self) -> _FIDShare:
+        d = self._d or 0
+        real, gen = self._sides["real"].rows(d), self._sides["gen"].rows(d)
+        return _FIDShare(real, gen, self._d, self._digest)
+
+    def compute(self) -> Report:
+        """FID of the rows seen (all processes' after :meth:`sync`) against the reference.
+
+        Returns:
+            The :class:`~shardeval.api.results.Report` of :func:`shardeval.fid`: ``float()`` the
+            FID, ``results["fid"]`` the
+            :class:`~shardeval.pipeline.fid.frechet.FrechetDistance`, ``to_dict()`` the JSON
+            report; its ``settings`` are this metric's, and ``processes`` says how many
+            processes' rows it holds.
+
+        Raises:
+            OptionError: no reference (none given, no real rows).
+            ShapeError: fewer than 2 rows on a side.
+            NumericalError: a covariance that is not positive semi-definite beyond rounding.
+        """
+        import torch
+
+        from shardeval.api.functions import _noted
+        from shardeval.pipeline.fid.frechet import (
+            frechet_distance,
+            warn_if_rounding_reached_spectrum,
+        )
+        from shardeval.pipeline.fid.gaussian import Gaussian
+        from shardeval.pipeline.io.provenance import now_iso, versions
+
+        start = time.perf_counter()
+        share = self._global or self._share()
+        if self._reference is None and share.real.moments.n == 0:
+            raise OptionError(
+                "FID has no reference: pass «reference» (statistics, a feature store, a "
+                "Gaussian or Moments) or feed real rows with update(x, real=True)"
+            )
+        sides = {"real": _fed_side("real", share.real), "gen": _fed_side("gen", share.gen)}
+        if self._reference is not None and self._reference_side is not None:
+            sides["real"] = self._reference_side
+        for side in sides.values():
+            if side.n is not None and side.n < 2:
+                name = {"real": "real", "gen": "generated"}[side.role]
+                raise ShapeError(
+                    f"FID needs at least 2 {name} rows, and {side.n} were given; update() with "
+                    "more rows"
+                )
+        real = self._reference or Gaussian.from_moments(share.real.moments, _FED["real"])
+        gen = Gaussian.from_moments(share.gen.moments, _FED["gen"])
+        with _noted() as notes:
+            result = frechet_distance(real, gen)
+            warn_if_rounding_reached_spectrum(result, self.precision == "fp32")
+            notes.extend(result.warnings)
+            data = fid_data(result, sides["real"], sides["gen"])
+            data["settings"] = {
+                "device": str(self._device),
+                "backend": self.backend,
+                "precision": self.precision,
+                "nonfinite": self.nonfinite,
+            }
+            data["processes"] = self._processes if self._global is not None else 1
+            engine = {"scheduler": "in-process", "threads": torch.get_num_threads()}
+            seconds = time.perf_counter() - start
+            data.update(
+                warnings=notes.messages(),
+                engine=engine,
+                seconds=seconds,
+                created=now_iso(),
+                versions=versions(),
+            )
+        text = fid_summary(result, sides["real"], sides["gen"], seconds, engine)
+        return Report("fid", {"fid": result}, data, text, result.fid)
+
+    def reset(self) -> None:
+        """Forget the generated rows (and the real rows fed with ``real=True`` when
+        ``reset_real``); a reference given up front stays."""
+        self._global = None
+        self._sides["gen"] = _RunningMoments(self.backend)
+        if self.reset_real:
+            self._sides["real"] = _RunningMoments(self.backend)
+        if not self._given and self._sides["real"].n == 0:
+            self._d = None
+
+    def merge(self, other: FID) -> FID:
+        """Add another FID's rows to this one's, in place (returns ``self``, for chaining): the
+        result is one FID fed this one's batches, then ``other``'s (merges are associative and
+        commutative up to float64 rounding, ~1e-16 relative).
+
+        Raises:
+            OptionError: ``other`` is not an FID, or the references differ.
+            ShapeError: the feature dimensions differ.
+        """
+        if not isinstance(other, FID):
+            raise OptionError(f"FID.merge takes an FID, got {type(other).__name__}")
+        theirs = other._share()
+        self._d = _check_shares([self._share(), theirs], "merge()")
+        for side in _SIDES:
+            self._sides[side].absorb(getattr(theirs, side))
+        self._global = None
+        return self
+
+    def sync(self, group: Any = None) -> None:
+        """Gather every process's state and merge them in rank order (a collective: every
+        process of ``group`` calls it).
+
+        Afterwards :meth:`compute` gives the merged state on every rank, the same bits
+        everywhere, equal to one process fed the ranks' batches in rank order up to rounding
+        (float64's with ``precision='fp64'``; fp32 products' otherwise, ~1e-7 relative). The
+        process's own state is kept beside it: a second sync counts nothing twice,
+        :meth:`state_dict` holds this process's rows, and :meth:`update` goes on adding to
+        them (then :meth:`compute` gives them alone until the next sync).
+
+        Args:
+            group: a ``torch.distributed`` process group (default: the whole job).
+
+        Raises:
+            EngineError: ``torch.distributed`` is not initialised.
+            OptionError: the processes hold different references.
+            ShapeError: feature dimensions differ between processes.
+        """
+        g = _group(group)
+        self._global = _fold(g.all_gather(self._share()), "sync()")
+        self._processes = g.size
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's state: per side what a statistics file holds (``n``, ``mean`` (d,),
+        ``m2`` (d, d), float64), the non-finite rows dropped and the batches; a reference given
+        up front as given (``reference.mu``, ``reference.sigma``, ``reference.n`` when known,
+        and where it came from). Arrays are CPU tensors, so that ``torch.load`` reads a
+        checkpoint with its default ``weights_only=True``.
+
+        Returns:
+            A plain dict of tensors, ints and strings, with ``format`` and ``format_version``.
+        """
+        import torch
+
+        share = self._share()
+        state: dict[str, Any] = {"format": STATE_FORMAT, "format_version": STATE_VERSION}
+        for side in _SIDES:
+            rows = getattr(share, side)
+            state |= {
+                f"{side}.n": rows.moments.n,
+                f"{side}.mean": torch.tensor(rows.moments.mean),
+                f"{side}.m2": torch.tensor(rows.moments.m2),
+                f"{side}.nonfinite_dropped": rows.dropped,
+                f"{side}.batches": rows.batches,
+            }
+        if self._reference is not None and self._reference_side is not None:
+            ref = self._reference
+            state |= {
+                "reference.mu": torch.tensor(np.asarray(ref.mean, dtype=np.float64)),
+                "reference.sigma": torch.tensor(np.asarray(ref.cov, dtype=np.float64)),
+                "reference.location": self._reference_side.location,
+            }
+            if ref.n is not None:
+                state["reference.n"] = int(ref.n)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (tensors or numpy arrays): both sides and
+        the reference replace this object's.
+
+        Raises:
+            StatsFormatError: another format or a newer version, keys missing, shapes that
+                differ, values not finite, counts that are not integers ≥ 0, a covariance that
+                is not symmetric or has a negative variance.
+        """
+        from shardeval.pipeline.fid.gaussian import Gaussian
+        from shardeval.pipeline.io.statsio import _check_matrix
+
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise StatsFormatError(
+                f"load_state_dict takes what FID.state_dict() returns (format "
+                f"{STATE_FORMAT!r}), got format {got!r}"
+            )
+        version = _state_int(state, "format_version")
+        if version > STATE_VERSION:
+            raise StatsFormatError(
+                f"state_dict has format version {version}, and this shardeval reads versions up "
+                f"to {STATE_VERSION}: it was written by a newer shardeval"
+            )
+        sides = {}
+        for side in _SIDES:
+            n = _state_int(state, f"{side}.n")
+            mean, m2 = _state_array(state, f"{side}.mean"), _state_array(state, f"{side}.m2")
+            m2 = _check_matrix("state_dict", mean, m2, (f"{side}.mean", f"{side}.m2"))
+            if n and not mean.size:
+                raise StatsFormatError(f"state_dict: {side}.n is {n}, but {side}.mean is empty")
+            sides[side] = _RunningMoments(self.backend)
+            sides[side].absorb(
+                _Rows(
+                    Moments(n, mean, m2),
+                    _state_int(state, f"{side}.nonfinite_dropped"),
+                    _state_int(state, f"{side}.batches"),
+                )
+            )
+        reference = None
+        if "reference.mu" in state:
+            mu = _state_array(state, "reference.mu")
+            sigma = _state_array(state, "reference.sigma")
+            sigma = _check_matrix("state_dict", mu, sigma, ("reference.mu", "reference.sigma"))
+            count = _state_int(state, "reference.n") if "reference.n" in state else None
+            if count is not None and count < 2:
+                raise StatsFormatError(f"state_dict: the reference has n={count} < 2")
+            reference = Gaussian(mu, sigma, count, str(_state_value(state, "reference.location")))
+        dims = {len(s.mean) for s in sides.values() if s.mean is not None}
+        dims |= set() if reference is None else {reference.d}
+        if len(dims) > 1:
+            raise StatsFormatError(f"state_dict: the sides have different d {sorted(dims)}")
+        self._global = None
+        self._sides = sides
+        self._d = next(iter(dims), None)
+        self._reference = self._reference_side = self._reference_extractor = self._digest = None
+        self._given = False
+        if reference is not None:
+            self._set_reference(reference, _statistics_side(reference))
+        if self._device is not None:
+            for running in self._sides.values():
+                running.to(self._device)
+
+    def __repr__(self) -> str:
+        real = "given" if self._given else f"{self._sides['real'].n} rows"
+        return (
+            f"FID(real={real}, gen={self._sides['gen'].n} rows, d={self._d}, "
+            f"device={self._device}, synced={self.synced})"
+        )
+
+
+#: Where the rows fed to an FID came from, as its report names them.
+_FED = {"real": "update(x, real=True) batches", "gen": "update(x) batches"}
+
+
+def _fed_side(role: str, rows: _Rows) -> Side:
+    """A side of the report for rows fed with ``update`` (its shards: the batches)."""
+    m = rows.moments
+    return Side(role, _FED[role], m.n, m.d, rows.batches, "features", True, rows.dropped)
+
+
+def _statistics_side(x: Any) -> Side:
+    """A side of the report for a reference given as statistics."""
+    from shardeval.api.functions import _statistics_side as side_of
+
+    return Side(**{**vars(side_of(x)[1]), "role": "real"})
+
+
+def _load_reference(x: Any, options: dict[str, Any]) -> tuple[Gaussian, Side]:
+    """A reference given up front, read as :func:`shardeval.fid` reads its ``real``: the
+    Gaussian and the report's side."""
+    from shardeval.api.functions import _feature_side, _moments, _running
+    from shardeval.api.inputs import extracted, features, is_images, is_statistics, statistics
+    from shardeval.pipeline.fid.gaussian import Gaussian
+
+    if is_statistics(x):
+        return statistics(x), _statistics_side(x)
+    with _running(options) as run:
+        if is_images(x):
+            x = extracted(x, options, run.engine, None, [])
+        source = features(x)
+        ((moments, dropped),) = _moments(run, [source])
+    side = _feature_side(source, moments, dropped)
+    return Gaussian.from_moments(moments, source.location), Side(**{**vars(side), "role": "real"})
+
+
+def _torch_device(device: Any) -> torch.device:
+    import torch
+
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise OptionError(
+            f"«device» must name a torch device ('cpu', 'cuda', 'cuda:1'), got {device!r}"
+        ) from exc
+
+
+def _state_value(state: dict[str, Any], key: str) -> Any:
+    if key not in state:
+        raise StatsFormatError(
+            f"state_dict lacks {key!r}; it holds {sorted(state)} (load what FID.state_dict() "
+            "returned)"
+        )
+    value = state[key]
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+def _state_array(state: dict[str, Any], key: str) -> np.ndarray:
+    return np.asarray(_state_value(state, key), dtype=np.float64)
+
+
+def _state_int(state: dict[str, Any], key: str) -> int:
+    value = _state_value(state, key)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise StatsFormatError(f"state_dict: {key!r} is {value!r}; it must be an integer >= 0")
+    return int(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# pair metrics: rows spilled to Zarr
+
+
+def _chunk_rows(d: int, dtype: np.dtype) -> int:
+    return max(1, SPILL_CHUNK_BYTES // max(1, d * dtype.itemsize))
+
+
+class _Spill:
+    """One set's rows, appended to a Zarr array ``(n, d)`` one whole chunk at a time.
+
+    Memory: one chunk (the buffer). :meth:`flush` writes a partial last chunk and keeps it in
+    the buffer, so that the chunk is written whole once it fills. The fill value is NaN: a
+    chunk that was never written cannot pass for rows.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.array: Any = None
+        self.buffer: np.ndarray | None = None
+        self.start = 0  # rows stored before the buffer's first row (whole chunks)
+        self.filled = 0  # rows in the buffer
+
+    @property
+    def n(self) -> int:
+        return self.start + self.filled
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        return None if self.buffer is None else self.buffer.dtype
+
+    def append(self, rows: np.ndarray) -> None:
+        if self.buffer is None:
+            import zarr
+
+            d = rows.shape[1]
+            chunk = _chunk_rows(d, rows.dtype)
+            self.array = zarr.create_array(
+                self.path,
+                shape=(0, d),
+                chunks=(chunk, d),
+                dtype=rows.dtype,
+                fill_value=np.nan,
+                compressors=None,  # features hardly compress; the CPU time is better spent
+                dimension_names=("sample", "feature"),
+                config={"write_empty_chunks": True},
+            )
+            self.buffer = np.empty((chunk, d), dtype=rows.dtype)
+        pos = 0
+        while pos < len(rows):
+            take = min(len(self.buffer) - self.filled, len(rows) - pos)
+            self.buffer[self.filled : self.filled + take] = rows[pos : pos + take]
+            self.filled += take
+            pos += take
+            if self.filled == len(self.buffer):
+                self.flush()
+                self.start += self.filled
+                self.filled = 0
+
+    def flush(self) -> None:
+        if self.filled and self.buffer is not None:
+            stop = self.start + self.filled
+            if self.array.shape[0] < stop:
+                self.array.resize((stop, self.array.shape[1]))
+            self.array[self.start : stop] = self.buffer[: self.filled]
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The rows, one spill chunk at a time."""
+        self.flush()
+        step = 1 if self.buffer is None else len(self.buffer)
+        for start in range(0, self.n, step):
+            yield np.asarray(self.array[start : min(start + step, self.n)])
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.array, self.buffer, self.start, self.filled = None, None, 0, 0
+
+
+#: The metrics a :class:`PairMetrics` computes.
+_PAIR_METRICS = ("kid", "cmmd", "prdc")
+
+#: Options that change a pair metric's result: processes that sync must agree on them.
+_RESULT_OPTIONS = ("subsets", "subset_size", "seed", "shard_rows", "precision")
+
+
+class PairMetrics(_Batches):
+    r"""KID, CMMD and/or PRDC, exact over all pairs, fed batch by batch.
+
+    The rows are spilled to a Zarr array per set in a work folder, chunk by chunk (memory: one
+    chunk per set, :data:`SPILL_CHUNK_BYTES`), and :meth:`compute` runs the block-pair engine
+    of :func:`shardeval.kid` over them: no N × N matrix, and no subsets unless KID's
+    ``subsets`` asks for the peers' protocol. The result is the report that
+    :func:`shardeval.kid`, :func:`shardeval.cmmd` and :func:`shardeval.prdc` give for the
+    concatenated rows, the metrics asked for in one report (the same bits: the spill is read in
+    the shards those functions cut an array of the same rows into).
+
+    Args:
+        metrics: any of ``"kid"``, ``"cmmd"``, ``"prdc"``.
+        reference: the real set given up front: a feature store (a path) or an array, as
+            :func:`shardeval.kid` takes it; None: feed real rows with ``update(x, real=True)``.
+            (Statistics hold no rows: pair metrics cannot use them.)
+        work_dir: where the spills go: a folder of this object's own is made inside it and
+            removed by :meth:`close` (nothing else there is touched). Default: a temporary
+            folder. With a ``scheduler`` on other machines, it must be on a file system they
+            share.
+        dtype: the spilled rows' dtype, ``"float32"`` or ``"float64"``; None: float64 for
+            float64 (and wide integer) batches, float32 for the rest (exact for float16,
+            bfloat16 and small integers). A batch the spill would round is refused.
+        reset_real: whether :meth:`reset` also forgets real rows fed with ``real=True``.
+        encoder, weights, resize, batch_size: how image batches become features, as for
+            :func:`shardeval.extract` (default encoder: CLIP for CMMD alone, else the
+            Inception).
+        **options: the metrics' own options, with the defaults their declarations give
+            (``subsets``, ``subset_size``, ``seed`` for KID; ``sigma``, ``unbiased`` for CMMD;
+            ``k``, ``pr_k`` for PRDC), and the engine's as :func:`shardeval.kid` takes them
+            (``shard_rows``: rows per block; ``split_every``, ``device``, ``backend``,
+            ``precision``, ``scheduler``, ``cluster``, ``threads``, ``performance_report``,
+            ``progress``, ``log``).
+
+    Raises:
+        TypeError: an option that none of the metrics takes.
+        OptionError: unknown metrics; options that do not apply or fit.
+        MetricOptionError: an option's value that its declaration refuses.
+        StoreError, ShapeError: a reference that cannot be read.
+
+    Example:
+        >>> import numpy as np
+        >>> import shardeval as se
+        >>> rng = np.random.default_rng(0)
+        >>> with se.PairMetrics(("kid", "prdc"), k=3) as pm:
+        ...     pm.update(rng.standard_normal((300, 8)), real=True)
+        ...     for _ in range(3):
+        ...         pm.update(rng.standard_normal((100, 8)) + 0.5)
+        ...     report = pm.compute()
+        >>> report["kid"].n_real, report["kid"].n_gen, report["prdc"].k
+        (300, 300, 3)
+        >>> bool(float(report) > 0)                         # KID, the first metric
+        True
+
+    Distributed: every rank runs ``update`` on its own batches, then ``pm.sync()`` (collective:
+    rank 0 receives every rank's rows and computes, every rank gets the result), then
+    ``pm.compute()`` returns that result; ``pm.close()`` at the end.
+    """
+
+    def __init__(
+        self,
+        metrics: Sequence[str] = _PAIR_METRICS,
+        reference: Any = None,
+        *,
+        work_dir: str | os.PathLike[str] | None = None,
+        dtype: str | None = None,
+        reset_real: bool = True,
+        encoder: str | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        resize: str | None = None,
+        batch_size: int | None = None,
+        **options: Any,
+    ) -> None:
+        from shardeval.api.functions import refuse
+        from shardeval.api.inputs import IMAGE_OPTIONS
+        from shardeval.api.samples import _ENGINE_PARAMS, _declared, _params, _refuse_fp32_sums
+        from shardeval.pipeline.metrics import METRICS
+
+        chosen = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        if not chosen or set(chosen) - set(_PAIR_METRICS) or len(set(chosen)) != len(chosen):
+            raise OptionError(
+                f"«metrics» must name some of {_PAIR_METRICS}, each once; got {chosen!r}"
+            )
+        declared = {p.name for m in chosen for p in METRICS[m].params}
+        # The engine's options as shardeval.kid takes them (images here are batches: the
+        # encoder's options are this class's own).
+        engine = {name for name, _, _ in _ENGINE_PARAMS} - {*IMAGE_OPTIONS, "array"}
+        unknown = sorted(set(options) - declared - engine)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}")
+        # As shardeval.kid and the others check them.
+        if set(chosen) <= {"kid", "cmmd"}:
+            _refuse_fp32_sums(options.get("precision"))
+        if "kid" in chosen:
+            _declared("kid", options)
+            if options.get("subsets"):
+                why = "apply to the exact estimator, not to «subsets»"
+                refuse(options, ("split_every", "device", "backend"), why)
+        self._params = _params(chosen, options)
+        _check_choice("dtype", dtype, (None, "float32", "float64"))
+        super().__init__(
+            encoder or ("clip-vitl14-336" if chosen == ("cmmd",) else "inception"),
+            weights,
+            resize,
+            batch_size,
+        )
+        self.metrics, self.options = chosen, options
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.reset_real = bool(reset_real)
+        self._reference: FeatureSource | None = None
+        if reference is not None:
+            self._reference = _pair_reference(reference, chosen, options.get("shard_rows"))
+            self._given, self._d = True, self._reference.d
+            self._reference_extractor = self._reference.feature_extractor
+        # A folder of our own: we remove it, and only it, whatever else work_dir holds.
+        parent = None if work_dir is None else os.fspath(work_dir)
+        if parent is not None:
+            os.makedirs(parent, exist_ok=True)
+        self.folder = tempfile.mkdtemp(prefix="shardeval-pairs-", dir=parent)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self._spills = {side: _Spill(os.path.join(self.folder, f"{side}.zarr")) for side in _SIDES}
+        self._global: Report | None = None
+
+    def __enter__(self) -> PairMetrics:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove this object's work folder (and its spills); it cannot be used afterwards."""
+        self._finalizer()
+        self._global = None
+
+    def _live(self) -> None:
+        if not self._finalizer.alive:
+            raise OptionError("this metric was closed; make a new one")
+
+    @property
+    def synced(self) -> bool:
+        """Whether :meth:`compute` gives the result over every process's rows (after
+        :meth:`sync`, until the next update, merge or reset)."""
+        return self._global is not None
+
+    def update(self, x: Any, real: bool = False) -> None:
+        """Append a batch of rows: features ``(B, d)``, or images ``(B, 3, H, W)``.
+
+        Args:
+            x: a tensor on any device or a numpy array (see :meth:`FID.update`).
+            real: reference rows (only when no reference was given up front).
+
+        Raises:
+            OptionError: ``real=True`` with a reference given up front; a closed metric.
+            ShapeError: wrong rank, or d unlike earlier batches or the reference.
+            DtypeError: not real numbers, or float64 rows for float32 spills.
+            NonFiniteError: rows with NaN or inf (pair metrics need every row).
+            ZeroRowError: a row of zeros for CMMD (it scales rows to unit norm).
+            NumericalError: integers beyond 2^53.
+        """
+        import torch
+
+        self._live()
+        side, rows, what = self._rows(x, real, self.options.get("device"))
+        if rows.shape[0] == 0:
+            return
+        spill = self._spills[side]
+        wide = rows.dtype == torch.float64
+        dtype = self.dtype or spill.dtype or np.dtype(np.float64 if wide else np.float32)
+        if dtype == np.float32 and wide:
+            raise DtypeError(
+                f"{what} has float64 rows, but the {side} rows are spilled as float32: pass "
+                "«dtype='float64'» to keep every digit (or cast the batches to float32)"
+            )
+        finite = torch.isfinite(rows).all(dim=1)
+        if not bool(finite.all()):
+            raise NonFiniteError(
+                f"{what} has {_first_rows(~finite)} with NaN or inf; pair metrics need every "
+                "row: clean them"
+            )
+        zero = ~(rows != 0).any(dim=1)
+        if "cmmd" in self.metrics and bool(zero.any()):
+            raise ZeroRowError(
+                f"{what} has {_first_rows(zero)} of zeros: CMMD scales each row to unit norm, "
+                "which a zero row does not have; remove them"
+            )
+        spill.append(rows.to(getattr(torch, dtype.name)).cpu().numpy())
+        self._global = None
+
+    def reset(self) -> None:
+        """Forget the generated rows, and the real rows fed with ``real=True`` when
+        ``reset_real`` (a reference given up front stays)."""
+        self._live()
+        self._global = None
+        self._spills["gen"].clear()
+        if self.reset_real:
+            self._spills["real"].clear()
+        if not self._given and self._spills["real"].n == 0:
+            self._d = None
+
+    def merge(self, other: PairMetrics) -> PairMetrics:
+        """Append another object's rows after this one's, in place (returns ``self``).
+
+        Raises:
+            OptionError: ``other`` asks for other metrics or options, or has another reference.
+        """
+        self._live()
+        if not isinstance(other, PairMetrics) or other._settings() != self._settings():
+            raise OptionError(
+                "merge() takes a pair metric with the same metrics, options and reference"
+            )
+        other._live()
+        self.encoded |= other.encoded
+        for side in _SIDES:
+            for rows in other._spills[side].chunks():
+                self.update(rows, real=side == "real")
+        return self
+
+    def _settings(self) -> tuple[Any, ...]:
+        """What processes or objects whose rows are put together must agree on."""
+        ref = self._reference
+        return (
+            self.metrics,
+            self._params,
+            {k: self.options.get(k) for k in _RESULT_OPTIONS},
+            None if ref is None else (ref.n, ref.d, str(ref.dtype)),
+        )
+
+    def compute(self) -> Report:
+        """The metrics over every pair of rows (every process's after :meth:`sync`).
+
+        Returns:
+            The :class:`~shardeval.api.results.Report` that :func:`shardeval.kid`,
+            :func:`shardeval.cmmd` and :func:`shardeval.prdc` give for these rows:
+            ``results[name]`` each metric's typed result, ``float()`` the first one's headline,
+            ``to_dict()`` the JSON report, with ``processes``: how many processes' rows it
+            holds.
+
+        Raises:
+            OptionError: no reference.
+            ShapeError: fewer than 2 rows on a side, or k not below a set's rows.
+        """
+        self._live()
+        if self._global is not None:
+            return self._global
+        for spill in self._spills.values():
+            spill.flush()
+        return self._compute({s: sp.path for s, sp in self._spills.items() if sp.n}, 1)
+
+    def _compute(self, paths: dict[str, str], processes: int) -> Report:
+        """The report over the spills at ``paths`` (by side; a side without rows has none)."""
+        from shardeval.api.functions import _noted, _running
+        from shardeval.api.samples import _pairs, _report
+
+        if self._reference is None and "real" not in paths:
+            raise OptionError(
+                "no reference: pass «reference» (a feature store) or feed real rows with "
+                "update(x, real=True)"
+            )
+        if "gen" not in paths:
+            raise ShapeError(f"{'/'.join(self.metrics)} need generated rows: call update(x)")
+        real = self._reference or self._source(paths["real"])
+        gen = self._source(paths["gen"])
+        with _noted() as notes, _running(self.options) as run:
+            report = _report(run, _pairs(run, real, gen, dict(self._params)), real, gen, notes)
+        data = {**report.data, "processes": processes}
+        return Report(report.metric, report.results, data, report.text, report.value)
+
+    def _source(self, path: str) -> FeatureSource:
+        """A spill as a feature source, in the shards that :func:`shardeval.kid` cuts an array
+        of the same rows into (as :func:`shardeval.api.inputs.features` does)."""
+        import zarr
+
+        from shardeval.api.inputs import _SHARD_BYTES
+        from shardeval.pipeline.io.stores import open_features
+
+        array = zarr.open_array(path, mode="r+")
+        if self.encoded:
+            array.attrs["feature_extractor"] = self.feature_extractor
+        d, itemsize = array.shape[1], array.dtype.itemsize
+        rows = self.options.get("shard_rows") or max(1, _SHARD_BYTES // (d * itemsize))
+        return open_features(path, shard_rows=rows)
+
+    def sync(self, group: Any = None) -> None:
+        """Bring every process's rows to rank 0 of ``group`` in rank order, compute there, and
+        hand the result to every rank (a collective: every process of ``group`` calls it).
+
+        Rank 0 then holds the rows that one process fed every rank's batches (rank 0's first)
+        would hold, in the same order and the same shards: the result is that process's, bit
+        for bit. The rows travel through ``torch.distributed`` one spill chunk at a time (no
+        shared file system is needed); rank 0 writes them into its work folder and removes
+        them once computed. Afterwards :meth:`compute` returns the result on every rank, until
+        the next update, merge or reset.
+
+        Raises:
+            EngineError: ``torch.distributed`` is not initialised.
+            OptionError: the processes were made with other metrics, options or references.
+            ShapeError, DtypeError: the processes' rows differ in d or dtype.
+            Whatever :meth:`compute` raises on rank 0, on every rank.
+        """
+        self._live()
+        g = _group(group)
+        for spill in self._spills.values():
+            spill.flush()
+        held = {
+            s: (sp.n, None if sp.dtype is None else sp.dtype.name) for s, sp in self._spills.items()
+        }
+        shares = g.all_gather((self._settings(), self._d, held, self.encoded))
+        if any(s[0] != shares[0][0] for s in shares):
+            raise OptionError(
+                "sync(): the processes made their pair metrics with different metrics, options "
+                "or references; make them alike on every process"
+            )
+        dims = sorted({s[1] for s in shares if s[1] is not None})
+        if len(dims) > 1:
+            raise ShapeError(f"sync(): feature dimensions differ between processes: d = {dims}")
+        for side in _SIDES:
+            kinds = sorted({s[2][side][1] for s in shares if s[2][side][0]})
+            if len(kinds) > 1:
+                raise DtypeError(
+                    f"sync(): the processes spilled {side} rows of different dtypes {kinds}; "
+                    "pass the same «dtype» (e.g. 'float64') to every process"
+                )
+        self.encoded = any(s[3] for s in shares)
+        paths = {}
+        for side in _SIDES:
+            sizes = [s[2][side] for s in shares]
+            if any(n for n, _ in sizes):
+                paths[side] = self._gather(g, side, sizes, dims[0])
+        outcome: Any = None
+        if g.rank == 0:
+            try:
+                outcome = self._compute(paths, g.size)
+            except Exception as exc:  # handed to every rank, so that none waits forever
+                outcome = exc
+            finally:
+                for path in paths.values():
+                    shutil.rmtree(path, ignore_errors=True)
+        outcome = g.broadcast(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._global = outcome
+
+    def _gather(self, g: _Group, side: str, sizes: list[tuple[int, str | None]], d: int) -> str:
+        """Rank 0 copies its own rows of ``side``, then receives every other rank's, chunk by
+        chunk, into one spill (rank r sends its own); returns that spill's path."""
+        import torch
+        import torch.distributed as dist
+
+        path = os.path.join(self.folder, f"synced-{side}.zarr")
+        target = _Spill(path) if g.rank == 0 else None
+        device = torch.device("cpu")
+        if dist.get_backend(g.handle) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        for rank, (n, dtype) in enumerate(sizes):
+            if not n or dtype is None:
+                continue
+            if g.rank == rank:
+                for rows in self._spills[side].chunks():
+                    if target is not None:
+                        target.append(rows)
+                    else:
+                        dist.send(torch.from_numpy(rows).to(device), dst=g.root, group=g.handle)
+            elif target is not None:
+                step = _chunk_rows(d, np.dtype(dtype))
+                for start in range(0, n, step):
+                    shape = (min(step, n - start), d)
+                    received = torch.empty(shape, dtype=getattr(torch, dtype), device=device)
+                    dist.recv(received, src=g.global_rank(rank), group=g.handle)
+                    target.append(received.cpu().numpy())
+        if target is not None:
+            target.flush()
+        return path
+
+    def __repr__(self) -> str:
+        real = "given" if self._given else f"{self._spills['real'].n} rows"
+        return (
+            f"{type(self).__name__}(metrics={self.metrics}, real={real}, "
+            f"gen={self._spills['gen'].n} rows, folder={self.folder!r}, synced={self.synced})"
+        )
+
+
+def _pair_reference(x: Any, metrics: tuple[str, ...], shard_rows: int | None) -> FeatureSource:
+    """The real set given up front, opened as :func:`shardeval.kid` opens its ``real``."""
+    from shardeval.api.inputs import describe_input, features, is_statistics
+
+    if is_statistics(x):
+        raise OptionError(
+            f"{describe_input(x)!r} holds statistics (a mean and covariance), but "
+            f"{'/'.join(metrics)} need every reference row: give the feature store"
+        )
+    return features(x, shard_rows=shard_rows)
+
+
+class KID(PairMetrics):
+    """:class:`PairMetrics` of KID alone: ``compute()`` is the report of :func:`shardeval.kid`.
+
+    Example:
+        >>> import numpy as np
+        >>> import shardeval as se
+        >>> rng = np.random.default_rng(1)
+        >>> with se.KID() as kid:
+        ...     kid.update(rng.standard_normal((200, 6)), real=True)
+        ...     kid.update(rng.standard_normal((200, 6)) + 1.0)
+        ...     value = float(kid.compute())
+        >>> value > 0
+        True
+    """
+
+    def __init__(self, reference: Any = None, **options: Any) -> None:
+        super().__init__(("kid",), reference, **options)
+
+
+class CMMD(PairMetrics):
+    """:class:`PairMetrics` of CMMD alone (images go through the CLIP encoder by default):
+    ``compute()`` is the report of :func:`shardeval.cmmd`."""
+
+    def __init__(self, reference: Any = None, **options: Any) -> None:
+        super().__init__(("cmmd",), reference, **options)
+
+
+class PRDC(PairMetrics):
+    """:class:`PairMetrics` of precision, recall, density and coverage: ``compute()`` is the
+    report of :func:`shardeval.prdc`."""
+
+    def __init__(self, reference: Any = None, **options: Any) -> None:
+        super().__init__(("prdc",), reference, **options)

@@ -1,0 +1,509 @@
+"""Training-loop metrics in one process.
+
+FID: equal to ``se.fid`` on the concatenated rows and to the float64 definition, whatever the
+batches, their order and the merges (hypothesis); its running state follows the registered
+``Moments.merge``; every form of reference; state dicts that resume and are checked; reset;
+errors that name the batch. Pair metrics: the same bits as ``se.kid``/``se.cmmd``/``se.prdc`` on
+the concatenated rows, and a float64 brute force of the definitions; merges, references, work
+folders, errors. Image batches go through the (random-weights) Inception.
+"""
+
+import functools
+import io
+import itertools
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import cdist
+
+import shardeval as se
+import shardeval.api.streaming as streaming
+from shardeval.pipeline.core.states import Moments
+from shardeval.pipeline.errors import (
+    DtypeError,
+    EngineError,
+    NonFiniteError,
+    NumericalError,
+    OptionError,
+    ShapeError,
+    StatsFormatError,
+    ZeroRowError,
+)
+from shardeval.pipeline.fid.gaussian import Gaussian
+from shardeval.pipeline.io.statsio import save_stats
+from shardeval.pipeline.metrics.base import MetricOptionError
+from tests.conftest import write_zarr
+from tests.reference import exact_fid, np_stats
+
+
+def _sets(rng, d=12, n_real=700, n_gen=500, offset=0.0, dtype=np.float32):
+    a = rng.standard_normal((d, d)) / np.sqrt(d)
+    real = rng.standard_normal((n_real, d)) @ a + offset
+    gen = rng.standard_normal((n_gen, d)) @ (1.3 * a) + offset + 0.2
+    return real.astype(dtype), gen.astype(dtype)
+
+
+def _batches(x, sizes):
+    """``x`` cut into batches of ``sizes`` rows, and the rest."""
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [x[lo:hi] for lo, hi in itertools.pairwise(bounds)] + [x[bounds[-1] :]]
+
+
+def _rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# FID
+
+
+@pytest.mark.parametrize(
+    ("offset", "precision", "tol"), [(0.0, "fp32", 1e-6), (1e3, "fp32", 1e-5), (1e3, "fp64", 1e-10)]
+)
+def test_fid_equals_the_one_shot_api_and_the_float64_definition(rng, offset, precision, tol):
+    real, gen = _sets(rng, offset=offset)
+    fid = se.FID(precision=precision)
+    for batch in _batches(real, [64, 1, 200, 0, 33]):
+        fid.update(torch.from_numpy(batch), real=True)
+    for batch in _batches(gen, [100, 7, 250]):
+        fid.update(batch)  # numpy rows too
+    report = fid.compute()
+    once = se.fid(real, gen, precision=precision)
+    assert _rel(float(report), float(once)) < tol
+    assert _rel(float(report), exact_fid(*np_stats(real), *np_stats(gen))) < tol
+    # The report of se.fid, for rows fed in batches.
+    got, want = report.to_dict(), once.to_dict()
+    assert set(got) - set(want) == {"processes"}
+    assert not set(want) - set(got)
+    assert (got["n_real"], got["n_gen"], got["d"], got["processes"]) == (700, 500, 12, 1)
+    assert got["shards"] == {"real": 6, "gen": 4}  # the batches
+    assert got["inputs"]["gen"]["location"] == "update(x) batches"
+    assert got["settings"]["precision"] == precision
+    assert report["fid"].fid == float(report) == got["fid"]
+    assert report.summary().startswith("FID ")
+
+
+def test_the_running_state_follows_the_registered_merge():
+    """The in-place update on the device is Chan's merge, as Moments.merge (a registered
+    state, law-tested) takes it: batch by batch the same state to rounding."""
+    rng = np.random.default_rng(5)
+    rows = rng.standard_normal((300, 5)) * [1.0, 10.0, 0.1, 3.0, 1.0] + [1e3, -2.0, 0.0, 5.0, 1e-3]
+    running = streaming._RunningMoments()
+    expected = Moments.empty(5)
+    for batch in _batches(rows, [1, 40, 0, 100, 7]):
+        m = Moments.from_rows(batch)
+        running.add(m.n, torch.tensor(m.mean), torch.tensor(m.m2))
+        expected = expected.merge(m)
+        got = running.rows(5).moments
+        assert got.n == expected.n
+        np.testing.assert_allclose(got.mean, expected.mean, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(got.m2, expected.m2, rtol=1e-12, atol=1e-9)
+        np.testing.assert_array_equal(got.m2, got.m2.T)  # exactly symmetric
+
+
+def test_batches_gather_in_a_bounded_buffer(monkeypatch):
+    """Batches below, at and above the buffer's rows, of dtypes that switch the buffer: every
+    row is reduced once."""
+    monkeypatch.setattr(streaming, "BUFFER_BYTES", 16 * 5 * 4)  # 16 float32 rows at d = 5
+    rows = np.random.default_rng(3).integers(-50, 50, (300, 5))
+    fid = se.FID()
+    for i, batch in enumerate(_batches(rows, [1, 40, 0, 7, 15, 16, 3, 100, 8])):
+        fid.update(batch.astype(np.float64 if i % 3 else np.int16))
+    state, expected = fid.state_dict(), Moments.from_rows(rows)
+    assert (state["gen.n"], state["gen.batches"]) == (300, 10)
+    # fp32 products for the int16 batches: 1e-7 of the spread (a row lost or counted twice
+    # would move the mean by 0.1, the co-moment by hundreds).
+    np.testing.assert_allclose(state["gen.mean"].numpy(), expected.mean, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(state["gen.m2"].numpy(), expected.m2, rtol=1e-6, atol=0.1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 300), min_size=1, max_size=8),
+    owners=st.lists(st.integers(0, 3), min_size=9, max_size=9),
+    order=st.permutations(range(4)),
+    batch_order=st.randoms(use_true_random=False),
+)
+def test_any_partition_update_order_and_merge_order_give_the_same_fid(
+    cuts, owners, order, batch_order
+):
+    rng = np.random.default_rng(7)
+    real, gen = _sets(rng, d=6, n_real=300, n_gen=300, dtype=np.float64)
+    bounds = [0, *sorted(cuts), 300]
+    one = se.FID()
+    one.update(real, real=True)
+    one.update(gen)
+    parts = [se.FID() for _ in range(4)]
+    pieces = [
+        (owner, lo, hi) for owner, (lo, hi) in zip(owners, itertools.pairwise(bounds), strict=False)
+    ]
+    batch_order.shuffle(pieces)  # the batches reach the FIDs in any order
+    for owner, lo, hi in pieces:
+        parts[owner].update(real[lo:hi], real=True)
+        parts[3 - owner].update(gen[lo:hi])
+    merged = functools.reduce(lambda a, b: a.merge(b), [parts[i] for i in order])
+    assert _rel(float(merged.compute()), float(one.compute())) < 1e-12
+    assert merged.compute().to_dict()["n_gen"] == 300
+
+
+def test_every_kind_of_reference_gives_the_same_fid(rng, tmp_path):
+    real, gen = _sets(rng)
+    moments = Moments.from_rows(real)
+    references = {
+        "moments": moments,
+        "gaussian": Gaussian.from_moments(moments),
+        "bare gaussian": Gaussian(moments.mean, moments.covariance(), None),
+        "stats.npz": save_stats(str(tmp_path / "stats.npz"), moments),
+        "stats.zarr": save_stats(str(tmp_path / "stats.zarr"), moments),
+        "store": write_zarr(tmp_path / "real.zarr", real, chunk_rows=100),
+        "array": real,
+    }
+    expected = float(se.fid(real, gen))
+    for name, reference in references.items():
+        fid = se.FID(reference)
+        fid.update(gen)
+        report = fid.compute()
+        assert _rel(float(report), expected) < 1e-6, name
+        assert report.to_dict()["n_real"] == (None if name == "bare gaussian" else 700), name
+        kind = "features" if name in ("store", "array") else "statistics"
+        assert report.to_dict()["inputs"]["real"]["kind"] == kind, name
+        with pytest.raises(OptionError, match="reference was given up front"):
+            fid.update(real, real=True)
+
+
+def test_state_dict_round_trip_resumes(rng):
+    real, gen = _sets(rng, dtype=np.float64)
+    whole = se.FID()
+    whole.update(real, real=True)
+    for batch in _batches(gen, [120, 80]):
+        whole.update(batch)
+
+    first = se.FID()
+    first.update(real, real=True)
+    first.update(gen[:120])
+    state = first.state_dict()
+    assert (state["format"], state["format_version"]) == (streaming.STATE_FORMAT, 1)
+    assert state["gen.n"] == 120
+    assert state["gen.m2"].shape == (12, 12)
+    # A checkpoint through torch.save / torch.load (weights_only: PyTorch's default).
+    buffer = io.BytesIO()
+    torch.save({"fid": state}, buffer)
+    buffer.seek(0)
+    resumed = se.FID()
+    resumed.load_state_dict(torch.load(buffer, weights_only=True)["fid"])
+    assert float(resumed.compute()) == float(first.compute())
+    resumed.update(gen[120:])
+    assert _rel(float(resumed.compute()), float(whole.compute())) < 1e-12
+    assert resumed.compute().to_dict()["shards"] == {"real": 1, "gen": 2}
+    # numpy arrays are read too.
+    again = se.FID()
+    again.load_state_dict({k: v.numpy() if torch.is_tensor(v) else v for k, v in state.items()})
+    assert float(again.compute()) == float(first.compute())
+
+    # A reference given up front travels with the state, as it was given.
+    for count in (None, 700):
+        gaussian = Gaussian(real.mean(axis=0), np.cov(real, rowvar=False), count, "ref")
+        given = se.FID(gaussian)
+        given.update(gen)
+        copy = se.FID()
+        copy.load_state_dict(given.state_dict())
+        assert float(copy.compute()) == float(given.compute())
+        assert copy.compute().to_dict()["n_real"] == count
+        copy.merge(given)  # the same reference: they merge
+        with pytest.raises(OptionError, match="given up front"):
+            copy.update(real, real=True)
+    with pytest.raises(OptionError, match="different references"):
+        se.FID(Moments.from_rows(real)).merge(given)
+
+
+def test_bad_state_dicts_are_refused(rng):
+    real, _ = _sets(rng)
+    fid = se.FID()
+    fid.update(real, real=True)
+    state = fid.state_dict()
+    cases = {
+        "format": {"mean": 1},
+        "newer shardeval": {**state, "format_version": 2},
+        r"lacks 'real\.m2'": {k: v for k, v in state.items() if k != "real.m2"},
+        r"'gen\.n' is -1": {**state, "gen.n": -1},
+        "expected \\(d,\\) and \\(d, d\\)": {**state, "real.mean": torch.zeros(3)},
+        "NaN or inf": {**state, "real.m2": state["real.m2"] * np.nan},
+        "not symmetric": {**state, "real.m2": torch.triu(state["real.m2"])},
+        "different d": {**state, "gen.n": 3, "gen.mean": torch.zeros(4), "gen.m2": torch.eye(4)},
+    }
+    for message, broken in cases.items():
+        with pytest.raises(StatsFormatError, match=message):
+            se.FID().load_state_dict(broken)
+
+
+def test_reset_keeps_what_it_should(rng):
+    real, gen = _sets(rng)
+    fid = se.FID(reset_real=False)
+    fid.update(real, real=True)
+    fid.update(gen)
+    value = float(fid.compute())
+    fid.reset()
+    with pytest.raises(ShapeError, match="at least 2 generated rows"):
+        fid.compute()
+    fid.update(gen)
+    assert float(fid.compute()) == pytest.approx(value, rel=1e-12)
+    fid = se.FID()
+    fid.update(real, real=True)
+    fid.reset()
+    with pytest.raises(OptionError, match="no reference"):
+        fid.compute()
+    fid.update(gen[:, :5], real=True)  # d is forgotten with the rows
+
+
+def test_wrong_inputs_are_errors_that_name_them(rng):
+    real, gen = _sets(rng)
+    fid = se.FID(Moments.from_rows(real))
+    with pytest.raises(ShapeError, match="d=5 features per row"):
+        fid.update(gen[:, :5])
+    with pytest.raises(ShapeError, match="2-D features"):
+        fid.update(gen[None])
+    with pytest.raises(DtypeError, match=r"torch\.Tensor or a numpy array"):
+        fid.update(gen.tolist())
+    with pytest.raises(DtypeError, match="dtype bool"):
+        fid.update(gen > 0)
+    with pytest.raises(NumericalError, match="beyond 2"):
+        fid.update(np.full((2, 12), 2**60, dtype=np.int64))
+    bad = gen.copy()
+    bad[[3, 9]] = np.nan
+    with pytest.raises(NonFiniteError, match=r"call 6 \(gen\) has 2 row\(s\).*rows 3, 9"):
+        fid.update(bad)
+    dropping = se.FID(Moments.from_rows(real), nonfinite="drop")
+    dropping.update(bad)
+    report = dropping.compute().to_dict()
+    assert (report["n_gen"], report["inputs"]["gen"]["nonfinite_dropped"]) == (498, 2)
+    with pytest.raises(MetricOptionError, match="nonfinite"):
+        se.FID(nonfinite="skip")
+    with pytest.raises(OptionError, match="device"):
+        se.FID(device="gpu!")
+    with pytest.raises(EngineError, match="init_process_group"):
+        fid.sync()
+    with pytest.raises(DtypeError, match=r"values in \[-0.5"):
+        fid.update(torch.full((1, 3, 8, 8), -0.5))
+    with pytest.raises(ShapeError, match="channels-last"):
+        fid.update(torch.zeros((1, 8, 8, 3), dtype=torch.uint8))
+    with pytest.raises(OptionError, match="takes an FID"):
+        fid.merge(se.KID())
+    one = se.FID(Moments.from_rows(real))
+    one.update(gen[:1])
+    with pytest.raises(ShapeError, match="at least 2"):
+        one.compute()
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    from shardeval.kernels.encoders.inception import random_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "inception.pth"
+    torch.save(random_state_dict(3), path)
+    return str(path)
+
+
+@pytest.fixture
+def cheap_network(monkeypatch):
+    """The Inception's weights are found, checked and loaded as always, and its preprocessing
+    runs; its network is replaced by pooling (the encoder is tested against pytorch-fid
+    elsewhere, and seconds per image on a CPU are better spent there)."""
+    from shardeval.kernels.encoders import Encoder
+
+    def forward(self, batch):
+        pooled = torch.nn.functional.adaptive_avg_pool2d(batch, (26, 27))
+        return pooled.flatten(1)[:, :2048].to(torch.float32)
+
+    monkeypatch.setattr(Encoder, "forward", forward)
+
+
+def test_images_give_the_features_of_their_encoder(inception_weights, cheap_network, tmp_path, rng):
+    pixels = torch.from_numpy(rng.integers(0, 256, (3, 3, 37, 45), dtype=np.uint8))
+    by_images = se.FID(weights=inception_weights, batch_size=2)
+    by_images.update(pixels)
+    # Floats in [0, 1] are the same images (k / 255 quantises back to k); a pair metric spills
+    # the encoder's rows, which as features give the FID of the images.
+    with se.KID(weights=inception_weights) as kid:
+        kid.update(pixels.float() / 255)
+        (rows,) = kid._spills["gen"].chunks()
+    assert rows.shape == (3, 2048)
+    by_features = se.FID()
+    by_features.update(rows)
+    want, got = by_features.state_dict(), by_images.state_dict()
+    assert got["gen.n"] == 3
+    torch.testing.assert_close(got["gen.mean"], want["gen.mean"], rtol=0, atol=0)
+    torch.testing.assert_close(got["gen.m2"], want["gen.m2"], rtol=0, atol=0)
+    # A reference of another encoder's features is refused before any image is encoded.
+    moments = Moments.from_rows(rng.standard_normal((5, 4)))
+    path = save_stats(
+        str(tmp_path / "dino.zarr"), moments, {"feature_extractor": "dinov2-vitl14/cls"}
+    )
+    with pytest.raises(OptionError, match="dinov2-vitl14/cls"):
+        se.FID(path, weights=inception_weights).update(pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# pair metrics
+
+
+@pytest.fixture
+def small_spills(monkeypatch):
+    """Chunks of 16 rows (at d = 8, float32): every path of the spill buffer is taken."""
+    monkeypatch.setattr(streaming, "SPILL_CHUNK_BYTES", 16 * 8 * 4)
+
+
+def _brute_force(x, y, k, pr_k):
+    """KID (unbiased), CMMD (V-statistic) and PRDC by their definitions, in float64."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    m, n, d = len(x), len(y), x.shape[1]
+
+    def poly(a, b):
+        return (a @ b.T / d + 1.0) ** 3
+
+    kxx, kyy, kxy = poly(x, x), poly(y, y), poly(x, y)
+    kid = (
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+    ux, uy = (a / np.linalg.norm(a, axis=1, keepdims=True) for a in (x, y))
+
+    def rbf(a, b):
+        return np.exp(-cdist(a, b, "sqeuclidean") / (2 * 10.0**2))
+
+    cmmd = 1000 * (rbf(ux, ux).mean() + rbf(uy, uy).mean() - 2 * rbf(ux, uy).mean())
+    dxx, dyy, dxy = cdist(x, x), cdist(y, y), cdist(x, y)
+    rx = {j: np.sort(dxx, axis=1)[:, j] for j in (k, pr_k)}  # column 0: the row itself
+    ry = np.sort(dyy, axis=1)[:, pr_k]
+    prdc = {
+        "precision": (dxy <= rx[pr_k][:, None]).any(axis=0).mean(),
+        "recall": (dxy <= ry[None, :]).any(axis=1).mean(),
+        "density": (dxy < rx[k][:, None]).sum() / (k * n),
+        "coverage": (dxy < rx[k][:, None]).any(axis=1).mean(),
+    }
+    return kid, cmmd, prdc
+
+
+def _feed(metric, real, gen, real_sizes=(5, 16, 40, 0, 100), gen_sizes=(17, 16, 1)):
+    for batch in _batches(real, real_sizes):
+        metric.update(torch.from_numpy(batch), real=True)
+    for batch in _batches(gen, gen_sizes):
+        metric.update(batch)
+
+
+def test_pair_metrics_equal_the_one_shot_api_and_the_definitions(rng, small_spills):
+    real, gen = _sets(rng, d=8, n_real=230, n_gen=170, offset=2.0)
+    options = {"k": 3, "pr_k": 2, "shard_rows": 48}
+    with se.PairMetrics(**options) as pm:
+        _feed(pm, real, gen)
+        report = pm.compute()
+        assert pm.compute()["kid"] == report["kid"]  # the same rows read again
+    # The same bits as the one-shot functions on the concatenated rows.
+    once = {
+        "kid": se.kid(real, gen, shard_rows=48),
+        "cmmd": se.cmmd(real, gen, shard_rows=48),
+        "prdc": se.prdc(real, gen, shard_rows=48, k=3, pr_k=2),
+    }
+    for name, one in once.items():
+        assert report[name] == one[name], name
+        assert report.to_dict()[name] == one.to_dict()[name], name
+    assert float(report) == float(once["kid"])
+    assert report.to_dict()["metric"] == "kid,cmmd,prdc"
+    assert report.to_dict()["processes"] == 1
+    assert report.to_dict()["inputs"]["gen"]["shape"] == [170, 8]
+    # And the definitions in float64.
+    kid, cmmd, prdc = _brute_force(real, gen, 3, 2)
+    assert _rel(report["kid"].kid, kid) < 1e-9
+    assert _rel(report["cmmd"].cmmd, cmmd) < 1e-9
+    for name, value in prdc.items():
+        assert getattr(report["prdc"], name) == pytest.approx(value, abs=1e-15), name
+    # One metric alone is its function's report, with its headline.
+    with se.KID(subsets=3, subset_size=50, seed=1) as kid_subsets:
+        _feed(kid_subsets, real, gen)
+        by_subsets = kid_subsets.compute()
+    assert by_subsets["kid"] == se.kid(real, gen, subsets=3, subset_size=50, seed=1)["kid"]
+
+
+def test_pair_metrics_merge_reset_and_a_given_reference(rng, tmp_path, small_spills):
+    real, gen = _sets(rng, d=8, n_real=230, n_gen=170)
+    store = write_zarr(tmp_path / "given.zarr", real, chunk_rows=48)
+    expected = se.prdc(store, gen, k=3, pr_k=2, shard_rows=48)["prdc"]
+    a = se.PRDC(store, k=3, pr_k=2, shard_rows=48)
+    b = se.PRDC(store, k=3, pr_k=2, shard_rows=48)
+    a.update(gen[:50])
+    b.update(gen[50:])
+    assert a.merge(b).compute()["prdc"] == expected
+    a.reset()
+    with pytest.raises(ShapeError, match="need generated rows"):
+        a.compute()
+    a.close()
+    b.close()
+    with pytest.raises(OptionError, match="same metrics"):
+        se.KID().merge(se.PRDC())
+    with pytest.raises(OptionError, match="same metrics"):
+        se.PRDC(k=3).merge(se.PRDC(k=4))
+
+
+def test_work_folders_are_ours_alone(rng, tmp_path):
+    real, gen = _sets(rng, d=8, n_real=50, n_gen=50)
+    keep = tmp_path / "work" / "keep.txt"
+    keep.parent.mkdir()
+    keep.write_text("not ours")
+    pm = se.KID(work_dir=tmp_path / "work")
+    pm.update(real, real=True)
+    pm.update(gen)
+    assert os.path.dirname(pm.folder) == str(tmp_path / "work")
+    assert os.path.isdir(os.path.join(pm.folder, "gen.zarr"))
+    assert float(pm.compute()) > 0
+    pm.close()
+    assert not os.path.exists(pm.folder)
+    assert keep.read_text() == "not ours"
+    with pytest.raises(OptionError, match="closed"):
+        pm.update(gen)
+    default = se.CMMD()
+    folder = default.folder
+    del default
+    assert not os.path.exists(folder)  # removed when the object goes
+
+
+def test_pair_metric_inputs_are_checked(rng, tmp_path):
+    real, gen = _sets(rng, d=8, n_real=50, n_gen=50)
+    stats = save_stats(str(tmp_path / "s.npz"), Moments.from_rows(real))
+    with pytest.raises(OptionError, match="holds statistics"):
+        se.KID(stats)
+    with pytest.raises(OptionError, match="metrics"):
+        se.PairMetrics(("fid",))
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['k'\\]"):
+        se.KID(k=3)
+    with pytest.raises(MetricOptionError, match="must be at least 1"):
+        se.PRDC(k=0)
+    with pytest.raises(MetricOptionError, match="applies with"):
+        se.KID(seed=3)
+    with pytest.raises(OptionError, match="fp32"):
+        se.KID(precision="fp32")
+    with se.CMMD() as cm:
+        zeros = gen.copy()
+        zeros[4] = 0
+        with pytest.raises(ZeroRowError, match="rows 4"):
+            cm.update(zeros)
+        bad = gen.copy()
+        bad[1, 2] = np.inf
+        with pytest.raises(NonFiniteError, match="rows 1"):
+            cm.update(bad)
+        cm.update(gen.astype(np.float32))
+        with pytest.raises(DtypeError, match="dtype='float64'"):
+            cm.update(gen.astype(np.float64))
+        with pytest.raises(OptionError, match="no reference"):
+            cm.compute()
+    with se.PRDC(k=2, pr_k=2) as pr:
+        pr.update(real, real=True)
+        pr.update(gen)
+        assert 0 <= float(pr.compute()) <= 1  # the precision, PRDC's headline
