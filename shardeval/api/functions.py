@@ -81,7 +81,9 @@ INPUT_OPTIONS = (
 def refuse(given: dict[str, Any], names: Sequence[str], why: str) -> None:
     """Options that cannot apply are an error, never silently ignored (``given``: the
     caller's options, None or False where not given)."""
-    bad = [n for n in names if given.get(n) not in (None, False)]
+    from shardeval.pipeline.options import is_given
+
+    bad = [n for n in names if is_given(given.get(n))]
     if not bad:
         return
     if len(bad) == 1:  # the reason is written for several options

@@ -330,6 +330,11 @@ class _RunningMoments:
         self._buffer: torch.Tensor | None = None
         self._filled = 0
 
+    @property
+    def fed(self) -> int:
+        """Rows fed: merged into the state, and waiting in the buffer."""
+        return self.n + self._filled
+
     def push(self, rows: torch.Tensor) -> None:
         """Finite rows for the kernel, on the state's device in the dtype of their products."""
         import torch
@@ -731,7 +736,7 @@ class FID(_Batches):
         self._sides["gen"] = _RunningMoments(self.backend)
         if self.reset_real:
             self._sides["real"] = _RunningMoments(self.backend)
-        if not self._given and self._sides["real"].n == 0:
+        if not self._given and self._sides["real"].fed == 0:
             self._d = None
 
     def merge(self, other: FID) -> FID:
@@ -875,9 +880,9 @@ class FID(_Batches):
                 running.to(self._device)
 
     def __repr__(self) -> str:
-        real = "given" if self._given else f"{self._sides['real'].n} rows"
+        real = "given" if self._given else f"{self._sides['real'].fed} rows"
         return (
-            f"FID(real={real}, gen={self._sides['gen'].n} rows, d={self._d}, "
+            f"FID(real={real}, gen={self._sides['gen'].fed} rows, d={self._d}, "
             f"device={self._device}, synced={self.synced})"
         )
 

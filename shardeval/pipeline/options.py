@@ -35,3 +35,10 @@ def seed_problem(value: int) -> str | None:
     if 0 <= value <= MAX_SEED:
         return None
     return f"a seed is an integer in [0, {MAX_SEED}], got {value}"
+
+
+def is_given(value: object) -> bool:
+    """Whether an option's value says the caller gave it: anything but None (not given) and
+    False (a flag left off). Not ``value not in (None, False)``: 0 == False, and a seed of 0
+    or a count of 0 is a value."""
+    return value is not None and value is not False

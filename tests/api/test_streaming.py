@@ -257,6 +257,13 @@ def test_reset_keeps_what_it_should(rng):
     with pytest.raises(OptionError, match="no reference"):
         fid.compute()
     fid.update(gen[:, :5], real=True)  # d is forgotten with the rows
+    # Real rows kept across a reset, still in the buffer (never computed): d stays theirs.
+    fid = se.FID(reset_real=False)
+    fid.update(real, real=True)
+    fid.reset()
+    assert repr(fid).startswith(f"FID(real={len(real)} rows, gen=0 rows, d={real.shape[1]}")
+    with pytest.raises(ShapeError):
+        fid.update(gen[:, :5])
 
 
 def test_wrong_inputs_are_errors_that_name_them(rng):

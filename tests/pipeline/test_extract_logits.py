@@ -72,6 +72,11 @@ def test_logits_beside_the_features(tmp_path, images, weights):
     assert float(se.inception_score(out, splits=2)) == pytest.approx(want, rel=1e-12)
     with pytest.raises(StoreError, match="without class logits"):
         se.inception_score(plain)
+    # metrics reads the store's logits in the shards it is asked for, as inception_score does.
+    totals: dict[str, set[int]] = {"metrics": set(), "inception_score": set()}
+    se.metrics(None, out, ["is"], shard_rows=1, progress=lambda d, t: totals["metrics"].add(t))
+    se.inception_score(out, shard_rows=1, progress=lambda d, t: totals["inception_score"].add(t))
+    assert totals["metrics"] == totals["inception_score"] == {4}
 
 
 def test_a_chunk_whose_logits_are_missing_is_computed_again(tmp_path, images, weights, monkeypatch):

@@ -792,7 +792,11 @@ def check_is_seed(capsys, f, command, monkeypatch):
     two = _report(capsys, *_base(command, f), "--splits", "4", "--seed", "2")["is"]
     assert (one["seed"], two["seed"]) == (1, 2)
     assert one["split_scores"] != two["split_scores"]
-    _refused(capsys, *_base(command, f), "--seed", "1", match="--seed applies with --splits")
+    zero = _report(capsys, *_base(command, f), "--splits", "4", "--seed", "0")["is"]
+    default = _report(capsys, *_base(command, f), "--splits", "4")["is"]
+    assert zero["seed"] == 0
+    assert zero["split_scores"] != default["split_scores"]
+    _refused(capsys, *_base(command, f), "--seed", "0", match="--seed applies with --splits")
 
 
 def check_infinity(capsys, f, command, monkeypatch):
@@ -803,7 +807,7 @@ def check_infinity(capsys, f, command, monkeypatch):
 
 
 def check_fid_seed(capsys, f, command, monkeypatch):
-    _refused(capsys, "fid", f["a"], f["b"], "--seed", "1", match="--seed applies to --infinity")
+    _refused(capsys, "fid", f["a"], f["b"], "--seed", "0", match="--seed applies to --infinity")
     one = _report(capsys, "fid", f["a"], f["b"], "--infinity", "--seed", "1")["fid_infinity"]
     two = _report(capsys, "fid", f["a"], f["b"], "--infinity", "--seed", "2")["fid_infinity"]
     assert one["seed"] == 1
@@ -843,15 +847,17 @@ def check_subset_size(capsys, f, command, monkeypatch):
 
 
 def check_kid_seed(capsys, f, command, monkeypatch):
-    a = _one_metric(
-        capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50", "--seed", "1"
-    )
-    b = _one_metric(
-        capsys, f, command, "kid", "--subsets", "3", "--subset-size", "50", "--seed", "2"
-    )
+    subsets = ("--subsets", "3", "--subset-size", "50")
+    a = _one_metric(capsys, f, command, "kid", *subsets, "--seed", "1")
+    b = _one_metric(capsys, f, command, "kid", *subsets, "--seed", "2")
     assert a["kid"] != b["kid"]
+    # Seed 0 is a seed (0 == False once dropped it for the default).
+    zero = _one_metric(capsys, f, command, "kid", *subsets, "--seed", "0")
+    default = _one_metric(capsys, f, command, "kid", *subsets)
+    assert zero["seed"] == 0
+    assert zero["kid"] != default["kid"]
     if command == "kid":
-        _refused(capsys, "kid", f["a"], f["b"], "--seed", "1", match="--seed applies to the subset")
+        _refused(capsys, "kid", f["a"], f["b"], "--seed", "0", match="--seed applies to the subset")
     else:
         inf = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid_inf", "--seed", "4")
         assert inf["options"]["fid_inf"]["seed"] == 4

@@ -68,7 +68,7 @@ class InceptionScore(Metric):
         from shardeval.pipeline.inception_score.score import inception_score
 
         result = inception_score(
-            logits_of(entry),
+            logits_of(entry, context.block_rows),
             splits=self.options["splits"],
             seed=self.options["seed"],
             engine=context.engine,

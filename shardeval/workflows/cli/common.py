@@ -38,7 +38,9 @@ def flag(name: str) -> str:
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     """The options among ``names`` that the user gave."""
-    return [n for n in names if getattr(args, n, None) not in (None, False)]
+    from shardeval.pipeline.options import is_given
+
+    return [n for n in names if is_given(getattr(args, n, None))]
 
 
 def refuse(args: argparse.Namespace, names: Iterable[str], why: str) -> None:

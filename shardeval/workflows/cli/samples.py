@@ -20,7 +20,9 @@ def _given(args: argparse.Namespace, *metrics: str) -> dict[str, Any]:
     from shardeval.pipeline.metrics import METRICS
 
     names = {p.name for m in metrics for p in METRICS[m].params} - {"nonfinite"}
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) not in (None, False)}
+    from shardeval.pipeline.options import is_given
+
+    return {n: getattr(args, n) for n in names if is_given(getattr(args, n, None))}
 
 
 def _one(args: argparse.Namespace, name: str) -> int:
