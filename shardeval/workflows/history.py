@@ -421,6 +421,7 @@ class History:
         declarations: dict[str, Any],
         d: int,
         computed: dict[str, str] | None = None,
+        features: dict[str, Any] | None = None,
     ) -> None:
         """Record one entry's results as a new version. An earlier row of the same name is
         merged, not replaced: ``values`` replace the results of the same names, and every
@@ -435,6 +436,9 @@ class History:
             computed: metric → its options digest, for the metrics whose results are in
                 ``values``: recorded as their provenance, so that :meth:`current` finds them
                 done (None: nothing recorded, and a job computes them again).
+            features: how the entry's features were made (encoder, resize, weights digest),
+                for an extraction store; every distinct one is kept in the ``features``
+                attribute, which the report shows (what its numbers compare with).
 
         Raises:
             HistoryError: the history is damaged, of another kind, or of another ``d``.
@@ -459,8 +463,10 @@ class History:
                     f"not d={d}"
                 )
             known: dict[str, Any] = {}
+            made: list[dict[str, Any]] = []
             if old is not None:
                 known = json.loads(old.attrs.get("metrics", "{}"))
+                made = json.loads(old.attrs.get("features", "[]"))
                 names = old["name"].values.astype(str)
                 new = _with_kept_results(new, old.isel(entry=np.flatnonzero(names == row.name)))
                 old = old.isel(entry=np.flatnonzero(names != row.name))
@@ -478,6 +484,9 @@ class History:
                 "format_version": FORMAT_VERSION,
                 "d": int(d),
                 "metrics": json.dumps({**known, **declarations}),
+                "features": json.dumps(
+                    [*made, features] if features and features not in made else made
+                ),
                 "updated": now_iso(),
                 "versions": json.dumps(versions()),
                 # Every chunk is stored, empty or not, so a missing one means damage.

@@ -136,12 +136,17 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         if loc  # "": entries of metrics that measure them alone (the Inception Score)
     ]
     created = [r["created"] for r in rows]
+    made = [
+        ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items())
+        for f in json.loads(ds.attrs.get("features", "[]"))
+    ]
     return [
         ("job", ", ".join(_unique(ds, "job"))),
         ("history", history.path),
         ("reference", "; ".join(references) or "none (metrics of the entries alone)"),
         ("entries", f"{len(rows)}, run from {min(created)} to {max(created)} (UTC)"),
         ("feature dimension", str(ds.attrs.get("d", "?"))),
+        ("features made by", "; ".join(made) or "not recorded (feature stores of other tools)"),
         ("engine", "; ".join(engines)),
         ("updated", str(ds.attrs.get("updated", ""))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),

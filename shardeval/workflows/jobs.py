@@ -366,7 +366,10 @@ def run_job(
         )
         values = _computed_values(wanted, source, reference, engine, progress, job)
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
-        history.append(row, values, declarations, prepared.d, {n: digests[n] for n in wanted})
+        made = source.describe().get("extraction", {})
+        made_by = {k: made[k] for k in ("encoder", "resize", "weights_digest") if k in made}
+        computed = {n: digests[n] for n in wanted}
+        history.append(row, values, declarations, prepared.d, computed, made_by)
         summary.computed.append(entry.name)
         summary.metrics[entry.name] = list(wanted)
         shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in _headlines(wanted))

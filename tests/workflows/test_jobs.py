@@ -9,9 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 from shardeval.pipeline import Engine, open_features
 from shardeval.pipeline.io.synthetic import gaussian_features, write_features
@@ -498,6 +500,12 @@ def test_image_entries_are_extracted_once_then_evaluated(image_job, capsys, monk
     assert rows["ckpt-200"]["kid"] == pytest.approx(
         json.loads(capsys.readouterr().out)["kid"]["kid"], rel=1e-9
     )
+    # The report says how the features were made: what the numbers compare with.
+    made = zarr.open_group(gen, mode="r").attrs["weights_digest"]
+    page, _md = write_report(job.history, str(image_job / "report.html"))
+    text = Path(page).read_text(encoding="utf-8")
+    assert "features made by" in text
+    assert f"encoder inception, resize legacy-pytorch, weights digest {made}" in text
     # A re-run finds every entry in the history and extracts nothing.
     calls = []
     monkeypatch.setattr(
