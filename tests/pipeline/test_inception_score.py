@@ -244,11 +244,12 @@ def test_an_extraction_store_gives_its_logits_array(tmp_path, rng):
     """A store laid out as extraction writes it (features, logits, names, attributes): the
     score is that of its ``logits`` array, whichever array was opened; one without logits is
     refused naming the fix."""
-    from shardeval.pipeline.images.extract import LOGITS_ARRAY, STORE_FORMAT
+    from shardeval.pipeline.images.extract import LOGITS_ARRAY
+    from shardeval.pipeline.io.stores import FEATURES_FORMAT
 
     logits = _logits(rng, 90, 1008)
     path = str(tmp_path / "x.zarr")
-    group = zarr.create_group(path, attributes={"format": STORE_FORMAT, "encoder": "inception"})
+    group = zarr.create_group(path, attributes={"format": FEATURES_FORMAT, "encoder": "inception"})
     group.create_array(
         "features", shape=(90, 16), dtype="float32", chunks=(30, 16),
         dimension_names=("sample", "feature"),
@@ -266,7 +267,7 @@ def test_an_extraction_store_gives_its_logits_array(tmp_path, rng):
     assert (source.name, source.d) == (LOGITS_ARRAY, 1008)
     # The same layout without logits (a store extracted before they were written).
     old = str(tmp_path / "old.zarr")
-    group = zarr.create_group(old, attributes={"format": STORE_FORMAT, "encoder": "inception"})
+    group = zarr.create_group(old, attributes={"format": FEATURES_FORMAT, "encoder": "inception"})
     group.create_array("features", shape=(90, 16), dtype="float32", chunks=(30, 16))[...] = 1.0
     with pytest.raises(StoreError, match=r"without class logits.*extract the images"):
         se.inception_score(old)

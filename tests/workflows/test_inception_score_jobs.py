@@ -9,7 +9,8 @@ import pytest
 import zarr
 
 import shardeval as se
-from shardeval.pipeline.images.extract import LOGITS_ARRAY, STORE_FORMAT
+from shardeval.pipeline.images.extract import LOGITS_ARRAY
+from shardeval.pipeline.io.stores import FEATURES_FORMAT
 from shardeval.workflows.cli import main
 from shardeval.workflows.history import History
 from shardeval.workflows.htmlreport import write_report
@@ -25,7 +26,7 @@ def _logits(rng, n, c=12):
 def _extraction_like(path, rng, n, d=6, c=12, shift=0.0):
     """A store laid out as extraction writes it: features and logits, rows side by side."""
     group = zarr.create_group(
-        str(path), attributes={"format": STORE_FORMAT, "encoder": "inception", "complete": True}
+        str(path), attributes={"format": FEATURES_FORMAT, "encoder": "inception", "complete": True}
     )
     features = group.create_array(
         "features", shape=(n, d), dtype="float32", chunks=(64, d),

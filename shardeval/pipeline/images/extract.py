@@ -71,8 +71,6 @@ DEFAULT_BATCH_SIZE = 32
 #: Images per task of the ``skip_bad`` decode pre-pass.
 CHECK_ROWS = 256
 
-#: The ``format`` attribute of a feature store written by extraction (the readers' constant).
-STORE_FORMAT = FEATURES_FORMAT
 
 #: What the incomplete mark says while chunks are still being written.
 INCOMPLETE_NOTE = "extraction in progress; re-run to finish"
@@ -263,7 +261,7 @@ def is_extraction_store(path: str | os.PathLike[str]) -> bool:
     import zarr
 
     try:
-        return zarr.open_group(os.fspath(path), mode="r").attrs.get("format") == STORE_FORMAT
+        return zarr.open_group(os.fspath(path), mode="r").attrs.get("format") == FEATURES_FORMAT
     except Exception:  # anything that is not our group is simply not ours
         return False
 
@@ -673,7 +671,7 @@ def _new_attrs(
             f"chunk rows {rows_per_chunk} must be a multiple of the batch size {batch}"
         )
     return {
-        "format": STORE_FORMAT,
+        "format": FEATURES_FORMAT,
         "feature_extractor": feature_extractor,
         **wanted,
         **source.describe(),

@@ -9,7 +9,7 @@ embedding) is refused: a softmax of features is a number, and not an Inception S
 from __future__ import annotations
 
 from shardeval.pipeline.errors import ShapeError, StoreError
-from shardeval.pipeline.io.stores import FeatureSource, open_features
+from shardeval.pipeline.io.stores import FEATURES_FORMAT, FeatureSource, open_features
 
 
 def _feature_labels() -> set[str]:
@@ -21,9 +21,7 @@ def _feature_labels() -> set[str]:
 
 def is_extraction(source: FeatureSource) -> bool:
     """Whether ``source`` was opened from a store written by extraction."""
-    from shardeval.pipeline.images.extract import STORE_FORMAT
-
-    return source.attrs.get("format") == STORE_FORMAT
+    return source.attrs.get("format") == FEATURES_FORMAT
 
 
 def logits_of(source: FeatureSource, shard_rows: int | None = None) -> FeatureSource:
