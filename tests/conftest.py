@@ -106,3 +106,16 @@ def pytest_unconfigure(config):
 
 def pytest_sessionfinish(session, exitstatus):
     session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory):
+    """A file of random FID Inception weights (pytorch-fid's keys), written once for the whole
+    session: the image tests need real files of the real layout, not the real weights."""
+    import torch
+
+    from shardeval.kernels.encoders.inception import random_state_dict
+
+    path = tmp_path_factory.mktemp("weights") / "inception.pth"
+    torch.save(random_state_dict(3), path)
+    return str(path)

@@ -7,23 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import shardeval as se
 import shardeval.kernels.encoders as encoders
 import shardeval.pipeline.images.extract as ex
 from shardeval.kernels.encoders import Encoder
-from shardeval.kernels.encoders.inception import random_state_dict
 from shardeval.pipeline.errors import OptionError, SingularCovarianceWarning
 from shardeval.workflows.cli import main
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(7), path)
-    return str(path)
 
 
 def _folder(root, n, seed):

@@ -309,15 +309,6 @@ def test_wrong_inputs_are_errors_that_name_them(rng):
 # images
 
 
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    from shardeval.kernels.encoders.inception import random_state_dict
-
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(3), path)
-    return str(path)
-
-
 @pytest.fixture
 def cheap_network(monkeypatch):
     """The Inception's weights are found, checked and loaded as always, and its preprocessing
@@ -332,13 +323,13 @@ def cheap_network(monkeypatch):
     monkeypatch.setattr(Encoder, "forward", forward)
 
 
-def test_images_give_the_features_of_their_encoder(inception_weights, cheap_network, tmp_path, rng):
+def test_images_give_the_features_of_their_encoder(weights, cheap_network, tmp_path, rng):
     pixels = torch.from_numpy(rng.integers(0, 256, (3, 3, 37, 45), dtype=np.uint8))
-    by_images = se.FID(weights=inception_weights, batch_size=2)
+    by_images = se.FID(weights=weights, batch_size=2)
     by_images.update(pixels)
     # Floats in [0, 1] are the same images (k / 255 quantises back to k); a pair metric spills
     # the encoder's rows, which as features give the FID of the images.
-    with se.KID(weights=inception_weights) as kid:
+    with se.KID(weights=weights) as kid:
         kid.update(pixels.float() / 255)
         (rows,) = kid._spills["gen"].chunks()
     assert rows.shape == (3, 2048)
@@ -354,7 +345,7 @@ def test_images_give_the_features_of_their_encoder(inception_weights, cheap_netw
         str(tmp_path / "dino.zarr"), moments, {"feature_extractor": "dinov2-vitl14/cls"}
     )
     with pytest.raises(OptionError, match="dinov2-vitl14/cls"):
-        se.FID(path, weights=inception_weights).update(pixels)
+        se.FID(path, weights=weights).update(pixels)
 
 
 # ---------------------------------------------------------------------------------------------

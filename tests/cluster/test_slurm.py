@@ -17,12 +17,13 @@ import time
 import pytest
 from distributed import Client
 
-from shardeval.pipeline import Engine, FeatureSource, Gaussian, feature_moments, frechet_distance
+from shardeval.pipeline import Engine
 from shardeval.pipeline.core.clusters import running_cluster
 from shardeval.pipeline.io.synthetic import gaussian_features, write_features
 from shardeval.workflows.cli import main
 from shardeval.workflows.history import History
 from tests.cluster.slurm_fixture import PARTITION, site_spec
+from tests.cluster.test_distributed import _fid, _sources
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
@@ -157,24 +158,8 @@ def test_run_job_on_slurm_worker_jobs_equals_threads(slurm, tmp_path, stores, ca
     assert slurm.wait_for_empty_queue() == {}
 
 
-def _synthetic(shards=120, rows=500, d=64):
-    """A pair the workers generate themselves: many small shards, nothing on disk."""
-    return [
-        FeatureSource(
-            f"synthetic-{seed}",
-            gaussian_features(shards * rows, d, shard_rows=rows, seed=seed, mean=0.1 * seed),
-        )
-        for seed in (1, 2)
-    ]
-
-
-def _fid(sources, **kw):
-    (a, _), (b, _) = feature_moments(sources, **kw)
-    return frechet_distance(Gaussian.from_moments(a), Gaussian.from_moments(b)).fid
-
-
 def test_worker_job_cancelled_mid_run_gives_the_same_numbers(slurm, tmp_path):
-    sources = _synthetic()
+    sources = _sources()
     total = sum(s.shards for s in sources)
     spec = site_spec(tmp_path, scale=2)
     cancelled = []

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import shardeval as se
-from shardeval.kernels.encoders.inception import random_state_dict
 from shardeval.pipeline.errors import SingularCovarianceWarning, StatsFormatError, StoreError
 from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.images.cache import cached_features, is_image_source
@@ -55,13 +53,6 @@ def write_virtual(path, rng, *, n=6, side=16, d=8, d_s=7, images=None, labels=Tr
 @pytest.fixture
 def virtual(tmp_path, rng):
     return write_virtual(tmp_path / "VIRTUAL_test16_labeled.npz", rng)
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(5), path)
-    return str(path)
 
 
 def test_told_apart_by_content(tmp_path, rng, virtual):

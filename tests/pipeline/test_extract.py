@@ -26,13 +26,6 @@ from shardeval.pipeline.io.atomic import OutputExistsError
 from shardeval.pipeline.io.stores import INCOMPLETE_ATTR, open_features
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(3), path)
-    return str(path)
-
-
 def _folder(root, n, rng, size=(40, 40)):
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -7,26 +7,18 @@ import os
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from PIL import Image
 
 import shardeval as se
 import shardeval.pipeline.images.extract as ex
 from shardeval.kernels.encoders import load_encoder
-from shardeval.kernels.encoders.inception import CLASSES, encode_with_logits, random_state_dict
+from shardeval.kernels.encoders.inception import CLASSES, encode_with_logits
 from shardeval.pipeline.errors import StoreError
 from shardeval.pipeline.images.extract import LOGITS_ARRAY, extract_features
 from shardeval.pipeline.images.sources import open_images
 from shardeval.pipeline.io.stores import INCOMPLETE_ATTR, open_features
 from tests.pipeline.test_inception_score import torch_fidelity_isc
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(3), path)
-    return str(path)
 
 
 @pytest.fixture

@@ -9,14 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from PIL import Image
 
 import shardeval.kernels.encoders as encoders
 import shardeval.pipeline.images.extract as ex
 from shardeval.kernels.encoders import Encoder
-from shardeval.kernels.encoders.inception import random_state_dict
 from shardeval.pipeline.images.cache import (
     CACHE_ENV,
     CONTENT_ATTR,
@@ -36,13 +34,6 @@ from shardeval.pipeline.images.sources import open_images
 from shardeval.pipeline.io.atomic import OutputExistsError
 from shardeval.pipeline.io.statsio import save_stats
 from shardeval.pipeline.io.stores import INCOMPLETE_ATTR
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "inception.pth"
-    torch.save(random_state_dict(3), path)
-    return str(path)
 
 
 def _png(path, pixels):

@@ -714,11 +714,15 @@ _IMAGE_OPTIONS = {
 
 def check_image_option(option):
     """Refused without an image input; with one, handed to the extraction (whose options
-    change the features: see the extract checks above)."""
+    change the features: see the extract checks above). ``is`` also refuses an encoder
+    without class logits."""
 
     def check(capsys, f, command, monkeypatch):
         flag = "--" + option.replace("_", "-")
         value, given = _IMAGE_OPTIONS[option]
+        logits = command == "is" and option == "encoder"
+        if logits:  # the Inception Score takes the one encoder with class logits
+            value = given = "inception"
         if option in ("weights", "cache_root"):
             value = given = str(f["tmp"] / value)
         stats_out = f["tmp"] / f"image-stats-{next(_OUTPUTS)}.zarr"
@@ -734,38 +738,15 @@ def check_image_option(option):
         images = str(f["tmp"] / "images")
         if command == "stats":
             argv = ["stats", images, "-o", stats_out]
+        elif command == "is":
+            argv = ["is", images]
         else:
             argv = [*_base(command, f)[:2], images, *_base(command, f)[3:]]
         code, _out, err = _run(capsys, *argv, flag, value, "-q")
         assert code == 0, err
         assert [c[option] for c in calls] == [given]
-
-    return check
-
-
-def check_is_image_option(option):
-    """``is``: refused without an image input; with one, handed to the extraction; an encoder
-    without logits refused."""
-
-    def check(capsys, f, command, monkeypatch):
-        flag = "--" + option.replace("_", "-")
-        value, given = ("inception", "inception") if option == "encoder" else _IMAGE_OPTIONS[option]
-        if option in ("weights", "cache_root"):
-            value = given = str(f["tmp"] / value)
-        _refused(capsys, "is", f["a"], flag, value, match=f"{flag} applies to image inputs")
-        calls = []
-
-        def extraction(source, **kwargs):
-            calls.append(kwargs)
-            return types.SimpleNamespace(path=f["b"])
-
-        monkeypatch.setattr("shardeval.pipeline.images.cache.cached_features", extraction)
-        images = str(f["tmp"] / "images")
-        code, _out, err = _run(capsys, "is", images, flag, value, "-q")
-        assert code == 0, err
-        assert [c[option] for c in calls] == [given]
-        if option == "encoder":
-            _refused(capsys, "is", images, flag, "dinov2-vitl14", match="has no class logits")
+        if logits:
+            _refused(capsys, *argv, flag, "dinov2-vitl14", match="has no class logits")
 
     return check
 
@@ -957,7 +938,7 @@ CHECKS = {
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
     ("metrics", "metrics"): check_metrics,
     **{("is", k): v for k, v in PAIRS.items() if k not in ("device", "backend")},
-    **{("is", o): check_is_image_option(o) for o in _IMAGE_OPTIONS},
+    **{("is", o): check_image_option(o) for o in _IMAGE_OPTIONS},
     **{(c, "splits"): check_is_splits for c in ("is", "metrics")},
     ("is", "seed"): check_is_seed,
     **{("extract", k): v for k, v in EXTRACT.items()},
