@@ -23,6 +23,10 @@ class Behaviour:
         truncate: requests (counted from the first) whose body is cut to half what its
             Content-Length announces, the connection then closed.
         no_length: send no Content-Length (the body ends when the connection closes).
+        endless: after the body, send it again and again (up to ``endless_cap`` bytes in all,
+            so that a client that does not stop ends some time); with ``no_length``, a server
+            that streams without end.
+        endless_cap: bytes an endless body stops at.
         delay: seconds to wait between blocks of the body.
         requests: (path, Range header or None) of every request, in order.
     """
@@ -32,6 +36,8 @@ class Behaviour:
     status: int = 0
     truncate: set[int] = field(default_factory=set)
     no_length: bool = False
+    endless: bool = False
+    endless_cap: int = 1 << 26
     delay: float = 0.0
     requests: list[tuple[str, str | None]] = field(default_factory=list)
 
@@ -79,6 +85,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if b.delay:
                     self.wfile.flush()
                     time.sleep(b.delay)
+            sent = len(part)
+            while b.endless and b.body and sent < b.endless_cap:
+                self.wfile.write(b.body)
+                sent += len(b.body)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test)
         self.close_connection = True
