@@ -27,9 +27,12 @@ def fetch(
     (``$TORCH_HOME/hub/checkpoints``), where :func:`shardeval.extract` finds them.
 
     The download goes to a partial file beside the target, is hashed as it arrives, and is
-    renamed into place only once its digest is right. An interrupted download resumes where
-    it stopped (HTTP ``Range``); a wrong digest, a truncated transfer or a server error raises
-    and leaves nothing behind.
+    put into place only once its digest is right; no more than the pinned size is ever
+    written. An interrupted or failed download keeps its partial file and the next call
+    resumes where it stopped (HTTP ``Range``); a partial file is discarded only when it is
+    proven not of this file (and the result or error says so). A wrong digest or size raises
+    and leaves nothing; something in place that is not the pinned file is refused, never
+    replaced.
 
     Args:
         name: what to fetch (:func:`fetchable` lists the names).
@@ -44,11 +47,12 @@ def fetch(
     Returns:
         :class:`~shardeval.pipeline.io.fetch.FetchResult`: ``path``, ``sha256``,
         ``verified`` (``sha256``, or ``sha256-prefix`` where only the 8 hex digits in the
-        name are pinned), ``already_present``, ``resumed_from``; ``to_dict()``, ``summary()``.
+        name are pinned), ``already_present``, ``resumed_from``, ``discarded``; ``to_dict()``,
+        ``summary()``.
 
     Raises:
-        DigestMismatchError, TransferError, FetchError: see
-            :func:`shardeval.pipeline.io.fetch.fetch`; each leaves nothing in place.
+        DigestMismatchError, SizeMismatchError, TransferError, FetchError: see
+            :func:`shardeval.pipeline.io.fetch.fetch`; none puts anything in place.
     """
     from shardeval.pipeline.io.fetch import fetch as fetch_file
 

@@ -49,6 +49,7 @@ def _artifact(folder, body, url, *, full=True):
         file_name=f"blob-{sha[:8]}.bin",
         url=url,
         sha256=sha if full else sha[:8],
+        size=len(body),
         digest_source="this test",
         folder=lambda: str(folder),
     )
@@ -101,7 +102,9 @@ def test_only_the_prefix_in_the_name_is_pinned(tmp_path, body):
         result = fetch(item)
     assert result.verified == "sha256-prefix"
     assert "SHA-256 prefix (in its name) verified" in result.summary()
-    other = Artifact("blob", "t", item.file_name, item.url, "0" * 8, "test", lambda: str(tmp_path))
+    other = Artifact(
+        "blob", "t", item.file_name, item.url, "0" * 8, len(body), "test", lambda: str(tmp_path)
+    )
     os.remove(result.path)
     with serving(Behaviour(body=body)) as base, pytest.raises(DigestMismatchError) as info:
         fetch(other, url=base + "/b")
@@ -122,7 +125,7 @@ def test_a_wrong_digest_is_refused_and_nothing_is_left(tmp_path, body):
 
 
 @pytest.mark.parametrize("retries", [0, 2])
-def test_a_truncated_transfer_is_refused_and_nothing_is_left(tmp_path, body, retries):
+def test_a_truncated_transfer_is_refused_keeping_what_arrived(tmp_path, body, retries):
     b = Behaviour(body=body, truncate=set(range(10)))
     with serving(b) as base:
         item = _artifact(tmp_path / "cache", body, base + "/blob.bin")
@@ -132,20 +135,28 @@ def test_a_truncated_transfer_is_refused_and_nothing_is_left(tmp_path, body, ret
     assert "truncated" in text
     assert f"after {retries + 1} attempt" in text
     assert info.value.operating_failure
-    assert _left(tmp_path) == []
+    part = item.path() + PART_SUFFIX
+    assert "is kept: fetch again to resume" in text
+    assert _left(tmp_path) == [os.path.join("cache", os.path.basename(part))]
+    kept = _bytes(part)
+    assert len(b.requests[0][1] or "") == 0
+    assert len(body) // 2 <= len(kept) < len(body)  # half, then half of each rest
+    assert kept == body[: len(kept)]  # the file's first bytes, nothing else
     # Each retry asked for the rest only.
     assert len(b.requests) == retries + 1
     assert b.requests[0][1] is None
     assert all(r is not None and r.startswith("bytes=") for _p, r in b.requests[1:])
 
 
-def test_a_connection_closed_without_a_length_fails_the_digest(tmp_path, body):
+def test_a_connection_closed_early_without_a_length_is_a_cut_transfer(tmp_path, body):
     with serving(Behaviour(body=body, no_length=True, truncate={0})) as base:
         item = _artifact(tmp_path, body, base + "/blob.bin")
-        with pytest.raises(DigestMismatchError) as info:
-            fetch(item)
-    assert "sent" in _one_line(info)
-    assert _left(tmp_path) == []
+        with pytest.raises(TransferError) as info:
+            fetch(item, retries=0)
+    text = _one_line(info)
+    assert f"short of the pinned {fetching._size(len(body))}" in text
+    assert "is kept" in text
+    assert _bytes(item.path() + PART_SUFFIX) == body[: len(body) // 2]
 
 
 def test_a_transfer_cut_once_is_taken_up_where_it_stopped(tmp_path, body):
@@ -220,10 +231,14 @@ def test_a_partial_file_of_another_file_is_downloaded_whole_once(tmp_path, body)
             fh.write(b"\0" * BLOCK)  # not the start of this file
         notes = []
         result = fetch(item, log=notes.append)
+    # The rest does not make the file: asked for whole, it differs from the partial file from
+    # its first byte, which is then discarded and said so.
     assert [r for _p, r in b.requests] == [f"bytes={BLOCK}-", None]
     assert result.sha256 == item.sha256
     assert result.resumed_from == 0
-    assert any("downloading it whole" in n for n in notes)
+    assert result.discarded == BLOCK
+    assert any("asking for it whole" in n for n in notes)
+    assert any("differs from" in n and "from byte 0:" in n for n in notes), notes
     assert _left(tmp_path) == [item.file_name]
 
 
@@ -238,13 +253,18 @@ def test_a_whole_partial_file_is_checked_not_downloaded_again(tmp_path, body):
         assert result.resumed_from == len(body)
         assert result.downloaded == 0
         assert _left(tmp_path) == [item.file_name]
-        # One as long as the file but not it: 416 (nothing past its end), then all again.
+        # One as long as the file but not it is proven not of it: discarded, said so, and the
+        # file asked for whole.
         os.remove(item.path())
         with open(item.path() + PART_SUFFIX, "wb") as fh:
             fh.write(b"\0" * len(body))
-        result = fetch(item)
-    assert [r for _p, r in b.requests] == [f"bytes={len(body)}-", None]
+        notes = []
+        result = fetch(item, log=notes.append)
+    assert [r for _p, r in b.requests] == [None]
     assert result.sha256 == item.sha256
+    assert result.discarded == len(body)
+    assert any("not of this file, discarded" in n for n in notes)
+    assert "discarded" in result.summary()
     assert _left(tmp_path) == [item.file_name]
 
 
@@ -355,3 +375,297 @@ def test_nothing_is_fetched_on_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout == "ok\n", out.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A partial file is kept unless it is proven wrong.
+
+
+def _bytes(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+@pytest.mark.parametrize("then", ["unreachable", "500", "404", "truncated", "no-range-cut"])
+def test_a_failed_resume_keeps_the_partial_file(tmp_path, body, then):
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        _interrupted(item, 4 * BLOCK)
+        part = item.path() + PART_SUFFIX
+        kept = _bytes(part)
+        assert kept == body[: 4 * BLOCK]
+        b.status = {"500": 500, "404": 404}.get(then, 0)
+        b.truncate = set(range(len(b.requests), len(b.requests) + 5))
+        # A server that ignores Range sends from the first byte, and is cut before it passes
+        # what the partial file holds: the partial file is not shortened.
+        b.ranges = then != "no-range-cut"
+        if then != "unreachable":
+            with pytest.raises(TransferError) as info:
+                fetch(item, retries=1)
+    if then == "unreachable":  # the server is gone: connection refused
+        with pytest.raises(TransferError) as info:
+            fetch(item, retries=1)
+    text = _one_line(info)
+    assert f"the partial file {part} ({_size_words(os.path.getsize(part))}) is kept" in text
+    now = _bytes(part)
+    assert now[: len(kept)] == kept  # nothing of it was lost
+    assert now == body[: len(now)]  # and what came since is the file's next bytes
+    with serving(Behaviour(body=body)) as base:
+        result = fetch(item, url=base + "/blob.bin")
+    assert result.resumed_from == len(now)
+    assert _bytes(result.path) == body
+    assert _left(tmp_path) == [item.file_name]
+
+
+def _size_words(n):
+    return fetching._size(n)
+
+
+def test_a_partial_file_longer_than_the_pinned_size_is_discarded_and_said(tmp_path, body):
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        with open(item.path() + PART_SUFFIX, "wb") as fh:
+            fh.write(body + b"more")
+        notes = []
+        result = fetch(item, log=notes.append)
+    assert [r for _p, r in b.requests] == [None]  # no Range asked past the file's end
+    assert any("longer than" in n and "discarded" in n for n in notes)
+    assert result.discarded == len(body) + 4
+    assert _bytes(result.path) == body
+    # Discarded, and then the server is unreachable: no empty partial file is left behind.
+    os.remove(result.path)
+    with open(item.path() + PART_SUFFIX, "wb") as fh:
+        fh.write(body + b"more")
+    with pytest.raises(TransferError) as info:
+        fetch(item, retries=0)  # the server is gone
+    assert "nothing was kept" in _one_line(info)
+    assert _left(tmp_path) == []
+
+
+def test_a_partial_file_that_disagrees_with_the_server_is_discarded_from_there(tmp_path, body):
+    b = Behaviour(body=body, ranges=False)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        with open(item.path() + PART_SUFFIX, "wb") as fh:
+            fh.write(body[: 2 * BLOCK] + b"\0" * BLOCK)  # right, then wrong from 2 * BLOCK
+        notes = []
+        result = fetch(item, log=notes.append)
+    assert any("differs from" in n and f"{2 * BLOCK:,}" in n for n in notes), notes
+    assert result.resumed_from == 2 * BLOCK
+    assert result.discarded == BLOCK
+    assert _bytes(result.path) == body
+
+
+# ---------------------------------------------------------------------------------------------
+# The pinned size bounds what is written.
+
+
+def test_a_server_streaming_without_end_is_stopped_at_the_pinned_size(tmp_path, body):
+    b = Behaviour(body=body, no_length=True, endless=True, endless_cap=40 * len(body))
+    seen = []
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        with pytest.raises(fetching.SizeMismatchError) as info:
+            fetch(item, progress=lambda done, total: seen.append(done))
+    text = _one_line(info)
+    assert f"more than the pinned {len(body):,} bytes" in text
+    assert max(seen) <= len(body)  # never written past the pinned size
+    assert len(b.requests) == 1  # refused, not asked again
+    assert _left(tmp_path) == []
+
+
+@pytest.mark.parametrize("change", [b"extra", -7])
+def test_a_content_length_other_than_the_pinned_size_is_refused(tmp_path, body, change):
+    served = body + change if isinstance(change, bytes) else body[:change]
+    b = Behaviour(body=served)
+    seen = []
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        with pytest.raises(fetching.SizeMismatchError) as info:
+            fetch(item, progress=lambda done, total: seen.append(done))
+    text = _one_line(info)
+    assert f"Content-Length {len(served):,}" in text
+    assert f"pinned {len(body):,} bytes" in text
+    assert seen == []  # nothing written
+    assert len(b.requests) == 1
+    assert _left(tmp_path) == []
+
+
+def test_a_resume_from_a_file_of_another_size_is_refused_keeping_the_partial(tmp_path, body):
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        _interrupted(item, 2 * BLOCK)
+        b.body = body + b"a longer file"
+        with pytest.raises(fetching.SizeMismatchError) as info:
+            fetch(item)
+        assert "Content-Range" in _one_line(info)
+        assert _bytes(item.path() + PART_SUFFIX) == body[: 2 * BLOCK]
+        b.body = body[: 2 * BLOCK]  # a shorter one: nothing past the partial file (416)
+        with pytest.raises(fetching.SizeMismatchError) as info:
+            fetch(item)
+        assert "416" in _one_line(info)
+        assert _bytes(item.path() + PART_SUFFIX) == body[: 2 * BLOCK]
+
+
+def test_a_transfer_cut_without_a_length_resumes(tmp_path, body):
+    b = Behaviour(body=body, no_length=True, truncate={0})
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        result = fetch(item, retries=1)
+    assert b.requests[1][1] is not None  # the rest was asked for
+    assert _bytes(result.path) == body
+
+
+# ---------------------------------------------------------------------------------------------
+# What is in place and not shardeval's is never written through, replaced or removed.
+
+
+def test_a_folder_at_the_target_is_refused_before_downloading(tmp_path, body):
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        os.makedirs(os.path.join(item.path(), "theirs"))
+        with pytest.raises(FetchError) as info:
+            fetch(item)
+    assert "is a folder" in _one_line(info)
+    assert b.requests == []
+    assert os.path.isdir(os.path.join(item.path(), "theirs"))
+    assert _left(tmp_path) == []
+
+
+@pytest.mark.parametrize("points_to", ["nothing", "folder"])
+def test_a_symlink_at_the_target_that_is_not_a_file_is_refused(tmp_path, body, points_to):
+    b = Behaviour(body=body)
+    elsewhere = tmp_path / "elsewhere"
+    if points_to == "folder":
+        elsewhere.mkdir()
+    with serving(b) as base:
+        item = _artifact(tmp_path / "cache", body, base + "/blob.bin")
+        os.makedirs(tmp_path / "cache")
+        os.symlink(elsewhere, item.path())
+        with pytest.raises(FetchError) as info:
+            fetch(item)
+    assert "symbolic link" in _one_line(info)
+    assert b.requests == []
+    assert os.readlink(item.path()) == str(elsewhere)
+    assert not os.path.exists(item.path() + PART_SUFFIX)
+
+
+def test_a_symlink_to_the_pinned_file_is_verified_in_place(tmp_path, body):
+    item = _artifact(tmp_path / "cache", body, "http://127.0.0.1:9/never-asked")
+    os.makedirs(tmp_path / "cache")
+    with open(tmp_path / "weights", "wb") as fh:
+        fh.write(body)
+    os.symlink(tmp_path / "weights", item.path())
+    assert fetch(item).already_present
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "folder", "fifo"])
+def test_a_partial_file_path_that_is_not_shardevals_is_not_touched(tmp_path, body, kind):
+    b = Behaviour(body=body)
+    theirs = tmp_path / "theirs.bin"
+    theirs.write_bytes(b"their own bytes")
+    with serving(b) as base:
+        item = _artifact(tmp_path / "cache", body, base + "/blob.bin")
+        os.makedirs(tmp_path / "cache")
+        part = item.path() + PART_SUFFIX
+        if kind == "symlink":
+            os.symlink(theirs, part)
+        elif kind == "hardlink":
+            os.link(theirs, part)
+        elif kind == "folder":
+            os.makedirs(part)
+        else:
+            os.mkfifo(part)
+        outcome = []
+
+        def run():
+            try:
+                outcome.append(fetch(item))
+            except Exception as exc:  # examined below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(20)
+    assert outcome, "fetch hung on the partial file's path"
+    (exc,) = outcome
+    assert isinstance(exc, FetchError), exc
+    assert "\n" not in str(exc)
+    assert "not touched" in str(exc)
+    assert b.requests == []
+    assert theirs.read_bytes() == b"their own bytes"
+    assert not os.path.lexists(item.path())
+
+
+@pytest.mark.parametrize("theirs_is_pinned", [False, True])
+def test_a_target_that_appears_during_the_download_is_not_replaced(
+    tmp_path, body, theirs_is_pinned
+):
+    b = Behaviour(body=body)
+    theirs = body if theirs_is_pinned else b"written by another program"
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+
+        def progress(done, total):
+            if not os.path.exists(item.path()):
+                with open(item.path(), "wb") as fh:
+                    fh.write(theirs)
+
+        if theirs_is_pinned:
+            result = fetch(item, progress=progress)
+            assert result.already_present
+            assert _left(tmp_path) == [item.file_name]
+        else:
+            with pytest.raises(FetchError) as info:
+                fetch(item, progress=progress)
+            text = _one_line(info)
+            assert "appeared" in text
+            assert "not replaced" in text
+            assert _bytes(item.path() + PART_SUFFIX) == body  # the checked download, kept
+    assert _bytes(item.path()) == theirs
+
+
+def test_a_server_sending_too_much_over_a_partial_file_keeps_the_partial_file(tmp_path, body):
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        _interrupted(item, 2 * BLOCK)
+        b.ranges, b.no_length, b.endless = False, True, True
+        b.endless_cap = 10 * len(body)
+        with pytest.raises(fetching.SizeMismatchError) as info:
+            fetch(item)
+    text = _one_line(info)
+    assert "more than the pinned" in text
+    assert f"the {fetching._size(len(body) - 2 * BLOCK)} it sent are discarded" in text
+    assert f"({fetching._size(2 * BLOCK)}) is kept" in text
+    assert _bytes(item.path() + PART_SUFFIX) == body[: 2 * BLOCK]
+
+
+def test_without_hard_links_the_file_is_put_in_place_by_a_checked_rename(
+    tmp_path, body, monkeypatch
+):
+    import errno
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fetching.os, "link", no_links)
+    b = Behaviour(body=body)
+    with serving(b) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        assert _bytes(fetch(item).path) == body
+        os.remove(item.path())
+
+        def progress(done, total):
+            if not os.path.exists(item.path()):
+                with open(item.path(), "wb") as fh:
+                    fh.write(b"theirs")
+
+        with pytest.raises(FetchError, match="appeared while this download ran"):
+            fetch(item, progress=progress)
+    assert _bytes(item.path()) == b"theirs"
+    assert _bytes(item.path() + PART_SUFFIX) == body

@@ -39,6 +39,7 @@ def blob(tmp_path, body, monkeypatch):
         f"blob-{sha[:8]}.bin",
         "http://127.0.0.1:9/x",
         sha,
+        len(body),
         "this test",
         lambda: str(tmp_path / "blobs"),
     )
@@ -111,32 +112,48 @@ def test_progress_and_the_mirror(capsys, blob, body, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "code", "words"),
+    ("behaviour", "code", "words", "left"),
     [
-        (lambda body: Behaviour(body=body[::-1]), 2, ("SHA-256", "refused, nothing was kept")),
-        (lambda body: Behaviour(body=body, truncate={0, 1}), 1, ("truncated", "2 attempts")),
-        (lambda body: Behaviour(status=500), 1, ("HTTP 500",)),
-        (lambda body: Behaviour(status=404), 2, ("HTTP 404",)),
+        (lambda body: Behaviour(body=body[::-1]), 2, ("SHA-256", "refused, nothing was kept"), 0),
+        (lambda body: Behaviour(body=body, truncate={0, 1}), 1, ("truncated", "2 attempts"), 1),
+        (lambda body: Behaviour(status=500), 1, ("HTTP 500", "nothing was kept"), 0),
+        (lambda body: Behaviour(status=404), 2, ("HTTP 404", "nothing was kept"), 0),
     ],
     ids=["wrong-digest", "truncated", "500", "404"],
 )
-def test_failures_are_one_line_and_leave_nothing(capsys, torch_home, body, behaviour, code, words):
+def test_failures_are_one_line(capsys, tmp_path, blob, body, behaviour, code, words, left):
     with serving(behaviour(body)) as base:
+        err = _fails(
+            capsys,
+            ["fetch", "blob", "--url", base + "/w.pth", "--retries", "1", "-q"],
+            code,
+            "blob: ",
+            *words,
+        )
+    # What arrived of a cut transfer is kept for the next run; nothing else is left.
+    assert _files(tmp_path / "blobs") == [blob.file_name + ".part"] * left
+    if left:
+        assert "is kept: fetch again to resume" in err
+
+
+def test_a_file_of_another_size_is_refused_before_it_is_written(capsys, torch_home, body):
+    with serving(Behaviour(body=body)) as base:
         _fails(
             capsys,
-            ["fetch", "inception", "--url", base + "/w.pth", "--retries", "1", "-q"],
-            code,
-            "inception: ",
-            *words,
+            ["fetch", "inception", "--url", base + "/w.pth", "-q"],
+            2,
+            f"Content-Length {len(body):,}",
+            f"pinned {fetching.INCEPTION.size:,} bytes",
         )
     assert _files(torch_home) == []
 
 
-def test_a_failure_after_a_drawn_bar_is_still_one_line(capsys, torch_home, body):
+def test_a_failure_after_a_drawn_bar_is_still_one_line(capsys, blob, body):
     with serving(Behaviour(body=body[::-1])) as base:
-        assert main(["fetch", "inception", "--url", base + "/w.pth"]) == 2
+        assert main(["fetch", "blob", "--url", base + "/w.pth"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith("shardeval: error: inception: ")
+    assert "blob: 0.3/0.3 MiB" in err  # the bar was drawn
+    assert err.splitlines()[-1].startswith("shardeval: error: blob: ")
 
 
 def test_usage_errors(capsys):
@@ -221,7 +238,7 @@ def check_fetch_retries(capsys, files, command, monkeypatch):
 
 def check_fetch_timeout(capsys, files, command, monkeypatch):
     _fetch_env(monkeypatch)
-    b = Behaviour(body=b"x" * 100_000, delay=0.5)
+    b = Behaviour(body=b"x" * 100_000, no_length=True, delay=0.5)
     with serving(b) as base:
         argv = ["fetch", "inception", "--url", f"{base}/w", "--retries", "0", "-q"]
         code, _, err = _code(capsys, *argv, "--timeout", "0.1")
@@ -237,12 +254,13 @@ def check_fetch_json(capsys, files, command, monkeypatch):
 
 
 def check_fetch_quiet(capsys, files, command, monkeypatch):
-    _fetch_env(monkeypatch)
     errs = []
     for quiet in ([], ["-q"]):
-        with serving(Behaviour(body=b"y" * 50_000)) as base:
-            code, _, err = _code(capsys, "fetch", "inception", "--url", f"{base}/w", *quiet)
-        assert code == 2
+        _fetch_env(monkeypatch)  # a fresh place: no partial file of the run before
+        with serving(Behaviour(body=b"y" * 50_000, no_length=True)) as base:
+            argv = ["fetch", "inception", "--url", f"{base}/w", "--retries", "0", *quiet]
+            code, _, err = _code(capsys, *argv)
+        assert code == 1
         errs.append(err)
     assert "inception: " in errs[0].splitlines()[0]  # the progress bar
     assert errs[1].count("\n") == 1  # the error alone

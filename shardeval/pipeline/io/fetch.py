@@ -1,4 +1,5 @@
-"""Downloads of the files the encoders read, each checked against a digest pinned here.
+"""Downloads of the files the encoders read, each checked against a digest and a size pinned
+here.
 
 Nothing is ever downloaded at import time or implicitly: only :func:`fetch` downloads, and
 only what :data:`ARTIFACTS` lists, into the very place the encoders read it from
@@ -7,20 +8,29 @@ only what :data:`ARTIFACTS` lists, into the very place the encoders read it from
 How a file arrives:
 
 * **Streamed to a partial file beside the target** (``<target>.part``), hashed (SHA-256) as
-  it is written, flushed to disk, then **renamed into place** in one step: the target is never
-  seen half-written, and it is always a file whose digest was checked.
+  it is written, flushed to disk, then **put into place** in one step that never replaces
+  anything (a hard link made only if nothing is there, then the partial name removed): the
+  target is never seen half-written, and it is always a file whose digest was checked.
 * **Checked**: against the full SHA-256 where a public source pins it, else against the first
   8 hex digits that the file's name carries (torch hub's ``check_hash`` convention); the
   result says which (``verified``: ``sha256`` or ``sha256-prefix``).
-* **Resumable**: a run that is interrupted (Ctrl-C, a killed process) leaves its partial file;
-  the next run asks the server for the rest only (HTTP ``Range``), hashing the part it already
-  has first. A server that ignores ``Range`` sends the whole file again, and a partial file
-  that turns out to belong to another file is discarded and the file downloaded whole, once.
-  Within one run, a transfer cut short is taken up again where it stopped (``retries``).
-* **Refused in one line, leaving nothing**: a wrong digest, a transfer shorter than the
-  server announced (or cut off for good), a server error: a :class:`FetchError`, and the
-  partial file is removed. A target already in place is verified and kept when it is right;
-  one with another digest is refused and never replaced (shardeval did not write it).
+* **Bounded by the pinned size**: a ``Content-Length`` (or ``Content-Range``) other than the
+  pinned size is refused before a byte is written; a server that sends no length is read up
+  to the pinned size and no further, and refused if it has more to send.
+* **Resumable**: a run that is interrupted (Ctrl-C, a killed process) or fails (the server
+  unreachable, an HTTP error, a transfer cut short) keeps its partial file; the next run asks
+  the server for the rest only (HTTP ``Range``), hashing the part it already has first. A
+  server that sends from the first byte again (it ignores ``Range``) is compared with the
+  partial file byte for byte before anything is written.
+* **A partial file is discarded only when it is proven wrong**, and the result or the error
+  says so: it is longer than the pinned file, or as long and with another digest, or the
+  server's bytes differ from it (from where they differ), or the finished file's digest fails
+  (refused: :class:`DigestMismatchError`).
+* **Nothing that is not shardeval's is written through, replaced or removed**: a target in
+  place is verified and kept when it is right, refused otherwise (another digest, a folder, a
+  symbolic link that leads to no file, a FIFO); a partial file's name that holds a symbolic
+  link, a folder, a FIFO or a file with other names (hard links) is refused, untouched; a
+  target that another program puts in place during the download is not replaced.
 * **One writer**: the partial file is locked while it is written; a second run for the same
   file waits, then finds it in place.
 
@@ -29,16 +39,18 @@ Where from: ``url=`` given to :func:`fetch`; else the environment variable
 ``SHARDEVAL_FETCH_MIRROR`` is set, ``<mirror>/<file name>`` (a local mirror of the files, or
 a test server); else the URL the artifact is published at. Only ``http://`` and ``https://``
 URLs are read (through the proxies the environment names, as ``urllib`` reads them). The
-digest checked is the pinned one whatever the URL.
+digest and size checked are the pinned ones whatever the URL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
 import re
+import stat
 import time
 import urllib.error
 import urllib.request
@@ -65,19 +77,33 @@ _RETRY_DELAY = 1.0
 #: HTTP statuses worth asking again: the server may answer next time.
 _TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 _HEX = re.compile(r"[0-9a-f]+")
+#: errno values of a file system that makes no hard links: the file is then put in place by
+#: a rename, after a check that nothing is there.
+_NO_HARD_LINKS = frozenset(
+    getattr(errno, name)
+    for name in ("EPERM", "EOPNOTSUPP", "ENOTSUP", "ENOSYS", "EMLINK", "EXDEV")
+    if hasattr(errno, name)
+)
 
 Progress = Callable[[int, int], None]
 
 
 class FetchError(ShardevalError):
-    """A file could not be fetched as it must be; nothing is left in place of it. Its message
-    is one line naming the file, the URL and what went wrong."""
+    """A file could not be fetched as it must be; nothing is put in place of it. Its message
+    is one line naming the file, the URL, what went wrong and what became of the partial
+    file."""
 
 
 class DigestMismatchError(FetchError):
     """The bytes received are not the pinned file (another file at that URL, or a mirror that
     serves something else)."""
+
+
+class SizeMismatchError(DigestMismatchError):
+    """The server announces or sends a file of another size than the pinned one: it is not
+    the pinned file, and nothing past the pinned size is written."""
 
 
 class TransferError(FetchError):
@@ -102,6 +128,8 @@ class Artifact:
         url: where it is published.
         sha256: the full SHA-256 (64 hex digits) where a public source pins it, else the
             prefix the file name carries.
+        size: its bytes: no more is ever written, and a server announcing another size is
+            refused.
         digest_source: where the digest is published (for the record and the docs).
         folder: where it goes: a function, so that environment variables (``TORCH_HOME``)
             are read when it is fetched, not when this module is imported.
@@ -112,12 +140,15 @@ class Artifact:
     file_name: str
     url: str
     sha256: str
+    size: int
     digest_source: str
     folder: Callable[[], str]
 
     def __post_init__(self) -> None:
         if not _HEX.fullmatch(self.sha256) or len(self.sha256) not in (8, 64):
             raise ValueError(f"{self.name}: sha256 must be 8 or 64 lower-case hex digits")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"{self.name}: size must be a positive number of bytes")
 
     @property
     def full_digest(self) -> bool:
@@ -140,6 +171,7 @@ class Artifact:
             "file": self.file_name,
             "url": self.url,
             "sha256": self.sha256,
+            "size": self.size,
             "verified": self.verification,
             "digest_source": self.digest_source,
             "path": self.path(),
@@ -151,9 +183,11 @@ class Artifact:
 #: prefix torch hub's ``check_hash`` checks; the whole SHA-256 is pinned in public code that
 #: downloads this URL with a full check (snap-research/discoscene,
 #: models/inception_model.py, ``_MODEL_URL_SHA256['tf_inception_v3']``), and the same
-#: digest (95,628,359 bytes) is recorded by several independent projects that keep the file.
-#: torch-fidelity's release ``v0.2.0/weights-inception-2015-12-05-6726825d.pth`` is recorded
-#: with the same digest: a mirror (``url=``).
+#: digest with the same size, 95,628,359 bytes, is recorded by several independent projects
+#: that keep the file (one pins both to convert it, one checks the size of the file at this
+#: very torch hub path). torch-fidelity's release
+#: ``v0.2.0/weights-inception-2015-12-05-6726825d.pth`` is recorded with the same digest: a
+#: mirror (``url=``).
 INCEPTION = Artifact(
     name="inception",
     title="the FID Inception weights (pytorch-fid's port of the TF Inception of 2015-12-05)",
@@ -163,6 +197,7 @@ INCEPTION = Artifact(
         "pt_inception-2015-12-05-6726825d.pth"
     ),
     sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    size=95_628_359,
     digest_source=(
         "snap-research/discoscene models/inception_model.py (_MODEL_URL_SHA256, full "
         "SHA-256 of this URL); prefix 6726825d in the file name (torch hub check_hash)"
@@ -189,7 +224,9 @@ class FetchResult:
         size: its bytes.
         downloaded: bytes received in this call (0 when it was in place).
         resumed_from: bytes of a partial file from an earlier run that were kept (0: none, or
-            it was not of this file, or the server would not resume it).
+            none of it was of this file).
+        discarded: bytes of a partial file from an earlier run that were proven not of this
+            file (longer than it, or differing from the server's bytes) and discarded.
         already_present: the file was in place with the right digest: nothing downloaded.
         seconds: wall time.
     """
@@ -202,6 +239,7 @@ class FetchResult:
     size: int
     downloaded: int
     resumed_from: int
+    discarded: int
     already_present: bool
     seconds: float
 
@@ -213,9 +251,15 @@ class FetchResult:
         if self.already_present:
             return f"{self.name}: {self.path} is already in place ({check} verified)"
         resumed = f", resumed at {_size(self.resumed_from)}" if self.resumed_from else ""
+        discarded = (
+            f", {_size(self.discarded)} of an earlier partial file that were not of this "
+            "file discarded"
+            if self.discarded
+            else ""
+        )
         return (
-            f"{self.name}: {self.path} ({_size(self.size)}, {check} verified{resumed}) "
-            f"from {self.url} in {self.seconds:.1f} s"
+            f"{self.name}: {self.path} ({_size(self.size)}, {check} verified{resumed}"
+            f"{discarded}) from {self.url} in {self.seconds:.1f} s"
         )
 
 
@@ -276,9 +320,128 @@ def _expected(item: Artifact) -> str:
     )
 
 
+def _kind(mode: int) -> str:
+    """What a file system entry is, in words, for a message."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISBLK(mode) or stat.S_ISCHR(mode):
+        return "a device"
+    return "a file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """What is at an artifact's place, and whether it is the pinned file.
+
+    Attributes:
+        path: the place.
+        kind: ``missing``; ``file`` (a regular file, or a symbolic link to one); ``not-a-file``
+            (a folder, a symbolic link that leads to no file, a FIFO, a socket, a device);
+            ``unreadable``.
+        what: for ``not-a-file`` and ``unreadable``, what it is or why it cannot be read, in
+            words.
+        link: where a symbolic link at the place points (None: no link).
+        size: the file's bytes (None unless ``kind`` is ``file``).
+        sha256: its SHA-256; computed only when its size is the pinned one (a file of another
+            size is not the pinned file, and is not read).
+        pinned: it is the pinned file (its size and digest are the pinned ones).
+        seconds: what reading the file for its SHA-256 cost (0: it was not read).
+    """
+
+    path: str
+    kind: str
+    what: str | None = None
+    link: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    pinned: bool = False
+    seconds: float = 0.0
+
+    def words(self, item: Artifact) -> str:
+        """The state in a few words: ``missing``, ``present, the pinned file: ...``,
+        ``present, not the pinned file: ...``, ``present, not a file: ...``."""
+        via = f" (through the symbolic link to {self.link})" if self.link else ""
+        if self.kind == "missing":
+            return "missing"
+        if self.kind == "unreadable":
+            return f"present, cannot be read ({self.what})"
+        if self.kind == "not-a-file":
+            return f"present, not a file: {self.what}"
+        if self.pinned:
+            return (
+                f"present, the pinned file: SHA-256 of {self.size:,} bytes checked in "
+                f"{self.seconds:.1f} s{via}"
+            )
+        if self.sha256 is None:
+            return (
+                f"present, not the pinned file: {self.size:,} bytes, the pinned file has "
+                f"{item.size:,}{via}"
+            )
+        return (
+            f"present, not the pinned file: SHA-256 {self.sha256} (checked in "
+            f"{self.seconds:.1f} s){via}"
+        )
+
+
+def look_in_place(item: Artifact) -> InPlace:
+    """What is at ``item``'s place: nothing, the pinned file, another file, or something that
+    is not a file. Reads nothing but the file there, and that only when it has the pinned
+    size (its SHA-256 is then computed: about 0.1 to 0.5 s for 100 MB on one core, more when
+    the file is not in the page cache). Nothing is cached: a cache keyed by size and
+    modification time would call a file rewritten in place the pinned one.
+
+    Returns:
+        :class:`InPlace`.
+    """
+    started = time.perf_counter()
+    path = item.path()
+    try:
+        first = os.lstat(path)
+    except FileNotFoundError:
+        return InPlace(path, "missing")
+    except OSError as exc:
+        return InPlace(path, "unreadable", what=exc.strerror or str(exc))
+    link = None
+    here = first
+    if stat.S_ISLNK(first.st_mode):
+        link = os.readlink(path)
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            return InPlace(path, "not-a-file", f"a symbolic link to {link}, which is missing", link)
+        except OSError as exc:
+            return InPlace(path, "unreadable", exc.strerror or str(exc), link)
+        if not stat.S_ISREG(here.st_mode):
+            what = f"a symbolic link to {link}, which is {_kind(here.st_mode)}"
+            return InPlace(path, "not-a-file", what, link)
+    elif not stat.S_ISREG(first.st_mode):
+        return InPlace(path, "not-a-file", _kind(first.st_mode))
+    if here.st_size != item.size:
+        return InPlace(path, "file", link=link, size=here.st_size)
+    try:
+        found = sha256_file(path)
+    except OSError as exc:
+        return InPlace(path, "unreadable", exc.strerror or str(exc), link)
+    return InPlace(
+        path,
+        "file",
+        link=link,
+        size=here.st_size,
+        sha256=found,
+        pinned=_matches(item, found),
+        seconds=time.perf_counter() - started,
+    )
+
+
 class _Restart(Exception):
-    """The partial file cannot be continued (the server sent another range, or none fits):
-    start again from its first byte."""
+    """The server cannot continue the partial file (it sent another range): ask for the file
+    from its first byte, comparing what the partial file holds."""
 
 
 class _Transient(Exception):
@@ -293,10 +456,15 @@ class _Fatal(Exception):
     """A transfer that asking again will not mend (a 4xx)."""
 
 
+class _WrongSize(Exception):
+    """The server's file is not of the pinned size (announced, or sent)."""
+
+
 class _Partial:
-    """The partial file, open and locked, with the SHA-256 of the bytes it holds, the bytes an
-    earlier run left in it (``resumed``: 0 once it is started again) and the bytes received
-    here (``received``)."""
+    """The partial file, open and locked, with the SHA-256 of the bytes it holds (``size``);
+    ``resumed``: the bytes an earlier run left in it that are still kept; ``received``: the
+    bytes received here; ``discarded``: bytes an earlier run left that were found not of this
+    file and dropped."""
 
     def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
@@ -306,44 +474,89 @@ class _Partial:
             self.digest.update(block)
         self.size = self.resumed = fh.tell()
         self.received = 0
+        self.discarded = 0
+
+    def read(self, offset: int, count: int) -> bytes:
+        self.fh.seek(offset)
+        return self.fh.read(count)
 
     def append(self, block: bytes) -> None:
+        self.fh.seek(self.size)
         self.fh.write(block)
         self.digest.update(block)
         self.size += len(block)
-        self.received += len(block)
 
-    def reset(self) -> None:
-        self.fh.seek(0)
+    def cut(self, size: int, digest: Any, *, earlier: bool) -> None:
+        """Keep only the first ``size`` bytes, whose SHA-256 state is ``digest``; ``earlier``:
+        the bytes dropped are proven not of this file, and those of them an earlier run left
+        count as ``discarded`` (else they are this run's, of another file)."""
+        self.fh.seek(size)
         self.fh.truncate()
-        self.digest = hashlib.sha256()
-        self.size = self.resumed = 0
+        if earlier:
+            self.discarded += max(0, self.resumed - size)
+            self.resumed = min(self.resumed, size)
+        self.size = size
+        self.digest = digest
 
     def sync(self) -> None:
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
 
+_HARD_LINK = "a file with other names too (hard links)"
+
+
+class _NotOurs(Exception):
+    """The partial file's name holds something shardeval did not make."""
+
+
+def _open_part(part: str) -> tuple[IO[bytes], bool]:
+    """The partial file opened for reading and writing, and whether it was created here.
+    Never follows a symbolic link, never blocks on a FIFO, never opens a folder.
+
+    Raises:
+        _NotOurs: the name holds a symbolic link, a folder, a FIFO or another kind of file, or
+            a file with other names (hard links: truncating it would change them).
+    """
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    created = True
+    try:
+        fd = os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        created = False
+        try:
+            fd = os.open(part, flags)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise _NotOurs(_kind(os.lstat(part).st_mode)) from None
+            raise
+    here = os.fstat(fd)
+    if not stat.S_ISREG(here.st_mode) or here.st_nlink != 1:
+        os.close(fd)
+        what = _kind(here.st_mode)
+        raise _NotOurs(what if what != "a file" else _HARD_LINK)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+b"), created
+
+
 @contextlib.contextmanager
-def _locked_part(part: str) -> Iterator[IO[bytes]]:
-    """The partial file, created if missing, opened for reading and appending and held under
-    an exclusive lock; a partial file another run renamed into place or removed while this one
-    waited is opened anew."""
+def _locked_part(part: str) -> Iterator[tuple[IO[bytes], bool]]:
+    """The partial file, created if missing, opened for reading and writing and held under
+    an exclusive lock, and whether this call created it; a partial file another run put in
+    place or removed while this one waited is opened anew."""
     import fcntl
 
     while True:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o666)
-        fh = os.fdopen(fd, "r+b")
+        fh, created = _open_part(part)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
-                here = os.stat(part)
+                here = os.lstat(part)
             except FileNotFoundError:
                 here = None
-            mine = os.fstat(fd)
+            mine = os.fstat(fh.fileno())
             if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
-                fh.seek(0, os.SEEK_END)
-                yield fh
+                yield fh, created
                 return
         finally:
             fh.close()
@@ -384,6 +597,27 @@ def _sync_folder(folder: str) -> None:
             os.close(fd)
 
 
+def _put_in_place(part: str, target: str) -> bool:
+    """Give the checked partial file the target's name, unless something is there by now
+    (another program wrote it during the download): then nothing changes and this returns
+    False. A hard link does it in one step that cannot replace; on a file system without hard
+    links, a rename after a check that nothing is there."""
+    try:
+        os.link(part, target, follow_symlinks=False)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(target):
+            return False
+        os.rename(part, target)
+    else:
+        os.remove(part)
+    _sync_folder(os.path.dirname(target))
+    return True
+
+
 def fetch(
     name: str | Artifact,
     *,
@@ -393,8 +627,8 @@ def fetch(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> FetchResult:
-    """Download an artifact into place, checked against its pinned digest; or verify the one
-    already there.
+    """Download an artifact into place, checked against its pinned digest and size; or
+    verify the one already there.
 
     Args:
         name: an artifact's name (see :data:`ARTIFACTS`: ``inception``), or an
@@ -403,19 +637,30 @@ def fetch(
         retries: how many more times a transfer cut short, a 5xx answer or an unreachable
             server is tried (each taking up where the last stopped when the server allows).
         timeout: seconds a connection may stay silent before it counts as cut.
-        progress: called with (bytes in the partial file, bytes of the whole file) as they
+        progress: called with (bytes of the file so far, bytes of the whole file) as they
             arrive.
-        log: called with notices (resuming, retrying).
+        log: called with notices (resuming, retrying, a partial file discarded).
 
     Returns:
         :class:`FetchResult`.
 
     Raises:
-        DigestMismatchError: the bytes received are not the pinned file; nothing is left.
+        DigestMismatchError: the bytes received are not the pinned file; the partial file is
+            discarded.
+        SizeMismatchError: the server announces or sends a file of another size than the
+            pinned one; nothing past the pinned size is written, and what the partial file
+            held before is kept.
         TransferError: unreachable, an HTTP error, or fewer bytes than announced, after the
-            retries; nothing is left.
-        FetchError: an unknown name, a URL that is not http(s), the target in place with
-            another digest (never replaced), a folder that cannot be written.
+            retries; the partial file is kept for the next run to resume.
+        FetchError: an unknown name, a URL that is not http(s); something in place that is not
+            the pinned file (another digest, a folder, a symbolic link to no file: never
+            replaced); a partial file's name that holds what shardeval did not make (never
+            touched); a folder that cannot be written.
+
+    Example:
+        >>> from shardeval.pipeline.io.fetch import fetch
+        >>> fetch("inception").summary()  # doctest: +SKIP
+        'inception: .../pt_inception-2015-12-05-6726825d.pth (91.2 MiB, SHA-256 verified) ...'
     """
     item = artifact(name) if isinstance(name, str) else name
     if retries < 0:
@@ -426,46 +671,81 @@ def fetch(
     source = resolve_url(item, url)
     target = item.path()
     folder = os.path.dirname(target)
-    if os.path.isfile(target):
-        return _in_place(item, target, started)
+    here = look_in_place(item)
+    if here.kind != "missing":
+        return _in_place(item, here, started)
     created = _make_folder(folder)
     part = target + PART_SUFFIX
-    done = False
     try:
-        with _locked_part(part) as fh:
+        first = os.lstat(part)
+    except FileNotFoundError:
+        first = None
+    if first is not None and (not stat.S_ISREG(first.st_mode) or first.st_nlink != 1):
+        what = _kind(first.st_mode)
+        raise FetchError(_not_ours(item, part, what if what != "a file" else _HARD_LINK))
+    partial: _Partial | None = None
+    try:
+        with _locked_part(part) as (fh, made):
             try:
-                if os.path.isfile(target):  # another run put it in place while this one waited
-                    _remove(part)
-                    return _in_place(item, target, started)
-                result = _download(item, source, target, part, fh, retries, timeout, progress, log)
-                done = True
+                partial = _Partial(fh)
+                here = look_in_place(item)
+                if here.kind != "missing":  # another run put it in place while this one waited
+                    return _in_place(item, here, started)
+                result = _download(
+                    item, source, target, part, partial, retries, timeout, progress, log
+                )
                 return FetchResult(**{**asdict(result), "seconds": time.perf_counter() - started})
-            except Exception:
-                # Refused or failed: nothing is left. (An interruption, which is no Exception,
-                # keeps the partial file for the next run to resume.)
-                _remove(part)
-                raise
+            finally:
+                # A partial file this call made, or emptied as proven not of this file, goes
+                # when it is empty (under the lock, so that no other run is writing to it);
+                # any other is kept for the next run.
+                empty = (
+                    partial.size == 0 if partial is not None else not os.fstat(fh.fileno()).st_size
+                )
+                if empty and (made or (partial is not None and partial.discarded)):
+                    _remove(part)
+    except _NotOurs as exc:
+        raise FetchError(_not_ours(item, part, str(exc))) from None
     except OSError as exc:
+        kept = "the partial file is kept; " if partial is not None and partial.size else ""
         raise FetchError(
-            f"{item.name}: {part!r} cannot be written ({exc.strerror or exc}); "
+            f"{item.name}: {part!r} cannot be written ({exc.strerror or exc}); {kept}"
             f"is {folder!r} writable and is there room?"
         ) from exc
     finally:
-        if not done and not os.path.exists(part):
-            for path in created:  # the folders this call made, if they stayed empty
+        # The folders this call made go if nothing is in them.
+        if not os.path.lexists(target) and not os.path.lexists(part):
+            for path in created:
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
 
 
-def _in_place(item: Artifact, target: str, started: float) -> FetchResult:
-    """The target already there: kept when its digest is right, refused otherwise."""
-    try:
-        found = sha256_file(target)
-    except OSError as exc:
-        raise FetchError(f"{item.name}: {target!r} cannot be read ({exc.strerror})") from exc
-    if not _matches(item, found):
+def _not_ours(item: Artifact, part: str, what: str) -> str:
+    return (
+        f"{item.name}: {part!r} is {what}, not a partial download shardeval made; it is not "
+        "touched: move it aside and fetch again"
+    )
+
+
+def _in_place(item: Artifact, here: InPlace, started: float) -> FetchResult:
+    """What is in place: kept when it is the pinned file, refused otherwise."""
+    target = here.path
+    if here.kind == "unreadable":
+        raise FetchError(f"{item.name}: {target!r} cannot be read ({here.what})")
+    if here.kind == "not-a-file":
         raise FetchError(
-            f"{item.name}: {target!r} is already there with SHA-256 {found}, not "
+            f"{item.name}: {target!r} is {here.what}, not the file; it is not replaced "
+            "(shardeval did not make it): move it aside and fetch again"
+        )
+    if not here.pinned or here.sha256 is None or here.size is None:
+        via = f" (a symbolic link to {here.link!r})" if here.link else ""
+        found = (
+            f"SHA-256 {here.sha256}"
+            if here.sha256 is not None
+            else f"{here.size:,} bytes (the pinned file has {item.size:,})"
+        )
+        raise FetchError(
+            f"{item.name}: {target!r}{via} is already there with {found}, not "
             f"{_expected(item)}; it is not replaced (shardeval did not write it): move it "
             "aside and fetch again"
         )
@@ -473,14 +753,22 @@ def _in_place(item: Artifact, target: str, started: float) -> FetchResult:
         name=item.name,
         path=target,
         url=None,
-        sha256=found,
+        sha256=here.sha256,
         verified=item.verification,
-        size=os.path.getsize(target),
+        size=here.size,
         downloaded=0,
         resumed_from=0,
+        discarded=0,
         already_present=True,
         seconds=time.perf_counter() - started,
     )
+
+
+def _kept(partial: _Partial, part: str) -> str:
+    """What became of the partial file after a failure that does not prove it wrong."""
+    if partial.size == 0:
+        return "nothing was kept"
+    return f"the partial file {part} ({_size(partial.size)}) is kept: fetch again to resume"
 
 
 def _download(
@@ -488,74 +776,108 @@ def _download(
     source: str,
     target: str,
     part: str,
-    fh: IO[bytes],
+    partial: _Partial,
     retries: int,
     timeout: float,
     progress: Progress | None,
     log: Callable[[str], None] | None,
 ) -> FetchResult:
-    """Fill the locked partial file from ``source``, check it, rename it into place."""
-    partial = _Partial(fh)
-    if partial.resumed and log:
-        log(f"{item.name}: resuming {part} at {_size(partial.resumed)}")
+    """Fill the locked partial file from ``source``, check it, put it into place."""
+
+    def say(message: str) -> None:
+        if log:
+            log(f"{item.name}: {message}")
+
+    # A partial file longer than the pinned file, or as long and with another digest, is
+    # proven not to be (the start of) it.
+    if partial.size > item.size or (
+        partial.size == item.size and not _matches(item, partial.digest.hexdigest())
+    ):
+        why = (
+            f"is longer than the pinned file ({partial.size:,} bytes, not {item.size:,})"
+            if partial.size > item.size
+            else f"is as long as the pinned file but its SHA-256 is "
+            f"{partial.digest.hexdigest()}, not {_expected(item)}"
+        )
+        partial.cut(0, hashlib.sha256(), earlier=True)
+        say(f"the partial file {part} {why}: not of this file, discarded")
+    elif partial.resumed:
+        say(f"resuming {part} at {_size(partial.resumed)}")
     attempt = 0
-    restarted = False
-    # A partial file that is already the whole file (a run stopped before its rename) is not
-    # downloaded again.
-    complete = bool(partial.size) and _matches(item, partial.digest.hexdigest())
-    while not complete:
+    restarted = False  # asked from the first byte once: a mismatch then is final
+    from_start = False
+    while True:
+        if partial.size == item.size and not from_start:
+            # A partial file already whole (a run stopped before putting it in place) is not
+            # downloaded again.
+            partial.sync()
+            if _matches(item, partial.digest.hexdigest()):
+                break
+            if partial.resumed and not restarted:
+                # An earlier run's bytes and this server's do not make the file: ask for it from
+                # its first byte, keeping what agrees with the server.
+                say(f"{source} and the partial file do not make the file; asking for it whole")
+                restarted = from_start = True
+                continue
+            found = partial.digest.hexdigest()
+            partial.cut(0, hashlib.sha256(), earlier=partial.resumed > 0)
+            _remove(part)
+            raise DigestMismatchError(
+                f"{item.name}: {source} sent {_size(item.size)} with SHA-256 {found}, not "
+                f"{_expected(item)}; refused, nothing was kept"
+            )
         try:
-            _transfer(source, partial, timeout, progress, log)
+            _transfer(item, source, partial, from_start, timeout, progress, say)
+            from_start = False
+            if partial.size < item.size:
+                raise _Transient(
+                    f"the transfer from {source} ended at {_size(partial.size)}, short of the "
+                    f"pinned {_size(item.size)}"
+                )
         except _Restart:
             if restarted:
                 raise TransferError(
                     f"{item.name}: {source} does not serve the byte range asked for, even from "
-                    "the start"
+                    f"the start; {_kept(partial, part)}"
                 ) from None
-            restarted = True
-            partial.reset()
-            continue
+            restarted = from_start = True
         except _Transient as exc:
             attempt += 1
             if attempt > retries:
                 raise TransferError(
                     f"{item.name}: {exc} (after {attempt} attempt{'s' if attempt > 1 else ''}); "
-                    "nothing was kept",
+                    f"{_kept(partial, part)}",
                     operating_failure=exc.operating_failure,
                 ) from None
-            if log:
-                log(f"{item.name}: {exc}; trying again ({attempt} of {retries})")
+            say(f"{exc}; trying again ({attempt} of {retries})")
             time.sleep(_RETRY_DELAY * attempt)
-            continue
         except _Fatal as exc:
-            raise TransferError(f"{item.name}: {exc}", operating_failure=False) from None
-        partial.sync()
-        if _matches(item, partial.digest.hexdigest()):
-            break
-        if partial.resumed and not restarted:
-            # The partial file an earlier run left was not the start of this file (the file
-            # at the URL changed, or another URL was given): download it whole, once.
-            if log:
-                log(f"{item.name}: the partial file was not of this file; downloading it whole")
-            restarted = True
-            partial.reset()
-            continue
-        raise DigestMismatchError(
-            f"{item.name}: {source} sent {_size(partial.size)} with SHA-256 "
-            f"{partial.digest.hexdigest()}, not "
-            f"{_expected(item)}; refused, nothing was kept"
-        )
-    os.replace(part, target)
-    _sync_folder(os.path.dirname(target))
+            raise TransferError(
+                f"{item.name}: {exc}; {_kept(partial, part)}", operating_failure=False
+            ) from None
+        except _WrongSize as exc:
+            raise SizeMismatchError(f"{item.name}: {exc}; {_kept(partial, part)}") from None
+    sha256 = partial.digest.hexdigest()
+    if not _put_in_place(part, target):
+        here = look_in_place(item)
+        if not here.pinned:
+            raise FetchError(
+                f"{item.name}: {target!r} appeared while this download ran (another program "
+                f"wrote it: {here.words(item)}); it is not replaced. The checked download is "
+                f"kept as {part!r}: move {target!r} aside and fetch again to put it in place"
+            )
+        _remove(part)  # the same bytes as the file now in place
+        return _in_place(item, here, time.perf_counter())
     return FetchResult(
         name=item.name,
         path=target,
         url=source,
-        sha256=partial.digest.hexdigest(),
+        sha256=sha256,
         verified=item.verification,
         size=partial.size,
         downloaded=partial.received,
         resumed_from=partial.resumed,
+        discarded=partial.discarded,
         already_present=False,
         seconds=0.0,
     )
@@ -571,20 +893,27 @@ def _user_agent() -> str:
 
 
 def _transfer(
+    item: Artifact,
     source: str,
     partial: _Partial,
+    from_start: bool,
     timeout: float,
     progress: Progress | None,
-    log: Callable[[str], None] | None,
+    say: Callable[[str], None],
 ) -> None:
-    """Append to ``partial`` what ``source`` holds beyond it, up to the end.
+    """Append to ``partial`` what ``source`` holds beyond it, up to the pinned size and never
+    past it. A body that starts before the partial file's end (``from_start``, or a server
+    that ignores ``Range``) is compared with the partial file where they overlap: from the
+    first byte that differs, the partial file's bytes are discarded (and said so) and the
+    server's written.
 
     Raises:
         _Restart: the server cannot continue this partial file.
         _Transient: unreachable, a transient HTTP error, or fewer bytes than announced.
         _Fatal: another HTTP error.
+        _WrongSize: a length other than the pinned size, announced or sent.
     """
-    offset = partial.size
+    offset = 0 if from_start else partial.size
     headers = {"User-Agent": _user_agent(), "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -592,9 +921,17 @@ def _transfer(
     try:
         response = urllib.request.urlopen(request, timeout=timeout)  # http(s) only: resolve_url
     except urllib.error.HTTPError as exc:
+        unsatisfied = _UNSATISFIED_RANGE.fullmatch(
+            (exc.headers.get("Content-Range") or "").strip() if exc.headers else ""
+        )
         exc.close()
         if exc.code == 416 and offset:
-            raise _Restart() from None  # the partial file is not shorter than the file
+            # Nothing past the partial file, which is shorter than the pinned file.
+            has = f" (its file has {int(unsatisfied.group(1)):,})" if unsatisfied else ""
+            raise _WrongSize(
+                f"{source} has no bytes past {offset:,} (HTTP 416{has}): not the pinned file "
+                f"of {item.size:,} bytes; refused"
+            ) from None
         what = f"{source} answered HTTP {exc.code} {exc.reason}"
         if exc.code in _TRANSIENT:
             raise _Transient(what) from None
@@ -605,43 +942,87 @@ def _transfer(
         raise _Transient(f"{source} cannot be reached ({exc})") from None
     with response:
         status = response.status
+        length = response.headers.get("Content-Length")
+        announced = int(length) if length and length.strip().isdigit() else None
         if status == 206 and offset:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
             if match is None or int(match.group(1)) != offset:
                 raise _Restart()
             first, last, whole = match.groups()
+            if (whole != "*" and int(whole) != item.size) or int(last) >= item.size:
+                raise _WrongSize(
+                    f"{source} answers Content-Range {match.group(0)!r}: not the pinned file "
+                    f"of {item.size:,} bytes; refused"
+                )
             expected: int | None = int(last) - int(first) + 1
-            total = int(whole) if whole != "*" else None
+            start = offset
         elif status == 200:
+            if announced is not None and announced != item.size:
+                raise _WrongSize(
+                    f"{source} announces Content-Length {announced:,}: not the pinned "
+                    f"{item.size:,} bytes; refused"
+                )
             if offset:
-                if log:
-                    log(f"{source} does not resume downloads; downloading it whole")
-                partial.reset()
-                offset = 0
-            length = response.headers.get("Content-Length")
-            expected = int(length) if length and length.strip().isdigit() else None
-            total = expected
+                say(f"{source} does not resume downloads; comparing what it sends from the start")
+            expected = announced
+            start = 0
         else:
             raise _Fatal(f"{source} answered HTTP {status} {response.reason}")
+        wanted = item.size - start  # never more than the pinned file
         received = 0
+        written_from: tuple[int, Any] | None = None  # size and digest before this body's writes
+        compared = hashlib.sha256()  # of the server's bytes that agree with the partial file
         while True:
             try:
-                block = response.read(_CHUNK)
+                block = response.read(min(_CHUNK, wanted - received) if received < wanted else 1)
             except (OSError, http.client.HTTPException) as exc:
                 raise _Transient(
-                    f"the transfer from {source} was cut at {_size(offset + received)} "
+                    f"the transfer from {source} was cut at {_size(start + received)} "
                     f"({type(exc).__name__})"
                 ) from None
             if not block:
                 break
-            partial.append(block)
+            if received >= wanted:
+                # More than the pinned file: what this body wrote is of another file.
+                dropped = ""
+                if written_from is not None:
+                    dropped = f"; the {_size(partial.size - written_from[0])} it sent are discarded"
+                    partial.cut(*written_from, earlier=False)
+                raise _WrongSize(
+                    f"{source} sends more than the pinned {item.size:,} bytes (it announced "
+                    f"{'no length' if announced is None else f'{announced:,}'}); refused, "
+                    f"stopped at the pinned size{dropped}"
+                )
+            position = start + received
             received += len(block)
+            partial.received += len(block)
+            overlap = max(0, min(len(block), partial.size - position))
+            if overlap:
+                mine = partial.read(position, overlap)
+                if mine == block[:overlap]:
+                    compared.update(block[:overlap])
+                else:
+                    same = next(i for i in range(overlap) if mine[i] != block[i])
+                    compared.update(block[:same])
+                    cut_at = position + same
+                    say(
+                        f"the partial file differs from what {source} sends from byte "
+                        f"{cut_at:,}: its {partial.size - cut_at:,} bytes from there are "
+                        "not of this file, discarded"
+                    )
+                    partial.cut(cut_at, compared.copy(), earlier=True)
+                    overlap = same
+            rest = block[overlap:]
+            if rest:
+                if written_from is None:
+                    written_from = (partial.size, partial.digest.copy())
+                partial.append(rest)
             if progress is not None:
-                progress(partial.size, max(total or 0, partial.size))
+                progress(start + received, item.size)
         if expected is not None and received < expected:
             raise _Transient(
-                f"{source} sent {_size(offset + received)} of the "
-                f"{_size(offset + expected)} it announced (truncated)"
+                f"{source} sent {_size(start + received)} of the "
+                f"{_size(start + expected)} it announced (truncated)"
             )
 
 
@@ -654,9 +1035,12 @@ __all__ = [
     "DigestMismatchError",
     "FetchError",
     "FetchResult",
+    "InPlace",
+    "SizeMismatchError",
     "TransferError",
     "artifact",
     "fetch",
+    "look_in_place",
     "resolve_url",
     "sha256_file",
 ]

@@ -25,11 +25,15 @@ The DINOv2 and CLIP encoders' Hugging Face snapshots are not fetched here: no pu
 pins their files' digests (see `shardeval extract --help` for where they are read from).
 
 How: the file is streamed to NAME.part beside its target and hashed as it arrives, then
-renamed into place once its digest is right. An interrupted run leaves the .part file and the
-next run asks only for the rest (HTTP Range). A wrong digest, a transfer shorter than the
-server announced, or a server error is one line on stderr (exit 1; 2 for a 4xx answer or a
-digest mismatch) and leaves nothing behind. A file already in place is verified, never
-replaced: one with another digest is refused."""
+put into place once its digest is right. No more than the pinned size is ever written: a
+server announcing another length, or sending more, is refused. An interrupted or failed run
+(unreachable server, HTTP error, transfer cut short) keeps the .part file and the next run
+asks only for the rest (HTTP Range); a .part file is discarded only when it is proven not of
+this file (longer than it, differing from the server's bytes, or a wrong digest at the end),
+and fetch says so. A failure is one line on stderr (exit 1; 2 for a 4xx answer, a wrong
+digest or size). Whatever is in place is never replaced nor written through: a file with
+another digest, a folder or a symbolic link leading to no file is refused, and so is a .part
+name holding something fetch did not make."""
 
 EPILOG = """\
 environment:
