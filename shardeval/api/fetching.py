@@ -3,7 +3,7 @@ inception``. Nothing is downloaded anywhere else, at import or implicitly."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,18 +59,51 @@ def fetch(
     return fetch_file(name, url=url, retries=retries, timeout=timeout, progress=progress, log=log)
 
 
-def fetchable() -> list[dict[str, Any]]:
-    """What :func:`fetch` can download: name, title, file, URL (the one that would be used,
-    environment overrides included), pinned digest, its source, where it goes, and whether it
-    is there."""
-    import os
+def fetchable_names() -> list[str]:
+    """The names :func:`fetch` accepts (``inception``), without looking at any file."""
+    from shardeval.pipeline.io.fetch import ARTIFACTS
 
-    from shardeval.pipeline.io.fetch import ARTIFACTS, resolve_url
+    return list(ARTIFACTS)
 
+
+def fetchable(names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """What :func:`fetch` can download, and what is in its place now.
+
+    Each row: name, title, file, URL (the one that would be used, environment overrides
+    included), pinned digest and size, the digest's source, where it goes; and what is there:
+    ``present`` (something is), ``pinned_in_place`` (it is the pinned file: its size and
+    SHA-256 are the pinned ones), ``in_place`` (that state in words), ``found_size`` and
+    ``found_sha256`` (of a file there; the SHA-256 only when its size is the pinned one),
+    ``check_seconds`` (what the check cost: it reads a file of the pinned size whole, about
+    0.1 to 0.5 s for the Inception's 91 MiB).
+
+    Args:
+        names: only these (default: all).
+
+    Returns:
+        One dict per artifact, JSON-ready.
+
+    Raises:
+        FetchError: a name that is not fetchable.
+
+    Example:
+        >>> from shardeval.api.fetching import fetchable
+        >>> [(row["name"], row["in_place"]) for row in fetchable()]  # doctest: +SKIP
+        [('inception', 'present, the pinned file: SHA-256 of 95,628,359 bytes checked in 0.2 s')]
+    """
+    from shardeval.pipeline.io.fetch import ARTIFACTS, artifact, look_in_place, resolve_url
+
+    items = [artifact(n) for n in names] if names is not None else list(ARTIFACTS.values())
     rows = []
-    for item in ARTIFACTS.values():
+    for item in items:
         row = item.describe()
         row["url"] = resolve_url(item)
-        row["present"] = os.path.isfile(row["path"])
+        here = look_in_place(item)
+        row["present"] = here.kind != "missing"
+        row["pinned_in_place"] = here.pinned
+        row["in_place"] = here.words(item)
+        row["found_size"] = here.size
+        row["found_sha256"] = here.sha256
+        row["check_seconds"] = here.seconds
         rows.append(row)
     return rows

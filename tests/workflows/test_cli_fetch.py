@@ -86,6 +86,42 @@ def test_list_names_the_url_digest_and_place(capsys, torch_home):
     assert (row["name"], row["present"], row["verified"]) == ("inception", False, "sha256")
 
 
+def _place(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def test_list_says_whether_the_file_in_place_is_the_pinned_one(capsys, torch_home, blob, body):
+    inception = str(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)
+    _place(inception, b"an Inception of another layout")  # another size: no hashing needed
+    _place(blob.path(), body[::-1])  # the pinned size, other bytes: hashed
+    assert main(["fetch", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{INCEPTION_FILE} (present, not the pinned file:" in out
+    assert f"{blob.file_name} (present, not the pinned file:" in out
+    assert hashlib.sha256(body[::-1]).hexdigest() in out  # what it is, for the user to compare
+    assert "(present)" not in out
+    assert main(["fetch", "--list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["fetchable"]}
+    assert (rows["inception"]["present"], rows["inception"]["pinned_in_place"]) == (True, False)
+    assert rows["blob"]["found_sha256"] == hashlib.sha256(body[::-1]).hexdigest()
+    # The pinned file: said so, with what the check cost.
+    _place(blob.path(), body)
+    assert main(["fetch", "blob", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{blob.file_name} (present, the pinned file: SHA-256 of {len(body):,} bytes" in out
+    assert main(["fetch", "blob", "--list", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["fetchable"]
+    assert (row["present"], row["pinned_in_place"]) == (True, True)
+    assert row["found_sha256"] == blob.sha256
+    # Something that is not a file.
+    os.remove(blob.path())
+    os.makedirs(blob.path())
+    assert main(["fetch", "blob", "--list"]) == 0
+    assert f"{blob.file_name} (present, not a file: a folder)" in capsys.readouterr().out
+
+
 def test_the_right_file_lands(capsys, blob, body):
     b = Behaviour(body=body)
     with serving(b) as base:

@@ -33,7 +33,12 @@ this file (longer than it, differing from the server's bytes, or a wrong digest 
 and fetch says so. A failure is one line on stderr (exit 1; 2 for a 4xx answer, a wrong
 digest or size). Whatever is in place is never replaced nor written through: a file with
 another digest, a folder or a symbolic link leading to no file is refused, and so is a .part
-name holding something fetch did not make."""
+name holding something fetch did not make.
+
+--list says for each file whether the one in place is the pinned file: a file of another size
+is told at once; one of the pinned size is read whole for its SHA-256 (about 0.1-0.5 s for
+the Inception's 91 MiB; not cached, so a file rewritten in place is never taken for the
+pinned one)."""
 
 EPILOG = """\
 environment:
@@ -68,8 +73,8 @@ def add_fetch_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--list",
         action="store_true",
-        help="list what can be fetched (URL, digest and its source, place, present or not) and "
-        "download nothing",
+        help="list what can be fetched (URL, digest and its source, place, and whether the file "
+        "there is the pinned one) and download nothing",
     )
     p.add_argument(
         "--retries",
@@ -125,19 +130,20 @@ def _listing(rows: list[dict[str, Any]], out: TextIO) -> None:
         check = "full SHA-256" if row["verified"] == "sha256" else "SHA-256 prefix in its name"
         out.write(
             f"{row['name']}: {row['title']}\n"
-            f"  file    {row['file']} ({'present' if row['present'] else 'missing'})\n"
+            f"  file    {row['file']} ({row['in_place']})\n"
             f"  place   {row['path']}\n"
             f"  url     {row['url']}\n"
             f"  digest  {row['sha256']} ({check})\n"
+            f"  size    {row['size']:,} bytes\n"
             f"  pinned  {row['digest_source']}\n"
         )
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Run ``shardeval fetch``. Returns the exit code."""
-    from shardeval.api.fetching import fetch, fetchable
+    from shardeval.api.fetching import fetch, fetchable, fetchable_names
 
-    known = [row["name"] for row in fetchable()]
+    known = fetchable_names()
     names = list(dict.fromkeys(args.names)) or known
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -148,7 +154,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if args.list:
         if args.url or args.retries is not None or args.timeout is not None:
             raise UsageError("--url, --retries and --timeout apply to downloads, not to --list")
-        rows = [row for row in fetchable() if row["name"] in names]
+        rows = fetchable(names)
         if args.json:
             from shardeval.workflows.report import to_json
 
