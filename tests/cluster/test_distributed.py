@@ -286,3 +286,41 @@ def test_cli_scheduler_killed_mid_run_is_one_line_and_exit_1(processes, tmp_path
     errors = [line for line in lines if line.startswith("shardeval: error:")]
     assert len(errors) == 1, err
     assert f"the Dask scheduler at {address} went away" in errors[0], err
+
+
+@pytest.mark.timeout(300)
+def test_cli_extract_reports_a_lost_scheduler_as_the_measurements_do(
+    processes, tmp_path, rng, weights, capfd, monkeypatch
+):
+    # extract asked the cluster about GPUs on a client of its own: a scheduler lost then gave
+    # Dask's "Failed to reconnect" log line, a 30 s wait and "cannot reach" with exit 2.
+    import dask
+    import distributed
+    import numpy as np
+
+    images = tmp_path / "images.npy"
+    np.save(images, rng.integers(0, 256, (6, 24, 24, 3), dtype=np.uint8))
+    address = processes(workers=1)
+    pid = _scheduler_pid(address)
+    capfd.readouterr()
+    asked = distributed.Client.scheduler_info
+
+    def scheduler_killed(self, *args, **kwargs):
+        info = asked(self, *args, **kwargs)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        return info
+
+    monkeypatch.setattr(distributed.Client, "scheduler_info", scheduler_killed)
+    argv = ["extract", str(images), "-o", str(tmp_path / "f.zarr"), "--weights", weights]
+    with dask.config.set({"distributed.comm.timeouts.connect": "5s"}):
+        code = main([*argv, "--scheduler", address])
+    err = capfd.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert all(line.startswith(("shardeval:", "images:")) for line in lines), err
+    errors = [line for line in lines if line.startswith("shardeval: error:")]
+    assert len(errors) == 1, err
+    assert f"the Dask scheduler at {address} went away" in errors[0], err

@@ -69,7 +69,7 @@ def test_extraction_writes_a_complete_store(tmp_path, images, weights):
     )
     assert (result.images, result.rows, result.dim, result.chunks) == (8, 8, 2048, 4)
     assert (result.computed, result.present, result.already_complete) == (4, 0, False)
-    assert seen[-1] == (4, 4)
+    assert seen[-1] == (8, 8)  # images
     group = zarr.open_group(out, mode="r")
     attrs = dict(group.attrs)
     assert INCOMPLETE_ATTR not in attrs
@@ -276,7 +276,7 @@ def test_two_worker_cluster_equals_threads(tmp_path, rng, weights):
             progress=lambda d, t: seen.append((d, t)),
         )
     assert (result.computed, result.devices) == (5, ("cpu",))
-    assert seen[-1] == (5, 5)
+    assert seen[-1] == (10, 10)  # images
     a = zarr.open_group(threaded, mode="r")["features"][:]
     b = zarr.open_group(spread, mode="r")["features"][:]
     np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)

@@ -149,7 +149,7 @@ def test_nonfinite_drop_counts_rows(tmp_path, capsys, rng):
 def test_progress_bar_goes_to_stderr_unless_quiet(capsys, feature_pair):
     real_path, _, gen_path, _ = feature_pair
     _, _, err = _run(capsys, "fid", real_path, gen_path, "--shard-rows", "100")
-    assert "16/16 shards done" in err
+    assert "shards: 16/16 done" in err
     _, _, err = _run(capsys, "fid", real_path, gen_path, "--shard-rows", "100", "-q")
     assert err == ""
 

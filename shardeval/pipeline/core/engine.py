@@ -73,16 +73,22 @@ def blas_threads(n: int) -> Iterator[None]:
 
 
 class _ShardProgress(Callback):
-    """Counts finished shard tasks on the local schedulers."""
+    """Counts finished shard tasks on the local schedulers; with ``sizes`` (task key → what
+    it counts for), adds up the sizes of the tasks named there instead."""
 
-    def __init__(self, total: int, progress: Progress) -> None:
+    def __init__(self, total: int, progress: Progress, sizes: dict[Any, int] | None = None):
         super().__init__()
-        self.total, self.done, self.progress = total, 0, progress
+        self.total, self.done, self.progress, self.sizes = total, 0, progress, sizes
 
     def _start(self, dsk: Any) -> None:
         self.progress(0, self.total)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if self.sizes is not None:
+            if key in self.sizes:
+                self.done += self.sizes[key]
+                self.progress(self.done, self.total)
+            return
         name = key[0] if isinstance(key, tuple) else key
         if isinstance(name, str) and name.startswith(SHARD_PREFIX):
             self.done += 1
@@ -213,25 +219,84 @@ class Engine:
         return self.run_delayed(roots, progress=progress, shards=total)
 
     def run_delayed(
-        self, roots: Sequence[Any], *, progress: Progress | None = None, shards: int = 0
+        self,
+        roots: Sequence[Any],
+        *,
+        progress: Progress | None = None,
+        shards: int = 0,
+        sizes: Sequence[int] | None = None,
+        gpu: bool = False,
     ) -> list[Any]:
         """Compute delayed objects whose graphs contain ``shards`` tasks named ``shard-…``.
 
-        On a cluster progress is reported at the start and the end only.
+        Args:
+            roots: the delayed objects.
+            progress: called with (done, total): shard tasks, or with ``sizes`` what the
+                finished roots count for.
+            shards: how many ``shard-…`` tasks the graphs hold (without ``sizes``; on a
+                cluster progress is then reported at the start and the end only).
+            sizes: per root, what it counts for in ``progress`` (the images of an extraction
+                chunk, say): progress adds them up as each root finishes, on every scheduler.
+            gpu: the roots use a GPU where the worker has one: on a cluster whose workers
+                declare GPUs, each reserves one (``resources={"GPU": 1}``).
+
+        Returns:
+            The roots' values, in order.
+
+        Raises:
+            ClusterError: as :meth:`reduce`.
         """
         report = progress or (lambda done, total: None)
+        total = shards if sizes is None else int(sum(sizes))
+        by_key = None if sizes is None else dict(zip((r.key for r in roots), sizes, strict=True))
         if self.is_distributed:
+            from distributed import as_completed
+
             with self._client() as client:
-                report(0, shards)
-                out = self._gather(client, client.compute(list(roots)))
-                report(shards, shards)
-                return out
+                resources = {"GPU": 1} if gpu and self._workers_declare_gpus(client) else None
+                futures = client.compute(list(roots), resources=resources)
+                report(0, total)
+                if by_key is None:
+                    out = self._gather(client, futures)
+                    report(total, total)
+                    return out
+                done = 0
+
+                def finished(batch: list[Any]) -> None:
+                    nonlocal done
+                    done += sum(by_key[f.key] for f in batch)
+                    report(done, total)
+
+                self._follow(client, as_completed(futures), finished)
+                return self._gather(client, futures)
         # One BLAS thread per shard task whatever the scheduler and thread count: the order in
         # which a BLAS kernel sums depends on its threads, so a fixed count makes results
         # identical on threads, sync and distributed workers (whose nannies also set 1).
         threads = self._threads()
-        with _ShardProgress(shards, report), blas_threads(1):
+        with _ShardProgress(total, report, by_key), blas_threads(1):
             return list(dask.compute(*roots, scheduler=self.scheduler, num_workers=threads))
+
+    @staticmethod
+    def _workers_declare_gpus(client: Any) -> bool:
+        """Whether the cluster's workers declare GPUs (dask-cuda, ``--resources GPU=1``): only
+        then may tasks reserve one (an annotation no worker satisfies would wait forever)."""
+        workers = client.scheduler_info().get("workers", {}).values()
+        return any("GPU" in (w.get("resources") or {}) for w in workers)
+
+    def _follow(self, client: Any, pending: Any, finished: Callable[[list[Any]], None]) -> None:
+        """Call ``finished`` with each batch of futures as ``pending`` (``as_completed``)
+        yields them, watching for a lost scheduler and a cluster without workers meanwhile."""
+        alone_since: list[float | None] = [None]
+        while not pending.is_empty():
+            batch = pending.next_batch(block=False)
+            if any(future.cancelled() for future in batch):
+                raise self._interrupted(client, "tasks cancelled")  # not done
+            if batch:
+                finished(batch)
+                del batch
+            else:
+                self._watch(client, alone_since)
+                time.sleep(0.2)
 
     @contextlib.contextmanager
     def _client(self) -> Iterator[Any]:
@@ -382,27 +447,20 @@ class Engine:
         with self._client() as client:
             # Workers that declare GPUs (dask-cuda, `--resources GPU=1`) take one GPU shard at
             # a time per GPU; elsewhere, and for CPU work, shards go to any worker thread.
-            workers = client.scheduler_info().get("workers", {}).values()
-            has_gpus = any("GPU" in (w.get("resources") or {}) for w in workers)
-            resources = {"GPU": 1} if gpu and has_gpus else None
+            resources = {"GPU": 1} if gpu and self._workers_declare_gpus(client) else None
             leaves = [client.compute(list(g), resources=resources) for g in groups]
             roots = client.compute([tree_merge(f, split_every=split_every) for f in leaves])
-            # Hand the leaf futures to as_completed and drop our own references, so each
-            # shard state is freed on the cluster as soon as its merge has consumed it.
-            finished = as_completed([f for group in leaves for f in group])
-            del leaves
             report(0, total)
             done = 0
-            alone_since: list[float | None] = [None]
-            while not finished.is_empty():
-                batch = finished.next_batch(block=False)
-                if any(future.cancelled() for future in batch):
-                    raise self._interrupted(client, "shard tasks cancelled")  # not done
-                if batch:
-                    done += len(batch)
-                    report(done, total)
-                    del batch
-                else:
-                    self._watch(client, alone_since)
-                    time.sleep(0.2)
+
+            def finished(batch: list[Any]) -> None:
+                nonlocal done
+                done += len(batch)
+                report(done, total)
+
+            # Hand the leaf futures to as_completed and drop our own references, so each
+            # shard state is freed on the cluster as soon as its merge has consumed it.
+            pending = as_completed([f for group in leaves for f in group])
+            del leaves
+            self._follow(client, pending, finished)
             return self._gather(client, roots)

@@ -24,7 +24,7 @@ size and chunk rows are not settings of the features: a finished store is reused
 asked to be; an unfinished one is finished only with its own (its chunks are laid out by
 them), and another is refused naming the value to pass.
 
-The graph: one task per chunk, named ``shard-extract-…`` (the progress bar counts them). A
+The graph: one task per chunk, named ``shard-extract-…`` (the progress counts their images). A
 task gets only names and locators of its images, reads and decodes them itself, runs the
 encoder of its process (loaded once per worker process and kept, keyed by encoder, weights
 digest and device), and writes its whole chunk, so no two tasks touch one chunk file. With
@@ -266,41 +266,28 @@ def is_extraction_store(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _gpu_annotation(engine: Engine, device: str) -> contextlib.AbstractContextManager[Any]:
-    """``resources={"GPU": 1}`` on the chunk tasks when they may use a GPU and the cluster's
-    workers declare GPUs (dask-cuda, ``--resources GPU=1``); elsewhere nothing, since an
-    annotation no worker satisfies would leave the tasks waiting forever."""
-    import dask
-
-    if not (engine.is_distributed and uses_gpu(device)):
-        return contextlib.nullcontext()
-    from distributed import Client
-
-    engine._probe()  # Client alone waits forever on a port that never answers
-    with Client(engine.scheduler, timeout=f"{engine.connect_timeout}s") as client:
-        workers = client.scheduler_info().get("workers", {}).values()
-        has_gpus = any("GPU" in (w.get("resources") or {}) for w in workers)
-    return dask.annotate(resources={"GPU": 1}) if has_gpus else contextlib.nullcontext()
-
-
 def _run(
     engine: Engine,
     name: str,
     fn: Any,
     calls: list[tuple[Any, ...]],
     progress: Progress | None,
-    annotation: contextlib.AbstractContextManager[Any] | None = None,
+    gpu: bool = False,
 ) -> list[Any]:
+    """One task per call; ``progress`` counts images (the last argument of each call is its
+    :class:`ImageRefs`). ``gpu``: the tasks may use a worker's GPU, and reserve one on a cluster
+    whose workers declare GPUs (the engine asks in the same session as it computes, so a
+    scheduler lost at any point is reported as the engine reports it)."""
     from dask.base import tokenize
     from dask.delayed import delayed
 
     token = tokenize(name, calls)
-    with annotation or contextlib.nullcontext():
-        tasks = [
-            delayed(fn, pure=False)(*args, dask_key_name=f"{SHARD_PREFIX}{name}-{token}-{i}")
-            for i, args in enumerate(calls)
-        ]
-    return engine.run_delayed(tasks, progress=progress, shards=len(tasks)) if tasks else []
+    tasks = [
+        delayed(fn, pure=False)(*args, dask_key_name=f"{SHARD_PREFIX}{name}-{token}-{i}")
+        for i, args in enumerate(calls)
+    ]
+    sizes = [len(args[-1]) for args in calls]
+    return engine.run_delayed(tasks, progress=progress, sizes=sizes, gpu=gpu) if tasks else []
 
 
 def _create_store(
@@ -436,8 +423,9 @@ def extract_features(
             them; :attr:`ExtractResult.skipped` names them with their reasons).
         overwrite: replace an extraction store already at ``output``, whatever its settings.
         engine: where tasks run (default: the threaded scheduler).
-        progress: called with (chunks done, chunks to compute).
-        check_progress: called with (tasks done, total) of the ``skip_bad`` pre-pass.
+        progress: called with (images done, images to compute).
+        check_progress: called with (images checked, images to check) of the ``skip_bad``
+            pre-pass.
         logits: a new store of an encoder with class logits (the Inception) holds them too,
             from the same forward pass (default). An existing store keeps its own arrays.
 
@@ -561,8 +549,7 @@ def extract_features(
             # This process is the worker: load the encoder now, so a bad checkpoint fails before
             # any task runs, and every task finds it in the cache.
             cached_encoder(encoder, given, digest, device, mode)
-        annotation = _gpu_annotation(engine, device) if calls else None
-        results = _run(engine, "extract", extract_chunk, calls, progress, annotation)
+        results = _run(engine, "extract", extract_chunk, calls, progress, uses_gpu(device))
         left, chunks = missing_chunks(features)
         if scores is not None:
             left = left or missing_chunks(scores)[0]

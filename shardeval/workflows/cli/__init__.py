@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from shardeval._words import Worded
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.workflows.cli.parser import build_parser
+from shardeval.workflows.progress import end_open_lines
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -60,17 +61,21 @@ def _dispatch(args: object) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shardeval`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # A bar left open on a terminal (a run stopped mid-way) is ended before a message is
+    # printed (end_open_lines below), so that each message starts on its own line.
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
             args._warnings = _LiveMessages(caught)
             code = _dispatch(args)
             sys.stdout.flush()  # a reader that went away fails here, not at interpreter exit
+        end_open_lines()
         for w in caught:
             if issubclass(w.category, UserWarning):
                 print(f"shardeval: warning: {_in_cli(w.message)}", file=sys.stderr)
         return code
     except ShardevalError as exc:
+        end_open_lines()
         print(f"shardeval: error: {exc.cli_text()}", file=sys.stderr)
         # A scheduler that went away mid-run is an operating failure, as a full disk is:
         # nothing in the input would fix it.
@@ -81,9 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except OSError as exc:
+        end_open_lines()
         print(f"shardeval: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        end_open_lines()
         print("shardeval: interrupted", file=sys.stderr)
         return 130
 

@@ -116,7 +116,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if not any(c in args.images for c in "*?[") or os.path.exists(args.images):
         must_exist(args.images)
     options = api_options(args)
-    options["progress"] = None if args.quiet else ProgressBar("chunks")
+    options["progress"] = None if args.quiet else ProgressBar("images")
     report = se.extract(
         args.images,
         args.output,
