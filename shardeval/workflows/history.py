@@ -18,6 +18,14 @@ for it again: a run writes the metrics it computed into the entry's row and keep
 is already done, each metric's results carry their own provenance (``METRIC.provenance``, JSON:
 the store's fingerprint, the metric's options, the reference, when), beside the entry's
 provenance of its latest run.
+
+A kept result may no longer describe its store: the store was rewritten and another job
+recomputed only its own metrics, or nobody has run since. :meth:`History.table` says so, per
+result (``stale``): its recorded store or reference digest differs from the one of the entry's
+latest run, or (where that is cheap: a local store, a listing) from the store's listing now.
+Such results are marked, not recomputed: recomputing one needs the options of the job that
+asked for it, which the history of another job's run does not hold, and dropping it would
+lose a result that is still right for the rows it was computed on.
 """
 
 from __future__ import annotations
@@ -103,11 +111,22 @@ def provenance_variable(metric: str) -> str:
     return metric + _PROVENANCE_SUFFIX
 
 
-def _metric_provenance(row: HistoryRow, options: str) -> str:
+#: Keys of ``METRIC.provenance`` that a reader compares with the inputs as they are now (the
+#: listing digest of a local store and of a local reference, as computed), to tell a stale
+#: result (:meth:`History.table`).
+LISTINGS = ("store_listing", "reference_listing")
+
+
+def _metric_provenance(
+    row: HistoryRow, options: str, listings: dict[str, str] | None = None
+) -> str:
     """The JSON recorded with a metric's results: the inputs they came from, the metric's own
-    options digest, and the run."""
+    options digest, the run, and the listings of its inputs that can be looked at again."""
     recorded = {**{k: getattr(row, k) for k in _METRIC_PROVENANCE}, "options": options}
-    return json.dumps({**recorded, "job": row.job, "created": row.created}, sort_keys=True)
+    checks = {k: v for k, v in (listings or {}).items() if k in LISTINGS and v}
+    return json.dumps(
+        {**recorded, **checks, "job": row.job, "created": row.created}, sort_keys=True
+    )
 
 
 def _computed_from(text: str, row: HistoryRow, options: str, check_content: bool) -> bool:
@@ -121,6 +140,70 @@ def _computed_from(text: str, row: HistoryRow, options: str, check_content: bool
     if not check_content:
         wanted.pop("content_digest")
     return isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in wanted.items())
+
+
+def _recorded(ds: Any, metric: str, i: int) -> dict[str, Any]:
+    """The provenance recorded with ``metric``'s results in row ``i`` ({} where none: never
+    computed, or written before results carried their own)."""
+    variable = provenance_variable(metric)
+    if variable not in ds.variables:
+        return {}
+    try:
+        recorded = json.loads(str(ds[variable].values[i]) or "{}")
+    except ValueError:
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _value(value: Any, output: dict[str, Any]) -> Any:
+    """A stored result as shown: None where missing (NaN), ±inf as it is, a count (unit
+    ``rows``) as an int."""
+    number = float(value)
+    if math.isnan(number):
+        return None
+    if output.get("unit") == "rows" and math.isfinite(number) and number.is_integer():
+        return int(number)
+    return number
+
+
+def _stale(
+    ds: Any, i: int, recorded: dict[str, Any], listings: dict[str, str | None] | None
+) -> str:
+    """Why results with provenance ``recorded`` no longer describe row ``i``'s inputs ("" when
+    they do). ``listings``: a cache of the local stores' listings now (None: look only at the
+    row's latest run)."""
+    if str(recorded.get("fingerprint", "")) != str(ds["fingerprint"].values[i]):
+        return "computed on an earlier version of its store (a later run saw other files)"
+    wanted = str(ds["reference_fingerprint"].values[i])
+    if str(recorded.get("reference_fingerprint", "")) != wanted:
+        return "computed against another reference, or an earlier version of it"
+    if listings is None:
+        return ""
+    for key, column, what in (
+        ("store_listing", "store", "its store"),
+        ("reference_listing", "reference", "its reference"),
+    ):
+        if key not in recorded or column not in ds.variables:
+            continue
+        now = _listing_now(str(ds[column].values[i]), listings)
+        if now is None:
+            return f"{what} {ds[column].values[i]} is no longer there"
+        if now != recorded[key]:
+            return f"{what} changed since (its files are not those it was computed on)"
+    return ""
+
+
+def _listing_now(location: str, cache: dict[str, str | None]) -> str | None:
+    """The listing digest of a local store now (None when it is gone); cached per call."""
+    from shardeval.pipeline.errors import StoreError
+    from shardeval.pipeline.io.fingerprint import listing_digest
+
+    if location not in cache:
+        try:
+            cache[location] = listing_digest(location)
+        except (StoreError, OSError):
+            cache[location] = None
+    return cache[location]
 
 
 def _other_kind(where: str) -> tuple[str, str] | None:
@@ -378,9 +461,24 @@ class History:
         ds = self.load()
         return json.loads(ds.attrs.get("metrics", "{}")) if ds is not None else {}
 
-    def table(self, metric: str | None = None) -> list[dict[str, Any]]:
-        """Rows as dicts, ordered by step: the entry's name, step, tags and when it ran, then
-        every scalar result (of one metric only when ``metric`` is given).
+    def table(
+        self, metric: str | None = None, *, look_at_stores: bool = True
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts, ordered by step: the entry's name, step, tags and when its results
+        were computed, then every scalar result (of one metric only when ``metric`` is given),
+        then which results are stale.
+
+        Values: a count (an output in ``rows``) is an int; ±inf stays a float; a value never
+        computed, or not asked for, is None. ``created`` is, with ``metric``, when that
+        metric's results were computed; without, when the entry last ran, and each metric's
+        own time is under ``METRIC.created``. ``stale`` maps each metric whose results no
+        longer describe the entry's inputs to why (see the module's note).
+
+        Args:
+            metric: only this metric's results.
+            look_at_stores: compare the recorded listings of local stores and references with
+                their listings now (a directory walk each); else only with the entry's latest
+                run.
 
         Raises:
             KeyError: ``metric`` is not in the history.
@@ -391,24 +489,38 @@ class History:
         declared = json.loads(ds.attrs.get("metrics", "{}"))
         if metric is not None and metric not in declared:
             raise KeyError(metric)
-        names = [
-            o["name"]
-            for m, spec in declared.items()
-            if metric in (None, m)
-            for o in spec["outputs"]
+        shown = [m for m in declared if metric in (None, m)]
+        outputs = [
+            o
+            for m in shown
+            for o in declared[m]["outputs"]
             if not o["array"] and o["name"] in ds.variables
         ]
+        listings: dict[str, str | None] = {}
         rows = []
         for i in np.argsort(ds["step"].values, kind="stable"):
+            recorded = {m: _recorded(ds, m, i) for m in declared}
+            created = str(ds["created"].values[i])
             row: dict[str, Any] = {
                 "name": str(ds["name"].values[i]),
                 "step": int(ds["step"].values[i]),
                 "tags": str(ds["tags"].values[i]),
-                "created": str(ds["created"].values[i]),
+                "created": created,
             }
-            for name in names:
-                value = float(ds[name].values[i])
-                row[name] = value if math.isfinite(value) else None
+            if metric is not None:
+                row["created"] = recorded[metric].get("created", created)
+            for output in outputs:
+                row[output["name"]] = _value(ds[output["name"]].values[i], output)
+            if metric is None:
+                for m in shown:
+                    has = any(row.get(o["name"]) is not None for o in declared[m]["outputs"])
+                    row[f"{m}.created"] = recorded[m].get("created", created) if has else None
+            row["stale"] = {
+                m: why
+                for m in shown
+                if recorded[m]
+                and (why := _stale(ds, i, recorded[m], listings if look_at_stores else None))
+            }
             rows.append(row)
         return rows
 
@@ -422,6 +534,7 @@ class History:
         d: int,
         computed: dict[str, str] | None = None,
         features: dict[str, Any] | None = None,
+        listings: dict[str, str] | None = None,
     ) -> None:
         """Record one entry's results as a new version. An earlier row of the same name is
         merged, not replaced: ``values`` replace the results of the same names, and every
@@ -439,6 +552,9 @@ class History:
             features: how the entry's features were made (encoder, resize, weights digest),
                 for an extraction store; every distinct one is kept in the ``features``
                 attribute, which the report shows (what its numbers compare with).
+            listings: the listing digests of the inputs as computed on, where a reader can
+                cheaply look at them again (``store_listing``, ``reference_listing``: local
+                stores), recorded with the computed metrics' provenance to tell stale results.
 
         Raises:
             HistoryError: the history is damaged, of another kind, or of another ``d``.
@@ -452,7 +568,8 @@ class History:
             else:  # None: an optional result the options did not ask for, recorded missing
                 data[key] = ("entry", [math.nan if value is None else float(value)])
         for metric, options in (computed or {}).items():
-            data[provenance_variable(metric)] = ("entry", [_metric_provenance(row, options)])
+            recorded = _metric_provenance(row, options, listings)
+            data[provenance_variable(metric)] = ("entry", [recorded])
         new = xr.Dataset(data)
         with self._locked(exclusive=True):
             current = self._current()

@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,97 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _cell(row: dict[str, Any], metric: str, name: str) -> str:
+    """A result as a table shows it, marked when it no longer describes its store."""
+    text = _fmt(row.get(name))
+    return f"{text} (stale)" if metric in row["stale"] and row.get(name) is not None else text
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
     )
     return f"<table><tr>{cells}</tr>{body}</table>"
+
+
+#: Eigenvalues at most this many times λ_max·d·ε are numerically zero: a symmetric eigensolver
+#: in float64 computes each eigenvalue to about d·ε·‖Σ‖ (ε: float64's machine epsilon), so
+#: below that the values are rounding, not a property of the data (the whole tail when N ≤ d).
+ZERO_FLOOR_FACTOR = 1.0
+
+
+def numerical_zero_floor(values: np.ndarray) -> float:
+    """The value at or below which the eigenvalues of a d × d covariance, ``values``, are
+    numerically zero: λ_max · d · ε."""
+    top = float(np.max(np.abs(values))) if values.size else 0.0
+    return ZERO_FLOOR_FACTOR * top * values.size * float(np.finfo(np.float64).eps)
+
+
+#: A name's trailing number (with the separators before it): ``ckpt-100`` → ``ckpt``.
+_TRAILING_NUMBER = re.compile(r"[\W_]*\d+$")
+
+
+def series_of(name: str) -> str:
+    """The series an entry belongs to: its name without a trailing number, as a job's glob
+    names checkpoints of one run (``ckpt-100``, ``ckpt-200`` → ``ckpt``)."""
+    return _TRAILING_NUMBER.sub("", name)
+
+
+def _steps_plot(ax: Any, spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]]) -> str:
+    """Scalar results over the steps. Only entries of one series (names that differ only in a
+    trailing number, each with a step) are joined by a line: a step is comparable within one
+    training run, and entries named otherwise (a baseline, the reference against itself) are
+    not points of one curve, so each is drawn as a point of its own. Returns the x label."""
+    from matplotlib.ticker import MaxNLocator
+
+    have_steps = all(r["step"] >= 0 for r in rows)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = series_of(r["name"]) if have_steps else f"\0{i}"  # no steps: nothing joins
+        groups.setdefault(key, []).append(i)
+    for name in spec["values"]:
+        if name not in ds.variables:
+            continue
+        for members in groups.values():
+            x = [rows[i]["step"] if have_steps else i for i in members]
+            ys = [np.nan if rows[i].get(name) is None else rows[i][name] for i in members]
+            if len(members) > 1:
+                label = f"{name} ({series_of(rows[members[0]]['name']) or 'entries'} …)"
+                ax.plot(x, ys, marker="o", label=label)
+            else:
+                label = f"{name} ({rows[members[0]]['name']})"
+                ax.plot(x, ys, marker="s", linestyle="None", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return "training step" if have_steps else "entry (no steps recorded)"
+
+
+def _curve_plot(ax: Any, spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]]) -> str:
+    """The latest entry's arrays against their index. On a log axis the numerically zero
+    values (:func:`numerical_zero_floor`) are cut, not drawn as rounding noise down to 1e-300.
+    Returns what the caption adds ("" when nothing was cut)."""
+    latest = rows[-1]["name"]
+    idx = int(np.flatnonzero(ds["name"].values.astype(str) == latest)[0])
+    cut = []
+    for name in spec["values"]:
+        if name not in ds.variables:
+            continue
+        y = np.asarray(ds[name].values[idx], dtype=np.float64)
+        y = y[np.isfinite(y)]
+        if spec.get("log"):
+            floor = numerical_zero_floor(y)
+            kept = y > floor
+            if not kept.all():
+                cut.append(f"{int((~kept).sum())} of {name} (at most {floor:.3g})")
+            y = y[kept]
+        ax.plot(np.arange(1, y.size + 1), y, label=f"{name} ({latest})")
+    ax.set_xlabel("index (largest first)")
+    if not cut:
+        return ""
+    return (
+        "Eigenvalues at or below λ_max·d·ε (float64's rounding of the eigen-solver, ε its "
+        f"machine epsilon) are numerically zero and not drawn: {'; '.join(cut)}."
+    )
 
 
 def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict[str, str]) -> str:
@@ -74,43 +160,27 @@ def _plot(spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]], units: dict
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     unit = next((units[v] for v in spec["values"] if units.get(v)), "")
     ax.set_ylabel(f"{spec['ylabel']} [{unit}]" if unit else spec["ylabel"])
+    note = ""
     if spec["kind"] == "steps":
-        have_steps = all(r["step"] >= 0 for r in rows)
-        x = [r["step"] if have_steps else i for i, r in enumerate(rows)]
-        for name in spec["values"]:
-            if name in ds.variables:
-                ys = [np.nan if r.get(name) is None else r[name] for r in rows]
-                ax.plot(x, ys, marker="o", label=name)
-        ax.set_xlabel("training step" if have_steps else "entry (no steps recorded)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    else:  # curve: the latest entry's arrays against their index
-        latest = rows[-1]["name"]
-        idx = int(np.flatnonzero(ds["name"].values.astype(str) == latest)[0])
-        for name in spec["values"]:
-            if name not in ds.variables:
-                continue
-            y = np.asarray(ds[name].values[idx], dtype=np.float64)
-            y = y[np.isfinite(y)]
-            if spec.get("log"):
-                y = np.clip(y, np.finfo(np.float64).tiny, None)
-            ax.plot(np.arange(1, y.size + 1), y, label=f"{name} ({latest})")
-        ax.set_xlabel("index (largest first)")
+        ax.set_xlabel(_steps_plot(ax, spec, ds, rows))
+    else:
+        note = _curve_plot(ax, spec, ds, rows)
     if spec.get("log"):
         ax.set_yscale("log")
     if len(ax.get_lines()) > 1:
-        ax.legend()
+        ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     data = _png(fig)
     plt.close(fig)
     title = html.escape(spec["title"])
+    caption = title + (f" {html.escape(note)}" if note else "")
     return (
         f'<figure><img alt="{title}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{title}</figcaption></figure>"
+        f"<figcaption>{caption}</figcaption></figure>"
     )
 
 
@@ -135,7 +205,12 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         )
         if loc  # "": entries of metrics that measure them alone (the Inception Score)
     ]
-    created = [r["created"] for r in rows]
+    created = [
+        t
+        for r in rows
+        for t in (r["created"], *(v for k, v in r.items() if k.endswith(".created") and v))
+    ]
+    stale = [f"{r['name']}: {metric} ({why})" for r in rows for metric, why in r["stale"].items()]
     made = [
         ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items())
         for f in json.loads(ds.attrs.get("features", "[]"))
@@ -147,6 +222,7 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         ("entries", f"{len(rows)}, run from {min(created)} to {max(created)} (UTC)"),
         ("feature dimension", str(ds.attrs.get("d", "?"))),
         ("features made by", "; ".join(made) or "not recorded (feature stores of other tools)"),
+        ("stale results", "; ".join(stale) or "none"),
         ("engine", "; ".join(engines)),
         ("updated", str(ds.attrs.get("updated", ""))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
@@ -186,18 +262,18 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
     units = {o["name"]: o["unit"] for spec in declared.values() for o in spec["outputs"]}
     facts = _provenance(history, ds, rows)
     headline = [
-        spec["outputs"][0]["name"]
-        for spec in declared.values()
+        (metric, spec["outputs"][0]["name"])
+        for metric, spec in declared.items()
         if spec["outputs"][0]["name"] in ds.variables
     ]
-    head = ["entry", "step", "tags", "ran at (UTC)", *(_label(m, units) for m in headline)]
+    head = ["entry", "step", "tags", "last run (UTC)", *(_label(n, units) for _, n in headline)]
     cells = [
         [
             r["name"],
             str(r["step"]) if r["step"] >= 0 else "",
             r["tags"],
             r["created"],
-            *(_fmt(r.get(m)) for m in headline),
+            *(_cell(r, metric, n) for metric, n in headline),
         ]
         for r in rows
     ]
@@ -207,12 +283,13 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
             o["name"] for o in spec["outputs"] if not o["array"] and o["name"] in ds.variables
         ]
         table = _table(
-            ["entry", "step", *(_label(n, units) for n in scalars)],
+            ["entry", "step", *(_label(n, units) for n in scalars), "computed (UTC)"],
             [
                 [
                     r["name"],
                     str(r["step"]) if r["step"] >= 0 else "",
-                    *(_fmt(r.get(n)) for n in scalars),
+                    *(_cell(r, metric, n) for n in scalars),
+                    r.get(f"{metric}.created") or "",
                 ]
                 for r in rows
             ],

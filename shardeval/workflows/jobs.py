@@ -63,6 +63,7 @@ class _Prepared:
     reference_digest: str
     reference_images: ImageSource | None
     extraction: Extraction | None
+    reference_listing: str = ""
 
 
 def _prepare(job: Job) -> _Prepared:
@@ -90,15 +91,17 @@ def _prepare(job: Job) -> _Prepared:
 
     reference_images = None
     d: int | None = None
-    reference_digest = ""
+    reference_digest = reference_listing = ""
     if not compared:
         pass  # every metric measures the entries alone: a reference, if given, is not read
     elif job.reference_stats is not None:
         d = load_stats(job.reference_stats).d
-        reference_digest = _digest(listing_digest(job.reference_stats))
+        reference_listing = listing_digest(job.reference_stats)
+        reference_digest = _digest(reference_listing)
     elif job.reference_store is not None:
         d = open_features(job.reference_store, array_name=job.array).d
-        reference_digest = _digest(listing_digest(job.reference_store), job.array)
+        reference_listing = listing_digest(job.reference_store)
+        reference_digest = _digest(reference_listing, job.array)
     elif job.reference_images is not None and extraction is not None:
         reference_images = open_images(job.reference_images)
         d, reference_digest = extraction.dim, image_digest(reference_images)
@@ -126,7 +129,18 @@ def _prepare(job: Job) -> _Prepared:
             "compare features of one model"
         )
     History(job.history).check(d)
-    return _Prepared(sources, images, digests, d, reference_digest, reference_images, extraction)
+    if "://" in _reference_location(job):
+        reference_listing = ""  # looked at again only where that is cheap: local files
+    return _Prepared(
+        sources,
+        images,
+        digests,
+        d,
+        reference_digest,
+        reference_images,
+        extraction,
+        reference_listing,
+    )
 
 
 #: Attribute of a cache beside the history: the digest of the input bytes it was computed from
@@ -328,12 +342,15 @@ def run_job(
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     for i, entry in enumerate(job.entries, start=1):
         entry_bytes = _entry_bytes(entry.store, prepared.images.get(entry.name)) if verify else None
+        listings = {"reference_listing": prepared.reference_listing}
         if entry.images:
             digest = prepared.digests[entry.name]
             settings = _identity(prepared.extraction) if prepared.extraction else ()
         else:
             digest = listing_digest(entry.store)
             settings = ()
+            if "://" not in entry.store:  # looked at again only where that is cheap
+                listings["store_listing"] = digest
         content = _digest(entry_bytes, *settings, reference_content) if verify else ""
         row = HistoryRow(
             name=entry.name,
@@ -366,10 +383,9 @@ def run_job(
         )
         values = _computed_values(wanted, source, reference, engine, progress, job)
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
-        made = source.describe().get("extraction", {})
-        made_by = {k: made[k] for k in ("encoder", "resize", "weights_digest") if k in made}
+        made_by = _made_by(source)
         computed = {n: digests[n] for n in wanted}
-        history.append(row, values, declarations, prepared.d, computed, made_by)
+        history.append(row, values, declarations, prepared.d, computed, made_by, listings)
         summary.computed.append(entry.name)
         summary.metrics[entry.name] = list(wanted)
         shown = ", ".join(f"{k} {float(values[k]):.6g}" for k in _headlines(wanted))
@@ -378,6 +394,17 @@ def run_job(
         log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _made_by(source: FeatureSource) -> dict[str, Any]:
+    """How an entry's features were made, as the report lists it: an extraction's encoder,
+    resize and weights digest, or the settings of ``shardeval synth``; {} when the store does
+    not say (features of other tools)."""
+    from shardeval.pipeline.io.synthetic import made_by
+
+    made = source.describe().get("extraction", {})
+    extracted = {k: made[k] for k in ("encoder", "resize", "weights_digest") if k in made}
+    return extracted or made_by(source.attrs, tuple(source.array.shape)) or {}
 
 
 def _computed_values(

@@ -238,3 +238,49 @@ def test_a_collapsed_set_is_recomputed_with_float64_products(tmp_path, capsys):
     assert any("recomputed with float64 products" in w for w in out["warnings"])
     assert main(["fid", str(tmp_path / "gen.npy"), str(tmp_path / "gen.npy"), "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["fid"] >= 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "usage", "hint"),
+    [
+        # It printed "usage: shardeval [-h] COMMAND ..." and nothing about kid or metrics.
+        (
+            ["fid", "a", "b", "--subsets", "10"],
+            "usage: shardeval fid ",
+            "--subsets: an option of kid, metrics",
+        ),
+        (["kid", "a", "b", "--infinity"], "usage: shardeval kid ", "--infinity: an option of fid"),
+        (
+            ["fid", "a", "b", "--splits=3"],
+            "usage: shardeval fid ",
+            "--splits: an option of is, metrics",
+        ),
+        (
+            ["fid", "a", "b", "--no-such-flag"],
+            "usage: shardeval fid ",
+            "unrecognized arguments: --no-such-flag",
+        ),
+    ],
+)
+def test_an_option_of_another_command_shows_this_commands_usage(capsys, argv, usage, hint):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert err.startswith(usage), err
+    assert hint in err, err
+    assert "Traceback" not in err
+
+
+def test_the_help_names_the_history_the_example_job_writes():
+    # `shardeval --help` said `shardeval report runs/history.zarr`; the example job writes
+    # demo-data/runs/history.zarr (relative to the repository, where `make demo` runs).
+    import tomllib
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    with open(os.path.join(root, "examples", "job.toml"), "rb") as fh:
+        history = tomllib.load(fh)["job"]["history"]  # relative to the job file
+    written = os.path.relpath(os.path.join(root, "examples", history), root)
+    text = subprocess.run([EXE, "--help"], capture_output=True, text=True, check=True).stdout
+    example = next(line for line in text.splitlines() if "examples/job.toml" in line)
+    assert f"shardeval report {written} " in example

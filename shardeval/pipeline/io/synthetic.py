@@ -18,6 +18,12 @@ import zarr
 #: Columns of B: a few strong directions over an isotropic floor, like real embeddings.
 DEFAULT_RANK = 16
 
+#: The ``feature_extractor`` attribute of the stores ``shardeval synth`` writes.
+FEATURE_EXTRACTOR = "synthetic-gaussian"
+
+#: What a report calls such features.
+DESCRIPTION = "synthetic Gaussian"
+
 
 def basis(d: int, rank: int = DEFAULT_RANK, basis_seed: int = 0) -> np.ndarray:
     """The fixed (d, rank) mixing matrix B, scaled so B Bᵀ has trace ``d``."""
@@ -85,6 +91,56 @@ def gaussian_features(
         for i, rows in enumerate(sizes)
     ]
     return da.concatenate(blocks, axis=0)
+
+
+def synthetic_attrs(
+    n: int,
+    d: int,
+    *,
+    seed: int,
+    mean: float,
+    scale: float,
+    rank: int = DEFAULT_RANK,
+    basis_seed: int = 0,
+) -> dict[str, Any]:
+    """The attributes of a store of :func:`gaussian_features`: everything that made its rows,
+    so that a report can say how its features were made (and they can be made again).
+
+    Example:
+        >>> synthetic_attrs(10, 4, seed=1, mean=0.0, scale=1.0)["feature_extractor"]
+        'synthetic-gaussian'
+    """
+    return {
+        "feature_extractor": FEATURE_EXTRACTOR,
+        "n": int(n),
+        "d": int(d),
+        "seed": int(seed),
+        "mean": float(mean),
+        "scale": float(scale),
+        "rank": int(rank),
+        "basis_seed": int(basis_seed),
+    }
+
+
+def made_by(attrs: dict[str, Any], shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """How a store's features were made, as reports name it, when ``shardeval synth`` wrote
+    it; None otherwise. N and d are the store's shape (stores written before the attributes
+    recorded them say the same).
+
+    Args:
+        attrs: the store's attributes.
+        shape: its (n, d).
+
+    Returns:
+        ``{"features": "synthetic Gaussian", "seed": …, "n": …, "d": …, "mean": …,
+        "scale": …}``, or None.
+    """
+    if attrs.get("feature_extractor") != FEATURE_EXTRACTOR:
+        return None
+    n, d = (int(v) for v in shape)
+    made: dict[str, Any] = {"features": DESCRIPTION, "seed": attrs.get("seed"), "n": n, "d": d}
+    made.update({k: attrs[k] for k in ("mean", "scale") if k in attrs})
+    return made
 
 
 def write_features(

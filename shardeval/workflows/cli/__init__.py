@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 from shardeval._words import Worded
 from shardeval.pipeline.errors import ShardevalError
-from shardeval.workflows.cli.parser import build_parser
+from shardeval.workflows.cli.parser import parse
 from shardeval.workflows.progress import end_open_lines
 
 EXIT_BAD_INPUT = 2
@@ -60,7 +60,7 @@ def _dispatch(args: object) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``shardeval`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     # A bar left open on a terminal (a run stopped mid-way) is ended before a message is
     # printed (end_open_lines below), so that each message starts on its own line.
     try:

@@ -103,15 +103,17 @@ def _is_synthetic(path: str) -> bool:
     try:
         import zarr
 
+        from shardeval.pipeline.io.synthetic import FEATURE_EXTRACTOR
+
         node = zarr.open_array(path, mode="r")
-        return node.attrs.get("feature_extractor") == "synthetic-gaussian"
+        return node.attrs.get("feature_extractor") == FEATURE_EXTRACTOR
     except Exception:
         return False
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from shardeval.pipeline.io.atomic import atomic_dir, atomic_file, claim_output, is_stream
-    from shardeval.pipeline.io.synthetic import gaussian_features, write_features
+    from shardeval.pipeline.io.synthetic import gaussian_features, synthetic_attrs, write_features
 
     claim_output(
         args.output, "synthetic feature store", _is_synthetic, args.overwrite, streams=True
@@ -119,12 +121,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     x = gaussian_features(
         args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed, mean=args.mean, scale=args.scale
     )
-    attrs = {
-        "feature_extractor": "synthetic-gaussian",
-        "seed": args.seed,
-        "mean": args.mean,
-        "scale": args.scale,
-    }
+    attrs = synthetic_attrs(args.n, args.d, seed=args.seed, mean=args.mean, scale=args.scale)
     if args.output.endswith(".npy") or is_stream(args.output):  # a pipe takes one file
         import numpy as np
 

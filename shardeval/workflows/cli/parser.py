@@ -43,7 +43,7 @@ examples:
   shardeval stats merge part-1.zarr part-2.zarr -o all.zarr
   shardeval nll loglik.zarr --dims 3072
   shardeval ess logw.zarr --reff 0.4
-  shardeval run examples/job.toml && shardeval report runs/history.zarr -o report.html
+  shardeval run examples/job.toml && shardeval report demo-data/runs/history.zarr -o report.html
 
 Stores: Zarr array or group (path or fsspec URL), xarray dataset in Zarr, .npy or .npz.
 Statistics: a Zarr group from `shardeval stats` (exact, mergeable) or a pytorch-fid/clean-fid
@@ -312,6 +312,54 @@ def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
                     metavar=param.metavar or param.name.upper(),
                     help=text,
                 )
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line. An argument the command does not take is refused with that
+    command's usage (not the top-level one), and an option of other commands says which.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed arguments.
+
+    Raises:
+        SystemExit: 2, after argparse's usage and one error line on stderr.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = _commands(parser)
+        commands[args.command].error(_unrecognized(extra, commands, args.command))
+    return args
+
+
+def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Each command's parser, by name."""
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _unrecognized(
+    extra: Sequence[str], commands: dict[str, argparse.ArgumentParser], command: str
+) -> str:
+    """argparse's message for arguments a command does not take, and for each option among
+    them the commands that do take it."""
+    hints = []
+    for word in extra:
+        option = word.split("=", 1)[0]
+        if not option.startswith("--"):
+            continue
+        owners = [
+            name
+            for name, p in commands.items()
+            if name != command and option in p._option_string_actions
+        ]
+        if owners:
+            hints.append(f"{option}: an option of {', '.join(owners)}, not of {command}")
+    text = f"unrecognized arguments: {' '.join(extra)}"
+    return f"{text} ({'; '.join(hints)})" if hints else text
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -48,9 +49,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cell(value: Any) -> str:
+    """A value as the table shows it: missing as "–", inf as inf, counts as integers."""
     if value is None:
         return "–"
+    if isinstance(value, dict):  # stale results: their metrics
+        return ", ".join(value)
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON has no inf: an infinite result is the string "inf" or "-inf" (null is a missing
+    value, never an infinite one)."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -67,17 +79,24 @@ def cmd_history(args: argparse.Namespace) -> int:
             f"{args.history!r} has no metric {args.metric!r}; it has {known}"
         ) from None
     if args.format == "json":
-        print(json.dumps(rows, indent=2, allow_nan=False))
+        shown = [{k: _json_value(v) for k, v in r.items()} for r in rows]
+        print(json.dumps(shown, indent=2, allow_nan=False))
     elif args.format == "csv":
         writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["name"])
         writer.writeheader()
-        writer.writerows(rows)
+        for r in rows:
+            why = "; ".join(f"{m}: {reason}" for m, reason in r.get("stale", {}).items())
+            writer.writerow({**r, "stale": why})
     else:
-        keys = list(rows[0]) if rows else ["name"]
+        stale = [r for r in rows if r.get("stale")]
+        keys = [k for k in (list(rows[0]) if rows else ["name"]) if k != "stale" or stale]
         widths = {k: max(len(k), *(len(_cell(r[k])) for r in rows)) for k in keys}
         print("  ".join(k.ljust(widths[k]) for k in keys))
         for r in rows:
             print("  ".join(_cell(r[k]).ljust(widths[k]) for k in keys))
+        for r in stale:
+            for metric, reason in r["stale"].items():
+                print(f"{r['name']}: {metric} (stale: {reason})")
     return 0
 
 
