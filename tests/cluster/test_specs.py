@@ -40,7 +40,7 @@ def test_bad_specs(tmp_path, text, msg):
 def test_missing_spec_and_bad_option(tmp_path):
     with pytest.raises(ClusterError, match="cannot be read"):
         load_spec(tmp_path / "none.yaml")
-    with pytest.raises(ClusterError, match="bad option for LocalCluster"):
+    with pytest.raises(ClusterError, match="LocalCluster and its workers take no option"):
         make_cluster(ClusterSpec("local", {"no_such_option": 1}, None, "x.yaml"))
 
 
@@ -247,3 +247,55 @@ def test_the_shipped_local_spec_serves_its_dashboard_on_loopback_only():
         assert _host(cluster.scheduler_address) == "127.0.0.1"
     finally:
         cluster.close()
+
+
+def _cli(argv, capfd):
+    from shardeval.workflows.cli import main
+
+    code = main(argv)
+    return code, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("processes", [True, False])
+def test_an_unknown_worker_option_is_one_line_before_anything_starts(
+    tmp_path, capfd, feature_pair, processes
+):
+    # LocalCluster handed it to its workers, which failed to start: 27 lines of Dask's log
+    # and two tracebacks came before the one-line error.
+    real, _, gen, _ = feature_pair
+    spec = tmp_path / "local.yaml"
+    spec.write_text(
+        "backend: local\noptions:\n  n_workers: 1\n  threads_per_worker: 1\n"
+        f"  processes: {str(processes).lower()}\n  memory_limt: 2GiB\n"
+    )
+    capfd.readouterr()
+    code, err = _cli(["fid", real, gen, "--cluster", str(spec), "-q"], capfd)
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert err.startswith("shardeval: error: cluster spec"), err
+    assert "'memory_limt'" in err
+    assert "memory_limit" in err  # the option it resembles
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("join_timeout: 1e3\n", 1000.0),
+        ("join_timeout: 2.5E+2\n", 250.0),
+        ("join_timeout: 90\n", 90.0),
+    ],
+)
+def test_numbers_in_exponent_notation_are_numbers(tmp_path, text, seconds):
+    # PyYAML reads YAML 1.1, where 1e3 (no dot) is a string: 'join_timeout' was refused.
+    path = tmp_path / "spec.yaml"
+    path.write_text("backend: local\n" + text)
+    assert load_spec(path).join_timeout == seconds
+
+
+def test_a_whole_number_in_exponent_notation_is_a_scale(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("backend: local\nscale: 1e1\n")
+    assert load_spec(path).scale == 10
+    path.write_text("backend: local\nscale: 2.5\n")
+    with pytest.raises(ClusterError, match="positive integer"):
+        load_spec(path)

@@ -111,6 +111,25 @@ REASON_MEANING = {
 _LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "RESIZING"})
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML as a spec's writer means its numbers: ``1e3`` is a float. PyYAML reads YAML 1.1,
+    whose floats need a dot (``1.0e3``), and took ``1e3`` for the string '1e3'."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _whole(value: Any) -> Any:
+    """A float that is a whole number (``1e1`` in a spec) as an int; anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
 class WorkersDidNotJoinError(ClusterError):
     """No worker joined the cluster within the spec's ``join_timeout`` (a busy queue, a node
     that cannot reach the scheduler). An operating failure: the CLI exits 1, not 2."""
@@ -152,7 +171,7 @@ def load_spec(path: str | os.PathLike[str]) -> ClusterSpec:
     path = os.fspath(path)
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh)
+            raw = yaml.load(fh, Loader=_SpecLoader)  # a SafeLoader: no object tags
     except OSError as exc:
         raise ClusterError(f"cluster spec {path!r} cannot be read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
@@ -172,8 +191,8 @@ def load_spec(path: str | os.PathLike[str]) -> ClusterSpec:
     options = raw.get("options") or {}
     if not isinstance(options, dict):
         raise ClusterError(f"cluster spec {path!r}: 'options' must be a mapping")
-    scale = raw.get("scale")
-    if scale is not None and (not isinstance(scale, int) or scale < 1):
+    scale = _whole(raw.get("scale"))
+    if scale is not None and (not isinstance(scale, int) or isinstance(scale, bool) or scale < 1):
         raise ClusterError(f"cluster spec {path!r}: 'scale' must be a positive integer")
     join_timeout = raw.get("join_timeout", DEFAULT_JOIN_TIMEOUT)
     if (
@@ -214,6 +233,57 @@ def cluster_options(spec: ClusterSpec) -> dict[str, Any]:
     return options
 
 
+def _parameters(*callables: Any) -> set[str]:
+    """The keyword parameters of callables (``**kwargs`` and ``self`` left out)."""
+    import inspect
+
+    names: set[str] = set()
+    for fn in callables:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names |= {
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"
+        }
+    return names
+
+
+def check_options(spec: ClusterSpec, cls: Any) -> None:
+    """Refuse, before anything starts, an option that neither a local back-end's cluster class
+    nor its workers take. (``LocalCluster`` hands the options it does not know to its workers,
+    which then fail to start, each logging a traceback before the cluster gives up.) Batch
+    back-ends check their options in their constructors, before they submit anything.
+
+    Args:
+        spec: the spec.
+        cls: its back-end's cluster class.
+
+    Raises:
+        ClusterError: one line naming the option and the nearest options there are.
+    """
+    if spec.backend not in LOCAL_BACKENDS:
+        return
+    import difflib
+
+    from distributed import Nanny, Worker
+    from distributed.core import Server
+
+    classes = [c for c in getattr(cls, "__mro__", (cls,)) if c is not object]
+    known = _parameters(*(c.__init__ for c in classes), Nanny.__init__, Worker.__init__)
+    known |= _parameters(Server.__init__)
+    unknown = sorted(set(spec.options) - known)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+        hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+        raise ClusterError(
+            f"cluster spec {spec.path!r}: {cls.__name__} and its workers take no option "
+            f"{', '.join(repr(n) for n in unknown)}{hint}"
+        )
+
+
 def make_cluster(spec: ClusterSpec) -> Any:
     """Construct (and so start) the cluster a spec describes; the caller closes it.
 
@@ -222,9 +292,11 @@ def make_cluster(spec: ClusterSpec) -> Any:
     :func:`wait_for_workers` can name and cancel them.
 
     Raises:
-        ClusterError: a bad option, or a SLURM job that does not fit the site.
+        ClusterError: a bad option (:func:`check_options`), or a SLURM job that does not fit
+            the site.
     """
     cls = cluster_class(spec.backend)
+    check_options(spec, cls)
     options = cluster_options(spec)
     scale = spec.scale
     if spec.backend == "slurm":
@@ -239,8 +311,9 @@ def make_cluster(spec: ClusterSpec) -> Any:
     except (TypeError, ValueError, RuntimeError) as exc:
         # LocalCluster hands unknown options to its workers, which then fail to start.
         cause = exc.__cause__ or exc.__context__ or exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ClusterError(
-            f"cluster spec {spec.path!r}: bad option for {cls.__name__}: {cause}"
+            f"cluster spec {spec.path!r}: bad option for {cls.__name__}: {first}"
         ) from exc
     if spec.backend == "slurm":
         try:
