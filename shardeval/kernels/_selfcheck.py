@@ -61,13 +61,23 @@ class KernelCheckWarning(UserWarning):
         reason: what failed.
     """
 
-    def __init__(self, kernel: str, device: str, gpu: str, reason: str) -> None:
+    def __init__(
+        self, kernel: str, device: str, gpu: str, reason: str, workers: tuple[str, ...] = ()
+    ) -> None:
+        where, who = "", "this process uses"
+        if workers:  # relayed to the client of a cluster, whose workers ran the check
+            label = "worker" if len(workers) == 1 else "workers"
+            where, who = (
+                f" of {label} {', '.join(workers)}",
+                f"that {label} {'uses' if len(workers) == 1 else 'use'}",
+            )
         super().__init__(
-            f"Triton kernel {kernel!r} failed its check on {gpu} ({device}): {reason}; this "
-            f"process uses the torch path for {kernel!r} on {device} from now on (results stay "
+            f"Triton kernel {kernel!r} failed its check on {gpu} ({device}){where}: {reason}; "
+            f"{who} the torch path for {kernel!r} on {device} from now on (results stay "
             f"right, more slowly; {POLICY_VARIABLE}=strict makes this an error)"
         )
         self.kernel, self.device, self.gpu, self.reason = kernel, device, gpu, reason
+        self.workers = workers
 
 
 class KernelCheckError(RuntimeError):
@@ -99,6 +109,7 @@ class Verdict:
 
 
 _VERDICTS: dict[tuple[str, str], Verdict] = {}
+_GPUS: dict[tuple[str, str], str] = {}  # the device's name, where a check failed
 _KEY_LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCK = threading.Lock()
 _LAUNCHES: Counter[str] = Counter()
@@ -141,15 +152,15 @@ def _applies(device: torch.device) -> bool:
 def _fail(kernel: str, device: torch.device, verdict: Verdict) -> None:
     """Record a failed verdict; warn once, or raise under the strict policy."""
     key = (kernel, device_key(device))
+    gpu = device_name(device)
     with _LOCK:
         known = _VERDICTS.get(key)
         _VERDICTS[key] = verdict
+        _GPUS[key] = gpu
     if policy() == "strict":
-        raise KernelCheckError(kernel, key[1], device_name(device), verdict.reason)
+        raise KernelCheckError(kernel, key[1], gpu, verdict.reason)
     if known is None or known.ok:  # one warning per kernel and device
-        warnings.warn(
-            KernelCheckWarning(kernel, key[1], device_name(device), verdict.reason), stacklevel=4
-        )
+        warnings.warn(KernelCheckWarning(kernel, key[1], gpu, verdict.reason), stacklevel=4)
 
 
 def _check(kernel: str, device: torch.device) -> Verdict:
@@ -249,9 +260,22 @@ def verdicts() -> dict[tuple[str, str], Verdict]:
         return dict(_VERDICTS)
 
 
+def failed_checks() -> list[tuple[str, str, str, str]]:
+    """(kernel, device, GPU name, reason) of every kernel whose check failed in this process:
+    what its :class:`KernelCheckWarning` said. A cluster's client asks its workers for them
+    (the warning itself goes to a worker's log, which the user of a report does not read)."""
+    with _LOCK:
+        return [
+            (kernel, device, _GPUS.get((kernel, device), device), verdict.reason)
+            for (kernel, device), verdict in sorted(_VERDICTS.items())
+            if not verdict.ok
+        ]
+
+
 def forget() -> None:
     """Drop every verdict and count (tests; a process that wants its kernels checked again)."""
     with _LOCK:
         _VERDICTS.clear()
+        _GPUS.clear()
         _KEY_LOCKS.clear()
         _LAUNCHES.clear()

@@ -18,7 +18,9 @@ import logging
 import os
 import re
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +118,48 @@ def _connection_noise_dropped() -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(noise)
+
+
+def _kernel_checks_failed_here() -> list[tuple[str, str, str, str]]:
+    """On a worker: every Triton kernel whose first-use check failed in this process (none
+    when no kernel ran here)."""
+    selfcheck = sys.modules.get("shardeval.kernels._selfcheck")
+    return [] if selfcheck is None else list(selfcheck.failed_checks())
+
+
+#: (scheduler, worker, kernel, device, reason) already relayed by this process: a failed check
+#: is reported once per worker, as it is once per process where the kernels run locally.
+_RELAYED: set[tuple[str, ...]] = set()
+_RELAYED_LOCK = threading.Lock()
+
+
+def _relay_worker_warnings(client: Any, scheduler: str) -> None:
+    """Warn here of the kernel checks that failed on the cluster's workers, so that the report
+    of this process says its numbers came from the torch path there (the workers' own
+    warnings go to their logs). One warning per kernel, device and reason, naming the
+    workers."""
+    try:
+        found = client.run(_kernel_checks_failed_here, on_error="return")
+    except (OSError, TimeoutError):
+        return  # the result is in; a scheduler gone now leaves only this note unsaid
+    grouped: dict[tuple[str, ...], list[str]] = {}
+    with _RELAYED_LOCK:
+        for worker, failures in sorted(found.items()):
+            if isinstance(failures, BaseException):
+                continue  # a worker that could not answer (gone): nothing to say of it
+            for failure in failures:
+                key = (scheduler, worker, *failure)
+                if key not in _RELAYED:
+                    _RELAYED.add(key)
+                    grouped.setdefault(tuple(failure), []).append(worker)
+    if grouped:
+        from shardeval.kernels._selfcheck import KernelCheckWarning
+
+        for (kernel, device, gpu, reason), workers in grouped.items():
+            warnings.warn(
+                KernelCheckWarning(kernel, device, gpu, reason, workers=tuple(workers)),
+                stacklevel=3,
+            )
 
 
 def _configured_connect_timeout() -> float:
@@ -327,6 +371,7 @@ class Engine:
                 )
                 with report:
                     yield client
+                _relay_worker_warnings(client, self.scheduler)
             except SchedulerLostError:
                 raise
             except (Exception, asyncio.CancelledError) as exc:
