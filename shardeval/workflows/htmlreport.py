@@ -211,8 +211,8 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         for t in (r["created"], *(v for k, v in r.items() if k.endswith(".created") and v))
     ]
     stale = [f"{r['name']}: {metric} ({why})" for r in rows for metric, why in r["stale"].items()]
-    made = [
-        ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items())
+    made = [  # {"features": "synthetic Gaussian", "seed": 1} reads "synthetic Gaussian, seed 1"
+        ", ".join(str(v) if k == "features" else f"{k.replace('_', ' ')} {v}" for k, v in f.items())
         for f in json.loads(ds.attrs.get("features", "[]"))
     ]
     return [
