@@ -56,6 +56,9 @@ class ProgressBar:
         self._line: tuple[float, float] | None = None  # (fraction, time) of the last log line
 
     def __call__(self, done: int, total: int) -> None:
+        self._update(done, total, self.label)
+
+    def _update(self, done: int, total: int, label: str) -> None:
         now = self.clock()
         elapsed = now - self.start
         frac = min(1.0, done / total) if total else 1.0
@@ -63,13 +66,18 @@ class ProgressBar:
             filled = round(frac * self.width)
             bar = "#" * filled + "." * (self.width - filled)
             end = "\n" if done >= total else ""
-            self.stream.write(f"\r{self.label} [{bar}] {done:,}/{total:,} {elapsed:6.1f}s{end}")
+            self.stream.write(f"\r{label} [{bar}] {done:,}/{total:,} {elapsed:6.1f}s{end}")
             self._set_open(not end)
         else:
             if not self._log_line_due(done, total, frac, now):
                 return
-            self.stream.write(f"{self.label}: {done:,}/{total:,} done, {elapsed:.1f}s\n")
+            self.stream.write(f"{label}: {done:,}/{total:,} done, {elapsed:.1f}s\n")
         self.stream.flush()
+
+    def counting(self, label: str) -> Callable[[int, int], None]:
+        """This bar as a hook of a pass that counts something else (``images`` while a
+        measurement extracts its inputs first): its lines say ``label``."""
+        return lambda done, total: self._update(done, total, label)
 
     def _log_line_due(self, done: int, total: int, frac: float, now: float) -> bool:
         """Whether a log line is due: the first update of a pass, its last, or one a tenth of

@@ -152,3 +152,14 @@ def test_progress_counts_what_each_task_holds_on_every_scheduler(tmp_path):
             if scheduler in ("threads", "sync"):  # a cluster may finish several in one batch
                 steps = [b - a for a, b in itertools.pairwise(done)]
                 assert sorted(steps) == sorted(sizes)  # one step a task
+
+
+def test_images_extracted_for_a_measurement_are_counted_as_images(tmp_path, capsys, rng, weights):
+    # The bar of `stats IMAGES` said "shards: 0/7 done" while it extracted 7 images.
+    from shardeval.workflows.cli import main
+
+    images = _pngs(tmp_path / "images", 7, rng)
+    argv = ["stats", images, "-o", str(tmp_path / "s.zarr"), "--weights", weights]
+    assert main([*argv, "--cache-root", str(tmp_path / "cache"), "--batch-size", "4"]) == 0
+    lines = [line.split(",")[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["images: 0/7 done", "images: 7/7 done", "shards: 0/1 done", "shards: 1/1 done"]

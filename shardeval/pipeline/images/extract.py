@@ -290,6 +290,14 @@ def _run(
     return engine.run_delayed(tasks, progress=progress, sizes=sizes, gpu=gpu) if tasks else []
 
 
+def _counting(progress: Progress | None, what: str) -> Progress | None:
+    """``progress`` told that it counts ``what``, when it takes such a word (a display whose
+    label says "shards" by default, passed on by a measurement that extracts its inputs
+    first); else ``progress`` as it is."""
+    counting = getattr(progress, "counting", None)
+    return counting(what) if callable(counting) else progress
+
+
 def _create_store(
     output: str,
     attrs: dict[str, Any],
@@ -549,7 +557,8 @@ def extract_features(
             # This process is the worker: load the encoder now, so a bad checkpoint fails before
             # any task runs, and every task finds it in the cache.
             cached_encoder(encoder, given, digest, device, mode)
-        results = _run(engine, "extract", extract_chunk, calls, progress, uses_gpu(device))
+        counted = _counting(progress, "images")
+        results = _run(engine, "extract", extract_chunk, calls, counted, uses_gpu(device))
         left, chunks = missing_chunks(features)
         if scores is not None:
             left = left or missing_chunks(scores)[0]
@@ -681,7 +690,8 @@ def _bad_images(
         (source.refs(range(i, min(i + CHECK_ROWS, len(source)))),)
         for i in range(0, len(source), CHECK_ROWS)
     ]
-    bad = [b for part in _run(engine, "check", _check_chunk, calls, progress) for b in part]
+    counted = _counting(progress, "images checked")
+    bad = [b for part in _run(engine, "check", _check_chunk, calls, counted) for b in part]
     return [(source.names[i], reason) for i, reason in sorted(bad)]
 
 
