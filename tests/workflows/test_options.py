@@ -362,7 +362,7 @@ def check_reff(capsys, f, command, monkeypatch):
 def check_extract_quiet(capsys, f, command, monkeypatch):
     code, _, err = _run(capsys, *_extract(f))
     assert code == 0
-    assert "chunks" in err
+    assert "images: " in err
     code, _, err = _run(capsys, *_extract(f), "-q")
     assert code == 0
     assert err == ""
