@@ -73,17 +73,13 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{cells}</tr>{body}</table>"
 
 
-#: Eigenvalues at most this many times λ_max·d·ε are numerically zero: a symmetric eigensolver
-#: in float64 computes each eigenvalue to about d·ε·‖Σ‖ (ε: float64's machine epsilon), so
-#: below that the values are rounding, not a property of the data (the whole tail when N ≤ d).
-ZERO_FLOOR_FACTOR = 1.0
-
-
 def numerical_zero_floor(values: np.ndarray) -> float:
     """The value at or below which the eigenvalues of a d × d covariance, ``values``, are
-    numerically zero: λ_max · d · ε."""
+    numerically zero: λ_max · d · ε. A symmetric eigen-solver in float64 computes each
+    eigenvalue to about d·ε·‖Σ‖ (ε: float64's machine epsilon), so below that the values are
+    rounding, not a property of the data (the whole tail past rank N − 1 when N ≤ d)."""
     top = float(np.max(np.abs(values))) if values.size else 0.0
-    return ZERO_FLOOR_FACTOR * top * values.size * float(np.finfo(np.float64).eps)
+    return top * values.size * float(np.finfo(np.float64).eps)
 
 
 #: A name's trailing number (with the separators before it): ``ckpt-100`` → ``ckpt``.
