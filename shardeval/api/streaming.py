@@ -14,21 +14,31 @@ batches ``(B, 3, H, W)`` (uint8, or floats in [0, 1]) for one of ``extract``'s e
 Inception by default). ``compute()`` returns the :class:`~shardeval.api.results.Report` that the
 one-shot function (:func:`shardeval.fid`, :func:`shardeval.kid`…) gives for the same rows.
 
-``torch.distributed`` (any backend): ``sync(group)`` is the one collective call. :meth:`FID.sync`
-gathers every process's moments and merges them in rank order with
-:meth:`Moments.merge <shardeval.pipeline.core.states.Moments.merge>`, so every rank holds the same
-bits, equal to one process fed the ranks' batches in rank order up to rounding: float64's with
-``precision='fp64'``, fp32 products' (~1e-7 relative: which rows reach the kernel together
-differs) by default, as :func:`shardeval.fid` with other shard sizes.
+``torch.distributed`` (any backend): under a process group of more than one rank,
+``compute()`` is a collective, as in torchmetrics (``sync_on_compute``): every rank of the group
+calls it, and every rank gets the value over every rank's rows; no rank ever gets its own rows'
+value by accident. ``compute(sync=False)`` gives that on purpose, and its report says so (a
+``local`` entry in the JSON, a first line in the summary). ``sync(group)`` is the same gather,
+called explicitly. :meth:`FID.sync` gathers every process's moments and merges them in rank
+order with :meth:`Moments.merge <shardeval.pipeline.core.states.Moments.merge>`, so every rank
+holds the same bits, equal to one process fed the ranks' batches in rank order up to rounding:
+float64's with ``precision='fp64'``, fp32 products' (~1e-7 relative: which rows reach the kernel
+together differs) by default, as :func:`shardeval.fid` with other shard sizes.
 :meth:`PairMetrics.sync` sends every rank's rows to rank 0, chunk by chunk through
 ``torch.distributed`` (no shared file system is needed: one chunk is in memory at a time), in rank
 order; rank 0 computes over exactly the rows one process would have seen and hands the result to
-every rank. Afterwards ``compute()`` returns the merged result on every rank, until the next
-``update``, ``merge``, ``reset`` or ``load_state_dict``.
+every rank. A ``compute()`` after which no rank has changed its rows returns the result kept, and
+only the cheap agreement of the ranks runs. The ranks first meet through the process group's
+store, with a deadline («sync_timeout», :data:`SYNC_TIMEOUT_SECONDS` by default): a rank that
+calls ``compute()`` or ``sync()`` alone gets an :class:`~shardeval.pipeline.errors.EngineError`
+instead of waiting forever. Metrics sync and merge only with metrics of the same settings,
+reference and feature provenance (how their rows were made); anything else is refused, naming
+what differs.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -77,12 +87,75 @@ SPILL_CHUNK_BYTES = 8 * 2**20
 #: Bytes of the rows an FID gathers per side on the device before the moments kernel runs.
 BUFFER_BYTES = 32 * 2**20
 
+#: How long a collective ``compute()`` or ``sync()`` waits for every rank of its group, unless
+#: «sync_timeout» says otherwise: ranks that end their batches minutes apart still meet, and a
+#: rank that calls ``compute()`` alone gets an error instead of waiting forever. NCCL's default
+#: collective timeout (gloo's is 30 minutes).
+SYNC_TIMEOUT_SECONDS = 600.0
+
+#: What a side's rows are, when they were fed as feature rows (image rows name their encoder).
+FEATURE_ROWS = "feature rows"
+
 _SIDES = ("real", "gen")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise OptionError(f"«{name}» must be one of {choices}, got {value!r}")
+
+
+def _check_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise OptionError(f"«sync_timeout» must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _refuse_differences(
+    what: str, labels: Sequence[str], identities: Sequence[dict[str, Any]], fixes: dict[str, str]
+) -> None:
+    """Metrics whose states are put together must agree on every entry of their identities
+    (settings, reference, how each side's rows were made); a ``None`` under a side's rows means
+    "no rows yet" and agrees with anything.
+
+    Raises:
+        OptionError: the first entry that differs, naming the two holders and both values.
+    """
+    for name, fix in fixes.items():
+        known = [(label, i[name]) for label, i in zip(labels, identities, strict=True)]
+        if name in _SIDES:
+            known = [(label, value) for label, value in known if value is not None]
+        for label, value in known[1:]:
+            if value != known[0][1]:
+                raise OptionError(
+                    f"{what}: {known[0][0]} and {label} differ in {_WHAT[name]}: "
+                    f"{_shown(known[0][1])} against {_shown(value)}; {fix}"
+                )
+
+
+#: How a message names each entry of an identity.
+_WHAT = {
+    "real": "how their real rows were made",
+    "gen": "how their generated rows were made",
+    "reference": "the reference (they hold different references)",
+    "precision": "«precision»",
+    "nonfinite": "«nonfinite»",
+    "metrics": "their metrics (pair metrics merge and sync with the same metrics, options and "
+    "reference)",
+    "options": "the options that decide their results (pair metrics merge and sync with the "
+    "same metrics, options and reference)",
+}
+
+#: What makes two sides' rows alike.
+_SAME_ROWS = (
+    "states of rows made differently never merge: feed every metric the same kind of batches "
+    "(feature rows, or images through the same «encoder», «resize» and «weights»)"
+)
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else str(value) if isinstance(value, str) else repr(value)
 
 
 def _first_rows(mask: torch.Tensor) -> str:
@@ -109,6 +182,11 @@ def _tensor(x: Any, what: str) -> torch.Tensor:
         raise DtypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
         raise DtypeError(f"{what} has dtype {x.dtype}; it must hold integers or floats")
+    if x.is_meta:
+        raise DtypeError(
+            f"{what} is a meta tensor: it has a shape {tuple(x.shape)} but no values; pass a "
+            "tensor that holds the rows"
+        )
     return x.detach()
 
 
@@ -123,6 +201,11 @@ def _feature_rows(t: torch.Tensor, what: str) -> torch.Tensor:
         raise ShapeError(
             f"{what} has shape {tuple(t.shape)}; give 2-D features (B, d) or 4-D images "
             "(B, 3, H, W)"
+        )
+    if t.shape[1] == 0:
+        raise ShapeError(
+            f"{what} has shape {tuple(t.shape)}: 0 features per row; give features (B, d) "
+            "with d >= 1"
         )
     if t.is_floating_point() or t.element_size() < 4:
         return t
@@ -175,6 +258,8 @@ class _Batches:
         weights: str | os.PathLike[str] | None,
         resize: str | None,
         batch_size: int | None,
+        process_group: Any = None,
+        sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
     ) -> None:
         from shardeval._words import marked
         from shardeval.kernels.encoders import ENCODERS, EncoderError, resolve_resize
@@ -195,10 +280,22 @@ class _Batches:
         self._d: int | None = None
         self._given = False  # the reference was given up front
         self._reference_extractor: str | None = None
+        # How each side's rows were made (None: no rows yet): states merge only with alike.
+        self._made: dict[str, str | None] = dict.fromkeys(_SIDES)
+        self.process_group = process_group
+        self.sync_timeout = _check_timeout(sync_timeout)
+        self._synced_over: tuple[int, ...] | None = None  # the ranks of the last sync
+        self._pending: str | None = None  # how the batch in hand was made
 
     def _rows(self, x: Any, real: bool, device: Any) -> tuple[str, torch.Tensor, str]:
         """The batch's side, its rows (images encoded on ``device``, None: their own) and
-        how messages name it."""
+        how messages name it. The caller records how the rows were made
+        (:meth:`_made_rows`) once it has kept them.
+
+        Raises:
+            OptionError: rows made otherwise than the side's earlier rows (feature rows and
+                image rows, or images through another encoder, resize or weights).
+        """
         side = "real" if real else "gen"
         if real and self._given:
             raise OptionError(
@@ -212,6 +309,11 @@ class _Batches:
             rows = self._encode(t, str(device or t.device), what)
         else:
             rows = _feature_rows(t, what)
+        made, before = self._made_by(t.ndim == 4), self._made[side]
+        if len(rows) and before is not None and made != before:
+            raise OptionError(
+                f"{what} holds {made}, but the earlier {side} rows are {before}; {_SAME_ROWS}"
+            )
         d = int(rows.shape[1])
         if self._d is None:
             self._d = d
@@ -220,7 +322,51 @@ class _Batches:
                 f"{what} has d={d} features per row, but earlier batches or the reference have "
                 f"d={self._d}; compare features of one model"
             )
+        self._pending = made
         return side, rows, what
+
+    def _made_by(self, images: bool) -> str:
+        """How rows are made: fed as features, or images through this encoder, its resize and
+        the weights of this digest."""
+        if not images:
+            return FEATURE_ROWS
+        plan = self._plan
+        return f"images: encoder={plan.encoder} resize={plan.resize} weights sha256 {plan.digest}"
+
+    def _made_rows(self, side: str) -> None:
+        """The side now holds rows of the batch just checked by :meth:`_rows`."""
+        self._made[side] = self._pending
+
+    # -- copies and pickles ----------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.process_group is not None:
+            raise OptionError(
+                f"{type(self).__name__} objects made with «process_group» cannot be pickled: a "
+                "process group belongs to its process; pickle the metric made without one (or "
+                "its state_dict()), and give the group where it is unpickled"
+            )
+        return self._state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        # What is configuration rather than state is shared, never copied: the process group
+        # (this process's), the reference (read only) and the options' objects (a
+        # distributed.Client, callbacks).
+        shared = (getattr(self, "_reference", None), *getattr(self, "options", {}).values())
+        for kept in (self.process_group, *shared):
+            if kept is not None:
+                memo[id(kept)] = kept
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self._state(), memo))
+        return new
+
+    def _state(self) -> dict[str, Any]:
+        """What a copy or a pickle carries."""
+        return dict(self.__dict__)
 
     def _encode(self, images: torch.Tensor, device: str, what: str) -> torch.Tensor:
         import torch
@@ -250,15 +396,22 @@ class _Batches:
 # torch.distributed
 
 
+#: Per process group (its global ranks), how many meetings this process has completed in it:
+#: the n-th meeting of every rank has the same keys in the store.
+_MEETINGS: dict[tuple[int, ...], int] = {}
+
+
 @dataclass(frozen=True)
 class _Group:
-    """The process group of a sync: its size, this process's rank in it, and the global rank
-    of its rank 0 (point-to-point calls and broadcasts name global ranks)."""
+    """The process group of a sync: its size, this process's rank in it, the global rank
+    of its rank 0 (point-to-point calls and broadcasts name global ranks) and the global ranks
+    of its members."""
 
     handle: Any
     size: int
     rank: int
     root: int
+    ranks: tuple[int, ...]
 
     def global_rank(self, group_rank: int) -> int:
         import torch.distributed as dist
@@ -280,6 +433,64 @@ class _Group:
         dist.broadcast_object_list(box, src=self.root, group=self.handle)
         return box[0]
 
+    def meet(self, changed: bool, timeout: float | None, what: str) -> bool:
+        """Wait until every rank of the group has called this, at most ``timeout`` seconds
+        (None: the store's own timeout, the process group's); return whether any rank has
+        ``changed`` (its state differs from the one of the last sync).
+
+        The ranks meet in the store of ``torch.distributed``'s default group (TCP or file; what
+        ``init_process_group`` made): a counter per meeting, and a key that the last rank to
+        arrive sets, which the others wait for. Why the store: a deadline there holds on every
+        backend and issues no collective, so a rank that gives up leaves nothing half-done, and
+        the collectives that follow start only once every rank is there.
+        ``monitored_barrier`` is gloo's alone; a collective's own timeout is the process
+        group's, fixed at init (30 minutes for gloo; NCCL's watchdog then aborts the process
+        rather than raising), and a collective that one rank never joins cannot be withdrawn.
+        Meetings are counted per group, so ranks must call collective computes and syncs in
+        the same order (as every ``torch.distributed`` collective). A rank that gives up leaves
+        the meeting; one that arrives in the very instant another gives up can still go on into
+        the gather alone, where the process group's own timeout ends it.
+
+        Raises:
+            EngineError: not every rank arrived in time.
+        """
+        from datetime import timedelta
+
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        done = _MEETINGS.get(self.ranks, 0)
+        prefix = f"shardeval/{'.'.join(map(str, self.ranks))}/"
+        key = f"{prefix}{done}/"
+        store.add(key + "changed", int(changed))
+        if store.add(key + "arrived", 1) == self.size:
+            store.set(key + "all", "1")
+            if done:  # every rank finished the meeting before: its keys are nobody's now
+                for name in ("changed", "arrived", "all"):
+                    try:
+                        store.delete_key(f"{prefix}{done - 1}/{name}")
+                    except RuntimeError:  # a store that cannot delete keeps three counters
+                        break
+        try:
+            if timeout is None:
+                store.wait([key + "all"])
+            else:
+                store.wait([key + "all"], timedelta(seconds=timeout))
+        except RuntimeError as exc:  # torch raises DistStoreError (or RuntimeError) at the deadline
+            # Leave the meeting, so that it can still take place with every rank later.
+            store.add(key + "arrived", -1)
+            store.add(key + "changed", -int(changed))
+            waited = "the store's timeout" if timeout is None else f"{timeout:g} s"
+            raise EngineError(
+                f"{what} syncs the metric over its torch.distributed group ({self.size} "
+                f"processes), and rank {self.rank} waited {waited} for the others "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): call "
+                f"{what} on every rank, as torchmetrics does, or compute(sync=False) for this "
+                "rank's own rows; a longer «sync_timeout» waits for slow ranks"
+            ) from None
+        _MEETINGS[self.ranks] = done + 1
+        return store.add(key + "changed", 0) > 0
+
 
 def _group(group: Any) -> _Group:
     """The process group to sync over.
@@ -297,9 +508,41 @@ def _group(group: Any) -> _Group:
         )
     rank = dist.get_rank(group)
     if rank < 0:
-        raise EngineError("sync(group) was called by a process that is not in the group")
+        raise EngineError(
+            "this process is not in the process group given («process_group», or sync(group)): "
+            "a metric syncs over a group it belongs to"
+        )
     root = 0 if group is None else dist.get_global_rank(group, 0)
-    return _Group(group, dist.get_world_size(group), rank, root)
+    ranks = tuple(dist.get_process_group_ranks(dist.group.WORLD if group is None else group))
+    return _Group(group, dist.get_world_size(group), rank, root, ranks)
+
+
+def _collective(group: Any) -> _Group | None:
+    """The group over which ``compute()`` syncs: None outside ``torch.distributed``, or in a
+    group of one process."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    g = _group(group)
+    return g if g.size > 1 else None
+
+
+def _labelled_local(report: Report, group: Any) -> Report:
+    """``report`` of this rank's rows alone, marked so when it runs in a group of more than
+    one process: a ``local`` entry in the JSON, a first line in the summary."""
+    try:
+        g = _collective(group)
+    except EngineError:  # not a member of the metric's group: the report is this process's
+        g = None
+    if g is None:
+        return report
+    data = {**report.data, "local": {"rank": g.rank, "world_size": g.size}}
+    text = (
+        f"local value: rank {g.rank}'s rows alone, of {g.size} processes (compute(sync=False)); "
+        "compute() on every rank gives the value over every rank's rows\n" + report.text
+    )
+    return Report(report.metric, report.results, data, text, report.value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,8 +603,19 @@ class _RunningMoments:
             self._reduce(self._buffer[:filled])
 
     def _reduce(self, rows: torch.Tensor) -> None:
+        """Rows through the moments kernel, with float64 products while the side holds no more
+        rows than features (:func:`~shardeval.pipeline.fid.moments.products_precision`'s rule,
+        which :func:`shardeval.fid` follows): its covariance is then singular, and fp32
+        rounding in its null space (~1e-7 of its scale) would move FID by as much, even below
+        zero for a set against itself. Rows reduced once the count passes d take the products
+        asked for: a final count above d is where :func:`shardeval.fid` takes them too, and
+        the earlier float64 products are only more exact."""
+        import torch
+
         from shardeval.kernels import shard_moments
 
+        if self.n + len(rows) <= rows.shape[1] and rows.dtype != torch.float64:
+            rows = rows.to(torch.float64)
         self.add(*shard_moments(rows, backend=self.backend))  # type: ignore[arg-type]
 
     def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
@@ -424,27 +678,46 @@ class _Rows:
 @dataclass(frozen=True)
 class _FIDShare:
     """What one FID holds, as a sync, a merge or a result takes it: both sides' rows, d (None
-    before any row), and the digest of a reference given up front (FIDs merge only with the
-    same one)."""
+    before any row), the digest of a reference given up front, the settings that decide the
+    moments (``precision``, ``nonfinite``) and how each side's rows were made (None: no rows
+    yet). FIDs merge only when the last three agree."""
 
     real: _Rows
     gen: _Rows
     d: int | None
     reference: str | None
+    settings: tuple[str, str]
+    made: tuple[str | None, str | None]
+
+    def identity(self) -> dict[str, Any]:
+        precision, nonfinite = self.settings
+        return {
+            "reference": self.reference,
+            "precision": precision,
+            "nonfinite": nonfinite,
+            "real": self.made[0],
+            "gen": self.made[1],
+        }
 
 
-def _check_shares(shares: list[_FIDShare], what: str) -> int | None:
+#: What each entry of an FID's identity asks of metrics that merge.
+_FID_FIXES = {
+    "reference": "give every FID the same «reference»",
+    "precision": "make every FID with the same «precision»",
+    "nonfinite": "make every FID with the same «nonfinite»",
+    "real": _SAME_ROWS,
+    "gen": _SAME_ROWS,
+}
+
+
+def _check_shares(shares: list[_FIDShare], what: str, labels: Sequence[str]) -> int | None:
     """The d the shares agree on (None: no rows anywhere).
 
     Raises:
-        OptionError: different references; ShapeError: different d.
+        OptionError: different references, settings or feature provenance; ShapeError:
+            different d.
     """
-    if len({s.reference for s in shares}) > 1:
-        differ = [i for i, s in enumerate(shares) if s.reference != shares[0].reference]
-        raise OptionError(
-            f"{what}: the FIDs hold different references (those at positions {differ} differ "
-            "from the first); give every process the same «reference»"
-        )
+    _refuse_differences(what, labels, [s.identity() for s in shares], _FID_FIXES)
     dims = sorted({s.d for s in shares if s.d is not None})
     if len(dims) > 1:
         raise ShapeError(f"{what}: feature dimensions differ between the FIDs: d = {dims}")
@@ -452,10 +725,10 @@ def _check_shares(shares: list[_FIDShare], what: str) -> int | None:
 
 
 def _fold(shares: list[_FIDShare], what: str) -> _FIDShare:
-    """The shares merged in their order by :meth:`Moments.merge` (a registered state's pure,
-    law-tested merge): the same bits wherever it runs. A share without rows may not know d;
-    its empty moments are left out."""
-    d = _check_shares(shares, what)
+    """The shares (one per rank, in rank order) merged in their order by
+    :meth:`Moments.merge` (a registered state's pure, law-tested merge): the same bits wherever
+    it runs. A share without rows may not know d; its empty moments are left out."""
+    d = _check_shares(shares, what, [f"rank {r}" for r in range(len(shares))])
 
     def side(name: str) -> _Rows:
         parts = [getattr(s, name) for s in shares]
@@ -465,7 +738,13 @@ def _fold(shares: list[_FIDShare], what: str) -> _FIDShare:
                 moments = moments.merge(part.moments) if moments.n else part.moments
         return _Rows(moments, sum(p.dropped for p in parts), sum(p.batches for p in parts))
 
-    return _FIDShare(side("real"), side("gen"), d, shares[0].reference)
+    def made(i: int) -> str | None:
+        return next((s.made[i] for s in shares if s.made[i] is not None), None)
+
+    first = shares[0]
+    return _FIDShare(
+        side("real"), side("gen"), d, first.reference, first.settings, (made(0), made(1))
+    )
 
 
 def _digest(gaussian: Gaussian) -> str:
@@ -490,7 +769,9 @@ class FID(_Batches):
     device (fp32 products of rows centred on their mean; float64 for float64 rows or
     ``precision='fp64'``) and are merged into a float64 state on that device with Chan, Golub &
     LeVeque's update; raw Σx and Σxxᵀ, which lose digits when the mean is large against the
-    spread, are never formed. The
+    spread, are never formed. While a side holds no more rows than features, its rows take
+    float64 products whatever ``precision`` asks, as in :func:`shardeval.fid` (its covariance
+    is singular, and fp32 rounding in its null space moves FID by ~1e-7 of its scale). The
     distance is :func:`shardeval.fid`'s (a symmetric eigenvalue problem in float64).
 
     Args:
@@ -500,9 +781,11 @@ class FID(_Batches):
             cache with this metric's encoder options), a ``Gaussian`` or ``Moments``. None: feed
             real rows with ``update(x, real=True)``.
         device: where the running state lives and the kernels run (``"cuda"``, ``"cuda:1"``,
-            ``"cpu"``); batches elsewhere are moved there. None: the first batch's device.
+            ``"cpu"``); batches elsewhere are moved there. None: the first batch's device. A
+            CUDA device this machine lacks is refused here.
         backend: the moments kernel: ``auto`` (Triton on CUDA, BLAS on a CPU), ``triton`` or
-            ``torch``.
+            ``torch``. ``triton`` without a CUDA device to run on is refused (here when
+            ``device`` says so or the machine has no GPU; else at the first CPU batch).
         precision: ``fp32`` products inside a batch (the kernels' contract) or ``fp64``.
         nonfinite: rows with NaN or inf: ``error`` (raise, naming the batch and rows) or
             ``drop`` (leave them out and count them); None: the FID plug-in's default
@@ -513,9 +796,15 @@ class FID(_Batches):
             :func:`shardeval.extract`.
         cache_root, scheduler: where an image-source reference's features are cached, and
             where a reference store's moments are computed (as for :func:`shardeval.fid`).
+        process_group: the ``torch.distributed`` group that :meth:`compute` and :meth:`sync`
+            gather over; None: the whole job.
+        sync_timeout: seconds that a collective :meth:`compute` or :meth:`sync` waits for
+            every rank of the group before it raises (default :data:`SYNC_TIMEOUT_SECONDS`,
+            10 minutes); None: the process group's own timeout.
 
     Raises:
         OptionError: an option out of its choices.
+        EngineError: a device or kernel backend this machine cannot run.
         EncoderSetupError: an unknown encoder or resize mode.
         StoreError, StatsFormatError, ShapeError, NonFiniteError: a reference that cannot be
             read, as :func:`shardeval.fid` raises them.
@@ -545,8 +834,9 @@ class FID(_Batches):
         fid = se.FID("cifar10-train.npz", device=f"cuda:{local_rank}")
         for images in loader:
             fid.update(generator(images))
-        fid.sync()                      # collective: every rank now holds the merged state
-        value = float(fid.compute())    # the same bits on every rank
+        value = float(fid.compute())    # collective: every rank calls it, every rank gets
+                                        # the FID of every rank's batches (the same bits)
+        mine = fid.compute(sync=False)  # this rank's batches alone, labelled local
     """
 
     def __init__(
@@ -564,16 +854,19 @@ class FID(_Batches):
         batch_size: int | None = None,
         cache_root: str | os.PathLike[str] | None = None,
         scheduler: Any = None,
+        process_group: Any = None,
+        sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
     ) -> None:
         from shardeval.api.samples import _declared
 
         _check_choice("backend", backend, BACKENDS)
         _check_choice("precision", precision, PRECISIONS)
-        super().__init__(encoder, weights, resize, batch_size)
+        super().__init__(encoder, weights, resize, batch_size, process_group, sync_timeout)
         self.backend, self.precision = backend, precision
         self.nonfinite = _declared("fid", {"nonfinite": nonfinite})["nonfinite"]
         self.reset_real = bool(reset_real)
         self._device = None if device is None else _torch_device(device)
+        _check_runnable(self._device, backend)
         self._reference: Gaussian | None = None
         self._reference_side: Side | None = None
         self._digest: str | None = None
@@ -611,8 +904,9 @@ class FID(_Batches):
 
     @property
     def synced(self) -> bool:
-        """Whether :meth:`compute` gives the merged state of every process (after
-        :meth:`sync`, until the next update, merge, reset or load)."""
+        """Whether this process holds the merged state of every process (after :meth:`sync`
+        or a collective :meth:`compute`, until the next update, merge, reset or load): a
+        :meth:`compute` after which no rank has changed returns it without a gather."""
         return self._global is not None
 
     def update(self, x: Any, real: bool = False) -> None:
@@ -624,18 +918,23 @@ class FID(_Batches):
             real: the batch is reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` while a reference was given up front.
-            ShapeError: a batch that is neither 2-D nor 4-D, or whose d differs from earlier
-                batches or the reference.
-            DtypeError: not real numbers; images of another dtype, or floats outside [0, 1].
+            OptionError: ``real=True`` while a reference was given up front; rows made
+                otherwise than the side's earlier rows (feature rows and images, or images
+                through another encoder, resize or weights).
+            ShapeError: a batch that is neither 2-D nor 4-D, has no features, or whose d
+                differs from earlier batches or the reference.
+            DtypeError: not real numbers (or a meta tensor, which holds none); images of
+                another dtype, or floats outside [0, 1].
             NonFiniteError: rows with NaN or inf under ``nonfinite='error'``.
             NumericalError: integers beyond 2^53.
             EncoderSetupError: the encoder's weights cannot be found or loaded.
+            EngineError: ``backend='triton'`` for a state on a CPU.
         """
         import torch
 
         side, rows, what = self._rows(x, real, self._device)
         if self._device is None:
+            _check_runnable(rows.device, self.backend)
             self._device = rows.device
             for running in self._sides.values():
                 running.to(self._device)
@@ -654,27 +953,45 @@ class FID(_Batches):
             rows = rows[finite]
         running.push(rows)
         running.batches += 1
+        if len(rows):
+            self._made_rows(side)
         self._global = None
 
     def _share(self) -> _FIDShare:
         d = self._d or 0
         real, gen = self._sides["real"].rows(d), self._sides["gen"].rows(d)
-        return _FIDShare(real, gen, self._d, self._digest)
+        settings = (self.precision, self.nonfinite)
+        made = (self._made["real"], self._made["gen"])
+        return _FIDShare(real, gen, self._d, self._digest, settings, made)
 
-    def compute(self) -> Report:
-        """FID of the rows seen (all processes' after :meth:`sync`) against the reference.
+    def compute(self, sync: bool = True) -> Report:
+        """FID of the rows seen against the reference: every process's rows under
+        ``torch.distributed``.
+
+        Under a process group of more than one rank (``process_group``, default the whole
+        job), this is a collective, as torchmetrics' ``compute`` is: **every rank of the group
+        calls it**, and every rank gets the FID of every rank's rows (the same bits), gathered
+        as :meth:`sync` gathers them; when no rank has changed its rows since the last gather,
+        only a cheap agreement runs. A rank that calls it alone raises at ``sync_timeout``.
+
+        Args:
+            sync: False: this rank's rows alone, without communication, on purpose; the
+                report is labelled ``local`` when in a group of more than one rank.
 
         Returns:
             The :class:`~shardeval.api.results.Report` of :func:`shardeval.fid`: ``float()`` the
             FID, ``results["fid"]`` the
             :class:`~shardeval.pipeline.fid.frechet.FrechetDistance`, ``to_dict()`` the JSON
-            report; its ``settings`` are this metric's, and ``processes`` says how many
-            processes' rows it holds.
+            report; its ``settings`` are this metric's, ``processes`` says how many
+            processes' rows it holds, and ``local`` (``rank``, ``world_size``) marks a value of
+            this rank's rows alone.
 
         Raises:
-            OptionError: no reference (none given, no real rows).
+            OptionError: no reference (none given, no real rows); processes whose metrics
+                differ in reference, settings or how their rows were made.
             ShapeError: fewer than 2 rows on a side.
             NumericalError: a covariance that is not positive semi-definite beyond rounding.
+            EngineError: not every rank of the group called it within ``sync_timeout``.
         """
         import torch
 
@@ -687,7 +1004,11 @@ class FID(_Batches):
         from shardeval.pipeline.io.provenance import now_iso, versions
 
         start = time.perf_counter()
-        share = self._global or self._share()
+        g = _collective(self.process_group) if sync else None
+        if g is not None and g.meet(self._changed(g), self.sync_timeout, "compute()"):
+            self._sync(g)
+        synced = sync and self._global is not None
+        share = self._global if synced and self._global is not None else self._share()
         if self._reference is None and share.real.moments.n == 0:
             raise OptionError(
                 "FID has no reference: pass «reference» (statistics, a feature store, a "
@@ -705,9 +1026,12 @@ class FID(_Batches):
                 )
         real = self._reference or Gaussian.from_moments(share.real.moments, _FED["real"])
         gen = Gaussian.from_moments(share.gen.moments, _FED["gen"])
+        # fp32 products reached the moments only of a fed side of more rows than features.
+        fed = [share.gen.moments] + ([] if self._reference is not None else [share.real.moments])
+        fp32_products = self.precision == "fp32" and any(m.n > m.d for m in fed)
         with _noted() as notes:
             result = frechet_distance(real, gen)
-            warn_if_rounding_reached_spectrum(result, self.precision == "fp32")
+            warn_if_rounding_reached_spectrum(result, fp32_products)
             notes.extend(result.warnings)
             data = fid_data(result, sides["real"], sides["gen"])
             data["settings"] = {
@@ -716,7 +1040,7 @@ class FID(_Batches):
                 "precision": self.precision,
                 "nonfinite": self.nonfinite,
             }
-            data["processes"] = self._processes if self._global is not None else 1
+            data["processes"] = self._processes if synced else 1
             engine = {"scheduler": "in-process", "threads": torch.get_num_threads()}
             seconds = time.perf_counter() - start
             data.update(
@@ -727,17 +1051,25 @@ class FID(_Batches):
                 versions=versions(),
             )
         text = fid_summary(result, sides["real"], sides["gen"], seconds, engine)
-        return Report("fid", {"fid": result}, data, text, result.fid)
+        report = Report("fid", {"fid": result}, data, text, result.fid)
+        return report if synced else _labelled_local(report, self.process_group)
+
+    def _changed(self, g: _Group) -> bool:
+        """Whether this rank's rows differ from those of the last gather over ``g``."""
+        return self._global is None or self._synced_over != g.ranks
 
     def reset(self) -> None:
         """Forget the generated rows (and the real rows fed with ``real=True`` when
         ``reset_real``); a reference given up front stays."""
         self._global = None
         self._sides["gen"] = _RunningMoments(self.backend)
+        self._made["gen"] = None
         if self.reset_real:
             self._sides["real"] = _RunningMoments(self.backend)
-        if not self._given and self._sides["real"].fed == 0:
-            self._d = None
+        if self._sides["real"].fed == 0:
+            self._made["real"] = None
+            if not self._given:
+                self._d = None
 
     def merge(self, other: FID) -> FID:
         """Add another FID's rows to this one's, in place (returns ``self``, for chaining): the
@@ -745,49 +1077,65 @@ class FID(_Batches):
         commutative up to float64 rounding, ~1e-16 relative).
 
         Raises:
-            OptionError: ``other`` is not an FID, or the references differ.
+            OptionError: ``other`` is not an FID, or differs in reference, ``precision``,
+                ``nonfinite`` or how a side's rows were made (feature rows, or images through
+                an encoder, resize and weights); the message names what differs.
             ShapeError: the feature dimensions differ.
         """
         if not isinstance(other, FID):
             raise OptionError(f"FID.merge takes an FID, got {type(other).__name__}")
         theirs = other._share()
-        self._d = _check_shares([self._share(), theirs], "merge()")
-        for side in _SIDES:
+        labels = ("this FID", "the FID given")
+        self._d = _check_shares([self._share(), theirs], "merge()", labels)
+        for i, side in enumerate(_SIDES):
             self._sides[side].absorb(getattr(theirs, side))
+            self._made[side] = self._made[side] or theirs.made[i]
         self._global = None
         return self
 
     def sync(self, group: Any = None) -> None:
         """Gather every process's state and merge them in rank order (a collective: every
-        process of ``group`` calls it).
+        process of ``group`` calls it). :meth:`compute` does this itself when a rank's rows
+        changed; calling it is needed only to gather at another moment.
 
         Afterwards :meth:`compute` gives the merged state on every rank, the same bits
         everywhere, equal to one process fed the ranks' batches in rank order up to rounding
         (float64's with ``precision='fp64'``; fp32 products' otherwise, ~1e-7 relative). The
         process's own state is kept beside it: a second sync counts nothing twice,
         :meth:`state_dict` holds this process's rows, and :meth:`update` goes on adding to
-        them (then :meth:`compute` gives them alone until the next sync).
+        them (then :meth:`compute` gathers again).
 
         Args:
-            group: a ``torch.distributed`` process group (default: the whole job).
+            group: a ``torch.distributed`` process group (default: this metric's
+                ``process_group``, else the whole job).
 
         Raises:
-            EngineError: ``torch.distributed`` is not initialised.
-            OptionError: the processes hold different references.
+            EngineError: ``torch.distributed`` is not initialised; not every rank called it
+                within ``sync_timeout``.
+            OptionError: the processes differ in reference, settings or how their rows were
+                made (the message names the ranks and what differs).
             ShapeError: feature dimensions differ between processes.
         """
-        g = _group(group)
+        g = _group(self.process_group if group is None else group)
+        g.meet(True, self.sync_timeout, "sync()")
+        self._sync(g)
+
+    def _sync(self, g: _Group) -> None:
+        """The gather itself, once every rank of ``g`` is here."""
         self._global = _fold(g.all_gather(self._share()), "sync()")
-        self._processes = g.size
+        self._processes, self._synced_over = g.size, g.ranks
 
     # -- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """This process's state: per side what a statistics file holds (``n``, ``mean`` (d,),
-        ``m2`` (d, d), float64), the non-finite rows dropped and the batches; a reference given
-        up front as given (``reference.mu``, ``reference.sigma``, ``reference.n`` when known,
-        and where it came from). Arrays are CPU tensors, so that ``torch.load`` reads a
-        checkpoint with its default ``weights_only=True``.
+        ``m2`` (d, d), float64), the non-finite rows dropped, the batches and how its rows
+        were made (``made_by``: ``"feature rows"``, the encoder, resize and weights of image
+        rows, or ``""`` before any row); the settings that decide the moments
+        (``settings.precision``, ``settings.nonfinite``); a reference given up front as given
+        (``reference.mu``, ``reference.sigma``, ``reference.n`` when known, and where it came
+        from). Arrays are CPU tensors, so that ``torch.load`` reads a checkpoint with its
+        default ``weights_only=True``.
 
         Returns:
             A plain dict of tensors, ints and strings, with ``format`` and ``format_version``.
@@ -795,7 +1143,12 @@ class FID(_Batches):
         import torch
 
         share = self._share()
-        state: dict[str, Any] = {"format": STATE_FORMAT, "format_version": STATE_VERSION}
+        state: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "settings.precision": self.precision,
+            "settings.nonfinite": self.nonfinite,
+        }
         for side in _SIDES:
             rows = getattr(share, side)
             state |= {
@@ -804,6 +1157,7 @@ class FID(_Batches):
                 f"{side}.m2": torch.tensor(rows.moments.m2),
                 f"{side}.nonfinite_dropped": rows.dropped,
                 f"{side}.batches": rows.batches,
+                f"{side}.made_by": self._made[side] or "",
             }
         if self._reference is not None and self._reference_side is not None:
             ref = self._reference
@@ -818,12 +1172,15 @@ class FID(_Batches):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (tensors or numpy arrays): both sides and
-        the reference replace this object's.
+        the reference replace this object's. A state dict of an earlier shardeval, without
+        settings or ``made_by``, is read too (what it does not say is not checked).
 
         Raises:
             StatsFormatError: another format or a newer version, keys missing, shapes that
-                differ, values not finite, counts that are not integers ≥ 0, a covariance that
-                is not symmetric or has a negative variance.
+                differ, values not finite, counts that are not integers in [0, 2^53] (the
+                bound of statistics files: float64 holds every count up to it), a covariance
+                that is not symmetric or has a negative variance; a state made with another
+                ``precision`` or ``nonfinite`` than this FID's.
         """
         from shardeval.pipeline.fid.gaussian import Gaussian
         from shardeval.pipeline.io.statsio import _check_matrix
@@ -840,6 +1197,22 @@ class FID(_Batches):
                 f"state_dict has format version {version}, and this shardeval reads versions up "
                 f"to {STATE_VERSION}: it was written by a newer shardeval"
             )
+        for name in ("precision", "nonfinite"):
+            key, mine = f"settings.{name}", getattr(self, name)
+            if key in state and _state_value(state, key) != mine:
+                theirs = _state_value(state, key)
+                raise StatsFormatError(
+                    f"state_dict was made by an FID with «{name}={theirs!r}», and this one has "
+                    f"{mine!r}: its rows and this FID's would not be reduced alike; make the FID "
+                    f"with «{name}={theirs!r}» to resume it"
+                )
+        made = {}
+        for side in _SIDES:
+            key = f"{side}.made_by"
+            value = _state_value(state, key) if key in state else ""
+            if not isinstance(value, str):
+                raise StatsFormatError(f"state_dict: {key!r} is {value!r}; it must be a string")
+            made[side] = value or None
         sides = {}
         for side in _SIDES:
             n = _state_int(state, f"{side}.n")
@@ -870,6 +1243,7 @@ class FID(_Batches):
             raise StatsFormatError(f"state_dict: the sides have different d {sorted(dims)}")
         self._global = None
         self._sides = sides
+        self._made = made
         self._d = next(iter(dims), None)
         self._reference = self._reference_side = self._reference_extractor = self._digest = None
         self._given = False
@@ -926,11 +1300,37 @@ def _torch_device(device: Any) -> torch.device:
     import torch
 
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise OptionError(
             f"«device» must name a torch device ('cpu', 'cuda', 'cuda:1'), got {device!r}"
         ) from exc
+    if chosen.type == "meta":
+        raise OptionError("«device='meta'» holds no values; name a device that computes")
+    return chosen
+
+
+def _check_runnable(device: torch.device | None, backend: str) -> None:
+    """Refuse, before any batch, a device and backend this machine cannot run: a CUDA device
+    it lacks, Triton kernels without a CUDA device to run them (outside the interpreter the
+    tests use). None: the device is not known yet (the first batch's).
+
+    Raises:
+        EngineError: naming the device or backend and what to use instead.
+    """
+    from shardeval.pipeline.core.chunks import check_device
+
+    kind = "auto" if device is None else "cuda" if device.type == "cuda" else "cpu"
+    check_device(kind, backend)
+    if device is not None and device.type == "cuda" and device.index is not None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise EngineError(
+                f"«device={str(device)!r}», but this machine has {count} CUDA GPU(s), numbered "
+                f"from 0; name one of them"
+            )
 
 
 def _state_value(state: dict[str, Any], key: str) -> Any:
@@ -948,11 +1348,21 @@ def _state_array(state: dict[str, Any], key: str) -> np.ndarray:
 
 
 def _state_int(state: dict[str, Any], key: str) -> int:
+    """A count of a state dict: an integer in [0, 2^53], the bound statistics files hold
+    counts to (float64, which the moments' arithmetic takes them in, is exact up to it)."""
+    from shardeval.pipeline.io.statsio import MAX_N
+
     value = _state_value(state, key)
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-        raise StatsFormatError(f"state_dict: {key!r} is {value!r}; it must be an integer >= 0")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not 0 <= value <= MAX_N
+    ):
+        raise StatsFormatError(
+            f"state_dict: {key!r} is {value!r}; it must be an integer in [0, 2^53]"
+        )
     return int(value)
 
 
@@ -1040,6 +1450,62 @@ _PAIR_METRICS = ("kid", "cmmd", "prdc")
 #: Options that change a pair metric's result: processes that sync must agree on them.
 _RESULT_OPTIONS = ("subsets", "subset_size", "seed", "shard_rows", "precision")
 
+#: What each entry of a pair metric's identity asks of metrics that merge.
+_PAIR_FIXES = {
+    "metrics": "make them for the same metrics",
+    "options": "make them with the same options",
+    "reference": "give every one the same «reference»",
+    "real": _SAME_ROWS,
+    "gen": _SAME_ROWS,
+}
+
+
+def _values_digest(source: FeatureSource) -> str:
+    """BLAKE2b of a feature source's shape, dtype and values, read shard by shard in row
+    order: the digest of the values as read, so that an array and a store of the same
+    numbers agree whatever their chunks, compression or byte order. One read of the source."""
+    h = hashlib.blake2b(digest_size=16)
+    dtype = source.dtype.newbyteorder("=")
+    h.update(f"{source.n} {source.d} {dtype.name}\n".encode())
+    array = source.array
+    for i in range(array.numblocks[0]):
+        block = np.asarray(array.blocks[i].compute(scheduler="sync"))
+        h.update(np.ascontiguousarray(block, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def _check_engine_device(options: dict[str, Any]) -> None:
+    """Refuse now a ``device`` or ``backend`` that the engine could not run: when it runs on
+    this machine (no scheduler address, no cluster), the machine's devices decide; else only
+    the names are checked (the workers' devices are not this machine's).
+
+    Raises:
+        EngineError: naming the device or backend and what to use instead.
+    """
+    from shardeval.pipeline.core.chunks import check_device
+    from shardeval.pipeline.core.engine import LOCAL_SCHEDULERS
+
+    scheduler = options.get("scheduler")
+    name = scheduler if scheduler is None or isinstance(scheduler, str) else "distributed"
+    name = name or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
+    local = not options.get("cluster") and name in LOCAL_SCHEDULERS
+    check_device(options.get("device") or "auto", options.get("backend") or "auto", local=local)
+
+
+class _SpilledRows:
+    """A spill's rows as a copy or a pickle takes them: ``copy.deepcopy`` hands the spill
+    itself to the copy, which reads it chunk by chunk (never every row in memory); a pickle
+    holds every row, as one array."""
+
+    def __init__(self, spill: _Spill) -> None:
+        self.spill = spill
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SpilledRows:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (np.asarray, (np.concatenate(list(self.spill.chunks())),))
+
 
 class PairMetrics(_Batches):
     r"""KID, CMMD and/or PRDC, exact over all pairs, fed batch by batch.
@@ -1060,7 +1526,8 @@ class PairMetrics(_Batches):
         work_dir: where the spills go: a folder of this object's own is made inside it and
             removed by :meth:`close` (nothing else there is touched). Default: a temporary
             folder. With a ``scheduler`` on other machines, it must be on a file system they
-            share.
+            share. A copy (``copy.deepcopy``) or an unpickled object makes a folder of its own
+            there, with its rows.
         dtype: the spilled rows' dtype, ``"float32"`` or ``"float64"``; None: float64 for
             float64 (and wide integer) batches, float32 for the rest (exact for float16,
             bfloat16 and small integers). A batch the spill would round is refused.
@@ -1074,10 +1541,27 @@ class PairMetrics(_Batches):
             (``shard_rows``: rows per block; ``split_every``, ``device``, ``backend``,
             ``precision``, ``scheduler``, ``cluster``, ``threads``, ``performance_report``,
             ``progress``, ``log``).
+        process_group, sync_timeout: the ``torch.distributed`` group that :meth:`compute`
+            and :meth:`sync` gather over (None: the whole job), and how long they wait for
+            every rank of it (as for :class:`FID`; default :data:`SYNC_TIMEOUT_SECONDS`).
+
+    Merges and syncs compare the references by a digest of their values (BLAKE2b of the rows
+    as read, so an array and a store of the same numbers agree, whatever their chunks or
+    compression): it costs one more read of the reference, at the first merge or sync
+    (every collective :meth:`compute` syncs), and is kept for the object's life (a store
+    changed afterwards is not read again for it).
+
+    Copies and pickles carry the rows: ``copy.deepcopy`` copies the spills chunk by chunk into
+    a work folder of the copy's own; a pickle holds every row (as torchmetrics' KID state
+    does), so that it unpickles anywhere, into a work folder of its own. A closed object holds
+    no rows, and is neither copied nor pickled.
 
     Raises:
         TypeError: an option that none of the metrics takes.
-        OptionError: unknown metrics; options that do not apply or fit.
+        OptionError: unknown metrics; options that do not apply or fit; a ``work_dir``
+            that is not a folder one can write in.
+        EngineError: a device or kernel backend this machine cannot run (when the engine
+            runs here: no ``scheduler`` address or ``cluster``).
         MetricOptionError: an option's value that its declaration refuses.
         StoreError, ShapeError: a reference that cannot be read.
 
@@ -1095,9 +1579,9 @@ class PairMetrics(_Batches):
         >>> bool(float(report) > 0)                         # KID, the first metric
         True
 
-    Distributed: every rank runs ``update`` on its own batches, then ``pm.sync()`` (collective:
-    rank 0 receives every rank's rows and computes, every rank gets the result), then
-    ``pm.compute()`` returns that result; ``pm.close()`` at the end.
+    Distributed: every rank runs ``update`` on its own batches, then ``pm.compute()``
+    (collective: every rank calls it; rank 0 receives every rank's rows and computes, every
+    rank gets the result); ``pm.close()`` at the end.
     """
 
     def __init__(
@@ -1112,6 +1596,8 @@ class PairMetrics(_Batches):
         weights: str | os.PathLike[str] | None = None,
         resize: str | None = None,
         batch_size: int | None = None,
+        process_group: Any = None,
+        sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
         **options: Any,
     ) -> None:
         from shardeval.api.functions import refuse
@@ -1146,23 +1632,66 @@ class PairMetrics(_Batches):
             weights,
             resize,
             batch_size,
+            process_group,
+            sync_timeout,
         )
+        _check_engine_device(options)
         self.metrics, self.options = chosen, options
         self.dtype = None if dtype is None else np.dtype(dtype)
         self.reset_real = bool(reset_real)
         self._reference: FeatureSource | None = None
+        self._reference_digest: str | None = None
         if reference is not None:
             self._reference = _pair_reference(reference, chosen, options.get("shard_rows"))
             self._given, self._d = True, self._reference.d
             self._reference_extractor = self._reference.feature_extractor
-        # A folder of our own: we remove it, and only it, whatever else work_dir holds.
-        parent = None if work_dir is None else os.fspath(work_dir)
-        if parent is not None:
-            os.makedirs(parent, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix="shardeval-pairs-", dir=parent)
+        self._work_dir = None if work_dir is None else os.fspath(work_dir)
+        self._open_folder()
+        self._global: Report | None = None
+
+    def _open_folder(self) -> None:
+        """A work folder of this object's own, with empty spills: removed with it, and only
+        it, whatever else ``work_dir`` holds.
+
+        Raises:
+            OptionError: ``work_dir`` is a file, or a folder cannot be made in it.
+        """
+        parent = self._work_dir
+        if parent is not None and os.path.exists(parent) and not os.path.isdir(parent):
+            raise OptionError(
+                f"«work_dir» {parent!r} is a file: give a folder (this metric makes a folder of "
+                "its own inside it)"
+            )
+        try:
+            if parent is not None:
+                os.makedirs(parent, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="shardeval-pairs-", dir=parent)
+        except OSError as exc:
+            raise OptionError(
+                f"«work_dir» {parent!r} cannot hold a folder of this metric's: "
+                f"{exc.strerror or exc}; give a folder one can write in"
+            ) from None
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.folder, True)
         self._spills = {side: _Spill(os.path.join(self.folder, f"{side}.zarr")) for side in _SIDES}
-        self._global: Report | None = None
+
+    def _state(self) -> dict[str, Any]:
+        """What a copy or a pickle carries: everything but the work folder, and the rows."""
+        self._live()
+        kept = ("folder", "_finalizer", "_spills")
+        state = {k: v for k, v in self.__dict__.items() if k not in kept}
+        state["_rows"] = {s: _SpilledRows(sp) if sp.n else None for s, sp in self._spills.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        rows = state.pop("_rows")
+        self.__dict__.update(state)
+        self._open_folder()
+        for side, held in rows.items():
+            if held is None:
+                continue
+            for chunk in held.spill.chunks() if isinstance(held, _SpilledRows) else [held]:
+                self._spills[side].append(chunk)
 
     def __enter__(self) -> PairMetrics:
         return self
@@ -1181,8 +1710,9 @@ class PairMetrics(_Batches):
 
     @property
     def synced(self) -> bool:
-        """Whether :meth:`compute` gives the result over every process's rows (after
-        :meth:`sync`, until the next update, merge or reset)."""
+        """Whether this process holds the result over every process's rows (after
+        :meth:`sync` or a collective :meth:`compute`, until the next update, merge or reset):
+        a :meth:`compute` after which no rank has changed returns it without a gather."""
         return self._global is not None
 
     def update(self, x: Any, real: bool = False) -> None:
@@ -1193,19 +1723,28 @@ class PairMetrics(_Batches):
             real: reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` with a reference given up front; a closed metric.
-            ShapeError: wrong rank, or d unlike earlier batches or the reference.
-            DtypeError: not real numbers, or float64 rows for float32 spills.
+            OptionError: ``real=True`` with a reference given up front; a closed metric;
+                rows made otherwise than the side's earlier rows (feature rows and images, or
+                images through another encoder, resize or weights).
+            ShapeError: wrong rank, no features, or d unlike earlier batches or the reference.
+            DtypeError: not real numbers (or a meta tensor), or float64 rows for float32
+                spills.
             NonFiniteError: rows with NaN or inf (pair metrics need every row).
             ZeroRowError: a row of zeros for CMMD (it scales rows to unit norm).
             NumericalError: integers beyond 2^53.
         """
-        import torch
-
         self._live()
         side, rows, what = self._rows(x, real, self.options.get("device"))
         if rows.shape[0] == 0:
             return
+        self._append(side, rows, what)
+        self._made_rows(side)
+
+    def _append(self, side: str, rows: Any, what: str) -> None:
+        """Checked rows (a tensor or an array) onto the side's spill."""
+        import torch
+
+        rows = _tensor(rows, what)
         spill = self._spills[side]
         wide = rows.dtype == torch.float64
         dtype = self.dtype or spill.dtype or np.dtype(np.float64 if wide else np.float32)
@@ -1235,59 +1774,105 @@ class PairMetrics(_Batches):
         self._live()
         self._global = None
         self._spills["gen"].clear()
+        self._made["gen"] = None
         if self.reset_real:
             self._spills["real"].clear()
-        if not self._given and self._spills["real"].n == 0:
-            self._d = None
+        if self._spills["real"].n == 0:
+            self._made["real"] = None
+            if not self._given:
+                self._d = None
 
     def merge(self, other: PairMetrics) -> PairMetrics:
         """Append another object's rows after this one's, in place (returns ``self``).
 
         Raises:
-            OptionError: ``other`` asks for other metrics or options, or has another reference.
+            OptionError: ``other`` asks for other metrics or options, has another reference
+                (compared by the digest of its values), or rows made otherwise on a side
+                (feature rows and images, or images through another encoder, resize or
+                weights); the message names what differs.
+            DtypeError: float64 rows of ``other`` for this object's float32 spills.
         """
         self._live()
-        if not isinstance(other, PairMetrics) or other._settings() != self._settings():
+        if not isinstance(other, PairMetrics):
             raise OptionError(
-                "merge() takes a pair metric with the same metrics, options and reference"
+                f"merge() takes a pair metric with the same metrics, options and reference, "
+                f"got {type(other).__name__}"
             )
         other._live()
+        labels = ("this pair metric", "the pair metric given")
+        _refuse_differences("merge()", labels, [self._identity(), other._identity()], _PAIR_FIXES)
         self.encoded |= other.encoded
         for side in _SIDES:
             for rows in other._spills[side].chunks():
-                self.update(rows, real=side == "real")
+                if self._d is not None and rows.shape[1] != self._d:
+                    raise ShapeError(
+                        f"merge(): the pair metric given has d={rows.shape[1]} features per "
+                        f"row, this one d={self._d}; compare features of one model"
+                    )
+                self._d = rows.shape[1]
+                self._append(side, rows, f"merge() ({side} rows of the pair metric given)")
+            self._made[side] = self._made[side] or other._made[side]
         return self
 
-    def _settings(self) -> tuple[Any, ...]:
-        """What processes or objects whose rows are put together must agree on."""
+    def _identity(self) -> dict[str, Any]:
+        """What processes or objects whose rows are put together must agree on: the metrics
+        and the options that change their results, the reference (its size and the digest of
+        its values) and how each side's rows were made."""
         ref = self._reference
-        return (
-            self.metrics,
-            self._params,
-            {k: self.options.get(k) for k in _RESULT_OPTIONS},
-            None if ref is None else (ref.n, ref.d, str(ref.dtype)),
-        )
+        if ref is not None and self._reference_digest is None:
+            self._reference_digest = _values_digest(ref)
+        given = {k: self.options[k] for k in _RESULT_OPTIONS if self.options.get(k) is not None}
+        return {
+            "metrics": self.metrics,
+            "options": {**self._params, **given},
+            "reference": None
+            if ref is None
+            else f"{ref.n} x {ref.d} {ref.dtype} rows of digest {self._reference_digest}",
+            "real": self._made["real"],
+            "gen": self._made["gen"],
+        }
 
-    def compute(self) -> Report:
-        """The metrics over every pair of rows (every process's after :meth:`sync`).
+    def compute(self, sync: bool = True) -> Report:
+        """The metrics over every pair of rows: every process's under ``torch.distributed``.
+
+        Under a process group of more than one rank (``process_group``, default the whole
+        job), this is a collective, as torchmetrics' ``compute`` is: **every rank of the group
+        calls it**; rank 0 gathers every rank's rows and computes, as :meth:`sync` does, and
+        every rank gets the result. When no rank has changed its rows since the last gather,
+        only a cheap agreement runs and the result kept is returned. A rank that calls it
+        alone raises at ``sync_timeout``.
+
+        Args:
+            sync: False: this rank's rows alone, without communication, on purpose; the
+                report is labelled ``local`` when in a group of more than one rank.
 
         Returns:
             The :class:`~shardeval.api.results.Report` that :func:`shardeval.kid`,
             :func:`shardeval.cmmd` and :func:`shardeval.prdc` give for these rows:
             ``results[name]`` each metric's typed result, ``float()`` the first one's headline,
             ``to_dict()`` the JSON report, with ``processes``: how many processes' rows it
-            holds.
+            holds, and ``local`` (``rank``, ``world_size``) when it holds this rank's alone.
 
         Raises:
-            OptionError: no reference.
+            OptionError: no reference; processes whose metrics differ in metrics, options,
+                reference or how their rows were made.
             ShapeError: fewer than 2 rows on a side, or k not below a set's rows.
+            EngineError: not every rank of the group called it within ``sync_timeout``.
         """
         self._live()
-        if self._global is not None:
+        g = _collective(self.process_group) if sync else None
+        if g is not None and g.meet(self._changed(g), self.sync_timeout, "compute()"):
+            self._sync(g)
+        if sync and self._global is not None:
             return self._global
         for spill in self._spills.values():
             spill.flush()
-        return self._compute({s: sp.path for s, sp in self._spills.items() if sp.n}, 1)
+        report = self._compute({s: sp.path for s, sp in self._spills.items() if sp.n}, 1)
+        return _labelled_local(report, self.process_group)
+
+    def _changed(self, g: _Group) -> bool:
+        """Whether this rank's rows differ from those of the last gather over ``g``."""
+        return self._global is None or self._synced_over != g.ranks
 
     def _compute(self, paths: dict[str, str], processes: int) -> Report:
         """The report over the spills at ``paths`` (by side; a side without rows has none)."""
@@ -1326,6 +1911,8 @@ class PairMetrics(_Batches):
     def sync(self, group: Any = None) -> None:
         """Bring every process's rows to rank 0 of ``group`` in rank order, compute there, and
         hand the result to every rank (a collective: every process of ``group`` calls it).
+        :meth:`compute` does this itself when a rank's rows changed; calling it is needed only
+        to gather at another moment.
 
         Rank 0 then holds the rows that one process fed every rank's batches (rank 0's first)
         would hold, in the same order and the same shards: the result is that process's, bit
@@ -1334,25 +1921,34 @@ class PairMetrics(_Batches):
         them once computed. Afterwards :meth:`compute` returns the result on every rank, until
         the next update, merge or reset.
 
+        Args:
+            group: a ``torch.distributed`` process group (default: this metric's
+                ``process_group``, else the whole job).
+
         Raises:
-            EngineError: ``torch.distributed`` is not initialised.
-            OptionError: the processes were made with other metrics, options or references.
+            EngineError: ``torch.distributed`` is not initialised; not every rank called it
+                within ``sync_timeout``.
+            OptionError: the processes were made with other metrics, options or references,
+                or their rows were made otherwise (the message names the ranks and what
+                differs).
             ShapeError, DtypeError: the processes' rows differ in d or dtype.
             Whatever :meth:`compute` raises on rank 0, on every rank.
         """
         self._live()
-        g = _group(group)
+        g = _group(self.process_group if group is None else group)
+        g.meet(True, self.sync_timeout, "sync()")
+        self._sync(g)
+
+    def _sync(self, g: _Group) -> None:
+        """The gather and the computation on rank 0, once every rank of ``g`` is here."""
         for spill in self._spills.values():
             spill.flush()
         held = {
             s: (sp.n, None if sp.dtype is None else sp.dtype.name) for s, sp in self._spills.items()
         }
-        shares = g.all_gather((self._settings(), self._d, held, self.encoded))
-        if any(s[0] != shares[0][0] for s in shares):
-            raise OptionError(
-                "sync(): the processes made their pair metrics with different metrics, options "
-                "or references; make them alike on every process"
-            )
+        shares = g.all_gather((self._identity(), self._d, held, self.encoded))
+        labels = [f"rank {r}" for r in range(g.size)]
+        _refuse_differences("sync()", labels, [s[0] for s in shares], _PAIR_FIXES)
         dims = sorted({s[1] for s in shares if s[1] is not None})
         if len(dims) > 1:
             raise ShapeError(f"sync(): feature dimensions differ between processes: d = {dims}")
@@ -1381,7 +1977,7 @@ class PairMetrics(_Batches):
         outcome = g.broadcast(outcome)
         if isinstance(outcome, BaseException):
             raise outcome
-        self._global = outcome
+        self._global, self._synced_over = outcome, g.ranks
 
     def _gather(self, g: _Group, side: str, sizes: list[tuple[int, str | None]], d: int) -> str:
         """Rank 0 copies its own rows of ``side``, then receives every other rank's, chunk by

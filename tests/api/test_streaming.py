@@ -505,3 +505,249 @@ def test_pair_metric_inputs_are_checked(rng, tmp_path):
         pr.update(real, real=True)
         pr.update(gen)
         assert 0 <= float(pr.compute()) <= 1  # the precision, PRDC's headline
+
+
+# ---------------------------------------------------------------------------------------------
+# a side of n <= d takes float64 products
+
+
+@pytest.mark.parametrize(("n", "d"), [(6, 512), (20, 512), (100, 256)])
+def test_fid_of_few_rows_equals_the_float64_definition(n, d):
+    """A side of n <= d rows has a singular covariance; fp32 products put their rounding into
+    its null space (FID of a set against itself came out -1.5e-5 at 6 x 2,048, -1.3e-6 at
+    100 x 256). se.fid takes float64 products there; se.FID must give what it gives. (d of
+    2,048 behaves alike, at seconds per eigenvalue problem.)"""
+    rng = np.random.default_rng(n + d)
+    x = (rng.standard_normal((n, d)) + 0.5).astype(np.float32)
+    fid = se.FID()
+    fid.update(x, real=True)
+    fid.update(x)
+    scale = 2 * np.trace(np_stats(x)[1])  # tr Σr + tr Σg, which FID = 0 cancels
+    for value in (float(fid.compute()), float(se.fid(x, x))):
+        assert abs(value) <= 1e-12 * scale
+    # Two sets, the rows in batches of any size: the float64 definition on the same rows.
+    y = (1.3 * rng.standard_normal((n, d)) + 0.7).astype(np.float32)
+    fid = se.FID()
+    for batch in _batches(x, [1, n // 3]):
+        fid.update(batch, real=True)
+    for batch in _batches(y, [n // 2]):
+        fid.update(torch.from_numpy(batch))
+    got, once = float(fid.compute()), float(se.fid(x, y))
+    # Singular covariances leave terms of sqrt(float64 rounding) ~ 1e-8 in any float64
+    # method: the definition agrees to that, se.fid on the same rows to rounding.
+    want = exact_fid(*np_stats(x), *np_stats(y))
+    assert _rel(got, want) < 1e-7
+    assert _rel(got, once) < 1e-12
+    assert not any("fp32 products" in w for w in fid.compute().to_dict()["warnings"])
+
+
+def test_rows_beyond_d_go_back_to_the_requested_products(monkeypatch):
+    """Rows reduced while the side's count is <= d take float64 products, later ones the
+    precision asked for: the kernel sees float64 exactly for the first."""
+    import shardeval.kernels
+
+    seen = []
+    kernel = shardeval.kernels.shard_moments
+
+    def spy(rows, **options):
+        seen.append((len(rows), rows.dtype))
+        return kernel(rows, **options)
+
+    monkeypatch.setattr(shardeval.kernels, "shard_moments", spy)
+    monkeypatch.setattr(streaming, "BUFFER_BYTES", 4 * 8 * 4)  # 4 float32 rows at d = 8
+    rows = np.random.default_rng(1).standard_normal((30, 8)).astype(np.float32)
+    fid = se.FID()
+    for batch in _batches(rows, [3, 3, 2, 10]):
+        fid.update(batch)
+    fid.state_dict()
+    # Counts after each reduction: 3, 6, 8 (<= d: float64), then 18, 30 (> d: float32).
+    assert [n for n, _ in seen] == [3, 3, 2, 10, 12]
+    assert [dtype for _, dtype in seen] == [torch.float64] * 3 + [torch.float32] * 2
+    np.testing.assert_allclose(
+        fid.state_dict()["gen.m2"].numpy(), np_stats(rows)[1] * 29, rtol=1e-5, atol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# what merges: the same settings, reference and feature provenance
+
+
+def test_pair_metrics_with_different_references_of_one_shape_do_not_merge(rng, tmp_path):
+    """KID(reference=a).merge(KID(reference=a + 5)) gave 0.29, where the second alone is
+    17,820: only (n, d, dtype) were compared. The references' values are."""
+    real, gen = _sets(rng, d=8, n_real=60, n_gen=50)
+    for cls, options in ((se.KID, {}), (se.CMMD, {}), (se.PRDC, {"k": 3})):
+        with cls(real, **options) as a, cls(real + 5, **options) as b:
+            a.update(gen)
+            b.update(gen)
+            with pytest.raises(OptionError, match="reference"):
+                a.merge(b)
+    pair_a, pair_b = se.PairMetrics(reference=real, k=3), se.PairMetrics(reference=-real, k=3)
+    with pytest.raises(OptionError, match="reference"):
+        pair_a.merge(pair_b)
+    # The same values, as an array and as a store: the same reference.
+    store = write_zarr(tmp_path / "ref.zarr", real, chunk_rows=7)
+    with se.KID(real) as a, se.KID(store) as b:
+        a.update(gen[:20])
+        b.update(gen[20:])
+        assert float(a.merge(b).compute()) == float(se.kid(real, gen))
+
+
+def test_metrics_of_other_settings_or_provenance_do_not_merge(rng):
+    real, gen = _sets(rng, d=8, n_real=60, n_gen=50)
+    fp64, fp32 = se.FID(precision="fp64"), se.FID(precision="fp32")
+    for fid in (fp64, fp32):
+        fid.update(real, real=True)
+        fid.update(gen)
+    with pytest.raises(OptionError, match="precision"):
+        fp64.merge(fp32)
+    with pytest.raises(OptionError, match="nonfinite"):
+        se.FID(nonfinite="drop").merge(se.FID())
+    # Equal settings merge; device and backend say where rows are reduced, not what.
+    se.FID(backend="torch").merge(se.FID())
+
+
+def test_image_rows_of_other_resizes_or_raw_features_do_not_merge(weights, cheap_network, rng):
+    """FIDs of the same images with other resizes merged into FID 76.6 and KID -4,655."""
+    pixels = torch.from_numpy(rng.integers(0, 256, (4, 3, 37, 45), dtype=np.uint8))
+    rows = rng.standard_normal((4, 2048)).astype(np.float32)
+    for cls in (se.FID, se.KID):
+        legacy, clean = cls(weights=weights), cls(weights=weights, resize="clean")
+        legacy.update(pixels)
+        clean.update(pixels)
+        with pytest.raises(OptionError, match=r"resize=legacy-pytorch.*resize=clean"):
+            legacy.merge(clean)
+        raw = cls()
+        raw.update(rows)
+        with pytest.raises(OptionError, match="feature rows"):
+            raw.merge(legacy)
+        with pytest.raises(OptionError, match="feature rows"):
+            legacy.update(rows)
+        again = cls(weights=weights)
+        again.update(pixels)
+        legacy.merge(again)  # the same encoder, resize and weights
+        # The real side holds features, the generated side images: each side is checked alone.
+        raw.update(rows, real=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# one-line errors instead of tracebacks
+
+
+def test_inputs_that_tracebacked_are_specific_errors(tmp_path, monkeypatch):
+    for metric in (se.FID(), se.KID()):
+        with pytest.raises(DtypeError, match="meta tensor"):
+            metric.update(torch.empty((4, 8), device="meta"))
+        for empty in (np.empty((0, 0)), np.empty((5, 0))):
+            with pytest.raises(ShapeError, match="0 features per row"):
+                metric.update(empty)
+    a_file = tmp_path / "a file"
+    a_file.write_text("not a folder")
+    with pytest.raises(OptionError, match="work_dir"):
+        se.KID(work_dir=a_file)
+    with pytest.raises(OptionError, match="work_dir"):
+        se.KID(work_dir=a_file / "below")
+    assert a_file.read_text() == "not a folder"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter the tests use
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="no CUDA GPU"):
+            se.FID(device="cuda")
+        with pytest.raises(EngineError, match="no CUDA GPU"):
+            se.KID(device="cuda")
+        with pytest.raises(EngineError, match="backend='triton'"):
+            se.FID(backend="triton")
+        with pytest.raises(EngineError, match="backend='triton'"):
+            se.KID(backend="triton")
+    with pytest.raises(EngineError, match="backend='triton'"):
+        se.FID(device="cpu", backend="triton")
+    # The device is the first batch's: a CPU batch with Triton kernels is refused there.
+    if torch.cuda.is_available():
+        with pytest.raises(EngineError, match="backend='triton'"):
+            se.FID(backend="triton").update(torch.zeros((2, 8)))
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints, copies and pickles
+
+
+def test_state_dict_counts_are_bounded_like_statistics_files(rng):
+    real, _ = _sets(rng)
+    fid = se.FID()
+    fid.update(real, real=True)
+    state = fid.state_dict()
+    for key in ("real.n", "gen.batches"):
+        with pytest.raises(StatsFormatError, match=rf"'{key}' is {2**60}.*2\^53"):
+            se.FID().load_state_dict({**state, key: 2**60})
+    gaussian = se.FID(Gaussian(real.mean(0), np.cov(real, rowvar=False), 700)).state_dict()
+    with pytest.raises(StatsFormatError, match="2\\^53"):
+        se.FID().load_state_dict({**gaussian, "reference.n": 2**53 + 1})
+    # A state dict of the first layout (no settings, no provenance) is read as before.
+    old = {k: v for k, v in state.items() if not k.startswith("settings") and "made" not in k}
+    again = se.FID()
+    again.load_state_dict(old)
+    assert again.state_dict()["real.n"] == len(real)
+
+
+def test_a_state_dict_of_other_settings_is_refused(rng):
+    real, _ = _sets(rng)
+    fid = se.FID(precision="fp64")
+    fid.update(real, real=True)
+    with pytest.raises(StatsFormatError, match="precision"):
+        se.FID().load_state_dict(fid.state_dict())
+    se.FID(precision="fp64").load_state_dict(fid.state_dict())
+
+
+def test_copies_and_pickles_carry_their_rows(rng, tmp_path, small_spills):
+    import copy
+    import pickle
+
+    real, gen = _sets(rng, d=8, n_real=60, n_gen=50)
+    want = float(se.kid(real, gen))
+    for make in (lambda m: copy.deepcopy(m), lambda m: pickle.loads(pickle.dumps(m))):
+        kid = se.KID(work_dir=tmp_path)
+        _feed(kid, real, gen)
+        twin = make(kid)
+        assert twin.folder != kid.folder
+        assert os.path.dirname(twin.folder) == str(tmp_path)
+        kid.close()  # the copy has rows of its own
+        assert float(twin.compute()) == want
+        twin.update(gen)  # and goes on alone
+        assert twin.compute()["kid"].n_gen == 2 * len(gen)
+        twin.close()
+        fid = se.FID()
+        fid.update(real, real=True)
+        fid.update(gen[:7])
+        fid_twin = make(fid)
+        fid.update(gen[7:])
+        fid_twin.update(gen[7:])
+        assert float(fid_twin.compute()) == float(fid.compute())
+    with se.KID(real) as given:  # a reference given up front travels too
+        given.update(gen)
+        assert float(pickle.loads(pickle.dumps(given)).compute()) == want
+
+
+# ---------------------------------------------------------------------------------------------
+# the merge of synced states
+
+
+def test_fold_counts_a_share_of_one_row_and_skips_one_of_none():
+    """sync() folds every rank's moments in rank order: a rank of one row counts (n = 101, not
+    100), one without rows adds nothing, whatever d it knows."""
+    rng = np.random.default_rng(11)
+    rows = rng.standard_normal((101, 4)) * [1.0, 2.0, 0.5, 3.0] + 10.0
+    parts = [rows[:1], rows[1:1], rows[1:60], rows[60:100], rows[100:]]
+
+    def share(part):
+        running = streaming._RunningMoments()
+        running.push(torch.from_numpy(part))
+        d = 4 if len(part) else None
+        return streaming._FIDShare(
+            running.rows(4), running.rows(4), d, None, ("fp32", "error"), (None, None)
+        )
+
+    folded = streaming._fold([share(p) for p in parts], "sync()")
+    mean, cov = np_stats(rows)
+    for side in (folded.real, folded.gen):
+        assert side.moments.n == 101
+        np.testing.assert_allclose(side.moments.mean, mean, rtol=1e-13)
+        np.testing.assert_allclose(side.moments.m2, cov * 100, rtol=1e-12)

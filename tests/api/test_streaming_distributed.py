@@ -1,11 +1,15 @@
 """Training-loop metrics under ``torch.distributed`` (gloo on CPU), 2 and 3 processes.
 
-Every rank feeds its own batches (unequal counts; a rank without real rows, one without
-generated rows, one without any row), then syncs. On every rank FID must hold the same bits, and
-equal one process fed every rank's batches in rank order: to 1e-9 relative with float64
-products (in fact ~1e-15), to 1e-6 with fp32 products, whose rounding depends on which rows
-reach the kernel together; the pair metrics must equal that one process bit for bit. The
-ranks are forked from a server that has imported torch and shardeval once (forkserver with
+Every rank feeds its own batches (unequal counts; a rank of exactly one real or generated row,
+a rank without real rows, one without generated rows, one without any row), then syncs. On
+every rank FID must hold the same bits, and equal one process fed every rank's batches in rank
+order: to 1e-9 relative with float64 products (in fact ~1e-15), to 1e-6 with fp32 products,
+whose rounding depends on which rows reach the kernel together; the pair metrics must equal
+that one process bit for bit. ``compute()`` without ``sync()`` is the same collective: every
+rank gets the value over every rank's rows, never its own by accident (``compute(sync=False)``
+gives that, labelled local); ranks with other references or settings are refused on every
+rank; a rank that calls ``compute()`` alone gets an error at its deadline, and the job goes on.
+The ranks are forked from a server that has imported torch and shardeval once (forkserver with
 preloaded modules), so that five processes do not each pay the imports; each process has a
 deadline, so a hang fails the test instead of stalling the suite.
 """
@@ -21,19 +25,23 @@ import pytest
 
 import shardeval as se
 import shardeval.api.streaming as streaming
+from tests.reference import exact_fid, np_stats
 
 D = 8
 #: Per world size, per rank: (real rows, generated rows), fed in batches of BATCH.
 SPLITS = {
-    2: [(200, 40), (0, 160)],
-    3: [(90, 0), (0, 0), (110, 200)],
+    2: [(199, 40), (1, 160)],
+    3: [(90, 1), (0, 0), (110, 199)],
 }
 BATCH = 37
 #: Blocks and shards of 48 rows, over the rows of several ranks.
 PAIR_OPTIONS = {"k": 3, "pr_k": 2, "shard_rows": 48, "scheduler": "sync"}
+KID_OPTIONS = {"shard_rows": 48, "scheduler": "sync"}
+#: The deadline of the rank that calls compute() alone.
+ALONE_SECONDS = 2
 #: Spill chunks of 16 rows (at d = 8, float32): rows travel to rank 0 in several messages.
 SPILL_CHUNK_BYTES = 16 * D * 4
-DEADLINE_SECONDS = 80
+DEADLINE_SECONDS = 120
 PRELOAD = [
     "torch",
     "torch.distributed",
@@ -73,6 +81,14 @@ def _feed(metric, real, gen):
         metric.update(gen[lo : lo + BATCH])
 
 
+def _outcome(call):
+    """What ``call()`` returned, or the type and message of what it raised."""
+    try:
+        return call()
+    except Exception as exc:  # the test reads which error it was
+        return (type(exc).__name__, str(exc))
+
+
 def worker(rank, world, init_file, out_dir):
     """One rank of the job."""
     import torch.distributed as dist
@@ -100,6 +116,36 @@ def worker(rank, world, init_file, out_dir):
         pairs.sync()
         out["pairs"] = pairs.compute()
         out["folder_after_sync"] = sorted(os.listdir(pairs.folder))
+
+    # compute() without sync(): the same collective.
+    for precision in ("fp64", "fp32"):
+        fid = se.FID(precision=precision)
+        _feed(fid, real, gen)
+        out[f"{precision} compute"] = fid.compute()
+        out[f"{precision} local"] = _outcome(lambda fid=fid: fid.compute(sync=False))
+    with se.KID(**KID_OPTIONS) as kid:
+        _feed(kid, real, gen)
+        out["kid compute"] = kid.compute()
+        out["kid again"] = kid.compute()  # every rank unchanged: the result kept
+        out["kid local"] = _outcome(lambda: kid.compute(sync=False))
+
+    # What must not merge: other references of one shape, other settings.
+    reference = _data()[0][:50]
+    with se.KID(reference + rank, **KID_OPTIONS) as kid:
+        kid.update(_data()[1][:20])
+        out["other references"] = _outcome(kid.compute)
+    fid = se.FID(precision="fp64" if rank == world - 1 else "fp32")
+    _feed(fid, real, gen)
+    out["other settings"] = _outcome(fid.compute)
+
+    # A rank that calls compute() alone: an error at its deadline; the job goes on.
+    fid = se.FID(sync_timeout=ALONE_SECONDS)
+    _feed(fid, real, gen)
+    if rank == world - 1:
+        out["alone"] = _outcome(fid.compute)
+    dist.barrier()
+    out["after alone"] = fid.compute()
+
     dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
         pickle.dump(out, fh)
@@ -148,18 +194,18 @@ def _single_process(world, monkeypatch):
     """One process fed every rank's batches, in rank order."""
     monkeypatch.setattr(streaming, "SPILL_CHUNK_BYTES", SPILL_CHUNK_BYTES)
     fids = {precision: se.FID(precision=precision) for precision in ("fp64", "fp32")}
-    with se.PairMetrics(**PAIR_OPTIONS) as pairs:
+    with se.PairMetrics(**PAIR_OPTIONS) as pairs, se.KID(**KID_OPTIONS) as kid:
         for rank in range(world):
-            for metric in (*fids.values(), pairs):
+            for metric in (*fids.values(), pairs, kid):
                 _feed(metric, *_rank_rows(world, rank))
-        return {p: fid.compute() for p, fid in fids.items()}, pairs.compute()
+        return {p: fid.compute() for p, fid in fids.items()}, pairs.compute(), kid.compute()
 
 
 @pytest.mark.timeout(2 * DEADLINE_SECONDS)
 @pytest.mark.parametrize("world", [2, 3])
 def test_sync_equals_one_process_over_the_concatenation(world, jobs, monkeypatch):
     results = jobs(world)
-    fids, pairs = _single_process(world, monkeypatch)
+    fids, pairs, _ = _single_process(world, monkeypatch)
     for precision, tolerance in (("fp64", 1e-9), ("fp32", 1e-6)):
         first, one = results[0][precision], fids[precision]
         assert first.to_dict()["processes"] == world
@@ -175,3 +221,78 @@ def test_sync_equals_one_process_over_the_concatenation(world, jobs, monkeypatch
             assert got[name] == pairs[name], name  # bit for bit
         # Rank 0 removed the rows it received once it had computed: only each rank's own.
         assert set(out["folder_after_sync"]) <= {"gen.zarr", "real.zarr"}
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_compute_without_sync_is_the_global_value_on_every_rank(world, jobs, monkeypatch):
+    """compute() before sync() returned each rank's own FID (1.3838 on rank 0, 1.3738 on rank
+    1, for the same global data). It is a collective now: the value of one process over the
+    concatenated rows, on every rank."""
+    results = jobs(world)
+    fids, _, kid = _single_process(world, monkeypatch)
+    real, gen = (
+        np.concatenate(rows)
+        for rows in zip(*(_rank_rows(world, r) for r in range(world)), strict=True)
+    )
+    for precision, tolerance in (("fp64", 1e-9), ("fp32", 1e-6)):
+        exact = exact_fid(*np_stats(real), *np_stats(gen))
+        for rank, out in enumerate(results):
+            got = out[f"{precision} compute"]
+            assert got.to_dict()["processes"] == world
+            assert (got.to_dict()["n_real"], got.to_dict()["n_gen"]) == (200, 200)
+            assert "local" not in got.to_dict()
+            assert got["fid"] == results[0][f"{precision} compute"]["fid"]  # the same bits
+            assert abs(float(got) - float(fids[precision])) <= tolerance * float(fids[precision])
+            assert abs(float(got) - exact) <= tolerance * exact
+            # compute(sync=False): this rank's rows alone, and the report says so.
+            local = out[f"{precision} local"]
+            n_real, n_gen = SPLITS[world][rank]
+            if min(n_real, n_gen) < 2:  # too few rows here alone: an error, not a number
+                assert local[0] in ("ShapeError", "OptionError"), local
+                continue
+            assert local.to_dict()["local"] == {"rank": rank, "world_size": world}
+            assert local.to_dict()["processes"] == 1
+            assert (local.to_dict()["n_real"], local.to_dict()["n_gen"]) == (n_real, n_gen)
+            assert "local" in local.summary().splitlines()[0].lower()
+    for out in results:
+        for key in ("kid compute", "kid again"):
+            assert out[key]["kid"] == kid["kid"], key  # bit for bit
+            assert out[key].to_dict()["processes"] == world
+            assert "local" not in out[key].to_dict()
+    # A rank of fewer than 2 rows on a side cannot compute KID alone; the others are
+    # labelled local.
+    for rank, out in enumerate(results):
+        local = out["kid local"]
+        if min(SPLITS[world][rank]) < 2:
+            assert local[0] in ("ShapeError", "OptionError"), local
+        else:
+            assert local.to_dict()["local"] == {"rank": rank, "world_size": world}
+            assert local.to_dict()["processes"] == 1
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_other_references_and_settings_are_refused_on_every_rank(world, jobs):
+    """Under 3 ranks each se.KID(reference=A + rank) gave KID against rank 0's reference on
+    every rank: only the references' shapes were compared."""
+    for out in jobs(world):
+        kind, message = out["other references"]
+        assert (kind, "reference" in message) == ("OptionError", True), message
+        kind, message = out["other settings"]
+        assert (kind, "precision" in message) == ("OptionError", True), message
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_rank_that_computes_alone_fails_at_its_deadline(world, jobs):
+    results = jobs(world)
+    kind, message = results[-1]["alone"]
+    assert kind == "EngineError", message
+    assert "\n" not in message
+    for words in ("sync", "every rank", f"{ALONE_SECONDS:g} s", "sync=False"):
+        assert words in message, message
+    # The job goes on: the next compute() on every rank is the global value.
+    for out in results:
+        assert out["after alone"]["fid"] == results[0]["after alone"]["fid"]
+        assert out["after alone"].to_dict()["processes"] == world
