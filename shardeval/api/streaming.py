@@ -331,7 +331,7 @@ class _Batches:
         if not images:
             return FEATURE_ROWS
         plan = self._plan
-        return f"images: encoder={plan.encoder} resize={plan.resize} weights sha256 {plan.digest}"
+        return f"images: encoder={plan.encoder} resize={plan.resize} weights={plan.digest}"
 
     def _made_rows(self, side: str) -> None:
         """The side now holds rows of the batch just checked by :meth:`_rows`."""

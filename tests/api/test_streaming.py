@@ -3,9 +3,11 @@
 FID: equal to ``se.fid`` on the concatenated rows and to the float64 definition, whatever the
 batches, their order and the merges (hypothesis); its running state follows the registered
 ``Moments.merge``; every form of reference; state dicts that resume and are checked; reset;
-errors that name the batch. Pair metrics: the same bits as ``se.kid``/``se.cmmd``/``se.prdc`` on
-the concatenated rows, and a float64 brute force of the definitions; merges, references, work
-folders, errors. Image batches go through the (random-weights) Inception.
+errors that name the batch; sides of no more rows than features against the float64
+definition. Pair metrics: the same bits as ``se.kid``/``se.cmmd``/``se.prdc`` on the concatenated
+rows, and a float64 brute force of the definitions; merges, references, work folders, errors,
+copies and pickles. Merges refused across references (by their values), settings and how the
+rows were made. Image batches go through the (random-weights) Inception.
 """
 
 import functools
