@@ -516,8 +516,8 @@ def test_pair_metric_inputs_are_checked(rng, tmp_path):
 @pytest.mark.parametrize(("n", "d"), [(6, 512), (20, 512), (100, 256)])
 def test_fid_of_few_rows_equals_the_float64_definition(n, d):
     """A side of n <= d rows has a singular covariance; fp32 products put their rounding into
-    its null space (FID of a set against itself came out -1.5e-5 at 6 x 2,048, -1.3e-6 at
-    100 x 256). se.fid takes float64 products there; se.FID must give what it gives. (d of
+    its null space (with them, these sets against themselves gave FID -2.1e-4, -1.8e-4 and
+    -3.6e-5). se.fid takes float64 products there; se.FID must give what it gives. (d of
     2,048 behaves alike, at seconds per eigenvalue problem.)"""
     rng = np.random.default_rng(n + d)
     x = (rng.standard_normal((n, d)) + 0.5).astype(np.float32)
@@ -628,8 +628,8 @@ def test_image_rows_of_other_resizes_or_raw_features_do_not_merge(weights, cheap
         again = cls(weights=weights)
         again.update(pixels)
         legacy.merge(again)  # the same encoder, resize and weights
-        # The real side holds features, the generated side images: each side is checked alone.
-        raw.update(rows, real=True)
+        # Real rows as features beside generated images: each side is checked alone.
+        legacy.update(rows, real=True)
 
 
 # ---------------------------------------------------------------------------------------------
