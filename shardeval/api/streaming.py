@@ -446,6 +446,9 @@ class _Group:
         ``monitored_barrier`` is gloo's alone; a collective's own timeout is the process
         group's, fixed at init (30 minutes for gloo; NCCL's watchdog then aborts the process
         rather than raising), and a collective that one rank never joins cannot be withdrawn.
+        The store is reached through ``torch.distributed``'s private ``_get_default_store``
+        (what its own ``monitored_barrier`` reads); a torch without it gathers every time,
+        under the process group's timeout alone.
         Meetings are counted per group, so ranks must call collective computes and syncs in
         the same order (as every ``torch.distributed`` collective). A rank that gives up leaves
         the meeting; one that arrives in the very instant another gives up can still go on into
@@ -458,7 +461,10 @@ class _Group:
 
         from torch.distributed import distributed_c10d
 
-        store = distributed_c10d._get_default_store()
+        default_store = getattr(distributed_c10d, "_get_default_store", None)
+        if default_store is None:  # a torch without it: the process group's timeout alone
+            return True
+        store = default_store()
         done = _MEETINGS.get(self.ranks, 0)
         prefix = f"shardeval/{'.'.join(map(str, self.ranks))}/"
         key = f"{prefix}{done}/"
