@@ -447,8 +447,8 @@ class _Group:
         group's, fixed at init (30 minutes for gloo; NCCL's watchdog then aborts the process
         rather than raising), and a collective that one rank never joins cannot be withdrawn.
         The store is reached through ``torch.distributed``'s private ``_get_default_store``
-        (what its own ``monitored_barrier`` reads); a torch without it gathers every time,
-        under the process group's timeout alone.
+        (the store ``init_process_group`` made; torch has no public accessor); a torch
+        without it gathers every time, under the process group's timeout alone.
         Meetings are counted per group, so ranks must call collective computes and syncs in
         the same order (as every ``torch.distributed`` collective). A rank that gives up leaves
         the meeting; one that arrives in the very instant another gives up can still go on into
