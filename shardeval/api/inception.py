@@ -15,7 +15,7 @@ from shardeval.api.functions import (
     image_flags,
     with_features,
 )
-from shardeval.api.inputs import features
+from shardeval.api.inputs import features, is_path
 from shardeval.api.results import Report
 from shardeval.pipeline.errors import OptionError
 
@@ -70,16 +70,19 @@ def inception_score(
     deviation (ddof 0); papers report it with 10 splits.
 
     Args:
-        logits: (N, C) logits (a store path, an array, a tensor…; see
-            :mod:`shardeval.api.inputs`), an extraction store of the Inception (its
-            ``logits`` array, pool3 · Wᵀ without the bias, as torch-fidelity's
+        logits: (N, C) logits: an array or tensor in memory (see
+            :mod:`shardeval.api.inputs`), a store whose array says it holds logits (named
+            ``logits``: a group's or ``.npz``'s variable, a file ``logits.npy``; or a
+            ``class`` dimension; or named by ``array``), an extraction store of the Inception
+            (its ``logits`` array, pool3 · Wᵀ without the bias, as torch-fidelity's
             ``logits_unbiased``), or images (extracted with the Inception into the feature
-            cache, logits included).
+            cache, logits included). A −inf logit is a class of probability 0.
         splits: S > 0: also the peers' protocol with S splits (default 0: not computed).
         seed: seed of the split order (default 2020, torch-fidelity's; with ``splits`` only).
         encoder, resize, weights, batch_size, cache_root: how image inputs become logits, as
             for :func:`shardeval.extract` (the encoder must be ``inception``).
-        shard_rows, array, split_every: how the logits are read and reduced.
+        shard_rows, array, split_every: how the logits are read and reduced (``array`` on
+            an extraction store: only ``'logits'``).
         scheduler, cluster, threads, performance_report, progress, log: the engine (see
             :mod:`shardeval.api.functions`).
 
@@ -89,8 +92,10 @@ def inception_score(
         :class:`~shardeval.pipeline.inception_score.score.InceptionScoreResult`.
 
     Raises:
-        ShapeError, NonFiniteError, StoreError: logits that are not (N, C) with C ≥ 2, hold
-            NaN/inf, or are features; OptionError, MetricOptionError: options that do not fit.
+        ShapeError, NonFiniteError: logits that are not (N, C) with C ≥ 2, or rows with NaN,
+            +inf or only −inf; NotLogitsError (a StoreError): features, probabilities (give
+            their log), a store nothing says holds logits; OptionError, MetricOptionError:
+            options that do not fit.
 
     Example:
         >>> import numpy as np, shardeval as se
@@ -114,7 +119,12 @@ def inception_score(
         )
     with _noted() as notes, _running(options) as run:
         (logits,) = with_features(run, [logits], [images])
-        source = logits_of(features(logits, array=array, shard_rows=shard_rows), shard_rows)
+        # «array», or an array passed in memory as ``logits``, names the logits; a store's
+        # layout or names must say so otherwise.
+        named = array is not None or not is_path(logits)
+        source = logits_of(
+            features(logits, array=array, shard_rows=shard_rows), shard_rows, named=named
+        )
         result = score(
             source,
             splits=declared["splits"],

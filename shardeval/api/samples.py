@@ -28,6 +28,9 @@ from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 #: The settings a pair metric's report records.
 _PAIR_SETTINGS = ("shard_rows", "array", "split_every", "device", "backend", "precision")
 
+#: The run options a metric may take or not (:attr:`Metric.run_options`).
+_RUN_OPTIONS = ("device", "backend", "precision")
+
 #: The options of each pair metric (its declaration's), refused when it is not asked for.
 _OWNED = {
     "kid": ("subsets", "subset_size", "seed"),
@@ -383,10 +386,19 @@ def metrics(
         if not owners:
             raise OptionError(f"no metric takes «{option}»")
         raise OptionError(f"«{option}» applies to {', '.join(owners)}, which is not asked for")
+    asked = f"the metrics asked ({', '.join(wanted)})"
+    untaken = [o for o in _RUN_OPTIONS if all(o not in METRICS[m].run_options for m in wanted)]
+    refuse(given, untaken, f"do not apply to {asked}")
     pair = [m for m in wanted if METRICS[m].needs_reference_features]
     if pair and nonfinite == "drop":
         raise OptionError(
             f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which need every row"
+        )
+    if nonfinite == "drop" and all("nonfinite" not in declared[m] for m in wanted):
+        one = len(wanted) == 1
+        raise OptionError(
+            f"«nonfinite='drop'» cannot apply to {', '.join(wanted)}, which "
+            f"take{'s' if one else ''} every row"
         )
     if set(wanted) <= {"kid", "cmmd"}:
         _refuse_fp32_sums(precision)
@@ -438,7 +450,11 @@ def metrics(
             else features(real, array=array, shard_rows=shard_rows)
         )
         b = features(gen, array=array, shard_rows=shard_rows)
-        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian)
+        # The array named names what the metrics read, when they all read one kind of input
+        # (the Inception Score's logits, or features); else it is the features'.
+        one_kind = len({METRICS[m].reads for m in wanted}) == 1
+        named = (array is not None or not is_path(gen)) if one_kind else None
+        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named)
 
 
 def _by_plug_ins(
@@ -448,6 +464,7 @@ def _by_plug_ins(
     gen: Any,
     notes: Notes,
     gaussian: Any = None,
+    named: bool | None = None,
 ) -> Report:
     """``instances`` computed for ``gen`` against ``real`` (features, or statistics when no
     instance needs the reference's rows) through the plug-in interface; ``gaussian``, when
@@ -473,12 +490,6 @@ def _by_plug_ins(
         source, location, n, described = real, real.location, real.n, real.describe()
         if gaussian is not None:
             described = {**described, "statistics": gaussian.source}
-    if gaussian is None and any(
-        m.needs_reference and not m.needs_reference_features for m in instances
-    ):
-        ((moments, dropped),) = _moments(run, [real])
-        gaussian = Gaussian.from_moments(moments, real.location)
-        extra["nonfinite_dropped"] = {"real": dropped}
     requests: dict[str, Any] = {}
     for m in instances:
         requests.update(m.sample_request())
@@ -492,12 +503,27 @@ def _by_plug_ins(
         precision=o.get("precision") or "fp32",
         split_every=o.get("split_every"),
         block_rows=o.get("shard_rows"),
+        named=named,
     )
+    for m in instances:  # before any pass: the reference's moments are one
+        m.check(gen, context)
+    if gaussian is None and any(
+        m.needs_reference and not m.needs_reference_features for m in instances
+    ):
+        ((moments, dropped),) = _moments(run, [real])
+        gaussian = Gaussian.from_moments(moments, real.location)
+        extra["nonfinite_dropped"] = {"real": dropped}
+        context.reference = Reference(gaussian, "", location, source)
     results = {m.name: m.check_outputs(m.compute(gen, context)) for m in instances}
     data: dict[str, Any] = {"metric": ",".join(results), **results, **extra}
     data["options"] = {m.name: m.options for m in instances}
     data["inputs"] = {"real": described, "gen": gen.describe()}
-    data["settings"] = run.settings((*_PAIR_SETTINGS, "nonfinite"))
+    # The kernels' and products' settings where a metric asked takes them; every metric
+    # reads rows (shard_rows, array, split_every) and refuses non-finite ones or drops them.
+    taken = {o for m in instances for o in m.run_options}
+    data["settings"] = run.settings(
+        [s for s in (*_PAIR_SETTINGS, "nonfinite") if s not in _RUN_OPTIONS or s in taken]
+    )
     data.update(run.tail(notes))
     lines = [_plug_in_line(m, results[m.name]) for m in instances]
     lines.append(

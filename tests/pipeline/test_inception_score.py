@@ -17,9 +17,9 @@ from shardeval.api.inputs import features
 from shardeval.pipeline.core.engine import Engine
 from shardeval.pipeline.core.states import registered_states
 from shardeval.pipeline.errors import NonFiniteError, OptionError, ShapeError, StoreError
-from shardeval.pipeline.inception_score.logits import logits_of
+from shardeval.pipeline.inception_score.logits import NotLogitsError, logits_of
 from shardeval.pipeline.inception_score.score import (
-    ClassSums,
+    ClassMeans,
     inception_score,
     kl_moments,
     log_softmax,
@@ -60,7 +60,7 @@ def _logits(rng, n, c, scale=3.0):
 
 
 def test_the_state_is_registered_so_the_law_test_covers_it():
-    assert ClassSums in registered_states()
+    assert ClassMeans in registered_states()
 
 
 @pytest.mark.parametrize(
@@ -84,8 +84,11 @@ def test_split_protocol_equals_torch_fidelity(rng, n, c, splits, seed, shard_row
     assert sorted(set(r.split_rows)) == sorted(
         {(i + 1) * n // splits - i * n // splits for i in range(splits)}
     )
-    # The score over all samples is torch-fidelity's with one split and no shuffle.
+    # The score over all samples is torch-fidelity's with one split and no shuffle, and the
+    # same to the last bit without splits (its means are kept apart from the splits').
     assert r.inception_score == pytest.approx(torch_fidelity_isc(x, 1, shuffle=False)[0], rel=RTOL)
+    alone = inception_score(features(x, shard_rows=shard_rows))
+    assert (alone.inception_score, alone.standard_error) == (r.inception_score, r.standard_error)
 
 
 def test_split_labels_follow_torch_fidelitys_order():
@@ -100,12 +103,14 @@ def test_split_labels_follow_torch_fidelitys_order():
 @pytest.mark.parametrize("c", [2, 10, 1008])
 def test_closed_forms(c):
     n = max(200, 4 * c)
-    # Every row the same distribution (here uniform): p(y|x) = p(y), KL 0, IS 1.
-    for constant in (np.zeros((n, c)), np.full((n, c), 7.5), np.tile(np.arange(c), (n, 1))):
+    # Every row the same distribution: p(y|x) = p(y), KL 0, IS 1 exactly. (Rows 0, 1, …, C − 1
+    # are shifted: [0, 1] is a probability vector, refused as not logits.)
+    row = np.arange(c) - 0.5
+    for constant in (np.zeros((n, c)), np.full((n, c), 7.5), np.tile(row, (n, 1))):
         r = inception_score(features(constant), splits=4)
-        assert r.inception_score == pytest.approx(1.0, abs=1e-12)
+        assert r.inception_score == 1.0
         assert r.standard_error == pytest.approx(0.0, abs=1e-12)
-        np.testing.assert_allclose(r.split_scores, 1.0, atol=1e-12)
+        assert r.split_scores == (1.0,) * 4
     # One-hot rows, every class equally often: p(y|x) a point mass, p(y) uniform, IS = C. At a
     # magnitude of 1000 the other classes' probabilities are exactly 0 in float64 (0 log 0 = 0:
     # torch-fidelity's q.log() gives NaN there).
@@ -141,23 +146,32 @@ def test_softmax_by_log_sum_exp_keeps_extreme_logits_finite(rng):
     c=st.integers(2, 9),
     splits=st.integers(1, 6),
 )
-def test_sums_merged_over_any_partition_equal_one_block(data, n, c, splits):
+def test_means_merged_over_any_partition_equal_one_block(data, n, c, splits):
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = rng.standard_normal((n, c)) * data.draw(st.sampled_from([0.1, 3.0, 40.0]))
     labels = rng.integers(0, splits, n)
-    whole = ClassSums.from_logits(x, 0, labels, splits)
+    whole = ClassMeans.from_logits(x, 0, labels, splits)
     cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=min(8, n - 1))))
     bounds = [0, *cuts, n]
     parts = [
-        ClassSums.from_logits(x[a:b], a, labels[a:b], splits) for a, b in itertools.pairwise(bounds)
+        ClassMeans.from_logits(x[a:b], a, labels[a:b], splits)
+        for a, b in itertools.pairwise(bounds)
     ]
     order = data.draw(st.permutations(range(len(parts))))
-    merged = ClassSums.empty(splits, c)
+    merged = ClassMeans.empty(splits, c)
     for i in order:
         merged = merged.merge(parts[i])
     np.testing.assert_array_equal(merged.n, whole.n)
-    np.testing.assert_allclose(merged.p, whole.p, rtol=1e-12, atol=1e-12 * n)
-    np.testing.assert_allclose(merged.plogp, whole.plogp, rtol=1e-12, atol=1e-12 * n)
+    # The means by definition (float64 numpy over all rows, then each split's rows).
+    p = np.exp(log_softmax(x))
+    groups = [np.ones(n, bool)] + [labels == s for s in range(splits)]
+    for row, rows in enumerate(groups):
+        if rows.any():
+            want_q = p[rows].mean(axis=0)
+            np.testing.assert_allclose(merged.q[row], want_q, rtol=1e-12, atol=1e-15)
+            f = np.where(p[rows] > 0, p[rows] * np.log(p[rows]), 0.0)
+            np.testing.assert_allclose(merged.plogp[row], f.mean(axis=0), rtol=1e-12, atol=1e-15)
+    assert merged.n[0] == n
     present = whole.n > 0
     np.testing.assert_allclose(
         merged.log_scores()[present], whole.log_scores()[present], rtol=1e-11, atol=1e-12
@@ -201,9 +215,9 @@ def test_standard_error_predicts_the_spread_over_independent_sets():
     scores, errors = [], []
     for _ in range(200):
         x = centres[rng.integers(0, 30, 800)] + rng.standard_normal((800, 25)) * 1.5
-        sums = ClassSums.from_logits(x, 0)
-        log_is = float(sums.log_scores()[0])
-        m = kl_moments(x, 0, sums.log_marginal())
+        means = ClassMeans.from_logits(x, 0)
+        log_is = float(means.log_scores()[0])
+        m = kl_moments(x, 0, means.log_marginal())
         scores.append(math.exp(log_is))
         errors.append(math.exp(log_is) * math.sqrt(m.variance() / m.n))
     assert np.std(scores, ddof=1) == pytest.approx(np.mean(errors), rel=0.15)
@@ -298,3 +312,241 @@ def test_a_two_worker_cluster_equals_threads(tmp_path, rng):
     assert spread.split_scores == pytest.approx(threads.split_scores, rel=1e-13)
     assert spread.inception_score == pytest.approx(threads.inception_score, rel=1e-13)
     assert spread.standard_error == pytest.approx(threads.standard_error, rel=1e-10)
+
+
+# --- the score's range, masked classes, and what is not logits ---------------------------------
+
+
+def mp_log_inception_score(logits, dps=60):
+    """log IS in ``dps``-digit arithmetic (mpmath), straight from the definition: per row the
+    softmax over its classes (a −inf logit is a class of probability 0, 0 log 0 = 0), the
+    marginal q as the mean of the rows, the mean over rows of Σ_y p log(p / q)."""
+    import mpmath
+
+    with mpmath.workdps(dps):
+        rows = []
+        for row in np.asarray(logits, dtype=np.float64):
+            top = max(mpmath.mpf(float(v)) for v in row if np.isfinite(v))
+            e = [mpmath.exp(mpmath.mpf(float(v)) - top) if np.isfinite(v) else 0 for v in row]
+            total = mpmath.fsum(e)
+            rows.append([v / total for v in e])
+        n, c = len(rows), len(rows[0])
+        q = [mpmath.fsum(r[y] for r in rows) / n for y in range(c)]
+        kl = [
+            mpmath.fsum(r[y] * (mpmath.log(r[y]) - mpmath.log(q[y])) for y in range(c) if r[y])
+            for r in rows
+        ]
+        return mpmath.fsum(kl) / n
+
+
+def masked_isc(logits):
+    """float64 numpy from the definition, per row, with −inf logits as classes of probability
+    0 (0 log 0 = 0): the reference for masked classes (torch-fidelity gives NaN there)."""
+    x = np.asarray(logits, dtype=np.float64)
+    e = np.exp(x - x.max(axis=1, keepdims=True))  # exp(−inf) = 0
+    p = e / e.sum(axis=1, keepdims=True)
+    q = p.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
+    return float(np.exp(terms.sum(axis=1).mean()))
+
+
+@pytest.mark.parametrize("shard_rows", [1, 7, 1000])
+def test_identical_rows_score_exactly_one(shard_rows):
+    """KL(p ‖ p) = 0: rows that are all the same distribution score exactly 1, over all
+    samples and in every split, whatever the row, the classes and the shards (the float64
+    sums of Σ p log p and of p cancelled to ±4e-14 before, half the time below 1)."""
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        c = int(rng.integers(2, 1100))
+        n = int(rng.integers(2, 600))
+        row = rng.standard_normal(c) * rng.choice([0.1, 1.0, 5.0, 30.0]) + rng.normal(0, 50)
+        x = np.tile(row, (n, 1)).astype(rng.choice([np.float32, np.float64]))
+        r = inception_score(features(x, shard_rows=shard_rows), splits=min(n, 3))
+        assert r.inception_score == 1.0
+        assert r.log_inception_score == 0.0
+        assert r.split_scores == (1.0,) * min(n, 3)
+    assert float(mp_log_inception_score(np.tile(row[:5], (4, 1)))) == 0.0  # the reference agrees
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(2, 40), c=st.integers(2, 12))
+def test_the_score_is_never_below_one_and_equals_mpmath(data, n, c):
+    """IS ≥ 1 (a mean of KL divergences, each ≥ 0), for logits near one another too (where
+    the score is a difference of nearly equal sums), against 60-digit arithmetic."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    base = rng.standard_normal(c) * data.draw(st.sampled_from([0.5, 4.0, 40.0]))
+    spread = data.draw(st.sampled_from([0.0, 1e-9, 1e-6, 1e-3, 1.0]))
+    x = base + spread * rng.standard_normal((n, c))
+    r = inception_score(features(x, shard_rows=data.draw(st.integers(1, n))), splits=2)
+    assert r.inception_score >= 1.0
+    assert min(r.split_scores) >= 1.0
+    want = float(mp_log_inception_score(x))
+    # float64 rounding of sums of p log p, each of magnitude ≤ log C: ~1e-16 per term.
+    assert r.log_inception_score == pytest.approx(want, rel=1e-12, abs=2e-15)
+
+
+def test_a_minus_infinity_logit_is_a_class_of_probability_zero(rng):
+    """A −inf logit (a masked class) has p = 0 and adds 0 log 0 = 0: the score equals the
+    definition's in float64 and in 60 digits; a class masked in every row is as if absent."""
+    x = _logits(rng, 300, 9).astype(np.float64)
+    masked = x.copy()
+    masked[rng.random(masked.shape) < 0.3] = -np.inf
+    masked[np.arange(300), rng.integers(0, 9, 300)] = 1.0  # every row keeps a finite class
+    r = inception_score(features(masked, shard_rows=37), splits=3, seed=1)
+    assert r.inception_score == pytest.approx(masked_isc(masked), rel=1e-12)
+    small = masked[:25]
+    got = inception_score(features(small)).log_inception_score
+    assert got == pytest.approx(float(mp_log_inception_score(small)), rel=1e-12, abs=1e-15)
+    # The split protocol on masked logits: each split's score by the same definition.
+    perm = np.random.RandomState(1).permutation(300)
+    for i, score in enumerate(r.split_scores):
+        part = masked[perm[i * 300 // 3 : (i + 1) * 300 // 3]]
+        assert score == pytest.approx(masked_isc(part), rel=1e-12)
+    # A class masked in every row: the score of the other classes.
+    x[:, 4] = -np.inf
+    whole = inception_score(features(x)).inception_score
+    assert whole == pytest.approx(
+        torch_fidelity_isc(np.delete(x, 4, axis=1), 1, False)[0], rel=1e-12
+    )
+    # Log-probabilities with zeros, np.log(p), are logits: the score of p.
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        assert float(se.inception_score(np.log(p))) == pytest.approx(whole, rel=1e-12)
+
+
+def test_nan_and_plus_infinity_stay_refused_without_an_option_that_does_not_exist(rng):
+    x = _logits(rng, 100, 6).astype(np.float64)
+    x[3, 2], x[40, 1] = np.nan, np.inf
+    x[50, :] = -np.inf  # no class at all: the softmax is 0/0
+    x[60, 0] = -np.inf  # valid
+    with pytest.raises(NonFiniteError, match=r"3 row\(s\) of logits .* rows 3, 40, 50") as caught:
+        se.inception_score(x, shard_rows=30)
+    assert "nonfinite" not in str(caught.value)
+
+
+def test_probabilities_are_refused_with_the_fix(rng):
+    """Softmax outputs are not logits: taken as logits they gave 1.023 where their logits give
+    2.86. Rows that are all probability vectors (non-negative, summing to 1 within their
+    dtype's rounding) are refused, naming the fix: their log is logits with the same softmax."""
+    x = _logits(rng, 1000, 10).astype(np.float64)
+    want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    for probabilities in (p, p.astype(np.float32), np.eye(10)[np.arange(1000) % 10]):
+        with pytest.raises(NotLogitsError, match=r"probabilit.*np\.log") as caught:
+            se.inception_score(probabilities, shard_rows=128)
+        assert "\n" not in str(caught.value)
+    assert float(se.inception_score(np.log(p))) == pytest.approx(want, rel=1e-12)
+    # Logits that are not all probability rows are logits, whatever some rows look like.
+    mixed = x.copy()
+    mixed[:10] = p[:10]
+    assert float(se.inception_score(mixed)) == pytest.approx(
+        torch_fidelity_isc(mixed, 1, shuffle=False)[0], rel=1e-12
+    )
+
+
+def test_a_store_is_read_as_logits_only_when_it_says_so(tmp_path, rng):
+    """A store whose array is not named as logits (Gaussian features, say) is refused in one
+    line saying how to give logits; an array named logits (a group's or .npz's variable, a
+    file's name, a 'class' dimension) or named by the caller («array») is read."""
+    x = _logits(rng, 200, 8)
+    want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+    gaussian = write_zarr(tmp_path / "gen.zarr", rng.standard_normal((200, 8)).astype("f4"))
+    np.save(tmp_path / "features.npy", x)
+    for plain in (gaussian, str(tmp_path / "features.npy")):
+        with pytest.raises(NotLogitsError, match="not known to hold class logits") as caught:
+            se.inception_score(plain)
+        assert "array=" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    named = {
+        "logits.npy": lambda p: np.save(p, x),
+        "gen_logits.zarr": lambda p: write_zarr(p, x),
+        "scores.npz": lambda p: np.savez(p, logits=x),
+    }
+    for name, write in named.items():
+        write(tmp_path / name)
+        assert float(se.inception_score(str(tmp_path / name))) == pytest.approx(want, rel=RTOL)
+    by_dims = str(tmp_path / "by_dims.zarr")
+    zarr.create_array(
+        by_dims, shape=x.shape, dtype="f4", chunks=(50, 8), dimension_names=("sample", "class")
+    )[...] = x
+    assert float(se.inception_score(by_dims)) == pytest.approx(want, rel=RTOL)
+    # A group: its 'logits' array beside the features, or the array the caller names.
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array(
+        "emb", shape=(200, 4), dtype="f4", chunks=(50, 4), dimension_names=("sample", "feature")
+    )[...] = rng.standard_normal((200, 4))
+    group.create_array(
+        "logits", shape=x.shape, dtype="f4", chunks=(50, 8), dimension_names=("sample", "class")
+    )[...] = x
+    group.create_array("scores", shape=x.shape, dtype="f4", chunks=(50, 8))[...] = x
+    g = str(tmp_path / "g.zarr")
+    assert float(se.inception_score(g)) == pytest.approx(want, rel=RTOL)
+    assert float(se.inception_score(g, array="scores")) == pytest.approx(want, rel=RTOL)
+    # An array in memory is named by the argument it is given as.
+    assert float(se.inception_score(x)) == pytest.approx(want, rel=RTOL)
+
+
+def test_an_extraction_stores_array_is_honoured_or_refused(tmp_path, rng):
+    """«array» on an extraction store: 'logits' is what is read; its features are refused
+    (they were read as... nothing: the option was dropped and the logits read)."""
+    path = _extraction_store(tmp_path / "x.zarr", rng)
+    want = torch_fidelity_isc(zarr.open_group(path)["logits"][:], 1, shuffle=False)[0]
+    assert float(se.inception_score(path, array="logits")) == pytest.approx(want, rel=RTOL)
+    with pytest.raises(NotLogitsError, match=r"array='features'.* features.*'logits'"):
+        se.inception_score(path, array="features")
+    with pytest.raises(NotLogitsError, match=r"array='features'"):
+        se.metrics(None, path, ["is"], array="features")
+    # With a metric of the features, «array» is theirs, and the score reads the logits.
+    report = se.metrics(path, path, ["fid", "is"], array="features")
+    assert report.to_dict()["is"]["is"] == pytest.approx(want, rel=RTOL)
+
+
+def test_metrics_of_features_and_is_refuse_features_as_logits(tmp_path, rng):
+    real = write_zarr(tmp_path / "real.zarr", rng.standard_normal((300, 16)).astype("f4"))
+    gen = write_zarr(tmp_path / "gen.zarr", rng.standard_normal((300, 16)).astype("f4"))
+    passes = []
+    with pytest.raises(NotLogitsError, match="not known to hold class logits"):
+        se.metrics(real, gen, ["fid", "is"], progress=lambda done, total: passes.append(done))
+    assert passes == []  # refused before any pass (FID's of the reference among them)
+    with pytest.raises(NotLogitsError, match="not known to hold class logits"):
+        se.metrics(None, gen, ["is"])
+    # Features in memory with another metric: not named as logits either.
+    with pytest.raises(NotLogitsError, match="not known to hold class logits"):
+        se.metrics(rng.standard_normal((300, 16)), rng.standard_normal((300, 16)), ["fid", "is"])
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("precision", "fp64"), ("device", "cpu"), ("backend", "torch"), ("nonfinite", "drop")],
+)
+def test_metrics_refuses_run_options_the_score_does_not_take(tmp_path, rng, option, value):
+    path = str(tmp_path / "logits.npy")
+    np.save(path, _logits(rng, 100, 5))
+    with pytest.raises(OptionError, match=rf"{option}.*apply to .*\bis\b"):
+        se.metrics(None, path, ["is"], **{option: value})
+    settings_ = se.metrics(None, path, ["is"]).to_dict()["settings"]
+    if option == "nonfinite":
+        assert settings_[option] == "error"  # what it does: every row or an error
+    else:
+        assert option not in settings_
+
+
+def _extraction_store(path, rng, n=90, c=12):
+    from shardeval.pipeline.images.extract import LOGITS_ARRAY
+    from shardeval.pipeline.io.stores import FEATURES_FORMAT
+
+    group = zarr.create_group(
+        str(path), attributes={"format": FEATURES_FORMAT, "encoder": "inception", "complete": True}
+    )
+    group.create_array(
+        "features", shape=(n, 16), dtype="float32", chunks=(30, 16),
+        dimension_names=("sample", "feature"),
+    )[...] = rng.standard_normal((n, 16))  # fmt: skip
+    group.create_array(
+        LOGITS_ARRAY, shape=(n, c), dtype="float32", chunks=(30, c),
+        dimension_names=("sample", "class"),
+    )[...] = _logits(rng, n, c)  # fmt: skip
+    return str(path)

@@ -67,6 +67,8 @@ def files(tmp_path_factory):
     _extract_inputs(tmp, rng)
     return {
         "a": write_zarr(tmp / "a.zarr", a, chunk_rows=100),
+        # The same numbers in an array named as logits (the Inception Score reads no other).
+        "logits": write_zarr(tmp / "logits.zarr", a, chunk_rows=100),
         "b": write_zarr(tmp / "b.zarr", b, chunk_rows=100),
         "nan": write_zarr(tmp / "nan.zarr", nan, chunk_rows=100),
         # Few rows, for the Triton interpreter.
@@ -132,7 +134,7 @@ def _base(command, f):
         "prdc": ["prdc", f["a"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
         "extract": _extract(f),
-        "is": ["is", f["a"]],  # any (N, C) array is logits
+        "is": ["is", f["logits"]],
     }[command]
 
 
@@ -732,7 +734,7 @@ def check_image_option(option):
 
         def extraction(source, **kwargs):
             calls.append(kwargs)
-            return types.SimpleNamespace(path=f["b"])
+            return types.SimpleNamespace(path=f["logits"] if command == "is" else f["b"])
 
         monkeypatch.setattr("shardeval.pipeline.images.cache.cached_features", extraction)
         images = str(f["tmp"] / "images")
@@ -752,7 +754,7 @@ def check_image_option(option):
 
 
 def check_is_splits(capsys, f, command, monkeypatch):
-    argv = _base("is", f) if command == "is" else ["metrics", f["a"], "--metrics", "is"]
+    argv = _base("is", f) if command == "is" else ["metrics", f["logits"], "--metrics", "is"]
     exact = _report(capsys, *argv)["is"]
     split = _report(capsys, *argv, "--splits", "4")["is"]
     if command == "is":

@@ -54,6 +54,8 @@ class InceptionScore(Metric):
         Plot("Inception Score over steps", "steps", ("is", "is_split_mean"), "IS"),
     )
     needs_reference = False
+    reads = "logits"
+    run_options = ()  # a float64 softmax in numpy: no kernel, no products to make in fp32
 
     def __init__(self, options: dict[str, Any]):
         super().__init__(options)
@@ -63,12 +65,17 @@ class InceptionScore(Metric):
                 "all samples has no random order"
             )
 
+    def check(self, entry: FeatureSource, context: Context) -> None:
+        from shardeval.pipeline.inception_score.logits import logits_of
+
+        logits_of(entry, context.block_rows, named=context.named)  # reads metadata only
+
     def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.inception_score.logits import logits_of
         from shardeval.pipeline.inception_score.score import inception_score
 
         result = inception_score(
-            logits_of(entry, context.block_rows),
+            logits_of(entry, context.block_rows, named=context.named),
             splits=self.options["splits"],
             seed=self.options["seed"],
             engine=context.engine,

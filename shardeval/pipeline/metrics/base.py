@@ -189,6 +189,10 @@ class Context:
     precision: str = "fp32"
     split_every: int | None = None
     block_rows: int | None = None
+    #: whether the user named the entry's array as what every metric asked reads (see
+    #: :attr:`Metric.reads`): True when «array» was given or an array passed in memory, False
+    #: when it could have been, None where the run's «array» names features only (a job's)
+    named: bool | None = None
     _moments: dict[tuple[str, str], tuple[Moments, int]] = field(default_factory=dict)
     _samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -260,6 +264,13 @@ class Metric(abc.ABC):
     #: the metric compares the entry with a reference at all (False: computed from the entry
     #: alone, such as the Inception Score; a job of such metrics needs no [reference])
     needs_reference: ClassVar[bool] = True
+    #: what it reads of an entry: its ``features``, or class ``logits`` (which a store may keep
+    #: beside its features: the Inception Score's)
+    reads: ClassVar[str] = "features"
+    #: the run options its computation takes beyond reading the entry (shard_rows, array and
+    #: split_every are every metric's): kernels' ``device`` and ``backend``, products'
+    #: ``precision``; one that no metric asked takes is refused, not ignored
+    run_options: ClassVar[tuple[str, ...]] = ("device", "backend", "precision")
 
     def __init__(self, options: dict[str, Any]):
         known = {p.name: p for p in self.params}
@@ -279,6 +290,12 @@ class Metric(abc.ABC):
         of :func:`shardeval.pipeline.pairwise.passes.sample_metrics`), so that the runner asks for
         all at once."""
         return {}
+
+    def check(self, entry: FeatureSource, context: Context) -> None:
+        """Refuse an entry this metric cannot read, before any metric computes (a runner
+        calls it for every metric asked first, so that no pass is spent on a run that fails);
+        :meth:`compute` checks again where it is called alone."""
+        return None
 
     @abc.abstractmethod
     def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
