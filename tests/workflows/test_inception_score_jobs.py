@@ -159,3 +159,90 @@ def test_a_reference_is_optional_only_when_no_metric_uses_one(tmp_path, rng, cap
     assert "takes no reference" in capsys.readouterr().err
     assert main(["metrics", gen, "--metrics", "fid,is", "-q"]) == 2
     assert "fid compares the set with a reference" in capsys.readouterr().err
+
+
+def _fails(capsys, argv, *words, absent=()):
+    """The command exits 2 with one line naming ``words`` and none of ``absent``."""
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for word in words:
+        assert word in err, err
+    for word in absent:
+        assert word not in err, err
+    return err
+
+
+def test_the_commands_refuse_what_is_not_logits(tmp_path, rng, capsys):
+    """Gaussian features (a `synth` store) are not logits: `is` and `metrics --metrics fid,is`
+    refuse them in one line that says how to give logits (they gave IS 3.05 before)."""
+    real, gen = str(tmp_path / "real.zarr"), str(tmp_path / "gen.zarr")
+    assert main(["synth", real, "--n", "500", "--d", "32"]) == 0
+    assert main(["synth", gen, "--n", "500", "--d", "32", "--seed", "1"]) == 0
+    capsys.readouterr()
+    how = ("not known to hold class logits", "--array NAME", "logits.npy")
+    _fails(capsys, ["is", gen, "-q"], *how)
+    _fails(capsys, ["metrics", real, gen, "--metrics", "fid,is", "-q"], "not known to hold")
+    # Named, the array is read: the user said it holds logits.
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    x = _logits(rng, 300)
+    group.create_array("scores", shape=x.shape, dtype="f4", chunks=(100, 12))[...] = x
+    group.create_array("other", shape=x.shape, dtype="f4", chunks=(100, 12))[...] = x
+    assert main(["is", str(tmp_path / "g.zarr"), "--array", "scores", "--json", "-q"]) == 0
+    named = json.loads(capsys.readouterr().out)["is"]["inception_score"]
+    assert named == float(se.inception_score(x))
+    # Probabilities: refused, naming their log as the fix.
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    np.save(tmp_path / "logits.npy", p / p.sum(axis=1, keepdims=True))
+    _fails(capsys, ["is", tmp_path / "logits.npy", "-q"], "probabilit", "log")
+
+
+def test_an_extraction_stores_array_option_is_honoured_or_refused(tmp_path, rng, capsys):
+    store = _extraction_like(tmp_path / "x.zarr", rng, 200)
+    real = _extraction_like(tmp_path / "r.zarr", rng, 200)
+    want = float(se.inception_score(store))
+    assert main(["is", store, "--array", "logits", "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["is"]["inception_score"] == want
+    _fails(capsys, ["is", store, "--array", "features", "-q"], "--array features", "'logits'")
+    argv = ["metrics", store, "--metrics", "is", "--array", "features", "-q"]
+    _fails(capsys, argv, "--array features")
+    # With FID, --array names its features; IS reads the logits.
+    argv = ["metrics", real, store, "--metrics", "fid,is", "--array", "features", "--json", "-q"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["is"]["is"] == want
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--precision", "fp64"), ("--device", "cpu"), ("--backend", "torch"), ("--nonfinite", "drop")],
+)
+def test_metrics_is_refuses_options_it_does_not_take(tmp_path, rng, capsys, flag, value):
+    store = _extraction_like(tmp_path / "x.zarr", rng, 100)
+    _fails(capsys, ["metrics", store, "--metrics", "is", flag, value, "-q"], flag, "is")
+    assert main(["metrics", store, "--metrics", "is", "--json", "-q"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    if flag == "--nonfinite":
+        assert settings["nonfinite"] == "error"  # what it does: every row or an error
+    else:
+        assert flag[2:] not in settings
+
+
+def test_messages_name_only_options_that_exist(tmp_path, rng, capsys):
+    """NaN logits, and an extraction store without logits: the fix the message names is one
+    the command has (there is no --nonfinite on `is`, no --logits anywhere)."""
+    store = _extraction_like(tmp_path / "x.zarr", rng, 100)
+    group = zarr.open_group(store, mode="r+")
+    bad = group[LOGITS_ARRAY][...]
+    bad[5, 3] = np.nan
+    group[LOGITS_ARRAY][...] = bad
+    real = _extraction_like(tmp_path / "r.zarr", rng, 100)
+    _fails(capsys, ["is", store, "-q"], "row(s) of logits", absent=("--nonfinite",))
+    argv = ["metrics", real, store, "--metrics", "fid,is", "--nonfinite", "drop", "-q"]
+    _fails(capsys, argv, "row(s) of logits", absent=("--nonfinite drop",))
+    old = tmp_path / "old.zarr"
+    group = zarr.create_group(
+        str(old), attributes={"format": FEATURES_FORMAT, "encoder": "inception", "complete": True}
+    )
+    group.create_array("features", shape=(90, 6), dtype="float32", chunks=(30, 6))[...] = 1.0
+    for argv in (["is", old, "-q"], ["metrics", old, "--metrics", "is", "-q"]):
+        _fails(capsys, argv, "without class logits", absent=("--logits",))
