@@ -118,10 +118,10 @@ def inception_score(
             "Inception's («encoder='inception'»)"
         )
     with _noted() as notes, _running(options) as run:
-        (logits,) = with_features(run, [logits], [images])
         # «array», or an array passed in memory as ``logits``, names the logits; a store's
-        # layout or names must say so otherwise.
-        named = array is not None or not is_path(logits)
+        # layout or names must say so otherwise (images become an extraction store's).
+        named = array is not None or not (images or is_path(logits))
+        (logits,) = with_features(run, [logits], [images])
         source = logits_of(
             features(logits, array=array, shard_rows=shard_rows), shard_rows, named=named
         )

@@ -453,7 +453,8 @@ def metrics(
         # The array named names what the metrics read, when they all read one kind of input
         # (the Inception Score's logits, or features); else it is the features'.
         one_kind = len({METRICS[m].reads for m in wanted}) == 1
-        named = (array is not None or not is_path(gen)) if one_kind else None
+        in_memory = not (images[1] or is_path(gen))  # images become an extraction store
+        named = (array is not None or in_memory) if one_kind else None
         return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named)
 
 

@@ -98,3 +98,18 @@ def test_a_store_without_logits_is_resumed_and_reused_as_it_is(tmp_path, images,
     again = extract_features(images, out, weights=weights)
     assert (again.already_complete, again.classes) == (True, 0)
     assert LOGITS_ARRAY not in zarr.open_group(out, mode="r")
+
+
+def test_images_given_to_the_score_are_read_by_their_logits(tmp_path, images, weights):
+    """Images become an extraction store in the feature cache; the score reads its logits,
+    not its features (images are not logits passed in memory, nor a named array)."""
+    out = str(tmp_path / "x.zarr")
+    extract_features(images, out, weights=weights, batch_size=2)
+    logits = zarr.open_group(out, mode="r")[LOGITS_ARRAY][:]
+    want = torch_fidelity_isc(logits, 1, shuffle=False)[0]
+    cache = str(tmp_path / "cache")
+    got = se.inception_score(images, weights=weights, cache_root=cache, batch_size=2)
+    assert float(got) == pytest.approx(want, rel=1e-6)  # another run of the network
+    assert got.to_dict()["inputs"]["logits"]["array"] == LOGITS_ARRAY
+    both = se.metrics(None, images, ["is"], weights=weights, cache_root=cache)
+    assert both.to_dict()["is"]["is"] == float(got)  # the cached store, read again
