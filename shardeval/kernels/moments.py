@@ -52,10 +52,14 @@ class ShardMoments(NamedTuple):
 _SAFE_EXPONENT = {4: 40, 8: 300}
 
 
-def _wide(dtype: np.dtype) -> bool:
+def wide_dtype(dtype: np.dtype) -> bool:
     """Values fp32 cannot hold exactly (float64, integers wider than 16 bits): their products
-    are taken in float64."""
-    return dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4)
+    are taken in float64. By kind and size, not ``dtype == np.float64``, which is False for
+    big-endian float64 (``>f8``) and would round it to fp32."""
+    dtype = np.dtype(dtype)
+    return (dtype.kind == "f" and dtype.itemsize >= 8) or (
+        dtype.kind in "iu" and dtype.itemsize >= 4
+    )
 
 
 def _exponent(low: float, high: float, itemsize: int) -> int:
@@ -201,7 +205,7 @@ def shard_moments_numpy(x: np.ndarray) -> ShardMoments:
     n, d = x.shape
     if n == 0:
         return ShardMoments(0, np.zeros(d), np.zeros((d, d)))
-    values = x.astype(np.float64 if _wide(x.dtype) else np.float32, copy=False)
+    values = x.astype(np.float64 if wide_dtype(x.dtype) else np.float32, copy=False)
     exponent = _exponent(float(values.min()), float(values.max()), values.itemsize)
     if exponent:
         # Features of magnitude 1e18 or 1e-25 would overflow or underflow fp32 products:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shardeval.kernels.moments import wide_dtype
 from shardeval.pipeline.core.chunks import (
     ValueSummary,
     check_device,
@@ -130,8 +131,7 @@ class Whitening:
     def products(self, source: FeatureSource) -> str:
         """float64 for float64 or wide-integer data, which fp32 cannot hold; else fp32 where
         its bound meets :data:`GAUSSIAN_TOLERANCE` on ‖z‖², float64 otherwise."""
-        dtype = np.dtype(source.dtype)
-        if dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4):
+        if wide_dtype(source.dtype):
             return "float64"
         r = self.relative_rounding("fp32")
         return "fp32" if 2 * r + r * r <= GAUSSIAN_TOLERANCE else "float64"

@@ -202,7 +202,9 @@ def _lse(
         m = np.full(test.shape[0], -np.inf)
         s = np.zeros(test.shape[0])
     else:
-        working = np.float64 if np.float64 in (test.dtype, samples.dtype) else np.float32
+        # By kind and size: '>f8' is float64 too (a dtype comparison with np.float64 is not).
+        float64 = any(t.kind == "f" and t.itemsize >= 8 for t in (test.dtype, samples.dtype))
+        working = np.float64 if float64 else np.float32
         rounding = rounding_per_row(test, samples, bandwidth, working)
         if working == np.float32 and rounding.max(initial=0.0) > PARZEN_TOLERANCE:
             working, wide = np.float64, True

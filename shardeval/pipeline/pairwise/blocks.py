@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from shardeval.kernels.moments import wide_dtype
 from shardeval.pipeline.core.chunks import check_nonfinite, finite_rows, inexact_integer_rows
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
@@ -92,7 +93,7 @@ class RowBlocks:
             block = reader[start:stop]
         else:  # a computed source (benchmarks, tests): its dask array's rows
             block = np.asarray(self.source.array[start:stop].compute(scheduler="sync"))
-        wide = block.dtype == np.float64 or (block.dtype.kind in "iu" and block.dtype.itemsize >= 4)
+        wide = wide_dtype(block.dtype)  # by kind and size: '>f8' is float64 too
         dtype = np.float64 if self.precision == "fp64" or wide else np.float32
         return np.ascontiguousarray(block, dtype=dtype)
 
