@@ -85,3 +85,51 @@ def test_dimension_mismatch():
 def test_gaussian_rejects_inconsistent_shapes():
     with pytest.raises(ShapeError, match="expected"):
         Gaussian(np.zeros(3), np.eye(2))
+
+
+def test_an_eigenvalue_just_below_zero_in_the_product_is_clamped_to_zero():
+    # M = diag(4, −1e-9), within the rounding tolerance: its square-root trace is √4 + √0,
+    # one eigenvalue clamped, by 1e-9 (taking |λ| instead would add √1e-9 ≈ 3.2e-5).
+    value, clamped, worst = trace_sqrt_product(np.diag([4.0, -1e-9]), np.eye(2))
+    assert value == pytest.approx(2.0, rel=1e-15)
+    assert clamped == 1
+    assert worst == pytest.approx(1e-9, rel=1e-12)
+
+
+def test_more_than_five_dropped_rows_are_all_counted(tmp_path, rng):
+    # The message names the first five rows; the count is of every row left out.
+    from shardeval.pipeline.fid.moments import feature_moments
+    from shardeval.pipeline.io.stores import open_features
+    from tests.conftest import write_zarr
+
+    x = rng.standard_normal((200, 4)).astype(np.float32)
+    bad = [3, 17, 40, 41, 99, 150, 199]
+    x[bad, [0, 1, 2, 3, 0, 1, 2]] = np.nan
+    src = open_features(write_zarr(tmp_path / "x.zarr", x, chunk_rows=32), shard_rows=32)
+    ((moments, dropped),) = feature_moments([src], nonfinite="drop")
+    keep = np.isfinite(x).all(axis=1)
+    assert dropped == int((~keep).sum()) == 7
+    assert moments.n == int(keep.sum())
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_as_many_rows_as_features_take_float64_products(tmp_path, rng, extra):
+    # n ≤ d: the covariance is singular, and FID cuts its numerical range from its rounding:
+    # float64 products, so the moments are float64 two-pass moments to 1e-12 (fp32 products,
+    # about 1e-7 off, move FID by ~1e-7 relative at n = d = 32). One row more, n = d + 1,
+    # takes fp32 products as asked.
+    from shardeval.pipeline.fid.moments import feature_moments
+    from shardeval.pipeline.io.stores import open_features
+    from tests.conftest import write_zarr
+
+    d = 32
+    x = (rng.standard_normal((d + extra, d)) + 3.0).astype(np.float32)
+    src = open_features(write_zarr(tmp_path / "x.zarr", x, chunk_rows=64))
+    ((moments, _),) = feature_moments([src], precision="fp32")
+    rows = x.astype(np.float64)
+    centred = rows - rows.mean(axis=0)
+    error = np.abs(moments.m2 - centred.T @ centred).max() / np.abs(centred.T @ centred).max()
+    if extra == 0:
+        assert error < 1e-12
+    else:
+        assert error > 1e-10  # fp32 products, as asked: the test can tell them apart
