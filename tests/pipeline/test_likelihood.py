@@ -212,3 +212,25 @@ def test_bad_inputs(tmp_path):
         nll_from_loglik(open_features(_save(tmp_path, "two", np.zeros((4, 2))), ndims=(1, 2)))
     with pytest.raises(ShapeError, match="rows are empty"):
         open_features(_save(tmp_path, "k0", np.zeros((4, 0))), ndims=(2,))
+
+
+def test_log_likelihoods_whose_mean_overflows_are_refused_never_printed_as_inf(tmp_path, capsys):
+    # The mean of [1e308, -1e308, 1e308] is finite (1e308 / 3), but their spread is not
+    # (Σ(v − mean)² ≈ 2.7e616): no finite NLL ± standard error exists in float64. One line,
+    # exit 2, where the command used to print "NLL inf ± inf" and exit 0.
+    from shardeval.pipeline.errors import NumericalError
+    from shardeval.workflows.cli import main
+
+    path = _save(tmp_path, "ll", np.array([1e308, -1e308, 1e308]))
+    with pytest.raises(NumericalError, match=r"from -1e\+308 to 1e\+308 overflow"):
+        nll_from_loglik(open_features(path, ndims=(1,), min_rows=1))
+    assert main(["nll", path, "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert not out
+    assert err.count("\n") == 1
+    assert "overflow" in err
+    # Large but representable: computed (the reference is the float64 mean of the values).
+    values = np.array([1e150, -1e150, 3e150])
+    result = nll_from_loglik(open_features(_save(tmp_path, "big", values), ndims=(1,)))
+    assert result.nll == pytest.approx(-values.mean(), rel=1e-15)
+    assert result.standard_error == pytest.approx(values.std(ddof=1) / math.sqrt(3), rel=1e-14)

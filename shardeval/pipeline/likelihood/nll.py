@@ -83,12 +83,26 @@ class NLLResult:
 
 
 def summarize_nll(method: str, summary: ValueSummary, dims: int | None, **extra: Any) -> NLLResult:
-    """The :class:`NLLResult` of merged per-sample log-likelihoods."""
+    """The :class:`NLLResult` of merged per-sample log-likelihoods.
+
+    Raises:
+        ShapeError: no finite value remains.
+        NumericalError: the mean or standard error of finite values overflows float64 (values
+            near ±1e308: their spread squared is beyond the largest float); never reported as
+            an infinite NLL.
+    """
     v = summary.values
     if v.n == 0:
         raise ShapeError("no finite values remain to summarise")
+    error = v.standard_error()
+    if not math.isfinite(v.mean) or (v.n > 1 and not math.isfinite(error)):
+        raise NumericalError(
+            f"the mean NLL and its standard error of {v.n:,} log-likelihoods from {v.min:.6g} "
+            f"to {v.max:.6g} overflow float64 (their spread squared exceeds 1.8e308); "
+            "log-likelihoods this large are not log-densities of data: check what wrote them"
+        )
     return NLLResult(
-        method, v.n, -v.mean, v.standard_error(), v.min, v.max, summary.nonfinite.count, dims, extra
+        method, v.n, -v.mean, error, v.min, v.max, summary.nonfinite.count, dims, extra
     )
 
 
