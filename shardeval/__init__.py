@@ -13,10 +13,8 @@ per-shard compute on one device, ``shardeval.workflows`` the command line, job f
 and reports; ``shardeval.api`` the functions above (``workflows → api → pipeline → kernels``).
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 #: public name → module that defines it
 _EXPORTS = {
@@ -86,7 +84,7 @@ __all__ = [
     "stats",
 ]
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from shardeval.api.extraction import extract
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import (
@@ -114,14 +112,15 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'shardeval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(_importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    """The public names only (what ``__all__`` lists), as a notebook's completion shows them."""
+    return sorted(__all__)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from shardeval.api.functions import Progress, _noted, _running
+from shardeval.api.functions import Progress, _noted, _running, check_options, refuse
+from shardeval.api.inputs import describe_input, extract_pixels, image_pixels, is_path
 from shardeval.api.results import Report
 from shardeval.pipeline.errors import OptionError
 
@@ -52,7 +53,7 @@ def extraction_summary(result: Any, described: dict[str, Any]) -> str:
 
 
 def extract(
-    images: str | os.PathLike[str],
+    images: Any,
     output: str | os.PathLike[str],
     *,
     encoder: str | None = None,
@@ -71,7 +72,10 @@ def extract(
     log: Callable[[str], None] | None = None,
 ) -> Report:
     """Extract features of ``images`` (a folder, zip, tar shard(s), or a uint8 (N, H, W, 3)
-    ``.npy``/``.npz``) into the Zarr feature store ``output``, resumably.
+    ``.npy``/``.npz``; or images in memory, a 4-D numpy array or torch tensor, uint8 or floats
+    in [0, 1], (N, H, W, 3) or (N, 3, H, W)) into the Zarr feature store ``output``,
+    resumably. Images in memory are staged beside ``output`` as a ``.npy`` named by their
+    digest while they are extracted (a killed run resumes from it), then the file is removed.
 
     Args:
         encoder: ``inception`` (default; the FID Inception, 2,048-d), ``dinov2-vitl14`` or
@@ -106,6 +110,7 @@ def extract(
         (3.0, 'inception')
     """
     options = dict(locals())
+    check_options(options)
     name = encoder or "inception"
     if resize is not None and name != "inception":
         raise OptionError(
@@ -113,25 +118,43 @@ def extract(
             "match its reference"
         )
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
-    from shardeval.pipeline.images.extract import extract_features
+    from shardeval.pipeline.images.extract import extract_features, plan_extraction
     from shardeval.pipeline.io.provenance import now_iso, versions
 
+    in_memory = not is_path(images)
+    if in_memory:
+        refuse(options, ("skip_bad", "check_progress"), "apply to image files; these are in memory")
+        pixels = image_pixels(images, describe_input(images))
     with _noted(), _running(options) as run:
         set_in_this_process(run.engine, device or "auto")
-        result = extract_features(
-            os.fspath(images),
-            os.fspath(output),
-            encoder=name,
-            weights=weights,
-            resize=resize,
-            batch_size=batch_size,
-            device=device or "auto",
-            skip_bad=skip_bad,
-            overwrite=overwrite,
-            engine=run.engine,
-            progress=run.progress,
-            check_progress=check_progress,
-        )
+        if in_memory:
+            target = os.path.abspath(os.fspath(output))
+            result = extract_pixels(
+                pixels,
+                target,
+                os.path.dirname(target),
+                plan_extraction(name, weights, resize),
+                batch_size=batch_size,
+                device=device or "auto",
+                engine=run.engine,
+                progress=run.progress,
+                overwrite=overwrite,
+            )
+        else:
+            result = extract_features(
+                os.fspath(images),
+                os.fspath(output),
+                encoder=name,
+                weights=weights,
+                resize=resize,
+                batch_size=batch_size,
+                device=device or "auto",
+                skip_bad=skip_bad,
+                overwrite=overwrite,
+                engine=run.engine,
+                progress=run.progress,
+                check_progress=check_progress,
+            )
         described = run.engine.describe()
     data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}
     text = extraction_summary(result, described)

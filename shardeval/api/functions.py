@@ -28,6 +28,7 @@ from typing import Any
 
 from shardeval.api.inputs import (
     IMAGE_OPTIONS,
+    checked_gaussian,
     describe_input,
     extracted,
     features,
@@ -76,6 +77,22 @@ INPUT_OPTIONS = (
     "precision",
     "nonfinite",
 )
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Every option given, checked as the command line checks it (the same checks,
+    :data:`~shardeval.pipeline.options.OPTION_CHECKS`): a count that is a positive integer,
+    a fan-in of at least 2, a positive finite ``reff``, a choice among its choices…
+
+    Raises:
+        OptionError: naming the option and the value.
+    """
+    from shardeval.pipeline.options import option_problem
+
+    for name, value in options.items():
+        problem = option_problem(name, value)
+        if problem:
+            raise OptionError(f"«{name}»: {problem}")
 
 
 def refuse(given: dict[str, Any], names: Sequence[str], why: str) -> None:
@@ -156,7 +173,9 @@ def _engine(scheduler: Any, threads: int | None, performance_report: str | None,
 
 @contextlib.contextmanager
 def _running(options: dict[str, Any]) -> Iterator[_Run]:
-    """The engine the options describe (a cluster started and closed around the call)."""
+    """The engine the options describe (a cluster started and closed around the call), the
+    options checked first."""
+    check_options(options)
     cluster = options.get("cluster")
     address = None
     with contextlib.ExitStack() as stack:
@@ -209,7 +228,8 @@ def image_flags(inputs: Sequence[Any], options: dict[str, Any]) -> list[bool]:
         refuse(
             options,
             IMAGE_OPTIONS,
-            "apply to image inputs (folders, zips, tar shards, uint8 arrays), and none was given",
+            "apply to image inputs (folders, zips, tar shards, image array files; in memory, "
+            "4-D arrays or tensors (N, H, W, 3) or (N, 3, H, W)), and no input is images",
         )
     return flags
 
@@ -276,6 +296,7 @@ def _feature_side(source: Any, moments: Any, dropped: int) -> Side:
         True,
         dropped,
         source.describe(),
+        source.given,
     )
 
 
@@ -344,6 +365,7 @@ def fid(
         1.13
     """
     options = dict(locals())
+    check_options(options)
     inputs = [real, gen]
     _must_exist(*inputs)
     from shardeval.pipeline.io.statsio import is_adm_reference
@@ -460,21 +482,24 @@ def _fid(
     )
     data = fid_data(result, real, gen)
     results: dict[str, Any] = {"fid": result}
+    inf = None
+    if bands is not None:
+        from shardeval.pipeline.fid.infinity import fit_bands
+
+        inf = fit_bands(gaussians[0], bands, seed, gen.location)  # before the notes are read
+        results["fid_inf"] = inf
+        data["fid_infinity"] = asdict(inf)
     described = run.engine.describe() if sources else {"scheduler": "none (statistics only)"}
     tail = run.tail(notes)
     tail["engine"] = described
     text = fid_summary(result, real, gen, tail["seconds"], described)
     value = result.fid
-    if bands is not None:
-        from shardeval.pipeline.fid.infinity import fit_bands
-
-        inf = fit_bands(gaussians[0], bands, seed, gen.location)
-        results["fid_inf"] = inf
-        data["fid_infinity"] = asdict(inf)
+    if inf is not None:
+        below = " (below 0: see the warning)" if inf.fid_infinity < 0 else ""
         text += (
-            f"\nFID∞ {inf.fid_infinity:.6g}   (least squares of FID_N over {len(inf.sizes)} "
-            f"nested subsets of GEN, {inf.sizes[0]:,} to {inf.sizes[-1]:,} rows: slope "
-            f"{inf.slope:.4g}, R² {inf.r2:.3f}; seed {inf.seed})"
+            f"\nFID∞ {inf.fid_infinity:.6g}{below}   (least squares of FID_N over "
+            f"{len(inf.sizes)} nested subsets of GEN, {inf.sizes[0]:,} to {inf.sizes[-1]:,} "
+            f"rows: slope {inf.slope:.4g}, R² {inf.r2:.3f}; seed {inf.seed})"
         )
     data.update(tail)
     if sources:
@@ -504,24 +529,28 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> Any:
     """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in pytorch-fid's
     argument order, by a symmetric eigenvalue problem in float64 (no ``sqrtm``).
 
+    Each covariance is checked as a statistics file's is: asymmetry up to 1e-5 of its largest
+    entry is rounding and is symmetrised, more is refused (a matrix holding one triangle
+    gives a wrong distance), as are NaN, inf and negative variances.
+
     Returns:
         :class:`~shardeval.pipeline.fid.frechet.FrechetDistance` (``float()`` the distance).
+
+    Raises:
+        StatsFormatError: shapes that do not fit, a covariance that is not symmetric, values
+            that are not finite, a negative variance.
 
     Example:
         >>> import numpy as np, shardeval as se
         >>> float(se.frechet_distance(np.zeros(2), np.eye(2), np.ones(2), 4 * np.eye(2)))
         4.0
     """
-    import numpy as np
-
     from shardeval.pipeline.fid.frechet import frechet_distance as distance
-    from shardeval.pipeline.fid.gaussian import Gaussian
 
-    def gaussian(mu: Any, sigma: Any, name: str) -> Gaussian:
-        mean = np.atleast_1d(np.asarray(mu, dtype=np.float64))
-        return Gaussian(mean, np.atleast_2d(np.asarray(sigma, dtype=np.float64)), None, name)
-
-    return distance(gaussian(mu1, sigma1, "mu1/sigma1"), gaussian(mu2, sigma2, "mu2/sigma2"))
+    return distance(
+        checked_gaussian(mu1, sigma1, None, "mu1/sigma1", ("mu1", "sigma1")),
+        checked_gaussian(mu2, sigma2, None, "mu2/sigma2", ("mu2", "sigma2")),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,8 +585,9 @@ def stats(
     group, or for a name ending in ``.npz`` the pytorch-fid layout (mu, sigma, n).
 
     Returns:
-        :class:`~shardeval.api.results.Report` (``float()`` the row count;
-        ``results["moments"]`` the :class:`~shardeval.pipeline.core.states.Moments`).
+        :class:`~shardeval.api.results.Report`: ``results["moments"]`` the
+        :class:`~shardeval.pipeline.core.states.Moments`. Statistics have no headline
+        number: ``float()`` raises a TypeError (the row count is ``to_dict()["n"]``).
 
     Raises:
         OutputExistsError: ``output`` exists and is not statistics, or ``overwrite`` not given.
@@ -566,12 +596,13 @@ def stats(
         >>> import os, tempfile, numpy as np, shardeval as se
         >>> rows = np.random.default_rng(0).normal(size=(500, 4))
         >>> out = os.path.join(tempfile.mkdtemp(), "real.zarr")
-        >>> float(se.stats(rows, out))                    # rows summarised
-        500.0
+        >>> se.stats(rows, out)["moments"].n              # rows summarised
+        500
         >>> round(float(se.fid(out, rows[::-1])), 12)    # the same rows: FID 0
         0.0
     """
     options = dict(locals())
+    check_options(options)
     _must_exist(store)
     from shardeval.pipeline.io.atomic import check_outside, claim_output
     from shardeval.pipeline.io.provenance import now_iso, versions
@@ -596,12 +627,12 @@ def stats(
         save_stats(output, moments, provenance, overwrite=overwrite)
         tail = run.tail(notes)
     text = (
-        f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
+        f"statistics of {source.shown}: n={moments.n:,} d={moments.d:,} "
         f"shards={source.shards} -> {output} ({tail['seconds']:.2f} s)"
     )
     data = {"metric": "stats", "n": moments.n, "d": moments.d, "output": output, **provenance}
     data.update(tail)
-    return Report("stats", {"moments": moments}, data, text, float(moments.n))
+    return Report("stats", {"moments": moments}, data, text, None)
 
 
 def merge_stats(
@@ -614,15 +645,17 @@ def merge_stats(
     statistics of their union, exactly (Chan et al.'s pairwise update).
 
     Returns:
-        :class:`~shardeval.api.results.Report` (``float()`` the merged row count).
+        :class:`~shardeval.api.results.Report`: ``results["moments"]`` the merged
+        :class:`~shardeval.pipeline.core.states.Moments` (``float()`` raises, as for
+        :func:`stats`).
 
     Example:
         >>> import os, tempfile, numpy as np, shardeval as se
         >>> rows, tmp = np.random.default_rng(0).normal(size=(500, 4)), tempfile.mkdtemp()
         >>> parts = [os.path.join(tmp, f"part{i}.zarr") for i in (0, 1)]
         >>> _ = se.stats(rows[:200], parts[0]), se.stats(rows[200:], parts[1])
-        >>> float(se.merge_stats(parts, os.path.join(tmp, "all.zarr")))
-        500.0
+        >>> se.merge_stats(parts, os.path.join(tmp, "all.zarr"))["moments"].n
+        500
     """
     from shardeval.pipeline.io.atomic import check_outside, claim_output
     from shardeval.pipeline.io.provenance import now_iso, versions
@@ -639,7 +672,7 @@ def merge_stats(
     save_stats(output, merged, provenance, overwrite=overwrite)
     text = f"merged {len(paths)} statistics: n={merged.n:,} d={merged.d:,} -> {output}"
     data = {"metric": "stats", "n": merged.n, "d": merged.d, "output": output, **provenance}
-    return Report("stats", {"moments": merged}, data, text, float(merged.n))
+    return Report("stats", {"moments": merged}, data, text, None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -699,6 +732,7 @@ def nll(
         2.0
     """
     options = dict(locals())
+    check_options(options)
     modes = [m for m in ("iw", "gaussian", "parzen") if options[m] is not None]
     if len(modes) > 1:
         raise OptionError(f"choose one of «iw», «gaussian», «parzen»; got {', '.join(modes)}")
@@ -733,8 +767,9 @@ def nll(
 
             source = opened(iw, min_rows=1, ndims=(2,))
             result = nll_importance(
-                source, engine=eng, nonfinite=nonfinite, dims=dims, reff=reff or 1.0,
-                split_every=split_every, progress=bar, **kernel,
+                source, engine=eng, nonfinite=nonfinite, dims=dims,
+                reff=1.0 if reff is None else reff, split_every=split_every, progress=bar,
+                **kernel,
             )  # fmt: skip
             inputs["log_weights"] = source.describe()
         elif mode == "gaussian":
@@ -792,6 +827,7 @@ def ess(
         2.6666666666666665
     """
     options = dict(locals())
+    check_options(options)
     _must_exist(log_weights)
     from shardeval.pipeline.likelihood.ess import ess_of
 
@@ -801,7 +837,7 @@ def ess(
             source,
             engine=run.engine,
             nonfinite=nonfinite or "error",
-            reff=reff or 1.0,
+            reff=1.0 if reff is None else reff,
             device=device or "auto",
             backend=backend or "auto",
             split_every=split_every,

@@ -55,6 +55,10 @@ class Result:
         return f"{self.headline} {float(self):.6g}"
 
 
+#: What a report's repr shows beside its headline, when its JSON has them.
+_REPR_FIELDS = ("n", "n_real", "n_gen", "d", "output")
+
+
 @dataclass(frozen=True)
 class Report(Result):
     """What a command computed: its typed results, and the JSON report built from them once
@@ -66,7 +70,8 @@ class Report(Result):
             :class:`~shardeval.pipeline.mmd.kid.KIDResult` under ``kid``).
         data: the JSON report.
         text: the summary for people.
-        value: the headline value (``float(report)``).
+        value: the headline value (``float(report)``); None where there is none (statistics:
+            ``float()`` then raises a TypeError saying what to read instead).
 
     Example:
         >>> r = Report("toy", {}, {"metric": "toy", "toy": 1.5}, "toy 1.5", 1.5)
@@ -78,9 +83,30 @@ class Report(Result):
     results: dict[str, Any]
     data: dict[str, Any] = field(repr=False)
     text: str = field(repr=False)
-    value: float = math.nan
+    value: float | None = math.nan
 
     headline: ClassVar[str] = "value"
+
+    def __float__(self) -> float:
+        if self.value is None:
+            # Statistics summarise rows; no one number stands for them, and the row count
+            # passed for one would read as a metric's value.
+            raise TypeError(
+                f"a {self.metric} report has no headline number: read report['moments'] "
+                "(its n, mean and m2) or report.to_dict()['n'] (the rows summarised)"
+            )
+        return float(self.value)
+
+    def __repr__(self) -> str:
+        """Short, for a notebook: the metric, its headline and a few sizes (never arrays)."""
+        shown = [f"metric={self.metric!r}"]
+        if self.value is not None:
+            shown.append(f"value={self.value:.6g}")
+        for key in _REPR_FIELDS:
+            value = self.data.get(key)
+            if isinstance(value, int | float | str) and not isinstance(value, bool):
+                shown.append(f"{key}={value!r}")
+        return f"Report({', '.join(shown)})"
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(jsonable(self.data))
@@ -105,6 +131,12 @@ class Side:
     mergeable: bool = True
     nonfinite_dropped: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    given: str = ""  # the input as the user gave it, when not the store read (images)
+
+    @property
+    def shown(self) -> str:
+        """How the summary names it: images by the source given, not their cache entry."""
+        return self.given or self.location
 
 
 def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
@@ -122,7 +154,11 @@ def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
         "n_gen": gen.n,
         "d": real.d,
         "shards": {"real": real.shards, "gen": gen.shards},
-        "eigenvalues_clamped": {"count": r.clamped_count, "max_abs": r.clamped_max},
+        "eigenvalues_clamped": {
+            "count": r.clamped_count,
+            "max_abs": r.clamped_max,
+            "rank_deficit": rank_deficit(real, gen),
+        },
         "inputs": {"real": _side_dict(real), "gen": _side_dict(gen)},
     }
 
@@ -139,15 +175,29 @@ def fid_summary(
     for side in (real, gen):
         n = f"{side.n:,}" if side.n is not None else "unknown"
         lines.append(
-            f"  {side.role:<4} {side.location}  n={n} d={side.d:,} "
-            f"shards={side.shards} ({side.kind})"
+            f"  {side.role:<4} {side.shown}  n={n} d={side.d:,} shards={side.shards} ({side.kind})"
         )
-    lines.append(
-        f"  eigenvalues clamped: {r.clamped_count}"
-        + (f" (largest {r.clamped_max:.3g})" if r.clamped_count else "")
-    )
+    lines.append(f"  eigenvalues clamped: {clamped_text(r, real, gen)}")
     lines.append(f"  {seconds:.2f} s on {engine_text(engine)}")
     return "\n".join(lines)
+
+
+def rank_deficit(real: Side, gen: Side) -> int:
+    """Zero eigenvalues the sides' row counts leave: a covariance of n ≤ d rows has rank at
+    most n − 1, so d − n + 1 of its eigenvalues are zero, and rounding puts about half of
+    them below zero, where they are clamped (expected, not an alarm)."""
+    return sum(max(0, s.d - s.n + 1) for s in (real, gen) if s.n is not None)
+
+
+def clamped_text(r: FrechetDistance, real: Side, gen: Side) -> str:
+    """The clamped eigenvalues for people: how many, the largest, and why when n ≤ d."""
+    if not r.clamped_count:
+        return "0"
+    text = f"{r.clamped_count:,} (largest {r.clamped_max:.3g})"
+    zeros = rank_deficit(real, gen)
+    if r.clamped_count <= zeros:
+        text += f"; expected: n ≤ d leaves d − n + 1 zero eigenvalues ({zeros:,} here)"
+    return text
 
 
 def _side_dict(side: Side) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from shardeval.api.functions import (
     _noted,
     _Run,
     _running,
+    check_options,
     image_flags,
     refuse,
     with_features,
@@ -135,8 +136,10 @@ def summary_line(name: str, result: Any) -> str:
             f"density {result.density:.4f}  coverage {result.coverage:.4f}  (k = {result.k})"
         )
     if name == "fid_inf":
+        below = " (below 0: see the warning)" if result.fid_infinity < 0 else ""
         return (
-            f"FID∞ {result.fid_infinity:.6g}   (FID at N = {result.sizes[-1]:,}: {result.fid:.6g}; "
+            f"FID∞ {result.fid_infinity:.6g}{below}   (FID at N = {result.sizes[-1]:,}: "
+            f"{result.fid:.6g}; "
             f"slope {result.slope:.4g}, R² {result.r2:.3f} over {len(result.sizes)} sizes)"
         )
     return f"FID {result['fid']:.6g}"
@@ -152,6 +155,21 @@ _HEADLINE = {
 }
 
 
+#: Metrics whose kernel sums take float64 products whatever «precision» says.
+_FLOAT64_SUMS = ("kid", "cmmd")
+
+
+def _applied_precision(settings: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``settings`` with ``precision`` as it was applied: ``fp64`` for KID and CMMD, whose
+    sums always take float64 products; per metric when the asked metrics differ in it."""
+    fixed = [n for n in names if n in _FLOAT64_SUMS]
+    if "precision" in settings and fixed:
+        asked = settings["precision"]
+        by_metric = {n: "fp64" if n in _FLOAT64_SUMS else asked for n in names}
+        settings["precision"] = "fp64" if len(fixed) == len(names) else by_metric
+    return settings
+
+
 def _report(
     run: _Run,
     results: dict[str, Any],
@@ -165,11 +183,11 @@ def _report(
         data[name] = result if isinstance(result, dict) else asdict(result)
     data.update(extra or {})
     data["inputs"] = {"real": real.describe(), "gen": gen.describe()}
-    data["settings"] = run.settings(_PAIR_SETTINGS)
+    data["settings"] = _applied_precision(run.settings(_PAIR_SETTINGS), list(results))
     data.update(run.tail(notes))
     lines = [summary_line(name, result) for name, result in results.items()]
     lines.append(
-        f"  real {real.location}  n={real.n:,}   gen {gen.location}  n={gen.n:,}   "
+        f"  real {real.shown}  n={real.n:,}   gen {gen.shown}  n={gen.n:,}   "
         f"d={real.d:,}   {data['seconds']:.2f} s"
     )
     first = next(iter(results))
@@ -215,6 +233,7 @@ def _one(name: str, real: Any, gen: Any, options: dict[str, Any]) -> Report:
     unknown = sorted(set(options) - known)
     if unknown:
         raise TypeError(f"{name}() got unexpected keyword arguments {unknown}")
+    check_options(options)
     if name in ("kid", "cmmd"):
         _refuse_fp32_sums(options.get("precision"))
     if name == "kid":
@@ -316,7 +335,7 @@ prdc = _metric_function(
 def metrics(
     real: Any,
     gen: Any,
-    names: Sequence[str],
+    names: str | Sequence[str],
     *,
     shard_rows: int | None = None,
     array: str | None = None,
@@ -347,9 +366,12 @@ def metrics(
         real, gen: features (see :mod:`shardeval.api.inputs`); ``real`` is None when every
             metric named measures the set alone (``is``, whose plug-in needs no reference).
         names: registered metric names (``fid``, ``fid_inf``, ``kid``, ``cmmd``, ``prdc``,
-            ``nll_gaussian``, ``is``, and any registered since).
-        **options: the metrics' own options by name, as their declarations give them (an
-            option several metrics declare, such as ``seed``, goes to each of them).
+            ``nll_gaussian``, ``is``, and any registered since), as a list or as the command
+            line's comma-separated text (``"fid,kid"``).
+        **options: the metrics' own options by name, as their declarations give them. An
+            option several asked metrics declare, such as ``seed``, goes to each of them it
+            means something to: beside ``fid_inf``, an exact KID (no ``subsets``) draws no
+            subsets and is not given the seed; one that means nothing to any is refused.
         nonfinite: rows with NaN or inf: ``error`` (default) or ``drop`` (metrics that take
             it; the pair metrics need every row).
         shard_rows, array, split_every, device, backend, precision, scheduler, cluster,
@@ -371,13 +393,11 @@ def metrics(
         >>> sorted(r.results), bool(float(r) > 0)
         (['fid', 'kid'], True)
     """
-    from shardeval.pipeline.metrics import METRICS
+    from shardeval.pipeline.metrics import METRICS, metric_names
 
     given = dict(locals())
-    wanted = tuple(dict.fromkeys(names))
-    unknown = [n for n in wanted if n not in METRICS]
-    if not wanted or unknown:
-        raise OptionError(f"«names» must be from {', '.join(METRICS)}; got {list(names)}")
+    check_options(given)
+    wanted = metric_names(names)
     declared = {m: {p.name for p in METRICS[m].params} for m in wanted}
     for option, value in options.items():
         if value is None or any(option in d for d in declared.values()):
@@ -404,9 +424,26 @@ def metrics(
         _refuse_fp32_sums(precision)
     if wanted == ("kid",) and options.get("subsets"):
         refuse(given, ("device", "backend"), "apply to the exact estimator, not to «subsets»")
+    given_to: dict[str, dict[str, Any]] = {}
+    for m in wanted:
+        given_to[m] = {k: v for k, v in options.items() if k in declared[m] and v is not None}
+    for option in sorted({k for m in wanted for k in given_to[m]}):
+        owners = [m for m in wanted if option in given_to[m]]
+        if len(owners) < 2:
+            continue  # one metric's own: it refuses a value that means nothing to it
+        # An option several asked metrics declare (``seed``) goes to those it means something
+        # to: beside fid_inf, an exact KID (no «subsets») draws no subsets and takes no seed.
+        takers = [m for m in owners if METRICS[m].applies(option, given_to[m])]
+        if not takers:
+            raise OptionError(
+                f"«{option}» means nothing to {', '.join(owners)} as asked (it applies with "
+                f"{', '.join(sorted({_needed(m, option) for m in owners}))})"
+            )
+        for m in set(owners) - set(takers):
+            del given_to[m][option]
     instances = []
     for m in wanted:
-        mine = {k: v for k, v in options.items() if k in declared[m] and v is not None}
+        mine = given_to[m]
         if nonfinite is not None and "nonfinite" in declared[m]:
             mine["nonfinite"] = nonfinite
         instances.append(METRICS[m](mine))
@@ -456,6 +493,14 @@ def metrics(
         in_memory = not (images[1] or is_path(gen))  # images become an extraction store
         named = (array is not None or in_memory) if one_kind else None
         return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named)
+
+
+def _needed(metric: str, option: str) -> str:
+    """The option without which ``option`` means nothing to ``metric`` (marked)."""
+    from shardeval.pipeline.metrics import METRICS
+
+    param = next(p for p in METRICS[metric].params if p.name == option)
+    return f"«{param.applies_with}» for {metric}" if param.applies_with else metric
 
 
 def _by_plug_ins(
@@ -516,20 +561,22 @@ def _by_plug_ins(
         extra["nonfinite_dropped"] = {"real": dropped}
         context.reference = Reference(gaussian, "", location, source)
     results = {m.name: m.check_outputs(m.compute(gen, context)) for m in instances}
+    shown = real.shown if source is not None else location
     data: dict[str, Any] = {"metric": ",".join(results), **results, **extra}
     data["options"] = {m.name: m.options for m in instances}
     data["inputs"] = {"real": described, "gen": gen.describe()}
     # The kernels' and products' settings where a metric asked takes them; every metric
     # reads rows (shard_rows, array, split_every) and refuses non-finite ones or drops them.
     taken = {o for m in instances for o in m.run_options}
-    data["settings"] = run.settings(
+    settings = run.settings(
         [s for s in (*_PAIR_SETTINGS, "nonfinite") if s not in _RUN_OPTIONS or s in taken]
     )
+    data["settings"] = _applied_precision(settings, [m.name for m in instances])
     data.update(run.tail(notes))
     lines = [_plug_in_line(m, results[m.name]) for m in instances]
     lines.append(
-        (f"  real {location}  n={n if n is None else format(n, ',')}" if real is not None else "")
-        + f"   gen {gen.location}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
+        (f"  real {shown}  n={n if n is None else format(n, ',')}" if real is not None else "")
+        + f"   gen {gen.shown}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
     )
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])

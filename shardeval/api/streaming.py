@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shardeval.api.inputs import image_pixels
 from shardeval.api.results import Report, Side, fid_data, fid_summary
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
@@ -217,31 +218,6 @@ def _feature_rows(t: torch.Tensor, what: str) -> torch.Tensor:
     return t.to(torch.float64)
 
 
-def _uint8_images(images: torch.Tensor, what: str) -> list[np.ndarray]:
-    """(B, 3, H, W) uint8, or floats in [0, 1], as the (H, W, 3) uint8 images the encoders'
-    preprocessing takes. Floats are quantised as ``torchvision.utils.save_image`` writes a PNG
-    (× 255, + 0.5, clamp, truncate): the features are those of the images as saved, which is
-    what FID of an image folder measures."""
-    import torch
-
-    if images.shape[1] != 3:
-        hint = ", not channels-last: pass x.permute(0, 3, 1, 2)" if images.shape[-1] == 3 else ""
-        raise ShapeError(f"{what} has shape {tuple(images.shape)}; images are (B, 3, H, W){hint}")
-    if images.dtype != torch.uint8:
-        if not images.is_floating_point():
-            raise DtypeError(
-                f"{what} has dtype {images.dtype}; images are uint8 (0..255) or floats in [0, 1]"
-            )
-        low, high = (float(v) for v in torch.aminmax(images)) if images.numel() else (0, 0)
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
-            raise DtypeError(
-                f"{what} holds {images.dtype} values in [{low:.6g}, {high:.6g}]; float images "
-                "must lie in [0, 1] (scale them, e.g. (x + 1) / 2 for [-1, 1])"
-            )
-        images = images.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    return list(images.permute(0, 2, 3, 1).cpu().numpy())
-
-
 class _Batches:
     """What every training-loop metric does with a batch before its own arithmetic: count it,
     tell features from images (and encode these), check d, and refuse real rows when the
@@ -380,7 +356,7 @@ class _Batches:
                 f"{self.feature_extractor!r}; choose the encoder the reference was made with "
                 "(«encoder»)"
             )
-        pixels = _uint8_images(images, what)
+        pixels = image_pixels(images, what, channels_last=False)
         name, weights, resize, batch_size = self._encoder
         if self._plan is None:
             self._plan = plan_extraction(name, weights, resize)
@@ -389,7 +365,7 @@ class _Batches:
             plan.encoder, plan.weights, plan.digest, device, plan.resize
         )
         self.encoded = True
-        return torch.from_numpy(model.encode(pixels, batch_size))
+        return torch.from_numpy(model.encode(list(pixels), batch_size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1189,7 +1165,7 @@ class FID(_Batches):
                 ``precision`` or ``nonfinite`` than this FID's.
         """
         from shardeval.pipeline.fid.gaussian import Gaussian
-        from shardeval.pipeline.io.statsio import _check_matrix
+        from shardeval.pipeline.io.statsio import check_statistics
 
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             got = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -1223,7 +1199,7 @@ class FID(_Batches):
         for side in _SIDES:
             n = _state_int(state, f"{side}.n")
             mean, m2 = _state_array(state, f"{side}.mean"), _state_array(state, f"{side}.m2")
-            m2 = _check_matrix("state_dict", mean, m2, (f"{side}.mean", f"{side}.m2"))
+            m2 = check_statistics("state_dict", mean, m2, (f"{side}.mean", f"{side}.m2"))
             if n and not mean.size:
                 raise StatsFormatError(f"state_dict: {side}.n is {n}, but {side}.mean is empty")
             sides[side] = _RunningMoments(self.backend)
@@ -1238,7 +1214,7 @@ class FID(_Batches):
         if "reference.mu" in state:
             mu = _state_array(state, "reference.mu")
             sigma = _state_array(state, "reference.sigma")
-            sigma = _check_matrix("state_dict", mu, sigma, ("reference.mu", "reference.sigma"))
+            sigma = check_statistics("state_dict", mu, sigma, ("reference.mu", "reference.sigma"))
             count = _state_int(state, "reference.n") if "reference.n" in state else None
             if count is not None and count < 2:
                 raise StatsFormatError(f"state_dict: the reference has n={count} < 2")

@@ -3,6 +3,14 @@ nothing, so that parsing arguments and validating job files stay instant."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    #: A check: why a value cannot be an option's, or None when it can.
+    Check = Callable[[object], str | None]
+
 #: Rows with NaN/inf: fail naming them, or leave them out and count them.
 NONFINITE_POLICIES = ("error", "drop")
 
@@ -30,11 +38,141 @@ DEFAULT_SPLIT_EVERY = 4
 MAX_SEED = 2**32 - 1
 
 
-def seed_problem(value: int) -> str | None:
+#: Larger than any row count, and still an int64 (dask's chunk sizes are).
+MAX_COUNT = 2**62
+
+
+def _is_integer(value: object) -> bool:
+    """An integer, Python's or numpy's (anything with ``__index__``), not a bool."""
+    return not isinstance(value, bool) and hasattr(type(value), "__index__")
+
+
+def _is_real(value: object) -> bool:
+    """A real number: an integer, or anything with ``__float__`` (numpy's floats), not a bool."""
+    return _is_integer(value) or (not isinstance(value, bool) and hasattr(type(value), "__float__"))
+
+
+def seed_problem(value: object) -> str | None:
     """Why ``value`` cannot seed a subset draw, or None when it can."""
-    if 0 <= value <= MAX_SEED:
+    if not _is_integer(value):
+        return f"a seed is an integer in [0, {MAX_SEED}], got {value!r}"
+    if 0 <= int(value) <= MAX_SEED:  # type: ignore[call-overload]
         return None
     return f"a seed is an integer in [0, {MAX_SEED}], got {value}"
+
+
+# The checks of option values, as problems (None: fine), shared by the command line's argument
+# types and the Python API's boundary (:func:`check_option`), so that both refuse the same
+# values with the same words.
+
+
+def count_problem(value: object) -> str | None:
+    """Why ``value`` is not a count (a positive integer, at most 2^62), or None."""
+    if not _is_integer(value):
+        return f"expected a positive integer, got {value!r}"
+    number = int(value)  # type: ignore[call-overload]
+    if number < 1:
+        return f"expected a positive integer, got {number}"
+    if number > MAX_COUNT:
+        return f"{number} is beyond any count of rows (at most 2^62)"
+    return None
+
+
+def fan_in_problem(value: object) -> str | None:
+    """Why ``value`` is not a merge tree's fan-in (an integer of at least 2), or None."""
+    problem = count_problem(value)
+    if problem is None and int(value) < 2:  # type: ignore[call-overload]
+        return f"a merge fan-in is at least 2, got {value}"
+    return problem
+
+
+def positive_number_problem(value: object) -> str | None:
+    """Why ``value`` is not a positive finite number, or None."""
+    if not _is_real(value):
+        return f"expected a positive number, got {value!r}"
+    number = float(value)  # type: ignore[arg-type]
+    if not (number > 0 and number - number == 0):  # NaN and ±inf fail
+        return f"expected a positive finite number, got {value}"
+    return None
+
+
+#: Bandwidth rules of the Parzen window.
+BANDWIDTH_RULES = ("silverman", "cv")
+
+
+def bandwidth_problem(value: object) -> str | None:
+    """Why ``value`` is not a Parzen bandwidth (a positive number or a rule), or None."""
+    if value in BANDWIDTH_RULES or positive_number_problem(value) is None:
+        return None
+    return f"expected a positive number, 'silverman' or 'cv', got {value!r}"
+
+
+def _choice(choices: tuple[str, ...]) -> Check:
+    def problem(value: object) -> str | None:
+        if isinstance(value, str) and value in choices:
+            return None
+        return f"expected one of {', '.join(choices)}, got {value!r}"
+
+    return problem
+
+
+def _flag(value: object) -> str | None:
+    return None if isinstance(value, bool) else f"expected True or False, got {value!r}"
+
+
+def _text(value: object) -> str | None:
+    return None if isinstance(value, str) and value else f"expected a name, got {value!r}"
+
+
+def _path(value: object) -> str | None:
+    if (isinstance(value, str) and value) or hasattr(value, "__fspath__"):
+        return None
+    return f"expected a path, got {value!r}"
+
+
+def _callable(value: object) -> str | None:
+    return None if callable(value) else f"expected a function, got {value!r}"
+
+
+#: The options the commands and API functions share, by name, and the check of a given value
+#: (an option not given is None and is not checked). The command line's argument types are
+#: these checks on the parsed text.
+OPTION_CHECKS: dict[str, Check] = {
+    "shard_rows": count_problem,
+    "threads": count_problem,
+    "batch_size": count_problem,
+    "dims": count_problem,
+    "split_every": fan_in_problem,
+    "reff": positive_number_problem,
+    "seed": seed_problem,
+    "bandwidth": bandwidth_problem,
+    "device": _choice(DEVICES),
+    "backend": _choice(BACKENDS),
+    "precision": _choice(PRECISIONS),
+    "nonfinite": _choice(NONFINITE_POLICIES),
+    "encoder": _choice(ENCODER_NAMES),
+    "resize": _choice(INCEPTION_RESIZES),
+    "array": _text,
+    "cache_root": _path,
+    "weights": _path,
+    "cluster": _path,
+    "performance_report": _path,
+    "infinity": _flag,
+    "real_is_statistics": _flag,
+    "overwrite": _flag,
+    "skip_bad": _flag,
+    "progress": _callable,
+    "check_progress": _callable,
+    "log": _callable,
+}
+
+
+def option_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be the option ``name`` (see :data:`OPTION_CHECKS`), or None."""
+    check = OPTION_CHECKS.get(name)
+    if check is None or value is None:
+        return None
+    return check(value)
 
 
 def is_given(value: object) -> bool:

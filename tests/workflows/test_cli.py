@@ -40,7 +40,7 @@ def test_fid_end_to_end_report(tmp_path, capsys, feature_pair):
     assert report["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
     assert report["fid"] == pytest.approx(report["mean_term"] + report["trace_term"], rel=1e-12)
     assert (report["n_real"], report["n_gen"], report["d"]) == (900, 700, 24)
-    assert report["eigenvalues_clamped"] == {"count": 0, "max_abs": 0.0}
+    assert report["eigenvalues_clamped"] == {"count": 0, "max_abs": 0.0, "rank_deficit": 0}
     assert report["inputs"]["real"]["provenance"]["feature_extractor"] == "test-net"
     assert f"FID {report['fid']:.6g}" in stdout
 

@@ -177,6 +177,25 @@ def merged(bands: BandMoments) -> Moments:
     return out
 
 
+def below_zero(fid_inf: float, fid: float) -> str:
+    """Why an FID∞ below zero is published as the fit gives it, for reports.
+
+    Chong & Forsyth's FID∞ is the intercept at 1/N = 0 of a line fitted to FID_N, which
+    E[FID_N] = FID∞ + k/N describes for generated rows independent of the reference. It
+    removes a bias; it is not a distance, and it crosses zero where the true value is within
+    the fit's error of 0, or where GEN shares rows with REAL (FID of the whole set then lacks
+    the k/N the fit subtracts: for identical sets it is −k/N). Clipping it to 0 would bias it
+    upwards; the paper's code reports the intercept as it is, and so does this.
+    """
+    return (
+        f"FID∞ is {fid_inf:.4g}, below 0 (FID of the whole set {fid:.4g}): it is the intercept "
+        "of a line through FID_N, a biased estimator, extrapolated to N = ∞ (Chong & Forsyth "
+        "2020), not a distance; it crosses zero when the true value is within the fit's error "
+        "of 0, or when GEN shares rows with REAL (identical sets give −slope/N); read it as 0 "
+        "within that error"
+    )
+
+
 def fit_bands(
     real: Gaussian, bands: BandMoments, seed: int, location: str = ""
 ) -> FIDInfinityResult:
@@ -202,6 +221,8 @@ def fit_bands(
     if len(sizes) < 3:
         raise ShapeError(f"{location!r}: too few rows in the nested subsets to fit FID∞")
     a, b, r2 = fit_infinity(np.array(sizes), np.array(fids))
+    if a < 0:
+        warnings.warn(below_zero(a, fids[-1]), UserWarning, stacklevel=2)
     return FIDInfinityResult(
         a, b, r2, fids[-1], tuple(sizes), tuple(fids), seed, bands.nonfinite.count
     )

@@ -48,7 +48,7 @@ from shardeval.pipeline.errors import ShapeError, StatsFormatError, StoreError, 
 from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.io.atomic import atomic_dir, atomic_file, claim_output, is_stream
 from shardeval.pipeline.io.reader import missing_chunks
-from shardeval.pipeline.io.stores import STATS_FORMAT, numpy_kind
+from shardeval.pipeline.io.stores import STATS_FORMAT, not_a_store, numpy_kind
 
 FORMAT_VERSION = 1
 
@@ -218,11 +218,11 @@ def load_adm_reference(path: str | os.PathLike[str]) -> ADMReference:
             f"cannot read reference batch {path!r}: {exc}; the file is damaged"
         ) from exc
     mu = np.atleast_1d(found["mu"])
-    sigma = _check_matrix(path, mu, np.atleast_2d(found["sigma"]), ADM_POOL)
+    sigma = check_statistics(path, mu, np.atleast_2d(found["sigma"]), ADM_POOL)
     spatial = None
     if spatial_names:
         mu_s = np.atleast_1d(found["mu_s"])
-        sigma_s = _check_matrix(path, mu_s, np.atleast_2d(found["sigma_s"]), ADM_SPATIAL)
+        sigma_s = check_statistics(path, mu_s, np.atleast_2d(found["sigma_s"]), ADM_SPATIAL)
         spatial = Gaussian(mu_s, sigma_s, None, f"{path} (mu_s, sigma_s)")
     return ADMReference(path, Gaussian(mu, sigma, None, path), spatial, shape)
 
@@ -291,8 +291,13 @@ def save_stats(
     return path
 
 
-def _check_n(path: str, n: Any) -> int:
-    """An exact row count: an integer in [2, 2^53]."""
+def check_n(path: str, n: Any) -> int:
+    """An exact row count: an integer in [2, 2^53] (``path``: how messages name the
+    statistics).
+
+    Raises:
+        StatsFormatError: anything else.
+    """
     if isinstance(n, np.ndarray):
         n = n.item() if n.ndim == 0 and n.dtype.kind in "iu" else n
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
@@ -305,11 +310,19 @@ def _check_n(path: str, n: Any) -> int:
     return int(n)
 
 
-def _check_matrix(
+def check_statistics(
     path: str, mean: np.ndarray, second: np.ndarray, names: tuple[str, str]
 ) -> np.ndarray:
     """Shapes, finite values, symmetry and non-negative diagonal of a covariance-like matrix;
-    returns it exactly symmetric."""
+    returns it exactly symmetric. The one check of statistics, read from a file or given in
+    memory (``path``: how messages name them; ``names``: of the mean and the matrix).
+
+    Asymmetry up to :data:`SYMMETRY_RTOL` of the largest entry is rounding, and the matrix is
+    symmetrised; more is refused (a matrix holding one triangle would give a wrong FID).
+
+    Raises:
+        StatsFormatError: naming what is wrong.
+    """
     a, b = names
     if mean.ndim != 1 or second.shape != (mean.shape[0], mean.shape[0]):
         raise StatsFormatError(
@@ -347,10 +360,10 @@ def _load_npz(path: str) -> Moments | Gaussian:
             n = archive["n"] if "n" in keys else None
     except _NPZ_ERRORS as exc:
         raise StoreError(f"cannot read statistics {path!r}: {exc}; the file is damaged") from exc
-    sigma = _check_matrix(path, mu, sigma, ("mu", "sigma"))
+    sigma = check_statistics(path, mu, sigma, ("mu", "sigma"))
     if n is None:
         return Gaussian(mu, sigma, None, path)
-    count = _check_n(path, n)
+    count = check_n(path, n)
     return Moments(count, mu, sigma * (count - 1))
 
 
@@ -399,7 +412,8 @@ def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
     try:
         group = zarr.open_group(path, mode="r", use_consolidated=False)
     except Exception as exc:
-        raise StoreError(f"cannot open statistics {path!r} as a Zarr group: {exc}") from exc
+        wanted = "statistics: a group written by `shardeval stats`, or a .npz with mu and sigma"
+        raise StoreError(not_a_store(path, exc, wanted)) from exc
     if group.attrs.get("format") != STATS_FORMAT:
         raise StatsFormatError(
             f"{path!r} is not a shardeval statistics group (attribute format="
@@ -407,9 +421,9 @@ def load_stats(path: str | os.PathLike[str]) -> Moments | Gaussian:
         )
     if "n" not in group.attrs:
         raise StatsFormatError(f"{path!r} lacks the attribute 'n' (the row count)")
-    n = _check_n(path, group.attrs["n"])
+    n = check_n(path, group.attrs["n"])
     mean = _read_array(group, path, "mean")
-    m2 = _check_matrix(path, mean, _read_array(group, path, "m2"), ("mean", "m2"))
+    m2 = check_statistics(path, mean, _read_array(group, path, "m2"), ("mean", "m2"))
     return Moments(n, mean, m2)
 
 

@@ -10,6 +10,7 @@ compute: rank, dtype, rows, and (across stores) the feature dimension.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -97,6 +98,8 @@ class FeatureSource:
         attrs: the store's attributes (its group's, then its own).
         reader: what reads its rows by index (the pair metrics' tasks read their own blocks);
             None for a source made from a computed dask array.
+        given: the input as the user gave it, when that is not the store read (images,
+            whose features the feature cache holds): what summaries name.
     """
 
     location: str
@@ -105,6 +108,13 @@ class FeatureSource:
     feature_extractor: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     reader: StoredArray | None = None
+    given: str = ""
+
+    @property
+    def shown(self) -> str:
+        """How summaries name it: as the user gave it (a folder of images, not its cache
+        entry)."""
+        return self.given or self.location
 
     @property
     def n(self) -> int:
@@ -132,7 +142,8 @@ class FeatureSource:
         """Provenance: what a report or a statistics file records about this source; for an
         extraction store also how its features were made (encoder, resize, the weights'
         digest, the images), which decides what a number compares with."""
-        described = {
+        described: dict[str, Any] = {
+            **({"given": self.given} if self.given else {}),
             "source": self.location,
             "array": self.name,
             "shape": list(self.array.shape),
@@ -289,7 +300,7 @@ def _open_zarr(
             location, mode="r", storage_options=storage_options, use_consolidated=False
         )
     except Exception as exc:  # zarr raises several types for a missing or foreign store
-        raise StoreError(f"cannot open {location!r} as a Zarr store: {exc}") from exc
+        raise StoreError(not_a_store(location, exc)) from exc
     if isinstance(node, zarr.Group):
         group_attrs = dict(node.attrs)
         if group_attrs.get(INCOMPLETE_ATTR):
@@ -305,6 +316,28 @@ def _open_zarr(
             "a variable in a group, dataset or .npz)"
         )
     return node, "", {}
+
+
+#: Files that make a folder a Zarr store (v3; v2 array, group).
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+
+
+def not_a_store(
+    location: str,
+    exc: BaseException,
+    wanted: str = "a Zarr array or group, a .npy/.npz file, or a folder of images",
+) -> str:
+    """Why ``location`` cannot be opened as a Zarr store, naming it as the user gave it
+    (never Zarr's ``StorePath(LocalStore, 'file://...')``), and what to give (``wanted``)."""
+    local_folder = not _is_url(location) and os.path.isdir(location)
+    if local_folder and not any(os.path.exists(os.path.join(location, m)) for m in _ZARR_MARKERS):
+        return (
+            f"{location!r} is a folder, not a feature store or statistics (no Zarr array or "
+            f"group: it holds no zarr.json, .zarray or .zgroup); give {wanted}"
+        )
+    reason = re.sub(r"StorePath\([^)]*\)(?: at path '[^']*')?", repr(location), str(exc))
+    first = reason.splitlines()[0] if reason else type(exc).__name__
+    return f"cannot open {location!r} as a Zarr store: {first}"
 
 
 def _cf_attributes(array: Any, dims: tuple[str, ...] | None) -> dict[str, Any]:
@@ -377,6 +410,8 @@ def validate_shape_dtype(
         want = " or ".join({1: "1-D (samples)", 2: "2-D (samples x features)"}[k] for k in ndims)
         images = "; images are uint8 (N, H, W, 3)" if len(shape) in (3, 4) else ""
         raise ShapeError(f"{location!r} has shape {shape}; it must be {want}{images}")
+    if len(shape) == 2 and shape[1] < 1:
+        raise ShapeError(f"{location!r} has shape {shape}; its rows are empty (no features)")
     if dtype == np.bool_ or not (
         np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
     ):
@@ -484,8 +519,6 @@ def open_features(
     n, d = shape[0], (shape[1] if len(shape) == 2 else 1)
     if n < min_rows:
         raise ShapeError(f"{location!r} has {n} row(s); at least {min_rows} are needed")
-    if d < 1:
-        raise ShapeError(f"{location!r} has shape {shape}; its rows are empty")
     _check_last_row(reader)
     rows = shard_rows or _default_shard_rows(reader.chunk_rows, d * dtype.itemsize, n)
     chunks = (rows, *shape[1:])

@@ -8,7 +8,7 @@ Importing a metric module is cheap: what a metric computes with is imported when
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from shardeval.pipeline.metrics.base import (
@@ -106,6 +106,29 @@ def register(cls: type[Metric]) -> type[Metric]:
     return cls
 
 
+def metric_names(names: str | Sequence[str]) -> tuple[str, ...]:
+    """Registered metric names, from a sequence or the command line's comma-separated text
+    (``"fid,kid"``), in order, repeats dropped: what ``metrics --metrics`` and
+    :func:`shardeval.metrics` take, checked once.
+
+    Raises:
+        OptionError: none given, or a name that is not registered (named).
+    """
+    from shardeval.pipeline.errors import OptionError
+
+    try:
+        parts: list[object] = list(names.split(",") if isinstance(names, str) else names)
+    except TypeError:
+        parts = [names]
+    texts = [n.strip() if isinstance(n, str) else repr(n) for n in parts]
+    wanted = tuple(dict.fromkeys(t for t in texts if t))
+    unknown = [n for n in wanted if n not in METRICS]
+    if not wanted or unknown:
+        why = f" (unknown: {', '.join(unknown)})" if unknown else ""
+        raise OptionError(f"expected metric names from {', '.join(METRICS)}, got {names!r}{why}")
+    return wanted
+
+
 __all__ = [
     "METRICS",
     "Context",
@@ -115,6 +138,7 @@ __all__ = [
     "Param",
     "Plot",
     "Reference",
+    "metric_names",
     "register",
     "spectrum",
 ]

@@ -43,6 +43,9 @@ class Param:
         choices: the values allowed, when there is a closed set.
         check: returns an error text for a value that has the right type but is not valid.
         metavar: how the value is shown in a usage line (default: the name in capitals).
+        applies_with: the option of the same metric without which this one means nothing
+            (KID's ``seed`` draws subsets: it applies with ``subsets``); None: it always
+            applies. An option several metrics declare goes to those it applies to.
 
     The declaration is the option everywhere: job files validate with it, the command line
     makes its flag from it (``--name``, a switch for a ``bool``), the Python API takes it as
@@ -56,6 +59,7 @@ class Param:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None
     metavar: str | None = None
+    applies_with: str | None = None
 
     def describe(self) -> str:
         """One line: what it is and its default."""
@@ -284,6 +288,16 @@ class Metric(abc.ABC):
             p.name: p.validate(self.name, options[p.name]) if p.name in options else p.default
             for p in self.params
         }
+
+    @classmethod
+    def applies(cls, name: str, options: dict[str, Any]) -> bool:
+        """Whether the option ``name`` means something to this metric with ``options`` given
+        beside it (see :attr:`Param.applies_with`)."""
+        declared = {p.name: p for p in cls.params}
+        needed = declared[name].applies_with if name in declared else None
+        if needed is None:
+            return name in declared
+        return bool(options.get(needed, declared[needed].default))
 
     def sample_request(self) -> dict[str, Any]:
         """The pair metrics this metric reads from :meth:`Context.samples` (keyword arguments

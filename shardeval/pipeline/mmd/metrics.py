@@ -44,7 +44,16 @@ class KID(Metric):
             _non_negative,
             "S",
         ),
-        Param("subset_size", int, SUBSET_SIZE, "rows per subset", None, _at_least_two, "M"),
+        Param(
+            "subset_size",
+            int,
+            SUBSET_SIZE,
+            "rows per subset",
+            None,
+            _at_least_two,
+            "M",
+            applies_with="subsets",
+        ),
         Param(
             "seed",
             int,
@@ -52,6 +61,7 @@ class KID(Metric):
             "seed of the subsets (torch-fidelity's)",
             check=seed_problem,
             metavar="SEED",
+            applies_with="subsets",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (

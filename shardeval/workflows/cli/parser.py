@@ -13,13 +13,19 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shardeval.pipeline.metrics import METRICS, MetricOptionError, Param
+from shardeval.pipeline.errors import OptionError
+from shardeval.pipeline.metrics import METRICS, MetricOptionError, Param, metric_names
 from shardeval.pipeline.options import (
     BACKENDS,
+    BANDWIDTH_RULES,
     DEFAULT_SPLIT_EVERY,
     DEVICES,
     NONFINITE_POLICIES,
     PRECISIONS,
+    bandwidth_problem,
+    count_problem,
+    fan_in_problem,
+    positive_number_problem,
     seed_problem,
 )
 
@@ -50,8 +56,12 @@ Statistics: a Zarr group from `shardeval stats` (exact, mergeable) or a pytorch-
 .npz with mu and sigma. Bad input: one line on stderr, exit code 2, nothing written."""
 
 
-#: Larger than any row count, and still an int64 (dask's chunk sizes are).
-MAX_COUNT = 2**62
+def _checked(value: Any, problem: str | None) -> Any:
+    """``value`` when its check (one of :mod:`shardeval.pipeline.options`, the API's too)
+    found no problem."""
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -59,11 +69,7 @@ def positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    if value > MAX_COUNT:
-        raise argparse.ArgumentTypeError(f"{value} is beyond any count of rows (at most 2^62)")
-    return value
+    return _checked(value, count_problem(value))
 
 
 def seed(text: str) -> int:
@@ -71,17 +77,12 @@ def seed(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    problem = seed_problem(value)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return value
+    return _checked(value, seed_problem(value))
 
 
 def fan_in(text: str) -> int:
     value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"a merge fan-in is at least 2, got {value}")
-    return value
+    return _checked(value, fan_in_problem(value))
 
 
 def positive_float(text: str) -> float:
@@ -89,9 +90,7 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
+    return _checked(value, positive_number_problem(value))
 
 
 def finite_float(text: str) -> float:
@@ -105,14 +104,15 @@ def finite_float(text: str) -> float:
 
 
 def bandwidth(text: str) -> float | str:
-    if text in ("silverman", "cv"):
+    if text in BANDWIDTH_RULES:
         return text
     try:
-        return positive_float(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive number, 'silverman' or 'cv', got {text!r}"
-        ) from None
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if bandwidth_problem(value):
+        raise argparse.ArgumentTypeError(bandwidth_problem(text))  # in the words typed
+    return value
 
 
 def _group(title: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
@@ -254,12 +254,12 @@ _VERB_OPTIONS = ("nonfinite",)
 
 
 def metric_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list of registered metrics."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in METRICS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected names from {', '.join(METRICS)}, got {text!r}")
-    return tuple(dict.fromkeys(names))
+    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
+    checks its names)."""
+    try:
+        return metric_names(text)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _param_type(metric: str, param: Param) -> Callable[[str], Any]:
