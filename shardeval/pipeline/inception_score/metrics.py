@@ -41,6 +41,7 @@ class InceptionScore(Metric):
             "seed of the splits' row order (torch-fidelity's rng_seed)",
             check=seed_problem,
             metavar="SEED",
+            applies_with="splits",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
