@@ -326,26 +326,26 @@ def test_cli_extract_reports_a_lost_scheduler_as_the_measurements_do(
     assert f"the Dask scheduler at {address} went away" in errors[0], err
 
 
-def _fail_a_kernel_check_here():
-    """On a worker: what a failed first-use check leaves (its verdict, its warning in the
-    worker's log)."""
-    import torch
-
-    from shardeval.kernels import _selfcheck
-
-    _selfcheck._fail("moments", torch.device("cpu"), _selfcheck.Verdict(False, "wrong values"))
-    return os.getpid()
-
-
 def test_a_kernel_check_that_failed_on_a_worker_is_in_the_clients_report(
     processes, feature_pair, capsys
 ):
     # The warning went to the worker's log only; the report said nothing of the torch path.
     real_path, _, gen_path, _ = feature_pair
     address = processes(workers=2)
+
+    def fail_a_kernel_check_here() -> None:
+        """On a worker: what a failed first-use check leaves (its verdict, its warning in the
+        worker's log). Defined here, so that it travels by value: workers cannot import the
+        tests package."""
+        import torch
+
+        from shardeval.kernels import _selfcheck
+
+        _selfcheck._fail("moments", torch.device("cpu"), _selfcheck.Verdict(False, "wrong values"))
+
     with Client(address) as client:
         (worker, *_) = client.scheduler_info()["workers"]
-        client.run(_fail_a_kernel_check_here, workers=[worker])
+        client.run(fail_a_kernel_check_here, workers=[worker])
     code = main(["fid", real_path, gen_path, "--scheduler", address, "--json", "-q"])
     out, err = capsys.readouterr()
     assert code == 0, err
