@@ -154,10 +154,10 @@ def extracted(
         OutputExistsError: the cache lies inside another input (``others``).
     """
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
-    from shardeval.pipeline.images.cache import cached_features, default_cache_root
+    from shardeval.pipeline.images.cache import cached_features, resolve_cache_root
     from shardeval.pipeline.io.atomic import check_outside
 
-    root = options.get("cache_root") or default_cache_root()
+    root = resolve_cache_root(options.get("cache_root"))  # an empty value is refused
     check_outside(root, [os.fspath(o) for o in others if is_path(o)])
     device = options.get("device") or "auto"
     set_in_this_process(engine, device)  # IEEE fp32 convolutions, as extract does

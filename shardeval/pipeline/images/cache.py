@@ -125,9 +125,19 @@ class CachedFeatures:
 
 def default_cache_root() -> str:
     """The cache folder when none is given: ``$SHARDEVAL_CACHE``, else
-    ``$XDG_CACHE_HOME/shardeval``, else ``~/.cache/shardeval`` (absolute)."""
+    ``$XDG_CACHE_HOME/shardeval``, else ``~/.cache/shardeval`` (absolute).
+
+    Raises:
+        ExtractionError: ``SHARDEVAL_CACHE`` is set to an empty value (a script whose variable
+            came out empty meant some folder, not the default one).
+    """
     given = os.environ.get(CACHE_ENV)
-    if given:
+    if given is not None:
+        if not given.strip():
+            raise ExtractionError(
+                f"the environment variable {CACHE_ENV} is set but empty; set it to a folder, "
+                "or unset it for the default cache"
+            )
         return os.path.abspath(os.path.expanduser(given))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return os.path.abspath(os.path.expanduser(os.path.join(base, "shardeval")))
@@ -216,19 +226,23 @@ def _hash_image_file(digest: Any, path: str) -> None:
     digest.update(b"\n")
 
 
-def _cache_root(cache_root: str | os.PathLike[str] | None) -> str:
-    """The cache folder asked for (absolute); not created here.
+def resolve_cache_root(cache_root: str | os.PathLike[str] | None) -> str:
+    """The cache folder asked for (absolute): ``cache_root``, or :func:`default_cache_root`
+    when it is None; not created here.
 
     Raises:
-        ExtractionError: an empty path or a URL (the cache is a local folder).
+        ExtractionError: an empty path (given, or in ``SHARDEVAL_CACHE``) or a URL (the cache
+            is a local folder).
         OutputExistsError: the path exists and is not a folder.
     """
     if cache_root is None:
         root = default_cache_root()
     else:
         root = os.fspath(cache_root)
-        if not root:
-            raise ExtractionError("«cache_root» is empty; give a folder, or leave it out")
+        if not root.strip():
+            raise ExtractionError(
+                "«cache_root» is empty; give a folder, or leave it out for the default cache"
+            )
         if "://" in root:
             raise ExtractionError(
                 f"«cache_root={root!r}» is a URL; the feature cache is a local folder (shared "
@@ -384,7 +398,7 @@ def fill_cache(
         ImageSourceError, ImageError, EncoderSetupError, EngineError, ClusterError: as
             :func:`~shardeval.pipeline.images.extract.extract_features`.
     """
-    root = _cache_root(cache_root)
+    root = resolve_cache_root(cache_root)
     _check_outside(root, source)  # before anything is created there
     _make_root(root)
     key = cache_key(source, plan, skip_bad=skip_bad)
