@@ -41,6 +41,7 @@ from shardeval.api.results import (
     Side,
     ess_dict,
     ess_summary,
+    features_made,
     fid_data,
     fid_summary,
     nll_dict,
@@ -458,7 +459,10 @@ def _fid(
     real, gen = (
         Side(**{**vars(s), "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
     )
+    made, warned, made_lines = features_made({"real": real.provenance, "gen": gen.provenance})
+    notes.extend(warned)
     data = fid_data(result, real, gen)
+    data["features_made_by"] = made
     results: dict[str, Any] = {"fid": result}
     described = run.engine.describe() if sources else {"scheduler": "none (statistics only)"}
     tail = run.tail(notes)
@@ -479,7 +483,7 @@ def _fid(
     data.update(tail)
     if sources:
         data["settings"] = run.settings()
-    return Report("fid", results, data, text, value)
+    return Report("fid", results, data, "\n".join([text, *made_lines]), value)
 
 
 def fid_infinity(real: Any, gen: Any, *, seed: int | None = None, **options: Any) -> Report:
@@ -594,12 +598,16 @@ def stats(
             "versions": versions(),
         }
         save_stats(output, moments, provenance, overwrite=overwrite)
+        made, warned, made_lines = features_made({"store": provenance})
+        notes.extend(warned)
         tail = run.tail(notes)
     text = (
         f"statistics of {source.location}: n={moments.n:,} d={moments.d:,} "
         f"shards={source.shards} -> {output} ({tail['seconds']:.2f} s)"
     )
+    text = "\n".join([text, *made_lines])
     data = {"metric": "stats", "n": moments.n, "d": moments.d, "output": output, **provenance}
+    data["features_made_by"] = made
     data.update(tail)
     return Report("stats", {"moments": moments}, data, text, float(moments.n))
 

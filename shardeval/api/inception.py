@@ -16,7 +16,7 @@ from shardeval.api.functions import (
     with_features,
 )
 from shardeval.api.inputs import features
-from shardeval.api.results import Report
+from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError
 
 #: The settings the report records.
@@ -125,7 +125,9 @@ def inception_score(
         )
         data: dict[str, Any] = {"metric": "is", "is": asdict(result)}
         data["inputs"] = {"logits": source.describe()}
+        data["features_made_by"], warned, made_lines = features_made(data["inputs"])
+        notes.extend(warned)
         data["settings"] = run.settings(_SETTINGS)
         data.update(run.tail(notes))
-        text = summary(result, data["seconds"])
+        text = "\n".join([summary(result, data["seconds"]), *made_lines])
         return Report("is", {"is": result}, data, text, result.inception_score)

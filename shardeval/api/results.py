@@ -163,6 +163,35 @@ def _side_dict(side: Side) -> dict[str, Any]:
     }
 
 
+def features_made(
+    sides: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any] | None], list[str], list[str]]:
+    """How each side's features were made, from what it records (a feature source's
+    description, a statistics file's attributes): the report's ``features_made_by`` (role →
+    network, encoder, resize, weights digest and status, or None when nothing is recorded),
+    the warnings (weights that are not the published file; sides made differently), and the
+    summary's lines (one per side when any records it, then each warning).
+
+    Example:
+        >>> made, warned, lines = features_made({"real": {}, "gen": None})
+        >>> made, warned, lines
+        ({'real': None, 'gen': None}, [], [])
+    """
+    from shardeval.pipeline.images.provenance import made_by, provenance_warnings
+
+    made = {role: made_by(described) for role, described in sides.items()}
+    warned = provenance_warnings(made)
+    lines = []
+    if any(m is not None for m in made.values()):
+        width = max(len(role) for role in made)
+        lines = [
+            f"  {role:<{width}} made by {m.text() if m is not None else 'not recorded'}"
+            for role, m in made.items()
+        ]
+    lines += [f"  warning: {w}" for w in warned]
+    return {r: None if m is None else m.to_dict() for r, m in made.items()}, warned, lines
+
+
 def engine_text(engine: dict[str, Any]) -> str:
     if engine.get("scheduler") == "distributed":
         return f"distributed scheduler {engine.get('address')}"

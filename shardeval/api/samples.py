@@ -22,7 +22,7 @@ from shardeval.api.functions import (
     with_features,
 )
 from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
-from shardeval.api.results import Report
+from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
 #: The settings a pair metric's report records.
@@ -162,6 +162,8 @@ def _report(
         data[name] = result if isinstance(result, dict) else asdict(result)
     data.update(extra or {})
     data["inputs"] = {"real": real.describe(), "gen": gen.describe()}
+    data["features_made_by"], warned, made_lines = features_made(data["inputs"])
+    notes.extend(warned)
     data["settings"] = run.settings(_PAIR_SETTINGS)
     data.update(run.tail(notes))
     lines = [summary_line(name, result) for name, result in results.items()]
@@ -169,6 +171,7 @@ def _report(
         f"  real {real.location}  n={real.n:,}   gen {gen.location}  n={gen.n:,}   "
         f"d={real.d:,}   {data['seconds']:.2f} s"
     )
+    lines += made_lines
     first = next(iter(results))
     return Report(data["metric"], results, data, "\n".join(lines), _HEADLINE[first](results[first]))
 
@@ -427,6 +430,11 @@ def metrics(
         )
     stats_only = given_stats and not rows
     images = image_flags([None if stats_only else real, gen], given)
+    held = None  # what the reference's statistics record of how they were made
+    if given_stats and is_path(real):
+        from shardeval.pipeline.io.statsio import stats_provenance
+
+        held = stats_provenance(os.fspath(real))
     with _noted() as notes, _running(given) as run:
         gaussian = statistics(real) if given_stats else None
         real, gen = with_features(run, [real, gen], images)
@@ -438,7 +446,7 @@ def metrics(
             else features(real, array=array, shard_rows=shard_rows)
         )
         b = features(gen, array=array, shard_rows=shard_rows)
-        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian)
+        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, held=held)
 
 
 def _by_plug_ins(
@@ -448,10 +456,12 @@ def _by_plug_ins(
     gen: Any,
     notes: Notes,
     gaussian: Any = None,
+    held: dict[str, Any] | None = None,
 ) -> Report:
     """``instances`` computed for ``gen`` against ``real`` (features, or statistics when no
     instance needs the reference's rows) through the plug-in interface; ``gaussian``, when
-    given, is the reference's Gaussian (a file's statistics beside the rows it holds)."""
+    given, is the reference's Gaussian (a file's statistics beside the rows it holds), and
+    ``held`` what its file records of how its features were made."""
     from shardeval.pipeline.fid.gaussian import Gaussian
     from shardeval.pipeline.io.stores import check_same_dim
     from shardeval.pipeline.metrics import Context, Reference
@@ -497,6 +507,14 @@ def _by_plug_ins(
     data: dict[str, Any] = {"metric": ",".join(results), **results, **extra}
     data["options"] = {m.name: m.options for m in instances}
     data["inputs"] = {"real": described, "gen": gen.describe()}
+    sides: dict[str, Any] = {"real": held} if source is None else {"real": source.describe()}
+    if source is not None and held:  # rows from a file that holds statistics too
+        sides["real statistics"] = held
+    sides["gen"] = data["inputs"]["gen"]
+    data["features_made_by"], warned, made_lines = features_made(
+        sides if real is not None else {"gen": sides["gen"]}
+    )
+    notes.extend(warned)
     data["settings"] = run.settings((*_PAIR_SETTINGS, "nonfinite"))
     data.update(run.tail(notes))
     lines = [_plug_in_line(m, results[m.name]) for m in instances]
@@ -504,6 +522,7 @@ def _by_plug_ins(
         (f"  real {location}  n={n if n is None else format(n, ',')}" if real is not None else "")
         + f"   gen {gen.location}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
     )
+    lines += made_lines
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])
     return Report(data["metric"], results, data, "\n".join(lines), value)

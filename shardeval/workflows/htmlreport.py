@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from shardeval.pipeline.images.provenance import recorded
 from shardeval.pipeline.io.atomic import atomic_file, claim_output, is_stream
 from shardeval.workflows.history import History, HistoryError
 
@@ -136,9 +137,10 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         if loc  # "": entries of metrics that measure them alone (the Inception Score)
     ]
     created = [r["created"] for r in rows]
+    # The weights' whole digest, and whether they are the published file (decided now, from
+    # the digest against the pinned one).
     made = [
-        ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in f.items())
-        for f in json.loads(ds.attrs.get("features", "[]"))
+        recorded(f).text(full=True, loud=True) for f in json.loads(ds.attrs.get("features", "[]"))
     ]
     return [
         ("job", ", ".join(_unique(ds, "job"))),

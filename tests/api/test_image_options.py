@@ -2,16 +2,12 @@
 is (an empty value is refused, never read as the default), ``verify`` (the images' bytes, not
 their listing, decide reuse; the report says which decided), and bad images."""
 
-import json
-import os
-import warnings
-
 import numpy as np
 import pytest
 from PIL import Image
 
 import shardeval as se
-from shardeval.pipeline.errors import ShardevalError, SingularCovarianceWarning
+from shardeval.pipeline.errors import ShardevalError
 from shardeval.workflows.cli import main
 
 pytestmark = pytest.mark.filterwarnings(
@@ -40,15 +36,19 @@ def home(tmp_path, monkeypatch):
 
 def test_an_empty_cache_root_is_refused(tmp_path, weights, home, capsys, monkeypatch):
     real, gen = _folder(tmp_path / "r", 3, 1), _folder(tmp_path / "g", 3, 2)
-    with pytest.raises(ShardevalError, match="cache_root.*empty"):
+    with pytest.raises(ShardevalError, match=r"cache_root.*empty"):
         se.fid(real, gen, weights=weights, cache_root="")
     assert not home.exists()
     assert main(["fid", real, gen, "--weights", weights, "--cache-root", "", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "--cache-root" in err and "empty" in err and len(err.strip().splitlines()) == 1
+    assert "--cache-root" in err
+    assert "empty" in err
+    assert len(err.strip().splitlines()) == 1
     assert not home.exists()
     monkeypatch.setenv("SHARDEVAL_CACHE", "")
     assert main(["kid", real, gen, "--weights", weights, "-q"]) == 2
     err = capsys.readouterr().err
-    assert "SHARDEVAL_CACHE" in err and "empty" in err and len(err.strip().splitlines()) == 1
+    assert "SHARDEVAL_CACHE" in err
+    assert "empty" in err
+    assert len(err.strip().splitlines()) == 1
     assert not home.exists()

@@ -103,7 +103,7 @@ def test_hf_cache_layout(tmp_path, monkeypatch):
         locate_weights("dinov2-vitl14")
     (snap / "model.safetensors").write_bytes(b"x")
     assert locate_weights("dinov2-vitl14") == str(snap)
-    assert weights_digest(snap).startswith("blake2b-128:")
+    assert weights_digest(snap).startswith("sha256:")
     with pytest.raises(WeightsError, match="model folder"):
         locate_weights("clip-vitl14-336", snap / "config.json")
 
@@ -123,7 +123,7 @@ def test_bad_checkpoints_are_refused(tmp_path):
     good = tmp_path / "good.pth"
     torch.save(random_state_dict(0), good)
     with pytest.raises(WeightsError, match="every worker must see the same weights"):
-        load_encoder("inception", str(good), digest="blake2b-128:" + "0" * 32)
+        load_encoder("inception", str(good), digest="sha256:" + "0" * 64)
 
 
 def test_resize_modes(rng):

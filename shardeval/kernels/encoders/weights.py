@@ -44,7 +44,6 @@ HF_MODEL_IDS = {
 _HF_MODEL_FILES = ("config.json",)
 _HF_TENSOR_SUFFIXES = (".safetensors", ".bin")
 
-_DIGEST_BYTES = 16
 _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
 
@@ -185,12 +184,13 @@ def _digest_files(path: str) -> list[tuple[str, str]]:
 
 
 def weights_digest(path: str | os.PathLike[str]) -> str:
-    """BLAKE2b (128-bit) of the weights: a file's bytes (its name and place do not count), or a
-    model folder's configuration and tensor files (name and bytes, in name order). Remembered
-    per (path, size, mtime), so a process that already hashed a file does not read it again.
+    """SHA-256 of the weights: a file's bytes (its name and place do not count: the digest
+    ``shardeval fetch`` pins and ``sha256sum`` prints), or a model folder's configuration and
+    tensor files (name and bytes, in name order). Remembered per (path, size, mtime), so a
+    process that already hashed a file does not read it again.
 
     Returns:
-        ``"blake2b-128:<hex>"``.
+        ``"sha256:<hex>"``.
 
     Raises:
         WeightsError: the weights cannot be read.
@@ -207,7 +207,7 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     with _digests_lock:
         if key in _digests:
             return _digests[key]
-    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
+    digest = hashlib.sha256()
     try:
         for name, file in files:
             if os.path.isdir(path):  # a file is digested by its bytes alone, wherever it is
@@ -217,7 +217,7 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
                     digest.update(block)
     except OSError as exc:
         raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
-    value = f"blake2b-128:{digest.hexdigest()}"
+    value = f"sha256:{digest.hexdigest()}"
     with _digests_lock:
         _digests[key] = value
     return value

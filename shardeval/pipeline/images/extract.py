@@ -52,6 +52,7 @@ from shardeval.pipeline.core.chunks import check_device, uses_gpu, worker_device
 from shardeval.pipeline.core.engine import Engine, Progress, available_cores
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
 from shardeval.pipeline.errors import ShardevalError, StoreError
+from shardeval.pipeline.images.provenance import LEGACY_PREFIX
 from shardeval.pipeline.images.sources import (
     IMAGE_ADVICE,
     ImageError,
@@ -119,6 +120,10 @@ class ExtractResult:
         devices: devices the tasks of this run used.
         seconds: wall time; check_seconds: of it, the decode pre-pass.
         classes: logits per row the store holds (0: none).
+        weights_digest: the weights' digest (``sha256:<hex>``, ``random:<seed>``).
+        weights_status: whether they are the published file (see
+            :func:`shardeval.pipeline.images.provenance.weights_status`).
+        weights_file: where they were read when the store was made (its ``weights_file``).
     """
 
     output: str
@@ -138,6 +143,9 @@ class ExtractResult:
     seconds: float
     check_seconds: float
     classes: int = 0
+    weights_digest: str = ""
+    weights_status: str | None = None
+    weights_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -365,9 +373,11 @@ class Extraction:
     Attributes:
         encoder: the encoder name.
         weights: the weights the user gave (absolute), or None for the standard cache.
-        digest: the weights' digest.
+        digest: the weights' digest (``sha256:<hex>``).
         resize: the preprocessing mode.
         dim: features per image.
+        located: the weights this process found (the file or folder read; for a worker of a
+            cluster, its own copy must have the same digest).
     """
 
     encoder: str
@@ -375,6 +385,15 @@ class Extraction:
     digest: str
     resize: str
     dim: int
+    located: str = ""
+
+    @property
+    def weights_status(self) -> str | None:
+        """Whether the weights are the published file
+        (:func:`shardeval.pipeline.images.provenance.weights_status`)."""
+        from shardeval.pipeline.images.provenance import weights_status
+
+        return weights_status(self.encoder, self.digest)
 
 
 def plan_extraction(
@@ -394,10 +413,11 @@ def plan_extraction(
     given = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
     try:
         mode = resolve_resize(encoder, resize)
-        digest = digest_of(locate_weights(encoder, given))
+        located = locate_weights(encoder, given)
+        digest = digest_of(located)
     except EncoderError as exc:
         raise EncoderSetupError(marked(exc)) from exc
-    return Extraction(encoder, given, digest, mode, ENCODERS[encoder].dim)
+    return Extraction(encoder, given, digest, mode, ENCODERS[encoder].dim, located)
 
 
 def extract_features(
@@ -493,6 +513,9 @@ def extract_features(
         if attrs is None:
             t = time.perf_counter()
             attrs = _new_attrs(source, spec.feature_extractor, wanted, batch_size, chunk_rows)
+            # For people reading the store; reports decide the status from the digest again.
+            attrs["weights_status"] = plan.weights_status
+            attrs["weights_file"] = plan.located
             if skip_bad:
                 skipped = _bad_images(engine, source, check_progress)
                 attrs["skipped"] = [{"name": n, "reason": r} for n, r in skipped]
@@ -589,6 +612,9 @@ def extract_features(
             seconds=time.perf_counter() - start,
             check_seconds=check_seconds,
             classes=classes,
+            weights_digest=digest,
+            weights_status=plan.weights_status,
+            weights_file=str(attrs.get("weights_file") or plan.located),
         )
 
 
@@ -646,6 +672,15 @@ def _existing(output: str, wanted: dict[str, Any]) -> dict[str, Any]:
     )
     if not diff:
         return attrs
+    recorded = str(attrs.get("weights_digest", ""))
+    if recorded.startswith(LEGACY_PREFIX) and all(
+        attrs.get(k) == wanted[k] for k in SETTING_KEYS if k != "weights_digest"
+    ):
+        raise ExtractionError(
+            f"{output!r} was extracted before weights were digested with SHA-256 (it records "
+            f"{recorded}), so whether these weights made it cannot be told; it is still read "
+            "as it is (its weights 'not verified'); pass «overwrite=True» to extract it again"
+        )
     if _complete(attrs):
         raise ExtractionError(
             f"{output!r} holds a finished extraction with other settings ({diff}); pass "
