@@ -100,7 +100,9 @@ def extract(
         resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's), ``clean``
             (clean-fid's) or ``legacy-tensorflow`` (TF 1.x bilinear, torch-fidelity's).
         weights: the weights' file or folder (default: torch hub's / the Hugging Face cache;
-            nothing is downloaded).
+            nothing is downloaded); ``"random"`` or ``"random:SEED"``: the Inception with
+            seeded random weights, a smoke test of the image path (its numbers measure
+            nothing, and every report says so).
         batch_size: images per forward pass and rows per chunk (default 32).
         device: where the encoder runs (``auto``: a worker's GPU if it has one).
         skip_bad: leave unreadable images out (named in the report) instead of stopping.

@@ -293,6 +293,17 @@ def load_inception(path: str) -> FIDInception:
     return model
 
 
+def random_inception(seed: int = 0) -> FIDInception:
+    """The FID Inception with the random weights of :func:`random_state_dict` (``seed``), on the
+    CPU, in eval mode, parameters frozen: a smoke test of the image path where the published
+    weights are absent (its features measure nothing)."""
+    model = FIDInception()
+    model.load_state_dict(random_state_dict(seed), strict=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def encode_with_logits(
     encoder: Encoder, images: Sequence[np.ndarray], batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,12 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 #: The command that downloads :data:`INCEPTION_FILE` into :func:`inception_path`.
 FETCH_INCEPTION = "shardeval fetch inception"
 
+#: The ``weights`` value that asks for the FID Inception with seeded random weights (a smoke test
+#: of the image path where the published file is absent): ``random`` (seed 0) or
+#: ``random:SEED``. Their digest is ``random:SEED``; a file of that name is given as
+#: ``./random``.
+RANDOM_WEIGHTS = "random"
+
 #: Hugging Face model ids of the ViT encoders.
 HF_MODEL_IDS = {
     "dinov2-vitl14": "facebook/dinov2-large",
@@ -120,6 +126,28 @@ def _check_hf_folder(folder: str, what: str) -> None:
         )
 
 
+def random_seed(weights: str | os.PathLike[str] | None) -> int | None:
+    """The seed of random weights asked for by ``weights`` (``random``: 0, ``random:SEED``),
+    else None (a path, or nothing).
+
+    Raises:
+        WeightsError: ``random:`` followed by something that is not a seed.
+    """
+    if not isinstance(weights, str):
+        return None
+    if weights == RANDOM_WEIGHTS:
+        return 0
+    if not weights.startswith(RANDOM_WEIGHTS + ":"):
+        return None
+    seed = weights[len(RANDOM_WEIGHTS) + 1 :]
+    if not seed.isdigit() or int(seed) >= 2**63:
+        raise WeightsError(
+            f"«weights={weights!r}» is not random weights of a seed: give «weights='random'» "
+            "(seed 0) or «weights='random:SEED'» with SEED a non-negative integer"
+        )
+    return int(seed)
+
+
 def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) -> str:
     """The weights an encoder will load: the file (Inception) or model folder (ViTs).
 
@@ -128,13 +156,23 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
         weights: a path the user gave; default: the standard cache.
 
     Returns:
-        An absolute path that exists.
+        An absolute path that exists; for random weights (:data:`RANDOM_WEIGHTS`),
+        ``random:SEED``.
 
     Raises:
         WeightsError: the weights are not there; the message names the file or model id
             needed, where to put it, the command that fetches it (the Inception's:
-            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative.
+            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative. Random weights for
+            an encoder other than the Inception.
     """
+    seed = random_seed(weights)
+    if seed is not None:
+        if encoder != "inception":
+            raise WeightsError(
+                f"«weights={weights!r}» (seeded random weights, for a smoke test) is offered "
+                f"for the FID Inception only, not {encoder}"
+            )
+        return f"{RANDOM_WEIGHTS}:{seed}"
     if weights is not None:
         path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
         if not os.path.exists(path):
@@ -190,11 +228,14 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     process that already hashed a file does not read it again.
 
     Returns:
-        ``"sha256:<hex>"``.
+        ``"sha256:<hex>"``; for random weights (``random:SEED``), that name itself.
 
     Raises:
         WeightsError: the weights cannot be read.
     """
+    seed = random_seed(os.fspath(path))
+    if seed is not None:
+        return f"{RANDOM_WEIGHTS}:{seed}"
     path = os.path.abspath(os.fspath(path))
     try:
         stat = os.stat(path)

@@ -372,7 +372,8 @@ class Extraction:
 
     Attributes:
         encoder: the encoder name.
-        weights: the weights the user gave (absolute), or None for the standard cache.
+        weights: the weights the user gave (absolute; ``random:SEED`` for seeded random
+            weights), or None for the standard cache.
         digest: the weights' digest (``sha256:<hex>``).
         resize: the preprocessing mode.
         dim: features per image.
@@ -406,12 +407,21 @@ def plan_extraction(
     Raises:
         EncoderSetupError: an unknown encoder, a resize it does not take, weights missing.
     """
-    from shardeval.kernels.encoders import ENCODERS, EncoderError, locate_weights, resolve_resize
+    from shardeval.kernels.encoders import (
+        ENCODERS,
+        EncoderError,
+        locate_weights,
+        random_seed,
+        resolve_resize,
+    )
     from shardeval.kernels.encoders import weights_digest as digest_of
 
-    # Absolute, so that workers with another working directory find the same file.
-    given = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
     try:
+        seed = random_seed(weights)
+        # Absolute, so that workers with another working directory find the same file.
+        given = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
+        if seed is not None:  # seeded random weights: named by their seed, no file
+            given = locate_weights(encoder, weights)
         mode = resolve_resize(encoder, resize)
         located = locate_weights(encoder, given)
         digest = digest_of(located)
@@ -444,7 +454,9 @@ def extract_features(
             :func:`shardeval.pipeline.images.sources.open_images`).
         output: a local path (shared by every worker on a cluster).
         encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
-        weights: the weights file / model folder; default: the standard caches.
+        weights: the weights file / model folder; default: the standard caches;
+            ``"random"`` (``"random:SEED"``): the Inception with seeded random weights, a smoke
+            test (the store records ``weights_digest`` ``random:SEED``).
         resize: ``legacy-pytorch`` (default), ``clean`` or ``legacy-tensorflow`` for the
             Inception.
         batch_size: images per forward pass (default 32). A finished store is reused

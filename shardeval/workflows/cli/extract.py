@@ -51,7 +51,9 @@ def encoder_options(g: Any) -> None:
         "--weights",
         metavar="PATH",
         help="weights file (inception) or Hugging Face model folder (ViTs); default: the "
-        "standard caches",
+        "standard caches. 'random' (or random:SEED): the Inception with seeded random weights, "
+        "a smoke test of the image path without the published file (every number it gives is "
+        "marked as such; a file named random is ./random)",
     )
     g.add_argument(
         "--batch-size",
