@@ -226,6 +226,28 @@ def test_verify_sees_an_image_rewritten_with_its_size_and_time(tmp_path, images,
     )
 
 
+def test_an_entry_without_logits_is_made_again_not_refused(tmp_path, images, weights):
+    """An entry made before extraction wrote logits holds features only: asked for the
+    Inception's arrays (logits included), the cache extracts it again in its place, never
+    refusing it nor handing it out as complete."""
+    import shardeval as se
+    from shardeval.pipeline.images.extract import LOGITS_ARRAY
+
+    root = tmp_path / "cache"
+    path = cache_path(root, cache_key(open_images(images), plan_extraction(weights=weights)))
+    extract_features(images, path, weights=weights, logits=False)  # as entries were made
+    assert LOGITS_ARRAY not in zarr.open_group(path, mode="r")
+    report = se.inception_score(images, weights=weights, cache_root=str(root))
+    assert LOGITS_ARRAY in zarr.open_group(path, mode="r")
+    fresh = str(tmp_path / "fresh.zarr")
+    extract_features(images, fresh, weights=weights)
+    expected = se.inception_score(fresh)
+    assert float(report) == float(expected)
+    again = cached_features(images, cache_root=root, weights=weights)
+    assert again.reused
+    assert len(list(root.glob("features-*.zarr"))) == 1
+
+
 # --- is_image_source ---------------------------------------------------------------------
 
 

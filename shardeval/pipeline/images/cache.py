@@ -12,10 +12,13 @@ Layout of a cache folder (``cache_root``)::
 
 ``key`` is a BLAKE2b (128-bit, hex) digest of what decides the features: the image source's
 fingerprint (its kind and, per image, name and size plus modification time or CRC: see
-:class:`~shardeval.pipeline.images.sources.ImageSource`), the encoder, the weights' digest,
-the resize and ``skip_bad``. Not the batch size: features do not depend on it, so a finished
-entry is reused whatever batch size is asked for. Not the images' place either: a copy that
-keeps names, sizes and times lists the same, and holds the same images.
+:class:`~shardeval.pipeline.images.sources.ImageSource`), the encoder, the weights' digest
+(SHA-256; ``random:SEED`` for random weights), the resize and ``skip_bad``; and of what the
+entry holds (:func:`entry_arrays`: the Inception's logits beside its features). An entry
+that lacks an array its key stands for (made before extraction wrote logits) is extracted
+again in its place, never handed out as it is. Not the batch size: features do not depend
+on it, so a finished entry is reused whatever batch size is asked for. Not the images' place
+either: a copy that keeps names, sizes and times lists the same, and holds the same images.
 
 Where the folder is: ``cache_root`` when given; else the environment variable
 ``SHARDEVAL_CACHE``; else ``$XDG_CACHE_HOME/shardeval``; else ``~/.cache/shardeval`` (as
@@ -52,6 +55,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardeval.pipeline.images.extract import (
+    LOGIT_CLASSES,
+    LOGITS_ARRAY,
     SETTING_KEYS,
     ExtractionError,
     ExtractResult,
@@ -78,8 +83,9 @@ FEATURES_ARRAY = "features"
 #: Attribute of an entry: the digest of the images' bytes it was extracted from (``verify``).
 CONTENT_ATTR = "content_digest"
 
-#: Bumped when the meaning of a key changes, so that old entries are never taken for new ones.
-_KEY_VERSION = 1
+#: Bumped when the meaning of a key changes, so that old entries are never taken for new ones
+#: (2: the weights' SHA-256 in place of BLAKE2b, and the arrays an entry holds).
+_KEY_VERSION = 2
 _DIGEST_BYTES = 16
 _GLOB_CHARS = "*?["
 _READ_BLOCK = 1 << 23
@@ -98,8 +104,8 @@ class CachedFeatures:
         key: the entry's key (see the module's description).
         images: the image source, as listed (absolute).
         reused: a complete entry was found: no encoder ran.
-        stale: ``verify`` found the entry extracted from other bytes (or recording none) and
-            extracted it again.
+        stale: the entry was extracted again in its place: ``verify`` found it extracted from
+            other bytes (or recording none), or it lacked an array its key stands for.
         content: the digest of the images' bytes (``verify``), else None.
         extraction: what the extraction did (for a reused entry: nothing computed).
     """
@@ -162,8 +168,24 @@ def cache_key(source: ImageSource, plan: Extraction, *, skip_bad: bool = False) 
         plan.digest,
         plan.resize,
         skip_bad,
+        list(entry_arrays(plan)),
     ]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=_DIGEST_BYTES).hexdigest()
+
+
+def entry_arrays(plan: Extraction) -> tuple[str, ...]:
+    """The arrays an entry of these settings holds: the features, and the class logits of an
+    encoder that has them (the Inception's, which the Inception Score takes)."""
+    return (FEATURES_ARRAY, LOGITS_ARRAY) if plan.encoder in LOGIT_CLASSES else (FEATURES_ARRAY,)
+
+
+def _lacking(path: str, plan: Extraction) -> list[str]:
+    """The arrays of :func:`entry_arrays` that the entry at ``path`` does not hold (one made
+    before extraction wrote logits holds features only)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    return [name for name in entry_arrays(plan) if name not in group]
 
 
 def cache_path(cache_root: str | os.PathLike[str], key: str) -> str:
@@ -405,8 +427,10 @@ def fill_cache(
     path = cache_path(root, key)
     attrs = _existing_entry(path, _settings(source, plan, skip_bad))
     # With the bytes to check, an entry that recorded other bytes or none is extracted again;
-    # an unfinished one too: the bytes its chunks were computed from are not known.
+    # an unfinished one too: the bytes its chunks were computed from are not known. So is an
+    # entry that lacks an array its key stands for (made before extraction wrote logits).
     stale = attrs is not None and content is not None and attrs.get(CONTENT_ATTR) != content
+    stale = stale or (attrs is not None and bool(_lacking(path, plan)))
     if attrs is not None and not _finished(attrs) and not stale:
         batch_size = None  # finished with its own: its chunks are laid out by it
     result = extract_features(
