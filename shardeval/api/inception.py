@@ -49,6 +49,8 @@ def inception_score(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -77,8 +79,8 @@ def inception_score(
             cache, logits included).
         splits: S > 0: also the peers' protocol with S splits (default 0: not computed).
         seed: seed of the split order (default 2020, torch-fidelity's; with ``splits`` only).
-        encoder, resize, weights, batch_size, cache_root: how image inputs become logits, as
-            for :func:`shardeval.extract` (the encoder must be ``inception``).
+        encoder, resize, weights, batch_size, cache_root, verify, skip_bad: how image inputs
+            become logits, as for :func:`shardeval.fid` (the encoder must be ``inception``).
         shard_rows, array, split_every: how the logits are read and reduced.
         scheduler, cluster, threads, performance_report, progress, log: the engine (see
             :mod:`shardeval.api.functions`).
@@ -125,9 +127,10 @@ def inception_score(
         )
         data: dict[str, Any] = {"metric": "is", "is": asdict(result)}
         data["inputs"] = {"logits": source.describe()}
-        data["features_made_by"], warned, made_lines = features_made(data["inputs"])
-        notes.extend(warned)
+        made = features_made(data["inputs"], run.cached)
+        notes.extend(made.warnings)
+        data.update(made.data)
         data["settings"] = run.settings(_SETTINGS)
         data.update(run.tail(notes))
-        text = "\n".join([summary(result, data["seconds"]), *made_lines])
+        text = "\n".join([summary(result, data["seconds"]), *made.lines])
         return Report("is", {"is": result}, data, text, result.inception_score)

@@ -130,8 +130,9 @@ def features(
 
 
 #: How image inputs become features: the options of ``extract`` that the metric functions
-#: take too, and where the features are cached.
-IMAGE_OPTIONS = ("encoder", "resize", "weights", "batch_size", "cache_root")
+#: take too, where the features are cached, and whether the images' bytes (``verify``), not
+#: their listing alone, decide that a cached entry is theirs.
+IMAGE_OPTIONS = ("encoder", "resize", "weights", "batch_size", "cache_root", "verify", "skip_bad")
 
 
 def is_images(x: Any) -> bool:
@@ -145,10 +146,18 @@ def is_images(x: Any) -> bool:
 
 
 def extracted(
-    x: Any, options: dict[str, Any], engine: Any, progress: Any, others: list[Any]
+    x: Any,
+    options: dict[str, Any],
+    engine: Any,
+    progress: Any,
+    others: list[Any],
+    used: list[Any] | None = None,
 ) -> str:
     """The feature store of the image source ``x``: its entry in the feature cache, extracted
-    now (resumably, locked) or reused without running an encoder.
+    now (resumably, locked) or reused without running an encoder; with ``options["verify"]``
+    the images' bytes decide reuse, with ``options["skip_bad"]`` undecodable images are left
+    out (another entry). ``used``, when given, gets the
+    :class:`~shardeval.pipeline.images.cache.CachedFeatures` (for the report).
 
     Raises:
         OutputExistsError: the cache lies inside another input (``others``).
@@ -169,7 +178,11 @@ def extracted(
         weights=options.get("weights"),
         batch_size=options.get("batch_size"),
         device=device,
+        skip_bad=bool(options.get("skip_bad")),
         engine=engine,
         progress=progress,
+        verify=bool(options.get("verify")),
     )
+    if used is not None:
+        used.append(cached)
     return cached.path

@@ -162,8 +162,9 @@ def _report(
         data[name] = result if isinstance(result, dict) else asdict(result)
     data.update(extra or {})
     data["inputs"] = {"real": real.describe(), "gen": gen.describe()}
-    data["features_made_by"], warned, made_lines = features_made(data["inputs"])
-    notes.extend(warned)
+    made = features_made(data["inputs"], run.cached)
+    notes.extend(made.warnings)
+    data.update(made.data)
     data["settings"] = run.settings(_PAIR_SETTINGS)
     data.update(run.tail(notes))
     lines = [summary_line(name, result) for name, result in results.items()]
@@ -171,7 +172,7 @@ def _report(
         f"  real {real.location}  n={real.n:,}   gen {gen.location}  n={gen.n:,}   "
         f"d={real.d:,}   {data['seconds']:.2f} s"
     )
-    lines += made_lines
+    lines += made.lines
     first = next(iter(results))
     return Report(data["metric"], results, data, "\n".join(lines), _HEADLINE[first](results[first]))
 
@@ -193,6 +194,12 @@ _ENGINE_PARAMS = (
     ("weights", "str | None", "the encoder's weights (default: the standard caches)"),
     ("batch_size", "int | None", "images per forward pass (default 32)"),
     ("cache_root", "str | None", "the feature cache of image inputs"),
+    (
+        "verify",
+        "bool | None",
+        "reuse cached features of images only if the images' bytes match (reads them once)",
+    ),
+    ("skip_bad", "bool | None", "leave out images that cannot be decoded (named in the report)"),
     ("shard_rows", "int | None", "rows per block, one task each (default: about 32 MiB a block)"),
     ("array", "str | None", "the variable inside a Zarr group, xarray dataset or .npz"),
     ("split_every", "int | None", "fan-in of a balanced merge tree"),
@@ -330,6 +337,8 @@ def metrics(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     scheduler: Any = None,
     cluster: str | None = None,
     threads: int | None = None,
@@ -352,6 +361,8 @@ def metrics(
             option several metrics declare, such as ``seed``, goes to each of them).
         nonfinite: rows with NaN or inf: ``error`` (default) or ``drop`` (metrics that take
             it; the pair metrics need every row).
+        encoder, resize, weights, batch_size, cache_root, verify, skip_bad: how image inputs
+            become features, as for :func:`shardeval.fid`.
         shard_rows, array, split_every, device, backend, precision, scheduler, cluster,
             threads, performance_report, progress, log: as for :func:`shardeval.fid`.
 
@@ -511,10 +522,9 @@ def _by_plug_ins(
     if source is not None and held:  # rows from a file that holds statistics too
         sides["real statistics"] = held
     sides["gen"] = data["inputs"]["gen"]
-    data["features_made_by"], warned, made_lines = features_made(
-        sides if real is not None else {"gen": sides["gen"]}
-    )
-    notes.extend(warned)
+    made = features_made(sides if real is not None else {"gen": sides["gen"]}, run.cached)
+    notes.extend(made.warnings)
+    data.update(made.data)
     data["settings"] = run.settings((*_PAIR_SETTINGS, "nonfinite"))
     data.update(run.tail(notes))
     lines = [_plug_in_line(m, results[m.name]) for m in instances]
@@ -522,7 +532,7 @@ def _by_plug_ins(
         (f"  real {location}  n={n if n is None else format(n, ',')}" if real is not None else "")
         + f"   gen {gen.location}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
     )
-    lines += made_lines
+    lines += made.lines
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])
     return Report(data["metric"], results, data, "\n".join(lines), value)

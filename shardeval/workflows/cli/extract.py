@@ -122,7 +122,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     report = se.extract(
         args.images,
         args.output,
-        skip_bad=args.skip_bad,
         overwrite=args.overwrite,
         check_progress=None if args.quiet else ProgressBar("images checked"),
         **options,
