@@ -155,6 +155,7 @@ def extract(
             engine=run.engine,
             progress=run.progress,
             check_progress=check_progress,
+            log=log,
         )
         described = run.engine.describe()
         warned = weights_warning("features", made_by_result(result))

@@ -182,6 +182,7 @@ def extracted(
         engine=engine,
         progress=progress,
         verify=bool(options.get("verify")),
+        log=options.get("log"),
     )
     if used is not None:
         used.append(cached)

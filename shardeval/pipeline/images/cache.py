@@ -28,7 +28,9 @@ The rules are extraction's:
 
 * An entry is read only when complete. An unfinished one (a run killed half-way) is finished
   by the next call, with the batch size it was started with (its chunks are laid out by it).
-* One writer per entry: a second call for the same images waits for the first, then reuses.
+* One writer per entry: a second call for the same images waits for the first (and says so
+  through its ``log``), then reuses. A complete entry is read without the writer's lock: a
+  cache others wrote can be used where this process cannot write.
 * Something at an entry's path that is not an extraction store, or one whose recorded
   settings are not those its name stands for, is refused and never replaced; the cache is
   never inside the images it caches (writing it would change them).
@@ -49,6 +51,7 @@ import os
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,8 +64,10 @@ from shardeval.pipeline.images.extract import (
     ExtractionError,
     ExtractResult,
     extract_features,
+    finished_result,
     is_extraction_store,
     plan_extraction,
+    waiting_notice,
 )
 from shardeval.pipeline.images.sources import IMAGE_EXTENSIONS, open_images
 from shardeval.pipeline.io.atomic import OutputExistsError, locked
@@ -359,7 +364,33 @@ def _existing_entry(path: str, wanted: dict[str, Any]) -> dict[str, Any] | None:
     return attrs
 
 
-def _record_content(path: str, source: ImageSource, content: str) -> None:
+def _reused(
+    source: ImageSource,
+    plan: Extraction,
+    path: str,
+    skip_bad: bool,
+    content: str | None,
+    log: Callable[[str], None] | None,
+) -> ExtractResult | None:
+    """A finished entry of this key, read as it is: under a shared lock, so that a run
+    rewriting it in place finishes first (and this one says it waits), and without one where
+    the lock file cannot be made (a cache others wrote, read-only here: nobody writes there
+    either). Nothing is written. None when, read again under the lock, it is not finished
+    and current any more (then it is extracted as any other)."""
+    with locked(
+        path + ".lock", exclusive=False, waiting=waiting_notice(log, path, source.location)
+    ):
+        attrs = _existing_entry(path, _settings(source, plan, skip_bad))
+        if attrs is None or not _finished(attrs) or _lacking(path, plan):
+            return None
+        if content is not None and attrs.get(CONTENT_ATTR) != content:
+            return None
+        return finished_result(path, attrs)
+
+
+def _record_content(
+    path: str, source: ImageSource, content: str, log: Callable[[str], None] | None = None
+) -> None:
     """Record the images' bytes in a finished entry, holding its writer's lock (a concurrent
     run rewriting it finishes first) and checking it still holds features of these images.
 
@@ -368,7 +399,7 @@ def _record_content(path: str, source: ImageSource, content: str) -> None:
     """
     import zarr
 
-    with locked(path + ".lock", exclusive=True):
+    with locked(path + ".lock", exclusive=True, waiting=waiting_notice(log, path, source.location)):
         group = zarr.open_group(path, mode="r+", use_consolidated=False)
         attrs = dict(group.attrs)
         if not _finished(attrs) or attrs.get("source_fingerprint") != source.fingerprint:
@@ -389,6 +420,7 @@ def fill_cache(
     engine: Engine | None = None,
     progress: Progress | None = None,
     content: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> CachedFeatures:
     """The features of a listed image source: a complete entry of the cache, reused, or
     extracted (finished, for an entry a killed run left unfinished) and then used.
@@ -408,6 +440,8 @@ def fill_cache(
         progress: called with (chunks done, chunks to compute).
         content: the digest of the images' bytes (:func:`images_digest`), to check against the
             one the entry recorded and to record; None: the listing decides alone.
+        log: called with a notice when this call waits for another run that holds the
+            entry's lock (writing it).
 
     Returns:
         The entry and what was done (:class:`CachedFeatures`).
@@ -431,6 +465,10 @@ def fill_cache(
     # entry that lacks an array its key stands for (made before extraction wrote logits).
     stale = attrs is not None and content is not None and attrs.get(CONTENT_ATTR) != content
     stale = stale or (attrs is not None and bool(_lacking(path, plan)))
+    if attrs is not None and _finished(attrs) and not stale:
+        reused = _reused(source, plan, path, skip_bad, content, log)
+        if reused is not None:
+            return CachedFeatures(path, key, source.location, True, False, content, reused)
     if attrs is not None and not _finished(attrs) and not stale:
         batch_size = None  # finished with its own: its chunks are laid out by it
     result = extract_features(
@@ -445,6 +483,7 @@ def fill_cache(
         overwrite=stale,  # ours, for this key, extracted from other bytes: extracted again
         engine=engine,
         progress=progress,
+        log=log,
     )
     # Extraction lists the images again: if they changed since ``source`` was listed, the
     # entry holds features of other images than its key stands for.
@@ -454,7 +493,7 @@ def fill_cache(
             f"into {path!r}; run again once they stay as they are"
         )
     if content is not None:
-        _record_content(path, source, content)
+        _record_content(path, source, content, log)
     return CachedFeatures(
         path=path,
         key=key,
@@ -479,6 +518,7 @@ def cached_features(
     engine: Engine | None = None,
     progress: Progress | None = None,
     verify: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> CachedFeatures:
     """The features of an image source under an encoder, from the feature cache: extracted
     the first time, reused (no encoder runs) after.
@@ -500,6 +540,7 @@ def cached_features(
         verify: hash the images' bytes too (reads them all once), and extract again an entry
             that recorded other bytes or none: the listing cannot see an image rewritten with
             its size and time kept.
+        log: called with a notice when this call waits for another run writing the entry.
 
     Returns:
         The entry and what was done (:class:`CachedFeatures`); ``.open()`` reads it.
@@ -523,6 +564,7 @@ def cached_features(
         engine=engine,
         progress=progress,
         content=content,
+        log=log,
     )
 
 

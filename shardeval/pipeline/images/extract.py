@@ -44,6 +44,7 @@ import importlib.metadata
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -446,6 +447,7 @@ def extract_features(
     progress: Progress | None = None,
     check_progress: Progress | None = None,
     logits: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
     """Extract features of every image of a source into a Zarr feature store.
 
@@ -472,6 +474,8 @@ def extract_features(
         check_progress: called with (tasks done, total) of the ``skip_bad`` pre-pass.
         logits: a new store of an encoder with class logits (the Inception) holds them too,
             from the same forward pass (default). An existing store keeps its own arrays.
+        log: called with a notice when this run waits for another that is writing
+            ``output`` (it holds the store's lock).
 
     Returns:
         What was done (:class:`ExtractResult`).
@@ -515,7 +519,7 @@ def extract_features(
     }
     # One writer per store: a second run on it waits here, then resumes or reuses what the
     # first one wrote (the lock file stays beside the store, as a history's does).
-    with locked(output + ".lock", exclusive=True):
+    with locked(output + ".lock", exclusive=True, waiting=waiting_notice(log, output, images)):
         attrs = None
         if not overwrite and os.path.exists(output) and not _unstarted(output):
             attrs = _existing(output, wanted)
@@ -628,6 +632,58 @@ def extract_features(
             weights_status=plan.weights_status,
             weights_file=str(attrs.get("weights_file") or plan.located),
         )
+
+
+def waiting_notice(
+    log: Callable[[str], None] | None, output: str, images: str | os.PathLike[str]
+) -> Callable[[], None] | None:
+    """What tells ``log`` that this run waits for another one writing the store ``output``
+    (it holds ``output``.lock), or None without ``log``."""
+    if log is None:
+        return None
+    lock = output + ".lock"
+
+    def say() -> None:
+        log(
+            f"waiting for another run that holds {lock} (it is writing the features of "
+            f"{os.fspath(images)} there); this one goes on when it is done"
+        )
+
+    return say
+
+
+def finished_result(output: str, attrs: dict[str, Any], seconds: float = 0.0) -> ExtractResult:
+    """What a finished store holds, as :func:`extract_features` reports a store it found
+    complete (nothing computed), from its attributes alone: nothing is written, no lock
+    taken (a finished store is only ever read)."""
+    from shardeval.kernels.encoders import ENCODERS
+    from shardeval.pipeline.images.provenance import weights_status
+
+    encoder, rows, chunk_rows = str(attrs["encoder"]), int(attrs["rows"]), int(attrs["chunk_rows"])
+    chunks = -(-rows // chunk_rows)
+    digest = str(attrs.get("weights_digest", ""))
+    return ExtractResult(
+        output=output,
+        encoder=encoder,
+        feature_extractor=str(attrs.get("feature_extractor", "")),
+        resize=str(attrs.get("resize", "")),
+        images=int(attrs.get("image_count", rows)),
+        rows=rows,
+        dim=ENCODERS[encoder].dim,
+        skipped=tuple((s["name"], s["reason"]) for s in attrs.get("skipped", [])),
+        chunks=chunks,
+        computed=0,
+        present=chunks,
+        already_complete=True,
+        resumed=False,
+        devices=(),
+        seconds=seconds,
+        check_seconds=0.0,
+        classes=LOGIT_CLASSES.get(encoder, 0) if LOGITS_ARRAY in attrs else 0,
+        weights_digest=digest,
+        weights_status=weights_status(encoder, digest),
+        weights_file=str(attrs.get("weights_file", "")),
+    )
 
 
 def _check_layout(
