@@ -76,3 +76,33 @@ def test_warnings():
     assert "made differently (weights random:0" in warned[1]
     # Nothing recorded on one side: nothing to compare.
     assert provenance_warnings({"real": None, "gen": made_by(_store())}) == []
+
+
+def test_statistics_made_differently_never_merge(tmp_path):
+    """A merge keeps how its inputs' features were made when they agree (so a report of the
+    merged statistics can still say it), and refuses inputs made differently."""
+    import numpy as np
+    import pytest
+
+    from shardeval.pipeline.core.states import Moments
+    from shardeval.pipeline.errors import StatsFormatError
+    from shardeval.pipeline.io.statsio import merge_stats, save_stats
+
+    rows = np.random.default_rng(0).normal(size=(12, 3))
+    parts = {}
+    for name, lo, made in (
+        ("a", 0, _store()),
+        ("b", 4, _store()),
+        ("tf", 8, _store("legacy-tensorflow")),
+        ("other", 8, _store(digest=OTHER)),
+    ):
+        parts[name] = save_stats(
+            str(tmp_path / f"{name}.zarr"), Moments.from_rows(rows[lo : lo + 4]), made
+        )
+    merged, provenance = merge_stats([parts["a"], parts["b"]])
+    assert merged.n == 8
+    assert made_by(provenance).resize == "legacy-pytorch"
+    assert made_by(provenance).weights_status == "published"
+    for odd in ("tf", "other"):
+        with pytest.raises(StatsFormatError, match="made differently"):
+            merge_stats([parts["a"], parts[odd]])
