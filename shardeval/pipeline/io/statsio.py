@@ -526,7 +526,7 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
         )
     if merged is None:  # unreachable: at least two paths were read
         raise StatsFormatError("no statistics to merge")
-    merged_provenance = {
+    merged_provenance: dict[str, Any] = {
         "merged_from": list(paths),
         "feature_extractor": next(iter(extractors.values()), None),
     }
