@@ -125,6 +125,8 @@ def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
         "shards": {"real": real.shards, "gen": gen.shards},
         "eigenvalues_clamped": {"count": r.clamped_count, "max_abs": r.clamped_max},
         "inputs": {"real": _side_dict(real), "gen": _side_dict(gen)},
+        # How each side's features were made (the warnings about it: features_made).
+        **features_made({"real": real.provenance, "gen": gen.provenance}).data,
     }
 
 
