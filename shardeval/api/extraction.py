@@ -22,6 +22,21 @@ def _left_out(result: Any, shown: int = 5) -> list[str]:
     return lines
 
 
+def made_by_result(result: Any) -> Any:
+    """How an extraction's features were made
+    (:class:`~shardeval.pipeline.images.provenance.MadeBy`)."""
+    from shardeval.pipeline.images.provenance import MadeBy
+
+    return MadeBy(
+        result.feature_extractor,
+        result.encoder,
+        result.resize,
+        result.weights_digest,
+        result.weights_status,
+        result.weights_file,
+    )
+
+
 def extraction_summary(result: Any, described: dict[str, Any]) -> str:
     """What an extraction did, for people: counts (images left out named with reasons),
     chunks, time and where it ran."""
@@ -30,14 +45,20 @@ def extraction_summary(result: Any, described: dict[str, Any]) -> str:
         + (f" ({described['threads']} threads)" if "threads" in described else "")
         + (f" at {described['address']}" if "address" in described else "")
     )
+    from shardeval.pipeline.images.provenance import weights_text, weights_warning
+
+    weights = [f"  weights {weights_text(result.weights_status, result.weights_digest)}"]
+    warned = weights_warning("features", made_by_result(result))
+    weights += [f"  warning: {warned}"] if warned else []
     bad = len(result.skipped)
     left_out = f"{bad} bad image{'s' if bad != 1 else ''} left out" if bad else ""
     if result.already_complete:
-        return (
+        done = (
             f"{result.output} already holds these features ({result.rows:,} x {result.dim:,}, "
             f"{result.feature_extractor}, resize {result.resize}"
             f"{'; ' + left_out if bad else ''}); nothing computed"
         )
+        return "\n".join([done, *weights])
     images = f"{result.images:,} image{'s' if result.images != 1 else ''}"
     counts = f"{result.rows:,} of {images} ({left_out})" if bad else images
     lines = [
@@ -49,7 +70,7 @@ def extraction_summary(result: Any, described: dict[str, Any]) -> str:
     ]
     devices = ", ".join(result.devices) or "-"
     lines.append(f"  {result.seconds:.2f} s on {where}, device {devices}")
-    return "\n".join(lines)
+    return "\n".join([*lines, *weights])
 
 
 def extract(
@@ -83,7 +104,9 @@ def extract(
         resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's), ``clean``
             (clean-fid's) or ``legacy-tensorflow`` (TF 1.x bilinear, torch-fidelity's).
         weights: the weights' file or folder (default: torch hub's / the Hugging Face cache;
-            nothing is downloaded).
+            nothing is downloaded); ``"random"`` or ``"random:SEED"``: the Inception with
+            seeded random weights, a smoke test of the image path (its numbers measure
+            nothing, and every report says so).
         batch_size: images per forward pass and rows per chunk (default 32).
         device: where the encoder runs (``auto``: a worker's GPU if it has one).
         skip_bad: leave unreadable images out (named in the report) instead of stopping.
@@ -119,13 +142,14 @@ def extract(
         )
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
     from shardeval.pipeline.images.extract import extract_features, plan_extraction
+    from shardeval.pipeline.images.provenance import weights_warning
     from shardeval.pipeline.io.provenance import now_iso, versions
 
     in_memory = not is_path(images)
     if in_memory:
         refuse(options, ("skip_bad", "check_progress"), "apply to image files; these are in memory")
         pixels = image_pixels(images, describe_input(images))
-    with _noted(), _running(options) as run:
+    with _noted() as notes, _running(options) as run:
         set_in_this_process(run.engine, device or "auto")
         if in_memory:
             target = os.path.abspath(os.fspath(output))
@@ -139,6 +163,7 @@ def extract(
                 engine=run.engine,
                 progress=run.progress,
                 overwrite=overwrite,
+                log=log,
             )
         else:
             result = extract_features(
@@ -154,8 +179,18 @@ def extract(
                 engine=run.engine,
                 progress=run.progress,
                 check_progress=check_progress,
+                log=log,
             )
         described = run.engine.describe()
-    data = {**asdict(result), "engine": described, "created": now_iso(), "versions": versions()}
+        warned = weights_warning("features", made_by_result(result))
+        notes.extend([warned] if warned else [])
+        warnings = notes.messages()
+    data = {
+        **asdict(result),
+        "warnings": warnings,
+        "engine": described,
+        "created": now_iso(),
+        "versions": versions(),
+    }
     text = extraction_summary(result, described)
     return Report("extract", {"extract": result}, data, text, float(result.rows))

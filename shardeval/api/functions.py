@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shardeval.api.inputs import (
@@ -42,6 +42,7 @@ from shardeval.api.results import (
     Side,
     ess_dict,
     ess_summary,
+    features_made,
     fid_data,
     fid_summary,
     nll_dict,
@@ -116,12 +117,14 @@ def refuse(given: dict[str, Any], names: Sequence[str], why: str) -> None:
 
 @dataclass
 class _Run:
-    """One call's engine, progress and options, and what its report records."""
+    """One call's engine, progress and options, and what its report records (``cached``: the
+    feature cache entries its image inputs were read from)."""
 
     engine: Any
     progress: Progress | None
     options: dict[str, Any]
     start: float
+    cached: list[Any] = field(default_factory=list)
 
     def settings(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The settings as applied (defaults filled in), those in ``names`` or all taken."""
@@ -237,7 +240,9 @@ def image_flags(inputs: Sequence[Any], options: dict[str, Any]) -> list[bool]:
 def with_features(run: _Run, inputs: Sequence[Any], flags: Sequence[bool]) -> list[Any]:
     """``inputs`` with each image source replaced by its features in the feature cache."""
     return [
-        extracted(x, run.options, run.engine, run.progress, [o for o in inputs if o is not x])
+        extracted(
+            x, run.options, run.engine, run.progress, [o for o in inputs if o is not x], run.cached
+        )
         if flag
         else x
         for x, flag in zip(inputs, flags, strict=True)
@@ -312,6 +317,8 @@ def fid(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -345,6 +352,11 @@ def fid(
             uint8 arrays) become features, as for :func:`shardeval.extract`; their features
             are cached (``cache_root``, default ``$SHARDEVAL_CACHE`` or
             ``~/.cache/shardeval``) and reused.
+        verify: reuse cached features of images only if the images' bytes are those they
+            were extracted from (reads every image once); otherwise their listing (names,
+            sizes, modification times) decides, and the report says so (``feature_cache``).
+        skip_bad: leave out images that cannot be decoded (as :func:`shardeval.extract`;
+            the report names them).
         shard_rows, array, split_every, device, backend, precision, nonfinite: how feature
             stores are read and reduced (see the README's option table).
 
@@ -480,7 +492,10 @@ def _fid(
     real, gen = (
         Side(**{**vars(s), "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
     )
+    made = features_made({"real": real.provenance, "gen": gen.provenance}, run.cached)
+    notes.extend(made.warnings)
     data = fid_data(result, real, gen)
+    data.update(made.data)
     results: dict[str, Any] = {"fid": result}
     inf = None
     if bands is not None:
@@ -504,7 +519,7 @@ def _fid(
     data.update(tail)
     if sources:
         data["settings"] = run.settings()
-    return Report("fid", results, data, text, value)
+    return Report("fid", results, data, "\n".join([text, *made.lines]), value)
 
 
 def fid_infinity(real: Any, gen: Any, *, seed: int | None = None, **options: Any) -> Report:
@@ -567,6 +582,8 @@ def stats(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -582,7 +599,9 @@ def stats(
     log: Callable[[str], None] | None = None,
 ) -> Report:
     """Compute exact, mergeable statistics (n, mean, m2) of ``store`` and save them: a Zarr
-    group, or for a name ending in ``.npz`` the pytorch-fid layout (mu, sigma, n).
+    group, or for a name ending in ``.npz`` the pytorch-fid layout (mu, sigma, n). Image
+    inputs, and the options that make them features (``encoder`` … ``verify``, ``skip_bad``),
+    as for :func:`fid`.
 
     Returns:
         :class:`~shardeval.api.results.Report`: ``results["moments"]`` the
@@ -625,12 +644,16 @@ def stats(
             "versions": versions(),
         }
         save_stats(output, moments, provenance, overwrite=overwrite)
+        made = features_made({"store": provenance}, run.cached)
+        notes.extend(made.warnings)
         tail = run.tail(notes)
     text = (
         f"statistics of {source.shown}: n={moments.n:,} d={moments.d:,} "
         f"shards={source.shards} -> {output} ({tail['seconds']:.2f} s)"
     )
+    text = "\n".join([text, *made.lines])
     data = {"metric": "stats", "n": moments.n, "d": moments.d, "output": output, **provenance}
+    data.update(made.data)
     data.update(tail)
     return Report("stats", {"moments": moments}, data, text, None)
 

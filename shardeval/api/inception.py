@@ -16,7 +16,7 @@ from shardeval.api.functions import (
     with_features,
 )
 from shardeval.api.inputs import features, is_path
-from shardeval.api.results import Report
+from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError
 
 #: The settings the report records.
@@ -49,6 +49,8 @@ def inception_score(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -79,8 +81,8 @@ def inception_score(
             cache, logits included). A −inf logit is a class of probability 0.
         splits: S > 0: also the peers' protocol with S splits (default 0: not computed).
         seed: seed of the split order (default 2020, torch-fidelity's; with ``splits`` only).
-        encoder, resize, weights, batch_size, cache_root: how image inputs become logits, as
-            for :func:`shardeval.extract` (the encoder must be ``inception``).
+        encoder, resize, weights, batch_size, cache_root, verify, skip_bad: how image inputs
+            become logits, as for :func:`shardeval.fid` (the encoder must be ``inception``).
         shard_rows, array, split_every: how the logits are read and reduced (``array`` on
             an extraction store: only ``'logits'``).
         scheduler, cluster, threads, performance_report, progress, log: the engine (see
@@ -135,7 +137,10 @@ def inception_score(
         )
         data: dict[str, Any] = {"metric": "is", "is": asdict(result)}
         data["inputs"] = {"logits": source.describe()}
+        made = features_made(data["inputs"], run.cached)
+        notes.extend(made.warnings)
+        data.update(made.data)
         data["settings"] = run.settings(_SETTINGS)
         data.update(run.tail(notes))
-        text = summary(result, data["seconds"])
+        text = "\n".join([summary(result, data["seconds"]), *made.lines])
         return Report("is", {"is": result}, data, text, result.inception_score)

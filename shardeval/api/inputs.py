@@ -284,8 +284,9 @@ def features(
 # images
 
 #: How image inputs become features: the options of ``extract`` that the metric functions
-#: take too, and where the features are cached.
-IMAGE_OPTIONS = ("encoder", "resize", "weights", "batch_size", "cache_root")
+#: take too, where the features are cached, and whether the images' bytes (``verify``), not
+#: their listing alone, decide that a cached entry is theirs.
+IMAGE_OPTIONS = ("encoder", "resize", "weights", "batch_size", "cache_root", "verify", "skip_bad")
 
 #: Bumped when what an in-memory entry's key stands for changes.
 _ARRAY_KEY_VERSION = 1
@@ -469,6 +470,7 @@ def extract_pixels(
     engine: Any,
     progress: Any,
     overwrite: bool = False,
+    log: Any = None,
 ) -> Any:
     """Extract images in memory into the feature store ``output``: staged in ``staging``
     (:func:`stage_images`), extracted as an array file, the staged file removed once the
@@ -495,6 +497,7 @@ def extract_pixels(
                 overwrite=overwrite,
                 engine=engine,
                 progress=progress,
+                log=log,
             )
             break
         except (ImageSourceError, ExtractionError):
@@ -553,10 +556,18 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
 
 
 def extracted(
-    x: Any, options: dict[str, Any], engine: Any, progress: Any, others: list[Any]
+    x: Any,
+    options: dict[str, Any],
+    engine: Any,
+    progress: Any,
+    others: list[Any],
+    used: list[Any] | None = None,
 ) -> ExtractedImages:
     """The features of the images ``x`` (a source's path, or images in memory): their entry in
-    the feature cache, extracted now (resumably, locked) or reused without running an encoder.
+    the feature cache, extracted now (resumably, locked) or reused without running an encoder;
+    with ``options["verify"]`` the images' bytes decide reuse, with ``options["skip_bad"]``
+    undecodable images are left out (another entry). ``used``, when given, gets the
+    :class:`~shardeval.pipeline.images.cache.CachedFeatures` (for the report).
 
     Raises:
         OutputExistsError: the cache lies inside another input (``others``).
@@ -564,10 +575,10 @@ def extracted(
             (:func:`image_pixels`).
     """
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
-    from shardeval.pipeline.images.cache import cached_features, default_cache_root
+    from shardeval.pipeline.images.cache import cached_features, resolve_cache_root
     from shardeval.pipeline.io.atomic import check_outside
 
-    root = options.get("cache_root") or default_cache_root()
+    root = resolve_cache_root(options.get("cache_root"))  # an empty value is refused
     check_outside(root, [os.fspath(o) for o in others if is_path(o)])
     device = options.get("device") or "auto"
     set_in_this_process(engine, device)  # IEEE fp32 convolutions, as extract does
@@ -581,7 +592,12 @@ def extracted(
         weights=options.get("weights"),
         batch_size=options.get("batch_size"),
         device=device,
+        skip_bad=bool(options.get("skip_bad")),
         engine=engine,
         progress=progress,
+        verify=bool(options.get("verify")),
+        log=options.get("log"),
     )
+    if used is not None:
+        used.append(cached)
     return ExtractedImages(cached.path, os.fspath(x))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -160,6 +161,8 @@ def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
             "rank_deficit": rank_deficit(real, gen),
         },
         "inputs": {"real": _side_dict(real), "gen": _side_dict(gen)},
+        # How each side's features were made (the warnings about it: features_made).
+        **features_made({"real": real.provenance, "gen": gen.provenance}).data,
     }
 
 
@@ -211,6 +214,89 @@ def _side_dict(side: Side) -> dict[str, Any]:
         "nonfinite_dropped": side.nonfinite_dropped,
         "provenance": side.provenance,
     }
+
+
+@dataclass(frozen=True)
+class MadeNotes:
+    """What a report says of how its features were made and where they came from.
+
+    Attributes:
+        data: the JSON report's ``features_made_by`` (role → network, encoder, resize, weights
+            digest, file and status, or None when nothing is recorded) and, when image inputs
+            went through the feature cache, ``feature_cache`` (one entry per image input).
+        warnings: for the report's ``warnings``.
+        lines: for the summary.
+    """
+
+    data: dict[str, Any]
+    warnings: list[str]
+    lines: list[str]
+
+
+def cache_use(cached: Any) -> dict[str, Any]:
+    """One image input's use of the feature cache, for the JSON report: the images, the entry
+    and its key, whether it was reused, what decided that (``checked``: ``listing`` — names,
+    sizes, modification times — or ``bytes`` with ``verify``), whether it was extracted again
+    in its place, and the images left out with ``skip_bad``."""
+    result = cached.extraction
+    return {
+        "images": cached.images,
+        "entry": cached.path,
+        "key": cached.key,
+        "reused": cached.reused,
+        "checked": "bytes" if cached.content is not None else "listing",
+        "extracted_again": cached.stale,
+        "skipped": [{"name": name, "reason": reason} for name, reason in result.skipped],
+    }
+
+
+def features_made(sides: dict[str, Any], cached: Sequence[Any] = ()) -> MadeNotes:
+    """How each side's features were made, from what it records (a feature source's
+    description, a statistics file's attributes), and how image inputs went through the
+    feature cache (:class:`~shardeval.pipeline.images.cache.CachedFeatures`).
+
+    The summary gets one line per side when any records how its features were made, a line
+    per cache entry reused on its listing alone (its images' bytes not read), and each
+    warning: weights that are not the published file, sides made differently, images left
+    out as unreadable.
+
+    Example:
+        >>> notes = features_made({"real": {}, "gen": None})
+        >>> notes.data, notes.warnings, notes.lines
+        ({'features_made_by': {'real': None, 'gen': None}}, [], [])
+    """
+    from shardeval.pipeline.images.provenance import made_by, provenance_warnings
+
+    made = {role: made_by(described) for role, described in sides.items()}
+    warned = provenance_warnings(made)
+    lines = []
+    if any(m is not None for m in made.values()):
+        width = max(len(role) for role in made)
+        lines = [
+            f"  {role:<{width}} made by {m.text() if m is not None else 'not recorded'}"
+            for role, m in made.items()
+        ]
+    data: dict[str, Any] = {
+        "features_made_by": {r: None if m is None else m.to_dict() for r, m in made.items()}
+    }
+    if cached:
+        data["feature_cache"] = [cache_use(c) for c in cached]
+    for use in data.get("feature_cache", []):
+        if use["reused"] and use["checked"] == "listing":
+            lines.append(
+                f"  {use['images']}: features reused from the cache on its listing alone "
+                "(names, sizes, modification times; the images' bytes were not read, as "
+                "verify would)"
+            )
+        if use["skipped"]:
+            first = use["skipped"][0]["reason"]
+            more = len(use["skipped"]) - 1
+            warned.append(
+                f"{len(use['skipped'])} image(s) of {use['images']} left out as unreadable "
+                f"(skip_bad): {first}" + (f"; and {more} more (feature_cache)" if more else "")
+            )
+    lines += [f"  warning: {w}" for w in warned]
+    return MadeNotes(data, warned, lines)
 
 
 def engine_text(engine: dict[str, Any]) -> str:

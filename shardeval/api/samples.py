@@ -23,7 +23,7 @@ from shardeval.api.functions import (
     with_features,
 )
 from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
-from shardeval.api.results import Report
+from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
 #: The settings a pair metric's report records.
@@ -183,6 +183,9 @@ def _report(
         data[name] = result if isinstance(result, dict) else asdict(result)
     data.update(extra or {})
     data["inputs"] = {"real": real.describe(), "gen": gen.describe()}
+    made = features_made(data["inputs"], run.cached)
+    notes.extend(made.warnings)
+    data.update(made.data)
     data["settings"] = _applied_precision(run.settings(_PAIR_SETTINGS), list(results))
     data.update(run.tail(notes))
     lines = [summary_line(name, result) for name, result in results.items()]
@@ -190,6 +193,7 @@ def _report(
         f"  real {real.shown}  n={real.n:,}   gen {gen.shown}  n={gen.n:,}   "
         f"d={real.d:,}   {data['seconds']:.2f} s"
     )
+    lines += made.lines
     first = next(iter(results))
     return Report(data["metric"], results, data, "\n".join(lines), _HEADLINE[first](results[first]))
 
@@ -211,6 +215,12 @@ _ENGINE_PARAMS = (
     ("weights", "str | None", "the encoder's weights (default: the standard caches)"),
     ("batch_size", "int | None", "images per forward pass (default 32)"),
     ("cache_root", "str | None", "the feature cache of image inputs"),
+    (
+        "verify",
+        "bool | None",
+        "reuse cached features of images only if the images' bytes match (reads them once)",
+    ),
+    ("skip_bad", "bool | None", "leave out images that cannot be decoded (named in the report)"),
     ("shard_rows", "int | None", "rows per block, one task each (default: about 32 MiB a block)"),
     ("array", "str | None", "the variable inside a Zarr group, xarray dataset or .npz"),
     ("split_every", "int | None", "fan-in of a balanced merge tree"),
@@ -349,6 +359,8 @@ def metrics(
     weights: str | None = None,
     batch_size: int | None = None,
     cache_root: str | None = None,
+    verify: bool | None = None,
+    skip_bad: bool | None = None,
     scheduler: Any = None,
     cluster: str | None = None,
     threads: int | None = None,
@@ -374,6 +386,8 @@ def metrics(
             subsets and is not given the seed; one that means nothing to any is refused.
         nonfinite: rows with NaN or inf: ``error`` (default) or ``drop`` (metrics that take
             it; the pair metrics need every row).
+        encoder, resize, weights, batch_size, cache_root, verify, skip_bad: how image inputs
+            become features, as for :func:`shardeval.fid`.
         shard_rows, array, split_every, device, backend, precision, scheduler, cluster,
             threads, performance_report, progress, log: as for :func:`shardeval.fid`.
 
@@ -476,6 +490,11 @@ def metrics(
         )
     stats_only = given_stats and not rows
     images = image_flags([None if stats_only else real, gen], given)
+    held = None  # what the reference's statistics record of how they were made
+    if given_stats and is_path(real):
+        from shardeval.pipeline.io.statsio import stats_provenance
+
+        held = stats_provenance(os.fspath(real))
     with _noted() as notes, _running(given) as run:
         gaussian = statistics(real) if given_stats else None
         real, gen = with_features(run, [real, gen], images)
@@ -492,7 +511,7 @@ def metrics(
         one_kind = len({METRICS[m].reads for m in wanted}) == 1
         in_memory = not (images[1] or is_path(gen))  # images become an extraction store
         named = (array is not None or in_memory) if one_kind else None
-        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named)
+        return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named, held=held)
 
 
 def _needed(metric: str, option: str) -> str:
@@ -511,10 +530,12 @@ def _by_plug_ins(
     notes: Notes,
     gaussian: Any = None,
     named: bool | None = None,
+    held: dict[str, Any] | None = None,
 ) -> Report:
     """``instances`` computed for ``gen`` against ``real`` (features, or statistics when no
     instance needs the reference's rows) through the plug-in interface; ``gaussian``, when
-    given, is the reference's Gaussian (a file's statistics beside the rows it holds)."""
+    given, is the reference's Gaussian (a file's statistics beside the rows it holds), and
+    ``held`` what its file records of how its features were made."""
     from shardeval.pipeline.fid.gaussian import Gaussian
     from shardeval.pipeline.io.stores import check_same_dim
     from shardeval.pipeline.metrics import Context, Reference
@@ -565,6 +586,13 @@ def _by_plug_ins(
     data: dict[str, Any] = {"metric": ",".join(results), **results, **extra}
     data["options"] = {m.name: m.options for m in instances}
     data["inputs"] = {"real": described, "gen": gen.describe()}
+    sides: dict[str, Any] = {"real": held} if source is None else {"real": source.describe()}
+    if source is not None and held:  # rows from a file that holds statistics too
+        sides["real statistics"] = held
+    sides["gen"] = data["inputs"]["gen"]
+    made = features_made(sides if real is not None else {"gen": sides["gen"]}, run.cached)
+    notes.extend(made.warnings)
+    data.update(made.data)
     # The kernels' and products' settings where a metric asked takes them; every metric
     # reads rows (shard_rows, array, split_every) and refuses non-finite ones or drops them.
     taken = {o for m in instances for o in m.run_options}
@@ -578,6 +606,7 @@ def _by_plug_ins(
         (f"  real {shown}  n={n if n is None else format(n, ',')}" if real is not None else "")
         + f"   gen {gen.shown}  n={gen.n:,}   d={gen.d:,}   {data['seconds']:.2f} s"
     )
+    lines += made.lines
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])
     return Report(data["metric"], results, data, "\n".join(lines), value)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shardeval.pipeline.images.provenance import recorded
 from shardeval.pipeline.io.atomic import atomic_file, claim_output, is_stream
 from shardeval.workflows.history import History, HistoryError
 
@@ -184,6 +185,18 @@ def _unique(ds: Any, name: str) -> list[str]:
     return sorted({str(v) for v in ds[name].values}) if name in ds.variables else []
 
 
+def _made_by(record: dict[str, Any]) -> str:
+    """One way features were made, for people. Features of a network: it, the resize, and the
+    weights' whole digest and whether they are the published file (decided now, from the
+    digest against the pinned one); synthetic features (``{"features": "synthetic
+    Gaussian", "seed": 1}``) read "synthetic Gaussian, seed 1"."""
+    if "features" in record:
+        return ", ".join(
+            str(v) if k == "features" else f"{k.replace('_', ' ')} {v}" for k, v in record.items()
+        )
+    return recorded(record).text(full=True, loud=True)
+
+
 def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     versions = json.loads(ds.attrs.get("versions", "{}"))
     engines = [
@@ -207,10 +220,7 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         for t in (r["created"], *(v for k, v in r.items() if k.endswith(".created") and v))
     ]
     stale = [f"{r['name']}: {metric} ({why})" for r in rows for metric, why in r["stale"].items()]
-    made = [  # {"features": "synthetic Gaussian", "seed": 1} reads "synthetic Gaussian, seed 1"
-        ", ".join(str(v) if k == "features" else f"{k.replace('_', ' ')} {v}" for k, v in f.items())
-        for f in json.loads(ds.attrs.get("features", "[]"))
-    ]
+    made = [_made_by(f) for f in json.loads(ds.attrs.get("features", "[]"))]
     return [
         ("job", ", ".join(_unique(ds, "job"))),
         ("history", history.path),

@@ -207,9 +207,13 @@ def _extracted(
         engine=engine,
         progress=progress,
         content=content,
+        log=log,
     )
     if cached.stale:
-        log(f"{cached.path}: extracted from other bytes of {source.location} (--verify); again")
+        log(
+            f"{cached.path}: extracted again in its place (made from other bytes of "
+            f"{source.location} (--verify), or before it held the logits)"
+        )
     if cached.reused:
         log(f"features of {source.location} from cache {cached.path}")
     else:

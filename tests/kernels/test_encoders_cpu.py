@@ -103,7 +103,7 @@ def test_hf_cache_layout(tmp_path, monkeypatch):
         locate_weights("dinov2-vitl14")
     (snap / "model.safetensors").write_bytes(b"x")
     assert locate_weights("dinov2-vitl14") == str(snap)
-    assert weights_digest(snap).startswith("blake2b-128:")
+    assert weights_digest(snap).startswith("sha256:")
     with pytest.raises(WeightsError, match="model folder"):
         locate_weights("clip-vitl14-336", snap / "config.json")
 
@@ -111,7 +111,7 @@ def test_hf_cache_layout(tmp_path, monkeypatch):
 def test_bad_checkpoints_are_refused(tmp_path):
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot be read as a torch checkpoint"):
+    with pytest.raises(WeightsError, match="are not a torch checkpoint"):
         load_encoder("inception", str(garbage))
     state = random_state_dict(0)
     del state["Mixed_6b.branch7x7_2.conv.weight"]
@@ -123,7 +123,7 @@ def test_bad_checkpoints_are_refused(tmp_path):
     good = tmp_path / "good.pth"
     torch.save(random_state_dict(0), good)
     with pytest.raises(WeightsError, match="every worker must see the same weights"):
-        load_encoder("inception", str(good), digest="blake2b-128:" + "0" * 32)
+        load_encoder("inception", str(good), digest="sha256:" + "0" * 64)
 
 
 def test_resize_modes(rng):
@@ -263,3 +263,53 @@ def test_encoder_says_when_pytorch_would_round_to_tf32(inception, monkeypatch, f
     assert gpu.fp32_products == "tf32"
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     assert gpu.fp32_products == "ieee"  # no TF32 units before Ampere
+
+
+def _wrong_weights_files(folder):
+    """Files a user may give as weights that are not a torch state dict of tensors, with what
+    the message must call each."""
+    import pickle
+    import zipfile
+
+    from torch import nn
+
+    files = {}
+    files["module.pth"] = "pickled torch.nn.modules.linear.Linear"
+    torch.save(nn.Linear(2, 2), folder / "module.pth")
+    files["arrays.pth"] = "numpy"
+    torch.save({"w": np.zeros(3)}, folder / "arrays.pth")
+    files["plain.pkl"] = "Python pickle"
+    (folder / "plain.pkl").write_bytes(pickle.dumps({"w": np.zeros(3)}))
+    files["text.pth"] = "begins with b'hello"
+    (folder / "text.pth").write_text("hello, not weights")
+    files["empty.pth"] = "empty"
+    (folder / "empty.pth").write_bytes(b"")
+    files["other.zip"] = "zip archive"
+    with zipfile.ZipFile(folder / "other.zip", "w") as archive:
+        archive.writestr("x.txt", "y")
+    files["model.safetensors"] = "safetensors"
+    header = b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    (folder / "model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header + bytes(4)
+    )
+    return files
+
+
+def test_a_wrong_weights_file_is_one_line_saying_what_it_is(tmp_path):
+    """What the file is and what is expected, in one line; not torch's advice on
+    ``weights_only`` (re-loading an untrusted file with it off would run its code)."""
+    import warnings
+
+    for name, what in _wrong_weights_files(tmp_path).items():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(WeightsError) as info:
+                load_encoder("inception", str(tmp_path / name))
+        message = str(info.value)
+        assert what in message, (name, message)
+        assert "pt_inception-2015-12-05-6726825d.pth" in message, (name, message)
+        assert "\n" not in message, (name, message)
+        assert "\x1b" not in message, (name, message)
+        for text in (message, *(str(w.message) for w in caught)):
+            assert "weights_only" not in text, (name, text)
+            assert "trust" not in text, (name, text)

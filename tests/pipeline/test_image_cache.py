@@ -226,6 +226,28 @@ def test_verify_sees_an_image_rewritten_with_its_size_and_time(tmp_path, images,
     )
 
 
+def test_an_entry_without_logits_is_made_again_not_refused(tmp_path, images, weights):
+    """An entry made before extraction wrote logits holds features only: asked for the
+    Inception's arrays (logits included), the cache extracts it again in its place, never
+    refusing it nor handing it out as complete."""
+    import shardeval as se
+    from shardeval.pipeline.images.extract import LOGITS_ARRAY
+
+    root = tmp_path / "cache"
+    path = cache_path(root, cache_key(open_images(images), plan_extraction(weights=weights)))
+    extract_features(images, path, weights=weights, logits=False)  # as entries were made
+    assert LOGITS_ARRAY not in zarr.open_group(path, mode="r")
+    report = se.inception_score(images, weights=weights, cache_root=str(root))
+    assert LOGITS_ARRAY in zarr.open_group(path, mode="r")
+    fresh = str(tmp_path / "fresh.zarr")
+    extract_features(images, fresh, weights=weights)
+    expected = se.inception_score(fresh)
+    assert float(report) == float(expected)
+    again = cached_features(images, cache_root=root, weights=weights)
+    assert again.reused
+    assert len(list(root.glob("features-*.zarr"))) == 1
+
+
 # --- is_image_source ---------------------------------------------------------------------
 
 
@@ -320,3 +342,77 @@ def test_is_image_source_tells_each_kind(kinds):
 def test_what_is_image_source_opens_as_images(kinds):
     for name in IMAGES - {"zip", "uint8 npy"}:  # listing goes by the name's extension
         assert len(open_images(kinds[name])) > 0, name
+
+
+def test_a_complete_entry_is_read_without_the_writers_lock(tmp_path, images, weights, no_encoder):
+    """A cache others wrote, read where this process cannot write: the lock file beside a
+    complete entry cannot be created (here a folder stands in its place, which no one, root
+    included, can open as a file), and the entry is reused all the same, nothing written."""
+    root = tmp_path / "cache"
+    first = cached_features(images, cache_root=root, weights=weights)
+    os.remove(first.path + ".lock")
+    os.mkdir(first.path + ".lock")
+    before = sorted(os.listdir(root))
+    no_encoder()
+    again = cached_features(images, cache_root=root, weights=weights)
+    assert again.reused
+    assert again.path == first.path
+    np.testing.assert_array_equal(_features(again.path)[0], _features(first.path)[0])
+    assert sorted(os.listdir(root)) == before
+    assert again.extraction.rows == first.extraction.rows == 4
+
+
+def _holding(lock_path):
+    """Hold ``lock_path`` exclusively, as a writer does, until the returned event is set."""
+    import fcntl
+    import threading
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with open(lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            held.set()
+            release.wait()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    held.wait()
+    return release, thread
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_a_run_that_waits_for_anothers_lock_says_so(tmp_path, images, weights, complete):
+    import threading
+    import time
+
+    root = tmp_path / "cache"
+    path = cache_path(root, cache_key(open_images(images), plan_extraction(weights=weights)))
+    if complete:
+        cached_features(images, cache_root=root, weights=weights)
+    else:
+        os.makedirs(root)
+    release, holder = _holding(path + ".lock")
+    said, done = [], []
+    run = threading.Thread(
+        target=lambda: done.append(
+            cached_features(images, cache_root=root, weights=weights, log=said.append)
+        ),
+        daemon=True,
+    )
+    run.start()
+    for _ in range(600):  # until the waiting run has said so (or a minute)
+        if said:
+            break
+        time.sleep(0.1)
+    assert not done  # it waits
+    release.set()
+    run.join(timeout=300)
+    holder.join(timeout=60)
+    assert done
+    assert done[0].reused is complete
+    (message,) = said
+    assert "waiting" in message
+    assert path + ".lock" in message
+    assert images in message

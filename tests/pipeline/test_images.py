@@ -423,3 +423,45 @@ def test_a_loop_of_links_is_named_as_a_loop(tmp_path):
     src = open_images(tmp_path / "f")
     assert len(src.unreadable) == 2
     assert all("a loop of symbolic links" in problem for _, problem in src.unreadable)
+
+
+def _png16_rgb(pixels):
+    """A 16-bit RGB PNG of ``pixels`` ((H, W, 3) uint16), written by hand: Pillow cannot
+    write one."""
+    import struct
+    import zlib
+
+    height, width, _ = pixels.shape
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+
+
+def test_sixteen_bit_pngs_and_exif_orientation_are_decoded_as_pytorch_fid_does():
+    """pytorch-fid and clean-fid read images as ``Image.open(path).convert("RGB")``, and so do
+    we, so that features compare with theirs: a 16-bit grayscale PNG is clipped at 255, a
+    16-bit RGB PNG keeps the high byte of each value, and an EXIF orientation is not applied
+    (the pixels as stored)."""
+    gray = np.array([[0, 200, 255, 256, 1000, 65535]], dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, "PNG")
+    decoded = decode_image(buffer.getvalue(), "gray16.png")
+    expected = np.minimum(gray, 255).astype(np.uint8)
+    np.testing.assert_array_equal(decoded, np.repeat(expected[..., None], 3, axis=2))
+    rgb = np.array([[[0, 256, 65535], [1000, 300, 12345]]], dtype=np.uint16)
+    decoded = decode_image(_png16_rgb(rgb), "rgb16.png")
+    np.testing.assert_array_equal(decoded, (rgb >> 8).astype(np.uint8))
+    # A JPEG stored 2 x 3 with orientation 6 ("rotate 90° to view"): read as stored.
+    pixels = np.zeros((2, 3, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", exif=exif)
+    assert Image.open(io.BytesIO(buffer.getvalue())).getexif()[0x0112] == 6
+    assert decode_image(buffer.getvalue(), "rotated.jpg").shape == (2, 3, 3)

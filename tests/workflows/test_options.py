@@ -711,6 +711,8 @@ _IMAGE_OPTIONS = {
     "weights": ("inception-2.pth", "inception-2.pth"),
     "batch_size": ("3", 3),
     "cache_root": ("image-cache", "image-cache"),
+    "verify": (None, True),  # switches: no value on the command line
+    "skip_bad": (None, True),
 }
 
 
@@ -727,14 +729,24 @@ def check_image_option(option):
             value = given = "inception"
         if option in ("weights", "cache_root"):
             value = given = str(f["tmp"] / value)
+        given_flag = [flag] if value is None else [flag, value]
         stats_out = f["tmp"] / f"image-stats-{next(_OUTPUTS)}.zarr"
         features = ["stats", f["a"], "-o", stats_out] if command == "stats" else _base(command, f)
-        _refused(capsys, *features, flag, value, match=f"{flag} applies to image inputs")
+        _refused(capsys, *features, *given_flag, match=f"{flag} applies to image inputs")
         calls = []
 
         def extraction(source, **kwargs):
             calls.append(kwargs)
-            return types.SimpleNamespace(path=f["logits"] if command == "is" else f["b"])
+            # What the report reads of a cache entry (its features: the logits for is).
+            return types.SimpleNamespace(
+                path=f["logits"] if command == "is" else f["b"],
+                images=source,
+                key="0" * 32,
+                reused=True,
+                content=None,
+                stale=False,
+                extraction=types.SimpleNamespace(skipped=()),
+            )
 
         monkeypatch.setattr("shardeval.pipeline.images.cache.cached_features", extraction)
         images = str(f["tmp"] / "images")
@@ -744,7 +756,7 @@ def check_image_option(option):
             argv = ["is", images]
         else:
             argv = [*_base(command, f)[:2], images, *_base(command, f)[3:]]
-        code, _out, err = _run(capsys, *argv, flag, value, "-q")
+        code, _out, err = _run(capsys, *argv, *given_flag, "-q")
         assert code == 0, err
         assert [c[option] for c in calls] == [given]
         if logits:

@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shardeval.kernels.encoders.weights import (
+    RANDOM_WEIGHTS,
     EncoderError,
     MissingDependencyError,
     WeightsError,
     check_digest,
     locate_weights,
+    random_seed,
     weights_digest,
 )
 
@@ -48,6 +50,7 @@ INCEPTION_RESIZES = ("legacy-pytorch", "clean", "legacy-tensorflow")
 __all__ = [
     "ENCODERS",
     "INCEPTION_RESIZES",
+    "RANDOM_WEIGHTS",
     "Encoder",
     "EncoderError",
     "EncoderSpec",
@@ -56,6 +59,7 @@ __all__ = [
     "check_digest",
     "load_encoder",
     "locate_weights",
+    "random_seed",
     "resolve_resize",
     "weights_digest",
 ]
@@ -233,7 +237,8 @@ def load_encoder(
 
     Args:
         name: an encoder of :data:`ENCODERS`.
-        weights: the file or model folder (see :func:`locate_weights`).
+        weights: the file or model folder (see :func:`locate_weights`), or ``random:SEED``
+            for the Inception with seeded random weights (a smoke test).
         resize: the preprocessing mode (default: the encoder's default).
         device: the torch device the network runs on.
         digest: when given, the weights must have this digest (:func:`weights_digest`).
@@ -251,9 +256,10 @@ def load_encoder(
     check_digest(weights, digest)
     network: torch.nn.Module
     if name == "inception":
-        from shardeval.kernels.encoders.inception import load_inception
+        from shardeval.kernels.encoders.inception import load_inception, random_inception
 
-        network = load_inception(weights)
+        seed = random_seed(weights)
+        network = load_inception(weights) if seed is None else random_inception(seed)
     elif name == "dinov2-vitl14":
         from shardeval.kernels.encoders.vit import load_dinov2
 

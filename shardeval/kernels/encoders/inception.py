@@ -24,7 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shardeval.kernels.encoders.weights import EncoderError, WeightsError, read_state_dict
+from shardeval.kernels.encoders.weights import (
+    INCEPTION_FILE,
+    EncoderError,
+    WeightsError,
+    read_state_dict,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -257,7 +262,9 @@ def load_inception(path: str) -> FIDInception:
         WeightsError: the file is unreadable or does not fit the model; the message names the
             first keys that differ.
     """
-    state = read_state_dict(path)
+    state = read_state_dict(
+        path, "a state dict of the FID Inception's tensors, as pytorch-fid's " + INCEPTION_FILE
+    )
     model = FIDInception()
     expected = model.state_dict()
     for key, value in expected.items():
@@ -278,9 +285,20 @@ def load_inception(path: str) -> FIDInception:
         ]
         raise WeightsError(
             f"weights {path!r} are not the FID Inception's ({'; '.join(parts)}); give "
-            "pytorch-fid's pt_inception-2015-12-05-6726825d.pth"
+            f"pytorch-fid's {INCEPTION_FILE}"
         )
     model.load_state_dict(state, strict=True)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def random_inception(seed: int = 0) -> FIDInception:
+    """The FID Inception with the random weights of :func:`random_state_dict` (``seed``), on the
+    CPU, in eval mode, parameters frozen: a smoke test of the image path where the published
+    weights are absent (its features measure nothing)."""
+    model = FIDInception()
+    model.load_state_dict(random_state_dict(seed), strict=True)
     model.eval()
     model.requires_grad_(False)
     return model

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,12 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 #: The command that downloads :data:`INCEPTION_FILE` into :func:`inception_path`.
 FETCH_INCEPTION = "shardeval fetch inception"
 
+#: The ``weights`` value that asks for the FID Inception with seeded random weights (a smoke test
+#: of the image path where the published file is absent): ``random`` (seed 0) or
+#: ``random:SEED``. Their digest is ``random:SEED``; a file of that name is given as
+#: ``./random``.
+RANDOM_WEIGHTS = "random"
+
 #: Hugging Face model ids of the ViT encoders.
 HF_MODEL_IDS = {
     "dinov2-vitl14": "facebook/dinov2-large",
@@ -43,7 +50,6 @@ HF_MODEL_IDS = {
 _HF_MODEL_FILES = ("config.json",)
 _HF_TENSOR_SUFFIXES = (".safetensors", ".bin")
 
-_DIGEST_BYTES = 16
 _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
 
@@ -120,6 +126,28 @@ def _check_hf_folder(folder: str, what: str) -> None:
         )
 
 
+def random_seed(weights: str | os.PathLike[str] | None) -> int | None:
+    """The seed of random weights asked for by ``weights`` (``random``: 0, ``random:SEED``),
+    else None (a path, or nothing).
+
+    Raises:
+        WeightsError: ``random:`` followed by something that is not a seed.
+    """
+    if not isinstance(weights, str):
+        return None
+    if weights == RANDOM_WEIGHTS:
+        return 0
+    if not weights.startswith(RANDOM_WEIGHTS + ":"):
+        return None
+    seed = weights[len(RANDOM_WEIGHTS) + 1 :]
+    if not seed.isdigit() or int(seed) >= 2**63:
+        raise WeightsError(
+            f"«weights={weights!r}» is not random weights of a seed: give «weights='random'» "
+            "(seed 0) or «weights='random:SEED'» with SEED a non-negative integer"
+        )
+    return int(seed)
+
+
 def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) -> str:
     """The weights an encoder will load: the file (Inception) or model folder (ViTs).
 
@@ -128,13 +156,23 @@ def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) 
         weights: a path the user gave; default: the standard cache.
 
     Returns:
-        An absolute path that exists.
+        An absolute path that exists; for random weights (:data:`RANDOM_WEIGHTS`),
+        ``random:SEED``.
 
     Raises:
         WeightsError: the weights are not there; the message names the file or model id
             needed, where to put it, the command that fetches it (the Inception's:
-            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative.
+            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative. Random weights for
+            an encoder other than the Inception.
     """
+    seed = random_seed(weights)
+    if seed is not None:
+        if encoder != "inception":
+            raise WeightsError(
+                f"«weights={weights!r}» (seeded random weights, for a smoke test) is offered "
+                f"for the FID Inception only, not {encoder}"
+            )
+        return f"{RANDOM_WEIGHTS}:{seed}"
     if weights is not None:
         path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
         if not os.path.exists(path):
@@ -184,16 +222,20 @@ def _digest_files(path: str) -> list[tuple[str, str]]:
 
 
 def weights_digest(path: str | os.PathLike[str]) -> str:
-    """BLAKE2b (128-bit) of the weights: a file's bytes (its name and place do not count), or a
-    model folder's configuration and tensor files (name and bytes, in name order). Remembered
-    per (path, size, mtime), so a process that already hashed a file does not read it again.
+    """SHA-256 of the weights: a file's bytes (its name and place do not count: the digest
+    ``shardeval fetch`` pins and ``sha256sum`` prints), or a model folder's configuration and
+    tensor files (name and bytes, in name order). Remembered per (path, size, mtime), so a
+    process that already hashed a file does not read it again.
 
     Returns:
-        ``"blake2b-128:<hex>"``.
+        ``"sha256:<hex>"``; for random weights (``random:SEED``), that name itself.
 
     Raises:
         WeightsError: the weights cannot be read.
     """
+    seed = random_seed(os.fspath(path))
+    if seed is not None:
+        return f"{RANDOM_WEIGHTS}:{seed}"
     path = os.path.abspath(os.fspath(path))
     try:
         stat = os.stat(path)
@@ -206,7 +248,7 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     with _digests_lock:
         if key in _digests:
             return _digests[key]
-    digest = hashlib.blake2b(digest_size=_DIGEST_BYTES)
+    digest = hashlib.sha256()
     try:
         for name, file in files:
             if os.path.isdir(path):  # a file is digested by its bytes alone, wherever it is
@@ -216,7 +258,7 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
                     digest.update(block)
     except OSError as exc:
         raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
-    value = f"blake2b-128:{digest.hexdigest()}"
+    value = f"sha256:{digest.hexdigest()}"
     with _digests_lock:
         _digests[key] = value
     return value
@@ -239,28 +281,97 @@ def check_digest(path: str, expected: str | None) -> None:
         )
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+#: The first bytes of a torch checkpoint in the legacy (pre-1.6, non-zip) format: a pickled
+#: magic number, 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+#: What torch's weights-only unpickler names when a checkpoint holds a class it will not build.
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _holds(reason: str) -> str:
+    """What a torch checkpoint holds besides tensors, from the global torch's weights-only
+    unpickler refused (never its advice, which is to run the file's code)."""
+    found = _UNSAFE_GLOBAL.search(reason)
+    if found is None:
+        return "holding objects other than tensors"
+    name = found.group(1)
+    if name.split(".")[0] == "numpy":
+        return f"holding numpy arrays ({name}), not torch tensors"
+    return f"holding a pickled {name}, not a state dict of tensors"
+
+
+def _what_file_is(path: str, reason: str) -> str:
+    """What a file that torch cannot load as tensors is, by its first bytes (and, for a torch
+    checkpoint, the class it holds): for a message that says it in a few words."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if not head:
+        return "an empty file"
+    if head.startswith(_ZIP_MAGICS):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                torch_zip = any(n.endswith("/data.pkl") for n in archive.namelist())
+        except (OSError, zipfile.BadZipFile):
+            return "a damaged or truncated zip archive"
+        return (
+            f"a torch checkpoint {_holds(reason)}"
+            if torch_zip
+            else ("a zip archive that is not a torch checkpoint")
+        )
+    if head.startswith(_LEGACY_TORCH_MAGIC):
+        return f"a torch checkpoint of the legacy format {_holds(reason)}"
+    header = int.from_bytes(head[:8], "little")
+    if len(head) > 8 and head[8:9] == b"{" and 0 < header < 100_000_000:
+        return "a safetensors file (the Hugging Face format, read in a model folder)"
+    if head[:1] == b"\x80":
+        return "a Python pickle, not a torch checkpoint"
+    return f"not a torch checkpoint (it begins with {head[:16]!r})"
+
+
+def read_state_dict(
+    path: str, expected: str = "a torch state dict of tensors"
+) -> dict[str, torch.Tensor]:
     """A torch checkpoint holding a state dict (plain, or under ``state_dict``), read on the
     CPU with ``weights_only`` (no code in the file is run).
 
+    Args:
+        path: the file.
+        expected: what the file should be, for the message when it is not.
+
     Raises:
-        WeightsError: the file is not a readable torch checkpoint of tensors.
+        WeightsError: the file is not a readable torch checkpoint of tensors; the message says
+            in one line what it is and what is expected (never torch's advice to load it with
+            ``weights_only`` off, which would run the code a file may carry).
     """
-    import pickle
+    import warnings
 
     import torch
 
     try:
-        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"weights {path!r} cannot be read as a torch checkpoint: {reason}"
-        ) from exc
+        with warnings.catch_warnings():
+            # torch warns of a file's pickle protocol in its weights_only words; what the file
+            # is, the message below says
+            warnings.simplefilter("ignore")
+            loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises anything from KeyError to UnpicklingError on junk
+        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.strerror:
+            raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
+        what = _what_file_is(path, str(exc))
+        raise WeightsError(f"weights {path!r} are {what}; expected {expected}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
     ):
-        raise WeightsError(f"weights {path!r} do not hold a state dict of tensors")
+        kind = type(loaded).__name__
+        raise WeightsError(
+            f"weights {path!r} are a torch checkpoint holding a {kind} that is not a state dict "
+            f"of tensors; expected {expected}"
+        )
     return dict(loaded)

@@ -12,10 +12,13 @@ Layout of a cache folder (``cache_root``)::
 
 ``key`` is a BLAKE2b (128-bit, hex) digest of what decides the features: the image source's
 fingerprint (its kind and, per image, name and size plus modification time or CRC: see
-:class:`~shardeval.pipeline.images.sources.ImageSource`), the encoder, the weights' digest,
-the resize and ``skip_bad``. Not the batch size: features do not depend on it, so a finished
-entry is reused whatever batch size is asked for. Not the images' place either: a copy that
-keeps names, sizes and times lists the same, and holds the same images.
+:class:`~shardeval.pipeline.images.sources.ImageSource`), the encoder, the weights' digest
+(SHA-256; ``random:SEED`` for random weights), the resize and ``skip_bad``; and of what the
+entry holds (:func:`entry_arrays`: the Inception's logits beside its features). An entry
+that lacks an array its key stands for (made before extraction wrote logits) is extracted
+again in its place, never handed out as it is. Not the batch size: features do not depend
+on it, so a finished entry is reused whatever batch size is asked for. Not the images' place
+either: a copy that keeps names, sizes and times lists the same, and holds the same images.
 
 Where the folder is: ``cache_root`` when given; else the environment variable
 ``SHARDEVAL_CACHE``; else ``$XDG_CACHE_HOME/shardeval``; else ``~/.cache/shardeval`` (as
@@ -25,7 +28,9 @@ The rules are extraction's:
 
 * An entry is read only when complete. An unfinished one (a run killed half-way) is finished
   by the next call, with the batch size it was started with (its chunks are laid out by it).
-* One writer per entry: a second call for the same images waits for the first, then reuses.
+* One writer per entry: a second call for the same images waits for the first (and says so
+  through its ``log``), then reuses. A complete entry is read without the writer's lock: a
+  cache others wrote can be used where this process cannot write.
 * Something at an entry's path that is not an extraction store, or one whose recorded
   settings are not those its name stands for, is refused and never replaced; the cache is
   never inside the images it caches (writing it would change them).
@@ -46,18 +51,23 @@ import os
 import stat
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shardeval.pipeline.images.extract import (
+    LOGIT_CLASSES,
+    LOGITS_ARRAY,
     SETTING_KEYS,
     ExtractionError,
     ExtractResult,
     extract_features,
+    finished_result,
     is_extraction_store,
     plan_extraction,
+    waiting_notice,
 )
 from shardeval.pipeline.images.sources import IMAGE_EXTENSIONS, open_images
 from shardeval.pipeline.io.atomic import OutputExistsError, locked
@@ -78,8 +88,9 @@ FEATURES_ARRAY = "features"
 #: Attribute of an entry: the digest of the images' bytes it was extracted from (``verify``).
 CONTENT_ATTR = "content_digest"
 
-#: Bumped when the meaning of a key changes, so that old entries are never taken for new ones.
-_KEY_VERSION = 1
+#: Bumped when the meaning of a key changes, so that old entries are never taken for new ones
+#: (2: the weights' SHA-256 in place of BLAKE2b, and the arrays an entry holds).
+_KEY_VERSION = 2
 _DIGEST_BYTES = 16
 _GLOB_CHARS = "*?["
 _READ_BLOCK = 1 << 23
@@ -98,8 +109,8 @@ class CachedFeatures:
         key: the entry's key (see the module's description).
         images: the image source, as listed (absolute).
         reused: a complete entry was found: no encoder ran.
-        stale: ``verify`` found the entry extracted from other bytes (or recording none) and
-            extracted it again.
+        stale: the entry was extracted again in its place: ``verify`` found it extracted from
+            other bytes (or recording none), or it lacked an array its key stands for.
         content: the digest of the images' bytes (``verify``), else None.
         extraction: what the extraction did (for a reused entry: nothing computed).
     """
@@ -125,9 +136,19 @@ class CachedFeatures:
 
 def default_cache_root() -> str:
     """The cache folder when none is given: ``$SHARDEVAL_CACHE``, else
-    ``$XDG_CACHE_HOME/shardeval``, else ``~/.cache/shardeval`` (absolute)."""
+    ``$XDG_CACHE_HOME/shardeval``, else ``~/.cache/shardeval`` (absolute).
+
+    Raises:
+        ExtractionError: ``SHARDEVAL_CACHE`` is set to an empty value (a script whose variable
+            came out empty meant some folder, not the default one).
+    """
     given = os.environ.get(CACHE_ENV)
-    if given:
+    if given is not None:
+        if not given.strip():
+            raise ExtractionError(
+                f"the environment variable {CACHE_ENV} is set but empty; set it to a folder, "
+                "or unset it for the default cache"
+            )
         return os.path.abspath(os.path.expanduser(given))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return os.path.abspath(os.path.expanduser(os.path.join(base, "shardeval")))
@@ -152,8 +173,24 @@ def cache_key(source: ImageSource, plan: Extraction, *, skip_bad: bool = False) 
         plan.digest,
         plan.resize,
         skip_bad,
+        list(entry_arrays(plan)),
     ]
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=_DIGEST_BYTES).hexdigest()
+
+
+def entry_arrays(plan: Extraction) -> tuple[str, ...]:
+    """The arrays an entry of these settings holds: the features, and the class logits of an
+    encoder that has them (the Inception's, which the Inception Score takes)."""
+    return (FEATURES_ARRAY, LOGITS_ARRAY) if plan.encoder in LOGIT_CLASSES else (FEATURES_ARRAY,)
+
+
+def _lacking(path: str, plan: Extraction) -> list[str]:
+    """The arrays of :func:`entry_arrays` that the entry at ``path`` does not hold (one made
+    before extraction wrote logits holds features only)."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r", use_consolidated=False)
+    return [name for name in entry_arrays(plan) if name not in group]
 
 
 def cache_path(cache_root: str | os.PathLike[str], key: str) -> str:
@@ -216,19 +253,23 @@ def _hash_image_file(digest: Any, path: str) -> None:
     digest.update(b"\n")
 
 
-def _cache_root(cache_root: str | os.PathLike[str] | None) -> str:
-    """The cache folder asked for (absolute); not created here.
+def resolve_cache_root(cache_root: str | os.PathLike[str] | None) -> str:
+    """The cache folder asked for (absolute): ``cache_root``, or :func:`default_cache_root`
+    when it is None; not created here.
 
     Raises:
-        ExtractionError: an empty path or a URL (the cache is a local folder).
+        ExtractionError: an empty path (given, or in ``SHARDEVAL_CACHE``) or a URL (the cache
+            is a local folder).
         OutputExistsError: the path exists and is not a folder.
     """
     if cache_root is None:
         root = default_cache_root()
     else:
         root = os.fspath(cache_root)
-        if not root:
-            raise ExtractionError("«cache_root» is empty; give a folder, or leave it out")
+        if not root.strip():
+            raise ExtractionError(
+                "«cache_root» is empty; give a folder, or leave it out for the default cache"
+            )
         if "://" in root:
             raise ExtractionError(
                 f"«cache_root={root!r}» is a URL; the feature cache is a local folder (shared "
@@ -323,7 +364,33 @@ def _existing_entry(path: str, wanted: dict[str, Any]) -> dict[str, Any] | None:
     return attrs
 
 
-def _record_content(path: str, source: ImageSource, content: str) -> None:
+def _reused(
+    source: ImageSource,
+    plan: Extraction,
+    path: str,
+    skip_bad: bool,
+    content: str | None,
+    log: Callable[[str], None] | None,
+) -> ExtractResult | None:
+    """A finished entry of this key, read as it is: under a shared lock, so that a run
+    rewriting it in place finishes first (and this one says it waits), and without one where
+    the lock file cannot be made (a cache others wrote, read-only here: nobody writes there
+    either). Nothing is written. None when, read again under the lock, it is not finished
+    and current any more (then it is extracted as any other)."""
+    with locked(
+        path + ".lock", exclusive=False, waiting=waiting_notice(log, path, source.location)
+    ):
+        attrs = _existing_entry(path, _settings(source, plan, skip_bad))
+        if attrs is None or not _finished(attrs) or _lacking(path, plan):
+            return None
+        if content is not None and attrs.get(CONTENT_ATTR) != content:
+            return None
+        return finished_result(path, attrs)
+
+
+def _record_content(
+    path: str, source: ImageSource, content: str, log: Callable[[str], None] | None = None
+) -> None:
     """Record the images' bytes in a finished entry, holding its writer's lock (a concurrent
     run rewriting it finishes first) and checking it still holds features of these images.
 
@@ -332,7 +399,7 @@ def _record_content(path: str, source: ImageSource, content: str) -> None:
     """
     import zarr
 
-    with locked(path + ".lock", exclusive=True):
+    with locked(path + ".lock", exclusive=True, waiting=waiting_notice(log, path, source.location)):
         group = zarr.open_group(path, mode="r+", use_consolidated=False)
         attrs = dict(group.attrs)
         if not _finished(attrs) or attrs.get("source_fingerprint") != source.fingerprint:
@@ -353,6 +420,7 @@ def fill_cache(
     engine: Engine | None = None,
     progress: Progress | None = None,
     content: str | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> CachedFeatures:
     """The features of a listed image source: a complete entry of the cache, reused, or
     extracted (finished, for an entry a killed run left unfinished) and then used.
@@ -372,6 +440,8 @@ def fill_cache(
         progress: called with (chunks done, chunks to compute).
         content: the digest of the images' bytes (:func:`images_digest`), to check against the
             one the entry recorded and to record; None: the listing decides alone.
+        log: called with a notice when this call waits for another run that holds the
+            entry's lock (writing it).
 
     Returns:
         The entry and what was done (:class:`CachedFeatures`).
@@ -384,15 +454,21 @@ def fill_cache(
         ImageSourceError, ImageError, EncoderSetupError, EngineError, ClusterError: as
             :func:`~shardeval.pipeline.images.extract.extract_features`.
     """
-    root = _cache_root(cache_root)
+    root = resolve_cache_root(cache_root)
     _check_outside(root, source)  # before anything is created there
     _make_root(root)
     key = cache_key(source, plan, skip_bad=skip_bad)
     path = cache_path(root, key)
     attrs = _existing_entry(path, _settings(source, plan, skip_bad))
     # With the bytes to check, an entry that recorded other bytes or none is extracted again;
-    # an unfinished one too: the bytes its chunks were computed from are not known.
+    # an unfinished one too: the bytes its chunks were computed from are not known. So is an
+    # entry that lacks an array its key stands for (made before extraction wrote logits).
     stale = attrs is not None and content is not None and attrs.get(CONTENT_ATTR) != content
+    stale = stale or (attrs is not None and bool(_lacking(path, plan)))
+    if attrs is not None and _finished(attrs) and not stale:
+        reused = _reused(source, plan, path, skip_bad, content, log)
+        if reused is not None:
+            return CachedFeatures(path, key, source.location, True, False, content, reused)
     if attrs is not None and not _finished(attrs) and not stale:
         batch_size = None  # finished with its own: its chunks are laid out by it
     result = extract_features(
@@ -407,6 +483,7 @@ def fill_cache(
         overwrite=stale,  # ours, for this key, extracted from other bytes: extracted again
         engine=engine,
         progress=progress,
+        log=log,
     )
     # Extraction lists the images again: if they changed since ``source`` was listed, the
     # entry holds features of other images than its key stands for.
@@ -416,7 +493,7 @@ def fill_cache(
             f"into {path!r}; run again once they stay as they are"
         )
     if content is not None:
-        _record_content(path, source, content)
+        _record_content(path, source, content, log)
     return CachedFeatures(
         path=path,
         key=key,
@@ -441,6 +518,7 @@ def cached_features(
     engine: Engine | None = None,
     progress: Progress | None = None,
     verify: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> CachedFeatures:
     """The features of an image source under an encoder, from the feature cache: extracted
     the first time, reused (no encoder runs) after.
@@ -462,6 +540,7 @@ def cached_features(
         verify: hash the images' bytes too (reads them all once), and extract again an entry
             that recorded other bytes or none: the listing cannot see an image rewritten with
             its size and time kept.
+        log: called with a notice when this call waits for another run writing the entry.
 
     Returns:
         The entry and what was done (:class:`CachedFeatures`); ``.open()`` reads it.
@@ -485,6 +564,7 @@ def cached_features(
         engine=engine,
         progress=progress,
         content=content,
+        log=log,
     )
 
 

@@ -44,6 +44,7 @@ import importlib.metadata
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ from shardeval.pipeline.core.chunks import check_device, uses_gpu, worker_device
 from shardeval.pipeline.core.engine import Engine, Progress, available_cores
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
 from shardeval.pipeline.errors import ShardevalError, StoreError
+from shardeval.pipeline.images.provenance import LEGACY_PREFIX
 from shardeval.pipeline.images.sources import (
     IMAGE_ADVICE,
     ImageError,
@@ -119,6 +121,10 @@ class ExtractResult:
         devices: devices the tasks of this run used.
         seconds: wall time; check_seconds: of it, the decode pre-pass.
         classes: logits per row the store holds (0: none).
+        weights_digest: the weights' digest (``sha256:<hex>``, ``random:<seed>``).
+        weights_status: whether they are the published file (see
+            :func:`shardeval.pipeline.images.provenance.weights_status`).
+        weights_file: where they were read when the store was made (its ``weights_file``).
     """
 
     output: str
@@ -138,6 +144,9 @@ class ExtractResult:
     seconds: float
     check_seconds: float
     classes: int = 0
+    weights_digest: str = ""
+    weights_status: str | None = None
+    weights_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -359,10 +368,13 @@ class Extraction:
 
     Attributes:
         encoder: the encoder name.
-        weights: the weights the user gave (absolute), or None for the standard cache.
-        digest: the weights' digest.
+        weights: the weights the user gave (absolute; ``random:SEED`` for seeded random
+            weights), or None for the standard cache.
+        digest: the weights' digest (``sha256:<hex>``).
         resize: the preprocessing mode.
         dim: features per image.
+        located: the weights this process found (the file or folder read; for a worker of a
+            cluster, its own copy must have the same digest).
     """
 
     encoder: str
@@ -370,6 +382,15 @@ class Extraction:
     digest: str
     resize: str
     dim: int
+    located: str = ""
+
+    @property
+    def weights_status(self) -> str | None:
+        """Whether the weights are the published file
+        (:func:`shardeval.pipeline.images.provenance.weights_status`)."""
+        from shardeval.pipeline.images.provenance import weights_status
+
+        return weights_status(self.encoder, self.digest)
 
 
 def plan_extraction(
@@ -382,17 +403,27 @@ def plan_extraction(
     Raises:
         EncoderSetupError: an unknown encoder, a resize it does not take, weights missing.
     """
-    from shardeval.kernels.encoders import ENCODERS, EncoderError, locate_weights, resolve_resize
+    from shardeval.kernels.encoders import (
+        ENCODERS,
+        EncoderError,
+        locate_weights,
+        random_seed,
+        resolve_resize,
+    )
     from shardeval.kernels.encoders import weights_digest as digest_of
 
-    # Absolute, so that workers with another working directory find the same file.
-    given = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
     try:
+        seed = random_seed(weights)
+        # Absolute, so that workers with another working directory find the same file.
+        given = os.path.abspath(os.path.expanduser(os.fspath(weights))) if weights else None
+        if seed is not None:  # seeded random weights: named by their seed, no file
+            given = locate_weights(encoder, weights)
         mode = resolve_resize(encoder, resize)
-        digest = digest_of(locate_weights(encoder, given))
+        located = locate_weights(encoder, given)
+        digest = digest_of(located)
     except EncoderError as exc:
         raise EncoderSetupError(marked(exc)) from exc
-    return Extraction(encoder, given, digest, mode, ENCODERS[encoder].dim)
+    return Extraction(encoder, given, digest, mode, ENCODERS[encoder].dim, located)
 
 
 def extract_features(
@@ -411,6 +442,7 @@ def extract_features(
     progress: Progress | None = None,
     check_progress: Progress | None = None,
     logits: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
     """Extract features of every image of a source into a Zarr feature store.
 
@@ -419,7 +451,9 @@ def extract_features(
             :func:`shardeval.pipeline.images.sources.open_images`).
         output: a local path (shared by every worker on a cluster).
         encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
-        weights: the weights file / model folder; default: the standard caches.
+        weights: the weights file / model folder; default: the standard caches;
+            ``"random"`` (``"random:SEED"``): the Inception with seeded random weights, a smoke
+            test (the store records ``weights_digest`` ``random:SEED``).
         resize: ``legacy-pytorch`` (default), ``clean`` or ``legacy-tensorflow`` for the
             Inception.
         batch_size: images per forward pass (default 32). A finished store is reused
@@ -436,6 +470,8 @@ def extract_features(
             pre-pass.
         logits: a new store of an encoder with class logits (the Inception) holds them too,
             from the same forward pass (default). An existing store keeps its own arrays.
+        log: called with a notice when this run waits for another that is writing
+            ``output`` (it holds the store's lock).
 
     Returns:
         What was done (:class:`ExtractResult`).
@@ -479,7 +515,7 @@ def extract_features(
     }
     # One writer per store: a second run on it waits here, then resumes or reuses what the
     # first one wrote (the lock file stays beside the store, as a history's does).
-    with locked(output + ".lock", exclusive=True):
+    with locked(output + ".lock", exclusive=True, waiting=waiting_notice(log, output, images)):
         attrs = None
         if not overwrite and os.path.exists(output) and not _unstarted(output):
             attrs = _existing(output, wanted)
@@ -489,6 +525,9 @@ def extract_features(
         if attrs is None:
             t = time.perf_counter()
             attrs = _new_attrs(source, spec.feature_extractor, wanted, batch_size, chunk_rows)
+            # For people reading the store; reports decide the status from the digest again.
+            attrs["weights_status"] = plan.weights_status
+            attrs["weights_file"] = plan.located
             if skip_bad:
                 skipped = _bad_images(engine, source, check_progress)
                 attrs["skipped"] = [{"name": n, "reason": r} for n, r in skipped]
@@ -585,7 +624,62 @@ def extract_features(
             seconds=time.perf_counter() - start,
             check_seconds=check_seconds,
             classes=classes,
+            weights_digest=digest,
+            weights_status=plan.weights_status,
+            weights_file=str(attrs.get("weights_file") or plan.located),
         )
+
+
+def waiting_notice(
+    log: Callable[[str], None] | None, output: str, images: str | os.PathLike[str]
+) -> Callable[[], None] | None:
+    """What tells ``log`` that this run waits for another one writing the store ``output``
+    (it holds ``output``.lock), or None without ``log``."""
+    if log is None:
+        return None
+    lock = output + ".lock"
+
+    def say() -> None:
+        log(
+            f"waiting for another run that holds {lock} (it is writing the features of "
+            f"{os.fspath(images)} there); this one goes on when it is done"
+        )
+
+    return say
+
+
+def finished_result(output: str, attrs: dict[str, Any], seconds: float = 0.0) -> ExtractResult:
+    """What a finished store holds, as :func:`extract_features` reports a store it found
+    complete (nothing computed), from its attributes alone: nothing is written, no lock
+    taken (a finished store is only ever read)."""
+    from shardeval.kernels.encoders import ENCODERS
+    from shardeval.pipeline.images.provenance import weights_status
+
+    encoder, rows, chunk_rows = str(attrs["encoder"]), int(attrs["rows"]), int(attrs["chunk_rows"])
+    chunks = -(-rows // chunk_rows)
+    digest = str(attrs.get("weights_digest", ""))
+    return ExtractResult(
+        output=output,
+        encoder=encoder,
+        feature_extractor=str(attrs.get("feature_extractor", "")),
+        resize=str(attrs.get("resize", "")),
+        images=int(attrs.get("image_count", rows)),
+        rows=rows,
+        dim=ENCODERS[encoder].dim,
+        skipped=tuple((s["name"], s["reason"]) for s in attrs.get("skipped", [])),
+        chunks=chunks,
+        computed=0,
+        present=chunks,
+        already_complete=True,
+        resumed=False,
+        devices=(),
+        seconds=seconds,
+        check_seconds=0.0,
+        classes=LOGIT_CLASSES.get(encoder, 0) if LOGITS_ARRAY in attrs else 0,
+        weights_digest=digest,
+        weights_status=weights_status(encoder, digest),
+        weights_file=str(attrs.get("weights_file", "")),
+    )
 
 
 def _check_layout(
@@ -642,6 +736,15 @@ def _existing(output: str, wanted: dict[str, Any]) -> dict[str, Any]:
     )
     if not diff:
         return attrs
+    recorded = str(attrs.get("weights_digest", ""))
+    if recorded.startswith(LEGACY_PREFIX) and all(
+        attrs.get(k) == wanted[k] for k in SETTING_KEYS if k != "weights_digest"
+    ):
+        raise ExtractionError(
+            f"{output!r} was extracted before weights were digested with SHA-256 (it records "
+            f"{recorded}), so whether these weights made it cannot be told; it is still read "
+            "as it is (its weights 'not verified'); pass «overwrite=True» to extract it again"
+        )
     if _complete(attrs):
         raise ExtractionError(
             f"{output!r} holds a finished extraction with other settings ({diff}); pass "

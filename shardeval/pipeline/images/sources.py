@@ -25,7 +25,10 @@ What is listed:
 
 Decoding is Pillow's, converted with ``.convert("RGB")`` as pytorch-fid and clean-fid do
 (grayscale replicated, alpha dropped, palettes expanded); array sources are converted the same
-way without Pillow ((N, H, W) and (N, H, W, 1) replicated, (N, H, W, 4) loses alpha).
+way without Pillow ((N, H, W) and (N, H, W, 1) replicated, (N, H, W, 4) loses alpha). So, as
+theirs, a 16-bit PNG becomes 8 bits (grayscale clipped at 255, RGB keeping each value's high
+byte) and an EXIF orientation is not applied: features of such images compare with the peers'
+only because they are read the same way.
 
 What a task reads is an :class:`ImageRefs`: the source's kind and location plus its own images'
 names and locators (paths, zip entries, tar offsets, row numbers), never pixels, so the

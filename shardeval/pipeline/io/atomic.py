@@ -131,10 +131,13 @@ def check_outside(output: str | os.PathLike[str], inputs: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: str, exclusive: bool) -> Iterator[None]:
+def locked(
+    lock_path: str, exclusive: bool, waiting: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Hold an advisory lock on ``lock_path`` (created beside what it guards) for the block:
     exclusive for a writer, shared for a reader. A reader in a place it cannot write goes
-    without (nobody can be writing there either).
+    without (nobody can be writing there either). ``waiting``, when given, is called once
+    before this process waits for another that holds the lock (so it can say so).
 
     Raises:
         OSError: a writer cannot create the lock file.
@@ -150,7 +153,13 @@ def locked(lock_path: str, exclusive: bool) -> Iterator[None]:
         yield
         return
     with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError:  # another process holds it: say so, then wait
+            if waiting is not None:
+                waiting()
+            fcntl.flock(fh, mode)
         try:
             yield
         finally:

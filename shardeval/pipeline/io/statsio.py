@@ -61,6 +61,10 @@ MAX_N = 2**53
 
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
 
+#: What statistics of an extraction store's features keep of how those were made, and what
+#: must agree for two of them to merge.
+_MADE_KEYS = ("encoder", "resize", "weights_digest")
+
 
 #: The arrays of a guided-diffusion reference batch: the images, the FID statistics, and the
 #: sFID statistics (optional here).
@@ -457,11 +461,12 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
 
     Returns:
         The merged :class:`Moments` and provenance (the inputs; the feature extractor they
-        share).
+        share; how their features were made, when every input records it).
 
     Raises:
         StatsFormatError: a file has no ``n`` (a bare pytorch-fid file cannot be merged), the
-            same file is given twice, or the files name different feature extractors.
+            same file is given twice, or the files name different feature extractors or
+            record features made differently (encoder, resize, weights digest).
         ShapeError: the feature dimensions differ.
 
     Example:
@@ -483,6 +488,9 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
             f"{repeated} given more than once: merging a file with itself counts its rows twice"
         )
     extractors: dict[str, str] = {}
+    # How each input's features were made (encoder, resize, weights), where it records it.
+    made: dict[str, tuple[Any, ...]] = {}
+    made_by: dict[str, Any] = {}
     sources: dict[tuple[str, ...], str] = {}
     merged: Moments | None = None
     for path in paths:
@@ -511,16 +519,33 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
             sources[key] = path
         if extractor is not None:
             extractors[path] = str(extractor)
+        extraction = provenance.get("extraction")
+        if isinstance(extraction, dict):
+            made[path] = tuple(extraction.get(k) for k in _MADE_KEYS)
+            made_by.setdefault("extraction", extraction)
         merged = stats if merged is None else merged.merge(stats)
     if len(set(extractors.values())) > 1:
         raise StatsFormatError(
             f"the files come from different feature extractors ({extractors}); statistics of "
             "different features cannot be merged"
         )
+    if len(set(made.values())) > 1:
+        listed = "; ".join(
+            f"{p!r}: " + ", ".join(f"{k} {v}" for k, v in zip(_MADE_KEYS, m, strict=True))
+            for p, m in made.items()
+        )
+        raise StatsFormatError(
+            f"the files' features were made differently ({listed}); statistics of features "
+            "made by another encoder, resize or weights cannot be merged"
+        )
     if merged is None:  # unreachable: at least two paths were read
         raise StatsFormatError("no statistics to merge")
-    merged_provenance = {
+    merged_provenance: dict[str, Any] = {
         "merged_from": list(paths),
         "feature_extractor": next(iter(extractors.values()), None),
     }
+    if len(made) == len(paths):  # every input says how, and the same way: so does the merge
+        merged_provenance["extraction"] = {
+            k: made_by["extraction"][k] for k in _MADE_KEYS if k in made_by["extraction"]
+        }
     return merged, merged_provenance

@@ -42,6 +42,7 @@ _EXTRACTION_PROVENANCE = {
     "encoder": "encoder",
     "resize": "resize",
     "weights_digest": "weights_digest",
+    "weights_file": "weights_file",
     "images": "source",
     "image_count": "image_count",
     "skip_bad": "skip_bad",
@@ -141,7 +142,8 @@ class FeatureSource:
     def describe(self) -> dict[str, Any]:
         """Provenance: what a report or a statistics file records about this source; for an
         extraction store also how its features were made (encoder, resize, the weights'
-        digest, the images), which decides what a number compares with."""
+        digest and file, whether they are the published file, the images), which decides
+        what a number compares with."""
         described: dict[str, Any] = {
             **({"given": self.given} if self.given else {}),
             "source": self.location,
@@ -152,11 +154,16 @@ class FeatureSource:
             "feature_extractor": self.feature_extractor,
         }
         if self.attrs.get("format") == FEATURES_FORMAT:
-            described["extraction"] = {
+            from shardeval.pipeline.images.provenance import weights_status
+
+            made = {
                 key: self.attrs[name]
                 for key, name in _EXTRACTION_PROVENANCE.items()
                 if name in self.attrs
             }
+            # Decided from the digest against the pinned one, whatever the store says.
+            made["weights_status"] = weights_status(made.get("encoder"), made.get("weights_digest"))
+            described["extraction"] = made
         return described
 
 

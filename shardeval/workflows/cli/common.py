@@ -100,6 +100,8 @@ API_OPTIONS = (
     "weights",
     "batch_size",
     "cache_root",
+    "verify",
+    "skip_bad",
 )
 
 

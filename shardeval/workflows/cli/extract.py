@@ -51,7 +51,9 @@ def encoder_options(g: Any) -> None:
         "--weights",
         metavar="PATH",
         help="weights file (inception) or Hugging Face model folder (ViTs); default: the "
-        "standard caches",
+        "standard caches. 'random' (or random:SEED): the Inception with seeded random weights, "
+        "a smoke test of the image path without the published file (every number it gives is "
+        "marked as such; a file named random is ./random)",
     )
     g.add_argument(
         "--batch-size",
@@ -120,7 +122,6 @@ def cmd_extract(args: argparse.Namespace) -> int:
     report = se.extract(
         args.images,
         args.output,
-        skip_bad=args.skip_bad,
         overwrite=args.overwrite,
         check_progress=None if args.quiet else ProgressBar("images checked"),
         **options,

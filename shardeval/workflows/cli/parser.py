@@ -214,6 +214,19 @@ def image_options() -> argparse.ArgumentParser:
         help="the feature cache (default $SHARDEVAL_CACHE, else $XDG_CACHE_HOME/shardeval or "
         "~/.cache/shardeval)",
     )
+    g.add_argument(
+        "--verify",
+        action="store_true",
+        help="reuse cached features of images only if the images' bytes are those they were "
+        "extracted from (reads every image once); without it their listing (names, sizes, "
+        "modification times) decides, and the report says so",
+    )
+    g.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be read or decoded, as extract does (the report "
+        "names them; a cache entry of its own)",
+    )
     return p
 
 
