@@ -325,7 +325,7 @@ def fid(
             are cached (``cache_root``, default ``$SHARDEVAL_CACHE`` or
             ``~/.cache/shardeval``) and reused.
         shard_rows, array, split_every, device, backend, precision, nonfinite: how feature
-            stores are read and reduced (see the README's option table).
+            stores are read and reduced (see the option table of docs/commands.md).
 
     Returns:
         :class:`~shardeval.api.results.Report`: ``float()`` is the FID; ``results["fid"]``
