@@ -2,9 +2,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# CPU machines take the CPU build of torch pinned in constraints.txt; a local wheel folder
-# (if the machine has one) is searched first.
-PIP_FLAGS = -c constraints.txt $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+# CPU machines take the CPU build of torch pinned in constraints.txt, from a local wheel folder
+# when the machine has one, else from PyTorch's CPU wheel index (PyPI's Linux torch is the CUDA
+# build, several GB of CUDA libraries).
+CPU_TORCH = $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+PIP_FLAGS = -c constraints.txt $(CPU_TORCH)
+# `make demo` installs the package alone; `make test` adds the test and dev extras (pytest,
+# transformers, dask-jobqueue, dask-kubernetes, arviz, prdc, ruff, mypy…) to the same
+# environment, marked done by this file.
+TEST_STAMP = $(VENV)/.test-extras
 
 # The encoder reference tests need torchvision (pytorch-fid and clean-fid import it), which
 # installs here only beside torch 2.14.1: a second environment, made once (about 5.5 GB).
@@ -18,6 +24,10 @@ GEN  ?= demo-data/gen.zarr
 $(BIN)/shardeval: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e .
+	touch $@
+
+$(TEST_STAMP): $(BIN)/shardeval
 	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[test,dev]'
 	touch $@
 
@@ -36,16 +46,16 @@ demo: $(BIN)/shardeval
 	@echo "JSON report: demo-data/fid.json"
 
 # Lint first: CI fails on ruff or mypy errors as it does on a failing test.
-test: lint $(ENC_VENV)/bin/shardeval
+test: $(TEST_STAMP) lint $(ENC_VENV)/bin/shardeval
 	$(BIN)/python -m pytest -q
 	$(ENC_VENV)/bin/python -m pytest -q -m encoders -p no:cacheprovider tests/encoders
 
-lint: $(BIN)/shardeval
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check shardeval tests benchmarks
 	$(BIN)/ruff format --check shardeval tests benchmarks
 	$(BIN)/mypy
 
-bench: $(BIN)/shardeval
+bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.fid_vs_peers
 	$(BIN)/python -m benchmarks.nll_ess
 	$(BIN)/python -m benchmarks.kernels

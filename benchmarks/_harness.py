@@ -1,13 +1,16 @@
 """Run one method of a benchmark in a child process; report its time and peak memory.
 
 The child imports what it needs, then times only the computation, so every method pays its
-imports outside the measured region; ``ru_maxrss`` of the child is that method's peak.
+imports outside the measured region. Its peak memory is ``VmHWM`` of its own process (the
+largest resident set since it started, imports included): not ``ru_maxrss``, which Linux keeps
+across ``execve``, so that a child started (by ``vfork`` + ``execve``, as Python starts them)
+from a parent that once held the data would report the parent's peak.
 """
 
 from __future__ import annotations
 
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
@@ -16,13 +19,33 @@ from collections.abc import Callable
 from typing import Any
 
 
+def peak_mib() -> float:
+    """This process's peak resident memory since it started, in MiB (``VmHWM``)."""
+    with open("/proc/self/status") as fh:
+        line = next(ln for ln in fh if ln.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``) and the number of logical CPUs."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), name
+            )
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical CPUs"
+
+
 def child(methods: dict[str, Callable[..., Any]], name: str, args: list[str]) -> None:
     """In the child: run ``methods[name](*args)``, print one JSON line."""
     fn = methods[name]
     start = time.perf_counter()
     value = fn(*args)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_mib()
     print(json.dumps({"method": name, "value": value, "seconds": seconds, "peak_rss_mib": peak}))
 
 

@@ -9,17 +9,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 from distributed import Client, LocalCluster
 
+from benchmarks._harness import cpu_name, peak_mib
 from shardeval.pipeline import Engine, FeatureSource, feature_moments
 from shardeval.pipeline.io.synthetic import gaussian_features
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _sent_bytes(dask_worker) -> int:  # type: ignore[no-untyped-def]
@@ -39,7 +35,7 @@ def run(n: int, d: int, shards: int, split_every: int, memory_limit: str) -> dic
         start = time.perf_counter()
         ((moments, _),) = feature_moments([source], engine=engine, split_every=split_every)
         seconds = time.perf_counter() - start
-        peaks = client.run(_peak_rss_mib)
+        peaks = client.run(peak_mib)  # each worker process's own VmHWM
         sent = sum(client.run(_sent_bytes).values())
     states_moved = sent / ((d * d + d) * 8)  # the metric counts in-memory bytes
     wire_mib = states_moved * (d * (d + 1) / 2 + d) * 8 / 2**20  # pickles hold half of m2
@@ -62,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", default="3GiB")
     args = parser.parse_args(argv)
 
+    print(f"# {cpu_name()}; a 2-worker LocalCluster, one thread each")
     # Scheduler overhead: the same 400-shard graph with almost no arithmetic per shard.
     tiny = run(args.shards * 10, 4, args.shards, args.split_every, args.memory_limit)
     print(

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import child, medians, run_child
+from benchmarks._harness import child, cpu_name, medians, run_child
 
 DATA_DIR = os.environ.get("SHARDEVAL_BENCH_DATA", "bench-data")
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     import importlib.util
 
     has_vit = importlib.util.find_spec("transformers") is not None
-    print(f"# CPU: {os.cpu_count()} cores; batch {args.batch}; 256 x 256 images; medians")
+    print(f"# {cpu_name()}; batch {args.batch}; 256 x 256 images; medians")
     print(f"{'method':<18} {'images':>6} {'images/s':>9} {'peak MiB':>9}  weights")
     for method in METHODS:
         vit = method.endswith(("vitl14", "336"))

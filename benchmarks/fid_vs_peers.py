@@ -1,8 +1,9 @@
 """FID end to end: shardeval from Zarr against the peers' in-memory path from ``.npy``.
 
-Each method runs in its own child process, so its peak resident memory (``ru_maxrss``) is its
-own; wall time is measured inside the child from the first read of the data to the FID value
-(imports excluded, the same for everyone), and the child's whole life is reported too.
+Each method runs in its own child process, so its peak resident memory (``VmHWM``, see
+:mod:`benchmarks._harness`) is its own; wall time is measured inside the child from the first
+read of the data to the FID value (imports excluded, the same for everyone), and the child's
+whole life is reported too.
 
 Methods, on the same float32 (N, d) pair:
 
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import child, medians, run_child
+from benchmarks._harness import child, cpu_name, medians, run_child
 
 DATA_DIR = os.environ.get("SHARDEVAL_BENCH_DATA", "bench-data")
 
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
 
         child({m: _timed_method(m) for m in METHODS}, args.child[0], args.child[1:])
         return
-    print(f"# machine: {os.cpu_count()} cores; d={args.d}; medians of {args.repeats} runs")
+    print(f"# {cpu_name()}; d={args.d}; medians of {args.repeats} runs")
     print(
         f"{'N':>8} {'method':<13} {'fid':>14} {'seconds':>9} {'process s':>10} "
         f"{'peak MiB':>9} {'time ratio':>10}"

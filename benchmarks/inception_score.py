@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import medians, run_child
+from benchmarks._harness import cpu_name, medians, peak_mib, run_child
 
 DATA_DIR = os.environ.get("SHARDEVAL_BENCH_DATA", "bench-data")
 
@@ -109,15 +109,6 @@ def _numpy_formula(tag: str) -> list[float]:
     return [float(np.mean(scores)), float(np.std(scores))]
 
 
-def _peak_mib() -> float:
-    """This process's peak resident memory since it started (``VmHWM``). Not ``ru_maxrss``:
-    Linux carries that across ``execve`` from the forked parent, so a child spawned by a
-    parent that once held the data would report the parent's peak."""
-    with open("/proc/self/status") as fh:
-        line = next(ln for ln in fh if ln.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
-
-
 def _child(name: str, tag: str) -> None:
     """In the child: run one method, print one JSON line (as benchmarks._harness.child)."""
     import json
@@ -127,9 +118,7 @@ def _child(name: str, tag: str) -> None:
     value = METHODS[name](tag)
     seconds = time.perf_counter() - start
     print(
-        json.dumps(
-            {"method": name, "value": value, "seconds": seconds, "peak_rss_mib": _peak_mib()}
-        )
+        json.dumps({"method": name, "value": value, "seconds": seconds, "peak_rss_mib": peak_mib()})
     )
 
 
@@ -171,9 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     tag = make_data(args.n, args.classes)
     peer = "torch-fidelity" if _has_torch_fidelity() else "numpy (tf formula)"
     methods = [m for m in METHODS if m.startswith("shardeval")] + [peer]
-    with open("/proc/cpuinfo") as fh:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in fh if "model name" in ln), "?")
-    print(f"# {args.n:,} x {args.classes:,} float32 logits; {cpu}, {os.cpu_count()} cores;")
+    print(f"# {args.n:,} x {args.classes:,} float32 logits; {cpu_name()};")
     print(f"# medians of {args.repeats} runs, each method in its own process; ratios to {peer}")
     head = f"{'method':<24} {'IS':>9} {'± / std':>9} {'seconds':>8} {'peak MiB':>9}"
     print(f"{head} {'time':>6} {'mem':>6}")

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks._harness import cpu_name
 from shardeval.kernels import (
     gaussian_logpdf,
     logsumexp,
@@ -67,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     full = args.full or device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False  # IEEE fp32 for the torch baselines too
     name = (
-        torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} torch threads"
     )
     print(f"# device: {name}; medians; ratio = ours / torch (below 1: ours faster)")
     print(f"{'kernel':<34} {'shape':<22} {'ours ms':>9} {'torch ms':>9} {'rate':>16} {'ratio':>6}")

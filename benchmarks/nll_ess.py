@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import child, medians, run_child
+from benchmarks._harness import child, cpu_name, medians, run_child
 
 DATA_DIR = os.environ.get("SHARDEVAL_BENCH_DATA", "bench-data")
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         child(METHODS, args.child[0], args.child[1:])
         return
     tag = make_data(args.n)
-    print(f"# machine: {os.cpu_count()} cores; medians of {args.repeats} runs")
+    print(f"# {cpu_name()}; medians of {args.repeats} runs")
     print(f"{'case':<8} {'method':<13} {'value':>14} {'seconds':>9} {'peak MiB':>9} {'ratio':>7}")
     for case, methods in CASES.items():
         runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

@@ -33,13 +33,12 @@ products) about the same plus the float64 re-decisions.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import child, medians, run_child
+from benchmarks._harness import child, cpu_name, medians, run_child
 from benchmarks.fid_vs_peers import _paths, make_data
 
 
@@ -217,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             import prdc  # noqa: F401
         child({m: _timed_method(m) for m in METHODS}, args.child[0], args.child[1:])
         return
-    print(f"# machine: {os.cpu_count()} cores; d={args.d}")
+    print(f"# {cpu_name()}; d={args.d}")
     print(f"{'N':>7} {'method':<16} {'runs':>4} {'seconds':>9} {'peak MiB':>9}  value")
     for n in args.sizes:
         make_data(n, args.d)

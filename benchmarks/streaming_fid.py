@@ -37,8 +37,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._harness import child, run_child
+from benchmarks._harness import child, cpu_name, peak_mib, run_child
 
 #: Methods timed (at offset 0, interleaved, ``--repeats`` runs each), and those whose accuracy
 #: is measured at every offset (one run each: the values are deterministic).
@@ -105,7 +103,7 @@ def _timed(
         "update_max_ms": 1e3 * max(times),
         "update_s": sum(times),
         "compute_s": time.perf_counter() - start,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base,
+        "peak_mib": peak_mib() - base,
     }
 
 
@@ -180,20 +178,6 @@ def _child_method(method: str) -> Callable[..., Any]:
         return METHODS[method](_paths(int(n), int(d)), int(batch), float(offset))
 
     return run
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo) and its logical CPUs."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical CPUs"
 
 
 def main(argv: list[str] | None = None) -> None:

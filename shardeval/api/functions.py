@@ -358,7 +358,7 @@ def fid(
         skip_bad: leave out images that cannot be decoded (as :func:`shardeval.extract`;
             the report names them).
         shard_rows, array, split_every, device, backend, precision, nonfinite: how feature
-            stores are read and reduced (see the README's option table).
+            stores are read and reduced (see the option table of docs/commands.md).
 
     Returns:
         :class:`~shardeval.api.results.Report`: ``float()`` is the FID; ``results["fid"]``

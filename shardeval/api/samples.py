@@ -204,7 +204,7 @@ def _refuse_fp32_sums(precision: str | None) -> None:
         raise OptionError(
             "«precision='fp32'» cannot apply to kid and cmmd: their kernel sums always take "
             "float64 products of centred rows, since no bound on fp32 rounding holds their "
-            "value to 1e-5 (README: Numerics); «precision» applies to fid and prdc"
+            "value to 1e-5 (docs/numerics.md); «precision» applies to fid and prdc"
         )
 
 
