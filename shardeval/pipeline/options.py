@@ -127,6 +127,8 @@ def _text(value: object) -> str | None:
 def _path(value: object) -> str | None:
     if (isinstance(value, str) and value) or hasattr(value, "__fspath__"):
         return None
+    if value == "":  # never taken for "not given": that is None
+        return "expected a path, got an empty one ('')"
     return f"expected a path, got {value!r}"
 
 

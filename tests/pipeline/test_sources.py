@@ -90,7 +90,7 @@ def test_missing_store_and_bad_shard_rows(tmp_path, x):
     with pytest.raises(StoreError, match="does not exist"):
         open_features(str(tmp_path / "nope.zarr"))
     (tmp_path / "empty.zarr").mkdir()
-    with pytest.raises(StoreError, match="cannot open"):
+    with pytest.raises(StoreError, match="is a folder, not a feature store"):
         open_features(str(tmp_path / "empty.zarr"))
     np.save(tmp_path / "f.npy", x)
     with pytest.raises(ShapeError, match="positive"):
