@@ -56,7 +56,7 @@ def _params(wanted: Sequence[str], given: dict[str, Any]) -> dict[str, Any]:
         if metric not in wanted:
             # seed is fid_inf's too: metrics() words its own refusal
             shared = [n for n in names if n != "seed"]
-            refuse(given, shared, f"apply to {metric}, which is not asked for")
+            refuse(given, shared, f"apply to {metric}, which is not asked for")  # one metric
     params: dict[str, Any] = {}
     if "kid" in wanted:
         params["kid"] = KIDParams()
@@ -198,13 +198,21 @@ def _report(
     return Report(data["metric"], results, data, "\n".join(lines), _HEADLINE[first](results[first]))
 
 
+def _takes_precision() -> str:
+    """The metrics whose products «precision» sets (by their declarations)."""
+    from shardeval.pipeline.metrics import METRICS
+
+    takers = [m for m in METRICS if "precision" in METRICS[m].run_options]
+    return ", ".join(m for m in takers if m not in _FLOAT64_SUMS)
+
+
 def _refuse_fp32_sums(precision: str | None) -> None:
     """KID and CMMD alone: fp64 is what they do; fp32 they cannot honour."""
     if precision == "fp32":
         raise OptionError(
-            "«precision='fp32'» cannot apply to kid and cmmd: their kernel sums always take "
+            "«precision='fp32'» cannot apply to kid or cmmd: their kernel sums always take "
             "float64 products of centred rows, since no bound on fp32 rounding holds their "
-            "value to 1e-5 (docs/numerics.md); «precision» applies to fid and prdc"
+            f"value to 1e-5 (docs/numerics.md); «precision» applies to {_takes_precision()}"
         )
 
 
@@ -419,14 +427,16 @@ def metrics(
         owners = [m for m in METRICS if option in {p.name for p in METRICS[m].params}]
         if not owners:
             raise OptionError(f"no metric takes «{option}»")
-        raise OptionError(f"«{option}» applies to {', '.join(owners)}, which is not asked for")
+        verb = "is" if len(owners) == 1 else "are"
+        raise OptionError(f"«{option}» applies to {', '.join(owners)}, which {verb} not asked for")
     asked = f"the metrics asked ({', '.join(wanted)})"
     untaken = [o for o in _RUN_OPTIONS if all(o not in METRICS[m].run_options for m in wanted)]
     refuse(given, untaken, f"do not apply to {asked}")
     pair = [m for m in wanted if METRICS[m].needs_reference_features]
     if pair and nonfinite == "drop":
         raise OptionError(
-            f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which need every row"
+            f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which "
+            f"need{'s' if len(pair) == 1 else ''} every row"
         )
     if nonfinite == "drop" and all("nonfinite" not in declared[m] for m in wanted):
         one = len(wanted) == 1

@@ -319,7 +319,7 @@ def check_nonfinite(capsys, f, command, monkeypatch):
             "kid",
             "--nonfinite",
             "drop",
-            match="need every row",
+            match="every row",
         )
 
 
