@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         # Imports outside the timed region (shardeval loads names lazily).
         import dask.array  # noqa: F401
 
-        import shardeval.api.inception
+        import shardeval.api.verbs
         import shardeval.pipeline.inception_score.score  # noqa: F401
 
         if args.child[0] == "torch-fidelity":

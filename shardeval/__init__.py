@@ -19,19 +19,13 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 #: public name → module that defines it
 _EXPORTS = {
     **dict.fromkeys(
-        (
-            "fid",
-            "fid_infinity",
-            "frechet_distance",
-            "stats",
-            "merge_stats",
-            "nll",
-            "ess",
-        ),
+        ("frechet_distance", "stats", "merge_stats", "nll", "ess"),
         "shardeval.api.functions",
     ),
-    **dict.fromkeys(("kid", "cmmd", "prdc", "metrics"), "shardeval.api.samples"),
-    "inception_score": "shardeval.api.inception",
+    **dict.fromkeys(
+        ("fid", "fid_infinity", "kid", "cmmd", "prdc", "metrics", "inception_score"),
+        "shardeval.api.verbs",
+    ),
     "extract": "shardeval.api.extraction",
     "fetch": "shardeval.api.fetching",
     "Report": "shardeval.api.results",
@@ -87,19 +81,18 @@ __all__ = [
 if _TYPE_CHECKING:
     from shardeval.api.extraction import extract
     from shardeval.api.fetching import fetch
-    from shardeval.api.functions import (
-        ess,
+    from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats
+    from shardeval.api.results import Report
+    from shardeval.api.streaming import CMMD, FID, KID, PRDC, PairMetrics
+    from shardeval.api.verbs import (
+        cmmd,
         fid,
         fid_infinity,
-        frechet_distance,
-        merge_stats,
-        nll,
-        stats,
+        inception_score,
+        kid,
+        metrics,
+        prdc,
     )
-    from shardeval.api.inception import inception_score
-    from shardeval.api.results import Report
-    from shardeval.api.samples import cmmd, kid, metrics, prdc
-    from shardeval.api.streaming import CMMD, FID, KID, PRDC, PairMetrics
     from shardeval.pipeline.errors import (
         DtypeError,
         NonFiniteError,

@@ -23,7 +23,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from shardeval.api.inputs import (
@@ -34,7 +34,6 @@ from shardeval.api.inputs import (
     features,
     is_images,
     is_path,
-    is_statistics,
     statistics,
 )
 from shardeval.api.results import (
@@ -43,8 +42,6 @@ from shardeval.api.results import (
     ess_dict,
     ess_summary,
     features_made,
-    fid_data,
-    fid_summary,
     nll_dict,
     nll_summary,
 )
@@ -88,7 +85,7 @@ def check_options(options: dict[str, Any]) -> None:
     Raises:
         OptionError: naming the option and the value.
     """
-    from shardeval.pipeline.options import option_problem
+    from shardeval.pipeline.runoptions import option_problem
 
     for name, value in options.items():
         problem = option_problem(name, value)
@@ -99,7 +96,7 @@ def check_options(options: dict[str, Any]) -> None:
 def refuse(given: dict[str, Any], names: Sequence[str], why: str) -> None:
     """Options that cannot apply are an error, never silently ignored (``given``: the
     caller's options, None or False where not given)."""
-    from shardeval.pipeline.options import is_given
+    from shardeval.pipeline.runoptions import is_given
 
     bad = [n for n in names if is_given(given.get(n))]
     if not bad:
@@ -303,241 +300,6 @@ def _feature_side(source: Any, moments: Any, dropped: int) -> Side:
         source.describe(),
         source.given,
     )
-
-
-def fid(
-    real: Any,
-    gen: Any,
-    *,
-    infinity: bool = False,
-    seed: int | None = None,
-    real_is_statistics: bool = False,
-    encoder: str | None = None,
-    resize: str | None = None,
-    weights: str | None = None,
-    batch_size: int | None = None,
-    cache_root: str | None = None,
-    verify: bool | None = None,
-    skip_bad: bool | None = None,
-    shard_rows: int | None = None,
-    array: str | None = None,
-    split_every: int | None = None,
-    device: str | None = None,
-    backend: str | None = None,
-    precision: str | None = None,
-    nonfinite: str | None = None,
-    scheduler: Any = None,
-    cluster: str | None = None,
-    threads: int | None = None,
-    performance_report: str | None = None,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-) -> Report:
-    """Fréchet Inception Distance between two feature sets or their statistics.
-
-    .. math:: \\mathrm{FID} = \\|\\mu_r - \\mu_g\\|^2 + \\mathrm{tr}\\,\\Sigma_r
-              + \\mathrm{tr}\\,\\Sigma_g - 2\\,\\mathrm{tr}(\\Sigma_r\\Sigma_g)^{1/2}
-
-    (Heusel et al., "GANs trained by a two time-scale update rule converge to a local Nash
-    equilibrium", NeurIPS 2017.) Feature stores are streamed as mergeable moments; statistics
-    are read.
-
-    Args:
-        real, gen: features (a store, an array, a tensor, …) or statistics (a file, a
-            ``Gaussian``, ``Moments``); see :mod:`shardeval.api.inputs`.
-        infinity: also FID∞ (Chong & Forsyth 2020), from 15 nested subsets of ``gen``.
-        seed: seed of the nested subsets (with ``infinity``; default 0).
-        real_is_statistics: read ``real`` as statistics whatever it looks like.
-        encoder, resize, weights, batch_size: how image inputs (folders, zips, tar shards,
-            uint8 arrays) become features, as for :func:`shardeval.extract`; their features
-            are cached (``cache_root``, default ``$SHARDEVAL_CACHE`` or
-            ``~/.cache/shardeval``) and reused.
-        verify: reuse cached features of images only if the images' bytes are those they
-            were extracted from (reads every image once); otherwise their listing (names,
-            sizes, modification times) decides, and the report says so (``feature_cache``).
-        skip_bad: leave out images that cannot be decoded (as :func:`shardeval.extract`;
-            the report names them).
-        shard_rows, array, split_every, device, backend, precision, nonfinite: how feature
-            stores are read and reduced (see the option table of docs/commands.md).
-
-    Returns:
-        :class:`~shardeval.api.results.Report`: ``float()`` is the FID; ``results["fid"]``
-        the :class:`~shardeval.pipeline.fid.frechet.FrechetDistance`, and
-        ``results["fid_inf"]`` with ``infinity``.
-
-    Raises:
-        StoreError, ShapeError, NonFiniteError, NumericalError: bad inputs, named.
-        OptionError: an option that cannot apply.
-
-    Example:
-        >>> import numpy as np, shardeval as se
-        >>> rng = np.random.default_rng(0)
-        >>> a, b = rng.normal(size=(500, 4)), rng.normal(0.5, 1.0, size=(500, 4))
-        >>> round(float(se.fid(a, b)), 2)
-        1.13
-    """
-    options = dict(locals())
-    check_options(options)
-    inputs = [real, gen]
-    _must_exist(*inputs)
-    from shardeval.pipeline.io.statsio import is_adm_reference
-
-    # Statistics are read, never extracted: a guided-diffusion reference batch holds images
-    # and its dataset's FID statistics, and FID takes the statistics.
-    held = [is_path(x) and is_adm_reference(x) for x in inputs]
-    held[0] = held[0] or real_is_statistics
-    images = image_flags([None if h else x for x, h in zip(inputs, held, strict=True)], options)
-    kinds = [
-        "statistics" if not image and is_statistics(x) else "features"
-        for x, image in zip(inputs, images, strict=True)
-    ]
-    if real_is_statistics:
-        kinds[0] = "statistics"
-    if infinity and kinds[1] != "features":
-        raise OptionError("«infinity» needs GEN as features (its rows form the subsets)")
-    if not infinity:
-        refuse(options, ("seed",), "applies to «infinity=True»")
-    if "features" not in kinds:
-        refuse(
-            options,
-            (*ENGINE_OPTIONS, *INPUT_OPTIONS),
-            "apply to feature stores; both inputs are statistics",
-        )
-    with _noted() as notes, _running(options) as run:
-        report = _fid(run, with_features(run, inputs, images), kinds, infinity, seed or 0, notes)
-    return report
-
-
-def _fid(
-    run: _Run, inputs: list[Any], kinds: list[str], infinity: bool, seed: int, notes: Notes
-) -> Report:
-    from shardeval.pipeline.fid.frechet import frechet_distance
-    from shardeval.pipeline.fid.gaussian import Gaussian
-    from shardeval.pipeline.fid.moments import products_precision
-    from shardeval.pipeline.io.stores import check_same_dim
-
-    o = run.options
-    sources = {
-        i: features(x, array=o.get("array"), shard_rows=o.get("shard_rows"))
-        for i, (x, kind) in enumerate(zip(inputs, kinds, strict=True))
-        if kind == "features"
-    }
-    stats = {i: _statistics_side(x) for i, x in enumerate(inputs) if i not in sources}
-    dims = {stats[i][1].location: stats[i][1].d for i in stats}
-    dims |= {s.location: s.d for s in sources.values()}
-    if len(set(dims.values())) > 1:
-        listing = ", ".join(f"{p!r} has d={d}" for p, d in dims.items())
-        raise OptionError(f"feature dimensions differ: {listing}; compare features of one model")
-    check_same_dim(*sources.values())
-
-    def moments(precision: str | None = None) -> tuple[dict[int, Any], Any]:
-        bands = None
-        order = sorted(sources)
-        if infinity:
-            from shardeval.pipeline.fid.infinity import merged, nested_moments
-
-            bands = nested_moments(
-                sources[1],
-                engine=run.engine,
-                seed=seed,
-                nonfinite=o.get("nonfinite") or "error",
-                device=o.get("device") or "auto",
-                backend=o.get("backend") or "auto",
-                split_every=o.get("split_every"),
-                progress=run.progress,
-            )
-            first = _moments(run, [sources[0]], precision) if 0 in sources else []
-            gen = (merged(bands), bands.nonfinite.count)
-            return dict(zip(order, [*first, gen], strict=True)), bands
-        computed = _moments(run, [sources[i] for i in order], precision) if order else []
-        return dict(zip(order, computed, strict=True)), bands
-
-    def distance(computed: dict[int, Any]) -> tuple[Any, list[Any], list[Side]]:
-        gaussians, sides = [], []
-        for i in (0, 1):
-            if i in stats:
-                gaussian, side = stats[i]
-            else:
-                m, dropped = computed[i]
-                gaussian = Gaussian.from_moments(m, sources[i].location)
-                side = _feature_side(sources[i], m, dropped)
-            gaussians.append(gaussian)
-            sides.append(side)
-        return frechet_distance(gaussians[0], gaussians[1]), gaussians, sides
-
-    computed, bands = moments()
-    result, gaussians, sides = distance(computed)
-    requested = o.get("precision") or "fp32"
-    fp32_used = any(products_precision(s, requested) == "fp32" for s in sources.values())
-    if result.clamped_count and fp32_used:
-        # fp32 rounding reached the spectrum: a covariance of lower rank than d (a collapsed
-        # set repeats few rows) has zero eigenvalues that fp32 products cannot tell from
-        # their rounding (1e-3 off here), float64 products can. Recompute, then say so.
-        clamped = result.clamped_count
-        computed, bands = moments("fp64")
-        result, gaussians, sides = distance(computed)
-        warnings.warn(
-            f"recomputed with float64 products: with fp32 products {clamped} eigenvalues fell "
-            "below zero (a covariance of lower rank than d, as a set of repeated rows has)",
-            UserWarning,
-            stacklevel=3,
-        )
-    notes.extend(result.warnings)
-    for side in sides:
-        if side.kind == "statistics" and not side.mergeable:
-            notes.append(
-                f"{side.location!r} has mu/sigma without n: usable for FID, but it cannot be "
-                "merged with other statistics"
-            )
-    real, gen = (
-        Side(**{**vars(s), "role": role}) for s, role in zip(sides, ("real", "gen"), strict=True)
-    )
-    made = features_made({"real": real.provenance, "gen": gen.provenance}, run.cached)
-    notes.extend(made.warnings)
-    data = fid_data(result, real, gen)
-    data.update(made.data)
-    results: dict[str, Any] = {"fid": result}
-    inf = None
-    if bands is not None:
-        from shardeval.pipeline.fid.infinity import fit_bands
-
-        inf = fit_bands(gaussians[0], bands, seed, gen.location)  # before the notes are read
-        results["fid_inf"] = inf
-        data["fid_infinity"] = asdict(inf)
-    described = run.engine.describe() if sources else {"scheduler": "none (statistics only)"}
-    tail = run.tail(notes)
-    tail["engine"] = described
-    text = fid_summary(result, real, gen, tail["seconds"], described)
-    value = result.fid
-    if inf is not None:
-        below = " (below 0: see the warning)" if inf.fid_infinity < 0 else ""
-        text += (
-            f"\nFID∞ {inf.fid_infinity:.6g}{below}   (least squares of FID_N over "
-            f"{len(inf.sizes)} nested subsets of GEN, {inf.sizes[0]:,} to {inf.sizes[-1]:,} "
-            f"rows: slope {inf.slope:.4g}, R² {inf.r2:.3f}; seed {inf.seed})"
-        )
-    data.update(tail)
-    if sources:
-        data["settings"] = run.settings()
-    return Report("fid", results, data, "\n".join([text, *made.lines]), value)
-
-
-def fid_infinity(real: Any, gen: Any, *, seed: int | None = None, **options: Any) -> Report:
-    """FID∞ (Chong & Forsyth, "Effectively unbiased FID and Inception Score and where to find
-    them", CVPR 2020): FID at 15 nested subset sizes of ``gen`` and the intercept of a
-    least-squares line in 1/N. ``float()`` is FID∞; the report holds FID beside it. Takes
-    :func:`fid`'s options.
-
-    Example:
-        >>> import numpy as np, shardeval as se
-        >>> rng = np.random.default_rng(0)
-        >>> r = se.fid_infinity(rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3)))
-        >>> len(r["fid_inf"].sizes)
-        15
-    """
-    report = fid(real, gen, infinity=True, seed=seed, **options)
-    inf = report.results["fid_inf"]
-    return Report("fid_inf", report.results, report.data, report.text, float(inf.fid_infinity))
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> Any:
@@ -883,8 +645,6 @@ __all__ = [
     "INPUT_OPTIONS",
     "ShardevalError",
     "ess",
-    "fid",
-    "fid_infinity",
     "frechet_distance",
     "merge_stats",
     "nll",

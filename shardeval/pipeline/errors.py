@@ -19,6 +19,10 @@ class OptionError(ShardevalError):
     """Options that cannot apply, or do not fit together (one given where it means nothing)."""
 
 
+class MetricOptionError(ShardevalError):
+    """A metric's options are wrong (unknown name, wrong type, a value out of its choices)."""
+
+
 class StoreError(ShardevalError):
     """A feature store cannot be opened: missing path, unreadable format, ambiguous array."""
 

@@ -120,6 +120,11 @@ class Job:
         )
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
+    @property
+    def run_options(self) -> dict[str, Any]:
+        """The job's run options, as the API takes them."""
+        return {"device": self.device, "backend": self.backend}
+
     def declarations(self) -> dict[str, Any]:
         return {name: metric.declaration() for name, metric in self.metrics.items()}
 

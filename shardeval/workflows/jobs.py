@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardeval.api.evaluate import Evaluation, Reference, Session
 from shardeval.pipeline.io.provenance import now_iso
-from shardeval.pipeline.metrics import Context, Metric, Reference
+from shardeval.pipeline.metrics import Metric
 from shardeval.workflows.history import History, HistoryRow
 from shardeval.workflows.jobfile import Job, JobError, load_job
 
@@ -27,7 +28,23 @@ if TYPE_CHECKING:
     from shardeval.pipeline.images.sources import ImageSource
     from shardeval.pipeline.io.stores import FeatureSource
 
-__all__ = ["JobError", "RunSummary", "load_job", "reference_of", "run_job"]
+__all__ = ["JobError", "JobReference", "RunSummary", "load_job", "reference_of", "run_job"]
+
+
+@dataclass(frozen=True)
+class JobReference:
+    """A job's reference: its rows and statistics as the evaluation reads them, where it is,
+    and its digest (recorded with every result).
+
+    Attributes:
+        reference: rows and statistics (None: no metric of the job compares with one).
+        fingerprint: digest of the reference (and the array read from it).
+        location: where it is.
+    """
+
+    reference: Reference | None
+    fingerprint: str
+    location: str
 
 
 @dataclass
@@ -248,7 +265,7 @@ def reference_of(
     log: Callable[[str], None],
     source: FeatureSource | None = None,
     content: str | None = None,
-) -> Reference:
+) -> JobReference:
     """The reference statistics: read from a stats file, or computed once from a store (or
     ``source``, the features extracted from reference images) and cached beside the history
     under the input's digest (a changed input has a new digest, so it is recomputed, never
@@ -261,7 +278,8 @@ def reference_of(
 
     if job.reference_stats:
         stats = load_stats(job.reference_stats)
-        return Reference(as_gaussian(stats, job.reference_stats), digest, job.reference_stats)
+        statistics = as_gaussian(stats, job.reference_stats)
+        return JobReference(Reference(statistics=statistics), digest, job.reference_stats)
     if source is None:
         source = open_features(job.reference_store or "", array_name=job.array)
     where = job.reference_images or job.reference_store or source.location
@@ -272,7 +290,8 @@ def reference_of(
             raise JobError(f"{cache!r} exists and is not reference statistics; move it aside")
         if content is None or stats_provenance(cache).get(CONTENT_ATTR) == content:
             log(f"reference statistics from cache {cache}")
-            return Reference(as_gaussian(load_stats(cache), where), digest, where, source)
+            statistics = as_gaussian(load_stats(cache), where)
+            return JobReference(Reference(source, statistics), digest, where)
         stale = True
         log(f"{cache}: computed from other bytes of {where} (--verify); again")
     log(f"computing reference statistics of {where}")
@@ -288,7 +307,7 @@ def reference_of(
         if not (is_stats(cache) and stats_provenance(cache).get("fingerprint") == digest):
             raise
         log(f"reference statistics {cache} written meanwhile by another run")
-    return Reference(as_gaussian(moments, where), digest, where, source)
+    return JobReference(Reference(source, as_gaussian(moments, where)), digest, where)
 
 
 def run_job(
@@ -318,7 +337,6 @@ def run_job(
             before it stay committed).
     """
     from shardeval.pipeline.core.engine import Engine
-    from shardeval.pipeline.io.fingerprint import listing_digest
 
     start = time.perf_counter()
     engine = engine or Engine()
@@ -337,10 +355,49 @@ def run_job(
             job, engine, prepared.reference_digest, log, features, reference_content
         )
     else:  # every metric measures the entries alone
-        reference = Reference(None, "", "")
+        reference = JobReference(None, "", "")
         if _reference_location(job):
             log(f"reference {_reference_location(job)} not read: no metric of the job uses one")
     summary = RunSummary()
+    evaluation = Evaluation(list(job.metrics.values()), run_options=job.run_options)
+    with evaluation.session(engine, progress=progress) as session:
+        real = None if reference.reference is None else session.reference(reference.reference)
+        _run_entries(
+            job,
+            prepared,
+            history,
+            session,
+            real,
+            reference,
+            summary,
+            reference_content,
+            log,
+            verify=verify,
+            force=force,
+        )
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_entries(
+    job: Job,
+    prepared: _Prepared,
+    history: History,
+    session: Session,
+    real: Any,
+    reference: JobReference,
+    summary: RunSummary,
+    reference_content: str | None,
+    log: Callable[[str], None],
+    *,
+    verify: bool = False,
+    force: bool = False,
+) -> None:
+    """Each entry not yet in the history, evaluated against ``real`` and committed
+    (``reference_content``: the reference's bytes' digest, with ``verify``)."""
+    from shardeval.pipeline.io.fingerprint import listing_digest
+
+    engine, progress = session.run.engine, session.run.progress
     declarations = job.declarations()
     digests = {name: job.metric_digest(name) for name in job.metrics}
     engine_text = json.dumps(engine.describe(), sort_keys=True)
@@ -385,7 +442,8 @@ def run_job(
             if entry.images
             else prepared.sources[entry.name]
         )
-        values = _computed_values(wanted, source, reference, engine, progress, job)
+        report = session.measure(real, source, list(wanted.values()))
+        values = {k: v for outputs in report.results.values() for k, v in outputs.items()}
         row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
         made_by = _made_by(source)
         computed = {n: digests[n] for n in wanted}
@@ -396,8 +454,6 @@ def run_job(
         kept = [name for name in job.metrics if name in done]
         already = f" ({', '.join(kept)} already in the history)" if kept else ""
         log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
-    summary.seconds = time.perf_counter() - start
-    return summary
 
 
 def _made_by(source: FeatureSource) -> dict[str, Any]:
@@ -409,26 +465,6 @@ def _made_by(source: FeatureSource) -> dict[str, Any]:
     made = source.describe().get("extraction", {})
     extracted = {k: made[k] for k in ("encoder", "resize", "weights_digest") if k in made}
     return extracted or made_by(source.attrs, tuple(source.array.shape)) or {}
-
-
-def _computed_values(
-    metrics: dict[str, Metric],
-    source: FeatureSource,
-    reference: Reference,
-    engine: Engine,
-    progress: Progress | None,
-    job: Job,
-) -> dict[str, Any]:
-    """The results of ``metrics`` for one entry, checked against their declarations. The pair
-    metrics among them are asked for together (one pass over the cross pairs serves all)."""
-    requests: dict[str, Any] = {}
-    for metric in metrics.values():
-        requests.update(metric.sample_request())
-    context = Context(reference, engine, progress, job.device, job.backend, requests)
-    values: dict[str, Any] = {}
-    for metric in metrics.values():
-        values.update(metric.check_outputs(metric.compute(source, context)))
-    return values
 
 
 def _headlines(metrics: dict[str, Metric]) -> list[str]:

@@ -174,6 +174,27 @@ def inexact_integer_rows(block: np.ndarray) -> np.ndarray:
     return beyond.reshape(block.shape[0], -1).any(axis=1)
 
 
+def product_rows(block: np.ndarray, offset: int, precision: str) -> np.ndarray:
+    """A block's rows in the dtype of their products: float64 for ``precision='fp64'`` and for
+    unsigned integers of 32 bits or more (no exact torch kernel dtype holds them), else as
+    stored (fp32 products of floats; integers of 16 bits or less are exact in fp32).
+
+    Raises:
+        NumericalError: integers beyond 2^53, which float64 cannot hold exactly.
+    """
+    block = np.asarray(block)
+    inexact = np.flatnonzero(inexact_integer_rows(block))
+    if inexact.size:
+        raise NumericalError(
+            f"{inexact.size:,} row(s) of integers beyond 2^53 (first at row "
+            f"{offset + int(inexact[0])}), which float64 cannot hold exactly; store them as "
+            "floats if rounding them is acceptable"
+        )
+    if precision == "fp64" or (block.dtype.kind == "u" and block.dtype.itemsize >= 4):
+        return block.astype(np.float64, copy=False)
+    return block
+
+
 def summarize_block(
     block: np.ndarray,
     offset: int,
@@ -193,17 +214,7 @@ def summarize_block(
             ``fp64`` (upcast first: twice the time, and results independent of shard sizes to
             ~1e-12 instead of the ~1e-7 that fp32 rounding inside each shard leaves).
     """
-    block = np.asarray(block)
-    inexact = np.flatnonzero(inexact_integer_rows(block))
-    if inexact.size:
-        raise NumericalError(
-            f"{inexact.size:,} row(s) of integers beyond 2^53 (first at row "
-            f"{offset + int(inexact[0])}), which float64 cannot hold exactly; store them as "
-            "floats if rounding them is acceptable"
-        )
-    if precision == "fp64" or (block.dtype.kind == "u" and block.dtype.itemsize >= 4):
-        # Unsigned 32/64-bit integers have no exact torch kernel dtype: float64 holds them.
-        block = block.astype(np.float64, copy=False)
+    block = product_rows(block, offset, precision)
     with np.errstate(invalid="ignore"):  # NaN rows are found and handled just below
         moments = block_moments(block, device, backend)
     # NaN and ±inf propagate into the float64 mean (a float64 sum of float32 values cannot

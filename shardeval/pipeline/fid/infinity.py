@@ -19,23 +19,35 @@ from dataclasses import dataclass
 import numpy as np
 
 from shardeval.pipeline.core.chunks import (
+    FeatureSummary,
     block_moments,
     check_device,
     check_nonfinite,
     finite_rows,
+    product_rows,
+    summarize_block,
     uses_gpu,
 )
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import shard_tasks
-from shardeval.pipeline.core.states import Examples, Moments, NonFiniteRows, examples_of, state
+from shardeval.pipeline.core.states import (
+    Examples,
+    Moments,
+    NonFiniteRows,
+    examples_of,
+    merge_fieldwise,
+    state,
+)
 from shardeval.pipeline.errors import ShapeError
 from shardeval.pipeline.fid.frechet import frechet_distance
 from shardeval.pipeline.fid.gaussian import Gaussian
-from shardeval.pipeline.fid.metrics import SEED
 from shardeval.pipeline.io.stores import FeatureSource
 
 #: Sizes at which FID is computed, as in the reference code.
 POINTS = 15
+
+#: Seed of the nested subsets when none is given.
+SEED = 0
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -85,10 +97,17 @@ class BandMoments:
 
 
 def summarize_bands(
-    block: np.ndarray, offset: int, thresholds: np.ndarray, seed: int, device: str, backend: str
+    block: np.ndarray,
+    offset: int,
+    thresholds: np.ndarray,
+    seed: int,
+    device: str,
+    backend: str,
+    precision: str = "fp32",
 ) -> BandMoments:
-    """The chunk step: split a block's finite rows by band and take each band's moments."""
-    block = np.asarray(block)
+    """The chunk step: split a block's finite rows by band and take each band's moments, with
+    the products :func:`~shardeval.pipeline.core.chunks.summarize_block` takes."""
+    block = product_rows(block, offset, precision)
     ok = finite_rows(block)
     u = uniform_hash(seed, np.arange(offset, offset + block.shape[0]))
     band = np.searchsorted(thresholds, u, side="right")  # band k: thresholds[k-1] <= u < [k]
@@ -146,11 +165,13 @@ def nested_moments(
     nonfinite: str = "error",
     device: str = "auto",
     backend: str = "auto",
+    precision: str = "fp32",
     split_every: int | None = None,
     progress: Progress | None = None,
 ) -> BandMoments:
     """One pass over GEN: the moments of each band of the nested subsets (merged over the
-    bands, they are GEN's moments).
+    bands, they are GEN's moments), with GEN's products as FID takes them
+    (:func:`~shardeval.pipeline.fid.moments.products_precision`: float64 for n ≤ d).
 
     Raises:
         ShapeError: GEN has fewer than 20 rows.
@@ -161,12 +182,91 @@ def nested_moments(
     engine = engine or Engine()
     check_device(device, backend, local=not engine.is_distributed)
     thresholds = subset_sizes(gen.n, points) / gen.n
-    tasks = shard_tasks(gen, summarize_bands, thresholds, seed, device, backend)
+    from shardeval.pipeline.fid.moments import products_precision
+
+    products = products_precision(gen, precision)
+    tasks = shard_tasks(gen, summarize_bands, thresholds, seed, device, backend, products)
     (state,) = engine.reduce(
         [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
     )
     check_nonfinite(gen.location, state.nonfinite, nonfinite)
     return state
+
+
+def _summary_and_bands_examples(rng: np.random.Generator) -> Examples[SummaryAndBands]:
+    empty_summary, summaries = examples_of(FeatureSummary, rng)
+    empty_bands, bands = examples_of(BandMoments, rng)
+    found = [SummaryAndBands(s, b) for s, b in zip(summaries, bands, strict=True)]
+    return SummaryAndBands(empty_summary, empty_bands), found
+
+
+@state(examples=_summary_and_bands_examples)
+@dataclass(frozen=True, eq=False)
+class SummaryAndBands:
+    """One read of a shard for FID and FID∞ together: the shard's moments exactly as FID's own
+    pass takes them (so FID does not depend on whether FID∞ was asked beside it), and its
+    bands."""
+
+    summary: FeatureSummary
+    bands: BandMoments
+
+    merge = merge_fieldwise
+
+
+def summarize_with_bands(
+    block: np.ndarray,
+    offset: int,
+    thresholds: np.ndarray,
+    seed: int,
+    device: str,
+    backend: str,
+    precision: str,
+) -> SummaryAndBands:
+    """The chunk step of :func:`moments_and_bands`: both summaries of one block."""
+    return SummaryAndBands(
+        summarize_block(block, offset, device, backend, precision),
+        summarize_bands(block, offset, thresholds, seed, device, backend, precision),
+    )
+
+
+def moments_and_bands(
+    gen: FeatureSource,
+    *,
+    engine: Engine | None = None,
+    seed: int = SEED,
+    points: int = POINTS,
+    nonfinite: str = "error",
+    device: str = "auto",
+    backend: str = "auto",
+    precision: str = "fp32",
+    split_every: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[tuple[Moments, int], BandMoments]:
+    """One read of GEN for FID and FID∞: its moments and non-finite rows dropped, bit for bit
+    those of :func:`~shardeval.pipeline.fid.moments.feature_moments` (the same chunk step over
+    the same shards, merged by the same tree), and the bands of :func:`nested_moments`.
+
+    Raises:
+        ShapeError: GEN has fewer than 20 rows, or fewer than 2 finite ones.
+        NonFiniteError: non-finite rows and ``nonfinite='error'``.
+    """
+    from shardeval.pipeline.fid.moments import products_precision
+
+    if gen.n < 20:
+        raise ShapeError(f"{gen.location!r} has {gen.n} rows; FID∞ needs at least 20")
+    engine = engine or Engine()
+    check_device(device, backend, local=not engine.is_distributed)
+    thresholds = subset_sizes(gen.n, points) / gen.n
+    products = products_precision(gen, precision)
+    tasks = shard_tasks(gen, summarize_with_bands, thresholds, seed, device, backend, products)
+    (both,) = engine.reduce(
+        [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
+    )
+    check_nonfinite(gen.location, both.bands.nonfinite, nonfinite)
+    moments = both.summary.moments
+    if moments.n < 2:
+        raise ShapeError(f"{gen.location!r} has {moments.n} finite row(s); at least 2 are needed")
+    return (moments, both.summary.nonfinite.count), both.bands
 
 
 def merged(bands: BandMoments) -> Moments:

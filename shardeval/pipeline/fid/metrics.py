@@ -1,37 +1,65 @@
-"""The FID family's plug-ins: FID of an entry's features against the reference statistics,
-with the entry's covariance eigen-spectrum beside the reference's, and FID∞ (Chong &
-Forsyth 2020)."""
+"""The FID family's plug-ins: FID of the generated set against the reference, with the
+covariance eigen-spectra beside it, and FID∞ (Chong & Forsyth 2020)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shardeval.pipeline.fid.infinity import SEED
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
-from shardeval.pipeline.options import NONFINITE_POLICIES, seed_problem
+from shardeval.pipeline.options import NONFINITE_POLICIES
+from shardeval.pipeline.runoptions import SEED_RANGE, OneOf
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.io.stores import FeatureSource
+    from shardeval.pipeline.fid.frechet import FrechetDistance
+    from shardeval.pipeline.metrics.sides import Side
+
+NONFINITE = Param(
+    "nonfinite", OneOf(NONFINITE_POLICIES), "error", "rows with NaN/inf: fail, or drop and count"
+)
 
 
-#: Seed of FID∞'s nested subsets when none is given.
-SEED = 0
+def rank_deficit(real_n: int | None, gen_n: int | None, d: int) -> int:
+    """Zero eigenvalues the sides' row counts leave: a covariance of n ≤ d rows has rank at
+    most n − 1, so d − n + 1 of its eigenvalues are zero, and rounding puts about half of
+    them below zero, where they are clamped (expected, not an alarm). The clamped count spans
+    Σ_g's factor and the product matrix, whose zeros together number d − min(rank Σ_r, rank
+    Σ_g): the larger of the sides' d − n + 1, never their sum."""
+    return max((max(0, d - n + 1) for n in (real_n, gen_n) if n is not None), default=0)
 
 
 class FID(Metric):
-    """Fréchet distance between the reference Gaussian and the entry's (Heusel et al. 2017)."""
+    """Fréchet distance between the reference Gaussian and the generated set's (Heusel et al.
+    2017), :mod:`shardeval.pipeline.fid.frechet`.
+
+    Either side may be statistics. Where fp32 products left eigenvalues of the product matrix
+    below zero (a covariance of lower rank than d, as a set of repeated rows has, whose zero
+    eigenvalues fp32 rounding cannot resolve), the moments of the sides that hold rows are
+    computed again with float64 products, and a warning says so; rows a training loop merged
+    as they came cannot be, and the warning says that instead.
+    """
 
     name = "fid"
     title = "Fréchet distance (FID)"
-    params: ClassVar[tuple[Param, ...]] = (
-        Param("nonfinite", str, "error", "rows with NaN/inf: fail or drop", NONFINITE_POLICIES),
-    )
+    params: ClassVar[tuple[Param, ...]] = (NONFINITE,)
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid", "", "Fréchet distance to the reference"),
         Output("fid_mean_term", "", "‖μ_r − μ_g‖²"),
         Output("fid_trace_term", "", "tr Σ_r + tr Σ_g − 2 tr (Σ_r Σ_g)^½"),
-        Output("fid_n", "rows", "rows of the entry"),
-        Output("fid_nonfinite_dropped", "rows", "rows left out as non-finite"),
-        Output("fid_spectrum", "", "eigenvalues of the entry's covariance", array=True),
+        Output("fid_trace_real", "", "tr Σ_r"),
+        Output("fid_trace_gen", "", "tr Σ_g"),
+        Output("fid_trace_sqrt_product", "", "tr (Σ_r Σ_g)^½"),
+        Output("fid_n", "rows", "rows of the generated set"),
+        Output(
+            "fid_n_real", "rows", "rows of the reference (missing: not recorded)", optional=True
+        ),
+        Output("fid_nonfinite_dropped", "rows", "generated rows left out as non-finite"),
+        Output("fid_nonfinite_dropped_real", "rows", "reference rows left out as non-finite"),
+        Output("fid_eigenvalues_clamped", "", "eigenvalues below zero by rounding, set to 0"),
+        Output("fid_clamped_max", "", "the largest magnitude among them"),
+        Output("fid_rank_deficit", "", "zero eigenvalues that n ≤ d leaves (clamping expected)"),
+        Output("fid_spectrum", "", "eigenvalues of the generated covariance", array=True),
         Output("fid_reference_spectrum", "", "eigenvalues of the reference covariance", True),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
@@ -44,46 +72,104 @@ class FID(Metric):
             log=True,
         ),
     )
+    takes_statistics = ("real", "gen")
+    run_options = ("device", "backend", "precision", "nonfinite")
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+    def moment_roles(self) -> tuple[str, ...]:
+        return ("real", "gen")
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.fid.frechet import (
             frechet_distance,
             warn_if_rounding_reached_spectrum,
         )
-        from shardeval.pipeline.fid.gaussian import Gaussian
 
-        moments, dropped = context.moments(entry, self.options["nonfinite"])
-        gen = Gaussian.from_moments(moments, entry.location)
-        result = frechet_distance(context.reference.statistics(), gen)
-        # Jobs take fp32 products, except for sides of n ≤ d (float64 whatever was asked).
-        reference_n = context.reference.statistics().n or 0
-        warn_if_rounding_reached_spectrum(result, max(moments.n, reference_n) > entry.d)
+        if real is None:
+            raise ValueError("FID compares with a reference")
+        nonfinite = self.options["nonfinite"]
+        sides = (real, gen)
+        (r, real_dropped), (g, dropped) = (s.gaussian(context, nonfinite) for s in sides)
+        result = frechet_distance(r, g)
+        fp32 = [s for s in sides if s.products(context) == "fp32"]
+        if result.clamped_count and fp32 and all(s.can_recompute for s in fp32):
+            # fp32 rounding reached the spectrum: zero eigenvalues that fp32 products cannot
+            # tell from their rounding (1e-3 off here), float64 products can. Recompute.
+            clamped = result.clamped_count
+            context.prefetch_moments(fp32, nonfinite, "fp64")
+            (r, real_dropped), (g, dropped) = (
+                s.gaussian(context, nonfinite, "fp64" if s in fp32 else None) for s in sides
+            )
+            result = frechet_distance(r, g)
+            warnings.warn(
+                f"recomputed with float64 products: with fp32 products {clamped} eigenvalues "
+                "fell below zero (a covariance of lower rank than d, as a set of repeated rows "
+                "has)",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            warn_if_rounding_reached_spectrum(result, bool(fp32))
+        for message in result.warnings:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        return self._outputs(result, r, g, real_dropped, dropped)
+
+    @staticmethod
+    def _outputs(
+        result: FrechetDistance, real: Any, gen: Any, real_dropped: int, dropped: int
+    ) -> dict[str, Any]:
         return {
             "fid": result.fid,
             "fid_mean_term": result.mean_term,
             "fid_trace_term": result.trace_term,
-            "fid_n": moments.n,
+            "fid_trace_real": result.trace_real,
+            "fid_trace_gen": result.trace_gen,
+            "fid_trace_sqrt_product": result.trace_sqrt,
+            "fid_n": gen.n,
+            "fid_n_real": real.n,
             "fid_nonfinite_dropped": dropped,
-            "fid_spectrum": spectrum(gen.cov, f"the covariance of {entry.location!r}"),
-            "fid_reference_spectrum": context.reference.spectrum,
+            "fid_nonfinite_dropped_real": real_dropped,
+            "fid_eigenvalues_clamped": result.clamped_count,
+            "fid_clamped_max": result.clamped_max,
+            "fid_rank_deficit": rank_deficit(real.n, gen.n, gen.d),
+            "fid_spectrum": spectrum(gen.cov, f"the covariance of {gen.source!r}"),
+            "fid_reference_spectrum": spectrum(real.cov, f"the covariance of {real.source!r}"),
         }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o = outputs
+        clamped = o["fid_eigenvalues_clamped"]
+        text = "0"
+        if clamped:
+            text = f"{clamped:,} (largest {o['fid_clamped_max']:.3g})"
+            zeros = o["fid_rank_deficit"]
+            if clamped <= zeros:
+                text += f"; expected: n ≤ d leaves d − n + 1 zero eigenvalues ({zeros:,} here)"
+        return [
+            f"FID {o['fid']:.6g}   (mean term {o['fid_mean_term']:.6g} + trace term "
+            f"{o['fid_trace_term']:.6g})",
+            f"  trace term = tr Σr {o['fid_trace_real']:.6g} + tr Σg {o['fid_trace_gen']:.6g} "
+            f"- 2 tr √(Σr Σg) {o['fid_trace_sqrt_product']:.6g}",
+            f"  eigenvalues clamped: {text}",
+        ]
 
 
 class FIDInfinity(Metric):
-    """:mod:`shardeval.pipeline.fid.infinity`: FID at 15 nested subset sizes, extrapolated to 1/N =
-    0."""
+    """:mod:`shardeval.pipeline.fid.infinity`: FID at 15 nested subset sizes of the generated
+    set, extrapolated to 1/N = 0. Its one pass over the generated rows also gives their
+    moments, so FID beside it takes no second pass."""
 
     name = "fid_inf"
     title = "FID∞ (FID extrapolated to infinitely many samples)"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("seed", int, SEED, "seed of the nested subsets", check=seed_problem, metavar="S"),
-        Param("nonfinite", str, "error", "rows with NaN/inf: fail or drop", NONFINITE_POLICIES),
+        Param("seed", SEED_RANGE, SEED, "seed of the nested subsets", metavar="S"),
+        NONFINITE,
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid_inf", "", "intercept of FID_N against 1/N"),
         Output("fid_inf_slope", "", "slope b of FID_N = FID∞ + b/N"),
         Output("fid_inf_r2", "", "R² of the line"),
-        Output("fid_inf_fid", "", "FID of the whole entry"),
+        Output("fid_inf_fid", "", "FID of the whole generated set"),
+        Output("fid_inf_n", "rows", "rows of the generated set"),
         Output("fid_inf_sizes", "rows", "sizes of the nested subsets", array=True),
         Output("fid_inf_fids", "", "FID at each size", array=True),
     )
@@ -91,27 +177,39 @@ class FIDInfinity(Metric):
         Plot("FID∞ and FID over steps", "steps", ("fid_inf", "fid_inf_fid"), "FID"),
         Plot("FID at the nested sizes (latest entry)", "curve", ("fid_inf_fids",), "FID"),
     )
+    takes_statistics = ("real",)
+    run_options = ("device", "backend", "precision", "nonfinite")
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+    def moment_roles(self) -> tuple[str, ...]:
+        return ("real",)
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         import numpy as np
 
-        from shardeval.pipeline.fid.infinity import fid_infinity
+        from shardeval.pipeline.fid.infinity import fit_bands
 
-        r = fid_infinity(
-            context.reference.statistics(),
-            entry,
-            engine=context.engine,
-            seed=self.options["seed"],
-            nonfinite=self.options["nonfinite"],
-            device=context.device,
-            backend=context.backend,
-            progress=context.progress,
-        )
+        if real is None:
+            raise ValueError("FID∞ compares with a reference")
+        nonfinite, seed = self.options["nonfinite"], self.options["seed"]
+        bands = gen.bands(context, seed, nonfinite)
+        reference, _ = real.gaussian(context, nonfinite)
+        r = fit_bands(reference, bands, seed, gen.location)
         return {
             "fid_inf": r.fid_infinity,
             "fid_inf_slope": r.slope,
             "fid_inf_r2": r.r2,
             "fid_inf_fid": r.fid,
+            "fid_inf_n": int(r.sizes[-1]),
             "fid_inf_sizes": np.asarray(r.sizes, dtype=np.float64),
             "fid_inf_fids": np.asarray(r.fids),
         }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o = outputs
+        sizes = o["fid_inf_sizes"]
+        below = " (below 0: see the warning)" if o["fid_inf"] < 0 else ""
+        return [
+            f"FID∞ {o['fid_inf']:.6g}{below}   (least squares of FID_N over {len(sizes)} nested "
+            f"subsets of GEN, {int(sizes[0]):,} to {int(sizes[-1]):,} rows: slope "
+            f"{o['fid_inf_slope']:.4g}, R² {o['fid_inf_r2']:.3f}; seed {self.options['seed']})"
+        ]

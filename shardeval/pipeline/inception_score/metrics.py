@@ -7,47 +7,43 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.inception_score import SEED
-from shardeval.pipeline.metrics.base import Context, Metric, MetricOptionError, Output, Param, Plot
-from shardeval.pipeline.options import seed_problem
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.runoptions import SEED_RANGE, Interval
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.io.stores import FeatureSource
-
-
-def _non_negative(value: int) -> str | None:
-    return None if value >= 0 else "must be 0 (all samples only) or a positive number of splits"
+    from shardeval.pipeline.metrics.sides import Side
 
 
 class InceptionScore(Metric):
-    """Inception Score (Salimans et al. 2016), :mod:`shardeval.pipeline.inception_score.score`."""
+    """Inception Score (Salimans et al. 2016), :mod:`shardeval.pipeline.inception_score.score`:
+    exact over all samples with its standard error; ``splits`` adds the peers' protocol."""
 
     name = "is"
     title = "Inception Score (IS)"
     params: ClassVar[tuple[Param, ...]] = (
         Param(
             "splits",
-            int,
+            Interval(int, 0, None, text="0 (all samples only) or a positive number of splits"),
             0,
             "0: IS over all samples with its standard error; S: also the peers' protocol "
             "(torch-fidelity's isc, mean and std over S splits; 10 in papers)",
-            None,
-            _non_negative,
             "S",
         ),
         Param(
             "seed",
-            int,
+            SEED_RANGE,
             SEED,
             "seed of the splits' row order (torch-fidelity's rng_seed)",
-            check=seed_problem,
-            metavar="SEED",
+            "SEED",
             applies_with="splits",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("is", "", "Inception Score over all samples, exp(E KL(p(y|x) ‖ p(y)))"),
         Output("is_standard_error", "", "its standard error (delta method on log IS)"),
-        Output("is_n", "rows", "rows of the entry"),
+        Output("is_n", "rows", "rows of the set"),
+        Output("is_classes", "", "classes (logits per row)"),
+        Output("is_log_clamped", "nats", "rounding below 0 in a class's term of log IS, set to 0"),
         Output("is_split_mean", "", "peers' protocol: mean IS over the splits", optional=True),
         Output("is_split_std", "", "peers' protocol: std (ddof 0) over the splits", optional=True),
     )
@@ -58,25 +54,17 @@ class InceptionScore(Metric):
     reads = "logits"
     run_options = ()  # a float64 softmax in numpy: no kernel, no products to make in fp32
 
-    def __init__(self, options: dict[str, Any]):
-        super().__init__(options)
-        if "seed" in options and not self.options["splits"]:
-            raise MetricOptionError(
-                "«seed» applies with «splits» (the peers' protocol); the Inception Score over "
-                "all samples has no random order"
-            )
-
-    def check(self, entry: FeatureSource, context: Context) -> None:
+    def check(self, real: Side | None, gen: Side, context: Context) -> None:
         from shardeval.pipeline.inception_score.logits import logits_of
 
-        logits_of(entry, context.block_rows, named=context.named)  # reads metadata only
+        logits_of(gen.rows(), context.block_rows, named=context.named)  # reads metadata only
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.inception_score.logits import logits_of
         from shardeval.pipeline.inception_score.score import inception_score
 
         result = inception_score(
-            logits_of(entry, context.block_rows, named=context.named),
+            logits_of(gen.rows(), context.block_rows, named=context.named),
             splits=self.options["splits"],
             seed=self.options["seed"],
             engine=context.engine,
@@ -87,6 +75,22 @@ class InceptionScore(Metric):
             "is": result.inception_score,
             "is_standard_error": result.standard_error,
             "is_n": result.n,
+            "is_classes": result.classes,
+            "is_log_clamped": result.log_clamped,
             "is_split_mean": result.split_mean,
             "is_split_std": result.split_std,
         }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o, opt = outputs, self.options
+        lines = [
+            f"IS {o['is']:.6g} ± {o['is_standard_error']:.3g}   [all {o['is_n']:,} samples, "
+            "exact; standard error by the delta method on log IS]"
+        ]
+        if opt["splits"]:
+            lines.append(
+                f"IS {o['is_split_mean']:.6g} ± {o['is_split_std']:.3g}   [peers' protocol: "
+                f"mean ± std over {opt['splits']} splits, rows shuffled by seed {opt['seed']}, "
+                "as torch-fidelity's isc]"
+            )
+        return lines

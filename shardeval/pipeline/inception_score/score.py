@@ -57,7 +57,7 @@ from shardeval.pipeline.errors import NonFiniteError, NumericalError, OptionErro
 from shardeval.pipeline.inception_score import SEED
 from shardeval.pipeline.inception_score.logits import NotLogitsError
 from shardeval.pipeline.io.stores import FeatureSource
-from shardeval.pipeline.options import seed_problem
+from shardeval.pipeline.runoptions import SEED_RANGE
 
 #: Rows softmaxed at once inside a shard: the float64 temporaries of a tile (the widened logits,
 #: e^z, a reordered copy for the splits) are 4 MiB each at 1,008 classes, whatever the shard's
@@ -499,7 +499,7 @@ def check_splits(splits: int, seed: int, n: int | None = None) -> None:
         raise OptionError(
             f"«splits» must be 0 (all samples only) or a positive count, got {splits}"
         )
-    problem = seed_problem(seed)
+    problem = SEED_RANGE.problem(seed)
     if problem:
         raise OptionError(f"«seed»: {problem}")
     if n is not None and splits > n:

@@ -1,41 +1,47 @@
-"""NLL of an entry's features under the reference Gaussian."""
+"""NLL of the generated set's feature rows under the reference Gaussian."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shardeval.pipeline.fid.metrics import NONFINITE
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
-from shardeval.pipeline.options import NONFINITE_POLICIES
+from shardeval.pipeline.mmd.metrics import reference
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.io.stores import FeatureSource
+    from shardeval.pipeline.metrics.sides import Side
 
 
 class GaussianNLL(Metric):
-    """Mean negative log-likelihood of the entry's feature rows under N(μ_r, Σ_r)."""
+    """Mean negative log-likelihood of the generated set's rows under N(μ_r, Σ_r),
+    :mod:`shardeval.pipeline.likelihood.gaussian_nll`."""
 
     name = "nll_gaussian"
     title = "Gaussian NLL under the reference"
-    params: ClassVar[tuple[Param, ...]] = (
-        Param("nonfinite", str, "error", "rows with NaN/inf: fail or drop", NONFINITE_POLICIES),
-    )
+    params: ClassVar[tuple[Param, ...]] = (NONFINITE,)
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("nll_gaussian", "nats/dim", "mean NLL per feature dimension"),
         Output("nll_gaussian_per_sample", "nats", "mean NLL per row"),
         Output("nll_gaussian_standard_error", "nats", "standard error of the per-row mean"),
-        Output("nll_gaussian_n", "rows", "rows of the entry"),
+        Output("nll_gaussian_n", "rows", "rows of the set"),
         Output("nll_gaussian_nonfinite_dropped", "rows", "rows left out as non-finite"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("Gaussian NLL over steps", "steps", ("nll_gaussian",), "NLL"),
     )
+    takes_statistics = ("real",)
+    run_options = ("device", "backend", "precision", "nonfinite")
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+    def moment_roles(self) -> tuple[str, ...]:
+        return ("real",)
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
 
+        statistics, _ = reference(real).gaussian(context, self.options["nonfinite"])
         result = nll_gaussian(
-            context.reference.statistics(),
-            entry,
+            statistics,
+            gen.rows(),
             engine=context.engine,
             progress=context.progress,
             nonfinite=self.options["nonfinite"],

@@ -11,16 +11,8 @@ import importlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from shardeval.pipeline.metrics.base import (
-    Context,
-    Metric,
-    MetricOptionError,
-    Output,
-    Param,
-    Plot,
-    Reference,
-    spectrum,
-)
+from shardeval.pipeline.errors import MetricOptionError
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
 
 #: (module, class) of the metrics that ship with shardeval
 _SHIPPED = (
@@ -137,7 +129,6 @@ __all__ = [
     "Output",
     "Param",
     "Plot",
-    "Reference",
     "metric_names",
     "register",
     "spectrum",

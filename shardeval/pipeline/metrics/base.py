@@ -1,34 +1,30 @@
 """The metric plug-in interface.
 
-A metric declares its parameters (names, types, defaults, choices), the named results it
-returns (scalars and per-entry arrays, every name prefixed by the metric's own, each with a
-unit), and its plots; it computes those results for one feature store against a reference.
-Job files, the history and the reports go through these declarations and know no metric by
-name.
+A metric declares its parameters (names, constraints, defaults), the named results it returns
+(scalars and per-entry arrays, every name prefixed by the metric's own, each with a unit), its
+plots, the run options it takes and what it reads of each side; its :meth:`Metric.compute`,
+from the two sides (:mod:`shardeval.pipeline.metrics.sides`), is the only computation of that
+metric: the one-shot function, the command, ``metrics``, a job entry and the training-loop
+class all call it, so a metric has one JSON shape and one behaviour everywhere. Job files, the
+history and the reports go through these declarations and know no metric by name.
 """
 
 from __future__ import annotations
 
 import abc
-import functools
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from shardeval.pipeline.errors import NumericalError, ShardevalError
+from shardeval.pipeline.errors import MetricOptionError, NumericalError
+from shardeval.pipeline.runoptions import Flag, Interval, OneOf, RunOptions
 
 if TYPE_CHECKING:
     import numpy as np
 
     from shardeval.pipeline.core.engine import Engine, Progress
-    from shardeval.pipeline.core.states import Moments
-    from shardeval.pipeline.fid.gaussian import Gaussian
-    from shardeval.pipeline.io.stores import FeatureSource
-
-
-class MetricOptionError(ShardevalError):
-    """A metric's options are wrong (unknown name, wrong type, a value out of its choices)."""
+    from shardeval.pipeline.metrics.sides import Side
 
 
 @dataclass(frozen=True)
@@ -37,52 +33,51 @@ class Param:
 
     Attributes:
         name: as written in a job file (``[metrics.NAME] option = value``).
-        kind: its Python type (``bool``, ``int``, ``float`` or ``str``).
+        constraint: what a value must be, in the run options' vocabulary
+            (:class:`~shardeval.pipeline.runoptions.Interval`, ``OneOf``, ``Flag``…).
         default: the value when the option is not given.
         help: one line for the documentation.
-        choices: the values allowed, when there is a closed set.
-        check: returns an error text for a value that has the right type but is not valid.
         metavar: how the value is shown in a usage line (default: the name in capitals).
         applies_with: the option of the same metric without which this one means nothing
             (KID's ``seed`` draws subsets: it applies with ``subsets``); None: it always
             applies. An option several metrics declare goes to those it applies to.
 
     The declaration is the option everywhere: job files validate with it, the command line
-    makes its flag from it (``--name``, a switch for a ``bool``), the Python API takes it as
-    a keyword argument, and all document it from ``help`` and ``default``.
+    makes its flag from it (``--name``, a switch for a flag), the Python API takes it as a
+    keyword argument, and all document it from ``help`` and ``default``.
     """
 
     name: str
-    kind: type
+    constraint: Any
     default: Any
     help: str
-    choices: tuple[Any, ...] | None = None
-    check: Callable[[Any], str | None] | None = None
     metavar: str | None = None
     applies_with: str | None = None
+
+    @property
+    def kind(self) -> type:
+        """The Python type of a value (``bool``, ``int``, ``float`` or ``str``)."""
+        if isinstance(self.constraint, Flag):
+            return bool
+        if isinstance(self.constraint, Interval):
+            return self.constraint.kind
+        return str
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        return self.constraint.values if isinstance(self.constraint, OneOf) else None
 
     def describe(self) -> str:
         """One line: what it is and its default."""
         return f"{self.help} (default {self.default!r})"
 
     def validate(self, metric: str, value: Any) -> Any:
-        # TOML integers are valid floats; booleans are not integers.
-        ok = isinstance(value, self.kind) and not (self.kind is int and isinstance(value, bool))
+        """``value`` checked (a TOML integer is a valid float), or MetricOptionError."""
         if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise MetricOptionError(
-                f"metric {metric!r}: option {self.name!r} must be {self.kind.__name__}, "
-                f"got {value!r}"
-            )
-        if self.choices is not None and value not in self.choices:
-            raise MetricOptionError(
-                f"metric {metric!r}: option {self.name!r} must be one of "
-                f"{list(self.choices)}, got {value!r}"
-            )
-        problem = self.check(value) if self.check else None
+            value = float(value)
+        problem = self.constraint.problem(value)
         if problem:
-            raise MetricOptionError(f"metric {metric!r}: option {self.name!r} {problem}")
+            raise MetricOptionError(f"metric {metric!r}: option {self.name!r}: {problem}")
         return value
 
 
@@ -126,42 +121,6 @@ class Plot:
     log: bool = False
 
 
-@dataclass(frozen=True, eq=False)
-class Reference:
-    """What every metric of a job may use of the reference: its Gaussian statistics, and its
-    features when the job names a store (pair metrics need them).
-
-    Attributes:
-        gaussian: mean and covariance (None where no metric asked uses them: pair metrics
-            alone need only the features).
-        fingerprint: digest of the reference (and the array read from it).
-        location: where it is.
-        source: the reference's feature store, or None for statistics.
-        cache: results about the reference that every entry reuses (its own block pairs).
-    """
-
-    gaussian: Gaussian | None
-    fingerprint: str
-    location: str = ""
-    source: FeatureSource | None = None
-    cache: dict[Any, Any] = field(default_factory=dict)
-
-    @functools.cached_property
-    def spectrum(self) -> np.ndarray:
-        """Eigenvalues of the reference covariance, largest first."""
-        return spectrum(self.statistics().cov, self.location)
-
-    def statistics(self) -> Gaussian:
-        """The reference Gaussian.
-
-        Raises:
-            NumericalError: the reference was given without its statistics.
-        """
-        if self.gaussian is None:
-            raise NumericalError(f"the reference {self.location!r} was given without statistics")
-        return self.gaussian
-
-
 def spectrum(cov: np.ndarray, what: str = "covariance") -> np.ndarray:
     """Eigenvalues of a covariance, largest first (the reports' eigen-spectra).
 
@@ -181,59 +140,87 @@ def spectrum(cov: np.ndarray, what: str = "covariance") -> np.ndarray:
 
 @dataclass
 class Context:
-    """What a metric may use for one entry: the reference, where and how to run, and the
-    entry's merged moments, computed once and shared by every metric that asks for them."""
+    """Where and how the metrics of one evaluation run, and the passes they share.
 
-    reference: Reference
+    Attributes:
+        engine: the Dask engine.
+        options: the run options (checked); the kernels' and products' settings come from it.
+        progress: called with (done, total) as tasks finish.
+        sample_requests: the pair metrics every metric asked wants from the block-pair passes
+            (keyword arguments of :func:`~shardeval.pipeline.pairwise.passes.sample_metrics`),
+            so that one pass over the pairs serves all of them.
+        named: whether the user named the array read as what every metric asked reads (see
+            :attr:`Metric.reads`): True when «array» was given or an array passed in memory,
+            False when it could have been, None where «array» names features only (a job's).
+    """
+
     engine: Engine
+    options: RunOptions = field(default_factory=RunOptions)
     progress: Progress | None = None
-    device: str = "auto"
-    backend: str = "auto"
     sample_requests: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"
-    split_every: int | None = None
-    block_rows: int | None = None
-    #: whether the user named the entry's array as what every metric asked reads (see
-    #: :attr:`Metric.reads`): True when «array» was given or an array passed in memory, False
-    #: when it could have been, None where the run's «array» names features only (a job's)
     named: bool | None = None
-    _moments: dict[tuple[str, str], tuple[Moments, int]] = field(default_factory=dict)
-    _samples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _samples: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
-    def moments(self, entry: FeatureSource, nonfinite: str = "error") -> tuple[Moments, int]:
-        """The entry's merged moments and the non-finite rows dropped (one pass per entry)."""
+    @property
+    def device(self) -> str:
+        return str(self.options.value("device"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.options.value("backend"))
+
+    @property
+    def precision(self) -> str:
+        return str(self.options.value("precision"))
+
+    @property
+    def split_every(self) -> int | None:
+        return self.options.split_every
+
+    @property
+    def block_rows(self) -> int | None:
+        return self.options.shard_rows
+
+    def prefetch_moments(
+        self, sides: Sequence[Side], nonfinite: str = "error", precision: str | None = None
+    ) -> None:
+        """The moments of every side in ``sides`` that holds rows, in one task graph (one
+        engine call for all of them), kept in each side's cache."""
         from shardeval.pipeline.fid.moments import feature_moments
 
-        key = (entry.location, nonfinite)
-        if key not in self._moments:
-            ((moments, dropped),) = feature_moments(
-                [entry],
-                engine=self.engine,
-                device=self.device,
-                backend=self.backend,
-                nonfinite=nonfinite,
-                precision=self.precision,
-                split_every=self.split_every,
-                progress=self.progress,
-            )
-            self._moments[key] = (moments, dropped)
-        return self._moments[key]
+        precision = precision or self.precision
+        key = ("moments", nonfinite, precision)
+        todo = [s for s in sides if key not in s.cache and s.can_recompute]
+        if not todo:
+            return
+        computed = feature_moments(
+            [s.rows() for s in todo],
+            engine=self.engine,
+            device=self.device,
+            backend=self.backend,
+            nonfinite=nonfinite,
+            precision=precision,
+            split_every=self.split_every,
+            progress=self.progress,
+        )
+        for side, result in zip(todo, computed, strict=True):
+            side.cache[key] = result
 
-    def samples(self, entry: FeatureSource) -> dict[str, Any]:
-        """The pair metrics every metric of the job asked for (``sample_requests``), computed
-        together for this entry (one pass over the cross pairs serves all of them; the
-        reference's own pairs are computed once per run)."""
+    def samples(self, real: Side, gen: Side) -> dict[str, Any]:
+        """The pair metrics every metric asked wants (:attr:`sample_requests`), computed
+        together for ``gen`` against ``real``: one pass over the cross pairs serves all of
+        them; the reference's own pairs are kept in its side's cache (a job's entries reuse
+        them)."""
         from shardeval.pipeline.pairwise.passes import sample_metrics
 
-        if self.reference.source is None:
-            raise NumericalError("pair metrics need the reference's features, not statistics")
-        if entry.location not in self._samples:
-            self._samples[entry.location] = sample_metrics(
-                self.reference.source,
-                entry,
+        key = (id(real), id(gen))
+        if key not in self._samples:
+            self._samples[key] = sample_metrics(
+                real.rows(),
+                gen.rows(),
                 engine=self.engine,
                 progress=self.progress,
-                reference_cache=self.reference.cache,
+                reference_cache=real.cache,
                 device=self.device,
                 backend=self.backend,
                 precision=self.precision,
@@ -241,19 +228,20 @@ class Context:
                 block_rows=self.block_rows,
                 **self.sample_requests,
             )
-        return self._samples[entry.location]
+        return self._samples[key]
 
 
 class Metric(abc.ABC):
     """A metric: its ``name``, ``title``, ``params``, ``outputs`` (the first is the headline;
-    every name starts with the metric's) and ``plots``, and :meth:`compute`.
+    every name starts with the metric's) and ``plots``, what it reads, and :meth:`compute`.
 
     Example:
         >>> class Rows(Metric):
         ...     name, title = "rows", "Rows"
-        ...     outputs = (Output("rows", "rows", "rows in the store"),)
-        ...     def compute(self, entry, context):
-        ...         return {"rows": float(entry.n)}
+        ...     outputs = (Output("rows", "rows", "rows of the set measured"),)
+        ...     needs_reference = False
+        ...     def compute(self, real, gen, context):
+        ...         return {"rows": gen.n}
         >>> Rows({}).options
         {}
     """
@@ -263,18 +251,23 @@ class Metric(abc.ABC):
     params: ClassVar[tuple[Param, ...]] = ()
     outputs: ClassVar[tuple[Output, ...]]
     plots: ClassVar[tuple[Plot, ...]] = ()
-    #: the metric compares rows of the entry with rows of the reference (not its statistics)
-    needs_reference_features: ClassVar[bool] = False
-    #: the metric compares the entry with a reference at all (False: computed from the entry
+    #: the metric compares the set with a reference at all (False: computed from the set
     #: alone, such as the Inception Score; a job of such metrics needs no [reference])
     needs_reference: ClassVar[bool] = True
-    #: what it reads of an entry: its ``features``, or class ``logits`` (which a store may keep
+    #: the metric compares rows of the set with rows of the reference (not its statistics)
+    needs_reference_features: ClassVar[bool] = False
+    #: the roles that may be statistics rather than rows (FID takes statistics on either side)
+    takes_statistics: ClassVar[tuple[str, ...]] = ()
+    #: what it reads of a set: its ``features``, or class ``logits`` (which a store may keep
     #: beside its features: the Inception Score's)
     reads: ClassVar[str] = "features"
-    #: the run options its computation takes beyond reading the entry (shard_rows, array and
+    #: the run options its computation takes beyond reading the set (shard_rows, array and
     #: split_every are every metric's): kernels' ``device`` and ``backend``, products'
-    #: ``precision``; one that no metric asked takes is refused, not ignored
+    #: ``precision``, ``nonfinite``; one that no metric asked takes is refused, not ignored
     run_options: ClassVar[tuple[str, ...]] = ("device", "backend", "precision")
+    #: the products it always takes, for a metric that takes no «precision» (KID's and CMMD's
+    #: kernel sums: ``fp64``); None: it takes «precision», or makes no products
+    products: ClassVar[str | None] = None
 
     def __init__(self, options: dict[str, Any]):
         known = {p.name: p for p in self.params}
@@ -288,6 +281,16 @@ class Metric(abc.ABC):
             p.name: p.validate(self.name, options[p.name]) if p.name in options else p.default
             for p in self.params
         }
+        #: the options as given (the defaults left out): what a copy with another value is
+        #: made from
+        self.given = dict(options)
+        for name in options:
+            needed = known[name].applies_with
+            if needed is not None and not self.options[needed]:
+                raise MetricOptionError(
+                    f"«{name}» applies with «{needed}» for {self.name}; "
+                    f"{self.name} without «{needed}» takes no «{name}»"
+                )
 
     @classmethod
     def applies(cls, name: str, options: dict[str, Any]) -> bool:
@@ -301,19 +304,36 @@ class Metric(abc.ABC):
 
     def sample_request(self) -> dict[str, Any]:
         """The pair metrics this metric reads from :meth:`Context.samples` (keyword arguments
-        of :func:`shardeval.pipeline.pairwise.passes.sample_metrics`), so that the runner asks for
-        all at once."""
+        of :func:`shardeval.pipeline.pairwise.passes.sample_metrics`), so that the runner asks
+        for all at once."""
         return {}
 
-    def check(self, entry: FeatureSource, context: Context) -> None:
-        """Refuse an entry this metric cannot read, before any metric computes (a runner
-        calls it for every metric asked first, so that no pass is spent on a run that fails);
-        :meth:`compute` checks again where it is called alone."""
+    def moment_roles(self) -> tuple[str, ...]:
+        """The sides whose moments this metric reads (the runner computes them together, in
+        one task graph)."""
+        return ()
+
+    def check(self, real: Side | None, gen: Side, context: Context) -> None:
+        """Refuse sides this metric cannot read, before any metric computes (a runner calls it
+        for every metric asked first, so that no pass is spent on a run that fails)."""
         return None
 
     @abc.abstractmethod
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
-        """The metric's outputs for ``entry``, by name (scalars as float/int, arrays 1-D)."""
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        """The metric's outputs for ``gen`` against ``real``, by name (scalars as float or
+        int, arrays 1-D; None for an optional output its options did not ask for)."""
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        """The summary's lines for people: by default the scalar outputs on one line, with
+        their units, in the declaration's order."""
+        shown = []
+        for out in self.outputs:
+            value = outputs.get(out.name)
+            if out.array or value is None:
+                continue
+            number = f"{value:,}" if isinstance(value, int) else f"{float(value):.6g}"
+            shown.append(f"{out.name} {number}{' ' + out.unit if out.unit else ''}")
+        return [f"{self.title}: " + ", ".join(shown)]
 
     @classmethod
     def declaration(cls) -> dict[str, Any]:

@@ -1,101 +1,87 @@
-"""The MMD family's plug-ins: KID of an entry against the reference's features (exact over all
-pairs, or by subsets), and CMMD against the reference's embeddings."""
+"""The MMD family's plug-ins: KID of the generated set against the reference's features (exact
+over all pairs, or by subsets), and CMMD against the reference's embeddings."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shardeval.pipeline.metrics.base import Context, Metric, MetricOptionError, Output, Param, Plot
-from shardeval.pipeline.options import seed_problem
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.mmd.cmmd import SIGMA
+from shardeval.pipeline.mmd.kid import SUBSET_SEED, SUBSET_SIZE
+from shardeval.pipeline.runoptions import POSITIVE, SEED_RANGE, Flag, Interval
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.io.stores import FeatureSource
+    from shardeval.pipeline.metrics.sides import Side
+
+#: KID and CMMD take float64 products of centred rows whatever «precision» says (no bound on
+#: fp32 rounding holds their value to 1e-5): they take no «precision», and record fp64.
+_FLOAT64_SUMS = ("device", "backend")
 
 
-#: The peers' subset protocol's defaults (torch-fidelity's): rows per subset and the seed.
-SUBSET_SIZE = 1000
-SUBSET_SEED = 2020
-
-#: CMMD's reference implementation's bandwidth and scale.
-SIGMA = 10.0
-SCALE = 1000.0
-
-
-def _non_negative(value: int) -> str | None:
-    return None if value >= 0 else "must be 0 (all pairs) or a positive number of subsets"
-
-
-def _at_least_two(value: int) -> str | None:
-    return None if value >= 2 else "must be at least 2"
+def reference(real: Side | None) -> Side:
+    """The reference side of a metric that compares with one (the runner gives it)."""
+    if real is None:
+        raise ValueError("this metric compares the set with a reference, and none was given")
+    return real
 
 
 class KID(Metric):
-    """Kernel Inception Distance (Bińkowski et al. 2018), :mod:`shardeval.pipeline.mmd.kid`."""
+    """Kernel Inception Distance (Bińkowski et al. 2018), :mod:`shardeval.pipeline.mmd.kid`:
+    the unbiased MMD² over all pairs under k(x, y) = (x·y/d + 1)³, with its standard error and
+    a rigorous bound on its rounding; ``subsets`` gives the peers' protocol."""
 
     name = "kid"
     title = "Kernel Inception Distance (KID)"
     params: ClassVar[tuple[Param, ...]] = (
         Param(
             "subsets",
-            int,
+            Interval(int, 0, None, text="0 (all pairs) or a positive number of subsets"),
             0,
             "0: the unbiased estimator over all pairs; S: the peers' protocol, S random subsets",
-            None,
-            _non_negative,
             "S",
         ),
         Param(
             "subset_size",
-            int,
+            Interval(int, 2, None),
             SUBSET_SIZE,
             "rows per subset",
-            None,
-            _at_least_two,
             "M",
             applies_with="subsets",
         ),
         Param(
             "seed",
-            int,
+            SEED_RANGE,
             SUBSET_SEED,
             "seed of the subsets (torch-fidelity's)",
-            check=seed_problem,
-            metavar="SEED",
+            "SEED",
             applies_with="subsets",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("kid", "", "squared MMD under (x·y/d + 1)³"),
         Output("kid_standard_error", "", "its standard error (all pairs) or std over subsets"),
-        Output("kid_n", "rows", "rows of the entry"),
+        Output("kid_n", "rows", "rows of the generated set"),
+        Output("kid_n_real", "rows", "rows of the reference"),
+        Output("kid_rounding_bound", "", "bound on its distance from exact arithmetic"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
     needs_reference_features = True
-
-    def __init__(self, options: dict[str, Any]):
-        super().__init__(options)
-        subset_only = sorted(k for k in ("subset_size", "seed") if k in options)
-        if subset_only and not self.options["subsets"]:
-            verb = "applies" if len(subset_only) == 1 else "apply"
-            raise MetricOptionError(
-                f"{', '.join(f'«{k}»' for k in subset_only)} {verb} with «subsets» (the peers' "
-                "protocol); the default KID is over all pairs"
-            )
+    run_options = _FLOAT64_SUMS
+    products = "fp64"
 
     def sample_request(self) -> dict[str, Any]:
         from shardeval.pipeline.pairwise.passes import KIDParams
 
         return {} if self.options["subsets"] else {"kid": KIDParams()}
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.pairwise.passes import kid_subsets
 
+        real = reference(real)
         if self.options["subsets"]:
-            if context.reference.source is None:  # load_job refuses such jobs
-                raise ValueError("KID needs the reference's features")
             result = kid_subsets(
-                context.reference.source,
-                entry,
+                real.rows(),
+                gen.rows(),
                 subsets=self.options["subsets"],
                 subset_size=self.options["subset_size"],
                 seed=self.options["seed"],
@@ -103,34 +89,70 @@ class KID(Metric):
                 progress=context.progress,
             )
         else:
-            result = context.samples(entry)["kid"]
-        return {"kid": result.kid, "kid_standard_error": result.standard_error, "kid_n": entry.n}
+            result = context.samples(real, gen)["kid"]
+        return {
+            "kid": result.kid,
+            "kid_standard_error": result.standard_error,
+            "kid_n": result.n_gen,
+            "kid_n_real": result.n_real,
+            "kid_rounding_bound": result.rounding_bound,
+        }
 
-
-def _positive(value: float) -> str | None:
-    return None if value > 0 else "must be positive"
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o, opt = outputs, self.options
+        how = (
+            f"mean ± std over {opt['subsets']} subsets of {opt['subset_size']} (seed {opt['seed']})"
+            if opt["subsets"]
+            else "unbiased, all pairs"
+        )
+        return [
+            f"KID {o['kid']:.6g} ± {o['kid_standard_error']:.3g}   [{how}; kernel (x·y/d + 1)^3;"
+            f" rounding ≤ {o['kid_rounding_bound']:.2g}]"
+        ]
 
 
 class CMMD(Metric):
-    """CMMD (Jayasumana et al. 2024), :mod:`shardeval.pipeline.mmd.cmmd`."""
+    """CMMD (Jayasumana et al. 2024), :mod:`shardeval.pipeline.mmd.cmmd`: 1,000 × the squared
+    MMD under exp(−‖x̂ − ŷ‖²/2σ²) on embeddings scaled to unit norm, over all pairs."""
 
     name = "cmmd"
     title = "CMMD (RBF MMD of CLIP embeddings)"
     params: ClassVar[tuple[Param, ...]] = (
-        Param("sigma", float, SIGMA, "RBF bandwidth on unit-norm embeddings", None, _positive, "σ"),
-        Param("unbiased", bool, False, "the U-statistic instead of the reference's V-statistic"),
+        Param("sigma", POSITIVE, SIGMA, "RBF bandwidth on unit-norm embeddings", "σ"),
+        Param("unbiased", Flag(), False, "the U-statistic instead of the reference's V-statistic"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("cmmd", "×10⁻³", "1000 × squared MMD under exp(−‖x̂−ŷ‖²/2σ²)"),
-        Output("cmmd_n", "rows", "rows of the entry"),
+        Output("cmmd_n", "rows", "rows of the generated set"),
+        Output("cmmd_n_real", "rows", "rows of the reference"),
+        Output("cmmd_rounding_bound", "×10⁻³", "bound on its distance from exact arithmetic"),
+        Output("cmmd_clamped", "", "1: a V-statistic below 0 by rounding, reported as 0"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("CMMD over steps", "steps", ("cmmd",), "CMMD"),)
     needs_reference_features = True
+    run_options = _FLOAT64_SUMS
+    products = "fp64"
 
     def sample_request(self) -> dict[str, Any]:
         from shardeval.pipeline.pairwise.passes import CMMDParams
 
         return {"cmmd": CMMDParams(sigma=self.options["sigma"], unbiased=self.options["unbiased"])}
 
-    def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
-        return {"cmmd": context.samples(entry)["cmmd"].cmmd, "cmmd_n": entry.n}
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        result = context.samples(reference(real), gen)["cmmd"]
+        return {
+            "cmmd": result.cmmd,
+            "cmmd_n": result.n_gen,
+            "cmmd_n_real": result.n_real,
+            "cmmd_rounding_bound": result.rounding_bound,
+            "cmmd_clamped": int(result.clamped),
+        }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o, opt = outputs, self.options
+        clamped = "; below 0 by rounding: 0" if o["cmmd_clamped"] else ""
+        estimator = "U-statistic" if opt["unbiased"] else "V-statistic"
+        return [
+            f"CMMD {o['cmmd']:.6g}   [{estimator}, σ = {opt['sigma']:g} on unit-norm embeddings, "
+            f"×1000; rounding ≤ {o['cmmd_rounding_bound']:.2g}{clamped}]"
+        ]

@@ -25,6 +25,11 @@ import numpy as np
 
 from shardeval.pipeline.pairwise.blocks import Decisions, Neighbours
 
+#: Neighbours of density and coverage (Naeem et al.'s 5) and of precision and recall
+#: (Kynkäänniemi et al.'s 3).
+K = 5
+PR_K = 3
+
 
 @dataclass(frozen=True)
 class PRDCResult:

@@ -23,11 +23,17 @@ import numpy as np
 from shardeval.pipeline.core.chunks import check_device
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
-from shardeval.pipeline.errors import NumericalError, RoundingWarning, ShapeError
+from shardeval.pipeline.errors import (
+    MetricOptionError,
+    NumericalError,
+    RoundingWarning,
+    ShapeError,
+)
 from shardeval.pipeline.io.stores import FeatureSource
-from shardeval.pipeline.metrics.base import MetricOptionError
-from shardeval.pipeline.mmd.cmmd import CMMDResult, cmmd_from_sums
+from shardeval.pipeline.mmd.cmmd import SCALE, SIGMA, CMMDResult, cmmd_from_sums
 from shardeval.pipeline.mmd.kid import (
+    SUBSET_SEED,
+    SUBSET_SIZE,
     KIDResult,
     kernel_params,
     mmd2_and_se,
@@ -36,9 +42,7 @@ from shardeval.pipeline.mmd.kid import (
     subset_indices,
     subset_mmd2,
 )
-from shardeval.pipeline.mmd.metrics import SCALE, SIGMA, SUBSET_SEED, SUBSET_SIZE
-from shardeval.pipeline.neighbours.metrics import PR_K, K
-from shardeval.pipeline.neighbours.prdc import prdc_from, radii
+from shardeval.pipeline.neighbours.prdc import PR_K, K, prdc_from, radii
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,

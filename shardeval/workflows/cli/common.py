@@ -15,18 +15,6 @@ from shardeval.pipeline.errors import ShardevalError, StoreError
 if TYPE_CHECKING:
     from shardeval.workflows.progress import ProgressBar
 
-#: Options of the engine and input groups; a command that runs nothing must not take them.
-ENGINE_OPTIONS = ("scheduler", "cluster", "performance_report", "threads")
-INPUT_OPTIONS = (
-    "shard_rows",
-    "array",
-    "split_every",
-    "device",
-    "backend",
-    "precision",
-    "nonfinite",
-)
-
 
 class UsageError(ShardevalError):
     """Arguments that parse but do not fit together."""
@@ -38,7 +26,7 @@ def flag(name: str) -> str:
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> list[str]:
     """The options among ``names`` that the user gave."""
-    from shardeval.pipeline.options import is_given
+    from shardeval.pipeline.runoptions import is_given
 
     return [n for n in names if is_given(getattr(args, n, None))]
 
@@ -80,37 +68,15 @@ def must_exist(*locations: str) -> None:
             raise StoreError(f"{location!r} does not exist")
 
 
-#: Options the API functions take by the same names, when the command has them.
-API_OPTIONS = (
-    "scheduler",
-    "threads",
-    "performance_report",
-    "shard_rows",
-    "array",
-    "split_every",
-    "device",
-    "backend",
-    "precision",
-    "nonfinite",
-    "reff",
-    "bandwidth",
-    "dims",
-    "encoder",
-    "resize",
-    "weights",
-    "batch_size",
-    "cache_root",
-    "verify",
-    "skip_bad",
-)
-
-
 def api_options(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
-    """The command's options as keyword arguments of its API function (None where not given,
-    so that the function applies its defaults), with the progress bar and the notices. The
-    engine is built by the function (``--cluster`` was started by the dispatcher and stands
-    in ``scheduler``)."""
-    options = {n: getattr(args, n) for n in (*API_OPTIONS, *extra) if hasattr(args, n)}
+    """The command's run options (:mod:`shardeval.pipeline.runoptions`) as keyword arguments
+    of its API function (None where not given, so that the function applies its defaults),
+    with the progress bar and the notices. The engine is built by the function (``--cluster``
+    was started by the dispatcher and stands in ``scheduler``)."""
+    from shardeval.workflows.cli.flags import run_flags
+
+    options = run_flags(args)
+    options.update({n: getattr(args, n) for n in extra if hasattr(args, n)})
     options["progress"] = progress(args)
     options["log"] = None if args.quiet else notice
     return options

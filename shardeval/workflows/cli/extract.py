@@ -6,9 +6,9 @@ import argparse
 import os
 from typing import Any
 
-from shardeval.pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
+from shardeval.pipeline.runoptions import ENGINE
 from shardeval.workflows.cli.common import api_options, must_exist, notice
-from shardeval.workflows.cli.parser import positive_int
+from shardeval.workflows.cli.flags import add_run_options
 
 DESCRIPTION = """\
 Encode every image of IMAGES and write the features to a Zarr feature store: array `features`
@@ -31,53 +31,10 @@ examples:
   shardeval fid real.zarr gen.zarr"""
 
 
-def encoder_options(g: Any) -> None:
-    """The encoder's options (``--encoder``, ``--resize``, ``--weights``, ``--batch-size``),
-    for ``extract`` and for the commands that take images as inputs."""
-    g.add_argument(
-        "--encoder",
-        choices=ENCODER_NAMES,
-        help="inception (default: FID's 2048-d pool3), dinov2-vitl14 (1024-d CLS, as dgm-eval), "
-        "clip-vitl14-336 (768-d unit-norm embeddings, as CMMD)",
-    )
-    g.add_argument(
-        "--resize",
-        choices=INCEPTION_RESIZES,
-        help="inception only: legacy-pytorch (default; pytorch-fid's bilinear resize, its "
-        "features exactly), clean (clean-fid's PIL bicubic) or legacy-tensorflow (TF 1.x "
-        "bilinear of the original FID code, as torch-fidelity)",
-    )
-    g.add_argument(
-        "--weights",
-        metavar="PATH",
-        help="weights file (inception) or Hugging Face model folder (ViTs); default: the "
-        "standard caches. 'random' (or random:SEED): the Inception with seeded random weights, "
-        "a smoke test of the image path without the published file (every number it gives is "
-        "marked as such; a file named random is ./random)",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        metavar="B",
-        help="images per forward pass and rows per chunk (default 32, or the store's own when "
-        "resuming); a finished store is reused whatever it is; an unfinished one resumes only "
-        "with its own (leave this out, or give that value)",
-    )
-
-
-def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    """Add the ``extract`` command to the subparsers ``sub``.
-
-    Args:
-        sub: the action ``ArgumentParser.add_subparsers`` returned.
-        parents: shared option groups to include (the engine options).
-
-    Returns:
-        The command's parser.
-    """
+def add_extract_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add the ``extract`` command to the subparsers ``sub``; returns its parser."""
     p = sub.add_parser(
         "extract",
-        parents=parents,
         help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -85,20 +42,21 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     )
     p.add_argument("images", metavar="IMAGES")
     p.add_argument("--output", "-o", required=True, metavar="FEATURES.zarr")
-    g = p.add_argument_group("encoder")
-    encoder_options(g)
-    g.add_argument(
-        "--device",
-        choices=DEVICES,
-        help="where the encoder runs (default auto: a worker's GPU if it has one, else CPU)",
+    add_run_options(
+        p,
+        (*ENGINE, "encoder", "resize", "weights", "batch_size", "device", "skip_bad"),
+        helps={
+            "batch_size": "images per forward pass and rows per chunk (default 32, or the "
+            "store's own when resuming); a finished store is reused whatever it is; an "
+            "unfinished one resumes only with its own (leave this out, or give that value)",
+            "device": "where the encoder runs (default auto: a worker's GPU if it has one, "
+            "else CPU)",
+            "skip_bad": "leave out images that cannot be read or decoded (a decoding pass "
+            "lists them first; the store names them with the reason) instead of stopping at "
+            "the first",
+        },
     )
-    o = p.add_argument_group("images and output")
-    o.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="leave out images that cannot be read or decoded (a decoding pass lists them first; "
-        "the store names them with the reason) instead of stopping at the first",
-    )
+    o = p.add_argument_group("output")
     o.add_argument(
         "--overwrite",
         action="store_true",

@@ -7,8 +7,9 @@ import sys
 import time
 from typing import Any, TextIO
 
+from shardeval.pipeline.runoptions import POSITIVE
 from shardeval.workflows.cli.common import UsageError, notice
-from shardeval.workflows.cli.parser import positive_float
+from shardeval.workflows.cli.flags import cli_type
 from shardeval.workflows.progress import ProgressBar
 
 DESCRIPTION = """\
@@ -85,7 +86,7 @@ def add_fetch_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--timeout",
-        type=positive_float,
+        type=cli_type(POSITIVE),
         metavar="SECONDS",
         help="how long a connection may stay silent (default 60)",
     )

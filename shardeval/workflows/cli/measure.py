@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from shardeval.pipeline.runoptions import OPTIONS
 from shardeval.workflows.cli.common import (
-    ENGINE_OPTIONS,
-    INPUT_OPTIONS,
     UsageError,
     api_options,
     claim_report,
@@ -16,6 +15,7 @@ from shardeval.workflows.cli.common import (
     refuse,
     say,
 )
+from shardeval.workflows.cli.flags import metric_flags
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
@@ -30,9 +30,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
     claim_report(args)
     report = se.fid(
         *inputs,
-        infinity=args.infinity,
-        seed=args.seed,
-        real_is_statistics=args.ref is not None,
+        infinity=args.infinity or None,
+        real_is_statistics=args.ref is not None or None,
+        **metric_flags(args, ("fid", "fid_inf")),
         **api_options(args),
     )
     return emit(args, report.to_dict(), report.summary())
@@ -42,7 +42,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import shardeval as se
 
     if args.inputs[0] == "merge":
-        refuse(args, (*ENGINE_OPTIONS, *INPUT_OPTIONS), "do not apply to `stats merge`")
+        computing = [o.name for o in OPTIONS if o.group != "python"]
+        refuse(args, computing, "do not apply to `stats merge`")
         must_exist(*args.inputs[1:])
         report = se.merge_stats(args.inputs[1:], args.output, overwrite=args.overwrite)
     else:

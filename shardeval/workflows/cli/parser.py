@@ -1,32 +1,33 @@
-"""The command line: every command with the options it honours, and nothing heavy imported, so
-that ``--help`` and a mistyped option answer at once.
+"""The command line, made from the declarations: every command with the options it honours
+(the run options its metrics take, their parameters), and nothing heavy imported, so that
+``--help`` and a mistyped option answer at once.
 
-Options are shared through parent parsers (engine, shards, kernels, products, non-finite
-policy, outputs); a command takes only the groups that apply to it. Options default to None
-so that the commands can tell what the user gave and refuse what cannot apply.
+Options default to None so that a command passes on only what the user gave; the API function
+it calls applies the defaults and refuses what cannot apply.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from shardeval.pipeline.errors import OptionError
-from shardeval.pipeline.metrics import METRICS, MetricOptionError, Param, metric_names
-from shardeval.pipeline.options import (
-    BACKENDS,
-    BANDWIDTH_RULES,
-    DEFAULT_SPLIT_EVERY,
-    DEVICES,
-    NONFINITE_POLICIES,
-    PRECISIONS,
-    bandwidth_problem,
-    count_problem,
-    fan_in_problem,
-    positive_number_problem,
-    seed_problem,
+from shardeval.pipeline.metrics import METRICS, metric_names
+from shardeval.pipeline.runoptions import (
+    COUNT,
+    ENGINE,
+    IMAGES,
+    POSITIVE,
+    SEED_RANGE,
+    Interval,
+    run_option_names,
+)
+from shardeval.workflows.cli.flags import (
+    add_output_options,
+    add_run_options,
+    cli_type,
+    metric_options,
 )
 
 DESCRIPTION = (
@@ -54,277 +55,6 @@ examples:
 Stores: Zarr array or group (path or fsspec URL), xarray dataset in Zarr, .npy or .npz.
 Statistics: a Zarr group from `shardeval stats` (exact, mergeable) or a pytorch-fid/clean-fid
 .npz with mu and sigma. Bad input: one line on stderr, exit code 2, nothing written."""
-
-
-def _checked(value: Any, problem: str | None) -> Any:
-    """``value`` when its check (one of :mod:`shardeval.pipeline.options`, the API's too)
-    found no problem."""
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    return _checked(value, count_problem(value))
-
-
-def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    return _checked(value, seed_problem(value))
-
-
-def fan_in(text: str) -> int:
-    value = positive_int(text)
-    return _checked(value, fan_in_problem(value))
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    return _checked(value, positive_number_problem(value))
-
-
-def finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
-    return value
-
-
-def bandwidth(text: str) -> float | str:
-    if text in BANDWIDTH_RULES:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if bandwidth_problem(value):
-        raise argparse.ArgumentTypeError(bandwidth_problem(text))  # in the words typed
-    return value
-
-
-def _group(title: str) -> tuple[argparse.ArgumentParser, argparse._ArgumentGroup]:
-    parent = argparse.ArgumentParser(add_help=False)
-    return parent, parent.add_argument_group(title)
-
-
-def engine_options() -> argparse.ArgumentParser:
-    p, g = _group("engine")
-    g.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="'threads' (default, in-process), 'sync', or a running distributed scheduler "
-        "(tcp://host:8786); default from DASK_SCHEDULER_ADDRESS if set",
-    )
-    g.add_argument(
-        "--cluster",
-        metavar="SPEC",
-        help="start a Dask cluster from a spec file (cluster/local.yaml, cuda.yaml, slurm.yaml), "
-        "run on it, then close it",
-    )
-    g.add_argument(
-        "--performance-report",
-        metavar="FILE.html",
-        help="save Dask's performance report (needs --scheduler ADDRESS or --cluster)",
-    )
-    g.add_argument(
-        "--threads",
-        type=positive_int,
-        metavar="N",
-        help="Dask threads of the threaded scheduler (default: all cores)",
-    )
-    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notices")
-    return p
-
-
-def shard_options() -> argparse.ArgumentParser:
-    p, g = _group("input")
-    g.add_argument(
-        "--shard-rows",
-        type=positive_int,
-        metavar="N",
-        help="rows per shard (default: whole stored chunks, about 64 MiB a shard)",
-    )
-    g.add_argument(
-        "--array", metavar="NAME", help="the variable inside a Zarr group / xarray dataset / .npz"
-    )
-    return p
-
-
-def tree_options() -> argparse.ArgumentParser:
-    p, g = _group("merge tree")
-    g.add_argument(
-        "--split-every",
-        type=fan_in,
-        metavar="K",
-        help="fan-in of a balanced merge tree (default: a chain of merges on one machine, "
-        f"fan-in {DEFAULT_SPLIT_EVERY} on a cluster)",
-    )
-    return p
-
-
-def kernel_options() -> argparse.ArgumentParser:
-    p, g = _group("shardeval.kernels")
-    g.add_argument(
-        "--device",
-        choices=DEVICES,
-        help="where shard kernels run (default auto: a worker's GPU if it has one, else CPU)",
-    )
-    g.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        help="kernel implementation (default auto: Triton on GPU, BLAS/torch on CPU)",
-    )
-    return p
-
-
-def precision_options() -> argparse.ArgumentParser:
-    p, g = _group("products")
-    g.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="products inside a shard: fp32 (default; float64 and wide-integer data stay "
-        "exact) or fp64 (2x slower; results independent of shard sizes to ~1e-12)",
-    )
-    return p
-
-
-def image_options() -> argparse.ArgumentParser:
-    """How image inputs (folders, zips, tar shards, uint8 arrays) become features: the
-    encoder's options of ``extract``, and the feature cache they are kept in."""
-    from shardeval.workflows.cli.extract import encoder_options
-
-    p, g = _group("image inputs (extracted into the feature cache, then reused)")
-    encoder_options(g)
-    g.add_argument(
-        "--cache-root",
-        metavar="FOLDER",
-        help="the feature cache (default $SHARDEVAL_CACHE, else $XDG_CACHE_HOME/shardeval or "
-        "~/.cache/shardeval)",
-    )
-    g.add_argument(
-        "--verify",
-        action="store_true",
-        help="reuse cached features of images only if the images' bytes are those they were "
-        "extracted from (reads every image once); without it their listing (names, sizes, "
-        "modification times) decides, and the report says so",
-    )
-    g.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="leave out images that cannot be read or decoded, as extract does (the report "
-        "names them; a cache entry of its own)",
-    )
-    return p
-
-
-def nonfinite_options() -> argparse.ArgumentParser:
-    p, g = _group("non-finite values")
-    g.add_argument(
-        "--nonfinite",
-        choices=NONFINITE_POLICIES,
-        help="rows with NaN/inf: fail naming them (default) or drop and count them",
-    )
-    return p
-
-
-def output_options() -> argparse.ArgumentParser:
-    p, g = _group("output")
-    g.add_argument("--out", "-o", metavar="REPORT.json", help="write the JSON report here")
-    g.add_argument("--json", action="store_true", help="print the JSON report on stdout")
-    g.add_argument(
-        "--overwrite", action="store_true", help="replace an existing JSON report at --out"
-    )
-    return p
-
-
-def reff_option() -> argparse.ArgumentParser:
-    p, g = _group("importance sampling")
-    g.add_argument(
-        "--reff",
-        type=positive_float,
-        metavar="R",
-        help="relative efficiency of the draws for the PSIS tail, as az.loo computes it "
-        "(default 1: independent draws; < 1 for MCMC)",
-    )
-    return p
-
-
-#: Options of the metrics verbs that are the command's own, not a metric's.
-_VERB_OPTIONS = ("nonfinite",)
-
-
-def metric_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
-    checks its names)."""
-    try:
-        return metric_names(text)
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _param_type(metric: str, param: Param) -> Callable[[str], Any]:
-    """The argparse type of a metric's option: its kind, then the declaration's own checks."""
-
-    def convert(text: str) -> Any:
-        try:
-            value = param.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {param.kind.__name__}, got {text!r}"
-            ) from None
-        try:
-            return param.validate(metric, value)
-        except MetricOptionError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
-def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    """The options of the metrics ``names``, made from their plug-ins' declarations: one flag
-    per option name (``--seed`` serves every metric that declares a seed), a switch for a
-    ``bool``, the declaration's type, checks, help and default. Defaults are None here, so
-    that the command passes on only what was given and the declaration fills in the rest."""
-    owners: dict[str, list[str]] = {}
-    for name in names:
-        for param in METRICS[name].params:
-            owners.setdefault(param.name, []).append(name)
-    made: set[str] = set()
-    for name in names:
-        cls = METRICS[name]
-        group = None
-        for param in cls.params:
-            if param.name in made or param.name in _VERB_OPTIONS:
-                continue
-            made.add(param.name)
-            group = group or parser.add_argument_group(cls.title)
-            others = [m for m in owners[param.name] if m != name]
-            shared = f"; also {', '.join(others)}'s" if others else ""
-            text = f"{param.help} (default {param.default!r}{shared})"
-            flag = "--" + param.name.replace("_", "-")
-            if param.kind is bool:
-                group.add_argument(flag, action="store_true", default=None, help=text)
-            else:
-                group.add_argument(
-                    flag,
-                    type=_param_type(name, param),
-                    choices=param.choices,
-                    metavar=param.metavar or param.name.upper(),
-                    help=text,
-                )
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -375,6 +105,140 @@ def _unrecognized(
     return f"{text} ({'; '.join(hints)})" if hints else text
 
 
+def metric_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
+    checks its names)."""
+    try:
+        return metric_names(text)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: Run options every command that reads rows takes: how they are read and merged.
+_READING = ("shard_rows", "array", "split_every")
+
+
+def metric_run_options(names: Sequence[str]) -> tuple[str, ...]:
+    """The run options of a command of the metrics ``names``: the engine's, reading rows, each
+    metric's declared ones, and the image inputs'."""
+    taken = {*ENGINE, *_READING, *IMAGES}
+    for name in names:
+        cls = METRICS[name]
+        taken.update(cls.run_options)
+        if cls.products:  # accepted when it names what they always do
+            taken.add("precision")
+    return tuple(
+        o for o in run_option_names(("engine", "input", "kernels", "images")) if o in taken
+    )
+
+
+@dataclass(frozen=True)
+class MetricCommand:
+    """A command of one or more metrics: its inputs and words; its options come from the
+    metrics' declarations."""
+
+    name: str
+    metrics: tuple[str, ...]
+    inputs: tuple[str, str, str]  # (nargs, metavar, help)
+    help: str
+    description: str
+    epilog: str = ""
+
+
+_METRIC_COMMANDS = (
+    MetricCommand(
+        "fid",
+        ("fid", "fid_inf"),
+        ("+", "STORE", "REAL GEN (or GEN with --ref)"),
+        "Fréchet distance between two feature sets or statistics",
+        "Fréchet Inception Distance between REAL and GEN. Each may be a feature store or "
+        "statistics (ours, or a pytorch-fid .npz); feature stores are streamed through the "
+        "engine, statistics are read. A guided-diffusion (ADM) reference batch, VIRTUAL_*.npz, "
+        "is read as its mu/sigma: pool_3 features of the TF Inception graph, so extract GEN with "
+        "--resize legacy-tensorflow to compare with it.",
+        "examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
+        "  shardeval fid real-stats.zarr gen.zarr\n  shardeval fid a.npz b.npz\n"
+        "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
+    ),
+    MetricCommand(
+        "kid",
+        ("kid",),
+        ("2", "STORE", "REAL GEN"),
+        "Kernel Inception Distance, exact over all pairs",
+        "KID (Bińkowski et al. 2018): the squared MMD of REAL and GEN under the kernel "
+        "(x·y/d + 1)³. By default the unbiased estimator over ALL pairs of the full sets with "
+        "its standard error, computed block pair by block pair (no N x N matrix). "
+        "--subsets/--subset-size/--seed: the peers' protocol (torch-fidelity's, mean and "
+        "standard deviation over random subsets), so numbers compare with published ones.",
+        "examples:\n  shardeval kid real.zarr gen.zarr\n"
+        "  shardeval kid real.zarr gen.zarr --subsets 100 --subset-size 1000 --seed 2020",
+    ),
+    MetricCommand(
+        "cmmd",
+        ("cmmd",),
+        ("2", "STORE", "REAL GEN"),
+        "CMMD: RBF-kernel MMD of CLIP embeddings, exact over all pairs",
+        "CMMD (Jayasumana et al. 2024): 1000 x the squared MMD of REAL and GEN under "
+        "exp(-|x-y|²/2σ²), σ = 10, on embeddings scaled to unit norm (done here); the biased "
+        "V-statistic of the reference code, or --unbiased for the U-statistic.",
+    ),
+    MetricCommand(
+        "prdc",
+        ("prdc",),
+        ("2", "STORE", "REAL GEN"),
+        "precision, recall, density and coverage, exact over all pairs",
+        "Precision and recall (Kynkäänniemi et al. 2019; radius: distance to the --pr-k-th "
+        "nearest other point, inside means <=) and density and coverage (Naeem et al. 2020; "
+        "--k, strict <), over the full sets; every decision exact in float64.",
+    ),
+    MetricCommand(
+        "is",
+        ("is",),
+        ("1", "LOGITS", "logits, an extraction store or images"),
+        "Inception Score of logits, exact over all samples (and the peers' splits)",
+        "Inception Score (Salimans et al. 2016), exp(E KL(p(y|x) ‖ p(y))), of LOGITS: an "
+        "(N, C) array or store of logits, an extraction store of the Inception (its 1,008 "
+        "logits, pool3·Wᵀ without the bias as torch-fidelity's logits_unbiased), or images "
+        "(extracted with the Inception into the feature cache). By default over ALL samples, "
+        "exactly, with its standard error (delta method on log IS); --splits S adds the peers' "
+        "protocol (torch-fidelity's isc: mean and std over S splits of the rows shuffled by "
+        "--seed), so numbers compare with published ones.",
+        "examples:\n  shardeval is gen.zarr\n  shardeval is gen.zarr --splits 10\n"
+        "  shardeval is logits.npy --json",
+    ),
+)
+
+
+def _add_metric_command(sub: argparse._SubParsersAction, spec: MetricCommand) -> None:
+    p = sub.add_parser(
+        spec.name,
+        help=spec.help,
+        description=spec.description,
+        epilog=spec.epilog or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    nargs, metavar, text = spec.inputs
+    if nargs == "1":
+        p.add_argument("store", metavar=metavar, help=text)
+    else:
+        p.add_argument(
+            "stores", nargs=int(nargs) if nargs.isdigit() else nargs, metavar=metavar, help=text
+        )
+    if spec.name == "fid":
+        p.add_argument(
+            "--ref", metavar="STATS", help="REAL given as statistics (the same as `fid STATS GEN`)"
+        )
+        p.add_argument(
+            "--infinity",
+            action="store_true",
+            help="also FID∞ (Chong & Forsyth 2020): FID at 15 nested subset sizes of GEN, the "
+            "intercept of a least-squares line in 1/N (one read of GEN; it must be features)",
+        )
+    add_run_options(p, metric_run_options(spec.metrics))
+    metric_options(p, spec.metrics)
+    add_output_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardeval",
@@ -383,106 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    engine, shards, tree = engine_options(), shard_options(), tree_options()
-    kernels, products = kernel_options(), precision_options()
-    nonfinite, output, reff = nonfinite_options(), output_options(), reff_option()
-    features = [engine, shards, tree, kernels, products, nonfinite]
-    images = image_options()
 
-    # Imported here: the extract module imports this one for its option types.
     from shardeval.workflows.cli.extract import add_extract_parser
     from shardeval.workflows.cli.fetch import add_fetch_parser
 
-    add_extract_parser(sub, [engine])
+    add_extract_parser(sub)
     add_fetch_parser(sub)
-
-    fid = sub.add_parser(
-        "fid",
-        parents=[*features, images, output],
-        help="Fréchet distance between two feature sets or statistics",
-        description="Fréchet Inception Distance between REAL and GEN. Each may be a feature "
-        "store or statistics (ours, or a pytorch-fid .npz); feature stores are streamed "
-        "through the engine, statistics are read. A guided-diffusion (ADM) reference batch, "
-        "VIRTUAL_*.npz, is read as its mu/sigma: pool_3 features of the TF Inception graph, "
-        "so extract GEN with --resize legacy-tensorflow to compare with it.",
-        epilog="examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
-        "  shardeval fid real-stats.zarr gen.zarr\n"
-        "  shardeval fid a.npz b.npz\n"
-        "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    fid.add_argument("stores", nargs="+", metavar="STORE", help="REAL GEN (or GEN with --ref)")
-    fid.add_argument(
-        "--ref", metavar="STATS", help="REAL given as statistics (the same as `fid STATS GEN`)"
-    )
-    fid.add_argument(
-        "--infinity",
-        action="store_true",
-        help="also FID∞ (Chong & Forsyth 2020): FID at 15 nested subset sizes of GEN, the "
-        "intercept of a least-squares line in 1/N (one pass; GEN must be a feature store)",
-    )
-    metric_options(fid, ("fid_inf",))  # --seed, of the nested subsets of --infinity
-
-    pairs = [engine, shards, tree, kernels, products, images, output]
-    kid = sub.add_parser(
-        "kid",
-        parents=pairs,
-        help="Kernel Inception Distance, exact over all pairs",
-        description="KID (Bińkowski et al. 2018): the squared MMD of REAL and GEN under the "
-        "kernel (x·y/d + 1)³. By default the unbiased estimator over ALL pairs of the full sets "
-        "with its standard error, computed block pair by block pair (no N x N matrix). "
-        "--subsets/--subset-size/--seed: the peers' protocol (torch-fidelity's, mean and "
-        "standard deviation over random subsets), so numbers compare with published ones.",
-        epilog="examples:\n  shardeval kid real.zarr gen.zarr\n"
-        "  shardeval kid real.zarr gen.zarr --subsets 100 --subset-size 1000 --seed 2020",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    kid.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    metric_options(kid, ("kid",))
-
-    cmmd = sub.add_parser(
-        "cmmd",
-        parents=pairs,
-        help="CMMD: RBF-kernel MMD of CLIP embeddings, exact over all pairs",
-        description="CMMD (Jayasumana et al. 2024): 1000 x the squared MMD of REAL and GEN "
-        "under exp(-|x-y|²/2σ²), σ = 10, on embeddings scaled to unit norm (done here); the "
-        "biased V-statistic of the reference code, or --unbiased for the U-statistic.",
-    )
-    cmmd.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    metric_options(cmmd, ("cmmd",))
-
-    prdc = sub.add_parser(
-        "prdc",
-        parents=pairs,
-        help="precision, recall, density and coverage, exact over all pairs",
-        description="Precision and recall (Kynkäänniemi et al. 2019; radius: distance to the "
-        "--pr-k-th nearest other point, inside means <=) and density and coverage (Naeem et "
-        "al. 2020; --k, strict <), over the full sets; every decision exact in float64.",
-    )
-    prdc.add_argument("stores", nargs=2, metavar="STORE", help="REAL GEN")
-    metric_options(prdc, ("prdc",))
-
-    inception = sub.add_parser(
-        "is",
-        parents=[engine, shards, tree, images, output],
-        help="Inception Score of logits, exact over all samples (and the peers' splits)",
-        description="Inception Score (Salimans et al. 2016), exp(E KL(p(y|x) ‖ p(y))), of "
-        "LOGITS: an (N, C) array or store of logits, an extraction store of the Inception (its "
-        "1,008 logits, pool3·Wᵀ without the bias as torch-fidelity's logits_unbiased), or "
-        "images (extracted with the Inception into the feature cache). By default over ALL "
-        "samples, exactly, with its standard error (delta method on log IS); --splits S adds "
-        "the peers' protocol (torch-fidelity's isc: mean and std over S splits of the rows "
-        "shuffled by --seed), so numbers compare with published ones.",
-        epilog="examples:\n  shardeval is gen.zarr\n  shardeval is gen.zarr --splits 10\n"
-        "  shardeval is logits.npy --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    inception.add_argument("store", metavar="LOGITS", help="logits, an extraction store or images")
-    metric_options(inception, ("is",))
+    for spec in _METRIC_COMMANDS:
+        _add_metric_command(sub, spec)
 
     metrics = sub.add_parser(
         "metrics",
-        parents=[*features, images, output],
         help=f"several metrics at once ({', '.join(METRICS)}), sharing the passes",
         description="The metrics named by --metrics, computed together: one pass over the "
         "shards for FID and FID∞, one over each set's own block pairs and one over the cross "
@@ -503,11 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"comma-separated, from {', '.join(METRICS)}",
     )
+    add_run_options(metrics, metric_run_options(tuple(METRICS)))
     metric_options(metrics, tuple(METRICS))
+    add_output_options(metrics)
 
     stats = sub.add_parser(
         "stats",
-        parents=[*features, images],
         help="compute and save statistics of a store, or merge statistics files",
         description="Compute exact, mergeable statistics (n, mean, m2) of STORE once and save "
         "them: a Zarr group (ours) or, for a name ending in .npz, a pytorch-fid style file "
@@ -524,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument(
         "--overwrite", action="store_true", help="replace existing statistics at --output"
     )
+    add_run_options(stats, metric_run_options(("fid",)))
 
     nll = sub.add_parser(
         "nll",
-        parents=[*features[:3], kernels, nonfinite, output, reff],
         help="negative log-likelihood reports",
         description="Mean NLL (nats) with its standard error, from per-sample log-likelihoods, "
         "importance log-weights (IWAE-style), a Gaussian of saved statistics, or a Parzen "
@@ -546,28 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     nll.add_argument("--iw", metavar="LOGW", help="importance log-weights (N, K)")
     nll.add_argument("--gaussian", metavar="STATS", help="statistics from `shardeval stats`")
     nll.add_argument("--parzen", metavar="SAMPLES", help="feature store of kernel centres")
-    nll.add_argument(
-        "--bandwidth",
-        type=bandwidth,
-        metavar="H",
-        help="Parzen bandwidth: a number, 'silverman' (default) or 'cv'",
+    add_run_options(
+        nll,
+        (*ENGINE, *_READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth"),
     )
-    nll.add_argument(
-        "--dims",
-        type=positive_int,
-        metavar="D",
-        help="dimensions per sample, for bits/dim (e.g. 3072 for 32x32 RGB)",
-    )
+    add_output_options(nll)
 
-    sub.add_parser(
+    ess = sub.add_parser(
         "ess",
-        parents=[*features[:4], nonfinite, output, reff],
         help="effective sample size and Pareto k of log-weights",
         description="ESS = (Σw)²/Σw², ESS/N, the largest normalised weight and the PSIS Pareto "
         "k̂ (< 0.5 good, < 0.7 usable, ≥ 0.7 unreliable) of log-weights (N,) or (N, K) (then "
         "also per row, summarised).",
-    ).add_argument("store", metavar="LOGW")
+    )
+    ess.add_argument("store", metavar="LOGW")
+    add_run_options(ess, (*ENGINE, *_READING, "nonfinite", "device", "backend", "reff"))
+    add_output_options(ess)
 
+    _add_runs(sub)
+    _add_synth(sub)
+    return parser
+
+
+def _add_runs(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser(
         "run",
         help="run an evaluation job file (resumable, idempotent)",
@@ -580,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="distributed scheduler (overrides the job's [engine])",
+        help="distributed scheduler (overrides the job's [run] scheduler)",
     )
     run.add_argument("--force", action="store_true", help="recompute entries already done")
     run.add_argument(
@@ -611,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--output", "-o", required=True, metavar="REPORT.html")
     rep.add_argument("--overwrite", action="store_true", help="replace a report written before")
 
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    count = cli_type(COUNT)
     synth = sub.add_parser(
         "synth",
         help="write synthetic Gaussian features (demo, tests, benchmarks)",
@@ -618,17 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
         "covariance scale²(I + B Bᵀ), B a fixed D x 16 matrix.",
     )
     synth.add_argument("output", metavar="OUT")
-    synth.add_argument("--n", type=positive_int, default=10_000, help="rows (default 10000)")
-    synth.add_argument("--d", type=positive_int, default=256, help="features (default 256)")
-    synth.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    synth.add_argument("--n", type=count, default=10_000, help="rows (default 10000)")
+    synth.add_argument("--d", type=count, default=256, help="features (default 256)")
     synth.add_argument(
-        "--mean", type=finite_float, default=0.0, help="every coordinate's mean (default 0)"
+        "--seed", type=cli_type(SEED_RANGE), default=0, help="random seed (default 0)"
     )
     synth.add_argument(
-        "--scale", type=positive_float, default=1.0, help="standard-deviation scale (default 1)"
+        "--mean",
+        type=cli_type(Interval(float, None, None)),
+        default=0.0,
+        help="every coordinate's mean (default 0)",
     )
-    synth.add_argument("--chunk-rows", type=positive_int, default=4096, help="rows per chunk")
+    synth.add_argument(
+        "--scale", type=cli_type(POSITIVE), default=1.0, help="standard-deviation scale (default 1)"
+    )
+    synth.add_argument("--chunk-rows", type=count, default=4096, help="rows per chunk")
     synth.add_argument(
         "--overwrite", action="store_true", help="replace synthetic features written before"
     )
-    return parser

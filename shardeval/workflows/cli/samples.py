@@ -4,7 +4,6 @@ metrics (several at once)."""
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from shardeval.workflows.cli.common import (
     UsageError,
@@ -13,16 +12,7 @@ from shardeval.workflows.cli.common import (
     emit,
     must_exist,
 )
-
-
-def _given(args: argparse.Namespace, *metrics: str) -> dict[str, Any]:
-    """The options of ``metrics`` (by their declarations) that the command line gave."""
-    from shardeval.pipeline.metrics import METRICS
-
-    names = {p.name for m in metrics for p in METRICS[m].params} - {"nonfinite"}
-    from shardeval.pipeline.options import is_given
-
-    return {n: getattr(args, n) for n in names if is_given(getattr(args, n, None))}
+from shardeval.workflows.cli.flags import metric_flags
 
 
 def _one(args: argparse.Namespace, name: str) -> int:
@@ -31,7 +21,7 @@ def _one(args: argparse.Namespace, name: str) -> int:
     must_exist(*args.stores)
     claim_report(args)
     function = getattr(se, name)
-    report = function(*args.stores, **_given(args, name), **api_options(args))
+    report = function(*args.stores, **metric_flags(args, (name,)), **api_options(args))
     return emit(args, report.to_dict(), report.summary())
 
 
@@ -52,7 +42,7 @@ def cmd_is(args: argparse.Namespace) -> int:
 
     must_exist(args.store)
     claim_report(args)
-    report = se.inception_score(args.store, **_given(args, "is"), **api_options(args))
+    report = se.inception_score(args.store, **metric_flags(args, ("is",)), **api_options(args))
     return emit(args, report.to_dict(), report.summary())
 
 
@@ -63,7 +53,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     claim_report(args)
     from shardeval.pipeline.metrics import METRICS
 
-    options = _given(args, *METRICS)
+    options = metric_flags(args, tuple(METRICS))
     if len(args.stores) > 2:
         raise UsageError(f"metrics takes REAL GEN (or GEN alone); got {len(args.stores)} stores")
     real, gen = args.stores if len(args.stores) == 2 else (None, args.stores[0])

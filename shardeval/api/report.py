@@ -1,0 +1,105 @@
+"""One report for every route: the JSON shape and the summary of an evaluation, made from the
+metrics' declarations (their outputs, units and summary lines), so that a metric's section is
+the same in the command's report, ``metrics``', a job's history and a training-loop metric's.
+
+The JSON report::
+
+    {"metric": "fid,kid",                    # the metrics, in the order asked
+     "fid": {"fid": …, "fid_mean_term": …},  # each metric's declared outputs
+     "kid": {"kid": …, …},
+     "options": {"fid": {…}, "kid": {…}},    # each metric's options as applied
+     "inputs": {"real": {…}, "gen": {…}},    # where the sides came from
+     "features_made_by": {…}, "feature_cache": […],
+     "settings": {…},                        # the run options taken, defaults filled in
+     "warnings": […], "engine": {…}, "seconds": …, "created": …, "versions": {…}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from shardeval.api.results import Report, engine_text, features_made, jsonable
+
+
+def side_line(side: Any) -> str:
+    """One line for a side: where it came from, its rows and features, and its kind."""
+    n = f"{side.n:,}" if side.n is not None else "unknown"
+    shards = side.provenance.get("shards")
+    where = f" shards={shards}" if shards is not None else ""
+    return f"  {side.role:<4} {side.shown}  n={n} d={side.d:,}{where} ({side.kind})"
+
+
+def build_report(
+    instances: Sequence[Any],
+    results: dict[str, dict[str, Any]],
+    real: Any,
+    gen: Any,
+    run: Any,
+    notes: Any,
+    taken: Sequence[str],
+    *,
+    extra: dict[str, Any] | None = None,
+) -> Report:
+    """The report of ``results`` (each metric's checked outputs) for ``gen`` against ``real``.
+
+    Args:
+        instances: the metrics computed, in the order asked.
+        results: their outputs by metric name.
+        real, gen: the sides (real None for metrics of one set).
+        run: the call's engine and options (:class:`~shardeval.api.functions._Run`).
+        notes: the report's warnings.
+        taken: the run options the metrics took (recorded as ``settings``).
+        extra: fields a route adds (a training loop's ``processes``, ``local``).
+    """
+    data: dict[str, Any] = {"metric": ",".join(results)}
+    for name, outputs in results.items():
+        data[name] = jsonable(outputs)
+    data["options"] = {m.name: dict(m.options) for m in instances}
+    sides = {s.role: s for s in (real, gen) if s is not None}
+    data["inputs"] = {role: s.provenance for role, s in sides.items()}
+    made_from = {role: s.provenance for role, s in sides.items()}
+    statistics = getattr(real, "provenance", {}).get("statistics") if real is not None else None
+    if isinstance(statistics, dict) and real is not None and real.kind == "features":
+        # rows from a file that holds statistics too (a guided-diffusion reference batch)
+        made_from = {
+            "real": made_from["real"],
+            "real statistics": statistics,
+            "gen": gen.provenance,
+        }
+    made = features_made(made_from, run.cached)
+    notes.extend(made.warnings)
+    data.update(made.data)
+    data.update(extra or {})
+    data["settings"] = _settings(run, instances, taken)
+    tail = run.tail(notes)
+    if all(s.kind == "statistics" for s in sides.values()):
+        tail["engine"] = {"scheduler": "none (statistics only)"}
+    data.update(tail)
+    lines = [line for m in instances for line in m.summary_lines(results[m.name])]
+    lines += [side_line(s) for s in sides.values()]
+    lines += made.lines
+    if "scheduler" in tail["engine"] and tail["engine"]["scheduler"].startswith("none"):
+        lines.append(f"  {tail['seconds']:.2f} s, statistics only (no pass over rows)")
+    else:
+        lines.append(f"  {tail['seconds']:.2f} s on {engine_text(tail['engine'])}")
+    first = instances[0]
+    value = float(results[first.name][first.outputs[0].name])
+    return Report(data["metric"], results, data, "\n".join(lines), value)
+
+
+#: KID and CMMD take float64 products whatever «precision» says: their settings say fp64.
+_FLOAT64 = "fp64"
+
+
+def _settings(run: Any, instances: Sequence[Any], taken: Sequence[str]) -> dict[str, Any]:
+    """The run options the metrics took, as applied (defaults filled in); ``precision`` per
+    metric where they differ in it (KID and CMMD always take float64 products)."""
+    settings = run.settings(taken)
+    fixed = {m.name: m.products for m in instances if getattr(m, "products", None)}
+    if fixed:
+        asked = settings.get("precision", run.settings(["precision"])["precision"])
+        by_metric = {m.name: fixed.get(m.name, asked) for m in instances}
+        values = set(by_metric.values())
+        settings["precision"] = values.pop() if len(values) == 1 else by_metric
+    return settings
