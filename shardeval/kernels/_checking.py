@@ -58,8 +58,7 @@ def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of an input dtype name of :data:`DTYPE_NAMES`."""
     import torch
 
-    dtype: torch.dtype = getattr(torch, DTYPE_NAMES[name])
-    return dtype
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 @dataclass(frozen=True)
@@ -133,14 +132,15 @@ _DECLARED: dict[str, KernelSpec] = {}
 
 
 def declare(spec: KernelSpec) -> KernelSpec:
-    """Record ``spec`` as the declaration of its kernel (at its module's import) and return it.
+    """Record ``spec`` as its kernel's declaration (at its module's import, or a reload's).
 
     Raises:
-        ValueError: another declaration already holds the name.
+        ValueError: another kernel is declared under the name.
     """
-    known = _DECLARED.setdefault(spec.name, spec)
-    if known is not spec:
-        raise ValueError(f"Triton kernel {spec.name!r} is declared twice")
+    known = _DECLARED.get(spec.name)
+    if known is not None and known.jit != spec.jit:
+        raise ValueError(f"Triton kernels {known.jit} and {spec.jit} are both named {spec.name!r}")
+    _DECLARED[spec.name] = spec
     return spec
 
 
