@@ -201,6 +201,48 @@ def test_an_xarray_dataset_gives_its_variable(rng):
         se.fid(two, other, array="h")
 
 
+def test_moments_count_rows_in_integers(rng):
+    """Moments(2.0, ...) was taken and then refused as "Moments of 2.0 row(s); a covariance
+    needs at least 2 rows": a count of rows is an integer, and the message says so."""
+    from shardeval.pipeline.core.states import Moments
+
+    x = rng.normal(size=(10, 3))
+    mean, m2 = x.mean(axis=0), (x - x.mean(axis=0)).T @ (x - x.mean(axis=0))
+    for n in (2.0, 10.0, True, "10", np.float64(10), None):
+        with pytest.raises(StatsFormatError, match=r"integer") as caught:
+            Moments(n, mean, m2)
+        assert repr(n) in str(caught.value)
+    m = Moments(np.int64(10), mean, m2)  # numpy's integers are counts too, kept as int
+    assert type(m.n) is int
+    assert m.n == 10
+    assert float(se.fid(m, x + 1.0)) == pytest.approx(
+        exact_fid(*np_stats(x), *np_stats(x + 1.0)), rel=1e-12
+    )
+
+
+def test_merge_stats_takes_a_list_of_paths(tmp_path, rng):
+    """A bare path is a string, i.e. a sequence of characters: merge_stats("sA.zarr", out)
+    looked for a file 's' ("'s' does not exist"); [1, 2] raised a raw TypeError. Both are
+    refused in words naming what merge_stats takes."""
+    x = rng.normal(size=(100, 3))
+    paths = [str(tmp_path / f"s{i}.zarr") for i in range(2)]
+    se.stats(x[:40], paths[0])
+    se.stats(x[40:], paths[1])
+    out = str(tmp_path / "out.zarr")
+    for one in (paths[0], tmp_path / "s0.zarr"):
+        with pytest.raises(StatsFormatError, match=r"one path.*statistics files.*a list"):
+            se.merge_stats(one, out)
+    from shardeval.pipeline.core.states import Moments
+
+    for bad in ([1, 2], [paths[0], None], [paths[0], Moments.from_rows(x[40:])]):
+        with pytest.raises(StatsFormatError, match=r"paths of statistics files"):
+            se.merge_stats(bad, out)
+    assert not (tmp_path / "out.zarr").exists()
+    merged = se.merge_stats(paths, out)["moments"]
+    assert merged.n == 100
+    np.testing.assert_allclose(merged.mean, x.mean(axis=0), rtol=1e-12)
+
+
 def test_statistics_are_told_from_features_in_words(rng):
     from shardeval.pipeline.core.states import Moments
 
