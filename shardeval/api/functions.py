@@ -28,6 +28,7 @@ from typing import Any
 
 from shardeval.api.inputs import (
     IMAGE_OPTIONS,
+    arrays_for,
     checked_gaussian,
     describe_input,
     extracted,
@@ -417,11 +418,9 @@ def _fid(
     from shardeval.pipeline.io.stores import check_same_dim
 
     o = run.options
-    sources = {
-        i: features(x, array=o.get("array"), shard_rows=o.get("shard_rows"))
-        for i, (x, kind) in enumerate(zip(inputs, kinds, strict=True))
-        if kind == "features"
-    }
+    rows = [i for i, kind in enumerate(kinds) if kind == "features"]
+    names = dict(zip(rows, arrays_for([inputs[i] for i in rows], o.get("array")), strict=True))
+    sources = {i: features(inputs[i], array=names[i], shard_rows=o.get("shard_rows")) for i in rows}
     stats = {i: _statistics_side(x) for i, x in enumerate(inputs) if i not in sources}
     dims = {stats[i][1].location: stats[i][1].d for i in stats}
     dims |= {s.location: s.d for s in sources.values()}
@@ -821,8 +820,8 @@ def nll(
         kernel: dict[str, Any] = {"device": device or "auto", "backend": backend or "auto"}
         inputs: dict[str, Any] = {}
 
-        def opened(x: Any, **kw: Any) -> Any:
-            return features(x, array=array, shard_rows=shard_rows, **kw)
+        def opened(x: Any, name: str | None = array, **kw: Any) -> Any:
+            return features(x, array=name, shard_rows=shard_rows, **kw)
 
         if mode == "loglik":
             from shardeval.pipeline.likelihood.nll import nll_from_loglik
@@ -855,7 +854,8 @@ def nll(
         else:
             from shardeval.pipeline.likelihood.parzen import nll_parzen
 
-            samples, test = opened(parzen), opened(store)
+            names = arrays_for([parzen, store], array)
+            samples, test = opened(parzen, names[0]), opened(store, names[1])
             result = nll_parzen(
                 samples, test, bandwidth or "silverman", engine=eng, nonfinite=nonfinite,
                 progress=bar, **kernel,

@@ -212,7 +212,7 @@ def check_array(capsys, f, command, monkeypatch):
         _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
         return
     if command in ("nll", "ess"):
-        _refused(capsys, *_base(command, f), "--array", "nope", match="has no array 'nope'")
+        _refused(capsys, *_base(command, f), "--array", "nope", match="leave --array out")
         return
     value = {
         "fid": lambda r: r["fid"],
@@ -225,6 +225,10 @@ def check_array(capsys, f, command, monkeypatch):
     u = value(_report(capsys, *argv, "--array", "u"))
     v = value(_report(capsys, *argv, "--array", "v"))
     assert u != v
+    # Beside a store of one array, --array picks the group's variable (the same rows as a.zarr).
+    mixed = [command, f["g"], f["b"]] + (["--metrics", "fid"] if command == "metrics" else [])
+    alone = [command, f["a"], f["b"]] + (["--metrics", "fid"] if command == "metrics" else [])
+    assert value(_report(capsys, *mixed, "--array", "u")) == value(_report(capsys, *alone))
     _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
 
 
