@@ -523,6 +523,10 @@ def metrics(
         one_kind = len({METRICS[m].reads for m in wanted}) == 1
         real_rows = real is not None and not stats_only
         arrays = arrays_for([real, gen] if real_rows else [gen], array)
+        if one_kind and METRICS[wanted[0]].reads == "logits":  # of GEN alone: no reference
+            from shardeval.pipeline.inception_score.logits import array_of_logits
+
+            arrays = [array_of_logits(gen, array)]
         a = features(real, array=arrays[0], shard_rows=shard_rows) if real_rows else gaussian
         b = features(gen, array=arrays[-1], shard_rows=shard_rows)
         in_memory = not (images[1] or is_path(gen))  # images become an extraction store
