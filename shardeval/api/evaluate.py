@@ -25,6 +25,7 @@ from shardeval.api.functions import (
     with_features,
 )
 from shardeval.api.inputs import (
+    arrays_for,
     describe_input,
     features,
     is_images,
@@ -253,7 +254,27 @@ class Evaluation:
 
     def sides(self, run: Any, inputs: _Inputs) -> list[Any]:
         """The inputs as sides (images extracted into the feature cache, stores opened)."""
-        return _open_sides(run, inputs.values, inputs.statistics, inputs.images)
+        opened = with_features(run, inputs.values, inputs.images)
+        return _open_sides(run, opened, inputs, self._arrays(run, opened, inputs))
+
+    def _arrays(self, run: Any, opened: list[Any], inputs: _Inputs) -> list[str | None]:
+        """«array» for each side: it picks the variable of each input that holds several and
+        leaves an input of one array as it is; metrics that all read logits read GEN's
+        ``logits`` array among others unless «array» names another."""
+        array = run.options.get("array")
+        if {m.reads for m in self.instances} == {"logits"}:  # of GEN alone: no reference
+            from shardeval.pipeline.inception_score.logits import array_of_logits
+
+            return [None, array_of_logits(opened[1], array)]
+        rows = [
+            i
+            for i, (x, stats) in enumerate(zip(opened, inputs.statistics, strict=True))
+            if x is not None and not stats
+        ]
+        arrays: list[str | None] = [None, None]
+        for i, name in zip(rows, arrays_for([opened[i] for i in rows], array), strict=True):
+            arrays[i] = name
+        return arrays
 
     def report(self, run: Any, notes: Any, real: Any, gen: Any, images: bool = False) -> Report:
         """The metrics of ``gen`` against ``real`` (sides), and their report."""
@@ -283,7 +304,8 @@ class Session:
 
     def reference(self, real: Reference) -> Any:
         """The reference as a side, opened once (its cache serves every set measured)."""
-        return _side(self.run, "real", real, real, False, False)
+        array = self.run.options.get("array")
+        return _side(self.run, "real", real, real, False, False, array)
 
     def measure(self, real: Any, gen: Any, metrics: Sequence[Any] | None = None) -> Report:
         """The metrics (all, or ``metrics``, plug-in instances of this evaluation) of the
@@ -292,7 +314,8 @@ class Session:
         if metrics is not None:
             evaluation = Evaluation(list(metrics), run_options=self.evaluation.given)
         with _noted() as notes:
-            gen_side = _side(self.run, "gen", gen, gen, False, False)
+            array = self.run.options.get("array")
+            gen_side = _side(self.run, "gen", gen, gen, False, False, array)
             return evaluation.report(self.run, notes, real, gen_side)
 
 
@@ -339,14 +362,21 @@ def evaluate(
         return evaluation.report(run, notes, real_side, gen_side, any(inputs.images))
 
 
-def _open_sides(run: Any, inputs: list[Any], as_stats: list[bool], images: list[bool]) -> list[Any]:
-    """The inputs as sides: images extracted into the feature cache, stores opened, statistics
-    read; one feature dimension."""
-    opened = with_features(run, inputs, images)
+def _open_sides(
+    run: Any, opened: list[Any], inputs: _Inputs, arrays: list[str | None]
+) -> list[Any]:
+    """The inputs as sides (``opened``: images already extracted into the feature cache):
+    stores opened with their «array», statistics read; one feature dimension."""
     sides = [
-        _side(run, role, x, original, stats, image)
-        for role, x, original, stats, image in zip(
-            ("real", "gen"), opened, inputs, as_stats, images, strict=True
+        _side(run, role, x, original, stats, image, array)
+        for role, x, original, stats, image, array in zip(
+            ("real", "gen"),
+            opened,
+            inputs.values,
+            inputs.statistics,
+            inputs.images,
+            arrays,
+            strict=True,
         )
     ]
     dims = {s.shown: s.d for s in sides if s is not None}
@@ -356,14 +386,16 @@ def _open_sides(run: Any, inputs: list[Any], as_stats: list[bool], images: list[
     return sides
 
 
-def _side(run: Any, role: str, x: Any, original: Any, stats: bool, image: bool) -> Any:
+def _side(
+    run: Any, role: str, x: Any, original: Any, stats: bool, image: bool, array: str | None
+) -> Any:
     """One input as a side (None stays None: no reference)."""
     from shardeval.pipeline.io.statsio import is_adm_reference, stats_provenance
     from shardeval.pipeline.metrics.sides import source_side, statistics_side
 
     if x is None:
         return None
-    array, rows = run.options.get("array"), run.options.get("shard_rows")
+    rows = run.options.get("shard_rows")
     if isinstance(x, Reference):
         if x.rows is None:
             return statistics_side(role, statistics(x.statistics))

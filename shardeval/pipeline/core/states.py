@@ -23,6 +23,8 @@ from typing import Any, Protocol, Self, TypeAlias, TypeVar, runtime_checkable
 
 import numpy as np
 
+from shardeval.pipeline.errors import StatsFormatError
+
 
 @runtime_checkable
 class State(Protocol):
@@ -171,7 +173,8 @@ class Moments:
     """Count, mean and centred co-moment of a set of d-dimensional rows.
 
     Attributes:
-        n: number of rows.
+        n: number of rows, an int (a numpy integer is taken as one; anything else, a float
+            among them, is refused: StatsFormatError).
         mean: (d,) float64 mean.
         m2: (d, d) float64 co-moment Σ (x − mean)(x − mean)ᵀ.
 
@@ -193,6 +196,13 @@ class Moments:
     m2: np.ndarray
 
     def __post_init__(self) -> None:
+        n = self.n
+        if isinstance(n, bool) or not isinstance(n, int | np.integer):
+            raise StatsFormatError(
+                f"Moments(n={n!r}, ...): n is a count of rows and must be an integer (got "
+                f"{type(n).__name__}); pass int(n) for a whole number held as a float"
+            )
+        object.__setattr__(self, "n", int(n))  # numpy's integers too: a plain int pickles small
         object.__setattr__(self, "mean", _frozen(self.mean))
         object.__setattr__(self, "m2", _frozen(self.m2))
         d = self.mean.shape[0]

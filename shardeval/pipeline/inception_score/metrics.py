@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.inception_score import SEED
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
-from shardeval.pipeline.runoptions import SEED_RANGE, Interval
+from shardeval.pipeline.runoptions import SEED_RANGE, Flag, Interval
 
 if TYPE_CHECKING:
     from shardeval.pipeline.metrics.sides import Side
@@ -37,6 +37,14 @@ class InceptionScore(Metric):
             "SEED",
             applies_with="splits",
         ),
+        Param(
+            "as_logits",
+            Flag(),
+            False,
+            "read the array as class logits whatever its name, width or signs (else one that "
+            "nothing names as logits, 2,048 wide as the Inception's pool3 features, or ≥ 0 "
+            "everywhere as features after a ReLU, is refused)",
+        ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("is", "", "Inception Score over all samples, exp(E KL(p(y|x) ‖ p(y)))"),
@@ -57,14 +65,18 @@ class InceptionScore(Metric):
     def check(self, real: Side | None, gen: Side, context: Context) -> None:
         from shardeval.pipeline.inception_score.logits import logits_of
 
-        logits_of(gen.rows(), context.block_rows, named=context.named)  # reads metadata only
+        logits_of(  # reads metadata only
+            gen.rows(), context.block_rows, named=context.named, as_logits=self.options["as_logits"]
+        )
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.inception_score.logits import logits_of
         from shardeval.pipeline.inception_score.score import inception_score
 
+        declared = self.options["as_logits"]
         result = inception_score(
-            logits_of(gen.rows(), context.block_rows, named=context.named),
+            logits_of(gen.rows(), context.block_rows, named=context.named, as_logits=declared),
+            as_logits=declared,
             splits=self.options["splits"],
             seed=self.options["seed"],
             engine=context.engine,
