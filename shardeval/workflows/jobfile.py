@@ -7,6 +7,8 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
     name = "nightly"
     history = "runs/history.zarr"
     array = "features"                # optional: the variable inside group stores
+    shard_rows = 65536                # optional: rows per shard (pair metrics: per block)
+    split_every = 8                   # optional: fan-in of a balanced merge tree
 
     [reference]                       # not needed when no metric compares with one (is)
     store = "data/real.zarr"          # or: stats = "real-stats.zarr" (or a .npz)
@@ -15,6 +17,7 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
     scheduler = "tcp://10.0.0.5:8786" # or: cluster = "cluster/slurm.yaml"
     device = "auto"                   # auto | cpu | cuda
     backend = "auto"                  # auto | triton | torch
+    precision = "fp64"                # fp32 (default) | fp64: products inside a shard
 
     [[entries]]
     glob = "checkpoints/*/features.zarr"   # name: what * matched; step: its last digits
@@ -59,7 +62,7 @@ from typing import Any
 
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.metrics import METRICS, Metric, MetricOptionError
-from shardeval.pipeline.options import BACKENDS, DEVICES
+from shardeval.pipeline.runoptions import option_problem
 
 
 class JobError(ShardevalError):
@@ -89,11 +92,26 @@ class Job:
     reference_stats: str | None = None
     scheduler: str | None = None
     cluster: str | None = None
-    device: str = "auto"
-    backend: str = "auto"
-    array: str | None = None
     reference_images: str | None = None
     extract: dict[str, Any] = field(default_factory=dict)
+    #: The run options the file sets ([engine]'s kernels, [job]'s reading), checked.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return str(self.settings.get("device", "auto"))
+
+    @property
+    def backend(self) -> str:
+        return str(self.settings.get("backend", "auto"))
+
+    @property
+    def array(self) -> str | None:
+        return self.settings.get("array")
+
+    @property
+    def shard_rows(self) -> int | None:
+        return self.settings.get("shard_rows")
 
     @property
     def options_digest(self) -> str:
@@ -114,25 +132,44 @@ class Job:
         the array read from group stores. A result recorded under the same digest, from the
         same inputs, is not computed again; other metrics of the job do not enter it (a job
         that adds or drops a metric recomputes nothing else)."""
-        text = json.dumps(
-            {"metric": name, "options": self.metrics[name].options, "array": self.array},
-            sort_keys=True,
-        )
+        recorded: dict[str, Any] = {
+            "metric": name,
+            "options": self.metrics[name].options,
+            "array": self.array,
+        }
+        # Settings that move a value's last digits (fp64 products, other shards or merge
+        # trees) enter it when the file sets them, so that files without them keep theirs.
+        taken = set(self.metrics[name].run_options) | {"shard_rows", "split_every"}
+        run = {k: v for k, v in self.settings.items() if k in taken and k not in _KEPT}
+        if run:
+            recorded["run"] = run
+        text = json.dumps(recorded, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     @property
     def run_options(self) -> dict[str, Any]:
-        """The job's run options, as the API takes them."""
-        return {"device": self.device, "backend": self.backend}
+        """The job's run options, as the API takes them (the metrics' own ``nonfinite`` is
+        theirs; «array» picks each store's variable where it is opened)."""
+        return {k: v for k, v in self.settings.items() if k != "array"}
 
     def declarations(self) -> dict[str, Any]:
         return {name: metric.declaration() for name, metric in self.metrics.items()}
 
 
+#: Run options a job file sets, by section, from their declarations
+#: (:mod:`shardeval.pipeline.runoptions`): where kernels run and how in [engine], how stores are
+#: read and reduced in [job]. ``nonfinite`` is an option of the metrics that take it.
+_RUN_KEYS = {
+    "engine": ("device", "backend", "precision"),
+    "job": ("array", "shard_rows", "split_every"),
+}
+#: Settings recorded in a metric's digest already, or that do not move a value.
+_KEPT = ("array", "device", "backend")
+
 _SECTIONS: dict[str, set[str] | None] = {
-    "job": {"name", "history", "array"},
+    "job": {"name", "history", *_RUN_KEYS["job"]},
     "reference": {"store", "stats", "images"},
-    "engine": {"scheduler", "cluster", "device", "backend"},
+    "engine": {"scheduler", "cluster", *_RUN_KEYS["engine"]},
     "extract": {"encoder", "resize", "weights", "batch_size"},
     "entries": None,
     "metrics": None,
@@ -154,12 +191,6 @@ def _string(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise JobError(f"{where} must be a non-empty string, got {value!r}")
     return value
-
-
-def _choice(where: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise JobError(f"{where} must be one of {list(choices)}, got {value!r}")
-    return str(value)
 
 
 def _resolve(base: str, path: str) -> str:
@@ -324,10 +355,9 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         )
     if scheduler is not None and cluster is not None:
         raise JobError(f"{path}: [engine] takes 'scheduler' or 'cluster', not both")
-    array = job.get("array")
-    if array is not None:
-        array = _string(f"{path}: job.array", array)
+    settings = _settings(path, {"job": job, "engine": engine})
     metrics = _metrics(path, raw.get("metrics"))
+    _check_settings(path, metrics, settings)
     compared = sorted(name for name, m in metrics.items() if m.needs_reference)
     if ref_kind is None and compared:
         raise JobError(
@@ -359,9 +389,33 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         reference_stats=ref_path if ref_kind == "stats" else None,
         scheduler=scheduler,
         cluster=cluster,
-        device=_choice(f"{path}: engine.device", engine.get("device", "auto"), DEVICES),
-        backend=_choice(f"{path}: engine.backend", engine.get("backend", "auto"), BACKENDS),
-        array=array,
+        settings=settings,
         reference_images=ref_path if ref_kind == "images" else None,
         extract=extract,
     )
+
+
+def _settings(path: str, sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run options the file sets, each checked by its declaration."""
+    settings: dict[str, Any] = {}
+    for section, keys in _RUN_KEYS.items():
+        for key in keys:
+            value = sections[section].get(key)
+            if value is None:
+                continue
+            problem = option_problem(key, value)
+            if problem:
+                raise JobError(f"{path}: {section}.{key}: {problem}")
+            settings[key] = value
+    return settings
+
+
+def _check_settings(path: str, metrics: dict[str, Metric], settings: dict[str, Any]) -> None:
+    """Refuse a run option that none of the job's metrics takes (it would be ignored)."""
+    from shardeval.api.evaluate import Evaluation
+    from shardeval.pipeline.errors import OptionError
+
+    try:
+        Evaluation(list(metrics.values()), run_options={**settings, "array": None})
+    except (OptionError, MetricOptionError) as exc:
+        raise JobError(f"{path}: {exc}") from None

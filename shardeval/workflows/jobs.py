@@ -68,6 +68,13 @@ def _digest(*parts: Any) -> str:
     return hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
 
 
+def _moments_settings(job: Job) -> tuple[Any, ...]:
+    """The settings that move the reference statistics' last digits, as the job file sets
+    them (none: the cache of a file that sets none keeps its name)."""
+    keys = ("precision", "shard_rows", "split_every")
+    return tuple(sorted((k, job.settings[k]) for k in keys if k in job.settings))
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """What a run checked before computing: the opened stores, the listed image sources, the
@@ -118,14 +125,18 @@ def _prepare(job: Job) -> _Prepared:
     elif job.reference_store is not None:
         d = open_features(job.reference_store, array_name=job.array).d
         reference_listing = listing_digest(job.reference_store)
-        reference_digest = _digest(reference_listing, job.array)
+        reference_digest = _digest(reference_listing, job.array, *_moments_settings(job))
     elif job.reference_images is not None and extraction is not None:
         reference_images = open_images(job.reference_images)
         d, reference_digest = extraction.dim, image_digest(reference_images)
+        if _moments_settings(job):
+            reference_digest = _digest(reference_digest, *_moments_settings(job))
     else:
         raise JobError(f"{job.path}: [reference] needs 'store', 'stats' or 'images'")
     sources = {
-        e.name: open_features(e.store, array_name=job.array) for e in job.entries if not e.images
+        e.name: open_features(e.store, array_name=job.array, shard_rows=job.shard_rows)
+        for e in job.entries
+        if not e.images
     }
     images = {e.name: open_images(e.store) for e in job.entries if e.images}
     digests = {name: image_digest(source) for name, source in images.items()}
@@ -281,7 +292,9 @@ def reference_of(
         statistics = as_gaussian(stats, job.reference_stats)
         return JobReference(Reference(statistics=statistics), digest, job.reference_stats)
     if source is None:
-        source = open_features(job.reference_store or "", array_name=job.array)
+        source = open_features(
+            job.reference_store or "", array_name=job.array, shard_rows=job.shard_rows
+        )
     where = job.reference_images or job.reference_store or source.location
     cache = os.path.join(os.path.dirname(os.path.abspath(job.history)), f"reference-{digest}.zarr")
     stale = False
@@ -296,7 +309,12 @@ def reference_of(
         log(f"{cache}: computed from other bytes of {where} (--verify); again")
     log(f"computing reference statistics of {where}")
     ((moments, _),) = feature_moments(
-        [source], engine=engine, device=job.device, backend=job.backend
+        [source],
+        engine=engine,
+        device=job.device,
+        backend=job.backend,
+        precision=job.settings.get("precision", "fp32"),
+        split_every=job.settings.get("split_every"),
     )
     try:
         provenance = {**source.describe(), "fingerprint": digest, CONTENT_ATTR: content}

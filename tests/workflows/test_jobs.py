@@ -290,11 +290,15 @@ def test_report_renders_in_headless_chromium(job_dir, tmp_path):
     [
         (
             lambda t: t.replace("[metrics.fid]", '[metrics.fid]\nnonfinite = "sometimes"'),
-            r"option 'nonfinite' must be one of \['error', 'drop'\]",
+            "option 'nonfinite': expected one of error, drop, got 'sometimes'",
         ),
         (lambda t: t + "\n[engine]\nscheduler = 5\n", "scheduler 5 is not"),
         (lambda t: t + '\n[engine]\nscheduler = "processes"\n', "'processes' is not"),
-        (lambda t: t + '\n[engine]\ndevice = "tpu"\n', "engine.device must be one of"),
+        (lambda t: t + '\n[engine]\ndevice = "tpu"\n', "engine.device: expected one of"),
+        (lambda t: t + '\n[engine]\nprecision = "fp16"\n', "engine.precision: expected one"),
+        (lambda t: t.replace('name = "test"', "shard_rows = 0"), "job.shard_rows: expected a"),
+        (lambda t: t.replace('name = "test"', "split_every = 1"), "job.split_every: expected"),
+        (lambda t: t.replace('name = "test"', "shard_rows = 1.5"), "job.shard_rows: expected"),
     ],
 )
 def test_options_and_engine_are_checked_at_load(job_dir, capsys, edit, msg):
@@ -334,6 +338,33 @@ def test_the_array_is_part_of_both_keys(tmp_path, capsys, rng):
     got = History(str(tmp_path / "h.zarr")).table()[0]["fid"]
     assert got == pytest.approx(exact_fid(*np_stats(ref["b"]), *np_stats(ent["b"])), rel=1e-6)
     assert len(list(tmp_path.glob("reference-*.zarr"))) == 2
+
+
+def test_a_job_sets_the_run_options_and_fid_follows_them(job_dir):
+    """precision, shard_rows and split_every of a job file reach every metric and the
+    reference statistics, and its values are the API's under the same options."""
+    import shardeval as se
+
+    options = {"precision": "fp64", "shard_rows": 700, "split_every": 3}
+    text = JOB.replace('name = "test"', 'name = "test"\nshard_rows = 700\nsplit_every = 3')
+    (job_dir / "fp64.toml").write_text(text + '\n[engine]\nprecision = "fp64"\n')
+    job = load_job(job_dir / "fp64.toml")
+    assert job.run_options == options
+    run_job(job)
+    row = next(r for r in History(job.history).table() if r["name"] == "final")
+    want = se.fid(str(job_dir / "real.zarr"), str(job_dir / "final.zarr"), **options)
+    assert row["fid"] == pytest.approx(float(want), rel=1e-12)
+    # the reference statistics of other settings are another cache, not reused
+    run_job(load_job(job_dir / "job.toml"))
+    assert len(list(job_dir.glob("runs/reference-*.zarr"))) == 2
+
+
+def test_a_run_option_no_metric_of_the_job_takes_is_refused(job_dir):
+    """KID's sums always take float64 products: fp32 cannot apply and is refused at load."""
+    text = JOB.replace("[metrics.fid]\n[metrics.nll_gaussian]", "[metrics.kid]")
+    (job_dir / "kid.toml").write_text(text + '\n[engine]\nprecision = "fp32"\n')
+    with pytest.raises(JobError, match=r"precision='fp32'.* cannot apply to kid"):
+        load_job(job_dir / "kid.toml")
 
 
 def test_absolute_glob_names_entries_by_what_the_star_matched(job_dir):
