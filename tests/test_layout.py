@@ -65,3 +65,87 @@ def test_option_choices_agree_with_the_kernels():
     assert tuple(sorted(ENCODERS)) == options.ENCODER_NAMES
     assert options.INCEPTION_RESIZES == INCEPTION_RESIZES
     assert ENCODERS["inception"].resizes == INCEPTION_RESIZES
+
+
+def _module_graph():
+    """Every module of shardeval and the modules it imports (at module level or inside a
+    function; not under ``if TYPE_CHECKING``, which runs no import)."""
+    files = {}
+    for path in sorted((ROOT / "shardeval").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name):
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for module, path in files.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        typing_only = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for sub in node.body
+            for n in ast.walk(sub)
+        }
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets |= {resolve(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, base] if base else up)
+                targets |= {
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in files else resolve(base)
+                    for a in node.names
+                }
+        graph[module] = {t for t in targets if t and t != module}
+    return graph
+
+
+def _cycles(graph):
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+                on_stack.discard(component[-1])
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_sees_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    """Each module can be imported first: no chain of imports leads back to where it began
+    (a circle works only in some import orders, and hides which layer owns what)."""
+    graph = _module_graph()
+    assert len(graph) > 100
+    assert _cycles(graph) == []
