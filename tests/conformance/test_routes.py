@@ -1,0 +1,92 @@
+"""Every route to a metric is one computation: the metric's own command, ``metrics``, the
+Python verb and a job's history row give the same section, with the same keys and values, for
+the same inputs and options (the plug-in computes; the routes only read and format)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import shardeval as se
+from shardeval.pipeline.metrics import METRICS
+from shardeval.workflows.cli import main
+from shardeval.workflows.history import History
+from shardeval.workflows.jobs import load_job, run_job
+
+#: Each metric with a command of its own: the command line that asks it (real, gen appended),
+#: the Python verb and its keywords, and a metric option set away from its default.
+ROUTES = {
+    "fid": (["fid"], se.fid, {}, {}),
+    "fid_inf": (["fid", "--infinity", "--seed", "3"], se.fid_infinity, {"seed": 3}, {"seed": 3}),
+    "kid": (
+        ["kid", "--subsets", "4", "--subset-size", "50"],
+        se.kid,
+        {"subsets": 4, "subset_size": 50},
+        {"subsets": 4, "subset_size": 50},
+    ),
+    "cmmd": (["cmmd", "--sigma", "2.5"], se.cmmd, {"sigma": 2.5}, {"sigma": 2.5}),
+    "prdc": (["prdc", "--k", "4"], se.prdc, {"k": 4}, {"k": 4}),
+}
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory):
+    """Two small feature sets as .npy files (one shard each: every route reads them alike)."""
+    folder = tmp_path_factory.mktemp("routes")
+    rng = np.random.default_rng(7)
+    real = rng.normal(size=(300, 6))
+    gen = 1.1 * rng.normal(size=(260, 6)) + 0.2
+    np.save(folder / "real.npy", real)
+    np.save(folder / "gen.npy", gen)
+    return folder, str(folder / "real.npy"), str(folder / "gen.npy")
+
+
+def _cli(capsys, argv):
+    capsys.readouterr()
+    code = main([*argv, "--json", "-q"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _job_row(folder, metric, options, real, gen):
+    table = "\n".join(f"{k} = {v!r}" for k, v in options.items())
+    (folder / f"{metric}.toml").write_text(
+        f'[job]\nname = "{metric}"\nhistory = "{metric}-history.zarr"\n'
+        f'[reference]\nstore = "{real}"\n[[entries]]\nname = "gen"\nstore = "{gen}"\nstep = 1\n'
+        f"[metrics.{metric}]\n{table}\n"
+    )
+    run_job(load_job(folder / f"{metric}.toml"))
+    (row,) = History(str(folder / f"{metric}-history.zarr")).table()
+    return row
+
+
+@pytest.mark.parametrize("metric", sorted(ROUTES))
+def test_every_route_gives_one_section(sets, capsys, metric):
+    folder, real, gen = sets
+    argv, verb, keywords, job_options = ROUTES[metric]
+    command = _cli(capsys, [*argv, real, gen])
+    flags = [a for a in argv[1:] if a != "--infinity"]
+    listed = _cli(capsys, ["metrics", "--metrics", metric, *flags, real, gen])
+    python = verb(real, gen, **keywords).to_dict()
+    assert command[metric] == listed[metric] == python[metric]
+    assert command["options"][metric] == listed["options"][metric] == python["options"][metric]
+    declared = {o.name for o in METRICS[metric].outputs}
+    assert set(command[metric]) <= declared
+    row = _job_row(folder, metric, job_options, real, gen)
+    arrays = {o.name for o in METRICS[metric].outputs if o.array}  # a history keeps scalars
+    for key, value in command[metric].items():
+        if value is None or key in arrays:
+            continue
+        assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+
+
+def test_the_inception_score_routes_agree(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(400, 10)) * 3
+    path = tmp_path / "logits.npy"
+    np.save(path, logits)
+    command = _cli(capsys, ["is", str(path), "--splits", "4", "--as-logits"])
+    listed = _cli(capsys, ["metrics", "--metrics", "is", "--splits", "4", "--as-logits", str(path)])
+    python = se.inception_score(str(path), splits=4, as_logits=True).to_dict()
+    assert command["is"] == listed["is"] == python["is"]
