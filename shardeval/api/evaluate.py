@@ -95,7 +95,8 @@ def _needed(metric: str, option: str) -> str:
 def taken_options(instances: Sequence[Any], images: bool) -> tuple[str, ...]:
     """The run options the metrics asked take: reading rows, what each declares, and the
     image options when an input is images."""
-    taken = [*_ROWS, *(o for m in instances for o in m.run_options)]
+    declared = [*_ROWS, *(o for m in instances for o in m.run_options)]
+    taken = [o for o in declared if any(_takes(m, o) for m in instances)]
     if images:
         taken += IMAGES
     return tuple(dict.fromkeys(taken))
@@ -104,6 +105,13 @@ def taken_options(instances: Sequence[Any], images: bool) -> tuple[str, ...]:
 def _refuse_untaken(instances: Sequence[Any], given: dict[str, Any]) -> None:
     """Run options no asked metric takes are refused, never recorded and ignored."""
     names = [m.name for m in instances]
+    declined: dict[str, list[str]] = {}
+    for m in instances:  # an option that this instance declines and no other takes
+        for option, why in m.declines().items():
+            if not any(_takes(o, option) for o in instances if o is not m):
+                declined.setdefault(why, []).append(option)
+    for why, options in declined.items():
+        refuse(given, list(dict.fromkeys(options)), why)
     taken = {o for m in instances for o in m.run_options}
     precision = given.get("precision")
     fixed = {getattr(m, "products", None) for m in instances if "precision" not in m.run_options}
@@ -117,8 +125,6 @@ def _refuse_untaken(instances: Sequence[Any], given: dict[str, Any]) -> None:
                 "holds their value to 1e-5 (docs/numerics.md); «precision» applies to "
                 f"{_takers('precision')}"
             )
-    untaken = [o for o in ("device", "backend", "precision", "nonfinite") if o not in taken]
-    refuse(given, untaken, f"do not apply to the metrics asked ({', '.join(names)})")
     if given.get("nonfinite") == "drop":
         keep = [m.name for m in instances if "nonfinite" not in m.options]
         if keep:
@@ -127,6 +133,14 @@ def _refuse_untaken(instances: Sequence[Any], given: dict[str, Any]) -> None:
                 f"«nonfinite='drop'» cannot apply to {', '.join(keep)}, which "
                 f"need{'s' if one else ''} every row"
             )
+    untaken = [o for o in ("device", "backend", "precision", "nonfinite") if o not in taken]
+    refuse(given, untaken, f"do not apply to the metrics asked ({', '.join(names)})")
+
+
+def _takes(metric: Any, option: str) -> bool:
+    """Whether a metric instance takes the run option ``option``."""
+    declared = option in _ROWS or option in metric.run_options
+    return declared and option not in metric.declines()
 
 
 def _takers(option: str) -> str:
@@ -243,6 +257,13 @@ class Evaluation:
         images = image_flags(
             [None if s else x for x, s in zip((real, gen), as_stats, strict=True)], self.given
         )
+        readers = [m.name for m in self.instances if m.reads == "logits"]
+        encoder = self.given.get("encoder")
+        if readers and any(images) and encoder not in (None, "inception"):
+            raise OptionError(
+                f"«encoder={encoder!r}» has no class logits; {', '.join(readers)} take the "
+                "Inception's («encoder='inception'»)"
+            )
         if all(as_stats) or (real is None and as_stats[1]):
             reading = [o for o in self.given if o not in ("progress", "log")]
             refuse(self.given, reading, "apply to feature stores; both inputs are statistics")

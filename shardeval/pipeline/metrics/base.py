@@ -292,6 +292,12 @@ class Metric(abc.ABC):
                     f"{self.name} without «{needed}» takes no «{name}»"
                 )
 
+    def declines(self) -> dict[str, str]:
+        """Run options this instance does not take although its kind does, each with why
+        (KID with «subsets»: the peers' protocol runs in numpy, so the kernels' «device» and
+        «backend» and the merge tree's «split_every» apply to the exact estimator only)."""
+        return {}
+
     @classmethod
     def applies(cls, name: str, options: dict[str, Any]) -> bool:
         """Whether the option ``name`` means something to this metric with ``options`` given

@@ -69,6 +69,12 @@ class KID(Metric):
     run_options = _FLOAT64_SUMS
     products = "fp64"
 
+    def declines(self) -> dict[str, str]:
+        if not self.options["subsets"]:
+            return {}
+        why = "apply to the exact estimator, not to «subsets»"
+        return {"split_every": why, "device": why, "backend": why}
+
     def sample_request(self) -> dict[str, Any]:
         from shardeval.pipeline.pairwise.passes import KIDParams
 

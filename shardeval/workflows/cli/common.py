@@ -76,6 +76,7 @@ def api_options(args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     from shardeval.workflows.cli.flags import run_flags
 
     options = run_flags(args)
+    options.pop("cluster", None)  # started by the dispatcher: its address is «scheduler»
     options.update({n: getattr(args, n) for n in extra if hasattr(args, n)})
     options["progress"] = progress(args)
     options["log"] = None if args.quiet else notice
