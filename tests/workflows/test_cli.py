@@ -10,17 +10,16 @@ from shardeval.workflows.cli import main
 from tests.conftest import write_zarr
 from tests.reference import exact_fid, np_stats, pytorch_fid_formula
 
-REPORT_KEYS = {
+REPORT_KEYS = {"metric", "fid", "options", "inputs", "settings", "seconds", "versions"}
+FID_KEYS = {
     "fid",
-    "mean_term",
-    "trace_term",
-    "n_real",
-    "n_gen",
-    "d",
-    "shards",
-    "eigenvalues_clamped",
-    "seconds",
-    "versions",
+    "fid_mean_term",
+    "fid_trace_term",
+    "fid_n",
+    "fid_n_real",
+    "fid_eigenvalues_clamped",
+    "fid_clamped_max",
+    "fid_rank_deficit",
 }
 
 
@@ -37,25 +36,34 @@ def test_fid_end_to_end_report(tmp_path, capsys, feature_pair):
     assert code == 0
     report = json.loads(out.read_text())
     assert report.keys() >= REPORT_KEYS
-    assert report["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
-    assert report["fid"] == pytest.approx(report["mean_term"] + report["trace_term"], rel=1e-12)
-    assert (report["n_real"], report["n_gen"], report["d"]) == (900, 700, 24)
-    assert report["eigenvalues_clamped"] == {"count": 0, "max_abs": 0.0, "rank_deficit": 0}
-    assert report["inputs"]["real"]["provenance"]["feature_extractor"] == "test-net"
-    assert f"FID {report['fid']:.6g}" in stdout
+    fid = report["fid"]
+    assert fid.keys() >= FID_KEYS
+    assert fid["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+    assert fid["fid"] == pytest.approx(fid["fid_mean_term"] + fid["fid_trace_term"], rel=1e-12)
+    assert (fid["fid_n_real"], fid["fid_n"]) == (900, 700)
+    inputs = report["inputs"]
+    assert (inputs["real"]["shape"], inputs["gen"]["shape"]) == ([900, 24], [700, 24])
+    assert "shards" in inputs["real"]
+    assert "shards" in inputs["gen"]
+    clamped = (fid["fid_eigenvalues_clamped"], fid["fid_clamped_max"], fid["fid_rank_deficit"])
+    assert clamped == (0, 0.0, 0)
+    assert inputs["real"]["feature_extractor"] == "test-net"
+    assert f"FID {fid['fid']:.6g}" in stdout
 
 
 def test_stats_then_ref_gives_the_same_fid(tmp_path, capsys, feature_pair):
     real_path, _, gen_path, _ = feature_pair
     _, stdout, _ = _run(capsys, "fid", real_path, gen_path, "--json", "-q")
-    direct = json.loads(stdout)["fid"]
+    direct = json.loads(stdout)["fid"]["fid"]
     for name in ("s.zarr", "s.npz"):
         assert _run(capsys, "stats", real_path, "-o", tmp_path / name, "-q")[0] == 0
         code, stdout, _ = _run(capsys, "fid", gen_path, "--ref", tmp_path / name, "--json", "-q")
         assert code == 0
         report = json.loads(stdout)
-        assert report["fid"] == pytest.approx(direct, rel=1e-9)
-        assert report["inputs"]["real"]["mergeable"] is True
+        assert report["fid"]["fid"] == pytest.approx(direct, rel=1e-9)
+        # statistics that record their row count n are mergeable (a bare mu/sigma is not)
+        assert report["inputs"]["real"]["statistics"] == str(tmp_path / name)
+        assert report["inputs"]["real"]["n"] == report["fid"]["fid_n_real"] == 900
 
 
 def test_bare_npz_ref_matches_pytorch_fid_and_says_unmergeable(tmp_path, capsys, feature_pair):
@@ -64,8 +72,9 @@ def test_bare_npz_ref_matches_pytorch_fid_and_says_unmergeable(tmp_path, capsys,
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
     _code, stdout, _ = _run(capsys, "fid", gen_path, "--ref", tmp_path / "ref.npz", "--json", "-q")
     report = json.loads(stdout)
-    assert report["fid"] == pytest.approx(pytorch_fid_formula(mu, sigma, *np_stats(gen)), rel=1e-5)
-    assert report["inputs"]["real"]["mergeable"] is False
+    fid = report["fid"]["fid"]
+    assert fid == pytest.approx(pytorch_fid_formula(mu, sigma, *np_stats(gen)), rel=1e-5)
+    assert report["inputs"]["real"]["n"] is None  # no row count: cannot be merged
     assert any("cannot be merged" in w for w in report["warnings"])
 
 
@@ -142,8 +151,8 @@ def test_nonfinite_drop_counts_rows(tmp_path, capsys, rng):
     code, stdout, _ = _run(capsys, "fid", a, a, "--nonfinite", "drop", "--json", "-q")
     report = json.loads(stdout)
     assert code == 0
-    assert report["n_real"] == 39
-    assert report["inputs"]["gen"]["nonfinite_dropped"] == 1
+    assert report["fid"]["fid_n_real"] == 39
+    assert report["fid"]["fid_nonfinite_dropped"] == 1
 
 
 def test_progress_bar_goes_to_stderr_unless_quiet(capsys, feature_pair):
@@ -211,7 +220,7 @@ def test_fid_and_kid_read_mislabelled_numpy_files_by_their_bytes(capsys, mislabe
     real_path, real, gen_path, gen = mislabelled
     code, out, err = _run(capsys, "fid", real_path, gen_path, "--json", "-q")
     assert code == 0, err
-    assert json.loads(out)["fid"] == pytest.approx(
+    assert json.loads(out)["fid"]["fid"] == pytest.approx(
         exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6
     )
     code, out, err = _run(capsys, "kid", real_path, gen_path, "--json", "-q")
@@ -244,8 +253,8 @@ def test_statistics_named_npy_are_statistics(tmp_path, capsys, feature_pair):
     code, out, err = _run(capsys, "fid", tmp_path / "ref.npy", gen_path, "--json", "-q")
     assert code == 0, err
     report = json.loads(out)
-    assert report["inputs"]["real"]["kind"] == "statistics"
-    assert report["fid"] == pytest.approx(exact_fid(mu, sigma, *np_stats(gen)), rel=1e-6)
+    assert report["inputs"]["real"]["statistics"] == str(tmp_path / "ref.npy")
+    assert report["fid"]["fid"] == pytest.approx(exact_fid(mu, sigma, *np_stats(gen)), rel=1e-6)
 
 
 def test_fid_against_pytorch_fid_statistics_at_d_1(tmp_path, capsys, rng):
@@ -257,4 +266,6 @@ def test_fid_against_pytorch_fid_statistics_at_d_1(tmp_path, capsys, rng):
     assert code == 0, err
     # Two 1-D Gaussians: (μ1 − μ2)² + (σ1 − σ2)², σ the standard deviations.
     mu2, sd2 = gen.mean(), gen.std(ddof=1)
-    assert json.loads(out)["fid"] == pytest.approx((2.0 - mu2) ** 2 + (3.0 - sd2) ** 2, rel=1e-9)
+    assert json.loads(out)["fid"]["fid"] == pytest.approx(
+        (2.0 - mu2) ** 2 + (3.0 - sd2) ** 2, rel=1e-9
+    )

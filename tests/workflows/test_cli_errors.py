@@ -196,8 +196,11 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["kid", "--subsets", "3", "--subset-size", "50", "--seed", "-1"], "a seed is an integer"),
-        (["fid", "--infinity", "--seed", str(2**64)], "a seed is an integer"),
+        (
+            ["kid", "--subsets", "3", "--subset-size", "50", "--seed", "-1"],
+            "a seed, an integer in [0, 4294967295]",
+        ),
+        (["fid", "--infinity", "--seed", str(2**64)], "a seed, an integer in [0, 4294967295]"),
         (["fid", "--shard-rows", "99999999999999999999"], "beyond any count of rows"),
     ],
 )
@@ -216,7 +219,7 @@ def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
         f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
         f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.fid_inf]\nseed = -1\n'
     )
-    _one_line(capsys, ["run", tmp_path / "job.toml"], "a seed is an integer")
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "a seed, an integer in [0, 4294967295]")
     assert not (tmp_path / "runs").exists()
 
 
@@ -234,10 +237,10 @@ def test_a_collapsed_set_is_recomputed_with_float64_products(tmp_path, capsys):
     np.save(tmp_path / "gen.npy", gen)
     assert main(["fid", str(tmp_path / "real.npy"), str(tmp_path / "gen.npy"), "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
+    assert out["fid"]["fid"] == pytest.approx(exact_fid(*np_stats(real), *np_stats(gen)), rel=1e-6)
     assert any("recomputed with float64 products" in w for w in out["warnings"])
     assert main(["fid", str(tmp_path / "gen.npy"), str(tmp_path / "gen.npy"), "--json", "-q"]) == 0
-    assert json.loads(capsys.readouterr().out)["fid"] >= 0.0
+    assert json.loads(capsys.readouterr().out)["fid"]["fid"] >= 0.0
 
 
 @pytest.mark.parametrize(

@@ -69,10 +69,10 @@ def test_a_job_of_the_inception_score_alone_needs_no_reference(tmp_path, rng, ca
         report = se.inception_score(store, splits=4)
         result = report.results["is"]
         assert row["is"] == float(report)
-        assert row["is_standard_error"] == result.standard_error
-        assert row["is_split_mean"] == result.split_mean
-        assert row["is_split_std"] == result.split_std
-        assert row["is_n"] == result.n
+        assert row["is_standard_error"] == result["is_standard_error"]
+        assert row["is_split_mean"] == result["is_split_mean"]
+        assert row["is_split_std"] == result["is_split_std"]
+        assert row["is_n"] == result["is_n"]
     assert run_job(load_job(tmp_path / "job.toml")).skipped == ["step-100", "step-200", "step-300"]
     # History and report: the metric's outputs and plot, no reference.
     assert main(["history", job.history, "--metric", "is", "--format", "json"]) == 0
@@ -117,12 +117,12 @@ def test_a_job_of_fid_and_is_reads_features_and_logits_of_one_store(tmp_path, rn
     assert main(["metrics", gen, "--metrics", "is", "--splits", "3", "--json", "-q"]) == 0
     alone = json.loads(capsys.readouterr().out)
     assert alone["is"] == both["is"]
-    assert alone["inputs"]["real"] is None
+    assert "real" not in alone["inputs"]
     assert main(["is", gen, "--splits", "3", "--json", "-q"]) == 0
     verb = json.loads(capsys.readouterr().out)
-    assert verb["is"]["split_mean"] == alone["is"]["is_split_mean"]
-    assert verb["is"]["inception_score"] == alone["is"]["is"]
-    assert verb["inputs"]["logits"]["array"] == LOGITS_ARRAY
+    assert verb["is"]["is_split_mean"] == alone["is"]["is_split_mean"]
+    assert verb["is"]["is"] == alone["is"]["is"]
+    assert verb["inputs"]["gen"]["array"] == LOGITS_ARRAY
     api = se.metrics(None, gen, ["is"], splits=3)
     assert api.to_dict()["is"] == alone["is"]
 
@@ -190,7 +190,7 @@ def test_the_commands_refuse_what_is_not_logits(tmp_path, rng, capsys):
     group.create_array("scores", shape=x.shape, dtype="f4", chunks=(100, 12))[...] = x
     group.create_array("other", shape=x.shape, dtype="f4", chunks=(100, 12))[...] = x
     assert main(["is", str(tmp_path / "g.zarr"), "--array", "scores", "--json", "-q"]) == 0
-    named = json.loads(capsys.readouterr().out)["is"]["inception_score"]
+    named = json.loads(capsys.readouterr().out)["is"]["is"]
     assert named == float(se.inception_score(x))
     # Probabilities: refused, naming their log as the fix.
     p = np.exp(x - x.max(axis=1, keepdims=True))
@@ -203,7 +203,7 @@ def test_an_extraction_stores_array_option_is_honoured_or_refused(tmp_path, rng,
     real = _extraction_like(tmp_path / "r.zarr", rng, 200)
     want = float(se.inception_score(store))
     assert main(["is", store, "--array", "logits", "--json", "-q"]) == 0
-    assert json.loads(capsys.readouterr().out)["is"]["inception_score"] == want
+    assert json.loads(capsys.readouterr().out)["is"]["is"] == want
     _fails(capsys, ["is", store, "--array", "features", "-q"], "--array features", "'logits'")
     argv = ["metrics", store, "--metrics", "is", "--array", "features", "-q"]
     _fails(capsys, argv, "--array features")
@@ -221,11 +221,10 @@ def test_metrics_is_refuses_options_it_does_not_take(tmp_path, rng, capsys, flag
     store = _extraction_like(tmp_path / "x.zarr", rng, 100)
     _fails(capsys, ["metrics", store, "--metrics", "is", flag, value, "-q"], flag, "is")
     assert main(["metrics", store, "--metrics", "is", "--json", "-q"]) == 0
-    settings = json.loads(capsys.readouterr().out)["settings"]
-    if flag == "--nonfinite":
-        assert settings["nonfinite"] == "error"  # what it does: every row or an error
-    else:
-        assert flag[2:] not in settings
+    report = json.loads(capsys.readouterr().out)
+    # none is an option of IS (it takes every row or refuses: non-finite logits are an error)
+    assert flag[2:] not in report["settings"]
+    assert flag[2:] not in report["options"]["is"]
 
 
 def test_messages_name_only_options_that_exist(tmp_path, rng, capsys):
@@ -238,8 +237,11 @@ def test_messages_name_only_options_that_exist(tmp_path, rng, capsys):
     group[LOGITS_ARRAY][...] = bad
     real = _extraction_like(tmp_path / "r.zarr", rng, 100)
     _fails(capsys, ["is", store, "-q"], "row(s) of logits", absent=("--nonfinite",))
+    argv = ["metrics", real, store, "--metrics", "fid,is", "-q"]
+    _fails(capsys, argv, "row(s) of logits", absent=("--nonfinite",))
+    # FID could drop rows, IS cannot: asked of both, refused before any row is read
     argv = ["metrics", real, store, "--metrics", "fid,is", "--nonfinite", "drop", "-q"]
-    _fails(capsys, argv, "row(s) of logits", absent=("--nonfinite drop",))
+    _fails(capsys, argv, "--nonfinite drop cannot apply to is", absent=("row(s) of logits",))
     old = tmp_path / "old.zarr"
     group = zarr.create_group(
         str(old), attributes={"format": FEATURES_FORMAT, "encoder": "inception", "complete": True}
@@ -263,10 +265,10 @@ def test_a_one_array_file_is_read_as_logits_when_the_command_says_so(tmp_path, r
     for argv in (["is", npy], ["metrics", npy, "--metrics", "is"]):
         assert main([str(a) for a in argv] + ["--as-logits", "--json", "-q"]) == 0
         report = json.loads(capsys.readouterr().out)
-        assert report["is"]["is" if argv[0] == "metrics" else "inception_score"] == want
+        assert report["is"]["is"] == want
     np.savez(tmp_path / "both.npz", logits=x, other=x[:, :5])
     assert main(["is", str(tmp_path / "both.npz"), "--json", "-q"]) == 0
-    assert json.loads(capsys.readouterr().out)["is"]["inception_score"] == want
+    assert json.loads(capsys.readouterr().out)["is"]["is"] == want
     # Pool3-like features (2,048 wide, ≥ 0): refused, naming --as-logits for real logits.
     pool3 = np.maximum(rng.standard_normal((200, 2048)), 0).astype("f4")
     np.save(tmp_path / "logits.npy", pool3)

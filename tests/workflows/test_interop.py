@@ -31,8 +31,11 @@ def test_two_pytorch_fid_files(tmp_path, capsys, data):
     for name, (mu, sigma) in zip(("a", "b"), stats, strict=True):
         np.savez(tmp_path / f"{name}.npz", mu=mu, sigma=sigma)  # no n: their layout
     report = _fid(capsys, tmp_path / "a.npz", tmp_path / "b.npz")
-    assert report["fid"] == pytest.approx(pytorch_fid_formula(*stats[0], *stats[1]), rel=1e-6)
-    assert report["inputs"]["real"]["kind"] == report["inputs"]["gen"]["kind"] == "statistics"
+    assert report["fid"]["fid"] == pytest.approx(
+        pytorch_fid_formula(*stats[0], *stats[1]), rel=1e-6
+    )
+    assert report["inputs"]["real"]["statistics"] == str(tmp_path / "a.npz")
+    assert report["inputs"]["gen"]["statistics"] == str(tmp_path / "b.npz")
     assert report["engine"] == {"scheduler": "none (statistics only)"}
 
 
@@ -48,7 +51,7 @@ def test_any_mix_of_features_and_statistics(tmp_path, capsys, data):
         (pa, tmp_path / "b-stats.npz"),
         (tmp_path / "a-stats.zarr", tmp_path / "b-stats.npz"),
     ]:
-        assert _fid(capsys, real, gen)["fid"] == pytest.approx(expected, rel=1e-6)
+        assert _fid(capsys, real, gen)["fid"]["fid"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_options_that_cannot_apply_to_two_statistics_files(tmp_path, capsys, data):

@@ -170,20 +170,21 @@ def test_json_report_to_dev_stdout_through_a_pipe(feature_pair):
     done = _run(["fid", real, gen, "--out", "/dev/stdout", "-q"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)  # the report alone: the summary went to stderr
-    assert report["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
+    assert report["fid"]["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
     assert done.stderr.startswith("FID ")
     again = _run(
         ["fid", real, gen, "--out", "/dev/stdout", "--json", "-q"], capture_output=True, text=True
     )
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["fid"] == report["fid"]  # once, not twice
+    assert json.loads(again.stdout)["fid"]["fid"] == report["fid"]["fid"]  # once, not twice
 
 
 def test_json_report_to_dev_stderr_through_a_pipe(feature_pair):
     real, _, gen, _ = feature_pair
     done = _run(["fid", real, gen, "--out", "/dev/stderr", "-q"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stderr)["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
+    report = json.loads(done.stderr)
+    assert report["fid"]["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
     assert done.stdout.startswith("FID ")
 
 
@@ -198,7 +199,7 @@ def test_json_report_to_dev_stdout_redirected_to_a_file_keeps_what_it_holds(tmp_
     assert done.returncode == 0
     first, rest = log.read_text().split("\n", 1)
     assert first == "earlier line"
-    assert json.loads(rest)["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
+    assert json.loads(rest)["fid"]["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
     assert os.path.islink("/dev/stdout")  # the system's link was not replaced
 
 
@@ -226,7 +227,7 @@ def test_json_report_to_a_named_fifo(tmp_path, feature_pair):
         done = _run(["fid", real, gen, "--out", fifo, "-q"], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         report = json.loads(read_all())
-    assert report["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
+    assert report["fid"]["fid"] == pytest.approx(_expected_fid(feature_pair), rel=1e-6)
     assert done.stdout.startswith("FID ")  # stdout is not the output: the summary stays there
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, not replaced
 
