@@ -110,6 +110,6 @@ def test_images_given_to_the_score_are_read_by_their_logits(tmp_path, images, we
     cache = str(tmp_path / "cache")
     got = se.inception_score(images, weights=weights, cache_root=cache, batch_size=2)
     assert float(got) == pytest.approx(want, rel=1e-6)  # another run of the network
-    assert got.to_dict()["inputs"]["logits"]["array"] == LOGITS_ARRAY
+    assert got.to_dict()["inputs"]["gen"]["array"] == LOGITS_ARRAY
     both = se.metrics(None, images, ["is"], weights=weights, cache_root=cache)
     assert both.to_dict()["is"]["is"] == float(got)  # the cached store, read again

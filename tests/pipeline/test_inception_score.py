@@ -302,17 +302,25 @@ def test_a_two_worker_cluster_equals_threads(tmp_path, rng):
     path = str(tmp_path / "logits.npy")
     np.save(path, _logits(rng, 1200, 30))
     threads = se.inception_score(path, splits=5, shard_rows=150).results["is"]
+    threads_splits = inception_score(features(path, shard_rows=150), splits=5).split_scores
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         report = se.inception_score(
             path, splits=5, shard_rows=150, scheduler=cluster.scheduler_address
         )
+        # the report gives the splits' mean and spread; each split's score is the pipeline's
+        spread_splits = inception_score(
+            features(path, shard_rows=150), splits=5, engine=Engine(cluster.scheduler_address)
+        ).split_scores
     spread = report.results["is"]
     assert report.to_dict()["engine"]["scheduler"] == "distributed"
-    assert spread.split_scores == pytest.approx(threads.split_scores, rel=1e-13)
-    assert spread.inception_score == pytest.approx(threads.inception_score, rel=1e-13)
-    assert spread.standard_error == pytest.approx(threads.standard_error, rel=1e-10)
+    assert len(spread_splits) == 5
+    assert spread_splits == pytest.approx(threads_splits, rel=1e-13)
+    assert spread["is_split_mean"] == pytest.approx(threads["is_split_mean"], rel=1e-13)
+    assert spread["is_split_std"] == pytest.approx(threads["is_split_std"], rel=1e-10)
+    assert spread["is"] == pytest.approx(threads["is"], rel=1e-13)
+    assert spread["is_standard_error"] == pytest.approx(threads["is_standard_error"], rel=1e-10)
 
 
 # --- the score's range, masked classes, and what is not logits ---------------------------------

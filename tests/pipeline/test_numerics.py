@@ -16,7 +16,7 @@ def _fid(capsys, a, b):
     code = main(["fid", str(a), str(b), "--json", "-q"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    return json.loads(out)["fid"]
+    return json.loads(out)["fid"]["fid"]
 
 
 def test_fewer_rows_than_features_at_the_default_precision(tmp_path, capsys):

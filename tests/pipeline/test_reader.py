@@ -22,7 +22,7 @@ from tests.reference import exact_fid, np_stats
 def _fid_cli(capsys, a, b, *extra):
     code = main(["fid", str(a), str(b), "--json", "-q", *map(str, extra)])
     out, err = capsys.readouterr()
-    return code, (json.loads(out)["fid"] if code == 0 else None), err
+    return code, (json.loads(out)["fid"]["fid"] if code == 0 else None), err
 
 
 def _set_rows(path, rows):
