@@ -42,11 +42,13 @@ def test_an_empty_cache_root_is_refused(tmp_path, weights, home, capsys, monkeyp
     with pytest.raises(ShardevalError, match=r"cache_root.*empty"):
         se.fid(real, gen, weights=weights, cache_root="")
     assert not home.exists()
-    assert main(["fid", real, gen, "--weights", weights, "--cache-root", "", "-q"]) == 2
-    err = capsys.readouterr().err
-    assert "--cache-root" in err
-    assert "empty" in err
-    assert len(err.strip().splitlines()) == 1
+    # the flag is refused as the command line is read: argparse exits 2
+    with pytest.raises(SystemExit) as exited:
+        main(["fid", real, gen, "--weights", weights, "--cache-root", "", "-q"])
+    assert exited.value.code == 2
+    flag_err = capsys.readouterr().err
+    assert "--cache-root" in flag_err
+    assert "empty" in flag_err
     assert not home.exists()
     monkeypatch.setenv("SHARDEVAL_CACHE", "")
     assert main(["kid", real, gen, "--weights", weights, "-q"]) == 2
@@ -55,6 +57,7 @@ def test_an_empty_cache_root_is_refused(tmp_path, weights, home, capsys, monkeyp
     assert "empty" in err
     assert len(err.strip().splitlines()) == 1
     assert not home.exists()
+    assert len(flag_err.strip().splitlines()) == 1, flag_err
 
 
 def _rewrite_keeping_size_and_time(path, seed):
@@ -95,7 +98,7 @@ def test_verify_on_the_metric_commands(tmp_path, weights, home, capsys):
     argv = ["fid", real, gen, "--weights", weights, "--cache-root", options["cache_root"]]
     assert main([*argv, "--verify", "--json", "-q"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["fid"] == pytest.approx(expected, rel=1e-6)
+    assert data["fid"]["fid"] == pytest.approx(expected, rel=1e-6)
     assert {e["checked"] for e in data["feature_cache"]} == {"bytes"}
     assert {e["reused"] for e in data["feature_cache"]} == {True}
     # Every function that takes images takes it.
@@ -131,7 +134,7 @@ def test_bad_images_in_the_metric_commands(tmp_path, weights, home, capsys):
     assert "--skip-bad" in err
     assert main([*argv, "--skip-bad", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["n_gen"] == 3
+    assert data["fid"]["fid_n"] == 3
     (skipped,) = [e for e in data["feature_cache"] if e["skipped"]]
     assert [s["name"] for s in skipped["skipped"]] == ["01.png"]
     assert any("01.png" in w for w in data["warnings"])
@@ -139,6 +142,6 @@ def test_bad_images_in_the_metric_commands(tmp_path, weights, home, capsys):
         out = str(tmp_path / f"{name}.zarr")
         se.extract(str(tmp_path / name[0]), out, weights=weights, skip_bad=True)
     expected = float(se.fid(str(tmp_path / "real.zarr"), str(tmp_path / "gen.zarr")))
-    assert data["fid"] == pytest.approx(expected, rel=1e-9)
+    assert data["fid"]["fid"] == pytest.approx(expected, rel=1e-9)
     report = se.kid(real, gen, weights=weights, cache_root=cache, skip_bad=True)
     assert "01.png" in report.summary()
