@@ -434,7 +434,10 @@ def _side(
     )
     if adm and held:
         side.provenance = {**side.provenance, "statistics": held}
-    side.in_memory = not path and not image
+    # an array passed in memory has no name; an opened store (a job's) keeps its own
+    from shardeval.pipeline.io.stores import FeatureSource
+
+    side.in_memory = not path and not image and not isinstance(x, FeatureSource)
     return side
 
 

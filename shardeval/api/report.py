@@ -67,6 +67,12 @@ def build_report(
             "real statistics": statistics,
             "gen": gen.provenance,
         }
+    for side in sides.values():
+        if side.kind == "statistics" and side.n is None:
+            notes.append(
+                f"{side.location!r} has mu/sigma without n: usable for FID, but it cannot be "
+                "merged with other statistics"
+            )
     made = features_made(made_from, run.cached)
     notes.extend(made.warnings)
     data.update(made.data)
@@ -101,5 +107,7 @@ def _settings(run: Any, instances: Sequence[Any], taken: Sequence[str]) -> dict[
         asked = settings.get("precision", run.settings(["precision"])["precision"])
         by_metric = {m.name: fixed.get(m.name, asked) for m in instances}
         values = set(by_metric.values())
-        settings["precision"] = values.pop() if len(values) == 1 else by_metric
+        # one value when every metric's products are fixed alike; else each metric's
+        alike = len(values) == 1 and all(m.name in fixed for m in instances)
+        settings["precision"] = values.pop() if alike else by_metric
     return settings

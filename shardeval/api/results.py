@@ -103,8 +103,12 @@ class Report(Result):
         shown = [f"metric={self.metric!r}"]
         if self.value is not None:
             shown.append(f"value={self.value:.6g}")
-        for key in _REPR_FIELDS:
-            value = self.data.get(key)
+        first = self.metric.split(",")[0]
+        section = self.data.get(first)
+        fields = {key: self.data.get(key) for key in _REPR_FIELDS}
+        if isinstance(section, dict):  # a metric's section: its sizes, named without prefix
+            fields |= {k: section.get(f"{first}_{k}") for k in ("n", "n_real")}
+        for key, value in fields.items():
             if isinstance(value, int | float | str) and not isinstance(value, bool):
                 shown.append(f"{key}={value!r}")
         return f"Report({', '.join(shown)})"

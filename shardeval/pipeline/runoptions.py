@@ -97,7 +97,9 @@ class Interval:
         if self.low is not None and (number < self.low or (number == self.low and not low_in)):
             return f"expected {self.describe()}, got {value}"
         if self.high is not None and (number > self.high or (number == self.high and not high_in)):
-            return f"expected {self.describe()}, got {value}"
+            # a bound the words leave out (a count's 2^62) is said
+            beyond = "" if self.text is None else f", beyond {self.high:,}"
+            return f"expected {self.describe()}, got {value}{beyond}"
         return None
 
     def parse(self, text: str) -> Any:

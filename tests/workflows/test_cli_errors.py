@@ -201,7 +201,10 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
             "a seed, an integer in [0, 4294967295]",
         ),
         (["fid", "--infinity", "--seed", str(2**64)], "a seed, an integer in [0, 4294967295]"),
-        (["fid", "--shard-rows", "99999999999999999999"], "beyond any count of rows"),
+        (
+            ["fid", "--shard-rows", "99999999999999999999"],
+            "99999999999999999999, beyond 4,611,686,018,427,387,904",
+        ),
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(capsys, store, argv, match):

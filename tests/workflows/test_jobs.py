@@ -237,7 +237,21 @@ def test_history_and_report_commands(job_dir, capsys):
     assert main(["history", history, "--metric", "fid", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["step"] for r in rows] == [1000, 2000, 3000, 9000]
-    fid_outputs = {"fid", "fid_mean_term", "fid_trace_term", "fid_n", "fid_nonfinite_dropped"}
+    fid_outputs = {
+        "fid",
+        "fid_mean_term",
+        "fid_trace_term",
+        "fid_trace_real",
+        "fid_trace_gen",
+        "fid_trace_sqrt_product",
+        "fid_n",
+        "fid_n_real",
+        "fid_nonfinite_dropped",
+        "fid_nonfinite_dropped_real",
+        "fid_eigenvalues_clamped",
+        "fid_clamped_max",
+        "fid_rank_deficit",
+    }
     assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, "stale"}
     assert main(["history", history, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("name,step,tags,")
@@ -381,7 +395,7 @@ def test_job_values_equal_the_commands(job_dir, capsys):
     row = next(r for r in History(job.history).table() if r["name"] == "final")
     real, final = str(job_dir / "real.zarr"), str(job_dir / "final.zarr")
     assert main(["fid", real, final, "--json", "-q"]) == 0
-    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-12)
+    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"]["fid"], rel=1e-12)
     assert main(["stats", real, "-o", str(job_dir / "s.zarr"), "-q"]) == 0
     capsys.readouterr()
     assert main(["nll", "--gaussian", str(job_dir / "s.zarr"), final, "--json", "-q"]) == 0
@@ -418,8 +432,8 @@ def test_a_metric_added_through_the_plug_in_interface_alone(job_dir, capsys):
         outputs = (Output("mean_norm", "units", "‖μ‖ of the entry"),)
         plots = (Plot("Mean norm over steps", "steps", ("mean_norm",), "‖μ‖"),)
 
-        def compute(self, entry, context):
-            moments, _ = context.moments(entry)
+        def compute(self, real, gen, context):
+            moments, _ = gen.moments(context)
             return {"mean_norm": float(np.linalg.norm(moments.mean, ord=self.options["order"]))}
 
     register(MeanNorm)
@@ -525,7 +539,7 @@ def test_image_entries_are_extracted_once_then_evaluated(image_job, capsys, monk
     real, gen = str(image_job / "real.zarr"), str(image_job / "samples-ckpt-200.zarr")
     assert main(["fid", real, gen, "--json", "-q"]) == 0
     assert rows["ckpt-200"]["fid"] == pytest.approx(
-        json.loads(capsys.readouterr().out)["fid"], rel=1e-9
+        json.loads(capsys.readouterr().out)["fid"]["fid"], rel=1e-9
     )
     assert main(["kid", real, gen, "--json", "-q"]) == 0
     assert rows["ckpt-200"]["kid"] == pytest.approx(
@@ -694,7 +708,7 @@ def test_verify_sees_a_reference_rewritten_with_its_sizes_and_times(job_dir, cap
     assert any("other bytes of" in line for line in lines)
     row = next(r for r in History(job.history).table() if r["name"] == "final")
     assert main(["fid", str(store), str(job_dir / "final.zarr"), "--json", "-q"]) == 0
-    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"], rel=1e-12)
+    assert row["fid"] == pytest.approx(json.loads(capsys.readouterr().out)["fid"]["fid"], rel=1e-12)
     assert run_job(load_job(job_dir / "job.toml"), verify=True).computed == []  # bytes recorded
 
 

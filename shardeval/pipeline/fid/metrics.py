@@ -50,7 +50,7 @@ class FID(Metric):
         Output("fid_trace_real", "", "tr Σ_r"),
         Output("fid_trace_gen", "", "tr Σ_g"),
         Output("fid_trace_sqrt_product", "", "tr (Σ_r Σ_g)^½"),
-        Output("fid_n", "rows", "rows of the generated set"),
+        Output("fid_n", "rows", "rows of the generated set (missing: not recorded)", optional=True),
         Output(
             "fid_n_real", "rows", "rows of the reference (missing: not recorded)", optional=True
         ),

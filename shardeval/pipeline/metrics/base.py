@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from shardeval.pipeline.errors import MetricOptionError, NumericalError
-from shardeval.pipeline.runoptions import Flag, Interval, OneOf, RunOptions
+from shardeval.pipeline.runoptions import Flag, Interval, OneOf, RunOptions, Text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,7 +34,8 @@ class Param:
     Attributes:
         name: as written in a job file (``[metrics.NAME] option = value``).
         constraint: what a value must be, in the run options' vocabulary
-            (:class:`~shardeval.pipeline.runoptions.Interval`, ``OneOf``, ``Flag``…).
+            (:class:`~shardeval.pipeline.runoptions.Interval`, ``OneOf``, ``Flag``…), or a
+            plain ``bool``, ``int``, ``float`` (finite) or ``str`` (non-empty).
         default: the value when the option is not given.
         help: one line for the documentation.
         metavar: how the value is shown in a usage line (default: the name in capitals).
@@ -53,6 +54,14 @@ class Param:
     help: str
     metavar: str | None = None
     applies_with: str | None = None
+
+    def __post_init__(self) -> None:
+        # A plain type is the simplest declaration a plug-in can write: any value of it.
+        plain = {bool: Flag(), int: Interval(int, None, None), float: Interval(float, None, None)}
+        if self.constraint is str:
+            object.__setattr__(self, "constraint", Text())
+        elif isinstance(self.constraint, type) and self.constraint in plain:
+            object.__setattr__(self, "constraint", plain[self.constraint])
 
     @property
     def kind(self) -> type:
@@ -284,13 +293,19 @@ class Metric(abc.ABC):
         #: the options as given (the defaults left out): what a copy with another value is
         #: made from
         self.given = dict(options)
-        for name in options:
+        idle: dict[str, list[str]] = {}  # options given without the one they apply with
+        for name in sorted(options):
             needed = known[name].applies_with
             if needed is not None and not self.options[needed]:
-                raise MetricOptionError(
-                    f"«{name}» applies with «{needed}» for {self.name}; "
-                    f"{self.name} without «{needed}» takes no «{name}»"
-                )
+                idle.setdefault(needed, []).append(name)
+        for needed, names in idle.items():
+            listed = ", ".join(f"«{n}»" for n in names)
+            verb = "applies" if len(names) == 1 else "apply"
+            takes = f"no {listed}" if len(names) == 1 else "none of them"
+            raise MetricOptionError(
+                f"{listed} {verb} with «{needed}» for {self.name}; "
+                f"{self.name} without «{needed}» takes {takes}"
+            )
 
     def declines(self) -> dict[str, str]:
         """Run options this instance does not take although its kind does, each with why

@@ -227,7 +227,7 @@ def source_side(
     recomputable: bool = True,
 ) -> SourceSide:
     """The side of a feature source (its description is the report's ``inputs``)."""
-    described = source.describe()
+    described = {"kind": "features", **source.describe()}
     side = SourceSide(
         role,
         source.location,
@@ -248,7 +248,14 @@ def statistics_side(
     role: str, statistics: Gaussian, provenance: Mapping[str, Any] | None = None, shown: str = ""
 ) -> StatisticsSide:
     """The side of statistics alone."""
-    described = {"statistics": statistics.source, "n": statistics.n, **(provenance or {})}
+    described = {
+        "kind": "statistics",
+        "statistics": statistics.source,
+        "n": statistics.n,
+        "d": statistics.d,
+        "mergeable": statistics.mergeable,
+        **(provenance or {}),
+    }
     return StatisticsSide(
         role,
         statistics.source,
