@@ -516,7 +516,7 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
     """The cache entry of images in memory, keyed by their pixels' digest and the encoder's
     settings: reused when complete (no encoder runs), else extracted (see the module's
     description)."""
-    from shardeval.pipeline.images.cache import cache_path
+    from shardeval.pipeline.images.cache import cache_path, make_cache_root
     from shardeval.pipeline.images.extract import ExtractionError, plan_extraction
 
     pixels = image_pixels(x, describe_input(x))
@@ -541,6 +541,7 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
     key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
     path = cache_path(root, key)
     if not _entry_done(path, plan):
+        make_cache_root(root)  # marked as a cache before anything is staged there
         extract_pixels(
             pixels,
             path,

@@ -208,6 +208,7 @@ def _extracted(
         progress=progress,
         content=content,
         log=log,
+        claim_root=False,  # the history's folder, which holds the history and its caches
     )
     if cached.stale:
         log(

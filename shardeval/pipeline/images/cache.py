@@ -24,6 +24,12 @@ Where the folder is: ``cache_root`` when given; else the environment variable
 ``SHARDEVAL_CACHE``; else ``$XDG_CACHE_HOME/shardeval``; else ``~/.cache/shardeval`` (as
 torch hub and Hugging Face place theirs). A job keeps its cache beside its history.
 
+What the folder may be (:func:`check_cache_root`): new, empty, or a feature cache: one that
+holds :data:`CACHE_MARKER` (written when the cache makes the folder, or finds it empty) or
+cache entries (a cache made before the mark). A Zarr store (features, statistics, a run
+history) or a folder inside one, or a folder that holds anything else, is refused before
+anything is written there: the cache never writes into what it did not make.
+
 The rules are extraction's:
 
 * An entry is read only when complete. An unfinished one (a run killed half-way) is finished
@@ -44,10 +50,12 @@ process), since their digest is part of the key.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import os
+import re
 import stat
 import tarfile
 import zipfile
@@ -96,6 +104,12 @@ _GLOB_CHARS = "*?["
 _READ_BLOCK = 1 << 23
 #: Files that make a folder a Zarr store (v3; v2 group, array, attributes).
 _ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+#: The file that marks a folder as a feature cache, written when the cache makes the folder
+#: (or finds it empty): a folder holding other files is never taken for a cache.
+CACHE_MARKER = ".shardeval-feature-cache"
+#: What a cache folder holds besides the mark: entries and their locks, and images in memory
+#: staged as ``.npy`` files for their extraction (``.part`` while being written).
+_CACHE_NAMES = re.compile(r"^(features-[0-9a-f]{32}\.zarr(\.lock)?|\.shardeval-images-[^/]*)$")
 #: Where a POSIX (ustar) or GNU tar header says what it is.
 _TAR_MAGIC_AT, _TAR_MAGIC = 257, b"ustar"
 
@@ -253,14 +267,21 @@ def _hash_image_file(digest: Any, path: str) -> None:
     digest.update(b"\n")
 
 
-def resolve_cache_root(cache_root: str | os.PathLike[str] | None) -> str:
+def resolve_cache_root(cache_root: str | os.PathLike[str] | None, *, check: bool = True) -> str:
     """The cache folder asked for (absolute): ``cache_root``, or :func:`default_cache_root`
-    when it is None; not created here.
+    when it is None; checked to be one a cache may use (:func:`check_cache_root`), not
+    created here.
+
+    Args:
+        cache_root: the folder, or None for the default.
+        check: refuse what is not a feature cache (False: a folder the caller owns and keeps
+            other files in, as a job does beside its history).
 
     Raises:
         ExtractionError: an empty path (given, or in ``SHARDEVAL_CACHE``) or a URL (the cache
             is a local folder).
-        OutputExistsError: the path exists and is not a folder.
+        OutputExistsError: the path exists and is not a folder, or (``check``) is not one a
+            feature cache may use.
     """
     if cache_root is None:
         root = default_cache_root()
@@ -280,22 +301,100 @@ def resolve_cache_root(cache_root: str | os.PathLike[str] | None) -> str:
         raise OutputExistsError(
             f"the feature cache {root!r} exists and is not a folder; pass «cache_root=FOLDER»"
         )
+    if check:
+        check_cache_root(root)
     return root
 
 
-def _make_root(root: str) -> None:
-    """Create the cache folder (and its parents) if missing.
+def check_cache_root(root: str) -> None:
+    """Refuse a folder a feature cache must not write into: a Zarr store (a feature store,
+    statistics, a run history) or a folder inside one, and an existing folder that holds
+    anything but the mark and cache entries without being marked as a cache
+    (:data:`CACHE_MARKER`). A folder that does not exist yet, an empty one, a marked one and
+    an unmarked one of cache entries (made before the mark) are fine.
 
     Raises:
-        OutputExistsError: it cannot be created.
+        OutputExistsError: naming the folder, what it is and what to pass instead.
+    """
+    instead = "pass «cache_root=FOLDER» a new or empty folder, or a feature cache"
+    probe = root
+    while True:
+        if _is_zarr_folder(probe):
+            kind = _zarr_format(probe)
+            where = "is" if probe == root else f"is inside the Zarr store {probe!r}, which is"
+            raise OutputExistsError(
+                f"the feature cache {root!r} {where} a Zarr store"
+                f"{f' (format {kind!r})' if kind else ''}; the cache never writes into a "
+                f"store: {instead}"
+            )
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return  # made when first written to, and marked then
+    except OSError as exc:
+        raise OutputExistsError(
+            f"the feature cache {root!r} cannot be listed ({exc.strerror}); {instead}"
+        ) from exc
+    if not names or CACHE_MARKER in names:
+        return
+    other = [name for name in names if not _CACHE_NAMES.match(name)]
+    if len(other) == len(names):  # not one cache entry among them
+        shown = ", ".join(repr(n) for n in other[:3]) + (", …" if len(other) > 3 else "")
+        raise OutputExistsError(
+            f"the feature cache {root!r} holds other files ({shown}) and is not a feature "
+            f"cache (no {CACHE_MARKER}, no cache entries); the cache never writes among "
+            f"files it did not make: {instead}"
+        )
+
+
+def _zarr_format(path: str) -> str | None:
+    """The ``format`` attribute a Zarr store records (None when none, or unreadable)."""
+    try:
+        import zarr
+
+        kind = zarr.open(path, mode="r", use_consolidated=False).attrs.get("format")
+    except Exception:  # zarr raises many types for a store it cannot open
+        return None
+    return None if kind is None else str(kind)
+
+
+def _make_root(root: str, *, mark: bool = True) -> None:
+    """Create the cache folder (and its parents) if missing; with ``mark``, mark it as a
+    feature cache when it holds nothing yet (:data:`CACHE_MARKER`; an unmarked cache of
+    entries is left as it is: it may be others', read-only here).
+
+    Raises:
+        OutputExistsError: it cannot be created or marked.
     """
     try:
         os.makedirs(root, exist_ok=True)
+        if mark and not os.listdir(root):
+            marker = os.path.join(root, CACHE_MARKER)
+            # FileExistsError: a concurrent run marked it.
+            with contextlib.suppress(FileExistsError), open(marker, "x", encoding="utf-8") as fh:
+                fh.write(
+                    "A shardeval feature cache: features-<key>.zarr entries of image sources, "
+                    "and their locks.\n"
+                )
     except OSError as exc:
         raise OutputExistsError(
             f"the feature cache {root!r} cannot be created ({exc.strerror}); pass "
             "«cache_root=FOLDER» a folder this process can write"
         ) from exc
+
+
+def make_cache_root(root: str) -> None:
+    """Create the cache folder :func:`resolve_cache_root` gave, marked as a feature cache
+    when new or empty, before anything is written into it.
+
+    Raises:
+        OutputExistsError: it cannot be created or marked.
+    """
+    _make_root(root)
 
 
 def _check_outside(root: str, source: ImageSource) -> None:
@@ -421,6 +520,7 @@ def fill_cache(
     progress: Progress | None = None,
     content: str | None = None,
     log: Callable[[str], None] | None = None,
+    claim_root: bool = True,
 ) -> CachedFeatures:
     """The features of a listed image source: a complete entry of the cache, reused, or
     extracted (finished, for an entry a killed run left unfinished) and then used.
@@ -442,21 +542,25 @@ def fill_cache(
             one the entry recorded and to record; None: the listing decides alone.
         log: called with a notice when this call waits for another run that holds the
             entry's lock (writing it).
+        claim_root: check that ``cache_root`` is a feature cache, new or empty
+            (:func:`check_cache_root`), and mark it one; False for a folder the caller owns
+            and keeps other files in (a job's, beside its history).
 
     Returns:
         The entry and what was done (:class:`CachedFeatures`).
 
     Raises:
-        OutputExistsError: the cache is a file, cannot be created, or is inside the images;
-            the entry's place holds something that is not ours for this key.
+        OutputExistsError: the cache is a file, cannot be created, is inside the images, or
+            (``claim_root``) is not a folder a cache may use; the entry's place holds
+            something that is not ours for this key.
         ExtractionError: ``cache_root`` is empty or a URL; the images changed while they
             were extracted; every image was skipped.
         ImageSourceError, ImageError, EncoderSetupError, EngineError, ClusterError: as
             :func:`~shardeval.pipeline.images.extract.extract_features`.
     """
-    root = resolve_cache_root(cache_root)
+    root = resolve_cache_root(cache_root, check=claim_root)
     _check_outside(root, source)  # before anything is created there
-    _make_root(root)
+    _make_root(root, mark=claim_root)
     key = cache_key(source, plan, skip_bad=skip_bad)
     path = cache_path(root, key)
     attrs = _existing_entry(path, _settings(source, plan, skip_bad))
