@@ -540,14 +540,21 @@ def _open_part(part: str) -> tuple[IO[bytes], bool]:
 
 
 @contextlib.contextmanager
-def _locked_part(part: str) -> Iterator[tuple[IO[bytes], bool]]:
+def _locked_part(part: str, made: list[str]) -> Iterator[tuple[IO[bytes], bool]]:
     """The partial file, created if missing, opened for reading and writing and held under
     an exclusive lock, and whether this call created it; a partial file another run put in
-    place or removed while this one waited is opened anew."""
+    place or removed while this one waited is opened anew, and its folder made again (adding
+    to ``made``) when that run, having made it, removed it empty."""
     import fcntl
 
     while True:
-        fh, created = _open_part(part)
+        try:
+            fh, created = _open_part(part)
+        except FileNotFoundError:
+            if os.path.isdir(os.path.dirname(part)):
+                raise
+            made.extend(_make_folder(os.path.dirname(part)))
+            continue
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
@@ -685,7 +692,7 @@ def fetch(
         raise FetchError(_not_ours(item, part, what if what != "a file" else _HARD_LINK))
     partial: _Partial | None = None
     try:
-        with _locked_part(part) as (fh, made):
+        with _locked_part(part, created) as (fh, made):
             try:
                 partial = _Partial(fh)
                 here = look_in_place(item)
@@ -892,6 +899,24 @@ def _user_agent() -> str:
         return "shardeval"
 
 
+def _read(response: Any, count: int) -> tuple[bytes, BaseException | None]:
+    """Up to ``count`` bytes of a body (fewer at its end), and the failure that stopped the
+    reading early (a connection silent past the timeout, or cut), if any, with the bytes that
+    arrived before it: a stalled server's last bytes are kept, and the message counts them."""
+    parts: list[bytes] = []
+    got = 0
+    while got < count:
+        try:
+            part = response.read1(count - got)
+        except (OSError, http.client.HTTPException) as exc:
+            return b"".join(parts), exc
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts), None
+
+
 def _transfer(
     item: Artifact,
     source: str,
@@ -972,14 +997,11 @@ def _transfer(
         received = 0
         written_from: tuple[int, Any] | None = None  # size and digest before this body's writes
         compared = hashlib.sha256()  # of the server's bytes that agree with the partial file
-        while True:
-            try:
-                block = response.read(min(_CHUNK, wanted - received) if received < wanted else 1)
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Transient(
-                    f"the transfer from {source} was cut at {_size(start + received)} "
-                    f"({type(exc).__name__})"
-                ) from None
+        failed: BaseException | None = None
+        while failed is None:
+            block, failed = _read(
+                response, min(_CHUNK, wanted - received) if received < wanted else 1
+            )
             if not block:
                 break
             if received >= wanted:
@@ -1019,6 +1041,11 @@ def _transfer(
                 partial.append(rest)
             if progress is not None:
                 progress(start + received, item.size)
+        if failed is not None:  # what arrived before it is written: the next try resumes
+            raise _Transient(
+                f"the transfer from {source} was cut at {_size(start + received)} "
+                f"({type(failed).__name__})"
+            )
         if expected is not None and received < expected:
             raise _Transient(
                 f"{source} sent {_size(start + received)} of the "
