@@ -250,11 +250,20 @@ def features(
 
     if isinstance(x, FeatureSource):
         return x
-    if is_path(x):
+    if isinstance(x, ExtractedImages):
+        from shardeval.pipeline.images.cache import check_rows
+
         source = open_features(
+            x.path, array_name=array, shard_rows=shard_rows, min_rows=0, ndims=ndims
+        )
+        # Too few rows are too few decodable images: named by the images, not the entry.
+        left_out = len(source.attrs.get("skipped") or ())
+        check_rows(source.n, x.given, left_out, x.path, min_rows)
+        return replace(source, given=x.given)
+    if is_path(x):
+        return open_features(
             os.fspath(x), array_name=array, shard_rows=shard_rows, min_rows=min_rows, ndims=ndims
         )
-        return replace(source, given=x.given) if isinstance(x, ExtractedImages) else source
     location = describe_input(x)
     if is_statistics(x):
         raise StoreError(

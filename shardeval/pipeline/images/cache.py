@@ -142,10 +142,40 @@ class CachedFeatures:
 
         Raises:
             StoreError: the entry is incomplete or damaged (another run rewriting it).
+            ShapeError: fewer than 2 images gave features (the others left out with
+                ``skip_bad``), named by the images, not the entry.
         """
         from shardeval.pipeline.io.stores import open_features
 
-        return open_features(self.path, array_name=FEATURES_ARRAY)
+        source = open_features(self.path, array_name=FEATURES_ARRAY, min_rows=0)
+        check_rows(source.n, self.images, self.extraction.skipped, self.path)
+        return source
+
+
+def check_rows(
+    rows: int,
+    images: str,
+    skipped: tuple[tuple[str, str], ...] | int,
+    entry: str,
+    min_rows: int = 2,
+) -> None:
+    """Refuse features of fewer than ``min_rows`` images (2 for a covariance), naming the
+    images and how many were left out as unreadable (``skip_bad``), not the cache entry
+    alone.
+
+    Raises:
+        ShapeError: naming the images.
+    """
+    from shardeval.pipeline.errors import ShapeError
+
+    if rows >= min_rows:
+        return
+    left_out = skipped if isinstance(skipped, int) else len(skipped)
+    why = f" ({left_out} left out as unreadable with «skip_bad»)" if left_out else ""
+    raise ShapeError(
+        f"the images {images!r} gave {rows} decodable image{'' if rows == 1 else 's'}{why}; at "
+        f"least {min_rows} are needed (their features: cache entry {entry!r})"
+    )
 
 
 def default_cache_root() -> str:
