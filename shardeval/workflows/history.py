@@ -112,9 +112,18 @@ def provenance_variable(metric: str) -> str:
 
 
 #: Keys of ``METRIC.provenance`` that a reader compares with the inputs as they are now (the
-#: listing digest of a local store and of a local reference, as computed), to tell a stale
-#: result (:meth:`History.table`).
-LISTINGS = ("store_listing", "reference_listing")
+#: listing digest of a local store and of a local reference, as computed; for image sources,
+#: their listing as the feature cache keys them), to tell a stale result (:meth:`History.table`).
+LISTINGS = ("store_listing", "reference_listing", "images_listing", "reference_images_listing")
+
+#: Per key of :data:`LISTINGS`: the row's column naming the input, how a stale mark names it,
+#: and whether it is a source of images (listed as images) or a store (listed as files).
+_LISTED = (
+    ("store_listing", "store", "its store", False),
+    ("reference_listing", "reference", "its reference", False),
+    ("images_listing", "store", "its images", True),
+    ("reference_images_listing", "reference", "its reference's images", True),
+)
 
 
 def _metric_provenance(
@@ -179,31 +188,37 @@ def _stale(
         return "computed against another reference, or an earlier version of it"
     if listings is None:
         return ""
-    for key, column, what in (
-        ("store_listing", "store", "its store"),
-        ("reference_listing", "reference", "its reference"),
-    ):
+    for key, column, what, images in _LISTED:
         if key not in recorded or column not in ds.variables:
             continue
-        now = _listing_now(str(ds[column].values[i]), listings)
+        now = _listing_now(str(ds[column].values[i]), listings, images)
         if now is None:
             return f"{what} {ds[column].values[i]} is no longer there"
         if now != recorded[key]:
+            if images:
+                return f"{what} changed since (images added, removed or rewritten)"
             return f"{what} changed since (its files are not those it was computed on)"
     return ""
 
 
-def _listing_now(location: str, cache: dict[str, str | None]) -> str | None:
-    """The listing digest of a local store now (None when it is gone); cached per call."""
-    from shardeval.pipeline.errors import StoreError
+def _listing_now(location: str, cache: dict[str, str | None], images: bool = False) -> str | None:
+    """The listing digest of a local store now, or (``images``) the listing of a source of
+    images as the feature cache keys it (None when it is gone); cached per call."""
+    from shardeval.pipeline.errors import ShardevalError
     from shardeval.pipeline.io.fingerprint import listing_digest
 
-    if location not in cache:
+    cached = f"images:{location}" if images else location
+    if cached not in cache:
         try:
-            cache[location] = listing_digest(location)
-        except (StoreError, OSError):
-            cache[location] = None
-    return cache[location]
+            if images:
+                from shardeval.pipeline.images.sources import open_images
+
+                cache[cached] = open_images(location).fingerprint
+            else:
+                cache[cached] = listing_digest(location)
+        except (ShardevalError, OSError):
+            cache[cached] = None
+    return cache[cached]
 
 
 def _other_kind(where: str) -> tuple[str, str] | None:

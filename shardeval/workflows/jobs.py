@@ -348,9 +348,12 @@ def run_job(
     for i, entry in enumerate(job.entries, start=1):
         entry_bytes = _entry_bytes(entry.store, prepared.images.get(entry.name)) if verify else None
         listings = {"reference_listing": prepared.reference_listing}
+        if prepared.reference_images is not None:
+            listings["reference_images_listing"] = prepared.reference_images.fingerprint
         if entry.images:
             digest = prepared.digests[entry.name]
             settings = _identity(prepared.extraction) if prepared.extraction else ()
+            listings["images_listing"] = prepared.images[entry.name].fingerprint
         else:
             digest = listing_digest(entry.store)
             settings = ()
