@@ -78,6 +78,9 @@ class HistoryRow:
         seconds: wall time of the entry's metrics.
         created: when the entry finished (UTC, ISO 8601).
         content_digest: digest of the store's bytes, when ``--verify`` computed it.
+        made_by: how the entry's features were made (JSON of
+            :func:`shardeval.workflows.madeby.record_of`; "" when not recorded).
+        reference_made_by: how its reference's features were made (the same).
     """
 
     name: str
@@ -93,6 +96,8 @@ class HistoryRow:
     seconds: float
     created: str
     content_digest: str = ""
+    made_by: str = ""
+    reference_made_by: str = ""
 
 
 PROVENANCE = tuple(f.name for f in fields(HistoryRow))
@@ -162,6 +167,16 @@ def _recorded(ds: Any, metric: str, i: int) -> dict[str, Any]:
     except ValueError:
         return {}
     return recorded if isinstance(recorded, dict) else {}
+
+
+def _made(ds: Any, variable: str, i: int) -> dict[str, Any] | None:
+    """How row ``i``'s features (or its reference's) were made, the weights' status decided
+    now; None where the run recorded nothing (a history written before it did)."""
+    from shardeval.workflows import madeby
+
+    if variable not in ds.variables:
+        return None
+    return madeby.shown(madeby.loads(ds[variable].values[i]))
 
 
 def _value(value: Any, output: dict[str, Any]) -> Any:
@@ -481,7 +496,9 @@ class History:
     ) -> list[dict[str, Any]]:
         """Rows as dicts, ordered by step: the entry's name, step, tags and when its results
         were computed, then every scalar result (of one metric only when ``metric`` is given),
-        then which results are stale.
+        then how the entry's features and its reference's were made (``features_made_by``,
+        ``reference_made_by``: :func:`shardeval.workflows.madeby.shown`, None where not
+        recorded), then which results are stale.
 
         Values: a count (an output in ``rows``) is an int; ±inf stays a float; a value never
         computed, or not asked for, is None. ``created`` is, with ``metric``, when that
@@ -530,6 +547,8 @@ class History:
                 for m in shown:
                     has = any(row.get(o["name"]) is not None for o in declared[m]["outputs"])
                     row[f"{m}.created"] = recorded[m].get("created", created) if has else None
+            row["features_made_by"] = _made(ds, "made_by", i)
+            row["reference_made_by"] = _made(ds, "reference_made_by", i)
             row["stale"] = {
                 m: why
                 for m in shown

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,13 @@ from shardeval.pipeline.io.provenance import now_iso
 from shardeval.pipeline.metrics import Context, Metric, Reference
 from shardeval.workflows.history import History, HistoryRow
 from shardeval.workflows.jobfile import Job, JobError, load_job
+from shardeval.workflows.madeby import (
+    ProvenanceWarning,
+    listed,
+    made_of,
+    record_of,
+    warnings_of,
+)
 
 if TYPE_CHECKING:
     from shardeval.pipeline.core.engine import Engine, Progress
@@ -27,7 +35,7 @@ if TYPE_CHECKING:
     from shardeval.pipeline.images.sources import ImageSource
     from shardeval.pipeline.io.stores import FeatureSource
 
-__all__ = ["JobError", "RunSummary", "load_job", "reference_of", "run_job"]
+__all__ = ["JobError", "ProvenanceWarning", "RunSummary", "load_job", "reference_of", "run_job"]
 
 
 @dataclass
@@ -345,6 +353,8 @@ def run_job(
     declarations = job.declarations()
     digests = {name: job.metric_digest(name) for name in job.metrics}
     engine_text = json.dumps(engine.describe(), sort_keys=True)
+    reference_made = _reference_made_by(job, reference) if compared else {}
+    made_rows: list[dict[str, Any]] = []  # how this run's entries were made, for its warnings
     for i, entry in enumerate(job.entries, start=1):
         entry_bytes = _entry_bytes(entry.store, prepared.images.get(entry.name)) if verify else None
         listings = {"reference_listing": prepared.reference_listing}
@@ -390,8 +400,19 @@ def run_job(
             else prepared.sources[entry.name]
         )
         values = _computed_values(wanted, source, reference, engine, progress, job)
-        row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
         made_by = _made_by(source)
+        row = HistoryRow(
+            **{
+                **vars(row),
+                "seconds": time.perf_counter() - t0,
+                "created": now_iso(),
+                "made_by": json.dumps(made_by, sort_keys=True),
+                "reference_made_by": json.dumps(reference_made, sort_keys=True),
+            }
+        )
+        made_rows.append(
+            {"name": entry.name, "features_made_by": made_by, "reference_made_by": reference_made}
+        )
         computed = {n: digests[n] for n in wanted}
         history.append(row, values, declarations, prepared.d, computed, made_by, listings)
         summary.computed.append(entry.name)
@@ -400,8 +421,50 @@ def run_job(
         kept = [name for name in job.metrics if name in done]
         already = f" ({', '.join(kept)} already in the history)" if kept else ""
         log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
+    for warned in _run_warnings(made_rows, reference_made if compared else None):
+        warnings.warn(warned, ProvenanceWarning, stacklevel=2)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _reference_made_by(job: Job, reference: Reference) -> dict[str, Any]:
+    """How the reference's features were made, as the history records it per entry (see
+    :func:`_made_by`); statistics say it in their attributes, a reference batch by what it
+    is."""
+    if reference.source is not None:
+        return _made_by(reference.source)
+    if job.reference_stats:
+        from shardeval.pipeline.io.statsio import stats_provenance
+
+        return record_of(stats_provenance(job.reference_stats))
+    return {}
+
+
+def _run_warnings(rows: list[dict[str, Any]], reference: dict[str, Any] | None) -> list[str]:
+    """What a run warns of: weights that are not the published file (one warning per file,
+    naming the reference and the entries made with it), entries of one series made
+    differently, and entries made differently from their reference."""
+    from shardeval.pipeline.images.provenance import weights_warning
+
+    sides = ([("", reference)] if reference else []) + [
+        (str(row["name"]), row["features_made_by"]) for row in rows
+    ]
+    same: dict[tuple[Any, ...], list[str]] = {}
+    for name, record in sides:
+        made = made_of(record)
+        if made is not None:
+            way = (made.encoder, made.weights_digest, made.weights_status, made.weights_file)
+            same.setdefault(way, []).append(name)
+    out = []
+    for names in same.values():
+        entries = [n for n in names if n]
+        roles = ["the reference"] if "" in names else []
+        if entries:
+            roles.append(f"entr{'y' if len(entries) == 1 else 'ies'} {listed(entries)}")
+        warned = weights_warning(" and ".join(roles), made_of(dict(sides)[names[0]]))
+        if warned is not None:
+            out.append(warned)
+    return out + warnings_of(rows)
 
 
 def _made_by(source: FeatureSource) -> dict[str, Any]:

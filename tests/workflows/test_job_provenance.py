@@ -1,6 +1,10 @@
-"""Jobs of image inputs: results of images changed since they were computed are marked stale."""
+"""Jobs of image inputs: results of images changed since they were computed are marked stale;
+each entry records how its features (and its reference's) were made, `history` and the report
+show it per entry and warn when entries of one series, or an entry and its reference, were
+made differently, and a run says when its weights are not the published file."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -8,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shardeval.workflows import htmlreport
 from shardeval.workflows.cli import main
 from shardeval.workflows.htmlreport import write_report
 from shardeval.workflows.jobs import load_job, run_job
@@ -67,3 +72,76 @@ def test_images_changed_since_the_run_are_marked_stale(image_job, capsys, rng):
     # A run computes them again, and they describe their images.
     assert run_job(load_job(image_job / "job.toml")).computed == ["ckpt-100", "ckpt-200"]
     assert all(not r["stale"] for r in _history_json(capsys, job.history).values())
+
+
+def _job(folder, name, entry, resize, reference='images = "real"'):
+    text = (
+        IMAGE_JOB.replace(
+            'images = "samples/ckpt-*"',
+            f'images = "samples/{entry}"\nstep = {entry.split("-")[1]}',
+        )
+        .replace('images = "real"', reference)
+        .replace("[extract]", f'[extract]\nresize = "{resize}"')
+    )
+    (folder / name).write_text(text)
+    return load_job(folder / name)
+
+
+def test_entries_made_differently_are_shown_and_warned_of(image_job, capsys, monkeypatch):
+    first = _job(image_job, "a.toml", "ckpt-100", "legacy-pytorch")
+    second = _job(image_job, "b.toml", "ckpt-200", "clean")
+    run_job(first)
+    run_job(second)
+    rows = _history_json(capsys, first.history)
+    made = {name: rows[name]["features_made_by"] for name in ("ckpt-100", "ckpt-200")}
+    assert made["ckpt-100"]["resize"] == "legacy-pytorch"
+    assert made["ckpt-200"]["resize"] == "clean"
+    for name in made:
+        assert made[name]["weights_digest"].startswith("sha256:")
+        assert made[name]["weights_status"] == "not published"
+        # Each entry's reference was extracted with its job's settings.
+        assert rows[name]["reference_made_by"]["resize"] == made[name]["resize"]
+    assert main(["history", first.history]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"features made by .*resize legacy-pytorch.*: ckpt-100\n", out)
+    assert re.search(r"features made by .*resize clean.*: ckpt-200\n", out)
+    assert re.search(r"warning: entries ckpt-100 and ckpt-200 .*made differently \(resize", out)
+    drawn = []
+    monkeypatch.setattr(htmlreport, "_png", lambda fig: drawn.append(fig) or "")
+    page, md = write_report(first.history, str(image_job / "report.html"))
+    text = Path(md).read_text(encoding="utf-8")
+    warned = [line for line in text.splitlines() if "made differently" in line]
+    assert len(warned) == 1, text
+    assert "resize legacy-pytorch (ckpt-100) and clean (ckpt-200)" in warned[0]
+    entries = [line for line in text.splitlines() if line.startswith("| ckpt-")]
+    assert "resize legacy-pytorch" in entries[0]
+    assert "resize clean" in entries[1]
+    assert "made differently" in Path(page).read_text(encoding="utf-8")
+    # Over the steps, the two are points of their own, never one line.
+    steps = next(f for f in drawn if f.axes[0].get_xlabel() == "training step")
+    lines = steps.axes[0].get_lines()
+    assert sorted(tuple(line.get_xdata()) for line in lines) == [(100,), (200,)]
+    assert "legacy-pytorch" in lines[0].get_label()
+    assert "clean" in lines[1].get_label()
+
+
+def test_an_entry_made_differently_from_its_reference_is_warned_of(image_job, capsys):
+    real = str(image_job / "real.zarr")
+    argv = ["extract", str(image_job / "real"), "-o", real, "-q"]
+    assert main([*argv, "--weights", str(image_job / "inception.pth")]) == 0
+    job = _job(image_job, "c.toml", "ckpt-200", "clean", 'store = "real.zarr"')
+    run_job(job)
+    rows = _history_json(capsys, job.history)
+    assert rows["ckpt-200"]["reference_made_by"]["resize"] == "legacy-pytorch"
+    _, md = write_report(job.history, str(image_job / "report.html"))
+    text = Path(md).read_text(encoding="utf-8")
+    (warned,) = [line for line in text.splitlines() if "made differently" in line]
+    assert "ckpt-200 and its reference" in warned
+    assert "resize clean and legacy-pytorch" in warned
+
+
+def test_a_run_with_weights_that_are_not_the_published_file_says_so(image_job, capsys):
+    shutil.rmtree(image_job / "samples" / "ckpt-100")
+    assert main(["run", str(image_job / "job.toml")]) == 0
+    err = capsys.readouterr().err
+    assert "not the published weights: not comparable with papers" in err

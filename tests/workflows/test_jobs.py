@@ -238,7 +238,8 @@ def test_history_and_report_commands(job_dir, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["step"] for r in rows] == [1000, 2000, 3000, 9000]
     fid_outputs = {"fid", "fid_mean_term", "fid_trace_term", "fid_n", "fid_nonfinite_dropped"}
-    assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, "stale"}
+    made = {"features_made_by", "reference_made_by"}
+    assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, *made, "stale"}
     assert main(["history", history, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("name,step,tags,")
     assert main(["report", history, "-o", str(job_dir / "r.html")]) == 0
