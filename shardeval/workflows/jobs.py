@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardeval._words import marked
+from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.io.provenance import now_iso
 from shardeval.pipeline.metrics import Context, Metric, Reference
 from shardeval.workflows.history import History, HistoryRow
@@ -88,14 +90,15 @@ def _prepare(job: Job) -> _Prepared:
     uses_images = (compared and job.reference_images is not None) or any(
         e.images for e in job.entries
     )
-    settings = {k: v for k, v in job.extract.items() if k != "batch_size"}
+    settings = {k: v for k, v in job.extract.items() if k not in ("batch_size", "skip_bad")}
     extraction = plan_extraction(**settings) if uses_images else None
+    skip_bad = bool(job.extract.get("skip_bad"))
 
     def image_digest(source: ImageSource) -> str:
         if extraction is None:  # unreachable: image inputs plan an extraction
             raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
         _check_outside(job, source)
-        return cache_key(source, extraction)
+        return cache_key(source, extraction, skip_bad=skip_bad)
 
     reference_images = None
     d: int | None = None
@@ -206,18 +209,27 @@ def _extracted(
     if extraction is None:  # unreachable: image inputs plan an extraction
         raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
     set_in_this_process(engine, job.device)
-    cached = fill_cache(
-        source,
-        extraction,
-        cache_root=_cache_root(job),
-        batch_size=job.extract.get("batch_size"),
-        device=job.device,
-        engine=engine,
-        progress=progress,
-        content=content,
-        log=log,
-        claim_root=False,  # the history's folder, which holds the history and its caches
-    )
+    try:
+        cached = fill_cache(
+            source,
+            extraction,
+            cache_root=_cache_root(job),
+            batch_size=job.extract.get("batch_size"),
+            device=job.device,
+            skip_bad=bool(job.extract.get("skip_bad")),
+            engine=engine,
+            progress=progress,
+            content=content,
+            log=log,
+            claim_root=False,  # the history's folder, which holds the history and its caches
+        )
+        opened = cached.open()
+    except ShardevalError as exc:
+        if "«skip_bad" not in marked(exc):
+            raise
+        # A job takes skip_bad in its [extract] table, not as an option of `run`.
+        words = marked(exc).replace("«skip_bad=True»", "skip_bad = true in [extract]")
+        raise JobError(f"{job.path}: {words.replace('«skip_bad»', '[extract] skip_bad')}") from exc
     if cached.stale:
         log(
             f"{cached.path}: extracted again in its place (made from other bytes of "
@@ -230,7 +242,16 @@ def _extracted(
             f"extracted {cached.extraction.rows:,} images of {source.location} "
             f"({extraction.encoder}, {cached.extraction.computed} chunks) -> {cached.path}"
         )
-    return cached.open()
+    skipped = cached.extraction.skipped
+    if skipped:
+        more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        warnings.warn(
+            f"{len(skipped)} image(s) of {source.location} left out as unreadable ([extract] "
+            f"skip_bad): {skipped[0][1]}{more}",
+            ProvenanceWarning,
+            stacklevel=2,
+        )
+    return opened
 
 
 def _reference_location(job: Job) -> str:

@@ -1,7 +1,8 @@
 """Jobs of image inputs: results of images changed since they were computed are marked stale;
 each entry records how its features (and its reference's) were made, `history` and the report
 show it per entry and warn when entries of one series, or an entry and its reference, were
-made differently, and a run says when its weights are not the published file."""
+made differently; [extract] takes random weights and skip_bad as the metric commands do, and a
+run says when its weights are not the published file."""
 
 import json
 import re
@@ -14,8 +15,9 @@ from PIL import Image
 
 from shardeval.workflows import htmlreport
 from shardeval.workflows.cli import main
+from shardeval.workflows.history import History
 from shardeval.workflows.htmlreport import write_report
-from shardeval.workflows.jobs import load_job, run_job
+from shardeval.workflows.jobs import JobError, load_job, run_job
 from tests.workflows.test_jobs import IMAGE_JOB
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*covariance is singular")
@@ -140,8 +142,78 @@ def test_an_entry_made_differently_from_its_reference_is_warned_of(image_job, ca
     assert "resize clean and legacy-pytorch" in warned
 
 
+@pytest.mark.parametrize("weights", ["random", "random:3"])
+def test_extract_takes_random_weights_and_the_run_says_so(image_job, capsys, weights):
+    shutil.rmtree(image_job / "samples" / "ckpt-100")
+    text = IMAGE_JOB.replace('weights = "inception.pth"', f'weights = "{weights}"')
+    (image_job / "random.toml").write_text(text)
+    assert main(["run", str(image_job / "random.toml")]) == 0
+    err = capsys.readouterr().err
+    assert "features made with random weights" in err
+    seed = weights.partition(":")[2] or "0"
+    rows = _history_json(capsys, str(image_job / "runs" / "history.zarr"))
+    assert rows["ckpt-200"]["features_made_by"]["weights_digest"] == f"random:{seed}"
+    assert rows["ckpt-200"]["features_made_by"]["weights_status"] == "random"
+    # A file named random is a path: ./random.
+    text = IMAGE_JOB.replace('weights = "inception.pth"', 'weights = "./random"')
+    (image_job / "file.toml").write_text(text)
+    with pytest.raises(JobError, match=r"extract.weights: '.*/random' does not exist"):
+        load_job(image_job / "file.toml")
+
+
+@pytest.mark.parametrize("weights", ["random:", "random:-1", "random:x", f"random:{2**63}"])
+def test_random_weights_of_a_bad_seed_are_refused_when_the_job_is_read(tmp_path, weights, rng):
+    for folder in ("real", "samples/ckpt-1"):
+        (tmp_path / folder).mkdir(parents=True)
+        _png(tmp_path / folder / "0.png", rng)
+    text = IMAGE_JOB.replace('weights = "inception.pth"', f'weights = "{weights}"')
+    (tmp_path / "job.toml").write_text(text)
+    with pytest.raises(JobError) as refused:
+        load_job(tmp_path / "job.toml")
+    message = str(refused.value)
+    assert f"extract.weights: {weights!r} is not random weights of a seed" in message
+    assert '"random:SEED"' in message
+    assert "«" not in message
+
+
 def test_a_run_with_weights_that_are_not_the_published_file_says_so(image_job, capsys):
     shutil.rmtree(image_job / "samples" / "ckpt-100")
     assert main(["run", str(image_job / "job.toml")]) == 0
     err = capsys.readouterr().err
     assert "not the published weights: not comparable with papers" in err
+
+
+def test_skip_bad_in_extract_leaves_undecodable_images_out(image_job, capsys, rng):
+    shutil.rmtree(image_job / "samples" / "ckpt-100")
+    bad = image_job / "samples" / "ckpt-200" / "05.png"
+    bad.write_bytes(b"not an image")
+    assert main(["run", str(image_job / "job.toml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err
+    assert "skip_bad = true in [extract]" in err
+    text = IMAGE_JOB.replace("[extract]", "[extract]\nskip_bad = true")
+    (image_job / "skip.toml").write_text(text)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) of .*ckpt-200 left out") as warned:
+        run_job(load_job(image_job / "skip.toml"))
+    assert any(str(bad) in str(w.message) for w in warned)
+    rows = _history_json(capsys, str(image_job / "runs" / "history.zarr"))
+    assert rows["ckpt-200"]["fid_n"] == 6
+    (image_job / "typed.toml").write_text(text.replace("skip_bad = true", 'skip_bad = "yes"'))
+    with pytest.raises(JobError, match=r"extract\.skip_bad must be true or false"):
+        load_job(image_job / "typed.toml")
+
+
+def test_too_few_decodable_images_name_the_images_not_the_cache(image_job, capsys):
+    shutil.rmtree(image_job / "samples" / "ckpt-100")
+    folder = image_job / "samples" / "ckpt-200"
+    for image in sorted(folder.iterdir())[1:]:
+        image.write_bytes(b"not an image")
+    text = IMAGE_JOB.replace("[extract]", "[extract]\nskip_bad = true")
+    (image_job / "skip.toml").write_text(text)
+    assert main(["run", str(image_job / "skip.toml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert str(folder) in err
+    assert "row(s)" not in err
+    assert "gave 1 decodable image (6 left out as unreadable with [extract] skip_bad)" in err
+    assert History(str(image_job / "runs" / "history.zarr")).load() is None
