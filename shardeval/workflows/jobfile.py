@@ -267,7 +267,7 @@ def _random_weights(where: str, weights: str) -> bool:
     seed = weights.removeprefix("random:")
     if not seed.isdigit() or int(seed) >= 2**63:  # numpy's and torch's seeds: 63 bits
         raise JobError(
-            f"{where}: {weights!r} is not random weights of a seed: give \"random\" (seed 0), "
+            f'{where}: {weights!r} is not random weights of a seed: give "random" (seed 0), '
             '"random:SEED" with SEED a non-negative integer, or "./random" for a file so named'
         )
     return True
