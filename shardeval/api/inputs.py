@@ -489,7 +489,7 @@ def extract_pixels(
             result = extract_features(
                 staged,
                 output,
-                encoder=plan.encoder,
+                encoder=plan.encoder_spec,
                 weights=plan.weights,
                 resize=plan.resize,
                 batch_size=batch_size,
@@ -537,6 +537,8 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
         plan.encoder,
         plan.digest,
         plan.resize,
+        # a user's encoder (its name says it too): the source; registered ones keep their keys
+        *([] if plan.source == "shardeval" else [plan.source]),
     ]
     key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
     path = cache_path(root, key)

@@ -238,18 +238,19 @@ class _Batches:
         sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
     ) -> None:
         from shardeval._words import marked
-        from shardeval.kernels.encoders import ENCODERS, EncoderError, resolve_resize
+        from shardeval.kernels.encoders import EncoderError, resolve_encoder
         from shardeval.pipeline.images.extract import DEFAULT_BATCH_SIZE, EncoderSetupError
 
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        try:
-            resolve_resize(encoder, resize)  # the names now; the weights at the first image
+        try:  # the encoder now (a module's digest once); its weights at the first image
+            spec = resolve_encoder(encoder)
+            spec.resolve_resize(resize)
         except EncoderError as exc:
             raise EncoderSetupError(marked(exc)) from exc
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionError(f"«batch_size» must be a positive integer, got {batch_size!r}")
-        self._encoder = (encoder, weights, resize, batch_size)
-        self.feature_extractor = ENCODERS[encoder].feature_extractor
+        self._encoder = (spec, weights, resize, batch_size)
+        self.feature_extractor = spec.feature_extractor
         self.encoded = False  # some rows came from the encoder
         self._plan: Any = None
         self._calls = 0
@@ -361,8 +362,10 @@ class _Batches:
         if self._plan is None:
             self._plan = plan_extraction(name, weights, resize)
         plan = self._plan
+        # A module given in Python runs where its tensors are (the batch is moved there).
+        where = "auto" if plan.source == "python" else device
         model: Encoder = cached_encoder(
-            plan.encoder, plan.weights, plan.digest, device, plan.resize
+            plan.encoder_spec, plan.weights, plan.digest, where, plan.resize
         )
         self.encoded = True
         return torch.from_numpy(model.encode(list(pixels), batch_size))

@@ -113,7 +113,8 @@ def _prepare(job: Job) -> _Prepared:
     images = {e.name: open_images(e.store) for e in job.entries if e.images}
     digests = {name: image_digest(source) for name, source in images.items()}
     dims = {name: s.d for name, s in sources.items()}
-    dims.update({name: extraction.dim for name in images if extraction is not None})
+    if extraction is not None and extraction.dim is not None:  # else the entries decide
+        dims.update(dict.fromkeys(images, extraction.dim))
     if d is None:  # no reference: the entries agree among themselves
         d = dims[job.entries[0].name]
         other = {name: dim for name, dim in dims.items() if dim != d}

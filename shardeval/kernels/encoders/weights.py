@@ -12,24 +12,34 @@ the caches the reference tools use:
 * the ViTs: the Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
   ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``), one model snapshot.
 
-Nothing here imports torch except :func:`read_state_dict`.
+Which encoder reads what is declared in :mod:`shardeval.kernels.encoders.registry` (its
+weights source); :func:`locate_weights` reads the declaration, and a library's model is found
+where the library caches it (:mod:`shardeval.kernels.encoders.providers`). Nothing here
+imports torch except :func:`read_state_dict` and :func:`tensors_digest`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from shardeval._words import Worded
+from shardeval.kernels.encoders.errors import WeightsError
+from shardeval.kernels.encoders.registry import (
+    ENCODERS,
+    PYTHON,
+    EncoderSpec,
+    load_function,
+    spec_by_name,
+)
 
 if TYPE_CHECKING:
     import torch
 
-#: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it.
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+#: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it (the
+#: Inception's declaration names it).
+INCEPTION_FILE = ENCODERS["inception"].weights.file
 
 #: The command that downloads :data:`INCEPTION_FILE` into :func:`inception_path`.
 FETCH_INCEPTION = "shardeval fetch inception"
@@ -40,31 +50,12 @@ FETCH_INCEPTION = "shardeval fetch inception"
 #: ``./random``.
 RANDOM_WEIGHTS = "random"
 
-#: Hugging Face model ids of the ViT encoders.
-HF_MODEL_IDS = {
-    "dinov2-vitl14": "facebook/dinov2-large",
-    "clip-vitl14-336": "openai/clip-vit-large-patch14-336",
-}
-
 #: Files of a Hugging Face snapshot that decide the model (configuration and tensors).
 _HF_MODEL_FILES = ("config.json",)
 _HF_TENSOR_SUFFIXES = (".safetensors", ".bin")
 
 _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
-
-
-class EncoderError(Worded, Exception):
-    """An encoder cannot be set up; the message is one line saying what would fix it (its
-    options marked: see :mod:`shardeval._words`)."""
-
-
-class WeightsError(EncoderError):
-    """Weights are missing, unreadable, or do not fit the model."""
-
-
-class MissingDependencyError(EncoderError):
-    """An optional package the encoder needs is not installed."""
 
 
 def torch_home() -> str:
@@ -75,10 +66,15 @@ def torch_home() -> str:
     return os.path.expanduser(os.path.join(cache, "torch"))
 
 
+def torch_hub_file(file: str) -> str:
+    """Where torch hub keeps the checkpoint ``file`` (its checkpoint folder)."""
+    return os.path.join(torch_home(), "hub", "checkpoints", file)
+
+
 def inception_path() -> str:
     """Where the FID Inception weights are read from when none are given (and where ``shardeval
     fetch inception`` puts them): torch hub's checkpoint folder, as pytorch-fid caches them."""
-    return os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
+    return torch_hub_file(INCEPTION_FILE)
 
 
 def hf_hub_cache() -> str:
@@ -91,7 +87,7 @@ def hf_hub_cache() -> str:
     return os.path.expanduser(os.path.join(cache, "huggingface", "hub"))
 
 
-def _hf_snapshot(model_id: str) -> str | None:
+def hf_snapshot(model_id: str) -> str | None:
     """The cached snapshot folder of ``model_id`` (the one ``refs/main`` names, else the only
     one), or None."""
     root = os.path.join(hf_hub_cache(), "models--" + model_id.replace("/", "--"))
@@ -118,7 +114,8 @@ def _hf_tensor_files(folder: str) -> list[str]:
     return [n for n in names if n.endswith(_HF_TENSOR_SUFFIXES)]
 
 
-def _check_hf_folder(folder: str, what: str) -> None:
+def check_hf_folder(folder: str, what: str) -> None:
+    """Refuse a folder that is not a Hugging Face model folder (config.json and tensors)."""
     if not os.path.isfile(os.path.join(folder, "config.json")) or not _hf_tensor_files(folder):
         raise WeightsError(
             f"{what} {folder!r} is not a Hugging Face model folder: it needs config.json and "
@@ -148,69 +145,91 @@ def random_seed(weights: str | os.PathLike[str] | None) -> int | None:
     return int(seed)
 
 
-def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) -> str:
-    """The weights an encoder will load: the file (Inception) or model folder (ViTs).
+def locate_weights(
+    encoder: str | EncoderSpec, weights: str | os.PathLike[str] | None = None
+) -> str:
+    """The weights an encoder will load: the file or model folder its declaration names.
 
     Args:
-        encoder: an encoder name (``inception``, ``dinov2-vitl14``, ``clip-vitl14-336``).
-        weights: a path the user gave; default: the standard cache.
+        encoder: an encoder's name or declaration (see
+            :func:`~shardeval.kernels.encoders.registry.spec_by_name`).
+        weights: a path the user gave; default: the standard cache of its weights source.
 
     Returns:
-        An absolute path that exists; for random weights (:data:`RANDOM_WEIGHTS`),
-        ``random:SEED``.
+        An absolute path that exists; for seeded random weights (:data:`RANDOM_WEIGHTS`),
+        ``random:SEED``; for a module given in Python, "" (it holds its weights).
 
     Raises:
         WeightsError: the weights are not there; the message names the file or model id
-            needed, where to put it, the command that fetches it (the Inception's:
-            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative. Random weights for
-            an encoder other than the Inception.
+            needed, where to put it, the command that fetches it where there is one, and the
+            ``«weights»`` alternative. Random weights for an encoder that does not offer them.
+        MissingDependencyError: the library of ``timm:`` / ``open_clip:`` is not installed.
     """
+    spec = encoder if isinstance(encoder, EncoderSpec) else spec_by_name(encoder)
+    source = spec.weights
     seed = random_seed(weights)
     if seed is not None:
-        if encoder != "inception":
+        if not source.random:
+            offered = [s.title for s in ENCODERS.values() if s.weights.random]
             raise WeightsError(
                 f"«weights={weights!r}» (seeded random weights, for a smoke test) is offered "
-                f"for the FID Inception only, not {encoder}"
+                f"for {' and '.join(offered)} only, not {spec.name}"
             )
         return f"{RANDOM_WEIGHTS}:{seed}"
+    if source.kind == PYTHON:
+        if weights is not None:
+            raise WeightsError(
+                f"«weights» does not apply to «encoder='{spec.name}'»: a module given in Python "
+                "holds its weights"
+            )
+        return ""
+    if source.locate:  # a library's own cache: the library knows its file names
+        return str(load_function(source.locate)(spec, weights))
     if weights is not None:
         path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
         if not os.path.exists(path):
             raise WeightsError(f"weights {path!r} do not exist")
-        if encoder in HF_MODEL_IDS:
+        if source.kind == "hf":
             if not os.path.isdir(path):
                 raise WeightsError(
-                    f"«weights» for {encoder} must be a Hugging Face model folder (config.json "
-                    f"and model.safetensors), not the file {path!r}"
+                    f"«weights» for {spec.name} must be a Hugging Face model folder "
+                    f"(config.json and model.safetensors), not the file {path!r}"
                 )
-            _check_hf_folder(path, "«weights»")
+            check_hf_folder(path, "«weights»")
         elif not os.path.isfile(path):
-            raise WeightsError(f"«weights» for {encoder} must be a file, not the folder {path!r}")
+            raise WeightsError(f"«weights» for {spec.name} must be a file, not the folder {path!r}")
         return path
-    if encoder == "inception":
-        path = inception_path()
-        if not os.path.isfile(path):
-            raise WeightsError(
-                f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: "
-                f"`{FETCH_INCEPTION}` (in Python shardeval.fetch('inception')) downloads them "
-                "there against their pinned SHA-256, or copy pytorch-fid's release file there "
-                "(TORCH_HOME moves the folder), or pass «weights=PATH»; nothing is downloaded "
-                "implicitly"
-            )
-        return path
-    if encoder not in HF_MODEL_IDS:
-        raise WeightsError(f"unknown encoder {encoder!r}")
-    model_id = HF_MODEL_IDS[encoder]
-    folder = _hf_snapshot(model_id)
+    if source.kind == "torch-hub":
+        return _hub_file(spec)
+    folder = hf_snapshot(source.model_id)
     if folder is None:
         raise WeightsError(
-            f"the {encoder} weights (Hugging Face model {model_id!r}) are not in the cache "
-            f"{hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli download "
-            f"{model_id}` on a machine with network; HF_HOME moves it) or pass «weights=DIR» "
-            "with config.json and model.safetensors; nothing is downloaded"
+            f"the {spec.name} weights (Hugging Face model {source.model_id!r}) are not in the "
+            f"cache {hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli "
+            f"download {source.model_id}` on a machine with network; HF_HOME moves it) or pass "
+            "«weights=DIR» with config.json and model.safetensors; nothing is downloaded"
         )
-    _check_hf_folder(folder, f"the cached snapshot of {model_id!r}")
+    check_hf_folder(folder, f"the cached snapshot of {source.model_id!r}")
     return folder
+
+
+def _hub_file(spec: EncoderSpec) -> str:
+    """The checkpoint of a ``torch-hub`` weights source in torch hub's folder."""
+    source = spec.weights
+    path = torch_hub_file(source.file)
+    if os.path.isfile(path):
+        return path
+    fetch = (
+        f"`shardeval fetch {source.fetch}` (in Python shardeval.fetch('{source.fetch}')) "
+        "downloads them there against their pinned SHA-256, or "
+        if source.fetch
+        else ""
+    )
+    origin = f"copy {source.origin} there" if source.origin else "copy the file there"
+    raise WeightsError(
+        f"{spec.title} weights {source.file} are not at {path!r}: {fetch}{origin} (TORCH_HOME "
+        "moves the folder), or pass «weights=PATH»; nothing is downloaded implicitly"
+    )
 
 
 def _digest_files(path: str) -> list[tuple[str, str]]:
@@ -248,6 +267,8 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     with _digests_lock:
         if key in _digests:
             return _digests[key]
+    import hashlib
+
     digest = hashlib.sha256()
     try:
         for name, file in files:
@@ -279,6 +300,35 @@ def check_digest(path: str, expected: str | None) -> None:
             f"weights {path!r} have digest {found}, but this extraction uses {expected}: every "
             "worker must see the same weights file"
         )
+
+
+def tensors_digest(network: Any) -> str:
+    """SHA-256 of a torch module's weights as it holds them: every tensor of its
+    ``state_dict()`` (parameters and buffers) in name order, each as its name, dtype, shape and
+    bytes. The digest of an encoder given as a module in Python, whose weights are no file;
+    the same weights give the same digest whatever device or file they came from.
+
+    Args:
+        network: a ``torch.nn.Module``.
+
+    Returns:
+        ``"sha256:<hex>"``.
+    """
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(b"shardeval.state-dict\n")
+    state = network.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):  # extra state a module chose to keep
+            digest.update(f"{name}\0{type(tensor).__name__}\0{tensor!r}\n".encode())
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}\0{flat.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return f"sha256:{digest.hexdigest()}"
 
 
 #: The first bytes of a torch checkpoint in the legacy (pre-1.6, non-zip) format: a pickled

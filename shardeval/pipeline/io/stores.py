@@ -40,6 +40,7 @@ FEATURES_FORMAT = "shardeval.features"
 #: What a report names of an extraction store: report key → the store's attribute.
 _EXTRACTION_PROVENANCE = {
     "encoder": "encoder",
+    "encoder_source": "encoder_source",
     "resize": "resize",
     "weights_digest": "weights_digest",
     "weights_file": "weights_file",
