@@ -79,7 +79,8 @@ def test_encoder_options_come_from_the_registry():
     assert actions["resize"].help == resize_help()
     assert set(actions["resize"].choices) == {r.name for s in ENCODERS.values() for r in s.resizes}
     for name, spec in ENCODERS.items():
-        assert name in encoder_help() and spec.summary in encoder_help()
+        assert name in encoder_help()
+        assert spec.summary in encoder_help()
         assert options.encoder_problem(name) is None
         assert parser.parse_args(["--encoder", name]).encoder == name
     assert "unknown encoder 'vgg'" in options.encoder_problem("vgg")

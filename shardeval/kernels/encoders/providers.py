@@ -16,9 +16,10 @@ preprocessing, so its features are the ones the library gives:
   with PRETRAINED a tag (its file found in the Hugging Face cache or ``~/.cache/clip``) or a
   checkpoint file; ``model.encode_image`` (not normalised); preprocessing: its evaluation
   transform. Without PRETRAINED open_clip would build random weights, so it is required.
-* ``hf:MODEL_ID``: ``transformers.AutoModel`` and ``AutoImageProcessor`` (Pillow backend)
-  from the cached snapshot (or «weights=DIR»); ``get_image_features`` where the model has it
-  (CLIP-like), else ``pooler_output``.
+* ``hf:MODEL_ID``: the checkpoint's own base-model class (config.json ``architectures``; else
+  ``transformers.AutoModel``) and its ``AutoImageProcessor`` (Pillow backend) from the cached
+  snapshot (or «weights=DIR»); ``get_image_features`` where the model has it (CLIP), else its
+  ``image_embeds`` (a CLIP vision tower with projection), else ``pooler_output``.
 
 The weights' digest is the file's (or folder's) SHA-256, as for the registered encoders; no
 public digest is pinned for them (status ``unpinned``).
@@ -296,6 +297,21 @@ def _hf_image_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _hf_model_class(transformers: Any, folder: str) -> Any:
+    """The class of the checkpoint's own architecture (config.json ``architectures``) where it
+    is a base model (``...Model``, ``...ModelWithProjection``: a CLIP vision tower keeps its
+    projection), else ``AutoModel`` (the base of a task model, its head dropped)."""
+    import json
+
+    with open(os.path.join(folder, "config.json")) as fh:
+        names = json.load(fh).get("architectures") or [""]
+    name = str(names[0])
+    found = (
+        getattr(transformers, name, None) if name.endswith(("Model", "WithProjection")) else None
+    )
+    return found or transformers.AutoModel
+
+
 def load_hf(spec: EncoderSpec, folder: str) -> nn.Module:
     """``hf:MODEL_ID`` from its model folder: ``AutoModel`` and its ``AutoImageProcessor``
     (Pillow backend, so that features do not depend on whether torchvision is installed).
@@ -314,13 +330,21 @@ def load_hf(spec: EncoderSpec, folder: str) -> nn.Module:
     major = int(str(transformers.__version__).split(".")[0])
     backend = {"backend": "pil"} if major >= 5 else {"use_fast": False}
     try:
-        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+        model, info = _hf_model_class(transformers, folder).from_pretrained(
+            folder, local_files_only=True, output_loading_info=True
+        )
         processor = transformers.AutoImageProcessor.from_pretrained(
             folder, local_files_only=True, **backend
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsError(f"weights {folder!r} cannot be loaded as {spec.name}: {reason}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # left randomly initialised: refused (a dropped task head is fine)
+        raise WeightsError(
+            f"weights {folder!r} do not fit {spec.name} (missing: {', '.join(missing[:3])}"
+            f"{' ...' if len(missing) > 3 else ''}); give the model's own Hugging Face folder"
+        )
 
     def transform(image: Any) -> torch.Tensor:
         return processor(images=image, return_tensors="pt")["pixel_values"][0]

@@ -147,6 +147,17 @@ class EncoderSpec:
     digest: str | None = None
     input: str = "float"
 
+    def __post_init__(self) -> None:
+        # A declaration that cannot run is refused where it is written, never dispatched.
+        if not self.resizes:
+            raise ValueError(f"encoder {self.name!r} declares no preprocessing")
+        if not self.network and self.source != PYTHON:
+            raise ValueError(f"encoder {self.name!r} declares no network loader")
+        if self.dim is not None and self.dim < 1:
+            raise ValueError(f"encoder {self.name!r} declares dim {self.dim}")
+        if self.logits and not self.logits_note:
+            raise ValueError(f"encoder {self.name!r} has logits but does not say what they are")
+
     @property
     def default_resize(self) -> str:
         return self.resizes[0].name
@@ -309,8 +320,12 @@ def name_problem(name: object) -> str | None:
         parts = rest.split(":")
         if not rest or not all(NAME_PATTERN.fullmatch(p) for p in parts[:1]):
             return f"{name!r} names no model; write {PROVIDER_FORMS[source]}"
+        if source == "open_clip" and len(parts) == 1:
+            return (
+                f"{name!r} names no weights, and open_clip would build random ones: write "
+                f"{PROVIDER_FORMS[source]} (a tag, or a checkpoint file)"
+            )
         if (len(parts) > 1) != (source == "open_clip") or not all(parts):
-            # open_clip without PRETRAINED builds the model with random weights
             return f"{name!r}: write {PROVIDER_FORMS[source]}"
         return None
     return f"unknown encoder {name!r}; choose one of {known_forms()}"

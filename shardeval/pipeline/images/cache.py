@@ -236,7 +236,7 @@ def fill_cache(
     result = extract_features(
         source.location,
         path,
-        encoder=plan.encoder,
+        encoder=plan.encoder_spec,
         weights=plan.weights,
         resize=plan.resize,
         batch_size=batch_size,
