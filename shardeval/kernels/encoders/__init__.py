@@ -2,21 +2,14 @@
 
 Per-batch compute that knows nothing of Dask or Zarr. Every encoder is one declaration of
 :mod:`~shardeval.kernels.encoders.registry` (:data:`ENCODERS`): a network plus the exact
-preprocessing of the reference tool whose features it reproduces, where its weights are, what
-digest is pinned for them, its dimension and its class logits. The registered ones:
-
-===================  ====  ========================================================  =========
-name                 d     reference whose features it reproduces                    weights
-===================  ====  ========================================================  =========
-``inception``        2048  pytorch-fid (``legacy-pytorch``), clean-fid (``clean``),  torch hub
-                           torch-fidelity / TF graph (``legacy-tensorflow``)
-``dinov2-vitl14``    1024  dgm-eval (DINOv2 ViT-L/14, CLS token)                     HF cache
-``clip-vitl14-336``  768   CMMD (CLIP ViT-L/14 at 336 px, unit-norm)                 HF cache
-===================  ====  ========================================================  =========
+preprocessing of the reference tool whose features it reproduces (its ``summary`` names it),
+where its weights are, what digest is pinned for them, its dimension and its class logits. The
+registered ones reproduce pytorch-fid, clean-fid and torch-fidelity (``inception``, by its
+resize modes), dgm-eval (``dinov2-vitl14``) and CMMD (``clip-vitl14-336``).
 
 Users bring their own: ``timm:NAME``, ``open_clip:NAME:PRETRAINED`` or ``hf:MODEL_ID`` from the
 local cache (:mod:`~shardeval.kernels.encoders.providers`), or a torch module or callable in
-Python (:func:`~shardeval.kernels.encoders.registry.python_encoder`).
+Python (:func:`~shardeval.kernels.encoders.encoder.python_encoder`).
 
 Importing this package imports nothing heavy (the CLI lists the names); torch, Pillow and the
 model libraries are imported when an encoder is loaded.

@@ -407,7 +407,7 @@ def load_encoder(
 
     Args:
         name: an encoder (a name, declaration or module:
-            :func:`~shardeval.kernels.encoders.registry.resolve_encoder`).
+            :func:`~shardeval.kernels.encoders.encoder.resolve_encoder`).
         weights: the located weights (:func:`~shardeval.kernels.encoders.registry.
             locate_weights`): a file or model folder, or ``random:SEED`` for seeded random
             weights where the encoder offers them; "" for a module given in Python.

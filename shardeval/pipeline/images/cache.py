@@ -289,9 +289,9 @@ def cached_features(
         images: a folder, ``.zip``, ``.npz``/``.npy`` of uint8 images, ``.tar`` shard or glob
             of shards (see :func:`~shardeval.pipeline.images.sources.open_images`).
         cache_root: the cache folder (default: :func:`default_cache_root`).
-        encoder: ``inception``, ``dinov2-vitl14`` or ``clip-vitl14-336``.
-        resize: ``legacy-pytorch`` (default), ``clean`` or ``legacy-tensorflow`` for the
-            Inception.
+        encoder: an encoder (a name, declaration or module: see
+            :func:`~shardeval.pipeline.images.encoding.plan_extraction`).
+        resize: the encoder's preprocessing mode (default: its first).
         weights: the weights file / model folder; default: the standard caches.
         batch_size: images per forward pass for a new entry (default 32); not part of the
             key: a finished entry is reused whatever it is.

@@ -103,6 +103,7 @@ __all__ = [
     "cached_encoder",
     "extract_chunk",
     "extract_features",
+    "feature_dim",
     "finished_result",
     "is_extraction_store",
     "plan_extraction",
@@ -111,6 +112,9 @@ __all__ = [
 
 #: Images per task of the ``skip_bad`` decode pre-pass.
 CHECK_ROWS = 256
+
+#: Images tried, in order, for one that shows a user's encoder its output's width.
+_PROBE_TRIES = 16
 
 _KIND = "feature store written by `shardeval extract`"
 
@@ -265,7 +269,9 @@ def extract_features(
             classes = spec.logits if logits else 0
             if classes:
                 attrs[LOGITS_ARRAY] = spec.logits_note
-            dim = plan.dim or _probe_dim(plan, source, keep[0], device, engine)
+            # A user's encoder: one image through it, here (on a cluster, on this CPU).
+            probe = "cpu" if engine.is_distributed and spec.module is None else device
+            dim = feature_dim(plan, source, probe, keep[0])
             names = [source.names[i] for i in keep]
             create_store(output, attrs, names, dim, attrs["chunk_rows"], classes, spec.logits_note)
         else:
@@ -355,17 +361,27 @@ def extract_features(
         )
 
 
-def _probe_dim(
-    plan: Extraction, source: ImageSource, first: int, device: str, engine: Engine
-) -> int:
-    """Features per image of an encoder whose declaration does not say: its output for the
-    first image the store will hold, computed in this process (on a cluster, on this
-    process's CPU, or where a module given in Python is)."""
-    spec = plan.encoder_spec
-    where = device if not engine.is_distributed or spec.module is not None else "cpu"
-    image = source.refs([first]).read()
-    model = cached_encoder(spec, plan.weights, plan.digest, where, plan.resize)
-    return int(model.encode(image, 1).shape[1])
+def feature_dim(plan: Extraction, source: ImageSource, device: str = "auto", first: int = 0) -> int:
+    """Features per image of ``plan``'s encoder: its declaration's, else (a user's encoder)
+    the width of its output for the first image from ``first`` on that can be read, computed
+    in this process (where a module given in Python is; ``device``, ``auto`` by default).
+
+    Raises:
+        ImageError: none of the first images can be read (the first one's problem).
+        EncoderSetupError: the encoder cannot be set up here.
+    """
+    if plan.dim is not None:
+        return plan.dim
+    problem = None
+    for index in range(first, min(len(source), first + _PROBE_TRIES)):
+        try:
+            image = source.refs([index]).read()
+        except ImageError as exc:
+            problem = problem or exc
+            continue
+        model = cached_encoder(plan.encoder_spec, plan.weights, plan.digest, device, plan.resize)
+        return int(model.encode(image, 1).shape[1])
+    raise problem or ImageError(f"{source.location!r} holds no image to run the encoder on")
 
 
 def _bad_images(
