@@ -9,7 +9,7 @@ resize modes), dgm-eval (``dinov2-vitl14``) and CMMD (``clip-vitl14-336``).
 
 Users bring their own: ``timm:NAME``, ``open_clip:NAME:PRETRAINED`` or ``hf:MODEL_ID`` from the
 local cache (:mod:`~shardeval.kernels.encoders.providers`), or a torch module or callable in
-Python (:func:`~shardeval.kernels.encoders.encoder.python_encoder`).
+Python (:func:`~shardeval.kernels.encoders.declare.python_encoder`).
 
 Importing this package imports nothing heavy (the CLI lists the names); torch, Pillow and the
 model libraries are imported when an encoder is loaded.
@@ -38,9 +38,9 @@ _EXPORTS = {
     "Resize": "registry",
     "WeightsSource": "registry",
     "locate_weights": "weights",
-    "python_encoder": "encoder",
-    "resolve_encoder": "encoder",
-    "resolve_resize": "encoder",
+    "python_encoder": "declare",
+    "resolve_encoder": "declare",
+    "resolve_resize": "declare",
     "RANDOM_WEIGHTS": "weights",
     "EncoderError": "errors",
     "MissingDependencyError": "errors",
@@ -52,14 +52,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from shardeval.kernels.encoders.encoder import (
-        Encoder,
-        load_encoder,
-        module_device,
-        python_encoder,
-        resolve_encoder,
-        resolve_resize,
-    )
+    from shardeval.kernels.encoders.declare import python_encoder, resolve_encoder, resolve_resize
+    from shardeval.kernels.encoders.encoder import Encoder, load_encoder, module_device
     from shardeval.kernels.encoders.errors import (
         EncoderError,
         MissingDependencyError,

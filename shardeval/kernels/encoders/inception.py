@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shardeval.kernels.encoders.checkpoint import read_state_dict
 from shardeval.kernels.encoders.errors import WeightsError
-from shardeval.kernels.encoders.weights import INCEPTION_FILE, read_state_dict
+from shardeval.kernels.encoders.weights import INCEPTION_FILE
 
 if TYPE_CHECKING:
     import numpy as np

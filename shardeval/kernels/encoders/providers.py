@@ -1,6 +1,6 @@
 """Encoders of other libraries by name, from the local cache only: ``timm:NAME``,
 ``open_clip:NAME:PRETRAINED`` and ``hf:MODEL_ID``
-(:func:`~shardeval.kernels.encoders.encoder.resolve_encoder` declares them).
+(:func:`~shardeval.kernels.encoders.declare.resolve_encoder` declares them).
 
 Each is loaded from a weights file or model folder found where the library itself caches its
 downloads, never downloaded: a missing one is a one-line :class:`WeightsError` naming the file

@@ -10,13 +10,13 @@ encoder is one entry of :data:`ENCODERS` (and its weights source: a ``fetch`` ar
 Hugging Face model id).
 
 Besides the registered names, an encoder may be the user's own
-(:func:`~shardeval.kernels.encoders.encoder.resolve_encoder`):
+(:func:`~shardeval.kernels.encoders.declare.resolve_encoder`):
 
 * ``timm:NAME``, ``open_clip:NAME:PRETRAINED``, ``hf:MODEL_ID``: a model of that library,
   loaded from the local cache only (nothing is downloaded), with the library's own
   preprocessing for evaluation (:mod:`shardeval.kernels.encoders.providers`);
 * in Python, a ``torch.nn.Module`` or callable taking (B, 3, H, W) images and returning (B, d)
-  rows, declared with :func:`~shardeval.kernels.encoders.encoder.python_encoder`.
+  rows, declared with :func:`~shardeval.kernels.encoders.declare.python_encoder`.
 
 Their features are recorded with their name (``timm:resnet50.a1_in1k``, ``python:NAME``),
 their source and their weights' digest; no public digest is pinned for them, so reports call

@@ -22,7 +22,7 @@ measurably with the resize (clean-fid's paper):
   ToTensor, ImageNet mean/std.
 * CLIP ViT-L/14-336 (CMMD): centre crop to the largest square, PIL bicubic to 336, / 255, CLIP
   mean/std.
-* A user's module (:func:`~shardeval.kernels.encoders.encoder.python_encoder`): the image as
+* A user's module (:func:`~shardeval.kernels.encoders.declare.python_encoder`): the image as
   it is (:func:`pixels`), or PIL bicubic to its declared size first (:func:`pil_pixels`).
 
 Which encoder takes which function is declared in :mod:`shardeval.kernels.encoders.registry`.

@@ -102,7 +102,7 @@ def plan_extraction(
     Args:
         encoder: a registered name, ``timm:NAME``, ``open_clip:NAME:PRETRAINED``,
             ``hf:MODEL_ID``, an encoder's declaration, or a torch module or callable
-            (:func:`~shardeval.kernels.encoders.encoder.resolve_encoder`).
+            (:func:`~shardeval.kernels.encoders.declare.resolve_encoder`).
         weights: a weights file or folder; default: the standard cache of the encoder's
             weights source.
         resize: the preprocessing mode (default: the encoder's).

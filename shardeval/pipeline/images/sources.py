@@ -2,9 +2,8 @@
 or ``.tar`` shards, listed: their names in a stated order and a fingerprint.
 
 Order: a folder is walked recursively and its images sorted by relative path (``/``
-separators), which is clean-fid's order; a zip's members by name; tar shards by their path,
-then members by name within each shard; array rows in index order. Extensions (any case):
-png, jpg, jpeg, webp, bmp.
+separators), clean-fid's order; a zip's members by name; tar shards by path, then members by
+name within each shard; array rows in index order. Extensions: png, jpg, jpeg, webp, bmp.
 
 What is listed:
 
