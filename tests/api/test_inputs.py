@@ -144,6 +144,19 @@ def test_options_are_checked_as_the_command_line_checks_them(call, match):
         call(x, w)
 
 
+@pytest.mark.parametrize("sigma", [np.inf, -np.inf, np.nan, float("inf")])
+def test_a_float_option_that_is_not_finite_is_refused(sigma):
+    # σ = inf passed "must be positive" and gave CMMD 0 for different sets (every kernel
+    # value exp(0) = 1).
+    from shardeval.pipeline.metrics.base import MetricOptionError
+
+    w = np.random.default_rng(1).normal(size=(40, 6))
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.cmmd(w, w + 1, sigma=sigma)
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.metrics(w, w + 1, "cmmd", sigma=sigma)
+
+
 def test_the_command_line_and_the_api_refuse_with_the_same_words(capsys):
     from shardeval.workflows.cli import main
 

@@ -478,6 +478,16 @@ def test_cmmd_bandwidth_too_small_for_float64_is_refused(pair):
             sample_metrics(sx, sy, cmmd=CMMDParams(sigma=sigma))
 
 
+def test_cmmd_bandwidth_that_is_not_finite_is_refused(pair):
+    # σ = inf made every kernel value exp(0) = 1: CMMD 0 for any two sets, exit 0.
+    from shardeval.pipeline.metrics import MetricOptionError
+
+    _x, _y, sx, sy = pair
+    for sigma in (np.inf, -np.inf, np.nan):
+        with pytest.raises(MetricOptionError, match="finite σ > 0"):
+            sample_metrics(sx, sy, cmmd=CMMDParams(sigma=sigma))
+
+
 def test_one_store_spelled_as_a_file_url_is_the_same_store(tmp_path):
     # Z.zarr against file:///…/Z.zarr gave KID −0.59 (two sets) where Z.zarr twice gives 0.
     from shardeval.pipeline.io.synthetic import write_features
