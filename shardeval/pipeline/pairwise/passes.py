@@ -38,7 +38,7 @@ from shardeval.pipeline.mmd.kid import (
 )
 from shardeval.pipeline.mmd.metrics import SCALE, SIGMA, SUBSET_SEED, SUBSET_SIZE
 from shardeval.pipeline.neighbours.metrics import PR_K, K
-from shardeval.pipeline.neighbours.prdc import prdc_from, radii
+from shardeval.pipeline.neighbours.prdc import distance_exponent, prdc_from, radii
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,
@@ -180,7 +180,12 @@ def sample_metrics(
     gb = rb if same else row_blocks(gen, block_rows, precision)
     seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     knn = max(prdc.k, prdc.pr_k) if prdc else None
-    key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision)
+    exponent = 0
+    if prdc and (rb.float64 or gb.float64):  # fp32 rows' float64 distances are in range
+        spread = seen[0].magnitudes.merge(seen[-1].magnitudes)
+        names = repr(real.location) if same else f"{real.location!r} and {gen.location!r}"
+        exponent = distance_exponent(spread, names)
+    key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision, exponent)
     cached = reference_cache.get(key) if reference_cache is not None else None
     if cached is not None:
         sx, poly, rbf = cached
@@ -193,7 +198,7 @@ def sample_metrics(
             poly = PolyKernel(gamma, coef0, degree, seen[0].rows.mean)
         if cmmd:
             rbf = RBFKernel(cmmd.sigma, seen[0].units.mean)
-    own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend)
+    own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend, exponent=exponent)
     sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
     with _overflow_named(real, gen):
         stats = (
@@ -216,6 +221,7 @@ def sample_metrics(
         radii=cross_radii,
         device=device,
         backend=backend,
+        exponent=exponent,
     )
     cross = None
     if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:
