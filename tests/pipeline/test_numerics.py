@@ -106,3 +106,39 @@ def test_prdc_of_features_too_wide_for_one_scale_is_one_line(tmp_path, capsys):
     assert code == 2
     assert err.count("\n") == 1
     assert "would be rounded on the way" in err
+
+
+def _scaled_pair(tmp_path, scale):
+    rng = np.random.default_rng(0)
+    r, g = rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) * 1.1 + 0.05
+    np.save(tmp_path / "r.npy", r * scale)
+    np.save(tmp_path / "g.npy", g * scale)
+    return exact_fid(*np_stats(r), *np_stats(g)), tmp_path / "r.npy", tmp_path / "g.npy"
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-100, 1e76, 1e77, 1e80, 1e120, 1e150])
+def test_fid_of_float64_features_far_from_1(tmp_path, capsys, scale):
+    # 1e77–1e150 ended in numpy's LinAlgError "Eigenvalues did not converge" (a 34-line
+    # traceback, exit 1); 1e-150 gave 1.6e-299 where FID is 1.7e-301 (tr (Σ_r Σ_g)^½
+    # underflowed to 0), exit 0. FID scales by the square of the features' factor.
+    expected, r, g = _scaled_pair(tmp_path, scale)
+    assert _fid(capsys, r, g) / scale**2 == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("scale", "match"),
+    [
+        (1e154, "co-moment of its rows is beyond float64"),
+        (1e300, "co-moment of its rows is beyond float64"),
+        (1e-160, "below float64's normal range"),
+    ],
+)
+def test_fid_of_features_beyond_float64_is_one_line(tmp_path, capsys, scale, match):
+    # 1e154: "the real statistics hold NaN or inf; recompute them", which recomputing does
+    # not mend; 1e-160: variances of a few bits gave FID 1.6e-319, exit 0.
+    _, r, g = _scaled_pair(tmp_path, scale)
+    code = main(["fid", str(r), str(g), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1
+    assert match in err
