@@ -236,7 +236,7 @@ def inspect_sets(
 
 
 def same_store(a: FeatureSource, b: FeatureSource) -> bool:
-    """Whether two sources are one store (then a metric compares a set with itself)."""
+    """Whether two sources are one store (read once, its blocks serving as both sets)."""
     import os
 
     def key(s: FeatureSource) -> tuple[str, str]:

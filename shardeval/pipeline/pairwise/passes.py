@@ -32,7 +32,6 @@ from shardeval.pipeline.mmd.kid import (
     kernel_params,
     mmd2_and_se,
     mmd2_rounding,
-    mmd2_same_store,
     subset_indices,
     subset_mmd2,
 )
@@ -144,8 +143,9 @@ def sample_metrics(
 
     Args:
         real: the reference set (X, N rows).
-        gen: the generated set (Y, M rows); the same store as ``real`` compares a set with
-            itself.
+        gen: the generated set (Y, M rows). The same store as ``real`` is read once, and
+            KID and CMMD are the two-sample estimators all the same (see
+            :mod:`shardeval.pipeline.mmd.kid`).
         kid, cmmd, prdc: the metrics wanted, with their parameters (None: not wanted).
         engine: where to run.
         block_rows: rows per block of the pair tasks (default: about 32 MiB a block).
@@ -215,9 +215,11 @@ def sample_metrics(
     cross_radii = None
     if prdc and sx.knn is not None and sy.knn is not None:
         cross_radii = (radii(sx.knn, prdc.pr_k), radii(sx.knn, prdc.k), radii(sy.knn, prdc.pr_k))
+    # One store given twice takes the cross pass too: its pairs (i, i) are cross pairs of the
+    # two-sample estimators (see shardeval.pipeline.mmd.kid).
     cross_plan = PairPlan(
-        poly=None if same else poly,
-        rbf=None if same else rbf,
+        poly=poly,
+        rbf=rbf,
         radii=cross_radii,
         device=device,
         backend=backend,
@@ -231,14 +233,10 @@ def sample_metrics(
             )
     out: dict[str, Any] = {}
     if kid and poly and sx.poly is not None:
-        bound = 0.0
-        if same:
-            value, se = mmd2_same_store(sx.poly, m)
-        else:
-            if cross is None or cross.poly is None or sy.poly is None:  # unreachable
-                raise ValueError("the cross pass did not compute kernel sums")
-            value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
-            bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
+        if cross is None or cross.poly is None or sy.poly is None:  # unreachable
+            raise ValueError("the cross pass did not compute kernel sums")
+        value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
+        bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
         _checked("KID", value, bound, se)
         out["kid"] = KIDResult(
             value,
@@ -253,16 +251,12 @@ def sample_metrics(
             rounding_bound=bound,
         )
     if cmmd and sx.rbf is not None:
-        bound, clamped = 0.0, False
-        if same:
-            value = 0.0  # K_xy = K_xx: every estimator of MMD² between a set and itself is 0
-        else:
-            if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable
-                raise ValueError("the cross pass did not compute RBF sums")
-            value, bound, clamped = cmmd_from_sums(
-                sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
-            )
-            _checked("CMMD", value, bound)
+        if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable
+            raise ValueError("the cross pass did not compute RBF sums")
+        value, bound, clamped = cmmd_from_sums(
+            sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
+        )
+        _checked("CMMD", value, bound)
         out["cmmd"] = CMMDResult(
             value,
             m,
