@@ -94,6 +94,13 @@ BUFFER_BYTES = 32 * 2**20
 #: collective timeout (gloo's is 30 minutes).
 SYNC_TIMEOUT_SECONDS = 600.0
 
+#: The deadlines a store of ``torch.distributed`` waits for: it takes whole milliseconds, through
+#: a 64-bit count of microseconds. Below 1 ms the deadline is 0 ms, which the store reads as no
+#: deadline at all (a FileStore then waits forever); beyond 2^63 microseconds (about 292,000
+#: years) the count overflows (a FileStore then gives up at once).
+MIN_SYNC_TIMEOUT_SECONDS = 1e-3
+MAX_SYNC_TIMEOUT_SECONDS = float((2**63 - 1) // 10**6)
+
 #: What a side's rows are, when they were fed as feature rows (image rows name their encoder).
 FEATURE_ROWS = "feature rows"
 
@@ -106,10 +113,25 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 
 def _check_timeout(value: Any) -> float | None:
+    """«sync_timeout» as the store's wait takes it (see :data:`MIN_SYNC_TIMEOUT_SECONDS`).
+
+    Raises:
+        OptionError: not a number of seconds in [:data:`MIN_SYNC_TIMEOUT_SECONDS`,
+            :data:`MAX_SYNC_TIMEOUT_SECONDS`].
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise OptionError(f"«sync_timeout» must be a positive number of seconds, got {value!r}")
+    low, high = MIN_SYNC_TIMEOUT_SECONDS, MAX_SYNC_TIMEOUT_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not low <= value <= high  # NaN fails both
+    ):
+        raise OptionError(
+            f"«sync_timeout» must be a number of seconds from {low:g} (1 ms) to {high:.0f} "
+            f"(2^63 microseconds), which torch.distributed's store can wait for, or None (the "
+            f"process group's own timeout); got {value!r}"
+        )
     return float(value)
 
 
@@ -181,6 +203,17 @@ def _tensor(x: Any, what: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")))
     if not isinstance(x, torch.Tensor):
         raise DtypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+    if x.layout != torch.strided or x.is_nested:
+        # Rows reach the kernels dense; densifying is the caller's call (it may not fit).
+        if x.is_nested:
+            raise DtypeError(
+                f"{what} is a nested tensor; features and images are dense rows of one shape: "
+                "pass one tensor (torch.cat or torch.stack of its parts)"
+            )
+        raise DtypeError(
+            f"{what} is a {str(x.layout).removeprefix('torch.')} tensor; features and images "
+            "are dense rows: pass x.to_dense()"
+        )
     if x.dtype == torch.bool or x.is_complex():
         raise DtypeError(f"{what} has dtype {x.dtype}; it must hold integers or floats")
     if x.is_meta:
@@ -272,6 +305,11 @@ class _Batches:
             OptionError: rows made otherwise than the side's earlier rows (feature rows and
                 image rows, or images through another encoder, resize or weights).
         """
+        if not isinstance(real, bool | np.bool_):
+            raise OptionError(
+                f"«real» must be True or False, got {real!r}; update(x, real=True) adds reference "
+                "rows, update(x) generated rows"
+            )
         side = "real" if real else "gen"
         if real and self._given:
             raise OptionError(
@@ -782,10 +820,12 @@ class FID(_Batches):
             gather over; None: the whole job.
         sync_timeout: seconds that a collective :meth:`compute` or :meth:`sync` waits for
             every rank of the group before it raises (default :data:`SYNC_TIMEOUT_SECONDS`,
-            10 minutes); None: the process group's own timeout.
+            10 minutes), from :data:`MIN_SYNC_TIMEOUT_SECONDS` to
+            :data:`MAX_SYNC_TIMEOUT_SECONDS` (what the store of ``torch.distributed`` waits
+            for); None: the process group's own timeout.
 
     Raises:
-        OptionError: an option out of its choices.
+        OptionError: an option out of its choices, a «sync_timeout» out of its range.
         EngineError: a device or kernel backend this machine cannot run.
         EncoderSetupError: an unknown encoder or resize mode.
         StoreError, StatsFormatError, ShapeError, NonFiniteError: a reference that cannot be
@@ -900,13 +940,14 @@ class FID(_Batches):
             real: the batch is reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` while a reference was given up front; rows made
-                otherwise than the side's earlier rows (feature rows and images, or images
-                through another encoder, resize or weights).
+            OptionError: ``real`` not a bool; ``real=True`` while a reference was given up
+                front; rows made otherwise than the side's earlier rows (feature rows and
+                images, or images through another encoder, resize or weights).
             ShapeError: a batch that is neither 2-D nor 4-D, has no features, or whose d
                 differs from earlier batches or the reference.
-            DtypeError: not real numbers (or a meta tensor, which holds none); images of
-                another dtype, or floats outside [0, 1].
+            DtypeError: not real numbers (or a meta tensor, which holds none; a sparse or
+                nested tensor: rows are dense); images of another dtype, or floats holding
+                NaN or outside [0, 1].
             NonFiniteError: rows with NaN or inf under ``nonfinite='error'``.
             NumericalError: integers beyond 2^53.
             EncoderSetupError: the encoder's weights cannot be found or loaded.
@@ -1161,8 +1202,9 @@ class FID(_Batches):
             StatsFormatError: another format or a newer version, keys missing, shapes that
                 differ, values not finite, counts that are not integers in [0, 2^53] (the
                 bound of statistics files: float64 holds every count up to it), a covariance
-                that is not symmetric or has a negative variance; a state made with another
-                ``precision`` or ``nonfinite`` than this FID's.
+                that is not symmetric or has a negative variance, moments that no rows have (a
+                non-zero co-moment of one row or none, a non-zero mean of none); a state made
+                with another ``precision`` or ``nonfinite`` than this FID's.
         """
         from shardeval.pipeline.fid.gaussian import Gaussian
         from shardeval.pipeline.io.statsio import check_statistics
@@ -1202,6 +1244,7 @@ class FID(_Batches):
             m2 = check_statistics("state_dict", mean, m2, (f"{side}.mean", f"{side}.m2"))
             if n and not mean.size:
                 raise StatsFormatError(f"state_dict: {side}.n is {n}, but {side}.mean is empty")
+            _check_possible(side, n, mean, m2)
             sides[side] = _RunningMoments(self.backend)
             sides[side].absorb(
                 _Rows(
@@ -1323,6 +1366,27 @@ def _state_value(state: dict[str, Any], key: str) -> Any:
         )
     value = state[key]
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+def _check_possible(side: str, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+    """Refuse moments no rows have: a side of no rows has a zero mean and co-moment, and a
+    side of one row a zero co-moment (the row minus itself).
+
+    Raises:
+        StatsFormatError: naming the side, its count and the entry that cannot be.
+    """
+    if n <= 1 and np.any(m2):
+        raise StatsFormatError(
+            f"state_dict: {side}.n is {n}, but {side}.m2 is not zero (largest entry "
+            f"{np.abs(m2).max():.6g}): the co-moment of {n} row(s) is zero; the state was "
+            "altered or mixed from two states: load what FID.state_dict() returned"
+        )
+    if n == 0 and np.any(mean):
+        raise StatsFormatError(
+            f"state_dict: {side}.n is 0, but {side}.mean is not zero (largest entry "
+            f"{np.abs(mean).max():.6g}): a side of no rows has no mean; the state was altered "
+            "or mixed from two states: load what FID.state_dict() returned"
+        )
 
 
 def _state_array(state: dict[str, Any], key: str) -> np.ndarray:
@@ -1525,7 +1589,8 @@ class PairMetrics(_Batches):
             ``progress``, ``log``).
         process_group, sync_timeout: the ``torch.distributed`` group that :meth:`compute`
             and :meth:`sync` gather over (None: the whole job), and how long they wait for
-            every rank of it (as for :class:`FID`; default :data:`SYNC_TIMEOUT_SECONDS`).
+            every rank of it (as for :class:`FID`; default :data:`SYNC_TIMEOUT_SECONDS`,
+            from :data:`MIN_SYNC_TIMEOUT_SECONDS` to :data:`MAX_SYNC_TIMEOUT_SECONDS`).
 
     Merges and syncs compare the references by a digest of their values (BLAKE2b of the rows
     as read, so an array and a store of the same numbers agree, whatever their chunks or
@@ -1705,12 +1770,12 @@ class PairMetrics(_Batches):
             real: reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` with a reference given up front; a closed metric;
-                rows made otherwise than the side's earlier rows (feature rows and images, or
-                images through another encoder, resize or weights).
+            OptionError: ``real`` not a bool; ``real=True`` with a reference given up front; a
+                closed metric; rows made otherwise than the side's earlier rows (feature rows
+                and images, or images through another encoder, resize or weights).
             ShapeError: wrong rank, no features, or d unlike earlier batches or the reference.
-            DtypeError: not real numbers (or a meta tensor), or float64 rows for float32
-                spills.
+            DtypeError: not real numbers (or a meta tensor; a sparse or nested tensor), or
+                float64 rows for float32 spills.
             NonFiniteError: rows with NaN or inf (pair metrics need every row).
             ZeroRowError: a row of zeros for CMMD (it scales rows to unit norm).
             NumericalError: integers beyond 2^53.

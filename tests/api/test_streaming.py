@@ -753,3 +753,94 @@ def test_fold_counts_a_share_of_one_row_and_skips_one_of_none():
         assert side.moments.n == 101
         np.testing.assert_allclose(side.moments.mean, mean, rtol=1e-13)
         np.testing.assert_allclose(side.moments.m2, cov * 100, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# options and inputs checked at the boundary
+
+
+def test_sync_timeout_is_what_the_store_waits_for(tmp_path):
+    """se.FID(sync_timeout=1e15) was accepted, and compute() under torch.distributed raised
+    OverflowError on rank 0 (timedelta) and DistNetworkError on rank 1. A store's wait takes
+    whole milliseconds in a 64-bit count of microseconds: below 1 ms it is 0 ms, which the
+    store reads as no deadline (a FileStore then waits forever); beyond 2^63 microseconds it
+    overflows (a FileStore then times out at once)."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    low, high = streaming.MIN_SYNC_TIMEOUT_SECONDS, streaming.MAX_SYNC_TIMEOUT_SECONDS
+    assert (low, high) == (1e-3, (2**63 - 1) // 10**6)
+    for bad in (1e15, high + 1, low / 2, 0, -1.0, float("nan"), float("inf"), True, "600"):
+        for cls in (se.FID, se.KID):
+            with pytest.raises(OptionError, match="sync_timeout must be") as caught:
+                cls(sync_timeout=bad)
+            assert "\n" not in str(caught.value)
+    for good in (low, high, 600, None):
+        assert se.FID(sync_timeout=good).sync_timeout == good
+        se.KID(sync_timeout=good).close()
+    # The bounds are the store's: at the largest, a wait ends when the key arrives; at the
+    # smallest, a wait for a key that never comes ends with the store's error.
+    path = str(tmp_path / "store")
+    waiting, setting = dist.FileStore(path, 2), dist.FileStore(path, 2)
+    timer = threading.Timer(0.2, setting.set, ("arrived", "1"))
+    timer.start()
+    waiting.wait(["arrived"], timedelta(seconds=high))
+    timer.join()
+    with pytest.raises(RuntimeError, match=r"[Tt]imeout"):
+        waiting.wait(["never"], timedelta(seconds=low))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+def test_batches_that_raised_raw_errors_or_passed_for_others_are_refused(rng):
+    """A sparse batch raised NotImplementedError ('SparseCPU'); real="yes" was taken for
+    real=True; float images holding NaN were said to hold "values in [nan, nan]"."""
+    rows = torch.from_numpy(rng.standard_normal((50, 4)))
+    for make in (se.FID, se.KID):
+        metric = make()
+        for odd in (rows.to_sparse(), rows.to_sparse_csr()):
+            with pytest.raises(DtypeError, match=r"sparse.*to_dense\(\)") as caught:
+                metric.update(odd)
+            assert "\n" not in str(caught.value)
+        for flag in ("yes", 1, None, torch.tensor(True)):
+            with pytest.raises(OptionError, match="real must be True or False"):
+                metric.update(rows, real=flag)
+        metric.update(rows, real=np.bool_(True))  # numpy's bool is a bool
+        images = torch.rand((3, 3, 8, 8))
+        images[1, 0, 2, 2] = torch.nan
+        with pytest.raises(DtypeError, match=r"NaN in 1 image\(s\) \(first: image 1\)") as caught:
+            metric.update(images)
+        assert "nan, nan" not in str(caught.value)
+    # Nothing was kept from the refused batches: the FID of what was accepted.
+    fid = se.FID()
+    fid.update(rows, real=True)
+    with pytest.raises(OptionError):
+        fid.update(rows + 1, real="no")
+    assert fid.state_dict()["gen.n"] == 0
+
+
+def test_impossible_states_are_refused(rng):
+    """A state_dict with gen.n = 1 and a non-zero gen.m2 loaded, and gave FID 5.0035 after an
+    update: a co-moment of one row is zero, and a side of no rows has a zero mean."""
+    real, gen = _sets(rng, d=4, n_real=50, n_gen=1)
+    fid = se.FID()
+    fid.update(real, real=True)
+    fid.update(gen)
+    state = fid.state_dict()
+    assert state["gen.n"] == 1
+    assert not state["gen.m2"].any()  # what a row gives
+    empty = se.FID()
+    empty.update(real, real=True)
+    nothing = empty.state_dict()  # gen.n = 0, zero mean and co-moment
+    cases = {
+        r"gen\.n is 1.*gen\.m2": {**state, "gen.m2": torch.eye(4)},
+        r"gen\.n is 0.*gen\.m2": {**nothing, "gen.m2": torch.eye(4)},
+        r"gen\.n is 0.*gen\.mean": {**nothing, "gen.mean": torch.ones(4)},
+        r"real\.n is 0": {**nothing, "real.n": 0},
+    }
+    for message, broken in cases.items():
+        with pytest.raises(StatsFormatError, match=message):
+            se.FID().load_state_dict(broken)
+    for fine in (state, nothing):
+        se.FID().load_state_dict(fine)

@@ -138,6 +138,11 @@ def worker(rank, world, init_file, out_dir):
     _feed(fid, real, gen)
     out["other settings"] = _outcome(fid.compute)
 
+    # The longest deadline the store takes.
+    fid = se.FID(sync_timeout=streaming.MAX_SYNC_TIMEOUT_SECONDS)
+    _feed(fid, real, gen)
+    out["longest deadline"] = float(fid.compute())
+
     # A rank that calls compute() alone: an error at its deadline; the job goes on.
     fid = se.FID(sync_timeout=ALONE_SECONDS)
     _feed(fid, real, gen)
@@ -245,6 +250,8 @@ def test_compute_without_sync_is_the_global_value_on_every_rank(world, jobs, mon
             assert got["fid"] == results[0][f"{precision} compute"]["fid"]  # the same bits
             assert abs(float(got) - float(fids[precision])) <= tolerance * float(fids[precision])
             assert abs(float(got) - exact) <= tolerance * exact
+            if precision == "fp32":  # the longest deadline the store takes: the same value
+                assert abs(out["longest deadline"] - exact) <= tolerance * exact
             # compute(sync=False): this rank's rows alone, and the report says so.
             local = out[f"{precision} local"]
             n_real, n_gen = SPLITS[world][rank]
