@@ -756,6 +756,95 @@ def test_fold_counts_a_share_of_one_row_and_skips_one_of_none():
 
 
 # ---------------------------------------------------------------------------------------------
+# how image rows were made: the report of the one-shot function on the same inputs
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    """The Inception's weights are found, checked and loaded, and its preprocessing runs, on
+    every path (the training-loop metrics' and the extraction of se.fid/se.kid); its network
+    is replaced by pooling, so that both give the same features in milliseconds."""
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
+
+    monkeypatch.setattr(FIDInception, "forward", forward)
+
+
+def _made_lines(report):
+    """The summary's lines on how the features were made, and its warnings."""
+    return [
+        line for line in report.summary().splitlines() if " made by " in line or "warning" in line
+    ]
+
+
+def _same_provenance(got, want):
+    """``got`` (a training-loop report) says how its features were made as ``want`` (the
+    one-shot function's report on the same inputs) says it."""
+    assert got.to_dict()["features_made_by"] == want.to_dict()["features_made_by"]
+    assert _made_lines(got) == _made_lines(want)
+    made = [w for w in want.to_dict()["warnings"] if "random weights" in w or "differently" in w]
+    assert made, "the one-shot report has provenance warnings"
+    for warning in made:
+        assert warning in got.to_dict()["warnings"], warning
+
+
+@pytest.mark.filterwarnings("ignore::shardeval.pipeline.errors.SingularCovarianceWarning")
+def test_image_rows_are_reported_as_the_one_shot_functions_report_them(
+    cheap_inception, tmp_path, rng
+):
+    """se.FID("featB_clean.zarr", weights="random:1") fed images reported 'gen': None, no made-by
+    line, no random-weights or made-differently warning; se.FID(weights="random") fed images on
+    both sides {'real': None, 'gen': None}; se.KID fed images 'made by inception-2015-12-05/pool3'
+    with encoder, resize and weights None. They report what se.fid and se.kid report."""
+    real = rng.integers(0, 256, (6, 3, 37, 45), dtype=np.uint8)
+    gen = rng.integers(0, 256, (7, 3, 41, 33), dtype=np.uint8)
+    np.save(tmp_path / "real.npy", real.transpose(0, 2, 3, 1))
+    store = str(tmp_path / "featB_clean.zarr")
+    se.extract(str(tmp_path / "real.npy"), store, weights="random:0", resize="clean")
+    cache = str(tmp_path / "cache")
+
+    # A reference store of another resize and weights, against generated images.
+    fid = se.FID(store, weights="random:1", batch_size=4)
+    fid.update(torch.from_numpy(gen[:3]))
+    fid.update(gen[3:])
+    once = se.fid(store, gen, weights="random:1", cache_root=cache)
+    assert _rel(float(fid.compute()), float(once)) < 1e-6
+    _same_provenance(fid.compute(), once)
+    # A checkpoint keeps how the rows were made.
+    resumed = se.FID(store, weights="random:1")
+    resumed.load_state_dict(fid.state_dict())
+    _same_provenance(resumed.compute(), once)
+
+    # Images on both sides.
+    both = se.FID(weights="random")
+    both.update(torch.from_numpy(real), real=True)
+    both.update(torch.from_numpy(gen))
+    once = se.fid(real, gen, weights="random", cache_root=cache)
+    assert _rel(float(both.compute()), float(once)) < 1e-6
+    _same_provenance(both.compute(), once)
+    merged = se.FID(weights="random")
+    merged.update(torch.from_numpy(real), real=True)
+    _same_provenance(merged.merge(both).compute(), once)  # gen rows made by the FID merged in
+
+    with se.KID(weights="random") as kid:
+        kid.update(torch.from_numpy(real), real=True)
+        kid.update(torch.from_numpy(gen))
+        once = se.kid(real, gen, weights="random", cache_root=cache)
+        assert float(kid.compute()) == pytest.approx(float(once), rel=1e-6, abs=1e-12)
+        _same_provenance(kid.compute(), once)
+    # Feature rows beside images: the feature side records nothing, as se.kid's array does.
+    rows = rng.standard_normal((6, 2048)).astype(np.float32)
+    with se.KID(weights="random") as kid:
+        kid.update(rows, real=True)
+        kid.update(torch.from_numpy(gen))
+        once = se.kid(rows, gen, weights="random", cache_root=cache)
+        assert once.to_dict()["features_made_by"]["real"] is None
+        _same_provenance(kid.compute(), once)
+
+
+# ---------------------------------------------------------------------------------------------
 # options and inputs checked at the boundary
 
 

@@ -81,6 +81,26 @@ def _feed(metric, real, gen):
         metric.update(gen[lo : lo + BATCH])
 
 
+#: Per rank of the job of image batches: (real, generated) images.
+IMAGES = [(0, 0), (3, 4)]
+#: Its deadline: every rank builds and loads the (random) Inception, seconds of CPU each.
+IMAGE_DEADLINE_SECONDS = 300
+
+
+def _rank_images(rank):
+    """This rank's (real, generated) uint8 images, (B, 3, H, W)."""
+    rng = np.random.default_rng(100 + rank)
+    return tuple(rng.integers(0, 256, (n, 3, 21, 19), dtype=np.uint8) for n in IMAGES[rank])
+
+
+def _pooled(self, x):
+    """The Inception's network replaced by pooling (in the ranks and in the test process
+    alike): its weights are found and loaded, its preprocessing runs, in milliseconds."""
+    import torch
+
+    return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
+
+
 def _outcome(call):
     """What ``call()`` returned, or the type and message of what it raised."""
     try:
@@ -156,23 +176,51 @@ def worker(rank, world, init_file, out_dir):
         pickle.dump(out, fh)
 
 
-@pytest.fixture(scope="module")
-def jobs(tmp_path_factory):
-    """Both jobs (2 and 3 processes) at once, their ranks forked from one server that has
-    imported what they need."""
+def image_worker(rank, world, init_file, out_dir):
+    """One rank of the job of image batches: rank 0 holds no image, so that the rank that
+    computes the pair metrics learns how the rows were made from the others."""
+    import torch.distributed as dist
+
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    FIDInception.forward = _pooled
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=IMAGE_DEADLINE_SECONDS - 10),
+    )
+    real, gen = _rank_images(rank)
+    with se.KID(weights="random", **KID_OPTIONS) as kid:
+        fid = se.FID(weights="random")
+        for metric in (fid, kid):
+            if len(real):
+                metric.update(real, real=True)
+                metric.update(gen)
+        out = {"fid": fid.compute(), "kid": kid.compute()}
+    dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
+        pickle.dump(out, fh)
+
+
+def _started(tmp_path_factory, target, worlds, seconds):
+    """Jobs of ``worlds`` processes at once, their ranks forked from one server that has
+    imported what they need; yields ``results(world)``, each rank's output once the job
+    ended (within ``seconds``)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     started = {}
-    for world in SPLITS:
-        folder = tmp_path_factory.mktemp(f"world{world}")
+    for world in worlds:
+        folder = tmp_path_factory.mktemp(f"{target.__name__}{world}")
         procs = [
-            ctx.Process(target=worker, args=(r, world, str(folder / "init"), str(folder)))
+            ctx.Process(target=target, args=(r, world, str(folder / "init"), str(folder)))
             for r in range(world)
         ]
         for p in procs:
             p.start()
         started[world] = (procs, folder)
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    deadline = time.monotonic() + seconds
     done = {}
 
     def results(world):
@@ -193,6 +241,18 @@ def jobs(tmp_path_factory):
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """Both jobs (2 and 3 processes) at once."""
+    yield from _started(tmp_path_factory, worker, SPLITS, DEADLINE_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def image_job(tmp_path_factory):
+    """The job of image batches (2 processes), alone: each rank loads the Inception."""
+    yield from _started(tmp_path_factory, image_worker, [2], IMAGE_DEADLINE_SECONDS)
 
 
 def _single_process(world, monkeypatch):
@@ -303,3 +363,31 @@ def test_a_rank_that_computes_alone_fails_at_its_deadline(world, jobs):
     for out in results:
         assert out["after alone"]["fid"] == results[0]["after alone"]["fid"]
         assert out["after alone"].to_dict()["processes"] == world
+
+
+@pytest.mark.timeout(2 * IMAGE_DEADLINE_SECONDS)
+def test_image_rows_say_how_they_were_made_on_every_rank(image_job, monkeypatch, tmp_path):
+    """Training-loop metrics fed images reported no provenance ('gen': None for FID; for KID
+    the network alone, encoder, resize and weights None). Under sync every rank (a rank
+    without rows too) reports what se.fid and se.kid report for every rank's images, and the
+    values over them."""
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    monkeypatch.setattr(FIDInception, "forward", _pooled)
+    real, gen = (
+        np.concatenate(side)
+        for side in zip(*(_rank_images(r) for r in range(len(IMAGES))), strict=True)
+    )
+    options = {"weights": "random", "cache_root": str(tmp_path)}
+    once = {"fid": se.fid(real, gen, **options), "kid": se.kid(real, gen, **options, **KID_OPTIONS)}
+    for rank, out in enumerate(image_job(len(IMAGES))):
+        for name, want in once.items():
+            got = out[name]
+            assert got.to_dict()["features_made_by"] == want.to_dict()["features_made_by"], rank
+            assert want.to_dict()["features_made_by"]["gen"]["weights_status"] == "random"
+            made = [line for line in want.summary().splitlines() if " made by " in line]
+            assert made == [line for line in got.summary().splitlines() if " made by " in line]
+            smoke = [w for w in want.to_dict()["warnings"] if "random weights" in w]
+            assert smoke, want.to_dict()["warnings"]
+            assert set(smoke) <= set(got.to_dict()["warnings"]), (rank, name)
+            assert float(got) == pytest.approx(float(want), rel=1e-6, abs=1e-12), (rank, name)
