@@ -31,7 +31,11 @@ every rank. A ``compute()`` after which no rank has changed its rows returns the
 only the cheap agreement of the ranks runs. The ranks first meet through the process group's
 store, with a deadline («sync_timeout», :data:`SYNC_TIMEOUT_SECONDS` by default): a rank that
 calls ``compute()`` or ``sync()`` alone gets an :class:`~shardeval.pipeline.errors.EngineError`
-instead of waiting forever. Metrics sync and merge only with metrics of the same
+instead of waiting forever. As with every ``torch.distributed`` collective, ranks call the
+``compute()`` and ``sync()`` of their metrics in the same order; a metric is known across ranks
+by its kind and the order in which its process made it (copies and unpickled metrics count as
+made), so ranks make their metrics in the same order too, and a gather of metrics made in
+other orders is refused on every rank. Metrics sync and merge only with metrics of the same
 settings, reference and feature provenance (how their rows were made); anything else is
 refused, naming what differs. A report says how its features were
 made (``features_made_by``, its summary's lines and warnings) as :func:`shardeval.fid` and
@@ -301,6 +305,10 @@ class _Batches:
     a metric fed features never needs weights.
     """
 
+    #: This metric's kind and count among the metrics of its kind this process made
+    #: (:func:`_made_here`): what ranks compare before they gather.
+    _order: tuple[str, int]
+
     def __init__(
         self,
         encoder: str,
@@ -423,6 +431,7 @@ class _Batches:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._order = _made_here(self._order[0])  # a copy is a metric this process made
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         # What is configuration rather than state is shared, never copied: the process group
@@ -468,6 +477,29 @@ class _Batches:
 # torch.distributed
 
 
+#: Per kind of training-loop metric ("fid", "kid", "kid/prdc", ...), how many this process has
+#: made, copied or unpickled. Under torch.distributed a metric is known across ranks by its
+#: kind and this count: ranks gather their states in the order of their calls, and two metrics
+#: of one kind and settings whose calls the ranks make in other orders would be gathered into
+#: one silently; this pair is what tells them apart.
+_MADE_SO_FAR: dict[str, int] = {}
+
+
+def _made_here(kind: str) -> tuple[str, int]:
+    """The kind and count of a metric this process makes now (see :data:`_MADE_SO_FAR`)."""
+    count = _MADE_SO_FAR.get(kind, 0)
+    _MADE_SO_FAR[kind] = count + 1
+    return kind, count
+
+
+def _nth(order: tuple[str, int]) -> str:
+    """How a message names a metric by its kind and count: "its 2nd fid metric"."""
+    kind, count = order
+    n = count + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"its {n}{suffix} {kind} metric"
+
+
 #: Per process group (its global ranks), how many meetings this process has completed in it:
 #: the n-th meeting of every rank has the same keys in the store.
 _MEETINGS: dict[tuple[int, ...], int] = {}
@@ -496,6 +528,27 @@ class _Group:
         out: list[Any] = [None] * self.size
         dist.all_gather_object(out, payload, group=self.handle)
         return out
+
+    def gather_alike(self, order: tuple[str, int], payload: Any, what: str) -> list[Any]:
+        """Every rank's ``payload`` in rank order, once every rank proved it gathers the same
+        metric: the same kind, made as the same one of its kind in its process (``order``,
+        from :func:`_made_here`). Every rank sees every rank's ``order``, so all refuse alike
+        and none waits in a later collective.
+
+        Raises:
+            OptionError: ranks that gather other metrics, naming the first two.
+        """
+        gathered = self.all_gather((order, payload))
+        for rank, (theirs, _) in enumerate(gathered):
+            if theirs != gathered[0][0]:
+                raise OptionError(
+                    f"{what}: rank 0 gathers {_nth(gathered[0][0])} and rank {rank} "
+                    f"{_nth(theirs)} (as made in each process): ranks must make their "
+                    "training-loop metrics in the same order and call compute() and sync() of "
+                    "each in the same order; a metric made on some ranks only is made after "
+                    "the others"
+                )
+        return [payload for _, payload in gathered]
 
     def broadcast(self, payload: Any) -> Any:
         """Rank 0's ``payload`` on every rank."""
@@ -977,6 +1030,7 @@ class FID(_Batches):
                 "scheduler": scheduler,
             }
             self._set_reference(*_load_reference(reference, options))
+        self._order = _made_here("fid")
 
     def _set_reference(self, gaussian: Gaussian, side: Side) -> None:
         if gaussian.n is not None and gaussian.n < 2:
@@ -1079,8 +1133,9 @@ class FID(_Batches):
             this rank's rows alone.
 
         Raises:
-            OptionError: no reference (none given, no real rows); processes whose metrics
-                differ in reference, settings or how their rows were made.
+            OptionError: no reference (none given, no real rows); ranks that gather other
+                metrics (see :meth:`sync`); processes whose metrics differ in reference,
+                settings or how their rows were made.
             ShapeError: fewer than 2 rows on a side.
             NumericalError: a covariance that is not positive semi-definite beyond rounding.
             EngineError: not every rank of the group called it within ``sync_timeout``.
@@ -1211,8 +1266,10 @@ class FID(_Batches):
         Raises:
             EngineError: ``torch.distributed`` is not initialised; not every rank called it
                 within ``sync_timeout``.
-            OptionError: the processes differ in reference, settings or how their rows were
-                made (the message names the ranks and what differs).
+            OptionError: the ranks gather other metrics (of another kind, or made in another
+                order: ranks make their metrics, and call their syncs, in the same order); the
+                processes differ in reference, settings or how their rows were made (the
+                message names the ranks and what differs).
             ShapeError: feature dimensions differ between processes.
         """
         g = _group(self.process_group if group is None else group)
@@ -1222,7 +1279,7 @@ class FID(_Batches):
     def _sync(self, g: _Group, what: str) -> None:
         """The gather itself, once every rank of ``g`` is here (``what``: the call, for
         messages)."""
-        self._global = _fold(g.all_gather(self._share()), what)
+        self._global = _fold(g.gather_alike(self._order, self._share(), what), what)
         self._processes, self._synced_over = g.size, g.ranks
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -1819,6 +1876,7 @@ class PairMetrics(_Batches):
         self._work_dir = None if work_dir is None else os.fspath(work_dir)
         self._open_folder()
         self._global: Report | None = None
+        self._order = _made_here("/".join(chosen))
 
     def _open_folder(self) -> None:
         """A work folder of this object's own, with empty spills: removed with it, and only
@@ -1857,6 +1915,7 @@ class PairMetrics(_Batches):
         state = dict(state)
         rows = state.pop("_rows")
         self.__dict__.update(state)
+        self._order = _made_here(self._order[0])  # a copy is a metric this process made
         self._open_folder()
         for side, held in rows.items():
             if held is None:
@@ -2024,8 +2083,9 @@ class PairMetrics(_Batches):
             holds, and ``local`` (``rank``, ``world_size``) when it holds this rank's alone.
 
         Raises:
-            OptionError: no reference; processes whose metrics differ in metrics, options,
-                reference or how their rows were made.
+            OptionError: no reference; ranks that gather other metrics (see :meth:`sync`);
+                processes whose metrics differ in metrics, options, reference or how their
+                rows were made.
             ShapeError: fewer than 2 rows on a side, or k not below a set's rows.
             EngineError: not every rank of the group called it within ``sync_timeout``.
         """
@@ -2112,9 +2172,10 @@ class PairMetrics(_Batches):
         Raises:
             EngineError: ``torch.distributed`` is not initialised; not every rank called it
                 within ``sync_timeout``.
-            OptionError: the processes were made with other metrics, options or references,
-                or their rows were made otherwise (the message names the ranks and what
-                differs).
+            OptionError: the ranks gather other metrics (of another kind, or made in another
+                order: ranks make their metrics, and call their syncs, in the same order); the
+                processes were made with other metrics, options or references, or their rows
+                were made otherwise (the message names the ranks and what differs).
             ShapeError, DtypeError: the processes' rows differ in d or dtype.
             Whatever :meth:`compute` raises on rank 0, on every rank.
         """
@@ -2132,7 +2193,7 @@ class PairMetrics(_Batches):
             s: (sp.n, None if sp.dtype is None else sp.dtype.name) for s, sp in self._spills.items()
         }
         described = self._described
-        shares = g.all_gather((self._identity(), self._d, held, described))
+        shares = g.gather_alike(self._order, (self._identity(), self._d, held, described), what)
         labels = [f"rank {r}" for r in range(g.size)]
         _refuse_differences(what, labels, [s[0] for s in shares], _PAIR_FIXES)
         dims = sorted({s[1] for s in shares if s[1] is not None})

@@ -42,6 +42,8 @@ ALONE_SECONDS = 2
 #: Spill chunks of 16 rows (at d = 8, float32): rows travel to rank 0 in several messages.
 SPILL_CHUNK_BYTES = 16 * D * 4
 DEADLINE_SECONDS = 120
+#: The generated rows of the second of two FIDs are scaled by it: another value.
+OTHER_SCALE = 1.5
 PRELOAD = [
     "torch",
     "torch.distributed",
@@ -170,6 +172,23 @@ def worker(rank, world, init_file, out_dir):
         out["alone"] = _outcome(fid.compute)
     dist.barrier()
     out["after alone"] = fid.compute()
+
+    # Two FIDs whose compute() the ranks call in other orders (rank 0's first meets the others'
+    # second), and a FID that meets a KID: refused on every rank; the job goes on, and in one
+    # order every rank has each metric's value.
+    first, second = se.FID(precision="fp64"), se.FID(precision="fp64")
+    _feed(first, real, gen)
+    _feed(second, real, gen * OTHER_SCALE)
+    order = (first, second) if rank == 0 else (second, first)
+    out["other order"] = [_outcome(metric.compute) for metric in order]
+    out["one order"] = [float(metric.compute()) for metric in (first, second)]
+    fid = se.FID(precision="fp64")
+    with se.KID(**KID_OPTIONS) as kid:
+        _feed(fid, real, gen)
+        _feed(kid, real, gen)
+        order = (fid, kid) if rank == 0 else (kid, fid)
+        out["other kind"] = [_outcome(metric.compute) for metric in order]
+        out["one kind"] = [fid.compute(), kid.compute()]
 
     dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
@@ -391,3 +410,35 @@ def test_image_rows_say_how_they_were_made_on_every_rank(image_job, monkeypatch,
             assert smoke, want.to_dict()["warnings"]
             assert set(smoke) <= set(got.to_dict()["warnings"]), (rank, name)
             assert float(got) == pytest.approx(float(want), rel=1e-6, abs=1e-12), (rank, name)
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_metrics_met_in_other_orders_are_refused_on_every_rank(world, jobs, monkeypatch):
+    """Two FIDs whose compute() rank 0 called in one order and the other ranks in the other
+    gathered rank 0's rows of one with the others' rows of the other, and every rank returned
+    that FID (exit code 0). A metric is known across ranks by its kind and the order in which
+    its process made it: a mismatch is refused on every rank, in one line; the metrics keep
+    their rows, and in one order they give the value over every rank's rows."""
+    results = jobs(world)
+    _, _, kid = _single_process(world, monkeypatch)
+    real, gen = (
+        np.concatenate(rows)
+        for rows in zip(*(_rank_rows(world, r) for r in range(world)), strict=True)
+    )
+    scaled = (gen * np.float32(OTHER_SCALE)).astype(np.float32)  # as the ranks scaled theirs
+    exact = [exact_fid(*np_stats(real), *np_stats(g)) for g in (gen, scaled)]
+    assert abs(exact[0] - exact[1]) > 0.1 * exact[0]  # two values, told apart below
+    for out in results:
+        for key in ("other order", "other kind"):
+            for outcome in out[key]:
+                assert isinstance(outcome, tuple), (key, outcome)  # an error, not a value
+                kind, message = outcome
+                assert kind == "OptionError", message
+                assert "\n" not in message
+                assert "same order" in message, message
+        for got, want in zip(out["one order"], exact, strict=True):
+            assert abs(got - want) <= 1e-9 * want
+        fid, got_kid = out["one kind"]
+        assert abs(float(fid) - exact[0]) <= 1e-9 * exact[0]
+        assert got_kid["kid"] == kid["kid"]  # bit for bit
