@@ -421,8 +421,15 @@ def image_pixels(images: Any, what: str, *, channels_last: bool = True) -> np.nd
             raise DtypeError(
                 f"{what} has dtype {t.dtype}; images are uint8 (0..255) or floats in [0, 1]"
             )
+        nan = torch.isnan(t).flatten(1).any(dim=1)  # per image
+        if bool(nan.any()):  # aminmax would say [nan, nan], however few values are NaN
+            image = int(torch.nonzero(nan)[0, 0])
+            raise DtypeError(
+                f"{what} holds NaN in {int(nan.sum())} image(s) (first: image {image}); float "
+                "images must be numbers in [0, 1]: clean or drop those images"
+            )
         low, high = (float(v) for v in torch.aminmax(t.float())) if t.numel() else (0, 0)
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+        if not (low >= 0.0 and high <= 1.0):
             raise DtypeError(
                 f"{what} holds {t.dtype} values in [{low:.6g}, {high:.6g}]; float images "
                 "must lie in [0, 1] (scale them, e.g. (x + 1) / 2 for [-1, 1])"
