@@ -188,8 +188,10 @@ def fid_summary(
 def rank_deficit(real: Side, gen: Side) -> int:
     """Zero eigenvalues the sides' row counts leave: a covariance of n ≤ d rows has rank at
     most n − 1, so d − n + 1 of its eigenvalues are zero, and rounding puts about half of
-    them below zero, where they are clamped (expected, not an alarm)."""
-    return sum(max(0, s.d - s.n + 1) for s in (real, gen) if s.n is not None)
+    them below zero, where they are clamped (expected, not an alarm). The clamped count spans
+    Σ_g's factor and the product matrix, whose zeros together number d − min(rank Σ_r, rank
+    Σ_g): the larger of the sides' d − n + 1, never their sum."""
+    return max((max(0, s.d - s.n + 1) for s in (real, gen) if s.n is not None), default=0)
 
 
 def clamped_text(r: FrechetDistance, real: Side, gen: Side) -> str:

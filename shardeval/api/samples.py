@@ -22,7 +22,14 @@ from shardeval.api.functions import (
     refuse,
     with_features,
 )
-from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
+from shardeval.api.inputs import (
+    arrays_for,
+    describe_input,
+    features,
+    is_path,
+    is_statistics,
+    statistics,
+)
 from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
@@ -56,7 +63,7 @@ def _params(wanted: Sequence[str], given: dict[str, Any]) -> dict[str, Any]:
         if metric not in wanted:
             # seed is fid_inf's too: metrics() words its own refusal
             shared = [n for n in names if n != "seed"]
-            refuse(given, shared, f"apply to {metric}, which is not asked for")
+            refuse(given, shared, f"apply to {metric}, which is not asked for")  # one metric
     params: dict[str, Any] = {}
     if "kid" in wanted:
         params["kid"] = KIDParams()
@@ -198,13 +205,21 @@ def _report(
     return Report(data["metric"], results, data, "\n".join(lines), _HEADLINE[first](results[first]))
 
 
+def _takes_precision() -> str:
+    """The metrics whose products «precision» sets (by their declarations)."""
+    from shardeval.pipeline.metrics import METRICS
+
+    takers = [m for m in METRICS if "precision" in METRICS[m].run_options]
+    return ", ".join(m for m in takers if m not in _FLOAT64_SUMS)
+
+
 def _refuse_fp32_sums(precision: str | None) -> None:
     """KID and CMMD alone: fp64 is what they do; fp32 they cannot honour."""
     if precision == "fp32":
         raise OptionError(
-            "«precision='fp32'» cannot apply to kid and cmmd: their kernel sums always take "
+            "«precision='fp32'» cannot apply to kid or cmmd: their kernel sums always take "
             "float64 products of centred rows, since no bound on fp32 rounding holds their "
-            "value to 1e-5 (docs/numerics.md); «precision» applies to fid and prdc"
+            f"value to 1e-5 (docs/numerics.md); «precision» applies to {_takes_precision()}"
         )
 
 
@@ -259,7 +274,10 @@ def _one(name: str, real: Any, gen: Any, options: dict[str, Any]) -> Report:
     with _noted() as notes, _running(options) as run:
         array, rows = run.options.get("array"), run.options.get("shard_rows")
         real, gen = with_features(run, [real, gen], images)
-        a, b = (features(x, array=array, shard_rows=rows) for x in (real, gen))
+        names = arrays_for([real, gen], array)
+        a, b = (
+            features(x, array=n, shard_rows=rows) for x, n in zip((real, gen), names, strict=True)
+        )
         return _report(run, _pairs(run, a, b, params), a, b, notes)
 
 
@@ -419,14 +437,16 @@ def metrics(
         owners = [m for m in METRICS if option in {p.name for p in METRICS[m].params}]
         if not owners:
             raise OptionError(f"no metric takes «{option}»")
-        raise OptionError(f"«{option}» applies to {', '.join(owners)}, which is not asked for")
+        verb = "is" if len(owners) == 1 else "are"
+        raise OptionError(f"«{option}» applies to {', '.join(owners)}, which {verb} not asked for")
     asked = f"the metrics asked ({', '.join(wanted)})"
     untaken = [o for o in _RUN_OPTIONS if all(o not in METRICS[m].run_options for m in wanted)]
     refuse(given, untaken, f"do not apply to {asked}")
     pair = [m for m in wanted if METRICS[m].needs_reference_features]
     if pair and nonfinite == "drop":
         raise OptionError(
-            f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which need every row"
+            f"«nonfinite='drop'» cannot apply to {', '.join(pair)}, which "
+            f"need{'s' if len(pair) == 1 else ''} every row"
         )
     if nonfinite == "drop" and all("nonfinite" not in declared[m] for m in wanted):
         one = len(wanted) == 1
@@ -498,17 +518,17 @@ def metrics(
     with _noted() as notes, _running(given) as run:
         gaussian = statistics(real) if given_stats else None
         real, gen = with_features(run, [real, gen], images)
-        a = (
-            None
-            if real is None
-            else gaussian
-            if stats_only
-            else features(real, array=array, shard_rows=shard_rows)
-        )
-        b = features(gen, array=array, shard_rows=shard_rows)
         # The array named names what the metrics read, when they all read one kind of input
         # (the Inception Score's logits, or features); else it is the features'.
         one_kind = len({METRICS[m].reads for m in wanted}) == 1
+        real_rows = real is not None and not stats_only
+        arrays = arrays_for([real, gen] if real_rows else [gen], array)
+        if one_kind and METRICS[wanted[0]].reads == "logits":  # of GEN alone: no reference
+            from shardeval.pipeline.inception_score.logits import array_of_logits
+
+            arrays = [array_of_logits(gen, array)]
+        a = features(real, array=arrays[0], shard_rows=shard_rows) if real_rows else gaussian
+        b = features(gen, array=arrays[-1], shard_rows=shard_rows)
         in_memory = not (images[1] or is_path(gen))  # images become an extraction store
         named = (array is not None or in_memory) if one_kind else None
         return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named, held=held)

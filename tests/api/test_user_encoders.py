@@ -131,15 +131,24 @@ def test_extract_with_a_module_records_it(tmp_path, net):
         se.extract(pixels, str(tmp_path / "y.zarr"), encoder=spec, weights=str(tmp_path))
 
 
-def test_training_loop_fid_with_a_module(net):
+def test_training_loop_fid_with_a_module(tmp_path, net):
     real_pixels, gen_pixels = _pixels(4, 11), _pixels(5, 9)
-    metric = se.FID(encoder=se.encoder(net, name="tiny-net"), batch_size=4, precision="fp64")
+    metric_spec = se.encoder(net, name="tiny-net")
+    metric = se.FID(encoder=metric_spec, batch_size=4, precision="fp64")
     for pixels, real in ((real_pixels, True), (gen_pixels, False)):
         batch = torch.from_numpy(pixels).permute(0, 3, 1, 2)
         metric.update(batch[:5], real=real)
         metric.update(batch[5:], real=real)
     expected = _fid(_rows(net, real_pixels), _rows(net, gen_pixels))
-    assert float(metric.compute()) == pytest.approx(expected, rel=1e-6)
+    report = metric.compute()
+    assert float(report) == pytest.approx(expected, rel=1e-6)
+    # Its report says how the rows were made as the extracted features' reports say it.
+    for role, made in report.to_dict()["features_made_by"].items():
+        assert made["encoder"] == made["feature_extractor"] == "python:tiny-net", role
+        assert made["encoder_source"] == "python", role
+        assert made["weights_status"] == "unpinned", role
+    once = se.fid(real_pixels, gen_pixels, encoder=metric_spec, cache_root=str(tmp_path))
+    assert report.to_dict()["features_made_by"] == once.to_dict()["features_made_by"]
 
 
 @pytest.fixture

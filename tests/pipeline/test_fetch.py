@@ -154,7 +154,7 @@ def test_a_connection_closed_early_without_a_length_is_a_cut_transfer(tmp_path, 
         with pytest.raises(TransferError) as info:
             fetch(item, retries=0)
     text = _one_line(info)
-    assert f"short of the pinned {fetching._size(len(body))}" in text
+    assert f"short of the pinned {fetching.size_text(len(body))}" in text
     assert "is kept" in text
     assert _bytes(item.path() + PART_SUFFIX) == body[: len(body) // 2]
 
@@ -419,7 +419,7 @@ def test_a_failed_resume_keeps_the_partial_file(tmp_path, body, then):
 
 
 def _size_words(n):
-    return fetching._size(n)
+    return fetching.size_text(n)
 
 
 def test_a_partial_file_longer_than_the_pinned_size_is_discarded_and_said(tmp_path, body):
@@ -640,8 +640,8 @@ def test_a_server_sending_too_much_over_a_partial_file_keeps_the_partial_file(tm
             fetch(item)
     text = _one_line(info)
     assert "more than the pinned" in text
-    assert f"the {fetching._size(len(body) - 2 * BLOCK)} it sent are discarded" in text
-    assert f"({fetching._size(2 * BLOCK)}) is kept" in text
+    assert f"the {fetching.size_text(len(body) - 2 * BLOCK)} it sent are discarded" in text
+    assert f"({fetching.size_text(2 * BLOCK)}) is kept" in text
     assert _bytes(item.path() + PART_SUFFIX) == body[: 2 * BLOCK]
 
 

@@ -15,6 +15,7 @@ Importing this package imports nothing heavy (the CLI lists the names); torch, P
 model libraries are imported when an encoder is loaded.
 
 Example:
+    >>> from shardeval.kernels.encoders import ENCODERS
     >>> sorted(ENCODERS)
     ['clip-vitl14-336', 'dinov2-vitl14', 'inception']
     >>> ENCODERS["inception"].dim

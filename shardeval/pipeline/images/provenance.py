@@ -115,7 +115,8 @@ class MadeBy:
         resize: the preprocessing (``legacy-pytorch``, ``legacy-tensorflow`` …).
         weights_digest: ``sha256:<hex>``, ``random:<seed>`` or (older stores) ``blake2b-128:…``.
         weights_status: see :func:`weights_status`.
-        weights_file: where the weights were read when the features were made.
+        weights_file: where the weights were read when the features were made (None: no file,
+            as for a module given in Python, whose store records "").
         encoder_source: where the encoder came from: ``shardeval`` (registered), ``timm``,
             ``open_clip``, ``hf`` or ``python`` (a module given in Python); None where the
             input does not record it (a store made before it was recorded: registered).
@@ -173,7 +174,7 @@ def made_by(provenance: Mapping[str, Any] | None) -> MadeBy | None:
         resize=extraction.get("resize"),
         weights_digest=digest,
         weights_status=weights_status(encoder, digest),
-        weights_file=extraction.get("weights_file"),
+        weights_file=extraction.get("weights_file") or None,
         encoder_source=extraction.get("encoder_source"),
     )
 
@@ -189,7 +190,7 @@ def recorded(record: Mapping[str, Any]) -> MadeBy:
         resize=record.get("resize"),
         weights_digest=digest,
         weights_status=weights_status(encoder, digest),
-        weights_file=record.get("weights_file"),
+        weights_file=record.get("weights_file") or None,
         encoder_source=record.get("encoder_source"),
     )
 

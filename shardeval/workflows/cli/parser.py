@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics = sub.add_parser(
         "metrics",
         parents=[*features, images, output],
-        help="several metrics at once (fid, fid_inf, kid, cmmd, prdc), sharing the passes",
+        help=f"several metrics at once ({', '.join(METRICS)}), sharing the passes",
         description="The metrics named by --metrics, computed together: one pass over the "
         "shards for FID and FID∞, one over each set's own block pairs and one over the cross "
         "pairs for KID, CMMD and PRDC (each block pair's product serves all of them).",
