@@ -32,7 +32,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("kid", "cmmd", "prdc", "metrics"), "shardeval.api.samples"),
     "inception_score": "shardeval.api.inception",
-    "extract": "shardeval.api.extraction",
+    **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
     "fetch": "shardeval.api.fetching",
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
@@ -69,6 +69,7 @@ __all__ = [
     "ShardevalError",
     "StoreError",
     "cmmd",
+    "encoder",
     "ess",
     "extract",
     "fetch",
@@ -85,7 +86,7 @@ __all__ = [
 ]
 
 if _TYPE_CHECKING:
-    from shardeval.api.extraction import extract
+    from shardeval.api.extraction import encoder, extract
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import (
         ess,

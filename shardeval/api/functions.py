@@ -28,6 +28,7 @@ from typing import Any
 
 from shardeval.api.inputs import (
     IMAGE_OPTIONS,
+    arrays_for,
     checked_gaussian,
     describe_input,
     extracted,
@@ -417,11 +418,9 @@ def _fid(
     from shardeval.pipeline.io.stores import check_same_dim
 
     o = run.options
-    sources = {
-        i: features(x, array=o.get("array"), shard_rows=o.get("shard_rows"))
-        for i, (x, kind) in enumerate(zip(inputs, kinds, strict=True))
-        if kind == "features"
-    }
+    rows = [i for i, kind in enumerate(kinds) if kind == "features"]
+    names = dict(zip(rows, arrays_for([inputs[i] for i in rows], o.get("array")), strict=True))
+    sources = {i: features(inputs[i], array=names[i], shard_rows=o.get("shard_rows")) for i in rows}
     stats = {i: _statistics_side(x) for i, x in enumerate(inputs) if i not in sources}
     dims = {stats[i][1].location: stats[i][1].d for i in stats}
     dims |= {s.location: s.d for s in sources.values()}
@@ -658,6 +657,43 @@ def stats(
     return Report("stats", {"moments": moments}, data, text, None)
 
 
+def _shown(x: Any) -> str:
+    """A value in a message: statistics and arrays by their kind and shape, others as repr."""
+    short = isinstance(x, int | float | complex | bytes | type(None))
+    return repr(x) if short else describe_input(x)
+
+
+def _stats_paths(inputs: Any) -> list[str]:
+    """``merge_stats``'s inputs as paths: a list (or other sequence) of str or PathLike.
+
+    Raises:
+        StatsFormatError: one path (a str is a sequence of its characters), or not paths.
+    """
+    from shardeval.pipeline.errors import StatsFormatError
+
+    if is_path(inputs):
+        raise StatsFormatError(
+            f"«inputs» is one path, {os.fspath(inputs)!r}; merge_stats merges two or more "
+            "statistics files, given as a list of their paths: [path_a, path_b, ...]"
+        )
+    try:
+        given = list(inputs)
+    except TypeError:
+        raise StatsFormatError(
+            f"«inputs» is {_shown(inputs)} ({type(inputs).__name__}); merge_stats takes a list "
+            "of the paths of statistics files"
+        ) from None
+    wrong = [(i, x) for i, x in enumerate(given) if not is_path(x)]
+    if wrong:
+        i, x = wrong[0]
+        raise StatsFormatError(
+            f"«inputs»[{i}] is {_shown(x)} "
+            f"({type(x).__name__}); merge_stats takes the paths of statistics files (str or "
+            "os.PathLike); Moments in memory merge with a.merge(b)"
+        )
+    return [os.fspath(p) for p in given]
+
+
 def merge_stats(
     inputs: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -667,10 +703,21 @@ def merge_stats(
     """Merge statistics of disjoint row sets (each must record n) into ``output``: the
     statistics of their union, exactly (Chan et al.'s pairwise update).
 
+    Args:
+        inputs: the paths of two or more statistics files, as a list (a single path is not a
+            list of its characters: it is refused, as anything but paths is).
+        output: the statistics file to write.
+        overwrite: replace an existing statistics file at ``output``.
+
     Returns:
         :class:`~shardeval.api.results.Report`: ``results["moments"]`` the merged
         :class:`~shardeval.pipeline.core.states.Moments` (``float()`` raises, as for
         :func:`stats`).
+
+    Raises:
+        StatsFormatError: ``inputs`` is one path or holds something other than paths; fewer
+            than two files; files that do not merge (see
+            :func:`shardeval.pipeline.io.statsio.merge_stats`).
 
     Example:
         >>> import os, tempfile, numpy as np, shardeval as se
@@ -685,7 +732,7 @@ def merge_stats(
     from shardeval.pipeline.io.statsio import is_stats, save_stats
     from shardeval.pipeline.io.statsio import merge_stats as merge
 
-    paths = [os.fspath(p) for p in inputs]
+    paths = _stats_paths(inputs)
     output = os.fspath(output)
     _must_exist(*paths)
     check_outside(output, paths)
@@ -773,8 +820,8 @@ def nll(
         kernel: dict[str, Any] = {"device": device or "auto", "backend": backend or "auto"}
         inputs: dict[str, Any] = {}
 
-        def opened(x: Any, **kw: Any) -> Any:
-            return features(x, array=array, shard_rows=shard_rows, **kw)
+        def opened(x: Any, name: str | None = array, **kw: Any) -> Any:
+            return features(x, array=name, shard_rows=shard_rows, **kw)
 
         if mode == "loglik":
             from shardeval.pipeline.likelihood.nll import nll_from_loglik
@@ -807,7 +854,8 @@ def nll(
         else:
             from shardeval.pipeline.likelihood.parzen import nll_parzen
 
-            samples, test = opened(parzen), opened(store)
+            names = arrays_for([parzen, store], array)
+            samples, test = opened(parzen, names[0]), opened(store, names[1])
             result = nll_parzen(
                 samples, test, bandwidth or "silverman", engine=eng, nonfinite=nonfinite,
                 progress=bar, **kernel,

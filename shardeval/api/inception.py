@@ -35,7 +35,10 @@ def summary(result: Any, seconds: float) -> str:
             f"std over {result.splits} splits, rows shuffled by seed {result.seed}, as "
             "torch-fidelity's isc]"
         )
-    lines.append(f"  logits {result.logits}  n={result.n:,} C={result.classes:,}   {seconds:.2f} s")
+    declared = "  (declared logits)" if result.as_logits else ""
+    lines.append(
+        f"  logits {result.logits}  n={result.n:,} C={result.classes:,}{declared}   {seconds:.2f} s"
+    )
     return "\n".join(lines)
 
 
@@ -44,6 +47,7 @@ def inception_score(
     *,
     splits: int | None = None,
     seed: int | None = None,
+    as_logits: bool | None = None,
     encoder: str | None = None,
     resize: str | None = None,
     weights: str | None = None,
@@ -74,17 +78,23 @@ def inception_score(
     Args:
         logits: (N, C) logits: an array or tensor in memory (see
             :mod:`shardeval.api.inputs`), a store whose array says it holds logits (named
-            ``logits``: a group's or ``.npz``'s variable, a file ``logits.npy``; or a
-            ``class`` dimension; or named by ``array``), an extraction store of the Inception
-            (its ``logits`` array, pool3 · Wᵀ without the bias, as torch-fidelity's
-            ``logits_unbiased``), or images (extracted with the Inception into the feature
-            cache, logits included). A −inf logit is a class of probability 0.
+            ``logits``: a group's or ``.npz``'s variable, picked among others, a file
+            ``logits.npy``; or a ``class`` dimension; or named by ``array``), an extraction
+            store of the Inception (its ``logits`` array, pool3 · Wᵀ without the bias, as
+            torch-fidelity's ``logits_unbiased``), or images (extracted with the Inception
+            into the feature cache, logits included). A −inf logit is a class of probability
+            0. Features are refused: an array 2,048 wide (the Inception's pool3 width; its
+            logits have 1,008), or whose every value is ≥ 0 (features after a ReLU), unless
+            ``as_logits``.
         splits: S > 0: also the peers' protocol with S splits (default 0: not computed).
         seed: seed of the split order (default 2020, torch-fidelity's; with ``splits`` only).
+        as_logits: declare the array class logits: read it whatever its name (a ``.npy`` or
+            Zarr array named otherwise), width or signs (default False; the report records it).
         encoder, resize, weights, batch_size, cache_root, verify, skip_bad: how image inputs
             become logits, as for :func:`shardeval.fid` (the encoder must be ``inception``).
-        shard_rows, array, split_every: how the logits are read and reduced (``array`` on
-            an extraction store: only ``'logits'``).
+        shard_rows, array, split_every: how the logits are read and reduced (``array`` picks
+            a variable of a group, ``.npz`` or Dataset; on an extraction store only
+            ``'logits'``; a ``.npy`` or a Zarr array holds one, which ``as_logits`` declares).
         scheduler, cluster, threads, performance_report, progress, log: the engine (see
             :mod:`shardeval.api.functions`).
 
@@ -95,23 +105,26 @@ def inception_score(
 
     Raises:
         ShapeError, NonFiniteError: logits that are not (N, C) with C ≥ 2, or rows with NaN,
-            +inf or only −inf; NotLogitsError (a StoreError): features, probabilities (give
-            their log), a store nothing says holds logits; OptionError, MetricOptionError:
-            options that do not fit.
+            +inf or only −inf; NotLogitsError (a StoreError): features (by a store's
+            attributes, or, unless ``as_logits``, by their width or signs), probabilities (give
+            their log), a store nothing says holds logits (unless ``as_logits``); OptionError,
+            MetricOptionError: options that do not fit.
 
     Example:
         >>> import numpy as np, shardeval as se
-        >>> one_hot = 50.0 * np.eye(10)[np.arange(1000) % 10]  # confident and diverse
-        >>> round(float(se.inception_score(one_hot)), 6)
+        >>> one_hot = np.eye(10, dtype=bool)[np.arange(1000) % 10]
+        >>> logits = np.where(one_hot, 25.0, -25.0)  # confident and diverse
+        >>> round(float(se.inception_score(logits)), 6)
         10.0
     """
-    from shardeval.pipeline.inception_score.logits import logits_of
+    from shardeval.pipeline.inception_score.logits import array_of_logits, logits_of
     from shardeval.pipeline.inception_score.score import inception_score as score
     from shardeval.pipeline.metrics import METRICS
 
     options = dict(locals())
-    given = {k: v for k, v in (("splits", splits), ("seed", seed)) if v is not None}
-    declared = METRICS["is"](given).options  # checked by the plug-in's declaration
+    pairs = (("splits", splits), ("seed", seed), ("as_logits", as_logits))
+    given = {k: v for k, v in pairs if v is not None}
+    declared_options = METRICS["is"](given).options  # checked by the plug-in's declaration
     _must_exist(logits)
     (images,) = image_flags([logits], options)
     if images and (encoder or "inception") != "inception":
@@ -124,13 +137,14 @@ def inception_score(
         # layout or names must say so otherwise (images become an extraction store's).
         named = array is not None or not (images or is_path(logits))
         (logits,) = with_features(run, [logits], [images])
-        source = logits_of(
-            features(logits, array=array, shard_rows=shard_rows), shard_rows, named=named
-        )
+        opened = features(logits, array=array_of_logits(logits, array), shard_rows=shard_rows)
+        declared = declared_options["as_logits"]
+        source = logits_of(opened, shard_rows, named=named, as_logits=declared)
         result = score(
             source,
-            splits=declared["splits"],
-            seed=declared["seed"],
+            as_logits=declared,
+            splits=declared_options["splits"],
+            seed=declared_options["seed"],
             engine=run.engine,
             split_every=split_every,
             progress=run.progress,

@@ -4,9 +4,12 @@ objects and checked at the boundary, so that every input is what it seems or ref
 Features: a store's path or URL (anything :func:`~shardeval.pipeline.io.stores.open_features`
 opens), a numpy array, a torch tensor on any device, a dask array (columns rechunked whole), an
 xarray DataArray (dims named as in a store) or Dataset (its one variable, or the one named by
-«array»), or a :class:`~shardeval.pipeline.io.stores.FeatureSource`. In-memory arrays are read
-in native byte order (``>f8`` is float64 and stays so) and named by the digest of their content
-(dask's token), so that two arrays are never taken for one, and one array given twice is.
+«array»), or a :class:`~shardeval.pipeline.io.stores.FeatureSource`. «array» picks the
+variable of every input that holds several (a Dataset, a Zarr group, an ``.npz``); an input of
+one array beside them has nothing to pick and is read as it is (:func:`arrays_for`). In-memory
+arrays are read in native byte order (``>f8`` is float64 and stays so) and named by the digest
+of their content (dask's token), so that two arrays are never taken for one, and one array
+given twice is.
 
 Statistics: a statistics file (ours or a pytorch-fid ``.npz``), a
 :class:`~shardeval.pipeline.fid.gaussian.Gaussian` or
@@ -33,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -181,10 +185,40 @@ def _variable(x: Any, array: str | None, location: str, ndims: tuple[int, ...]) 
     candidates = names if len(names) == 1 else [k for k in names if x[k].ndim in ndims]
     if len(candidates) != 1:
         raise StoreError(
-            f"{location} is an xarray Dataset holding {names or 'no variables'}; choose the "
-            "features with «array=NAME»"
+            f"{location} is an xarray Dataset holding {names or 'no variables'}; choose one "
+            "with «array=NAME» (it picks the variable of every input that holds several), or "
+            "pass the variable itself, x['NAME']"
         )
     return x[candidates[0]]
+
+
+def holds_variables(x: Any) -> bool:
+    """Whether «array» has a variable to pick in ``x``: an xarray Dataset, or a store that is
+    not a ``.npy`` file or a single Zarr array (a group, an ``.npz``; a path that does not
+    open counts, and opening it says why). Arrays in memory hold one array."""
+    if is_path(x):
+        from shardeval.pipeline.io.stores import holds_one_array
+
+        return not holds_one_array(os.fspath(x))
+    return _library(x) == "xarray" and hasattr(x, "data_vars")
+
+
+def arrays_for(inputs: Sequence[Any], array: str | None) -> list[str | None]:
+    """«array» for each of ``inputs`` read together (REAL and GEN): every input that holds
+    variables takes it, and an input of one array beside them takes None, having nothing to
+    pick. Where no input holds variables, every input takes it, and opening refuses it in
+    words (it would apply to nothing).
+
+    Example:
+        >>> import numpy as np, xarray as xr
+        >>> ds = xr.Dataset({"f": (("sample", "feature"), np.ones((3, 2)))})
+        >>> arrays_for([ds, np.ones((3, 2))], "f"), arrays_for([np.ones((3, 2))], "f")
+        (['f', None], ['f'])
+    """
+    if array is None:
+        return [None] * len(inputs)
+    holds = [holds_variables(x) for x in inputs]
+    return [array if h or not any(holds) else None for h in holds]
 
 
 def _dask_array(x: Any, location: str, shard_rows: int | None) -> tuple[Any, str]:
@@ -273,7 +307,10 @@ def features(
     if _library(x) == "xarray" and hasattr(x, "data_vars"):
         x = _variable(x, array, location, ndims)
     elif array is not None:
-        raise ShapeError(f"{location}: «array» names a variable inside a store; this is an array")
+        raise ShapeError(
+            f"«array={array!r}»: {location} is one array, with no name to pick («array» picks "
+            "a variable of a store or an xarray Dataset): leave «array» out"
+        )
     data, token = _dask_array(x, location, shard_rows)
     shape = tuple(int(s) for s in data.shape)
     if len(shape) not in ndims and len(shape) in (3, 4) and 2 in ndims:
@@ -393,8 +430,15 @@ def image_pixels(images: Any, what: str, *, channels_last: bool = True) -> np.nd
             raise DtypeError(
                 f"{what} has dtype {t.dtype}; images are uint8 (0..255) or floats in [0, 1]"
             )
+        nan = torch.isnan(t).flatten(1).any(dim=1)  # per image
+        if bool(nan.any()):  # aminmax would say [nan, nan], however few values are NaN
+            image = int(torch.nonzero(nan)[0, 0])
+            raise DtypeError(
+                f"{what} holds NaN in {int(nan.sum())} image(s) (first: image {image}); float "
+                "images must be numbers in [0, 1]: clean or drop those images"
+            )
         low, high = (float(v) for v in torch.aminmax(t.float())) if t.numel() else (0, 0)
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+        if not (low >= 0.0 and high <= 1.0):
             raise DtypeError(
                 f"{what} holds {t.dtype} values in [{low:.6g}, {high:.6g}]; float images "
                 "must lie in [0, 1] (scale them, e.g. (x + 1) / 2 for [-1, 1])"
@@ -498,7 +542,7 @@ def extract_pixels(
             result = extract_features(
                 staged,
                 output,
-                encoder=plan.encoder,
+                encoder=plan.encoder_spec,
                 weights=plan.weights,
                 resize=plan.resize,
                 batch_size=batch_size,
@@ -546,6 +590,8 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
         plan.encoder,
         plan.digest,
         plan.resize,
+        # a user's encoder (its name says it too): the source; registered ones keep their keys
+        *([] if plan.source == "shardeval" else [plan.source]),
     ]
     key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
     path = cache_path(root, key)

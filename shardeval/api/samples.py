@@ -22,7 +22,14 @@ from shardeval.api.functions import (
     refuse,
     with_features,
 )
-from shardeval.api.inputs import describe_input, features, is_path, is_statistics, statistics
+from shardeval.api.inputs import (
+    arrays_for,
+    describe_input,
+    features,
+    is_path,
+    is_statistics,
+    statistics,
+)
 from shardeval.api.results import Report, features_made
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 
@@ -267,7 +274,10 @@ def _one(name: str, real: Any, gen: Any, options: dict[str, Any]) -> Report:
     with _noted() as notes, _running(options) as run:
         array, rows = run.options.get("array"), run.options.get("shard_rows")
         real, gen = with_features(run, [real, gen], images)
-        a, b = (features(x, array=array, shard_rows=rows) for x in (real, gen))
+        names = arrays_for([real, gen], array)
+        a, b = (
+            features(x, array=n, shard_rows=rows) for x, n in zip((real, gen), names, strict=True)
+        )
         return _report(run, _pairs(run, a, b, params), a, b, notes)
 
 
@@ -508,17 +518,17 @@ def metrics(
     with _noted() as notes, _running(given) as run:
         gaussian = statistics(real) if given_stats else None
         real, gen = with_features(run, [real, gen], images)
-        a = (
-            None
-            if real is None
-            else gaussian
-            if stats_only
-            else features(real, array=array, shard_rows=shard_rows)
-        )
-        b = features(gen, array=array, shard_rows=shard_rows)
         # The array named names what the metrics read, when they all read one kind of input
         # (the Inception Score's logits, or features); else it is the features'.
         one_kind = len({METRICS[m].reads for m in wanted}) == 1
+        real_rows = real is not None and not stats_only
+        arrays = arrays_for([real, gen] if real_rows else [gen], array)
+        if one_kind and METRICS[wanted[0]].reads == "logits":  # of GEN alone: no reference
+            from shardeval.pipeline.inception_score.logits import array_of_logits
+
+            arrays = [array_of_logits(gen, array)]
+        a = features(real, array=arrays[0], shard_rows=shard_rows) if real_rows else gaussian
+        b = features(gen, array=arrays[-1], shard_rows=shard_rows)
         in_memory = not (images[1] or is_path(gen))  # images become an extraction store
         named = (array is not None or in_memory) if one_kind else None
         return _by_plug_ins(run, instances, a, b, notes, gaussian=gaussian, named=named, held=held)

@@ -7,8 +7,9 @@ and then needs no torch at all. Names are imported on first use, so importing :m
 nothing until a kernel is needed.
 
 On a GPU each Triton kernel is checked once per process against its torch path on first use
-(:mod:`shardeval.kernels._selfcheck`, the table of :mod:`shardeval.kernels.checks`); one that
-fails gives a :class:`KernelCheckWarning` and the torch path takes over for it.
+(:mod:`shardeval.kernels._selfcheck`, with the check its launcher module declares beside it;
+:mod:`shardeval.kernels.checks` assembles them into one table); one that fails gives a
+:class:`KernelCheckWarning` and the torch path takes over for it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ user's GPU: another architecture, driver or Triton release, too little shared me
 tile. One such kernel must not end a job, and must never give a plausible wrong number. So, in
 each process (a Dask worker, a training script), the first time a Triton kernel is about to run
 on a device it is checked once against its torch path on a small input
-(:mod:`shardeval.kernels.checks` holds the inputs, the comparison and the tolerances). A compile
+(the :class:`~shardeval.kernels._checking.KernelSpec` its launcher module declares beside it
+holds the inputs, the comparison and the tolerances). A compile
 error, a launch error or a disagreement beyond the kernel's tolerance gives one
 :class:`KernelCheckWarning` naming the kernel and the GPU, and every later call of that kernel
 on that device in this process takes the torch path: slower, and right. A kernel that passed
@@ -32,8 +33,9 @@ import threading
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
+
+from shardeval.kernels._checking import Verdict, describe, first_use_check
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +57,7 @@ class KernelCheckWarning(UserWarning):
     ``warnings`` record that its numbers came from the torch path.
 
     Attributes:
-        kernel: the kernel's name (:data:`shardeval.kernels.checks.KERNELS`).
+        kernel: the kernel's name (:data:`shardeval.kernels.checks.KERNELS` lists them).
         device: the torch device, e.g. ``cuda:0``.
         gpu: the device's name, e.g. ``NVIDIA H100 80GB HBM3``.
         reason: what failed.
@@ -89,23 +91,6 @@ class KernelCheckError(RuntimeError):
             f"({POLICY_VARIABLE}=strict)"
         )
         self.kernel, self.device, self.gpu, self.reason = kernel, device, gpu, reason
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The outcome of one kernel's check on one device.
-
-    Attributes:
-        ok: the kernel runs as Triton on this device.
-        reason: why not (empty when ``ok``).
-        error: the check's normalised error (None when the kernel did not run).
-        tolerance: what the error was allowed.
-    """
-
-    ok: bool
-    reason: str = ""
-    error: float | None = None
-    tolerance: float | None = None
 
 
 _VERDICTS: dict[tuple[str, str], Verdict] = {}
@@ -164,9 +149,7 @@ def _fail(kernel: str, device: torch.device, verdict: Verdict) -> None:
 
 
 def _check(kernel: str, device: torch.device) -> Verdict:
-    """Run the kernel's first-use check (imported only now: nothing on paths without Triton)."""
-    from shardeval.kernels.checks import first_use_check
-
+    """Run the kernel's first-use check, as the launcher module that names it declared it."""
     return first_use_check(kernel, device)
 
 
@@ -234,12 +217,6 @@ def launch(
         return torch_call()
     _count(kernel)
     return result
-
-
-def describe(err: BaseException) -> str:
-    """One line for an exception: its type and the first line of its message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _count(kernel: str) -> None:

@@ -2,8 +2,8 @@
 IEEE products and reduces it at once — kernel sums, the k smallest squared distances of each
 row, or radius tests — so the m × n product never exists in memory.
 
-Exactness is kept by the launchers in :mod:`shardeval.kernels.pairs`: a tile reports what it could
-not decide within the fp32 error bound, and those rows are redone in float64.
+Exactness is kept by the launchers in :mod:`shardeval.kernels._triton_path`: a tile reports
+what it could not decide within the fp32 error bound, and those rows are redone in float64.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from shardeval.kernels._triton_pairs import pair_knn_triton, pair_radius_triton, pair_sums_triton
+from shardeval.kernels.distances import sq_bound
 from shardeval.kernels.kernel_sums import (
     KernelSums,
     PolyKernel,
@@ -25,12 +26,7 @@ from shardeval.kernels.kernel_sums import (
     poly_constants,
     rbf_bound,
 )
-from shardeval.kernels.pairs import (
-    PairRequest,
-    PairResult,
-    RadiusDecisions,
-    _sq_bound,
-)
+from shardeval.kernels.pair_types import PairRequest, PairResult, RadiusDecisions
 
 #: Candidates kept per row and column tile beyond the k asked for.
 _EXTRA = 4
@@ -184,7 +180,7 @@ def pair_reduce_triton(
     """See :func:`shardeval.kernels.pairs.pair_reduce`."""
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has d={x.shape[1]} but y has d={y.shape[1]}")
-    c = _sq_bound(x.shape[1], np.dtype(np.float32))
+    c = sq_bound(x.shape[1], np.dtype(np.float32))
     knn = radius = None
     if request.knn is not None:
         knn = (

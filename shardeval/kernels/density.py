@@ -4,9 +4,12 @@ window) of sample rows. Used for NLL of features."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from shardeval.kernels import _checking
 from shardeval.kernels._dispatch import Backend, check_matrix, resolve_backend
 from shardeval.kernels.lse import _lse_torch, merge_pairs
 
@@ -197,3 +200,131 @@ def parzen_logpdf(
     m, s = parzen_lse(x, samples, bandwidth, backend=backend)
     d, count = x.shape[1], samples.shape[0]
     return m + torch.log(s) - math.log(count) - 0.5 * d * (_LOG_2PI + 2.0 * math.log(bandwidth))
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton kernels' checks (shardeval.kernels._checking)
+
+
+def _whitened_inputs(
+    s: _checking.Shape, dtype: torch.dtype, dev: torch.device, seed: int, _: str
+) -> _checking.Inputs:
+    d = s.d
+    a = _checking.randn((d, 2 * d), seed + 1, dev, torch.float64)
+    eye = torch.eye(d, dtype=torch.float64, device=dev)
+    # Eigenvalues in about [0.5, 3.5]: a well-conditioned covariance, as the pipeline sends
+    # to fp32 products (worse ones take float64 there).
+    chol = torch.linalg.cholesky(a @ a.T / (2 * d) + 0.5 * eye)
+    return {
+        "x": _checking.normal_rows(s.rows, d, dtype, dev, seed, 3.0),
+        "mean": _checking.randn((d,), seed + 2, dev, torch.float64) + 3.0,
+        "chol": chol,
+        "linv": torch.linalg.solve_triangular(chol, eye, upper=False),
+    }
+
+
+def _whitened_triton(i: _checking.Inputs) -> Any:
+    from shardeval.kernels._triton_density import whitened_sq_norm_triton
+
+    return whitened_sq_norm_triton(i["x"], i["mean"], i["linv"]).to(torch.float64)
+
+
+def _whitened_reference(i: _checking.Inputs) -> Any:
+    diff = (i["x"].to(torch.float64) - i["mean"]).T
+    z = torch.linalg.solve_triangular(i["chol"], diff, upper=False)
+    return (z * z).sum(dim=0)
+
+
+def _whitened_timed(i: _checking.Inputs) -> Callable[[], Any]:
+    from shardeval.kernels._triton_density import whitened_sq_norm_triton
+
+    x, mean, linv = i["x"], i["mean"], i["linv"]
+    return lambda: whitened_sq_norm_triton(x, mean, linv)
+
+
+WHITENED_SQ_NORM_CHECK = _checking.declare(
+    _checking.KernelSpec(
+        name="whitened_sq_norm",
+        jit="_triton_density._whitened_sq_norm_kernel",
+        inputs=_whitened_inputs,
+        triton=_whitened_triton,
+        torch_path=lambda i: whitened_sq_norm_torch(i["x"], i["mean"], i["linv"]),
+        reference=_whitened_reference,
+        error=lambda got, want: _checking.scaled(got, want, _checking.max_abs(want)),
+        tolerance=_checking.per_dtype(2e-5),
+        length=lambda s: s.d,
+        # L⁻¹ is lower triangular: d(d+1)/2 multiply-adds per row.
+        flops=lambda s: float(s.rows) * s.d * (s.d + 1),
+        bytes=lambda s, item: float(s.rows * s.d * item + s.d * s.d * 4 + s.rows * 4),
+        peak="fp32",
+        timed=_whitened_timed,
+        bench=_checking.Shape(50_000, 2048),
+    )
+)
+
+
+def _parzen_inputs(
+    s: _checking.Shape, dtype: torch.dtype, dev: torch.device, seed: int, _: str
+) -> _checking.Inputs:
+    # An offset of 50 against a spread of 1.5: the centring on the samples' mean must work.
+    return {
+        "x": _checking.normal_rows(s.rows, s.d, dtype, dev, seed, 50.0),
+        "y": _checking.normal_rows(s.partner, s.d, dtype, dev, seed + 1, 50.0),
+        "h": 0.7 * math.sqrt(s.d),
+    }
+
+
+def _parzen_triton(i: _checking.Inputs) -> Any:
+    from shardeval.kernels._triton_density import parzen_lse_triton
+
+    m, s = parzen_lse_triton(i["x"], i["y"], i["h"])
+    return m.double(), s.double()
+
+
+def _parzen_reference(i: _checking.Inputs) -> Any:
+    y = i["y"].to(torch.float64)
+    centre = y.mean(dim=0)
+    yc = y - centre
+    yy = (yc * yc).sum(dim=1)
+    scale = 0.5 / i["h"] / i["h"]
+    maxes, sums = [], []
+    for start in range(0, i["x"].shape[0], 4096):
+        xc = i["x"][start : start + 4096].to(torch.float64) - centre
+        sq = ((xc * xc).sum(dim=1)[:, None] + yy[None, :] - 2.0 * (xc @ yc.T)).clamp_min(0)
+        logits = -sq * scale
+        top = logits.amax(dim=1)
+        maxes.append(top)
+        sums.append(torch.exp(logits - top[:, None]).sum(dim=1))
+    return torch.cat(maxes), torch.cat(sums)
+
+
+def _parzen_error(got: Any, want: Any) -> float:
+    return _checking.log_space(_checking.lse_value(got), _checking.lse_value(want))
+
+
+def _parzen_timed(i: _checking.Inputs) -> Callable[[], Any]:
+    from shardeval.kernels._triton_density import parzen_lse_triton
+
+    x, y, h = i["x"], i["y"], i["h"]
+    return lambda: parzen_lse_triton(x, y, h)
+
+
+PARZEN_LSE_CHECK = _checking.declare(
+    _checking.KernelSpec(
+        name="parzen_lse",
+        jit="_triton_density._parzen_lse_kernel",
+        inputs=_parzen_inputs,
+        triton=_parzen_triton,
+        torch_path=lambda i: parzen_lse_torch(i["x"], i["y"], i["h"]),
+        reference=_parzen_reference,
+        error=_parzen_error,
+        tolerance=_checking.per_dtype(2e-5),
+        length=lambda s: s.d,
+        flops=lambda s: _checking.pair_flops(s) + 6.0 * s.rows * s.partner,
+        bytes=lambda s, item: float((s.rows + s.partner) * (s.d + 1) * 4 + 2 * s.rows * 4),
+        peak="fp32",
+        timed=_parzen_timed,
+        bench=_checking.Shape(16_384, 2048, 16_384),
+        pair=True,
+    )
+)

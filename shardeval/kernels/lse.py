@@ -8,10 +8,12 @@ seen) guarded so that it scales nothing instead of producing NaN.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
+from shardeval.kernels import _checking
 from shardeval.kernels._dispatch import Backend, resolve_backend
 
 
@@ -201,3 +203,97 @@ def weight_stats(log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto"
         lambda: WeightSums(log_w.numel(), *weight_sums_triton(log_w), _top(log_w.reshape(-1), top)),
         lambda: weight_stats_reference(log_w, top),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton kernels' checks (shardeval.kernels._checking)
+
+
+def _row_inputs(
+    s: _checking.Shape, dtype: torch.dtype, dev: torch.device, seed: int, _: str
+) -> _checking.Inputs:
+    # Spread 30: the terms span e^±150, so the running max and its rescaling matter.
+    return {"x": (_checking.randn((s.rows, s.d), seed, dev) * 30).to(dtype)}
+
+
+def _row_error(got: Any, want: Any) -> float:
+    # The max is a value of the input: exact, or the kernel picked the wrong one.
+    if not _checking.same(got[0], want[0]):
+        return math.inf
+    return _checking.log_space(_checking.lse_value(got), _checking.lse_value(want))
+
+
+def _row_timed(i: _checking.Inputs) -> Callable[[], Any]:
+    from shardeval.kernels._triton_lse import row_lse_triton
+
+    x = i["x"]
+    return lambda: row_lse_triton(x)
+
+
+ROW_LSE_CHECK = _checking.declare(
+    _checking.KernelSpec(
+        name="row_lse",
+        jit="_triton_lse._row_lse_kernel",
+        inputs=_row_inputs,
+        triton=lambda i: logsumexp_rows_triton(i["x"]),
+        torch_path=lambda i: _lse_torch(i["x"], 1),
+        reference=lambda i: logsumexp_reference(i["x"], 1),
+        error=_row_error,
+        tolerance=_checking.per_dtype(2e-6),
+        length=lambda s: s.d,
+        flops=lambda s: 4.0 * s.rows * s.d,  # max, subtract, exp, add per value
+        bytes=lambda s, item: float(s.rows * s.d * item + 2 * s.rows * 4),
+        peak="fp32",
+        timed=_row_timed,
+        bench=_checking.Shape(1_000_000, 64),
+    )
+)
+
+
+def _flat_inputs(
+    s: _checking.Shape, dtype: torch.dtype, dev: torch.device, seed: int, _: str
+) -> _checking.Inputs:
+    return {"x": (_checking.randn((s.rows * s.d,), seed, dev) * 20 - 5).to(dtype)}
+
+
+def _flat_torch(i: _checking.Inputs) -> Any:
+    # weight_stats' torch path is its float64 reference.
+    w = weight_stats_reference(i["x"])
+    return w.max, w.sum, w.sum_sq
+
+
+def _flat_error(got: Any, want: Any) -> float:
+    m, s, s2 = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in got)
+    wm, ws, ws2 = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in want)
+    if not _checking.same(m, wm):  # the max is a value of the input
+        return math.inf
+    lse = _checking.log_space(m + torch.log(s), wm + torch.log(ws))
+    lse2 = _checking.log_space(2 * m + torch.log(s2), 2 * wm + torch.log(ws2))
+    return max(lse, lse2)
+
+
+def _flat_timed(i: _checking.Inputs) -> Callable[[], Any]:
+    from shardeval.kernels._triton_lse import flat_stats_triton
+
+    x = i["x"]
+    return lambda: flat_stats_triton(x, squares=True)
+
+
+FLAT_STATS_CHECK = _checking.declare(
+    _checking.KernelSpec(
+        name="flat_stats",
+        jit="_triton_lse._flat_stats_kernel",
+        inputs=_flat_inputs,
+        triton=lambda i: weight_sums_triton(i["x"]),
+        torch_path=_flat_torch,
+        reference=_flat_torch,
+        error=_flat_error,
+        tolerance=_checking.per_dtype(2e-6),
+        length=lambda s: s.rows * s.d,
+        flops=lambda s: 8.0 * s.rows * s.d,  # a running pair and its square
+        bytes=lambda s, item: float(s.rows * s.d * item),
+        peak="fp32",
+        timed=_flat_timed,
+        bench=_checking.Shape(10_000_000, 1),
+    )
+)

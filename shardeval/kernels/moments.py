@@ -19,9 +19,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from shardeval.kernels import _checking
 from shardeval.kernels._blas import syrk_upper
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
     from shardeval.kernels._dispatch import Backend
@@ -344,3 +347,52 @@ def shard_moments(
         torch.ldexp(result.mean, torch.tensor(-exponent, device=x.device)),
         torch.ldexp(result.m2, torch.tensor(-2 * exponent, device=x.device)),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the Triton kernel's check (shardeval.kernels._checking)
+
+
+def _check_inputs(
+    s: _checking.Shape, dtype: torch.dtype, dev: torch.device, seed: int, _: str
+) -> _checking.Inputs:
+    return {"x": _checking.normal_rows(s.rows, s.d, dtype, dev, seed, 3.0)}
+
+
+def _check_error(got: Any, want: Any) -> float:
+    # The mean against its magnitude plus the spread of one row (fp32 rounds the shift at the
+    # magnitude), the co-moment against its largest entry (fp32 products round there).
+    if got.n != want.n:
+        return math.inf
+    spread = math.sqrt(max(float(want.m2.diagonal().max()), 0.0) / max(want.n, 1))
+    mean = _checking.scaled(got.mean, want.mean, _checking.max_abs(want.mean) + spread)
+    return max(mean, _checking.scaled(got.m2, want.m2, _checking.max_abs(want.m2)))
+
+
+def _check_timed(i: _checking.Inputs) -> Callable[[], Any]:
+    from shardeval.kernels._triton_moments import shifted_comoment_triton
+
+    x = i["x"]
+    shift = x[:SHIFT_ROWS].double().mean(dim=0).float()
+    return lambda: shifted_comoment_triton(x, shift)
+
+
+CHECK = _checking.declare(
+    _checking.KernelSpec(
+        name="shard_moments",
+        jit="_triton_moments._shard_moments_kernel",
+        inputs=_check_inputs,
+        triton=lambda i: shard_moments_triton(i["x"]),
+        torch_path=lambda i: shard_moments_torch(i["x"]),
+        reference=lambda i: shard_moments_reference(i["x"]),
+        error=_check_error,
+        tolerance=_checking.per_dtype(2e-6),
+        length=lambda s: s.rows,
+        # The upper triangle of Σ xxᵀ with its diagonal: n·d(d+1)/2 multiply-adds.
+        flops=lambda s: float(s.rows) * s.d * (s.d + 1),
+        bytes=lambda s, item: float(s.rows * s.d * item + s.d * s.d * 4 + s.d * 8),
+        peak="fp32",
+        timed=_check_timed,
+        bench=_checking.Shape(50_000, 2048),
+    )
+)

@@ -30,7 +30,7 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
                                       # once into features-<digest>.zarr beside the history
 
     [extract]                         # optional; how image entries become features
-    encoder = "inception"             # inception | dinov2-vitl14 | clip-vitl14-336
+    encoder = "inception"             # as extract's --encoder (its help lists them)
     resize = "clean"                  # inception only: legacy-pytorch (default) | clean
                                       # | legacy-tensorflow
     weights = "weights/pt_inception-2015-12-05-6726825d.pth"   # default: the standard caches;

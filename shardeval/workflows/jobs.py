@@ -93,6 +93,13 @@ def _prepare(job: Job) -> _Prepared:
     settings = {k: v for k, v in job.extract.items() if k not in ("batch_size", "skip_bad")}
     extraction = plan_extraction(**settings) if uses_images else None
     skip_bad = bool(job.extract.get("skip_bad"))
+    image_dim = 0 if extraction is None else extraction.dim
+    if extraction is not None and image_dim is None:  # a user's encoder: one image tells
+        from shardeval.pipeline.images.extract import feature_dim
+
+        first = job.reference_images if compared and job.reference_images is not None else None
+        first = first or next(e.store for e in job.entries if e.images)
+        image_dim = feature_dim(extraction, open_images(first))
 
     def image_digest(source: ImageSource) -> str:
         if extraction is None:  # unreachable: image inputs plan an extraction
@@ -115,7 +122,7 @@ def _prepare(job: Job) -> _Prepared:
         reference_digest = _digest(reference_listing, job.array)
     elif job.reference_images is not None and extraction is not None:
         reference_images = open_images(job.reference_images)
-        d, reference_digest = extraction.dim, image_digest(reference_images)
+        d, reference_digest = image_dim, image_digest(reference_images)
     else:
         raise JobError(f"{job.path}: [reference] needs 'store', 'stats' or 'images'")
     sources = {
@@ -124,7 +131,7 @@ def _prepare(job: Job) -> _Prepared:
     images = {e.name: open_images(e.store) for e in job.entries if e.images}
     digests = {name: image_digest(source) for name, source in images.items()}
     dims = {name: s.d for name, s in sources.items()}
-    dims.update({name: extraction.dim for name in images if extraction is not None})
+    dims.update({name: image_dim for name in images if image_dim is not None})
     if d is None:  # no reference: the entries agree among themselves
         d = dims[job.entries[0].name]
         other = {name: dim for name, dim in dims.items() if dim != d}

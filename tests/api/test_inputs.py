@@ -1,6 +1,8 @@
 """What the API functions take, checked at their boundary as the command line checks it: every
 input is what it seems (byte order, symmetry, layout) or refused in words naming it."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,19 @@ def test_options_are_checked_as_the_command_line_checks_them(call, match):
         call(x, w)
 
 
+@pytest.mark.parametrize("sigma", [np.inf, -np.inf, np.nan, float("inf")])
+def test_a_float_option_that_is_not_finite_is_refused(sigma):
+    # σ = inf passed "must be positive" and gave CMMD 0 for different sets (every kernel
+    # value exp(0) = 1).
+    from shardeval.pipeline.metrics.base import MetricOptionError
+
+    w = np.random.default_rng(1).normal(size=(40, 6))
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.cmmd(w, w + 1, sigma=sigma)
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.metrics(w, w + 1, "cmmd", sigma=sigma)
+
+
 def test_the_command_line_and_the_api_refuse_with_the_same_words(capsys):
     from shardeval.workflows.cli import main
 
@@ -201,6 +216,85 @@ def test_an_xarray_dataset_gives_its_variable(rng):
         se.fid(two, other, array="h")
 
 
+def test_array_picks_the_variable_of_the_inputs_that_hold_several(tmp_path, rng):
+    """«array» applies to every input that holds variables (a Dataset, a group, an .npz); an
+    input of one array has nothing to pick, and is read as it is beside them. Before, a
+    Dataset beside an array said "choose the features with array=NAME", and then
+    «array='features'» was refused on the array ("this is an array"). Given where no input
+    holds variables, it is refused naming what works."""
+    import xarray as xr
+    import zarr
+
+    a, b = _pair(rng, 300, 8)
+    expected = exact_fid(*np_stats(a), *np_stats(b))
+    dims = ("sample", "feature")
+    ds = xr.Dataset({"features": (dims, a), "other": (("sample", "k"), b[:, :3])})
+    with pytest.raises(se.StoreError, match=r"choose one with array=NAME") as caught:
+        se.fid(ds, b)
+    assert "['NAME']" in str(caught.value)  # or pass the variable itself
+    assert float(se.fid(ds, b, array="features")) == pytest.approx(expected, rel=1e-12)
+    assert float(se.fid(b, ds, array="features")) == pytest.approx(expected, rel=1e-12)
+    # Stores alike: a group beside a .npy (the command line's --array).
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("features", shape=a.shape, dtype="f8", dimension_names=dims)[...] = a
+    group.create_array("other", shape=a.shape, dtype="f8", dimension_names=dims)[...] = -a
+    np.save(tmp_path / "b.npy", b)
+    g, npy = str(tmp_path / "g.zarr"), str(tmp_path / "b.npy")
+    assert float(se.fid(g, npy, array="features")) == pytest.approx(expected, rel=1e-12)
+    assert se.kid(g, npy, array="features").to_dict()["kid"]["kid"] == pytest.approx(
+        se.kid(a, b).to_dict()["kid"]["kid"], rel=1e-12
+    )
+    got = se.metrics(g, npy, ["fid"], array="features").to_dict()["fid"]["fid"]
+    assert got == pytest.approx(expected, rel=1e-12)
+    # Where no input holds variables, «array» would apply to nothing: refused in words.
+    with pytest.raises(se.ShapeError, match=r"array='features'.*one array.*leave array out"):
+        se.fid(a, b, array="features")
+    with pytest.raises(se.StoreError, match=r"holds one array.*leave array out"):
+        se.fid(npy, npy, array="features")
+
+
+def test_moments_count_rows_in_integers(rng):
+    """Moments(2.0, ...) was taken and then refused as "Moments of 2.0 row(s); a covariance
+    needs at least 2 rows": a count of rows is an integer, and the message says so."""
+    from shardeval.pipeline.core.states import Moments
+
+    x = rng.normal(size=(10, 3))
+    mean, m2 = x.mean(axis=0), (x - x.mean(axis=0)).T @ (x - x.mean(axis=0))
+    for n in (2.0, 10.0, True, "10", np.float64(10), None):
+        with pytest.raises(StatsFormatError, match=r"integer") as caught:
+            Moments(n, mean, m2)
+        assert repr(n) in str(caught.value)
+    m = Moments(np.int64(10), mean, m2)  # numpy's integers are counts too, kept as int
+    assert type(m.n) is int
+    assert m.n == 10
+    assert float(se.fid(m, x + 1.0)) == pytest.approx(
+        exact_fid(*np_stats(x), *np_stats(x + 1.0)), rel=1e-12
+    )
+
+
+def test_merge_stats_takes_a_list_of_paths(tmp_path, rng):
+    """A bare path is a string, i.e. a sequence of characters: merge_stats("sA.zarr", out)
+    looked for a file 's' ("'s' does not exist"); [1, 2] raised a raw TypeError. Both are
+    refused in words naming what merge_stats takes."""
+    x = rng.normal(size=(100, 3))
+    paths = [str(tmp_path / f"s{i}.zarr") for i in range(2)]
+    se.stats(x[:40], paths[0])
+    se.stats(x[40:], paths[1])
+    out = str(tmp_path / "out.zarr")
+    for one in (paths[0], tmp_path / "s0.zarr"):
+        with pytest.raises(StatsFormatError, match=r"one path.*statistics files.*a list"):
+            se.merge_stats(one, out)
+    from shardeval.pipeline.core.states import Moments
+
+    for bad in ([1, 2], [paths[0], None], [paths[0], Moments.from_rows(x[40:])]):
+        with pytest.raises(StatsFormatError, match=r"paths of statistics files"):
+            se.merge_stats(bad, out)
+    assert not (tmp_path / "out.zarr").exists()
+    merged = se.merge_stats(paths, out)["moments"]
+    assert merged.n == 100
+    np.testing.assert_allclose(merged.mean, x.mean(axis=0), rtol=1e-12)
+
+
 def test_statistics_are_told_from_features_in_words(rng):
     from shardeval.pipeline.core.states import Moments
 
@@ -240,6 +334,40 @@ def test_two_arrays_are_two_sources_whatever_their_id(tmp_path, rng):
     se.stats(rows.copy(), str(tmp_path / "b.zarr"))
     with pytest.warns(UserWarning, match="record the same source"):
         se.merge_stats([str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], str(tmp_path / "c"))
+
+
+def test_kid_and_cmmd_of_identical_rows_do_not_depend_on_how_they_arrive(tmp_path, rng):
+    # An array and its copy in memory (one content digest: one store) gave KID 0, a file and
+    # its byte-identical copy the two-sample estimator (−0.31 here): one estimator whatever
+    # the route, the unbiased two-sample one.
+    import shutil
+
+    from tests.reference import mp_cmmd
+
+    x = rng.normal(size=(50, 4))
+    a, b = str(tmp_path / "a.npy"), str(tmp_path / "b.npy")
+    np.save(a, x)
+    shutil.copy(a, b)
+    k = (x @ x.T / 4 + 1) ** 3  # float64 numpy: K_xx = K_yy = K_xy, the cross sum with its diagonal
+    float64 = 2 * (k.sum() - np.trace(k)) / (50 * 49) - 2 * k.sum() / 50**2
+    kid = float(exact_kid(x, x))  # < 0: identical rows are no two independent samples
+    assert kid == pytest.approx(float64, rel=1e-12)
+    assert kid < 0
+    cmmd_u = mp_cmmd(x, x, unbiased=True)
+    routes = [(x, x.copy()), (x, x), (a, b), (a, a), (x, b)]
+    for real, gen in routes:
+        assert float(se.kid(real, gen)) == pytest.approx(kid, rel=1e-9)
+        # subsets of every row: each a permutation of the set, so the same estimator
+        assert float(se.kid(real, gen, subsets=2, subset_size=50)) == pytest.approx(kid, rel=1e-9)
+        assert float(se.cmmd(real, gen, unbiased=True)) == pytest.approx(cmmd_u, rel=1e-6)
+        with warnings.catch_warnings():  # 0 is right to its bound, not to 1e-5 of itself
+            warnings.simplefilter("ignore", se.RoundingWarning)
+            v = se.cmmd(real, gen).to_dict()["cmmd"]
+        assert abs(v["cmmd"]) <= v["rounding_bound"]  # the V-statistic of identical sets is 0
+    with se.KID() as streamed:  # rows fed batch by batch: two work stores
+        streamed.update(x, real=True)
+        streamed.update(x)
+        assert float(streamed.compute()) == pytest.approx(kid, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,7 +138,11 @@ def _job_folder(folder, real):
 
 
 def _rows(history):
-    return [{k: v for k, v in row.items() if k != "created"} for row in History(history).table()]
+    """History rows without the times they were written at (``created``, ``METRIC.created``)."""
+    return [
+        {k: v for k, v in row.items() if k != "created" and not k.endswith(".created")}
+        for row in History(history).table()
+    ]
 
 
 def test_run_job_on_slurm_worker_jobs_equals_threads(slurm, tmp_path, stores, capsys):

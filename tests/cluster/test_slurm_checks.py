@@ -9,6 +9,7 @@ from shardeval.pipeline.core.clusters import (
     check_slurm_fit,
     load_spec,
     sbatch_directives,
+    slurm,
     slurm_mebibytes,
     slurm_seconds,
 )
@@ -43,7 +44,7 @@ def site(monkeypatch):
             return {"partition": PARTITIONS, "node": NODES}[command[3]]
         return None
 
-    monkeypatch.setattr(clusters, "_run_slurm", run)
+    monkeypatch.setattr(slurm, "run_slurm", run)
     return asked
 
 
@@ -125,8 +126,8 @@ def test_jobs_that_do_not_fit_are_one_line(site, directives, options, message):
 
 def test_no_default_partition(site, monkeypatch):
     monkeypatch.setattr(
-        clusters,
-        "_run_slurm",
+        slurm,
+        "run_slurm",
         lambda c: {"partition": PARTITIONS.replace("Default=YES", "Default=NO"), "node": NODES}[
             c[3]
         ],
@@ -136,7 +137,7 @@ def test_no_default_partition(site, monkeypatch):
 
 
 def test_a_site_that_hides_its_limits_is_not_checked(monkeypatch):
-    monkeypatch.setattr(clusters, "_run_slurm", lambda command: None)
+    monkeypatch.setattr(slurm, "run_slurm", lambda command: None)
     check_slurm_fit(_script("-p nosuch", "--mem=100T"), _spec())  # sbatch and the deadline tell
 
 

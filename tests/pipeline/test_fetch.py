@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import shardeval.pipeline.io.fetch as fetching
+import shardeval.pipeline.io.fetch_partial as fetch_partial
 from shardeval.kernels.encoders.weights import INCEPTION_FILE, inception_path
 from shardeval.pipeline.io.fetch import (
     ARTIFACTS,
@@ -154,7 +155,7 @@ def test_a_connection_closed_early_without_a_length_is_a_cut_transfer(tmp_path, 
         with pytest.raises(TransferError) as info:
             fetch(item, retries=0)
     text = _one_line(info)
-    assert f"short of the pinned {fetching._size(len(body))}" in text
+    assert f"short of the pinned {fetching.size_text(len(body))}" in text
     assert "is kept" in text
     assert _bytes(item.path() + PART_SUFFIX) == body[: len(body) // 2]
 
@@ -419,7 +420,7 @@ def test_a_failed_resume_keeps_the_partial_file(tmp_path, body, then):
 
 
 def _size_words(n):
-    return fetching._size(n)
+    return fetching.size_text(n)
 
 
 def test_a_partial_file_longer_than_the_pinned_size_is_discarded_and_said(tmp_path, body):
@@ -640,8 +641,8 @@ def test_a_server_sending_too_much_over_a_partial_file_keeps_the_partial_file(tm
             fetch(item)
     text = _one_line(info)
     assert "more than the pinned" in text
-    assert f"the {fetching._size(len(body) - 2 * BLOCK)} it sent are discarded" in text
-    assert f"({fetching._size(2 * BLOCK)}) is kept" in text
+    assert f"the {fetching.size_text(len(body) - 2 * BLOCK)} it sent are discarded" in text
+    assert f"({fetching.size_text(2 * BLOCK)}) is kept" in text
     assert _bytes(item.path() + PART_SUFFIX) == body[: 2 * BLOCK]
 
 
@@ -676,7 +677,7 @@ def test_a_folder_removed_by_another_run_is_made_again(tmp_path, body, monkeypat
     second run that was waiting for the first then finds no folder for its partial file, and
     makes it again (here the first run's removal is played between the second's steps)."""
     folder = tmp_path / "torch" / "hub" / "checkpoints"
-    opened = fetching._open_part
+    opened = fetch_partial._open_part
     removed = []
 
     def first_run_cleans_up(part):
@@ -686,7 +687,7 @@ def test_a_folder_removed_by_another_run_is_made_again(tmp_path, body, monkeypat
             removed.append(True)
         return opened(part)
 
-    monkeypatch.setattr(fetching, "_open_part", first_run_cleans_up)
+    monkeypatch.setattr(fetch_partial, "_open_part", first_run_cleans_up)
     with serving(Behaviour(body=body)) as base:
         item = _artifact(folder, body, base + "/blob.bin")
         result = fetch(item)

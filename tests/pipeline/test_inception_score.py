@@ -106,8 +106,9 @@ def test_closed_forms(c):
     # Every row the same distribution: p(y|x) = p(y), KL 0, IS 1 exactly. (Rows 0, 1, …, C − 1
     # are shifted: [0, 1] is a probability vector, refused as not logits.)
     row = np.arange(c) - 0.5
+    # Rows ≥ 0 are refused as features unless declared logits, as these are.
     for constant in (np.zeros((n, c)), np.full((n, c), 7.5), np.tile(row, (n, 1))):
-        r = inception_score(features(constant), splits=4)
+        r = inception_score(features(constant), splits=4, as_logits=True)
         assert r.inception_score == 1.0
         assert r.standard_error == pytest.approx(0.0, abs=1e-12)
         assert r.split_scores == (1.0,) * 4
@@ -116,12 +117,12 @@ def test_closed_forms(c):
     # torch-fidelity's q.log() gives NaN there).
     for magnitude in (60.0, 1000.0, 1e300):
         one_hot = magnitude * np.eye(c)[np.arange(n) % c]
-        r = inception_score(features(one_hot, shard_rows=7 if c < 100 else 4099))
+        r = inception_score(features(one_hot, shard_rows=7 if c < 100 else 4099), as_logits=True)
         assert r.inception_score == pytest.approx(c, rel=1e-12)
         assert r.log_inception_score == pytest.approx(math.log(c), rel=1e-12)
         assert r.standard_error == pytest.approx(0.0, abs=1e-9 * c)
     # One class for every row: IS 1.
-    r = inception_score(features(50.0 * np.eye(c)[np.zeros(n, int)]))
+    r = inception_score(features(50.0 * np.eye(c)[np.zeros(n, int)]), as_logits=True)
     assert r.inception_score == pytest.approx(1.0, abs=1e-12)
 
 
@@ -362,7 +363,8 @@ def test_identical_rows_score_exactly_one(shard_rows):
         n = int(rng.integers(2, 600))
         row = rng.standard_normal(c) * rng.choice([0.1, 1.0, 5.0, 30.0]) + rng.normal(0, 50)
         x = np.tile(row, (n, 1)).astype(rng.choice([np.float32, np.float64]))
-        r = inception_score(features(x, shard_rows=shard_rows), splits=min(n, 3))
+        # A row with a large offset may be ≥ 0 everywhere: declared logits.
+        r = inception_score(features(x, shard_rows=shard_rows), splits=min(n, 3), as_logits=True)
         assert r.inception_score == 1.0
         assert r.log_inception_score == 0.0
         assert r.split_scores == (1.0,) * min(n, 3)
@@ -378,7 +380,8 @@ def test_the_score_is_never_below_one_and_equals_mpmath(data, n, c):
     base = rng.standard_normal(c) * data.draw(st.sampled_from([0.5, 4.0, 40.0]))
     spread = data.draw(st.sampled_from([0.0, 1e-9, 1e-6, 1e-3, 1.0]))
     x = base + spread * rng.standard_normal((n, c))
-    r = inception_score(features(x, shard_rows=data.draw(st.integers(1, n))), splits=2)
+    rows = features(x, shard_rows=data.draw(st.integers(1, n)))
+    r = inception_score(rows, splits=2, as_logits=True)  # few classes may all be ≥ 0
     assert r.inception_score >= 1.0
     assert min(r.split_scores) >= 1.0
     want = float(mp_log_inception_score(x))
@@ -458,7 +461,9 @@ def test_a_store_is_read_as_logits_only_when_it_says_so(tmp_path, rng):
     for plain in (gaussian, str(tmp_path / "features.npy")):
         with pytest.raises(NotLogitsError, match="not known to hold class logits") as caught:
             se.inception_score(plain)
-        assert "array=" in str(caught.value)
+        # One array each: «array» has nothing to pick, and is not named as the fix.
+        assert "as_logits=True" in str(caught.value)
+        assert "array=" not in str(caught.value)
         assert "\n" not in str(caught.value)
     named = {
         "logits.npy": lambda p: np.save(p, x),
@@ -550,3 +555,113 @@ def _extraction_store(path, rng, n=90, c=12):
         dimension_names=("sample", "class"),
     )[...] = _logits(rng, n, c)  # fmt: skip
     return str(path)
+
+
+def _pool3_like(rng, n, d=2048, positions=8):
+    """What the Inception's pool3 is: the average over positions of ReLU outputs, so every
+    value ≥ 0 (most > 0), d = 2,048."""
+    pre = rng.standard_normal((n, positions, d), dtype=np.float32) - 0.5
+    return np.maximum(pre, 0.0).mean(axis=1)
+
+
+def test_features_given_as_logits_are_refused_by_their_width_and_signs(tmp_path, rng):
+    """An array in memory is named as logits by being passed as them, but features passed so
+    scored plausibly (|N(0, 1)| rows of 2,048: 1.3054; pool3 features read into memory:
+    1.00003). Logits take both signs and the Inception's are 1,008 wide: an array 2,048 wide
+    (the Inception's pool3 width, whatever its signs) or with every value ≥ 0 (features after
+    a ReLU) is refused in one line naming the fix, wherever it comes from; «as_logits=True»
+    says they are logits, and then they are scored as the definition scores them."""
+    half_normal = np.abs(rng.normal(size=(300, 2048)))
+    pool3 = _pool3_like(rng, 300)
+    standardised = (pool3 - pool3.mean(axis=0)) / (pool3.std(axis=0) + 1e-6)  # both signs
+    relu = np.maximum(rng.standard_normal((300, 512)), 0.0)  # another ReLU network's features
+    np.save(tmp_path / "logits.npy", relu)  # a name does not make features logits either
+    cases = {
+        "2,048 columns": (half_normal, pool3, standardised),
+        "every value": (relu, str(tmp_path / "logits.npy")),
+    }
+    for why, inputs in cases.items():
+        for x in inputs:
+            with pytest.raises(NotLogitsError, match=why) as caught:
+                se.inception_score(x)
+            message = str(caught.value)
+            assert "as_logits=True" in message
+            assert "\n" not in message
+    # The same through `metrics` (its plug-in's one path).
+    with pytest.raises(NotLogitsError, match="every value"):
+        se.metrics(None, relu, ["is"])
+    # Declared logits are read, whatever their width and signs: the definition's score.
+    for x in (half_normal, relu):
+        want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+        report = se.inception_score(x, as_logits=True)
+        assert float(report) == pytest.approx(want, rel=RTOL)
+        assert report.to_dict()["is"]["as_logits"] is True
+    got = se.metrics(None, relu, ["is"], as_logits=True).to_dict()["is"]["is"]
+    assert got == pytest.approx(torch_fidelity_isc(relu, 1, shuffle=False)[0], rel=RTOL)
+    # Probabilities stay refused (their log is the fix), declared or not.
+    p = np.eye(10)[np.arange(300) % 10] * 0.9 + 0.01
+    with pytest.raises(NotLogitsError, match="probabilit"):
+        se.inception_score(p, as_logits=True)
+
+
+def test_logits_of_both_signs_are_read_as_before(rng):
+    """What the rule must not refuse: the FID Inception's logits (1,008, both signs), other
+    classifiers' (1,000, 10, 2 classes), log-probabilities (every value ≤ 0)."""
+    for c in (1008, 1000, 10, 2):
+        x = _logits(rng, 400, c)
+        report = se.inception_score(x)
+        assert float(report) == pytest.approx(torch_fidelity_isc(x, 1, shuffle=False)[0], rel=RTOL)
+        assert report.to_dict()["is"]["as_logits"] is False
+    x = _logits(rng, 400, 10).astype(np.float64)
+    log_p = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+    want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+    assert float(se.inception_score(log_p)) == pytest.approx(want, rel=RTOL)
+
+
+def test_one_array_inputs_are_read_as_logits_when_declared(tmp_path, rng):
+    """A .npy or a Zarr array holds one array, which «array» cannot pick: the refusal of
+    one named otherwise said «array=NAME», which was then refused ("it has no array
+    'scores'"), so renaming the file was the only way. The messages name what works, and
+    «as_logits=True» reads it."""
+    x = _logits(rng, 300, 12)
+    want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+    np.save(tmp_path / "scores.npy", x)
+    plain = zarr.create_array(str(tmp_path / "scores.zarr"), shape=x.shape, dtype="f4")
+    plain[...] = x
+    for path in (str(tmp_path / "scores.npy"), str(tmp_path / "scores.zarr")):
+        with pytest.raises(NotLogitsError, match="not known to hold class logits") as caught:
+            se.inception_score(path)
+        assert "as_logits=True" in str(caught.value)
+        assert "array=NAME" not in str(caught.value)
+        for name in ("scores", "logits"):
+            with pytest.raises(NotLogitsError, match=f"array='{name}'") as caught:
+                se.inception_score(path, array=name)
+            assert "holds one array" in str(caught.value)
+            assert "as_logits=True" in str(caught.value)
+        assert float(se.inception_score(path, as_logits=True)) == pytest.approx(want, rel=RTOL)
+
+
+def test_an_array_named_logits_is_picked_among_several(tmp_path, rng):
+    """An .npz or a Dataset holding `logits` beside other arrays gives its logits (it said
+    "choose the features with «array=NAME»" before); one holding none names the choice
+    without calling it features."""
+    import xarray as xr
+
+    x = _logits(rng, 300, 12)
+    want = torch_fidelity_isc(x, 1, shuffle=False)[0]
+    other = rng.standard_normal((300, 5))
+    np.savez(tmp_path / "both.npz", logits=x, other=other)
+    assert float(se.inception_score(str(tmp_path / "both.npz"))) == pytest.approx(want, rel=RTOL)
+    assert float(se.metrics(None, str(tmp_path / "both.npz"), ["is"])) == pytest.approx(
+        want, rel=RTOL
+    )
+    dims = ("sample", "feature")
+    ds = xr.Dataset({"logits": (("sample", "class"), x), "other": (dims, other)})
+    assert float(se.inception_score(ds)) == pytest.approx(want, rel=RTOL)
+    np.savez(tmp_path / "neither.npz", scores=x, other=other)
+    with pytest.raises(StoreError, match=r"\['scores', 'other'\]") as caught:
+        se.inception_score(str(tmp_path / "neither.npz"))
+    assert "array=NAME" in str(caught.value)
+    assert "features" not in str(caught.value)
+    got = se.inception_score(str(tmp_path / "neither.npz"), array="scores")
+    assert float(got) == pytest.approx(want, rel=RTOL)

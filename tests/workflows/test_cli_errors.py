@@ -199,6 +199,11 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
         (["kid", "--subsets", "3", "--subset-size", "50", "--seed", "-1"], "a seed is an integer"),
         (["fid", "--infinity", "--seed", str(2**64)], "a seed is an integer"),
         (["fid", "--shard-rows", "99999999999999999999"], "beyond any count of rows"),
+        # σ = inf gave CMMD 0 for different sets (every kernel value 1), exit 0.
+        (["cmmd", "--sigma", "inf"], "option 'sigma' must be a finite number, got inf"),
+        (["cmmd", "--sigma", "1e400"], "option 'sigma' must be a finite number, got inf"),
+        (["cmmd", "--sigma=-inf"], "option 'sigma' must be a finite number, got -inf"),
+        (["cmmd", "--sigma", "nan"], "option 'sigma' must be a finite number, got nan"),
     ],
 )
 def test_out_of_range_numbers_are_usage_errors(capsys, store, argv, match):
@@ -217,6 +222,19 @@ def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
         f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.fid_inf]\nseed = -1\n'
     )
     _one_line(capsys, ["run", tmp_path / "job.toml"], "a seed is an integer")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_job_with_a_float_option_that_is_not_finite_is_refused_at_load(
+    tmp_path, capsys, store, value
+):
+    # TOML spells inf and nan: σ = inf passed the check "must be positive".
+    (tmp_path / "job.toml").write_text(
+        f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
+        f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.cmmd]\nsigma = {value}\n'
+    )
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "must be a finite number")
     assert not (tmp_path / "runs").exists()
 
 

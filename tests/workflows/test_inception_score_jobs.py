@@ -180,8 +180,9 @@ def test_the_commands_refuse_what_is_not_logits(tmp_path, rng, capsys):
     assert main(["synth", real, "--n", "500", "--d", "32"]) == 0
     assert main(["synth", gen, "--n", "500", "--d", "32", "--seed", "1"]) == 0
     capsys.readouterr()
-    how = ("not known to hold class logits", "--array NAME", "logits.npy")
-    _fails(capsys, ["is", gen, "-q"], *how)
+    # A Zarr array holds one array: --array has nothing to pick in it, and is not suggested.
+    how = ("not known to hold class logits", "--as-logits", "logits.npy")
+    _fails(capsys, ["is", gen, "-q"], *how, absent=("--array",))
     _fails(capsys, ["metrics", real, gen, "--metrics", "fid,is", "-q"], "not known to hold")
     # Named, the array is read: the user said it holds logits.
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
@@ -246,3 +247,27 @@ def test_messages_name_only_options_that_exist(tmp_path, rng, capsys):
     group.create_array("features", shape=(90, 6), dtype="float32", chunks=(30, 6))[...] = 1.0
     for argv in (["is", old, "-q"], ["metrics", old, "--metrics", "is", "-q"]):
         _fails(capsys, argv, "without class logits", absent=("--logits",))
+
+
+def test_a_one_array_file_is_read_as_logits_when_the_command_says_so(tmp_path, rng, capsys):
+    """`is scores.npy` named --array NAME as a fix, which `is scores.npy --array scores` then
+    refused ("it has no array 'scores'"): the messages name --as-logits, which reads it; an
+    .npz holding `logits` beside other arrays gives them (it asked for "the features")."""
+    x = _logits(rng, 300)
+    want = float(se.inception_score(x))
+    np.save(tmp_path / "scores.npy", x)
+    npy = tmp_path / "scores.npy"
+    _fails(capsys, ["is", npy, "-q"], "--as-logits", absent=("--array",))
+    for name in ("scores", "logits"):
+        _fails(capsys, ["is", npy, "--array", name, "-q"], f"--array {name}", "--as-logits")
+    for argv in (["is", npy], ["metrics", npy, "--metrics", "is"]):
+        assert main([str(a) for a in argv] + ["--as-logits", "--json", "-q"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["is"]["is" if argv[0] == "metrics" else "inception_score"] == want
+    np.savez(tmp_path / "both.npz", logits=x, other=x[:, :5])
+    assert main(["is", str(tmp_path / "both.npz"), "--json", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["is"]["inception_score"] == want
+    # Pool3-like features (2,048 wide, ≥ 0): refused, naming --as-logits for real logits.
+    pool3 = np.maximum(rng.standard_normal((200, 2048)), 0).astype("f4")
+    np.save(tmp_path / "logits.npy", pool3)
+    _fails(capsys, ["is", tmp_path / "logits.npy", "-q"], "2,048 columns", "--as-logits")

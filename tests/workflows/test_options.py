@@ -209,10 +209,10 @@ def check_array(capsys, f, command, monkeypatch):
         u = _report(capsys, "is", f["g"], "--array", "u")["is"]["inception_score"]
         v = _report(capsys, "is", f["g"], "--array", "v")["is"]["inception_score"]
         assert u != v
-        _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
+        _refused(capsys, *_base(command, f), "--array", "u", match="say so with --as-logits")
         return
     if command in ("nll", "ess"):
-        _refused(capsys, *_base(command, f), "--array", "nope", match="has no array 'nope'")
+        _refused(capsys, *_base(command, f), "--array", "nope", match="leave --array out")
         return
     value = {
         "fid": lambda r: r["fid"],
@@ -225,6 +225,10 @@ def check_array(capsys, f, command, monkeypatch):
     u = value(_report(capsys, *argv, "--array", "u"))
     v = value(_report(capsys, *argv, "--array", "v"))
     assert u != v
+    # Beside a store of one array, --array picks the group's variable (the same rows as a.zarr).
+    mixed = [command, f["g"], f["b"]] + (["--metrics", "fid"] if command == "metrics" else [])
+    alone = [command, f["a"], f["b"]] + (["--metrics", "fid"] if command == "metrics" else [])
+    assert value(_report(capsys, *mixed, "--array", "u")) == value(_report(capsys, *alone))
     _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
 
 
@@ -795,6 +799,20 @@ def check_is_seed(capsys, f, command, monkeypatch):
     _refused(capsys, *_base(command, f), "--seed", "0", match="--seed applies with --splits")
 
 
+def check_as_logits(capsys, f, command, monkeypatch):
+    # The numbers of f["logits"] in a store nothing names as logits: refused, then declared.
+    argv = ["is", f["a"]] if command == "is" else ["metrics", f["a"], "--metrics", "is"]
+    _refused(capsys, *argv, match="say so with --as-logits")
+    declared = _report(capsys, *argv, "--as-logits")["is"]
+    named = _report(capsys, *_base("is", f))["is"]
+    if command == "is":
+        assert (declared["as_logits"], named["as_logits"]) == (True, False)
+        assert declared["inception_score"] == named["inception_score"]
+    else:
+        assert declared["is"] == named["inception_score"]
+        _refused(capsys, *_base(command, f), "--as-logits", match="which is not asked for")
+
+
 def check_infinity(capsys, f, command, monkeypatch):
     assert "fid_infinity" not in _report(capsys, "fid", f["a"], f["b"])
     report = _report(capsys, "fid", f["a"], f["b"], "--infinity")
@@ -956,6 +974,7 @@ CHECKS = {
     **{("is", o): check_image_option(o) for o in _IMAGE_OPTIONS},
     **{(c, "splits"): check_is_splits for c in ("is", "metrics")},
     ("is", "seed"): check_is_seed,
+    **{(c, "as_logits"): check_as_logits for c in ("is", "metrics")},
     **{("extract", k): v for k, v in EXTRACT.items()},
     **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},

@@ -43,6 +43,14 @@ class InceptionScore(Metric):
             metavar="SEED",
             applies_with="splits",
         ),
+        Param(
+            "as_logits",
+            bool,
+            False,
+            "read the array as class logits whatever its name, width or signs (else one that "
+            "nothing names as logits, 2,048 wide as the Inception's pool3 features, or ≥ 0 "
+            "everywhere as features after a ReLU, is refused)",
+        ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("is", "", "Inception Score over all samples, exp(E KL(p(y|x) ‖ p(y)))"),
@@ -69,14 +77,18 @@ class InceptionScore(Metric):
     def check(self, entry: FeatureSource, context: Context) -> None:
         from shardeval.pipeline.inception_score.logits import logits_of
 
-        logits_of(entry, context.block_rows, named=context.named)  # reads metadata only
+        logits_of(  # reads metadata only
+            entry, context.block_rows, named=context.named, as_logits=self.options["as_logits"]
+        )
 
     def compute(self, entry: FeatureSource, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.inception_score.logits import logits_of
         from shardeval.pipeline.inception_score.score import inception_score
 
+        declared = self.options["as_logits"]
         result = inception_score(
-            logits_of(entry, context.block_rows, named=context.named),
+            logits_of(entry, context.block_rows, named=context.named, as_logits=declared),
+            as_logits=declared,
             splits=self.options["splits"],
             seed=self.options["seed"],
             engine=context.engine,

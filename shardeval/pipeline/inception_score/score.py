@@ -25,7 +25,10 @@ Numerics: the softmax is taken in float64 by log-sum-exp (z = x − max_y x, p =
 and f is 0 where p = 0 (an exponent that underflows, a −inf logit: a class the row gives
 probability 0), as the limit says. A row with NaN or +inf, or with every logit −inf, has no
 softmax: it is refused naming the rows. A set whose rows are all probability vectors
-(non-negative, summing to 1) is refused too: those are not logits, and their log is.
+(non-negative, summing to 1) is refused too: those are not logits, and their log is. So is,
+unless the caller declares it logits, a set whose every row is ≥ 0: features after a ReLU,
+such as the Inception's pool3 (logits take both signs; see
+:mod:`shardeval.pipeline.inception_score.logits`).
 
 The standard error of the score over all samples is the delta method's. With a_i =
 Σ_y f(p_iy), log IS is a smooth function g(ā, q) = ā − Σ_y q_y log q_y of two means; its
@@ -55,7 +58,7 @@ from shardeval.pipeline.core.reduce import SHARD_PREFIX, shard_tasks
 from shardeval.pipeline.core.states import Examples, NonFiniteRows, ScalarMoments, state
 from shardeval.pipeline.errors import NonFiniteError, NumericalError, OptionError, ShapeError
 from shardeval.pipeline.inception_score import SEED
-from shardeval.pipeline.inception_score.logits import NotLogitsError
+from shardeval.pipeline.inception_score.logits import NotLogitsError, features_refusal
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.options import seed_problem
 
@@ -113,6 +116,13 @@ def probability_rows(block: np.ndarray) -> int:
     with np.errstate(invalid="ignore"):  # a −inf logit: the row is not a probability vector
         total = x.sum(axis=1, dtype=np.float64)
         return int(np.count_nonzero((x.min(axis=1) >= 0) & (np.abs(total - 1.0) <= tolerance)))
+
+
+def nonnegative_rows(block: np.ndarray) -> int:
+    """How many rows of ``block`` (rows with a softmax) have no value below 0, as features
+    after a ReLU have (a −inf logit is below 0)."""
+    x = np.asarray(block)
+    return int(np.count_nonzero(x.min(axis=1) >= 0)) if x.size else 0
 
 
 def _finite(tile: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -206,7 +216,8 @@ def _class_means_examples(rng: np.random.Generator) -> Examples[ClassMeans]:
 class ClassMeans:
     """The means that make the Inception Score, over every row and per split: rows, the
     marginal q = mean_i p(y|x_i) and the mean of p log p, per class; how many rows were
-    probability vectors; and where rows without a softmax are (left out of the means).
+    probability vectors and how many had no value below 0; and where rows without a softmax
+    are (left out of the means).
 
     Attributes:
         n: (1 + S,) rows of the whole set (row 0), then of each split, int64.
@@ -214,6 +225,7 @@ class ClassMeans:
         plogp: (1 + S, C) float64, mean_i p_iy log p_iy (0 log 0 = 0).
         probabilities: rows that are probability vectors, not logits.
         nonfinite: rows with NaN or +inf logits, or only −inf ones.
+        nonnegative: rows with no value below 0 (features after a ReLU, when all are).
 
     The merge is Chan's weighted update of the means, row by row. The whole set's means are
     kept apart from the splits' (not merged from them at the end), so the score over all
@@ -231,6 +243,7 @@ class ClassMeans:
     plogp: np.ndarray
     probabilities: int
     nonfinite: NonFiniteRows
+    nonnegative: int = 0
 
     def __post_init__(self) -> None:
         n = np.ascontiguousarray(self.n, dtype=np.int64)
@@ -247,6 +260,7 @@ class ClassMeans:
         object.__setattr__(self, "q", q)
         object.__setattr__(self, "plogp", plogp)
         object.__setattr__(self, "probabilities", int(self.probabilities))
+        object.__setattr__(self, "nonnegative", int(self.nonnegative))
 
     @property
     def splits(self) -> int:
@@ -277,13 +291,14 @@ class ClassMeans:
         ok = valid_rows(x)
         n = np.zeros(1 + splits, np.int64)
         q, plogp = np.zeros((1 + splits, x.shape[1])), np.zeros((1 + splits, x.shape[1]))
-        probabilities = 0
+        probabilities = nonnegative = 0
         for lo in range(0, x.shape[0], TILE_ROWS):
             keep = ok[lo : lo + TILE_ROWS]
             tile = _finite(x[lo : lo + TILE_ROWS], keep)
             if not len(tile):
                 continue
             probabilities += probability_rows(tile)
+            nonnegative += nonnegative_rows(tile)
             p = _softmax(tile)[0]
             f = p_log_p(p)
             # Row 0, the whole set, then the splits this tile has rows of.
@@ -300,7 +315,8 @@ class ClassMeans:
                 tile_f = np.concatenate([tile_f, _group_means(f[order], starts, counts)])
             _, q[rows] = _merge_means(n[rows], q[rows], tile_n, tile_q)
             n[rows], plogp[rows] = _merge_means(n[rows], plogp[rows], tile_n, tile_f)
-        return cls(n, q, plogp, probabilities, NonFiniteRows.from_mask(~ok, offset))
+        nonfinite = NonFiniteRows.from_mask(~ok, offset)
+        return cls(n, q, plogp, probabilities, nonfinite, nonnegative)
 
     def merge(self, other: ClassMeans) -> ClassMeans:
         if self.q.shape != other.q.shape:
@@ -320,6 +336,7 @@ class ClassMeans:
             plogp,
             self.probabilities + other.probabilities,
             self.nonfinite.merge(other.nonfinite),
+            self.nonnegative + other.nonnegative,
         )
 
     def class_terms(self) -> tuple[np.ndarray, np.ndarray]:
@@ -450,6 +467,8 @@ class InceptionScoreResult:
         log_clamped: how much of log IS was rounding below 0 in some class's term (each is
             ≥ 0 exactly) and was set to 0, in nats: within the terms' rounding bounds.
         logits: what was read (the store and its array).
+        as_logits: the caller declared the array logits, so that the checks that refuse
+            features (2,048 columns, every value ≥ 0) did not apply.
     """
 
     inception_score: float
@@ -468,10 +487,12 @@ class InceptionScoreResult:
     protocol: str | None = None
     log_clamped: float = 0.0
     logits: str = ""
+    as_logits: bool = False
 
 
-def _check_rows(source: FeatureSource, means: ClassMeans) -> None:
-    """Every row has a softmax, and the rows are not all probability vectors."""
+def _check_rows(source: FeatureSource, means: ClassMeans, as_logits: bool = False) -> None:
+    """Every row has a softmax, the rows are not all probability vectors and, unless the
+    caller declared them logits, not all ≥ 0."""
     bad = means.nonfinite
     if bad.count:
         raise NonFiniteError(
@@ -486,6 +507,13 @@ def _check_rows(source: FeatureSource, means: ClassMeans) -> None:
             f"{source.location!r}: all {n} rows are probability vectors (non-negative, summing "
             "to 1), not logits, and a softmax of probabilities is not theirs; give their log "
             "(np.log(p): its softmax is p, and log 0 = −inf is a class of probability 0)"
+        )
+    if means.nonnegative == n and not as_logits:
+        raise features_refusal(
+            source,
+            f"every value of its {n:,} rows is ≥ 0, as in features after a ReLU (the "
+            "Inception's pool3 features average ReLU outputs), where a classifier's logits take "
+            "both signs",
         )
 
 
@@ -517,6 +545,7 @@ def inception_score(
     split_every: int | None = None,
     progress: Progress | None = None,
     standard_error: bool = True,
+    as_logits: bool = False,
 ) -> InceptionScoreResult:
     """The Inception Score of (N, C) logits, over all samples with its standard error and,
     with ``splits``, by the peers' protocol too (both from one pass over the shards; the
@@ -531,6 +560,8 @@ def inception_score(
         split_every: fan-in of a balanced merge tree (see :meth:`Engine.reduce`).
         progress: called with (shards done, shards total), once per pass.
         standard_error: compute it (the second pass); without, it is NaN.
+        as_logits: the caller declares the rows logits: rows that are all ≥ 0 are read (else
+            refused as features after a ReLU).
 
     Returns:
         :class:`InceptionScoreResult`.
@@ -540,7 +571,8 @@ def inception_score(
         OptionError: bad ``splits`` or ``seed``.
         NonFiniteError: rows of logits without a softmax: NaN, +inf, or only −inf (named
             by rows; a −inf logit alone is a class of probability 0).
-        NotLogitsError: every row is a probability vector (their log is logits).
+        NotLogitsError: every row is a probability vector (their log is logits), or, unless
+            declared logits, every row is ≥ 0 (features after a ReLU).
         NumericalError: the two passes disagree (the logits changed meanwhile).
     """
     if source.array.ndim != 2 or source.d < 2 or source.n < 2:
@@ -553,7 +585,7 @@ def inception_score(
     (means,) = engine.reduce(
         [split_tasks(source, splits, seed)], split_every=split_every, progress=progress
     )
-    _check_rows(source, means)
+    _check_rows(source, means, as_logits)
     log_scores = means.log_scores()
     log_is = float(log_scores[0])
     n = int(means.n[0])
@@ -581,6 +613,7 @@ def inception_score(
         classes=source.d,
         log_clamped=float(means.clamped()[0]),
         logits=name,
+        as_logits=as_logits,
     )
     if not splits:
         return result

@@ -40,6 +40,7 @@ FEATURES_FORMAT = "shardeval.features"
 #: What a report names of an extraction store: report key → the store's attribute.
 _EXTRACTION_PROVENANCE = {
     "encoder": "encoder",
+    "encoder_source": "encoder_source",
     "resize": "resize",
     "weights_digest": "weights_digest",
     "weights_file": "weights_file",
@@ -101,6 +102,9 @@ class FeatureSource:
             None for a source made from a computed dask array.
         given: the input as the user gave it, when that is not the store read (images,
             whose features the feature cache holds): what summaries name.
+        extraction: how the rows were made, when the store does not record it (rows that a
+            training-loop metric encoded in memory and spilled): the encoder, resize, weights
+            digest and file, as an extraction store's attributes name them.
     """
 
     location: str
@@ -110,6 +114,7 @@ class FeatureSource:
     attrs: dict[str, Any] = field(default_factory=dict)
     reader: StoredArray | None = None
     given: str = ""
+    extraction: dict[str, Any] | None = None
 
     @property
     def shown(self) -> str:
@@ -153,14 +158,16 @@ class FeatureSource:
             "shards": self.shards,
             "feature_extractor": self.feature_extractor,
         }
-        if self.attrs.get("format") == FEATURES_FORMAT:
-            from shardeval.pipeline.images.provenance import weights_status
-
+        made = None if self.extraction is None else dict(self.extraction)
+        if made is None and self.attrs.get("format") == FEATURES_FORMAT:
             made = {
                 key: self.attrs[name]
                 for key, name in _EXTRACTION_PROVENANCE.items()
                 if name in self.attrs
             }
+        if made is not None:
+            from shardeval.pipeline.images.provenance import weights_status
+
             # Decided from the digest against the pinned one, whatever the store says.
             made["weights_status"] = weights_status(made.get("encoder"), made.get("weights_digest"))
             described["extraction"] = made
@@ -181,7 +188,7 @@ def _extractor(*attr_sets: Any) -> str | None:
 
 #: What a failed read of a numpy file can raise: a truncated ``.npz`` is a broken zip, a
 #: truncated member a short zlib stream.
-_NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 #: The first bytes of a NumPy ``.npy`` file.
 NPY_MAGIC = b"\x93NUMPY"
@@ -226,14 +233,15 @@ def _open_numpy(
         if kind == "npy":
             if array_name is not None:
                 raise StoreError(
-                    f"{location!r} is a .npy file, which holds one array: it has no array "
-                    f"{array_name!r} («array» picks a variable in a group, dataset or .npz)"
+                    f"«array={array_name!r}»: {location!r} is a .npy file, which holds one "
+                    "array, with no name to pick («array» picks a variable of a group, "
+                    "dataset or .npz): leave «array» out"
                 )
             mapped = np.load(location, mmap_mode="r", allow_pickle=False)
             return location, "", tuple(mapped.shape), mapped.dtype
         archive = np.load(location, allow_pickle=False)
         keys = list(archive.keys())
-    except _NUMPY_READ_ERRORS as exc:
+    except NUMPY_READ_ERRORS as exc:
         raise StoreError(f"cannot read {location!r} as a numpy file: {exc}") from exc
     if {"mu", "sigma"} <= set(keys):
         raise StoreError(
@@ -242,15 +250,13 @@ def _open_numpy(
         )
     if array_name is None:
         if len(keys) != 1:
-            raise StoreError(
-                f"{location!r} holds arrays {keys}; choose the features with «array=NAME»"
-            )
+            raise StoreError(f"{location!r} holds arrays {keys}; choose one with «array=NAME»")
         array_name = keys[0]
     if array_name not in keys:
         raise StoreError(f"{location!r} has no array {array_name!r}; it holds {keys}")
     try:
         data = archive[array_name]
-    except _NUMPY_READ_ERRORS as exc:
+    except NUMPY_READ_ERRORS as exc:
         raise StoreError(
             f"cannot read array {array_name!r} of {location!r}: {exc}; the file is damaged "
             "or truncated"
@@ -291,8 +297,7 @@ def _pick_from_group(group: Any, location: str, array_name: str | None) -> tuple
         candidates = [k for k, a in arrays.items() if a.ndim == 2]
     if len(candidates) != 1:
         raise StoreError(
-            f"{location!r} is a group holding {sorted(arrays)}; "
-            "choose the features with «array=NAME»"
+            f"{location!r} is a group holding {sorted(arrays)}; choose one with «array=NAME»"
         )
     return arrays[candidates[0]], candidates[0]
 
@@ -319,10 +324,35 @@ def _open_zarr(
         return node, array_name, group_attrs
     if array_name is not None:
         raise StoreError(
-            f"{location!r} is a single Zarr array: it has no array {array_name!r} («array» picks "
-            "a variable in a group, dataset or .npz)"
+            f"«array={array_name!r}»: {location!r} is a single Zarr array, with no name to pick "
+            "(«array» picks a variable of a group, dataset or .npz): leave «array» out"
         )
     return node, "", {}
+
+
+def holds_one_array(location: str | os.PathLike[str]) -> bool:
+    """Whether the store at ``location`` holds one array, with no name for «array» to pick: a
+    ``.npy`` file or a single Zarr array (not a group, an ``.npz`` or what does not open,
+    whose opening says why). Reads metadata only.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "f.npy")
+        >>> np.save(path, np.ones((3, 2)))
+        >>> holds_one_array(path)
+        True
+    """
+    location = os.fspath(location)
+    try:
+        kind = numpy_kind(location)
+        if kind is not None:
+            return kind == "npy"
+        if not _is_url(location) and not os.path.exists(location):
+            return False
+        node = zarr.open(location, mode="r", use_consolidated=False)
+    except Exception:  # zarr raises several types for a missing or foreign store
+        return False
+    return isinstance(node, zarr.Array)
 
 
 #: Files that make a folder a Zarr store (v3; v2 array, group).

@@ -37,7 +37,8 @@ class Param:
 
     Attributes:
         name: as written in a job file (``[metrics.NAME] option = value``).
-        kind: its Python type (``bool``, ``int``, ``float`` or ``str``).
+        kind: its Python type (``bool``, ``int``, ``float`` or ``str``); a ``float`` is
+            refused at ±inf and NaN whatever ``check`` says.
         default: the value when the option is not given.
         help: one line for the documentation.
         choices: the values allowed, when there is a closed set.
@@ -74,6 +75,12 @@ class Param:
             raise MetricOptionError(
                 f"metric {metric!r}: option {self.name!r} must be {self.kind.__name__}, "
                 f"got {value!r}"
+            )
+        if self.kind is float and not math.isfinite(value):
+            # No option of a metric means anything at ±inf or NaN, and comparisons with NaN
+            # are all False, so a declared check (value > 0) would not catch it.
+            raise MetricOptionError(
+                f"metric {metric!r}: option {self.name!r} must be a finite number, got {value}"
             )
         if self.choices is not None and value not in self.choices:
             raise MetricOptionError(

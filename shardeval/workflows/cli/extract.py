@@ -6,7 +6,13 @@ import argparse
 import os
 from typing import Any
 
-from shardeval.pipeline.options import DEVICES, ENCODER_NAMES, INCEPTION_RESIZES
+from shardeval.pipeline.options import (
+    DEVICES,
+    encoder_help,
+    encoder_problem,
+    resize_choices,
+    resize_help,
+)
 from shardeval.workflows.cli.common import api_options, must_exist, notice
 from shardeval.workflows.cli.parser import positive_int
 
@@ -20,40 +26,39 @@ IMAGES: a folder (recursive, following symbolic links, each real folder once; pn
 webp, bmp), a .zip, a .npz (arr_0) or .npy of uint8 (N, H, W, 3) images, a .tar shard, or a
 folder or quoted glob of .tar shards; taken in sorted order. macOS metadata (__MACOSX/, ._*)
 is ignored. Every archive member is its own row: a second member of one name is named NAME#2.
-Weights are never downloaded: --weights, or torch hub's checkpoint folder
-(inception) / the Hugging Face cache (dinov2-vitl14, clip-vitl14-336)."""
+Weights are never downloaded: --weights, or the cache the encoder's weights are kept in
+(torch hub's checkpoint folder, the Hugging Face cache, timm's and open_clip's)."""
 
 EPILOG = """\
 examples:
   shardeval extract samples/ -o gen.zarr
   shardeval extract samples.npz -o gen.zarr --resize clean
   shardeval extract 'shards/*.tar' -o real.zarr --encoder dinov2-vitl14 --cluster cluster/cuda.yaml
+  shardeval extract samples/ -o gen.zarr --encoder timm:convnext_small.fb_in22k
   shardeval fid real.zarr gen.zarr"""
+
+
+def encoder_name(text: str) -> str:
+    """The ``--encoder`` value, refused in one line listing the encoders it may name."""
+    problem = encoder_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def encoder_options(g: Any) -> None:
     """The encoder's options (``--encoder``, ``--resize``, ``--weights``, ``--batch-size``),
-    for ``extract`` and for the commands that take images as inputs."""
-    g.add_argument(
-        "--encoder",
-        choices=ENCODER_NAMES,
-        help="inception (default: FID's 2048-d pool3), dinov2-vitl14 (1024-d CLS, as dgm-eval), "
-        "clip-vitl14-336 (768-d unit-norm embeddings, as CMMD)",
-    )
-    g.add_argument(
-        "--resize",
-        choices=INCEPTION_RESIZES,
-        help="inception only: legacy-pytorch (default; pytorch-fid's bilinear resize, its "
-        "features exactly), clean (clean-fid's PIL bicubic) or legacy-tensorflow (TF 1.x "
-        "bilinear of the original FID code, as torch-fidelity)",
-    )
+    for ``extract`` and for the commands that take images as inputs; the names, modes and
+    their help come from the encoders' declarations."""
+    g.add_argument("--encoder", type=encoder_name, metavar="ENCODER", help=encoder_help())
+    g.add_argument("--resize", choices=resize_choices(), help=resize_help())
     g.add_argument(
         "--weights",
         metavar="PATH",
-        help="weights file (inception) or Hugging Face model folder (ViTs); default: the "
-        "standard caches. 'random' (or random:SEED): the Inception with seeded random weights, "
-        "a smoke test of the image path without the published file (every number it gives is "
-        "marked as such; a file named random is ./random)",
+        help="weights file (inception, timm, open_clip) or Hugging Face model folder (ViTs, "
+        "hf:); default: the standard caches. 'random' (or random:SEED): the Inception with "
+        "seeded random weights, a smoke test of the image path without the published file "
+        "(every number it gives is marked as such; a file named random is ./random)",
     )
     g.add_argument(
         "--batch-size",
@@ -78,7 +83,7 @@ def add_extract_parser(sub: Any, parents: list[argparse.ArgumentParser]) -> argp
     p = sub.add_parser(
         "extract",
         parents=parents,
-        help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
+        help="extract image features (through an --encoder) into a Zarr feature store",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,0 +1,306 @@
+"""Exact squared distances of a block pair, and the CPU path of the decisions taken on them:
+per row, the k smallest squared distances to the other block, and radius tests.
+
+The decisions start from one product G = X Yᵀ of the pair per column tile (fp32 products by
+the numerical contract, float64 for float64 input), never keeping more than a column tile of
+it. Decisions taken on fp32 products are exact: a squared distance ‖x‖² + ‖y‖² − 2x·y from an
+fp32 dot product is off by at most 2γ_d‖x‖‖y‖ (γ_d = d·u/(1 − d·u), u the unit roundoff: a
+bound for any summation order); every comparison within that bound of its threshold, and every
+candidate within it of the k-th nearest, is recomputed in float64 from the rows themselves.
+Self-distances are exactly zero, and no squared distance is negative.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardeval.kernels.pair_types import PairRequest, PairResult, RadiusDecisions
+
+#: Columns of the product reduced at a time by the decisions: bounds the temporaries to
+#: rows × TILE.
+TILE = 1024
+
+
+#: A block pair whose first tile leaves more fp32 decisions than this fraction of its pairs
+#: undecided (distances concentrated within the fp32 error bound, as in high-dimensional,
+#: nearly isotropic data) is redone with float64 products: one float64 product is cheaper
+#: than recomputing that many distances one by one.
+UNDECIDED_FRACTION = 1e-3
+
+
+def _working(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both blocks in the working precision: float64 if either is, else fp32."""
+    dtype = np.float64 if np.float64 in (x.dtype, y.dtype) else np.float32
+    return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(y, dtype=dtype)
+
+
+def dot_error_bound(d: int, dtype: np.dtype) -> float:
+    """γ_d = d·u/(1 − d·u): |fl(x·y) − x·y| ≤ γ_d ‖x‖‖y‖ for a dot product of length d."""
+    u = float(np.finfo(dtype).eps) / 2
+    return d * u / (1 - d * u)
+
+
+def sq_bound(d: int, dtype: np.dtype) -> float:
+    """c with |fl(‖x‖² + ‖y‖² − 2x·y) − ‖x − y‖²| ≤ c·(‖x‖ + ‖y‖)² in the working precision:
+    each of the three dot products errs by at most γ_d times the product of its norms, and the
+    two additions and the doubling by at most 3u of operands no larger than (‖x‖ + ‖y‖)²."""
+    u = float(np.finfo(dtype).eps) / 2
+    return 2.0 * dot_error_bound(d, dtype) + 4.0 * u
+
+
+#: Pairs recomputed per chunk: their rows stay in cache while they are differenced.
+_EXACT_CHUNK = 256
+
+
+def _exact_sq(x: np.ndarray, y: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """‖x_i − y_j‖² in float64 for pairs (i, j), from the rows themselves: the definition every
+    decision of this module is exact against. (The difference of two fp32 numbers is exact in
+    float64.)"""
+    out = np.empty(i.size)
+    for start in range(0, i.size, _EXACT_CHUNK):
+        a, b = i[start : start + _EXACT_CHUNK], j[start : start + _EXACT_CHUNK]
+        diff = np.subtract(x[a], y[b], dtype=np.float64)
+        out[start : start + a.size] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def exact_sq_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """All squared distances ‖x_i − y_j‖² in float64, by the same definition as the decisions
+    (for references and tests: it builds the whole m × n matrix)."""
+    i, j = np.meshgrid(np.arange(x.shape[0]), np.arange(y.shape[0]), indexing="ij")
+    return _exact_sq(x, y, i.ravel(), j.ravel()).reshape(x.shape[0], y.shape[0])
+
+
+def _norms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared norms in float64 and the norms of the rows."""
+    sq = np.einsum("ij,ij->i", x.astype(np.float64), x.astype(np.float64))
+    return sq, np.sqrt(sq)
+
+
+def reduce_numpy(
+    x: np.ndarray, y: np.ndarray, request: PairRequest, diagonal_block: bool
+) -> PairResult:
+    """The neighbours and radius tests of ``request`` by the CPU path, in the working precision
+    of ``x`` and ``y`` (fp32 unless either is float64), redone with float64 products when the
+    first tile leaves more than :data:`UNDECIDED_FRACTION` of its pairs undecided."""
+    x, y = _working(x, y)
+    decides = request.knn is not None or request.radii is not None
+    if decides and x.dtype == np.float32:
+        result = _reduce(x, y, request, diagonal_block, probe=True)
+        if result is not None:
+            return result
+        x, y = x.astype(np.float64), y.astype(np.float64)
+    result = _reduce(x, y, request, diagonal_block, probe=False)
+    if result is None:  # unreachable: no probe, no abort
+        raise ValueError("the pair was not reduced")
+    return result
+
+
+def _reduce(
+    x: np.ndarray, y: np.ndarray, request: PairRequest, diagonal_block: bool, probe: bool
+) -> PairResult | None:
+    """:func:`reduce_numpy` in the working precision of ``x`` and ``y``; with ``probe``, None
+    when the first tile leaves too many decisions to float64 recomputation."""
+    m, n, d = x.shape[0], y.shape[0], x.shape[1]
+    if y.shape[1] != d:
+        raise ValueError(f"x has d={d} but y has d={y.shape[1]}")
+    dtype = x.dtype
+    xx, xn = _norms(x)
+    yy, yn = _norms(y)
+    xx_w, yy_w = xx.astype(dtype), yy.astype(dtype)
+    c = sq_bound(d, dtype)
+    k = request.knn
+    best_x = np.full((m, k), np.inf) if k else None
+    best_y = np.full((n, k), np.inf) if k else None
+    radius = _Radius(m, n, request.radii, dtype) if request.radii is not None else None
+    for start in range(0, n, TILE):
+        stop = min(start + TILE, n)
+        g = x @ y[start:stop].T
+        diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
+        diag_j = diag_i - start
+        if best_x is None and radius is None:
+            continue
+        sq = xx_w[:, None] + yy_w[None, start:stop] - 2 * g
+        np.maximum(sq, 0, out=sq)
+        # Per-row bounds (the largest norm of the other side stands in for each one).
+        err_x = c * (xn + yn[start:stop].max()) ** 2
+        err_y = c * (yn[start:stop] + xn.max()) ** 2
+        recomputed = 0
+        if best_x is not None and best_y is not None and k is not None:
+            sq[diag_i, diag_j] = np.inf  # not a neighbour of itself
+            best_x, count_x = _merge_candidates(best_x, sq, err_x, k, x, y, start)
+            best_y[start:stop], count_y = _merge_candidates(
+                best_y[start:stop], sq.T, err_y, k, y[start:stop], x, 0
+            )
+            recomputed += count_x + count_y - k * (m + stop - start)
+        if radius is not None:
+            before = radius.uncertain
+            radius.add(sq, err_x, err_y, x, y, start)
+            recomputed += radius.uncertain - before
+        if probe and start == 0 and recomputed > UNDECIDED_FRACTION * m * (stop - start):
+            return None
+    return PairResult(
+        None,
+        None,
+        (best_x, best_y) if best_x is not None and best_y is not None else None,
+        radius.result() if radius is not None else None,
+    )
+
+
+def _kth_smallest(a: np.ndarray, k: int) -> np.ndarray:
+    """The k-th smallest value of each row (k small: k − 1 rounds of a row-wise argmin on a
+    contiguous copy, several times faster than a partition)."""
+    if k > 8:
+        return np.partition(a, k - 1, axis=1)[:, k - 1]
+    b = np.array(a, order="C")  # row-wise argmin is vectorised only along contiguous rows
+    rows = np.arange(b.shape[0])
+    for _ in range(k - 1):
+        b[rows, b.argmin(axis=1)] = np.inf
+    return b.min(axis=1)
+
+
+def _merge_candidates(
+    best: np.ndarray,
+    sq: np.ndarray,
+    err: np.ndarray,
+    k: int,
+    rows: np.ndarray,
+    others: np.ndarray,
+    offset: int,
+) -> tuple[np.ndarray, int]:
+    """Merge a tile's approximate squared distances into each row's exact k smallest; also
+    return how many distances were recomputed exactly.
+
+    The k-th smallest exact distance of the union is at most T = min(previous k-th, the tile's
+    k-th approximate + err); a column can be below T only if its approximate distance is within
+    err of it. Those candidates are recomputed exactly and merged with the row's previous best.
+    (``err`` (m,) bounds each row's approximation; columns of the tile are rows of ``others``
+    starting at ``offset``.)
+    """
+    m, width = sq.shape
+    if width == 0:
+        return best, 0
+    limit = best[:, -1] + err
+    todo = ~np.isfinite(limit)
+    if todo.any():  # rows without k exact neighbours yet: the tile's own k-th bounds them
+        part = sq if todo.all() else sq[todo]
+        kth = _kth_smallest(part, min(k, width)).astype(np.float64)
+        limit[todo] = np.minimum(kth + err[todo], best[todo, -1])
+        limit[todo] += err[todo]
+    # The threshold rounded to the working precision may fall by one ulp: widen it by that.
+    threshold = (limit * (1 + 4 * float(np.finfo(sq.dtype).eps))).astype(sq.dtype)
+    cand_r, cand_c = np.nonzero((sq <= threshold[:, None]) & np.isfinite(sq))
+    exact = _exact_sq(rows, others, cand_r, cand_c + offset)
+    # Gather candidates per row into a (m, width_max) array padded with inf, then keep k.
+    counts = np.bincount(cand_r, minlength=m)
+    width_max = int(counts.max()) if counts.size else 0
+    padded = np.full((m, width_max + best.shape[1]), np.inf)
+    padded[:, : best.shape[1]] = best
+    if width_max:
+        order = np.argsort(cand_r, kind="stable")
+        slot = np.arange(cand_r.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        padded[cand_r[order], best.shape[1] + slot] = exact[order]
+    return np.sort(padded, axis=1)[:, :k], int(cand_r.size)
+
+
+def knn_sq_distances_reference(
+    x: np.ndarray, y: np.ndarray, k: int, *, diagonal_block: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 reference of :func:`shardeval.kernels.pairs.knn_sq_distances`."""
+    sq = exact_sq_distances(x, y)
+    if diagonal_block:
+        np.fill_diagonal(sq, np.inf)
+
+    def smallest(a: np.ndarray) -> np.ndarray:
+        out = np.full((a.shape[0], k), np.inf)
+        s = np.sort(a, axis=1)[:, :k]
+        out[:, : s.shape[1]] = s
+        return out
+
+    return smallest(sq), smallest(sq.T)
+
+
+class _Radius:
+    """Accumulates :class:`RadiusDecisions` tile by tile.
+
+    Comparisons run in the working precision against the radii rounded to it; those within
+    the error bound (plus the radius' own rounding) of the threshold are redone in float64.
+    """
+
+    def __init__(
+        self, m: int, n: int, radii: tuple[np.ndarray, np.ndarray, np.ndarray], dtype: np.dtype
+    ) -> None:
+        self.exact = tuple(np.asarray(r, dtype=np.float64) for r in radii)
+        self.rounded = tuple(r.astype(dtype) for r in self.exact)
+        eps = float(np.finfo(dtype).eps)
+        self.slack = tuple(eps * np.where(np.isfinite(r), r, 0.0) for r in self.exact)
+        self.y_within = np.zeros(n, dtype=bool)
+        self.y_count = np.zeros(n, dtype=np.int64)
+        self.x_within = np.zeros(m, dtype=bool)
+        self.x_covered = np.zeros(m, dtype=bool)
+        self.uncertain = 0
+
+    def add(
+        self,
+        sq: np.ndarray,
+        err_x: np.ndarray,
+        err_y: np.ndarray,
+        x: np.ndarray,
+        y: np.ndarray,
+        start: int,
+    ) -> None:
+        stop = start + sq.shape[1]
+        (x_le, x_lt, y_le), (x_le_w, x_lt_w, y_le_w) = self.exact, self.rounded
+        s_le, s_lt, s_y = self.slack
+        tests = (  # (exact radii, rounded, margin (broadcast), strict)
+            (x_le[:, None], x_le_w[:, None], (err_x + s_le)[:, None], False),  # precision
+            (x_lt[:, None], x_lt_w[:, None], (err_x + s_lt)[:, None], True),  # density, coverage
+            (  # recall
+                y_le[None, start:stop],
+                y_le_w[None, start:stop],
+                (err_y + s_y[start:stop])[None, :],
+                False,
+            ),
+        )
+        results = []
+        for exact_r, rounded, margin, strict in tests:
+            inside = sq < rounded if strict else sq <= rounded
+            near = np.abs(sq - rounded) <= margin.astype(sq.dtype)
+            if near.any():
+                i, j = np.nonzero(near)
+                exact = _exact_sq(x, y, i, j + start)
+                r = np.broadcast_to(exact_r, sq.shape)[i, j]
+                inside[i, j] = exact < r if strict else exact <= r
+                self.uncertain += int(i.size)
+            results.append(inside)
+        le_x, lt_x, le_y = results
+        self.y_within[start:stop] = le_x.any(axis=0)
+        self.y_count[start:stop] = lt_x.sum(axis=0)
+        self.x_within |= le_y.any(axis=1)
+        self.x_covered |= lt_x.any(axis=1)
+
+    def result(self) -> RadiusDecisions:
+        return RadiusDecisions(
+            np.asarray(self.y_within),
+            self.y_count,
+            np.asarray(self.x_within),
+            np.asarray(self.x_covered),
+            self.uncertain,
+        )
+
+
+def radius_decisions_reference(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_radius: np.ndarray,
+    x_radius_strict: np.ndarray,
+    y_radius: np.ndarray,
+) -> RadiusDecisions:
+    """Float64 reference of :func:`shardeval.kernels.pairs.radius_decisions`."""
+    sq = exact_sq_distances(x, y)
+    le_x = sq <= x_radius[:, None]
+    lt_x = sq < x_radius_strict[:, None]
+    le_y = sq <= y_radius[None, :]
+    return RadiusDecisions(
+        np.asarray(le_x.any(0)), lt_x.sum(0), np.asarray(le_y.any(1)), np.asarray(lt_x.any(1)), 0
+    )
