@@ -26,7 +26,7 @@ _EXPORTS = {
         ("fid", "fid_infinity", "kid", "cmmd", "prdc", "metrics", "inception_score"),
         "shardeval.api.verbs",
     ),
-    "extract": "shardeval.api.extraction",
+    **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
     "fetch": "shardeval.api.fetching",
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
@@ -63,6 +63,7 @@ __all__ = [
     "ShardevalError",
     "StoreError",
     "cmmd",
+    "encoder",
     "ess",
     "extract",
     "fetch",
@@ -79,7 +80,7 @@ __all__ = [
 ]
 
 if _TYPE_CHECKING:
-    from shardeval.api.extraction import extract
+    from shardeval.api.extraction import encoder, extract
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats
     from shardeval.api.results import Report

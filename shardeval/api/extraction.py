@@ -10,7 +10,6 @@ from typing import Any
 from shardeval.api.functions import Progress, _noted, _running, check_options, refuse
 from shardeval.api.inputs import describe_input, extract_pixels, image_pixels, is_path
 from shardeval.api.results import Report
-from shardeval.pipeline.errors import OptionError
 
 
 def _left_out(result: Any, shown: int = 5) -> list[str]:
@@ -34,6 +33,7 @@ def made_by_result(result: Any) -> Any:
         result.weights_digest,
         result.weights_status,
         result.weights_file,
+        result.encoder_source,
     )
 
 
@@ -73,11 +73,66 @@ def extraction_summary(result: Any, described: dict[str, Any]) -> str:
     return "\n".join([*lines, *weights])
 
 
+def encoder(
+    module: Any,
+    *,
+    name: str | None = None,
+    digest: str | None = None,
+    size: int | None = None,
+    dim: int | None = None,
+    input: str = "float",
+) -> Any:
+    """Declare a torch module or callable as an encoder, for ``encoder=`` of :func:`extract`,
+    the metric functions that take images and the training-loop metrics.
+
+    It is called on (B, 3, H, W) images, float32 in [0, 1] (``input="float"``) or uint8
+    (``input="uint8"``), on the device its tensors are on, in inference mode, and returns
+    (B, d) rows; it is never moved or put in another mode (give it in eval mode). Its
+    features record ``encoder`` ``python:NAME``, ``encoder_source`` ``python`` and its
+    weights' digest (status ``unpinned``), and the feature cache keys its entries by them.
+    A module given as ``encoder=`` directly is declared the same way at each call.
+
+    Args:
+        module: a ``torch.nn.Module`` (in eval mode) or a callable.
+        name: what features record (``python:NAME``); default: its class's qualified name.
+        digest: its weights' digest; default for a module: the SHA-256 of its state dict's
+            tensors (name, dtype, shape, bytes, in name order), computed now, once: declare
+            it again after changing its weights. Required for a callable that is no module
+            (any string that changes when its weights do).
+        size: images are resized to ``size`` × ``size`` (PIL's antialiased bicubic) first;
+            default: as they are (the images of one batch must then share a size).
+        dim: features per image, where known (default: one image through it tells).
+        input: ``float`` (default) or ``uint8``.
+
+    Returns:
+        The encoder's declaration (:class:`~shardeval.kernels.encoders.EncoderSpec`).
+
+    Raises:
+        EncoderSetupError: not callable, a module in training mode, a callable without
+            ``digest``, a name/size/dim/input that cannot be.
+
+    Example:
+        >>> import torch, shardeval as se
+        >>> mean_rgb = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        >>> spec = se.encoder(mean_rgb.eval(), name="mean-rgb", dim=3)
+        >>> spec.name, spec.source
+        ('python:mean-rgb', 'python')
+    """
+    from shardeval._words import marked
+    from shardeval.kernels.encoders import EncoderError, python_encoder
+    from shardeval.pipeline.images.extract import EncoderSetupError
+
+    try:
+        return python_encoder(module, name=name, digest=digest, size=size, dim=dim, input=input)
+    except EncoderError as exc:
+        raise EncoderSetupError(marked(exc)) from exc
+
+
 def extract(
     images: Any,
     output: str | os.PathLike[str],
     *,
-    encoder: str | None = None,
+    encoder: Any = None,
     resize: str | None = None,
     weights: str | None = None,
     batch_size: int | None = None,
@@ -99,10 +154,15 @@ def extract(
     digest while they are extracted (a killed run resumes from it), then the file is removed.
 
     Args:
-        encoder: ``inception`` (default; the FID Inception, 2,048-d), ``dinov2-vitl14`` or
-            ``clip-vitl14-336``.
-        resize: the Inception's ``legacy-pytorch`` (default, pytorch-fid's), ``clean``
-            (clean-fid's) or ``legacy-tensorflow`` (TF 1.x bilinear, torch-fidelity's).
+        encoder: a name of :data:`~shardeval.kernels.encoders.ENCODERS` (default
+            ``inception``, the FID Inception, 2,048-d); ``timm:NAME``,
+            ``open_clip:NAME:PRETRAINED`` or ``hf:MODEL_ID`` (a model of that library from
+            the local cache); or a torch module or callable taking (B, 3, H, W) images, as
+            it is or declared with :func:`shardeval.encoder` (its name, size, digest). The
+            report names it (``encoder``, ``encoder_source``, ``weights_digest``).
+        resize: the encoder's preprocessing mode (default: its first); the Inception's
+            ``legacy-pytorch`` (default, pytorch-fid's), ``clean`` (clean-fid's) or
+            ``legacy-tensorflow`` (TF 1.x bilinear, torch-fidelity's).
         weights: the weights' file or folder (default: torch hub's / the Hugging Face cache;
             nothing is downloaded); ``"random"`` or ``"random:SEED"``: the Inception with
             seeded random weights, a smoke test of the image path (its numbers measure
@@ -134,17 +194,13 @@ def extract(
     """
     options = dict(locals())
     check_options(options)
-    name = encoder or "inception"
-    if resize is not None and name != "inception":
-        raise OptionError(
-            f"«resize» applies to «encoder='inception'»; {name}'s preprocessing is fixed to "
-            "match its reference"
-        )
     from shardeval.pipeline.core.ieee_fp32 import set_in_this_process
     from shardeval.pipeline.images.extract import extract_features, plan_extraction
     from shardeval.pipeline.images.provenance import weights_warning
     from shardeval.pipeline.io.provenance import now_iso, versions
 
+    # The encoder (and its weights, resize) checked before any image is read.
+    plan = plan_extraction("inception" if encoder is None else encoder, weights, resize)
     in_memory = not is_path(images)
     if in_memory:
         refuse(options, ("skip_bad", "check_progress"), "apply to image files; these are in memory")
@@ -157,7 +213,7 @@ def extract(
                 pixels,
                 target,
                 os.path.dirname(target),
-                plan_extraction(name, weights, resize),
+                plan,
                 batch_size=batch_size,
                 device=device or "auto",
                 engine=run.engine,
@@ -169,9 +225,9 @@ def extract(
             result = extract_features(
                 os.fspath(images),
                 os.fspath(output),
-                encoder=name,
-                weights=weights,
-                resize=resize,
+                encoder=plan.encoder_spec,
+                weights=plan.weights,
+                resize=plan.resize,
                 batch_size=batch_size,
                 device=device or "auto",
                 skip_bad=skip_bad,

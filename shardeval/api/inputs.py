@@ -284,11 +284,20 @@ def features(
 
     if isinstance(x, FeatureSource):
         return x
-    if is_path(x):
+    if isinstance(x, ExtractedImages):
+        from shardeval.pipeline.images.cache import check_rows
+
         source = open_features(
+            x.path, array_name=array, shard_rows=shard_rows, min_rows=0, ndims=ndims
+        )
+        # Too few rows are too few decodable images: named by the images, not the entry.
+        left_out = len(source.attrs.get("skipped") or ())
+        check_rows(source.n, x.given, left_out, x.path, min_rows)
+        return replace(source, given=x.given)
+    if is_path(x):
+        return open_features(
             os.fspath(x), array_name=array, shard_rows=shard_rows, min_rows=min_rows, ndims=ndims
         )
-        return replace(source, given=x.given) if isinstance(x, ExtractedImages) else source
     location = describe_input(x)
     if is_statistics(x):
         raise StoreError(
@@ -421,8 +430,15 @@ def image_pixels(images: Any, what: str, *, channels_last: bool = True) -> np.nd
             raise DtypeError(
                 f"{what} has dtype {t.dtype}; images are uint8 (0..255) or floats in [0, 1]"
             )
+        nan = torch.isnan(t).flatten(1).any(dim=1)  # per image
+        if bool(nan.any()):  # aminmax would say [nan, nan], however few values are NaN
+            image = int(torch.nonzero(nan)[0, 0])
+            raise DtypeError(
+                f"{what} holds NaN in {int(nan.sum())} image(s) (first: image {image}); float "
+                "images must be numbers in [0, 1]: clean or drop those images"
+            )
         low, high = (float(v) for v in torch.aminmax(t.float())) if t.numel() else (0, 0)
-        if not (low >= 0.0 and high <= 1.0):  # NaN fails both
+        if not (low >= 0.0 and high <= 1.0):
             raise DtypeError(
                 f"{what} holds {t.dtype} values in [{low:.6g}, {high:.6g}]; float images "
                 "must lie in [0, 1] (scale them, e.g. (x + 1) / 2 for [-1, 1])"
@@ -526,7 +542,7 @@ def extract_pixels(
             result = extract_features(
                 staged,
                 output,
-                encoder=plan.encoder,
+                encoder=plan.encoder_spec,
                 weights=plan.weights,
                 resize=plan.resize,
                 batch_size=batch_size,
@@ -553,7 +569,7 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
     """The cache entry of images in memory, keyed by their pixels' digest and the encoder's
     settings: reused when complete (no encoder runs), else extracted (see the module's
     description)."""
-    from shardeval.pipeline.images.cache import cache_path
+    from shardeval.pipeline.images.cache import cache_path, make_cache_root
     from shardeval.pipeline.images.extract import ExtractionError, plan_extraction
 
     pixels = image_pixels(x, describe_input(x))
@@ -574,10 +590,13 @@ def _cached_array(x: Any, options: dict[str, Any], root: str, engine: Any, progr
         plan.encoder,
         plan.digest,
         plan.resize,
+        # a user's encoder (its name says it too): the source; registered ones keep their keys
+        *([] if plan.source == "shardeval" else [plan.source]),
     ]
     key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
     path = cache_path(root, key)
     if not _entry_done(path, plan):
+        make_cache_root(root)  # marked as a cache before anything is staged there
         extract_pixels(
             pixels,
             path,

@@ -185,7 +185,7 @@ def fid_summary(
             f"  {side.role:<4} {side.shown}  n={n} d={side.d:,} shards={side.shards} ({side.kind})"
         )
     lines.append(f"  eigenvalues clamped: {clamped_text(r, real, gen)}")
-    lines.append(f"  {seconds:.2f} s on {engine_text(engine)}")
+    lines.append(f"  {seconds:.2f} s {engine_text(engine)}")
     return "\n".join(lines)
 
 
@@ -306,9 +306,14 @@ def features_made(sides: dict[str, Any], cached: Sequence[Any] = ()) -> MadeNote
 
 
 def engine_text(engine: dict[str, Any]) -> str:
-    if engine.get("scheduler") == "distributed":
-        return f"distributed scheduler {engine.get('address')}"
-    return f"{engine.get('scheduler')} scheduler ({engine.get('threads')} threads)"
+    """Where a report's numbers were computed, after its seconds ("on threads scheduler (2
+    threads)"); statistics on both sides ran nothing on an engine."""
+    scheduler = str(engine.get("scheduler"))
+    if scheduler == "distributed":
+        return f"on distributed scheduler {engine.get('address')}"
+    if scheduler.startswith("none"):  # {"scheduler": "none (statistics only)"}
+        return "(statistics only: nothing computed on an engine)"
+    return f"on {scheduler} scheduler ({engine.get('threads')} threads)"
 
 
 def nll_dict(r: NLLResult) -> dict[str, Any]:

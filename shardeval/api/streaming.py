@@ -31,17 +31,26 @@ every rank. A ``compute()`` after which no rank has changed its rows returns the
 only the cheap agreement of the ranks runs. The ranks first meet through the process group's
 store, with a deadline («sync_timeout», :data:`SYNC_TIMEOUT_SECONDS` by default): a rank that
 calls ``compute()`` or ``sync()`` alone gets an :class:`~shardeval.pipeline.errors.EngineError`
-instead of waiting forever. Metrics sync and merge only with metrics of the same settings,
-reference and feature provenance (how their rows were made); anything else is refused, naming
-what differs.
+instead of waiting forever. As with every ``torch.distributed`` collective, ranks call the
+``compute()`` and ``sync()`` of their metrics in the same order; a metric is known across ranks
+by its kind and the order in which its process made it (copies and unpickled metrics count as
+made), so ranks make their metrics in the same order too, and a gather of metrics made in
+other orders is refused on every rank. Metrics sync and merge only with metrics of the same
+settings, reference and feature provenance (how their rows were made); anything else is
+refused, naming what differs. A report says how its features were
+made (``features_made_by``, its summary's lines and warnings) as :func:`shardeval.fid` and
+:func:`shardeval.kid` say it of the same inputs.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
+import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -53,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardeval.api.inputs import image_pixels
-from shardeval.api.results import Report, Side, fid_data, fid_summary
+from shardeval.api.results import Report, Side, features_made, fid_data, fid_summary, jsonable
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
     DtypeError,
@@ -94,6 +103,13 @@ BUFFER_BYTES = 32 * 2**20
 #: collective timeout (gloo's is 30 minutes).
 SYNC_TIMEOUT_SECONDS = 600.0
 
+#: The deadlines a store of ``torch.distributed`` waits for: it takes whole milliseconds, through
+#: a 64-bit count of microseconds. Below 1 ms the deadline is 0 ms, which the store reads as no
+#: deadline at all (a FileStore then waits forever); beyond 2^63 microseconds (about 292,000
+#: years) the count overflows (a FileStore then gives up at once).
+MIN_SYNC_TIMEOUT_SECONDS = 1e-3
+MAX_SYNC_TIMEOUT_SECONDS = float((2**63 - 1) // 10**6)
+
 #: What a side's rows are, when they were fed as feature rows (image rows name their encoder).
 FEATURE_ROWS = "feature rows"
 
@@ -106,10 +122,25 @@ def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 
 def _check_timeout(value: Any) -> float | None:
+    """«sync_timeout» as the store's wait takes it (see :data:`MIN_SYNC_TIMEOUT_SECONDS`).
+
+    Raises:
+        OptionError: not a number of seconds in [:data:`MIN_SYNC_TIMEOUT_SECONDS`,
+            :data:`MAX_SYNC_TIMEOUT_SECONDS`].
+    """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise OptionError(f"«sync_timeout» must be a positive number of seconds, got {value!r}")
+    low, high = MIN_SYNC_TIMEOUT_SECONDS, MAX_SYNC_TIMEOUT_SECONDS
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not low <= value <= high  # NaN fails both
+    ):
+        raise OptionError(
+            f"«sync_timeout» must be a number of seconds from {low:g} (1 ms) to {high:.0f} "
+            f"(2^63 microseconds), which torch.distributed's store can wait for, or None (the "
+            f"process group's own timeout); got {value!r}"
+        )
     return float(value)
 
 
@@ -155,6 +186,52 @@ _SAME_ROWS = (
 )
 
 
+def _images_made_by(encoder: str, resize: str, digest: str) -> str:
+    """How image rows were made, as metrics compare it (see :func:`_images_made`)."""
+    return f"images: encoder={encoder} resize={resize} weights={digest}"
+
+
+def _images_made(made_by: str) -> tuple[str, str, str] | None:
+    """The encoder, resize and weights digest that :func:`_images_made_by` wrote (None: not
+    image rows)."""
+    found = re.fullmatch(r"images: encoder=(.+) resize=(\S+) weights=(\S+)", made_by)
+    return None if found is None else (found[1], found[2], found[3])
+
+
+def _images_described(
+    encoder: str, resize: str, digest: str, weights_file: str | None
+) -> dict[str, Any]:
+    """How image rows were made, as a feature store describes its features
+    (:meth:`~shardeval.pipeline.io.stores.FeatureSource.describe`: the network, and the
+    ``extraction`` that :func:`~shardeval.pipeline.images.provenance.made_by` reads, its
+    weights' status decided from the digest)."""
+    from shardeval.kernels.encoders.registry import ENCODERS, PROVIDER_FORMS, PYTHON, REGISTERED
+    from shardeval.pipeline.images.provenance import weights_status
+
+    spec = ENCODERS.get(encoder)
+    # A user's encoder (``timm:NAME``, ``python:NAME`` ...) is labelled by its name, as the
+    # extraction store of the same encoder labels its features.
+    source: str | None = encoder.partition(":")[0]
+    extractor: str | None
+    if spec is not None:
+        extractor, source = spec.feature_extractor, REGISTERED
+    elif source in PROVIDER_FORMS or source == PYTHON:
+        extractor = encoder
+    else:  # a name no encoder of this shardeval has: nothing to say of it
+        extractor = source = None
+    return {
+        "feature_extractor": extractor,
+        "extraction": {
+            "encoder": encoder,
+            "encoder_source": source,
+            "resize": resize,
+            "weights_digest": digest,
+            "weights_file": weights_file or None,
+            "weights_status": weights_status(encoder, digest),
+        },
+    }
+
+
 def _shown(value: Any) -> str:
     return "none" if value is None else str(value) if isinstance(value, str) else repr(value)
 
@@ -181,6 +258,17 @@ def _tensor(x: Any, what: str) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("=")))
     if not isinstance(x, torch.Tensor):
         raise DtypeError(f"{what} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+    if x.layout != torch.strided or x.is_nested:
+        # Rows reach the kernels dense; densifying is the caller's call (it may not fit).
+        if x.is_nested:
+            raise DtypeError(
+                f"{what} is a nested tensor; features and images are dense rows of one shape: "
+                "pass one tensor (torch.cat or torch.stack of its parts)"
+            )
+        raise DtypeError(
+            f"{what} is a {str(x.layout).removeprefix('torch.')} tensor; features and images "
+            "are dense rows: pass x.to_dense()"
+        )
     if x.dtype == torch.bool or x.is_complex():
         raise DtypeError(f"{what} has dtype {x.dtype}; it must hold integers or floats")
     if x.is_meta:
@@ -228,6 +316,10 @@ class _Batches:
     a metric fed features never needs weights.
     """
 
+    #: This metric's kind and count among the metrics of its kind this process made
+    #: (:func:`_made_here`): what ranks compare before they gather.
+    _order: tuple[str, int]
+
     def __init__(
         self,
         encoder: str,
@@ -238,19 +330,19 @@ class _Batches:
         sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
     ) -> None:
         from shardeval._words import marked
-        from shardeval.kernels.encoders import ENCODERS, EncoderError, resolve_resize
+        from shardeval.kernels.encoders import EncoderError, resolve_encoder
         from shardeval.pipeline.images.extract import DEFAULT_BATCH_SIZE, EncoderSetupError
 
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        try:
-            resolve_resize(encoder, resize)  # the names now; the weights at the first image
+        try:  # the encoder now (a module's digest once); its weights at the first image
+            spec = resolve_encoder(encoder)
+            spec.resolve_resize(resize)
         except EncoderError as exc:
             raise EncoderSetupError(marked(exc)) from exc
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise OptionError(f"«batch_size» must be a positive integer, got {batch_size!r}")
-        self._encoder = (encoder, weights, resize, batch_size)
-        self.feature_extractor = ENCODERS[encoder].feature_extractor
-        self.encoded = False  # some rows came from the encoder
+        self._encoder = (spec, weights, resize, batch_size)
+        self.feature_extractor = spec.feature_extractor
         self._plan: Any = None
         self._calls = 0
         self._d: int | None = None
@@ -258,10 +350,12 @@ class _Batches:
         self._reference_extractor: str | None = None
         # How each side's rows were made (None: no rows yet): states merge only with alike.
         self._made: dict[str, str | None] = dict.fromkeys(_SIDES)
+        # And as reports describe it (None: feature rows, which record nothing, or no rows).
+        self._described: dict[str, dict[str, Any] | None] = dict.fromkeys(_SIDES)
         self.process_group = process_group
         self.sync_timeout = _check_timeout(sync_timeout)
         self._synced_over: tuple[int, ...] | None = None  # the ranks of the last sync
-        self._pending: str | None = None  # how the batch in hand was made
+        self._pending: tuple[str, dict[str, Any] | None] | None = None  # the batch in hand's
 
     def _rows(self, x: Any, real: bool, device: Any) -> tuple[str, torch.Tensor, str]:
         """The batch's side, its rows (images encoded on ``device``, None: their own) and
@@ -272,6 +366,11 @@ class _Batches:
             OptionError: rows made otherwise than the side's earlier rows (feature rows and
                 image rows, or images through another encoder, resize or weights).
         """
+        if not isinstance(real, bool | np.bool_):
+            raise OptionError(
+                f"«real» must be True or False, got {real!r}; update(x, real=True) adds reference "
+                "rows, update(x) generated rows"
+            )
         side = "real" if real else "gen"
         if real and self._given:
             raise OptionError(
@@ -298,7 +397,7 @@ class _Batches:
                 f"{what} has d={d} features per row, but earlier batches or the reference have "
                 f"d={self._d}; compare features of one model"
             )
-        self._pending = made
+        self._pending = made, self._description(t.ndim == 4)
         return side, rows, what
 
     def _made_by(self, images: bool) -> str:
@@ -307,11 +406,29 @@ class _Batches:
         if not images:
             return FEATURE_ROWS
         plan = self._plan
-        return f"images: encoder={plan.encoder} resize={plan.resize} weights={plan.digest}"
+        return _images_made_by(plan.encoder, plan.resize, plan.digest)
+
+    def _description(self, images: bool) -> dict[str, Any] | None:
+        """How rows are made, as reports describe it (None: feature rows record nothing)."""
+        if not images:
+            return None
+        plan = self._plan
+        return _images_described(plan.encoder, plan.resize, plan.digest, plan.located)
 
     def _made_rows(self, side: str) -> None:
         """The side now holds rows of the batch just checked by :meth:`_rows`."""
-        self._made[side] = self._pending
+        if self._pending is not None:
+            self._made[side], self._described[side] = self._pending
+
+    def _forget_rows(self, side: str) -> None:
+        """The side holds no rows any more."""
+        self._made[side] = self._described[side] = None
+
+    def _take_rows_of(self, made: Sequence[str | None], described: Sequence[Any]) -> None:
+        """Rows made as ``made`` describes (per side, None: none) joined this metric's."""
+        for i, side in enumerate(_SIDES):
+            if self._made[side] is None and made[i] is not None:
+                self._made[side], self._described[side] = made[i], described[i]
 
     # -- copies and pickles ----------------------------------------------------------------
 
@@ -326,6 +443,7 @@ class _Batches:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._order = _made_here(self._order[0])  # a copy is a metric this process made
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         # What is configuration rather than state is shared, never copied: the process group
@@ -361,15 +479,39 @@ class _Batches:
         if self._plan is None:
             self._plan = plan_extraction(name, weights, resize)
         plan = self._plan
+        # A module given in Python runs where its tensors are (the batch is moved there).
+        where = "auto" if plan.source == "python" else device
         model: Encoder = cached_encoder(
-            plan.encoder, plan.weights, plan.digest, device, plan.resize
+            plan.encoder_spec, plan.weights, plan.digest, where, plan.resize
         )
-        self.encoded = True
         return torch.from_numpy(model.encode(list(pixels), batch_size))
 
 
 # ---------------------------------------------------------------------------------------------
 # torch.distributed
+
+
+#: Per kind of training-loop metric ("fid", "kid", "kid/prdc", ...), how many this process has
+#: made, copied or unpickled. Under torch.distributed a metric is known across ranks by its
+#: kind and this count: ranks gather their states in the order of their calls, and two metrics
+#: of one kind and settings whose calls the ranks make in other orders would be gathered into
+#: one silently; this pair is what tells them apart.
+_MADE_SO_FAR: dict[str, int] = {}
+
+
+def _made_here(kind: str) -> tuple[str, int]:
+    """The kind and count of a metric this process makes now (see :data:`_MADE_SO_FAR`)."""
+    count = _MADE_SO_FAR.get(kind, 0)
+    _MADE_SO_FAR[kind] = count + 1
+    return kind, count
+
+
+def _nth(order: tuple[str, int]) -> str:
+    """How a message names a metric by its kind and count: "its 2nd fid metric"."""
+    kind, count = order
+    n = count + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"its {n}{suffix} {kind} metric"
 
 
 #: Per process group (its global ranks), how many meetings this process has completed in it:
@@ -400,6 +542,27 @@ class _Group:
         out: list[Any] = [None] * self.size
         dist.all_gather_object(out, payload, group=self.handle)
         return out
+
+    def gather_alike(self, order: tuple[str, int], payload: Any, what: str) -> list[Any]:
+        """Every rank's ``payload`` in rank order, once every rank proved it gathers the same
+        metric: the same kind, made as the same one of its kind in its process (``order``,
+        from :func:`_made_here`). Every rank sees every rank's ``order``, so all refuse alike
+        and none waits in a later collective.
+
+        Raises:
+            OptionError: ranks that gather other metrics, naming the first two.
+        """
+        gathered = self.all_gather((order, payload))
+        for rank, (theirs, _) in enumerate(gathered):
+            if theirs != gathered[0][0]:
+                raise OptionError(
+                    f"{what}: rank 0 gathers {_nth(gathered[0][0])} and rank {rank} "
+                    f"{_nth(theirs)} (as made in each process): ranks must make their "
+                    "training-loop metrics in the same order and call compute() and sync() of "
+                    "each in the same order; a metric made on some ranks only is made after "
+                    "the others"
+                )
+        return [payload for _, payload in gathered]
 
     def broadcast(self, payload: Any) -> Any:
         """Rank 0's ``payload`` on every rank."""
@@ -670,6 +833,9 @@ class _FIDShare:
     reference: str | None
     settings: tuple[str, str]
     made: tuple[str | None, str | None]
+    # How each side's rows were made, as reports describe it (None: not recorded); not
+    # compared: ``made`` is (the weights' file may be another path on another machine).
+    described: tuple[dict[str, Any] | None, dict[str, Any] | None] = (None, None)
 
     def identity(self) -> dict[str, Any]:
         precision, nonfinite = self.settings
@@ -720,12 +886,19 @@ def _fold(shares: list[_FIDShare], what: str) -> _FIDShare:
                 moments = moments.merge(part.moments) if moments.n else part.moments
         return _Rows(moments, sum(p.dropped for p in parts), sum(p.batches for p in parts))
 
-    def made(i: int) -> str | None:
-        return next((s.made[i] for s in shares if s.made[i] is not None), None)
+    def made(i: int) -> tuple[str | None, dict[str, Any] | None]:
+        return next(((s.made[i], s.described[i]) for s in shares if s.made[i]), (None, None))
 
+    (real_made, real_described), (gen_made, gen_described) = made(0), made(1)
     first = shares[0]
     return _FIDShare(
-        side("real"), side("gen"), d, first.reference, first.settings, (made(0), made(1))
+        side("real"),
+        side("gen"),
+        d,
+        first.reference,
+        first.settings,
+        (real_made, gen_made),
+        (real_described, gen_described),
     )
 
 
@@ -782,10 +955,12 @@ class FID(_Batches):
             gather over; None: the whole job.
         sync_timeout: seconds that a collective :meth:`compute` or :meth:`sync` waits for
             every rank of the group before it raises (default :data:`SYNC_TIMEOUT_SECONDS`,
-            10 minutes); None: the process group's own timeout.
+            10 minutes), from :data:`MIN_SYNC_TIMEOUT_SECONDS` to
+            :data:`MAX_SYNC_TIMEOUT_SECONDS` (what the store of ``torch.distributed`` waits
+            for); None: the process group's own timeout.
 
     Raises:
-        OptionError: an option out of its choices.
+        OptionError: an option out of its choices, a «sync_timeout» out of its range.
         EngineError: a device or kernel backend this machine cannot run.
         EncoderSetupError: an unknown encoder or resize mode.
         StoreError, StatsFormatError, ShapeError, NonFiniteError: a reference that cannot be
@@ -869,6 +1044,7 @@ class FID(_Batches):
                 "scheduler": scheduler,
             }
             self._set_reference(*_load_reference(reference, options))
+        self._order = _made_here("fid")
 
     def _set_reference(self, gaussian: Gaussian, side: Side) -> None:
         if gaussian.n is not None and gaussian.n < 2:
@@ -900,13 +1076,14 @@ class FID(_Batches):
             real: the batch is reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` while a reference was given up front; rows made
-                otherwise than the side's earlier rows (feature rows and images, or images
-                through another encoder, resize or weights).
+            OptionError: ``real`` not a bool; ``real=True`` while a reference was given up
+                front; rows made otherwise than the side's earlier rows (feature rows and
+                images, or images through another encoder, resize or weights).
             ShapeError: a batch that is neither 2-D nor 4-D, has no features, or whose d
                 differs from earlier batches or the reference.
-            DtypeError: not real numbers (or a meta tensor, which holds none); images of
-                another dtype, or floats outside [0, 1].
+            DtypeError: not real numbers (or a meta tensor, which holds none; a sparse or
+                nested tensor: rows are dense); images of another dtype, or floats holding
+                NaN or outside [0, 1].
             NonFiniteError: rows with NaN or inf under ``nonfinite='error'``.
             NumericalError: integers beyond 2^53.
             EncoderSetupError: the encoder's weights cannot be found or loaded.
@@ -944,7 +1121,8 @@ class FID(_Batches):
         real, gen = self._sides["real"].rows(d), self._sides["gen"].rows(d)
         settings = (self.precision, self.nonfinite)
         made = (self._made["real"], self._made["gen"])
-        return _FIDShare(real, gen, self._d, self._digest, settings, made)
+        described = (self._described["real"], self._described["gen"])
+        return _FIDShare(real, gen, self._d, self._digest, settings, made, described)
 
     def compute(self, sync: bool = True) -> Report:
         """FID of the rows seen against the reference: every process's rows under
@@ -969,8 +1147,9 @@ class FID(_Batches):
             this rank's rows alone.
 
         Raises:
-            OptionError: no reference (none given, no real rows); processes whose metrics
-                differ in reference, settings or how their rows were made.
+            OptionError: no reference (none given, no real rows); ranks that gather other
+                metrics (see :meth:`sync`); processes whose metrics differ in reference,
+                settings or how their rows were made.
             ShapeError: fewer than 2 rows on a side.
             NumericalError: a covariance that is not positive semi-definite beyond rounding.
             EngineError: not every rank of the group called it within ``sync_timeout``.
@@ -988,7 +1167,7 @@ class FID(_Batches):
         start = time.perf_counter()
         g = _collective(self.process_group) if sync else None
         if g is not None and g.meet(self._changed(g), self.sync_timeout, "compute()"):
-            self._sync(g)
+            self._sync(g, "compute()")
         synced = sync and self._global is not None
         share = self._global if synced and self._global is not None else self._share()
         if self._reference is None and share.real.moments.n == 0:
@@ -996,7 +1175,10 @@ class FID(_Batches):
                 "FID has no reference: pass «reference» (statistics, a feature store, a "
                 "Gaussian or Moments) or feed real rows with update(x, real=True)"
             )
-        sides = {"real": _fed_side("real", share.real), "gen": _fed_side("gen", share.gen)}
+        sides = {
+            side: _fed_side(side, getattr(share, side), share.described[i])
+            for i, side in enumerate(_SIDES)
+        }
         if self._reference is not None and self._reference_side is not None:
             sides["real"] = self._reference_side
         for side in sides.values():
@@ -1015,6 +1197,9 @@ class FID(_Batches):
             result = frechet_distance(real, gen)
             warn_if_rounding_reached_spectrum(result, fp32_products)
             notes.extend(result.warnings)
+            # How the features were made, as se.fid says it: the same lines and warnings.
+            made = features_made({role: side.provenance for role, side in sides.items()})
+            notes.extend(made.warnings)
             data = fid_data(result, sides["real"], sides["gen"])
             data["settings"] = {
                 "device": str(self._device),
@@ -1033,6 +1218,7 @@ class FID(_Batches):
                 versions=versions(),
             )
         text = fid_summary(result, sides["real"], sides["gen"], seconds, engine)
+        text = "\n".join([text, *made.lines])
         report = Report("fid", {"fid": result}, data, text, result.fid)
         return report if synced else _labelled_local(report, self.process_group)
 
@@ -1045,11 +1231,11 @@ class FID(_Batches):
         ``reset_real``); a reference given up front stays."""
         self._global = None
         self._sides["gen"] = _RunningMoments(self.backend)
-        self._made["gen"] = None
+        self._forget_rows("gen")
         if self.reset_real:
             self._sides["real"] = _RunningMoments(self.backend)
         if self._sides["real"].fed == 0:
-            self._made["real"] = None
+            self._forget_rows("real")
             if not self._given:
                 self._d = None
 
@@ -1069,9 +1255,9 @@ class FID(_Batches):
         theirs = other._share()
         labels = ("this FID", "the FID given")
         self._d = _check_shares([self._share(), theirs], "merge()", labels)
-        for i, side in enumerate(_SIDES):
+        for side in _SIDES:
             self._sides[side].absorb(getattr(theirs, side))
-            self._made[side] = self._made[side] or theirs.made[i]
+        self._take_rows_of(theirs.made, theirs.described)
         self._global = None
         return self
 
@@ -1094,17 +1280,20 @@ class FID(_Batches):
         Raises:
             EngineError: ``torch.distributed`` is not initialised; not every rank called it
                 within ``sync_timeout``.
-            OptionError: the processes differ in reference, settings or how their rows were
-                made (the message names the ranks and what differs).
+            OptionError: the ranks gather other metrics (of another kind, or made in another
+                order: ranks make their metrics, and call their syncs, in the same order); the
+                processes differ in reference, settings or how their rows were made (the
+                message names the ranks and what differs).
             ShapeError: feature dimensions differ between processes.
         """
         g = _group(self.process_group if group is None else group)
         g.meet(True, self.sync_timeout, "sync()")
-        self._sync(g)
+        self._sync(g, "sync()")
 
-    def _sync(self, g: _Group) -> None:
-        """The gather itself, once every rank of ``g`` is here."""
-        self._global = _fold(g.all_gather(self._share()), "sync()")
+    def _sync(self, g: _Group, what: str) -> None:
+        """The gather itself, once every rank of ``g`` is here (``what``: the call, for
+        messages)."""
+        self._global = _fold(g.gather_alike(self._order, self._share(), what), what)
         self._processes, self._synced_over = g.size, g.ranks
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -1113,11 +1302,13 @@ class FID(_Batches):
         """This process's state: per side what a statistics file holds (``n``, ``mean`` (d,),
         ``m2`` (d, d), float64), the non-finite rows dropped, the batches and how its rows
         were made (``made_by``: ``"feature rows"``, the encoder, resize and weights of image
-        rows, or ``""`` before any row); the settings that decide the moments
+        rows, or ``""`` before any row; ``weights_file``: where image rows' weights were
+        read, or ``""``); the settings that decide the moments
         (``settings.precision``, ``settings.nonfinite``); a reference given up front as given
-        (``reference.mu``, ``reference.sigma``, ``reference.n`` when known, and where it came
-        from). Arrays are CPU tensors, so that ``torch.load`` reads a checkpoint with its
-        default ``weights_only=True``.
+        (``reference.mu``, ``reference.sigma``, ``reference.n`` when known, where it came
+        from, and ``reference.provenance``, how its features were made: a JSON object, when
+        it records that). Arrays are CPU tensors, so that ``torch.load`` reads a checkpoint
+        with its default ``weights_only=True``.
 
         Returns:
             A plain dict of tensors, ints and strings, with ``format`` and ``format_version``.
@@ -1140,6 +1331,7 @@ class FID(_Batches):
                 f"{side}.nonfinite_dropped": rows.dropped,
                 f"{side}.batches": rows.batches,
                 f"{side}.made_by": self._made[side] or "",
+                f"{side}.weights_file": _weights_file(self._described[side]),
             }
         if self._reference is not None and self._reference_side is not None:
             ref = self._reference
@@ -1150,6 +1342,10 @@ class FID(_Batches):
             }
             if ref.n is not None:
                 state["reference.n"] = int(ref.n)
+            if self._reference_side.provenance:  # how its features were made, as read
+                state["reference.provenance"] = json.dumps(
+                    jsonable(self._reference_side.provenance)
+                )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1161,8 +1357,9 @@ class FID(_Batches):
             StatsFormatError: another format or a newer version, keys missing, shapes that
                 differ, values not finite, counts that are not integers in [0, 2^53] (the
                 bound of statistics files: float64 holds every count up to it), a covariance
-                that is not symmetric or has a negative variance; a state made with another
-                ``precision`` or ``nonfinite`` than this FID's.
+                that is not symmetric or has a negative variance, moments that no rows have (a
+                non-zero co-moment of one row or none, a non-zero mean of none); a state made
+                with another ``precision`` or ``nonfinite`` than this FID's.
         """
         from shardeval.pipeline.fid.gaussian import Gaussian
         from shardeval.pipeline.io.statsio import check_statistics
@@ -1188,13 +1385,12 @@ class FID(_Batches):
                     f"{mine!r}: its rows and this FID's would not be reduced alike; make the FID "
                     f"with «{name}={theirs!r}» to resume it"
                 )
-        made = {}
+        made, described = {}, {}
         for side in _SIDES:
-            key = f"{side}.made_by"
-            value = _state_value(state, key) if key in state else ""
-            if not isinstance(value, str):
-                raise StatsFormatError(f"state_dict: {key!r} is {value!r}; it must be a string")
+            value, weights_file = (_state_text(state, f"{side}.{k}") for k in _MADE_KEYS)
             made[side] = value or None
+            images = _images_made(value)
+            described[side] = None if images is None else _images_described(*images, weights_file)
         sides = {}
         for side in _SIDES:
             n = _state_int(state, f"{side}.n")
@@ -1202,6 +1398,7 @@ class FID(_Batches):
             m2 = check_statistics("state_dict", mean, m2, (f"{side}.mean", f"{side}.m2"))
             if n and not mean.size:
                 raise StatsFormatError(f"state_dict: {side}.n is {n}, but {side}.mean is empty")
+            _check_possible(side, n, mean, m2)
             sides[side] = _RunningMoments(self.backend)
             sides[side].absorb(
                 _Rows(
@@ -1210,7 +1407,7 @@ class FID(_Batches):
                     _state_int(state, f"{side}.batches"),
                 )
             )
-        reference = None
+        reference, provenance = None, {}
         if "reference.mu" in state:
             mu = _state_array(state, "reference.mu")
             sigma = _state_array(state, "reference.sigma")
@@ -1219,18 +1416,20 @@ class FID(_Batches):
             if count is not None and count < 2:
                 raise StatsFormatError(f"state_dict: the reference has n={count} < 2")
             reference = Gaussian(mu, sigma, count, str(_state_value(state, "reference.location")))
+            provenance = _state_provenance(state, "reference.provenance")
         dims = {len(s.mean) for s in sides.values() if s.mean is not None}
         dims |= set() if reference is None else {reference.d}
         if len(dims) > 1:
             raise StatsFormatError(f"state_dict: the sides have different d {sorted(dims)}")
         self._global = None
         self._sides = sides
-        self._made = made
+        self._made, self._described = made, described
         self._d = next(iter(dims), None)
         self._reference = self._reference_side = self._reference_extractor = self._digest = None
         self._given = False
         if reference is not None:
-            self._set_reference(reference, _statistics_side(reference))
+            read = dataclasses.replace(_statistics_side(reference), provenance=provenance)
+            self._set_reference(reference, read)
         if self._device is not None:
             for running in self._sides.values():
                 running.to(self._device)
@@ -1247,10 +1446,14 @@ class FID(_Batches):
 _FED = {"real": "update(x, real=True) batches", "gen": "update(x) batches"}
 
 
-def _fed_side(role: str, rows: _Rows) -> Side:
-    """A side of the report for rows fed with ``update`` (its shards: the batches)."""
+def _fed_side(role: str, rows: _Rows, described: dict[str, Any] | None = None) -> Side:
+    """A side of the report for rows fed with ``update`` (its shards: the batches), and how
+    they were made (``described``: image rows; None: feature rows, which record nothing)."""
     m = rows.moments
-    return Side(role, _FED[role], m.n, m.d, rows.batches, "features", True, rows.dropped)
+    provenance = dict(described or {})
+    return Side(
+        role, _FED[role], m.n, m.d, rows.batches, "features", True, rows.dropped, provenance
+    )
 
 
 def _statistics_side(x: Any) -> Side:
@@ -1323,6 +1526,62 @@ def _state_value(state: dict[str, Any], key: str) -> Any:
         )
     value = state[key]
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+#: The keys of a state dict that say how a side's rows were made (absent in state dicts of
+#: earlier shardevals: read as "").
+_MADE_KEYS = ("made_by", "weights_file")
+
+
+def _state_text(state: dict[str, Any], key: str) -> str:
+    """A string of a state dict; ``""`` when absent."""
+    value = _state_value(state, key) if key in state else ""
+    if not isinstance(value, str):
+        raise StatsFormatError(f"state_dict: {key!r} is {value!r}; it must be a string")
+    return value
+
+
+def _state_provenance(state: dict[str, Any], key: str) -> dict[str, Any]:
+    """How a reference's features were made, as a state dict keeps it (a JSON object; ``{}``
+    when absent: nothing recorded)."""
+    text = _state_text(state, key)
+    try:
+        provenance = json.loads(text) if text else {}
+    except ValueError:
+        provenance = None
+    if not isinstance(provenance, dict):
+        raise StatsFormatError(
+            f"state_dict: {key!r} is {text[:80]!r}; it must be a JSON object (load what "
+            "FID.state_dict() returned)"
+        )
+    return provenance
+
+
+def _weights_file(described: dict[str, Any] | None) -> str:
+    """Where image rows' weights were read, as a state dict keeps it (``""``: none)."""
+    extraction = (described or {}).get("extraction") or {}
+    return str(extraction.get("weights_file") or "")
+
+
+def _check_possible(side: str, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+    """Refuse moments no rows have: a side of no rows has a zero mean and co-moment, and a
+    side of one row a zero co-moment (the row minus itself).
+
+    Raises:
+        StatsFormatError: naming the side, its count and the entry that cannot be.
+    """
+    if n <= 1 and np.any(m2):
+        raise StatsFormatError(
+            f"state_dict: {side}.n is {n}, but {side}.m2 is not zero (largest entry "
+            f"{np.abs(m2).max():.6g}): the co-moment of {n} row(s) is zero; the state was "
+            "altered or mixed from two states: load what FID.state_dict() returned"
+        )
+    if n == 0 and np.any(mean):
+        raise StatsFormatError(
+            f"state_dict: {side}.n is 0, but {side}.mean is not zero (largest entry "
+            f"{np.abs(mean).max():.6g}): a side of no rows has no mean; the state was altered "
+            "or mixed from two states: load what FID.state_dict() returned"
+        )
 
 
 def _state_array(state: dict[str, Any], key: str) -> np.ndarray:
@@ -1525,7 +1784,8 @@ class PairMetrics(_Batches):
             ``progress``, ``log``).
         process_group, sync_timeout: the ``torch.distributed`` group that :meth:`compute`
             and :meth:`sync` gather over (None: the whole job), and how long they wait for
-            every rank of it (as for :class:`FID`; default :data:`SYNC_TIMEOUT_SECONDS`).
+            every rank of it (as for :class:`FID`; default :data:`SYNC_TIMEOUT_SECONDS`,
+            from :data:`MIN_SYNC_TIMEOUT_SECONDS` to :data:`MAX_SYNC_TIMEOUT_SECONDS`).
 
     Merges and syncs compare the references by a digest of their values (BLAKE2b of the rows
     as read, so an array and a store of the same numbers agree, whatever their chunks or
@@ -1630,6 +1890,7 @@ class PairMetrics(_Batches):
         self._work_dir = None if work_dir is None else os.fspath(work_dir)
         self._open_folder()
         self._global: Report | None = None
+        self._order = _made_here("/".join(chosen))
 
     def _open_folder(self) -> None:
         """A work folder of this object's own, with empty spills: removed with it, and only
@@ -1668,6 +1929,7 @@ class PairMetrics(_Batches):
         state = dict(state)
         rows = state.pop("_rows")
         self.__dict__.update(state)
+        self._order = _made_here(self._order[0])  # a copy is a metric this process made
         self._open_folder()
         for side, held in rows.items():
             if held is None:
@@ -1705,12 +1967,12 @@ class PairMetrics(_Batches):
             real: reference rows (only when no reference was given up front).
 
         Raises:
-            OptionError: ``real=True`` with a reference given up front; a closed metric;
-                rows made otherwise than the side's earlier rows (feature rows and images, or
-                images through another encoder, resize or weights).
+            OptionError: ``real`` not a bool; ``real=True`` with a reference given up front; a
+                closed metric; rows made otherwise than the side's earlier rows (feature rows
+                and images, or images through another encoder, resize or weights).
             ShapeError: wrong rank, no features, or d unlike earlier batches or the reference.
-            DtypeError: not real numbers (or a meta tensor), or float64 rows for float32
-                spills.
+            DtypeError: not real numbers (or a meta tensor; a sparse or nested tensor), or
+                float64 rows for float32 spills.
             NonFiniteError: rows with NaN or inf (pair metrics need every row).
             ZeroRowError: a row of zeros for CMMD (it scales rows to unit norm).
             NumericalError: integers beyond 2^53.
@@ -1756,11 +2018,11 @@ class PairMetrics(_Batches):
         self._live()
         self._global = None
         self._spills["gen"].clear()
-        self._made["gen"] = None
+        self._forget_rows("gen")
         if self.reset_real:
             self._spills["real"].clear()
         if self._spills["real"].n == 0:
-            self._made["real"] = None
+            self._forget_rows("real")
             if not self._given:
                 self._d = None
 
@@ -1783,7 +2045,6 @@ class PairMetrics(_Batches):
         other._live()
         labels = ("this pair metric", "the pair metric given")
         _refuse_differences("merge()", labels, [self._identity(), other._identity()], _PAIR_FIXES)
-        self.encoded |= other.encoded
         for side in _SIDES:
             for rows in other._spills[side].chunks():
                 if self._d is not None and rows.shape[1] != self._d:
@@ -1793,7 +2054,7 @@ class PairMetrics(_Batches):
                     )
                 self._d = rows.shape[1]
                 self._append(side, rows, f"merge() ({side} rows of the pair metric given)")
-            self._made[side] = self._made[side] or other._made[side]
+        self._take_rows_of([other._made[s] for s in _SIDES], [other._described[s] for s in _SIDES])
         return self
 
     def _identity(self) -> dict[str, Any]:
@@ -1836,28 +2097,36 @@ class PairMetrics(_Batches):
             holds, and ``local`` (``rank``, ``world_size``) when it holds this rank's alone.
 
         Raises:
-            OptionError: no reference; processes whose metrics differ in metrics, options,
-                reference or how their rows were made.
+            OptionError: no reference; ranks that gather other metrics (see :meth:`sync`);
+                processes whose metrics differ in metrics, options, reference or how their
+                rows were made.
             ShapeError: fewer than 2 rows on a side, or k not below a set's rows.
             EngineError: not every rank of the group called it within ``sync_timeout``.
         """
         self._live()
         g = _collective(self.process_group) if sync else None
         if g is not None and g.meet(self._changed(g), self.sync_timeout, "compute()"):
-            self._sync(g)
+            self._sync(g, "compute()")
         if sync and self._global is not None:
             return self._global
         for spill in self._spills.values():
             spill.flush()
-        report = self._compute({s: sp.path for s, sp in self._spills.items() if sp.n}, 1)
+        paths = {s: sp.path for s, sp in self._spills.items() if sp.n}
+        report = self._compute(paths, 1, self._described)
         return _labelled_local(report, self.process_group)
 
     def _changed(self, g: _Group) -> bool:
         """Whether this rank's rows differ from those of the last gather over ``g``."""
         return self._global is None or self._synced_over != g.ranks
 
-    def _compute(self, paths: dict[str, str], processes: int) -> Report:
-        """The report over the spills at ``paths`` (by side; a side without rows has none)."""
+    def _compute(
+        self,
+        paths: dict[str, str],
+        processes: int,
+        described: dict[str, dict[str, Any] | None],
+    ) -> Report:
+        """The report over the spills at ``paths`` (by side; a side without rows has none),
+        whose rows were made as ``described`` says (by side; None: feature rows)."""
         from shardeval.api.functions import _noted, _running
         from shardeval.api.samples import _pairs, _report
 
@@ -1868,27 +2137,34 @@ class PairMetrics(_Batches):
             )
         if "gen" not in paths:
             raise ShapeError(f"{'/'.join(self.metrics)} need generated rows: call update(x)")
-        real = self._reference or self._source(paths["real"])
-        gen = self._source(paths["gen"])
+        real = self._reference or self._source(paths["real"], described["real"])
+        gen = self._source(paths["gen"], described["gen"])
         with _noted() as notes, _running(self.options) as run:
             report = _report(run, _pairs(run, real, gen, dict(self._params)), real, gen, notes)
         data = {**report.data, "processes": processes}
         return Report(report.metric, report.results, data, report.text, report.value)
 
-    def _source(self, path: str) -> FeatureSource:
+    def _source(self, path: str, described: dict[str, Any] | None) -> FeatureSource:
         """A spill as a feature source, in the shards that :func:`shardeval.kid` cuts an array
-        of the same rows into (as :func:`shardeval.api.inputs.features` does)."""
+        of the same rows into (as :func:`shardeval.api.inputs.features` does), described with
+        how its rows were made (``described``: image rows; None: feature rows, which record
+        nothing), as the feature cache's store of the same images describes itself."""
         import zarr
 
         from shardeval.api.inputs import _SHARD_BYTES
         from shardeval.pipeline.io.stores import open_features
 
-        array = zarr.open_array(path, mode="r+")
-        if self.encoded:
-            array.attrs["feature_extractor"] = self.feature_extractor
+        array = zarr.open_array(path, mode="r")
         d, itemsize = array.shape[1], array.dtype.itemsize
         rows = self.options.get("shard_rows") or max(1, _SHARD_BYTES // (d * itemsize))
-        return open_features(path, shard_rows=rows)
+        source = open_features(path, shard_rows=rows)
+        if described is None:
+            return source
+        return dataclasses.replace(
+            source,
+            feature_extractor=described["feature_extractor"],
+            extraction=described["extraction"],
+        )
 
     def sync(self, group: Any = None) -> None:
         """Bring every process's rows to rank 0 of ``group`` in rank order, compute there, and
@@ -1910,38 +2186,46 @@ class PairMetrics(_Batches):
         Raises:
             EngineError: ``torch.distributed`` is not initialised; not every rank called it
                 within ``sync_timeout``.
-            OptionError: the processes were made with other metrics, options or references,
-                or their rows were made otherwise (the message names the ranks and what
-                differs).
+            OptionError: the ranks gather other metrics (of another kind, or made in another
+                order: ranks make their metrics, and call their syncs, in the same order); the
+                processes were made with other metrics, options or references, or their rows
+                were made otherwise (the message names the ranks and what differs).
             ShapeError, DtypeError: the processes' rows differ in d or dtype.
             Whatever :meth:`compute` raises on rank 0, on every rank.
         """
         self._live()
         g = _group(self.process_group if group is None else group)
         g.meet(True, self.sync_timeout, "sync()")
-        self._sync(g)
+        self._sync(g, "sync()")
 
-    def _sync(self, g: _Group) -> None:
-        """The gather and the computation on rank 0, once every rank of ``g`` is here."""
+    def _sync(self, g: _Group, what: str) -> None:
+        """The gather and the computation on rank 0, once every rank of ``g`` is here
+        (``what``: the call, for messages)."""
         for spill in self._spills.values():
             spill.flush()
         held = {
             s: (sp.n, None if sp.dtype is None else sp.dtype.name) for s, sp in self._spills.items()
         }
-        shares = g.all_gather((self._identity(), self._d, held, self.encoded))
+        described = self._described
+        shares = g.gather_alike(self._order, (self._identity(), self._d, held, described), what)
         labels = [f"rank {r}" for r in range(g.size)]
-        _refuse_differences("sync()", labels, [s[0] for s in shares], _PAIR_FIXES)
+        _refuse_differences(what, labels, [s[0] for s in shares], _PAIR_FIXES)
         dims = sorted({s[1] for s in shares if s[1] is not None})
         if len(dims) > 1:
-            raise ShapeError(f"sync(): feature dimensions differ between processes: d = {dims}")
+            raise ShapeError(f"{what}: feature dimensions differ between processes: d = {dims}")
         for side in _SIDES:
             kinds = sorted({s[2][side][1] for s in shares if s[2][side][0]})
             if len(kinds) > 1:
                 raise DtypeError(
-                    f"sync(): the processes spilled {side} rows of different dtypes {kinds}; "
+                    f"{what}: the processes spilled {side} rows of different dtypes {kinds}; "
                     "pass the same «dtype» (e.g. 'float64') to every process"
                 )
-        self.encoded = any(s[3] for s in shares)
+        # How each side's rows were made: the first rank's that holds some (every rank that
+        # holds some made them alike: the identities agree).
+        described = {
+            side: next((s[3][side] for s in shares if s[3][side] is not None), None)
+            for side in _SIDES
+        }
         paths = {}
         for side in _SIDES:
             sizes = [s[2][side] for s in shares]
@@ -1950,7 +2234,7 @@ class PairMetrics(_Batches):
         outcome: Any = None
         if g.rank == 0:
             try:
-                outcome = self._compute(paths, g.size)
+                outcome = self._compute(paths, g.size, described)
             except Exception as exc:  # handed to every rank, so that none waits forever
                 outcome = exc
             finally:

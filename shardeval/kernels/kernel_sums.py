@@ -104,10 +104,11 @@ class RBFKernel:
         return f"exp(−‖x̂ − ŷ‖²/2σ²), σ = {self.sigma:g}"
 
     def __post_init__(self) -> None:
-        if not (self.sigma > 0 and math.isfinite(0.5 / self.sigma / self.sigma)):
+        # σ = inf passed "1/(2σ²) is finite" (it is 0): every kernel value 1, MMD² 0.
+        if not (0 < self.sigma < math.inf and math.isfinite(0.5 / self.sigma / self.sigma)):
             raise ValueError(
-                f"sigma={self.sigma!r}: the RBF needs σ > 0 with 1/(2σ²) within float64 "
-                "(σ above about 5e-155)"
+                f"sigma={self.sigma!r}: the RBF needs a finite σ > 0 with 1/(2σ²) within "
+                "float64 (σ above about 5e-155)"
             )
 
 

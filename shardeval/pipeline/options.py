@@ -16,14 +16,6 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Kernel implementations (:data:`shardeval.kernels.BACKENDS`; a test checks they agree).
 BACKENDS = ("auto", "triton", "torch")
 
-#: Image encoders of ``extract`` (:data:`shardeval.kernels.encoders.ENCODERS`; a test checks they
-#: agree).
-ENCODER_NAMES = ("clip-vitl14-336", "dinov2-vitl14", "inception")
-
-#: The Inception's resize modes (:data:`shardeval.kernels.encoders.INCEPTION_RESIZES`),
-#: default first.
-INCEPTION_RESIZES = ("legacy-pytorch", "clean", "legacy-tensorflow")
-
 #: Fan-in of the balanced merge tree on a distributed cluster.
 DEFAULT_SPLIT_EVERY = 4
 
@@ -37,3 +29,39 @@ MAX_COUNT = 2**62
 
 #: Bandwidth rules of the Parzen window.
 BANDWIDTH_RULES = ("silverman", "cv")
+
+
+# The encoders' names, modes and help come from their declarations
+# (:mod:`shardeval.kernels.encoders.registry`, which imports nothing heavy), read when an
+# encoder option is checked or its help written.
+
+
+def encoder_problem(value: object) -> str | None:
+    """Why ``value`` cannot be the ``encoder`` option (one line listing the names it may
+    take), or None: a registered name, ``timm:NAME``, ``open_clip:NAME:PRETRAINED``,
+    ``hf:MODEL_ID``, or in Python a torch module or callable (checked when it is declared)."""
+    from shardeval.kernels.encoders.registry import EncoderSpec, name_problem
+
+    return None if callable(value) or isinstance(value, EncoderSpec) else name_problem(value)
+
+
+def encoder_help() -> str:
+    """The ``encoder`` option's help: every registered encoder and the forms of the others."""
+    from shardeval.kernels.encoders.registry import encoder_help as help_text
+
+    return help_text()
+
+
+def resize_choices() -> tuple[str, ...]:
+    """Every registered encoder's preprocessing modes (which one takes which is checked
+    against the encoder)."""
+    from shardeval.kernels.encoders.registry import resize_names
+
+    return tuple(dict.fromkeys(resize_names()))
+
+
+def resize_help() -> str:
+    """The ``resize`` option's help: each registered encoder's modes, its default first."""
+    from shardeval.kernels.encoders.registry import resize_help as help_text
+
+    return help_text()

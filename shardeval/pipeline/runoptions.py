@@ -25,12 +25,14 @@ from shardeval.pipeline.options import (
     BANDWIDTH_RULES,
     DEFAULT_SPLIT_EVERY,
     DEVICES,
-    ENCODER_NAMES,
-    INCEPTION_RESIZES,
     MAX_COUNT,
     MAX_SEED,
     NONFINITE_POLICIES,
     PRECISIONS,
+    encoder_help,
+    encoder_problem,
+    resize_choices,
+    resize_help,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -227,7 +229,38 @@ class Scheduler(_Simple):
         return getattr(getattr(value, "scheduler", None), "address", None) is not None
 
 
-Constraint = Interval | OneOf | Either | Flag | Text | Path | Function | Scheduler
+@dataclass(frozen=True)
+class Encoder(_Simple):
+    """An encoder: a registered name, ``timm:NAME``, ``open_clip:NAME:PRETRAINED``,
+    ``hf:MODEL_ID``, or (Python) a torch module or callable."""
+
+    expected: str = "an encoder"
+
+    def ok(self, value: object) -> bool:
+        return encoder_problem(value) is None
+
+    def problem(self, value: object) -> str | None:
+        return encoder_problem(value)
+
+
+@dataclass(frozen=True)
+class Mode(_Simple):
+    """A preprocessing mode's name: which encoder takes which is checked against it (a
+    user's encoder has modes of its own)."""
+
+    def describe(self) -> str:
+        return f"a preprocessing mode ({', '.join(resize_choices())})"
+
+    def ok(self, value: object) -> bool:
+        return isinstance(value, str) and bool(value)
+
+    def problem(self, value: object) -> str | None:
+        return None if self.ok(value) else f"expected {self.describe()}, got {value!r}"
+
+
+Constraint = (
+    Interval | OneOf | Either | Flag | Text | Path | Function | Scheduler | Encoder | Mode
+)
 
 #: A count of rows, threads, images: a positive integer that still fits int64.
 COUNT = Interval(int, 1, MAX_COUNT, text="a positive integer")
@@ -263,7 +296,7 @@ class Option:
 
     name: str
     constraint: Any
-    help: str
+    help: str | Callable[[], str]
     group: str
     default: Any = None
     default_text: str = ""
@@ -285,8 +318,9 @@ class Option:
 
     def describe(self) -> str:
         """One line: what it is and its default."""
+        text = self.help() if callable(self.help) else self.help
         default = self.default_text or (repr(self.default) if self.default is not None else "")
-        return f"{self.help} (default {default})" if default else self.help
+        return f"{text} (default {default})" if default else text
 
 
 #: Every run option, in the order ``--help`` shows them.
@@ -379,27 +413,13 @@ OPTIONS: tuple[Option, ...] = (
         default="fp32",
     ),
     # image inputs
-    Option(
-        "encoder",
-        OneOf(ENCODER_NAMES),
-        "the encoder of image inputs: inception (FID's 2048-d pool3), dinov2-vitl14 (1024-d "
-        "CLS, as dgm-eval), clip-vitl14-336 (768-d unit-norm embeddings, as CMMD)",
-        "images",
-        default="inception",
-    ),
-    Option(
-        "resize",
-        OneOf(INCEPTION_RESIZES),
-        "inception only: legacy-pytorch (pytorch-fid's bilinear resize, its features exactly), "
-        "clean (clean-fid's PIL bicubic) or legacy-tensorflow (TF 1.x bilinear of the original "
-        "FID code, as torch-fidelity)",
-        "images",
-        default_text="legacy-pytorch",
-    ),
+    Option("encoder", Encoder(), encoder_help, "images", metavar="ENCODER"),
+    Option("resize", Mode(), resize_help, "images", metavar="MODE"),
     Option(
         "weights",
         Path(),
-        "weights file (inception) or Hugging Face model folder (ViTs); 'random' (or "
+        "weights file (inception, timm, open_clip) or Hugging Face model folder (ViTs, hf:); "
+        "'random' (or "
         "random:SEED): the Inception with seeded random weights, a smoke test of the image path "
         "without the published file (every number it gives is marked as such; a file named "
         "random is ./random)",

@@ -143,7 +143,9 @@ class History(HistoryVersions):
     ) -> list[dict[str, Any]]:
         """Rows as dicts, ordered by step: the entry's name, step, tags and when its results
         were computed, then every scalar result (of one metric only when ``metric`` is given),
-        then which results are stale.
+        then how the entry's features and its reference's were made (``features_made_by``,
+        ``reference_made_by``: :func:`shardeval.workflows.madeby.shown`, None where not
+        recorded), then which results are stale.
 
         Values: a count (an output in ``rows``) is an int; ±inf stays a float; a value never
         computed, or not asked for, is None. ``created`` is, with ``metric``, when that

@@ -37,6 +37,9 @@ class HistoryRow:
         seconds: wall time of the entry's metrics.
         created: when the entry finished (UTC, ISO 8601).
         content_digest: digest of the store's bytes, when ``--verify`` computed it.
+        made_by: how the entry's features were made (JSON of
+            :func:`shardeval.workflows.madeby.record_of`; "" when not recorded).
+        reference_made_by: how its reference's features were made (the same).
     """
 
     name: str
@@ -52,6 +55,8 @@ class HistoryRow:
     seconds: float
     created: str
     content_digest: str = ""
+    made_by: str = ""
+    reference_made_by: str = ""
 
 
 PROVENANCE = tuple(f.name for f in fields(HistoryRow))
@@ -71,9 +76,19 @@ def provenance_variable(metric: str) -> str:
 
 
 #: Keys of ``METRIC.provenance`` that a reader compares with the inputs as they are now (the
-#: listing digest of a local store and of a local reference, as computed), to tell a stale
-#: result (:meth:`shardeval.workflows.history.History.table`).
-LISTINGS = ("store_listing", "reference_listing")
+#: listing digest of a local store and of a local reference, as computed; for image sources,
+#: their listing as the feature cache keys them), to tell a stale result
+#: (:meth:`shardeval.workflows.history.History.table`).
+LISTINGS = ("store_listing", "reference_listing", "images_listing", "reference_images_listing")
+
+#: Per key of :data:`LISTINGS`: the row's column naming the input, how a stale mark names it,
+#: and whether it is a source of images (listed as images) or a store (listed as files).
+_LISTED = (
+    ("store_listing", "store", "its store", False),
+    ("reference_listing", "reference", "its reference", False),
+    ("images_listing", "store", "its images", True),
+    ("reference_images_listing", "reference", "its reference's images", True),
+)
 
 
 def metric_provenance(row: HistoryRow, options: str, listings: dict[str, str] | None = None) -> str:
@@ -125,6 +140,16 @@ def _recorded(ds: Any, metric: str, i: int) -> dict[str, Any]:
     return recorded if isinstance(recorded, dict) else {}
 
 
+def _made(ds: Any, variable: str, i: int) -> dict[str, Any] | None:
+    """How row ``i``'s features (or its reference's) were made, the weights' status decided
+    now; None where the run recorded nothing (a history written before it did)."""
+    from shardeval.workflows import madeby
+
+    if variable not in ds.variables:
+        return None
+    return madeby.shown(madeby.loads(ds[variable].values[i]))
+
+
 def _value(value: Any, output: dict[str, Any]) -> Any:
     """A stored result as shown: None where missing (NaN), ±inf as it is, a count (unit
     ``rows``) as an int."""
@@ -149,31 +174,37 @@ def _stale(
         return "computed against another reference, or an earlier version of it"
     if listings is None:
         return ""
-    for key, column, what in (
-        ("store_listing", "store", "its store"),
-        ("reference_listing", "reference", "its reference"),
-    ):
+    for key, column, what, images in _LISTED:
         if key not in recorded or column not in ds.variables:
             continue
-        now = _listing_now(str(ds[column].values[i]), listings)
+        now = _listing_now(str(ds[column].values[i]), listings, images)
         if now is None:
             return f"{what} {ds[column].values[i]} is no longer there"
         if now != recorded[key]:
+            if images:
+                return f"{what} changed since (images added, removed or rewritten)"
             return f"{what} changed since (its files are not those it was computed on)"
     return ""
 
 
-def _listing_now(location: str, cache: dict[str, str | None]) -> str | None:
-    """The listing digest of a local store now (None when it is gone); cached per call."""
-    from shardeval.pipeline.errors import StoreError
+def _listing_now(location: str, cache: dict[str, str | None], images: bool = False) -> str | None:
+    """The listing digest of a local store now, or (``images``) the listing of a source of
+    images as the feature cache keys it (None when it is gone); cached per call."""
+    from shardeval.pipeline.errors import ShardevalError
     from shardeval.pipeline.io.fingerprint import listing_digest
 
-    if location not in cache:
+    cached = f"images:{location}" if images else location
+    if cached not in cache:
         try:
-            cache[location] = listing_digest(location)
-        except (StoreError, OSError):
-            cache[location] = None
-    return cache[location]
+            if images:
+                from shardeval.pipeline.images.sources import open_images
+
+                cache[cached] = open_images(location).fingerprint
+            else:
+                cache[cached] = listing_digest(location)
+        except (ShardevalError, OSError):
+            cache[cached] = None
+    return cache[cached]
 
 
 def table_rows(ds: Any, metric: str | None, look_at_stores: bool) -> list[dict[str, Any]]:
@@ -212,6 +243,8 @@ def table_rows(ds: Any, metric: str | None, look_at_stores: bool) -> list[dict[s
             for m in shown:
                 has = any(row.get(o["name"]) is not None for o in declared[m]["outputs"])
                 row[f"{m}.created"] = recorded[m].get("created", created) if has else None
+        row["features_made_by"] = _made(ds, "made_by", i)
+        row["reference_made_by"] = _made(ds, "reference_made_by", i)
         row["stale"] = {
             m: why
             for m in shown

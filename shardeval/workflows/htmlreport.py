@@ -14,14 +14,16 @@ import html
 import io
 import json
 import os
-import re
 from typing import Any
 
 import numpy as np
 
-from shardeval.pipeline.images.provenance import recorded
 from shardeval.pipeline.io.atomic import atomic_file, claim_output, is_stream
+from shardeval.workflows import madeby
 from shardeval.workflows.history import History, HistoryError
+from shardeval.workflows.madeby import series_of
+
+__all__ = ["markdown_path", "numerical_zero_floor", "series_of", "write_report"]
 
 #: Marks our pages and summaries, so that ``report`` replaces only files it wrote.
 GENERATOR = "shardeval report"
@@ -83,39 +85,40 @@ def numerical_zero_floor(values: np.ndarray) -> float:
     return top * values.size * float(np.finfo(np.float64).eps)
 
 
-#: A name's trailing number (with the separators before it): ``ckpt-100`` → ``ckpt``.
-_TRAILING_NUMBER = re.compile(r"[\W_]*\d+$")
-
-
-def series_of(name: str) -> str:
-    """The series an entry belongs to: its name without a trailing number, as a job's glob
-    names checkpoints of one run (``ckpt-100``, ``ckpt-200`` → ``ckpt``)."""
-    return _TRAILING_NUMBER.sub("", name)
-
-
 def _steps_plot(ax: Any, spec: dict[str, Any], ds: Any, rows: list[dict[str, Any]]) -> str:
     """Scalar results over the steps. Only entries of one series (names that differ only in a
-    trailing number, each with a step) are joined by a line: a step is comparable within one
-    training run, and entries named otherwise (a baseline, the reference against itself) are
-    not points of one curve, so each is drawn as a point of its own. Returns the x label."""
+    trailing number, each with a step) whose features were made the same way (network,
+    resize, weights) are joined by a line: a step is comparable within one training run and
+    one way of making features, and entries named otherwise (a baseline, the reference
+    against itself) or made otherwise are not points of one curve, so each is drawn apart.
+    Returns the x label."""
     from matplotlib.ticker import MaxNLocator
 
     have_steps = all(r["step"] >= 0 for r in rows)
-    groups: dict[str, list[int]] = {}
+    groups: dict[Any, list[int]] = {}
     for i, r in enumerate(rows):
-        key = series_of(r["name"]) if have_steps else f"\0{i}"  # no steps: nothing joins
+        way = madeby.key(r.get("features_made_by"))
+        key = (series_of(r["name"]), way) if have_steps else f"\0{i}"  # no steps: nothing joins
         groups.setdefault(key, []).append(i)
+    # A series split by how its features were made names the way on each line.
+    ways: dict[str, set[Any]] = {}
+    for r in rows:
+        ways.setdefault(series_of(r["name"]), set()).add(madeby.key(r.get("features_made_by")))
     for name in spec["values"]:
         if name not in ds.variables:
             continue
         for members in groups.values():
             x = [rows[i]["step"] if have_steps else i for i in members]
             ys = [np.nan if rows[i].get(name) is None else rows[i][name] for i in members]
+            first = rows[members[0]]
+            how = ""
+            if have_steps and len(ways[series_of(first["name"])]) > 1:
+                how = f", {madeby.short(first.get('features_made_by'))}"
             if len(members) > 1:
-                label = f"{name} ({series_of(rows[members[0]]['name']) or 'entries'} …)"
+                label = f"{name} ({series_of(first['name']) or 'entries'} …{how})"
                 ax.plot(x, ys, marker="o", label=label)
             else:
-                label = f"{name} ({rows[members[0]]['name']})"
+                label = f"{name} ({first['name']}{how})"
                 ax.plot(x, ys, marker="s", linestyle="None", label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return "training step" if have_steps else "entry (no steps recorded)"
@@ -185,18 +188,6 @@ def _unique(ds: Any, name: str) -> list[str]:
     return sorted({str(v) for v in ds[name].values}) if name in ds.variables else []
 
 
-def _made_by(record: dict[str, Any]) -> str:
-    """One way features were made, for people. Features of a network: it, the resize, and the
-    weights' whole digest and whether they are the published file (decided now, from the
-    digest against the pinned one); synthetic features (``{"features": "synthetic
-    Gaussian", "seed": 1}``) read "synthetic Gaussian, seed 1"."""
-    if "features" in record:
-        return ", ".join(
-            str(v) if k == "features" else f"{k.replace('_', ' ')} {v}" for k, v in record.items()
-        )
-    return recorded(record).text(full=True, loud=True)
-
-
 def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
     versions = json.loads(ds.attrs.get("versions", "{}"))
     engines = [
@@ -220,19 +211,42 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         for t in (r["created"], *(v for k, v in r.items() if k.endswith(".created") and v))
     ]
     stale = [f"{r['name']}: {metric} ({why})" for r in rows for metric, why in r["stale"].items()]
-    made = [_made_by(f) for f in json.loads(ds.attrs.get("features", "[]"))]
-    return [
+    made = _ways(rows, "features_made_by")
+    if not made:  # a history written before entries recorded it: the ways it kept
+        made = [
+            madeby.text(f, full=True, loud=True) for f in json.loads(ds.attrs.get("features", "[]"))
+        ]
+    facts = [
         ("job", ", ".join(_unique(ds, "job"))),
         ("history", history.path),
         ("reference", "; ".join(references) or "none (metrics of the entries alone)"),
         ("entries", f"{len(rows)}, run from {min(created)} to {max(created)} (UTC)"),
         ("feature dimension", str(ds.attrs.get("d", "?"))),
         ("features made by", "; ".join(made) or "not recorded (feature stores of other tools)"),
+    ]
+    reference_made = _ways(rows, "reference_made_by")
+    if reference_made:
+        facts.append(("reference features made by", "; ".join(reference_made)))
+    facts += [("warning", warned) for warned in madeby.warnings_of(rows)]
+    return [
+        *facts,
         ("stale results", "; ".join(stale) or "none"),
         ("engine", "; ".join(engines)),
         ("updated", str(ds.attrs.get("updated", ""))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
     ]
+
+
+def _ways(rows: list[dict[str, Any]], column: str) -> list[str]:
+    """Each way the rows' features (``column``: or their references') were made, for people,
+    with the entries made so when there is more than one way."""
+    ways: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get(column):
+            ways.setdefault(madeby.text(r[column], full=True, loud=True), []).append(r["name"])
+    if len(ways) == 1:
+        return list(ways)
+    return [f"{way} ({madeby.listed(names)})" for way, names in ways.items()]
 
 
 def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tuple[str, str | None]:
@@ -283,6 +297,10 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
         ]
         for r in rows
     ]
+    if any(r.get("features_made_by") is not None for r in rows):  # recorded per entry
+        head.append("features made by")
+        for r, row_cells in zip(rows, cells, strict=True):
+            row_cells.append(madeby.text(r.get("features_made_by")))
     sections = []
     for metric, spec in declared.items():
         scalars = [

@@ -33,11 +33,13 @@ read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
                                       # once into features-<digest>.zarr beside the history
 
     [extract]                         # optional; how image entries become features
-    encoder = "inception"             # inception | dinov2-vitl14 | clip-vitl14-336
+    encoder = "inception"             # as extract's --encoder (its help lists them)
     resize = "clean"                  # inception only: legacy-pytorch (default) | clean
                                       # | legacy-tensorflow
-    weights = "weights/pt_inception-2015-12-05-6726825d.pth"   # default: the standard caches
+    weights = "weights/pt_inception-2015-12-05-6726825d.pth"   # default: the standard caches;
+                                      # "random" / "random:SEED": seeded random weights
     batch_size = 32
+    skip_bad = false                  # true: leave undecodable images out (another input)
 
     [metrics.fid]
     [metrics.nll_gaussian]
@@ -170,7 +172,7 @@ _SECTIONS: dict[str, set[str] | None] = {
     "job": {"name", "history", *_RUN_KEYS["job"]},
     "reference": {"store", "stats", "images"},
     "engine": {"scheduler", "cluster", *_RUN_KEYS["engine"]},
-    "extract": {"encoder", "resize", "weights", "batch_size"},
+    "extract": {"encoder", "resize", "weights", "batch_size", "skip_bad"},
     "entries": None,
     "metrics": None,
 }
@@ -286,17 +288,44 @@ def _metrics(path: str, raw: Any) -> dict[str, Metric]:
     return metrics
 
 
+def _random_weights(where: str, weights: str) -> bool:
+    """Whether ``weights`` asks for seeded random weights (``random``, ``random:SEED``), as
+    ``shardeval extract --weights`` takes them (a file named so is given as ``./random``).
+
+    Raises:
+        JobError: ``random:`` followed by something that is not a seed (refused here, where
+            the job names it, rather than by the encoder as if it were a command's option).
+    """
+    if weights == "random":
+        return True
+    if not weights.startswith("random:"):
+        return False
+    seed = weights.removeprefix("random:")
+    if not seed.isdigit() or int(seed) >= 2**63:  # numpy's and torch's seeds: 63 bits
+        raise JobError(
+            f'{where}: {weights!r} is not random weights of a seed: give "random" (seed 0), '
+            '"random:SEED" with SEED a non-negative integer, or "./random" for a file so named'
+        )
+    return True
+
+
 def _extract(path: str, base: str, raw: Any) -> dict[str, Any]:
     """The [extract] table as keyword arguments of
-    :func:`shardeval.pipeline.images.extract.plan_extraction` and the batch size (types checked
-    here; values when the weights are looked up)."""
+    :func:`shardeval.pipeline.images.extract.plan_extraction`, the batch size and
+    ``skip_bad`` (types checked here; values when the weights are looked up)."""
     table = _check_keys(f"{path}: [extract]", raw or {}, _SECTIONS["extract"] or set())
     out: dict[str, Any] = {}
     for key in ("encoder", "resize", "weights"):
         if key in table:
             out[key] = _string(f"{path}: extract.{key}", table[key])
-    if "weights" in out:
+    if "weights" in out and not _random_weights(f"{path}: extract.weights", out["weights"]):
         out["weights"] = _must_exist(f"{path}: extract.weights", _resolve(base, out["weights"]))
+    if "skip_bad" in table:
+        if not isinstance(table["skip_bad"], bool):
+            raise JobError(
+                f"{path}: extract.skip_bad must be true or false, got {table['skip_bad']!r}"
+            )
+        out["skip_bad"] = table["skip_bad"]
     if "batch_size" in table:
         size = table["batch_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:

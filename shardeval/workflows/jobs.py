@@ -12,15 +12,25 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from shardeval._words import marked
 from shardeval.api.evaluate import Evaluation, Reference, Session
+from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.io.provenance import now_iso
 from shardeval.pipeline.metrics import Metric
 from shardeval.workflows.history import History, HistoryRow
 from shardeval.workflows.jobfile import Job, JobError, load_job
+from shardeval.workflows.madeby import (
+    ProvenanceWarning,
+    listed,
+    made_of,
+    record_of,
+    warnings_of,
+)
 
 if TYPE_CHECKING:
     from shardeval.pipeline.core.engine import Engine, Progress
@@ -28,7 +38,15 @@ if TYPE_CHECKING:
     from shardeval.pipeline.images.sources import ImageSource
     from shardeval.pipeline.io.stores import FeatureSource
 
-__all__ = ["JobError", "JobReference", "RunSummary", "load_job", "reference_of", "run_job"]
+__all__ = [
+    "JobError",
+    "JobReference",
+    "ProvenanceWarning",
+    "RunSummary",
+    "load_job",
+    "reference_of",
+    "run_job",
+]
 
 
 @dataclass(frozen=True)
@@ -104,14 +122,22 @@ def _prepare(job: Job) -> _Prepared:
     uses_images = (compared and job.reference_images is not None) or any(
         e.images for e in job.entries
     )
-    settings = {k: v for k, v in job.extract.items() if k != "batch_size"}
+    settings = {k: v for k, v in job.extract.items() if k not in ("batch_size", "skip_bad")}
     extraction = plan_extraction(**settings) if uses_images else None
+    skip_bad = bool(job.extract.get("skip_bad"))
+    image_dim = 0 if extraction is None else extraction.dim
+    if extraction is not None and image_dim is None:  # a user's encoder: one image tells
+        from shardeval.pipeline.images.extract import feature_dim
+
+        first = job.reference_images if compared and job.reference_images is not None else None
+        first = first or next(e.store for e in job.entries if e.images)
+        image_dim = feature_dim(extraction, open_images(first))
 
     def image_digest(source: ImageSource) -> str:
         if extraction is None:  # unreachable: image inputs plan an extraction
             raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
         _check_outside(job, source)
-        return cache_key(source, extraction)
+        return cache_key(source, extraction, skip_bad=skip_bad)
 
     reference_images = None
     d: int | None = None
@@ -128,7 +154,7 @@ def _prepare(job: Job) -> _Prepared:
         reference_digest = _digest(reference_listing, job.array, *_moments_settings(job))
     elif job.reference_images is not None and extraction is not None:
         reference_images = open_images(job.reference_images)
-        d, reference_digest = extraction.dim, image_digest(reference_images)
+        d, reference_digest = image_dim, image_digest(reference_images)
         if _moments_settings(job):
             reference_digest = _digest(reference_digest, *_moments_settings(job))
     else:
@@ -141,7 +167,7 @@ def _prepare(job: Job) -> _Prepared:
     images = {e.name: open_images(e.store) for e in job.entries if e.images}
     digests = {name: image_digest(source) for name, source in images.items()}
     dims = {name: s.d for name, s in sources.items()}
-    dims.update({name: extraction.dim for name in images if extraction is not None})
+    dims.update({name: image_dim for name in images if image_dim is not None})
     if d is None:  # no reference: the entries agree among themselves
         d = dims[job.entries[0].name]
         other = {name: dim for name, dim in dims.items() if dim != d}
@@ -226,17 +252,27 @@ def _extracted(
     if extraction is None:  # unreachable: image inputs plan an extraction
         raise JobError(f"{job.path}: no extraction settings for {source.location!r}")
     set_in_this_process(engine, job.device)
-    cached = fill_cache(
-        source,
-        extraction,
-        cache_root=_cache_root(job),
-        batch_size=job.extract.get("batch_size"),
-        device=job.device,
-        engine=engine,
-        progress=progress,
-        content=content,
-        log=log,
-    )
+    try:
+        cached = fill_cache(
+            source,
+            extraction,
+            cache_root=_cache_root(job),
+            batch_size=job.extract.get("batch_size"),
+            device=job.device,
+            skip_bad=bool(job.extract.get("skip_bad")),
+            engine=engine,
+            progress=progress,
+            content=content,
+            log=log,
+            claim_root=False,  # the history's folder, which holds the history and its caches
+        )
+        opened = cached.open()
+    except ShardevalError as exc:
+        if "«skip_bad" not in marked(exc):
+            raise
+        # A job takes skip_bad in its [extract] table, not as an option of `run`.
+        words = marked(exc).replace("«skip_bad=True»", "skip_bad = true in [extract]")
+        raise JobError(f"{job.path}: {words.replace('«skip_bad»', '[extract] skip_bad')}") from exc
     if cached.stale:
         log(
             f"{cached.path}: extracted again in its place (made from other bytes of "
@@ -249,7 +285,16 @@ def _extracted(
             f"extracted {cached.extraction.rows:,} images of {source.location} "
             f"({extraction.encoder}, {cached.extraction.computed} chunks) -> {cached.path}"
         )
-    return cached.open()
+    skipped = cached.extraction.skipped
+    if skipped:
+        more = f"; and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        warnings.warn(
+            f"{len(skipped)} image(s) of {source.location} left out as unreadable ([extract] "
+            f"skip_bad): {skipped[0][1]}{more}",
+            ProvenanceWarning,
+            stacklevel=2,
+        )
+    return opened
 
 
 def _reference_location(job: Job) -> str:
@@ -419,12 +464,18 @@ def _run_entries(
     declarations = job.declarations()
     digests = {name: job.metric_digest(name) for name in job.metrics}
     engine_text = json.dumps(engine.describe(), sort_keys=True)
+    compared = reference.reference is not None
+    reference_made = _reference_made_by(job, reference) if compared else {}
+    made_rows: list[dict[str, Any]] = []  # how this run's entries were made, for its warnings
     for i, entry in enumerate(job.entries, start=1):
         entry_bytes = _entry_bytes(entry.store, prepared.images.get(entry.name)) if verify else None
         listings = {"reference_listing": prepared.reference_listing}
+        if prepared.reference_images is not None:
+            listings["reference_images_listing"] = prepared.reference_images.fingerprint
         if entry.images:
             digest = prepared.digests[entry.name]
             settings = _identity(prepared.extraction) if prepared.extraction else ()
+            listings["images_listing"] = prepared.images[entry.name].fingerprint
         else:
             digest = listing_digest(entry.store)
             settings = ()
@@ -462,8 +513,19 @@ def _run_entries(
         )
         report = session.measure(real, source, list(wanted.values()))
         values = {k: v for outputs in report.results.values() for k, v in outputs.items()}
-        row = HistoryRow(**{**vars(row), "seconds": time.perf_counter() - t0, "created": now_iso()})
         made_by = _made_by(source)
+        row = HistoryRow(
+            **{
+                **vars(row),
+                "seconds": time.perf_counter() - t0,
+                "created": now_iso(),
+                "made_by": json.dumps(made_by, sort_keys=True),
+                "reference_made_by": json.dumps(reference_made, sort_keys=True),
+            }
+        )
+        made_rows.append(
+            {"name": entry.name, "features_made_by": made_by, "reference_made_by": reference_made}
+        )
         computed = {n: digests[n] for n in wanted}
         history.append(row, values, declarations, prepared.d, computed, made_by, listings)
         summary.computed.append(entry.name)
@@ -472,6 +534,49 @@ def _run_entries(
         kept = [name for name in job.metrics if name in done]
         already = f" ({', '.join(kept)} already in the history)" if kept else ""
         log(f"[{i}/{len(job.entries)}] {entry.name}: {shown}{already}")
+    for warned in _run_warnings(made_rows, reference_made if compared else None):
+        warnings.warn(warned, ProvenanceWarning, stacklevel=2)
+
+
+def _reference_made_by(job: Job, reference: JobReference) -> dict[str, Any]:
+    """How the reference's features were made, as the history records it per entry (see
+    :func:`_made_by`); statistics say it in their attributes, a reference batch by what it
+    is."""
+    rows = None if reference.reference is None else reference.reference.rows
+    if rows is not None:
+        return _made_by(rows)
+    if job.reference_stats:
+        from shardeval.pipeline.io.statsio import stats_provenance
+
+        return record_of(stats_provenance(job.reference_stats))
+    return {}
+
+
+def _run_warnings(rows: list[dict[str, Any]], reference: dict[str, Any] | None) -> list[str]:
+    """What a run warns of: weights that are not the published file (one warning per file,
+    naming the reference and the entries made with it), entries of one series made
+    differently, and entries made differently from their reference."""
+    from shardeval.pipeline.images.provenance import weights_warning
+
+    sides = ([("", reference)] if reference else []) + [
+        (str(row["name"]), row["features_made_by"]) for row in rows
+    ]
+    same: dict[tuple[Any, ...], list[str]] = {}
+    for name, record in sides:
+        made = made_of(record)
+        if made is not None:
+            way = (made.encoder, made.weights_digest, made.weights_status, made.weights_file)
+            same.setdefault(way, []).append(name)
+    out = []
+    for names in same.values():
+        entries = [n for n in names if n]
+        roles = ["the reference"] if "" in names else []
+        if entries:
+            roles.append(f"entr{'y' if len(entries) == 1 else 'ies'} {listed(entries)}")
+        warned = weights_warning(" and ".join(roles), made_of(dict(sides)[names[0]]))
+        if warned is not None:
+            out.append(warned)
+    return out + warnings_of(rows)
 
 
 def _made_by(source: FeatureSource) -> dict[str, Any]:

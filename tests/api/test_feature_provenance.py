@@ -176,3 +176,33 @@ def test_weights_at_the_default_path_that_are_not_the_published_file(
     group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r")
     assert group.attrs["weights_status"] == "not published"
     assert group.attrs["weights_file"] == str(default)
+
+
+def test_npz_statistics_say_how_their_features_were_made(tmp_path, made):
+    """Statistics saved as .npz keep how their features were made, as a Zarr group does: a
+    report of them says it and warns of a side made differently, and a merge of them with
+    statistics of other features is refused."""
+    from shardeval.pipeline.errors import StatsFormatError
+
+    a_npz, a_zarr = str(tmp_path / "a.npz"), str(tmp_path / "a.zarr")
+    se.stats(made["a"], a_npz)
+    se.stats(made["a"], a_zarr)
+    tf_zarr = str(tmp_path / "b-tf.zarr")
+    se.stats(made["b-tf"], tf_zarr)
+    for stats in (a_npz, a_zarr):
+        report = se.fid(stats, made["b-tf"])
+        assert _made_by(report, "real")["resize"] == "legacy-pytorch", stats
+        assert _made_by(report, "real")["weights_status"] == "not published", stats
+        warned = [w for w in report.to_dict()["warnings"] if "made differently" in w]
+        assert len(warned) == 1, (stats, report.to_dict()["warnings"])
+        assert "legacy-tensorflow" in warned[0]
+        with pytest.raises(StatsFormatError, match="made differently"):
+            se.merge_stats([stats, tf_zarr], str(tmp_path / "merged.zarr"))
+    assert not (tmp_path / "merged.zarr").exists()
+    # A merge made the same way says how, and a report of it warns as of its inputs.
+    b_npz = str(tmp_path / "b.npz")
+    se.stats(made["b"], b_npz)
+    se.merge_stats([a_npz, b_npz], str(tmp_path / "ab.zarr"))
+    report = se.fid(str(tmp_path / "ab.zarr"), made["b-tf"])
+    assert _made_by(report, "real")["resize"] == "legacy-pytorch"
+    assert any("made differently" in w for w in report.to_dict()["warnings"])

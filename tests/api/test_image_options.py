@@ -145,3 +145,21 @@ def test_bad_images_in_the_metric_commands(tmp_path, weights, home, capsys):
     assert data["fid"]["fid"] == pytest.approx(expected, rel=1e-9)
     report = se.kid(real, gen, weights=weights, cache_root=cache, skip_bad=True)
     assert "01.png" in report.summary()
+
+
+def test_too_few_decodable_images_are_named_by_the_images(tmp_path, weights, home, capsys):
+    # With --skip-bad and one decodable image, the message named the cache entry
+    # ('…/features-8ccb….zarr' has 1 row(s)), not the images.
+    real, gen = _folder(tmp_path / "r", 4, 1), _folder(tmp_path / "g", 3, 2)
+    for name in ("01.png", "02.png"):
+        _truncated_png(tmp_path / "g" / name)
+    cache = str(tmp_path / "cache")
+    argv = ["fid", real, gen, "--weights", weights, "--cache-root", cache, "--skip-bad", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert (
+        f"the images {gen!r} gave 1 decodable image (2 left out as unreadable with --skip-bad)"
+    ) in err
+    with pytest.raises(ShardevalError, match=r"with skip_bad\); at least 2 are needed"):
+        se.fid(real, gen, weights=weights, cache_root=cache, skip_bad=True)

@@ -1,6 +1,8 @@
 """What the API functions take, checked at their boundary as the command line checks it: every
 input is what it seems (byte order, symmetry, layout) or refused in words naming it."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,19 @@ def test_options_are_checked_as_the_command_line_checks_them(call, match):
     x, w = rng.normal(size=50), rng.normal(size=(40, 6))
     with pytest.raises(se.OptionError, match=match):
         call(x, w)
+
+
+@pytest.mark.parametrize("sigma", [np.inf, -np.inf, np.nan, float("inf")])
+def test_a_float_option_that_is_not_finite_is_refused(sigma):
+    # σ = inf passed "must be positive" and gave CMMD 0 for different sets (every kernel
+    # value exp(0) = 1).
+    from shardeval.pipeline.metrics.base import MetricOptionError
+
+    w = np.random.default_rng(1).normal(size=(40, 6))
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.cmmd(w, w + 1, sigma=sigma)
+    with pytest.raises(MetricOptionError, match="'sigma' must be a finite number, got"):
+        se.metrics(w, w + 1, "cmmd", sigma=sigma)
 
 
 def test_the_command_line_and_the_api_refuse_with_the_same_words(capsys):
@@ -319,6 +334,40 @@ def test_two_arrays_are_two_sources_whatever_their_id(tmp_path, rng):
     se.stats(rows.copy(), str(tmp_path / "b.zarr"))
     with pytest.warns(UserWarning, match="record the same source"):
         se.merge_stats([str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")], str(tmp_path / "c"))
+
+
+def test_kid_and_cmmd_of_identical_rows_do_not_depend_on_how_they_arrive(tmp_path, rng):
+    # An array and its copy in memory (one content digest: one store) gave KID 0, a file and
+    # its byte-identical copy the two-sample estimator (−0.31 here): one estimator whatever
+    # the route, the unbiased two-sample one.
+    import shutil
+
+    from tests.reference import mp_cmmd
+
+    x = rng.normal(size=(50, 4))
+    a, b = str(tmp_path / "a.npy"), str(tmp_path / "b.npy")
+    np.save(a, x)
+    shutil.copy(a, b)
+    k = (x @ x.T / 4 + 1) ** 3  # float64 numpy: K_xx = K_yy = K_xy, the cross sum with its diagonal
+    float64 = 2 * (k.sum() - np.trace(k)) / (50 * 49) - 2 * k.sum() / 50**2
+    kid = float(exact_kid(x, x))  # < 0: identical rows are no two independent samples
+    assert kid == pytest.approx(float64, rel=1e-12)
+    assert kid < 0
+    cmmd_u = mp_cmmd(x, x, unbiased=True)
+    routes = [(x, x.copy()), (x, x), (a, b), (a, a), (x, b)]
+    for real, gen in routes:
+        assert float(se.kid(real, gen)) == pytest.approx(kid, rel=1e-9)
+        # subsets of every row: each a permutation of the set, so the same estimator
+        assert float(se.kid(real, gen, subsets=2, subset_size=50)) == pytest.approx(kid, rel=1e-9)
+        assert float(se.cmmd(real, gen, unbiased=True)) == pytest.approx(cmmd_u, rel=1e-6)
+        with warnings.catch_warnings():  # 0 is right to its bound, not to 1e-5 of itself
+            warnings.simplefilter("ignore", se.RoundingWarning)
+            v = se.cmmd(real, gen).to_dict()["cmmd"]
+        assert abs(v["cmmd"]) <= v["rounding_bound"]  # the V-statistic of identical sets is 0
+    with se.KID() as streamed:  # rows fed batch by batch: two work stores
+        streamed.update(x, real=True)
+        streamed.update(x)
+        assert float(streamed.compute()) == pytest.approx(kid, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

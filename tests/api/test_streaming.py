@@ -760,3 +760,183 @@ def test_fold_counts_a_share_of_one_row_and_skips_one_of_none():
         assert side.moments.n == 101
         np.testing.assert_allclose(side.moments.mean, mean, rtol=1e-13)
         np.testing.assert_allclose(side.moments.m2, cov * 100, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# how image rows were made: the report of the one-shot function on the same inputs
+
+
+@pytest.fixture
+def cheap_inception(monkeypatch):
+    """The Inception's weights are found, checked and loaded, and its preprocessing runs, on
+    every path (the training-loop metrics' and the extraction of se.fid/se.kid); its network
+    is replaced by pooling, so that both give the same features in milliseconds."""
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    def forward(self, x):
+        return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
+
+    monkeypatch.setattr(FIDInception, "forward", forward)
+
+
+def _made_lines(report):
+    """The summary's lines on how the features were made, and its warnings."""
+    return [
+        line for line in report.summary().splitlines() if " made by " in line or "warning" in line
+    ]
+
+
+def _same_provenance(got, want):
+    """``got`` (a training-loop report) says how its features were made as ``want`` (the
+    one-shot function's report on the same inputs) says it."""
+    assert got.to_dict()["features_made_by"] == want.to_dict()["features_made_by"]
+    assert _made_lines(got) == _made_lines(want)
+    made = [w for w in want.to_dict()["warnings"] if "random weights" in w or "differently" in w]
+    assert made, "the one-shot report has provenance warnings"
+    for warning in made:
+        assert warning in got.to_dict()["warnings"], warning
+
+
+@pytest.mark.filterwarnings("ignore::shardeval.pipeline.errors.SingularCovarianceWarning")
+def test_image_rows_are_reported_as_the_one_shot_functions_report_them(
+    cheap_inception, tmp_path, rng
+):
+    """se.FID("featB_clean.zarr", weights="random:1") fed images reported 'gen': None, no made-by
+    line, no random-weights or made-differently warning; se.FID(weights="random") fed images on
+    both sides {'real': None, 'gen': None}; se.KID fed images 'made by inception-2015-12-05/pool3'
+    with encoder, resize and weights None. They report what se.fid and se.kid report."""
+    real = rng.integers(0, 256, (6, 3, 37, 45), dtype=np.uint8)
+    gen = rng.integers(0, 256, (7, 3, 41, 33), dtype=np.uint8)
+    np.save(tmp_path / "real.npy", real.transpose(0, 2, 3, 1))
+    store = str(tmp_path / "featB_clean.zarr")
+    se.extract(str(tmp_path / "real.npy"), store, weights="random:0", resize="clean")
+    cache = str(tmp_path / "cache")
+
+    # A reference store of another resize and weights, against generated images.
+    fid = se.FID(store, weights="random:1", batch_size=4)
+    fid.update(torch.from_numpy(gen[:3]))
+    fid.update(gen[3:])
+    once = se.fid(store, gen, weights="random:1", cache_root=cache)
+    assert _rel(float(fid.compute()), float(once)) < 1e-6
+    _same_provenance(fid.compute(), once)
+    # A checkpoint keeps how the rows were made.
+    resumed = se.FID(store, weights="random:1")
+    resumed.load_state_dict(fid.state_dict())
+    _same_provenance(resumed.compute(), once)
+
+    # Images on both sides.
+    both = se.FID(weights="random")
+    both.update(torch.from_numpy(real), real=True)
+    both.update(torch.from_numpy(gen))
+    once = se.fid(real, gen, weights="random", cache_root=cache)
+    assert _rel(float(both.compute()), float(once)) < 1e-6
+    _same_provenance(both.compute(), once)
+    merged = se.FID(weights="random")
+    merged.update(torch.from_numpy(real), real=True)
+    _same_provenance(merged.merge(both).compute(), once)  # gen rows made by the FID merged in
+
+    with se.KID(weights="random") as kid:
+        kid.update(torch.from_numpy(real), real=True)
+        kid.update(torch.from_numpy(gen))
+        once = se.kid(real, gen, weights="random", cache_root=cache)
+        assert float(kid.compute()) == pytest.approx(float(once), rel=1e-6, abs=1e-12)
+        _same_provenance(kid.compute(), once)
+    # Feature rows beside images: the feature side records nothing, as se.kid's array does.
+    rows = rng.standard_normal((6, 2048)).astype(np.float32)
+    with se.KID(weights="random") as kid:
+        kid.update(rows, real=True)
+        kid.update(torch.from_numpy(gen))
+        once = se.kid(rows, gen, weights="random", cache_root=cache)
+        assert once.to_dict()["features_made_by"]["real"] is None
+        _same_provenance(kid.compute(), once)
+
+
+# ---------------------------------------------------------------------------------------------
+# options and inputs checked at the boundary
+
+
+def test_sync_timeout_is_what_the_store_waits_for(tmp_path):
+    """se.FID(sync_timeout=1e15) was accepted, and compute() under torch.distributed raised
+    OverflowError on rank 0 (timedelta) and DistNetworkError on rank 1. A store's wait takes
+    whole milliseconds in a 64-bit count of microseconds: below 1 ms it is 0 ms, which the
+    store reads as no deadline (a FileStore then waits forever); beyond 2^63 microseconds it
+    overflows (a FileStore then times out at once)."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    low, high = streaming.MIN_SYNC_TIMEOUT_SECONDS, streaming.MAX_SYNC_TIMEOUT_SECONDS
+    assert (low, high) == (1e-3, (2**63 - 1) // 10**6)
+    for bad in (1e15, high + 1, low / 2, 0, -1.0, float("nan"), float("inf"), True, "600"):
+        for cls in (se.FID, se.KID):
+            with pytest.raises(OptionError, match="sync_timeout must be") as caught:
+                cls(sync_timeout=bad)
+            assert "\n" not in str(caught.value)
+    for good in (low, high, 600, None):
+        assert se.FID(sync_timeout=good).sync_timeout == good
+        se.KID(sync_timeout=good).close()
+    # The bounds are the store's: at the largest, a wait ends when the key arrives; at the
+    # smallest, a wait for a key that never comes ends with the store's error.
+    path = str(tmp_path / "store")
+    waiting, setting = dist.FileStore(path, 2), dist.FileStore(path, 2)
+    timer = threading.Timer(0.2, setting.set, ("arrived", "1"))
+    timer.start()
+    waiting.wait(["arrived"], timedelta(seconds=high))
+    timer.join()
+    with pytest.raises(RuntimeError, match=r"[Tt]imeout"):
+        waiting.wait(["never"], timedelta(seconds=low))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta:UserWarning")
+def test_batches_that_raised_raw_errors_or_passed_for_others_are_refused(rng):
+    """A sparse batch raised NotImplementedError ('SparseCPU'); real="yes" was taken for
+    real=True; float images holding NaN were said to hold "values in [nan, nan]"."""
+    rows = torch.from_numpy(rng.standard_normal((50, 4)))
+    for make in (se.FID, se.KID):
+        metric = make()
+        for odd in (rows.to_sparse(), rows.to_sparse_csr()):
+            with pytest.raises(DtypeError, match=r"sparse.*to_dense\(\)") as caught:
+                metric.update(odd)
+            assert "\n" not in str(caught.value)
+        for flag in ("yes", 1, None, torch.tensor(True)):
+            with pytest.raises(OptionError, match="real must be True or False"):
+                metric.update(rows, real=flag)
+        metric.update(rows, real=np.bool_(True))  # numpy's bool is a bool
+        images = torch.rand((3, 3, 8, 8))
+        images[1, 0, 2, 2] = torch.nan
+        with pytest.raises(DtypeError, match=r"NaN in 1 image\(s\) \(first: image 1\)") as caught:
+            metric.update(images)
+        assert "nan, nan" not in str(caught.value)
+    # Nothing was kept from the refused batches: the FID of what was accepted.
+    fid = se.FID()
+    fid.update(rows, real=True)
+    with pytest.raises(OptionError):
+        fid.update(rows + 1, real="no")
+    assert fid.state_dict()["gen.n"] == 0
+
+
+def test_impossible_states_are_refused(rng):
+    """A state_dict with gen.n = 1 and a non-zero gen.m2 loaded, and gave FID 5.0035 after an
+    update: a co-moment of one row is zero, and a side of no rows has a zero mean."""
+    real, gen = _sets(rng, d=4, n_real=50, n_gen=1)
+    fid = se.FID()
+    fid.update(real, real=True)
+    fid.update(gen)
+    state = fid.state_dict()
+    assert state["gen.n"] == 1
+    assert not state["gen.m2"].any()  # what a row gives
+    empty = se.FID()
+    empty.update(real, real=True)
+    nothing = empty.state_dict()  # gen.n = 0, zero mean and co-moment
+    cases = {
+        r"gen\.n is 1.*gen\.m2": {**state, "gen.m2": torch.eye(4)},
+        r"gen\.n is 0.*gen\.m2": {**nothing, "gen.m2": torch.eye(4)},
+        r"gen\.n is 0.*gen\.mean": {**nothing, "gen.mean": torch.ones(4)},
+        r"real\.n is 0": {**nothing, "real.n": 0},
+    }
+    for message, broken in cases.items():
+        with pytest.raises(StatsFormatError, match=message):
+            se.FID().load_state_dict(broken)
+    for fine in (state, nothing):
+        se.FID().load_state_dict(fine)

@@ -42,6 +42,8 @@ ALONE_SECONDS = 2
 #: Spill chunks of 16 rows (at d = 8, float32): rows travel to rank 0 in several messages.
 SPILL_CHUNK_BYTES = 16 * D * 4
 DEADLINE_SECONDS = 120
+#: The generated rows of the second of two FIDs are scaled by it: another value.
+OTHER_SCALE = 1.5
 PRELOAD = [
     "torch",
     "torch.distributed",
@@ -79,6 +81,26 @@ def _feed(metric, real, gen):
         metric.update(real[lo : lo + BATCH], real=True)
     for lo in range(0, len(gen), BATCH):
         metric.update(gen[lo : lo + BATCH])
+
+
+#: Per rank of the job of image batches: (real, generated) images.
+IMAGES = [(0, 0), (3, 4)]
+#: Its deadline: every rank builds and loads the (random) Inception, seconds of CPU each.
+IMAGE_DEADLINE_SECONDS = 300
+
+
+def _rank_images(rank):
+    """This rank's (real, generated) uint8 images, (B, 3, H, W)."""
+    rng = np.random.default_rng(100 + rank)
+    return tuple(rng.integers(0, 256, (n, 3, 21, 19), dtype=np.uint8) for n in IMAGES[rank])
+
+
+def _pooled(self, x):
+    """The Inception's network replaced by pooling (in the ranks and in the test process
+    alike): its weights are found and loaded, its preprocessing runs, in milliseconds."""
+    import torch
+
+    return torch.nn.functional.adaptive_avg_pool2d(x, (26, 27)).flatten(1)[:, :2048]
 
 
 def _outcome(call):
@@ -138,6 +160,11 @@ def worker(rank, world, init_file, out_dir):
     _feed(fid, real, gen)
     out["other settings"] = _outcome(fid.compute)
 
+    # The longest deadline the store takes.
+    fid = se.FID(sync_timeout=streaming.MAX_SYNC_TIMEOUT_SECONDS)
+    _feed(fid, real, gen)
+    out["longest deadline"] = float(fid.compute())
+
     # A rank that calls compute() alone: an error at its deadline; the job goes on.
     fid = se.FID(sync_timeout=ALONE_SECONDS)
     _feed(fid, real, gen)
@@ -146,28 +173,73 @@ def worker(rank, world, init_file, out_dir):
     dist.barrier()
     out["after alone"] = fid.compute()
 
+    # Two FIDs whose compute() the ranks call in other orders (rank 0's first meets the others'
+    # second), and a FID that meets a KID: refused on every rank; the job goes on, and in one
+    # order every rank has each metric's value.
+    first, second = se.FID(precision="fp64"), se.FID(precision="fp64")
+    _feed(first, real, gen)
+    _feed(second, real, gen * OTHER_SCALE)
+    order = (first, second) if rank == 0 else (second, first)
+    out["other order"] = [_outcome(metric.compute) for metric in order]
+    out["one order"] = [float(metric.compute()) for metric in (first, second)]
+    fid = se.FID(precision="fp64")
+    with se.KID(**KID_OPTIONS) as kid:
+        _feed(fid, real, gen)
+        _feed(kid, real, gen)
+        order = (fid, kid) if rank == 0 else (kid, fid)
+        out["other kind"] = [_outcome(metric.compute) for metric in order]
+        out["one kind"] = [fid.compute(), kid.compute()]
+
     dist.destroy_process_group()
     with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
         pickle.dump(out, fh)
 
 
-@pytest.fixture(scope="module")
-def jobs(tmp_path_factory):
-    """Both jobs (2 and 3 processes) at once, their ranks forked from one server that has
-    imported what they need."""
+def image_worker(rank, world, init_file, out_dir):
+    """One rank of the job of image batches: rank 0 holds no image, so that the rank that
+    computes the pair metrics learns how the rows were made from the others."""
+    import torch.distributed as dist
+
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    FIDInception.forward = _pooled
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=IMAGE_DEADLINE_SECONDS - 10),
+    )
+    real, gen = _rank_images(rank)
+    with se.KID(weights="random", **KID_OPTIONS) as kid:
+        fid = se.FID(weights="random")
+        for metric in (fid, kid):
+            if len(real):
+                metric.update(real, real=True)
+                metric.update(gen)
+        out = {"fid": fid.compute(), "kid": kid.compute()}
+    dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
+        pickle.dump(out, fh)
+
+
+def _started(tmp_path_factory, target, worlds, seconds):
+    """Jobs of ``worlds`` processes at once, their ranks forked from one server that has
+    imported what they need; yields ``results(world)``, each rank's output once the job
+    ended (within ``seconds``)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     started = {}
-    for world in SPLITS:
-        folder = tmp_path_factory.mktemp(f"world{world}")
+    for world in worlds:
+        folder = tmp_path_factory.mktemp(f"{target.__name__}{world}")
         procs = [
-            ctx.Process(target=worker, args=(r, world, str(folder / "init"), str(folder)))
+            ctx.Process(target=target, args=(r, world, str(folder / "init"), str(folder)))
             for r in range(world)
         ]
         for p in procs:
             p.start()
         started[world] = (procs, folder)
-    deadline = time.monotonic() + DEADLINE_SECONDS
+    deadline = time.monotonic() + seconds
     done = {}
 
     def results(world):
@@ -188,6 +260,18 @@ def jobs(tmp_path_factory):
             if p.is_alive():
                 p.kill()
                 p.join()
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory):
+    """Both jobs (2 and 3 processes) at once."""
+    yield from _started(tmp_path_factory, worker, SPLITS, DEADLINE_SECONDS)
+
+
+@pytest.fixture(scope="module")
+def image_job(tmp_path_factory):
+    """The job of image batches (2 processes), alone: each rank loads the Inception."""
+    yield from _started(tmp_path_factory, image_worker, [2], IMAGE_DEADLINE_SECONDS)
 
 
 def _single_process(world, monkeypatch):
@@ -245,6 +329,8 @@ def test_compute_without_sync_is_the_global_value_on_every_rank(world, jobs, mon
             assert got["fid"] == results[0][f"{precision} compute"]["fid"]  # the same bits
             assert abs(float(got) - float(fids[precision])) <= tolerance * float(fids[precision])
             assert abs(float(got) - exact) <= tolerance * exact
+            if precision == "fp32":  # the longest deadline the store takes: the same value
+                assert abs(out["longest deadline"] - exact) <= tolerance * exact
             # compute(sync=False): this rank's rows alone, and the report says so.
             local = out[f"{precision} local"]
             n_real, n_gen = SPLITS[world][rank]
@@ -296,3 +382,63 @@ def test_a_rank_that_computes_alone_fails_at_its_deadline(world, jobs):
     for out in results:
         assert out["after alone"]["fid"] == results[0]["after alone"]["fid"]
         assert out["after alone"].to_dict()["processes"] == world
+
+
+@pytest.mark.timeout(2 * IMAGE_DEADLINE_SECONDS)
+def test_image_rows_say_how_they_were_made_on_every_rank(image_job, monkeypatch, tmp_path):
+    """Training-loop metrics fed images reported no provenance ('gen': None for FID; for KID
+    the network alone, encoder, resize and weights None). Under sync every rank (a rank
+    without rows too) reports what se.fid and se.kid report for every rank's images, and the
+    values over them."""
+    from shardeval.kernels.encoders.inception import FIDInception
+
+    monkeypatch.setattr(FIDInception, "forward", _pooled)
+    real, gen = (
+        np.concatenate(side)
+        for side in zip(*(_rank_images(r) for r in range(len(IMAGES))), strict=True)
+    )
+    options = {"weights": "random", "cache_root": str(tmp_path)}
+    once = {"fid": se.fid(real, gen, **options), "kid": se.kid(real, gen, **options, **KID_OPTIONS)}
+    for rank, out in enumerate(image_job(len(IMAGES))):
+        for name, want in once.items():
+            got = out[name]
+            assert got.to_dict()["features_made_by"] == want.to_dict()["features_made_by"], rank
+            assert want.to_dict()["features_made_by"]["gen"]["weights_status"] == "random"
+            made = [line for line in want.summary().splitlines() if " made by " in line]
+            assert made == [line for line in got.summary().splitlines() if " made by " in line]
+            smoke = [w for w in want.to_dict()["warnings"] if "random weights" in w]
+            assert smoke, want.to_dict()["warnings"]
+            assert set(smoke) <= set(got.to_dict()["warnings"]), (rank, name)
+            assert float(got) == pytest.approx(float(want), rel=1e-6, abs=1e-12), (rank, name)
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_metrics_met_in_other_orders_are_refused_on_every_rank(world, jobs, monkeypatch):
+    """Two FIDs whose compute() rank 0 called in one order and the other ranks in the other
+    gathered rank 0's rows of one with the others' rows of the other, and every rank returned
+    that FID (exit code 0). A metric is known across ranks by its kind and the order in which
+    its process made it: a mismatch is refused on every rank, in one line; the metrics keep
+    their rows, and in one order they give the value over every rank's rows."""
+    results = jobs(world)
+    _, _, kid = _single_process(world, monkeypatch)
+    real, gen = (
+        np.concatenate(rows)
+        for rows in zip(*(_rank_rows(world, r) for r in range(world)), strict=True)
+    )
+    scaled = (gen * np.float32(OTHER_SCALE)).astype(np.float32)  # as the ranks scaled theirs
+    exact = [exact_fid(*np_stats(real), *np_stats(g)) for g in (gen, scaled)]
+    assert abs(exact[0] - exact[1]) > 0.1 * exact[0]  # two values, told apart below
+    for out in results:
+        for key in ("other order", "other kind"):
+            for outcome in out[key]:
+                assert isinstance(outcome, tuple), (key, outcome)  # an error, not a value
+                kind, message = outcome
+                assert kind == "OptionError", message
+                assert "\n" not in message
+                assert "same order" in message, message
+        for got, want in zip(out["one order"], exact, strict=True):
+            assert abs(got - want) <= 1e-9 * want
+        fid, got_kid = out["one kind"]
+        assert abs(float(fid) - exact[0]) <= 1e-9 * exact[0]
+        assert got_kid["kid"] == kid["kid"]  # bit for bit

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import shardeval.pipeline.io.fetch as fetching
+import shardeval.pipeline.io.fetch_partial as fetch_partial
 from shardeval.kernels.encoders.weights import INCEPTION_FILE, inception_path
 from shardeval.pipeline.io.fetch import (
     ARTIFACTS,
@@ -669,3 +670,40 @@ def test_without_hard_links_the_file_is_put_in_place_by_a_checked_rename(
             fetch(item, progress=progress)
     assert _bytes(item.path()) == b"theirs"
     assert _bytes(item.path() + PART_SUFFIX) == body
+
+
+def test_a_folder_removed_by_another_run_is_made_again(tmp_path, body, monkeypatch):
+    """A run that made the checkpoint folder and failed removes it when it holds nothing; a
+    second run that was waiting for the first then finds no folder for its partial file, and
+    makes it again (here the first run's removal is played between the second's steps)."""
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    opened = fetch_partial._open_part
+    removed = []
+
+    def first_run_cleans_up(part):
+        if not removed:  # the other run's cleanup: its folders, empty, go
+            os.rmdir(folder)
+            os.rmdir(folder.parent)
+            removed.append(True)
+        return opened(part)
+
+    monkeypatch.setattr(fetch_partial, "_open_part", first_run_cleans_up)
+    with serving(Behaviour(body=body)) as base:
+        item = _artifact(folder, body, base + "/blob.bin")
+        result = fetch(item)
+    assert removed
+    with open(result.path, "rb") as fh:
+        assert fh.read() == body
+    assert _left(tmp_path) == [os.path.join("torch", "hub", "checkpoints", item.file_name)]
+
+
+def test_a_stalled_transfer_says_the_bytes_it_received_and_keeps_them(tmp_path, body):
+    # The server sends one block of 4,096 bytes, then nothing for longer than the timeout:
+    # the message said "cut at 0 bytes" and the block was lost.
+    with serving(Behaviour(body=body, delay=5.0)) as base:
+        item = _artifact(tmp_path, body, base + "/blob.bin")
+        with pytest.raises(TransferError) as info:
+            fetch(item, timeout=0.5, retries=0)
+    assert "cut at 4,096 bytes" in _one_line(info)
+    with open(item.path() + PART_SUFFIX, "rb") as fh:
+        assert fh.read() == body[:4096]  # kept for the next run to resume

@@ -5,7 +5,13 @@ import pytest
 
 from shardeval.pipeline import Gaussian, NumericalError, ShapeError, SingularCovarianceWarning
 from shardeval.pipeline.fid.frechet import frechet_distance, trace_sqrt_product
-from tests.reference import eigvals_formula, exact_fid, high_precision_fid, pytorch_fid_formula
+from tests.reference import (
+    eigvals_formula,
+    exact_fid,
+    exact_trace_sqrt,
+    high_precision_fid,
+    pytorch_fid_formula,
+)
 
 
 def _random_spd(rng, d, scale=1.0):
@@ -133,3 +139,40 @@ def test_as_many_rows_as_features_take_float64_products(tmp_path, rng, extra):
         assert error < 1e-12
     else:
         assert error > 1e-10  # fp32 products, as asked: the test can tell them apart
+
+
+# --- covariances far from 1 --------------------------------------------------------------
+
+# Scales of the features: the covariances are their squares. 1e77–1e150 raised numpy's
+# LinAlgError "Eigenvalues did not converge" (Lᵀ Σ_r L overflowed), and 1e-150 put
+# tr (Σ_r Σ_g)^½ at 0 (it underflowed): FID 1.6e-299 where it is 1.7e-301, exit 0.
+FEATURE_SCALES = [1e-150, 1e-120, 1e-60, 1e60, 1e76, 1e77, 1e80, 1e100, 1e150, 2.0**500]
+
+
+@pytest.mark.parametrize("scale", FEATURE_SCALES)
+def test_fid_is_right_at_every_scale_of_the_features(rng, scale):
+    d = 12
+    s1, s2 = _random_spd(rng, d), _random_spd(rng, d, 1.7)
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d) * 0.1
+    expected = exact_fid(mu1, s1, mu2, s2)
+    got = frechet_distance(
+        Gaussian(mu1 * scale, s1 * scale**2), Gaussian(mu2 * scale, s2 * scale**2)
+    )
+    assert got.fid / scale**2 == pytest.approx(expected, rel=1e-9)
+    assert got.trace_sqrt / scale**2 == pytest.approx(exact_trace_sqrt(s1, s2), rel=1e-9)
+
+
+@pytest.mark.parametrize(("scale_a", "scale_b"), [(1e150, 1e-150), (1e-200, 1e100), (1e280, 1)])
+def test_trace_sqrt_product_of_covariances_of_unlike_scales(rng, scale_a, scale_b):
+    # tr (A B)^½ scales by √(ab): each covariance takes its own power of two.
+    a, b = _random_spd(rng, 9), _random_spd(rng, 9, 3.0)
+    got, _count, _worst = trace_sqrt_product(a * scale_a, b * scale_b)
+    assert got / np.sqrt(scale_a * scale_b) == pytest.approx(exact_trace_sqrt(a, b), rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-320, 1e-310])
+def test_covariances_below_float64s_normal_range_are_an_error(rng, scale):
+    # Variances of 1e-310 hold a few bits: FID of them would be a number without digits.
+    s = _random_spd(rng, 4)
+    with pytest.raises(NumericalError, match="below float64's normal range"):
+        frechet_distance(Gaussian(np.zeros(4), s * scale), Gaussian(np.ones(4), s))

@@ -416,3 +416,72 @@ def test_a_run_that_waits_for_anothers_lock_says_so(tmp_path, images, weights, c
     assert "waiting" in message
     assert path + ".lock" in message
     assert images in message
+
+
+def test_a_cache_root_that_is_not_a_feature_cache_is_refused(tmp_path, images, weights, no_encoder):
+    """A Zarr store, a folder inside one, a run history, and a folder holding anything but
+    a feature cache are refused before anything is written there; a new or empty folder
+    becomes a cache and is marked as one, and an unmarked folder of cache entries (a cache
+    made before the mark) is still one."""
+    from shardeval.pipeline.images.cache import CACHE_MARKER, resolve_cache_root
+
+    no_encoder()
+    store = tmp_path / "victim.zarr"
+    zarr.create_array(str(store), shape=(4, 2), dtype="f4")[:] = 1.0
+    group = tmp_path / "group.zarr"
+    zarr.open_group(str(group), mode="w").attrs["format"] = "shardeval.history"
+    save_stats(tmp_path / "stats.zarr", _moments())
+    versions = tmp_path / "history.zarr.versions"
+    (versions / "v000001").mkdir(parents=True)
+    zarr.open_group(str(versions / "v000001"), mode="w", zarr_format=2)
+    os.symlink(versions / "v000001", tmp_path / "history.zarr")
+    (tmp_path / "papers").mkdir()
+    (tmp_path / "papers" / "notes.txt").write_text("keep me")
+    cases = [
+        (store, "is a Zarr store"),
+        (store / "cache", "inside the Zarr store"),
+        (group, r"is a Zarr store \(format 'shardeval.history'\)"),
+        (tmp_path / "stats.zarr", "is a Zarr store"),
+        (tmp_path / "history.zarr", "is a Zarr store"),
+        (versions, "holds other files"),
+        (tmp_path / "papers", r"holds other files \('notes.txt'\)"),
+    ]
+    for root, msg in cases:
+        before = sorted(p for p in tmp_path.rglob("*"))
+        with pytest.raises(OutputExistsError, match=msg) as info:
+            cached_features(images, cache_root=root, weights=weights)
+        assert "\n" not in str(info.value)
+        assert "cache_root=FOLDER" in str(info.value)
+        assert sorted(p for p in tmp_path.rglob("*")) == before, root
+    # A new folder, and an empty one, become caches, marked as such.
+    assert resolve_cache_root(tmp_path / "new") == str(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    assert resolve_cache_root(tmp_path / "empty") == str(tmp_path / "empty")
+    # An unmarked folder of cache entries (made before the mark) is a cache.
+    old = tmp_path / "old"
+    (old / ("features-" + "0" * 32 + ".zarr")).mkdir(parents=True)
+    (old / ("features-" + "0" * 32 + ".zarr.lock")).write_text("")
+    assert resolve_cache_root(old) == str(old)
+    assert not (old / CACHE_MARKER).exists()
+
+
+def _moments():
+    from shardeval.pipeline.core.states import Moments
+
+    return Moments.from_rows(np.arange(12.0).reshape(4, 3) ** 2)
+
+
+def test_a_new_cache_is_marked_and_found_again(tmp_path, images, weights, no_encoder):
+    from shardeval.pipeline.images.cache import CACHE_MARKER
+
+    root = tmp_path / "cache"
+    first = cached_features(images, cache_root=root, weights=weights)
+    assert (root / CACHE_MARKER).is_file()
+    (root / "notes.txt").write_text("a file of the user's, beside the entries")
+    no_encoder()
+    assert cached_features(images, cache_root=root, weights=weights).path == first.path
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AssertionError, match="an encoder ran"):
+        cached_features(images, cache_root=empty, weights=weights)
+    assert (empty / CACHE_MARKER).is_file()

@@ -271,14 +271,148 @@ def test_prdc_equals_the_prdc_package_and_the_definition(tmp_path):
     assert got.coverage == package_dc["coverage"] == brute_dc["coverage"]
 
 
-def test_a_set_against_itself(pair):
-    _, _, sx, _ = pair
-    got = sample_metrics(
-        sx, sx, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=300
+def _prdc_cdist(x, y, k, pr_k):
+    """The four values by the definitions, from scipy's float64 squared distances (differences
+    of the rows, not the Gram expansion)."""
+    from scipy.spatial.distance import cdist
+
+    def radii(a, kk):
+        sq = cdist(a, a, "sqeuclidean")
+        np.fill_diagonal(sq, np.inf)
+        return np.sort(sq, axis=1)[:, kk - 1]
+
+    cross = cdist(x, y, "sqeuclidean")
+    r_pr, r_dc, f_pr = radii(x, pr_k), radii(x, k), radii(y, pr_k)
+    inside = cross < r_dc[:, None]
+    return (
+        float((cross <= r_pr[:, None]).any(axis=0).mean()),
+        float((cross <= f_pr[None, :]).any(axis=1).mean()),
+        float(inside.sum() / (k * len(y))),
+        float(inside.any(axis=1).mean()),
     )
-    assert got["kid"].kid == 0.0  # the paired U-statistic of identical sets
-    assert abs(got["kid"].kid) <= got["kid"].standard_error
-    assert got["cmmd"].cmmd == 0.0
+
+
+def _four(result):
+    return (result.precision, result.recall, result.density, result.coverage)
+
+
+def _scale_pair(seed, n=100, d=4):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)), rng.normal(size=(n, d))
+
+
+# 1e154 gave precision 1, recall 1, density 0.30, coverage 0.15 (float64 squared distances
+# overflow), 1e155–1e300 and 1e-300 gave 1/1/0/0 (inf or 0 everywhere), all with exit 0.
+SCALES = [1e-300, 1e-250, 1e-200, 1e-160, 1e-155, 1e-100, 1e-20, 1.0, 1e20, 1e100, 1e150]
+SCALES += [1e154, 1e155, 1e200, 1e250, 1e300, 2.0**1000, 2.0**-1000]
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_prdc_of_float64_rows_is_the_same_at_every_scale(tmp_path, scale, precision):
+    # PRDC compares distances with radii: it is scale-invariant, and the float64 brute force
+    # of the unscaled rows is the reference (the rows are continuous: no distance lies within
+    # float64 rounding of a radius, so scaling the rows, which rounds them, changes nothing).
+    x, y = _scale_pair(0)
+    got = sample_metrics(
+        _store(tmp_path, "x", x * scale),
+        _store(tmp_path, "y", y * scale),
+        prdc=PRDCParams(k=3, pr_k=3),
+        precision=precision,
+        block_rows=37,
+    )["prdc"]
+    assert _four(got) == _prdc_cdist(x, y, 3, 3)
+    assert _four(got) == pytest.approx((0.9, 0.95, 1.0233333333, 0.97))  # the tester's values
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-100, 1.0, 1e100, 1e150])
+def test_prdc_at_scales_the_prdc_package_holds(tmp_path, scale):
+    # The package forms squared distances of the scaled rows in float64: right within 1e±150.
+    prdc = importlib.import_module("prdc")
+    x, y = (v * scale for v in _scale_pair(4, 300, 6))
+    got = sample_metrics(
+        _store(tmp_path, "x", x), _store(tmp_path, "y", y), prdc=PRDCParams(k=5, pr_k=3)
+    )["prdc"]
+    pr = prdc.compute_prdc(x, y, nearest_k=3)
+    dc = prdc.compute_prdc(x, y, nearest_k=5)
+    assert _four(got) == (pr["precision"], pr["recall"], dc["density"], dc["coverage"])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    exponent=st.integers(-300, 300),
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(8, 40),
+    m=st.integers(8, 40),
+    d=st.integers(1, 6),
+    k=st.integers(1, 5),
+)
+def test_prdc_of_float64_rows_at_any_scale_equals_the_brute_force(
+    tmp_path_factory, exponent, seed, n, m, d, k
+):
+    tmp_path = tmp_path_factory.mktemp("prdc")
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(m, d)) * 1.2 + 0.1
+    scale = 10.0**exponent
+    got = sample_metrics(
+        _store(tmp_path, "x", x * scale),
+        _store(tmp_path, "y", y * scale),
+        prdc=PRDCParams(k=k, pr_k=k),
+        block_rows=int(rng.integers(3, 50)),
+    )["prdc"]
+    assert _four(got) == _prdc_cdist(x, y, k, k)
+
+
+def test_prdc_of_a_float32_set_against_a_float64_set_far_from_1(tmp_path):
+    # The fp32 set's own radii and the cross distances must be in one unit: both sets'
+    # decisions take the common scale.
+    x, y = _scale_pair(5, 60, 5)
+    x32 = (x * 1e30).astype(np.float32)
+    y64 = y * 1e30
+    expected = _prdc_cdist(x32.astype(np.float64), y64, 4, 2)
+    for a, b, flip in ((x32, y64, False), (y64, x32, True)):
+        got = sample_metrics(
+            _store(tmp_path, "a", a), _store(tmp_path, "b", b), prdc=PRDCParams(k=4, pr_k=2)
+        )["prdc"]
+        want = _prdc_cdist(a.astype(np.float64), b.astype(np.float64), 4, 2) if flip else expected
+        assert _four(got) == want
+
+
+def test_a_kept_reference_is_not_reused_at_another_scale(tmp_path):
+    # A job keeps the reference's radii between entries: an entry that moves the common scale
+    # must not compare its distances with radii in the other unit.
+    x, y = _scale_pair(6, 50, 3)
+    real = _store(tmp_path, "x", x * 1e100)
+    cache: dict = {}
+    for i, factor in enumerate((1e100, 1e100 * 2.0**40, 1e100)):
+        got = sample_metrics(
+            real, _store(tmp_path, f"y{i}", y * factor), prdc=PRDCParams(), reference_cache=cache
+        )["prdc"]
+        assert _four(got) == _prdc_cdist(x, y * (factor / 1e100), 5, 3)
+
+
+def test_prdc_of_rows_too_wide_for_float64_distances_is_an_error(tmp_path):
+    # Magnitudes 1e300 and 1e-20 in one run: no power of two brings both into float64's
+    # normal range of squared distances; an error, not a number.
+    x, y = _scale_pair(2, 20, 3)
+    x[0, 0], y[0, 1] = 1e300, 1e-20
+    with pytest.raises(NumericalError, match=r"from 1e-20 to 1e\+300"):
+        sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), prdc=PRDCParams())
+
+
+def test_a_set_against_itself(pair):
+    # The two-sample estimators, as for a copy of the set (the route decides nothing): KID
+    # below zero by 2/m·(mean k(x_i, x_i) − mean k(x_i, x_j)), the V-statistic 0 to rounding.
+    from shardeval.pipeline.errors import RoundingWarning
+
+    x, _, sx, _ = pair
+    with pytest.warns(RoundingWarning, match="CMMD = .* is right to"):  # 0 beside values ~1
+        got = sample_metrics(
+            sx, sx, kid=KIDParams(), cmmd=CMMDParams(), prdc=PRDCParams(), block_rows=300
+        )
+    assert got["kid"].kid == pytest.approx(kid_brute(x, x), rel=1e-9)
+    assert got["kid"].kid < 0
+    assert abs(got["cmmd"].cmmd) <= got["cmmd"].rounding_bound
     assert got["prdc"].precision == got["prdc"].recall == 1.0
     assert got["kid"].same_store
 
@@ -478,14 +612,27 @@ def test_cmmd_bandwidth_too_small_for_float64_is_refused(pair):
             sample_metrics(sx, sy, cmmd=CMMDParams(sigma=sigma))
 
 
+def test_cmmd_bandwidth_that_is_not_finite_is_refused(pair):
+    # σ = inf made every kernel value exp(0) = 1: CMMD 0 for any two sets, exit 0.
+    from shardeval.pipeline.metrics import MetricOptionError
+
+    _x, _y, sx, sy = pair
+    for sigma in (np.inf, -np.inf, np.nan):
+        with pytest.raises(MetricOptionError, match="finite σ > 0"):
+            sample_metrics(sx, sy, cmmd=CMMDParams(sigma=sigma))
+
+
 def test_one_store_spelled_as_a_file_url_is_the_same_store(tmp_path):
-    # Z.zarr against file:///…/Z.zarr gave KID −0.59 (two sets) where Z.zarr twice gives 0.
+    # Z.zarr against file:///…/Z.zarr is read once, and gives what Z.zarr twice gives.
     from shardeval.pipeline.io.synthetic import write_features
 
     path = tmp_path / "z.zarr"
     write_features(path, gaussian_features(300, 4, seed=5))
     a, b = open_features(str(path)), open_features(f"file://{path}")
     got = sample_metrics(a, b, kid=KIDParams(), cmmd=CMMDParams(unbiased=True))
-    assert got["kid"].kid == 0.0
+    twice = sample_metrics(a, a, kid=KIDParams(), cmmd=CMMDParams(unbiased=True))
+    x = np.asarray(a.array.compute())
     assert got["kid"].same_store
-    assert got["cmmd"].cmmd == 0.0
+    assert got["kid"].kid == twice["kid"].kid == pytest.approx(kid_brute(x, x), rel=1e-9)
+    assert got["cmmd"].cmmd == twice["cmmd"].cmmd
+    assert got["cmmd"].cmmd == pytest.approx(cmmd_brute(x, x, unbiased=True), rel=1e-9)

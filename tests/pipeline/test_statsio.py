@@ -140,3 +140,109 @@ def test_pytorch_fid_statistics_at_d_1(tmp_path, mu, sigma):
     assert frechet_distance(as_gaussian(a), as_gaussian(b)).fid == pytest.approx(
         closed_form, rel=1e-12
     )
+
+
+def _made(resize="legacy-pytorch", digest="random:0", source="a.zarr"):
+    """What statistics of an extraction store record of how its features were made."""
+    return {
+        "source": source,
+        "feature_extractor": "inception-2015-12-05/pool3",
+        "extraction": {"encoder": "inception", "resize": resize, "weights_digest": digest},
+    }
+
+
+def test_npz_statistics_keep_their_provenance(tmp_path, moments):
+    from shardeval.pipeline.images.provenance import made_by
+
+    path = save_stats(tmp_path / "s.npz", moments, _made())
+    held = stats_provenance(path)
+    assert held["extraction"] == _made()["extraction"]
+    assert held["feature_extractor"] == "inception-2015-12-05/pool3"
+    assert held["n"] == moments.n
+    made = made_by(held)
+    assert (made.resize, made.weights_status) == ("legacy-pytorch", "random")
+    # The arrays are those a pytorch-fid file holds, read as they are.
+    with np.load(path) as f:
+        assert {"mu", "sigma", "n"} <= set(f.files)
+        np.testing.assert_allclose(f["sigma"][:], moments.covariance(), rtol=1e-15)
+    back = load_stats(path)
+    np.testing.assert_allclose(back.m2, moments.m2, rtol=1e-13)
+
+
+def test_npz_provenance_that_is_not_an_object_is_refused(tmp_path, moments):
+    from shardeval.pipeline.io.statsio import NPZ_PROVENANCE
+
+    path = tmp_path / "s.npz"
+    np.savez(path, mu=moments.mean, sigma=moments.covariance(), n=moments.n)
+    assert stats_provenance(path) == {}  # a file of another tool records nothing
+    np.savez(
+        path, mu=moments.mean, sigma=moments.covariance(), **{NPZ_PROVENANCE: np.str_("[1, 2")}
+    )
+    with pytest.raises(StatsFormatError, match=NPZ_PROVENANCE):
+        stats_provenance(path)
+
+
+def test_merging_npz_and_zarr_statistics_made_differently_is_refused(tmp_path, rng):
+    from shardeval.pipeline.images.provenance import made_by
+    from shardeval.pipeline.io.statsio import merge_stats
+
+    rows = rng.standard_normal((12, 3))
+    a = save_stats(tmp_path / "a.npz", Moments.from_rows(rows[:4]), _made())
+    b = save_stats(tmp_path / "b.zarr", Moments.from_rows(rows[4:8]), _made("clean", source="b"))
+    c = save_stats(tmp_path / "c.zarr", Moments.from_rows(rows[8:]), _made(source="c.zarr"))
+    with pytest.raises(StatsFormatError, match="made differently"):
+        merge_stats([a, b])
+    merged, provenance = merge_stats([a, c])
+    assert merged.n == 8
+    made = made_by(provenance)
+    assert (made.resize, made.weights_digest) == ("legacy-pytorch", "random:0")
+    # Written as .npz, the merge keeps it too.
+    out = save_stats(tmp_path / "m.npz", merged, provenance)
+    assert made_by(stats_provenance(out)).resize == "legacy-pytorch"
+
+
+def test_a_merge_with_statistics_that_record_nothing_is_refused(tmp_path, rng):
+    from shardeval.pipeline.io.statsio import merge_stats
+
+    rows = rng.standard_normal((12, 3))
+    made = save_stats(tmp_path / "made.zarr", Moments.from_rows(rows[:4]), _made())
+    bare = tmp_path / "bare.npz"  # mu, sigma and n, and nothing of how
+    np.savez(bare, mu=rows[4:8].mean(0), sigma=np.cov(rows[4:8], rowvar=False), n=4)
+    with pytest.raises(StatsFormatError, match=r"bare\.npz.* records? nothing of how"):
+        merge_stats([made, str(bare)])
+    # Statistics that all record nothing merge, and the merge claims nothing either.
+    other = tmp_path / "other.npz"
+    np.savez(other, mu=rows[8:].mean(0), sigma=np.cov(rows[8:], rowvar=False), n=4)
+    merged, provenance = merge_stats([str(bare), str(other)])
+    assert merged.n == 8
+    assert "extraction" not in provenance
+    assert provenance.get("feature_extractor") is None
+
+
+def test_a_merge_claims_a_feature_extractor_only_when_every_input_records_it(tmp_path, rng):
+    from shardeval.pipeline.io.statsio import merge_stats
+
+    rows = rng.standard_normal((8, 3))
+    named = save_stats(
+        tmp_path / "named.zarr", Moments.from_rows(rows[:4]), {"feature_extractor": "net"}
+    )
+    plain = save_stats(tmp_path / "plain.zarr", Moments.from_rows(rows[4:]), {})
+    with pytest.warns(UserWarning, match=r"plain\.zarr.*no feature extractor"):
+        _merged, provenance = merge_stats([named, plain])
+    assert provenance["feature_extractor"] is None
+
+
+@pytest.mark.encoders
+def test_our_npz_statistics_load_in_pytorch_fid_and_clean_fid(tmp_path, moments, monkeypatch):
+    import importlib
+
+    path = save_stats(tmp_path / "s.npz", moments, _made())
+    fid_score = importlib.import_module("pytorch_fid.fid_score")
+    mu, sigma = fid_score.compute_statistics_of_path(str(path), None, 1, moments.d, "cpu")
+    np.testing.assert_allclose(mu, moments.mean, rtol=1e-15)
+    np.testing.assert_allclose(sigma, moments.covariance(), rtol=1e-15)
+    features = importlib.import_module("cleanfid.features")
+    monkeypatch.setattr(features, "check_download_url", lambda **kwargs: str(path))
+    mu, sigma = features.get_reference_statistics("ours", 0, split="custom")
+    np.testing.assert_allclose(mu, moments.mean, rtol=1e-15)
+    np.testing.assert_allclose(sigma, moments.covariance(), rtol=1e-15)

@@ -226,6 +226,19 @@ def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_a_job_with_a_float_option_that_is_not_finite_is_refused_at_load(
+    tmp_path, capsys, store, value
+):
+    # TOML spells inf and nan: σ = inf passed the check "must be positive".
+    (tmp_path / "job.toml").write_text(
+        f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
+        f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.cmmd]\nsigma = {value}\n'
+    )
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "must be a finite number")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_collapsed_set_is_recomputed_with_float64_products(tmp_path, capsys):
     # 20 distinct rows repeated (a mode-collapsed generator): fp32 products cannot tell the
     # covariance's 236 zero eigenvalues from rounding, and FID came out 1.5e-3 low, exit 0.

@@ -128,3 +128,14 @@ def test_merging_statistics_of_one_source_twice_warns(tmp_path, capsys, data):
     err = capsys.readouterr().err
     assert "record the same source" in err
     assert "counts those rows twice" in err
+
+
+def test_a_summary_of_two_statistics_files_says_nothing_ran_on_an_engine(tmp_path, capsys, data):
+    # It said "on none (statistics only) scheduler (None threads)".
+    a, b = data
+    save_stats(tmp_path / "a.npz", Moments.from_rows(a))
+    save_stats(tmp_path / "b.zarr", Moments.from_rows(b))
+    assert main(["fid", str(tmp_path / "a.npz"), str(tmp_path / "b.zarr"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "s (statistics only: nothing computed on an engine)" in out
+    assert "None threads" not in out

@@ -252,7 +252,8 @@ def test_history_and_report_commands(job_dir, capsys):
         "fid_clamped_max",
         "fid_rank_deficit",
     }
-    assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, "stale"}
+    made = {"features_made_by", "reference_made_by"}
+    assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, *made, "stale"}
     assert main(["history", history, "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[0].startswith("name,step,tags,")
     assert main(["report", history, "-o", str(job_dir / "r.html")]) == 0
@@ -893,3 +894,27 @@ def test_a_history_without_metric_provenance_is_still_resumed(metric_sets):
     job_b = _metric_set_job(tmp / "b.toml", {"fid": "", "cmmd": ""}, entries=("e-1",))
     assert run_job(job_b).metrics == {"e-1": ["fid", "cmmd"]}  # FID's options were not recorded
     assert _recorded(job_a.history, "e-1", ["kid"]) == kid
+
+
+@pytest.mark.filterwarnings("ignore:.*covariance is singular")
+def test_a_job_of_images_through_an_hf_model_from_the_local_cache(image_job, monkeypatch):
+    """A user's encoder by name in a job file: its dimension is found from one image before
+    any compute (the history checks it), and the values equal the one-shot function's."""
+    import shardeval as se
+    from tests.kernels.test_encoder_registry import _hf_cache, tiny_vit
+
+    transformers = pytest.importorskip("transformers")
+    tiny_vit(transformers, _hf_cache(image_job, monkeypatch, "org/tiny-vit"))
+    text = IMAGE_JOB.replace('weights = "inception.pth"', 'encoder = "hf:org/tiny-vit"')
+    (image_job / "job.toml").write_text(text.replace("[metrics.kid]\n", ""))
+    job = load_job(image_job / "job.toml")
+    run_job(job)
+    rows = {r["name"]: r for r in History(job.history).table()}
+    expected = se.fid(
+        str(image_job / "real"),
+        str(image_job / "samples" / "ckpt-200"),
+        encoder="hf:org/tiny-vit",
+        batch_size=4,  # the job's: the same batches, the same float32 roundings
+        cache_root=str(image_job / "cache"),
+    )
+    assert rows["ckpt-200"]["fid"] == pytest.approx(float(expected), rel=1e-9)

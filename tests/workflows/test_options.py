@@ -557,8 +557,9 @@ def check_stats_quiet(capsys, f, command, monkeypatch):
 def check_stats_output(capsys, f, command, monkeypatch):
     out = f["tmp"] / "so.npz"
     assert _run(capsys, "stats", f["a"], "-o", out, "-q")[0] == 0
-    with np.load(out) as archive:
-        assert set(archive) == {"mu", "sigma", "n"}
+    with np.load(out) as archive:  # pytorch-fid's layout, with n and how it was made
+        assert set(archive) == {"mu", "sigma", "n", "shardeval_provenance"}
+        assert json.loads(str(archive["shardeval_provenance"]))["n"] == int(archive["n"])
 
 
 def check_stats_overwrite(capsys, f, command, monkeypatch):

@@ -24,17 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shardeval.kernels.encoders.weights import (
-    INCEPTION_FILE,
-    EncoderError,
-    WeightsError,
-    read_state_dict,
-)
+from shardeval.kernels.encoders.checkpoint import read_state_dict
+from shardeval.kernels.encoders.errors import WeightsError
+from shardeval.kernels.encoders.weights import INCEPTION_FILE
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from shardeval.kernels.encoders import Encoder
+    from shardeval.kernels.encoders.encoder import Encoder
+    from shardeval.kernels.encoders.registry import EncoderSpec
 
 #: Feature dimension (pool3).
 DIM = 2048
@@ -304,44 +302,26 @@ def random_inception(seed: int = 0) -> FIDInception:
     return model
 
 
+def load_network(spec: EncoderSpec, path: str) -> FIDInception:
+    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for the
+    Inception: :func:`load_inception`."""
+    return load_inception(path)
+
+
 def encode_with_logits(
     encoder: Encoder, images: Sequence[np.ndarray], batch_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features and logits of decoded images from one forward pass per batch, as
-    :meth:`~shardeval.kernels.encoders.Encoder.encode` batches them (the features are the
-    same).
-
-    Args:
-        encoder: a loaded ``inception`` encoder.
-        images: (H, W, 3) uint8 RGB arrays.
-        batch_size: images per forward pass.
+    """Features and logits of decoded images from one forward pass per batch
+    (:meth:`~shardeval.kernels.encoders.encoder.Encoder.encode_with_logits`).
 
     Returns:
         (len(images), 2048) pool3 features and (len(images), 1008) logits without the bias
         (:meth:`FIDInception.logits`), both float32.
 
     Raises:
-        EncoderError: the encoder's network is not the FID Inception (it has no logits).
+        EncoderError: the encoder has no class logits.
     """
-    import numpy as np
-
-    network = encoder.network
-    if not isinstance(network, FIDInception):
-        raise EncoderError(f"the {encoder.spec.name} encoder has no class logits")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    features, logits = [], []
-    for lo in range(0, len(images), batch_size):
-        batch = torch.stack([encoder.preprocess(im) for im in images[lo : lo + batch_size]])
-        if encoder.device != "cpu":
-            batch = batch.pin_memory()
-        with torch.inference_mode():
-            pool, scores = network.forward_with_logits(batch.to(encoder.device, non_blocking=True))
-        features.append(pool.to(torch.float32).cpu().numpy())
-        logits.append(scores.to(torch.float32).cpu().numpy())
-    if not features:
-        return np.empty((0, DIM), np.float32), np.empty((0, CLASSES), np.float32)
-    return np.concatenate(features), np.concatenate(logits)
+    return encoder.encode_with_logits(images, batch_size)
 
 
 def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:

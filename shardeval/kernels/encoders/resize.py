@@ -22,6 +22,10 @@ measurably with the resize (clean-fid's paper):
   ToTensor, ImageNet mean/std.
 * CLIP ViT-L/14-336 (CMMD): centre crop to the largest square, PIL bicubic to 336, / 255, CLIP
   mean/std.
+* A user's module (:func:`~shardeval.kernels.encoders.declare.python_encoder`): the image as
+  it is (:func:`pixels`), or PIL bicubic to its declared size first (:func:`pil_pixels`).
+
+Which encoder takes which function is declared in :mod:`shardeval.kernels.encoders.registry`.
 """
 
 from __future__ import annotations
@@ -189,15 +193,6 @@ def legacy_tensorflow(image: np.ndarray, size: int = INCEPTION_SIZE) -> torch.Te
     return tf1_bilinear_resize(image, (size, size)).div_(256)
 
 
-#: The Inception's preprocessing per resize mode (the names are
-#: :data:`shardeval.kernels.encoders.INCEPTION_RESIZES`; a test checks they agree).
-INCEPTION_PREPROCESSING = {
-    "legacy-pytorch": legacy_pytorch,
-    "clean": clean,
-    "legacy-tensorflow": legacy_tensorflow,
-}
-
-
 def pil_bicubic(image: np.ndarray, size: int) -> np.ndarray:
     """PIL's (antialiased) bicubic resize of the RGB image to ``size`` × ``size``, quantised to
     uint8 as PIL returns it; the aspect ratio is not kept."""
@@ -235,3 +230,21 @@ def clip(image: np.ndarray, size: int = 336) -> torch.Tensor:
     """CMMD's CLIP input: centre square crop, PIL bicubic to ``size``, / 255, CLIP
     normalisation. Returns (3, size, size) float32."""
     return normalize(to_tensor(pil_bicubic(center_crop_square(image), size)), CLIP_MEAN, CLIP_STD)
+
+
+def pixels(image: np.ndarray, size: int | None = None, *, uint8: bool = False) -> torch.Tensor:
+    """A user's encoder's input, the image as it is: (3, H, W) float32 in [0, 1] (ToTensor's
+    division by 255), or uint8 with ``uint8``. ``size`` is unused (no resize)."""
+    if uint8:
+        import torch
+
+        return torch.from_numpy(check_rgb(image)).permute(2, 0, 1).contiguous()
+    return to_tensor(image)
+
+
+def pil_pixels(image: np.ndarray, size: int | None = None, *, uint8: bool = False) -> torch.Tensor:
+    """A user's encoder's input resized to ``size`` × ``size`` by PIL's antialiased bicubic
+    (aspect not kept), then as :func:`pixels`."""
+    if size is None:
+        raise ValueError("pil_pixels needs a size")
+    return pixels(pil_bicubic(image, size), uint8=uint8)

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shardeval.kernels.encoders.weights import MissingDependencyError, WeightsError
+from shardeval.kernels.encoders.errors import MissingDependencyError, WeightsError
+
+if TYPE_CHECKING:
+    from shardeval.kernels.encoders.registry import EncoderSpec
 
 #: The offset torch hub's DINOv2 adds to the patch grid when it computes the scale factor.
 HUB_INTERPOLATE_OFFSET = 0.1
@@ -164,3 +167,13 @@ def load_clip(folder: str) -> ClipFeatures:
     transformers = _transformers("clip-vitl14-336")
     model = _load(transformers.CLIPVisionModelWithProjection, folder, "clip-vitl14-336")
     return ClipFeatures(model).eval()
+
+
+def dinov2_network(spec: EncoderSpec, folder: str) -> DinoV2Features:
+    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for DINOv2."""
+    return load_dinov2(folder)
+
+
+def clip_network(spec: EncoderSpec, folder: str) -> ClipFeatures:
+    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for CLIP."""
+    return load_clip(folder)

@@ -12,24 +12,34 @@ the caches the reference tools use:
 * the ViTs: the Hugging Face hub cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
   ``$XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``), one model snapshot.
 
-Nothing here imports torch except :func:`read_state_dict`.
+Which encoder reads what is declared in :mod:`shardeval.kernels.encoders.registry` (its
+weights source); :func:`locate_weights` reads the declaration, and a library's model is found
+where the library caches it (:mod:`shardeval.kernels.encoders.providers`). Nothing here
+imports torch except :func:`tensors_digest`; reading a checkpoint is
+:mod:`shardeval.kernels.encoders.checkpoint`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import threading
 from typing import TYPE_CHECKING, Any
 
-from shardeval._words import Worded
+from shardeval.kernels.encoders.errors import WeightsError
+from shardeval.kernels.encoders.registry import (
+    ENCODERS,
+    PYTHON,
+    EncoderSpec,
+    load_function,
+    spec_by_name,
+)
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-#: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it.
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+#: pytorch-fid's port of the TF Inception graph of 2015-12-05, as torch hub caches it (the
+#: Inception's declaration names it).
+INCEPTION_FILE = ENCODERS["inception"].weights.file
 
 #: The command that downloads :data:`INCEPTION_FILE` into :func:`inception_path`.
 FETCH_INCEPTION = "shardeval fetch inception"
@@ -40,31 +50,12 @@ FETCH_INCEPTION = "shardeval fetch inception"
 #: ``./random``.
 RANDOM_WEIGHTS = "random"
 
-#: Hugging Face model ids of the ViT encoders.
-HF_MODEL_IDS = {
-    "dinov2-vitl14": "facebook/dinov2-large",
-    "clip-vitl14-336": "openai/clip-vit-large-patch14-336",
-}
-
 #: Files of a Hugging Face snapshot that decide the model (configuration and tensors).
 _HF_MODEL_FILES = ("config.json",)
 _HF_TENSOR_SUFFIXES = (".safetensors", ".bin")
 
 _digests: dict[tuple[str, int, int], str] = {}
 _digests_lock = threading.Lock()
-
-
-class EncoderError(Worded, Exception):
-    """An encoder cannot be set up; the message is one line saying what would fix it (its
-    options marked: see :mod:`shardeval._words`)."""
-
-
-class WeightsError(EncoderError):
-    """Weights are missing, unreadable, or do not fit the model."""
-
-
-class MissingDependencyError(EncoderError):
-    """An optional package the encoder needs is not installed."""
 
 
 def torch_home() -> str:
@@ -75,10 +66,15 @@ def torch_home() -> str:
     return os.path.expanduser(os.path.join(cache, "torch"))
 
 
+def torch_hub_file(file: str) -> str:
+    """Where torch hub keeps the checkpoint ``file`` (its checkpoint folder)."""
+    return os.path.join(torch_home(), "hub", "checkpoints", file)
+
+
 def inception_path() -> str:
     """Where the FID Inception weights are read from when none are given (and where ``shardeval
     fetch inception`` puts them): torch hub's checkpoint folder, as pytorch-fid caches them."""
-    return os.path.join(torch_home(), "hub", "checkpoints", INCEPTION_FILE)
+    return torch_hub_file(INCEPTION_FILE)
 
 
 def hf_hub_cache() -> str:
@@ -91,7 +87,7 @@ def hf_hub_cache() -> str:
     return os.path.expanduser(os.path.join(cache, "huggingface", "hub"))
 
 
-def _hf_snapshot(model_id: str) -> str | None:
+def hf_snapshot(model_id: str) -> str | None:
     """The cached snapshot folder of ``model_id`` (the one ``refs/main`` names, else the only
     one), or None."""
     root = os.path.join(hf_hub_cache(), "models--" + model_id.replace("/", "--"))
@@ -118,7 +114,8 @@ def _hf_tensor_files(folder: str) -> list[str]:
     return [n for n in names if n.endswith(_HF_TENSOR_SUFFIXES)]
 
 
-def _check_hf_folder(folder: str, what: str) -> None:
+def check_hf_folder(folder: str, what: str) -> None:
+    """Refuse a folder that is not a Hugging Face model folder (config.json and tensors)."""
     if not os.path.isfile(os.path.join(folder, "config.json")) or not _hf_tensor_files(folder):
         raise WeightsError(
             f"{what} {folder!r} is not a Hugging Face model folder: it needs config.json and "
@@ -148,69 +145,91 @@ def random_seed(weights: str | os.PathLike[str] | None) -> int | None:
     return int(seed)
 
 
-def locate_weights(encoder: str, weights: str | os.PathLike[str] | None = None) -> str:
-    """The weights an encoder will load: the file (Inception) or model folder (ViTs).
+def locate_weights(
+    encoder: str | EncoderSpec, weights: str | os.PathLike[str] | None = None
+) -> str:
+    """The weights an encoder will load: the file or model folder its declaration names.
 
     Args:
-        encoder: an encoder name (``inception``, ``dinov2-vitl14``, ``clip-vitl14-336``).
-        weights: a path the user gave; default: the standard cache.
+        encoder: an encoder's name or declaration (see
+            :func:`~shardeval.kernels.encoders.registry.spec_by_name`).
+        weights: a path the user gave; default: the standard cache of its weights source.
 
     Returns:
-        An absolute path that exists; for random weights (:data:`RANDOM_WEIGHTS`),
-        ``random:SEED``.
+        An absolute path that exists; for seeded random weights (:data:`RANDOM_WEIGHTS`),
+        ``random:SEED``; for a module given in Python, "" (it holds its weights).
 
     Raises:
         WeightsError: the weights are not there; the message names the file or model id
-            needed, where to put it, the command that fetches it (the Inception's:
-            :data:`FETCH_INCEPTION`), and the ``«weights»`` alternative. Random weights for
-            an encoder other than the Inception.
+            needed, where to put it, the command that fetches it where there is one, and the
+            ``«weights»`` alternative. Random weights for an encoder that does not offer them.
+        MissingDependencyError: the library of ``timm:`` / ``open_clip:`` is not installed.
     """
+    spec = encoder if isinstance(encoder, EncoderSpec) else spec_by_name(encoder)
+    source = spec.weights
     seed = random_seed(weights)
     if seed is not None:
-        if encoder != "inception":
+        if not source.random:
+            offered = [s.title for s in ENCODERS.values() if s.weights.random]
             raise WeightsError(
                 f"«weights={weights!r}» (seeded random weights, for a smoke test) is offered "
-                f"for the FID Inception only, not {encoder}"
+                f"for {' and '.join(offered)} only, not {spec.name}"
             )
         return f"{RANDOM_WEIGHTS}:{seed}"
+    if source.kind == PYTHON:
+        if weights is not None:
+            raise WeightsError(
+                f"«weights» does not apply to «encoder='{spec.name}'»: a module given in Python "
+                "holds its weights"
+            )
+        return ""
+    if source.locate:  # a library's own cache: the library knows its file names
+        return str(load_function(source.locate)(spec, weights))
     if weights is not None:
         path = os.path.abspath(os.path.expanduser(os.fspath(weights)))
         if not os.path.exists(path):
             raise WeightsError(f"weights {path!r} do not exist")
-        if encoder in HF_MODEL_IDS:
+        if source.kind == "hf":
             if not os.path.isdir(path):
                 raise WeightsError(
-                    f"«weights» for {encoder} must be a Hugging Face model folder (config.json "
-                    f"and model.safetensors), not the file {path!r}"
+                    f"«weights» for {spec.name} must be a Hugging Face model folder "
+                    f"(config.json and model.safetensors), not the file {path!r}"
                 )
-            _check_hf_folder(path, "«weights»")
+            check_hf_folder(path, "«weights»")
         elif not os.path.isfile(path):
-            raise WeightsError(f"«weights» for {encoder} must be a file, not the folder {path!r}")
+            raise WeightsError(f"«weights» for {spec.name} must be a file, not the folder {path!r}")
         return path
-    if encoder == "inception":
-        path = inception_path()
-        if not os.path.isfile(path):
-            raise WeightsError(
-                f"the FID Inception weights {INCEPTION_FILE} are not at {path!r}: "
-                f"`{FETCH_INCEPTION}` (in Python shardeval.fetch('inception')) downloads them "
-                "there against their pinned SHA-256, or copy pytorch-fid's release file there "
-                "(TORCH_HOME moves the folder), or pass «weights=PATH»; nothing is downloaded "
-                "implicitly"
-            )
-        return path
-    if encoder not in HF_MODEL_IDS:
-        raise WeightsError(f"unknown encoder {encoder!r}")
-    model_id = HF_MODEL_IDS[encoder]
-    folder = _hf_snapshot(model_id)
+    if source.kind == "torch-hub":
+        return _hub_file(spec)
+    folder = hf_snapshot(source.model_id)
     if folder is None:
         raise WeightsError(
-            f"the {encoder} weights (Hugging Face model {model_id!r}) are not in the cache "
-            f"{hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli download "
-            f"{model_id}` on a machine with network; HF_HOME moves it) or pass «weights=DIR» "
-            "with config.json and model.safetensors; nothing is downloaded"
+            f"the {spec.name} weights (Hugging Face model {source.model_id!r}) are not in the "
+            f"cache {hf_hub_cache()!r}: copy a cache holding them there (`huggingface-cli "
+            f"download {source.model_id}` on a machine with network; HF_HOME moves it) or pass "
+            "«weights=DIR» with config.json and model.safetensors; nothing is downloaded"
         )
-    _check_hf_folder(folder, f"the cached snapshot of {model_id!r}")
+    check_hf_folder(folder, f"the cached snapshot of {source.model_id!r}")
     return folder
+
+
+def _hub_file(spec: EncoderSpec) -> str:
+    """The checkpoint of a ``torch-hub`` weights source in torch hub's folder."""
+    source = spec.weights
+    path = torch_hub_file(source.file)
+    if os.path.isfile(path):
+        return path
+    fetch = (
+        f"`shardeval fetch {source.fetch}` (in Python shardeval.fetch('{source.fetch}')) "
+        "downloads them there against their pinned SHA-256, or "
+        if source.fetch
+        else ""
+    )
+    origin = f"copy {source.origin} there" if source.origin else "copy the file there"
+    raise WeightsError(
+        f"{spec.title} weights {source.file} are not at {path!r}: {fetch}{origin} (TORCH_HOME "
+        "moves the folder), or pass «weights=PATH»; nothing is downloaded implicitly"
+    )
 
 
 def _digest_files(path: str) -> list[tuple[str, str]]:
@@ -248,6 +267,8 @@ def weights_digest(path: str | os.PathLike[str]) -> str:
     with _digests_lock:
         if key in _digests:
             return _digests[key]
+    import hashlib
+
     digest = hashlib.sha256()
     try:
         for name, file in files:
@@ -281,97 +302,30 @@ def check_digest(path: str, expected: str | None) -> None:
         )
 
 
-#: The first bytes of a torch checkpoint in the legacy (pre-1.6, non-zip) format: a pickled
-#: magic number, 0x1950a86a20f9469cfc6c.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-#: What torch's weights-only unpickler names when a checkpoint holds a class it will not build.
-_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
-
-
-def _holds(reason: str) -> str:
-    """What a torch checkpoint holds besides tensors, from the global torch's weights-only
-    unpickler refused (never its advice, which is to run the file's code)."""
-    found = _UNSAFE_GLOBAL.search(reason)
-    if found is None:
-        return "holding objects other than tensors"
-    name = found.group(1)
-    if name.split(".")[0] == "numpy":
-        return f"holding numpy arrays ({name}), not torch tensors"
-    return f"holding a pickled {name}, not a state dict of tensors"
-
-
-def _what_file_is(path: str, reason: str) -> str:
-    """What a file that torch cannot load as tensors is, by its first bytes (and, for a torch
-    checkpoint, the class it holds): for a message that says it in a few words."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(64)
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-    if not head:
-        return "an empty file"
-    if head.startswith(_ZIP_MAGICS):
-        import zipfile
-
-        try:
-            with zipfile.ZipFile(path) as archive:
-                torch_zip = any(n.endswith("/data.pkl") for n in archive.namelist())
-        except (OSError, zipfile.BadZipFile):
-            return "a damaged or truncated zip archive"
-        return (
-            f"a torch checkpoint {_holds(reason)}"
-            if torch_zip
-            else ("a zip archive that is not a torch checkpoint")
-        )
-    if head.startswith(_LEGACY_TORCH_MAGIC):
-        return f"a torch checkpoint of the legacy format {_holds(reason)}"
-    header = int.from_bytes(head[:8], "little")
-    if len(head) > 8 and head[8:9] == b"{" and 0 < header < 100_000_000:
-        return "a safetensors file (the Hugging Face format, read in a model folder)"
-    if head[:1] == b"\x80":
-        return "a Python pickle, not a torch checkpoint"
-    return f"not a torch checkpoint (it begins with {head[:16]!r})"
-
-
-def read_state_dict(
-    path: str, expected: str = "a torch state dict of tensors"
-) -> dict[str, torch.Tensor]:
-    """A torch checkpoint holding a state dict (plain, or under ``state_dict``), read on the
-    CPU with ``weights_only`` (no code in the file is run).
+def tensors_digest(network: Any) -> str:
+    """SHA-256 of a torch module's weights as it holds them: every tensor of its
+    ``state_dict()`` (parameters and buffers) in name order, each as its name, dtype, shape and
+    bytes. The digest of an encoder given as a module in Python, whose weights are no file;
+    the same weights give the same digest whatever device or file they came from.
 
     Args:
-        path: the file.
-        expected: what the file should be, for the message when it is not.
+        network: a ``torch.nn.Module``.
 
-    Raises:
-        WeightsError: the file is not a readable torch checkpoint of tensors; the message says
-            in one line what it is and what is expected (never torch's advice to load it with
-            ``weights_only`` off, which would run the code a file may carry).
+    Returns:
+        ``"sha256:<hex>"``.
     """
-    import warnings
+    import hashlib
 
     import torch
 
-    try:
-        with warnings.catch_warnings():
-            # torch warns of a file's pickle protocol in its weights_only words; what the file
-            # is, the message below says
-            warnings.simplefilter("ignore")
-            loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises anything from KeyError to UnpicklingError on junk
-        if isinstance(exc, OSError) and not isinstance(exc, EOFError) and exc.strerror:
-            raise WeightsError(f"weights {path!r} cannot be read: {exc.strerror}") from exc
-        what = _what_file_is(path, str(exc))
-        raise WeightsError(f"weights {path!r} are {what}; expected {expected}") from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        kind = type(loaded).__name__
-        raise WeightsError(
-            f"weights {path!r} are a torch checkpoint holding a {kind} that is not a state dict "
-            f"of tensors; expected {expected}"
-        )
-    return dict(loaded)
+    digest = hashlib.sha256(b"shardeval.state-dict\n")
+    state = network.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):  # extra state a module chose to keep
+            digest.update(f"{name}\0{type(tensor).__name__}\0{tensor!r}\n".encode())
+            continue
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}\0{flat.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return f"sha256:{digest.hexdigest()}"

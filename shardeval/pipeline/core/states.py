@@ -15,6 +15,7 @@ associativity, order invariance, pickling) for every registered state.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
@@ -338,6 +339,42 @@ class NonFiniteRows:
     def merge(self, other: NonFiniteRows) -> NonFiniteRows:
         first = tuple(sorted(self.first + other.first)[:_MAX_REPORTED_ROWS])
         return NonFiniteRows(self.count + other.count, first)
+
+
+def _magnitudes_examples(rng: np.random.Generator) -> Examples[Magnitudes]:
+    blocks = [rng.standard_normal((4, 3)) * 10.0 ** rng.integers(-5, 5) for _ in range(3)]
+    blocks[1][0, 0] = 0.0  # a zero is no magnitude
+    return Magnitudes.empty(), [Magnitudes.from_values(b) for b in blocks]
+
+
+@state(examples=_magnitudes_examples)
+@dataclass(frozen=True)
+class Magnitudes:
+    """The largest and the smallest nonzero magnitude of a set's values (0 and inf before any
+    nonzero value): how far a power of two must scale the set, and whether it can exactly.
+
+    Example:
+        >>> a = Magnitudes.from_values(np.array([[0.0, -3.0], [0.5, 1.0]]))
+        >>> a.merge(Magnitudes.from_values(np.array([[1e-3]]))).smallest
+        0.001
+    """
+
+    largest: float = 0.0
+    smallest: float = math.inf
+
+    @classmethod
+    def empty(cls) -> Magnitudes:
+        return cls()
+
+    @classmethod
+    def from_values(cls, values: Any) -> Magnitudes:
+        """Of an array's finite values."""
+        size = np.abs(np.asarray(values, dtype=np.float64))
+        size = size[np.isfinite(size) & (size > 0)]
+        return cls(float(size.max()), float(size.min())) if size.size else cls()
+
+    def merge(self, other: Magnitudes) -> Magnitudes:
+        return Magnitudes(max(self.largest, other.largest), min(self.smallest, other.smallest))
 
 
 def _scalar_moments_examples(rng: np.random.Generator) -> Examples[ScalarMoments]:

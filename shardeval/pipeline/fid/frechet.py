@@ -15,6 +15,8 @@ non-symmetric matrix (``scipy.linalg.sqrtm``) or its complex eigenvalues.
 
 from __future__ import annotations
 
+import math
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -130,15 +132,38 @@ def trace_sqrt_product(
         >>> trace_sqrt_product(a, b)[0]   # √4 + √36
         8.0
     """
-    a = np.asarray(cov_a, dtype=np.float64)
-    b = np.asarray(cov_b, dtype=np.float64)
+    # Each covariance × 4^-e, its largest entry brought near 1 (exact: a power of two), so
+    # that Lᵀ A L neither overflows (covariances of features beyond about 1e77: the
+    # eigenvalue routine did not converge on inf) nor underflows (below about 1e-150: the
+    # trace came out 0); tr (A B)^½ scales back by 2^(e_a + e_b).
+    e_a, a = _near_one(np.asarray(cov_a, dtype=np.float64))
+    e_b, b = _near_one(np.asarray(cov_b, dtype=np.float64))
     tol = clamp_rtol * float(np.linalg.norm(a)) * float(np.linalg.norm(b))
     factor, triangular, count_b, worst_b = _psd_factor(b, clamp_rtol * float(np.linalg.norm(b)))
     m = _congruence(a, factor, triangular)
     eig = np.linalg.eigvalsh(m)
     clamped, worst = _clamp(eig, tol, "the product of the covariances")
     count = int(np.count_nonzero(eig < 0)) + count_b
-    return float(np.sqrt(clamped).sum()), count, max(worst, worst_b)
+    # The clamped magnitudes in the covariances' own units (an eigenvalue of M is of A's
+    # units times B's, one of B's factor of B's); beyond float64 they are inf.
+    worst = max(_times_two_to(worst, 2 * (e_a + e_b)), _times_two_to(worst_b, 2 * e_b))
+    return _times_two_to(float(np.sqrt(clamped).sum()), e_a + e_b), count, worst
+
+
+def _times_two_to(value: float, exponent: int) -> float:
+    """value · 2^exponent: exact, rounded below float64's normal range, inf beyond its largest
+    number (where ``math.ldexp`` raises)."""
+    with np.errstate(over="ignore"):
+        return float(np.ldexp(value, exponent))
+
+
+def _near_one(cov: np.ndarray) -> tuple[int, np.ndarray]:
+    """e and cov × 4^-e with its largest magnitude in [1/4, 1) (e = 0 for a zero matrix)."""
+    largest = float(np.abs(cov).max()) if cov.size else 0.0
+    if not (0 < largest < math.inf):
+        return 0, cov
+    exponent = (math.frexp(largest)[1] + 1) // 2
+    return exponent, np.ldexp(cov, -2 * exponent)
 
 
 def frechet_distance(
@@ -172,7 +197,17 @@ def frechet_distance(
     for g, side in ((real, "real"), (gen, "generated")):
         if not (np.isfinite(g.mean).all() and np.isfinite(g.cov).all()):
             raise NumericalError(
-                f"the {side} statistics {g.source!r} hold NaN or inf; recompute them"
+                f"the {side} statistics {g.source!r} hold NaN or inf; recompute them (from "
+                "features scaled down, if theirs are of magnitude 1e154 or more: the "
+                "covariance of such features is beyond float64)"
+            )
+    for g, side in ((real, "real"), (gen, "generated")):
+        largest = float(np.diagonal(g.cov).max())
+        if 0 < largest < sys.float_info.min:
+            raise NumericalError(
+                f"the {side} statistics {g.source!r} have variances below float64's normal "
+                f"range (the largest {largest:.3g}, beneath 2.2e-308), which keep only a few of "
+                "their digits: scale the features up (FID scales by the square of the factor)"
             )
     notes = []
     for g, side in ((real, "real"), (gen, "generated")):
@@ -185,7 +220,11 @@ def frechet_distance(
             notes.append(msg)
     diff = real.mean - gen.mean
     trace_sqrt, count, worst = trace_sqrt_product(real.cov, gen.cov, clamp_rtol=clamp_rtol)
-    mean_term = float(diff @ diff)
+    # ‖δ‖² of δ brought near 1 by a power of two: neither its squares' underflow nor their
+    # overflow decides the term's digits, only whether the term itself is within float64.
+    exponent = math.frexp(float(np.abs(diff).max()))[1] if np.any(diff) else 0
+    unit = np.ldexp(diff, -exponent)
+    mean_term = _times_two_to(float(unit @ unit), 2 * exponent)
     tr_r, tr_g = float(np.trace(real.cov)), float(np.trace(gen.cov))
     fid = mean_term + tr_r + tr_g - 2.0 * trace_sqrt
     if -1e-12 * (mean_term + tr_r + tr_g) <= fid < 0.0:

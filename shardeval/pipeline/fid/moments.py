@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from shardeval.pipeline.core.chunks import (
     FeatureSummary,
     check_device,
@@ -17,7 +19,7 @@ from shardeval.pipeline.core.chunks import (
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import shard_tasks
 from shardeval.pipeline.core.states import Moments
-from shardeval.pipeline.errors import ShapeError
+from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.options import PRECISIONS
 
@@ -64,6 +66,7 @@ def feature_moments(
     Raises:
         NonFiniteError: a source has non-finite rows and ``nonfinite`` is ``error``.
         ShapeError: fewer than 2 finite rows remain.
+        NumericalError: the co-moment of a source's rows is beyond float64.
     """
     check_policy(nonfinite)
     if precision not in PRECISIONS:
@@ -84,6 +87,14 @@ def feature_moments(
         if summary.moments.n < 2:
             raise ShapeError(
                 f"{source.location!r} has {summary.moments.n} finite row(s); at least 2 are needed"
+            )
+        moments = summary.moments
+        if not (np.isfinite(moments.mean).all() and np.isfinite(moments.m2).all()):
+            # Rows of magnitude about 1e154 or more: Σ(x − mean)² passes 1.8e308.
+            raise NumericalError(
+                f"{source.location!r}: the co-moment of its rows is beyond float64 (about "
+                "1.8e308): the features are too large for a covariance; scale them down (FID "
+                "scales by the square of the factor)"
             )
         out.append((summary.moments, bad.count))
     return out

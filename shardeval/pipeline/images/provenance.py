@@ -12,7 +12,8 @@ against the pinned one every time it is read, never taken from what a store says
   its numbers do not compare with papers;
 * ``random``: the seeded random weights of a smoke test (``weights="random"``);
 * ``unpinned``: an encoder whose weights no public source pins (the ViTs' Hugging Face
-  snapshots): nothing to check them against;
+  snapshots, a user's encoder: a ``timm:``/``open_clip:``/``hf:`` model, a module given in
+  Python): nothing to check them against;
 * ``not verified``: a store written before weights were digested with SHA-256 (its digest is
   ``blake2b-128:``): the weights cannot be checked against the pinned file;
 * None: nothing recorded (features of another tool, an array).
@@ -53,10 +54,14 @@ _ADM_FORMAT = "guided-diffusion reference batch"
 
 def pinned_digest(encoder: str | None) -> str | None:
     """The SHA-256 ``fetch`` pins for an encoder's weights (``sha256:<hex>``; 8 hex digits
-    where only a prefix is pinned), or None when nothing is pinned for it."""
+    where only a prefix is pinned), or None when nothing is pinned for it: the artifact its
+    declaration names (:class:`~shardeval.kernels.encoders.registry.WeightsSource`'s
+    ``fetch``); a name that is no registered encoder's (a user's) has none."""
+    from shardeval.kernels.encoders.registry import ENCODERS
     from shardeval.pipeline.io.fetch import ARTIFACTS
 
-    artifact = ARTIFACTS.get(encoder or "")
+    spec = ENCODERS.get(encoder or "")
+    artifact = None if spec is None else ARTIFACTS.get(spec.weights.fetch or "")
     return None if artifact is None else SHA256_PREFIX + artifact.sha256
 
 
@@ -110,7 +115,11 @@ class MadeBy:
         resize: the preprocessing (``legacy-pytorch``, ``legacy-tensorflow`` …).
         weights_digest: ``sha256:<hex>``, ``random:<seed>`` or (older stores) ``blake2b-128:…``.
         weights_status: see :func:`weights_status`.
-        weights_file: where the weights were read when the features were made.
+        weights_file: where the weights were read when the features were made (None: no file,
+            as for a module given in Python, whose store records "").
+        encoder_source: where the encoder came from: ``shardeval`` (registered), ``timm``,
+            ``open_clip``, ``hf`` or ``python`` (a module given in Python); None where the
+            input does not record it (a store made before it was recorded: registered).
     """
 
     feature_extractor: str | None = None
@@ -119,6 +128,7 @@ class MadeBy:
     weights_digest: str | None = None
     weights_status: str | None = None
     weights_file: str | None = None
+    encoder_source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +174,8 @@ def made_by(provenance: Mapping[str, Any] | None) -> MadeBy | None:
         resize=extraction.get("resize"),
         weights_digest=digest,
         weights_status=weights_status(encoder, digest),
-        weights_file=extraction.get("weights_file"),
+        weights_file=extraction.get("weights_file") or None,
+        encoder_source=extraction.get("encoder_source"),
     )
 
 
@@ -179,7 +190,8 @@ def recorded(record: Mapping[str, Any]) -> MadeBy:
         resize=record.get("resize"),
         weights_digest=digest,
         weights_status=weights_status(encoder, digest),
-        weights_file=record.get("weights_file"),
+        weights_file=record.get("weights_file") or None,
+        encoder_source=record.get("encoder_source"),
     )
 
 

@@ -70,7 +70,10 @@ def pool3_width() -> int:
     """Columns of the Inception's pool3 features (FID's), 2,048; its logits have 1,008."""
     from shardeval.kernels.encoders import ENCODERS
 
-    return ENCODERS["inception"].dim
+    width = ENCODERS["inception"].dim
+    if width is None:  # a registered encoder declares its width; a user's may not
+        raise TypeError("the registered Inception declares no feature width")
+    return width
 
 
 #: How a message says that the caller may declare an array logits (marked for both front ends).
@@ -265,11 +268,11 @@ def _checked(source: FeatureSource, as_logits: bool = False) -> FeatureSource:
         )
     width = pool3_width()
     if source.d == width and not as_logits:
-        from shardeval.pipeline.images.extract import LOGIT_CLASSES
+        from shardeval.kernels.encoders import ENCODERS
 
         raise features_refusal(
             source,
             f"{width:,} columns, the width of the Inception's pool3 features (FID's), where "
-            f"its class logits have {LOGIT_CLASSES['inception']:,}",
+            f"its class logits have {ENCODERS['inception'].logits:,}",
         )
     return source

@@ -170,7 +170,7 @@ def fetch(
         raise FetchError(_not_ours(item, part, what if what != "a file" else HARD_LINK))
     partial: Partial | None = None
     try:
-        with locked_part(part) as (fh, made):
+        with locked_part(part, created) as (fh, made):
             try:
                 partial = Partial(fh, _CHUNK)
                 here = look_in_place(item)

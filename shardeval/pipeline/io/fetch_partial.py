@@ -105,14 +105,21 @@ def _open_part(part: str) -> tuple[IO[bytes], bool]:
 
 
 @contextlib.contextmanager
-def locked_part(part: str) -> Iterator[tuple[IO[bytes], bool]]:
+def locked_part(part: str, made: list[str]) -> Iterator[tuple[IO[bytes], bool]]:
     """The partial file, created if missing, opened for reading and writing and held under
     an exclusive lock, and whether this call created it; a partial file another run put in
-    place or removed while this one waited is opened anew."""
+    place or removed while this one waited is opened anew, and its folder made again (adding
+    to ``made``) when that run, having made it, removed it empty."""
     import fcntl
 
     while True:
-        fh, created = _open_part(part)
+        try:
+            fh, created = _open_part(part)
+        except FileNotFoundError:
+            if os.path.isdir(os.path.dirname(part)):
+                raise
+            made.extend(make_folder(os.path.dirname(part)))
+            continue
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:

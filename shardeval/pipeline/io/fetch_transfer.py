@@ -54,6 +54,24 @@ def _user_agent() -> str:
         return "shardeval"
 
 
+def _read(response: Any, count: int) -> tuple[bytes, BaseException | None]:
+    """Up to ``count`` bytes of a body (fewer at its end), and the failure that stopped the
+    reading early (a connection silent past the timeout, or cut), if any, with the bytes that
+    arrived before it: a stalled server's last bytes are kept, and the message counts them."""
+    parts: list[bytes] = []
+    got = 0
+    while got < count:
+        try:
+            part = response.read1(count - got)
+        except (OSError, http.client.HTTPException) as exc:
+            return b"".join(parts), exc
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts), None
+
+
 def transfer(
     item: Artifact,
     source: str,
@@ -135,14 +153,11 @@ def transfer(
         received = 0
         written_from: tuple[int, Any] | None = None  # size and digest before this body's writes
         compared = hashlib.sha256()  # of the server's bytes that agree with the partial file
-        while True:
-            try:
-                block = response.read(min(chunk, wanted - received) if received < wanted else 1)
-            except (OSError, http.client.HTTPException) as exc:
-                raise Transient(
-                    f"the transfer from {source} was cut at {size_text(start + received)} "
-                    f"({type(exc).__name__})"
-                ) from None
+        failed: BaseException | None = None
+        while failed is None:
+            block, failed = _read(
+                response, min(chunk, wanted - received) if received < wanted else 1
+            )
             if not block:
                 break
             if received >= wanted:
@@ -184,6 +199,11 @@ def transfer(
                 partial.append(rest)
             if progress is not None:
                 progress(start + received, item.size)
+        if failed is not None:  # what arrived before it is written: the next try resumes
+            raise Transient(
+                f"the transfer from {source} was cut at {size_text(start + received)} "
+                f"({type(failed).__name__})"
+            )
         if expected is not None and received < expected:
             raise Transient(
                 f"{source} sent {size_text(start + received)} of the "

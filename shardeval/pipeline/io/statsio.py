@@ -5,8 +5,11 @@ Two formats:
 * our own, exact and mergeable: a Zarr group with ``mean`` (d,) and ``m2`` (d, d) in float64,
   attribute ``n`` and provenance (source, shape, dtype, feature extractor, versions);
 * pytorch-fid / clean-fid ``.npz`` with ``mu`` and ``sigma`` (``np.cov``, ddof=1). We also write
-  ``n``, which makes our ``.npz`` files mergeable; a bare ``mu``/``sigma`` file is read as a
-  :class:`~shardeval.pipeline.fid.gaussian.Gaussian` with ``n=None`` and cannot be merged.
+  ``n``, which makes our ``.npz`` files mergeable, and the provenance a Zarr group keeps in its
+  attributes as JSON text in :data:`NPZ_PROVENANCE` (a 0-d unicode array: no pickle; pytorch-fid
+  and clean-fid read ``mu`` and ``sigma`` by name and pass it by). A bare ``mu``/``sigma`` file
+  is read as a :class:`~shardeval.pipeline.fid.gaussian.Gaussian` with ``n=None`` and cannot be
+  merged.
 
 Read, never written: guided-diffusion's (ADM's) reference batches, ``VIRTUAL_*.npz``
 (:func:`is_adm_reference`, :func:`load_adm_reference`): ``mu``/``sigma`` as above, the sFID
@@ -33,6 +36,7 @@ what is not a statistics file (:mod:`shardeval.pipeline.io.atomic`).
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 import zipfile
@@ -64,6 +68,10 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, Ke
 #: What statistics of an extraction store's features keep of how those were made, and what
 #: must agree for two of them to merge.
 _MADE_KEYS = ("encoder", "resize", "weights_digest")
+
+#: The member of our ``.npz`` statistics that holds their provenance: JSON text of the
+#: attributes a statistics group records (how the features were made among them).
+NPZ_PROVENANCE = "shardeval_provenance"
 
 
 #: The arrays of a guided-diffusion reference batch: the images, the FID statistics, and the
@@ -264,7 +272,8 @@ def save_stats(
             device, such as ``/dev/stdout``: one file, written in place), selects the
             pytorch-fid layout.
         moments: merged moments, n ≥ 2.
-        provenance: JSON-serialisable attributes recorded with the statistics.
+        provenance: JSON-serialisable attributes recorded with the statistics (in a
+            ``.npz``, as JSON text in :data:`NPZ_PROVENANCE`).
         overwrite: replace an existing statistics file at ``path`` (anything else there is
             never replaced).
 
@@ -276,22 +285,27 @@ def save_stats(
     """
     path = os.fspath(path)
     claim_output(path, "statistics file", is_stats, overwrite, streams=True)
+    attrs = {
+        "format": STATS_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "n": int(moments.n),
+        **(provenance or {}),
+    }
     if path.endswith(".npz") or is_stream(path):
+        arrays: dict[str, Any] = {
+            "mu": moments.mean,
+            "sigma": moments.covariance(ddof=1),
+            "n": np.int64(moments.n),
+            NPZ_PROVENANCE: np.str_(json.dumps(attrs)),  # text: read without pickle
+        }
         with atomic_file(path, "wb") as fh:
-            np.savez(fh, mu=moments.mean, sigma=moments.covariance(ddof=1), n=np.int64(moments.n))
+            np.savez(fh, **arrays)
         return path
     with atomic_dir(path) as tmp:
         group = zarr.open_group(tmp, mode="w")
         group.create_array("mean", data=moments.mean)
         group.create_array("m2", data=moments.m2)
-        group.attrs.update(
-            {
-                "format": STATS_FORMAT,
-                "format_version": FORMAT_VERSION,
-                "n": int(moments.n),
-                **(provenance or {}),
-            }
-        )
+        group.attrs.update(attrs)
     return path
 
 
@@ -445,16 +459,56 @@ def _one_array(path: str) -> str:
 
 
 def stats_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Attributes recorded with a Zarr statistics group; for a guided-diffusion reference batch,
-    what it is (:meth:`ADMReference.describe`); {} for another numpy file."""
+    """Attributes recorded with statistics: a Zarr group's, or those our ``.npz`` holds in
+    :data:`NPZ_PROVENANCE`; for a guided-diffusion reference batch, what it is
+    (:meth:`ADMReference.describe`); {} for another numpy file (pytorch-fid's, clean-fid's).
+
+    Raises:
+        StatsFormatError: an ``.npz`` whose :data:`NPZ_PROVENANCE` is not JSON text of an
+            object (damaged, or written by hand).
+    """
     path = os.fspath(path)
-    if numpy_kind(path) is not None:
-        return adm_provenance(path)
+    kind = numpy_kind(path)
+    if kind == "npz":
+        return _npz_provenance(path) or adm_provenance(path)
+    if kind is not None:
+        return {}
     return dict(zarr.open_group(path, mode="r", use_consolidated=False).attrs)
+
+
+def _npz_provenance(path: str) -> dict[str, Any]:
+    """What our ``.npz`` statistics record in :data:`NPZ_PROVENANCE` ({} when there is none)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if NPZ_PROVENANCE not in archive.files:
+                return {}
+            held = archive[NPZ_PROVENANCE]
+    except _NPZ_ERRORS as exc:
+        raise StoreError(f"cannot read statistics {path!r}: {exc}; the file is damaged") from exc
+    try:
+        if held.ndim != 0 or held.dtype.kind != "U":
+            raise ValueError(f"an array {held.dtype} of shape {held.shape}")
+        recorded = json.loads(str(held[()]))
+        if not isinstance(recorded, dict):
+            raise ValueError(f"JSON of a {type(recorded).__name__}")
+    except ValueError as exc:
+        raise StatsFormatError(
+            f"{path!r}: {NPZ_PROVENANCE!r} is not JSON text of an object ({exc}); it records "
+            "how the statistics were made: write them again with `shardeval stats`"
+        ) from None
+    return recorded
 
 
 def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
     """Merge statistics files of disjoint row sets into the statistics of their union.
+
+    The merge claims of its features only what every input records: how they were made
+    (encoder, resize, weights digest) when every input records the same, the feature
+    extractor when every input names the same one. Inputs that record how their features were
+    made never merge with inputs that record nothing of it (statistics of another tool's
+    features, or ``.npz`` files written before ours kept their provenance): nothing tells
+    whether those were made the same way, and a merge of features made differently is a
+    plausible wrong set of statistics that no later report could warn of.
 
     Args:
         paths: two or more statistics files, each recording its row count ``n``.
@@ -465,9 +519,15 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
 
     Raises:
         StatsFormatError: a file has no ``n`` (a bare pytorch-fid file cannot be merged), the
-            same file is given twice, or the files name different feature extractors or
-            record features made differently (encoder, resize, weights digest).
+            same file is given twice, the files name different feature extractors or record
+            features made differently (encoder, resize, weights digest), or some record how
+            their features were made and others do not.
         ShapeError: the feature dimensions differ.
+
+    Warns:
+        SuspectStoreWarning: two files record the same source (their rows may be counted
+            twice); some files name a feature extractor and others none (the merge names
+            none).
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -538,13 +598,34 @@ def merge_stats(paths: list[str]) -> tuple[Moments, dict[str, Any]]:
             f"the files' features were made differently ({listed}); statistics of features "
             "made by another encoder, resize or weights cannot be merged"
         )
+    unrecorded = [p for p in paths if p not in made]
+    if made and unrecorded:
+        (how,) = set(made.values())
+        one = len(unrecorded) == 1
+        raise StatsFormatError(
+            f"{unrecorded} record{'s' if one else ''} nothing of how {'its' if one else 'their'}"
+            f" features were made, and {sorted(made)} record{'s' if len(made) == 1 else ''} "
+            + ", ".join(f"{k} {v}" for k, v in zip(_MADE_KEYS, how, strict=True))
+            + ": nothing tells whether they were made the same way, and statistics of "
+            "features made differently cannot be merged; compute the statistics of those "
+            "features again with `shardeval stats`, which records how they were made"
+        )
     if merged is None:  # unreachable: at least two paths were read
         raise StatsFormatError("no statistics to merge")
+    unnamed = [p for p in paths if p not in extractors]
+    if extractors and unnamed:
+        warnings.warn(
+            f"{unnamed} name no feature extractor, and {sorted(extractors)} name "
+            f"{next(iter(extractors.values()))!r}: the merged statistics name none",
+            SuspectStoreWarning,
+            stacklevel=2,
+        )
     merged_provenance: dict[str, Any] = {
         "merged_from": list(paths),
-        "feature_extractor": next(iter(extractors.values()), None),
+        # Claimed only when every input names it: the merge holds every input's rows.
+        "feature_extractor": None if unnamed else next(iter(extractors.values()), None),
     }
-    if len(made) == len(paths):  # every input says how, and the same way: so does the merge
+    if made:  # every input says how, and the same way: so does the merge
         merged_provenance["extraction"] = {
             k: made_by["extraction"][k] for k in _MADE_KEYS if k in made_by["extraction"]
         }

@@ -40,6 +40,7 @@ FEATURES_FORMAT = "shardeval.features"
 #: What a report names of an extraction store: report key → the store's attribute.
 _EXTRACTION_PROVENANCE = {
     "encoder": "encoder",
+    "encoder_source": "encoder_source",
     "resize": "resize",
     "weights_digest": "weights_digest",
     "weights_file": "weights_file",
@@ -101,6 +102,9 @@ class FeatureSource:
             None for a source made from a computed dask array.
         given: the input as the user gave it, when that is not the store read (images,
             whose features the feature cache holds): what summaries name.
+        extraction: how the rows were made, when the store does not record it (rows that a
+            training-loop metric encoded in memory and spilled): the encoder, resize, weights
+            digest and file, as an extraction store's attributes name them.
     """
 
     location: str
@@ -110,6 +114,7 @@ class FeatureSource:
     attrs: dict[str, Any] = field(default_factory=dict)
     reader: StoredArray | None = None
     given: str = ""
+    extraction: dict[str, Any] | None = None
 
     @property
     def shown(self) -> str:
@@ -153,14 +158,16 @@ class FeatureSource:
             "shards": self.shards,
             "feature_extractor": self.feature_extractor,
         }
-        if self.attrs.get("format") == FEATURES_FORMAT:
-            from shardeval.pipeline.images.provenance import weights_status
-
+        made = None if self.extraction is None else dict(self.extraction)
+        if made is None and self.attrs.get("format") == FEATURES_FORMAT:
             made = {
                 key: self.attrs[name]
                 for key, name in _EXTRACTION_PROVENANCE.items()
                 if name in self.attrs
             }
+        if made is not None:
+            from shardeval.pipeline.images.provenance import weights_status
+
             # Decided from the digest against the pinned one, whatever the store says.
             made["weights_status"] = weights_status(made.get("encoder"), made.get("weights_digest"))
             described["extraction"] = made

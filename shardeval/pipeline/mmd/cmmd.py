@@ -39,7 +39,8 @@ class CMMDResult:
         scale: the factor applied (1000 in the paper).
         estimator: ``V-statistic`` (the reference's) or ``U-statistic``.
         normalised: embeddings were scaled to unit norm before the kernel.
-        same_store: both inputs were one store.
+        same_store: both inputs were one store (read once; the estimator is the same, as
+            for KID: see :mod:`shardeval.pipeline.mmd.kid`).
         rounding_bound: bound on |cmmd − the estimator in exact arithmetic| (float64
             products of centred unit rows; see :mod:`shardeval.kernels.kernel_sums`).
         clamped: the V-statistic came out below zero by less than its rounding bound and is

@@ -10,8 +10,16 @@ By default the unbiased estimator over ALL pairs of the full sets, from the bloc
 with its standard error from the Hoeffding decomposition of the three U-statistics (plug-in
 estimates of their first- and second-order variance terms and of the covariances between
 them), all of which follow from the sums, sums of squares and per-row sums that the pairs
-return. When the two inputs are one store, the cross term leaves out the pairs (i, i) as well
-(the paired U-statistic), so a set against itself gives exactly 0.
+return.
+
+Two inputs that hold the same rows take this estimator too, whether they are one store given
+twice, a copy of it, or an array and its copy in memory (which one content digest names as one
+store): the estimator must not depend on how the rows arrive, and a byte-identical copy cannot
+be told from another set without reading both. The two-sample estimator is what two sets
+need, and what the peers compute; on identical rows it comes out below zero, by
+2/m·(mean k(x_i, x_i) − mean k(x_i, x_j)), because the rows are no two independent samples.
+(A paired estimator, the cross term without its pairs (i, i), would give 0 there, and so a
+different number for a copy than for the store itself.)
 
 ``subsets``: the protocol of the peers (torch-fidelity's ``mmd_est="unbiased"``, also
 torchmetrics', clean-fid's, dgm-eval's): ``subsets`` draws of ``subset_size`` rows from each set
@@ -50,7 +58,7 @@ class KIDResult:
         degree, gamma, coef0: the kernel (γ x·y + c)^degree.
         estimator: ``all pairs`` or ``subsets``.
         subsets, subset_size, seed: the subset protocol's parameters (None for all pairs).
-        same_store: both inputs were one store (the paired U-statistic, exactly 0).
+        same_store: both inputs were one store (read once; the estimator is the same).
         rounding_bound: bound on |kid − the estimator in exact arithmetic| (float64 products
             of centred rows; see :mod:`shardeval.kernels.kernel_sums`); for subsets, the mean of the
             subsets' bounds.
@@ -119,14 +127,6 @@ def mmd2_and_se(xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int) -> tupl
     cov_bc = 2.0 / n * float(np.mean((b_j - b_j.mean()) * (cy_j - cy_j.mean())))
     var = var_a + var_b + 4 * var_c - 4 * cov_ac - 4 * cov_bc
     return a + b - 2 * c, math.sqrt(max(var, 0.0))
-
-
-def mmd2_same_store(xx: SetSums, m: int) -> tuple[float, float]:
-    """One store against itself: the paired U-statistic, exactly 0, and the standard error of
-    the estimator for two sets of m rows each with these within-set sums."""
-    xy = CrossSums(xx.total, xx.squares, xx.rows, xx.rows, xx.error, xx.magnitude, xx.additions)
-    _, se = mmd2_and_se(xx, xx, xy, m, m)
-    return 0.0, se
 
 
 def subset_mmd2(xx: Any, yy: Any, xy: Any, m: int) -> float:

@@ -15,20 +15,34 @@ other point of its own set:
 coverage (the 2020 reference code); they differ only on exact ties. The radii come from one pass
 over each set's own block pairs, the tests from one pass over the cross pairs; every distance
 and decision is exact in float64 (fp32 products, near-ties re-decided from the rows).
+
+All four compare distances with radii, so they do not change when both sets are scaled by one
+factor. Float64 squared distances of rows beyond about 1e154 overflow, and below about 1e-154
+they underflow: float64 rows that far out are scaled by a common power of two first
+(:func:`distance_exponent`), which is exact, so the decisions are those of the rows as given.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from shardeval.pipeline.core.states import Magnitudes
+from shardeval.pipeline.errors import NumericalError
 from shardeval.pipeline.pairwise.blocks import Decisions, Neighbours
 
 #: Neighbours of density and coverage (Naeem et al.'s 5) and of precision and recall
 #: (Kynkäänniemi et al.'s 3).
 K = 5
 PR_K = 3
+
+#: Float64 rows whose largest magnitude lies in [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT] are
+#: compared as they are: their squared distances neither overflow (d·4·2^128 is far below
+#: 1.8e308) nor lose digits to subnormals on the scale of the rows.
+SAFE_EXPONENT = 64
 
 
 @dataclass(frozen=True)
@@ -72,3 +86,46 @@ def prdc_from(decisions: Decisions, n_real: int, n_gen: int, k: int, pr_k: int) 
         pr_k=pr_k,
         uncertain=decisions.uncertain,
     )
+
+
+def distance_exponent(magnitudes: Magnitudes, names: str) -> int:
+    """e such that rows × 2^-e have their largest magnitude in [1/2, 1), or 0 when the rows
+    are within :data:`SAFE_EXPONENT` of 1 already (or all zero).
+
+    Scaling by 2^-e is exact while no nonzero value falls below float64's normal range
+    (2^-1022) on the way; scaling up always is.
+
+    Args:
+        magnitudes: the range of both sets' values together (one factor for both: radii and
+            distances are compared).
+        names: the sets, as messages name them.
+
+    Returns:
+        The exponent (0: compare the rows as they are).
+
+    Raises:
+        NumericalError: the values span more than float64's normal range can hold after any
+            one scaling (nonzero magnitudes more than 2^1021 apart, with the largest beyond
+            2^64).
+
+    Example:
+        >>> distance_exponent(Magnitudes(3e300, 1e290), "x")   # 3e300 = 0.56 · 2^999
+        999
+        >>> distance_exponent(Magnitudes(4.0, 1e-9), "x")
+        0
+    """
+    largest, smallest = magnitudes.largest, magnitudes.smallest
+    if not (0 < largest < math.inf):
+        return 0
+    exponent = math.frexp(largest)[1]
+    if abs(exponent) <= SAFE_EXPONENT:
+        return 0
+    if math.ldexp(smallest, -exponent) < sys.float_info.min:
+        raise NumericalError(
+            f"{names} hold values from {smallest:.3g} to {largest:.3g}: float64 squared "
+            "distances need rows within float64's range after one scaling by a power of two, "
+            f"and values below {math.ldexp(sys.float_info.min, exponent):.3g} would be rounded "
+            "on the way; set the smallest to 0 if they are noise, or compare features of a "
+            "narrower range"
+        )
+    return exponent

@@ -23,7 +23,7 @@ tasks.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,10 @@ class PairPlan:
         radii: squared radii for the cross pass (PRDC): x_le (N,), x_lt (N,), y_le (M,).
         device: where the pair kernels run (``auto``: a worker's GPU if it has one).
         backend: ``auto`` (Triton on a GPU, the BLAS path on a CPU), ``triton`` or ``torch``.
+        exponent: e ≠ 0: the neighbours and radius tests take every block × 2^-e in float64,
+            exactly (see :func:`shardeval.pipeline.neighbours.prdc.distance_exponent`), so
+            their squared distances and radii are in units of 4^-e; kernel sums take the
+            rows as they are.
     """
 
     poly: Any = None
@@ -97,6 +101,7 @@ class PairPlan:
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
     device: str = "cpu"
     backend: str = "auto"
+    exponent: int = 0
 
     def request(self, cross: bool, bx: tuple[int, int], by: tuple[int, int]) -> Any:
         from shardeval.kernels.pairs import PairRequest
@@ -115,13 +120,26 @@ class PairPlan:
         def kernel(k: Any) -> Any:
             return None if k is None else (type(k).__name__, *vars(k).values())
 
-        return kernel(self.poly), kernel(self.rbf), self.knn
+        return kernel(self.poly), kernel(self.rbf), self.knn, self.exponent
 
 
 def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal: bool) -> Any:
     """One block pair through the kernels, on the worker's device."""
     from shardeval.kernels.pairs import pair_reduce
     from shardeval.pipeline.core.chunks import to_tensor, worker_device
+
+    if plan.exponent and (request.knn is not None or request.radii is not None):
+        # Float64 squared distances of rows beyond about 1e154 overflow and below 1e-154
+        # underflow: the decisions take the rows × 2^-e (exact, as distance_exponent checked),
+        # both sets and every pass alike, so distances and radii compare in one unit.
+        plain = replace(plan, exponent=0)
+        sums = None
+        if request.poly is not None or request.rbf is not None:
+            sums = _reduce(x, y, plain, replace(request, knn=None, radii=None), diagonal)
+        xs = np.ldexp(x.astype(np.float64), -plan.exponent)
+        ys = xs if y is x else np.ldexp(y.astype(np.float64), -plan.exponent)
+        decided = _reduce(xs, ys, plain, replace(request, poly=None, rbf=None), diagonal)
+        return decided if sums is None else decided._replace(poly=sums.poly, rbf=sums.rbf)
 
     if worker_device(plan.device) == "cpu" and plan.backend != "triton":
         return pair_reduce(x, y, request, diagonal_block=diagonal)

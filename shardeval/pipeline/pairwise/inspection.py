@@ -13,6 +13,7 @@ from shardeval.pipeline.core.chunks import check_nonfinite, finite_rows, inexact
 from shardeval.pipeline.core.engine import Engine
 from shardeval.pipeline.core.states import (
     Examples,
+    Magnitudes,
     NonFiniteRows,
     RowMean,
     examples_of,
@@ -32,6 +33,7 @@ def _set_inspection_examples(rng: np.random.Generator) -> Examples[SetInspection
             examples_of(RowMean, rng)[1],
             examples_of(RowMean, rng)[1],
             examples_of(NonFiniteRows, rng)[1],
+            examples_of(Magnitudes, rng)[1],
             strict=True,
         )
     ]
@@ -42,19 +44,22 @@ def _set_inspection_examples(rng: np.random.Generator) -> Examples[SetInspection
 @dataclass(frozen=True, eq=False)
 class SetInspection:
     """One read of a set before its pairs: where its non-finite rows and its rows of zeros
-    are, and the means of its rows and of its rows scaled to unit norm (the centres the kernel
-    sums expand about)."""
+    are, the means of its rows and of its rows scaled to unit norm (the centres the kernel
+    sums expand about), and the range of its magnitudes (the scale of its distances)."""
 
     nonfinite: NonFiniteRows
     zeros: NonFiniteRows
     rows: RowMean
     units: RowMean
     inexact: NonFiniteRows
+    magnitudes: Magnitudes
 
     @classmethod
     def empty(cls, d: int) -> SetInspection:
         nothing = NonFiniteRows.empty()
-        return cls(nothing, nothing, RowMean.empty(d), RowMean.empty(d), nothing)
+        return cls(
+            nothing, nothing, RowMean.empty(d), RowMean.empty(d), nothing, Magnitudes.empty()
+        )
 
     merge = merge_fieldwise
 
@@ -73,6 +78,7 @@ def inspect_block(block: np.ndarray, offset: int) -> SetInspection:
         RowMean.from_rows(x),
         RowMean.from_rows(unit_rows(x[nonzero])),
         NonFiniteRows.from_mask(inexact, offset),
+        Magnitudes.from_values(x),
     )
 
 
@@ -110,7 +116,7 @@ def inspect_sets(
 
 
 def same_store(a: FeatureSource, b: FeatureSource) -> bool:
-    """Whether two sources are one store (then a metric compares a set with itself)."""
+    """Whether two sources are one store (read once, its blocks serving as both sets)."""
     import os
 
     def key(s: FeatureSource) -> tuple[str, str]:

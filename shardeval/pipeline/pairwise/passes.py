@@ -38,11 +38,10 @@ from shardeval.pipeline.mmd.kid import (
     kernel_params,
     mmd2_and_se,
     mmd2_rounding,
-    mmd2_same_store,
     subset_indices,
     subset_mmd2,
 )
-from shardeval.pipeline.neighbours.prdc import PR_K, K, prdc_from, radii
+from shardeval.pipeline.neighbours.prdc import PR_K, K, distance_exponent, prdc_from, radii
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,
@@ -148,8 +147,9 @@ def sample_metrics(
 
     Args:
         real: the reference set (X, N rows).
-        gen: the generated set (Y, M rows); the same store as ``real`` compares a set with
-            itself.
+        gen: the generated set (Y, M rows). The same store as ``real`` is read once, and
+            KID and CMMD are the two-sample estimators all the same (see
+            :mod:`shardeval.pipeline.mmd.kid`).
         kid, cmmd, prdc: the metrics wanted, with their parameters (None: not wanted).
         engine: where to run.
         block_rows: rows per block of the pair tasks (default: about 32 MiB a block).
@@ -184,7 +184,12 @@ def sample_metrics(
     gb = rb if same else row_blocks(gen, block_rows, precision)
     seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     knn = max(prdc.k, prdc.pr_k) if prdc else None
-    key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision)
+    exponent = 0
+    if prdc and (rb.float64 or gb.float64):  # fp32 rows' float64 distances are in range
+        spread = seen[0].magnitudes.merge(seen[-1].magnitudes)
+        names = repr(real.location) if same else f"{real.location!r} and {gen.location!r}"
+        exponent = distance_exponent(spread, names)
+    key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision, exponent)
     cached = reference_cache.get(key) if reference_cache is not None else None
     if cached is not None:
         sx, poly, rbf = cached
@@ -197,7 +202,7 @@ def sample_metrics(
             poly = PolyKernel(gamma, coef0, degree, seen[0].rows.mean)
         if cmmd:
             rbf = RBFKernel(cmmd.sigma, seen[0].units.mean)
-    own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend)
+    own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend, exponent=exponent)
     sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
     with _overflow_named(real, gen):
         stats = (
@@ -214,12 +219,15 @@ def sample_metrics(
     cross_radii = None
     if prdc and sx.knn is not None and sy.knn is not None:
         cross_radii = (radii(sx.knn, prdc.pr_k), radii(sx.knn, prdc.k), radii(sy.knn, prdc.pr_k))
+    # One store given twice takes the cross pass too: its pairs (i, i) are cross pairs of the
+    # two-sample estimators (see shardeval.pipeline.mmd.kid).
     cross_plan = PairPlan(
-        poly=None if same else poly,
-        rbf=None if same else rbf,
+        poly=poly,
+        rbf=rbf,
         radii=cross_radii,
         device=device,
         backend=backend,
+        exponent=exponent,
     )
     cross = None
     if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:
@@ -229,14 +237,10 @@ def sample_metrics(
             )
     out: dict[str, Any] = {}
     if kid and poly and sx.poly is not None:
-        bound = 0.0
-        if same:
-            value, se = mmd2_same_store(sx.poly, m)
-        else:
-            if cross is None or cross.poly is None or sy.poly is None:  # unreachable
-                raise ValueError("the cross pass did not compute kernel sums")
-            value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
-            bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
+        if cross is None or cross.poly is None or sy.poly is None:  # unreachable
+            raise ValueError("the cross pass did not compute kernel sums")
+        value, se = mmd2_and_se(sx.poly, sy.poly, cross.poly, m, n)
+        bound = mmd2_rounding(sx.poly, sy.poly, cross.poly, m, n)
         _checked("KID", value, bound, se)
         out["kid"] = KIDResult(
             value,
@@ -251,16 +255,12 @@ def sample_metrics(
             rounding_bound=bound,
         )
     if cmmd and sx.rbf is not None:
-        bound, clamped = 0.0, False
-        if same:
-            value = 0.0  # K_xy = K_xx: every estimator of MMD² between a set and itself is 0
-        else:
-            if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable
-                raise ValueError("the cross pass did not compute RBF sums")
-            value, bound, clamped = cmmd_from_sums(
-                sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
-            )
-            _checked("CMMD", value, bound)
+        if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable
+            raise ValueError("the cross pass did not compute RBF sums")
+        value, bound, clamped = cmmd_from_sums(
+            sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
+        )
+        _checked("CMMD", value, bound)
         out["cmmd"] = CMMDResult(
             value,
             m,

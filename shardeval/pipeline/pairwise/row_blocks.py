@@ -65,6 +65,11 @@ class RowBlocks:
         dtype = np.float64 if self.precision == "fp64" or wide else np.float32
         return np.ascontiguousarray(block, dtype=dtype)
 
+    @property
+    def float64(self) -> bool:
+        """Whether its blocks are read in float64 (``fp64``, or values fp32 cannot hold)."""
+        return self.precision == "fp64" or wide_dtype(self.source.dtype)
+
     def chunks(self, start: int) -> list[tuple[int, int]]:
         """Column chunks covering rows [start, n)."""
         step = max(1, self.chunk_rows)

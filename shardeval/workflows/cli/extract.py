@@ -20,14 +20,15 @@ IMAGES: a folder (recursive, following symbolic links, each real folder once; pn
 webp, bmp), a .zip, a .npz (arr_0) or .npy of uint8 (N, H, W, 3) images, a .tar shard, or a
 folder or quoted glob of .tar shards; taken in sorted order. macOS metadata (__MACOSX/, ._*)
 is ignored. Every archive member is its own row: a second member of one name is named NAME#2.
-Weights are never downloaded: --weights, or torch hub's checkpoint folder
-(inception) / the Hugging Face cache (dinov2-vitl14, clip-vitl14-336)."""
+Weights are never downloaded: --weights, or the cache the encoder's weights are kept in
+(torch hub's checkpoint folder, the Hugging Face cache, timm's and open_clip's)."""
 
 EPILOG = """\
 examples:
   shardeval extract samples/ -o gen.zarr
   shardeval extract samples.npz -o gen.zarr --resize clean
   shardeval extract 'shards/*.tar' -o real.zarr --encoder dinov2-vitl14 --cluster cluster/cuda.yaml
+  shardeval extract samples/ -o gen.zarr --encoder timm:convnext_small.fb_in22k
   shardeval fid real.zarr gen.zarr"""
 
 
@@ -35,7 +36,7 @@ def add_extract_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``extract`` command to the subparsers ``sub``; returns its parser."""
     p = sub.add_parser(
         "extract",
-        help="extract image features (Inception, DINOv2, CLIP) into a Zarr feature store",
+        help="extract image features (through an --encoder) into a Zarr feature store",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

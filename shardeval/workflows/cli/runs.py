@@ -12,6 +12,10 @@ from typing import Any
 
 from shardeval.workflows.cli.common import UsageError, notice, say
 
+#: The columns of `history` saying how an entry's (and its reference's) features were made:
+#: lines of their own under the table, text in CSV.
+_MADE = ("features_made_by", "reference_made_by")
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     from shardeval.workflows.jobs import load_job, run_job
@@ -66,6 +70,7 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from shardeval.workflows import madeby
     from shardeval.workflows.history import History
 
     history = History(args.history)
@@ -86,10 +91,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         writer.writeheader()
         for r in rows:
             why = "; ".join(f"{m}: {reason}" for m, reason in r.get("stale", {}).items())
-            writer.writerow({**r, "stale": why})
+            made = {k: madeby.text(r[k]) for k in _MADE if k in r}
+            writer.writerow({**r, **made, "stale": why})
     else:
         stale = [r for r in rows if r.get("stale")]
-        keys = [k for k in (list(rows[0]) if rows else ["name"]) if k != "stale" or stale]
+        keys = [
+            k
+            for k in (list(rows[0]) if rows else ["name"])
+            if (k != "stale" or stale) and k not in _MADE
+        ]
         widths = {k: max(len(k), *(len(_cell(r[k])) for r in rows)) for k in keys}
         print("  ".join(k.ljust(widths[k]) for k in keys))
         for r in rows:
@@ -97,6 +107,15 @@ def cmd_history(args: argparse.Namespace) -> int:
         for r in stale:
             for metric, reason in r["stale"].items():
                 print(f"{r['name']}: {metric} (stale: {reason})")
+        # How each entry's features were made: one line per way, naming its entries.
+        ways: dict[str, list[str]] = {}
+        for r in rows:
+            if r.get("features_made_by") is not None:
+                ways.setdefault(madeby.text(r["features_made_by"]), []).append(r["name"])
+        for way, names in ways.items():
+            print(f"features made by {way}: {madeby.listed(names)}")
+        for warned in madeby.warnings_of(rows):
+            print(f"warning: {warned}")
     return 0
 
 
