@@ -39,10 +39,10 @@ def test_fid_of_two_image_folders_equals_extract_then_fid(tmp_path, weights, cap
     capsys.readouterr()
     stores = [str(tmp_path / "real.zarr"), str(tmp_path / "gen.zarr")]
     assert main(["fid", *stores, "--json", "-q"]) == 0
-    expected = json.loads(capsys.readouterr().out)["fid"]
+    expected = json.loads(capsys.readouterr().out)["fid"]["fid"]
     argv = ["fid", real, gen, "--weights", weights, "--cache-root", cache, "--json", "-q"]
     assert main(argv) == 0
-    assert json.loads(capsys.readouterr().out)["fid"] == expected
+    assert json.loads(capsys.readouterr().out)["fid"]["fid"] == expected
 
     # A second run, by the API, finds both in the cache and loads no encoder.
     def no_encoder(*args, **kwargs):
@@ -72,8 +72,8 @@ def test_the_cache_follows_the_environment(tmp_path, weights, monkeypatch):
     assert f"gen  {gen}  n=4" in text
     assert "features-" not in text
     side = report.to_dict()["inputs"]["real"]
-    assert side["location"].startswith(str(tmp_path / "env-cache" / "features-"))
-    assert side["provenance"]["given"] == real
+    assert side["source"].startswith(str(tmp_path / "env-cache" / "features-"))
+    assert side["given"] == real
 
 
 def test_encoder_options_without_images_are_refused(tmp_path):
