@@ -69,7 +69,7 @@ def _prdc_cli(capsys, a, b):
     out, err = capsys.readouterr()
     assert code == 0, err
     r = json.loads(out)["prdc"]
-    return r["precision"], r["recall"], r["density"], r["coverage"]
+    return r["prdc_precision"], r["prdc_recall"], r["prdc_density"], r["prdc_coverage"]
 
 
 @pytest.mark.parametrize("scale", [1e-300, 1e154, 1e155, 1e300])
