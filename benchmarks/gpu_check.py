@@ -388,13 +388,13 @@ def _fid(data: MetricData, device: str, backend: str) -> dict[str, Any]:
 
     return se.fid(
         data.real, data.gen, device=device, backend=backend, shard_rows=data.shard_rows
-    ).to_dict()
+    ).to_dict()["fid"]
 
 
 def _fid_compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, float]:
     # fp32 products on both paths, in different orders: the moments agree to a few units of
     # fp32 rounding of their traces, and FID inherits that of its terms.
-    allowed = 1e-6 * (want["trace_real"] + want["trace_gen"])
+    allowed = 1e-6 * (want["fid_trace_real"] + want["fid_trace_gen"])
     return abs(got["fid"] - want["fid"]), allowed
 
 
@@ -417,7 +417,8 @@ def _bounded(key: str) -> Callable[[dict[str, Any], dict[str, Any]], tuple[float
     so within the sum of both of each other."""
 
     def compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, float]:
-        allowed = got["rounding_bound"] + want["rounding_bound"] + 1e-12 * abs(want[key])
+        bound = f"{key}_rounding_bound"
+        allowed = got[bound] + want[bound] + 1e-12 * abs(want[key])
         return abs(got[key] - want[key]), allowed
 
     return compare
@@ -425,7 +426,7 @@ def _bounded(key: str) -> Callable[[dict[str, Any], dict[str, Any]], tuple[float
 
 def _prdc_compare(got: dict[str, Any], want: dict[str, Any]) -> tuple[float, float]:
     # Every decision is exact on both paths: the four values are equal.
-    keys = ("precision", "recall", "density", "coverage")
+    keys = ("prdc_precision", "prdc_recall", "prdc_density", "prdc_coverage")
     return max(abs(got[k] - want[k]) for k in keys), 0.0
 
 

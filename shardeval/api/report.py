@@ -111,3 +111,62 @@ def _settings(run: Any, instances: Sequence[Any], taken: Sequence[str]) -> dict[
         alike = len(values) == 1 and all(m.name in fixed for m in instances)
         settings["precision"] = values.pop() if alike else by_metric
     return settings
+
+
+def fed_inputs(side: Any) -> dict[str, Any]:
+    """A side of a training-loop metric (:class:`~shardeval.api.results.Side`) as the report's
+    ``inputs`` describe a side: its kind, where its rows came from, their shape and shards."""
+    described: dict[str, Any] = {"kind": side.kind, "source": side.location}
+    if side.kind == "statistics":
+        described |= {"n": side.n, "d": side.d, "mergeable": side.mergeable}
+    else:
+        described |= {"shape": [side.n, side.d], "shards": side.shards}
+    return {**described, "nonfinite_dropped": side.nonfinite_dropped, **side.provenance}
+
+
+def fid_report(
+    result: Any,
+    gaussians: tuple[Any, Any],
+    sides: tuple[Any, Any],
+    nonfinite: str,
+    settings: dict[str, Any],
+    extra: dict[str, Any],
+    notes: Any,
+    engine: dict[str, Any],
+    seconds: float,
+) -> Report:
+    """The report of a training-loop FID (``result`` of the Gaussians ``gaussians``, real and
+    generated, whose rows the ``sides`` describe), in the shape of :func:`build_report`'s:
+    the FID plug-in's outputs and summary lines, the same inputs and provenance."""
+    from shardeval.pipeline.fid.metrics import FID
+    from shardeval.pipeline.io.provenance import now_iso, versions
+
+    plugin = FID({"nonfinite": nonfinite})
+    (real, gen), (real_side, gen_side) = gaussians, sides
+    outputs = plugin.check_outputs(
+        plugin.outputs_of(
+            result, real, gen, real_side.nonfinite_dropped, gen_side.nonfinite_dropped
+        )
+    )
+    made = features_made({s.role: s.provenance for s in sides})
+    notes.extend(made.warnings)
+    data: dict[str, Any] = {"metric": "fid", "fid": jsonable(outputs)}
+    data["options"] = {"fid": dict(plugin.options)}
+    data["inputs"] = {s.role: fed_inputs(s) for s in sides}
+    data.update(made.data)
+    data.update(extra)
+    data["settings"] = settings
+    data.update(
+        warnings=notes.messages(),
+        engine=engine,
+        seconds=seconds,
+        created=now_iso(),
+        versions=versions(),
+    )
+    lines = [*plugin.summary_lines(outputs)]
+    for s in sides:
+        n = f"{s.n:,}" if s.n is not None else "unknown"
+        lines.append(f"  {s.role:<4} {s.shown}  n={n} d={s.d:,} shards={s.shards} ({s.kind})")
+    lines += made.lines
+    lines.append(f"  {seconds:.2f} s {engine_text(engine)}")
+    return Report("fid", {"fid": outputs}, data, "\n".join(lines), float(result.fid))

@@ -62,7 +62,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shardeval.api.inputs import image_pixels
-from shardeval.api.results import Report, Side, features_made, fid_data, fid_summary, jsonable
+from shardeval.api.report import fid_report
+from shardeval.api.results import Report, Side, jsonable
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
     DtypeError,
@@ -1162,7 +1163,6 @@ class FID(_Batches):
             warn_if_rounding_reached_spectrum,
         )
         from shardeval.pipeline.fid.gaussian import Gaussian
-        from shardeval.pipeline.io.provenance import now_iso, versions
 
         start = time.perf_counter()
         g = _collective(self.process_group) if sync else None
@@ -1197,29 +1197,24 @@ class FID(_Batches):
             result = frechet_distance(real, gen)
             warn_if_rounding_reached_spectrum(result, fp32_products)
             notes.extend(result.warnings)
-            # How the features were made, as se.fid says it: the same lines and warnings.
-            made = features_made({role: side.provenance for role, side in sides.items()})
-            notes.extend(made.warnings)
-            data = fid_data(result, sides["real"], sides["gen"])
-            data["settings"] = {
+            settings = {
                 "device": str(self._device),
                 "backend": self.backend,
                 "precision": self.precision,
                 "nonfinite": self.nonfinite,
             }
-            data["processes"] = self._processes if synced else 1
             engine = {"scheduler": "in-process", "threads": torch.get_num_threads()}
-            seconds = time.perf_counter() - start
-            data.update(
-                warnings=notes.messages(),
-                engine=engine,
-                seconds=seconds,
-                created=now_iso(),
-                versions=versions(),
+            report = fid_report(
+                result,
+                (real, gen),
+                (sides["real"], sides["gen"]),
+                self.nonfinite,
+                settings,
+                {"processes": self._processes if synced else 1},
+                notes,
+                engine,
+                time.perf_counter() - start,
             )
-        text = fid_summary(result, sides["real"], sides["gen"], seconds, engine)
-        text = "\n".join([text, *made.lines])
-        report = Report("fid", {"fid": result}, data, text, result.fid)
         return report if synced else _labelled_local(report, self.process_group)
 
     def _changed(self, g: _Group) -> bool:
@@ -2127,8 +2122,8 @@ class PairMetrics(_Batches):
     ) -> Report:
         """The report over the spills at ``paths`` (by side; a side without rows has none),
         whose rows were made as ``described`` says (by side; None: feature rows)."""
-        from shardeval.api.functions import _noted, _running
-        from shardeval.api.samples import _pairs, _report
+        from shardeval.api.evaluate import evaluate
+        from shardeval.pipeline.metrics import METRICS
 
         if self._reference is None and "real" not in paths:
             raise OptionError(
@@ -2139,8 +2134,16 @@ class PairMetrics(_Batches):
             raise ShapeError(f"{'/'.join(self.metrics)} need generated rows: call update(x)")
         real = self._reference or self._source(paths["real"], described["real"])
         gen = self._source(paths["gen"], described["gen"])
-        with _noted() as notes, _running(self.options) as run:
-            report = _report(run, _pairs(run, real, gen, dict(self._params)), real, gen, notes)
+        # The one-shot functions' path: the plug-ins compute, on the spills as feature stores.
+        declared = {p.name for m in self.metrics for p in METRICS[m].params}
+        given = {k: v for k, v in self.options.items() if v is not None}
+        report = evaluate(
+            list(self.metrics),
+            real,
+            gen,
+            metric_options={k: v for k, v in given.items() if k in declared},
+            run_options={k: v for k, v in given.items() if k not in declared},
+        )
         data = {**report.data, "processes": processes}
         return Report(report.metric, report.results, data, report.text, report.value)
 

@@ -258,9 +258,7 @@ class Mode(_Simple):
         return None if self.ok(value) else f"expected {self.describe()}, got {value!r}"
 
 
-Constraint = (
-    Interval | OneOf | Either | Flag | Text | Path | Function | Scheduler | Encoder | Mode
-)
+Constraint = Interval | OneOf | Either | Flag | Text | Path | Function | Scheduler | Encoder | Mode
 
 #: A count of rows, threads, images: a positive integer that still fits int64.
 COUNT = Interval(int, 1, MAX_COUNT, text="a positive integer")

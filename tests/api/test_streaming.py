@@ -720,7 +720,7 @@ def test_copies_and_pickles_carry_their_rows(rng, tmp_path, small_spills):
         kid.close()  # the copy has rows of its own
         assert float(twin.compute()) == want
         twin.update(gen)  # and goes on alone
-        assert twin.compute()["kid"].n_gen == 2 * len(gen)
+        assert twin.compute()["kid"]["kid_n"] == 2 * len(gen)
         twin.close()
         fid = se.FID()
         fid.update(real, real=True)

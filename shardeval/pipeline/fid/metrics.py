@@ -111,12 +111,14 @@ class FID(Metric):
             warn_if_rounding_reached_spectrum(result, bool(fp32))
         for message in result.warnings:
             warnings.warn(message, UserWarning, stacklevel=2)
-        return self._outputs(result, r, g, real_dropped, dropped)
+        return self.outputs_of(result, r, g, real_dropped, dropped)
 
     @staticmethod
-    def _outputs(
+    def outputs_of(
         result: FrechetDistance, real: Any, gen: Any, real_dropped: int, dropped: int
     ) -> dict[str, Any]:
+        """The declared outputs of ``result``, the distance between the Gaussians ``real``
+        and ``gen`` (``real_dropped``, ``dropped``: their rows left out as non-finite)."""
         return {
             "fid": result.fid,
             "fid_mean_term": result.mean_term,
