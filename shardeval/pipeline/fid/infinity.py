@@ -39,15 +39,13 @@ from shardeval.pipeline.core.states import (
     state,
 )
 from shardeval.pipeline.errors import ShapeError
+from shardeval.pipeline.fid import SEED
 from shardeval.pipeline.fid.frechet import frechet_distance
 from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.io.stores import FeatureSource
 
 #: Sizes at which FID is computed, as in the reference code.
 POINTS = 15
-
-#: Seed of the nested subsets when none is given.
-SEED = 0
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 

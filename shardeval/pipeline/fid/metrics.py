@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shardeval.pipeline.fid.infinity import SEED
+from shardeval.pipeline.fid import SEED
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
 from shardeval.pipeline.options import NONFINITE_POLICIES
 from shardeval.pipeline.runoptions import SEED_RANGE, OneOf

@@ -20,10 +20,6 @@ from dataclasses import dataclass
 from shardeval.pipeline.errors import NumericalError
 from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 
-#: CMMD's reference implementation's bandwidth and scale.
-SIGMA = 10.0
-SCALE = 1000.0
-
 #: Unit roundoff of float64.
 _U64 = 2.0**-53
 

@@ -38,10 +38,6 @@ import numpy as np
 
 from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 
-#: The peers' subset protocol's defaults (torch-fidelity's): rows per subset and the seed.
-SUBSET_SIZE = 1000
-SUBSET_SEED = 2020
-
 #: Unit roundoff of float64.
 _U64 = 2.0**-53
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
-from shardeval.pipeline.mmd.cmmd import SIGMA
-from shardeval.pipeline.mmd.kid import SUBSET_SEED, SUBSET_SIZE
+from shardeval.pipeline.mmd import SIGMA, SUBSET_SEED, SUBSET_SIZE
 from shardeval.pipeline.runoptions import POSITIVE, SEED_RANGE, Flag, Interval
 
 if TYPE_CHECKING:

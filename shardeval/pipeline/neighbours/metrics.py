@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 from shardeval.pipeline.mmd.metrics import reference
-from shardeval.pipeline.neighbours.prdc import PR_K, K
+from shardeval.pipeline.neighbours import PR_K, K
 from shardeval.pipeline.runoptions import Interval
 
 if TYPE_CHECKING:

@@ -34,11 +34,6 @@ from shardeval.pipeline.core.states import Magnitudes
 from shardeval.pipeline.errors import NumericalError
 from shardeval.pipeline.pairwise.blocks import Decisions, Neighbours
 
-#: Neighbours of density and coverage (Naeem et al.'s 5) and of precision and recall
-#: (Kynkäänniemi et al.'s 3).
-K = 5
-PR_K = 3
-
 #: Float64 rows whose largest magnitude lies in [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT] are
 #: compared as they are: their squared distances neither overflow (d·4·2^128 is far below
 #: 1.8e308) nor lose digits to subnormals on the scale of the rows.

@@ -30,10 +30,9 @@ from shardeval.pipeline.errors import (
     ShapeError,
 )
 from shardeval.pipeline.io.stores import FeatureSource
-from shardeval.pipeline.mmd.cmmd import SCALE, SIGMA, CMMDResult, cmmd_from_sums
+from shardeval.pipeline.mmd import SCALE, SIGMA, SUBSET_SEED, SUBSET_SIZE
+from shardeval.pipeline.mmd.cmmd import CMMDResult, cmmd_from_sums
 from shardeval.pipeline.mmd.kid import (
-    SUBSET_SEED,
-    SUBSET_SIZE,
     KIDResult,
     kernel_params,
     mmd2_and_se,
@@ -41,7 +40,8 @@ from shardeval.pipeline.mmd.kid import (
     subset_indices,
     subset_mmd2,
 )
-from shardeval.pipeline.neighbours.prdc import PR_K, K, distance_exponent, prdc_from, radii
+from shardeval.pipeline.neighbours import PR_K, K
+from shardeval.pipeline.neighbours.prdc import distance_exponent, prdc_from, radii
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,
