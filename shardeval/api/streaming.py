@@ -976,9 +976,10 @@ class FID(_Batches):
         >>> for _ in range(5):
         ...     fid.update(rng.standard_normal((100, 4)) + 1.0)
         >>> report = fid.compute()              # the report of se.fid on the same rows
-        >>> report.to_dict()["n_real"], report.to_dict()["n_gen"], report.to_dict()["d"]
-        (500, 500, 4)
-        >>> 3.5 < report.to_dict()["mean_term"] < 4.5   # about ‖(1, 1, 1, 1)‖² = 4
+        >>> fid_section = report.to_dict()["fid"]
+        >>> fid_section["fid_n_real"], fid_section["fid_n"]
+        (500, 500)
+        >>> 3.5 < fid_section["fid_mean_term"] < 4.5   # about ‖(1, 1, 1, 1)‖² = 4
         True
         >>> again = se.FID()
         >>> again.load_state_dict(fid.state_dict())
@@ -1811,8 +1812,10 @@ class PairMetrics(_Batches):
         ...     for _ in range(3):
         ...         pm.update(rng.standard_normal((100, 8)) + 0.5)
         ...     report = pm.compute()
-        >>> report["kid"].n_real, report["kid"].n_gen, report["prdc"].k
-        (300, 300, 3)
+        >>> report["kid"]["kid_n_real"], report["kid"]["kid_n"], report["prdc"]["prdc_n"]
+        (300, 300, 300)
+        >>> report.to_dict()["options"]["prdc"]["k"]
+        3
         >>> bool(float(report) > 0)                         # KID, the first metric
         True
 

@@ -264,8 +264,9 @@ inception_score = make_verb(
 standard error (delta method on log IS); ``splits`` adds the peers' protocol (mean and std
 over splits, torch-fidelity's ``isc``). A −inf logit is a class of probability 0.""",
     """    >>> import numpy as np, shardeval as se
-    >>> one_hot = 50.0 * np.eye(10)[np.arange(1000) % 10]  # confident and diverse
-    >>> round(float(se.inception_score(one_hot)), 6)
+    >>> one_hot = np.eye(10, dtype=bool)[np.arange(1000) % 10]
+    >>> logits = np.where(one_hot, 25.0, -25.0)  # confident and diverse
+    >>> round(float(se.inception_score(logits)), 6)
     10.0""",
     inputs=("logits",),
 )
