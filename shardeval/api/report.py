@@ -86,7 +86,7 @@ def build_report(
     lines += [side_line(s) for s in sides.values()]
     lines += made.lines
     if "scheduler" in tail["engine"] and tail["engine"]["scheduler"].startswith("none"):
-        lines.append(f"  {tail['seconds']:.2f} s, statistics only (no pass over rows)")
+        lines.append(f"  {tail['seconds']:.2f} s (statistics only: nothing computed on an engine)")
     else:
         lines.append(f"  {tail['seconds']:.2f} s on {engine_text(tail['engine'])}")
     first = instances[0]

@@ -293,10 +293,10 @@ def test_sync_equals_one_process_over_the_concatenation(world, jobs, monkeypatch
     for precision, tolerance in (("fp64", 1e-9), ("fp32", 1e-6)):
         first, one = results[0][precision], fids[precision]
         assert first.to_dict()["processes"] == world
-        assert (first.to_dict()["n_real"], first.to_dict()["n_gen"]) == (200, 200)
+        assert (first.to_dict()["fid"]["fid_n_real"], first.to_dict()["fid"]["fid_n"]) == (200, 200)
         assert abs(float(first) - float(one)) <= tolerance * float(one), precision
         for out in results:
-            assert out[precision]["fid"] == first["fid"]  # the same bits on every rank
+            assert out[precision].to_dict()["fid"] == first.to_dict()["fid"]  # the same bits
             assert out[f"{precision} state is own"]
     for out in results:
         got = out["pairs"]
@@ -324,9 +324,9 @@ def test_compute_without_sync_is_the_global_value_on_every_rank(world, jobs, mon
         for rank, out in enumerate(results):
             got = out[f"{precision} compute"]
             assert got.to_dict()["processes"] == world
-            assert (got.to_dict()["n_real"], got.to_dict()["n_gen"]) == (200, 200)
+            assert (got.to_dict()["fid"]["fid_n_real"], got.to_dict()["fid"]["fid_n"]) == (200, 200)
             assert "local" not in got.to_dict()
-            assert got["fid"] == results[0][f"{precision} compute"]["fid"]  # the same bits
+            assert got.to_dict()["fid"] == results[0][f"{precision} compute"].to_dict()["fid"]
             assert abs(float(got) - float(fids[precision])) <= tolerance * float(fids[precision])
             assert abs(float(got) - exact) <= tolerance * exact
             if precision == "fp32":  # the longest deadline the store takes: the same value
@@ -339,7 +339,10 @@ def test_compute_without_sync_is_the_global_value_on_every_rank(world, jobs, mon
                 continue
             assert local.to_dict()["local"] == {"rank": rank, "world_size": world}
             assert local.to_dict()["processes"] == 1
-            assert (local.to_dict()["n_real"], local.to_dict()["n_gen"]) == (n_real, n_gen)
+            assert (local.to_dict()["fid"]["fid_n_real"], local.to_dict()["fid"]["fid_n"]) == (
+                n_real,
+                n_gen,
+            )
             assert "local" in local.summary().splitlines()[0].lower()
     for out in results:
         for key in ("kid compute", "kid again"):
@@ -380,7 +383,7 @@ def test_a_rank_that_computes_alone_fails_at_its_deadline(world, jobs):
         assert words in message, message
     # The job goes on: the next compute() on every rank is the global value.
     for out in results:
-        assert out["after alone"]["fid"] == results[0]["after alone"]["fid"]
+        assert out["after alone"].to_dict()["fid"] == results[0]["after alone"].to_dict()["fid"]
         assert out["after alone"].to_dict()["processes"] == world
 
 

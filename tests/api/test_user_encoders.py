@@ -184,7 +184,7 @@ def test_an_hf_model_from_the_local_cache_into_fid(tmp_path, hf_vit, capsys):
     argv = ["fid", real, gen, "--encoder", "hf:org/tiny-vit", "--cache-root", cache]
     capsys.readouterr()
     assert main([*argv, "--precision", "fp64", "--json", "-q"]) == 0
-    assert json.loads(capsys.readouterr().out)["fid"] == float(report)
+    assert json.loads(capsys.readouterr().out)["fid"]["fid"] == float(report)
 
 
 def test_the_command_line_refuses_an_unknown_encoder_in_one_line(tmp_path, capsys):

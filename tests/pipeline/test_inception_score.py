@@ -541,10 +541,7 @@ def test_metrics_refuses_run_options_the_score_does_not_take(tmp_path, rng, opti
     with pytest.raises(OptionError, match=rf"{option}.*apply to .*\bis\b"):
         se.metrics(None, path, ["is"], **{option: value})
     settings_ = se.metrics(None, path, ["is"]).to_dict()["settings"]
-    if option == "nonfinite":
-        assert settings_[option] == "error"  # what it does: every row or an error
-    else:
-        assert option not in settings_
+    assert option not in settings_  # the score takes none: every row, or an error
 
 
 def _extraction_store(path, rng, n=90, c=12):
@@ -603,7 +600,7 @@ def test_features_given_as_logits_are_refused_by_their_width_and_signs(tmp_path,
         want = torch_fidelity_isc(x, 1, shuffle=False)[0]
         report = se.inception_score(x, as_logits=True)
         assert float(report) == pytest.approx(want, rel=RTOL)
-        assert report.to_dict()["is"]["as_logits"] is True
+        assert report.to_dict()["options"]["is"]["as_logits"] is True
     got = se.metrics(None, relu, ["is"], as_logits=True).to_dict()["is"]["is"]
     assert got == pytest.approx(torch_fidelity_isc(relu, 1, shuffle=False)[0], rel=RTOL)
     # Probabilities stay refused (their log is the fix), declared or not.
@@ -619,7 +616,7 @@ def test_logits_of_both_signs_are_read_as_before(rng):
         x = _logits(rng, 400, c)
         report = se.inception_score(x)
         assert float(report) == pytest.approx(torch_fidelity_isc(x, 1, shuffle=False)[0], rel=RTOL)
-        assert report.to_dict()["is"]["as_logits"] is False
+        assert report.to_dict()["options"]["is"]["as_logits"] is False
     x = _logits(rng, 400, 10).astype(np.float64)
     log_p = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
     want = torch_fidelity_isc(x, 1, shuffle=False)[0]

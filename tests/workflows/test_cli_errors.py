@@ -235,7 +235,7 @@ def test_a_job_with_a_float_option_that_is_not_finite_is_refused_at_load(
         f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
         f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.cmmd]\nsigma = {value}\n'
     )
-    _one_line(capsys, ["run", tmp_path / "job.toml"], "must be a finite number")
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "expected a positive finite number")
     assert not (tmp_path / "runs").exists()
 
 
