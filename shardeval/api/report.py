@@ -88,7 +88,7 @@ def build_report(
     if "scheduler" in tail["engine"] and tail["engine"]["scheduler"].startswith("none"):
         lines.append(f"  {tail['seconds']:.2f} s (statistics only: nothing computed on an engine)")
     else:
-        lines.append(f"  {tail['seconds']:.2f} s on {engine_text(tail['engine'])}")
+        lines.append(f"  {tail['seconds']:.2f} s {engine_text(tail['engine'])}")
     first = instances[0]
     value = float(results[first.name][first.outputs[0].name])
     return Report(data["metric"], results, data, "\n".join(lines), value)
