@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -175,19 +176,48 @@ def nested_moments(
         ShapeError: GEN has fewer than 20 rows.
         NonFiniteError: non-finite rows and ``nonfinite='error'``.
     """
+    state: BandMoments = _band_pass(
+        gen,
+        summarize_bands,
+        engine,
+        seed,
+        points,
+        device,
+        backend,
+        precision,
+        split_every,
+        progress,
+    )
+    check_nonfinite(gen.location, state.nonfinite, nonfinite)
+    return state
+
+
+def _band_pass(
+    gen: FeatureSource,
+    step: Any,
+    engine: Engine | None,
+    seed: int,
+    points: int,
+    device: str,
+    backend: str,
+    precision: str,
+    split_every: int | None,
+    progress: Progress | None,
+) -> Any:
+    """The one read of GEN that FID∞ makes: ``step`` (the bands alone, or with FID's
+    summary) over every shard, with GEN's products as FID takes them, merged."""
+    from shardeval.pipeline.fid.moments import products_precision
+
     if gen.n < 20:
         raise ShapeError(f"{gen.location!r} has {gen.n} rows; FID∞ needs at least 20")
     engine = engine or Engine()
     check_device(device, backend, local=not engine.is_distributed)
     thresholds = subset_sizes(gen.n, points) / gen.n
-    from shardeval.pipeline.fid.moments import products_precision
-
     products = products_precision(gen, precision)
-    tasks = shard_tasks(gen, summarize_bands, thresholds, seed, device, backend, products)
+    tasks = shard_tasks(gen, step, thresholds, seed, device, backend, products)
     (state,) = engine.reduce(
         [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
     )
-    check_nonfinite(gen.location, state.nonfinite, nonfinite)
     return state
 
 
@@ -248,17 +278,17 @@ def moments_and_bands(
         ShapeError: GEN has fewer than 20 rows, or fewer than 2 finite ones.
         NonFiniteError: non-finite rows and ``nonfinite='error'``.
     """
-    from shardeval.pipeline.fid.moments import products_precision
-
-    if gen.n < 20:
-        raise ShapeError(f"{gen.location!r} has {gen.n} rows; FID∞ needs at least 20")
-    engine = engine or Engine()
-    check_device(device, backend, local=not engine.is_distributed)
-    thresholds = subset_sizes(gen.n, points) / gen.n
-    products = products_precision(gen, precision)
-    tasks = shard_tasks(gen, summarize_with_bands, thresholds, seed, device, backend, products)
-    (both,) = engine.reduce(
-        [tasks], split_every=split_every, progress=progress, gpu=uses_gpu(device)
+    both: SummaryAndBands = _band_pass(
+        gen,
+        summarize_with_bands,
+        engine,
+        seed,
+        points,
+        device,
+        backend,
+        precision,
+        split_every,
+        progress,
     )
     check_nonfinite(gen.location, both.bands.nonfinite, nonfinite)
     moments = both.summary.moments
