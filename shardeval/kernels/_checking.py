@@ -193,18 +193,30 @@ def max_abs(t: Any) -> float:
     return float(t.abs().max()) if t.numel() else 0.0
 
 
-def scaled(got: Any, want: Any, scale: float) -> float:
-    """max |got − want| / scale; inf where a value is not finite (or differs in finiteness)."""
+def _comparable(got: Any, want: Any, flat: bool = False) -> tuple[Any, Any] | float:
+    """``got`` and ``want`` as float64 CPU tensors (``flat``: 1-D), or the distance already
+    decided: inf for other shapes or a value that is not finite, 0 for nothing to compare."""
     import torch
 
     g = torch.as_tensor(got, dtype=torch.float64).cpu()
     w = torch.as_tensor(want, dtype=torch.float64).cpu()
+    if flat:
+        g, w = g.reshape(-1), w.reshape(-1)
     if g.shape != w.shape:
         return math.inf
     if g.numel() == 0:
         return 0.0
     if not (torch.isfinite(g).all() and torch.isfinite(w).all()):
         return math.inf
+    return g, w
+
+
+def scaled(got: Any, want: Any, scale: float) -> float:
+    """max |got − want| / scale; inf where a value is not finite (or differs in finiteness)."""
+    pair = _comparable(got, want)
+    if isinstance(pair, float):
+        return pair
+    g, w = pair
     diff = float((g - w).abs().max())
     return diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
 
@@ -213,16 +225,10 @@ def log_space(got: Any, want: Any) -> float:
     """max |Δ| / (1 + |want|): for log-densities and log-sum-exps, whose fp32 error is
     relative to the sum inside the logarithm (so absolute in nats) for small values and
     relative for large ones."""
-    import torch
-
-    g = torch.as_tensor(got, dtype=torch.float64).cpu().reshape(-1)
-    w = torch.as_tensor(want, dtype=torch.float64).cpu().reshape(-1)
-    if g.shape != w.shape:
-        return math.inf
-    if g.numel() == 0:
-        return 0.0
-    if not (torch.isfinite(g).all() and torch.isfinite(w).all()):
-        return math.inf
+    pair = _comparable(got, want, flat=True)
+    if isinstance(pair, float):
+        return pair
+    g, w = pair
     return float(((g - w).abs() / (1.0 + w.abs())).max())
 
 

@@ -1,17 +1,6 @@
 """Start a Dask cluster from a spec file in ``cluster/``: local processes, GPU workers, SLURM or
-Kubernetes. A spec is YAML (:mod:`~shardeval.pipeline.core.clusters.spec`):
-
-.. code-block:: yaml
-
-    backend: local          # local | cuda | slurm | kubernetes
-    options:                # keyword arguments of the backend's cluster class
-      n_workers: 2
-      threads_per_worker: 1
-    scale: 4                # optional: workers (jobs) to ask for after start
-    join_timeout: 600       # optional: seconds the first worker has to join (default 600)
-
-Optional back-ends live in extras (``shardeval[cuda]``, ``[slurm]``, ``[kubernetes]``); a
-missing one is a one-line error naming the extra.
+Kubernetes. A spec is YAML, its keys and the extras of the optional back-ends described in
+:mod:`~shardeval.pipeline.core.clusters.spec`.
 
 A back-end that starts its scheduler on this machine (``local``, ``cuda``) serves it and its
 dashboard on 127.0.0.1 unless the spec names another address: ``distributed`` binds its
