@@ -14,6 +14,19 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def png_folder(root, n, seed, size=20, **save):
+    """``n`` random RGB PNGs of ``size`` × ``size`` (from ``seed``) in a new folder ``root``;
+    ``save``: PIL's save options (``compress_level=0``: a size set by the shape alone)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{i:02d}.png", **save)
+    return str(root)
+
+
 def write_zarr(path, x, chunk_rows=64, **attrs):
     arr = zarr.create_array(
         str(path),

@@ -6,17 +6,16 @@ import dataclasses
 import hashlib
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import zarr
-from PIL import Image
 
 import shardeval as se
 import shardeval.pipeline.io.fetch as fetch
 from shardeval.kernels.encoders import weights_digest
 from shardeval.kernels.encoders.inception import random_state_dict
 from shardeval.pipeline.images.extract import ExtractionError, extract_features
+from tests.conftest import png_folder
 from tests.pipeline.test_adm_reference import write_virtual
 
 pytestmark = pytest.mark.filterwarnings(
@@ -27,14 +26,7 @@ pytestmark = pytest.mark.filterwarnings(
 NOT_PUBLISHED = "not the published weights: not comparable with papers"
 
 
-def _folder(root, n, seed, size=20):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / f"{i:02d}.png"
-        )
-    return str(root)
+_folder = png_folder
 
 
 @pytest.fixture(scope="module")

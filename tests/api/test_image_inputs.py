@@ -7,7 +7,6 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import shardeval as se
 import shardeval.kernels.encoders as encoders
@@ -16,16 +15,11 @@ from shardeval.kernels.encoders import Encoder
 from shardeval.pipeline.errors import OptionError, SingularCovarianceWarning
 from shardeval.workflows.cli import main
 from tests.api.test_streaming import cheap_network  # noqa: F401  (a fixture)
+from tests.conftest import png_folder
 
 
 def _folder(root, n, seed):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(
-            root / f"{i:02d}.png"
-        )
-    return str(root)
+    return png_folder(root, n, seed, size=36)
 
 
 def test_fid_of_two_image_folders_equals_extract_then_fid(tmp_path, weights, capsys, monkeypatch):

@@ -12,6 +12,7 @@ from PIL import Image
 import shardeval as se
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.workflows.cli import main
+from tests.conftest import png_folder
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::shardeval.pipeline.errors.SingularCovarianceWarning"
@@ -19,13 +20,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def _folder(root, n, seed, size=24):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / f"{i:02d}.png", compress_level=0
-        )
-    return str(root)
+    return png_folder(root, n, seed, size, compress_level=0)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from PIL import Image
 
 import shardeval as se
 from shardeval.kernels.encoders import WeightsError, load_encoder, locate_weights
@@ -17,6 +16,7 @@ from shardeval.kernels.encoders.inception import random_state_dict
 from shardeval.pipeline.images.extract import EncoderSetupError
 from shardeval.pipeline.images.sources import open_images
 from shardeval.workflows.cli import main
+from tests.conftest import png_folder
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::shardeval.pipeline.errors.SingularCovarianceWarning"
@@ -25,14 +25,7 @@ pytestmark = pytest.mark.filterwarnings(
 SMOKE = "random weights"
 
 
-def _folder(root, n, seed, size=20):
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
-            root / f"{i:02d}.png"
-        )
-    return str(root)
+_folder = png_folder
 
 
 def test_random_weights_are_seeded_and_are_the_tests_random_state_dict(tmp_path):
