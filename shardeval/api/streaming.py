@@ -1859,7 +1859,7 @@ class PairMetrics(_Batches):
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}")
         # As shardeval.kid and the others check them.
         if set(chosen) <= {"kid", "cmmd"}:
-            _refuse_fp32_sums(options.get("precision"))
+            _refuse_fp32_sums(chosen, options.get("precision"))
         if "kid" in chosen:
             _declared("kid", options)
             if options.get("subsets"):
