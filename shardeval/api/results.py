@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from shardeval.pipeline.fid.frechet import FrechetDistance
     from shardeval.pipeline.likelihood.ess import ESSResult
     from shardeval.pipeline.likelihood.nll import NLLResult
 
@@ -142,84 +141,6 @@ class Side:
     def shown(self) -> str:
         """How the summary names it: images by the source given, not their cache entry."""
         return self.given or self.location
-
-
-def fid_data(result: FrechetDistance, real: Side, gen: Side) -> dict[str, Any]:
-    """The FID figures of the JSON report."""
-    r = result
-    return {
-        "metric": "fid",
-        "fid": r.fid,
-        "mean_term": r.mean_term,
-        "trace_term": r.trace_term,
-        "trace_real": r.trace_real,
-        "trace_gen": r.trace_gen,
-        "trace_sqrt_product": r.trace_sqrt,
-        "n_real": real.n,
-        "n_gen": gen.n,
-        "d": real.d,
-        "shards": {"real": real.shards, "gen": gen.shards},
-        "eigenvalues_clamped": {
-            "count": r.clamped_count,
-            "max_abs": r.clamped_max,
-            "rank_deficit": rank_deficit(real, gen),
-        },
-        "inputs": {"real": _side_dict(real), "gen": _side_dict(gen)},
-        # How each side's features were made (the warnings about it: features_made).
-        **features_made({"real": real.provenance, "gen": gen.provenance}).data,
-    }
-
-
-def fid_summary(
-    result: FrechetDistance, real: Side, gen: Side, seconds: float, engine: dict[str, Any]
-) -> str:
-    r = result
-    lines = [
-        f"FID {r.fid:.6g}   (mean term {r.mean_term:.6g} + trace term {r.trace_term:.6g})",
-        f"  trace term = tr Σr {r.trace_real:.6g} + tr Σg {r.trace_gen:.6g} "
-        f"- 2 tr √(Σr Σg) {r.trace_sqrt:.6g}",
-    ]
-    for side in (real, gen):
-        n = f"{side.n:,}" if side.n is not None else "unknown"
-        lines.append(
-            f"  {side.role:<4} {side.shown}  n={n} d={side.d:,} shards={side.shards} ({side.kind})"
-        )
-    lines.append(f"  eigenvalues clamped: {clamped_text(r, real, gen)}")
-    lines.append(f"  {seconds:.2f} s {engine_text(engine)}")
-    return "\n".join(lines)
-
-
-def rank_deficit(real: Side, gen: Side) -> int:
-    """Zero eigenvalues the sides' row counts leave: a covariance of n ≤ d rows has rank at
-    most n − 1, so d − n + 1 of its eigenvalues are zero, and rounding puts about half of
-    them below zero, where they are clamped (expected, not an alarm). The clamped count spans
-    Σ_g's factor and the product matrix, whose zeros together number d − min(rank Σ_r, rank
-    Σ_g): the larger of the sides' d − n + 1, never their sum."""
-    return max((max(0, s.d - s.n + 1) for s in (real, gen) if s.n is not None), default=0)
-
-
-def clamped_text(r: FrechetDistance, real: Side, gen: Side) -> str:
-    """The clamped eigenvalues for people: how many, the largest, and why when n ≤ d."""
-    if not r.clamped_count:
-        return "0"
-    text = f"{r.clamped_count:,} (largest {r.clamped_max:.3g})"
-    zeros = rank_deficit(real, gen)
-    if r.clamped_count <= zeros:
-        text += f"; expected: n ≤ d leaves d − n + 1 zero eigenvalues ({zeros:,} here)"
-    return text
-
-
-def _side_dict(side: Side) -> dict[str, Any]:
-    return {
-        "location": side.location,
-        "kind": side.kind,
-        "n": side.n,
-        "d": side.d,
-        "shards": side.shards,
-        "mergeable": side.mergeable,
-        "nonfinite_dropped": side.nonfinite_dropped,
-        "provenance": side.provenance,
-    }
 
 
 @dataclass(frozen=True)

@@ -449,8 +449,7 @@ def test_a_folder_that_is_not_a_store_is_named_as_given(tmp_path, rng):
 
 @pytest.mark.filterwarnings("ignore::shardeval.pipeline.errors.SingularCovarianceWarning")
 def test_eigenvalues_clamped_where_n_is_at_most_d_are_said_to_be_expected(rng):
-    from shardeval.api.results import Side, clamped_text, rank_deficit
-    from shardeval.pipeline.fid.frechet import FrechetDistance
+    from shardeval.pipeline.fid.metrics import FID, rank_deficit
 
     d = 64
     a, b = rng.normal(size=(10, d)), rng.normal(size=(12, d))
@@ -465,12 +464,25 @@ def test_eigenvalues_clamped_where_n_is_at_most_d_are_said_to_be_expected(rng):
         assert f"expected: n ≤ d leaves d − n + 1 zero eigenvalues ({expected:,} here)" in (
             report.summary()
         )
-    real, gen = Side("real", "r", 2000, d, 1, "features"), Side("gen", "g", 30, d, 1, "features")
-    assert rank_deficit(real, gen) == d - 30 + 1
-    result = FrechetDistance(1.0, 0.5, 1.0, 1.0, 0.75, 20, 1e-12)
-    assert "expected" in clamped_text(result, real, gen)
-    assert "expected" not in clamped_text(result, real, Side("gen", "g", 90, d, 1, "features"))
-    assert clamped_text(FrechetDistance(1.0, 0.5, 1.0, 1.0, 0.75, 0, 0.0), real, gen) == "0"
+    assert rank_deficit(2000, 30, d) == d - 30 + 1
+    assert rank_deficit(2000, 90, d) == 0
+
+    def clamped_line(clamped, zeros):
+        figures = dict.fromkeys(
+            ("fid", "fid_mean_term", "fid_trace_term", "fid_trace_real", "fid_trace_gen"), 1.0
+        )
+        outputs = {
+            **figures,
+            "fid_trace_sqrt_product": 0.75,
+            "fid_eigenvalues_clamped": clamped,
+            "fid_clamped_max": 1e-12 if clamped else 0.0,
+            "fid_rank_deficit": zeros,
+        }
+        return FID({}).summary_lines(outputs)[-1]
+
+    assert "expected" in clamped_line(20, rank_deficit(2000, 30, d))
+    assert "expected" not in clamped_line(20, rank_deficit(2000, 90, d))
+    assert clamped_line(0, rank_deficit(2000, 30, d)) == "  eigenvalues clamped: 0"
 
 
 @pytest.mark.filterwarnings("ignore:FID∞ is:UserWarning")
