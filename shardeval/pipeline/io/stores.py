@@ -329,11 +329,14 @@ def open_features(
 
 
 __all__ = [
+    "DEFAULT_SHARD_BYTES",
     "EXTRACTOR_ATTRS",
     "FEATURES_FORMAT",
+    "FEATURE_DIM_NAMES",
     "INCOMPLETE_ATTR",
     "NPY_MAGIC",
     "NUMPY_READ_ERRORS",
+    "SAMPLE_DIM_NAMES",
     "STATS_FORMAT",
     "ZIP_MAGICS",
     "FeatureSource",
@@ -341,5 +344,7 @@ __all__ = [
     "holds_one_array",
     "not_a_store",
     "numpy_kind",
+    "open_features",
+    "rows_axis",
     "validate_shape_dtype",
 ]
