@@ -37,7 +37,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shardeval.api.feature_inputs import _SHARD_BYTES, arrays_for, features, holds_variables
+from shardeval.api.feature_inputs import _SHARD_BYTES as _SHARD_BYTES
+from shardeval.api.feature_inputs import arrays_for, features, holds_variables
 from shardeval.api.image_inputs import (
     IMAGE_OPTIONS,
     extract_pixels,
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_OPTIONS",
-    "_SHARD_BYTES",
     "ExtractedImages",
     "arrays_for",
     "checked_gaussian",

@@ -47,11 +47,11 @@ from shardeval.pipeline.io.stats_adm import (
     ADM_POOL,
     ADM_SPATIAL,
     ADMReference,
-    _adm_description,
     adm_provenance,
     is_adm_reference,
     load_adm_reference,
 )
+from shardeval.pipeline.io.stats_adm import _adm_description as _adm_description
 from shardeval.pipeline.io.stats_checks import MAX_N, SYMMETRY_RTOL, check_n, check_statistics
 from shardeval.pipeline.io.stats_files import (
     FORMAT_VERSION,
@@ -73,7 +73,6 @@ __all__ = [
     "NPZ_PROVENANCE",
     "SYMMETRY_RTOL",
     "ADMReference",
-    "_adm_description",
     "adm_provenance",
     "check_n",
     "check_statistics",
