@@ -1,0 +1,203 @@
+"""The API functions of likelihoods and weights: :func:`nll` (negative log-likelihood of the
+generated set under a model of the real one) and :func:`ess` (effective sample size of
+importance log-weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shardeval.api.calls import Progress, _must_exist, _noted, _running, check_options, refuse
+from shardeval.api.inputs import (
+    arrays_for,
+    describe_input,
+    features,
+    is_path,
+    statistics,
+)
+from shardeval.api.results import (
+    Report,
+    ess_dict,
+    ess_summary,
+    nll_dict,
+    nll_summary,
+)
+from shardeval.pipeline.errors import OptionError
+
+#: nll: which options apply to which mode
+_NLL_MODES = {
+    "dims": ("loglik", "iw"),
+    "reff": ("iw",),
+    "bandwidth": ("parzen",),
+    "device": ("iw", "gaussian", "parzen"),
+    "backend": ("iw", "gaussian", "parzen"),
+    "split_every": ("loglik", "iw", "gaussian"),
+}
+
+
+def nll(
+    store: Any = None,
+    *,
+    iw: Any = None,
+    gaussian: Any = None,
+    parzen: Any = None,
+    dims: int | None = None,
+    reff: float | None = None,
+    bandwidth: float | str | None = None,
+    shard_rows: int | None = None,
+    array: str | None = None,
+    split_every: int | None = None,
+    device: str | None = None,
+    backend: str | None = None,
+    nonfinite: str | None = None,
+    scheduler: Any = None,
+    cluster: str | None = None,
+    threads: int | None = None,
+    performance_report: str | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Mean negative log-likelihood (nats) with its standard error, one of four ways:
+    ``nll(loglik)`` from per-sample log-likelihoods (N,); ``nll(iw=log_weights)`` IWAE-style
+    from importance log-weights (N, K) (Burda et al. 2016); ``nll(test, gaussian=stats)``
+    under a Gaussian of saved statistics; ``nll(test, parzen=samples)`` under a Gaussian KDE
+    of sample features (Parzen 1962).
+
+    Args:
+        dims: dimensions per sample, for bits/dim (loglik, iw).
+        reff: relative efficiency of the draws for the PSIS tail (iw).
+        bandwidth: Parzen's h, ``"silverman"`` (default) or ``"cv"`` (parzen).
+
+    Returns:
+        :class:`~shardeval.api.results.Report` (``float()`` the mean NLL; ``results["nll"]``
+        the :class:`~shardeval.pipeline.likelihood.nll.NLLResult`).
+
+    Example:
+        >>> import numpy as np, shardeval as se
+        >>> round(float(se.nll(np.full(10, -2.0))), 6)
+        2.0
+    """
+    options = dict(locals())
+    check_options(options)
+    modes = [m for m in ("iw", "gaussian", "parzen") if options[m] is not None]
+    if len(modes) > 1:
+        raise OptionError(f"choose one of «iw», «gaussian», «parzen»; got {', '.join(modes)}")
+    mode = modes[0] if modes else "loglik"
+    if (store is None) != (mode == "iw"):
+        want = {"iw": "no store", "loglik": "LOGLIK"}.get(mode, "the TEST features")
+        raise OptionError(f"nll by {mode} takes {want}")
+    for option, applies in _NLL_MODES.items():
+        if mode not in applies:
+            refuse(options, (option,), f"does not apply to nll {mode}")
+    _must_exist(store, iw, parzen, *([gaussian] if is_path(gaussian) else []))
+    nonfinite = nonfinite or "error"
+    with _noted() as notes, _running(options) as run:
+        eng, bar = run.engine, run.progress
+        kernel: dict[str, Any] = {"device": device or "auto", "backend": backend or "auto"}
+        inputs: dict[str, Any] = {}
+
+        def opened(x: Any, name: str | None = array, **kw: Any) -> Any:
+            return features(x, array=name, shard_rows=shard_rows, **kw)
+
+        if mode == "loglik":
+            from shardeval.pipeline.likelihood.nll import nll_from_loglik
+
+            source = opened(store, min_rows=1, ndims=(1,))
+            result = nll_from_loglik(
+                source, engine=eng, nonfinite=nonfinite, dims=dims, split_every=split_every,
+                progress=bar,
+            )  # fmt: skip
+            inputs["loglik"] = source.describe()
+        elif mode == "iw":
+            from shardeval.pipeline.likelihood.nll import nll_importance
+
+            source = opened(iw, min_rows=1, ndims=(2,))
+            result = nll_importance(
+                source, engine=eng, nonfinite=nonfinite, dims=dims,
+                reff=1.0 if reff is None else reff, split_every=split_every, progress=bar,
+                **kernel,
+            )  # fmt: skip
+            inputs["log_weights"] = source.describe()
+        elif mode == "gaussian":
+            from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
+
+            source = opened(store)
+            result = nll_gaussian(
+                statistics(gaussian), source, engine=eng, nonfinite=nonfinite,
+                split_every=split_every, progress=bar, **kernel,
+            )  # fmt: skip
+            inputs.update(statistics=describe_input(gaussian), test=source.describe())
+        else:
+            from shardeval.pipeline.likelihood.parzen import nll_parzen
+
+            names = arrays_for([parzen, store], array)
+            samples, test = opened(parzen, names[0]), opened(store, names[1])
+            result = nll_parzen(
+                samples, test, bandwidth or "silverman", engine=eng, nonfinite=nonfinite,
+                progress=bar, **kernel,
+            )  # fmt: skip
+            inputs.update(samples=samples.describe(), test=test.describe())
+        tail = run.tail(notes)
+        settings = {k: v for k, v in run.settings().items() if mode in _NLL_MODES.get(k, (mode,))}
+    data = {"metric": "nll", **nll_dict(result), "inputs": inputs, **tail, "settings": settings}
+    return Report("nll", {"nll": result}, data, nll_summary(result, tail["seconds"]), result.nll)
+
+
+def ess(
+    log_weights: Any,
+    *,
+    reff: float | None = None,
+    shard_rows: int | None = None,
+    array: str | None = None,
+    split_every: int | None = None,
+    device: str | None = None,
+    backend: str | None = None,
+    nonfinite: str | None = None,
+    scheduler: Any = None,
+    cluster: str | None = None,
+    threads: int | None = None,
+    performance_report: str | None = None,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Report:
+    """Effective sample size ESS = (Σw)²/Σw² (Kong 1992) of importance log-weights (N,) or
+    (N, K), with the largest normalised weight and the PSIS Pareto k̂ (Vehtari et al. 2024;
+    < 0.5 good, < 0.7 usable, ≥ 0.7 unreliable); for (N, K) also per row.
+
+    Returns:
+        :class:`~shardeval.api.results.Report` (``float()`` the ESS; ``results["ess"]`` the
+        :class:`~shardeval.pipeline.likelihood.ess.ESSResult`).
+
+    Example:
+        >>> import numpy as np, shardeval as se
+        >>> float(se.ess(np.log(np.array([1.0, 1.0, 2.0]))))   # 4² / 6
+        2.6666666666666665
+    """
+    options = dict(locals())
+    check_options(options)
+    _must_exist(log_weights)
+    from shardeval.pipeline.likelihood.ess import ess_of
+
+    with _noted() as notes, _running(options) as run:
+        source = features(log_weights, array=array, shard_rows=shard_rows, min_rows=1, ndims=(1, 2))
+        result = ess_of(
+            source,
+            engine=run.engine,
+            nonfinite=nonfinite or "error",
+            reff=1.0 if reff is None else reff,
+            device=device or "auto",
+            backend=backend or "auto",
+            split_every=split_every,
+            progress=run.progress,
+        )
+        tail = run.tail(notes)
+        settings = run.settings()
+    data = {
+        "metric": "ess",
+        **ess_dict(result),
+        "inputs": {"log_weights": source.describe()},
+        **tail,
+        "settings": settings,
+    }
+    return Report("ess", {"ess": result}, data, ess_summary(result, tail["seconds"]), result.ess)
