@@ -370,11 +370,11 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     history = _string(f"{path}: job.history", job.get("history", ""))
     scheduler = engine.get("scheduler")
     if scheduler is not None:
-        from shardeval.pipeline.core.engine import Engine
+        from shardeval.api import engines
         from shardeval.pipeline.errors import EngineError
 
         try:
-            Engine(scheduler)
+            engines.engine(scheduler)
         except EngineError as exc:
             raise JobError(f"{path}: engine.scheduler: {exc}") from None
     cluster = engine.get("cluster")

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shardeval.pipeline.images.provenance import (
+from shardeval.api.provenance import (
     MadeBy,
     difference_warning,
     made_by,
