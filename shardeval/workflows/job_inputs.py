@@ -21,7 +21,7 @@ from shardeval._words import marked
 from shardeval.api.evaluate import Reference
 from shardeval.pipeline.errors import ShardevalError
 from shardeval.workflows.history import History
-from shardeval.workflows.jobfile import Job, JobError
+from shardeval.workflows.job_spec import Job, JobError
 from shardeval.workflows.madeby import ProvenanceWarning
 
 if TYPE_CHECKING:

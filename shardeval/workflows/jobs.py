@@ -33,7 +33,8 @@ from shardeval.workflows.job_inputs import (
     reference_location,
     reference_of,
 )
-from shardeval.workflows.jobfile import Job, JobError, load_job
+from shardeval.workflows.job_spec import Job, JobError
+from shardeval.workflows.jobfile import load_job
 from shardeval.workflows.madeby import (
     ProvenanceWarning,
     listed,
