@@ -218,7 +218,7 @@ def _random_weights(where: str, weights: str) -> bool:
 
 def _extract(path: str, base: str, raw: Any) -> dict[str, Any]:
     """The [extract] table as keyword arguments of
-    :func:`shardeval.pipeline.images.extract.plan_extraction`, the batch size and
+    :func:`shardeval.api.images.extraction_plan`, the batch size and
     ``skip_bad`` (types checked here; values when the weights are looked up)."""
     table = _check_keys(f"{path}: [extract]", raw or {}, _SECTIONS["extract"] or set())
     out: dict[str, Any] = {}
