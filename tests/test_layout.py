@@ -43,6 +43,87 @@ def test_imports_go_one_way(package):
     assert not wrong
 
 
+#: What workflows may import from pipeline. Everything else it reaches through shardeval.api,
+#: as every user does: a command parses, calls the API and formats.
+WORKFLOWS_FROM_PIPELINE = (
+    # Error classes: the command line catches them to print one line and exit 2, and job
+    # files raise their own subclasses.
+    "shardeval.pipeline.errors",
+    # The metrics' declarations (parameters, outputs, plots): they make the flags and the job
+    # keys, and a history stores them to describe its columns.
+    "shardeval.pipeline.metrics",
+    # The run options' declarations: they make the flags and the job keys and check values.
+    "shardeval.pipeline.runoptions",
+    # Output safety (claim an output, write a file atomically, lock): the one rule that a
+    # command never replaces what it did not create, for reports and histories as for
+    # stores; file-system plumbing, no computation.
+    "shardeval.pipeline.io.atomic",
+    # The time stamp and package versions every report and history row records.
+    "shardeval.pipeline.io.provenance",
+)
+
+
+def _pipeline_imports(source, package):
+    """The modules of shardeval.pipeline that ``source`` (a module of ``package``) imports
+    outside :data:`WORKFLOWS_FROM_PIPELINE`: at module level, in a function, or for type
+    checking alike; relative imports resolved."""
+    wrong = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*up, base] if base else up)
+            # ``from shardeval.pipeline import metrics`` imports shardeval.pipeline.metrics
+            is_package = (ROOT / base.replace(".", "/")).is_dir()
+            names = [f"{base}.{alias.name}" for alias in node.names] if is_package else [base]
+        else:
+            continue
+        wrong += [
+            name
+            for name in names
+            if _within(name, ("shardeval.pipeline",)) and not _within(name, WORKFLOWS_FROM_PIPELINE)
+        ]
+    return wrong
+
+
+def test_the_workflows_check_sees_an_import_from_pipeline():
+    source = """
+from shardeval.pipeline.errors import StoreError
+from shardeval.pipeline import metrics, runoptions
+from shardeval.pipeline import images
+
+def run():
+    from shardeval.pipeline.core.engine import Engine
+    import shardeval.pipeline.io.stores
+    from ...pipeline.fid import moments
+    from ..api.stores import open_store
+"""
+    assert _pipeline_imports(source, "shardeval.workflows.cli") == [
+        "shardeval.pipeline.images",
+        "shardeval.pipeline.core.engine",
+        "shardeval.pipeline.io.stores",
+        "shardeval.pipeline.fid.moments",
+    ]
+
+
+def test_workflows_imports_from_pipeline_only_errors_and_declarations():
+    """workflows is a client of the API: from pipeline it imports only the modules named in
+    :data:`WORKFLOWS_FROM_PIPELINE`; `run`, `synth`, `history` and `report` reach stores,
+    statistics, images and engines through shardeval.api."""
+    wrong = []
+    for path in sorted((ROOT / "shardeval" / "workflows").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        package = ".".join(parts if path.name == "__init__.py" else parts[:-1])
+        wrong += [
+            f"{path.relative_to(ROOT)} imports {name}"
+            for name in _pipeline_imports(path.read_text(), package)
+        ]
+    assert not wrong
+
+
 def test_one_import_name():
     # Generic top-level names (kernels, pipeline) collide with other distributions: everything
     # lives under shardeval, and no module imports the old top-level names.

@@ -27,7 +27,8 @@ class HistoryRow:
         store: the feature store evaluated.
         step: training step, or -1 when unknown.
         tags: labels from the job file.
-        fingerprint: digest of the store's listing (:mod:`shardeval.pipeline.io.fingerprint`).
+        fingerprint: digest of the store's listing
+            (:func:`shardeval.api.stores.listing_fingerprint`).
         options: digest of everything else that changes a value (metric options, the array)
             for the whole job that ran last; each metric's own is in its provenance.
         reference: the reference's location.
@@ -190,18 +191,17 @@ def _stale(
 def _listing_now(location: str, cache: dict[str, str | None], images: bool = False) -> str | None:
     """The listing digest of a local store now, or (``images``) the listing of a source of
     images as the feature cache keys it (None when it is gone); cached per call."""
+    from shardeval.api.images import images_fingerprint
+    from shardeval.api.stores import listing_fingerprint
     from shardeval.pipeline.errors import ShardevalError
-    from shardeval.pipeline.io.fingerprint import listing_digest
 
     cached = f"images:{location}" if images else location
     if cached not in cache:
         try:
             if images:
-                from shardeval.pipeline.images.sources import open_images
-
-                cache[cached] = open_images(location).fingerprint
+                cache[cached] = images_fingerprint(location)
             else:
-                cache[cached] = listing_digest(location)
+                cache[cached] = listing_fingerprint(location)
         except (ShardevalError, OSError):
             cache[cached] = None
     return cache[cached]

@@ -41,7 +41,7 @@ def _other_kind(where: str) -> tuple[str, str] | None:
     :meth:`HistoryVersions._read` names that damage)."""
     import zarr
 
-    from shardeval.pipeline.io.stores import STATS_FORMAT
+    from shardeval.api.stores import STATISTICS_FORMAT
 
     try:
         node = zarr.open(where, mode="r", use_consolidated=False)
@@ -52,7 +52,7 @@ def _other_kind(where: str) -> tuple[str, str] | None:
     kind = node.attrs.get("format")
     if kind == FORMAT:
         return None
-    if kind == STATS_FORMAT:
+    if kind == STATISTICS_FORMAT:
         return "a statistics group", "mean and m2, as `shardeval stats` writes them"
     try:
         arrays = dict(node.arrays())
@@ -208,7 +208,7 @@ class HistoryVersions:
         out.)"""
         import zarr
 
-        from shardeval.pipeline.io.reader import missing_chunks
+        from shardeval.api.stores import missing_chunks
 
         try:
             group = zarr.open_group(where, mode="r", use_consolidated=False)

@@ -1,5 +1,6 @@
 """Job files: a reference, entries (checkpoints), metrics, an engine and a history, in TOML,
-read and checked (:func:`load_job`); :mod:`shardeval.workflows.jobs` runs them.
+read and checked (:func:`load_job`) into a :class:`~shardeval.workflows.job_spec.Job`;
+:mod:`shardeval.workflows.jobs` runs them.
 
 .. code-block:: toml
 
@@ -54,108 +55,16 @@ may be images too (``[reference] images = ...``).
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
-import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
 from typing import Any
 
-from shardeval.pipeline.errors import ShardevalError
 from shardeval.pipeline.metrics import METRICS, Metric, MetricOptionError
 from shardeval.pipeline.runoptions import option_problem
+from shardeval.workflows.job_spec import Entry, Job, JobError
 
-
-class JobError(ShardevalError):
-    """A job file is wrong: unknown key or metric, wrong type, missing store, empty glob."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One thing to evaluate: a feature store, or (``images``) an image source whose features
-    are extracted first."""
-
-    name: str
-    store: str
-    step: int | None = None
-    tags: tuple[str, ...] = ()
-    images: bool = False
-
-
-@dataclass(frozen=True)
-class Job:
-    path: str
-    name: str
-    history: str
-    entries: tuple[Entry, ...]
-    metrics: dict[str, Metric]
-    reference_store: str | None = None
-    reference_stats: str | None = None
-    scheduler: str | None = None
-    cluster: str | None = None
-    reference_images: str | None = None
-    extract: dict[str, Any] = field(default_factory=dict)
-    #: The run options the file sets ([engine]'s kernels, [job]'s reading), checked.
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> str:
-        return str(self.settings.get("device", "auto"))
-
-    @property
-    def backend(self) -> str:
-        return str(self.settings.get("backend", "auto"))
-
-    @property
-    def array(self) -> str | None:
-        return self.settings.get("array")
-
-    @property
-    def shard_rows(self) -> int | None:
-        return self.settings.get("shard_rows")
-
-    @property
-    def options_digest(self) -> str:
-        """Identifies everything besides the stores that changes a value: the metrics and their
-        options, and the array read from group stores. An entry computed under other options
-        is computed again."""
-        text = json.dumps(
-            {
-                "metrics": {k: m.options for k, m in sorted(self.metrics.items())},
-                "array": self.array,
-            },
-            sort_keys=True,
-        )
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-    def metric_digest(self, name: str) -> str:
-        """Identifies what, besides the stores, changes one metric's values: its options and
-        the array read from group stores. A result recorded under the same digest, from the
-        same inputs, is not computed again; other metrics of the job do not enter it (a job
-        that adds or drops a metric recomputes nothing else)."""
-        recorded: dict[str, Any] = {
-            "metric": name,
-            "options": self.metrics[name].options,
-            "array": self.array,
-        }
-        # Settings that move a value's last digits (fp64 products, other shards or merge
-        # trees) enter it when the file sets them, so that files without them keep theirs.
-        taken = set(self.metrics[name].run_options) | {"shard_rows", "split_every"}
-        run = {k: v for k, v in self.settings.items() if k in taken and k not in _KEPT}
-        if run:
-            recorded["run"] = run
-        text = json.dumps(recorded, sort_keys=True)
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-    @property
-    def run_options(self) -> dict[str, Any]:
-        """The job's run options, as the API takes them (the metrics' own ``nonfinite`` is
-        theirs; «array» picks each store's variable where it is opened)."""
-        return {k: v for k, v in self.settings.items() if k != "array"}
-
-    def declarations(self) -> dict[str, Any]:
-        return {name: metric.declaration() for name, metric in self.metrics.items()}
+__all__ = ["Entry", "Job", "JobError", "glob_name", "load_job"]
 
 
 #: Run options a job file sets, by section, from their declarations
@@ -165,8 +74,6 @@ _RUN_KEYS = {
     "engine": ("device", "backend", "precision"),
     "job": ("array", "shard_rows", "split_every"),
 }
-#: Settings recorded in a metric's digest already, or that do not move a value.
-_KEPT = ("array", "device", "backend")
 
 _SECTIONS: dict[str, set[str] | None] = {
     "job": {"name", "history", *_RUN_KEYS["job"]},
@@ -311,7 +218,7 @@ def _random_weights(where: str, weights: str) -> bool:
 
 def _extract(path: str, base: str, raw: Any) -> dict[str, Any]:
     """The [extract] table as keyword arguments of
-    :func:`shardeval.pipeline.images.extract.plan_extraction`, the batch size and
+    :func:`shardeval.api.images.extraction_plan`, the batch size and
     ``skip_bad`` (types checked here; values when the weights are looked up)."""
     table = _check_keys(f"{path}: [extract]", raw or {}, _SECTIONS["extract"] or set())
     out: dict[str, Any] = {}
@@ -370,11 +277,11 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     history = _string(f"{path}: job.history", job.get("history", ""))
     scheduler = engine.get("scheduler")
     if scheduler is not None:
-        from shardeval.pipeline.core.engine import Engine
+        from shardeval.api import engines
         from shardeval.pipeline.errors import EngineError
 
         try:
-            Engine(scheduler)
+            engines.engine(scheduler)
         except EngineError as exc:
             raise JobError(f"{path}: engine.scheduler: {exc}") from None
     cluster = engine.get("cluster")

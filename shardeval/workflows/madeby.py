@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shardeval.pipeline.images.provenance import (
+from shardeval.api.provenance import (
     MadeBy,
     difference_warning,
     made_by,
@@ -51,8 +51,8 @@ def record_of(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     records nothing.
 
     Args:
-        provenance: :meth:`~shardeval.pipeline.io.stores.FeatureSource.describe` or
-            :func:`~shardeval.pipeline.io.statsio.stats_provenance`.
+        provenance: an opened store's ``describe()`` (:func:`shardeval.api.stores.open_store`)
+            or :func:`~shardeval.api.stores.statistics_provenance`.
     """
     made = made_by(provenance)
     if made is None:

@@ -48,7 +48,7 @@ def _dispatch(args: object) -> int:
     command = getattr(importlib.import_module(module), name)
     cluster = getattr(args, "cluster", None)
     if cluster:
-        from shardeval.pipeline.core.clusters import running_cluster
+        from shardeval.api.engines import running_cluster
         from shardeval.workflows.cli.common import refuse
 
         refuse(args, ("scheduler", "threads"), "cannot be combined with --cluster")  # type: ignore[arg-type]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from shardeval.pipeline.runoptions import OPTIONS
 from shardeval.workflows.cli.common import (
@@ -98,41 +97,18 @@ def cmd_ess(args: argparse.Namespace) -> int:
     return emit(args, report.to_dict(), report.summary())
 
 
-def _is_synthetic(path: str) -> bool:
-    """Whether ``path`` holds features that ``synth`` wrote (never raises). A ``.npy`` cannot
-    say who wrote it (any float32 feature dump looks the same), so it never counts as ours."""
-    try:
-        import zarr
-
-        from shardeval.pipeline.io.synthetic import FEATURE_EXTRACTOR
-
-        node = zarr.open_array(path, mode="r")
-        return node.attrs.get("feature_extractor") == FEATURE_EXTRACTOR
-    except Exception:
-        return False
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
-    from shardeval.pipeline.io.atomic import atomic_dir, atomic_file, claim_output, is_stream
-    from shardeval.pipeline.io.synthetic import gaussian_features, synthetic_attrs, write_features
+    from shardeval.api.synthesis import synth
 
-    claim_output(
-        args.output, "synthetic feature store", _is_synthetic, args.overwrite, streams=True
-    )
-    x = gaussian_features(
-        args.n, args.d, shard_rows=args.chunk_rows, seed=args.seed, mean=args.mean, scale=args.scale
-    )
-    attrs = synthetic_attrs(args.n, args.d, seed=args.seed, mean=args.mean, scale=args.scale)
-    if args.output.endswith(".npy") or is_stream(args.output):  # a pipe takes one file
-        import numpy as np
-
-        with atomic_file(args.output, "wb") as fh:
-            np.save(fh, x.compute())
-    else:
-        with atomic_dir(args.output) as tmp:
-            write_features(tmp, x, chunk_rows=args.chunk_rows, attrs=attrs)
-    say(
-        f"wrote {args.n:,} x {args.d:,} synthetic features to {os.fspath(args.output)}",
+    written = synth(
         args.output,
+        args.n,
+        args.d,
+        chunk_rows=args.chunk_rows,
+        seed=args.seed,
+        mean=args.mean,
+        scale=args.scale,
+        overwrite=args.overwrite,
     )
+    say(f"wrote {args.n:,} x {args.d:,} synthetic features to {written}", args.output)
     return 0

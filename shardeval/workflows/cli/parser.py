@@ -10,24 +10,27 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from shardeval.pipeline.errors import OptionError
 from shardeval.pipeline.metrics import METRICS, metric_names
 from shardeval.pipeline.runoptions import (
     COUNT,
     ENGINE,
-    IMAGES,
     POSITIVE,
     SEED_RANGE,
     Interval,
-    run_option_names,
 )
 from shardeval.workflows.cli.flags import (
     add_output_options,
     add_run_options,
     cli_type,
     metric_options,
+)
+from shardeval.workflows.cli.metric_commands import (
+    METRIC_COMMANDS,
+    READING,
+    add_metric_command,
+    metric_run_options,
 )
 
 DESCRIPTION = (
@@ -114,131 +117,6 @@ def metric_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: Run options every command that reads rows takes: how they are read and merged.
-_READING = ("shard_rows", "array", "split_every")
-
-
-def metric_run_options(names: Sequence[str]) -> tuple[str, ...]:
-    """The run options of a command of the metrics ``names``: the engine's, reading rows, each
-    metric's declared ones, and the image inputs'."""
-    taken = {*ENGINE, *_READING, *IMAGES}
-    for name in names:
-        cls = METRICS[name]
-        taken.update(cls.run_options)
-        if cls.products:  # accepted when it names what they always do
-            taken.add("precision")
-    return tuple(
-        o for o in run_option_names(("engine", "input", "kernels", "images")) if o in taken
-    )
-
-
-@dataclass(frozen=True)
-class MetricCommand:
-    """A command of one or more metrics: its inputs and words; its options come from the
-    metrics' declarations."""
-
-    name: str
-    metrics: tuple[str, ...]
-    inputs: tuple[str, str, str]  # (nargs, metavar, help)
-    help: str
-    description: str
-    epilog: str = ""
-
-
-_METRIC_COMMANDS = (
-    MetricCommand(
-        "fid",
-        ("fid", "fid_inf"),
-        ("+", "STORE", "REAL GEN (or GEN with --ref)"),
-        "Fréchet distance between two feature sets or statistics",
-        "Fréchet Inception Distance between REAL and GEN. Each may be a feature store or "
-        "statistics (ours, or a pytorch-fid .npz); feature stores are streamed through the "
-        "engine, statistics are read. A guided-diffusion (ADM) reference batch, VIRTUAL_*.npz, "
-        "is read as its mu/sigma: pool_3 features of the TF Inception graph, so extract GEN with "
-        "--resize legacy-tensorflow to compare with it.",
-        "examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
-        "  shardeval fid real-stats.zarr gen.zarr\n  shardeval fid a.npz b.npz\n"
-        "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
-    ),
-    MetricCommand(
-        "kid",
-        ("kid",),
-        ("2", "STORE", "REAL GEN"),
-        "Kernel Inception Distance, exact over all pairs",
-        "KID (Bińkowski et al. 2018): the squared MMD of REAL and GEN under the kernel "
-        "(x·y/d + 1)³. By default the unbiased estimator over ALL pairs of the full sets with "
-        "its standard error, computed block pair by block pair (no N x N matrix). "
-        "--subsets/--subset-size/--seed: the peers' protocol (torch-fidelity's, mean and "
-        "standard deviation over random subsets), so numbers compare with published ones.",
-        "examples:\n  shardeval kid real.zarr gen.zarr\n"
-        "  shardeval kid real.zarr gen.zarr --subsets 100 --subset-size 1000 --seed 2020",
-    ),
-    MetricCommand(
-        "cmmd",
-        ("cmmd",),
-        ("2", "STORE", "REAL GEN"),
-        "CMMD: RBF-kernel MMD of CLIP embeddings, exact over all pairs",
-        "CMMD (Jayasumana et al. 2024): 1000 x the squared MMD of REAL and GEN under "
-        "exp(-|x-y|²/2σ²), σ = 10, on embeddings scaled to unit norm (done here); the biased "
-        "V-statistic of the reference code, or --unbiased for the U-statistic.",
-    ),
-    MetricCommand(
-        "prdc",
-        ("prdc",),
-        ("2", "STORE", "REAL GEN"),
-        "precision, recall, density and coverage, exact over all pairs",
-        "Precision and recall (Kynkäänniemi et al. 2019; radius: distance to the --pr-k-th "
-        "nearest other point, inside means <=) and density and coverage (Naeem et al. 2020; "
-        "--k, strict <), over the full sets; every decision exact in float64.",
-    ),
-    MetricCommand(
-        "is",
-        ("is",),
-        ("1", "LOGITS", "logits, an extraction store or images"),
-        "Inception Score of logits, exact over all samples (and the peers' splits)",
-        "Inception Score (Salimans et al. 2016), exp(E KL(p(y|x) ‖ p(y))), of LOGITS: an "
-        "(N, C) array or store of logits, an extraction store of the Inception (its 1,008 "
-        "logits, pool3·Wᵀ without the bias as torch-fidelity's logits_unbiased), or images "
-        "(extracted with the Inception into the feature cache). By default over ALL samples, "
-        "exactly, with its standard error (delta method on log IS); --splits S adds the peers' "
-        "protocol (torch-fidelity's isc: mean and std over S splits of the rows shuffled by "
-        "--seed), so numbers compare with published ones.",
-        "examples:\n  shardeval is gen.zarr\n  shardeval is gen.zarr --splits 10\n"
-        "  shardeval is logits.npy --json",
-    ),
-)
-
-
-def _add_metric_command(sub: argparse._SubParsersAction, spec: MetricCommand) -> None:
-    p = sub.add_parser(
-        spec.name,
-        help=spec.help,
-        description=spec.description,
-        epilog=spec.epilog or None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    nargs, metavar, text = spec.inputs
-    if nargs == "1":
-        p.add_argument("store", metavar=metavar, help=text)
-    else:
-        p.add_argument(
-            "stores", nargs=int(nargs) if nargs.isdigit() else nargs, metavar=metavar, help=text
-        )
-    if spec.name == "fid":
-        p.add_argument(
-            "--ref", metavar="STATS", help="REAL given as statistics (the same as `fid STATS GEN`)"
-        )
-        p.add_argument(
-            "--infinity",
-            action="store_true",
-            help="also FID∞ (Chong & Forsyth 2020): FID at 15 nested subset sizes of GEN, the "
-            "intercept of a least-squares line in 1/N (one read of GEN; it must be features)",
-        )
-    add_run_options(p, metric_run_options(spec.metrics))
-    metric_options(p, spec.metrics)
-    add_output_options(p)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardeval",
@@ -253,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_extract_parser(sub)
     add_fetch_parser(sub)
-    for spec in _METRIC_COMMANDS:
-        _add_metric_command(sub, spec)
+    for spec in METRIC_COMMANDS:
+        add_metric_command(sub, spec)
 
     metrics = sub.add_parser(
         "metrics",
@@ -324,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     nll.add_argument("--parzen", metavar="SAMPLES", help="feature store of kernel centres")
     add_run_options(
         nll,
-        (*ENGINE, *_READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth"),
+        (*ENGINE, *READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth"),
     )
     add_output_options(nll)
 
@@ -336,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "also per row, summarised).",
     )
     ess.add_argument("store", metavar="LOGW")
-    add_run_options(ess, (*ENGINE, *_READING, "nonfinite", "device", "backend", "reff"))
+    add_run_options(ess, (*ENGINE, *READING, "nonfinite", "device", "backend", "reff"))
     add_output_options(ess)
 
     _add_runs(sub)

@@ -8,9 +8,12 @@ import json
 import math
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardeval.workflows.cli.common import UsageError, notice, say
+
+if TYPE_CHECKING:
+    from shardeval.api.engines import Engine
 
 #: The columns of `history` saying how an entry's (and its reference's) features were made:
 #: lines of their own under the table, text in CSV.
@@ -21,16 +24,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from shardeval.workflows.jobs import load_job, run_job
 
     job = load_job(args.job)  # validates the file before anything else
-    from shardeval.pipeline.core.clusters import running_cluster
-    from shardeval.pipeline.core.engine import Engine
+    from shardeval.api.engines import engine, running_cluster
     from shardeval.workflows.progress import ProgressBar
 
     log = (lambda message: None) if args.quiet else notice
 
-    def run(engine: Engine) -> Any:
+    def run(on: Engine) -> Any:
         return run_job(
             job,
-            engine=engine,
+            engine=on,
             force=args.force,
             verify=args.verify,
             progress=None if args.quiet else ProgressBar(),
@@ -39,12 +41,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if job.cluster and not args.scheduler:
         with running_cluster(job.cluster) as address:
-            summary = run(Engine(address, log=log))
+            summary = run(engine(address, log=log))
     else:
         scheduler = (
             args.scheduler or job.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
         )
-        summary = run(Engine(scheduler, log=log))
+        summary = run(engine(scheduler, log=log))
     print(
         f"job {job.name}: {len(summary.computed)} computed, {len(summary.skipped)} already "
         f"done, {len(job.entries)} entries; history {job.history} ({summary.seconds:.1f} s)"
