@@ -137,7 +137,9 @@ parametrize_states = pytest.mark.parametrize("cls", STATES, ids=_names(STATES))
 #: ``Moments`` by ``Moments.merge`` (tests/api/test_streaming.py holds its in-place running
 #: update on the device to that merge); the pair metrics append rows. An exemption whose class
 #: is gone or lost its merge fails the test below.
-IN_PLACE_MERGES = frozenset({"shardeval.api.streaming.FID", "shardeval.api.streaming.PairMetrics"})
+IN_PLACE_MERGES = frozenset(
+    {"shardeval.api.streaming.fid.FID", "shardeval.api.streaming.rows.PairMetrics"}
+)
 
 
 def test_every_class_with_a_merge_is_a_registered_state():
