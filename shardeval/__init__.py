@@ -31,7 +31,20 @@ _EXPORTS = {
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
     # (se.FID() accumulates batches, se.fid(real, gen) computes at once).
-    **dict.fromkeys(("FID", "KID", "CMMD", "PRDC", "PairMetrics"), "shardeval.api.streaming"),
+    **dict.fromkeys(
+        (
+            "FID",
+            "FIDInfinity",
+            "KID",
+            "CMMD",
+            "PRDC",
+            "InceptionScore",
+            "GaussianNLL",
+            "RowMetrics",
+            "PairMetrics",
+        ),
+        "shardeval.api.streaming",
+    ),
     **dict.fromkeys(
         (
             "ShardevalError",
@@ -53,12 +66,16 @@ __all__ = [
     "KID",
     "PRDC",
     "DtypeError",
+    "FIDInfinity",
+    "GaussianNLL",
+    "InceptionScore",
     "NonFiniteError",
     "NumericalError",
     "OptionError",
     "PairMetrics",
     "Report",
     "RoundingWarning",
+    "RowMetrics",
     "ShapeError",
     "ShardevalError",
     "StoreError",
@@ -84,7 +101,17 @@ if _TYPE_CHECKING:
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats
     from shardeval.api.results import Report
-    from shardeval.api.streaming import CMMD, FID, KID, PRDC, PairMetrics
+    from shardeval.api.streaming import (
+        CMMD,
+        FID,
+        KID,
+        PRDC,
+        FIDInfinity,
+        GaussianNLL,
+        InceptionScore,
+        PairMetrics,
+        RowMetrics,
+    )
     from shardeval.api.verbs import (
         cmmd,
         fid,

@@ -42,13 +42,23 @@ made (``features_made_by``, its summary's lines and warnings) as :func:`shardeva
 :func:`shardeval.kid` say it of the same inputs.
 """
 
+from shardeval.api.streaming.base import TrainingMetric
 from shardeval.api.streaming.distributed import (
     MAX_SYNC_TIMEOUT_SECONDS,
     MIN_SYNC_TIMEOUT_SECONDS,
     SYNC_TIMEOUT_SECONDS,
 )
 from shardeval.api.streaming.fid import FID
-from shardeval.api.streaming.rows import CMMD, KID, PRDC, PairMetrics
+from shardeval.api.streaming.named import (
+    CMMD,
+    KID,
+    PRDC,
+    FIDInfinity,
+    GaussianNLL,
+    InceptionScore,
+    PairMetrics,
+)
+from shardeval.api.streaming.rows import RowMetrics
 
 __all__ = [
     "CMMD",
@@ -58,5 +68,10 @@ __all__ = [
     "MIN_SYNC_TIMEOUT_SECONDS",
     "PRDC",
     "SYNC_TIMEOUT_SECONDS",
+    "FIDInfinity",
+    "GaussianNLL",
+    "InceptionScore",
     "PairMetrics",
+    "RowMetrics",
+    "TrainingMetric",
 ]

@@ -16,6 +16,7 @@ from shardeval.api.inputs import image_pixels
 from shardeval.api.streaming.distributed import SYNC_TIMEOUT_SECONDS, _check_timeout, _made_here
 from shardeval.pipeline.errors import (
     DtypeError,
+    EngineError,
     NumericalError,
     OptionError,
     ShapeError,
@@ -374,3 +375,58 @@ class _Batches:
             plan.encoder_spec, plan.weights, plan.digest, where, plan.resize
         )
         return torch.from_numpy(model.encode(list(pixels), batch_size))
+
+
+def _torch_device(device: Any) -> torch.device:
+    import torch
+
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise OptionError(
+            f"«device» must name a torch device ('cpu', 'cuda', 'cuda:1'), got {device!r}"
+        ) from exc
+    if chosen.type == "meta":
+        raise OptionError("«device='meta'» holds no values; name a device that computes")
+    return chosen
+
+
+def _check_runnable(device: torch.device | None, backend: str) -> None:
+    """Refuse, before any batch, a device and backend this machine cannot run: a CUDA device
+    it lacks, Triton kernels without a CUDA device to run them (outside the interpreter the
+    tests use). None: the device is not known yet (the first batch's).
+
+    Raises:
+        EngineError: naming the device or backend and what to use instead.
+    """
+    from shardeval.pipeline.core.chunks import check_device
+
+    kind = "auto" if device is None else "cuda" if device.type == "cuda" else "cpu"
+    check_device(kind, backend)
+    if device is not None and device.type == "cuda" and device.index is not None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise EngineError(
+                f"«device={str(device)!r}», but this machine has {count} CUDA GPU(s), numbered "
+                f"from 0; name one of them"
+            )
+
+
+def _check_engine_device(options: dict[str, Any]) -> None:
+    """Refuse now a ``device`` or ``backend`` that the engine could not run: when it runs on
+    this machine (no scheduler address, no cluster), the machine's devices decide; else only
+    the names are checked (the workers' devices are not this machine's).
+
+    Raises:
+        EngineError: naming the device or backend and what to use instead.
+    """
+    from shardeval.pipeline.core.chunks import check_device
+    from shardeval.pipeline.core.engine import LOCAL_SCHEDULERS
+
+    scheduler = options.get("scheduler")
+    name = scheduler if scheduler is None or isinstance(scheduler, str) else "distributed"
+    name = name or os.environ.get("DASK_SCHEDULER_ADDRESS") or "threads"
+    local = not options.get("cluster") and name in LOCAL_SCHEDULERS
+    check_device(options.get("device") or "auto", options.get("backend") or "auto", local=local)

@@ -19,8 +19,7 @@ if TYPE_CHECKING:
 def _state_value(state: dict[str, Any], key: str) -> Any:
     if key not in state:
         raise StatsFormatError(
-            f"state_dict lacks {key!r}; it holds {sorted(state)} (load what FID.state_dict() "
-            "returned)"
+            f"state_dict lacks {key!r}; it holds {sorted(state)} (load what state_dict() returned)"
         )
     value = state[key]
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
@@ -50,7 +49,7 @@ def _state_provenance(state: dict[str, Any], key: str) -> dict[str, Any]:
     if not isinstance(provenance, dict):
         raise StatsFormatError(
             f"state_dict: {key!r} is {text[:80]!r}; it must be a JSON object (load what "
-            "FID.state_dict() returned)"
+            "state_dict() returned)"
         )
     return provenance
 
@@ -72,13 +71,13 @@ def _check_possible(side: str, n: int, mean: np.ndarray, m2: np.ndarray) -> None
         raise StatsFormatError(
             f"state_dict: {side}.n is {n}, but {side}.m2 is not zero (largest entry "
             f"{np.abs(m2).max():.6g}): the co-moment of {n} row(s) is zero; the state was "
-            "altered or mixed from two states: load what FID.state_dict() returned"
+            "altered or mixed from two states: load what state_dict() returned"
         )
     if n == 0 and np.any(mean):
         raise StatsFormatError(
             f"state_dict: {side}.n is 0, but {side}.mean is not zero (largest entry "
             f"{np.abs(mean).max():.6g}): a side of no rows has no mean; the state was altered "
-            "or mixed from two states: load what FID.state_dict() returned"
+            "or mixed from two states: load what state_dict() returned"
         )
 
 

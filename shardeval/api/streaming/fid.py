@@ -12,13 +12,15 @@ import numpy as np
 
 from shardeval.api.report import fid_report
 from shardeval.api.results import Report, Side, jsonable
+from shardeval.api.streaming.base import TrainingMetric
 from shardeval.api.streaming.batches import (
     _SIDES,
-    _Batches,
     _check_choice,
+    _check_runnable,
     _first_rows,
     _images_described,
     _images_made,
+    _torch_device,
 )
 from shardeval.api.streaming.checkpoint import (
     _MADE_KEYS,
@@ -32,23 +34,24 @@ from shardeval.api.streaming.checkpoint import (
 )
 from shardeval.api.streaming.distributed import (
     SYNC_TIMEOUT_SECONDS,
-    _collective,
     _Group,
-    _group,
-    _labelled_local,
     _made_here,
 )
 from shardeval.api.streaming.running import (
+    _FED,
+    _FID_FIXES,
     _check_shares,
     _digest,
+    _fed_side,
     _FIDShare,
     _fold,
+    _load_reference,
     _Rows,
     _RunningMoments,
+    _statistics_side,
 )
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
-    EngineError,
     NonFiniteError,
     OptionError,
     ShapeError,
@@ -68,7 +71,7 @@ STATE_FORMAT = "shardeval.FID"
 STATE_VERSION = 1
 
 
-class FID(_Batches):
+class FID(TrainingMetric):
     r"""Fréchet Inception Distance, accumulated batch by batch.
 
     .. math::
@@ -154,6 +157,11 @@ class FID(_Batches):
         mine = fid.compute(sync=False)  # this rank's batches alone, labelled local
     """
 
+    state_format = STATE_FORMAT
+    called = "an FID"
+    state_version = STATE_VERSION
+    _fixes = _FID_FIXES
+
     def __init__(
         self,
         reference: Any = None,
@@ -218,13 +226,6 @@ class FID(_Batches):
         """Where the running state lives (None before the first batch)."""
         return self._device
 
-    @property
-    def synced(self) -> bool:
-        """Whether this process holds the merged state of every process (after :meth:`sync`
-        or a collective :meth:`compute`, until the next update, merge, reset or load): a
-        :meth:`compute` after which no rank has changed returns it without a gather."""
-        return self._global is not None
-
     def update(self, x: Any, real: bool = False) -> None:
         """Add a batch: features ``(B, d)``, or images ``(B, 3, H, W)`` for the encoder.
 
@@ -282,36 +283,11 @@ class FID(_Batches):
         described = (self._described["real"], self._described["gen"])
         return _FIDShare(real, gen, self._d, self._digest, settings, made, described)
 
-    def compute(self, sync: bool = True) -> Report:
-        """FID of the rows seen against the reference: every process's rows under
-        ``torch.distributed``.
-
-        Under a process group of more than one rank (``process_group``, default the whole
-        job), this is a collective, as torchmetrics' ``compute`` is: **every rank of the group
-        calls it**, and every rank gets the FID of every rank's rows (the same bits), gathered
-        as :meth:`sync` gathers them; when no rank has changed its rows since the last gather,
-        only a cheap agreement runs. A rank that calls it alone raises at ``sync_timeout``.
-
-        Args:
-            sync: False: this rank's rows alone, without communication, on purpose; the
-                report is labelled ``local`` when in a group of more than one rank.
-
-        Returns:
-            The :class:`~shardeval.api.results.Report` of :func:`shardeval.fid`: ``float()`` the
-            FID, ``results["fid"]`` the
-            :class:`~shardeval.pipeline.fid.frechet.FrechetDistance`, ``to_dict()`` the JSON
-            report; its ``settings`` are this metric's, ``processes`` says how many
-            processes' rows it holds, and ``local`` (``rank``, ``world_size``) marks a value of
-            this rank's rows alone.
-
-        Raises:
-            OptionError: no reference (none given, no real rows); ranks that gather other
-                metrics (see :meth:`sync`); processes whose metrics differ in reference,
-                settings or how their rows were made.
-            ShapeError: fewer than 2 rows on a side.
-            NumericalError: a covariance that is not positive semi-definite beyond rounding.
-            EngineError: not every rank of the group called it within ``sync_timeout``.
-        """
+    def _report(self, synced: bool) -> Report:
+        """The report of :func:`shardeval.fid` for the gathered state (``synced``) or this
+        rank's: ``float()`` the FID, ``results["fid"]`` the
+        :class:`~shardeval.pipeline.fid.frechet.FrechetDistance`, its ``settings`` this
+        metric's."""
         import torch
 
         from shardeval.api.functions import _noted
@@ -322,10 +298,6 @@ class FID(_Batches):
         from shardeval.pipeline.fid.gaussian import Gaussian
 
         start = time.perf_counter()
-        g = _collective(self.process_group) if sync else None
-        if g is not None and g.meet(self._changed(g), self.sync_timeout, "compute()"):
-            self._sync(g, "compute()")
-        synced = sync and self._global is not None
         share = self._global if synced and self._global is not None else self._share()
         if self._reference is None and share.real.moments.n == 0:
             raise OptionError(
@@ -372,75 +344,32 @@ class FID(_Batches):
                 engine,
                 time.perf_counter() - start,
             )
-        return report if synced else _labelled_local(report, self.process_group)
+        return report
 
-    def _changed(self, g: _Group) -> bool:
-        """Whether this rank's rows differ from those of the last gather over ``g``."""
-        return self._global is None or self._synced_over != g.ranks
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "reference": self._digest,
+            "precision": self.precision,
+            "nonfinite": self.nonfinite,
+            "real": self._made["real"],
+            "gen": self._made["gen"],
+        }
 
-    def reset(self) -> None:
-        """Forget the generated rows (and the real rows fed with ``real=True`` when
-        ``reset_real``); a reference given up front stays."""
-        self._global = None
-        self._sides["gen"] = _RunningMoments(self.backend)
-        self._forget_rows("gen")
-        if self.reset_real:
-            self._sides["real"] = _RunningMoments(self.backend)
-        if self._sides["real"].fed == 0:
-            self._forget_rows("real")
-            if not self._given:
-                self._d = None
+    def _settings(self) -> dict[str, Any]:
+        return {"precision": self.precision, "nonfinite": self.nonfinite}
 
-    def merge(self, other: FID) -> FID:
-        """Add another FID's rows to this one's, in place (returns ``self``, for chaining): the
-        result is one FID fed this one's batches, then ``other``'s (merges are associative and
-        commutative up to float64 rounding, ~1e-16 relative).
+    def _held(self, side: str) -> int:
+        return self._sides[side].fed
 
-        Raises:
-            OptionError: ``other`` is not an FID, or differs in reference, ``precision``,
-                ``nonfinite`` or how a side's rows were made (feature rows, or images through
-                an encoder, resize and weights); the message names what differs.
-            ShapeError: the feature dimensions differ.
-        """
-        if not isinstance(other, FID):
-            raise OptionError(f"FID.merge takes an FID, got {type(other).__name__}")
+    def _clear(self, side: str) -> None:
+        self._sides[side] = _RunningMoments(self.backend)
+
+    def _absorb(self, other: FID) -> None:
         theirs = other._share()
         labels = ("this FID", "the FID given")
         self._d = _check_shares([self._share(), theirs], "merge()", labels)
         for side in _SIDES:
             self._sides[side].absorb(getattr(theirs, side))
-        self._take_rows_of(theirs.made, theirs.described)
-        self._global = None
-        return self
-
-    def sync(self, group: Any = None) -> None:
-        """Gather every process's state and merge them in rank order (a collective: every
-        process of ``group`` calls it). :meth:`compute` does this itself when a rank's rows
-        changed; calling it is needed only to gather at another moment.
-
-        Afterwards :meth:`compute` gives the merged state on every rank, the same bits
-        everywhere, equal to one process fed the ranks' batches in rank order up to rounding
-        (float64's with ``precision='fp64'``; fp32 products' otherwise, ~1e-7 relative). The
-        process's own state is kept beside it: a second sync counts nothing twice,
-        :meth:`state_dict` holds this process's rows, and :meth:`update` goes on adding to
-        them (then :meth:`compute` gathers again).
-
-        Args:
-            group: a ``torch.distributed`` process group (default: this metric's
-                ``process_group``, else the whole job).
-
-        Raises:
-            EngineError: ``torch.distributed`` is not initialised; not every rank called it
-                within ``sync_timeout``.
-            OptionError: the ranks gather other metrics (of another kind, or made in another
-                order: ranks make their metrics, and call their syncs, in the same order); the
-                processes differ in reference, settings or how their rows were made (the
-                message names the ranks and what differs).
-            ShapeError: feature dimensions differ between processes.
-        """
-        g = _group(self.process_group if group is None else group)
-        g.meet(True, self.sync_timeout, "sync()")
-        self._sync(g, "sync()")
 
     def _sync(self, g: _Group, what: str) -> None:
         """The gather itself, once every rank of ``g`` is here (``what``: the call, for
@@ -450,7 +379,7 @@ class FID(_Batches):
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
+    def _entries(self) -> dict[str, Any]:
         """This process's state: per side what a statistics file holds (``n``, ``mean`` (d,),
         ``m2`` (d, d), float64), the non-finite rows dropped, the batches and how its rows
         were made (``made_by``: ``"feature rows"``, the encoder, resize and weights of image
@@ -463,17 +392,12 @@ class FID(_Batches):
         with its default ``weights_only=True``.
 
         Returns:
-            A plain dict of tensors, ints and strings, with ``format`` and ``format_version``.
+            The entries of :meth:`state_dict` beside its format, version and settings.
         """
         import torch
 
         share = self._share()
-        state: dict[str, Any] = {
-            "format": STATE_FORMAT,
-            "format_version": STATE_VERSION,
-            "settings.precision": self.precision,
-            "settings.nonfinite": self.nonfinite,
-        }
+        state: dict[str, Any] = {}
         for side in _SIDES:
             rows = getattr(share, side)
             state |= {
@@ -500,7 +424,7 @@ class FID(_Batches):
                 )
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _load(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (tensors or numpy arrays): both sides and
         the reference replace this object's. A state dict of an earlier shardeval, without
         settings or ``made_by``, is read too (what it does not say is not checked).
@@ -516,27 +440,6 @@ class FID(_Batches):
         from shardeval.pipeline.fid.gaussian import Gaussian
         from shardeval.pipeline.io.statsio import check_statistics
 
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            got = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise StatsFormatError(
-                f"load_state_dict takes what FID.state_dict() returns (format "
-                f"{STATE_FORMAT!r}), got format {got!r}"
-            )
-        version = _state_int(state, "format_version")
-        if version > STATE_VERSION:
-            raise StatsFormatError(
-                f"state_dict has format version {version}, and this shardeval reads versions up "
-                f"to {STATE_VERSION}: it was written by a newer shardeval"
-            )
-        for name in ("precision", "nonfinite"):
-            key, mine = f"settings.{name}", getattr(self, name)
-            if key in state and _state_value(state, key) != mine:
-                theirs = _state_value(state, key)
-                raise StatsFormatError(
-                    f"state_dict was made by an FID with «{name}={theirs!r}», and this one has "
-                    f"{mine!r}: its rows and this FID's would not be reduced alike; make the FID "
-                    f"with «{name}={theirs!r}» to resume it"
-                )
         made, described = {}, {}
         for side in _SIDES:
             value, weights_file = (_state_text(state, f"{side}.{k}") for k in _MADE_KEYS)
@@ -573,7 +476,6 @@ class FID(_Batches):
         dims |= set() if reference is None else {reference.d}
         if len(dims) > 1:
             raise StatsFormatError(f"state_dict: the sides have different d {sorted(dims)}")
-        self._global = None
         self._sides = sides
         self._made, self._described = made, described
         self._d = next(iter(dims), None)
@@ -592,79 +494,3 @@ class FID(_Batches):
             f"FID(real={real}, gen={self._sides['gen'].fed} rows, d={self._d}, "
             f"device={self._device}, synced={self.synced})"
         )
-
-
-#: Where the rows fed to an FID came from, as its report names them.
-_FED = {"real": "update(x, real=True) batches", "gen": "update(x) batches"}
-
-
-def _fed_side(role: str, rows: _Rows, described: dict[str, Any] | None = None) -> Side:
-    """A side of the report for rows fed with ``update`` (its shards: the batches), and how
-    they were made (``described``: image rows; None: feature rows, which record nothing)."""
-    m = rows.moments
-    provenance = dict(described or {})
-    return Side(
-        role, _FED[role], m.n, m.d, rows.batches, "features", True, rows.dropped, provenance
-    )
-
-
-def _statistics_side(x: Any) -> Side:
-    """A side of the report for a reference given as statistics."""
-    from shardeval.api.functions import _statistics_side as side_of
-
-    return Side(**{**vars(side_of(x)[1]), "role": "real"})
-
-
-def _load_reference(x: Any, options: dict[str, Any]) -> tuple[Gaussian, Side]:
-    """A reference given up front, read as :func:`shardeval.fid` reads its ``real``: the
-    Gaussian and the report's side."""
-    from shardeval.api.functions import _feature_side, _moments, _running
-    from shardeval.api.inputs import extracted, features, is_images, is_statistics, statistics
-    from shardeval.pipeline.fid.gaussian import Gaussian
-
-    if is_statistics(x):
-        return statistics(x), _statistics_side(x)
-    with _running(options) as run:
-        if is_images(x):
-            x = extracted(x, options, run.engine, None, [])
-        source = features(x)
-        ((moments, dropped),) = _moments(run, [source])
-    side = _feature_side(source, moments, dropped)
-    return Gaussian.from_moments(moments, source.location), Side(**{**vars(side), "role": "real"})
-
-
-def _torch_device(device: Any) -> torch.device:
-    import torch
-
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise OptionError(
-            f"«device» must name a torch device ('cpu', 'cuda', 'cuda:1'), got {device!r}"
-        ) from exc
-    if chosen.type == "meta":
-        raise OptionError("«device='meta'» holds no values; name a device that computes")
-    return chosen
-
-
-def _check_runnable(device: torch.device | None, backend: str) -> None:
-    """Refuse, before any batch, a device and backend this machine cannot run: a CUDA device
-    it lacks, Triton kernels without a CUDA device to run them (outside the interpreter the
-    tests use). None: the device is not known yet (the first batch's).
-
-    Raises:
-        EngineError: naming the device or backend and what to use instead.
-    """
-    from shardeval.pipeline.core.chunks import check_device
-
-    kind = "auto" if device is None else "cuda" if device.type == "cuda" else "cpu"
-    check_device(kind, backend)
-    if device is not None and device.type == "cuda" and device.index is not None:
-        import torch
-
-        count = torch.cuda.device_count()
-        if device.index >= count:
-            raise EngineError(
-                f"«device={str(device)!r}», but this machine has {count} CUDA GPU(s), numbered "
-                f"from 0; name one of them"
-            )

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shardeval.api.results import Side
 from shardeval.api.streaming.batches import _SAME_ROWS, _refuse_differences
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
@@ -241,3 +242,42 @@ def _digest(gaussian: Gaussian) -> str:
     h.update(np.ascontiguousarray(gaussian.mean, dtype=np.float64).tobytes())
     h.update(np.ascontiguousarray(gaussian.cov, dtype=np.float64).tobytes())
     return h.hexdigest()
+
+
+#: Where the rows fed to an FID came from, as its report names them.
+_FED = {"real": "update(x, real=True) batches", "gen": "update(x) batches"}
+
+
+def _fed_side(role: str, rows: _Rows, described: dict[str, Any] | None = None) -> Side:
+    """A side of the report for rows fed with ``update`` (its shards: the batches), and how
+    they were made (``described``: image rows; None: feature rows, which record nothing)."""
+    m = rows.moments
+    provenance = dict(described or {})
+    return Side(
+        role, _FED[role], m.n, m.d, rows.batches, "features", True, rows.dropped, provenance
+    )
+
+
+def _statistics_side(x: Any) -> Side:
+    """A side of the report for a reference given as statistics."""
+    from shardeval.api.functions import _statistics_side as side_of
+
+    return Side(**{**vars(side_of(x)[1]), "role": "real"})
+
+
+def _load_reference(x: Any, options: dict[str, Any]) -> tuple[Gaussian, Side]:
+    """A reference given up front, read as :func:`shardeval.fid` reads its ``real``: the
+    Gaussian and the report's side."""
+    from shardeval.api.functions import _feature_side, _moments, _running
+    from shardeval.api.inputs import extracted, features, is_images, is_statistics, statistics
+    from shardeval.pipeline.fid.gaussian import Gaussian
+
+    if is_statistics(x):
+        return statistics(x), _statistics_side(x)
+    with _running(options) as run:
+        if is_images(x):
+            x = extracted(x, options, run.engine, None, [])
+        source = features(x)
+        ((moments, dropped),) = _moments(run, [source])
+    side = _feature_side(source, moments, dropped)
+    return Gaussian.from_moments(moments, source.location), Side(**{**vars(side), "role": "real"})
