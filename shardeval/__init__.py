@@ -33,6 +33,7 @@ _EXPORTS = {
     # (se.FID() accumulates batches, se.fid(real, gen) computes at once).
     **dict.fromkeys(
         (
+            "ESS",
             "FID",
             "FIDInfinity",
             "KID",
@@ -40,6 +41,7 @@ _EXPORTS = {
             "PRDC",
             "InceptionScore",
             "GaussianNLL",
+            "NLL",
             "RowMetrics",
             "PairMetrics",
         ),
@@ -62,8 +64,10 @@ _EXPORTS = {
 
 __all__ = [
     "CMMD",
+    "ESS",
     "FID",
     "KID",
+    "NLL",
     "PRDC",
     "DtypeError",
     "FIDInfinity",
@@ -103,8 +107,10 @@ if _TYPE_CHECKING:
     from shardeval.api.results import Report
     from shardeval.api.streaming import (
         CMMD,
+        ESS,
         FID,
         KID,
+        NLL,
         PRDC,
         FIDInfinity,
         GaussianNLL,

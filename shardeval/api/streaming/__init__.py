@@ -49,6 +49,7 @@ from shardeval.api.streaming.distributed import (
     SYNC_TIMEOUT_SECONDS,
 )
 from shardeval.api.streaming.fid import FID
+from shardeval.api.streaming.likelihood import ESS, NLL
 from shardeval.api.streaming.named import (
     CMMD,
     KID,
@@ -62,10 +63,12 @@ from shardeval.api.streaming.rows import RowMetrics
 
 __all__ = [
     "CMMD",
+    "ESS",
     "FID",
     "KID",
     "MAX_SYNC_TIMEOUT_SECONDS",
     "MIN_SYNC_TIMEOUT_SECONDS",
+    "NLL",
     "PRDC",
     "SYNC_TIMEOUT_SECONDS",
     "FIDInfinity",

@@ -362,11 +362,11 @@ class SpilledMetric(TrainingMetric):
                 f"{side}.made_by": self._made[side] or "",
                 f"{side}.weights_file": _weights_file(self._described[side]),
             }
-        state["reference"] = self._identity()["reference"] or ""
+        state["reference"] = self._identity().get("reference") or ""
         return state
 
     def _load(self, state: dict[str, Any]) -> None:
-        reference, mine = _state_text(state, "reference"), self._identity()["reference"] or ""
+        reference, mine = _state_text(state, "reference"), self._identity().get("reference") or ""
         if reference != mine:
             raise StatsFormatError(
                 f"state_dict was made with the reference {reference or 'none'!r}, and this "
