@@ -31,7 +31,22 @@ _EXPORTS = {
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
     # (se.FID() accumulates batches, se.fid(real, gen) computes at once).
-    **dict.fromkeys(("FID", "KID", "CMMD", "PRDC", "PairMetrics"), "shardeval.api.streaming"),
+    **dict.fromkeys(
+        (
+            "ESS",
+            "FID",
+            "FIDInfinity",
+            "KID",
+            "CMMD",
+            "PRDC",
+            "InceptionScore",
+            "GaussianNLL",
+            "NLL",
+            "RowMetrics",
+            "PairMetrics",
+        ),
+        "shardeval.api.streaming",
+    ),
     **dict.fromkeys(
         (
             "ShardevalError",
@@ -49,16 +64,22 @@ _EXPORTS = {
 
 __all__ = [
     "CMMD",
+    "ESS",
     "FID",
     "KID",
+    "NLL",
     "PRDC",
     "DtypeError",
+    "FIDInfinity",
+    "GaussianNLL",
+    "InceptionScore",
     "NonFiniteError",
     "NumericalError",
     "OptionError",
     "PairMetrics",
     "Report",
     "RoundingWarning",
+    "RowMetrics",
     "ShapeError",
     "ShardevalError",
     "StoreError",
@@ -84,7 +105,19 @@ if _TYPE_CHECKING:
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats
     from shardeval.api.results import Report
-    from shardeval.api.streaming import CMMD, FID, KID, PRDC, PairMetrics
+    from shardeval.api.streaming import (
+        CMMD,
+        ESS,
+        FID,
+        KID,
+        NLL,
+        PRDC,
+        FIDInfinity,
+        GaussianNLL,
+        InceptionScore,
+        PairMetrics,
+        RowMetrics,
+    )
     from shardeval.api.verbs import (
         cmmd,
         fid,

@@ -24,6 +24,9 @@ from scipy.spatial.distance import cdist
 
 import shardeval as se
 import shardeval.api.streaming as streaming
+from shardeval.api.streaming import fid as fid_module
+from shardeval.api.streaming import running as running_module
+from shardeval.api.streaming import spill
 from shardeval.pipeline.core.states import Moments
 from shardeval.pipeline.errors import (
     DtypeError,
@@ -96,7 +99,7 @@ def test_the_running_state_follows_the_registered_merge():
     state, law-tested) takes it: batch by batch the same state to rounding."""
     rng = np.random.default_rng(5)
     rows = rng.standard_normal((300, 5)) * [1.0, 10.0, 0.1, 3.0, 1.0] + [1e3, -2.0, 0.0, 5.0, 1e-3]
-    running = streaming._RunningMoments()
+    running = running_module._RunningMoments()
     expected = Moments.empty(5)
     for batch in _batches(rows, [1, 40, 0, 100, 7]):
         m = Moments.from_rows(batch)
@@ -112,7 +115,7 @@ def test_the_running_state_follows_the_registered_merge():
 def test_batches_gather_in_a_bounded_buffer(monkeypatch):
     """Batches below, at and above the buffer's rows, of dtypes that switch the buffer: every
     row is reduced once."""
-    monkeypatch.setattr(streaming, "BUFFER_BYTES", 16 * 5 * 4)  # 16 float32 rows at d = 5
+    monkeypatch.setattr(running_module, "BUFFER_BYTES", 16 * 5 * 4)  # 16 float32 rows at d = 5
     rows = np.random.default_rng(3).integers(-50, 50, (300, 5))
     fid = se.FID()
     for i, batch in enumerate(_batches(rows, [1, 40, 0, 7, 15, 16, 3, 100, 8])):
@@ -191,7 +194,7 @@ def test_state_dict_round_trip_resumes(rng):
     first.update(real, real=True)
     first.update(gen[:120])
     state = first.state_dict()
-    assert (state["format"], state["format_version"]) == (streaming.STATE_FORMAT, 1)
+    assert (state["format"], state["format_version"]) == (fid_module.STATE_FORMAT, 1)
     assert state["gen.n"] == 120
     assert state["gen.m2"].shape == (12, 12)
     # A checkpoint through torch.save / torch.load (weights_only: PyTorch's default).
@@ -361,7 +364,7 @@ def test_images_give_the_features_of_their_encoder(weights, cheap_network, tmp_p
 @pytest.fixture
 def small_spills(monkeypatch):
     """Chunks of 16 rows (at d = 8, float32): every path of the spill buffer is taken."""
-    monkeypatch.setattr(streaming, "SPILL_CHUNK_BYTES", 16 * 8 * 4)
+    monkeypatch.setattr(spill, "SPILL_CHUNK_BYTES", 16 * 8 * 4)
 
 
 def _brute_force(x, y, k, pr_k):
@@ -562,7 +565,7 @@ def test_rows_beyond_d_go_back_to_the_requested_products(monkeypatch):
         return kernel(rows, **options)
 
     monkeypatch.setattr(shardeval.kernels, "shard_moments", spy)
-    monkeypatch.setattr(streaming, "BUFFER_BYTES", 4 * 8 * 4)  # 4 float32 rows at d = 8
+    monkeypatch.setattr(running_module, "BUFFER_BYTES", 4 * 8 * 4)  # 4 float32 rows at d = 8
     rows = np.random.default_rng(1).standard_normal((30, 8)).astype(np.float32)
     fid = se.FID()
     for batch in _batches(rows, [3, 3, 2, 10]):
@@ -746,14 +749,14 @@ def test_fold_counts_a_share_of_one_row_and_skips_one_of_none():
     parts = [rows[:1], rows[1:1], rows[1:60], rows[60:100], rows[100:]]
 
     def share(part):
-        running = streaming._RunningMoments()
+        running = running_module._RunningMoments()
         running.push(torch.from_numpy(part))
         d = 4 if len(part) else None
-        return streaming._FIDShare(
+        return running_module._FIDShare(
             running.rows(4), running.rows(4), d, None, ("fp32", "error"), (None, None)
         )
 
-    folded = streaming._fold([share(p) for p in parts], "sync()")
+    folded = running_module._fold([share(p) for p in parts], "sync()")
     mean, cov = np_stats(rows)
     for side in (folded.real, folded.gen):
         assert side.moments.n == 101

@@ -25,6 +25,7 @@ import pytest
 
 import shardeval as se
 import shardeval.api.streaming as streaming
+from shardeval.api.streaming import spill
 from tests.reference import exact_fid, np_stats
 
 D = 8
@@ -115,7 +116,7 @@ def worker(rank, world, init_file, out_dir):
     """One rank of the job."""
     import torch.distributed as dist
 
-    streaming.SPILL_CHUNK_BYTES = SPILL_CHUNK_BYTES
+    spill.SPILL_CHUNK_BYTES = SPILL_CHUNK_BYTES
     dist.init_process_group(
         "gloo",
         init_method=f"file://{init_file}",
@@ -276,7 +277,7 @@ def image_job(tmp_path_factory):
 
 def _single_process(world, monkeypatch):
     """One process fed every rank's batches, in rank order."""
-    monkeypatch.setattr(streaming, "SPILL_CHUNK_BYTES", SPILL_CHUNK_BYTES)
+    monkeypatch.setattr(spill, "SPILL_CHUNK_BYTES", SPILL_CHUNK_BYTES)
     fids = {precision: se.FID(precision=precision) for precision in ("fp64", "fp32")}
     with se.PairMetrics(**PAIR_OPTIONS) as pairs, se.KID(**KID_OPTIONS) as kid:
         for rank in range(world):

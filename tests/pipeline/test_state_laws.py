@@ -131,13 +131,13 @@ parametrize_states = pytest.mark.parametrize("cls", STATES, ids=_names(STATES))
 # the registry
 
 
-#: Classes whose ``merge`` is no state's: the training-loop metrics (``se.FID``, the pair
-#: metrics) are mutable accumulators, as torchmetrics' are, whose ``merge`` folds another object
-#: into itself in place. What crosses objects and processes is registered: FID merges and syncs
-#: ``Moments`` by ``Moments.merge`` (tests/api/test_streaming.py holds its in-place running
-#: update on the device to that merge); the pair metrics append rows. An exemption whose class
-#: is gone or lost its merge fails the test below.
-IN_PLACE_MERGES = frozenset({"shardeval.api.streaming.FID", "shardeval.api.streaming.PairMetrics"})
+#: Classes whose ``merge`` is no state's: the base of the training-loop metrics (``se.FID``,
+#: the row metrics) is a mutable accumulator, as torchmetrics' metrics are, whose ``merge``
+#: folds another object into itself in place. What crosses objects and processes is
+#: registered: FID merges and syncs ``Moments`` by ``Moments.merge`` (tests/api/test_streaming.py
+#: holds its in-place running update on the device to that merge); the row metrics append
+#: rows. An exemption whose class is gone or lost its merge fails the test below.
+IN_PLACE_MERGES = frozenset({"shardeval.api.streaming.base.TrainingMetric"})
 
 
 def test_every_class_with_a_merge_is_a_registered_state():
