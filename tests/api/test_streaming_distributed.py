@@ -52,7 +52,6 @@ PRELOAD = [
     "zarr",
     "scipy.linalg",
     "shardeval.api.streaming",
-    "shardeval.api.samples",
     "shardeval.pipeline.pairwise.passes",
     "shardeval.pipeline.fid.frechet",
     "shardeval.kernels.moments",

@@ -180,13 +180,15 @@ class FID(TrainingMetric):
         process_group: Any = None,
         sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
     ) -> None:
-        from shardeval.api.samples import _declared
+        from shardeval.pipeline.metrics import METRICS
 
         _check_choice("backend", backend, BACKENDS)
         _check_choice("precision", precision, PRECISIONS)
         super().__init__(encoder, weights, resize, batch_size, process_group, sync_timeout)
         self.backend, self.precision = backend, precision
-        self.nonfinite = _declared("fid", {"nonfinite": nonfinite})["nonfinite"]
+        # checked by the FID plug-in's declaration, its default filled in
+        given = {} if nonfinite is None else {"nonfinite": nonfinite}
+        self.nonfinite = METRICS["fid"](given).options["nonfinite"]
         self.reset_real = bool(reset_real)
         self._device = None if device is None else _torch_device(device)
         _check_runnable(self._device, backend)

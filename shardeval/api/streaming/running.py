@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,7 +12,7 @@ import numpy as np
 
 from shardeval.api.results import Side
 from shardeval.api.streaming.batches import _SAME_ROWS, _refuse_differences
-from shardeval.pipeline.core.states import Moments
+from shardeval.pipeline.core.states import Moments, chan_merge
 from shardeval.pipeline.errors import (
     ShapeError,
 )
@@ -34,11 +33,12 @@ class _RunningMoments:
     Batches wait in a buffer on the device (:data:`BUFFER_BYTES`, a few thousand rows) and go
     through the moments kernel together: its O(d²) finish (the centring correction, the
     float64 conversion) is then paid once per buffer, not once per batch, which at d = 2,048
-    and batches of 64 rows is 25× the products themselves. The running state is updated in
-    place, so that a GPU never copies a (d, d) matrix to the host per batch. Mutable and
-    private on purpose: what leaves an FID (state dicts, syncs, merges, results) is a frozen
-    :class:`~shardeval.pipeline.core.states.Moments`, merged by its own law-tested ``merge``;
-    a test holds :meth:`add` to that merge.
+    and batches of 64 rows is 25× the products themselves. The running state is merged on the
+    device by the registered states' own Chan merge
+    (:func:`~shardeval.pipeline.core.states.chan_merge`, on tensors), so that a GPU never
+    copies a (d, d) matrix to the host per batch. Mutable and private on purpose: what leaves
+    an FID (state dicts, syncs, merges, results) is a frozen
+    :class:`~shardeval.pipeline.core.states.Moments`, merged by its law-tested ``merge``.
     """
 
     def __init__(self, backend: str = "auto") -> None:
@@ -97,9 +97,8 @@ class _RunningMoments:
         self.add(*shard_moments(rows, backend=self.backend))  # type: ignore[arg-type]
 
     def add(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """Chan, Golub & LeVeque's update (:func:`~shardeval.pipeline.core.states.chan_merge`),
-        in place: δ = mean_b − mean_a, mean += δ·n_b/n, m2 += m2_b + δδᵀ·n_a·n_b/n, where δδᵀ
-        is the outer product of one vector with itself (exactly symmetric)."""
+        """Chan, Golub & LeVeque's update by :func:`~shardeval.pipeline.core.states.chan_merge`
+        (the registered states' merge), on the state's device."""
         import torch
 
         if n == 0:
@@ -109,13 +108,11 @@ class _RunningMoments:
             self.mean = mean.to(dtype=torch.float64, copy=True)
             self.m2 = m2.to(dtype=torch.float64, copy=True)
             return
-        total = self.n + n
-        delta = mean.to(self.mean.device) - self.mean
-        scaled = delta * math.sqrt(self.n * n / total)
-        self.mean += delta * (n / total)
-        self.m2 += m2.to(self.m2.device)
-        self.m2.addr_(scaled, scaled)
-        self.n = total
+        device = self.mean.device
+        self.mean, self.m2 = chan_merge(
+            self.n, self.mean, self.m2, n, mean.to(device), m2.to(device, torch.float64)
+        )
+        self.n += n
 
     def absorb(self, rows: _Rows) -> None:
         """Add the rows of another FID (or of a state dict)."""

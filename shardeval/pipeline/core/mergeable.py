@@ -117,11 +117,16 @@ def chan_merge(
 ) -> tuple[Any, Any]:
     """Chan, Golub & LeVeque's pairwise update of (mean, m2) for vectors (m2 a d × d co-moment)
     and scalars alike: δ = mean_b − mean_a, n = n_a + n_b, mean = mean_a + δ·n_b/n,
-    m2 = m2_a + m2_b + δδᵀ·n_a·n_b/n. Both counts must be positive."""
+    m2 = m2_a + m2_b + δδᵀ·n_a·n_b/n. Both counts must be positive.
+
+    The one Chan merge of the code: numpy arrays (the registered states' merges) and torch
+    tensors on any device (a training-loop FID's running state, which never leaves its GPU)
+    alike. δδᵀ is the product of one vector with itself, exactly symmetric."""
     n = n_a + n_b
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / n)
-    m2 = m2_a + m2_b + np.multiply.outer(delta, delta) * (n_a * n_b / n)
+    outer = delta * delta if getattr(delta, "ndim", 0) == 0 else delta[:, None] * delta[None, :]
+    m2 = m2_a + m2_b + outer * (n_a * n_b / n)
     return mean, m2
 
 
