@@ -250,3 +250,18 @@ def test_no_import_circles():
     graph = _module_graph()
     assert len(graph) > 100
     assert _cycles(graph) == []
+
+
+#: The most lines a module of shardeval/ may have: a module that grows past it holds more than
+#: one concern, and is cut by concern rather than let grow.
+MAX_MODULE_LINES = 500
+
+
+def test_modules_are_of_a_livable_size():
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in sorted((ROOT / "shardeval").rglob("*.py"))
+    }
+    assert sizes
+    too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not too_long
