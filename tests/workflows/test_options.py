@@ -290,6 +290,9 @@ def check_backend(capsys, f, command, monkeypatch):
 
 
 def check_precision(capsys, f, command, monkeypatch):
+    import shardeval.kernels.moments
+    import shardeval.kernels.pairs  # imported by the first pass otherwise: spied on before it
+
     if command in ("fid", "metrics"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_numpy")
     else:
@@ -825,6 +828,32 @@ def check_fid_seed(capsys, f, command, monkeypatch):
     assert one["sizes"] != two["sizes"] or one["fids"] != two["fids"]
 
 
+def check_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "fid")
+    got = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    assert plain["standard_error"] is None
+    assert got["ci"] == 0.9
+    assert got["fid"] == plain["fid"]
+    assert got["standard_error"] > 0
+    assert got["ci_low"] < got["fid"] < got["ci_high"]
+
+
+def check_ci_groups(capsys, f, command, monkeypatch):
+    argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
+    _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
+    five = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-groups", "5")
+    ten = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    assert five["ci_groups"] == 5
+    assert five["standard_error"] != ten["standard_error"]
+
+
+def check_ci_seed(capsys, f, command, monkeypatch):
+    one = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "1")
+    two = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "2")
+    assert one["ci_seed"] == 1
+    assert one["standard_error"] != two["standard_error"]
+
+
 def _section(report, metric):
     """A metric's section of a report (the same on every route): its declared outputs (names
     without the metric's prefix) with the options it ran with."""
@@ -960,6 +989,9 @@ PAIRS = {
 CHECKS = {
     ("fid", "infinity"): check_infinity,
     ("fid", "seed"): check_fid_seed,
+    **{(c, "ci"): check_ci for c in ("fid", "metrics")},
+    **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
+    **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
     **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "metrics")},
     **{(c, "subsets"): check_subsets for c in ("kid", "metrics")},

@@ -7,9 +7,11 @@ import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.fid import SEED
+from shardeval.pipeline.fid.jackknife import CI_SEED as JACKKNIFE_SEED
+from shardeval.pipeline.fid.jackknife import GROUPS
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
 from shardeval.pipeline.options import NONFINITE_POLICIES
-from shardeval.pipeline.runoptions import SEED_RANGE, OneOf
+from shardeval.pipeline.runoptions import SEED_RANGE, Interval, OneOf
 
 if TYPE_CHECKING:
     from shardeval.pipeline.fid.frechet import FrechetDistance
@@ -18,6 +20,19 @@ if TYPE_CHECKING:
 NONFINITE = Param(
     "nonfinite", OneOf(NONFINITE_POLICIES), "error", "rows with NaN/inf: fail, or drop and count"
 )
+
+#: The interval's options (:mod:`shardeval.pipeline.fid.jackknife`).
+CI = Param(
+    "ci",
+    Interval(float, 0, 1, closed="left", text="0 (no interval) or a confidence level in (0, 1)"),
+    0.0,
+    "confidence level of an interval by the delete-a-group jackknife (e.g. 0.95); 0: none",
+    "LEVEL",
+)
+CI_GROUPS = Param(
+    "ci_groups", Interval(int, 2, None), GROUPS, "groups of rows of the jackknife", "G", "ci"
+)
+CI_SEED = Param("ci_seed", SEED_RANGE, JACKKNIFE_SEED, "seed of the rows' groups", "S", "ci")
 
 
 def rank_deficit(real_n: int | None, gen_n: int | None, d: int) -> int:
@@ -42,7 +57,7 @@ class FID(Metric):
 
     name = "fid"
     title = "Fréchet distance (FID)"
-    params: ClassVar[tuple[Param, ...]] = (NONFINITE,)
+    params: ClassVar[tuple[Param, ...]] = (NONFINITE, CI, CI_GROUPS, CI_SEED)
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid", "", "Fréchet distance to the reference"),
         Output("fid_mean_term", "", "‖μ_r − μ_g‖²"),
@@ -61,6 +76,10 @@ class FID(Metric):
         Output("fid_rank_deficit", "", "zero eigenvalues that n ≤ d leaves (clamping expected)"),
         Output("fid_spectrum", "", "eigenvalues of the generated covariance", array=True),
         Output("fid_reference_spectrum", "", "eigenvalues of the reference covariance", True),
+        Output("fid_standard_error", "", "jackknife standard error («ci»)", optional=True),
+        Output("fid_ci_low", "", "lower end of the interval («ci»)", optional=True),
+        Output("fid_ci_high", "", "upper end of the interval («ci»)", optional=True),
+        Output("fid_jackknife_bias", "", "jackknife estimate of FID's bias («ci»)", optional=True),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("FID over steps", "steps", ("fid",), "FID"),
@@ -111,7 +130,36 @@ class FID(Metric):
             warn_if_rounding_reached_spectrum(result, bool(fp32))
         for message in result.warnings:
             warnings.warn(message, UserWarning, stacklevel=2)
-        return self.outputs_of(result, r, g, real_dropped, dropped)
+        outputs = self.outputs_of(result, r, g, real_dropped, dropped)
+        if self.options["ci"]:
+            outputs |= self.interval(result.fid, real, r, gen, context)
+        return outputs
+
+    def interval(
+        self, estimate: float, real: Side, gaussian: Any, gen: Side, context: Context
+    ) -> dict[str, Any]:
+        """The jackknife's outputs: both sides' rows in groups, or the generated side's
+        against a reference of statistics held fixed."""
+        from shardeval.pipeline.errors import MetricOptionError
+        from shardeval.pipeline.fid.jackknife import fid_jackknife
+
+        o = self.options
+        if not gen.can_recompute:
+            raise MetricOptionError(
+                f"«ci» needs the generated rows, and {gen.shown!r} holds statistics: give the "
+                "feature store"
+            )
+        args = (context, o["ci_groups"], o["ci_seed"], o["nonfinite"])
+        reference = real.groups(*args) if real.can_recompute else gaussian
+        jack = fid_jackknife(
+            estimate, reference, gen.groups(*args), o["ci"], (real.location, gen.location)
+        )
+        return {
+            "fid_standard_error": jack.standard_error,
+            "fid_ci_low": jack.low,
+            "fid_ci_high": jack.high,
+            "fid_jackknife_bias": jack.bias,
+        }
 
     @staticmethod
     def outputs_of(
@@ -135,6 +183,10 @@ class FID(Metric):
             "fid_rank_deficit": rank_deficit(real.n, gen.n, gen.d),
             "fid_spectrum": spectrum(gen.cov, f"the covariance of {gen.source!r}"),
             "fid_reference_spectrum": spectrum(real.cov, f"the covariance of {real.source!r}"),
+            "fid_standard_error": None,
+            "fid_ci_low": None,
+            "fid_ci_high": None,
+            "fid_jackknife_bias": None,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -152,6 +204,18 @@ class FID(Metric):
             f"  trace term = tr Σr {o['fid_trace_real']:.6g} + tr Σg {o['fid_trace_gen']:.6g} "
             f"- 2 tr √(Σr Σg) {o['fid_trace_sqrt_product']:.6g}",
             f"  eigenvalues clamped: {text}",
+            *self._interval_lines(o),
+        ]
+
+    def _interval_lines(self, o: dict[str, Any]) -> list[str]:
+        opt = self.options
+        if o.get("fid_standard_error") is None:
+            return []
+        return [
+            f"  ± {o['fid_standard_error']:.3g} (standard error); {opt['ci']:.0%} interval "
+            f"[{o['fid_ci_low']:.6g}, {o['fid_ci_high']:.6g}]; jackknife bias "
+            f"{o['fid_jackknife_bias']:.3g}: delete-a-group jackknife over {opt['ci_groups']} "
+            f"groups of rows (a hash of each row's index, seed {opt['ci_seed']})"
         ]
 
 

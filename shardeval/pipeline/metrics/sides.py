@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from shardeval.pipeline.core.states import Moments
     from shardeval.pipeline.fid.gaussian import Gaussian
     from shardeval.pipeline.fid.infinity import BandMoments
+    from shardeval.pipeline.fid.jackknife import GroupedMoments
     from shardeval.pipeline.io.stores import FeatureSource
     from shardeval.pipeline.metrics.base import Context
 
@@ -106,6 +107,13 @@ class Side:
     def rows(self) -> FeatureSource:
         raise self._no_rows("every row")
 
+    def groups(
+        self, context: Context, groups: int, seed: int, nonfinite: str = "error"
+    ) -> GroupedMoments:
+        """The moments of its rows in ``groups`` groups by a seeded hash of their index (the
+        jackknife's; one pass, cached)."""
+        raise self._no_rows("its rows, in groups")
+
     def _no_rows(self, what: str) -> StoreError:
         return StoreError(
             f"{self.shown!r} holds statistics (a mean and covariance), but this needs {what}: "
@@ -151,6 +159,29 @@ class SourceSide(Side):
         if self.source is None:
             return super().rows()
         return self.source
+
+    def groups(
+        self, context: Context, groups: int, seed: int, nonfinite: str = "error"
+    ) -> GroupedMoments:
+        if not self.can_recompute:
+            return super().groups(context, groups, seed, nonfinite)
+        key = ("groups", groups, seed, nonfinite, context.precision)
+        if key not in self.cache:
+            from shardeval.pipeline.fid.jackknife import grouped_moments
+
+            self.cache[key], _ = grouped_moments(
+                self.rows(),
+                groups=groups,
+                seed=seed,
+                engine=context.engine,
+                device=context.device,
+                backend=context.backend,
+                nonfinite=nonfinite,
+                precision=context.precision,
+                split_every=context.split_every,
+                progress=context.progress,
+            )
+        return self.cache[key]
 
     def products(self, context: Context, precision: str | None = None) -> str | None:
         if self.statistics is not None:
