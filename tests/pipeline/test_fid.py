@@ -10,6 +10,7 @@ from tests.reference import (
     exact_fid,
     exact_trace_sqrt,
     high_precision_fid,
+    np_stats,
     pytorch_fid_formula,
 )
 
@@ -139,6 +140,60 @@ def test_as_many_rows_as_features_take_float64_products(tmp_path, rng, extra):
         assert error < 1e-12
     else:
         assert error > 1e-10  # fp32 products, as asked: the test can tell them apart
+
+
+def test_fid_with_more_than_five_dropped_rows_counts_them_all(tmp_path, rng):
+    # Seven generated and six reference rows hold NaN or inf: the report counts every one of
+    # them (the error message names only the first five), and FID is the float64 FID of the
+    # finite rows alone.
+    import shardeval as se
+    from tests.conftest import write_zarr
+
+    real = rng.standard_normal((180, 6)).astype(np.float32)
+    gen = (1.3 * rng.standard_normal((200, 6)) + 0.4).astype(np.float32)
+    real[[0, 31, 32, 90, 150, 179], [0, 1, 2, 3, 4, 5]] = [np.nan, np.inf, -np.inf] * 2
+    gen[[3, 17, 40, 41, 99, 150, 199], [0, 1, 2, 3, 4, 5, 0]] = np.nan
+    stores = [
+        write_zarr(tmp_path / f"{name}.zarr", x, chunk_rows=32)
+        for name, x in (("real", real), ("gen", gen))
+    ]
+    report = se.fid(*stores, nonfinite="drop", precision="fp64", shard_rows=32)
+    fields = report.to_dict()["fid"]
+    kept = [x[np.isfinite(x).all(axis=1)] for x in (real, gen)]
+    assert (fields["fid_nonfinite_dropped_real"], fields["fid_nonfinite_dropped"]) == (6, 7)
+    assert (fields["fid_n_real"], fields["fid_n"]) == (174, 193)
+    exact = exact_fid(*np_stats(kept[0]), *np_stats(kept[1]))
+    assert float(report) == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_fid_of_as_many_rows_as_features_is_the_float64_fid(tmp_path, seed):
+    # n = d = 32 on both sides, float32 rows offset by 3: their moments take float64
+    # products whatever precision is asked, and FID is the float64 FID to ~1e-14. With fp32
+    # products it was 3.7e-7 (seed 0) and 7e-8 (seed 4) relative off; se.fid then recomputed
+    # in float64 where an eigenvalue fell below zero (seed 0, with a warning), and reported
+    # the fp32 value where none did (seed 4).
+    import shardeval as se
+    from shardeval.pipeline.fid.moments import feature_moments
+    from shardeval.pipeline.io.stores import open_features
+    from tests.conftest import write_zarr
+
+    d = 32
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((d, d)) + 3.0).astype(np.float32)
+    y = (1.2 * rng.standard_normal((d, d)) + 3.1).astype(np.float32)
+    stores = [write_zarr(tmp_path / f"{n}.zarr", z, chunk_rows=64) for n, z in (("x", x), ("y", y))]
+    exact = exact_fid(*np_stats(x), *np_stats(y))
+    (mx, _), (my, _) = feature_moments([open_features(s) for s in stores], precision="fp32")
+    with pytest.warns(SingularCovarianceWarning):
+        direct = frechet_distance(Gaussian.from_moments(mx), Gaussian.from_moments(my))
+    assert direct.fid == pytest.approx(exact, rel=1e-8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = se.fid(*stores, precision="fp32")
+    assert float(report) == pytest.approx(exact, rel=1e-8)
+    recomputed = [str(w.message) for w in seen if "recomputed" in str(w.message)]
+    assert not recomputed, recomputed
 
 
 # --- covariances far from 1 --------------------------------------------------------------
