@@ -79,6 +79,19 @@ def test_not_positive_semidefinite_is_an_error(rng):
         frechet_distance(Gaussian(np.zeros(5), s), Gaussian(np.zeros(5), bad))
 
 
+@pytest.mark.parametrize("where", ["mean", "cov"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_statistics_holding_nan_or_inf_are_an_error(where, bad):
+    # Either half alone: a NaN in the covariance with a finite mean must be refused as well.
+    mean, cov = np.zeros(3), np.eye(3)
+    (mean if where == "mean" else cov)[1] = bad
+    good = Gaussian(np.ones(3), 2 * np.eye(3), source="b.npz")
+    with pytest.raises(NumericalError, match=r"'a\.npz' hold NaN or inf"):
+        frechet_distance(Gaussian(mean, cov, source="a.npz"), good)
+    with pytest.raises(NumericalError, match=r"'a\.npz' hold NaN or inf"):
+        frechet_distance(good, Gaussian(mean, cov, source="a.npz"))
+
+
 def test_trace_sqrt_product_example():
     value, clamped, worst = trace_sqrt_product(np.diag([4.0, 9.0]), np.diag([1.0, 4.0]))
     assert (value, clamped, worst) == (8.0, 0, 0.0)
