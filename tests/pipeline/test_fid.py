@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -61,6 +62,8 @@ def test_singular_covariances_warn_clamp_and_agree(rng):
     expected = high_precision_fid(real.mean, real.cov, gen.mean, gen.cov)
     assert got.fid == pytest.approx(expected, rel=1e-12)
     assert len(got.warnings) == 2
+    assert "real set has n=10 <= d=24" in got.warnings[0]
+    assert "generated set has n=10 <= d=24" in got.warnings[1]
 
 
 def test_same_singular_set_gives_zero(rng):
@@ -90,6 +93,37 @@ def test_statistics_holding_nan_or_inf_are_an_error(where, bad):
         frechet_distance(Gaussian(mean, cov, source="a.npz"), good)
     with pytest.raises(NumericalError, match=r"'a\.npz' hold NaN or inf"):
         frechet_distance(good, Gaussian(mean, cov, source="a.npz"))
+
+
+def test_a_set_of_identical_rows_has_zero_covariance_and_its_fid_is_exact():
+    # Σ_r = 0 (every reference row the same): FID = ‖δ‖² + tr Σ_g, no error (0 is not a
+    # variance below float64's normal range).
+    gen_cov = np.diag([1.0, 4.0, 9.0])
+    got = frechet_distance(Gaussian(np.zeros(3), np.zeros((3, 3))), Gaussian(np.ones(3), gen_cov))
+    assert got.fid == pytest.approx(3.0 + 14.0, rel=1e-15)
+
+
+def test_variances_at_the_smallest_normal_float64_are_computed():
+    # The largest variance exactly 2^-1022 (float64's smallest normal number) still holds all
+    # its digits: FID is computed, here ‖δ‖² = 2 with equal covariances.
+    cov = sys.float_info.min * np.eye(2)
+    got = frechet_distance(Gaussian(np.zeros(2), cov), Gaussian(np.ones(2), cov))
+    assert got.fid == pytest.approx(2.0, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("clamped", "fp32", "warns"), [(1, True, True), (0, True, False), (1, False, False)]
+)
+def test_rounding_warning_only_for_clamped_eigenvalues_of_fp32_products(clamped, fp32, warns):
+    from shardeval.pipeline.errors import RoundingWarning
+    from shardeval.pipeline.fid.frechet import FrechetDistance, warn_if_rounding_reached_spectrum
+
+    result = FrechetDistance(1.0, 0.5, 1.0, 1.0, 0.75, clamped, 1e-9 * clamped)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warn_if_rounding_reached_spectrum(result, fp32)
+    rounding = [w for w in seen if issubclass(w.category, RoundingWarning)]
+    assert len(rounding) == int(warns), [str(w.message) for w in seen]
 
 
 def test_trace_sqrt_product_example():
