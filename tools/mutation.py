@@ -93,9 +93,12 @@ DO_NOT_MUTATE = (r"^\s*raise \w", r"^\s*warnings\.warn\(", r'^\s*[rbfRBF]*"')
 #: about half an hour on two cores, and a few runs cover the table.
 DEFAULT_BUDGET_MINUTES = 25.0
 
-#: Per-mutant deadline: mutmut's estimate of the tests' time × this (a mutant that loops is
-#: counted killed, as a timeout, once it passes).
-TIMEOUT_MULTIPLIER = 5.0
+#: Per-mutant deadline: (mutmut's estimate of the tests' time + TIMEOUT_CONSTANT s) × this, in
+#: CPU seconds (a mutant that loops is counted killed, as a timeout, once it passes). A forked
+#: worker spends seconds of CPU before its first test (pytest's start, the fixtures): with a
+#: deadline of 10 s, mutants that raise at once were reported as timeouts on a loaded machine.
+TIMEOUT_MULTIPLIER = 15.0
+TIMEOUT_CONSTANT = 5.0
 
 
 def module_key(path: str) -> str:
@@ -135,6 +138,7 @@ def setup_cfg(module: str, tests: tuple[str, ...]) -> str:
         # has imported only the test runner forks the workers.
         "process_isolation = forkserver\n"
         f"timeout_multiplier = {TIMEOUT_MULTIPLIER}\n"
+        f"timeout_constant = {TIMEOUT_CONSTANT}\n"
         "use_git_change_detection = false\n"
     )
 
@@ -177,11 +181,15 @@ def run_module(module: str, workdir: Path, jobs: int) -> dict:
         return {"module": module, "error": f"mutmut exited {run.returncode}: see {folder}"}
     _mutmut(folder, "export-cicd-stats")
     counts = json.loads((folder / "mutants" / "mutmut-cicd-stats.json").read_text())
-    listing = _mutmut(folder, "results").stdout.splitlines()
-    survivors = [line.strip().split(":")[0] for line in listing if line.strip()]
+    # `mutmut results` lists every mutant not killed: "name: status".
+    lines = _mutmut(folder, "results").stdout.splitlines()
+    listing = [line.strip().rsplit(": ", 1) for line in lines]
     with (folder / "survivors.txt").open("w") as out:
-        for name in survivors:
-            out.write(_mutmut(folder, "show", name).stdout + "\n")
+        for name, status in (entry for entry in listing if len(entry) == 2):
+            if status in ("survived", "no tests"):  # with its diff: the ones to judge
+                out.write(_mutmut(folder, "show", name).stdout + "\n")
+            else:
+                out.write(f"# {name}: {status}\n\n")
     caught = counts["killed"] + counts["timeout"]
     tested = caught + counts["survived"]
     return {
