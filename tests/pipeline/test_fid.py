@@ -126,6 +126,51 @@ def test_rounding_warning_only_for_clamped_eigenvalues_of_fp32_products(clamped,
     assert len(rounding) == int(warns), [str(w.message) for w in seen]
 
 
+def test_exact_zero_eigenvalues_are_not_counted_as_clamped():
+    # A singular covariance whose zero eigenvalue is exactly 0 (diagonal), on either side:
+    # nothing is clamped (the count is of eigenvalues below zero, not at or near it).
+    value, clamped, worst = trace_sqrt_product(np.eye(3), np.diag([1.0, 2.0, 0.0]))
+    assert (value, clamped, worst) == (pytest.approx(1 + np.sqrt(2), rel=1e-15), 0, 0.0)
+    value, clamped, worst = trace_sqrt_product(np.diag([1.0, 0.0]), np.eye(2))
+    assert (value, clamped, worst) == (pytest.approx(1.0, rel=1e-15), 0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_trace_sqrt_product_of_other_dtypes_is_float64s(rng, dtype):
+    # float32 or integer covariances are taken as the float64 numbers they hold.
+    a = (_random_spd(rng, 6) * 100).astype(dtype)
+    b = (_random_spd(rng, 6, 2.0) * 100).astype(dtype)
+    if dtype is np.int64:
+        a, b = a + 100 * np.eye(6, dtype=dtype), b + 100 * np.eye(6, dtype=dtype)
+    expected = exact_trace_sqrt(a.astype(np.float64), b.astype(np.float64))
+    assert trace_sqrt_product(a, b)[0] == pytest.approx(expected, rel=1e-13)
+
+
+def test_clamping_tolerance_of_the_product_is_rtol_times_the_norms():
+    # M = diag(1, −t) with Σ_r = diag(1, −t), Σ_g = I: the tolerance is
+    # 1e-5 · ‖Σ_r‖_F · ‖Σ_g‖_F = 1e-5 · √2 ≈ 1.414e-5 (the default clamp_rtol).
+    value, clamped, worst = trace_sqrt_product(np.diag([1.0, -1.3e-5]), np.eye(2))
+    assert (value, clamped) == (pytest.approx(1.0, rel=1e-15), 1)
+    assert worst == pytest.approx(1.3e-5, rel=1e-12)
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        trace_sqrt_product(np.diag([1.0, -1.5e-5]), np.eye(2))
+
+
+def test_clamping_tolerance_of_a_singular_covariance_is_rtol_times_its_norm():
+    # Σ_g = diag(1, −t) itself (Σ_r = I): its own tolerance is 1e-5 · ‖Σ_g‖_F ≈ 1e-5; the
+    # clamped magnitude is reported in Σ_g's units.
+    value, clamped, worst = trace_sqrt_product(np.eye(2), np.diag([1.0, -0.9e-5]))
+    assert (value, clamped) == (pytest.approx(1.0, rel=1e-15), 1)
+    assert worst == pytest.approx(0.9e-5, rel=1e-12)
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
+
+
+def test_float_of_the_result_is_its_fid():
+    got = frechet_distance(Gaussian(np.zeros(2), np.eye(2)), Gaussian(np.ones(2), 4 * np.eye(2)))
+    assert float(got) == got.fid == pytest.approx(4.0, rel=1e-15)
+
+
 def test_trace_sqrt_product_example():
     value, clamped, worst = trace_sqrt_product(np.diag([4.0, 9.0]), np.diag([1.0, 4.0]))
     assert (value, clamped, worst) == (8.0, 0, 0.0)
