@@ -37,9 +37,14 @@ DEFAULT_WORKDIR = ROOT / "build" / "mutation"
 #: mathematics: mutmut runs a mutant against those of them that call the changed function, so
 #: a wide list costs time on every survivor and kills nothing more.
 MODULES: dict[str, tuple[str, ...]] = {
+    # The merge laws over every state, Moments' values, and the likelihood states' values
+    # (ScalarMoments, WeightStats, Histogram). The pair states (RowMean, RowLogSumExp,
+    # Magnitudes) are checked by value only through the pair metrics, in the mmd and
+    # neighbours entries.
     "shardeval/pipeline/core/states.py": (
         "tests/pipeline/test_states.py",
         "tests/pipeline/test_state_laws.py",
+        "tests/pipeline/test_likelihood.py",
     ),
     "shardeval/pipeline/core/reduce.py": (
         "tests/pipeline/test_states.py",
