@@ -87,6 +87,23 @@ def test_covariance_needs_two_rows():
     )
 
 
+def test_moments_hold_an_int_count_and_read_only_float64_arrays():
+    from shardeval.pipeline.errors import StatsFormatError
+
+    m = Moments(np.int64(2), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
+    assert type(m.n) is int
+    for array in (m.mean, m.m2):
+        assert array.dtype == np.float64
+        assert not array.flags.writeable
+    for bad in (True, 2.0):
+        with pytest.raises(StatsFormatError, match="must be an integer"):
+            Moments(bad, np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r"mean \(d,\) and m2 \(d, d\)"):
+        Moments(2, np.zeros((1, 3)), np.eye(3))
+    with pytest.raises(ValueError, match=r"mean \(d,\) and m2 \(d, d\)"):
+        Moments(2, np.zeros(3), np.eye(2))
+
+
 @pytest.mark.parametrize("offset", [0.0, 800.0, -800.0])
 def test_log_sum_exp_of_values_is_scipys(offset):
     # Values beyond exp's float64 range (|x| ~ 800), -inf among them, a 2-D array, and
