@@ -50,6 +50,28 @@ def test_identical_sets_give_zero(rng, scale):
     assert abs(got.fid) <= 1e-9 * np.trace(s)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_identical_statistics_give_a_fid_never_below_zero(seed):
+    # 2 tr Σ − 2 tr (Σ Σ)^½ rounds to ±1e-16 relative: FID is a distance, reported as 0 when
+    # the sum is negative by rounding alone (several of these draws round below zero).
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(3, 60))
+    s = _random_spd(rng, d, 10 ** rng.uniform(-3, 3))
+    mu = rng.standard_normal(d)
+    got = frechet_distance(Gaussian(mu, s), Gaussian(mu.copy(), s.copy()))
+    assert 0.0 <= got.fid <= 1e-12 * np.trace(s)
+
+
+def test_frechet_distance_passes_its_clamp_tolerance_on():
+    # An eigenvalue of −1e-9 of the product: clamped at the default tolerance, an error at
+    # clamp_rtol=1e-12.
+    real = Gaussian(np.zeros(2), np.diag([4.0, -1e-9]))
+    gen = Gaussian(np.zeros(2), np.eye(2))
+    assert frechet_distance(real, gen).clamped_count == 1
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        frechet_distance(real, gen, clamp_rtol=1e-12)
+
+
 def test_singular_covariances_warn_clamp_and_agree(rng):
     d, n = 24, 10  # rank 9 < d
     x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 0.1
