@@ -1,5 +1,6 @@
 import itertools
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -130,7 +131,7 @@ def test_log_sum_exp_of_values_is_scipys(offset):
 def test_a_state_must_be_a_frozen_dataclass_with_a_merge():
     from dataclasses import dataclass
 
-    from shardeval.pipeline.core.states import registered_states, state
+    from shardeval.pipeline.core.states import _REGISTRY, registered_states, state
 
     def examples(rng):
         raise AssertionError("never called")
@@ -160,4 +161,19 @@ def test_a_state_must_be_a_frozen_dataclass_with_a_merge():
         class Unmergeable:
             n: int = 0
 
+    assert dict(registered_states()) == before
+
+    @dataclass(frozen=True)
+    class Count:
+        n: int = 0
+
+        def merge(self, other):
+            return Count(self.n + other.n)
+
+    try:  # a valid state is registered with its examples and reports its size to Dask
+        assert state(examples=examples)(Count) is Count
+        assert registered_states()[Count] is examples
+        assert sys.getsizeof(Count(3)) >= object.__sizeof__(Count(3))
+    finally:
+        _REGISTRY.pop(Count, None)
     assert dict(registered_states()) == before
