@@ -19,7 +19,7 @@ ENC_VENV ?= .venv-encoders
 REAL ?= demo-data/real.zarr
 GEN  ?= demo-data/gen.zarr
 
-.PHONY: demo test lint bench clean gpu-check
+.PHONY: demo test lint bench clean gpu-check mutation
 
 $(BIN)/shardeval: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,8 @@ test: $(TEST_STAMP) lint $(ENC_VENV)/bin/shardeval
 	$(ENC_VENV)/bin/python -m pytest -q -m encoders -p no:cacheprovider tests/encoders
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check shardeval tests benchmarks
-	$(BIN)/ruff format --check shardeval tests benchmarks
+	$(BIN)/ruff check shardeval tests benchmarks tools
+	$(BIN)/ruff format --check shardeval tests benchmarks tools
 	$(BIN)/mypy
 
 bench: $(TEST_STAMP)
@@ -64,6 +64,14 @@ bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.extract
 	$(MAKE) $(ENC_VENV)/bin/shardeval
 	$(ENC_VENV)/bin/python -m benchmarks.inception_score   # beside torch-fidelity
+
+# Mutation testing of the numerical core (docs/development.md, "Mutation testing"): each module
+# of tools/mutation.py's table against its tests, in build/mutation/, on demand and never in
+# `make test`. MUTATION_MODULES picks some (short names: fid/frechet core/states); JOBS workers.
+MUTATION_MODULES ?=
+JOBS ?= 2
+mutation: $(TEST_STAMP)
+	$(BIN)/python -m tools.mutation --jobs $(JOBS) $(MUTATION_MODULES)
 
 # GPU acceptance (benchmarks/gpu_check.py): on a CUDA machine, in an environment with a CUDA
 # build of torch (pip install -e '.[test,encoders]' without constraints.txt, whose torch is the

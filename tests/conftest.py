@@ -82,6 +82,10 @@ def fp32_flags():
 # the process ends with the session's own status, which the tests had already decided.
 _EXIT_GRACE_SECONDS = 120
 _EXIT_STATUS = pytest.StashKey[int]()
+#: Set to 0 by a runner that runs many sessions in one long-lived process (the mutation tool,
+#: tools/mutation.py): there the process outlives each session by design, and the watchdog
+#: would end it 120 s after the first.
+_EXIT_WATCHDOG_VARIABLE = "SHARDEVAL_TEST_EXIT_WATCHDOG"
 
 
 def pytest_unconfigure(config):
@@ -90,6 +94,8 @@ def pytest_unconfigure(config):
     import threading
     import time
 
+    if os.environ.get(_EXIT_WATCHDOG_VARIABLE) == "0":
+        return
     status = config.stash.get(_EXIT_STATUS, 1)  # 1: the session never finished
 
     def watch():

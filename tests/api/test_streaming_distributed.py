@@ -445,3 +445,60 @@ def test_metrics_met_in_other_orders_are_refused_on_every_rank(world, jobs, monk
         fid, got_kid = out["one kind"]
         assert abs(float(fid) - exact[0]) <= 1e-9 * exact[0]
         assert got_kid["kid"] == kid["kid"]  # bit for bit
+
+
+#: Per world size, per rank: (real rows, generated rows) of the job in which ranks hold one
+#: row on a side: 101 rows a side in all, the one-row rank last, in the middle, or first.
+ONE_ROW_SPLITS = {
+    2: [(100, 100), (1, 1)],
+    3: [(60, 1), (1, 0), (40, 100)],
+}
+
+
+def one_row_worker(rank, world, init_file, out_dir):
+    """One rank of the job of one-row ranks: se.FID's public methods only (update, compute,
+    the report), so that the check holds whatever the training-loop classes are made of."""
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=DEADLINE_SECONDS - 10),
+    )
+    real, gen = _data()
+    r0 = sum(n for n, _ in ONE_ROW_SPLITS[world][:rank])
+    g0 = sum(n for _, n in ONE_ROW_SPLITS[world][:rank])
+    n_real, n_gen = ONE_ROW_SPLITS[world][rank]
+    fid = se.FID(precision="fp64")
+    _feed(fid, real[r0 : r0 + n_real], gen[g0 : g0 + n_gen])
+    report = fid.compute()
+    out = {"value": float(report), "report": report.to_dict()}
+    dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank-{rank}.pkl"), "wb") as fh:
+        pickle.dump(out, fh)
+
+
+@pytest.fixture(scope="module")
+def one_row_jobs(tmp_path_factory):
+    """Both jobs of one-row ranks (2 and 3 processes) at once."""
+    yield from _started(tmp_path_factory, one_row_worker, ONE_ROW_SPLITS, DEADLINE_SECONDS)
+
+
+@pytest.mark.timeout(2 * DEADLINE_SECONDS)
+@pytest.mark.parametrize("world", [2, 3])
+def test_a_rank_of_one_row_counts_in_the_synced_fid(world, one_row_jobs):
+    """A rank that holds exactly one real or generated row adds it to the gathered moments
+    (a merge that left out ranks of fewer than two rows reported n = 100 of 101 and the FID of
+    the other rows): every rank reports 101 rows a side and the float64 FID of the
+    concatenated rows."""
+    real, gen = _data()
+    n_real, n_gen = (sum(split[i] for split in ONE_ROW_SPLITS[world]) for i in (0, 1))
+    assert (n_real, n_gen) == (101, 101)
+    exact = exact_fid(*np_stats(real[:n_real]), *np_stats(gen[:n_gen]))
+    for rank, out in enumerate(one_row_jobs(world)):
+        fields = out["report"]["fid"]
+        assert (fields["fid_n_real"], fields["fid_n"]) == (101, 101), rank
+        assert out["report"]["processes"] == world
+        assert abs(out["value"] - exact) <= 1e-9 * exact, (rank, out["value"], exact)

@@ -1,3 +1,4 @@
+import sys
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ from tests.reference import (
     exact_fid,
     exact_trace_sqrt,
     high_precision_fid,
+    np_stats,
     pytorch_fid_formula,
 )
 
@@ -48,6 +50,28 @@ def test_identical_sets_give_zero(rng, scale):
     assert abs(got.fid) <= 1e-9 * np.trace(s)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_identical_statistics_give_a_fid_never_below_zero(seed):
+    # 2 tr Σ − 2 tr (Σ Σ)^½ rounds to ±1e-16 relative: FID is a distance, reported as 0 when
+    # the sum is negative by rounding alone (several of these draws round below zero).
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(3, 60))
+    s = _random_spd(rng, d, 10 ** rng.uniform(-3, 3))
+    mu = rng.standard_normal(d)
+    got = frechet_distance(Gaussian(mu, s), Gaussian(mu.copy(), s.copy()))
+    assert 0.0 <= got.fid <= 1e-12 * np.trace(s)
+
+
+def test_frechet_distance_passes_its_clamp_tolerance_on():
+    # An eigenvalue of −1e-9 of the product: clamped at the default tolerance, an error at
+    # clamp_rtol=1e-12.
+    real = Gaussian(np.zeros(2), np.diag([4.0, -1e-9]))
+    gen = Gaussian(np.zeros(2), np.eye(2))
+    assert frechet_distance(real, gen).clamped_count == 1
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        frechet_distance(real, gen, clamp_rtol=1e-12)
+
+
 def test_singular_covariances_warn_clamp_and_agree(rng):
     d, n = 24, 10  # rank 9 < d
     x, y = rng.standard_normal((n, d)), rng.standard_normal((n, d)) + 0.1
@@ -60,6 +84,8 @@ def test_singular_covariances_warn_clamp_and_agree(rng):
     expected = high_precision_fid(real.mean, real.cov, gen.mean, gen.cov)
     assert got.fid == pytest.approx(expected, rel=1e-12)
     assert len(got.warnings) == 2
+    assert "real set has n=10 <= d=24" in got.warnings[0]
+    assert "generated set has n=10 <= d=24" in got.warnings[1]
 
 
 def test_same_singular_set_gives_zero(rng):
@@ -76,6 +102,95 @@ def test_not_positive_semidefinite_is_an_error(rng):
     bad = s - 2 * np.eye(5) * np.linalg.eigvalsh(s).max()
     with pytest.raises(NumericalError, match="not positive semi-definite"):
         frechet_distance(Gaussian(np.zeros(5), s), Gaussian(np.zeros(5), bad))
+
+
+@pytest.mark.parametrize("where", ["mean", "cov"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_statistics_holding_nan_or_inf_are_an_error(where, bad):
+    # Either half alone: a NaN in the covariance with a finite mean must be refused as well.
+    mean, cov = np.zeros(3), np.eye(3)
+    (mean if where == "mean" else cov)[1] = bad
+    good = Gaussian(np.ones(3), 2 * np.eye(3), source="b.npz")
+    with pytest.raises(NumericalError, match=r"'a\.npz' hold NaN or inf"):
+        frechet_distance(Gaussian(mean, cov, source="a.npz"), good)
+    with pytest.raises(NumericalError, match=r"'a\.npz' hold NaN or inf"):
+        frechet_distance(good, Gaussian(mean, cov, source="a.npz"))
+
+
+def test_a_set_of_identical_rows_has_zero_covariance_and_its_fid_is_exact():
+    # Σ_r = 0 (every reference row the same): FID = ‖δ‖² + tr Σ_g, no error (0 is not a
+    # variance below float64's normal range).
+    gen_cov = np.diag([1.0, 4.0, 9.0])
+    got = frechet_distance(Gaussian(np.zeros(3), np.zeros((3, 3))), Gaussian(np.ones(3), gen_cov))
+    assert got.fid == pytest.approx(3.0 + 14.0, rel=1e-15)
+
+
+def test_variances_at_the_smallest_normal_float64_are_computed():
+    # The largest variance exactly 2^-1022 (float64's smallest normal number) still holds all
+    # its digits: FID is computed, here ‖δ‖² = 2 with equal covariances.
+    cov = sys.float_info.min * np.eye(2)
+    got = frechet_distance(Gaussian(np.zeros(2), cov), Gaussian(np.ones(2), cov))
+    assert got.fid == pytest.approx(2.0, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("clamped", "fp32", "warns"), [(1, True, True), (0, True, False), (1, False, False)]
+)
+def test_rounding_warning_only_for_clamped_eigenvalues_of_fp32_products(clamped, fp32, warns):
+    from shardeval.pipeline.errors import RoundingWarning
+    from shardeval.pipeline.fid.frechet import FrechetDistance, warn_if_rounding_reached_spectrum
+
+    result = FrechetDistance(1.0, 0.5, 1.0, 1.0, 0.75, clamped, 1e-9 * clamped)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warn_if_rounding_reached_spectrum(result, fp32)
+    rounding = [w for w in seen if issubclass(w.category, RoundingWarning)]
+    assert len(rounding) == int(warns), [str(w.message) for w in seen]
+
+
+def test_exact_zero_eigenvalues_are_not_counted_as_clamped():
+    # A singular covariance whose zero eigenvalue is exactly 0 (diagonal), on either side:
+    # nothing is clamped (the count is of eigenvalues below zero, not at or near it).
+    value, clamped, worst = trace_sqrt_product(np.eye(3), np.diag([1.0, 2.0, 0.0]))
+    assert (value, clamped, worst) == (pytest.approx(1 + np.sqrt(2), rel=1e-15), 0, 0.0)
+    value, clamped, worst = trace_sqrt_product(np.diag([1.0, 0.0]), np.eye(2))
+    assert (value, clamped, worst) == (pytest.approx(1.0, rel=1e-15), 0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_trace_sqrt_product_of_other_dtypes_is_float64s(rng, dtype):
+    # float32 or integer covariances are taken as the float64 numbers they hold.
+    a = (_random_spd(rng, 6) * 100).astype(dtype)
+    b = (_random_spd(rng, 6, 2.0) * 100).astype(dtype)
+    if dtype is np.int64:
+        a, b = a + 100 * np.eye(6, dtype=dtype), b + 100 * np.eye(6, dtype=dtype)
+    expected = exact_trace_sqrt(a.astype(np.float64), b.astype(np.float64))
+    assert trace_sqrt_product(a, b)[0] == pytest.approx(expected, rel=1e-13)
+
+
+def test_clamping_tolerance_of_the_product_is_rtol_times_the_norms():
+    # M = diag(1, −t) with Σ_r = diag(1, −t), Σ_g = I: the tolerance is
+    # 1e-5 · ‖Σ_r‖_F · ‖Σ_g‖_F = 1e-5 · √2 ≈ 1.414e-5 (the default clamp_rtol).
+    value, clamped, worst = trace_sqrt_product(np.diag([1.0, -1.3e-5]), np.eye(2))
+    assert (value, clamped) == (pytest.approx(1.0, rel=1e-15), 1)
+    assert worst == pytest.approx(1.3e-5, rel=1e-12)
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        trace_sqrt_product(np.diag([1.0, -1.5e-5]), np.eye(2))
+
+
+def test_clamping_tolerance_of_a_singular_covariance_is_rtol_times_its_norm():
+    # Σ_g = diag(1, −t) itself (Σ_r = I): its own tolerance is 1e-5 · ‖Σ_g‖_F ≈ 1e-5; the
+    # clamped magnitude is reported in Σ_g's units.
+    value, clamped, worst = trace_sqrt_product(np.eye(2), np.diag([1.0, -0.9e-5]))
+    assert (value, clamped) == (pytest.approx(1.0, rel=1e-15), 1)
+    assert worst == pytest.approx(0.9e-5, rel=1e-12)
+    with pytest.raises(NumericalError, match="below the rounding tolerance"):
+        trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
+
+
+def test_float_of_the_result_is_its_fid():
+    got = frechet_distance(Gaussian(np.zeros(2), np.eye(2)), Gaussian(np.ones(2), 4 * np.eye(2)))
+    assert float(got) == got.fid == pytest.approx(4.0, rel=1e-15)
 
 
 def test_trace_sqrt_product_example():
@@ -139,6 +254,60 @@ def test_as_many_rows_as_features_take_float64_products(tmp_path, rng, extra):
         assert error < 1e-12
     else:
         assert error > 1e-10  # fp32 products, as asked: the test can tell them apart
+
+
+def test_fid_with_more_than_five_dropped_rows_counts_them_all(tmp_path, rng):
+    # Seven generated and six reference rows hold NaN or inf: the report counts every one of
+    # them (the error message names only the first five), and FID is the float64 FID of the
+    # finite rows alone.
+    import shardeval as se
+    from tests.conftest import write_zarr
+
+    real = rng.standard_normal((180, 6)).astype(np.float32)
+    gen = (1.3 * rng.standard_normal((200, 6)) + 0.4).astype(np.float32)
+    real[[0, 31, 32, 90, 150, 179], [0, 1, 2, 3, 4, 5]] = [np.nan, np.inf, -np.inf] * 2
+    gen[[3, 17, 40, 41, 99, 150, 199], [0, 1, 2, 3, 4, 5, 0]] = np.nan
+    stores = [
+        write_zarr(tmp_path / f"{name}.zarr", x, chunk_rows=32)
+        for name, x in (("real", real), ("gen", gen))
+    ]
+    report = se.fid(*stores, nonfinite="drop", precision="fp64", shard_rows=32)
+    fields = report.to_dict()["fid"]
+    kept = [x[np.isfinite(x).all(axis=1)] for x in (real, gen)]
+    assert (fields["fid_nonfinite_dropped_real"], fields["fid_nonfinite_dropped"]) == (6, 7)
+    assert (fields["fid_n_real"], fields["fid_n"]) == (174, 193)
+    exact = exact_fid(*np_stats(kept[0]), *np_stats(kept[1]))
+    assert float(report) == pytest.approx(exact, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_fid_of_as_many_rows_as_features_is_the_float64_fid(tmp_path, seed):
+    # n = d = 32 on both sides, float32 rows offset by 3: their moments take float64
+    # products whatever precision is asked, and FID is the float64 FID to ~1e-14. With fp32
+    # products it was 3.7e-7 (seed 0) and 7e-8 (seed 4) relative off; se.fid then recomputed
+    # in float64 where an eigenvalue fell below zero (seed 0, with a warning), and reported
+    # the fp32 value where none did (seed 4).
+    import shardeval as se
+    from shardeval.pipeline.fid.moments import feature_moments
+    from shardeval.pipeline.io.stores import open_features
+    from tests.conftest import write_zarr
+
+    d = 32
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((d, d)) + 3.0).astype(np.float32)
+    y = (1.2 * rng.standard_normal((d, d)) + 3.1).astype(np.float32)
+    stores = [write_zarr(tmp_path / f"{n}.zarr", z, chunk_rows=64) for n, z in (("x", x), ("y", y))]
+    exact = exact_fid(*np_stats(x), *np_stats(y))
+    (mx, _), (my, _) = feature_moments([open_features(s) for s in stores], precision="fp32")
+    with pytest.warns(SingularCovarianceWarning):
+        direct = frechet_distance(Gaussian.from_moments(mx), Gaussian.from_moments(my))
+    assert direct.fid == pytest.approx(exact, rel=1e-8)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        report = se.fid(*stores, precision="fp32")
+    assert float(report) == pytest.approx(exact, rel=1e-8)
+    recomputed = [str(w.message) for w in seen if "recomputed" in str(w.message)]
+    assert not recomputed, recomputed
 
 
 # --- covariances far from 1 --------------------------------------------------------------

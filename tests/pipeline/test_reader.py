@@ -216,6 +216,25 @@ def test_chunks_never_written_inside_a_shard_are_an_error(tmp_path, capsys, pair
     assert "4 of 10 chunks are missing (first: chunk (2, 0) of shard 'c/1/0', rows 600-699" in err
 
 
+def test_a_shard_file_never_written_is_an_error_and_no_result(tmp_path, capsys, pair):
+    # Shards 0 and 2 whole, shard 1 (rows 400-799) absent: read through, its rows are 400 rows
+    # of the fill value inside a plausible FID. The API raises StoreError naming the shard and
+    # returns nothing; the CLI prints one line and no report, exit 2.
+    import shardeval as se
+
+    real, _, gen = pair
+    _sharded(tmp_path / "s.zarr", real.shape)[...] = real
+    os.remove(tmp_path / "s.zarr" / "c" / "1" / "0")
+    results = []
+    with pytest.raises(StoreError) as info:
+        results.append(se.fid(str(tmp_path / "s.zarr"), gen))
+    assert results == []
+    assert "4 of 10 chunks are missing (first: 'c/1/0', rows 400-499" in str(info.value)
+    code, fid, err = _fid_cli(capsys, tmp_path / "s.zarr", gen)
+    assert (code, fid) == (2, None)
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize("index_location", ["start", "end"])
 @pytest.mark.parametrize("endian", ["little", "big"])
 def test_complete_sharded_arrays_are_read_whatever_their_index_layout(

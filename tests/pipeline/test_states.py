@@ -1,5 +1,6 @@
 import itertools
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -81,3 +82,98 @@ def test_nonfinite_rows_keep_the_first_indices_in_order():
 def test_covariance_needs_two_rows():
     with pytest.raises(ValueError, match="n > ddof"):
         Moments.from_rows(DATA[:1]).covariance()
+    # Two rows are enough: np.cov of them.
+    np.testing.assert_allclose(
+        Moments.from_rows(DATA[:2]).covariance(), np.cov(DATA[:2], rowvar=False), rtol=1e-12
+    )
+
+
+def test_moments_hold_an_int_count_and_read_only_float64_arrays():
+    from shardeval.pipeline.errors import StatsFormatError
+
+    m = Moments(np.int64(2), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
+    assert type(m.n) is int
+    for array in (m.mean, m.m2):
+        assert array.dtype == np.float64
+        assert not array.flags.writeable
+    for bad in (True, 2.0):
+        with pytest.raises(StatsFormatError, match="must be an integer"):
+            Moments(bad, np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r"mean \(d,\) and m2 \(d, d\)"):
+        Moments(2, np.zeros((1, 3)), np.eye(3))
+    with pytest.raises(ValueError, match=r"mean \(d,\) and m2 \(d, d\)"):
+        Moments(2, np.zeros(3), np.eye(2))
+
+
+@pytest.mark.parametrize("offset", [0.0, 800.0, -800.0])
+def test_log_sum_exp_of_values_is_scipys(offset):
+    # Values beyond exp's float64 range (|x| ~ 800), -inf among them, a 2-D array, and
+    # every value -inf: the log-sum-exp, its parts and the count, against scipy.
+    from scipy.special import logsumexp
+
+    from shardeval.pipeline.core.states import LogSumExp
+
+    rng = np.random.default_rng(3)
+    values = rng.standard_normal((4, 5)) * 3 + offset
+    values[1, 2] = -np.inf
+    got = LogSumExp.from_values(values)
+    assert got.n == 20
+    assert got.max == values.max()
+    assert got.value == pytest.approx(logsumexp(values), rel=1e-14, abs=1e-12)
+    assert got.sum == pytest.approx(np.exp(logsumexp(values) - values.max()), rel=1e-14)
+    nothing = LogSumExp.from_values(np.full(3, -np.inf))
+    assert (nothing.max, nothing.sum, nothing.n, nothing.value) == (-np.inf, 0.0, 3, -np.inf)
+    single = LogSumExp.from_values(np.array([offset]))
+    assert (single.max, single.sum, single.n, single.value) == (offset, 1.0, 1, offset)
+    assert LogSumExp.from_values(np.zeros(0)) == LogSumExp.empty()
+
+
+def test_a_state_must_be_a_frozen_dataclass_with_a_merge():
+    from dataclasses import dataclass
+
+    from shardeval.pipeline.core.states import _REGISTRY, registered_states, state
+
+    def examples(rng):
+        raise AssertionError("never called")
+
+    before = dict(registered_states())
+    with pytest.raises(TypeError, match="Loose must be a frozen dataclass"):
+
+        @state(examples=examples)
+        @dataclass
+        class Loose:
+            n: int = 0
+
+            def merge(self, other):
+                return self
+
+    with pytest.raises(TypeError, match="Plain must be a frozen dataclass"):
+
+        @state(examples=examples)
+        class Plain:
+            def merge(self, other):
+                return self
+
+    with pytest.raises(TypeError, match="Unmergeable has no merge method"):
+
+        @state(examples=examples)
+        @dataclass(frozen=True)
+        class Unmergeable:
+            n: int = 0
+
+    assert dict(registered_states()) == before
+
+    @dataclass(frozen=True)
+    class Count:
+        n: int = 0
+
+        def merge(self, other):
+            return Count(self.n + other.n)
+
+    try:  # a valid state is registered with its examples and reports its size to Dask
+        assert state(examples=examples)(Count) is Count
+        assert registered_states()[Count] is examples
+        assert sys.getsizeof(Count(3)) >= object.__sizeof__(Count(3))
+    finally:
+        _REGISTRY.pop(Count, None)
+    assert dict(registered_states()) == before

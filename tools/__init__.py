@@ -1,0 +1,1 @@
+"""Developer tools run on demand (``make mutation``), never by the test suite."""
