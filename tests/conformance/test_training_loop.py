@@ -376,3 +376,17 @@ def test_three_ranks_one_empty_equal_one_process(tmp_path):
         for out in outs:
             assert out[name][0]["processes"] == WORLD
             _same_report(out[name][0], expected)
+
+
+def test_nonfinite_rows_are_dropped_where_every_metric_drops_them():
+    real, gen = _sets("nll_gaussian")
+    gen = gen.copy()
+    gen[[3, 50, 51]] = np.nan
+    with se.GaussianNLL(nonfinite="drop") as metric:
+        _feed(metric, real, gen)
+        section = metric.compute().to_dict()["nll_gaussian"]
+    expected = se.metrics(real, gen, ["nll_gaussian"], nonfinite="drop").to_dict()
+    _assert_same(section, expected["nll_gaussian"], "nll_gaussian")
+    assert section["nll_gaussian_nonfinite_dropped"] == 3
+    with se.GaussianNLL() as metric, pytest.raises(se.NonFiniteError, match="nonfinite='drop'"):
+        metric.update(gen[:60])

@@ -1,15 +1,18 @@
-"""Training-loop metrics: objects that take batches as a model produces them.
+"""Training-loop metrics: objects that take batches as a model produces them, every one on
+one base (:class:`~.base.TrainingMetric`) made from its state.
 
 :class:`FID` keeps, per side, the count, mean and centred co-moment of the rows it has seen:
 batches gather in a bounded buffer on their device and go through
 :func:`shardeval.kernels.shard_moments` there (Triton on CUDA, BLAS on a CPU), and the result is
 folded into a running float64 state on that device by Chan, Golub & LeVeque's update; no more
-rows than the buffer's are ever held. :class:`PairMetrics` (and :class:`KID`,
-:class:`CMMD`, :class:`PRDC`) need every row, since they sum over pairs: they spill the rows to a
-Zarr array in a work folder, one chunk at a time, and :meth:`~PairMetrics.compute` runs the
-block-pair engine over them, exactly over all pairs. Memory stays flat in the rows either way.
+rows than the buffer's are ever held. :class:`RowMetrics` (and :class:`KID`, :class:`CMMD`,
+:class:`PRDC`, :class:`FIDInfinity`, :class:`InceptionScore`, :class:`GaussianNLL`) need every
+row (pairs, nested subsets): they spill the rows to a Zarr array in a work folder, one chunk at
+a time, and ``compute()`` runs the metrics' plug-ins over them; :class:`NLL` and :class:`ESS`
+spill per-sample values and run :func:`shardeval.nll` and :func:`shardeval.ess` over them.
+Memory stays flat in the rows either way.
 
-Both take 2-D features ``(B, d)`` (a tensor on any device, or a numpy array) or 4-D image
+They take 2-D features ``(B, d)`` (a tensor on any device, or a numpy array) or 4-D image
 batches ``(B, 3, H, W)`` (uint8, or floats in [0, 1]) for one of ``extract``'s encoders (the
 Inception by default). ``compute()`` returns the :class:`~shardeval.api.results.Report` that the
 one-shot function (:func:`shardeval.fid`, :func:`shardeval.kid`…) gives for the same rows.
@@ -24,7 +27,7 @@ order with :meth:`Moments.merge <shardeval.pipeline.core.states.Moments.merge>`,
 holds the same bits, equal to one process fed the ranks' batches in rank order up to rounding:
 float64's with ``precision='fp64'``, fp32 products' (~1e-7 relative: which rows reach the kernel
 together differs) by default, as :func:`shardeval.fid` with other shard sizes.
-:meth:`PairMetrics.sync` sends every rank's rows to rank 0, chunk by chunk through
+:meth:`RowMetrics.sync` sends every rank's rows to rank 0, chunk by chunk through
 ``torch.distributed`` (no shared file system is needed: one chunk is in memory at a time), in rank
 order; rank 0 computes over exactly the rows one process would have seen and hands the result to
 every rank. A ``compute()`` after which no rank has changed its rows returns the result kept, and

@@ -67,9 +67,9 @@ _WHAT = {
     "reference": "the reference (they hold different references)",
     "precision": "«precision»",
     "nonfinite": "«nonfinite»",
-    "metrics": "their metrics (pair metrics merge and sync with the same metrics, options and "
+    "metrics": "their metrics (row metrics merge and sync with the same metrics, options and "
     "reference)",
-    "options": "the options that decide their results (pair metrics merge and sync with the "
+    "options": "the options that decide their results (row metrics merge and sync with the "
     "same metrics, options and reference)",
 }
 

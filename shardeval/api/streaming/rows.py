@@ -51,10 +51,10 @@ def row_metrics() -> tuple[str, ...]:
     return tuple(name for name in METRICS if name not in _STATISTICS_CLASSES)
 
 
-#: Options that change a pair metric's result: processes that sync must agree on them.
+#: Options that change a row metric's result: processes that sync must agree on them.
 _RESULT_OPTIONS = ("subsets", "subset_size", "seed", "shard_rows", "precision")
 
-#: What each entry of a pair metric's identity asks of metrics that merge.
+#: What each entry of a row metric's identity asks of metrics that merge.
 _PAIR_FIXES = {
     "metrics": "make them for the same metrics",
     "options": "make them with the same options",
@@ -193,6 +193,8 @@ class RowMetrics(SpilledMetric):
         self._params = {m.name: dict(m.options) for m in evaluation.instances}
         self._reads = {m.reads for m in evaluation.instances}
         self._one_set = not any(m.needs_reference for m in evaluation.instances)
+        # Non-finite rows go to the spill only for metrics that all drop them themselves.
+        self._drops = all(m.options.get("nonfinite") == "drop" for m in evaluation.instances)
         _check_choice("dtype", dtype, (None, "float32", "float64"))
         super().__init__(
             encoder or ("clip-vitl14-336" if chosen == ("cmmd",) else "inception"),
@@ -235,7 +237,8 @@ class RowMetrics(SpilledMetric):
             ShapeError: wrong rank, no features, or d unlike earlier batches or the reference.
             DtypeError: not real numbers (or a meta tensor; a sparse or nested tensor), or
                 float64 rows for float32 spills.
-            NonFiniteError: rows with NaN or inf (pair metrics need every row).
+            NonFiniteError: rows with NaN or inf, unless every metric asked takes
+                «nonfinite='drop'» (they are then spilled and dropped by the metrics).
             ZeroRowError: a row of zeros for CMMD (it scales rows to unit norm).
             NumericalError: integers beyond 2^53.
         """
@@ -270,10 +273,10 @@ class RowMetrics(SpilledMetric):
                 "«dtype='float64'» to keep every digit (or cast the batches to float32)"
             )
         finite = torch.isfinite(rows).all(dim=1)
-        if not bool(finite.all()):
+        if not bool(finite.all()) and not self._drops:
             raise NonFiniteError(
-                f"{what} has {_first_rows(~finite)} with NaN or inf; pair metrics need every "
-                "row: clean them"
+                f"{what} has {_first_rows(~finite)} with NaN or inf; clean them, or make the "
+                "metrics with «nonfinite='drop'» where they all take it"
             )
         zero = ~(rows != 0).any(dim=1)
         if "cmmd" in self.metrics and bool(zero.any()):
