@@ -131,7 +131,7 @@ def test_log_sum_exp_of_values_is_scipys(offset):
 def test_a_state_must_be_a_frozen_dataclass_with_a_merge():
     from dataclasses import dataclass
 
-    from shardeval.pipeline.core.states import _REGISTRY, registered_states, state
+    from shardeval.pipeline.core.mergeable import _REGISTRY, registered_states, state
 
     def examples(rng):
         raise AssertionError("never called")

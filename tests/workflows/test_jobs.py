@@ -251,6 +251,11 @@ def test_history_and_report_commands(job_dir, capsys):
         "fid_eigenvalues_clamped",
         "fid_clamped_max",
         "fid_rank_deficit",
+        # the interval's outputs, missing in a row without «ci»
+        "fid_standard_error",
+        "fid_ci_low",
+        "fid_ci_high",
+        "fid_jackknife_bias",
     }
     made = {"features_made_by", "reference_made_by"}
     assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, *made, "stale"}
