@@ -838,6 +838,15 @@ def check_ci(capsys, f, command, monkeypatch):
     assert got["ci_low"] < got["fid"] < got["ci_high"]
 
 
+def check_kid_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "kid")
+    got = _one_metric(capsys, f, command, "kid", "--ci", "0.9")
+    assert plain["ci_low"] is None
+    assert got["kid"] == plain["kid"]
+    assert got["ci_low"] < got["kid"] < got["ci_high"]
+    _refused(capsys, *_base(command, f), "--ci", "0.9", "--subsets", "3", match="--subsets")
+
+
 def check_ci_groups(capsys, f, command, monkeypatch):
     argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
@@ -990,6 +999,7 @@ CHECKS = {
     ("fid", "infinity"): check_infinity,
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
+    ("kid", "ci"): check_kid_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},

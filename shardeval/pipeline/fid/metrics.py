@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from shardeval.pipeline.fid import SEED
 from shardeval.pipeline.fid.jackknife import CI_SEED as JACKKNIFE_SEED
 from shardeval.pipeline.fid.jackknife import GROUPS
-from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
+from shardeval.pipeline.metrics.base import (
+    CI_LEVEL,
+    Context,
+    Metric,
+    Output,
+    Param,
+    Plot,
+    spectrum,
+)
 from shardeval.pipeline.options import NONFINITE_POLICIES
 from shardeval.pipeline.runoptions import SEED_RANGE, Interval, OneOf
 
@@ -24,7 +32,7 @@ NONFINITE = Param(
 #: The interval's options (:mod:`shardeval.pipeline.fid.jackknife`).
 CI = Param(
     "ci",
-    Interval(float, 0, 1, closed="left", text="0 (no interval) or a confidence level in (0, 1)"),
+    CI_LEVEL,
     0.0,
     "confidence level of an interval by the delete-a-group jackknife (e.g. 0.95); 0: none",
     "LEVEL",

@@ -27,6 +27,21 @@ if TYPE_CHECKING:
     from shardeval.pipeline.metrics.sides import Side
 
 
+#: A confidence level: the constraint of the «ci» option of every metric that reports an
+#: interval (0: none).
+CI_LEVEL = Interval(
+    float, 0, 1, closed="left", text="0 (no interval) or a confidence level in (0, 1)"
+)
+
+
+def normal_interval(estimate: float, standard_error: float, level: float) -> tuple[float, float]:
+    """estimate ∓ z·SE, z the standard normal's (1 + level)/2 quantile."""
+    from scipy import stats
+
+    half = float(stats.norm.ppf((1 + level) / 2)) * standard_error
+    return estimate - half, estimate + half
+
+
 @dataclass(frozen=True)
 class Param:
     """One option of a metric.

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.errors import MetricOptionError
+from shardeval.pipeline.metrics.base import (
+    CI_LEVEL,
+    Context,
+    Metric,
+    Output,
+    Param,
+    Plot,
+    normal_interval,
+)
 from shardeval.pipeline.mmd import SIGMA, SUBSET_SEED, SUBSET_SIZE
 from shardeval.pipeline.runoptions import POSITIVE, SEED_RANGE, Flag, Interval
 
@@ -55,6 +64,14 @@ class KID(Metric):
             "SEED",
             applies_with="subsets",
         ),
+        Param(
+            "ci",
+            CI_LEVEL,
+            0.0,
+            "confidence level of an interval (e.g. 0.95; KID: normal, from its standard error); "
+            "0: none",
+            "LEVEL",
+        ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("kid", "", "squared MMD under (x·y/d + 1)³"),
@@ -62,11 +79,21 @@ class KID(Metric):
         Output("kid_n", "rows", "rows of the generated set"),
         Output("kid_n_real", "rows", "rows of the reference"),
         Output("kid_rounding_bound", "", "bound on its distance from exact arithmetic"),
+        Output("kid_ci_low", "", "lower end of the interval («ci»)", optional=True),
+        Output("kid_ci_high", "", "upper end of the interval («ci»)", optional=True),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
     needs_reference_features = True
     run_options = _FLOAT64_SUMS
     products = "fp64"
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        if self.options["ci"] and self.options["subsets"]:
+            raise MetricOptionError(
+                "«ci» applies to the exact estimator over all pairs, not to «subsets»: the "
+                "spread over subsets is not the standard error of their mean"
+            )
 
     def declines(self) -> dict[str, str]:
         if not self.options["subsets"]:
@@ -95,12 +122,17 @@ class KID(Metric):
             )
         else:
             result = context.samples(real, gen)["kid"]
+        low = high = None
+        if self.options["ci"]:
+            low, high = normal_interval(result.kid, result.standard_error, self.options["ci"])
         return {
             "kid": result.kid,
             "kid_standard_error": result.standard_error,
             "kid_n": result.n_gen,
             "kid_n_real": result.n_real,
             "kid_rounding_bound": result.rounding_bound,
+            "kid_ci_low": low,
+            "kid_ci_high": high,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -110,10 +142,16 @@ class KID(Metric):
             if opt["subsets"]
             else "unbiased, all pairs"
         )
-        return [
+        lines = [
             f"KID {o['kid']:.6g} ± {o['kid_standard_error']:.3g}   [{how}; kernel (x·y/d + 1)^3;"
             f" rounding ≤ {o['kid_rounding_bound']:.2g}]"
         ]
+        if o.get("kid_ci_low") is not None:
+            lines.append(
+                f"  {opt['ci']:.0%} interval [{o['kid_ci_low']:.6g}, {o['kid_ci_high']:.6g}] "
+                "(normal, from the standard error of the U-statistics)"
+            )
+        return lines
 
 
 class CMMD(Metric):
