@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from scipy import linalg
 
 import shardeval as se
 from shardeval.pipeline.core.states import Moments
@@ -19,14 +18,12 @@ from shardeval.pipeline.fid.jackknife import (
     row_groups,
     summarize_groups,
 )
+from tests.reference import exact_fid, np_stats
 
 
 def _reference_fid(real, gen):
-    """Float64 scipy FID, as pytorch-fid computes it."""
-    mu_r, mu_g = real.mean(0), gen.mean(0)
-    s_r, s_g = np.cov(real, rowvar=False), np.cov(gen, rowvar=False)
-    covmean = linalg.sqrtm(s_r @ s_g).real
-    return float(np.sum((mu_r - mu_g) ** 2) + np.trace(s_r + s_g - 2 * covmean))
+    """Float64 FID of the rows by the definition (tests/reference.py)."""
+    return exact_fid(*np_stats(real), *np_stats(gen))
 
 
 def _reference_jackknife(real, gen, groups, seed, level):

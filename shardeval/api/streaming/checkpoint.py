@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shardeval.api.streaming.batches import _SIDES, _images_described, _images_made
 from shardeval.pipeline.errors import (
     StatsFormatError,
 )
@@ -58,6 +59,33 @@ def _weights_file(described: dict[str, Any] | None) -> str:
     """Where image rows' weights were read, as a state dict keeps it (``""``: none)."""
     extraction = (described or {}).get("extraction") or {}
     return str(extraction.get("weights_file") or "")
+
+
+def _made_entries(
+    made: dict[str, str | None], described: dict[str, dict[str, Any] | None]
+) -> dict[str, str]:
+    """How each side's rows were made, as every metric's state dict keeps it: ``made_by``
+    (``""`` before any row) and ``weights_file`` (where image rows' weights were read)."""
+    entries = {}
+    for side in _SIDES:
+        entries[f"{side}.made_by"] = made[side] or ""
+        entries[f"{side}.weights_file"] = _weights_file(described[side])
+    return entries
+
+
+def _read_made(
+    state: dict[str, Any],
+) -> tuple[dict[str, str | None], dict[str, dict[str, Any] | None]]:
+    """What :func:`_made_entries` wrote: per side how its rows were made (None: no rows) and
+    how reports describe them (None: feature rows, which record nothing)."""
+    made: dict[str, str | None] = {}
+    described: dict[str, dict[str, Any] | None] = {}
+    for side in _SIDES:
+        value, weights_file = (_state_text(state, f"{side}.{k}") for k in _MADE_KEYS)
+        made[side] = value or None
+        images = _images_made(value)
+        described[side] = None if images is None else _images_described(*images, weights_file)
+    return made, described
 
 
 def _check_possible(side: str, n: int, mean: np.ndarray, m2: np.ndarray) -> None:

@@ -18,19 +18,16 @@ from shardeval.api.streaming.batches import (
     _check_choice,
     _check_runnable,
     _first_rows,
-    _images_described,
-    _images_made,
     _torch_device,
 )
 from shardeval.api.streaming.checkpoint import (
-    _MADE_KEYS,
     _check_possible,
+    _made_entries,
+    _read_made,
     _state_array,
     _state_int,
     _state_provenance,
-    _state_text,
     _state_value,
-    _weights_file,
 )
 from shardeval.api.streaming.distributed import (
     SYNC_TIMEOUT_SECONDS,
@@ -408,9 +405,8 @@ class FID(TrainingMetric):
                 f"{side}.m2": torch.tensor(rows.moments.m2),
                 f"{side}.nonfinite_dropped": rows.dropped,
                 f"{side}.batches": rows.batches,
-                f"{side}.made_by": self._made[side] or "",
-                f"{side}.weights_file": _weights_file(self._described[side]),
             }
+        state |= _made_entries(self._made, self._described)
         if self._reference is not None and self._reference_side is not None:
             ref = self._reference
             state |= {
@@ -442,12 +438,7 @@ class FID(TrainingMetric):
         from shardeval.pipeline.fid.gaussian import Gaussian
         from shardeval.pipeline.io.statsio import check_statistics
 
-        made, described = {}, {}
-        for side in _SIDES:
-            value, weights_file = (_state_text(state, f"{side}.{k}") for k in _MADE_KEYS)
-            made[side] = value or None
-            images = _images_made(value)
-            described[side] = None if images is None else _images_described(*images, weights_file)
+        made, described = _read_made(state)
         sides = {}
         for side in _SIDES:
             n = _state_int(state, f"{side}.n")

@@ -183,12 +183,13 @@ class RowMetrics(SpilledMetric):
         if unknown:
             raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments {unknown}")
         given = {k: v for k, v in options.items() if v is not None}
-        # Checked as the one-shot functions check them: the plug-ins' declarations, and the
-        # run options no metric asked takes refused.
+        # The options routed once, as compute() hands them to the plug-ins: checked here as the
+        # one-shot functions check them (the plug-ins' declarations; run options that no metric
+        # asked takes refused).
+        self._metric_options = {k: v for k, v in given.items() if k in declared}
+        self._run_options = {k: v for k, v in given.items() if k not in declared}
         evaluation = Evaluation(
-            list(chosen),
-            metric_options={k: v for k, v in given.items() if k in declared},
-            run_options={k: v for k, v in given.items() if k not in declared},
+            list(chosen), metric_options=self._metric_options, run_options=self._run_options
         )
         self._params = {m.name: dict(m.options) for m in evaluation.instances}
         self._reads = {m.reads for m in evaluation.instances}
@@ -320,10 +321,8 @@ class RowMetrics(SpilledMetric):
         """The report over the spills at ``paths`` (by side; a side without rows has none),
         whose rows were made as ``described`` says (by side; None: feature rows)."""
         from shardeval.api.evaluate import evaluate
-        from shardeval.pipeline.metrics import METRICS
 
-        one_set = not any(METRICS[m].needs_reference for m in self.metrics)
-        if self._reference is None and "real" not in paths and not one_set:
+        if self._reference is None and "real" not in paths and not self._one_set:
             raise OptionError(
                 "no reference: pass «reference» (a feature store) or feed real rows with "
                 "update(x, real=True)"
@@ -331,18 +330,16 @@ class RowMetrics(SpilledMetric):
         if "gen" not in paths:
             raise ShapeError(f"{'/'.join(self.metrics)} need generated rows: call update(x)")
         real = self._reference
-        if real is None and not one_set:
+        if real is None and not self._one_set:
             real = self._source(paths["real"], described["real"])
         gen = self._source(paths["gen"], described["gen"])
         # The one-shot functions' path: the plug-ins compute, on the spills as feature stores.
-        declared = {p.name for m in self.metrics for p in METRICS[m].params}
-        given = {k: v for k, v in self.options.items() if v is not None}
         report = evaluate(
             list(self.metrics),
             real,
             gen,
-            metric_options={k: v for k, v in given.items() if k in declared},
-            run_options={k: v for k, v in given.items() if k not in declared},
+            metric_options=self._metric_options,
+            run_options=self._run_options,
         )
         data = {**report.data, "processes": processes}
         return Report(report.metric, report.results, data, report.text, report.value)

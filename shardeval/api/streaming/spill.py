@@ -17,11 +17,14 @@ from shardeval.api.results import Report
 from shardeval.api.streaming.base import TrainingMetric
 from shardeval.api.streaming.batches import (
     _SIDES,
-    _images_described,
-    _images_made,
     _refuse_differences,
 )
-from shardeval.api.streaming.checkpoint import _MADE_KEYS, _state_text, _state_value, _weights_file
+from shardeval.api.streaming.checkpoint import (
+    _made_entries,
+    _read_made,
+    _state_text,
+    _state_value,
+)
 from shardeval.api.streaming.distributed import _Group, _made_here
 from shardeval.pipeline.errors import DtypeError, OptionError, ShapeError, StatsFormatError
 
@@ -357,11 +360,8 @@ class SpilledMetric(TrainingMetric):
                 rows = np.concatenate(list(spill.chunks()))
             else:
                 rows = np.zeros((0, self._d or 0), dtype=spill.dtype or np.float32)
-            state |= {
-                f"{side}.rows": torch.from_numpy(rows),
-                f"{side}.made_by": self._made[side] or "",
-                f"{side}.weights_file": _weights_file(self._described[side]),
-            }
+            state[f"{side}.rows"] = torch.from_numpy(rows)
+        state |= _made_entries(self._made, self._described)
         state["reference"] = self._identity().get("reference") or ""
         return state
 
@@ -385,13 +385,8 @@ class SpilledMetric(TrainingMetric):
         dims |= set() if self._reference is None else {self._reference.d}
         if len(dims) > 1:
             raise StatsFormatError(f"state_dict: the sides have different d {sorted(dims)}")
+        self._made, self._described = _read_made(state)
         for side in _SIDES:
-            value, weights_file = (_state_text(state, f"{side}.{k}") for k in _MADE_KEYS)
-            images = _images_made(value)
-            self._made[side] = value or None
-            self._described[side] = (
-                None if images is None else _images_described(*images, weights_file)
-            )
             self._spills[side].clear()
             if len(rows[side]):
                 self._append(side, rows[side], f"state_dict ({side}.rows)")
