@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import pickle
 import time
-from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ import pytest
 import shardeval as se
 import shardeval.api.streaming as streaming
 from shardeval.api.streaming import spill
+from tests.gloo import join_gloo
 from tests.reference import exact_fid, np_stats
 
 D = 8
@@ -116,13 +116,7 @@ def worker(rank, world, init_file, out_dir):
     import torch.distributed as dist
 
     spill.SPILL_CHUNK_BYTES = SPILL_CHUNK_BYTES
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=DEADLINE_SECONDS - 10),
-    )
+    join_gloo(rank, world, init_file, DEADLINE_SECONDS)
     real, gen = _rank_rows(world, rank)
     out = {}
     for precision in ("fp64", "fp32"):
@@ -203,13 +197,7 @@ def image_worker(rank, world, init_file, out_dir):
     from shardeval.kernels.encoders.inception import FIDInception
 
     FIDInception.forward = _pooled
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=IMAGE_DEADLINE_SECONDS - 10),
-    )
+    join_gloo(rank, world, init_file, IMAGE_DEADLINE_SECONDS)
     real, gen = _rank_images(rank)
     with se.KID(weights="random", **KID_OPTIONS) as kid:
         fid = se.FID(weights="random")
@@ -460,13 +448,7 @@ def one_row_worker(rank, world, init_file, out_dir):
     the report), so that the check holds whatever the training-loop classes are made of."""
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=DEADLINE_SECONDS - 10),
-    )
+    join_gloo(rank, world, init_file, DEADLINE_SECONDS)
     real, gen = _data()
     r0 = sum(n for n, _ in ONE_ROW_SPLITS[world][:rank])
     g0 = sum(n for _, n in ONE_ROW_SPLITS[world][:rank])

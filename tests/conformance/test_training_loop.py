@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import pickle
 import time
-from datetime import timedelta
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 import shardeval as se
 from shardeval.pipeline.metrics import METRICS, Metric, Output
+from tests.gloo import join_gloo
 
 # ---------------------------------------------------------------------------------------------
 # the toy metric: its mathematics and declaration, and its reference
@@ -314,13 +314,7 @@ def _rank_part(rows, rank):
 def worker(rank, init_file, out_dir):
     import torch.distributed as dist
 
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=DEADLINE_SECONDS - 10),
-    )
+    join_gloo(rank, WORLD, init_file, DEADLINE_SECONDS)
     out = {}
     with toy_registered():
         for name in NAMES:  # every rank makes and computes its metrics in the same order
