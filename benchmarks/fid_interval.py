@@ -2,9 +2,11 @@
 
 Both read the same float32 (N, d) pair of ``.npy`` files through :func:`shardeval.fid` on the
 threaded scheduler, alternating, ``--repeats`` times each; the medians and their ratio are
-printed, with the machine's CPU. The interval adds one pass over the rows (G groups' moments
-per shard) and G leave-one-group-out Fréchet distances (one d × d eigenvalue problem each).
-Memory: the group states hold G × d² float64 per side per reducing thread.
+printed, with the machine's CPU. With the interval, the one read of each side gives G groups'
+moments per shard (their merge is the side's moments), and G leave-one-group-out Fréchet
+distances (one d × d eigenvalue problem each) run as G tasks side by side. Memory: the group
+states hold G × d² float64 per side per reducing thread; after the timed runs, one more run of
+each measures its peak of traced allocations (``tracemalloc``: numpy's arrays included).
 
 Usage:
     python -m benchmarks.fid_interval [--n 50000] [--d 2048] [--groups 10] [--repeats 3]
@@ -18,6 +20,7 @@ import platform
 import statistics
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -59,6 +62,12 @@ def main() -> None:
             if options:
                 section = report.to_dict()["fid"]
                 interval = (section["fid_ci_low"], section["fid_ci_high"])
+    peaks = {}
+    for label, options in (("fid", {}), ("fid+ci", {"ci": 0.95, "ci_groups": args.groups})):
+        tracemalloc.start()
+        se.fid(*paths, **options)
+        peaks[label] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
     plain, with_ci = (statistics.median(times[k]) for k in ("fid", "fid+ci"))
     print(
         f"{args.n:,} x {args.d:,} per side, {args.groups} groups, {_cpu()}, {os.cpu_count()} cores"
@@ -66,6 +75,7 @@ def main() -> None:
     print(f"  fid      median {plain:.2f} s  {times['fid']}")
     print(f"  fid+ci   median {with_ci:.2f} s  {times['fid+ci']}  (interval {interval})")
     print(f"  ratio {with_ci / plain:.2f}")
+    print(f"  peak traced memory: fid {peaks['fid']:,.0f} MiB, fid+ci {peaks['fid+ci']:,.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -183,3 +183,51 @@ def test_every_route_gives_the_same_interval(tmp_path, capsys):
     for key in ("fid", "fid_standard_error", "fid_ci_low", "fid_ci_high", "fid_jackknife_bias"):
         assert command[key] == python[key]
         assert row[key] == pytest.approx(python[key], rel=1e-12), key
+
+
+def test_with_ci_each_side_is_read_once_and_fid_is_the_same(monkeypatch):
+    """The groups give the moments too: no second pass, and the estimate is FID's (the same
+    rows summed in another order)."""
+    import shardeval.pipeline.fid.moments as moments
+
+    rng = np.random.default_rng(8)
+    real, gen = rng.normal(size=(700, 6)), 1.1 * rng.normal(size=(650, 6)) + 0.2
+    plain = se.fid(real, gen).to_dict()["fid"]["fid"]
+    plain64 = se.fid(real, gen, precision="fp64").to_dict()["fid"]["fid"]
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a moments pass beside the groups' pass")
+
+    monkeypatch.setattr(moments, "feature_moments", no_pass)
+    with_ci = se.fid(real, gen, ci=0.95, shard_rows=128).to_dict()["fid"]
+    assert with_ci["fid"] == pytest.approx(plain, rel=1e-6)  # fp32 products, grouped otherwise
+    with_ci64 = se.fid(real, gen, ci=0.95, precision="fp64").to_dict()["fid"]
+    assert with_ci64["fid"] == pytest.approx(plain64, rel=1e-12)
+    assert with_ci64["fid"] == pytest.approx(_reference_fid(real, gen), rel=1e-10)
+
+
+def test_replicates_on_the_engine_are_those_computed_in_process():
+    from shardeval.pipeline.core.engine import Engine
+
+    rng = np.random.default_rng(9)
+    real, gen = rng.normal(size=(300, 4)), rng.normal(size=(280, 4)) + 0.3
+    g_r, g_g = summarize_groups(real, 0, 5, 1), summarize_groups(gen, 0, 5, 1)
+    args = (1.0, g_r, g_g, 0.95, ("r", "g"))
+    here = fid_jackknife(*args)
+    there = fid_jackknife(*args, engine=Engine("threads", num_workers=2))
+    np.testing.assert_allclose(there.replicates, here.replicates, rtol=1e-12)
+    assert there.standard_error == pytest.approx(here.standard_error, rel=1e-9)
+
+
+def test_rounding_that_reaches_the_spectrum_recomputes_the_groups_in_float64():
+    """Repeated rows: a covariance of rank 3 in d = 8, whose zero eigenvalues fp32 products
+    cannot resolve; with «ci» the groups are read again with float64 products."""
+    rng = np.random.default_rng(10)
+    base = rng.normal(size=(4, 8)) * 100 + 1000
+    real = np.repeat(base, 60, axis=0).astype(np.float32)
+    gen = rng.normal(size=(300, 8)).astype(np.float32)
+    with pytest.warns(UserWarning, match="recomputed with float64 products"):
+        got = se.fid(real, gen, ci=0.95, ci_groups=4).to_dict()["fid"]
+    expected = _reference_fid(real.astype(np.float64), gen.astype(np.float64))
+    assert got["fid"] == pytest.approx(expected, rel=1e-9)
+    assert got["fid_ci_low"] < got["fid"] < got["fid_ci_high"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -79,6 +79,14 @@ class GroupedMoments:
     @classmethod
     def empty(cls, d: int, groups: int) -> GroupedMoments:
         return cls(tuple(Moments.empty(d) for _ in range(groups)), NonFiniteRows.empty())
+
+    def whole(self) -> Moments:
+        """The moments of every row: the groups merged, in group order (FID's estimate with
+        «ci» comes from these, so that it and its replicates come from the same states)."""
+        whole = Moments.empty(self.groups[0].d)
+        for m in self.groups:
+            whole = whole.merge(m)
+        return whole
 
     def merge(self, other: GroupedMoments) -> GroupedMoments:
         if len(self.groups) != len(other.groups):
@@ -202,21 +210,37 @@ def jackknife(estimate: float, replicates: list[float], level: float) -> Jackkni
     )
 
 
+def _replicate(real: Moments | Gaussian, gen: Moments, locations: tuple[str, str]) -> float:
+    """One leave-one-group-out FID (a task of its own: the G replicates run side by side)."""
+    from shardeval.pipeline.fid.frechet import frechet_distance
+    from shardeval.pipeline.fid.gaussian import Gaussian
+
+    def unnumbered(x: Moments | Gaussian, location: str) -> Gaussian:
+        # Without its row count: the estimate's own distance has warned of a side of n ≤ d
+        # rows, and each replicate, of fewer rows, would warn again.
+        g = x if isinstance(x, Gaussian) else Gaussian.from_moments(x, location)
+        return Gaussian(g.mean, g.cov, None, location)
+
+    return frechet_distance(unnumbered(real, locations[0]), unnumbered(gen, locations[1])).fid
+
+
 def fid_jackknife(
     estimate: float,
     real: GroupedMoments | Gaussian,
     gen: GroupedMoments,
     level: float,
     locations: tuple[str, str],
+    engine: Engine | None = None,
 ) -> Jackknife:
     """The jackknife of the FID ``estimate`` of ``real`` (groups, or a Gaussian held fixed)
-    against ``gen``'s groups.
+    against ``gen``'s groups. The G leave-one-group-out distances are G tasks of ``engine``
+    (each one d × d eigenvalue problem, run side by side on its workers; one after another
+    in this process without it).
 
     Raises:
         ShapeError: a side whose rows without some group are fewer than 2, or fewer rows
             than groups (a group with no row leaves no replicate).
     """
-    from shardeval.pipeline.fid.frechet import frechet_distance
     from shardeval.pipeline.fid.gaussian import Gaussian
 
     sides = [(gen, locations[1])] + (
@@ -231,12 +255,15 @@ def fid_jackknife(
                 "rows or fewer «ci_groups»"
             )
     gen_out = _left_out(gen.groups)
-    real_out = None if isinstance(real, Gaussian) else _left_out(real.groups)
-    replicates = []
-    for g, gen_moments in enumerate(gen_out):
-        reference = Gaussian.from_moments(real_out[g], locations[0]) if real_out else real
-        reference = cast(Gaussian, reference)  # the side held fixed is a Gaussian
-        replicates.append(
-            frechet_distance(reference, Gaussian.from_moments(gen_moments, locations[1])).fid
-        )
+    real_out: list[Moments | Gaussian] = (
+        [real] * len(gen_out) if isinstance(real, Gaussian) else list(_left_out(real.groups))
+    )
+    pairs = list(zip(real_out, gen_out, strict=True))
+    if engine is None:
+        replicates = [_replicate(r, g, locations) for r, g in pairs]
+    else:
+        from dask import delayed
+
+        tasks = [delayed(_replicate, pure=False)(r, g, locations) for r, g in pairs]
+        replicates = engine.run_delayed(tasks)
     return jackknife(estimate, replicates, level)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shardeval.pipeline.errors import MetricOptionError
 from shardeval.pipeline.fid import SEED
+from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.fid.jackknife import CI_SEED as JACKKNIFE_SEED
 from shardeval.pipeline.fid.jackknife import GROUPS
 from shardeval.pipeline.metrics.base import (
@@ -16,6 +18,9 @@ from shardeval.pipeline.metrics.base import (
     Output,
     Param,
     Plot,
+    rows_for,
+    se_target_lines,
+    se_target_param,
     spectrum,
 )
 from shardeval.pipeline.options import NONFINITE_POLICIES
@@ -65,7 +70,13 @@ class FID(Metric):
 
     name = "fid"
     title = "Fréchet distance (FID)"
-    params: ClassVar[tuple[Param, ...]] = (NONFINITE, CI, CI_GROUPS, CI_SEED)
+    params: ClassVar[tuple[Param, ...]] = (
+        NONFINITE,
+        CI,
+        CI_GROUPS,
+        CI_SEED,
+        se_target_param("fid"),
+    )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid", "", "Fréchet distance to the reference"),
         Output("fid_mean_term", "", "‖μ_r − μ_g‖²"),
@@ -88,6 +99,12 @@ class FID(Metric):
         Output("fid_ci_low", "", "lower end of the interval («ci»)", optional=True),
         Output("fid_ci_high", "", "upper end of the interval («ci»)", optional=True),
         Output("fid_jackknife_bias", "", "jackknife estimate of FID's bias («ci»)", optional=True),
+        Output(
+            "fid_rows_for_se_target",
+            "rows",
+            "generated rows (the reference's scaled alike) that give «se_target», at most",
+            optional=True,
+        ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("FID over steps", "steps", ("fid",), "FID"),
@@ -103,7 +120,8 @@ class FID(Metric):
     run_options = ("device", "backend", "precision", "nonfinite")
 
     def moment_roles(self) -> tuple[str, ...]:
-        return ("real", "gen")
+        # With «ci» the sides' groups are read instead, and give the moments too.
+        return () if self.options["ci"] else ("real", "gen")
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.fid.frechet import (
@@ -115,16 +133,19 @@ class FID(Metric):
             raise ValueError("FID compares with a reference")
         nonfinite = self.options["nonfinite"]
         sides = (real, gen)
-        (r, real_dropped), (g, dropped) = (s.gaussian(context, nonfinite) for s in sides)
+        precision: dict[str, str | None] = {}  # with «ci»: the products each side's groups took
+        read = self._reader(context, gen, precision)
+        (r, real_dropped), (g, dropped) = (read(s) for s in sides)
         result = frechet_distance(r, g)
         fp32 = [s for s in sides if s.products(context) == "fp32"]
         if result.clamped_count and fp32 and all(s.can_recompute for s in fp32):
             # fp32 rounding reached the spectrum: zero eigenvalues that fp32 products cannot
             # tell from their rounding (1e-3 off here), float64 products can. Recompute.
             clamped = result.clamped_count
-            context.prefetch_moments(fp32, nonfinite, "fp64")
+            if not self.options["ci"]:
+                context.prefetch_moments(fp32, nonfinite, "fp64")
             (r, real_dropped), (g, dropped) = (
-                s.gaussian(context, nonfinite, "fp64" if s in fp32 else None) for s in sides
+                read(s, "fp64" if s in fp32 else None) for s in sides
             )
             result = frechet_distance(r, g)
             warnings.warn(
@@ -140,33 +161,64 @@ class FID(Metric):
             warnings.warn(message, UserWarning, stacklevel=2)
         outputs = self.outputs_of(result, r, g, real_dropped, dropped)
         if self.options["ci"]:
-            outputs |= self.interval(result.fid, real, r, gen, context)
+            outputs |= self.interval(result.fid, real, r, gen, context, precision)
         return outputs
 
-    def interval(
-        self, estimate: float, real: Side, gaussian: Any, gen: Side, context: Context
-    ) -> dict[str, Any]:
-        """The jackknife's outputs: both sides' rows in groups, or the generated side's
-        against a reference of statistics held fixed."""
-        from shardeval.pipeline.errors import MetricOptionError
-        from shardeval.pipeline.fid.jackknife import fid_jackknife
-
+    def _reader(self, context: Context, gen: Side, precision: dict[str, str | None]) -> Any:
+        """How a side's Gaussian is read: its moments; with «ci», its groups merged, so that
+        the estimate and its leave-one-group-out replicates come from one read of the rows
+        and from the same states (``precision`` records the products each side's took)."""
         o = self.options
+        if not o["ci"]:
+            return lambda side, precision=None: side.gaussian(context, o["nonfinite"], precision)
         if not gen.can_recompute:
             raise MetricOptionError(
                 f"«ci» needs the generated rows, and {gen.shown!r} holds statistics: give the "
                 "feature store"
             )
+
+        def read(side: Side, products: str | None = None) -> tuple[Gaussian, int]:
+            if not side.can_recompute:  # a reference of statistics, held fixed
+                return side.gaussian(context, o["nonfinite"])
+            precision[side.role] = products
+            grouped = side.groups(context, o["ci_groups"], o["ci_seed"], o["nonfinite"], products)
+            return Gaussian.from_moments(grouped.whole(), side.location), grouped.nonfinite.count
+
+        return read
+
+    def interval(
+        self,
+        estimate: float,
+        real: Side,
+        gaussian: Any,
+        gen: Side,
+        context: Context,
+        precision: dict[str, str | None],
+    ) -> dict[str, Any]:
+        """The jackknife's outputs: both sides' rows in groups, or the generated side's
+        against a reference of statistics held fixed (the groups read for the estimate,
+        cached in the sides)."""
+        from shardeval.pipeline.fid.jackknife import fid_jackknife
+
+        o = self.options
         args = (context, o["ci_groups"], o["ci_seed"], o["nonfinite"])
-        reference = real.groups(*args) if real.can_recompute else gaussian
+        reference = real.groups(*args, precision.get("real")) if real.can_recompute else gaussian
         jack = fid_jackknife(
-            estimate, reference, gen.groups(*args), o["ci"], (real.location, gen.location)
+            estimate,
+            reference,
+            gen.groups(*args, precision.get("gen")),
+            o["ci"],
+            (real.location, gen.location),
+            context.engine,
         )
+        target = o["se_target"]
+        n = gen.groups(*args, precision.get("gen")).whole().n
         return {
             "fid_standard_error": jack.standard_error,
             "fid_ci_low": jack.low,
             "fid_ci_high": jack.high,
             "fid_jackknife_bias": jack.bias,
+            "fid_rows_for_se_target": rows_for(jack.standard_error, n, target) if target else None,
         }
 
     @staticmethod
@@ -195,6 +247,7 @@ class FID(Metric):
             "fid_ci_low": None,
             "fid_ci_high": None,
             "fid_jackknife_bias": None,
+            "fid_rows_for_se_target": None,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -223,7 +276,10 @@ class FID(Metric):
             f"  ± {o['fid_standard_error']:.3g} (standard error); {opt['ci']:.0%} interval "
             f"[{o['fid_ci_low']:.6g}, {o['fid_ci_high']:.6g}]; jackknife bias "
             f"{o['fid_jackknife_bias']:.3g}: delete-a-group jackknife over {opt['ci_groups']} "
-            f"groups of rows (a hash of each row's index, seed {opt['ci_seed']})"
+            f"groups of rows (a hash of each row's index, seed {opt['ci_seed']})",
+            *se_target_lines(
+                o.get("fid_rows_for_se_target"), opt["se_target"], o["fid_standard_error"]
+            ),
         ]
 
 

@@ -108,7 +108,12 @@ class Side:
         raise self._no_rows("every row")
 
     def groups(
-        self, context: Context, groups: int, seed: int, nonfinite: str = "error"
+        self,
+        context: Context,
+        groups: int,
+        seed: int,
+        nonfinite: str = "error",
+        precision: str | None = None,
     ) -> GroupedMoments:
         """The moments of its rows in ``groups`` groups by a seeded hash of their index (the
         jackknife's; one pass, cached)."""
@@ -161,11 +166,17 @@ class SourceSide(Side):
         return self.source
 
     def groups(
-        self, context: Context, groups: int, seed: int, nonfinite: str = "error"
+        self,
+        context: Context,
+        groups: int,
+        seed: int,
+        nonfinite: str = "error",
+        precision: str | None = None,
     ) -> GroupedMoments:
         if not self.can_recompute:
-            return super().groups(context, groups, seed, nonfinite)
-        key = ("groups", groups, seed, nonfinite, context.precision)
+            return super().groups(context, groups, seed, nonfinite, precision)
+        precision = precision or context.precision
+        key = ("groups", groups, seed, nonfinite, precision)
         if key not in self.cache:
             from shardeval.pipeline.fid.jackknife import grouped_moments
 
@@ -177,7 +188,7 @@ class SourceSide(Side):
                 device=context.device,
                 backend=context.backend,
                 nonfinite=nonfinite,
-                precision=context.precision,
+                precision=precision,
                 split_every=context.split_every,
                 progress=context.progress,
             )
