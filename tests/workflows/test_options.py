@@ -3,6 +3,7 @@ option that a command accepts and ignores is a defect. The table below has a che
 (command, option) pair of the parser, and a test makes sure no pair is missing from it."""
 
 import json
+import math
 import os
 import types
 
@@ -833,7 +834,8 @@ def check_ci(capsys, f, command, monkeypatch):
     got = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
     assert plain["standard_error"] is None
     assert got["ci"] == 0.9
-    assert got["fid"] == plain["fid"]
+    # With «ci» the moments are the groups' merged: the same rows summed in another order.
+    assert got["fid"] == pytest.approx(plain["fid"], rel=1e-6)
     assert got["standard_error"] > 0
     assert got["ci_low"] < got["fid"] < got["ci_high"]
 
@@ -845,6 +847,21 @@ def check_kid_ci(capsys, f, command, monkeypatch):
     assert got["kid"] == plain["kid"]
     assert got["ci_low"] < got["kid"] < got["ci_high"]
     _refused(capsys, *_base(command, f), "--ci", "0.9", "--subsets", "3", match="--subsets")
+
+
+def check_se_target(capsys, f, command, monkeypatch):
+    metrics = ("fid", "kid") if command == "metrics" else (command,)
+    for metric in metrics:
+        argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", metric, f["a"], f["b"]]
+        _refused(capsys, command, *argv, "--se-target", "0.1", match="applies with --ci")
+        plain = _one_metric(capsys, f, command, metric, "--ci", "0.9")
+        got = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--se-target", "0.1")
+        assert plain["rows_for_se_target"] is None
+        assert got["se_target"] == 0.1
+        n = got["n"] if got["n"] is not None else plain["n"]
+        assert got["rows_for_se_target"] == max(
+            2, math.ceil(n * (got["standard_error"] / 0.1) ** 2)
+        )
 
 
 def check_ci_groups(capsys, f, command, monkeypatch):
@@ -1000,6 +1017,7 @@ CHECKS = {
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
     ("kid", "ci"): check_kid_ci,
+    **{(c, "se_target"): check_se_target for c in ("fid", "kid", "metrics")},
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},

@@ -34,6 +34,50 @@ CI_LEVEL = Interval(
 )
 
 
+#: A standard error to reach: the constraint of the «se_target» option of every metric that
+#: reports an interval (0: none).
+SE_TARGET = Interval(float, 0, None, text="0 (none) or a positive standard error to reach")
+
+
+def rows_for(standard_error: float, n: int, target: float) -> int:
+    """About how many rows per side give a standard error of ``target``, from one of
+    ``standard_error`` measured at ``n`` rows per side and the 1/√N scaling of a standard
+    error: ⌈n · (SE / target)²⌉.
+
+    A bound more than an estimate: a metric's variance is A/N + B/N² + … with A, B ≥ 0 (its
+    first- and second-order Hoeffding terms), so it falls at least as fast as 1/N, and the
+    rows it gives are at most those needed for a target below the measured SE (at least
+    those for one above). Where the second-order term is large (a distance near 0, or d
+    large against N, as FID's often is) the rows needed are fewer, down to n · SE/target.
+    """
+    return max(2, math.ceil(n * (standard_error / target) ** 2))
+
+
+def se_target_lines(rows: int | None, target: float, standard_error: float) -> list[str]:
+    """The summary's line for «se_target» (none when it was not asked)."""
+    if rows is None:
+        return []
+    bound = "at most" if target < standard_error else "at least"
+    return [
+        f"  {bound} about {rows:,} rows per side would give a standard error of {target:.3g} "
+        "(the 1/√N scaling of the measured one, the slowest a standard error falls)"
+    ]
+
+
+def se_target_param(metric: str) -> Param:
+    """The «se_target» option of ``metric`` (it applies with «ci»)."""
+    return Param(
+        "se_target",
+        SE_TARGET,
+        0.0,
+        f"a standard error to reach: the report adds how many rows per side give it at most "
+        f"({metric}_rows_for_se_target, from the measured one and the 1/√N scaling, the "
+        "slowest a standard error falls); 0: none",
+        "SE",
+        applies_with="ci",
+    )
+
+
 def normal_interval(estimate: float, standard_error: float, level: float) -> tuple[float, float]:
     """estimate ∓ z·SE, z the standard normal's (1 + level)/2 quantile."""
     from scipy import stats

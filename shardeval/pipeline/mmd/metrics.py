@@ -14,6 +14,9 @@ from shardeval.pipeline.metrics.base import (
     Param,
     Plot,
     normal_interval,
+    rows_for,
+    se_target_lines,
+    se_target_param,
 )
 from shardeval.pipeline.mmd import SIGMA, SUBSET_SEED, SUBSET_SIZE
 from shardeval.pipeline.runoptions import POSITIVE, SEED_RANGE, Flag, Interval
@@ -72,6 +75,7 @@ class KID(Metric):
             "0: none",
             "LEVEL",
         ),
+        se_target_param("kid"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("kid", "", "squared MMD under (x·y/d + 1)³"),
@@ -81,6 +85,12 @@ class KID(Metric):
         Output("kid_rounding_bound", "", "bound on its distance from exact arithmetic"),
         Output("kid_ci_low", "", "lower end of the interval («ci»)", optional=True),
         Output("kid_ci_high", "", "upper end of the interval («ci»)", optional=True),
+        Output(
+            "kid_rows_for_se_target",
+            "rows",
+            "generated rows (the reference's scaled alike) that give «se_target», at most",
+            optional=True,
+        ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
     needs_reference_features = True
@@ -122,9 +132,11 @@ class KID(Metric):
             )
         else:
             result = context.samples(real, gen)["kid"]
-        low = high = None
+        low = high = rows = None
         if self.options["ci"]:
             low, high = normal_interval(result.kid, result.standard_error, self.options["ci"])
+        if self.options["se_target"]:
+            rows = rows_for(result.standard_error, result.n_gen, self.options["se_target"])
         return {
             "kid": result.kid,
             "kid_standard_error": result.standard_error,
@@ -133,6 +145,7 @@ class KID(Metric):
             "kid_rounding_bound": result.rounding_bound,
             "kid_ci_low": low,
             "kid_ci_high": high,
+            "kid_rows_for_se_target": rows,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -151,7 +164,9 @@ class KID(Metric):
                 f"  {opt['ci']:.0%} interval [{o['kid_ci_low']:.6g}, {o['kid_ci_high']:.6g}] "
                 "(normal, from the standard error of the U-statistics)"
             )
-        return lines
+        return lines + se_target_lines(
+            o.get("kid_rows_for_se_target"), opt["se_target"], o["kid_standard_error"]
+        )
 
 
 class CMMD(Metric):
