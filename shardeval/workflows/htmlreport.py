@@ -21,6 +21,7 @@ import numpy as np
 from shardeval.pipeline.io.atomic import atomic_file, claim_output, is_stream
 from shardeval.workflows import madeby
 from shardeval.workflows.history import History, HistoryError
+from shardeval.workflows.intervals import interval_of, noise_lines, within_noise
 from shardeval.workflows.madeby import series_of
 
 __all__ = ["markdown_path", "numerical_zero_floor", "series_of", "write_report"]
@@ -114,12 +115,21 @@ def _steps_plot(ax: Any, spec: dict[str, Any], ds: Any, rows: list[dict[str, Any
             how = ""
             if have_steps and len(ways[series_of(first["name"])]) > 1:
                 how = f", {madeby.short(first.get('features_made_by'))}"
+            # Error bars where the entries recorded an interval («ci»).
+            bounds = [interval_of(rows[i], name) for i in members]
+            yerr = None
+            if any(b is not None for b in bounds):
+                spans = [
+                    [0.0, 0.0] if b is None else [y - b[0], b[1] - y]
+                    for y, b in zip(ys, bounds, strict=True)
+                ]
+                yerr = np.array(spans).T
             if len(members) > 1:
                 label = f"{name} ({series_of(first['name']) or 'entries'} …{how})"
-                ax.plot(x, ys, marker="o", label=label)
+                ax.errorbar(x, ys, yerr=yerr, marker="o", capsize=3, label=label)
             else:
                 label = f"{name} ({first['name']}{how})"
-                ax.plot(x, ys, marker="s", linestyle="None", label=label)
+                ax.errorbar(x, ys, yerr=yerr, marker="s", linestyle="None", capsize=3, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return "training step" if have_steps else "entry (no steps recorded)"
 
@@ -287,15 +297,16 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
         if spec["outputs"][0]["name"] in ds.variables
     ]
     head = ["entry", "step", "tags", "last run (UTC)", *(_label(n, units) for _, n in headline)]
+    noise = {n: within_noise(rows, n) for _, n in headline}
     cells = [
         [
             r["name"],
             str(r["step"]) if r["step"] >= 0 else "",
             r["tags"],
             r["created"],
-            *(_cell(r, metric, n) for metric, n in headline),
+            *(_cell(r, metric, n) + (" ≈" if i in noise[n] else "") for metric, n in headline),
         ]
-        for r in rows
+        for i, r in enumerate(rows)
     ]
     if any(r.get("features_made_by") is not None for r in rows):  # recorded per entry
         head.append("features made by")
@@ -326,6 +337,15 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
         sections.append(
             f'<section id="{html.escape(metric)}"><h2>{html.escape(spec["title"])}</h2>'
             f"{table}<ul>{notes}</ul>{plots}</section>"
+        )
+    marked = noise_lines(rows, [n for _, n in headline])
+    if marked:
+        sections.insert(
+            0,
+            "<p>≈: within noise of the checkpoint before it (the difference is inside the two "
+            "intervals' half-widths combined).</p><ul>"
+            + "".join(f"<li>{html.escape(line)}</li>" for line in marked)
+            + "</ul>",
         )
     facts_html = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in facts

@@ -74,6 +74,7 @@ def _json_value(value: Any) -> Any:
 def cmd_history(args: argparse.Namespace) -> int:
     from shardeval.workflows import madeby
     from shardeval.workflows.history import History
+    from shardeval.workflows.intervals import noise_lines, with_interval
 
     history = History(args.history)
     if history.load() is None:
@@ -109,6 +110,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         for r in stale:
             for metric, reason in r["stale"].items():
                 print(f"{r['name']}: {metric} (stale: {reason})")
+        for line in noise_lines(rows, with_interval(keys, keys)):
+            print(line)
         # How each entry's features were made: one line per way, naming its entries.
         ways: dict[str, list[str]] = {}
         for r in rows:
