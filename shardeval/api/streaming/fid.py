@@ -115,9 +115,11 @@ class FID(TrainingMetric):
             10 minutes), from :data:`MIN_SYNC_TIMEOUT_SECONDS` to
             :data:`MAX_SYNC_TIMEOUT_SECONDS` (what the store of ``torch.distributed`` waits
             for); None: the process group's own timeout.
+        ci: refused unless 0: an interval needs rows, which this class does not keep
+            (``se.RowMetrics(["fid"], ci=0.95)`` does).
 
     Raises:
-        OptionError: an option out of its choices, a «sync_timeout» out of its range.
+        OptionError: an option out of its choices, a «sync_timeout» out of its range, «ci».
         EngineError: a device or kernel backend this machine cannot run.
         EncoderSetupError: an unknown encoder or resize mode.
         StoreError, StatsFormatError, ShapeError, NonFiniteError: a reference that cannot be
@@ -176,9 +178,16 @@ class FID(TrainingMetric):
         scheduler: Any = None,
         process_group: Any = None,
         sync_timeout: float | None = SYNC_TIMEOUT_SECONDS,
+        ci: float = 0.0,
     ) -> None:
         from shardeval.pipeline.metrics import METRICS
 
+        if ci:
+            raise OptionError(
+                f"«ci» = {ci!r}: se.FID keeps each set's moments, not its rows, and FID's "
+                "interval needs the rows' groups by their index in the whole set: use "
+                f"se.RowMetrics(['fid'], ci={ci!r}), which keeps the rows (in a work folder)"
+            )
         _check_choice("backend", backend, BACKENDS)
         _check_choice("precision", precision, PRECISIONS)
         super().__init__(encoder, weights, resize, batch_size, process_group, sync_timeout)

@@ -38,17 +38,14 @@ if TYPE_CHECKING:
 #: The metrics a :class:`PairMetrics` computes by default.
 _PAIR_METRICS = ("kid", "cmmd", "prdc")
 
-#: Registered metrics with a training-loop class of their own, which keeps statistics rather
-#: than rows (:class:`~shardeval.api.streaming.fid.FID`).
-_STATISTICS_CLASSES = ("fid",)
-
 
 def row_metrics() -> tuple[str, ...]:
-    """The registered metrics a :class:`RowMetrics` computes: every one whose plug-in reads
-    rows (all but those with a class of statistics)."""
+    """The registered metrics a :class:`RowMetrics` computes: every one. (FID has a class of
+    its own, :class:`~shardeval.api.streaming.fid.FID`, which keeps moments instead of rows;
+    over rows, it takes what needs them: its interval's groups, «ci».)"""
     from shardeval.pipeline.metrics import METRICS
 
-    return tuple(name for name in METRICS if name not in _STATISTICS_CLASSES)
+    return tuple(METRICS)
 
 
 #: Options that change a row metric's result: processes that sync must agree on them.
@@ -65,8 +62,9 @@ _PAIR_FIXES = {
 
 
 class RowMetrics(SpilledMetric):
-    r"""Registered metrics that read every row (KID, CMMD, PRDC, FID∞, IS, Gaussian NLL, and
-    any metric registered later), fed batch by batch, exact over all rows.
+    r"""Registered metrics that read every row (KID, CMMD, PRDC, FID∞, IS, Gaussian NLL, FID
+    with its interval, and any metric registered later), fed batch by batch, exact over all
+    rows.
 
     The rows are spilled to a Zarr array per set in a work folder, chunk by chunk (memory: one
     chunk per set, :data:`~.spill.SPILL_CHUNK_BYTES`), and :meth:`compute` runs the metrics'
