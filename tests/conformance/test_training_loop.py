@@ -62,7 +62,13 @@ def toy_registered():
 # the metrics, their classes and their data
 
 #: Options away from the defaults, where a metric has some worth setting.
-OPTIONS = {"fid_inf": {"seed": 3}, "prdc": {"k": 4}, "kid": {"shard_rows": 64}}
+OPTIONS = {
+    "fid_inf": {"seed": 3},
+    "prdc": {"k": 4},
+    "kid": {"shard_rows": 64},
+    "cmmd": {"ci": 0.9},
+    "is": {"ci": 0.9},
+}
 #: Relative tolerance against the one-shot function: FID's training-loop moments take fp32
 #: products over other groups of rows than the one-shot shards (~1e-7); the row metrics read
 #: the same rows in the same shards.

@@ -847,6 +847,31 @@ def check_kid_ci(capsys, f, command, monkeypatch):
     _refused(capsys, *_base(command, f), "--ci", "0.9", "--subsets", "3", match="--subsets")
 
 
+def _refused_by_the_parser(capsys, *argv, match):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    assert exit_.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def check_cmmd_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "cmmd")
+    got = _one_metric(capsys, f, command, "cmmd", "--ci", "0.9")
+    assert plain["ci_low"] is None
+    assert (got["cmmd"], got["standard_error"]) == (plain["cmmd"], plain["standard_error"])
+    assert got["ci_low"] < got["cmmd"] < got["ci_high"]
+    _refused_by_the_parser(capsys, *_base(command, f), "--ci", "1", match="argument --ci")
+
+
+def check_is_ci(capsys, f, command, monkeypatch):
+    plain = _section(_report(capsys, *_base("is", f)), "is")
+    got = _section(_report(capsys, *_base("is", f), "--ci", "0.9"), "is")
+    assert plain["ci_low"] is None
+    assert got["is"] == plain["is"]
+    assert got["ci_low"] < got["is"] < got["ci_high"]
+    _refused_by_the_parser(capsys, *_base("is", f), "--ci", "-0.1", match="argument --ci")
+
+
 def check_ci_groups(capsys, f, command, monkeypatch):
     argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
@@ -1000,6 +1025,8 @@ CHECKS = {
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
     ("kid", "ci"): check_kid_ci,
+    ("cmmd", "ci"): check_cmmd_ci,
+    ("is", "ci"): check_is_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
