@@ -597,6 +597,17 @@ def check_nll_dims(capsys, f, command, monkeypatch):
     )
 
 
+def check_nll_ci(capsys, f, command, monkeypatch):
+    plain = _report(capsys, "nll", f["ll"])
+    got = _report(capsys, "nll", f["ll"], "--ci", "0.9")
+    assert plain["ci_low"] is None
+    assert got["nll"] == plain["nll"]
+    assert got["ci_low"] < got["nll"] < got["ci_high"]
+    gaussian = _report(capsys, "nll", "--gaussian", f["s"], f["a"], "--ci", "0.9")
+    assert gaussian["ci_low"] < gaussian["nll"] < gaussian["ci_high"]
+    _refused_by_the_parser(capsys, "nll", f["ll"], "--ci", "1.5", match="argument --ci")
+
+
 def check_nll_kernel_refusal(option, value):
     def check(capsys, f, command, monkeypatch):
         shared = {
@@ -1058,6 +1069,7 @@ CHECKS = {
     ("nll", "parzen"): check_nll_mode,
     ("nll", "bandwidth"): check_nll_bandwidth,
     ("nll", "dims"): check_nll_dims,
+    ("nll", "ci"): check_nll_ci,
     ("nll", "device"): check_nll_kernel_refusal("device", "cpu"),
     ("nll", "backend"): check_nll_kernel_refusal("backend", "torch"),
     ("nll", "split_every"): check_nll_kernel_refusal("split_every", "3"),
