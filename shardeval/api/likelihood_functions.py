@@ -45,6 +45,7 @@ def nll(
     dims: int | None = None,
     reff: float | None = None,
     bandwidth: float | str | None = None,
+    ci: float | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -68,6 +69,16 @@ def nll(
         dims: dimensions per sample, for bits/dim (loglik, iw).
         reff: relative efficiency of the draws for the PSIS tail (iw).
         bandwidth: Parzen's h, ``"silverman"`` (default) or ``"cv"`` (parzen).
+        ci: a confidence level in (0, 1) (0 or None: none): the normal interval nll ∓ z·SE
+            of the mean NLL per sample (``ci_low``, ``ci_high``). Its standard error is the
+            spread of the per-row values over their rows, so the interval holds fixed what
+            the method takes as given: the model (loglik), the reference Gaussian
+            (gaussian), the kernel centres and bandwidth (parzen); by iw it is the interval
+            of the IWAE bound at this K (−E log p̂ ≥ NLL), not of the NLL.
+
+    Raises:
+        OptionError: options that do not apply to the mode, or a level outside [0, 1).
+        ShapeError: «ci» with fewer than 2 finite values (no standard error).
 
     Returns:
         :class:`~shardeval.api.results.Report` (``float()`` the mean NLL; ``results["nll"]``
@@ -80,6 +91,7 @@ def nll(
     """
     options = dict(locals())
     check_options(options)
+    level = interval_level(ci)
     modes = [m for m in ("iw", "gaussian", "parzen") if options[m] is not None]
     if len(modes) > 1:
         raise OptionError(f"choose one of «iw», «gaussian», «parzen»; got {', '.join(modes)}")
@@ -140,8 +152,39 @@ def nll(
             inputs.update(samples=samples.describe(), test=test.describe())
         tail = run.tail(notes)
         settings = {k: v for k, v in run.settings().items() if mode in _NLL_MODES.get(k, (mode,))}
-    data = {"metric": "nll", **nll_dict(result), "inputs": inputs, **tail, "settings": settings}
-    return Report("nll", {"nll": result}, data, nll_summary(result, tail["seconds"]), result.nll)
+    from shardeval.pipeline.likelihood.nll import nll_interval
+
+    interval = nll_interval(result, level) if level else None
+    if level:
+        settings["ci"] = level
+    data = {
+        "metric": "nll",
+        **nll_dict(result, interval),
+        "inputs": inputs,
+        **tail,
+        "settings": settings,
+    }
+    text = nll_summary(result, tail["seconds"], interval, level)
+    return Report("nll", {"nll": result}, data, text, result.nll)
+
+
+def interval_level(ci: Any) -> float:
+    """«ci» checked by the one declaration of a normal interval's level
+    (:data:`~shardeval.pipeline.metrics.base.NORMAL_CI`): 0.0 when not given.
+
+    Raises:
+        OptionError: not 0 or a level in (0, 1).
+    """
+    from shardeval.pipeline.metrics.base import NORMAL_CI
+
+    if ci is None:
+        return 0.0
+    if isinstance(ci, int) and not isinstance(ci, bool):
+        ci = float(ci)
+    problem = NORMAL_CI.constraint.problem(ci)
+    if problem:
+        raise OptionError(f"«ci»: {problem}")
+    return float(ci)
 
 
 def ess(

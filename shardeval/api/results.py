@@ -237,11 +237,20 @@ def engine_text(engine: dict[str, Any]) -> str:
     return f"on {scheduler} scheduler ({engine.get('threads')} threads)"
 
 
-def nll_dict(r: NLLResult) -> dict[str, Any]:
+def nll_dict(r: NLLResult, interval: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The report's figures of an NLL, with the ends of its interval (None without «ci»)."""
     data = asdict(r)
     data["nonfinite_dropped"] = data.pop("nonfinite")
     extra = data.pop("extra")
-    return {**data, "nats_per_dim": r.nats_per_dim, "bits_per_dim": r.bits_per_dim, **extra}
+    low, high = interval or (None, None)
+    return {
+        **data,
+        "nats_per_dim": r.nats_per_dim,
+        "bits_per_dim": r.bits_per_dim,
+        **extra,
+        "ci_low": low,
+        "ci_high": high,
+    }
 
 
 def _per_row_line(per_row: dict[str, Any]) -> str:
@@ -253,10 +262,22 @@ def _per_row_line(per_row: dict[str, Any]) -> str:
     )
 
 
-def nll_summary(r: NLLResult, seconds: float) -> str:
+def nll_summary(
+    r: NLLResult,
+    seconds: float,
+    interval: tuple[float, float] | None = None,
+    level: float = 0.0,
+) -> str:
+    from shardeval.pipeline.likelihood.nll import INTERVAL_GIVEN
+
     lines = [
         f"NLL {r.nll:.6g} nats/sample ± {r.standard_error:.3g} (s.e.)   [{r.method}, n={r.n:,}]"
     ]
+    if interval is not None:
+        lines.append(
+            f"  {level:.0%} interval [{interval[0]:.6g}, {interval[1]:.6g}] nats/sample "
+            f"(normal, from the standard error; {INTERVAL_GIVEN[r.method]})"
+        )
     if r.dims:
         lines.append(
             f"  {r.nats_per_dim:.6g} nats/dim, {r.bits_per_dim:.6g} bits/dim (D={r.dims:,})"

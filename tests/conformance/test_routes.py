@@ -24,7 +24,12 @@ ROUTES = {
         {"subsets": 4, "subset_size": 50},
         {"subsets": 4, "subset_size": 50},
     ),
-    "cmmd": (["cmmd", "--sigma", "2.5"], se.cmmd, {"sigma": 2.5}, {"sigma": 2.5}),
+    "cmmd": (
+        ["cmmd", "--sigma", "2.5", "--ci", "0.9"],
+        se.cmmd,
+        {"sigma": 2.5, "ci": 0.9},
+        {"sigma": 2.5, "ci": 0.9},
+    ),
     "prdc": (["prdc", "--k", "4"], se.prdc, {"k": 4}, {"k": 4}),
 }
 
@@ -86,7 +91,9 @@ def test_the_inception_score_routes_agree(tmp_path, capsys):
     logits = rng.normal(size=(400, 10)) * 3
     path = tmp_path / "logits.npy"
     np.save(path, logits)
-    command = _cli(capsys, ["is", str(path), "--splits", "4", "--as-logits"])
-    listed = _cli(capsys, ["metrics", "--metrics", "is", "--splits", "4", "--as-logits", str(path)])
-    python = se.inception_score(str(path), splits=4, as_logits=True).to_dict()
+    flags = ["--splits", "4", "--as-logits", "--ci", "0.9"]
+    command = _cli(capsys, ["is", str(path), *flags])
+    listed = _cli(capsys, ["metrics", "--metrics", "is", *flags, str(path)])
+    python = se.inception_score(str(path), splits=4, as_logits=True, ci=0.9).to_dict()
     assert command["is"] == listed["is"] == python["is"]
+    assert python["is"]["is_ci_low"] < python["is"]["is"] < python["is"]["is_ci_high"]

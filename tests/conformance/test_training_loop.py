@@ -62,7 +62,14 @@ def toy_registered():
 # the metrics, their classes and their data
 
 #: Options away from the defaults, where a metric has some worth setting.
-OPTIONS = {"fid_inf": {"seed": 3}, "prdc": {"k": 4}, "kid": {"shard_rows": 64}}
+OPTIONS = {
+    "fid_inf": {"seed": 3},
+    "prdc": {"k": 4},
+    "kid": {"shard_rows": 64},
+    "cmmd": {"ci": 0.9},
+    "is": {"ci": 0.9},
+    "nll_gaussian": {"ci": 0.9},
+}
 #: Relative tolerance against the one-shot function: FID's training-loop moments take fp32
 #: products over other groups of rows than the one-shot shards (~1e-7); the row metrics read
 #: the same rows in the same shards.
@@ -241,7 +248,12 @@ def test_a_job_history_and_report_show_a_new_metric(name, tmp_path):
 #: name: (class, its options, the one-shot function and its keyword for the values, batch shape)
 LIKELIHOOD = {
     "nll": (se.NLL, {"dims": 3}, lambda v: se.nll(v, dims=3), (1,)),
-    "nll_iw": (lambda **o: se.NLL(iw=True, **o), {}, lambda v: se.nll(iw=v), (1, 5)),
+    "nll_iw": (
+        lambda **o: se.NLL(iw=True, **o),
+        {"ci": 0.9},
+        lambda v: se.nll(iw=v, ci=0.9),
+        (1, 5),
+    ),
     "ess": (se.ESS, {}, se.ess, (1,)),
     "ess_rows": (se.ESS, {"reff": 0.8}, lambda v: se.ess(v, reff=0.8), (1, 4)),
 }

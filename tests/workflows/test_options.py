@@ -598,6 +598,17 @@ def check_nll_dims(capsys, f, command, monkeypatch):
     )
 
 
+def check_nll_ci(capsys, f, command, monkeypatch):
+    plain = _report(capsys, "nll", f["ll"])
+    got = _report(capsys, "nll", f["ll"], "--ci", "0.9")
+    assert plain["ci_low"] is None
+    assert got["nll"] == plain["nll"]
+    assert got["ci_low"] < got["nll"] < got["ci_high"]
+    gaussian = _report(capsys, "nll", "--gaussian", f["s"], f["a"], "--ci", "0.9")
+    assert gaussian["ci_low"] < gaussian["nll"] < gaussian["ci_high"]
+    _refused_by_the_parser(capsys, "nll", f["ll"], "--ci", "1.5", match="argument --ci")
+
+
 def check_nll_kernel_refusal(option, value):
     def check(capsys, f, command, monkeypatch):
         shared = {
@@ -864,6 +875,31 @@ def check_se_target(capsys, f, command, monkeypatch):
         )
 
 
+def _refused_by_the_parser(capsys, *argv, match):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a) for a in argv])
+    assert exit_.value.code == 2
+    assert match in capsys.readouterr().err
+
+
+def check_cmmd_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "cmmd")
+    got = _one_metric(capsys, f, command, "cmmd", "--ci", "0.9")
+    assert plain["ci_low"] is None
+    assert (got["cmmd"], got["standard_error"]) == (plain["cmmd"], plain["standard_error"])
+    assert got["ci_low"] < got["cmmd"] < got["ci_high"]
+    _refused_by_the_parser(capsys, *_base(command, f), "--ci", "1", match="argument --ci")
+
+
+def check_is_ci(capsys, f, command, monkeypatch):
+    plain = _section(_report(capsys, *_base("is", f)), "is")
+    got = _section(_report(capsys, *_base("is", f), "--ci", "0.9"), "is")
+    assert plain["ci_low"] is None
+    assert got["is"] == plain["is"]
+    assert got["ci_low"] < got["is"] < got["ci_high"]
+    _refused_by_the_parser(capsys, *_base("is", f), "--ci", "-0.1", match="argument --ci")
+
+
 def check_ci_groups(capsys, f, command, monkeypatch):
     argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
@@ -1018,6 +1054,8 @@ CHECKS = {
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
     ("kid", "ci"): check_kid_ci,
     **{(c, "se_target"): check_se_target for c in ("fid", "kid", "metrics")},
+    ("cmmd", "ci"): check_cmmd_ci,
+    ("is", "ci"): check_is_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
@@ -1049,6 +1087,7 @@ CHECKS = {
     ("nll", "parzen"): check_nll_mode,
     ("nll", "bandwidth"): check_nll_bandwidth,
     ("nll", "dims"): check_nll_dims,
+    ("nll", "ci"): check_nll_ci,
     ("nll", "device"): check_nll_kernel_refusal("device", "cpu"),
     ("nll", "backend"): check_nll_kernel_refusal("backend", "torch"),
     ("nll", "split_every"): check_nll_kernel_refusal("split_every", "3"),

@@ -152,6 +152,8 @@ class NLL(_LogValues):
         iw: the batches are importance log-weights (B, K) rather than log-likelihoods (B,).
         dims: dimensions per sample, for bits/dim.
         reff: relative efficiency of the draws, for the PSIS tail (``iw`` only).
+        ci: a confidence level: the normal interval of the mean NLL (see
+            :func:`shardeval.nll`); 0 or None: none.
         work_dir, process_group, sync_timeout: as for :class:`~shardeval.RowMetrics`.
         **options: :func:`shardeval.nll`'s run options (``nonfinite``, ``shard_rows``,
             ``split_every``, ``device``, ``backend``, ``scheduler``, …).
@@ -175,11 +177,14 @@ class NLL(_LogValues):
 
     state_format = "shardeval.NLL"
     called = "an NLL"
-    _own_options = ("dims", "reff")
+    _own_options = ("dims", "reff", "ci")
 
     def __init__(self, *, iw: bool = False, **options: Any) -> None:
+        from shardeval.api.likelihood_functions import interval_level
+
         if not isinstance(iw, bool):
             raise OptionError(f"«iw» must be True or False, got {iw!r}")
+        interval_level(options.get("ci"))  # refused here, not at compute()
         if not iw and options.get("reff") is not None:
             raise OptionError("«reff» applies to importance log-weights: pass «iw=True»")
         self.iw = iw

@@ -4,10 +4,19 @@ logits)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.inception_score import SEED
-from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.metrics.base import (
+    NORMAL_CI,
+    Context,
+    Metric,
+    Output,
+    Param,
+    Plot,
+    normal_interval,
+)
 from shardeval.pipeline.runoptions import SEED_RANGE, Flag, Interval
 
 if TYPE_CHECKING:
@@ -16,7 +25,10 @@ if TYPE_CHECKING:
 
 class InceptionScore(Metric):
     """Inception Score (Salimans et al. 2016), :mod:`shardeval.pipeline.inception_score.score`:
-    exact over all samples with its standard error; ``splits`` adds the peers' protocol."""
+    exact over all samples with its standard error; ``splits`` adds the peers' protocol.
+
+    «ci» gives exp(log IS ∓ z·SE(log IS)), SE(log IS) = SE/IS by the delta method: an interval
+    normal on the log scale, inside (0, ∞) as IS is (≥ 1, in fact), and asymmetric about IS."""
 
     name = "is"
     title = "Inception Score (IS)"
@@ -45,6 +57,7 @@ class InceptionScore(Metric):
             "nothing names as logits, 2,048 wide as the Inception's pool3 features, or ≥ 0 "
             "everywhere as features after a ReLU, is refused)",
         ),
+        NORMAL_CI,
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("is", "", "Inception Score over all samples, exp(E KL(p(y|x) ‖ p(y)))"),
@@ -54,6 +67,18 @@ class InceptionScore(Metric):
         Output("is_log_clamped", "nats", "rounding below 0 in a class's term of log IS, set to 0"),
         Output("is_split_mean", "", "peers' protocol: mean IS over the splits", optional=True),
         Output("is_split_std", "", "peers' protocol: std (ddof 0) over the splits", optional=True),
+        Output(
+            "is_ci_low",
+            "",
+            "lower end of the interval («ci»): exp(log IS − z·SE/IS), normal on log IS",
+            optional=True,
+        ),
+        Output(
+            "is_ci_high",
+            "",
+            "upper end of the interval («ci»): exp(log IS + z·SE/IS), normal on log IS",
+            optional=True,
+        ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("Inception Score over steps", "steps", ("is", "is_split_mean"), "IS"),
@@ -83,6 +108,14 @@ class InceptionScore(Metric):
             split_every=context.split_every,
             progress=context.progress,
         )
+        low = high = None
+        if self.options["ci"]:
+            low, high = (
+                math.exp(end)
+                for end in normal_interval(
+                    result.log_inception_score, result.log_standard_error, self.options["ci"]
+                )
+            )
         return {
             "is": result.inception_score,
             "is_standard_error": result.standard_error,
@@ -91,6 +124,8 @@ class InceptionScore(Metric):
             "is_log_clamped": result.log_clamped,
             "is_split_mean": result.split_mean,
             "is_split_std": result.split_std,
+            "is_ci_low": low,
+            "is_ci_high": high,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -99,6 +134,11 @@ class InceptionScore(Metric):
             f"IS {o['is']:.6g} ± {o['is_standard_error']:.3g}   [all {o['is_n']:,} samples, "
             "exact; standard error by the delta method on log IS]"
         ]
+        if o.get("is_ci_low") is not None:
+            lines.append(
+                f"  {opt['ci']:.0%} interval [{o['is_ci_low']:.6g}, {o['is_ci_high']:.6g}] "
+                "(normal on log IS, from its delta-method standard error)"
+            )
         if opt["splits"]:
             lines.append(
                 f"IS {o['is_split_mean']:.6g} ± {o['is_split_std']:.3g}   [peers' protocol: "

@@ -106,6 +106,37 @@ def summarize_nll(method: str, summary: ValueSummary, dims: int | None, **extra:
     )
 
 
+#: What an interval of the mean NLL is conditional on, by method: what is held fixed, and what
+#: it covers (its standard error is the spread of the per-row values over their rows alone).
+INTERVAL_GIVEN = {
+    "loglik": "given the model, over the samples' log-likelihoods",
+    "importance": (
+        "of the IWAE bound at this K (−E log p̂, an upper bound on the NLL), not of the NLL, "
+        "over the rows' estimates"
+    ),
+    "gaussian": "given the reference Gaussian, held fixed",
+    "parzen": "given the kernel centres and the bandwidth, held fixed",
+}
+
+
+def nll_interval(result: NLLResult, level: float) -> tuple[float, float]:
+    """The normal interval nll ∓ z·SE of the mean NLL per sample (nats), z the standard
+    normal's (1 + level)/2 quantile; conditional on what :data:`INTERVAL_GIVEN` says of the
+    method (the standard error is that of a mean of per-row values, whatever else was fixed).
+
+    Raises:
+        ShapeError: fewer than 2 values: no standard error, so no interval.
+    """
+    from shardeval.pipeline.metrics.base import normal_interval
+
+    if result.n < 2:
+        raise ShapeError(
+            f"an interval of the mean NLL needs the standard error of a mean, and {result.n} "
+            "finite value remains; give at least 2"
+        )
+    return normal_interval(result.nll, result.standard_error, level)
+
+
 def summarize_loglik(block: np.ndarray, offset: int) -> ValueSummary:
     """Per-sample log-likelihoods (n,): NaN and ±inf are counted, the rest summarised."""
     v = np.asarray(block, dtype=np.float64)

@@ -149,6 +149,19 @@ class Param:
         return value
 
 
+#: The «ci» of a metric whose interval is normal, from the standard error it reports (KID,
+#: CMMD, the Inception Score on the log scale, the Gaussian NLL): one declaration, so one help
+#: line for the flag every such metric shares.
+NORMAL_CI = Param(
+    "ci",
+    CI_LEVEL,
+    0.0,
+    "confidence level of an interval (e.g. 0.95): normal, from the standard error reported "
+    "(the Inception Score's on log IS); 0: none",
+    "LEVEL",
+)
+
+
 @dataclass(frozen=True)
 class Output:
     """One named result of a metric.

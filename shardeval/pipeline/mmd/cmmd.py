@@ -11,6 +11,18 @@ k ≥ exp(−0.02)): the block pairs sum the complements 1 − k (computed as �
 k is near 1), in which the three terms do not cancel:
 
     CMMD_V = 1000 · [2 S̄_xy/(mn) − S̄_xx/m² − S̄_yy/n²],    S̄ = Σ (1 − k).
+
+Its standard error is the U-statistic's, from the Hoeffding decomposition KID's takes
+(:func:`shardeval.pipeline.mmd.kid.mmd2_and_se`) on the same per-row sums: 1 − k is an affine
+map of k, which changes the sign of the MMD² formed from the sums and none of its variance
+terms. The V-statistic (the default) is not the U-statistic: with ā, b̄ the mean complements
+within each set over their pairs i ≠ j,
+
+    CMMD_V = CMMD_U + 1000 · (ā/m + b̄/n),
+
+a bias of O(1/m + 1/n), whose own spread is O(m^(−3/2) + n^(−3/2)); the U-statistic's standard
+error is reported for both (for the V-statistic its interval is one about the V-statistic's own
+mean, not about the squared MMD).
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shardeval.pipeline.errors import NumericalError
+from shardeval.pipeline.mmd.kid import mmd2_and_se
 from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
 
 #: Unit roundoff of float64.
@@ -30,6 +43,8 @@ class CMMDResult:
 
     Attributes:
         cmmd: ×``scale`` squared MMD.
+        standard_error: ×``scale`` the standard error of the U-statistic (also given for the
+            V-statistic, from which it differs by O(1/n); see the module's text).
         n_real, n_gen: rows of each set.
         sigma: RBF bandwidth (on unit-norm embeddings).
         scale: the factor applied (1000 in the paper).
@@ -44,6 +59,7 @@ class CMMDResult:
     """
 
     cmmd: float
+    standard_error: float
     n_real: int
     n_gen: int
     sigma: float
@@ -82,3 +98,26 @@ def cmmd_from_sums(
             f"bound {bound:.2g}; it is a squared norm and cannot be negative"
         )
     return 0.0, bound, True
+
+
+def cmmd_standard_error(
+    xx: SetSums, yy: SetSums, xy: CrossSums, m: int, n: int, *, scale: float
+) -> float:
+    """×scale the standard error of the U-statistic of MMD², from complement sums.
+
+    :func:`~shardeval.pipeline.mmd.kid.mmd2_and_se` on the sums of 1 − k: their MMD² is minus
+    the kernel's (a + b − 2c of the complements is 2c − a − b of k), and every variance and
+    covariance of its Hoeffding decomposition is that of k (a shift and a sign leave a variance
+    as it is). The sums hold no diagonal (1 − k(x, x) = 0 exactly), as that function takes.
+
+    Args:
+        xx, yy: complement sums within the reference (m rows) and the generated set (n rows).
+        xy: complement sums across them.
+        m, n: rows of each set (at least 2).
+        scale: the factor of the reported CMMD (1000).
+
+    Returns:
+        The standard error, ≥ 0 (0 where every row's kernel sums are equal).
+    """
+    _, error = mmd2_and_se(xx, yy, xy, m, n)
+    return scale * error

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.errors import MetricOptionError
 from shardeval.pipeline.metrics.base import (
-    CI_LEVEL,
+    NORMAL_CI,
     Context,
     Metric,
     Output,
@@ -67,14 +67,7 @@ class KID(Metric):
             "SEED",
             applies_with="subsets",
         ),
-        Param(
-            "ci",
-            CI_LEVEL,
-            0.0,
-            "confidence level of an interval (e.g. 0.95; KID: normal, from its standard error); "
-            "0: none",
-            "LEVEL",
-        ),
+        NORMAL_CI,
         se_target_param("kid"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
@@ -171,20 +164,30 @@ class KID(Metric):
 
 class CMMD(Metric):
     """CMMD (Jayasumana et al. 2024), :mod:`shardeval.pipeline.mmd.cmmd`: 1,000 × the squared
-    MMD under exp(−‖x̂ − ŷ‖²/2σ²) on embeddings scaled to unit norm, over all pairs."""
+    MMD under exp(−‖x̂ − ŷ‖²/2σ²) on embeddings scaled to unit norm, over all pairs, with the
+    standard error of its U-statistic (for the default V-statistic too, which differs from it
+    by a bias of O(1/n): see the module) and, with «ci», the normal interval from it."""
 
     name = "cmmd"
     title = "CMMD (RBF MMD of CLIP embeddings)"
     params: ClassVar[tuple[Param, ...]] = (
         Param("sigma", POSITIVE, SIGMA, "RBF bandwidth on unit-norm embeddings", "σ"),
         Param("unbiased", Flag(), False, "the U-statistic instead of the reference's V-statistic"),
+        NORMAL_CI,
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("cmmd", "×10⁻³", "1000 × squared MMD under exp(−‖x̂−ŷ‖²/2σ²)"),
+        Output(
+            "cmmd_standard_error",
+            "×10⁻³",
+            "standard error of the U-statistic (Hoeffding; the V-statistic differs by O(1/n))",
+        ),
         Output("cmmd_n", "rows", "rows of the generated set"),
         Output("cmmd_n_real", "rows", "rows of the reference"),
         Output("cmmd_rounding_bound", "×10⁻³", "bound on its distance from exact arithmetic"),
         Output("cmmd_clamped", "", "1: a V-statistic below 0 by rounding, reported as 0"),
+        Output("cmmd_ci_low", "×10⁻³", "lower end of the interval («ci»)", optional=True),
+        Output("cmmd_ci_high", "×10⁻³", "upper end of the interval («ci»)", optional=True),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("CMMD over steps", "steps", ("cmmd",), "CMMD"),)
     needs_reference_features = True
@@ -198,19 +201,33 @@ class CMMD(Metric):
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         result = context.samples(reference(real), gen)["cmmd"]
+        low = high = None
+        if self.options["ci"]:
+            low, high = normal_interval(result.cmmd, result.standard_error, self.options["ci"])
         return {
             "cmmd": result.cmmd,
+            "cmmd_standard_error": result.standard_error,
             "cmmd_n": result.n_gen,
             "cmmd_n_real": result.n_real,
             "cmmd_rounding_bound": result.rounding_bound,
             "cmmd_clamped": int(result.clamped),
+            "cmmd_ci_low": low,
+            "cmmd_ci_high": high,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
         o, opt = outputs, self.options
         clamped = "; below 0 by rounding: 0" if o["cmmd_clamped"] else ""
         estimator = "U-statistic" if opt["unbiased"] else "V-statistic"
-        return [
-            f"CMMD {o['cmmd']:.6g}   [{estimator}, σ = {opt['sigma']:g} on unit-norm embeddings, "
-            f"×1000; rounding ≤ {o['cmmd_rounding_bound']:.2g}{clamped}]"
+        lines = [
+            f"CMMD {o['cmmd']:.6g} ± {o['cmmd_standard_error']:.3g}   [{estimator}, σ = "
+            f"{opt['sigma']:g} on unit-norm embeddings, ×1000; rounding ≤ "
+            f"{o['cmmd_rounding_bound']:.2g}{clamped}]"
         ]
+        if o.get("cmmd_ci_low") is not None:
+            about = "" if opt["unbiased"] else ", about the V-statistic's own mean"
+            lines.append(
+                f"  {opt['ci']:.0%} interval [{o['cmmd_ci_low']:.6g}, {o['cmmd_ci_high']:.6g}] "
+                f"(normal, from the standard error of the U-statistic{about})"
+            )
+        return lines

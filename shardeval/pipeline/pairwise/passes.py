@@ -31,7 +31,7 @@ from shardeval.pipeline.errors import (
 )
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.mmd import SCALE, SIGMA, SUBSET_SEED, SUBSET_SIZE
-from shardeval.pipeline.mmd.cmmd import CMMDResult, cmmd_from_sums
+from shardeval.pipeline.mmd.cmmd import CMMDResult, cmmd_from_sums, cmmd_standard_error
 from shardeval.pipeline.mmd.kid import (
     KIDResult,
     kernel_params,
@@ -260,9 +260,11 @@ def sample_metrics(
         value, bound, clamped = cmmd_from_sums(
             sx.rbf, sy.rbf, cross.rbf, m, n, unbiased=cmmd.unbiased, scale=cmmd.scale
         )
-        _checked("CMMD", value, bound)
+        se = cmmd_standard_error(sx.rbf, sy.rbf, cross.rbf, m, n, scale=cmmd.scale)
+        _checked("CMMD", value, bound, se)
         out["cmmd"] = CMMDResult(
             value,
+            se,
             m,
             n,
             cmmd.sigma,

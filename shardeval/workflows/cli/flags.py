@@ -108,18 +108,24 @@ def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
             group = group or parser.add_argument_group(cls.title)
             others = [m for m in owners[param.name] if m != name]
             shared = f"; also {', '.join(others)}'s" if others else ""
-            text = f"{param.help} (default {param.default!r}{shared})"
-            flag = "--" + param.name.replace("_", "-")
-            if param.kind is bool:
-                group.add_argument(flag, action="store_true", default=None, help=text)
-            else:
-                group.add_argument(
-                    flag,
-                    type=cli_type(param.constraint),
-                    choices=param.choices,
-                    metavar=param.metavar or param.name.upper(),
-                    help=text,
-                )
+            add_param(group, param, f"{param.help} (default {param.default!r}{shared})")
+
+
+def add_param(group: Any, param: Any, help_text: str | None = None) -> None:
+    """The flag of a declared parameter (:class:`~shardeval.pipeline.metrics.base.Param`):
+    ``--name``, a switch for a flag, the declaration's constraint as the type."""
+    text = help_text or param.describe()
+    flag = "--" + param.name.replace("_", "-")
+    if param.kind is bool:
+        group.add_argument(flag, action="store_true", default=None, help=text)
+    else:
+        group.add_argument(
+            flag,
+            type=cli_type(param.constraint),
+            choices=param.choices,
+            metavar=param.metavar or param.name.upper(),
+            help=text,
+        )
 
 
 def metric_flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

@@ -75,6 +75,7 @@ def cmd_nll(args: argparse.Namespace) -> int:
         iw=args.iw,
         gaussian=args.gaussian,
         parzen=args.parzen,
+        ci=args.ci,
         **api_options(args),
     )
     return emit(args, report.to_dict(), report.summary())

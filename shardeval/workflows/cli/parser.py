@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from shardeval.pipeline.errors import OptionError
 from shardeval.pipeline.metrics import METRICS, metric_names
+from shardeval.pipeline.metrics.base import NORMAL_CI
 from shardeval.pipeline.runoptions import (
     COUNT,
     ENGINE,
@@ -22,6 +23,7 @@ from shardeval.pipeline.runoptions import (
 )
 from shardeval.workflows.cli.flags import (
     add_output_options,
+    add_param,
     add_run_options,
     cli_type,
     metric_options,
@@ -200,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     nll.add_argument("--iw", metavar="LOGW", help="importance log-weights (N, K)")
     nll.add_argument("--gaussian", metavar="STATS", help="statistics from `shardeval stats`")
     nll.add_argument("--parzen", metavar="SAMPLES", help="feature store of kernel centres")
+    add_param(nll.add_argument_group("interval of the mean NLL"), NORMAL_CI)
     add_run_options(
         nll,
         (*ENGINE, *READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth"),
