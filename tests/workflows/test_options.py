@@ -847,6 +847,16 @@ def check_kid_ci(capsys, f, command, monkeypatch):
     _refused(capsys, *_base(command, f), "--ci", "0.9", "--subsets", "3", match="--subsets")
 
 
+def check_prdc_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "prdc")
+    got = _one_metric(capsys, f, command, "prdc", "--ci", "0.9")
+    for value in ("precision", "recall", "density", "coverage"):
+        assert plain[f"{value}_ci_low"] is None
+        assert got[value] == plain[value]
+        assert got[f"{value}_ci_low"] <= got[value] <= got[f"{value}_ci_high"]
+    assert got["ci"] == 0.9
+
+
 def check_ci_groups(capsys, f, command, monkeypatch):
     argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
@@ -1000,6 +1010,7 @@ CHECKS = {
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
     ("kid", "ci"): check_kid_ci,
+    ("prdc", "ci"): check_prdc_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
