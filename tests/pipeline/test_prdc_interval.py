@@ -206,3 +206,29 @@ def test_too_few_generated_rows_for_the_jackknife_is_an_error():
         se.prdc(rng.normal(size=(20, 2)), rng.normal(size=(2, 2)), ci=0.95, k=1, pr_k=1)
     plain = se.prdc(rng.normal(size=(20, 2)), rng.normal(size=(2, 2)), k=1, pr_k=1)
     assert plain.to_dict()["prdc"]["prdc_coverage_standard_error"] is None
+
+
+@pytest.mark.parametrize(
+    ("backend", "scale", "dtype"),
+    [("torch", 1.0, np.float32), ("triton", 1.0, np.float32), ("torch", 2.0**600, np.float64)],
+)
+def test_the_pass_records_the_groups_on_every_path(tmp_path, backend, scale, dtype):
+    """The cross pass's group masks, in blocks of 48 rows on the BLAS path, the Triton kernels
+    (under the interpreter) and float64 rows scaled far from 1, give the standard errors of
+    the definitions; the values are those of the pass without «ci»."""
+    from shardeval.pipeline.io.stores import open_features
+    from shardeval.pipeline.pairwise.passes import PRDCParams, sample_metrics
+
+    rng = np.random.default_rng(9)
+    x, y = _draw(rng, 130, False).astype(dtype), _draw(rng, 110, True).astype(dtype)
+    for name, rows in (("x", x), ("y", y)):
+        np.save(tmp_path / f"{name}.npy", rows * scale)
+    sx, sy = (open_features(str(tmp_path / f"{n}.npy")) for n in "xy")
+    kwargs = dict(device="cpu", backend=backend, block_rows=48)
+    got = sample_metrics(sx, sy, prdc=PRDCParams(groups=CI_GROUPS), **kwargs)["prdc"]
+    plain = sample_metrics(sx, sy, prdc=PRDCParams(), **kwargs)["prdc"]
+    want = _result(x.astype(np.float64), y.astype(np.float64))
+    assert got.errors == want.errors
+    assert [getattr(got, v) for v in VALUES] == [getattr(want, v) for v in VALUES]
+    assert [getattr(plain, v) for v in VALUES] == [getattr(want, v) for v in VALUES]
+    assert plain.errors is None

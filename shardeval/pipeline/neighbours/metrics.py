@@ -94,9 +94,7 @@ class PRDC(Metric):
         from shardeval.pipeline.pairwise.passes import PRDCParams
 
         groups = CI_GROUPS if self.options["ci"] else 0
-        return {
-            "prdc": PRDCParams(k=self.options["k"], pr_k=self.options["pr_k"], groups=groups)
-        }
+        return {"prdc": PRDCParams(k=self.options["k"], pr_k=self.options["pr_k"], groups=groups)}
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         r = context.samples(reference(real), gen)["prdc"]
