@@ -35,7 +35,7 @@ reference row grows the radii of the rows it was a neighbour of; the radius test
 grown radii need each row's neighbours beyond the k-th with the groups they belong to, and a
 cross pass per group or per-group neighbour lists in the kernels. Not done: every number here
 holds the other set (its balls) fixed, and a spread over both sets is larger (precision, for
-example, 1.3–1.6 × its conditional standard error at 200–600 rows a side).
+example, 1.5–1.6 × its conditional standard error at 200–600 rows a side).
 
 The intervals (:class:`~shardeval.pipeline.neighbours.metrics.PRDC`): Wilson's score interval
 for precision and recall (proportions: it stays in [0, 1] and is no point at 0 or 1), normal
