@@ -62,13 +62,15 @@ def test_reports_draw_error_bars_and_mark_checkpoints_within_noise(tmp_path, mon
     capsys.readouterr()
     assert main(["history", str(tmp_path / "h.zarr")]) == 0
     out = capsys.readouterr().out
-    assert "ckpt-2 (step 2): fid" in out and "within noise of ckpt-1" in out
+    assert "ckpt-2 (step 2): fid" in out
+    assert "within noise of ckpt-1" in out
     assert "ckpt-3 (step 3)" not in out
 
     drawn = []
     monkeypatch.setattr(htmlreport, "_png", lambda fig: drawn.append(fig) or "")
     page, _ = write_report(str(tmp_path / "h.zarr"), str(tmp_path / "r.html"))
-    html = open(page).read()
+    with open(page) as fh:
+        html = fh.read()
     assert html.count(" ≈</td>") == 1
     ax = drawn[0].axes[0]  # "FID over steps"
     (bars,) = ax.containers  # one series, with error bars

@@ -900,6 +900,16 @@ def check_is_ci(capsys, f, command, monkeypatch):
     _refused_by_the_parser(capsys, *_base("is", f), "--ci", "-0.1", match="argument --ci")
 
 
+def check_prdc_ci(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "prdc")
+    got = _one_metric(capsys, f, command, "prdc", "--ci", "0.9")
+    for value in ("precision", "recall", "density", "coverage"):
+        assert plain[f"{value}_ci_low"] is None
+        assert got[value] == plain[value]
+        assert got[f"{value}_ci_low"] <= got[value] <= got[f"{value}_ci_high"]
+    assert got["ci"] == 0.9
+
+
 def check_ci_groups(capsys, f, command, monkeypatch):
     argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
@@ -1056,6 +1066,7 @@ CHECKS = {
     **{(c, "se_target"): check_se_target for c in ("fid", "kid", "metrics")},
     ("cmmd", "ci"): check_cmmd_ci,
     ("is", "ci"): check_is_ci,
+    ("prdc", "ci"): check_prdc_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},

@@ -86,6 +86,25 @@ def normal_interval(estimate: float, standard_error: float, level: float) -> tup
     return estimate - half, estimate + half
 
 
+def wilson_interval(proportion: float, n: int, level: float) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion observed over ``n`` trials (Wilson
+    1927): the p with |p̂ − p| ≤ z·√(p(1 − p)/n), z the standard normal's (1 + level)/2
+    quantile,
+
+        (p̂ + z²/2n ∓ z·√(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n).
+
+    Unlike p̂ ∓ z·√(p̂(1 − p̂)/n) it stays inside [0, 1] and is not a point at p̂ = 0 or 1
+    (Brown, Cai & DasGupta 2001 compare the two).
+    """
+    from scipy import stats
+
+    z = float(stats.norm.ppf((1 + level) / 2))
+    shrink = 1 + z * z / n
+    centre = (proportion + z * z / (2 * n)) / shrink
+    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 @dataclass(frozen=True)
 class Param:
     """One option of a metric.

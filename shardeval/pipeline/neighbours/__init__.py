@@ -7,3 +7,6 @@
 #: (Kynkäänniemi et al.'s 3).
 K = 5
 PR_K = 3
+
+#: Groups of the generated rows in coverage's delete-a-group jackknife (the interval, «ci»).
+CI_GROUPS = 10

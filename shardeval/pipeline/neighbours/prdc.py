@@ -32,6 +32,7 @@ import numpy as np
 
 from shardeval.pipeline.core.states import Magnitudes
 from shardeval.pipeline.errors import NumericalError
+from shardeval.pipeline.neighbours.intervals import PRDCErrors, standard_errors
 from shardeval.pipeline.pairwise.blocks import Decisions, Neighbours
 
 #: Float64 rows whose largest magnitude lies in [2^-SAFE_EXPONENT, 2^SAFE_EXPONENT] are
@@ -50,6 +51,8 @@ class PRDCResult:
         n_real, n_gen: rows of each set.
         k, pr_k: the neighbour counts.
         uncertain: comparisons re-decided in float64 (near-ties of fp32 distances).
+        errors: their conditional standard errors
+            (:mod:`shardeval.pipeline.neighbours.intervals`), or None where not asked.
     """
 
     precision: float
@@ -61,6 +64,7 @@ class PRDCResult:
     k: int
     pr_k: int
     uncertain: int
+    errors: PRDCErrors | None = None
 
 
 def radii(neighbours: Neighbours, k: int) -> np.ndarray:
@@ -68,8 +72,11 @@ def radii(neighbours: Neighbours, k: int) -> np.ndarray:
     return neighbours.sq[:, k - 1]
 
 
-def prdc_from(decisions: Decisions, n_real: int, n_gen: int, k: int, pr_k: int) -> PRDCResult:
-    """The four values from the merged radius tests."""
+def prdc_from(
+    decisions: Decisions, n_real: int, n_gen: int, k: int, pr_k: int, groups: int = 0
+) -> PRDCResult:
+    """The four values from the merged radius tests, and with ``groups`` (coverage's
+    jackknife groups, which the tests recorded) their standard errors."""
     return PRDCResult(
         precision=float(decisions.y_within.mean()),
         recall=float(decisions.x_within.mean()),
@@ -80,6 +87,7 @@ def prdc_from(decisions: Decisions, n_real: int, n_gen: int, k: int, pr_k: int) 
         k=k,
         pr_k=pr_k,
         uncertain=decisions.uncertain,
+        errors=standard_errors(decisions, k, groups) if groups else None,
     )
 
 

@@ -93,6 +93,11 @@ class PairPlan:
             exactly (see :func:`shardeval.pipeline.neighbours.prdc.distance_exponent`), so
             their squared distances and radii are in units of 4^-e; kernel sums take the
             rows as they are.
+        groups: G > 0: the cross pass also records, per row of the first set, which of G
+            groups of the second set's rows (:func:`shardeval.pipeline.fid.jackknife.row_groups`
+            of their index, seed :data:`~shardeval.pipeline.fid.jackknife.CI_SEED`) fall in its
+            strict radius (coverage's jackknife): each column chunk's radius tests run group by
+            group; the decisions, exact, are the same. 0: not asked.
     """
 
     poly: Any = None
@@ -102,6 +107,7 @@ class PairPlan:
     device: str = "cpu"
     backend: str = "auto"
     exponent: int = 0
+    groups: int = 0
 
     def request(self, cross: bool, bx: tuple[int, int], by: tuple[int, int]) -> Any:
         from shardeval.kernels.pairs import PairRequest
@@ -120,7 +126,29 @@ class PairPlan:
         def kernel(k: Any) -> Any:
             return None if k is None else (type(k).__name__, *vars(k).values())
 
-        return kernel(self.poly), kernel(self.rbf), self.knn, self.exponent
+        return kernel(self.poly), kernel(self.rbf), self.knn, self.exponent, self.groups
+
+    def pieces(
+        self, bx: tuple[int, int], by: tuple[int, int]
+    ) -> list[tuple[Any, np.ndarray | None, int | None]]:
+        """The kernel calls of a cross (block, chunk) pair: (request, the chunk's columns or
+        None for all, their group or None). With :attr:`groups`, the radius tests run once per
+        group of the chunk's columns and the kernel sums once over all of them."""
+        request = self.request(True, bx, by)
+        if not self.groups or request.radii is None:
+            return [(request, None, None)]
+        from shardeval.pipeline.fid.jackknife import CI_SEED, row_groups
+
+        pieces: list[tuple[Any, np.ndarray | None, int | None]] = []
+        if request.poly is not None or request.rbf is not None:
+            pieces.append((replace(request, radii=None), None, None))
+        x_le, x_lt, y_le = request.radii
+        groups = row_groups(by[0], by[1] - by[0], self.groups, CI_SEED)
+        for g in np.unique(groups):
+            cols = np.flatnonzero(groups == g)
+            radii = (x_le, x_lt, y_le[cols])
+            pieces.append((replace(request, poly=None, rbf=None, radii=radii), cols, int(g)))
+        return pieces
 
 
 def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal: bool) -> Any:
@@ -235,19 +263,27 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             "x_within": np.zeros(a.n, bool),
             "x_covered": np.zeros(a.n, bool),
             "uncertain": 0,
+            "x_groups": np.zeros(a.n, np.uint64) if plan.groups else None,
         }
     for by in b.chunks(0):
-        result = _reduce(x, b.read_rows(*by), plan, plan.request(True, bx, by), False)
-        for sums, got in ((poly, result.poly), (rbf, result.rbf)):
-            if sums is not None:
-                sums.add(got, bx, by, 1.0)
-        if radius is not None and result.radius is not None:
+        y = b.read_rows(*by)
+        for request, cols, group in plan.pieces(bx, by):
+            result = _reduce(x, y if cols is None else y[cols], plan, request, False)
+            for sums, got in ((poly, result.poly), (rbf, result.rbf)):
+                if sums is not None and got is not None:
+                    sums.add(got, bx, by, 1.0)
+            if radius is None or result.radius is None:
+                continue
             r = result.radius
-            radius["y_within"][slice(*by)] |= r.y_within_x_radius
-            radius["y_count"][slice(*by)] += r.y_count_x_radius
+            at = slice(*by) if cols is None else cols + by[0]
+            radius["y_within"][at] |= r.y_within_x_radius
+            radius["y_count"][at] += r.y_count_x_radius
             radius["x_within"][slice(*bx)] |= r.x_within_y_radius
             radius["x_covered"][slice(*bx)] |= r.x_covered
             radius["uncertain"] += r.uncertain
+            if group is not None:
+                bit = np.uint64(1) << np.uint64(group)
+                radius["x_groups"][slice(*bx)] |= np.where(r.x_covered, bit, np.uint64(0))
     return CrossState(
         poly.cross() if poly is not None else None,
         rbf.cross() if rbf is not None else None,

@@ -174,9 +174,10 @@ def _decisions_examples(rng: np.random.Generator) -> Examples[Decisions]:
             rng.random(5) < 0.3,
             rng.random(5) < 0.3,
             int(rng.integers(0, 3)),
+            rng.integers(0, 2**6, 5).astype(np.uint64),
         )
 
-    return Decisions.empty(5, 4), [drawn() for _ in range(3)]
+    return Decisions.empty(5, 4, groups=6), [drawn() for _ in range(3)]
 
 
 @state(examples=_decisions_examples)
@@ -190,6 +191,9 @@ class Decisions:
         x_within: (N,) some y_j with ‖x − y_j‖ ≤ s_j (recall).
         x_covered: (N,) some y_j with ‖x − y_j‖ < r'_x (coverage).
         uncertain: comparisons re-decided in float64.
+        x_groups: (N,) uint64, bit g set where some y_j of group g (of at most 64, rows
+            assigned by :func:`shardeval.pipeline.fid.jackknife.row_groups`) has
+            ‖x − y_j‖ < r'_x: coverage's jackknife; None where not asked.
     """
 
     y_within: np.ndarray
@@ -197,26 +201,32 @@ class Decisions:
     x_within: np.ndarray
     x_covered: np.ndarray
     uncertain: int
+    x_groups: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, x_rows: int, y_rows: int) -> Decisions:
+    def empty(cls, x_rows: int, y_rows: int, groups: int = 0) -> Decisions:
         """No radius tests yet, between a reference set of ``x_rows`` rows and a generated set
-        of ``y_rows``."""
+        of ``y_rows`` (``groups`` > 0: with the groups' coverage masks)."""
         return cls(
             np.zeros(y_rows, bool),
             np.zeros(y_rows, np.int64),
             np.zeros(x_rows, bool),
             np.zeros(x_rows, bool),
             0,
+            np.zeros(x_rows, np.uint64) if groups else None,
         )
 
     def merge(self, other: Decisions) -> Decisions:
+        groups = None
+        if self.x_groups is not None and other.x_groups is not None:
+            groups = self.x_groups | other.x_groups
         return Decisions(
             self.y_within | other.y_within,
             self.y_count + other.y_count,
             self.x_within | other.x_within,
             self.x_covered | other.x_covered,
             self.uncertain + other.uncertain,
+            groups,
         )
 
 

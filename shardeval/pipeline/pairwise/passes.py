@@ -110,8 +110,13 @@ class CMMDParams:
 
 @dataclass(frozen=True)
 class PRDCParams:
+    """Neighbours of density and coverage (``k``) and of precision and recall (``pr_k``);
+    ``groups`` > 0: the standard errors too, coverage's by a jackknife over that many groups
+    of the generated rows (:mod:`shardeval.pipeline.neighbours.intervals`)."""
+
     k: int = K
     pr_k: int = PR_K
+    groups: int = 0
 
 
 def _check(real: FeatureSource, gen: FeatureSource, precision: str) -> None:
@@ -228,6 +233,7 @@ def sample_metrics(
         device=device,
         backend=backend,
         exponent=exponent,
+        groups=prdc.groups if prdc else 0,
     )
     cross = None
     if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:
@@ -277,7 +283,7 @@ def sample_metrics(
     if prdc:
         if cross is None or cross.radius is None:  # unreachable
             raise ValueError("the cross pass did not test the radii")
-        out["prdc"] = prdc_from(cross.radius, m, n, prdc.k, prdc.pr_k)
+        out["prdc"] = prdc_from(cross.radius, m, n, prdc.k, prdc.pr_k, prdc.groups)
     return out
 
 
