@@ -861,7 +861,7 @@ def check_kid_ci(capsys, f, command, monkeypatch):
 
 
 def check_se_target(capsys, f, command, monkeypatch):
-    metrics = ("fid", "kid") if command == "metrics" else (command,)
+    metrics = ("fid", "kid", "cmmd") if command == "metrics" else (command,)
     for metric in metrics:
         argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", metric, f["a"], f["b"]]
         _refused(capsys, command, *argv, "--se-target", "0.1", match="applies with --ci")
@@ -898,6 +898,13 @@ def check_is_ci(capsys, f, command, monkeypatch):
     assert got["is"] == plain["is"]
     assert got["ci_low"] < got["is"] < got["ci_high"]
     _refused_by_the_parser(capsys, *_base("is", f), "--ci", "-0.1", match="argument --ci")
+
+
+def check_is_se_target(capsys, f, command, monkeypatch):
+    _refused(capsys, *_base("is", f), "--se-target", "0.1", match="applies with --ci")
+    got = _section(_report(capsys, *_base("is", f), "--ci", "0.9", "--se-target", "0.1"), "is")
+    expected = max(2, math.ceil(got["n"] * (got["standard_error"] / 0.1) ** 2))
+    assert got["rows_for_se_target"] == expected
 
 
 def check_prdc_ci(capsys, f, command, monkeypatch):
@@ -1063,7 +1070,8 @@ CHECKS = {
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "metrics")},
     ("kid", "ci"): check_kid_ci,
-    **{(c, "se_target"): check_se_target for c in ("fid", "kid", "metrics")},
+    **{(c, "se_target"): check_se_target for c in ("fid", "kid", "cmmd", "metrics")},
+    ("is", "se_target"): check_is_se_target,
     ("cmmd", "ci"): check_cmmd_ci,
     ("is", "ci"): check_is_ci,
     ("prdc", "ci"): check_prdc_ci,

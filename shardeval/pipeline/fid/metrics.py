@@ -18,8 +18,9 @@ from shardeval.pipeline.metrics.base import (
     Output,
     Param,
     Plot,
-    rows_for,
+    rows_for_target,
     se_target_lines,
+    se_target_output,
     se_target_param,
     spectrum,
 )
@@ -99,12 +100,7 @@ class FID(Metric):
         Output("fid_ci_low", "", "lower end of the interval («ci»)", optional=True),
         Output("fid_ci_high", "", "upper end of the interval («ci»)", optional=True),
         Output("fid_jackknife_bias", "", "jackknife estimate of FID's bias («ci»)", optional=True),
-        Output(
-            "fid_rows_for_se_target",
-            "rows",
-            "generated rows (the reference's scaled alike) that give «se_target», at most",
-            optional=True,
-        ),
+        se_target_output("fid"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("FID over steps", "steps", ("fid",), "FID"),
@@ -211,14 +207,13 @@ class FID(Metric):
             (real.location, gen.location),
             context.engine,
         )
-        target = o["se_target"]
         n = gen.groups(*args, precision.get("gen")).whole().n
         return {
             "fid_standard_error": jack.standard_error,
             "fid_ci_low": jack.low,
             "fid_ci_high": jack.high,
             "fid_jackknife_bias": jack.bias,
-            "fid_rows_for_se_target": rows_for(jack.standard_error, n, target) if target else None,
+            "fid_rows_for_se_target": rows_for_target(o, jack.standard_error, n),
         }
 
     @staticmethod

@@ -16,6 +16,10 @@ from shardeval.pipeline.metrics.base import (
     Param,
     Plot,
     normal_interval,
+    rows_for_target,
+    se_target_lines,
+    se_target_output,
+    se_target_param,
 )
 from shardeval.pipeline.runoptions import SEED_RANGE, Flag, Interval
 
@@ -58,6 +62,7 @@ class InceptionScore(Metric):
             "everywhere as features after a ReLU, is refused)",
         ),
         NORMAL_CI,
+        se_target_param("is"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("is", "", "Inception Score over all samples, exp(E KL(p(y|x) ‖ p(y)))"),
@@ -79,6 +84,7 @@ class InceptionScore(Metric):
             "upper end of the interval («ci»): exp(log IS + z·SE/IS), normal on log IS",
             optional=True,
         ),
+        se_target_output("is", "rows of the set"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("Inception Score over steps", "steps", ("is", "is_split_mean"), "IS"),
@@ -126,6 +132,7 @@ class InceptionScore(Metric):
             "is_split_std": result.split_std,
             "is_ci_low": low,
             "is_ci_high": high,
+            "is_rows_for_se_target": rows_for_target(self.options, result.standard_error, result.n),
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -139,6 +146,9 @@ class InceptionScore(Metric):
                 f"  {opt['ci']:.0%} interval [{o['is_ci_low']:.6g}, {o['is_ci_high']:.6g}] "
                 "(normal on log IS, from its delta-method standard error)"
             )
+        lines += se_target_lines(
+            o.get("is_rows_for_se_target"), opt["se_target"], o["is_standard_error"], "of the set"
+        )
         if opt["splits"]:
             lines.append(
                 f"IS {o['is_split_mean']:.6g} ± {o['is_split_std']:.3g}   [peers' protocol: "

@@ -53,13 +53,31 @@ def rows_for(standard_error: float, n: int, target: float) -> int:
     return max(2, math.ceil(n * (standard_error / target) ** 2))
 
 
-def se_target_lines(rows: int | None, target: float, standard_error: float) -> list[str]:
+def rows_for_target(options: dict[str, Any], standard_error: float, n: int) -> int | None:
+    """:func:`rows_for` the metric's «se_target», or None when it was not asked."""
+    target = options.get("se_target")
+    return rows_for(standard_error, n, target) if target else None
+
+
+def se_target_output(metric: str, rows: str = "generated rows (the reference's alike)") -> Output:
+    """The output that answers «se_target»."""
+    return Output(
+        f"{metric}_rows_for_se_target",
+        "rows",
+        f"{rows} that give «se_target», at most",
+        optional=True,
+    )
+
+
+def se_target_lines(
+    rows: int | None, target: float, standard_error: float, per: str = "per side"
+) -> list[str]:
     """The summary's line for «se_target» (none when it was not asked)."""
     if rows is None:
         return []
     bound = "at most" if target < standard_error else "at least"
     return [
-        f"  {bound} about {rows:,} rows per side would give a standard error of {target:.3g} "
+        f"  {bound} about {rows:,} rows {per} would give a standard error of {target:.3g} "
         "(the 1/√N scaling of the measured one, the slowest a standard error falls)"
     ]
 

@@ -14,8 +14,9 @@ from shardeval.pipeline.metrics.base import (
     Param,
     Plot,
     normal_interval,
-    rows_for,
+    rows_for_target,
     se_target_lines,
+    se_target_output,
     se_target_param,
 )
 from shardeval.pipeline.mmd import SIGMA, SUBSET_SEED, SUBSET_SIZE
@@ -78,12 +79,7 @@ class KID(Metric):
         Output("kid_rounding_bound", "", "bound on its distance from exact arithmetic"),
         Output("kid_ci_low", "", "lower end of the interval («ci»)", optional=True),
         Output("kid_ci_high", "", "upper end of the interval («ci»)", optional=True),
-        Output(
-            "kid_rows_for_se_target",
-            "rows",
-            "generated rows (the reference's scaled alike) that give «se_target», at most",
-            optional=True,
-        ),
+        se_target_output("kid"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("KID over steps", "steps", ("kid",), "KID"),)
     needs_reference_features = True
@@ -125,11 +121,10 @@ class KID(Metric):
             )
         else:
             result = context.samples(real, gen)["kid"]
-        low = high = rows = None
+        low = high = None
         if self.options["ci"]:
             low, high = normal_interval(result.kid, result.standard_error, self.options["ci"])
-        if self.options["se_target"]:
-            rows = rows_for(result.standard_error, result.n_gen, self.options["se_target"])
+        rows = rows_for_target(self.options, result.standard_error, result.n_gen)
         return {
             "kid": result.kid,
             "kid_standard_error": result.standard_error,
@@ -174,6 +169,7 @@ class CMMD(Metric):
         Param("sigma", POSITIVE, SIGMA, "RBF bandwidth on unit-norm embeddings", "σ"),
         Param("unbiased", Flag(), False, "the U-statistic instead of the reference's V-statistic"),
         NORMAL_CI,
+        se_target_param("cmmd"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("cmmd", "×10⁻³", "1000 × squared MMD under exp(−‖x̂−ŷ‖²/2σ²)"),
@@ -188,6 +184,7 @@ class CMMD(Metric):
         Output("cmmd_clamped", "", "1: a V-statistic below 0 by rounding, reported as 0"),
         Output("cmmd_ci_low", "×10⁻³", "lower end of the interval («ci»)", optional=True),
         Output("cmmd_ci_high", "×10⁻³", "upper end of the interval («ci»)", optional=True),
+        se_target_output("cmmd"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("CMMD over steps", "steps", ("cmmd",), "CMMD"),)
     needs_reference_features = True
@@ -213,6 +210,9 @@ class CMMD(Metric):
             "cmmd_clamped": int(result.clamped),
             "cmmd_ci_low": low,
             "cmmd_ci_high": high,
+            "cmmd_rows_for_se_target": rows_for_target(
+                self.options, result.standard_error, result.n_gen
+            ),
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -230,4 +230,6 @@ class CMMD(Metric):
                 f"  {opt['ci']:.0%} interval [{o['cmmd_ci_low']:.6g}, {o['cmmd_ci_high']:.6g}] "
                 f"(normal, from the standard error of the U-statistic{about})"
             )
-        return lines
+        return lines + se_target_lines(
+            o.get("cmmd_rows_for_se_target"), opt["se_target"], o["cmmd_standard_error"]
+        )
