@@ -256,6 +256,7 @@ def test_history_and_report_commands(job_dir, capsys):
         "fid_ci_low",
         "fid_ci_high",
         "fid_jackknife_bias",
+        "fid_rows_for_se_target",
     }
     made = {"features_made_by", "reference_made_by"}
     assert set(rows[0]) == {"name", "step", "tags", "created", *fid_outputs, *made, "stale"}
