@@ -202,15 +202,11 @@ def jackknife(estimate: float, replicates: list[float], level: float) -> Jackkni
     )
 
 
-def fid_jackknife(
-    estimate: float,
-    real: GroupedMoments | Gaussian,
-    gen: GroupedMoments,
-    level: float,
-    locations: tuple[str, str],
-) -> Jackknife:
-    """The jackknife of the FID ``estimate`` of ``real`` (groups, or a Gaussian held fixed)
-    against ``gen``'s groups.
+def fid_replicates(
+    real: GroupedMoments | Gaussian, gen: GroupedMoments, locations: tuple[str, str]
+) -> list[float]:
+    """The leave-one-group-out FIDs θ₋g of ``real`` (groups, or a Gaussian held fixed) against
+    ``gen``'s groups: group g dropped from both sides at once.
 
     Raises:
         ShapeError: a side whose rows without some group are fewer than 2, or fewer rows
@@ -239,4 +235,53 @@ def fid_jackknife(
         replicates.append(
             frechet_distance(reference, Gaussian.from_moments(gen_moments, locations[1])).fid
         )
-    return jackknife(estimate, replicates, level)
+    return replicates
+
+
+def fid_jackknife(
+    estimate: float,
+    real: GroupedMoments | Gaussian,
+    gen: GroupedMoments,
+    level: float,
+    locations: tuple[str, str],
+) -> Jackknife:
+    """The jackknife of the FID ``estimate`` of ``real`` (groups, or a Gaussian held fixed)
+    against ``gen``'s groups.
+
+    Raises:
+        ShapeError: see :func:`fid_replicates`.
+    """
+    return jackknife(estimate, fid_replicates(real, gen, locations), level)
+
+
+def fid_difference_jackknife(
+    estimate: float,
+    real: GroupedMoments | Gaussian,
+    gen_a: GroupedMoments,
+    gen_b: GroupedMoments,
+    level: float,
+    locations: tuple[str, str, str],
+) -> Jackknife:
+    """The jackknife of ``estimate`` = FID(real, A) − FID(real, B), two generated sets against
+    one reference. Its replicates drop group g from the reference and from both sets at once,
+
+        θ₋g = FID(real₋g, A₋g) − FID(real₋g, B₋g),
+
+    so that the reference's rows, which move both distances together, enter each replicate
+    once: the (reference group, A group, B group) triples are the independent units the
+    jackknife leaves out (the three sets' groups are independent, each a seeded hash of its
+    rows' indices). A reference given as a Gaussian is held fixed: the interval is then
+    conditional on it.
+
+    Raises:
+        ShapeError: see :func:`fid_replicates`; the sets in different numbers of groups.
+    """
+    real_location, a_location, b_location = locations
+    if len(gen_a.groups) != len(gen_b.groups):
+        raise ShapeError(
+            f"{a_location!r} is in {len(gen_a.groups)} groups and {b_location!r} in "
+            f"{len(gen_b.groups)}: the paired jackknife drops one group of each at once"
+        )
+    theta_a = fid_replicates(real, gen_a, (real_location, a_location))
+    theta_b = fid_replicates(real, gen_b, (real_location, b_location))
+    return jackknife(estimate, [a - b for a, b in zip(theta_a, theta_b, strict=True)], level)
