@@ -21,21 +21,14 @@ from shardeval.api.evaluate import (
     taken_options,
 )
 from shardeval.api.functions import _noted, _running, with_features
+from shardeval.api.inputs import describe_input
 from shardeval.api.report import _settings, side_line
 from shardeval.api.results import Report, engine_text, features_made, jsonable
-from shardeval.pipeline.errors import OptionError, ShapeError
+from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 from shardeval.pipeline.runoptions import BY_NAME
 
 #: The roles of the three inputs in the report (``inputs``, ``features_made_by``).
 ROLES = ("real", "gen_a", "gen_b")
-
-
-def supported() -> tuple[str, ...]:
-    """The metrics whose difference a comparison can give (those that implement
-    :meth:`~shardeval.pipeline.metrics.base.Metric.difference`)."""
-    from shardeval.pipeline.metrics import METRICS
-
-    return tuple(m for m in METRICS if METRICS[m].compares_pairs())
 
 
 def compare_level(ci: Any) -> float:
@@ -112,13 +105,13 @@ def compare(
         ('a is lower', True)
     """
     from shardeval.pipeline.metrics import metric_names
+    from shardeval.pipeline.metrics.paired import comparable
 
     names = metric_names(metrics)
-    comparable = supported()
-    refused = [n for n in names if n not in comparable]
+    refused = [n for n in names if n not in comparable()]
     if refused:
         raise OptionError(
-            f"compare supports {', '.join(comparable)}; not {', '.join(refused)}: "
+            f"compare supports {', '.join(comparable())}; not {', '.join(refused)}: "
             "no standard error of the difference that counts the shared reference"
         )
     if "ci" in options:  # given through **options (a job's keys)
@@ -131,6 +124,12 @@ def compare(
         m.check_difference()
     inputs_a = evaluation.inputs(real, gen_a)
     inputs_b = evaluation.inputs(real, gen_b)
+    for gen, inputs in ((gen_a, inputs_a), (gen_b, inputs_b)):
+        if inputs.statistics[1]:
+            raise StoreError(
+                f"{describe_input(gen)!r} holds statistics, but a comparison needs the rows of "
+                "both generated sets (their groups, their pairs): give its feature store"
+            )
     images = any(inputs_a.images) or any(inputs_b.images)
     with _noted() as notes, _running(evaluation.run_options()) as run:
         ref_side, a_side = evaluation.sides(run, inputs_a)
@@ -203,4 +202,4 @@ def _report(
     return Report("compare", paired, data, "\n".join(lines), float(first.difference))
 
 
-__all__ = ["compare", "compare_level", "supported"]
+__all__ = ["compare", "compare_level"]

@@ -18,9 +18,17 @@ from typing import Any
 from shardeval.pipeline.runoptions import Interval
 
 #: The comparison's confidence level: a level in (0, 1), no «0» (an interval is its point).
-LEVEL = Interval(float, 0, 1, closed="neither", text="a confidence level in (0, 1)")
+LEVEL = Interval(float, 0, 1, closed="neither")
 #: The level by default.
 DEFAULT_LEVEL = 0.95
+
+
+def comparable() -> tuple[str, ...]:
+    """The registered metrics whose difference a comparison can give: those that implement
+    :meth:`~shardeval.pipeline.metrics.base.Metric.difference`."""
+    from shardeval.pipeline.metrics import METRICS
+
+    return tuple(m for m in METRICS if METRICS[m].compares_pairs())
 
 
 @dataclass(frozen=True)
@@ -97,4 +105,4 @@ class PairedDifference:
         )
 
 
-__all__ = ["DEFAULT_LEVEL", "LEVEL", "PairedDifference"]
+__all__ = ["DEFAULT_LEVEL", "LEVEL", "PairedDifference", "comparable"]

@@ -46,6 +46,7 @@ examples:
   shardeval synth gen.zarr --n 50000 --d 2048 --seed 2 --mean 0.05
   shardeval fid real.zarr gen.zarr --out fid.json
   shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc
+  shardeval compare real.zarr gen-a.zarr gen-b.zarr --metrics fid,kid
   shardeval is gen.zarr --splits 10                   # Inception Score of extracted logits
   shardeval stats real.zarr -o real-stats.zarr
   shardeval fid real-stats.zarr gen.zarr              # statistics on either side
@@ -159,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(metrics, metric_run_options(tuple(METRICS)))
     metric_options(metrics, tuple(METRICS))
     add_output_options(metrics)
+
+    from shardeval.workflows.cli.compare import add_compare_parser
+
+    add_compare_parser(sub)
 
     stats = sub.add_parser(
         "stats",
