@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import argparse
 
+from shardeval.pipeline.metrics.base import Param
 from shardeval.pipeline.runoptions import Interval
 from shardeval.workflows.cli.common import api_options, claim_report, emit, must_exist
 from shardeval.workflows.cli.flags import add_output_options, add_run_options, cli_type
 
 
-def _interval_params() -> list[object]:
+def _interval_params() -> list[Param]:
     """The parameters of the comparable metrics' intervals (FID's ``ci_groups``,
     ``ci_seed``), once each."""
     from shardeval.pipeline.metrics import METRICS
     from shardeval.pipeline.metrics.paired import comparable
 
-    seen: dict[str, object] = {}
+    seen: dict[str, Param] = {}
     for name in comparable():
         for param in METRICS[name].params:
             if param.applies_with == "ci":
@@ -64,10 +65,10 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     )
     for param in _interval_params():
         group.add_argument(
-            "--" + param.name.replace("_", "-"),  # type: ignore[attr-defined]
-            type=cli_type(param.constraint),  # type: ignore[attr-defined]
-            metavar=param.metavar or param.name.upper(),  # type: ignore[attr-defined]
-            help=f"{param.help} (default {param.default!r})",  # type: ignore[attr-defined]
+            "--" + param.name.replace("_", "-"),
+            type=cli_type(param.constraint),
+            metavar=param.metavar or param.name.upper(),
+            help=f"{param.help} (default {param.default!r})",
         )
     add_run_options(p, metric_run_options(names))
     add_output_options(p)
@@ -79,9 +80,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     must_exist(*args.stores)
     claim_report(args)
-    names = [param.name for param in _interval_params()]  # type: ignore[attr-defined]
+    names = [param.name for param in _interval_params()]
     options = {n: getattr(args, n) for n in names if is_given(getattr(args, n, None))}
+    ref, gen_a, gen_b = args.stores
     report = se.compare(
-        *args.stores, args.metrics or "fid", ci=args.ci, **options, **api_options(args)
+        ref, gen_a, gen_b, args.metrics or "fid", ci=args.ci, **options, **api_options(args)
     )
     return emit(args, report.to_dict(), report.summary())
