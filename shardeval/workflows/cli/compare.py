@@ -10,7 +10,12 @@ import argparse
 from shardeval.pipeline.metrics.base import Param
 from shardeval.pipeline.runoptions import Interval
 from shardeval.workflows.cli.common import api_options, claim_report, emit, must_exist
-from shardeval.workflows.cli.flags import add_output_options, add_run_options, cli_type
+from shardeval.workflows.cli.flags import (
+    add_output_options,
+    add_run_options,
+    cli_type,
+    metric_list,
+)
 
 
 def _interval_params() -> list[Param]:
@@ -30,7 +35,6 @@ def _interval_params() -> list[Param]:
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     from shardeval.pipeline.metrics.paired import DEFAULT_LEVEL, comparable
     from shardeval.workflows.cli.metric_commands import metric_run_options
-    from shardeval.workflows.cli.parser import metric_list
 
     names = comparable()
     p = sub.add_parser(

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from shardeval.pipeline.errors import OptionError
-from shardeval.pipeline.metrics import METRICS, metric_names
+from shardeval.pipeline.metrics import METRICS
 from shardeval.pipeline.runoptions import (
     COUNT,
     ENGINE,
@@ -24,6 +23,7 @@ from shardeval.workflows.cli.flags import (
     add_output_options,
     add_run_options,
     cli_type,
+    metric_list,
     metric_options,
 )
 from shardeval.workflows.cli.metric_commands import (
@@ -107,15 +107,6 @@ def _unrecognized(
             hints.append(f"{option}: an option of {', '.join(owners)}, not of {command}")
     text = f"unrecognized arguments: {' '.join(extra)}"
     return f"{text} ({'; '.join(hints)})" if hints else text
-
-
-def metric_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
-    checks its names)."""
-    try:
-        return metric_names(text)
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
