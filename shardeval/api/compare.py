@@ -21,7 +21,7 @@ from shardeval.api.evaluate import (
     taken_options,
 )
 from shardeval.api.functions import _noted, _running, with_features
-from shardeval.api.inputs import describe_input
+from shardeval.api.inputs import describe_input, is_images
 from shardeval.api.report import _settings, side_line
 from shardeval.api.results import Report, engine_text, features_made, jsonable
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
@@ -122,8 +122,8 @@ def compare(
     evaluation = Evaluation(names, metric_options={**own, "ci": level}, run_options=run_options)
     for m in evaluation.instances:
         m.check_difference()
-    inputs_a = evaluation.inputs(real, gen_a)
-    inputs_b = evaluation.inputs(real, gen_b)
+    inputs_a = evaluation.inputs(real, gen_a, images_elsewhere=is_images(gen_b))
+    inputs_b = evaluation.inputs(real, gen_b, images_elsewhere=is_images(gen_a))
     for gen, inputs in ((gen_a, inputs_a), (gen_b, inputs_b)):
         if inputs.statistics[1]:
             raise StoreError(
