@@ -15,6 +15,10 @@ fixed: the interval is then conditional on it),
 and the interval is θ̂ ± t_{G−1, (1+level)/2} · SE (Efron & Stein 1981; Shao & Tu 1995, §2.3
 for the delete-a-group form). The bias estimate is a look at the sample-size bias that FID∞
 extrapolates, from the rows' own variability.
+
+Two generated sets against one reference (:func:`fid_difference_jackknife`) take the same
+groups: replicate g drops group g from the reference and from both sets at once, so that the
+difference's standard error counts the reference the two distances share.
 """
 
 from __future__ import annotations
