@@ -114,8 +114,6 @@ def compare(
             f"compare supports {', '.join(comparable())}; not {', '.join(refused)}: "
             "no standard error of the difference that counts the shared reference"
         )
-    if "ci" in options:  # given through **options (a job's keys)
-        ci = options.pop("ci") if ci is None else ci
     level = compare_level(ci)
     run_options = {k: v for k, v in options.items() if k in BY_NAME}
     own = {k: v for k, v in options.items() if k not in BY_NAME}
@@ -160,11 +158,12 @@ def compare(
 
 
 def _second_set(run: Any, evaluation: Evaluation, inputs: _Inputs) -> Any:
-    """GEN_B as a side (the reference is opened once, with GEN_A)."""
+    """GEN_B as a side (the reference is opened once, with GEN_A); images extracted into the
+    feature cache, which must lie outside the reference too."""
+    opened = [None, with_features(run, inputs.values, [False, inputs.images[1]])[1]]
     alone = _Inputs(
         [None, inputs.values[1]], [False, inputs.statistics[1]], [False, inputs.images[1]]
     )
-    opened = with_features(run, alone.values, alone.images)
     return _open_sides(run, opened, alone, evaluation._arrays(run, opened, alone))[1]
 
 
