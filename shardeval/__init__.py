@@ -2,7 +2,7 @@
 
 ``import shardeval as se`` costs nothing until a function runs: names are imported on first
 use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
-``se.fid_infinity``, ``se.metrics``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
+``se.fid_infinity``, ``se.metrics``, ``se.compare``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
 ``se.ess``, ``se.inception_score``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's
 argument order), each returning a typed report (``float()`` the headline, ``.to_dict()`` the
 JSON report), and training-loop metrics (``se.FID``…) that accumulate mergeable states and
@@ -28,6 +28,7 @@ _EXPORTS = {
     ),
     **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
     "fetch": "shardeval.api.fetching",
+    "compare": "shardeval.api.compare",
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
     # (se.FID() accumulates batches, se.fid(real, gen) computes at once).
@@ -84,6 +85,7 @@ __all__ = [
     "ShardevalError",
     "StoreError",
     "cmmd",
+    "compare",
     "encoder",
     "ess",
     "extract",
@@ -101,6 +103,7 @@ __all__ = [
 ]
 
 if _TYPE_CHECKING:
+    from shardeval.api.compare import compare
     from shardeval.api.extraction import encoder, extract
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats

@@ -237,9 +237,12 @@ class Evaluation:
             ]
         self.instances = instances
 
-    def inputs(self, real: Any, gen: Any, real_is_statistics: bool = False) -> _Inputs:
+    def inputs(
+        self, real: Any, gen: Any, real_is_statistics: bool = False, images_elsewhere: bool = False
+    ) -> _Inputs:
         """What ``real`` and ``gen`` are, checked before any engine starts: statistics where
-        the metrics take them, images, or features.
+        the metrics take them, images, or features. ``images_elsewhere``: another input of the
+        evaluation is images (a comparison's other set), so the image options apply.
 
         Raises:
             OptionError: a reference given to metrics of one set, or none where one is needed;
@@ -255,7 +258,8 @@ class Evaluation:
             _statistics_role(self.instances, gen, "gen", False),
         ]
         images = image_flags(
-            [None if s else x for x, s in zip((real, gen), as_stats, strict=True)], self.given
+            [None if s else x for x, s in zip((real, gen), as_stats, strict=True)],
+            {} if images_elsewhere else self.given,
         )
         readers = [m.name for m in self.instances if m.reads == "logits"]
         encoder = self.given.get("encoder")

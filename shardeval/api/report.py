@@ -22,12 +22,13 @@ from typing import Any
 from shardeval.api.results import Report, engine_text, features_made, jsonable
 
 
-def side_line(side: Any) -> str:
-    """One line for a side: where it came from, its rows and features, and its kind."""
+def side_line(side: Any, label: str | None = None) -> str:
+    """One line for a side: where it came from, its rows and features, and its kind;
+    ``label`` names it (default: its role)."""
     n = f"{side.n:,}" if side.n is not None else "unknown"
     shards = side.provenance.get("shards")
     where = f" shards={shards}" if shards is not None else ""
-    return f"  {side.role:<4} {side.shown}  n={n} d={side.d:,}{where} ({side.kind})"
+    return f"  {label or side.role:<4} {side.shown}  n={n} d={side.d:,}{where} ({side.kind})"
 
 
 def build_report(

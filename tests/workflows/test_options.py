@@ -134,6 +134,7 @@ def _base(command, f):
         "cmmd": ["cmmd", f["a"], f["b"]],
         "prdc": ["prdc", f["a"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
+        "compare": ["compare", f["a"], f["b"], f["a"]],
         "extract": _extract(f),
         "is": ["is", f["logits"]],
     }[command]
@@ -216,6 +217,12 @@ def check_array(capsys, f, command, monkeypatch):
     if command in ("nll", "ess"):
         _refused(capsys, *_base(command, f), "--array", "nope", match="leave --array out")
         return
+    if command == "compare":
+        argv = ["compare", f["g"], f["g2"], f["g"]]
+        u = _report(capsys, *argv, "--array", "u")["fid"]["fid_difference"]
+        assert u != _report(capsys, *argv, "--array", "v")["fid"]["fid_difference"]
+        _refused(capsys, *_base(command, f), "--array", "u", match="is a single Zarr array")
+        return
     value = {
         "fid": lambda r: r["fid"]["fid"],
         "metrics": lambda r: r["fid"]["fid"],
@@ -277,7 +284,7 @@ def check_backend(capsys, f, command, monkeypatch):
         assert not calls
         key = {"kid": "kid", "cmmd": "cmmd", "prdc": "prdc_precision"}[command]
         assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
-    elif command in ("fid", "metrics"):
+    elif command in ("fid", "metrics", "compare"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
@@ -294,7 +301,7 @@ def check_precision(capsys, f, command, monkeypatch):
     import shardeval.kernels.moments
     import shardeval.kernels.pairs  # imported by the first pass otherwise: spied on before it
 
-    if command in ("fid", "metrics"):
+    if command in ("fid", "metrics", "compare"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_numpy")
     else:
         calls = _spy(monkeypatch, shardeval.kernels.pairs, "pair_reduce")
@@ -310,12 +317,14 @@ def check_nonfinite(capsys, f, command, monkeypatch):
         "nll": ["nll", "--iw", f["lw_nan"]],
         "ess": ["ess", f["lw_nan"]],
         "metrics": ["metrics", f["nan"], f["b"], "--metrics", "fid"],
+        "compare": ["compare", f["nan"], f["b"], f["a"]],
     }[command]
     _refused(capsys, *argv, match="with NaN or inf")
     report = _report(capsys, *argv, "--nonfinite", "drop")
     dropped = {
         "fid": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
         "metrics": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
+        "compare": lambda r: r["gen_b"]["fid"]["fid_nonfinite_dropped_real"],
     }.get(command, lambda r: r["nonfinite_dropped"])(report)
     assert dropped == 1
     if command == "metrics":
@@ -1029,6 +1038,40 @@ def check_metrics(capsys, f, command, monkeypatch):
     assert all_["fid"]["fid"] == pytest.approx(one["fid"]["fid"], rel=1e-6)
 
 
+def _difference(capsys, f, *extra):
+    """The FID section of `compare` (B against A, and A against itself)."""
+    return _report(capsys, *_base("compare", f), *extra)["fid"]
+
+
+def check_compare_ci(capsys, f, command, monkeypatch):
+    default, got = _difference(capsys, f), _difference(capsys, f, "--ci", "0.8")
+    assert (default["fid_difference_level"], got["fid_difference_level"]) == (0.95, 0.8)
+    assert got["fid_difference"] == default["fid_difference"]
+    width = got["fid_difference_ci_high"] - got["fid_difference_ci_low"]
+    assert width < default["fid_difference_ci_high"] - default["fid_difference_ci_low"]
+    _refused(capsys, *_base(command, f), "--ci", "1", match="--ci: expected")
+
+
+def check_compare_ci_groups(capsys, f, command, monkeypatch):
+    five, ten = _difference(capsys, f, "--ci-groups", "5"), _difference(capsys, f)
+    assert "over 5 groups" in five["fid_difference_method"]
+    assert five["fid_difference_standard_error"] != ten["fid_difference_standard_error"]
+
+
+def check_compare_ci_seed(capsys, f, command, monkeypatch):
+    one, two = (_difference(capsys, f, "--ci-seed", s) for s in ("1", "2"))
+    assert "seed 1" in one["fid_difference_method"]
+    assert one["fid_difference_standard_error"] != two["fid_difference_standard_error"]
+
+
+def check_compare_metrics(capsys, f, command, monkeypatch):
+    one = _report(capsys, *_base(command, f))
+    both = _report(capsys, *_base(command, f), "--metrics", "kid,fid")
+    assert (one["metrics"], both["metrics"]) == (["fid"], ["kid", "fid"])
+    assert both["kid"]["kid_difference_standard_error"] > 0
+    _refused(capsys, *_base(command, f), "--metrics", "prdc", match="compare supports fid, kid")
+
+
 ENGINE = {
     "scheduler": check_scheduler,
     "threads": check_threads,
@@ -1087,6 +1130,12 @@ CHECKS = {
     **{(c, "k"): check_k for c in ("prdc", "metrics")},
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
     ("metrics", "metrics"): check_metrics,
+    **{("compare", k): v for k, v in ENGINE.items()},
+    ("compare", "precision"): check_precision,
+    ("compare", "ci"): check_compare_ci,
+    ("compare", "ci_groups"): check_compare_ci_groups,
+    ("compare", "ci_seed"): check_compare_ci_seed,
+    ("compare", "metrics"): check_compare_metrics,
     **{("is", k): v for k, v in PAIRS.items() if k not in ("device", "backend")},
     **{("is", o): check_image_option(o) for o in _IMAGE_OPTIONS},
     **{(c, "splits"): check_is_splits for c in ("is", "metrics")},
@@ -1128,7 +1177,7 @@ CHECKS = {
     },
     **{
         (command, option): check_image_option(option)
-        for command in ("fid", "kid", "cmmd", "prdc", "metrics", "stats")
+        for command in ("fid", "kid", "cmmd", "prdc", "metrics", "compare", "stats")
         for option in _IMAGE_OPTIONS
     },
     **FETCH_CHECKS,

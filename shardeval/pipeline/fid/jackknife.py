@@ -15,6 +15,10 @@ fixed: the interval is then conditional on it),
 and the interval is θ̂ ± t_{G−1, (1+level)/2} · SE (Efron & Stein 1981; Shao & Tu 1995, §2.3
 for the delete-a-group form). The bias estimate is a look at the sample-size bias that FID∞
 extrapolates, from the rows' own variability.
+
+Two generated sets against one reference (:func:`fid_difference_jackknife`) take the same
+groups: replicate g drops group g from the reference and from both sets at once, so that the
+difference's standard error counts the reference the two distances share.
 """
 
 from __future__ import annotations
@@ -224,18 +228,16 @@ def _replicate(real: Moments | Gaussian, gen: Moments, locations: tuple[str, str
     return frechet_distance(unnumbered(real, locations[0]), unnumbered(gen, locations[1])).fid
 
 
-def fid_jackknife(
-    estimate: float,
+def fid_replicates(
     real: GroupedMoments | Gaussian,
     gen: GroupedMoments,
-    level: float,
     locations: tuple[str, str],
     engine: Engine | None = None,
-) -> Jackknife:
-    """The jackknife of the FID ``estimate`` of ``real`` (groups, or a Gaussian held fixed)
-    against ``gen``'s groups. The G leave-one-group-out distances are G tasks of ``engine``
-    (each one d × d eigenvalue problem, run side by side on its workers; one after another
-    in this process without it).
+) -> list[float]:
+    """The leave-one-group-out FIDs θ₋g of ``real`` (groups, or a Gaussian held fixed) against
+    ``gen``'s groups: group g dropped from both sides at once. They are G tasks of ``engine``
+    (each one d × d eigenvalue problem, run side by side on its workers; one after another in
+    this process without it).
 
     Raises:
         ShapeError: a side whose rows without some group are fewer than 2, or fewer rows
@@ -260,10 +262,59 @@ def fid_jackknife(
     )
     pairs = list(zip(real_out, gen_out, strict=True))
     if engine is None:
-        replicates = [_replicate(r, g, locations) for r, g in pairs]
-    else:
-        from dask import delayed
+        return [_replicate(r, g, locations) for r, g in pairs]
+    from dask import delayed
 
-        tasks = [delayed(_replicate, pure=False)(r, g, locations) for r, g in pairs]
-        replicates = engine.run_delayed(tasks)
-    return jackknife(estimate, replicates, level)
+    tasks = [delayed(_replicate, pure=False)(r, g, locations) for r, g in pairs]
+    return list(engine.run_delayed(tasks))
+
+
+def fid_jackknife(
+    estimate: float,
+    real: GroupedMoments | Gaussian,
+    gen: GroupedMoments,
+    level: float,
+    locations: tuple[str, str],
+    engine: Engine | None = None,
+) -> Jackknife:
+    """The jackknife of the FID ``estimate`` of ``real`` (groups, or a Gaussian held fixed)
+    against ``gen``'s groups (the replicates on ``engine``: :func:`fid_replicates`).
+
+    Raises:
+        ShapeError: see :func:`fid_replicates`.
+    """
+    return jackknife(estimate, fid_replicates(real, gen, locations, engine), level)
+
+
+def fid_difference_jackknife(
+    estimate: float,
+    real: GroupedMoments | Gaussian,
+    gen_a: GroupedMoments,
+    gen_b: GroupedMoments,
+    level: float,
+    locations: tuple[str, str, str],
+    engine: Engine | None = None,
+) -> Jackknife:
+    """The jackknife of ``estimate`` = FID(real, A) − FID(real, B), two generated sets against
+    one reference. Its replicates drop group g from the reference and from both sets at once,
+
+        θ₋g = FID(real₋g, A₋g) − FID(real₋g, B₋g),
+
+    so that the reference's rows, which move both distances together, enter each replicate
+    once: the (reference group, A group, B group) triples are the independent units the
+    jackknife leaves out (the three sets' groups are independent, each a seeded hash of its
+    rows' indices). A reference given as a Gaussian is held fixed: the interval is then
+    conditional on it.
+
+    Raises:
+        ShapeError: see :func:`fid_replicates`; the sets in different numbers of groups.
+    """
+    real_location, a_location, b_location = locations
+    if len(gen_a.groups) != len(gen_b.groups):
+        raise ShapeError(
+            f"{a_location!r} is in {len(gen_a.groups)} groups and {b_location!r} in "
+            f"{len(gen_b.groups)}: the paired jackknife drops one group of each at once"
+        )
+    theta_a = fid_replicates(real, gen_a, (real_location, a_location), engine)
+    theta_b = fid_replicates(real, gen_b, (real_location, b_location), engine)
+    return jackknife(estimate, [a - b for a, b in zip(theta_a, theta_b, strict=True)], level)

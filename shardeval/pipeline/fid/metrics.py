@@ -29,6 +29,7 @@ from shardeval.pipeline.runoptions import SEED_RANGE, Interval, OneOf
 
 if TYPE_CHECKING:
     from shardeval.pipeline.fid.frechet import FrechetDistance
+    from shardeval.pipeline.metrics.paired import PairedDifference
     from shardeval.pipeline.metrics.sides import Side
 
 NONFINITE = Param(
@@ -215,6 +216,57 @@ class FID(Metric):
             "fid_jackknife_bias": jack.bias,
             "fid_rows_for_se_target": rows_for_target(o, jack.standard_error, n),
         }
+
+    def difference(
+        self,
+        real: Side,
+        gen_a: Side,
+        gen_b: Side,
+        context: Context,
+        outputs: tuple[dict[str, Any], dict[str, Any]],
+    ) -> PairedDifference:
+        """FID(real, A) − FID(real, B) by the delete-a-group jackknife, group g dropped from
+        the reference and from both sets at once
+        (:func:`~shardeval.pipeline.fid.jackknife.fid_difference_jackknife`): the groups
+        :meth:`interval` made for each set's own interval. A reference of statistics is held
+        fixed (the interval is conditional on it)."""
+        from shardeval.pipeline.fid.jackknife import fid_difference_jackknife
+        from shardeval.pipeline.metrics.paired import PairedDifference
+
+        o = self.options
+        a, b = outputs
+        args = (context, o["ci_groups"], o["ci_seed"], o["nonfinite"])
+        fixed = not real.can_recompute
+        reference = real.gaussian(context, o["nonfinite"])[0] if fixed else real.groups(*args)
+        jack = fid_difference_jackknife(
+            a["fid"] - b["fid"],
+            reference,
+            gen_a.groups(*args),
+            gen_b.groups(*args),
+            o["ci"],
+            (real.location, gen_a.location, gen_b.location),
+            context.engine,
+        )
+        method = (
+            f"delete-a-group jackknife over {o['ci_groups']} groups of rows (a hash of each "
+            f"row's index, seed {o['ci_seed']}), group g dropped from the reference and both "
+            f"sets at once; t interval with {o['ci_groups'] - 1} degrees of freedom"
+        )
+        if fixed:
+            method += "; the reference is statistics, held fixed: the interval is conditional on it"
+        return PairedDifference(
+            "fid",
+            a["fid"],
+            b["fid"],
+            a["fid"] - b["fid"],
+            jack.standard_error,
+            jack.low,
+            jack.high,
+            o["ci"],
+            method,
+            a["fid_standard_error"],
+            b["fid_standard_error"],
+        )
 
     @staticmethod
     def outputs_of(

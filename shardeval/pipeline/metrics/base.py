@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from shardeval.pipeline.core.engine import Engine, Progress
+    from shardeval.pipeline.metrics.paired import PairedDifference
     from shardeval.pipeline.metrics.sides import Side
 
 
@@ -447,6 +448,30 @@ class Metric(abc.ABC):
         """Refuse sides this metric cannot read, before any metric computes (a runner calls it
         for every metric asked first, so that no pass is spent on a run that fails)."""
         return None
+
+    def difference(
+        self,
+        real: Side,
+        gen_a: Side,
+        gen_b: Side,
+        context: Context,
+        outputs: tuple[dict[str, Any], dict[str, Any]],
+    ) -> PairedDifference:
+        """The difference M(real, A) − M(real, B) of two sets against one reference, with a
+        standard error that counts the reference both share (see
+        :mod:`shardeval.pipeline.metrics.paired`); ``outputs``: :meth:`compute`'s for A and
+        for B, on ``context``. A metric that cannot say how its difference varies leaves this
+        out, and comparisons refuse it."""
+        raise NotImplementedError
+
+    def check_difference(self) -> None:
+        """Refuse, before any pass, options under which :meth:`difference` cannot hold."""
+        return None
+
+    @classmethod
+    def compares_pairs(cls) -> bool:
+        """Whether the metric implements :meth:`difference`."""
+        return cls.difference is not Metric.difference
 
     @abc.abstractmethod
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from shardeval.pipeline.mmd import SIGMA, SUBSET_SEED, SUBSET_SIZE
 from shardeval.pipeline.runoptions import POSITIVE, SEED_RANGE, Flag, Interval
 
 if TYPE_CHECKING:
+    from shardeval.pipeline.metrics.paired import PairedDifference
     from shardeval.pipeline.metrics.sides import Side
 
 #: KID and CMMD take float64 products of centred rows whatever «precision» says (no bound on
@@ -135,6 +136,56 @@ class KID(Metric):
             "kid_ci_high": high,
             "kid_rows_for_se_target": rows,
         }
+
+    def check_difference(self) -> None:
+        if self.options["subsets"]:
+            raise MetricOptionError(
+                "a comparison takes KID's exact estimator over all pairs, not «subsets»: the "
+                "spread over subsets is not the standard error of their difference"
+            )
+
+    def difference(
+        self,
+        real: Side,
+        gen_a: Side,
+        gen_b: Side,
+        context: Context,
+        outputs: tuple[dict[str, Any], dict[str, Any]],
+    ) -> PairedDifference:
+        """KID(real, A) − KID(real, B), its standard error from the Hoeffding decomposition of
+        the U-statistics (:func:`~shardeval.pipeline.mmd.kid.mmd2_difference_se`: the term
+        within the reference cancels, the two cross terms covary through the reference's
+        rows), read from the pair sums of the two passes; a normal interval."""
+        from shardeval.pipeline.metrics.paired import PairedDifference
+        from shardeval.pipeline.mmd.kid import mmd2_difference_se
+
+        self.check_difference()
+        a, b = outputs
+        ra, rb = (context.samples(real, g)["kid"] for g in (gen_a, gen_b))
+        if ra.sums is None or rb.sums is None:  # unreachable: all pairs record their sums
+            raise ValueError("KID's pass did not keep its pair sums")
+        se = mmd2_difference_se(ra.sums[1:], rb.sums[1:], ra.n_real, ra.n_gen, rb.n_gen)
+        level = self.options["ci"]
+        difference = a["kid"] - b["kid"]
+        low, high = normal_interval(difference, se, level)
+        method = (
+            "Hoeffding decomposition of the U-statistics over all pairs: the reference's own "
+            "term cancels, the two cross terms covary through the reference's rows; normal "
+            "interval"
+        )
+        return PairedDifference(
+            "kid",
+            a["kid"],
+            b["kid"],
+            difference,
+            se,
+            low,
+            high,
+            level,
+            method,
+            a["kid_standard_error"],
+            b["kid_standard_error"],
+        )
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
         o, opt = outputs, self.options

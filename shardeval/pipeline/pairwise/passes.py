@@ -259,6 +259,7 @@ def sample_metrics(
             "all pairs",
             same_store=same,
             rounding_bound=bound,
+            sums=(sx.poly, sy.poly, cross.poly),
         )
     if cmmd and sx.rbf is not None:
         if cross is None or cross.rbf is None or sy.rbf is None:  # unreachable

@@ -37,6 +37,7 @@ _COMMANDS = {
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),
     "is": ("shardeval.workflows.cli.samples", "cmd_is"),
     "metrics": ("shardeval.workflows.cli.samples", "cmd_metrics"),
+    "compare": ("shardeval.workflows.cli.compare", "cmd_compare"),
     "run": ("shardeval.workflows.cli.runs", "cmd_run"),
     "history": ("shardeval.workflows.cli.runs", "cmd_history"),
     "report": ("shardeval.workflows.cli.runs", "cmd_report"),

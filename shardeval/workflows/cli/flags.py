@@ -86,6 +86,18 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace an existing JSON report")
 
 
+def metric_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
+    checks its names)."""
+    from shardeval.pipeline.errors import OptionError
+    from shardeval.pipeline.metrics import metric_names
+
+    try:
+        return metric_names(text)
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """The parameters of the metrics ``names``, made from their declarations: one flag per
     name (``--seed`` serves every metric that declares a seed), a switch for a flag, the

@@ -11,8 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from shardeval.pipeline.errors import OptionError
-from shardeval.pipeline.metrics import METRICS, metric_names
+from shardeval.pipeline.metrics import METRICS
 from shardeval.pipeline.metrics.base import NORMAL_CI
 from shardeval.pipeline.runoptions import (
     COUNT,
@@ -26,6 +25,7 @@ from shardeval.workflows.cli.flags import (
     add_param,
     add_run_options,
     cli_type,
+    metric_list,
     metric_options,
 )
 from shardeval.workflows.cli.metric_commands import (
@@ -48,6 +48,7 @@ examples:
   shardeval synth gen.zarr --n 50000 --d 2048 --seed 2 --mean 0.05
   shardeval fid real.zarr gen.zarr --out fid.json
   shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc
+  shardeval compare real.zarr gen-a.zarr gen-b.zarr --metrics fid,kid
   shardeval is gen.zarr --splits 10                   # Inception Score of extracted logits
   shardeval stats real.zarr -o real-stats.zarr
   shardeval fid real-stats.zarr gen.zarr              # statistics on either side
@@ -110,15 +111,6 @@ def _unrecognized(
     return f"{text} ({'; '.join(hints)})" if hints else text
 
 
-def metric_list(text: str) -> tuple[str, ...]:
-    """A comma-separated list of registered metrics (checked as :func:`shardeval.metrics`
-    checks its names)."""
-    try:
-        return metric_names(text)
-    except OptionError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shardeval",
@@ -161,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(metrics, metric_run_options(tuple(METRICS)))
     metric_options(metrics, tuple(METRICS))
     add_output_options(metrics)
+
+    from shardeval.workflows.cli.compare import add_compare_parser
+
+    add_compare_parser(sub)
 
     stats = sub.add_parser(
         "stats",
