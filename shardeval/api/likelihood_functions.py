@@ -170,12 +170,12 @@ def nll(
 
 def interval_level(ci: Any) -> float:
     """«ci» checked by the one declaration of a normal interval's level
-    (:data:`~shardeval.pipeline.metrics.base.NORMAL_CI`): 0.0 when not given.
+    (:data:`~shardeval.pipeline.metrics.intervals.NORMAL_CI`): 0.0 when not given.
 
     Raises:
         OptionError: not 0 or a level in (0, 1).
     """
-    from shardeval.pipeline.metrics.base import NORMAL_CI
+    from shardeval.pipeline.metrics.intervals import NORMAL_CI
 
     if ci is None:
         return 0.0

@@ -17,7 +17,7 @@ import pytest
 
 import shardeval as se
 from shardeval.pipeline.errors import MetricOptionError
-from shardeval.pipeline.metrics.base import normal_interval
+from shardeval.pipeline.metrics.intervals import normal_interval
 from shardeval.pipeline.mmd.cmmd import cmmd_from_sums, cmmd_standard_error
 from shardeval.pipeline.pairwise.pair_states import CrossSums, SetSums
 

@@ -10,7 +10,7 @@ import pytest
 
 import shardeval as se
 from shardeval.pipeline.errors import MetricOptionError
-from shardeval.pipeline.metrics.base import normal_interval
+from shardeval.pipeline.metrics.intervals import normal_interval
 from shardeval.pipeline.mmd.kid import mmd2_and_se
 from shardeval.pipeline.pairwise.pair_states import CrossSums, SetSums
 

@@ -22,7 +22,7 @@ from shardeval.pipeline.errors import MetricOptionError
 from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.io.feature_source import FeatureSource
 from shardeval.pipeline.likelihood.gaussian_nll import nll_gaussian
-from shardeval.pipeline.metrics.base import normal_interval
+from shardeval.pipeline.metrics.intervals import normal_interval
 
 #: The reference Gaussian, held fixed: d = 3, correlated.
 MEAN = np.array([0.0, 0.5, -0.3])

@@ -20,7 +20,7 @@ from shardeval.pipeline.fid.jackknife import (
     row_groups,
     summarize_groups,
 )
-from shardeval.pipeline.metrics.base import normal_interval
+from shardeval.pipeline.metrics.intervals import normal_interval
 from shardeval.pipeline.metrics.paired import PairedDifference
 from shardeval.pipeline.mmd.kid import mmd2_and_se, mmd2_difference_se
 from shardeval.pipeline.pairwise.pair_states import CrossSums, SetSums

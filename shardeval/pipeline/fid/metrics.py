@@ -11,18 +11,13 @@ from shardeval.pipeline.fid import SEED
 from shardeval.pipeline.fid.gaussian import Gaussian
 from shardeval.pipeline.fid.jackknife import CI_SEED as JACKKNIFE_SEED
 from shardeval.pipeline.fid.jackknife import GROUPS
-from shardeval.pipeline.metrics.base import (
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot, spectrum
+from shardeval.pipeline.metrics.intervals import (
     CI_LEVEL,
-    Context,
-    Metric,
-    Output,
-    Param,
-    Plot,
     rows_for_target,
     se_target_lines,
     se_target_output,
     se_target_param,
-    spectrum,
 )
 from shardeval.pipeline.options import NONFINITE_POLICIES
 from shardeval.pipeline.runoptions import SEED_RANGE, Interval, OneOf

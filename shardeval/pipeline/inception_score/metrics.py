@@ -8,13 +8,9 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.inception_score import SEED
-from shardeval.pipeline.metrics.base import (
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.metrics.intervals import (
     NORMAL_CI,
-    Context,
-    Metric,
-    Output,
-    Param,
-    Plot,
     normal_interval,
     rows_for_target,
     se_target_lines,

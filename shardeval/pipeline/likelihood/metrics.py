@@ -5,14 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.fid.metrics import NONFINITE
-from shardeval.pipeline.metrics.base import (
-    NORMAL_CI,
-    Context,
-    Metric,
-    Output,
-    Param,
-    Plot,
-)
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.metrics.intervals import NORMAL_CI
 from shardeval.pipeline.mmd.metrics import reference
 
 if TYPE_CHECKING:

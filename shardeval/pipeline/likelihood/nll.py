@@ -127,7 +127,7 @@ def nll_interval(result: NLLResult, level: float) -> tuple[float, float]:
     Raises:
         ShapeError: fewer than 2 values: no standard error, so no interval.
     """
-    from shardeval.pipeline.metrics.base import normal_interval
+    from shardeval.pipeline.metrics.intervals import normal_interval
 
     if result.n < 2:
         raise ShapeError(

@@ -6,13 +6,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.errors import MetricOptionError
-from shardeval.pipeline.metrics.base import (
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.metrics.intervals import (
     NORMAL_CI,
-    Context,
-    Metric,
-    Output,
-    Param,
-    Plot,
     normal_interval,
     rows_for_target,
     se_target_lines,

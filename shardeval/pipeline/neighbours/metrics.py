@@ -5,16 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from shardeval.pipeline.metrics.base import (
-    CI_LEVEL,
-    Context,
-    Metric,
-    Output,
-    Param,
-    Plot,
-    normal_interval,
-    wilson_interval,
-)
+from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
+from shardeval.pipeline.metrics.intervals import CI_LEVEL, normal_interval, wilson_interval
 from shardeval.pipeline.mmd.metrics import reference
 from shardeval.pipeline.neighbours import CI_GROUPS, PR_K, K
 from shardeval.pipeline.runoptions import Interval

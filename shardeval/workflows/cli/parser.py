@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 
 from shardeval.pipeline.metrics import METRICS
-from shardeval.pipeline.metrics.base import NORMAL_CI
+from shardeval.pipeline.metrics.intervals import NORMAL_CI
 from shardeval.pipeline.runoptions import (
     COUNT,
     ENGINE,
