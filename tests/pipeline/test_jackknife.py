@@ -231,3 +231,15 @@ def test_rounding_that_reaches_the_spectrum_recomputes_the_groups_in_float64():
     expected = _reference_fid(real.astype(np.float64), gen.astype(np.float64))
     assert got["fid"] == pytest.approx(expected, rel=1e-9)
     assert got["fid_ci_low"] < got["fid"] < got["fid_ci_high"]
+
+
+def test_the_groups_pass_checks_its_device_before_reading():
+    import torch
+
+    from shardeval.pipeline.errors import EngineError
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    rng = np.random.default_rng(12)
+    with pytest.raises(EngineError, match="no CUDA GPU"):
+        se.fid(rng.normal(size=(50, 3)), rng.normal(size=(50, 3)), ci=0.9, device="cuda")

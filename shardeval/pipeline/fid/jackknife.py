@@ -143,12 +143,14 @@ def grouped_moments(
 
     Raises:
         NonFiniteError: non-finite rows under ``nonfinite='error'``.
+        EngineError: a device or kernel backend this machine cannot run.
     """
-    from shardeval.pipeline.core.chunks import check_nonfinite, uses_gpu
+    from shardeval.pipeline.core.chunks import check_device, check_nonfinite, uses_gpu
     from shardeval.pipeline.core.reduce import shard_tasks
     from shardeval.pipeline.fid.moments import products_precision
 
     check_policy(nonfinite)
+    check_device(device, backend, local=not engine.is_distributed)
     tasks = shard_tasks(
         source,
         summarize_groups,

@@ -20,14 +20,15 @@ from shardeval.workflows.cli.flags import (
 
 def _interval_params() -> list[Param]:
     """The parameters of the comparable metrics' intervals (FID's ``ci_groups``,
-    ``ci_seed``), once each."""
+    ``ci_seed``), once each. «se_target» is not one: it answers for one set's value, not for
+    a difference."""
     from shardeval.pipeline.metrics import METRICS
     from shardeval.pipeline.metrics.paired import comparable
 
     seen: dict[str, Param] = {}
     for name in comparable():
         for param in METRICS[name].params:
-            if param.applies_with == "ci":
+            if param.applies_with == "ci" and param.name != "se_target":
                 seen.setdefault(param.name, param)
     return list(seen.values())
 
