@@ -24,6 +24,7 @@ _SHIPPED = (
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
     ("shardeval.pipeline.inception_score.metrics", "InceptionScore"),
+    ("shardeval.pipeline.vendi.metrics", "Vendi"),
 )
 
 
