@@ -12,7 +12,7 @@ from scipy import stats
 import shardeval as se
 from shardeval.pipeline.errors import MetricOptionError, NumericalError
 from shardeval.pipeline.fid.gaussian import Gaussian
-from shardeval.pipeline.fid.kl import ROUNDING_RTOL, kl_gaussian
+from shardeval.pipeline.fid.kl import ROUNDING_RTOL, kl_gaussian, rounding_may_matter
 from tests.reference import np_stats
 
 
@@ -257,3 +257,22 @@ def test_feature_dimensions_must_agree():
     real, gen = _sets(14)
     with pytest.raises(se.ShardevalError, match=r"d=5|features"):
         _section(real, gen[:, :4])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cheap_screen_never_passes_what_the_bound_refuses(seed):
+    """The screen (Cholesky and triangular solves only) decides whether fp32 moments are
+    worth a divergence: its bound is at least :func:`kl_gaussian`'s, so it never lets through
+    moments whose divergence the bound would send back."""
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(3, 40))
+    spread = 10.0 ** rng.uniform(0, 6)
+    sides = []
+    for _ in range(2):
+        basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        cov = (basis * np.logspace(0, -math.log10(spread), d)) @ basis.T
+        sides.append(Gaussian(rng.standard_normal(d) * 0.1, 0.5 * (cov + cov.T)))
+    for products in (("fp32", "fp32"), ("fp64", None), (None, "fp32")):
+        kl = kl_gaussian(*sides, products=products)
+        assert rounding_may_matter(*sides, products) or not kl.rounding_exceeds()
+    assert rounding_may_matter(sides[0], Gaussian(np.zeros(d), np.zeros((d, d))), (None, None))

@@ -303,10 +303,11 @@ class KLGaussian(Metric):
     """KL divergences both ways between the reference's Gaussian p and the generated set's q,
     with the entropies and cross-entropies, :mod:`shardeval.pipeline.fid.kl`.
 
-    Either side may be statistics; the moments are FID's. Covariances that inverses make
-    sensitive to the products' rounding (the usual case for fp32 products at d ≥ 100) are
-    computed again with float64 products where the sides hold rows; a result whose rounding
-    bound still exceeds a ten-thousandth of it is refused.
+    Either side may be statistics; the moments are FID's. Where the bound on the products'
+    rounding exceeds a ten-thousandth of the result (inverses amplify it by the covariances'
+    condition; with fp32 products the usual case, the bound being conservative), the sides
+    that hold rows are read again with float64 products; a result whose bound still exceeds
+    it is refused.
     """
 
     name = "kl_gaussian"
@@ -359,15 +360,17 @@ class KLGaussian(Metric):
         sides = (real, gen)
         fp32 = [s for s in sides if s.products(context) == "fp32"]
         recompute = bool(fp32) and all(s.can_recompute for s in fp32)
-        try:
-            found = self._once(sides, context, (None, None))
-            again = recompute and found[0].rounding_exceeds()
-        except NumericalError:
-            # fp32 rounding can put a small eigenvalue at or below zero: decide on float64
-            # products before calling a covariance singular.
-            if not recompute:
-                raise
-            again = True
+        again = recompute and self._screen(sides, context)
+        if not again:
+            try:
+                found = self._once(sides, context, (None, None))
+                again = recompute and found[0].rounding_exceeds()
+            except NumericalError:
+                # fp32 rounding can put a small eigenvalue at or below zero: decide on float64
+                # products before calling a covariance singular.
+                if not recompute:
+                    raise
+                again = True
         if again:
             context.prefetch_moments(fp32, self.options["nonfinite"], "fp64")
             found = self._once(sides, context, tuple("fp64" if s in fp32 else None for s in sides))
@@ -401,6 +404,16 @@ class KLGaussian(Metric):
             "kl_gaussian_nonfinite_dropped": dropped,
             "kl_gaussian_nonfinite_dropped_real": real_dropped,
         }
+
+    def _screen(self, sides: tuple[Side, Side], context: Context) -> bool:
+        """Whether the fp32 products' rounding may matter, by the cheap bound (then the
+        divergence is not computed from them at all)."""
+        from shardeval.pipeline.fid.kl import rounding_may_matter
+
+        nonfinite = self.options["nonfinite"]
+        (r, _), (g, _) = (s.gaussian(context, nonfinite) for s in sides)
+        products = (sides[0].products(context), sides[1].products(context))
+        return rounding_may_matter(r, g, products, self.options["ridge"])
 
     def _once(
         self, sides: tuple[Side, Side], context: Context, precisions: tuple[str | None, ...]
