@@ -86,6 +86,50 @@ def test_every_route_gives_one_section(sets, capsys, metric):
         assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
 
 
+#: Registered metrics of features without a command of their own (any registered later too):
+#: `metrics --metrics NAME`, se.metrics and a job's history row, with an option away from its
+#: default where they have one worth setting.
+LISTED = {"kl_gaussian": {"ridge": 0.25}, "vendi": {"q": 2.0}}
+WITHOUT_COMMAND = sorted(
+    name for name, cls in METRICS.items() if name not in ROUTES and cls.reads == "features"
+)
+
+
+def _flags(options):
+    return [a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+
+
+@pytest.mark.parametrize("metric", WITHOUT_COMMAND)
+def test_every_route_of_a_metric_without_a_command_gives_one_section(sets, capsys, metric):
+    folder, real, gen = sets
+    options = LISTED.get(metric, {})
+    compared = METRICS[metric].needs_reference
+    stores = [real, gen] if compared else [gen]
+    listed = _cli(capsys, ["metrics", "--metrics", metric, *_flags(options), *stores])
+    python = se.metrics(real if compared else None, gen, [metric], **options).to_dict()
+    assert listed[metric] == python[metric]
+    assert listed["options"][metric] == python["options"][metric]
+    assert set(listed[metric]) == {o.name for o in METRICS[metric].outputs}
+    if compared:
+        row = _job_row(folder, metric, options, real, gen)
+    else:
+        table = "\n".join(f"{k} = {v!r}" for k, v in options.items())
+        (folder / f"{metric}.toml").write_text(
+            f'[job]\nname = "{metric}"\nhistory = "{metric}-history.zarr"\n'
+            f'[[entries]]\nname = "gen"\nstore = "{gen}"\nstep = 1\n[metrics.{metric}]\n{table}\n'
+        )
+        run_job(load_job(folder / f"{metric}.toml"))
+        (row,) = History(str(folder / f"{metric}-history.zarr")).table()
+    arrays = {o.name for o in METRICS[metric].outputs if o.array}
+    # A job's reference is statistics, computed once with the job's products and taken as
+    # given: KL's bound on the products' rounding then counts the generated side's alone.
+    apart = {"kl_gaussian_rounding_bound"}
+    for key, value in listed[metric].items():
+        if value is None or key in arrays or key in apart:
+            continue
+        assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-300), key
+
+
 def test_the_inception_score_routes_agree(tmp_path, capsys):
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(400, 10)) * 3

@@ -1029,6 +1029,33 @@ def check_pr_k(capsys, f, command, monkeypatch):
     assert a["precision"] != b["precision"]
 
 
+def check_ridge(capsys, f, command, monkeypatch):
+    a = _one_metric(capsys, f, command, "kl_gaussian")
+    b = _one_metric(capsys, f, command, "kl_gaussian", "--ridge", "0.5")
+    assert (a["ridge"], b["ridge"]) == (0.0, 0.5)
+    assert a["kl_gaussian"] != b["kl_gaussian"]
+    _refused(capsys, *_base(command, f), "--ridge", "0.5", match="which is not asked for")
+    _parse_refused(capsys, "metrics", f["a"], f["b"], "--metrics", "kl_gaussian", "--ridge", "-1")
+
+
+def check_vendi_q(capsys, f, command, monkeypatch):
+    one = ["metrics", f["b"], "--metrics", "vendi"]
+    a = _section(_report(capsys, *one), "vendi")
+    b = _section(_report(capsys, *one, "--q", "2"), "vendi")
+    assert (a["q"], b["q"]) == (1.0, 2.0)
+    assert a["vendi"] != b["vendi"]
+    _parse_refused(capsys, *one, "--q", "0")
+
+
+def _parse_refused(capsys, *argv):
+    """A value its declaration refuses, as the parser words it (exit code 2)."""
+    with pytest.raises(SystemExit) as caught:
+        main([str(a) for a in argv])
+    assert caught.value.code == 2
+    flag = argv[-2]
+    assert f"argument {flag}: expected a finite number" in capsys.readouterr().err
+
+
 def check_metrics(capsys, f, command, monkeypatch):
     one = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid")
     all_ = _report(capsys, "metrics", f["a"], f["b"], "--metrics", "fid,fid_inf,kid,cmmd,prdc")
@@ -1136,6 +1163,8 @@ CHECKS = {
     ("compare", "ci_groups"): check_compare_ci_groups,
     ("compare", "ci_seed"): check_compare_ci_seed,
     ("compare", "metrics"): check_compare_metrics,
+    ("metrics", "ridge"): check_ridge,
+    ("metrics", "q"): check_vendi_q,
     **{("is", k): v for k, v in PAIRS.items() if k not in ("device", "backend")},
     **{("is", o): check_image_option(o) for o in _IMAGE_OPTIONS},
     **{(c, "splits"): check_is_splits for c in ("is", "metrics")},

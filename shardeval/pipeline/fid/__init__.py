@@ -1,5 +1,5 @@
-"""The Fréchet distance family: streaming moments, the Gaussian they give, FID and FID∞, and
-their metric plug-ins."""
+"""The Fréchet distance family: streaming moments, the Gaussian they give, FID, FID∞ and the
+Gaussians' KL divergences, and their metric plug-ins."""
 
 # The defaults live here, in a module that imports nothing, so that the plug-ins' declarations
 # (read by --help and job files) load no numpy or dask; the mathematics reads them from here.

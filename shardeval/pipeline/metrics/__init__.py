@@ -18,11 +18,13 @@ from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 _SHIPPED = (
     ("shardeval.pipeline.fid.metrics", "FID"),
     ("shardeval.pipeline.fid.metrics", "FIDInfinity"),
+    ("shardeval.pipeline.fid.metrics", "KLGaussian"),
     ("shardeval.pipeline.mmd.metrics", "KID"),
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
     ("shardeval.pipeline.inception_score.metrics", "InceptionScore"),
+    ("shardeval.pipeline.vendi.metrics", "Vendi"),
 )
 
 
