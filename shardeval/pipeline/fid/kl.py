@@ -37,9 +37,10 @@ about e = ``PRODUCTS_RTOL[products]``·‖Σ‖₂, and the divergence moves, to
 most ½ e_p (tr Σ_p⁻¹ + tr Σ_q⁻¹) + ½ e_q (tr Σ_q⁻¹ + (tr Σ_q⁻¹Σ_p + δᵀΣ_q⁻¹δ)/λ_min(Σ_q))
 (the gradients ½(Σ_q⁻¹ − Σ_p⁻¹) and ½(Σ_q⁻¹ − Σ_q⁻¹(Σ_p + δδᵀ)Σ_q⁻¹) against a perturbation
 of spectral norm e; the nuclear norms bounded by traces), and likewise the reverse.
-:func:`kl_gaussian` returns that bound; the plug-in recomputes fp32 moments with float64
-products where it exceeds :data:`ROUNDING_RTOL` of the result, and refuses a result that
-still does (covariances too ill-conditioned for the divergence to have digits).
+:func:`kl_gaussian` returns that bound. The plug-in reads the moments of rows with float64
+products (fp32 ones' bound would exceed :data:`ROUNDING_RTOL` of the result but for
+well-conditioned covariances), and refuses a result whose bound still exceeds it
+(covariances too ill-conditioned for the divergence to have digits).
 """
 
 from __future__ import annotations
@@ -205,46 +206,6 @@ def _bound(
     return 0.5 * (e_p * grad_p + e_q * grad_q)
 
 
-def _screen_factor(cov: np.ndarray, ridge: float) -> _Factor | None:
-    """Cholesky alone, with bounds in place of the eigenvalues: λ_max ≤ ‖Σ‖_F, λ_min ≥
-    1/tr Σ⁻¹, tr Σ⁻¹ = ‖L⁻¹‖_F². None: no Cholesky factor."""
-    sym = 0.5 * (cov + cov.T) + ridge * np.eye(cov.shape[0])
-    try:
-        lower = np.linalg.cholesky(sym)
-    except np.linalg.LinAlgError:
-        return None
-    inverse = solve_triangular(lower, np.eye(cov.shape[0]), lower=True, check_finite=False)
-    trace_inverse = float(np.einsum("ij,ij->", inverse, inverse))
-    logdet = 2.0 * float(np.log(np.diagonal(lower)).sum())
-    return _Factor(lower, logdet, 1.0 / trace_inverse, float(np.linalg.norm(sym)), trace_inverse)
-
-
-def rounding_may_matter(
-    real: Gaussian, gen: Gaussian, products: tuple[str | None, str | None], ridge: float = 0.0
-) -> bool:
-    """Whether the products' rounding may move the divergence beyond :data:`ROUNDING_RTOL` of
-    it, by a bound at least the one :func:`kl_gaussian` reports, from Cholesky factors and
-    triangular solves only (a third of its work): what decides, before it, whether moments of
-    fp32 products are worth a divergence or must be made again with float64 ones. True also
-    when a covariance has no Cholesky factor (float64 products decide whether it is
-    singular)."""
-    p, q = (_screen_factor(np.asarray(g.cov, dtype=np.float64), ridge) for g in (real, gen))
-    if p is None or q is None or not np.isfinite([p.logdet, q.logdet]).all():
-        return True
-    delta = np.asarray(gen.mean, dtype=np.float64) - np.asarray(real.mean, dtype=np.float64)
-    a = solve_triangular(q.lower, p.lower, lower=True, check_finite=False)
-    b = solve_triangular(p.lower, q.lower, lower=True, check_finite=False)
-    trace_f, trace_r = float(np.einsum("ij,ij->", a, a)), float(np.einsum("ij,ij->", b, b))
-    maha_q, maha_p = _mahalanobis(q, delta), _mahalanobis(p, delta)
-    d = real.d
-    # The divergences by the direct formula (its cancellation is harmless for a scale).
-    forward = 0.5 * (trace_f + maha_q - d + q.logdet - p.logdet)
-    reverse = 0.5 * (trace_r + maha_p - d + p.logdet - q.logdet)
-    e_p, e_q = (PRODUCTS_RTOL[k] * f.largest for k, f in zip(products, (p, q), strict=True))
-    bound = max(_bound(p, q, e_p, e_q, trace_f, maha_q), _bound(q, p, e_q, e_p, trace_r, maha_p))
-    return bool(bound > ROUNDING_RTOL * max(forward, reverse, 1.0))
-
-
 def kl_gaussian(
     real: Gaussian,
     gen: Gaussian,
@@ -334,5 +295,4 @@ __all__ = [
     "SPECTRUM_SPREAD",
     "GaussianKL",
     "kl_gaussian",
-    "rounding_may_matter",
 ]

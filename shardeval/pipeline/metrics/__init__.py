@@ -18,7 +18,7 @@ from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 _SHIPPED = (
     ("shardeval.pipeline.fid.metrics", "FID"),
     ("shardeval.pipeline.fid.metrics", "FIDInfinity"),
-    ("shardeval.pipeline.fid.metrics", "KLGaussian"),
+    ("shardeval.pipeline.fid.kl_metrics", "KLGaussian"),
     ("shardeval.pipeline.mmd.metrics", "KID"),
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
