@@ -41,6 +41,7 @@ from shardeval.pipeline.pairwise.pair_states import (
     CrossState,
     CrossSums,
     Decisions,
+    Nearest,
     Neighbours,
     SelfState,
     SetSums,
@@ -61,6 +62,7 @@ __all__ = [
     "CrossState",
     "CrossSums",
     "Decisions",
+    "Nearest",
     "Neighbours",
     "PairPlan",
     "RowBlocks",
@@ -87,6 +89,8 @@ class PairPlan:
         rbf: the RBF on unit rows and its centre, for complement sums (CMMD), or None.
         knn: k for the k nearest squared distances within a set (PRDC radii), or None.
         radii: squared radii for the cross pass (PRDC): x_le (N,), x_lt (N,), y_le (M,).
+        nearest: the cross pass finds each generated row's nearest reference row (its exact
+            squared distance and index; the memorization metrics).
         device: where the pair kernels run (``auto``: a worker's GPU if it has one).
         backend: ``auto`` (Triton on a GPU, the BLAS path on a CPU), ``triton`` or ``torch``.
         exponent: e ≠ 0: the neighbours and radius tests take every block × 2^-e in float64,
@@ -99,6 +103,7 @@ class PairPlan:
     rbf: Any = None
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
+    nearest: bool = False
     device: str = "cpu"
     backend: str = "auto"
     exponent: int = 0
@@ -111,7 +116,11 @@ class PairPlan:
             x_le, x_lt, y_le = self.radii
             radii = (x_le[slice(*bx)], x_lt[slice(*bx)], y_le[slice(*by)])
         return PairRequest(
-            poly=self.poly, rbf=self.rbf, knn=None if cross else self.knn, radii=radii
+            poly=self.poly,
+            rbf=self.rbf,
+            knn=None if cross else self.knn,
+            radii=radii,
+            nearest=cross and self.nearest,
         )
 
     def token(self) -> tuple[Any, ...]:
@@ -120,7 +129,7 @@ class PairPlan:
         def kernel(k: Any) -> Any:
             return None if k is None else (type(k).__name__, *vars(k).values())
 
-        return kernel(self.poly), kernel(self.rbf), self.knn, self.exponent
+        return kernel(self.poly), kernel(self.rbf), self.knn, self.nearest, self.exponent
 
 
 def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal: bool) -> Any:
@@ -128,14 +137,16 @@ def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal
     from shardeval.kernels.pairs import pair_reduce
     from shardeval.pipeline.core.chunks import to_tensor, worker_device
 
-    if plan.exponent and (request.knn is not None or request.radii is not None):
+    if plan.exponent and request.decides:
         # Float64 squared distances of rows beyond about 1e154 overflow and below 1e-154
         # underflow: the decisions take the rows × 2^-e (exact, as distance_exponent checked),
         # both sets and every pass alike, so distances and radii compare in one unit.
         plain = replace(plan, exponent=0)
         sums = None
         if request.poly is not None or request.rbf is not None:
-            sums = _reduce(x, y, plain, replace(request, knn=None, radii=None), diagonal)
+            sums = _reduce(
+                x, y, plain, replace(request, knn=None, radii=None, nearest=False), diagonal
+            )
         xs = np.ldexp(x.astype(np.float64), -plan.exponent)
         ys = xs if y is x else np.ldexp(y.astype(np.float64), -plan.exponent)
         decided = _reduce(xs, ys, plain, replace(request, poly=None, rbf=None), diagonal)
@@ -236,6 +247,7 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             "x_covered": np.zeros(a.n, bool),
             "uncertain": 0,
         }
+    nearest = Nearest.empty(b.n) if plan.nearest else None
     for by in b.chunks(0):
         result = _reduce(x, b.read_rows(*by), plan, plan.request(True, bx, by), False)
         for sums, got in ((poly, result.poly), (rbf, result.rbf)):
@@ -248,10 +260,14 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             radius["x_within"][slice(*bx)] |= r.x_within_y_radius
             radius["x_covered"][slice(*bx)] |= r.x_covered
             radius["uncertain"] += r.uncertain
+        if nearest is not None and result.nearest is not None:
+            sq, index = result.nearest  # block i holds the nearest of its rows: in X, bx[0] on
+            nearest.sq[slice(*by)], nearest.index[slice(*by)] = sq, index + bx[0]
     return CrossState(
         poly.cross() if poly is not None else None,
         rbf.cross() if rbf is not None else None,
         Decisions(**radius) if radius is not None else None,
+        nearest,
     )
 
 
