@@ -219,15 +219,21 @@ def test_the_metric_by_every_route(tmp_path, capsys):
     argv = ["metrics", "--metrics", "authpct", *stores]
     assert main([*argv, "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["authpct"] == plain
+    # A history holds one row per entry: the per-sample arrays (one value per generated row,
+    # of each entry's length) stay in the reports.
+    np.save(tmp_path / "short.npy", gen[:90])
     (tmp_path / "job.toml").write_text(
         '[job]\nname = "memo"\nhistory = "history.zarr"\n'
         f'[reference]\nstore = "{tmp_path / "train.npy"}"\n'
         f'[[entries]]\nname = "gen"\nstore = "{tmp_path / "gen.npy"}"\nstep = 1\n'
-        "[metrics.authpct]\n"
+        f'[[entries]]\nname = "short"\nstore = "{tmp_path / "short.npy"}"\nstep = 2\n'
+        "[metrics.authpct]\nper_sample = true\n"
     )
     run_job(load_job(tmp_path / "job.toml"))
-    (row,) = History(str(tmp_path / "history.zarr")).table()
+    row, short = History(str(tmp_path / "history.zarr")).table()
     assert row["authpct"] == authpct
+    assert short["authpct"] == authpct_reference(train, gen[:90])[0]
+    assert row.get("authpct_nearest_index") is None
     with se.RowMetrics(("authpct",)) as metric:
         metric.update(torch.as_tensor(train), real=True)
         metric.update(torch.as_tensor(gen))

@@ -44,6 +44,7 @@ class AuthPct(Metric):
             "each generated row's distance to its nearest training row («per_sample»)",
             array=True,
             optional=True,
+            per_row=True,
         ),
         Output(
             "authpct_nearest_index",
@@ -51,6 +52,7 @@ class AuthPct(Metric):
             "the index of that training row, the first of equals («per_sample»)",
             array=True,
             optional=True,
+            per_row=True,
         ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
