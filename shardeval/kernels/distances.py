@@ -7,7 +7,9 @@ it. Decisions taken on fp32 products are exact: a squared distance ‖x‖² + �
 fp32 dot product is off by at most 2γ_d‖x‖‖y‖ (γ_d = d·u/(1 − d·u), u the unit roundoff: a
 bound for any summation order); every comparison within that bound of its threshold, and every
 candidate within it of the k-th nearest, is recomputed in float64 from the rows themselves.
-Self-distances are exactly zero, and no squared distance is negative.
+Self-distances are exactly zero, and no squared distance is negative. A row's nearest row of
+the other block is the one at the smallest exact distance, and of rows at one exact distance
+(duplicates) the first.
 """
 
 from __future__ import annotations
@@ -84,8 +86,7 @@ def reduce_numpy(
     of ``x`` and ``y`` (fp32 unless either is float64), redone with float64 products when the
     first tile leaves more than :data:`UNDECIDED_FRACTION` of its pairs undecided."""
     x, y = _working(x, y)
-    decides = request.knn is not None or request.radii is not None
-    if decides and x.dtype == np.float32:
+    if request.decides and x.dtype == np.float32:
         result = _reduce(x, y, request, diagonal_block, probe=True)
         if result is not None:
             return result
@@ -113,12 +114,13 @@ def _reduce(
     best_x = np.full((m, k), np.inf) if k else None
     best_y = np.full((n, k), np.inf) if k else None
     radius = _Radius(m, n, request.radii, dtype) if request.radii is not None else None
+    nearest = _Nearest(n) if request.nearest else None
     for start in range(0, n, TILE):
         stop = min(start + TILE, n)
         g = x @ y[start:stop].T
         diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
         diag_j = diag_i - start
-        if best_x is None and radius is None:
+        if best_x is None and radius is None and nearest is None:
             continue
         sq = xx_w[:, None] + yy_w[None, start:stop] - 2 * g
         np.maximum(sq, 0, out=sq)
@@ -137,6 +139,8 @@ def _reduce(
             before = radius.uncertain
             radius.add(sq, err_x, err_y, x, y, start)
             recomputed += radius.uncertain - before
+        if nearest is not None:
+            recomputed += nearest.add(sq, err_y, x, y, start) - (stop - start)
         if probe and start == 0 and recomputed > UNDECIDED_FRACTION * m * (stop - start):
             return None
     return PairResult(
@@ -144,6 +148,7 @@ def _reduce(
         None,
         (best_x, best_y) if best_x is not None and best_y is not None else None,
         radius.result() if radius is not None else None,
+        (nearest.sq, nearest.index) if nearest is not None else None,
     )
 
 
@@ -201,6 +206,46 @@ def _merge_candidates(
         slot = np.arange(cand_r.size) - np.repeat(np.cumsum(counts) - counts, counts)
         padded[cand_r[order], best.shape[1] + slot] = exact[order]
     return np.sort(padded, axis=1)[:, :k], int(cand_r.size)
+
+
+class _Nearest:
+    """Accumulates, tile by tile of the columns, each column's nearest row: the exact squared
+    distance and the row's index (of rows at one exact distance, the first)."""
+
+    def __init__(self, n: int) -> None:
+        self.sq = np.full(n, np.inf)
+        self.index = np.full(n, -1, dtype=np.int64)
+
+    def add(self, sq: np.ndarray, err: np.ndarray, x: np.ndarray, y: np.ndarray, start: int) -> int:
+        """The nearest rows of the tile's columns (``err`` (width,) bounds each column's
+        approximation); returns how many distances were recomputed exactly.
+
+        A row at the smallest exact distance D has an approximate distance within err of D,
+        and D is within err of the column's smallest approximate one a: every row whose
+        approximate distance is within 2·err of a is recomputed, and the least (distance,
+        index) of them taken.
+        """
+        if sq.shape[0] == 0 or sq.shape[1] == 0:
+            return 0
+        limit = sq.min(axis=0).astype(np.float64) + 2 * err
+        threshold = (limit * (1 + 4 * float(np.finfo(sq.dtype).eps))).astype(sq.dtype)
+        rows, cols = np.nonzero(sq <= threshold[None, :])
+        exact = _exact_sq(x, y, rows, cols + start)
+        order = np.lexsort((rows, exact, cols))  # by column, then distance, then row
+        cols, rows, exact = cols[order], rows[order], exact[order]
+        first = np.ones(cols.size, dtype=bool)
+        first[1:] = cols[1:] != cols[:-1]
+        self.sq[start + cols[first]] = exact[first]
+        self.index[start + cols[first]] = rows[first]
+        return int(rows.size)
+
+
+def nearest_reference(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 reference of the ``nearest`` reduction: per row of ``y``, the exact squared
+    distance to its nearest row of ``x`` and that row's index (the first of equals)."""
+    sq = exact_sq_distances(x, y)
+    index = np.argmin(sq, axis=0)  # the first of equal minima
+    return sq[index, np.arange(y.shape[0])], index.astype(np.int64)
 
 
 def knn_sq_distances_reference(

@@ -60,10 +60,13 @@ def decide(x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: 
         diagonal_block,
         backend,
     )
-    if result.knn is None:
-        return result
-    knn_x, knn_y = result.knn
-    return result._replace(knn=(knn_x * 4.0**exponent, knn_y * 4.0**exponent))
+    if result.knn is not None:
+        knn_x, knn_y = result.knn
+        result = result._replace(knn=(knn_x * 4.0**exponent, knn_y * 4.0**exponent))
+    if result.nearest is not None:
+        sq, index = result.nearest
+        result = result._replace(nearest=(sq * 4.0**exponent, index))
+    return result
 
 
 def _scales_exactly(x: Any, y: Any, exponent: int) -> bool:
@@ -128,12 +131,16 @@ def _decide_triton(x: Any, y: Any, request: PairRequest, diagonal_block: bool) -
             lambda: _pair_reduce(to_numpy(x), to_numpy(y), asked, diagonal_block, "torch"),
         )
 
-    knn = radius = None
+    knn = radius = nearest = None
+    if request.nearest:  # no kernel of its own: the CPU path, on the rows copied to the host
+        nearest = _pair_reduce(
+            to_numpy(x), to_numpy(y), PairRequest(nearest=True), diagonal_block, "torch"
+        ).nearest
     if request.knn is not None:
-        knn = part("pair_knn", replace(request, radii=None)).knn
+        knn = part("pair_knn", replace(request, radii=None, nearest=False)).knn
     if request.radii is not None:
-        radius = part("pair_radius", replace(request, knn=None)).radius
-    return PairResult(None, None, knn, radius)
+        radius = part("pair_radius", replace(request, knn=None, nearest=False)).radius
+    return PairResult(None, None, knn, radius, nearest)
 
 
 def _torch() -> Any:

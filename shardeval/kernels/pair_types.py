@@ -21,12 +21,20 @@ class PairRequest:
         knn: k for the per-row k smallest squared distances, or None.
         radii: squared radii (x_le (m,), x_lt (m,), y_le (n,)) for :class:`RadiusDecisions`,
             or None.
+        nearest: for each row of y, its nearest row of x (exact squared distance and index;
+            of rows at one distance, the first).
     """
 
     poly: PolyKernel | None = None
     rbf: RBFKernel | None = None
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    nearest: bool = False
+
+    @property
+    def decides(self) -> bool:
+        """Whether it asks for decisions on distances (not only kernel sums)."""
+        return self.knn is not None or self.radii is not None or self.nearest
 
 
 class PairResult(NamedTuple):
@@ -36,6 +44,9 @@ class PairResult(NamedTuple):
     rbf: KernelSums | None
     knn: tuple[np.ndarray, np.ndarray] | None
     radius: RadiusDecisions | None
+    #: per row of y, (the exact squared distance (n,) to its nearest row of x, that row's
+    #: index in x (n,), int64)
+    nearest: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class RadiusDecisions(NamedTuple):

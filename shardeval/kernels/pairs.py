@@ -101,7 +101,7 @@ def pair_reduce(
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has d={x.shape[1]} but y has d={y.shape[1]}")
     poly, rbf = pair_sums(x, y, request, diagonal_block, backend)
-    if request.knn is None and request.radii is None:
+    if not request.decides:
         return PairResult(poly, rbf, None, None)
     decided = decide(x, y, replace(request, poly=None, rbf=None), diagonal_block, backend)
     return decided._replace(poly=poly, rbf=rbf)

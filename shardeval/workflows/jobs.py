@@ -211,7 +211,13 @@ def _run_entries(
             else prepared.sources[entry.name]
         )
         report = session.measure(real, source, list(wanted.values()))
-        values = {k: v for outputs in report.results.values() for k, v in outputs.items()}
+        per_row = {o.name for m in wanted.values() for o in m.outputs if o.per_row}
+        values = {
+            k: v
+            for outputs in report.results.values()
+            for k, v in outputs.items()
+            if k not in per_row  # as long as the entry: not a history's
+        }
         made_by = features_made_by(source)
         row = HistoryRow(
             **{

@@ -1007,6 +1007,17 @@ def check_unbiased(capsys, f, command, monkeypatch):
         _refused(capsys, *_base(command, f), "--unbiased", match="which is not asked for")
 
 
+def check_per_sample(capsys, f, command, monkeypatch):
+    plain = _one_metric(capsys, f, command, "authpct")
+    rows = _one_metric(capsys, f, command, "authpct", "--per-sample")
+    assert (plain["per_sample"], rows["per_sample"]) == (False, True)
+    assert plain["nearest_index"] is None
+    assert plain["nearest_distance"] is None
+    assert len(rows["nearest_index"]) == len(rows["nearest_distance"]) == rows["n"] == 500
+    assert rows["authpct"] == plain["authpct"]
+    _refused(capsys, *_base(command, f), "--per-sample", match="which is not asked for")
+
+
 def check_sigma(capsys, f, command, monkeypatch):
     a = _one_metric(capsys, f, command, "cmmd")
     b = _one_metric(capsys, f, command, "cmmd", "--sigma", "0.5")
@@ -1156,6 +1167,7 @@ CHECKS = {
     **{(c, "sigma"): check_sigma for c in ("cmmd", "metrics")},
     **{(c, "k"): check_k for c in ("prdc", "metrics")},
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
+    ("metrics", "per_sample"): check_per_sample,
     ("metrics", "metrics"): check_metrics,
     **{("compare", k): v for k, v in ENGINE.items()},
     ("compare", "precision"): check_precision,

@@ -87,7 +87,7 @@ class KLGaussian(Metric):
             r,
             g,
             ridge=self.options["ridge"],
-            products=products,  # type: ignore[arg-type]
+            products=products,
         )
         if kl.rounding_exceeds():
             raise NumericalError(

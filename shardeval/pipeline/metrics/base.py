@@ -100,8 +100,10 @@ class Output:
         unit: for headers and axes ("" for a dimensionless number).
         description: one line.
         array: a per-entry array (e.g. an eigen-spectrum) rather than a scalar.
-        optional: a scalar the metric's options may not ask for (e.g. the peers' protocol
+        optional: a result the metric's options may not ask for (e.g. the peers' protocol
             beside an exact estimate): then it is None, recorded as missing, never a number.
+        per_row: an array with one value per row of the generated set: the reports of one
+            evaluation carry it, a history (one row per entry, of any length) does not.
     """
 
     name: str
@@ -109,6 +111,7 @@ class Output:
     description: str
     array: bool = False
     optional: bool = False
+    per_row: bool = False
 
 
 @dataclass(frozen=True)

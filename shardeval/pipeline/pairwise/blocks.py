@@ -41,6 +41,7 @@ from shardeval.pipeline.pairwise.pair_states import (
     CrossState,
     CrossSums,
     Decisions,
+    Nearest,
     Neighbours,
     SelfState,
     SetSums,
@@ -61,6 +62,7 @@ __all__ = [
     "CrossState",
     "CrossSums",
     "Decisions",
+    "Nearest",
     "Neighbours",
     "PairPlan",
     "RowBlocks",
@@ -87,6 +89,8 @@ class PairPlan:
         rbf: the RBF on unit rows and its centre, for complement sums (CMMD), or None.
         knn: k for the k nearest squared distances within a set (PRDC radii), or None.
         radii: squared radii for the cross pass (PRDC): x_le (N,), x_lt (N,), y_le (M,).
+        nearest: the cross pass finds each generated row's nearest reference row (its exact
+            squared distance and index; the memorization metrics).
         device: where the pair kernels run (``auto``: a worker's GPU if it has one).
         backend: ``auto`` (Triton on a GPU, the BLAS path on a CPU), ``triton`` or ``torch``.
         exponent: e ≠ 0: the neighbours and radius tests take every block × 2^-e in float64,
@@ -104,6 +108,7 @@ class PairPlan:
     rbf: Any = None
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
+    nearest: bool = False
     device: str = "cpu"
     backend: str = "auto"
     exponent: int = 0
@@ -117,7 +122,11 @@ class PairPlan:
             x_le, x_lt, y_le = self.radii
             radii = (x_le[slice(*bx)], x_lt[slice(*bx)], y_le[slice(*by)])
         return PairRequest(
-            poly=self.poly, rbf=self.rbf, knn=None if cross else self.knn, radii=radii
+            poly=self.poly,
+            rbf=self.rbf,
+            knn=None if cross else self.knn,
+            radii=radii,
+            nearest=cross and self.nearest,
         )
 
     def token(self) -> tuple[Any, ...]:
@@ -126,28 +135,37 @@ class PairPlan:
         def kernel(k: Any) -> Any:
             return None if k is None else (type(k).__name__, *vars(k).values())
 
-        return kernel(self.poly), kernel(self.rbf), self.knn, self.exponent, self.groups
+        return (
+            kernel(self.poly),
+            kernel(self.rbf),
+            self.knn,
+            self.nearest,
+            self.exponent,
+            self.groups,
+        )
 
     def pieces(
         self, bx: tuple[int, int], by: tuple[int, int]
     ) -> list[tuple[Any, np.ndarray | None, int | None]]:
         """The kernel calls of a cross (block, chunk) pair: (request, the chunk's columns or
         None for all, their group or None). With :attr:`groups`, the radius tests run once per
-        group of the chunk's columns and the kernel sums once over all of them."""
+        group of the chunk's columns, and the kernel sums and the nearest rows once over all
+        of them."""
         request = self.request(True, bx, by)
         if not self.groups or request.radii is None:
             return [(request, None, None)]
         from shardeval.pipeline.fid.jackknife import CI_SEED, row_groups
 
         pieces: list[tuple[Any, np.ndarray | None, int | None]] = []
-        if request.poly is not None or request.rbf is not None:
+        if request.poly is not None or request.rbf is not None or request.nearest:
             pieces.append((replace(request, radii=None), None, None))
         x_le, x_lt, y_le = request.radii
         groups = row_groups(by[0], by[1] - by[0], self.groups, CI_SEED)
         for g in np.unique(groups):
             cols = np.flatnonzero(groups == g)
             radii = (x_le, x_lt, y_le[cols])
-            pieces.append((replace(request, poly=None, rbf=None, radii=radii), cols, int(g)))
+            piece = replace(request, poly=None, rbf=None, nearest=False, radii=radii)
+            pieces.append((piece, cols, int(g)))
         return pieces
 
 
@@ -156,14 +174,16 @@ def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal
     from shardeval.kernels.pairs import pair_reduce
     from shardeval.pipeline.core.chunks import to_tensor, worker_device
 
-    if plan.exponent and (request.knn is not None or request.radii is not None):
+    if plan.exponent and request.decides:
         # Float64 squared distances of rows beyond about 1e154 overflow and below 1e-154
         # underflow: the decisions take the rows × 2^-e (exact, as distance_exponent checked),
         # both sets and every pass alike, so distances and radii compare in one unit.
         plain = replace(plan, exponent=0)
         sums = None
         if request.poly is not None or request.rbf is not None:
-            sums = _reduce(x, y, plain, replace(request, knn=None, radii=None), diagonal)
+            sums = _reduce(
+                x, y, plain, replace(request, knn=None, radii=None, nearest=False), diagonal
+            )
         xs = np.ldexp(x.astype(np.float64), -plan.exponent)
         ys = xs if y is x else np.ldexp(y.astype(np.float64), -plan.exponent)
         decided = _reduce(xs, ys, plain, replace(request, poly=None, rbf=None), diagonal)
@@ -265,6 +285,7 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             "uncertain": 0,
             "x_groups": np.zeros(a.n, np.uint64) if plan.groups else None,
         }
+    nearest = Nearest.empty(b.n) if plan.nearest else None
     for by in b.chunks(0):
         y = b.read_rows(*by)
         for request, cols, group in plan.pieces(bx, by):
@@ -272,6 +293,9 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             for sums, got in ((poly, result.poly), (rbf, result.rbf)):
                 if sums is not None and got is not None:
                     sums.add(got, bx, by, 1.0)
+            if nearest is not None and result.nearest is not None:
+                sq, index = result.nearest  # block i holds the nearest of its rows: in X, bx[0] on
+                nearest.sq[slice(*by)], nearest.index[slice(*by)] = sq, index + bx[0]
             if radius is None or result.radius is None:
                 continue
             r = result.radius
@@ -288,6 +312,7 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
         poly.cross() if poly is not None else None,
         rbf.cross() if rbf is not None else None,
         Decisions(**radius) if radius is not None else None,
+        nearest,
     )
 
 

@@ -1,6 +1,7 @@
 """The states the block pairs reduce to: per-row arrays over a whole set (kernel row sums, the
-k nearest squared distances, the outcome of radius tests), O(N) each, merged by addition, by
-elementwise or, or by keeping the k smallest."""
+k nearest squared distances, the outcome of radius tests, the nearest row of the other set),
+O(N) each, merged by addition, by elementwise or, by keeping the k smallest, or the least
+(distance, index)."""
 
 from __future__ import annotations
 
@@ -230,6 +231,46 @@ class Decisions:
         )
 
 
+def _nearest_examples(rng: np.random.Generator) -> Examples[Nearest]:
+    def drawn() -> Nearest:
+        # few distinct distances, so that merges meet ties and decide them by index
+        sq = rng.integers(0, 3, 6).astype(np.float64)
+        index = rng.integers(0, 4, 6)
+        unseen = rng.integers(6)  # a row no row of X was compared with yet
+        sq[unseen], index[unseen] = np.inf, Nearest.NONE
+        return Nearest(sq, index)
+
+    return Nearest.empty(6), [drawn() for _ in range(3)]
+
+
+@state(examples=_nearest_examples)
+@dataclass(frozen=True, eq=False)
+class Nearest:
+    """Per row of a generated set Y (M), its nearest row of the reference X: the exact squared
+    distance (M,) and the row's index in X (M,), int64. Of rows of X at one exact distance the
+    first is kept, so the merge (the least (distance, index) per row) is associative and
+    commutative, and the result does not depend on how X was cut.
+
+    Attributes:
+        sq: squared distances (inf: no row of X seen yet).
+        index: indices in X (:attr:`NONE`: no row seen yet).
+    """
+
+    sq: np.ndarray
+    index: np.ndarray
+
+    #: The index of no row (larger than any, so that a row seen is always taken).
+    NONE = np.iinfo(np.int64).max
+
+    @classmethod
+    def empty(cls, rows: int) -> Nearest:
+        return cls(np.full(rows, np.inf), np.full(rows, cls.NONE, dtype=np.int64))
+
+    def merge(self, other: Nearest) -> Nearest:
+        take = (other.sq < self.sq) | ((other.sq == self.sq) & (other.index < self.index))
+        return Nearest(np.where(take, other.sq, self.sq), np.where(take, other.index, self.index))
+
+
 def _merge_optional(a: Any, b: Any) -> Any:
     return None if a is None else a.merge(b)
 
@@ -262,8 +303,12 @@ class SelfState:
 def _cross_state_examples(rng: np.random.Generator) -> Examples[CrossState]:
     empty_sums, sums = examples_of(CrossSums, rng)
     empty_radius, radius = examples_of(Decisions, rng)
-    found = [CrossState(rbf=s, radius=r) for s, r in zip(sums, radius, strict=True)]
-    return CrossState(rbf=empty_sums, radius=empty_radius), found
+    empty_nearest, nearest = examples_of(Nearest, rng)
+    found = [
+        CrossState(rbf=s, radius=r, nearest=n)
+        for s, r, n in zip(sums, radius, nearest, strict=True)
+    ]
+    return CrossState(rbf=empty_sums, radius=empty_radius, nearest=empty_nearest), found
 
 
 @state(examples=_cross_state_examples)
@@ -274,10 +319,12 @@ class CrossState:
     poly: CrossSums | None = None
     rbf: CrossSums | None = None
     radius: Decisions | None = None
+    nearest: Nearest | None = None
 
     def merge(self, other: CrossState) -> CrossState:
         return CrossState(
             _merge_optional(self.poly, other.poly),
             _merge_optional(self.rbf, other.rbf),
             _merge_optional(self.radius, other.radius),
+            _merge_optional(self.nearest, other.nearest),
         )

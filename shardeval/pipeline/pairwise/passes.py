@@ -1,9 +1,11 @@
-"""KID, CMMD and PRDC over all pairs of two feature sets, sharing the passes.
+"""KID, CMMD, PRDC and the memorization metrics over all pairs of two feature sets, sharing
+the passes.
 
 One pass over each set's own block pairs gives the within-set kernel sums (KID, CMMD) and the
-k-nearest-neighbour radii (PRDC); one pass over the cross pairs gives the cross sums and the
-radius tests. Every block pair computes its product X Yᵀ once for all the metrics asked for.
-(The radius tests need the radii, hence two passes.)
+k-nearest-neighbour radii (PRDC; the training rows' nearest other row for AuthPct: its
+reference's only); one pass over the cross pairs gives the cross sums, the radius tests and
+each generated row's nearest reference row. Every block pair computes its product X Yᵀ once
+for all the metrics asked for. (The radius tests need the radii, hence two passes.)
 
 The peers' subset protocol for KID (:func:`kid_subsets`) gathers each subset's rows in one
 read of each store per group of subsets.
@@ -45,6 +47,7 @@ from shardeval.pipeline.neighbours.prdc import distance_exponent, prdc_from, rad
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,
+    SelfState,
     cross_statistics,
     inspect_sets,
     row_blocks,
@@ -139,6 +142,7 @@ def sample_metrics(
     kid: KIDParams | None = None,
     cmmd: CMMDParams | None = None,
     prdc: PRDCParams | None = None,
+    memorization: bool = False,
     engine: Engine | None = None,
     block_rows: int | None = None,
     precision: str = "fp32",
@@ -148,7 +152,8 @@ def sample_metrics(
     progress: Progress | None = None,
     reference_cache: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
-    """KID, CMMD and/or PRDC of GEN against REAL, exact over all pairs.
+    """KID, CMMD, PRDC and/or the memorization metrics of GEN against REAL, exact over all
+    pairs.
 
     Args:
         real: the reference set (X, N rows).
@@ -156,6 +161,8 @@ def sample_metrics(
             KID and CMMD are the two-sample estimators all the same (see
             :mod:`shardeval.pipeline.mmd.kid`).
         kid, cmmd, prdc: the metrics wanted, with their parameters (None: not wanted).
+        memorization: AuthPct and each generated row's nearest row of REAL (the training
+            set), :mod:`shardeval.pipeline.memorization.authpct`.
         engine: where to run.
         block_rows: rows per block of the pair tasks (default: about 32 MiB a block).
         precision: ``fp32`` products (default) or ``fp64``.
@@ -167,7 +174,8 @@ def sample_metrics(
             evaluates many entries against one reference).
 
     Returns:
-        ``{"kid": KIDResult, "cmmd": CMMDResult, "prdc": PRDCResult}`` for those wanted.
+        ``{"kid": KIDResult, "cmmd": CMMDResult, "prdc": PRDCResult, "memorization":
+        MemorizationResult}`` for those wanted.
 
     Raises:
         ShapeError: dimensions differ, too few rows, or k not below the rows of a set.
@@ -189,8 +197,11 @@ def sample_metrics(
     gb = rb if same else row_blocks(gen, block_rows, precision)
     seen = inspect_sets([real] if same else [real, gen], engine, unit_rows=cmmd is not None)
     knn = max(prdc.k, prdc.pr_k) if prdc else None
+    if memorization:  # the training rows' nearest other row
+        knn = knn or 1
     exponent = 0
-    if prdc and (rb.float64 or gb.float64):  # fp32 rows' float64 distances are in range
+    # fp32 rows' float64 distances are in range
+    if (prdc or memorization) and (rb.float64 or gb.float64):
         spread = seen[0].magnitudes.merge(seen[-1].magnitudes)
         names = repr(real.location) if same else f"{real.location!r} and {gen.location!r}"
         exponent = distance_exponent(spread, names)
@@ -208,7 +219,9 @@ def sample_metrics(
         if cmmd:
             rbf = RBFKernel(cmmd.sigma, seen[0].units.mean)
     own = PairPlan(poly=poly, rbf=rbf, knn=knn, device=device, backend=backend, exponent=exponent)
-    sets = ([] if cached is not None else [rb]) + ([] if same else [gb])
+    # AuthPct reads the reference's own pairs only: GEN's are taken for the others.
+    gen_own = bool(kid or cmmd or prdc)
+    sets = ([] if cached is not None else [rb]) + ([] if same or not gen_own else [gb])
     with _overflow_named(real, gen):
         stats = (
             self_statistics(sets, own, engine=engine, split_every=split_every, progress=progress)
@@ -217,7 +230,7 @@ def sample_metrics(
         )
     if cached is None:
         sx = stats[0]
-    sy = sx if same else stats[-1]
+    sy = sx if same else stats[-1] if gen_own else SelfState()
     if reference_cache is not None:
         reference_cache[key] = (sx, poly, rbf)
     m, n = real.n, gen.n
@@ -230,13 +243,14 @@ def sample_metrics(
         poly=poly,
         rbf=rbf,
         radii=cross_radii,
+        nearest=memorization,
         device=device,
         backend=backend,
         exponent=exponent,
         groups=prdc.groups if prdc else 0,
     )
     cross = None
-    if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None:
+    if cross_plan.poly or cross_plan.rbf or cross_plan.radii is not None or memorization:
         with _overflow_named(real, gen):
             cross = cross_statistics(
                 rb, gb, cross_plan, engine=engine, split_every=split_every, progress=progress
@@ -285,6 +299,12 @@ def sample_metrics(
         if cross is None or cross.radius is None:  # unreachable
             raise ValueError("the cross pass did not test the radii")
         out["prdc"] = prdc_from(cross.radius, m, n, prdc.k, prdc.pr_k, prdc.groups)
+    if memorization:
+        from shardeval.pipeline.memorization.authpct import memorization_from
+
+        if cross is None or cross.nearest is None or sx.knn is None:  # unreachable
+            raise ValueError("the passes did not find the nearest rows")
+        out["memorization"] = memorization_from(cross.nearest, radii(sx.knn, 1), exponent)
     return out
 
 

@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"several metrics at once ({', '.join(METRICS)}), sharing the passes",
         description="The metrics named by --metrics, computed together: one pass over the "
         "shards for FID and FID∞, one over each set's own block pairs and one over the cross "
-        "pairs for KID, CMMD and PRDC (each block pair's product serves all of them).",
+        "pairs for KID, CMMD, PRDC and AuthPct (each block pair's product serves all of them).",
         epilog="example:\n  shardeval metrics real.zarr gen.zarr --metrics fid,kid,prdc",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
