@@ -46,6 +46,7 @@ from shardeval.pipeline.errors import EmptyComponentWarning, OptionError, ShapeE
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.likelihood.gmm_states import COVARIANCES, Mixture, MixtureStats, RowSample
 from shardeval.pipeline.likelihood.nll import NLLResult, summarize_nll
+from shardeval.pipeline.options import GMM_MAX_ITER, GMM_REG_COVAR, GMM_TOL
 
 #: k-means++ seeds on at most this many rows, drawn without replacement by the seed: its cost is
 #: O(rows · K · d) per centre in memory on the caller, and 10,000 rows hold every component of
@@ -57,10 +58,8 @@ SAMPLE_ROWS = 10_000
 #: re-seeded at the row of lowest log-likelihood, with the pooled covariance, and a warning.
 EMPTY_WEIGHT = 1e-9
 
-#: Defaults: scikit-learn's.
-REG_COVAR = 1e-6
-TOL = 1e-3
-MAX_ITER = 100
+#: Defaults: scikit-learn's (declared with the run options).
+REG_COVAR, TOL, MAX_ITER = GMM_REG_COVAR, GMM_TOL, GMM_MAX_ITER
 
 
 @dataclass(frozen=True)
