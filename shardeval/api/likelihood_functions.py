@@ -169,7 +169,7 @@ def nll(
                 for name in ("covariance", "reg_covar", "tol", "max_iter")
             }
             result, results["gmm"] = nll_gmm(
-                fitting, scored, gmm, **fit_options, seed=seed or 0, engine=eng,
+                fitting, scored, int(gmm or 0), **fit_options, seed=seed or 0, engine=eng,
                 nonfinite=nonfinite, split_every=split_every, progress=bar,
             )  # fmt: skip
             inputs.update(store=fitting.describe(), test=scored.describe())

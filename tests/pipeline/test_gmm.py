@@ -56,7 +56,8 @@ def test_same_optimum_as_sklearn(covariance, shard_rows):
         covariance=covariance, tol=1e-10, max_iter=1000,
     )  # fmt: skip
     gm = _sklearn(fit, covariance, tol=1e-10, max_iter=1000)
-    assert fit.converged and gm.converged_
+    assert fit.converged
+    assert gm.converged_
     assert abs(result.nll - -gm.score(TEST)) < 1e-6
     assert abs(fit.loglik[-1] - gm.lower_bound_) < 1e-6
     np.testing.assert_allclose(fit.mixture.weights, gm.weights_, rtol=1e-6)
@@ -157,8 +158,11 @@ def test_options_of_the_fit_apply_to_gmm_only():
 def test_report_fields_and_cap():
     report = se.nll(TRAIN, TEST, gmm=3, max_iter=1, tol=1e-12)
     data = report.to_dict()
-    assert data["method"] == "gmm" and data["k"] == 3 and data["covariance"] == "full"
-    assert data["iterations"] == 1 and data["converged"] is False
+    assert data["method"] == "gmm"
+    assert data["k"] == 3
+    assert data["covariance"] == "full"
+    assert data["iterations"] == 1
+    assert data["converged"] is False
     assert len(data["train_loglik"]) == 1
     assert data["settings"]["max_iter"] == 1
     assert report.results["gmm"].mixture.k == 3
