@@ -13,12 +13,14 @@ the M-step, from the merged state only, sets
 
     w_k = W_k / Σ_j W_j,   μ_k = mean_k,   Σ_k = m2_k / W_k + reg_covar · I   (W_k = Σ_i r_ik).
 
-Initialisation: k-means++ (Arthur & Vassilvitskii 2007, greedy with 2 + ⌊log K⌋ trials as
-scikit-learn's) on a seeded sample of at most :data:`SAMPLE_ROWS` rows, then one pass that
-assigns every row to its nearest centre and takes each cell's weight, mean and covariance (what
-scikit-learn does from its k-means labels). EM stops when the mean log-likelihood per row
-changes by less than ``tol`` between iterations, or after ``max_iter`` (Dempster, Laird & Rubin
-1977; the stopping rule and defaults are scikit-learn's ``GaussianMixture``'s).
+Initialisation: k-means on a seeded sample of at most :data:`SAMPLE_ROWS` rows, seeded by
+k-means++ (Arthur & Vassilvitskii 2007, greedy with 2 + ⌊log K⌋ trials as scikit-learn's) and
+refined by at most :data:`LLOYD_ITERATIONS` of Lloyd's iterations, then one pass that assigns
+every row to its nearest centre and takes each cell's weight, mean and covariance (what
+scikit-learn does from the labels of its k-means on every row). EM stops when the mean
+log-likelihood per row changes by less than ``tol`` between iterations, or after ``max_iter``
+(Dempster, Laird & Rubin 1977; the stopping rule and defaults are scikit-learn's
+``GaussianMixture``'s).
 
 The E-step is float64 numpy on the worker's CPU; no Triton E-step is built.
 """
@@ -54,6 +56,9 @@ from shardeval.pipeline.options import GMM_MAX_ITER, GMM_REG_COVAR, GMM_TOL
 #: every row.
 SAMPLE_ROWS = 10_000
 
+#: Lloyd's k-means iterations on the sample after the k-means++ seeding, at most.
+LLOYD_ITERATIONS = 100
+
 #: A component whose responsibilities sum below this (a billionth of a row) is empty: it is
 #: re-seeded at the row of lowest log-likelihood, with the pooled covariance, and a warning.
 EMPTY_WEIGHT = 1e-9
@@ -68,13 +73,13 @@ class GMMFit:
 
     Attributes:
         mixture: the mixture after the last M-step.
-        initial: the mixture EM started from (k-means++ and one hard-assignment pass).
+        initial: the mixture EM started from (k-means on the sample, one hard-assignment pass).
         loglik: mean log-likelihood per row at each iteration's E-step (nats).
         converged: the last change was below ``tol``.
         rows: finite rows fitted.
         nonfinite: rows left out as non-finite.
         reseeded: times a component was found empty and re-seeded.
-        sample_rows: rows the k-means++ seeding saw.
+        sample_rows: rows the k-means initialisation saw.
     """
 
     mixture: Mixture
@@ -168,6 +173,26 @@ def kmeans_plus_plus(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.n
         centres.append(rows[candidates[best]])
         closest = options[best]
     return np.array(centres)
+
+
+def lloyd(rows: np.ndarray, centres: np.ndarray, iterations: int = LLOYD_ITERATIONS) -> np.ndarray:
+    """Lloyd's k-means on ``rows`` from ``centres``: each centre moves to the mean of the rows
+    nearest to it (a centre without rows stays), until no row changes centre or after
+    ``iterations``."""
+    owner = None
+    for _ in range(iterations):
+        sq = np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * (rows @ centres.T)
+        nearest = sq.argmin(axis=1)
+        if owner is not None and np.array_equal(nearest, owner):
+            break
+        owner = nearest
+        counts = np.bincount(owner, minlength=centres.shape[0])
+        sums = np.zeros_like(centres)
+        np.add.at(sums, owner, rows)
+        filled = counts > 0
+        centres = centres.copy()
+        centres[filled] = sums[filled] / counts[filled, None]
+    return centres
 
 
 def m_step(stats: MixtureStats, reg_covar: float) -> tuple[Mixture, int]:
@@ -292,7 +317,7 @@ def fit_gmm(
             f"a mixture of gmm={k} components needs at least {k} finite rows; "
             f"{source.location!r} has {rows.shape[0]}"
         )
-    centres = kmeans_plus_plus(rows, k, rng)
+    centres = lloyd(rows, kmeans_plus_plus(rows, k, rng))
     first = [shard_tasks(source, hard_stats, centres, covariance)]
     (stats,) = engine.reduce(first, split_every=split_every, progress=progress)
     check_nonfinite(source.location, stats.nonfinite, nonfinite)
