@@ -46,7 +46,7 @@ from shardeval.pipeline.core.reduce import shard_tasks
 from shardeval.pipeline.core.states import NonFiniteRows, ScalarMoments
 from shardeval.pipeline.errors import EmptyComponentWarning, OptionError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
-from shardeval.pipeline.likelihood.gmm_states import COVARIANCES, Mixture, MixtureStats, RowSample
+from shardeval.pipeline.likelihood.gmm_states import Mixture, MixtureStats, RowSample
 from shardeval.pipeline.likelihood.nll import NLLResult, summarize_nll
 from shardeval.pipeline.options import GMM_MAX_ITER, GMM_REG_COVAR, GMM_TOL
 
@@ -242,16 +242,19 @@ def _pooled(weight: np.ndarray, mean: np.ndarray, m2: np.ndarray, diagonal: bool
     return total
 
 
-def check_gmm(k: int, covariance: str, reg_covar: float, tol: float, max_iter: int) -> None:
-    """Refuse settings a fit cannot take (the API checks them against their declarations)."""
-    if covariance not in COVARIANCES:
-        raise OptionError(f"«covariance» must be one of {COVARIANCES}, got {covariance!r}")
-    for name, value in (("gmm", k), ("max_iter", max_iter)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise OptionError(f"«{name}» must be a positive integer, got {value!r}")
-    for name, number in (("reg_covar", reg_covar), ("tol", tol)):
-        if not (number > 0 and math.isfinite(number)):
-            raise OptionError(f"«{name}» must be a positive finite number, got {number!r}")
+def check_gmm(**values: object) -> None:
+    """Refuse fit settings (``gmm``, ``covariance``, ``reg_covar``, ``tol``, ``max_iter``,
+    ``seed``) as their declarations do (:func:`~shardeval.pipeline.runoptions.option_problem`).
+
+    Raises:
+        OptionError: naming the setting and the value.
+    """
+    from shardeval.pipeline.runoptions import option_problem
+
+    for name, value in values.items():
+        problem = option_problem(name, value)
+        if problem:
+            raise OptionError(f"«{name}»: {problem}")
 
 
 def fit_gmm(
@@ -292,7 +295,9 @@ def fit_gmm(
         NumericalError: a covariance not positive definite even with ``reg_covar``.
     """
     check_policy(nonfinite)
-    check_gmm(k, covariance, reg_covar, tol, max_iter)
+    check_gmm(
+        gmm=k, covariance=covariance, reg_covar=reg_covar, tol=tol, max_iter=max_iter, seed=seed
+    )
     if source.n < k:
         raise ShapeError(
             f"a mixture of gmm={k} components needs at least {k} rows; {source.location!r} "

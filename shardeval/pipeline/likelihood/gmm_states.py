@@ -21,10 +21,6 @@ from shardeval.pipeline.core.states import (
     state,
 )
 from shardeval.pipeline.errors import NumericalError
-from shardeval.pipeline.options import GMM_COVARIANCES
-
-#: The covariance types of a mixture's components.
-COVARIANCES = GMM_COVARIANCES
 
 _LOG_2PI = math.log(2 * math.pi)
 
