@@ -15,7 +15,8 @@ the M-step, from the merged state only, sets
 
 Initialisation: k-means on a seeded sample of at most :data:`SAMPLE_ROWS` rows, seeded by
 k-means++ (Arthur & Vassilvitskii 2007, greedy with 2 + ⌊log K⌋ trials as scikit-learn's) and
-refined by at most :data:`LLOYD_ITERATIONS` of Lloyd's iterations, then one pass that assigns
+refined by at most :data:`LLOYD_ITERATIONS` of Lloyd's iterations, the best (least inertia)
+of :data:`KMEANS_RUNS` runs, then one pass that assigns
 every row to its nearest centre and takes each cell's weight, mean and covariance (what
 scikit-learn does from the labels of its k-means on every row). EM stops when the mean
 log-likelihood per row changes by less than ``tol`` between iterations, or after ``max_iter``
@@ -43,7 +44,7 @@ from shardeval.pipeline.core.chunks import (
 )
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.core.reduce import shard_tasks
-from shardeval.pipeline.core.states import NonFiniteRows, ScalarMoments
+from shardeval.pipeline.core.states import NonFiniteRows, ScalarMoments, chan_merge
 from shardeval.pipeline.errors import EmptyComponentWarning, OptionError, ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
 from shardeval.pipeline.likelihood.gmm_states import Mixture, MixtureStats, RowSample
@@ -56,8 +57,13 @@ from shardeval.pipeline.options import GMM_MAX_ITER, GMM_REG_COVAR, GMM_TOL
 #: every row.
 SAMPLE_ROWS = 10_000
 
-#: Lloyd's k-means iterations on the sample after the k-means++ seeding, at most.
+#: Lloyd's k-means iterations on the sample after each k-means++ seeding, at most.
 LLOYD_ITERATIONS = 100
+
+#: k-means runs on the sample (k-means++ seeding, then Lloyd), of which the one of least
+#: inertia starts EM: k-means stops in a local optimum (two clusters merged, one split) often
+#: enough that one run is a gamble, and on the sample a run costs little against a pass.
+KMEANS_RUNS = 10
 
 #: A component whose responsibilities sum below this (a billionth of a row) is empty: it is
 #: re-seeded at the row of lowest log-likelihood, with the pooled covariance, and a warning.
@@ -195,6 +201,21 @@ def lloyd(rows: np.ndarray, centres: np.ndarray, iterations: int = LLOYD_ITERATI
     return centres
 
 
+def best_kmeans(rows: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The centres of least inertia (Σ squared distance to the nearest centre) of
+    :data:`KMEANS_RUNS` runs of k-means++ then :func:`lloyd` on ``rows``."""
+    best, least = rows[:k], math.inf
+    for _ in range(KMEANS_RUNS):
+        centres = lloyd(rows, kmeans_plus_plus(rows, k, rng))
+        nearest = np.argmin(
+            np.einsum("ij,ij->i", centres, centres)[None, :] - 2.0 * (rows @ centres.T), axis=1
+        )
+        inertia = float(np.square(rows - centres[nearest]).sum())
+        if inertia < least:
+            best, least = centres, inertia
+    return best
+
+
 def m_step(stats: MixtureStats, reg_covar: float) -> tuple[Mixture, int]:
     """The mixture of merged statistics: w = W/ΣW, μ = mean, Σ = m2/W + reg_covar·I, and how many
     components were empty (re-seeded at the row of lowest log-likelihood with the pooled
@@ -230,8 +251,6 @@ def m_step(stats: MixtureStats, reg_covar: float) -> tuple[Mixture, int]:
 
 def _pooled(weight: np.ndarray, mean: np.ndarray, m2: np.ndarray, diagonal: bool) -> np.ndarray:
     """The co-moment of all rows from the components' (Chan's update, in turn)."""
-    from shardeval.pipeline.core.states import chan_merge
-
     w, mu, total = 0.0, np.zeros(mean.shape[1]), np.zeros(m2.shape[1:])
     for j in np.flatnonzero(weight > 0):
         if w == 0:
@@ -322,7 +341,7 @@ def fit_gmm(
             f"a mixture of gmm={k} components needs at least {k} finite rows; "
             f"{source.location!r} has {rows.shape[0]}"
         )
-    centres = lloyd(rows, kmeans_plus_plus(rows, k, rng))
+    centres = best_kmeans(rows, k, rng)
     first = [shard_tasks(source, hard_stats, centres, covariance)]
     (stats,) = engine.reduce(first, split_every=split_every, progress=progress)
     check_nonfinite(source.location, stats.nonfinite, nonfinite)
