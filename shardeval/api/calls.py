@@ -21,6 +21,7 @@ from shardeval.api.inputs import (
     is_path,
 )
 from shardeval.pipeline.errors import OptionError
+from shardeval.pipeline.option_table import BY_NAME
 
 Progress = Callable[[int, int], None]
 
@@ -37,6 +38,7 @@ SETTINGS = {
     "reff": 1.0,
     "bandwidth": "silverman",
     "dims": None,
+    **{name: BY_NAME[name].default for name in ("covariance", "reg_covar", "tol", "max_iter")},
 }
 
 

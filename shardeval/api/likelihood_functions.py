@@ -32,20 +32,35 @@ _NLL_MODES = {
     "bandwidth": ("parzen",),
     "device": ("iw", "gaussian", "parzen"),
     "backend": ("iw", "gaussian", "parzen"),
-    "split_every": ("loglik", "iw", "gaussian"),
+    "split_every": ("loglik", "iw", "gaussian", "gmm"),
+    "test": ("gmm",),
+    "covariance": ("gmm",),
+    "reg_covar": ("gmm",),
+    "tol": ("gmm",),
+    "max_iter": ("gmm",),
+    "seed": ("gmm",),
 }
+
+_MODES = ("iw", "gaussian", "parzen", "gmm")
 
 
 def nll(
     store: Any = None,
+    test: Any = None,
     *,
     iw: Any = None,
     gaussian: Any = None,
     parzen: Any = None,
+    gmm: int | None = None,
     dims: int | None = None,
     reff: float | None = None,
     bandwidth: float | str | None = None,
     ci: float | None = None,
+    covariance: str | None = None,
+    reg_covar: float | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    seed: int | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -59,13 +74,17 @@ def nll(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Report:
-    """Mean negative log-likelihood (nats) with its standard error, one of four ways:
+    """Mean negative log-likelihood (nats) with its standard error, one of five ways:
     ``nll(loglik)`` from per-sample log-likelihoods (N,); ``nll(iw=log_weights)`` IWAE-style
     from importance log-weights (N, K) (Burda et al. 2016); ``nll(test, gaussian=stats)``
     under a Gaussian of saved statistics; ``nll(test, parzen=samples)`` under a Gaussian KDE
-    of sample features (Parzen 1962).
+    of sample features (Parzen 1962); ``nll(store, test, gmm=K)`` under a K-component
+    Gaussian mixture fitted to STORE's rows by EM, one pass over the shards per iteration
+    (Dempster, Laird & Rubin 1977; :mod:`shardeval.pipeline.likelihood.gmm`).
 
     Args:
+        test: the TEST features (gmm; the other modes take them as ``store``).
+        gmm: components of the Gaussian mixture.
         dims: dimensions per sample, for bits/dim (loglik, iw).
         reff: relative efficiency of the draws for the PSIS tail (iw).
         bandwidth: Parzen's h, ``"silverman"`` (default) or ``"cv"`` (parzen).
@@ -79,10 +98,17 @@ def nll(
     Raises:
         OptionError: options that do not apply to the mode, or a level outside [0, 1).
         ShapeError: «ci» with fewer than 2 finite values (no standard error).
+        covariance: ``"full"`` (default) or ``"diag"`` components (gmm).
+        reg_covar: added to each covariance's diagonal, default 1e-6 (gmm).
+        tol: EM stops when the mean log-likelihood per row changes by less, default 1e-3
+            nats (gmm).
+        max_iter: at most this many EM iterations, default 100 (gmm).
+        seed: of the k-means++ initialisation, default 0 (gmm).
 
     Returns:
         :class:`~shardeval.api.results.Report` (``float()`` the mean NLL; ``results["nll"]``
-        the :class:`~shardeval.pipeline.likelihood.nll.NLLResult`).
+        the :class:`~shardeval.pipeline.likelihood.nll.NLLResult`; for gmm also
+        ``results["gmm"]``, the :class:`~shardeval.pipeline.likelihood.gmm.GMMFit`).
 
     Example:
         >>> import numpy as np, shardeval as se
@@ -92,22 +118,25 @@ def nll(
     options = dict(locals())
     check_options(options)
     level = interval_level(ci)
-    modes = [m for m in ("iw", "gaussian", "parzen") if options[m] is not None]
+    modes = [m for m in _MODES if options[m] is not None]
     if len(modes) > 1:
-        raise OptionError(f"choose one of «iw», «gaussian», «parzen»; got {', '.join(modes)}")
+        raise OptionError(
+            f"choose one of «iw», «gaussian», «parzen», «gmm»; got {', '.join(modes)}"
+        )
     mode = modes[0] if modes else "loglik"
-    if (store is None) != (mode == "iw"):
-        want = {"iw": "no store", "loglik": "LOGLIK"}.get(mode, "the TEST features")
-        raise OptionError(f"nll by {mode} takes {want}")
+    if (store is None) != (mode == "iw") or (mode == "gmm" and test is None):
+        want = {"iw": "no store", "loglik": "LOGLIK", "gmm": "the fitting STORE and the TEST"}
+        raise OptionError(f"nll by {mode} takes {want.get(mode, 'the TEST features')}")
     for option, applies in _NLL_MODES.items():
         if mode not in applies:
             refuse(options, (option,), f"does not apply to nll {mode}")
-    _must_exist(store, iw, parzen, *([gaussian] if is_path(gaussian) else []))
+    _must_exist(store, test, iw, parzen, *([gaussian] if is_path(gaussian) else []))
     nonfinite = nonfinite or "error"
     with _noted() as notes, _running(options) as run:
         eng, bar = run.engine, run.progress
         kernel: dict[str, Any] = {"device": device or "auto", "backend": backend or "auto"}
         inputs: dict[str, Any] = {}
+        results: dict[str, Any] = {}
 
         def opened(x: Any, name: str | None = array, **kw: Any) -> Any:
             return features(x, array=name, shard_rows=shard_rows, **kw)
@@ -140,6 +169,22 @@ def nll(
                 split_every=split_every, progress=bar, **kernel,
             )  # fmt: skip
             inputs.update(statistics=describe_input(gaussian), test=source.describe())
+        elif mode == "gmm":
+            from shardeval.pipeline.likelihood.gmm import nll_gmm
+            from shardeval.pipeline.runoptions import BY_NAME
+
+            names = arrays_for([store, test], array)
+            fitting = opened(store, names[0], min_rows=1)
+            scored = opened(test, names[1], min_rows=1)
+            fit_options = {
+                name: BY_NAME[name].default if options[name] is None else options[name]
+                for name in ("covariance", "reg_covar", "tol", "max_iter")
+            }
+            result, results["gmm"] = nll_gmm(
+                fitting, scored, int(gmm or 0), **fit_options, seed=seed or 0, engine=eng,
+                nonfinite=nonfinite, split_every=split_every, progress=bar,
+            )  # fmt: skip
+            inputs.update(store=fitting.describe(), test=scored.describe())
         else:
             from shardeval.pipeline.likelihood.parzen import nll_parzen
 
@@ -165,7 +210,7 @@ def nll(
         "settings": settings,
     }
     text = nll_summary(result, tail["seconds"], interval, level)
-    return Report("nll", {"nll": result}, data, text, result.nll)
+    return Report("nll", {"nll": result, **results}, data, text, result.nll)
 
 
 def interval_level(ci: Any) -> float:

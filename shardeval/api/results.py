@@ -293,6 +293,14 @@ def nll_summary(
         )
     if "per_row" in r.extra:
         lines.append(_per_row_line(r.extra["per_row"]))
+    if r.method == "gmm":
+        e = r.extra
+        lines.append(
+            f"  Gaussian mixture K={e['k']} ({e['covariance']}) on {e['fit_rows']:,} rows: "
+            f"{e['iterations']} EM iteration(s), "
+            + ("converged" if e["converged"] else f"NOT converged (tol {e['tol']:g})")
+            + f"; train log-likelihood {e['train_loglik'][-1]:.6g}/row; BIC {e['bic']:.6g}"
+        )
     lines.append(f"  {seconds:.2f} s")
     return "\n".join(lines)
 

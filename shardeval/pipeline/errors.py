@@ -70,3 +70,8 @@ class ClusterError(ShardevalError):
 class RoundingWarning(Worded, UserWarning):
     """A result is smaller than the stated tolerance allows for its rounding bound: it is
     reported with that bound (e.g. an MMD between sets that float64 cannot tell apart)."""
+
+
+class EmptyComponentWarning(Worded, UserWarning):
+    """A Gaussian mixture's component lost (almost) all its responsibility in an EM step and
+    was re-seeded."""

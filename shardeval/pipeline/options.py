@@ -30,6 +30,14 @@ MAX_COUNT = 2**62
 #: Bandwidth rules of the Parzen window.
 BANDWIDTH_RULES = ("silverman", "cv")
 
+#: A Gaussian mixture's covariance types, and its fit's defaults (scikit-learn's
+#: ``GaussianMixture``'s): the floor added to the covariances' diagonals, the tolerance on the
+#: change of the mean log-likelihood per row, the cap on EM iterations.
+GMM_COVARIANCES = ("full", "diag")
+GMM_REG_COVAR = 1e-6
+GMM_TOL = 1e-3
+GMM_MAX_ITER = 100
+
 
 # The encoders' names, modes and help come from their declarations
 # (:mod:`shardeval.kernels.encoders.registry`, which imports nothing heavy), read when an

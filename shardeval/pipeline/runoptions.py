@@ -79,6 +79,10 @@ class RunOptions:
     reff: float | None = None
     dims: int | None = None
     bandwidth: float | str | None = None
+    covariance: str | None = None
+    reg_covar: float | None = None
+    tol: float | None = None
+    max_iter: int | None = None
     progress: Callable[[int, int], None] | None = None
     log: Callable[[str], None] | None = None
     given: frozenset[str] = field(default_factory=frozenset)
@@ -102,6 +106,7 @@ class RunOptions:
 #: Keywords of the API functions that are not run options, and their constraints.
 _OTHER: dict[str, Any] = {
     "seed": SEED_RANGE,
+    "gmm": COUNT,
     "infinity": Flag(),
     "real_is_statistics": Flag(),
     "overwrite": Flag(),

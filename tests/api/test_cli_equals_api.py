@@ -78,6 +78,10 @@ def _cli(capsys, *argv):
             ("nll", "b", "--parzen", "a", "--bandwidth", "0.8"),
             lambda p: se.nll(p["b"], parzen=p["a"], bandwidth=0.8),
         ),
+        (
+            ("nll", "--gmm", "2", "a", "b", "--covariance", "diag", "--seed", "4"),
+            lambda p: se.nll(p["a"], p["b"], gmm=2, covariance="diag", seed=4),
+        ),
         (("ess", "lw", "--reff", "0.7"), lambda p: se.ess(p["lw"], reff=0.7)),
     ],
 )

@@ -633,6 +633,29 @@ def check_nll_kernel_refusal(option, value):
     return check
 
 
+def check_nll_gmm(capsys, f, command, monkeypatch):
+    one = _report(capsys, "nll", "--gmm", "1", f["a"], f["b"])
+    two = _report(capsys, "nll", "--gmm", "2", f["a"], f["b"])
+    assert (one["method"], one["k"], two["k"]) == ("gmm", 1, 2)
+    assert one["nll"] != two["nll"]
+    _refused(capsys, "nll", "--gmm", "2", f["a"], match="nll gmm takes STORE TEST")
+    _refused(capsys, "nll", "--gmm", "2", "--iw", f["lw"], match="choose one of")
+
+
+def check_nll_gmm_option(option, value, changes, k="2"):
+    """``option`` at ``value`` changes the report's ``changes`` under --gmm K, and is refused by
+    the other modes."""
+
+    def check(capsys, f, command, monkeypatch):
+        flag = "--" + option.replace("_", "-")
+        base = ["nll", "--gmm", k, f["a"], f["b"], "--shard-rows", "100"]
+        default, given = _report(capsys, *base), _report(capsys, *base, flag, value)
+        assert given[changes] != default[changes]
+        _refused(capsys, "nll", "--parzen", f["a"], f["b"], flag, value, match="does not apply")
+
+    return check
+
+
 def check_run_option(option):
     def check(capsys, f, command, monkeypatch):
         tmp = f["tmp"] / f"run-{option}"
@@ -1200,6 +1223,13 @@ CHECKS = {
     ("nll", "device"): check_nll_kernel_refusal("device", "cpu"),
     ("nll", "backend"): check_nll_kernel_refusal("backend", "torch"),
     ("nll", "split_every"): check_nll_kernel_refusal("split_every", "3"),
+    ("nll", "gmm"): check_nll_gmm,
+    ("nll", "covariance"): check_nll_gmm_option("covariance", "diag", "nll"),
+    ("nll", "reg_covar"): check_nll_gmm_option("reg_covar", "10", "nll"),
+    ("nll", "tol"): check_nll_gmm_option("tol", "0.5", "iterations"),
+    ("nll", "max_iter"): check_nll_gmm_option("max_iter", "1", "converged"),
+    # With more components than the data has clusters, k-means starts from another optimum.
+    ("nll", "seed"): check_nll_gmm_option("seed", "5", "train_loglik", k="3"),
     **{
         ("stats", k): check_stats_option(k, v)
         for k, v in {

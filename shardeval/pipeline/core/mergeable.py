@@ -113,11 +113,19 @@ def examples_of(cls: type[S], rng: np.random.Generator) -> Examples[S]:
 
 
 def chan_merge(
-    n_a: int, mean_a: Any, m2_a: Any, n_b: int, mean_b: Any, m2_b: Any
+    n_a: Any,
+    mean_a: Any,
+    m2_a: Any,
+    n_b: Any,
+    mean_b: Any,
+    m2_b: Any,
+    diagonal: bool = False,
 ) -> tuple[Any, Any]:
     """Chan, Golub & LeVeque's pairwise update of (mean, m2) for vectors (m2 a d × d co-moment)
     and scalars alike: δ = mean_b − mean_a, n = n_a + n_b, mean = mean_a + δ·n_b/n,
-    m2 = m2_a + m2_b + δδᵀ·n_a·n_b/n. Both counts must be positive.
+    m2 = m2_a + m2_b + δδᵀ·n_a·n_b/n. Both counts must be positive; they may be sums of
+    weights (a Gaussian mixture's responsibilities), which the same update merges exactly.
+    ``diagonal``: m2 holds only the diagonal (d,) of the co-moment, updated by δ².
 
     The one Chan merge of the code: numpy arrays (the registered states' merges) and torch
     tensors on any device (a training-loop FID's running state, which never leaves its GPU)
@@ -125,7 +133,8 @@ def chan_merge(
     n = n_a + n_b
     delta = mean_b - mean_a
     mean = mean_a + delta * (n_b / n)
-    outer = delta * delta if getattr(delta, "ndim", 0) == 0 else delta[:, None] * delta[None, :]
+    elementwise = diagonal or getattr(delta, "ndim", 0) == 0
+    outer = delta * delta if elementwise else delta[:, None] * delta[None, :]
     m2 = m2_a + m2_b + outer * (n_a * n_b / n)
     return mean, m2
 

@@ -61,22 +61,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_nll(args: argparse.Namespace) -> int:
     import shardeval as se
 
-    modes = [m for m in ("iw", "gaussian", "parzen") if getattr(args, m) is not None]
+    modes = [m for m in ("iw", "gaussian", "parzen", "gmm") if getattr(args, m) is not None]
     if len(modes) > 1:
-        raise UsageError(f"choose one of --iw, --gaussian, --parzen; got {', '.join(modes)}")
+        raise UsageError(f"choose one of --iw, --gaussian, --parzen, --gmm; got {', '.join(modes)}")
     mode = modes[0] if modes else "loglik"
-    want = 0 if mode == "iw" else 1
+    want = {"iw": 0, "gmm": 2}.get(mode, 1)
     if len(args.stores) != want:
         raise UsageError(f"nll {mode} takes {_NLL_USAGE[mode]}; got {len(args.stores)} store(s)")
-    must_exist(*args.stores, *(getattr(args, m) for m in modes))
+    must_exist(*args.stores, *(getattr(args, m) for m in modes if m != "gmm"))
     claim_report(args)
     report = se.nll(
-        args.stores[0] if args.stores else None,
+        *args.stores,
         iw=args.iw,
         gaussian=args.gaussian,
         parzen=args.parzen,
         ci=args.ci,
-        **api_options(args),
+        gmm=args.gmm,
+        **api_options(args, "seed"),
     )
     return emit(args, report.to_dict(), report.summary())
 
@@ -86,6 +87,7 @@ _NLL_USAGE = {
     "iw": "no positional store (--iw LOGW)",
     "gaussian": "TEST (--gaussian STATS TEST)",
     "parzen": "TEST (--parzen SAMPLES TEST)",
+    "gmm": "STORE TEST (--gmm K STORE TEST)",
 }
 
 

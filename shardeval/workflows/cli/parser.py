@@ -182,27 +182,47 @@ def build_parser() -> argparse.ArgumentParser:
         "nll",
         help="negative log-likelihood reports",
         description="Mean NLL (nats) with its standard error, from per-sample log-likelihoods, "
-        "importance log-weights (IWAE-style), a Gaussian of saved statistics, or a Parzen "
-        "window (Gaussian KDE) of sample features. Options that do not apply to the chosen "
-        "mode are refused: --dims (loglik, --iw), --reff (--iw), --bandwidth (--parzen), "
-        "--device/--backend (not loglik), --split-every (not --parzen).",
+        "importance log-weights (IWAE-style), a Gaussian of saved statistics, a Parzen "
+        "window (Gaussian KDE) of sample features, or a K-component Gaussian mixture fitted "
+        "by EM to STORE (one pass over its shards per iteration). Options that do not apply "
+        "to the chosen mode are refused: --dims (loglik, --iw), --reff (--iw), --bandwidth "
+        "(--parzen), --device/--backend (--iw, --gaussian, --parzen), --split-every (not "
+        "--parzen), --covariance/--reg-covar/--tol/--max-iter/--seed (--gmm).",
         epilog="examples:\n  shardeval nll loglik.zarr --dims 3072\n"
         "  shardeval nll --iw logw.zarr\n"
         "  shardeval nll --gaussian real-stats.zarr test.zarr\n"
-        "  shardeval nll --parzen samples.zarr test.zarr --bandwidth cv",
+        "  shardeval nll --parzen samples.zarr test.zarr --bandwidth cv\n"
+        "  shardeval nll --gmm 10 train.zarr test.zarr --covariance diag",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     nll.add_argument(
-        "stores", nargs="*", metavar="STORE", help="LOGLIK (N,), or TEST with --gaussian/--parzen"
+        "stores",
+        nargs="*",
+        metavar="STORE",
+        help="LOGLIK (N,); TEST with --gaussian/--parzen; STORE TEST with --gmm",
     )
     nll.add_argument("--iw", metavar="LOGW", help="importance log-weights (N, K)")
     nll.add_argument("--gaussian", metavar="STATS", help="statistics from `shardeval stats`")
     nll.add_argument("--parzen", metavar="SAMPLES", help="feature store of kernel centres")
     add_param(nll.add_argument_group("interval of the mean NLL"), NORMAL_CI)
+    nll.add_argument(
+        "--gmm",
+        type=cli_type(COUNT),
+        metavar="K",
+        help="components of a Gaussian mixture fitted to STORE by EM",
+    )
+    nll.add_argument(
+        "--seed",
+        type=cli_type(SEED_RANGE),
+        help="seed of the Gaussian mixture's k-means++ initialisation (default 0)",
+    )
     add_run_options(
         nll,
-        (*ENGINE, *READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth"),
-    )
+        (
+            *ENGINE, *READING, "nonfinite", "device", "backend", "reff", "dims", "bandwidth",
+            "covariance", "reg_covar", "tol", "max_iter",
+        ),
+    )  # fmt: skip
     add_output_options(nll)
 
     ess = sub.add_parser(
