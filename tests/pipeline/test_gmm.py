@@ -194,3 +194,18 @@ def test_merged_statistics_are_the_weighted_moments_of_all_rows(covariance):
         np.testing.assert_allclose(merged.m2[j], want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
     assert merged.worst_index == int(np.argmin(ll))
     assert merged.loglik.n == 60
+
+
+def test_the_interval_of_the_test_nll_is_given_the_fitted_mixture(tmp_path):
+    from scipy import stats
+
+    rng = np.random.default_rng(21)
+    fit = np.concatenate([rng.normal(size=(300, 3)), rng.normal(size=(300, 3)) + 5])
+    test = np.concatenate([rng.normal(size=(100, 3)), rng.normal(size=(100, 3)) + 5])
+    np.save(tmp_path / "fit.npy", fit)
+    np.save(tmp_path / "test.npy", test)
+    report = se.nll(str(tmp_path / "fit.npy"), str(tmp_path / "test.npy"), gmm=2, ci=0.9)
+    got = report.to_dict()
+    half = stats.norm.ppf(0.95) * got["standard_error"]
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((got["nll"] - half, got["nll"] + half))
+    assert "given the fitted mixture" in report.summary()

@@ -116,6 +116,7 @@ INTERVAL_GIVEN = {
     ),
     "gaussian": "given the reference Gaussian, held fixed",
     "parzen": "given the kernel centres and the bandwidth, held fixed",
+    "gmm": "given the fitted mixture, held fixed (not the fit's own variability)",
 }
 
 
