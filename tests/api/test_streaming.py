@@ -487,7 +487,7 @@ def test_pair_metric_inputs_are_checked(rng, tmp_path):
     with pytest.raises(OptionError, match="holds statistics"):
         se.KID(stats)
     with pytest.raises(OptionError, match="metrics"):
-        se.PairMetrics(("fid",))
+        se.PairMetrics(("no_such_metric",))
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['k'\\]"):
         se.KID(k=3)
     with pytest.raises(
