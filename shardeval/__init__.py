@@ -2,7 +2,7 @@
 
 ``import shardeval as se`` costs nothing until a function runs: names are imported on first
 use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
-``se.fid_infinity``, ``se.metrics``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
+``se.fid_infinity``, ``se.sfid``, ``se.metrics``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
 ``se.ess``, ``se.inception_score``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's
 argument order), each returning a typed report (``float()`` the headline, ``.to_dict()`` the
 JSON report), and training-loop metrics (``se.FID``…) that accumulate mergeable states and
@@ -23,7 +23,7 @@ _EXPORTS = {
         "shardeval.api.functions",
     ),
     **dict.fromkeys(
-        ("fid", "fid_infinity", "kid", "cmmd", "prdc", "metrics", "inception_score"),
+        ("fid", "fid_infinity", "sfid", "kid", "cmmd", "prdc", "metrics", "inception_score"),
         "shardeval.api.verbs",
     ),
     **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
@@ -97,6 +97,7 @@ __all__ = [
     "metrics",
     "nll",
     "prdc",
+    "sfid",
     "stats",
 ]
 
@@ -126,6 +127,7 @@ if _TYPE_CHECKING:
         kid,
         metrics,
         prdc,
+        sfid,
     )
     from shardeval.pipeline.errors import (
         DtypeError,

@@ -35,6 +35,7 @@ from shardeval.api.inputs import (
 )
 from shardeval.api.report import build_report
 from shardeval.api.results import Report
+from shardeval.api.spatial_inputs import reads_spatial, spatial_arrays, spatial_statistics
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 from shardeval.pipeline.runoptions import IMAGES, check_run_options
 
@@ -257,6 +258,11 @@ class Evaluation:
         images = image_flags(
             [None if s else x for x, s in zip((real, gen), as_stats, strict=True)], self.given
         )
+        if reads_spatial(self.instances) and any(images):
+            raise OptionError(
+                "sFID reads spatial features, which the feature cache of images does not keep: "
+                "extract them with «spatial=True» and give the store"
+            )
         readers = [m.name for m in self.instances if m.reads == "logits"]
         encoder = self.given.get("encoder")
         if readers and any(images) and encoder not in (None, "inception"):
@@ -276,17 +282,21 @@ class Evaluation:
     def sides(self, run: Any, inputs: _Inputs) -> list[Any]:
         """The inputs as sides (images extracted into the feature cache, stores opened)."""
         opened = with_features(run, inputs.values, inputs.images)
-        return _open_sides(run, opened, inputs, self._arrays(run, opened, inputs))
+        spatial = reads_spatial(self.instances)
+        return _open_sides(run, opened, inputs, self._arrays(run, opened, inputs), spatial)
 
     def _arrays(self, run: Any, opened: list[Any], inputs: _Inputs) -> list[str | None]:
         """«array» for each side: it picks the variable of each input that holds several and
         leaves an input of one array as it is; metrics that all read logits read GEN's
-        ``logits`` array among others unless «array» names another."""
+        ``logits`` array among others unless «array» names another, and sFID an extraction
+        store's ``spatial`` array."""
         array = run.options.get("array")
         if {m.reads for m in self.instances} == {"logits"}:  # of GEN alone: no reference
             from shardeval.pipeline.inception_score.logits import array_of_logits
 
             return [None, array_of_logits(opened[1], array)]
+        if array is None and reads_spatial(self.instances):
+            return spatial_arrays(opened, inputs.statistics)
         rows = [
             i
             for i, (x, stats) in enumerate(zip(opened, inputs.statistics, strict=True))
@@ -384,12 +394,13 @@ def evaluate(
 
 
 def _open_sides(
-    run: Any, opened: list[Any], inputs: _Inputs, arrays: list[str | None]
+    run: Any, opened: list[Any], inputs: _Inputs, arrays: list[str | None], spatial: bool = False
 ) -> list[Any]:
     """The inputs as sides (``opened``: images already extracted into the feature cache):
-    stores opened with their «array», statistics read; one feature dimension."""
+    stores opened with their «array», statistics read (a guided-diffusion reference batch's
+    sFID statistics where ``spatial``); one feature dimension."""
     sides = [
-        _side(run, role, x, original, stats, image, array)
+        _side(run, role, x, original, stats, image, array, spatial)
         for role, x, original, stats, image, array in zip(
             ("real", "gen"),
             opened,
@@ -408,7 +419,14 @@ def _open_sides(
 
 
 def _side(
-    run: Any, role: str, x: Any, original: Any, stats: bool, image: bool, array: str | None
+    run: Any,
+    role: str,
+    x: Any,
+    original: Any,
+    stats: bool,
+    image: bool,
+    array: str | None,
+    spatial: bool = False,
 ) -> Any:
     """One input as a side (None stays None: no reference)."""
     from shardeval.pipeline.io.statsio import is_adm_reference, stats_provenance
@@ -425,12 +443,13 @@ def _side(
     path = is_path(original) and not image
     adm = role == "real" and is_path(original) and is_adm_reference(os.fspath(original))
     held = stats_provenance(os.fspath(original)) if is_path(original) and (stats or adm) else None
+    read = spatial_statistics if spatial else statistics
     if stats:
-        return statistics_side(role, statistics(x), held, describe_input(original))
+        return statistics_side(role, read(x), held, describe_input(original))
     side = source_side(
         role,
         features(x, array=array, shard_rows=rows),
-        statistics=statistics(original) if adm else None,
+        statistics=read(original) if adm else None,
     )
     if adm and held:
         side.provenance = {**side.provenance, "statistics": held}

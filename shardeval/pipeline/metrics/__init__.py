@@ -18,6 +18,7 @@ from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 _SHIPPED = (
     ("shardeval.pipeline.fid.metrics", "FID"),
     ("shardeval.pipeline.fid.metrics", "FIDInfinity"),
+    ("shardeval.pipeline.fid.metrics", "SFID"),
     ("shardeval.pipeline.mmd.metrics", "KID"),
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
