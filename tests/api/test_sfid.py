@@ -77,3 +77,35 @@ def test_sfid_is_evaluated_apart_from_metrics_of_other_arrays(tmp_path, rng):
     real, _ = _store(tmp_path / "real.zarr", rng, 50, 0.5)
     with pytest.raises(OptionError, match="evaluate them apart"):
         se.metrics(real, real, ["sfid", "fid"])
+
+
+def test_extract_spatial_then_sfid_on_the_command_line(tmp_path, rng, weights, capsys):
+    """`shardeval extract --spatial` writes the 2,023-wide array and `shardeval sfid` reads it
+    (random weights, a few small images): the same number as numpy's on the stored arrays."""
+    from PIL import Image
+
+    from shardeval.workflows.cli import main
+
+    stores = []
+    for name, shift in (("a", 0), ("b", 60)):
+        root = tmp_path / name
+        root.mkdir()
+        for i in range(4):
+            pixels = np.clip(rng.integers(0, 196, (24, 24, 3)) + shift, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / f"{i}.png")
+        out = str(tmp_path / f"{name}.zarr")
+        assert main(["extract", str(root), "-o", out, "--spatial", "--weights", weights, "-q"]) == 0
+        stores.append(out)
+    capsys.readouterr()
+    assert main(["sfid", *stores, "-q", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)["sfid"]
+    a, b = (zarr.open_group(s, mode="r")["spatial"][:].astype(np.float64) for s in stores)
+    assert a.shape == b.shape == (4, 2023)
+    # n = 4 rows in 2,023 dimensions: covariances of rank 3, whose zero eigenvalues rounding
+    # scatters around 0 on both sides; compared to the scale of the traces
+    expected = exact_fid(*np_stats(a), *np_stats(b))
+    scale = np.trace(np.cov(a, rowvar=False)) + np.trace(np.cov(b, rowvar=False))
+    assert abs(out["sfid"] - expected) <= 1e-6 * scale
+    assert out["sfid_mean_term"] == pytest.approx(float(((a - b).mean(0) ** 2).sum()), rel=1e-9)

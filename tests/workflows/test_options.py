@@ -127,6 +127,7 @@ def _base(command, f):
     """A working invocation of each measurement command."""
     return {
         "fid": ["fid", f["a"], f["b"]],
+        "sfid": ["sfid", f["a"], f["b"]],
         "nll": ["nll", "--iw", f["lw"]],
         "ess": ["ess", f["lw"]],
         "kid": ["kid", f["a"], f["b"]],
@@ -217,6 +218,7 @@ def check_array(capsys, f, command, monkeypatch):
         return
     value = {
         "fid": lambda r: r["fid"]["fid"],
+        "sfid": lambda r: r["sfid"]["sfid"],
         "metrics": lambda r: r["fid"]["fid"],
         "kid": lambda r: r["kid"]["kid"],
         "cmmd": lambda r: r["cmmd"]["cmmd"],
@@ -276,7 +278,7 @@ def check_backend(capsys, f, command, monkeypatch):
         assert not calls
         key = {"kid": "kid", "cmmd": "cmmd", "prdc": "prdc_precision"}[command]
         assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
-    elif command in ("fid", "metrics"):
+    elif command in ("fid", "sfid", "metrics"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
@@ -293,7 +295,7 @@ def check_precision(capsys, f, command, monkeypatch):
     import shardeval.kernels.moments
     import shardeval.kernels.pairs  # imported by the first pass otherwise: spied on before it
 
-    if command in ("fid", "metrics"):
+    if command in ("fid", "sfid", "metrics"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_numpy")
     else:
         calls = _spy(monkeypatch, shardeval.kernels.pairs, "pair_reduce")
@@ -306,6 +308,7 @@ def check_precision(capsys, f, command, monkeypatch):
 def check_nonfinite(capsys, f, command, monkeypatch):
     argv = {
         "fid": ["fid", f["nan"], f["b"]],
+        "sfid": ["sfid", f["nan"], f["b"]],
         "nll": ["nll", "--iw", f["lw_nan"]],
         "ess": ["ess", f["lw_nan"]],
         "metrics": ["metrics", f["nan"], f["b"], "--metrics", "fid"],
@@ -314,6 +317,7 @@ def check_nonfinite(capsys, f, command, monkeypatch):
     report = _report(capsys, *argv, "--nonfinite", "drop")
     dropped = {
         "fid": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
+        "sfid": lambda r: r["sfid"]["sfid_nonfinite_dropped_real"],
         "metrics": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
     }.get(command, lambda r: r["nonfinite_dropped"])(report)
     assert dropped == 1
@@ -474,6 +478,14 @@ def check_extract_json(capsys, f, command, monkeypatch):
     report = json.loads(_run(capsys, *_extract(f), "--json", "-q")[1])
     assert report["rows"] == 5
     assert report["engine"]["scheduler"] == "threads"
+
+
+def check_extract_spatial(capsys, f, command, monkeypatch):
+    plain = _report(capsys, *_extract(f))
+    assert "spatial" not in zarr.open_group(plain["output"], mode="r")
+    report = _report(capsys, *_extract(f, "--spatial"))
+    assert report["spatial"] == 2023
+    assert zarr.open_group(report["output"], mode="r")["spatial"].shape == (5, 2023)
 
 
 EXTRACT = {
@@ -829,13 +841,14 @@ def check_fid_seed(capsys, f, command, monkeypatch):
 
 
 def check_ci(capsys, f, command, monkeypatch):
-    plain = _one_metric(capsys, f, command, "fid")
-    got = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    metric = "sfid" if command == "sfid" else "fid"
+    plain = _one_metric(capsys, f, command, metric)
+    got = _one_metric(capsys, f, command, metric, "--ci", "0.9")
     assert plain["standard_error"] is None
     assert got["ci"] == 0.9
-    assert got["fid"] == plain["fid"]
+    assert got[metric] == plain[metric]
     assert got["standard_error"] > 0
-    assert got["ci_low"] < got["fid"] < got["ci_high"]
+    assert got["ci_low"] < got[metric] < got["ci_high"]
 
 
 def check_kid_ci(capsys, f, command, monkeypatch):
@@ -848,17 +861,19 @@ def check_kid_ci(capsys, f, command, monkeypatch):
 
 
 def check_ci_groups(capsys, f, command, monkeypatch):
-    argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
+    metric = "sfid" if command == "sfid" else "fid"
+    argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
-    five = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-groups", "5")
-    ten = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    five = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-groups", "5")
+    ten = _one_metric(capsys, f, command, metric, "--ci", "0.9")
     assert five["ci_groups"] == 5
     assert five["standard_error"] != ten["standard_error"]
 
 
 def check_ci_seed(capsys, f, command, monkeypatch):
-    one = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "1")
-    two = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "2")
+    metric = "sfid" if command == "sfid" else "fid"
+    one = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-seed", "1")
+    two = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-seed", "2")
     assert one["ci_seed"] == 1
     assert one["standard_error"] != two["standard_error"]
 
@@ -998,10 +1013,10 @@ PAIRS = {
 CHECKS = {
     ("fid", "infinity"): check_infinity,
     ("fid", "seed"): check_fid_seed,
-    **{(c, "ci"): check_ci for c in ("fid", "metrics")},
+    **{(c, "ci"): check_ci for c in ("fid", "sfid", "metrics")},
     ("kid", "ci"): check_kid_ci,
-    **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
-    **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
+    **{(c, "ci_groups"): check_ci_groups for c in ("fid", "sfid", "metrics")},
+    **{(c, "ci_seed"): check_ci_seed for c in ("fid", "sfid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
     **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "metrics")},
     **{(c, "subsets"): check_subsets for c in ("kid", "metrics")},
@@ -1021,6 +1036,9 @@ CHECKS = {
     **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},
     ("fid", "precision"): check_precision,
+    **{("sfid", k): v for k, v in ENGINE.items()},
+    ("sfid", "precision"): check_precision,
+    ("extract", "spatial"): check_extract_spatial,
     ("fid", "ref"): check_fid_ref,
     **{("ess", k): v for k, v in ENGINE.items()},
     ("ess", "reff"): check_reff,

@@ -19,8 +19,11 @@ READING = ("shard_rows", "array", "split_every")
 
 def metric_run_options(names: Sequence[str]) -> tuple[str, ...]:
     """The run options of a command of the metrics ``names``: the engine's, reading rows, each
-    metric's declared ones, and the image inputs'."""
-    taken = {*ENGINE, *READING, *IMAGES}
+    metric's declared ones, and the image inputs' (not for sFID alone: the feature cache of
+    images does not keep its spatial features)."""
+    taken = {*ENGINE, *READING}
+    if any(METRICS[name].reads != "spatial" for name in names):
+        taken.update(IMAGES)
     for name in names:
         cls = METRICS[name]
         taken.update(cls.run_options)
