@@ -2,8 +2,9 @@
 
 ``import shardeval as se`` costs nothing until a function runs: names are imported on first
 use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
-``se.fid_infinity``, ``se.metrics``, ``se.compare``, ``se.stats``, ``se.merge_stats``, ``se.nll``,
-``se.ess``, ``se.inception_score``, ``se.extract``; ``se.frechet_distance`` in pytorch-fid's
+``se.fid_infinity``, ``se.sfid``, ``se.metrics``, ``se.compare``, ``se.stats``,
+``se.merge_stats``, ``se.nll``, ``se.ess``, ``se.inception_score``, ``se.extract``;
+``se.frechet_distance`` in pytorch-fid's
 argument order), each returning a typed report (``float()`` the headline, ``.to_dict()`` the
 JSON report), and training-loop metrics (``se.FID``…) that accumulate mergeable states and
 ``sync()`` under ``torch.distributed``.
@@ -23,7 +24,7 @@ _EXPORTS = {
         "shardeval.api.functions",
     ),
     **dict.fromkeys(
-        ("fid", "fid_infinity", "kid", "cmmd", "prdc", "metrics", "inception_score"),
+        ("fid", "fid_infinity", "sfid", "kid", "cmmd", "prdc", "metrics", "inception_score"),
         "shardeval.api.verbs",
     ),
     **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
@@ -99,6 +100,7 @@ __all__ = [
     "metrics",
     "nll",
     "prdc",
+    "sfid",
     "stats",
 ]
 
@@ -129,6 +131,7 @@ if _TYPE_CHECKING:
         kid,
         metrics,
         prdc,
+        sfid,
     )
     from shardeval.pipeline.errors import (
         DtypeError,

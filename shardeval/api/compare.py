@@ -12,14 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shardeval.api.evaluate import (
-    Evaluation,
-    _context,
-    _Inputs,
-    _open_sides,
-    _prefetch,
-    taken_options,
-)
+from shardeval.api.contexts import metric_context, prefetch_passes
+from shardeval.api.evaluate import Evaluation, _Inputs, _open_sides, taken_options
 from shardeval.api.functions import _noted, _running, with_features
 from shardeval.api.inputs import describe_input, is_images
 from shardeval.api.report import _settings, side_line
@@ -138,13 +132,13 @@ def compare(
             listing = ", ".join(f"{p!r} has d={d}" for p, d in dims.items())
             raise ShapeError(f"feature dimensions differ: {listing}; compare features of one model")
         instances = evaluation.instances
-        context = _context(run, instances, a_side)
+        context = metric_context(run, instances, a_side)
         for gen in (a_side, b_side):  # before any pass: a run that fails spends none
             for m in instances:
                 m.check(ref_side, gen, context)
         outputs = []
         for gen in (a_side, b_side):
-            _prefetch(context, instances, ref_side, gen)
+            prefetch_passes(context, instances, ref_side, gen)
             outputs.append(
                 {m.name: m.check_outputs(m.compute(ref_side, gen, context)) for m in instances}
             )

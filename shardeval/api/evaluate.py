@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from shardeval.api.contexts import metric_context, prefetch_passes
 from shardeval.api.functions import (
     _must_exist,
     _noted,
@@ -35,6 +36,7 @@ from shardeval.api.inputs import (
 )
 from shardeval.api.report import build_report
 from shardeval.api.results import Report
+from shardeval.api.spatial_inputs import reads_spatial, spatial_arrays, spatial_statistics
 from shardeval.pipeline.errors import OptionError, ShapeError, StoreError
 from shardeval.pipeline.runoptions import IMAGES, check_run_options
 
@@ -261,6 +263,11 @@ class Evaluation:
             [None if s else x for x, s in zip((real, gen), as_stats, strict=True)],
             {} if images_elsewhere else self.given,
         )
+        if reads_spatial(self.instances) and any(images):
+            raise OptionError(
+                "sFID reads spatial features, which the feature cache of images does not keep: "
+                "extract them with «spatial=True» and give the store"
+            )
         readers = [m.name for m in self.instances if m.reads == "logits"]
         encoder = self.given.get("encoder")
         if readers and any(images) and encoder not in (None, "inception"):
@@ -280,17 +287,21 @@ class Evaluation:
     def sides(self, run: Any, inputs: _Inputs) -> list[Any]:
         """The inputs as sides (images extracted into the feature cache, stores opened)."""
         opened = with_features(run, inputs.values, inputs.images)
-        return _open_sides(run, opened, inputs, self._arrays(run, opened, inputs))
+        spatial = reads_spatial(self.instances)
+        return _open_sides(run, opened, inputs, self._arrays(run, opened, inputs), spatial)
 
     def _arrays(self, run: Any, opened: list[Any], inputs: _Inputs) -> list[str | None]:
         """«array» for each side: it picks the variable of each input that holds several and
         leaves an input of one array as it is; metrics that all read logits read GEN's
-        ``logits`` array among others unless «array» names another."""
+        ``logits`` array among others unless «array» names another, and sFID an extraction
+        store's ``spatial`` array."""
         array = run.options.get("array")
         if {m.reads for m in self.instances} == {"logits"}:  # of GEN alone: no reference
             from shardeval.pipeline.inception_score.logits import array_of_logits
 
             return [None, array_of_logits(opened[1], array)]
+        if array is None and reads_spatial(self.instances):
+            return spatial_arrays(opened, inputs.statistics)
         rows = [
             i
             for i, (x, stats) in enumerate(zip(opened, inputs.statistics, strict=True))
@@ -303,10 +314,10 @@ class Evaluation:
 
     def report(self, run: Any, notes: Any, real: Any, gen: Any, images: bool = False) -> Report:
         """The metrics of ``gen`` against ``real`` (sides), and their report."""
-        context = _context(run, self.instances, gen)
+        context = metric_context(run, self.instances, gen)
         for m in self.instances:  # before any pass: a run that fails spends none
             m.check(real, gen, context)
-        _prefetch(context, self.instances, real, gen)
+        prefetch_passes(context, self.instances, real, gen)
         results = {m.name: m.check_outputs(m.compute(real, gen, context)) for m in self.instances}
         taken = taken_options(self.instances, images)
         return build_report(self.instances, results, real, gen, run, notes, taken)
@@ -388,12 +399,13 @@ def evaluate(
 
 
 def _open_sides(
-    run: Any, opened: list[Any], inputs: _Inputs, arrays: list[str | None]
+    run: Any, opened: list[Any], inputs: _Inputs, arrays: list[str | None], spatial: bool = False
 ) -> list[Any]:
     """The inputs as sides (``opened``: images already extracted into the feature cache):
-    stores opened with their «array», statistics read; one feature dimension."""
+    stores opened with their «array», statistics read (a guided-diffusion reference batch's
+    sFID statistics where ``spatial``); one feature dimension."""
     sides = [
-        _side(run, role, x, original, stats, image, array)
+        _side(run, role, x, original, stats, image, array, spatial)
         for role, x, original, stats, image, array in zip(
             ("real", "gen"),
             opened,
@@ -412,7 +424,14 @@ def _open_sides(
 
 
 def _side(
-    run: Any, role: str, x: Any, original: Any, stats: bool, image: bool, array: str | None
+    run: Any,
+    role: str,
+    x: Any,
+    original: Any,
+    stats: bool,
+    image: bool,
+    array: str | None,
+    spatial: bool = False,
 ) -> Any:
     """One input as a side (None stays None: no reference)."""
     from shardeval.pipeline.io.statsio import is_adm_reference, stats_provenance
@@ -429,12 +448,13 @@ def _side(
     path = is_path(original) and not image
     adm = role == "real" and is_path(original) and is_adm_reference(os.fspath(original))
     held = stats_provenance(os.fspath(original)) if is_path(original) and (stats or adm) else None
+    read = spatial_statistics if spatial else statistics
     if stats:
-        return statistics_side(role, statistics(x), held, describe_input(original))
+        return statistics_side(role, read(x), held, describe_input(original))
     side = source_side(
         role,
         features(x, array=array, shard_rows=rows),
-        statistics=statistics(original) if adm else None,
+        statistics=read(original) if adm else None,
     )
     if adm and held:
         side.provenance = {**side.provenance, "statistics": held}
@@ -443,42 +463,3 @@ def _side(
 
     side.in_memory = not path and not image and not isinstance(x, FeatureSource)
     return side
-
-
-def _context(run: Any, instances: Sequence[Any], gen: Any) -> Any:
-    from shardeval.pipeline.metrics import Context
-
-    requests: dict[str, Any] = {}
-    for m in instances:
-        requests.update(m.sample_request())
-    # «array», or an array passed in memory, names what every metric asked reads, when they
-    # all read one kind (the Inception Score's logits, or features); else it is the features'.
-    one_kind = len({m.reads for m in instances}) == 1
-    in_memory = gen.in_memory
-    array = run.options.get("array")
-    named = (array is not None or in_memory) if one_kind else None
-    return Context(
-        run.engine,
-        run.options["run_options"],
-        run.progress,
-        sample_requests=requests,
-        named=named,
-    )
-
-
-def _prefetch(context: Any, instances: Sequence[Any], real: Any, gen: Any) -> None:
-    """The moments every metric asked reads, of both sides at once (one task graph), unless
-    another pass gives them (FID∞'s bands hold the generated side's)."""
-    by_role = {"real": real, "gen": gen}
-    wanted: dict[str, list[Any]] = {}
-    for m in instances:
-        for role in m.moment_roles():
-            if by_role[role] is not None:
-                wanted.setdefault(m.options.get("nonfinite", "error"), []).append(by_role[role])
-    for m in instances:
-        if m.name == "fid_inf":  # one read of GEN: FID∞'s bands, and GEN's moments for FID
-            nonfinite = m.options["nonfinite"]
-            together = gen in wanted.get(nonfinite, [])
-            gen.bands(context, m.options["seed"], nonfinite, with_moments=together)
-    for nonfinite, sides in wanted.items():
-        context.prefetch_moments(list(dict.fromkeys(sides)), nonfinite)

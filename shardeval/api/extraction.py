@@ -138,6 +138,7 @@ def extract(
     batch_size: int | None = None,
     device: str | None = None,
     skip_bad: bool = False,
+    spatial: bool = False,
     overwrite: bool = False,
     scheduler: Any = None,
     cluster: str | None = None,
@@ -170,6 +171,9 @@ def extract(
         batch_size: images per forward pass and rows per chunk (default 32).
         device: where the encoder runs (``auto``: a worker's GPU if it has one).
         skip_bad: leave unreadable images out (named in the report) instead of stopping.
+        spatial: also write sFID's spatial features (the Inception's; array ``spatial``,
+            2,023 float32 a row, 7.9 KiB, from the same forward pass; docs/sfid.md) into a
+            new store. A store keeps the arrays it was made with.
         overwrite: replace an extraction store written before (never anything else).
         check_progress: called as the images are checked (with ``skip_bad``).
 
@@ -219,6 +223,7 @@ def extract(
                 engine=run.engine,
                 progress=run.progress,
                 overwrite=overwrite,
+                spatial=spatial,
                 log=log,
             )
         else:
@@ -235,6 +240,7 @@ def extract(
                 engine=run.engine,
                 progress=run.progress,
                 check_progress=check_progress,
+                spatial=spatial,
                 log=log,
             )
         described = run.engine.describe()

@@ -200,6 +200,7 @@ def extract_pixels(
     engine: Any,
     progress: Any,
     overwrite: bool = False,
+    spatial: bool = False,
     log: Any = None,
 ) -> Any:
     """Extract images in memory into the feature store ``output``: staged in ``staging``
@@ -227,6 +228,7 @@ def extract_pixels(
                 overwrite=overwrite,
                 engine=engine,
                 progress=progress,
+                spatial=spatial,
                 log=log,
             )
             break

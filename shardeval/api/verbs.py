@@ -212,6 +212,22 @@ least-squares line in 1/N. ``float()`` is FID∞; the report holds FID beside it
     route=_fid_infinity_route,
 )
 
+sfid = make_verb(
+    "sfid",
+    ("sfid",),
+    """sFID (Nash et al., "Generating images with sparse representations", ICML 2021): FID of
+the Inception's spatial features (the first 7 channels of the TF graph's ``mixed_6/conv``,
+17 × 17 × 7 = 2,023 values per image), as guided-diffusion's evaluator computes it. It reads
+an extraction store's ``spatial`` array (``se.extract(..., spatial=True)``) or an input of one
+array as it is; a guided-diffusion reference batch gives its ``mu_s``/``sigma_s``. Which layer
+that is in the Inception, and why: docs/sfid.md.""",
+    """    >>> import numpy as np, shardeval as se
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(500, 6))
+    >>> float(se.sfid(x, x)) < 1e-9
+    True""",
+)
+
 kid = make_verb(
     "kid",
     ("kid",),

@@ -128,6 +128,7 @@ def _base(command, f):
     """A working invocation of each measurement command."""
     return {
         "fid": ["fid", f["a"], f["b"]],
+        "sfid": ["sfid", f["a"], f["b"]],
         "nll": ["nll", "--iw", f["lw"]],
         "ess": ["ess", f["lw"]],
         "kid": ["kid", f["a"], f["b"]],
@@ -225,6 +226,7 @@ def check_array(capsys, f, command, monkeypatch):
         return
     value = {
         "fid": lambda r: r["fid"]["fid"],
+        "sfid": lambda r: r["sfid"]["sfid"],
         "metrics": lambda r: r["fid"]["fid"],
         "kid": lambda r: r["kid"]["kid"],
         "cmmd": lambda r: r["cmmd"]["cmmd"],
@@ -284,7 +286,7 @@ def check_backend(capsys, f, command, monkeypatch):
         assert not calls
         key = {"kid": "kid", "cmmd": "cmmd", "prdc": "prdc_precision"}[command]
         assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
-    elif command in ("fid", "metrics", "compare"):
+    elif command in ("fid", "sfid", "metrics", "compare"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_triton")
         report = _report(capsys, *_base(command, f), "--backend", "triton")
         assert calls
@@ -301,7 +303,7 @@ def check_precision(capsys, f, command, monkeypatch):
     import shardeval.kernels.moments
     import shardeval.kernels.pairs  # imported by the first pass otherwise: spied on before it
 
-    if command in ("fid", "metrics", "compare"):
+    if command in ("fid", "sfid", "metrics", "compare"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_numpy")
     else:
         calls = _spy(monkeypatch, shardeval.kernels.pairs, "pair_reduce")
@@ -314,6 +316,7 @@ def check_precision(capsys, f, command, monkeypatch):
 def check_nonfinite(capsys, f, command, monkeypatch):
     argv = {
         "fid": ["fid", f["nan"], f["b"]],
+        "sfid": ["sfid", f["nan"], f["b"]],
         "nll": ["nll", "--iw", f["lw_nan"]],
         "ess": ["ess", f["lw_nan"]],
         "metrics": ["metrics", f["nan"], f["b"], "--metrics", "fid"],
@@ -323,6 +326,7 @@ def check_nonfinite(capsys, f, command, monkeypatch):
     report = _report(capsys, *argv, "--nonfinite", "drop")
     dropped = {
         "fid": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
+        "sfid": lambda r: r["sfid"]["sfid_nonfinite_dropped_real"],
         "metrics": lambda r: r["fid"]["fid_nonfinite_dropped_real"],
         "compare": lambda r: r["gen_b"]["fid"]["fid_nonfinite_dropped_real"],
     }.get(command, lambda r: r["nonfinite_dropped"])(report)
@@ -484,6 +488,14 @@ def check_extract_json(capsys, f, command, monkeypatch):
     report = json.loads(_run(capsys, *_extract(f), "--json", "-q")[1])
     assert report["rows"] == 5
     assert report["engine"]["scheduler"] == "threads"
+
+
+def check_extract_spatial(capsys, f, command, monkeypatch):
+    plain = _report(capsys, *_extract(f))
+    assert "spatial" not in zarr.open_group(plain["output"], mode="r")
+    report = _report(capsys, *_extract(f, "--spatial"))
+    assert report["spatial"] == 2023
+    assert zarr.open_group(report["output"], mode="r")["spatial"].shape == (5, 2023)
 
 
 EXTRACT = {
@@ -873,14 +885,15 @@ def check_fid_seed(capsys, f, command, monkeypatch):
 
 
 def check_ci(capsys, f, command, monkeypatch):
-    plain = _one_metric(capsys, f, command, "fid")
-    got = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    metric = "sfid" if command == "sfid" else "fid"
+    plain = _one_metric(capsys, f, command, metric)
+    got = _one_metric(capsys, f, command, metric, "--ci", "0.9")
     assert plain["standard_error"] is None
     assert got["ci"] == 0.9
     # With «ci» the moments are the groups' merged: the same rows summed in another order.
-    assert got["fid"] == pytest.approx(plain["fid"], rel=1e-6)
+    assert got[metric] == pytest.approx(plain[metric], rel=1e-6)
     assert got["standard_error"] > 0
-    assert got["ci_low"] < got["fid"] < got["ci_high"]
+    assert got["ci_low"] < got[metric] < got["ci_high"]
 
 
 def check_kid_ci(capsys, f, command, monkeypatch):
@@ -950,17 +963,19 @@ def check_prdc_ci(capsys, f, command, monkeypatch):
 
 
 def check_ci_groups(capsys, f, command, monkeypatch):
-    argv = [f["a"], f["b"]] if command == "fid" else ["--metrics", "fid", f["a"], f["b"]]
+    metric = "sfid" if command == "sfid" else "fid"
+    argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", "fid", f["a"], f["b"]]
     _refused(capsys, command, *argv, "--ci-groups", "5", match="--ci-groups applies with --ci")
-    five = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-groups", "5")
-    ten = _one_metric(capsys, f, command, "fid", "--ci", "0.9")
+    five = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-groups", "5")
+    ten = _one_metric(capsys, f, command, metric, "--ci", "0.9")
     assert five["ci_groups"] == 5
     assert five["standard_error"] != ten["standard_error"]
 
 
 def check_ci_seed(capsys, f, command, monkeypatch):
-    one = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "1")
-    two = _one_metric(capsys, f, command, "fid", "--ci", "0.9", "--ci-seed", "2")
+    metric = "sfid" if command == "sfid" else "fid"
+    one = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-seed", "1")
+    two = _one_metric(capsys, f, command, metric, "--ci", "0.9", "--ci-seed", "2")
     assert one["ci_seed"] == 1
     assert one["standard_error"] != two["standard_error"]
 
@@ -1172,7 +1187,7 @@ PAIRS = {
 CHECKS = {
     ("fid", "infinity"): check_infinity,
     ("fid", "seed"): check_fid_seed,
-    **{(c, "ci"): check_ci for c in ("fid", "metrics")},
+    **{(c, "ci"): check_ci for c in ("fid", "sfid", "metrics")},
     ("kid", "ci"): check_kid_ci,
     **{(c, "se_target"): check_se_target for c in ("fid", "kid", "cmmd", "metrics")},
     ("is", "se_target"): check_is_se_target,
@@ -1181,6 +1196,8 @@ CHECKS = {
     ("prdc", "ci"): check_prdc_ci,
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
+    **{(c, "ci_groups"): check_ci_groups for c in ("fid", "sfid", "metrics")},
+    **{(c, "ci_seed"): check_ci_seed for c in ("fid", "sfid", "metrics")},
     **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
     **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "metrics")},
     **{(c, "subsets"): check_subsets for c in ("kid", "metrics")},
@@ -1209,6 +1226,9 @@ CHECKS = {
     **{("metrics", k): v for k, v in ENGINE.items()},
     **{("fid", k): v for k, v in ENGINE.items()},
     ("fid", "precision"): check_precision,
+    **{("sfid", k): v for k, v in ENGINE.items()},
+    ("sfid", "precision"): check_precision,
+    ("extract", "spatial"): check_extract_spatial,
     ("fid", "ref"): check_fid_ref,
     **{("ess", k): v for k, v in ENGINE.items()},
     ("ess", "reff"): check_reff,

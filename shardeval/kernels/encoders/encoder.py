@@ -170,26 +170,77 @@ class Encoder:
         Raises:
             EncoderError: the encoder has no class logits.
         """
+        features, logits, _ = self.encode_arrays(images, batch_size, logits=True)
+        if logits is None:  # asked for, so given; a network that did not is refused above
+            raise EncoderError(f"the {self.spec.name} encoder gave no class logits")
+        return features, logits
+
+    def encode_arrays(
+        self,
+        images: Sequence[np.ndarray],
+        batch_size: int = 32,
+        *,
+        logits: bool = False,
+        spatial: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Features, and the class logits and sFID's spatial features asked for, of decoded
+        images from one forward pass per batch (the features are :meth:`encode`'s).
+
+        Args:
+            images, batch_size: as :meth:`encode`.
+            logits: also the class logits (the network's ``forward_with_logits``, or its
+                ``logits`` of the pool features).
+            spatial: also sFID's spatial features (the network's ``forward_with_spatial``).
+
+        Returns:
+            (len(images), d) features, (len(images), classes) logits or None, and
+            (len(images), spatial) spatial features or None, all float32.
+
+        Raises:
+            EncoderError: the encoder has no class logits, or no spatial features, where
+                they are asked for.
+        """
         import numpy as np
         import torch
 
-        if not self.spec.logits or not hasattr(self.network, "forward_with_logits"):
+        network = self.network
+        if logits and (not self.spec.logits or not hasattr(network, "forward_with_logits")):
             raise EncoderError(f"the {self.spec.name} encoder has no class logits")
+        if spatial and (not self.spec.spatial or not hasattr(network, "forward_with_spatial")):
+            raise EncoderError(f"the {self.spec.name} encoder has no spatial features")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        features, logits = [], []
+        parts: dict[str, list[np.ndarray]] = {"features": [], "logits": [], "spatial": []}
         for lo in range(0, len(images), batch_size):
             batch = self._batch(images[lo : lo + batch_size])
+            outs: dict[str, Any] = {}
             with torch.inference_mode():
-                pool, scores = self.network.forward_with_logits(
-                    batch.to(self.device, non_blocking=True)
-                )
-            features.append(self._rows(pool, len(batch)).cpu().numpy())
-            logits.append(self._rows(scores, len(batch), "logits").cpu().numpy())
-        if not features:
-            empty = np.empty((0, self.spec.dim or 0), np.float32)
-            return empty, np.empty((0, self.spec.logits), np.float32)
-        return np.concatenate(features), np.concatenate(logits)
+                x = batch.to(self.device, non_blocking=True)
+                if spatial:
+                    outs["features"], outs["spatial"] = network.forward_with_spatial(x)
+                    if logits:
+                        outs["logits"] = network.logits(outs["features"])
+                elif logits:
+                    outs["features"], outs["logits"] = network.forward_with_logits(x)
+                else:
+                    outs["features"] = network(x)
+            for name, value in outs.items():
+                what = "features" if name == "features" else name
+                parts[name].append(self._rows(value, len(batch), what).cpu().numpy())
+        widths = {
+            "features": self.spec.dim or 0,
+            "logits": self.spec.logits,
+            "spatial": self.spec.spatial,
+        }
+        arrays = {
+            name: np.concatenate(found) if found else np.empty((0, widths[name]), np.float32)
+            for name, found in parts.items()
+        }
+        return (
+            arrays["features"],
+            arrays["logits"] if logits else None,
+            arrays["spatial"] if spatial else None,
+        )
 
 
 def preprocessor(

@@ -3,7 +3,10 @@ torch (no torchvision), returning the 2048-d pool3 features.
 
 Module and parameter names are torchvision's ``Inception3`` names, so pytorch-fid's checkpoint
 ``pt_inception-2015-12-05-6726825d.pth`` loads as it is, strictly. Its ``fc`` (2048 → 1008)
-gives the class logits of the Inception Score (:meth:`FIDInception.forward_with_logits`). What
+gives the class logits of the Inception Score (:meth:`FIDInception.forward_with_logits`), and
+channels 0–6 of Mixed_6d's 1×1 branch, the TF graph's ``mixed_6/conv``, give sFID's spatial
+features (:meth:`FIDInception.forward_with_spatial`; the mapping, with its sources, is in
+docs/sfid.md). What
 makes this graph differ from torchvision's ImageNet Inception, and so from its features:
 
 * the pooling branch of the A, C and first E blocks averages over the valid pixels only
@@ -39,6 +42,14 @@ DIM = 2048
 
 #: Classes of the TF graph's logits layer (1000 ImageNet classes + 8 unused).
 CLASSES = 1008
+
+#: sFID's spatial features (Nash et al. 2021, as guided-diffusion's evaluator takes them): the
+#: first 7 channels of the TF graph's ``mixed_6/conv`` (the 1×1 branch of Mixed_6d, after
+#: batch norm and ReLU) on its 17 × 17 grid, flattened height-width-channel (TF's NHWC order).
+SPATIAL_CHANNELS, SPATIAL_GRID = 7, 17
+
+#: Spatial values per image: 17 × 17 × 7.
+SPATIAL_DIM = SPATIAL_GRID * SPATIAL_GRID * SPATIAL_CHANNELS
 
 _BN_COUNTER = "num_batches_tracked"
 
@@ -209,19 +220,36 @@ class FIDInception(nn.Module):
         self.fc = nn.Linear(DIM, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_spatial(x)[0]
+
+    def forward_with_spatial(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pool3 features and sFID's spatial features of the same pass:
+        ((B, 2048), (B, 2023)); the features equal :meth:`forward`'s.
+
+        The spatial features are channels 0–6 of Mixed_6d's output, which are its 1×1
+        branch's (``branch1x1``: conv, batch norm with eps 0.001, ReLU), the block
+        concatenating that branch first; Mixed_6d is the TF graph's ``mixed_6`` and its 1×1
+        branch ``mixed_6/conv`` (docs/sfid.md). They are flattened as guided-diffusion's
+        evaluator flattens the TF tensor ``mixed_6/conv:0[..., :7]`` of shape (B, 17, 17, 7):
+        height, then width, then channel, so column ``(h·17 + w)·7 + c`` holds channel c at
+        (h, w), comparable element-wise with a reference batch's ``mu_s``/``sigma_s``. Other
+        input sizes than 299 × 299 give another grid and another width.
+        """
         x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        blocks: tuple[nn.Module, ...] = (
+        before: tuple[nn.Module, ...] = (
             self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b,
-            self.Mixed_6c, self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b,
-            self.Mixed_7c,
+            self.Mixed_6c, self.Mixed_6d,
         )  # fmt: skip
-        for block in blocks:
+        for block in before:
             x = block(x)
-        return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
+        spatial = x[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)
+        for block in (self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+            x = block(x)
+        return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1), spatial
 
     def logits(self, pool: torch.Tensor) -> torch.Tensor:
         """The 1,008 class logits of (B, 2048) pool3 features, WITHOUT the ``fc`` bias:

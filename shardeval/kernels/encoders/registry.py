@@ -123,6 +123,8 @@ class EncoderSpec:
         weights: where its weights are and what is pinned of them.
         logits: class logits per image a forward pass also gives (0: none).
         logits_note: what those logits are (an extraction store's ``logits`` attribute).
+        spatial: sFID's spatial values per image a forward pass also gives (0: none).
+        spatial_note: what they are (an extraction store's ``spatial`` attribute).
         summary: what its features are, for the help (``FID's 2048-d pool3``).
         source: :data:`REGISTERED`, a library of :data:`PROVIDER_FORMS`, or :data:`PYTHON`.
         module: the user's module or callable (source ``python``).
@@ -141,6 +143,8 @@ class EncoderSpec:
     weights: WeightsSource
     logits: int = 0
     logits_note: str = ""
+    spatial: int = 0
+    spatial_note: str = ""
     summary: str = ""
     source: str = REGISTERED
     module: Any = field(default=None, compare=False, repr=False)
@@ -157,6 +161,8 @@ class EncoderSpec:
             raise ValueError(f"encoder {self.name!r} declares dim {self.dim}")
         if self.logits and not self.logits_note:
             raise ValueError(f"encoder {self.name!r} has logits but does not say what they are")
+        if self.spatial and not self.spatial_note:
+            raise ValueError(f"encoder {self.name!r} has spatial features but does not say what")
 
     @property
     def default_resize(self) -> str:
@@ -235,6 +241,13 @@ _REGISTERED = (
             "pool3 · fc.weightᵀ of the TF Inception graph, without the fc bias: the logits "
             "the Inception Score takes (Salimans et al.'s code, torch-fidelity's "
             "logits_unbiased)"
+        ),
+        # 17 × 17 × 7 (inception.SPATIAL_DIM; not imported: that module loads torch)
+        spatial=2023,
+        spatial_note=(
+            "channels 0-6 of the TF Inception graph's mixed_6/conv (Mixed_6d's 1x1 branch after "
+            "batch norm and ReLU), 17 x 17 x 7 flattened height-width-channel: sFID's features "
+            "as guided-diffusion's evaluator takes them (docs/sfid.md)"
         ),
         summary="FID's 2048-d pool3, as pytorch-fid, clean-fid and torch-fidelity",
     ),

@@ -1,9 +1,11 @@
 """The FID family's plug-ins: FID of the generated set against the reference, with the
-covariance eigen-spectra beside it, and FID∞ (Chong & Forsyth 2020)."""
+covariance eigen-spectra beside it, FID∞ (Chong & Forsyth 2020), and sFID (Nash et al. 2021),
+FID's computation on the Inception's spatial features."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.errors import MetricOptionError
@@ -385,3 +387,40 @@ class FIDInfinity(Metric):
             f"subsets of GEN, {int(sizes[0]):,} to {int(sizes[-1]):,} rows: slope "
             f"{o['fid_inf_slope']:.4g}, R² {o['fid_inf_r2']:.3f}; seed {self.options['seed']})"
         ]
+
+
+class SFID(FID):
+    """sFID (Nash et al. 2021, *Generating images with sparse representations*): FID's
+    Fréchet distance, computed by :class:`FID` itself, of sFID's spatial features instead of
+    pool3: the first 7 channels of the TF Inception graph's ``mixed_6/conv`` on its 17 × 17
+    grid, 2,023 values per image flattened height-width-channel, as guided-diffusion's
+    evaluator takes them (docs/sfid.md says where that is in the Inception, and why).
+
+    It reads an extraction store's ``spatial`` array (written with «spatial=True»), or the
+    input itself when that is one array of spatial features; a guided-diffusion reference
+    batch gives its ``mu_s``/``sigma_s`` as the reference statistics. Outputs are FID's with
+    ``s`` in front (``sfid``, ``sfid_mean_term``, …).
+    """
+
+    name = "sfid"
+    title = "spatial Fréchet distance (sFID)"
+    outputs: ClassVar[tuple[Output, ...]] = tuple(
+        replace(o, name="s" + o.name) for o in FID.outputs
+    )
+    plots: ClassVar[tuple[Plot, ...]] = (Plot("sFID over steps", "steps", ("sfid",), "sFID"),)
+    reads = "spatial"
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        if real is None:
+            raise ValueError("sFID compares with a reference")
+        return {"s" + k: v for k, v in super().compute(real, gen, context).items()}
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        lines = super().summary_lines({k[1:]: v for k, v in outputs.items()})
+        return ["s" + lines[0], *lines[1:]]
+
+    @classmethod
+    def compares_pairs(cls) -> bool:
+        # FID's difference reads FID's outputs of the features; a comparison does not route
+        # the spatial array: not inherited.
+        return False

@@ -33,6 +33,9 @@ DEFAULT_BATCH_SIZE = 32
 #: The array of an extraction store holding the class logits.
 LOGITS_ARRAY = "logits"
 
+#: The array of an extraction store holding sFID's spatial features (opt-in, «spatial»).
+SPATIAL_ARRAY = "spatial"
+
 _DECODE_THREADS = 8
 
 
@@ -211,7 +214,8 @@ class ChunkJob:
     ``encoder`` is the encoder's declaration (a module given in Python rides in it: the job is
     then one key of the graph, shipped once to each worker); ``weights`` is what the user gave
     (None: each worker looks in its own cache), ``digest`` what the weights must hash to on
-    every worker; ``logits``: the store has a logits array, written beside the features.
+    every worker; ``logits``: the store has a logits array, written beside the features;
+    ``spatial``: the store has a spatial array (sFID's), likewise.
     """
 
     output: str
@@ -223,6 +227,7 @@ class ChunkJob:
     batch_size: int
     chunk_rows: int
     logits: bool = False
+    spatial: bool = False
 
 
 def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:
@@ -239,10 +244,12 @@ def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:
     start = time.perf_counter()
     images = refs.read(threads=min(_DECODE_THREADS, available_cores()))
     model = cached_encoder(job.encoder, job.weights, job.digest, job.device, job.resize)
-    if job.logits:
-        features, logits = model.encode_with_logits(images, job.batch_size)
+    if job.logits or job.spatial:
+        features, logits, spatial = model.encode_arrays(
+            images, job.batch_size, logits=job.logits, spatial=job.spatial
+        )
     else:
-        features, logits = model.encode(images, job.batch_size), None
+        features, logits, spatial = model.encode(images, job.batch_size), None, None
     lo = chunk * job.chunk_rows
     array = zarr.open_array(job.output, path="features", mode="r+")
     if lo + len(features) > array.shape[0] or len(features) != min(
@@ -250,11 +257,12 @@ def extract_chunk(job: ChunkJob, chunk: int, refs: ImageRefs) -> ChunkResult:
     ):
         raise StoreError(f"{job.output!r}: chunk {chunk} does not fit the store's rows")
     # A chunk of NaN rows (a broken network) is still written, so the listing stays exact.
-    # The logits first: a chunk whose features are stored has its logits too, so the features'
-    # listing alone says which chunks a killed run left.
-    if logits is not None:
-        scores = zarr.open_array(job.output, path=LOGITS_ARRAY, mode="r+")
-        scores.with_config({"write_empty_chunks": True})[lo : lo + len(logits)] = logits
+    # The logits and spatial features first: a chunk whose features are stored has them too,
+    # so the features' listing alone says which chunks a killed run left.
+    for name, values in ((LOGITS_ARRAY, logits), (SPATIAL_ARRAY, spatial)):
+        if values is not None:
+            beside = zarr.open_array(job.output, path=name, mode="r+")
+            beside.with_config({"write_empty_chunks": True})[lo : lo + len(values)] = values
     array.with_config({"write_empty_chunks": True})[lo : lo + len(features)] = features
     return ChunkResult(chunk, len(features), time.perf_counter() - start, model.device)
 

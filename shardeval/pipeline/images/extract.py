@@ -15,6 +15,8 @@ row (a store half again as large), where a store without them would have to be e
 again, every image through the network, to give an Inception Score. ``logits=False`` leaves
 them out. They are not a setting: a store is resumed, and reused, with the arrays it was
 created with (one made before logits were written has none, and the Inception Score says so).
+sFID's spatial features (``spatial``: 2,023 values, 7.9 KiB a row, of the same pass; see
+docs/sfid.md) are written only when asked for (``spatial=True``), likewise not a setting.
 :func:`shardeval.pipeline.io.stores.open_features` refuses a store until it is complete. A
 re-run with the same settings computes only the chunks the store's listing lacks; other
 settings are refused (``overwrite`` starts again); something that is not an extraction store is
@@ -50,6 +52,7 @@ from shardeval.pipeline.errors import StoreError
 from shardeval.pipeline.images.encoding import (
     DEFAULT_BATCH_SIZE,
     LOGITS_ARRAY,
+    SPATIAL_ARRAY,
     ChunkJob,
     ChunkResult,
     EncoderSetupError,
@@ -94,6 +97,7 @@ __all__ = [
     "INCOMPLETE_NOTE",
     "LOGITS_ARRAY",
     "SETTING_KEYS",
+    "SPATIAL_ARRAY",
     "ChunkJob",
     "ChunkResult",
     "EncoderSetupError",
@@ -167,6 +171,7 @@ def extract_features(
     progress: Progress | None = None,
     check_progress: Progress | None = None,
     logits: bool = True,
+    spatial: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
     """Extract features of every image of a source into a Zarr feature store.
@@ -197,6 +202,9 @@ def extract_features(
             pre-pass.
         logits: a new store of an encoder with class logits (the Inception) holds them too,
             from the same forward pass (default). An existing store keeps its own arrays.
+        spatial: a new store holds sFID's spatial features too (``spatial``, 2,023 float32 a
+            row, 7.9 KiB), from the same forward pass; only an encoder that has them (the
+            Inception) takes it. An existing store keeps its own arrays.
         log: called with a notice when this run waits for another that is writing
             ``output`` (it holds the store's lock).
 
@@ -227,6 +235,11 @@ def extract_features(
             raise ExtractionError(f"{what} must be a positive integer, got {value}")
     plan = plan_extraction(encoder, weights, resize)
     spec = plan.encoder_spec
+    if spatial and not spec.spatial:
+        raise ExtractionError(
+            f"the {spec.name} encoder has no spatial features (sFID's are the Inception's); "
+            "leave out «spatial=True» or extract with «encoder='inception'»"
+        )
     given, digest, mode = plan.weights, plan.digest, plan.resize
     source = open_images(images)
     if source.unreadable and not skip_bad:
@@ -273,7 +286,20 @@ def extract_features(
             probe = "cpu" if engine.is_distributed and spec.module is None else device
             dim = feature_dim(plan, source, probe, keep[0])
             names = [source.names[i] for i in keep]
-            create_store(output, attrs, names, dim, attrs["chunk_rows"], classes, spec.logits_note)
+            positions = spec.spatial if spatial else 0
+            if positions:
+                attrs[SPATIAL_ARRAY] = spec.spatial_note
+            create_store(
+                output,
+                attrs,
+                names,
+                dim,
+                attrs["chunk_rows"],
+                classes,
+                spec.logits_note,
+                positions,
+                spec.spatial_note,
+            )
         else:
             keep = kept(source, attrs)
             remove_partial_writes(output)
@@ -302,6 +328,19 @@ def extract_features(
                     f"{classes or 'no'} classes); pass «overwrite=True» to start again"
                 )
             unwritten |= {index[0] for index, _ in missing_chunks(scores)[0]}
+        beside = group.get(SPATIAL_ARRAY)
+        positions = 0
+        if beside is not None:
+            positions = spec.spatial
+            if not isinstance(beside, zarr.Array) or (
+                tuple(beside.shape) != (len(keep), positions) or beside.chunks[0] != rows_per_chunk
+            ):
+                raise StoreError(
+                    f"{output!r} has spatial features that do not fit its features (rows, "
+                    f"chunks or {positions or 'no'} values a row); pass «overwrite=True» to "
+                    "start again"
+                )
+            unwritten |= {index[0] for index, _ in missing_chunks(beside)[0]}
         missing = sorted(unwritten)
         job: Any = ChunkJob(
             output,
@@ -313,6 +352,7 @@ def extract_features(
             int(attrs["batch_size"]),
             rows_per_chunk,
             logits=bool(classes),
+            spatial=bool(positions),
         )
         if spec.module is not None and engine.is_distributed:
             from dask.delayed import delayed
@@ -329,8 +369,9 @@ def extract_features(
         counted = _counting(progress, "images")
         results = _run(engine, "extract", extract_chunk, calls, counted, uses_gpu(device))
         left, chunks = missing_chunks(features)
-        if scores is not None:
-            left = left or missing_chunks(scores)[0]
+        for extra in (scores, beside):
+            if extra is not None:
+                left = left or missing_chunks(extra)[0]
         if left:
             raise StoreError(f"{output!r}: {len(left)} chunks are still missing after the run")
         if not complete(attrs):
@@ -354,6 +395,7 @@ def extract_features(
             seconds=time.perf_counter() - start,
             check_seconds=check_seconds,
             classes=classes,
+            spatial=positions,
             weights_digest=digest,
             weights_status=plan.weights_status,
             weights_file=str(attrs.get("weights_file") or plan.located),

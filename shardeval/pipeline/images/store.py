@@ -5,7 +5,9 @@ The store is a Zarr v3 group: ``features`` (N, d) float32, dims (sample, feature
 task of ``chunk_rows`` rows (a whole number of batches), fill value NaN (a row never written
 reads as NaN, which every reader rejects); for an encoder with class logits (the Inception's),
 ``logits`` (N, classes) float32, dims (sample, class), of the same forward pass, chunked alike
-(what they are, the encoder's declaration says: its ``logits_note``); ``names`` (N,) strings,
+(what they are, the encoder's declaration says: its ``logits_note``); when asked for
+(«spatial»), ``spatial`` (N, 2023) float32, dims (sample, spatial), sFID's spatial features of
+the same pass, chunked alike (its ``spatial_note``; 7.9 KiB a row); ``names`` (N,) strings,
 the image of each row; and attributes naming the encoder (its name and ``encoder_source``), the
 weights' digest, the resize, the source and its fingerprint.
 
@@ -26,7 +28,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardeval.pipeline.errors import StoreError
-from shardeval.pipeline.images.encoding import DEFAULT_BATCH_SIZE, LOGITS_ARRAY, ExtractionError
+from shardeval.pipeline.images.encoding import (
+    DEFAULT_BATCH_SIZE,
+    LOGITS_ARRAY,
+    SPATIAL_ARRAY,
+    ExtractionError,
+)
 from shardeval.pipeline.images.provenance import LEGACY_PREFIX
 from shardeval.pipeline.io.atomic import atomic_dir
 from shardeval.pipeline.io.stores import FEATURES_FORMAT, INCOMPLETE_ATTR
@@ -61,6 +68,7 @@ class ExtractResult:
         devices: devices the tasks of this run used.
         seconds: wall time; check_seconds: of it, the decode pre-pass.
         classes: logits per row the store holds (0: none).
+        spatial: sFID's spatial values per row the store holds (0: none).
         weights_digest: the weights' digest (``sha256:<hex>``, ``random:<seed>``).
         weights_status: whether they are the published file (see
             :func:`shardeval.pipeline.images.provenance.weights_status`).
@@ -86,6 +94,7 @@ class ExtractResult:
     seconds: float
     check_seconds: float
     classes: int = 0
+    spatial: int = 0
     weights_digest: str = ""
     weights_status: str | None = None
     weights_file: str = ""
@@ -123,8 +132,13 @@ def finished_result(output: str, attrs: dict[str, Any], seconds: float = 0.0) ->
     digest = str(attrs.get("weights_digest", ""))
     group = zarr.open_group(output, mode="r", use_consolidated=False)
     features, scores = group["features"], group.get(LOGITS_ARRAY)
-    if not isinstance(features, zarr.Array) or not isinstance(scores, zarr.Array | None):
-        raise StoreError(f"{output!r}: its features or logits are not arrays")
+    spatial = group.get(SPATIAL_ARRAY)
+    if (
+        not isinstance(features, zarr.Array)
+        or not isinstance(scores, zarr.Array | None)
+        or not isinstance(spatial, zarr.Array | None)
+    ):
+        raise StoreError(f"{output!r}: its features, logits or spatial features are not arrays")
     return ExtractResult(
         output=output,
         encoder=encoder,
@@ -143,6 +157,7 @@ def finished_result(output: str, attrs: dict[str, Any], seconds: float = 0.0) ->
         seconds=seconds,
         check_seconds=0.0,
         classes=int(scores.shape[1]) if scores is not None and LOGITS_ARRAY in attrs else 0,
+        spatial=int(spatial.shape[1]) if spatial is not None and SPATIAL_ARRAY in attrs else 0,
         weights_digest=digest,
         weights_status=weights_status(encoder, digest),
         weights_file=str(attrs.get("weights_file", "")),
@@ -158,9 +173,13 @@ def create_store(
     chunk_rows: int,
     classes: int = 0,
     logits_note: str = "",
+    spatial: int = 0,
+    spatial_note: str = "",
 ) -> None:
     """The whole store but its chunks, renamed into place in one step (with a ``logits``
-    array of ``classes`` columns, described by ``logits_note``, when ``classes``)."""
+    array of ``classes`` columns, described by ``logits_note``, when ``classes``; a
+    ``spatial`` array of ``spatial`` columns, described by ``spatial_note``, when
+    ``spatial``)."""
     import numpy as np
     import zarr
 
@@ -193,6 +212,16 @@ def create_store(
                 fill_value=np.float32("nan"),
                 dimension_names=("sample", "class"),
                 attributes={"description": logits_note},
+            )
+        if spatial:
+            group.create_array(
+                SPATIAL_ARRAY,
+                shape=(len(names), spatial),
+                dtype="float32",
+                chunks=(chunk_rows, spatial),
+                fill_value=np.float32("nan"),
+                dimension_names=("sample", "spatial"),
+                attributes={"description": spatial_note},
             )
 
 

@@ -42,8 +42,8 @@ class ADMReference:
         pool: ``mu``/``sigma``: FID statistics of ``pool_3`` features (n unknown).
         spatial: ``mu_s``/``sigma_s``: the suite's sFID statistics (the first 7 channels of the
             TF graph's ``mixed_6/conv`` output, 17 x 17 x 7 = 2,023 values per image, in
-            height-width-channel order), or None when the file has none. Read and checked,
-            not used: shardeval's Inception does not extract that layer.
+            height-width-channel order), or None when the file has none: sFID's reference
+            (the ``sfid`` metric; docs/sfid.md).
         images: the shape of ``arr_0`` (N, H, W, 3), uint8; the images themselves are read by
             the image sources (:mod:`shardeval.pipeline.images.sources`), not here.
     """

@@ -21,8 +21,8 @@ suite's ``evaluations/evaluator.py`` over the whole dataset (``arr_0`` holds 10,
 images, for precision and recall). They are read as statistics with ``n`` unknown (not
 mergeable). FID against them compares with features extracted with the TF-compatible resize
 (``legacy-tensorflow``): the same network under another resize gives other features, and an
-FID that mixes the two measures the resize as well as the images. ``mu_s``/``sigma_s`` are
-checked and kept, not used: see :class:`ADMReference`.
+FID that mixes the two measures the resize as well as the images. ``mu_s``/``sigma_s`` are the
+``sfid`` metric's reference (see :class:`ADMReference`).
 
 A file is told apart by its bytes, not its name: a zip archive is read as ``.npz``, a folder as a
 Zarr group (:func:`shardeval.pipeline.io.stores.numpy_kind`). pytorch-fid's d = 1 statistics (a 0-d

@@ -19,6 +19,7 @@ _SHIPPED = (
     ("shardeval.pipeline.fid.metrics", "FID"),
     ("shardeval.pipeline.fid.metrics", "FIDInfinity"),
     ("shardeval.pipeline.fid.kl_metrics", "KLGaussian"),
+    ("shardeval.pipeline.fid.metrics", "SFID"),
     ("shardeval.pipeline.mmd.metrics", "KID"),
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),

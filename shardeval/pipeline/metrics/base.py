@@ -271,8 +271,9 @@ class Metric(abc.ABC):
     needs_reference_features: ClassVar[bool] = False
     #: the roles that may be statistics rather than rows (FID takes statistics on either side)
     takes_statistics: ClassVar[tuple[str, ...]] = ()
-    #: what it reads of a set: its ``features``, or class ``logits`` (which a store may keep
-    #: beside its features: the Inception Score's)
+    #: what it reads of a set: its ``features``, class ``logits`` (which a store may keep
+    #: beside its features: the Inception Score's), or ``spatial`` features (sFID's, which an
+    #: extraction store keeps beside its features when asked to)
     reads: ClassVar[str] = "features"
     #: the run options its computation takes beyond reading the set (shard_rows, array and
     #: split_every are every metric's): kernels' ``device`` and ``backend``, products'

@@ -32,6 +32,7 @@ _COMMANDS = {
     "nll": ("shardeval.workflows.cli.measure", "cmd_nll"),
     "ess": ("shardeval.workflows.cli.measure", "cmd_ess"),
     "synth": ("shardeval.workflows.cli.measure", "cmd_synth"),
+    "sfid": ("shardeval.workflows.cli.samples", "cmd_sfid"),
     "kid": ("shardeval.workflows.cli.samples", "cmd_kid"),
     "cmmd": ("shardeval.workflows.cli.samples", "cmd_cmmd"),
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),

@@ -1,4 +1,4 @@
-"""The metric commands (fid, kid, cmmd, prdc, is): each one's inputs and words; their options
+"""The metric commands (fid, sfid, kid, cmmd, prdc, is): each one's inputs and words; their options
 come from the metrics' declarations and the run options they take, so a new parameter of a
 metric is a flag of its command without another edit.
 """
@@ -19,8 +19,11 @@ READING = ("shard_rows", "array", "split_every")
 
 def metric_run_options(names: Sequence[str]) -> tuple[str, ...]:
     """The run options of a command of the metrics ``names``: the engine's, reading rows, each
-    metric's declared ones, and the image inputs'."""
-    taken = {*ENGINE, *READING, *IMAGES}
+    metric's declared ones, and the image inputs' (not for sFID alone: the feature cache of
+    images does not keep its spatial features)."""
+    taken = {*ENGINE, *READING}
+    if any(METRICS[name].reads != "spatial" for name in names):
+        taken.update(IMAGES)
     for name in names:
         cls = METRICS[name]
         taken.update(cls.run_options)
@@ -58,6 +61,20 @@ METRIC_COMMANDS = (
         "examples:\n  shardeval fid real.zarr gen.zarr --out fid.json\n"
         "  shardeval fid real-stats.zarr gen.zarr\n  shardeval fid a.npz b.npz\n"
         "  shardeval fid real.zarr gen.zarr --scheduler tcp://10.0.0.5:8786",
+    ),
+    MetricCommand(
+        "sfid",
+        ("sfid",),
+        ("2", "STORE", "REAL GEN"),
+        "sFID: FID of the Inception's spatial features (guided-diffusion's)",
+        "sFID (Nash et al. 2021): the Fréchet distance of the Inception's spatial features, the "
+        "first 7 channels of the TF graph's mixed_6/conv (17 x 17 x 7 = 2,023 values per "
+        "image), as guided-diffusion's evaluator computes it. REAL and GEN: extraction stores "
+        "made with `shardeval extract --spatial` (their spatial array is read), stores of one "
+        "array of spatial features, or for REAL a guided-diffusion reference batch "
+        "(VIRTUAL_*.npz: its mu_s/sigma_s). The layer and its sources: docs/sfid.md.",
+        "examples:\n  shardeval extract gen/ -o gen.zarr --spatial\n"
+        "  shardeval sfid VIRTUAL_imagenet256_labeled.npz gen.zarr",
     ),
     MetricCommand(
         "kid",

@@ -25,6 +25,10 @@ def _one(args: argparse.Namespace, name: str) -> int:
     return emit(args, report.to_dict(), report.summary())
 
 
+def cmd_sfid(args: argparse.Namespace) -> int:
+    return _one(args, "sfid")
+
+
 def cmd_kid(args: argparse.Namespace) -> int:
     return _one(args, "kid")
 
