@@ -1189,7 +1189,7 @@ CHECKS = {
     ("fid", "seed"): check_fid_seed,
     **{(c, "ci"): check_ci for c in ("fid", "sfid", "metrics")},
     ("kid", "ci"): check_kid_ci,
-    **{(c, "se_target"): check_se_target for c in ("fid", "kid", "cmmd", "metrics")},
+    **{(c, "se_target"): check_se_target for c in ("fid", "sfid", "kid", "cmmd", "metrics")},
     ("is", "se_target"): check_is_se_target,
     ("cmmd", "ci"): check_cmmd_ci,
     ("is", "ci"): check_is_ci,
