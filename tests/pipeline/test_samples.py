@@ -116,6 +116,29 @@ def test_the_reported_offset_case_to_1e_5(tmp_path):
     assert got["kid"].kid == pytest.approx(exact, rel=1e-5)
 
 
+@pytest.mark.parametrize("cross_diagonal", [False, True])
+def test_kid_rounding_bound_is_its_documented_sum(cross_diagonal):
+    # The bound of mmd2_rounding written out: each mean errs by its sum's bound (the block
+    # pairs' own, plus u × magnitude per float64 addition) over its count, and a + b − 2c by
+    # 4u(|a| + |b| + 2|c|). Sums of unequal counts and signs (m = 5, n = 4), and bounds of
+    # different sizes, so that each term is seen.
+    from shardeval.pipeline.mmd.kid import mmd2_rounding
+    from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
+
+    u = 2.0**-53
+    xx = SetSums(30.0, 0.0, 0.0, np.zeros(5), error=2e-13, magnitude=64.0, additions=3)
+    yy = SetSums(-24.0, 0.0, 0.0, np.zeros(4), error=5e-14, magnitude=32.0, additions=1)
+    xy = CrossSums(-50.0, 0.0, np.zeros(5), np.zeros(4), error=1e-12, magnitude=80.0, additions=2)
+    nxy = 25 if cross_diagonal else 20
+    a, b, c = 30.0 / 20, -24.0 / 12, -50.0 / nxy
+    sums = (2e-13 + 3 * u * 64) / 20 + (5e-14 + u * 32) / 12 + 2 * (1e-12 + 2 * u * 80) / nxy
+    want = sums + 4 * u * (abs(a) + abs(b) + 2 * abs(c))
+    got = mmd2_rounding(xx, yy, xy, 5, 4, cross_diagonal=cross_diagonal)
+    assert got == pytest.approx(want, rel=1e-12, abs=0)
+    if not cross_diagonal:
+        assert mmd2_rounding(xx, yy, xy, 5, 4) == got  # the all-pairs estimator by default
+
+
 def test_kid_standard_error_survives_the_offset(tmp_path):
     # The Hoeffding terms (sums of squares less squared means) are formed from values less
     # their common P^D: the standard error at an offset of 1,000 equals the one from exact
