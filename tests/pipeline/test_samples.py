@@ -86,6 +86,22 @@ def test_kid_over_all_pairs_equals_float64_brute_force(pair, precision):
     assert (got.gamma, got.coef0, got.degree) == (1 / 48, 1.0, 3)
 
 
+def test_kid_of_a_kernel_given_in_full_equals_float64_brute_force(tmp_path):
+    # γ, c and the degree as given (not the defaults 1/d, 1, 3), in the value and the result.
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((120, 5)), rng.standard_normal((100, 5)) * 1.2 + 0.3
+    params = KIDParams(degree=2, gamma=0.7, coef0=0.25)
+    got = sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=params)["kid"]
+    kxx, kyy, kxy = ((0.7 * a @ b.T + 0.25) ** 2 for a, b in ((x, x), (y, y), (x, y)))
+    want = (
+        (kxx.sum() - np.trace(kxx)) / (120 * 119)
+        + (kyy.sum() - np.trace(kyy)) / (100 * 99)
+        - 2 * kxy.mean()
+    )
+    assert got.kid == pytest.approx(want, rel=1e-9)
+    assert (got.gamma, got.coef0, got.degree) == (0.7, 0.25, 2)
+
+
 @pytest.mark.parametrize("d", [6, 64])
 @pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0, 10000.0])
 # The bound is within 1e-5 of the value here: a rounding warning would be a false alarm.
