@@ -224,12 +224,48 @@ def test_lse_merge_is_scipys_log_sum_exp_of_the_union(power):
     rng = np.random.default_rng(12)
     a, b = rng.normal(size=(3, 5)) * 4, rng.normal(size=(3, 6)) * 4 + [[3.0], [-3.0], [0.0]]
     a[2] = -np.inf
-    top, total = lse_merge(*pair(a), *pair(b), power=power)
+    given = {} if power == 1 else {"power": power}  # p = 1 by default, as LogSumExp merges
+    top, total = lse_merge(*pair(a), *pair(b), **given)
     np.testing.assert_array_equal(top, np.maximum(a.max(axis=1), b.max(axis=1)))
     want = logsumexp(power * np.concatenate([a, b], axis=1), axis=1)
     np.testing.assert_allclose(log_sum(top, total), want, rtol=1e-13)
     for x, y in ((a[0], b[0]), (b[1], a[1])):  # scalars, the larger max on either side
-        top, total = lse_merge(*pair(x), *pair(y), power=power)
+        top, total = lse_merge(*pair(x), *pair(y), **given)
         assert log_sum(top, total) == pytest.approx(logsumexp(power * np.r_[x, y]), rel=1e-13)
-    top, total = lse_merge(*pair(a[2]), *pair(a[2]), power=power)
+    top, total = lse_merge(*pair(a[2]), *pair(a[2]), **given)
     assert (top, total) == (-np.inf, 0.0)
+
+
+def test_a_state_reports_the_bytes_of_its_fields_to_dask():
+    # sys.getsizeof of a registered state (what Dask's sizeof falls back to): the object's own
+    # size (its slots) plus each field's bytes: an array's data, a tuple's and a dict's own
+    # size plus their items', anything else its getsizeof.
+    from dataclasses import dataclass
+
+    from shardeval.pipeline.core.mergeable import _REGISTRY, state
+
+    @dataclass(frozen=True, slots=True)
+    class Bundle:
+        values: np.ndarray
+        parts: tuple
+        named: dict
+        n: int
+
+        def merge(self, other):
+            return self
+
+    rows, col, tail = np.zeros((3, 4)), np.ones(5), np.zeros(7)
+    bundle = Bundle(rows, (col, 2.5), {"tail": tail}, 12)
+    want = (
+        object.__sizeof__(bundle)  # the slots of four fields
+        + rows.nbytes
+        + (sys.getsizeof(bundle.parts) + col.nbytes + sys.getsizeof(2.5))
+        + (sys.getsizeof(bundle.named) + sys.getsizeof("tail") + tail.nbytes)
+        + sys.getsizeof(12)
+    )
+    try:
+        state(examples=lambda rng: (bundle, [bundle] * 3))(Bundle)
+        assert object.__sizeof__(bundle) > object.__sizeof__(None)  # the slots count
+        assert bundle.__sizeof__() == want
+    finally:
+        _REGISTRY.pop(Bundle, None)
