@@ -188,6 +188,37 @@ def test_clamping_tolerance_of_a_singular_covariance_is_rtol_times_its_norm():
         trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
 
 
+def test_the_error_names_the_matrix_that_is_not_positive_semi_definite():
+    # Σ_g itself (its factor is taken first), or the product Fᵀ Σ_r F of the two.
+    with pytest.raises(NumericalError, match=r"^covariance is not positive semi-definite"):
+        trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
+    with pytest.raises(
+        NumericalError, match=r"^the product of the covariances is not positive semi-definite"
+    ):
+        trace_sqrt_product(np.diag([1.0, -1.5e-5]), np.eye(2))
+
+
+def test_a_singular_covariance_leaves_out_eigenvalues_below_its_rank_tolerance():
+    # Σ_g of rank one, λ = 45, with a second eigenvalue of 1e-13: below d·ε·λ_max ≈ 5e-13
+    # (the numerical range of Σ_g), it is rounding and adds nothing, where keeping it would add
+    # √(1e-13) ≈ 3e-7 to the trace. Reference: tr (I · Σ_g')^½ = √45, Σ_g' the rank-one part.
+    d = 50
+    v = np.linalg.qr(np.random.default_rng(5).standard_normal((d, d)))[0]
+    cov_g = 45.0 * np.outer(v[:, 0], v[:, 0]) + 1e-13 * np.outer(v[:, 1], v[:, 1])
+    value, _, _ = trace_sqrt_product(np.eye(d), cov_g)
+    assert value == pytest.approx(np.sqrt(45.0), rel=1e-12, abs=0)
+
+
+def test_clamped_magnitudes_beyond_float64_are_inf_without_a_warning():
+    # Σ_r = diag(1e300, −1e290), Σ_g = 1e300·I: the clamped eigenvalue of the product, 1e590 in
+    # the covariances' units, is beyond float64: inf, silently; the trace, 1e300, is exact.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, clamped, worst = trace_sqrt_product(np.diag([1e300, -1e290]), 1e300 * np.eye(2))
+    assert (clamped, worst) == (1, np.inf)
+    assert value == pytest.approx(1e300, rel=1e-14)
+
+
 def test_float_of_the_result_is_its_fid():
     got = frechet_distance(Gaussian(np.zeros(2), np.eye(2)), Gaussian(np.ones(2), 4 * np.eye(2)))
     assert float(got) == got.fid == pytest.approx(4.0, rel=1e-15)
