@@ -117,6 +117,38 @@ def test_statistics_holding_nan_or_inf_are_an_error(where, bad):
         frechet_distance(good, Gaussian(mean, cov, source="a.npz"))
 
 
+def test_the_errors_of_the_statistics_name_their_side():
+    good = Gaussian(np.ones(2), np.eye(2))
+    nan = Gaussian(np.array([0.0, np.nan]), np.eye(2), source="s.npz")
+    tiny = Gaussian(np.zeros(2), 1e-310 * np.eye(2), source="s.npz")
+    for bad, why in ((nan, "hold NaN or inf"), (tiny, "have variances below")):
+        with pytest.raises(NumericalError, match=rf"^the real statistics 's\.npz' {why}"):
+            frechet_distance(bad, good)
+        with pytest.raises(NumericalError, match=rf"^the generated statistics 's\.npz' {why}"):
+            frechet_distance(good, bad)
+
+
+def test_a_mean_term_in_float64s_subnormal_range_is_rounded_once():
+    # δ = 3e-162 in each of 4 coordinates: each square (9e-324) is below the smallest normal
+    # float, where adding four rounded squares gives 8 units of 2^-1074 and the exact term,
+    # 3.6e-323, rounds to 7. Reference: the exact square sum in rationals, rounded once.
+    from fractions import Fraction
+
+    cov = np.eye(4)
+    got = frechet_distance(Gaussian(np.full(4, 3e-162), cov), Gaussian(np.zeros(4), cov))
+    assert got.mean_term == float(4 * Fraction(3e-162) ** 2)
+    assert got.mean_term != 4 * (3e-162 * 3e-162)  # the sum of rounded squares differs
+
+
+def test_a_negative_fid_beyond_rounding_is_not_snapped_to_zero():
+    # Σ = diag(1, −1e-6) on both sides (its negative eigenvalue within the clamping tolerance):
+    # the traces hold −1e-6 each, the square-root term drops it, and FID = −2e-6 is reported
+    # as it is; only a negative sum within 1e-12 of the traces is rounding, and 0.
+    cov = np.diag([1.0, -1e-6])
+    got = frechet_distance(Gaussian(np.zeros(2), cov), Gaussian(np.zeros(2), cov))
+    assert got.fid == pytest.approx(-2e-6, rel=1e-9)
+
+
 def test_a_set_of_identical_rows_has_zero_covariance_and_its_fid_is_exact():
     # Σ_r = 0 (every reference row the same): FID = ‖δ‖² + tr Σ_g, no error (0 is not a
     # variance below float64's normal range).
