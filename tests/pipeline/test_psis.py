@@ -85,3 +85,42 @@ def test_per_row_ess_near_the_float64_limit(tmp_path):
     got = ess_of(_source(tmp_path, lw, shard_rows=7))
     assert got.ess == pytest.approx(160.0, rel=1e-12)
     assert got.per_row["ess_over_k_quantiles"][0.5] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [5, 6, 7, 12, 200])
+def test_gpd_fit_equals_arvizs(n):
+    # Zhang & Stephens' fit with Vehtari et al.'s prior against ArviZ's _gpdfit (what psislw
+    # calls) on the same exceedances (unsorted here: the fit sorts them), down to the
+    # shortest tail fitted, 5, where the quartile is the smallest value.
+    from arviz.stats.stats import _gpdfit
+    from scipy import stats
+
+    from shardeval.pipeline.likelihood.psis import gpd_khat
+
+    x = stats.genpareto.rvs(0.4, size=n, random_state=np.random.default_rng(n))
+    assert gpd_khat(x) == pytest.approx(_gpdfit(np.sort(x))[0], rel=1e-12, abs=0)
+
+
+def test_gpd_fit_needs_five_positive_exceedances():
+    # Four exceedances, or six of which none is above the threshold: no fit, NaN.
+    from shardeval.pipeline.likelihood.psis import gpd_khat
+
+    assert math.isnan(gpd_khat(np.array([0.5, 1.0, 2.0, 3.0])))
+    assert math.isnan(gpd_khat(np.zeros(6)))
+
+
+def test_khat_readings_are_vehtaris_thresholds():
+    # Vehtari et al. (2024): k̂ < 0.5 good, < 0.7 usable, otherwise unreliable.
+    from shardeval.pipeline.likelihood.psis import khat_reading
+
+    ks = (-0.2, 0.4999, 0.5, 0.6999, 0.7, 1.6, math.nan, math.inf)
+    assert [khat_reading(k) for k in ks] == [
+        "good",
+        "good",
+        "usable",
+        "usable",
+        "unreliable",
+        "unreliable",
+        "undetermined",
+        "undetermined",
+    ]
