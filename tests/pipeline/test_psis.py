@@ -124,3 +124,26 @@ def test_khat_readings_are_vehtaris_thresholds():
         "undetermined",
         "undetermined",
     ]
+
+
+def test_psis_khat_of_the_shortest_tail_fitted_equals_arviz():
+    # N = 30: M = ⌈min(6, 3√30)⌉ = 6, the cut-off the 7th largest; the 6th is tied with it,
+    # so the tail holds 5 values, the fewest that are fitted (ArviZ: a finite k̂). r_eff = 1
+    # by default, as in psislw.
+    rng = np.random.default_rng(4)
+    lw = rng.standard_normal(30)
+    top = np.sort(lw)[::-1].copy()
+    top[5] = top[6]
+    expected = _arviz_khat(top)
+    assert math.isfinite(expected)
+    assert psis_khat(top, 30) == pytest.approx(expected, abs=1e-9)
+    # N = 1,000: M = 3√N = 95 at r_eff = 1 (67 at r_eff = 2).
+    many = np.sort(rng.standard_t(3, 1000))[::-1].copy()
+    assert psis_khat(many, 1000) == pytest.approx(_arviz_khat(many), abs=1e-9)
+
+
+def test_psis_khat_without_enough_or_finite_log_weights_is_nan():
+    top = np.sort(np.random.default_rng(5).standard_normal(30))[::-1]
+    assert math.isfinite(psis_khat(top, 30))
+    assert math.isnan(psis_khat(top[:6], 30))  # M + 1 = 7 log-weights needed
+    assert math.isnan(psis_khat(np.full(30, -np.inf), 30))  # every weight zero
