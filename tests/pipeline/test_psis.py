@@ -140,6 +140,8 @@ def test_psis_khat_of_the_shortest_tail_fitted_equals_arviz():
     # N = 1,000: M = 3√N = 95 at r_eff = 1 (67 at r_eff = 2).
     many = np.sort(rng.standard_t(3, 1000))[::-1].copy()
     assert psis_khat(many, 1000) == pytest.approx(_arviz_khat(many), abs=1e-9)
+    # Log-weights near 700, whose exp is at float64's edge: the largest is subtracted first.
+    assert psis_khat(many + 700, 1000) == pytest.approx(_arviz_khat(many), abs=1e-9)
 
 
 def test_psis_khat_without_enough_or_finite_log_weights_is_nan():
