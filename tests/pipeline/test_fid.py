@@ -117,6 +117,38 @@ def test_statistics_holding_nan_or_inf_are_an_error(where, bad):
         frechet_distance(good, Gaussian(mean, cov, source="a.npz"))
 
 
+def test_the_errors_of_the_statistics_name_their_side():
+    good = Gaussian(np.ones(2), np.eye(2))
+    nan = Gaussian(np.array([0.0, np.nan]), np.eye(2), source="s.npz")
+    tiny = Gaussian(np.zeros(2), 1e-310 * np.eye(2), source="s.npz")
+    for bad, why in ((nan, "hold NaN or inf"), (tiny, "have variances below")):
+        with pytest.raises(NumericalError, match=rf"^the real statistics 's\.npz' {why}"):
+            frechet_distance(bad, good)
+        with pytest.raises(NumericalError, match=rf"^the generated statistics 's\.npz' {why}"):
+            frechet_distance(good, bad)
+
+
+def test_a_mean_term_in_float64s_subnormal_range_is_rounded_once():
+    # δ = 3e-162 in each of 4 coordinates: each square (9e-324) is below the smallest normal
+    # float, where adding four rounded squares gives 8 units of 2^-1074 and the exact term,
+    # 3.6e-323, rounds to 7. Reference: the exact square sum in rationals, rounded once.
+    from fractions import Fraction
+
+    cov = np.eye(4)
+    got = frechet_distance(Gaussian(np.full(4, 3e-162), cov), Gaussian(np.zeros(4), cov))
+    assert got.mean_term == float(4 * Fraction(3e-162) ** 2)
+    assert got.mean_term != 4 * (3e-162 * 3e-162)  # the sum of rounded squares differs
+
+
+def test_a_negative_fid_beyond_rounding_is_not_snapped_to_zero():
+    # Σ = diag(1, −1e-6) on both sides (its negative eigenvalue within the clamping tolerance):
+    # the traces hold −1e-6 each, the square-root term drops it, and FID = −2e-6 is reported
+    # as it is; only a negative sum within 1e-12 of the traces is rounding, and 0.
+    cov = np.diag([1.0, -1e-6])
+    got = frechet_distance(Gaussian(np.zeros(2), cov), Gaussian(np.zeros(2), cov))
+    assert got.fid == pytest.approx(-2e-6, rel=1e-9)
+
+
 def test_a_set_of_identical_rows_has_zero_covariance_and_its_fid_is_exact():
     # Σ_r = 0 (every reference row the same): FID = ‖δ‖² + tr Σ_g, no error (0 is not a
     # variance below float64's normal range).
@@ -186,6 +218,37 @@ def test_clamping_tolerance_of_a_singular_covariance_is_rtol_times_its_norm():
     assert worst == pytest.approx(0.9e-5, rel=1e-12)
     with pytest.raises(NumericalError, match="below the rounding tolerance"):
         trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
+
+
+def test_the_error_names_the_matrix_that_is_not_positive_semi_definite():
+    # Σ_g itself (its factor is taken first), or the product Fᵀ Σ_r F of the two.
+    with pytest.raises(NumericalError, match=r"^covariance is not positive semi-definite"):
+        trace_sqrt_product(np.eye(2), np.diag([1.0, -1.1e-5]))
+    with pytest.raises(
+        NumericalError, match=r"^the product of the covariances is not positive semi-definite"
+    ):
+        trace_sqrt_product(np.diag([1.0, -1.5e-5]), np.eye(2))
+
+
+def test_a_singular_covariance_leaves_out_eigenvalues_below_its_rank_tolerance():
+    # Σ_g of rank one, λ = 45, with a second eigenvalue of 1e-13: below d·ε·λ_max ≈ 5e-13
+    # (the numerical range of Σ_g), it is rounding and adds nothing, where keeping it would add
+    # √(1e-13) ≈ 3e-7 to the trace. Reference: tr (I · Σ_g')^½ = √45, Σ_g' the rank-one part.
+    d = 50
+    v = np.linalg.qr(np.random.default_rng(5).standard_normal((d, d)))[0]
+    cov_g = 45.0 * np.outer(v[:, 0], v[:, 0]) + 1e-13 * np.outer(v[:, 1], v[:, 1])
+    value, _, _ = trace_sqrt_product(np.eye(d), cov_g)
+    assert value == pytest.approx(np.sqrt(45.0), rel=1e-12, abs=0)
+
+
+def test_clamped_magnitudes_beyond_float64_are_inf_without_a_warning():
+    # Σ_r = diag(1e300, −1e290), Σ_g = 1e300·I: the clamped eigenvalue of the product, 1e590 in
+    # the covariances' units, is beyond float64: inf, silently; the trace, 1e300, is exact.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, clamped, worst = trace_sqrt_product(np.diag([1e300, -1e290]), 1e300 * np.eye(2))
+    assert (clamped, worst) == (1, np.inf)
+    assert value == pytest.approx(1e300, rel=1e-14)
 
 
 def test_float_of_the_result_is_its_fid():

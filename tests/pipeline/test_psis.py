@@ -85,3 +85,67 @@ def test_per_row_ess_near_the_float64_limit(tmp_path):
     got = ess_of(_source(tmp_path, lw, shard_rows=7))
     assert got.ess == pytest.approx(160.0, rel=1e-12)
     assert got.per_row["ess_over_k_quantiles"][0.5] == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("n", [5, 6, 7, 12, 200])
+def test_gpd_fit_equals_arvizs(n):
+    # Zhang & Stephens' fit with Vehtari et al.'s prior against ArviZ's _gpdfit (what psislw
+    # calls) on the same exceedances (unsorted here: the fit sorts them), down to the
+    # shortest tail fitted, 5, where the quartile is the smallest value.
+    from arviz.stats.stats import _gpdfit
+    from scipy import stats
+
+    from shardeval.pipeline.likelihood.psis import gpd_khat
+
+    x = stats.genpareto.rvs(0.4, size=n, random_state=np.random.default_rng(n))
+    assert gpd_khat(x) == pytest.approx(_gpdfit(np.sort(x))[0], rel=1e-12, abs=0)
+
+
+def test_gpd_fit_needs_five_positive_exceedances():
+    # Four exceedances, or six of which none is above the threshold: no fit, NaN.
+    from shardeval.pipeline.likelihood.psis import gpd_khat
+
+    assert math.isnan(gpd_khat(np.array([0.5, 1.0, 2.0, 3.0])))
+    assert math.isnan(gpd_khat(np.zeros(6)))
+
+
+def test_khat_readings_are_vehtaris_thresholds():
+    # Vehtari et al. (2024): k̂ < 0.5 good, < 0.7 usable, otherwise unreliable.
+    from shardeval.pipeline.likelihood.psis import khat_reading
+
+    ks = (-0.2, 0.4999, 0.5, 0.6999, 0.7, 1.6, math.nan, math.inf)
+    assert [khat_reading(k) for k in ks] == [
+        "good",
+        "good",
+        "usable",
+        "usable",
+        "unreliable",
+        "unreliable",
+        "undetermined",
+        "undetermined",
+    ]
+
+
+def test_psis_khat_of_the_shortest_tail_fitted_equals_arviz():
+    # N = 30: M = ⌈min(6, 3√30)⌉ = 6, the cut-off the 7th largest; the 6th is tied with it,
+    # so the tail holds 5 values, the fewest that are fitted (ArviZ: a finite k̂). r_eff = 1
+    # by default, as in psislw.
+    rng = np.random.default_rng(4)
+    lw = rng.standard_normal(30)
+    top = np.sort(lw)[::-1].copy()
+    top[5] = top[6]
+    expected = _arviz_khat(top)
+    assert math.isfinite(expected)
+    assert psis_khat(top, 30) == pytest.approx(expected, abs=1e-9)
+    # N = 1,000: M = 3√N = 95 at r_eff = 1 (67 at r_eff = 2).
+    many = np.sort(rng.standard_t(3, 1000))[::-1].copy()
+    assert psis_khat(many, 1000) == pytest.approx(_arviz_khat(many), abs=1e-9)
+    # Log-weights near 700, whose exp is at float64's edge: the largest is subtracted first.
+    assert psis_khat(many + 700, 1000) == pytest.approx(_arviz_khat(many), abs=1e-9)
+
+
+def test_psis_khat_without_enough_or_finite_log_weights_is_nan():
+    top = np.sort(np.random.default_rng(5).standard_normal(30))[::-1]
+    assert math.isfinite(psis_khat(top, 30))
+    assert math.isnan(psis_khat(top[:6], 30))  # M + 1 = 7 log-weights needed
+    assert math.isnan(psis_khat(np.full(30, -np.inf), 30))  # every weight zero

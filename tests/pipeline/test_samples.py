@@ -86,6 +86,22 @@ def test_kid_over_all_pairs_equals_float64_brute_force(pair, precision):
     assert (got.gamma, got.coef0, got.degree) == (1 / 48, 1.0, 3)
 
 
+def test_kid_of_a_kernel_given_in_full_equals_float64_brute_force(tmp_path):
+    # γ, c and the degree as given (not the defaults 1/d, 1, 3), in the value and the result.
+    rng = np.random.default_rng(9)
+    x, y = rng.standard_normal((120, 5)), rng.standard_normal((100, 5)) * 1.2 + 0.3
+    params = KIDParams(degree=2, gamma=0.7, coef0=0.25)
+    got = sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=params)["kid"]
+    kxx, kyy, kxy = ((0.7 * a @ b.T + 0.25) ** 2 for a, b in ((x, x), (y, y), (x, y)))
+    want = (
+        (kxx.sum() - np.trace(kxx)) / (120 * 119)
+        + (kyy.sum() - np.trace(kyy)) / (100 * 99)
+        - 2 * kxy.mean()
+    )
+    assert got.kid == pytest.approx(want, rel=1e-9)
+    assert (got.gamma, got.coef0, got.degree) == (0.7, 0.25, 2)
+
+
 @pytest.mark.parametrize("d", [6, 64])
 @pytest.mark.parametrize("offset", [10.0, 100.0, 1000.0, 10000.0])
 # The bound is within 1e-5 of the value here: a rounding warning would be a false alarm.
@@ -114,6 +130,29 @@ def test_the_reported_offset_case_to_1e_5(tmp_path):
     got = sample_metrics(_store(tmp_path, "x", x), _store(tmp_path, "y", y), kid=KIDParams())
     exact = float(exact_kid(x, y))
     assert got["kid"].kid == pytest.approx(exact, rel=1e-5)
+
+
+@pytest.mark.parametrize("cross_diagonal", [False, True])
+def test_kid_rounding_bound_is_its_documented_sum(cross_diagonal):
+    # The bound of mmd2_rounding written out: each mean errs by its sum's bound (the block
+    # pairs' own, plus u × magnitude per float64 addition) over its count, and a + b − 2c by
+    # 4u(|a| + |b| + 2|c|). Sums of unequal counts and signs (m = 5, n = 4), and bounds of
+    # different sizes, so that each term is seen.
+    from shardeval.pipeline.mmd.kid import mmd2_rounding
+    from shardeval.pipeline.pairwise.blocks import CrossSums, SetSums
+
+    u = 2.0**-53
+    xx = SetSums(30.0, 0.0, 0.0, np.zeros(5), error=2e-13, magnitude=64.0, additions=3)
+    yy = SetSums(-24.0, 0.0, 0.0, np.zeros(4), error=5e-14, magnitude=32.0, additions=1)
+    xy = CrossSums(-50.0, 0.0, np.zeros(5), np.zeros(4), error=1e-12, magnitude=80.0, additions=2)
+    nxy = 25 if cross_diagonal else 20
+    a, b, c = 30.0 / 20, -24.0 / 12, -50.0 / nxy
+    sums = (2e-13 + 3 * u * 64) / 20 + (5e-14 + u * 32) / 12 + 2 * (1e-12 + 2 * u * 80) / nxy
+    want = sums + 4 * u * (abs(a) + abs(b) + 2 * abs(c))
+    got = mmd2_rounding(xx, yy, xy, 5, 4, cross_diagonal=cross_diagonal)
+    assert got == pytest.approx(want, rel=1e-12, abs=0)
+    if not cross_diagonal:
+        assert mmd2_rounding(xx, yy, xy, 5, 4) == got  # the all-pairs estimator by default
 
 
 def test_kid_standard_error_survives_the_offset(tmp_path):

@@ -177,3 +177,95 @@ def test_a_state_must_be_a_frozen_dataclass_with_a_merge():
     finally:
         _REGISTRY.pop(Count, None)
     assert dict(registered_states()) == before
+
+
+def test_chan_merge_of_scalars_and_vectors_is_the_two_pass_moments():
+    # Chan, Golub & LeVeque's update against np.mean and the centred sums of squares (and
+    # cross-products) of the concatenation: scalars (δ² branch) and vectors (δδᵀ), parts of
+    # unequal sizes, far apart, so that every term of the update counts.
+    from shardeval.pipeline.core.mergeable import chan_merge
+
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(7, 3)) * np.array([1.0, 2.0, 3.0])
+    b = rng.normal(size=(4, 3)) + np.array([5.0, -3.0, 1.0])
+    both = np.concatenate([a, b])
+
+    def m2(x):
+        centred = x - x.mean(axis=0)
+        return centred.T @ centred
+
+    mean, co = chan_merge(7, a.mean(axis=0), m2(a), 4, b.mean(axis=0), m2(b))
+    np.testing.assert_allclose(mean, both.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(co, m2(both), rtol=1e-13)
+    mean, sq = chan_merge(
+        7, a[:, 0].mean(), m2(a[:, :1])[0, 0], 4, b[:, 0].mean(), m2(b[:, :1])[0, 0]
+    )
+    assert mean == pytest.approx(both[:, 0].mean(), rel=1e-14)
+    assert sq == pytest.approx(m2(both[:, :1])[0, 0], rel=1e-13)
+
+
+@pytest.mark.parametrize("power", [1, 2])
+def test_lse_merge_is_scipys_log_sum_exp_of_the_union(power):
+    # Pairs (max, Σ e^(p(x − max))) of two parts, merged, against scipy's logsumexp of p·x
+    # over the union: scalars either side of each other, arrays element-wise, and a side that
+    # saw only −inf (its max −inf, sum 0), alone and on both sides.
+    from scipy.special import logsumexp
+
+    from shardeval.pipeline.core.mergeable import lse_merge
+
+    def pair(x):
+        top = np.max(x, axis=-1)
+        safe = np.where(np.isneginf(top), 0.0, top)
+        return top, np.exp(power * (x - safe[..., None])).sum(axis=-1)
+
+    def log_sum(top, total):
+        return power * top + np.log(total)
+
+    rng = np.random.default_rng(12)
+    a, b = rng.normal(size=(3, 5)) * 4, rng.normal(size=(3, 6)) * 4 + [[3.0], [-3.0], [0.0]]
+    a[2] = -np.inf
+    given = {} if power == 1 else {"power": power}  # p = 1 by default, as LogSumExp merges
+    top, total = lse_merge(*pair(a), *pair(b), **given)
+    np.testing.assert_array_equal(top, np.maximum(a.max(axis=1), b.max(axis=1)))
+    want = logsumexp(power * np.concatenate([a, b], axis=1), axis=1)
+    np.testing.assert_allclose(log_sum(top, total), want, rtol=1e-13)
+    for x, y in ((a[0], b[0]), (b[1], a[1])):  # scalars, the larger max on either side
+        top, total = lse_merge(*pair(x), *pair(y), **given)
+        assert log_sum(top, total) == pytest.approx(logsumexp(power * np.r_[x, y]), rel=1e-13)
+    top, total = lse_merge(*pair(a[2]), *pair(a[2]), **given)
+    assert (top, total) == (-np.inf, 0.0)
+
+
+def test_a_state_reports_the_bytes_of_its_fields_to_dask():
+    # sys.getsizeof of a registered state (what Dask's sizeof falls back to): the object's own
+    # size (its slots) plus each field's bytes: an array's data, a tuple's and a dict's own
+    # size plus their items', anything else its getsizeof.
+    from dataclasses import dataclass
+
+    from shardeval.pipeline.core.mergeable import _REGISTRY, state
+
+    @dataclass(frozen=True, slots=True)
+    class Bundle:
+        values: np.ndarray
+        parts: tuple
+        named: dict
+        n: int
+
+        def merge(self, other):
+            return self
+
+    rows, col, tail = np.zeros((3, 4)), np.ones(5), np.zeros(7)
+    bundle = Bundle(rows, (col, 2.5), {"tail": tail}, 12)
+    want = (
+        object.__sizeof__(bundle)  # the slots of four fields
+        + rows.nbytes
+        + (sys.getsizeof(bundle.parts) + col.nbytes + sys.getsizeof(2.5))
+        + (sys.getsizeof(bundle.named) + sys.getsizeof("tail") + tail.nbytes)
+        + sys.getsizeof(12)
+    )
+    try:
+        state(examples=lambda rng: (bundle, [bundle] * 3))(Bundle)
+        assert object.__sizeof__(bundle) > object.__sizeof__(None)  # the slots count
+        assert bundle.__sizeof__() == want
+    finally:
+        _REGISTRY.pop(Bundle, None)
