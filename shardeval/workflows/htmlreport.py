@@ -126,10 +126,14 @@ def _steps_plot(ax: Any, spec: dict[str, Any], ds: Any, rows: list[dict[str, Any
                 yerr = np.array(spans).T
             if len(members) > 1:
                 label = f"{name} ({series_of(first['name']) or 'entries'} …{how})"
-                ax.errorbar(x, ys, yerr=yerr, marker="o", capsize=3, label=label)
+                style: dict[str, Any] = {"marker": "o"}
             else:
                 label = f"{name} ({first['name']}{how})"
-                ax.errorbar(x, ys, yerr=yerr, marker="s", linestyle="None", capsize=3, label=label)
+                style = {"marker": "s", "linestyle": "None"}
+            if yerr is None:
+                ax.plot(x, ys, label=label, **style)
+            else:
+                ax.errorbar(x, ys, yerr=yerr, capsize=3, label=label, **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return "training step" if have_steps else "entry (no steps recorded)"
 
