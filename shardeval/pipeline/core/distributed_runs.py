@@ -35,10 +35,12 @@ class SchedulerLostError(ClusterError):
 class _ConnectionNoise(logging.Filter):
     """Drops what Dask's client logs when its scheduler went away, which the engine reports
     itself as :class:`SchedulerLostError` (one line, not a traceback on the terminal): that it
-    gave up reconnecting, and the cancelled reconnection when the client is closed."""
+    gave up reconnecting, the cancelled reconnection when the client is closed, and, when the
+    scheduler died while the client was sending to it, the closed stream of its batched
+    sends (logged at info level with its traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if str(record.msg).startswith("Failed to reconnect to scheduler"):
+        if str(record.msg).startswith(("Failed to reconnect to scheduler", "Batched Comm Closed")):
             return False
         cancelled = record.exc_info[1] if record.exc_info else None
         return not isinstance(cancelled, asyncio.CancelledError)
@@ -46,13 +48,17 @@ class _ConnectionNoise(logging.Filter):
 
 @contextlib.contextmanager
 def _connection_noise_dropped() -> Iterator[None]:
-    """:class:`_ConnectionNoise` on Dask's client logger for the block."""
-    logger, noise = logging.getLogger("distributed.client"), _ConnectionNoise()
-    logger.addFilter(noise)
+    """:class:`_ConnectionNoise` on Dask's client loggers (the client's and its batched
+    sends') for the block."""
+    loggers = [logging.getLogger(name) for name in ("distributed.client", "distributed.batched")]
+    noise = _ConnectionNoise()
+    for logger in loggers:
+        logger.addFilter(noise)
     try:
         yield
     finally:
-        logger.removeFilter(noise)
+        for logger in loggers:
+            logger.removeFilter(noise)
 
 
 def _kernel_checks_failed_here() -> list[tuple[str, str, str, str]]:
