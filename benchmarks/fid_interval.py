@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,16 +23,7 @@ import tracemalloc
 
 import numpy as np
 
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from benchmarks._harness import cpu_name
 
 
 def main() -> None:
@@ -69,9 +59,7 @@ def main() -> None:
         peaks[label] = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
     plain, with_ci = (statistics.median(times[k]) for k in ("fid", "fid+ci"))
-    print(
-        f"{args.n:,} x {args.d:,} per side, {args.groups} groups, {_cpu()}, {os.cpu_count()} cores"
-    )
+    print(f"{args.n:,} x {args.d:,} per side, {args.groups} groups, {cpu_name()}")
     print(f"  fid      median {plain:.2f} s  {times['fid']}")
     print(f"  fid+ci   median {with_ci:.2f} s  {times['fid+ci']}  (interval {interval})")
     print(f"  ratio {with_ci / plain:.2f}")
