@@ -155,7 +155,7 @@ class FID(Metric):
             warnings.warn(message, UserWarning, stacklevel=2)
         outputs = self.outputs_of(result, r, g, real_dropped, dropped)
         if self.options["ci"]:
-            outputs |= self.interval(result.fid, real, r, gen, context, precision)
+            outputs |= self.interval(result.fid, real, r, gen, context, precision, g.n)
         return outputs
 
     def _reader(self, context: Context, gen: Side, precision: dict[str, str | None]) -> Any:
@@ -188,10 +188,11 @@ class FID(Metric):
         gen: Side,
         context: Context,
         precision: dict[str, str | None],
+        n: int,
     ) -> dict[str, Any]:
         """The jackknife's outputs: both sides' rows in groups, or the generated side's
         against a reference of statistics held fixed (the groups read for the estimate,
-        cached in the sides)."""
+        cached in the sides); ``n``: the generated rows, which «se_target» scales."""
         from shardeval.pipeline.fid.jackknife import fid_jackknife
 
         o = self.options
@@ -205,7 +206,6 @@ class FID(Metric):
             (real.location, gen.location),
             context.engine,
         )
-        n = gen.groups(*args, precision.get("gen")).whole().n
         return {
             "fid_standard_error": jack.standard_error,
             "fid_ci_low": jack.low,
