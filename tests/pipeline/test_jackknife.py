@@ -243,3 +243,16 @@ def test_the_groups_pass_checks_its_device_before_reading():
     rng = np.random.default_rng(12)
     with pytest.raises(EngineError, match="no CUDA GPU"):
         se.fid(rng.normal(size=(50, 3)), rng.normal(size=(50, 3)), ci=0.9, device="cuda")
+
+
+def test_the_interval_never_reaches_below_zero():
+    # Same distribution, few rows: FID is small beside its error, and the t interval's low
+    # end, estimate − t·SE, falls below 0, where no FID lies.
+    rng = np.random.default_rng(5)
+    real, gen = rng.normal(size=(200, 4)), rng.normal(size=(200, 4))
+    got = se.fid(real, gen, ci=0.95, precision="fp64").to_dict()["fid"]
+    estimate, se_, _, low, high = _reference_jackknife(real, gen, 10, 0, 0.95)
+    assert low < 0  # the case this test is about
+    assert got["fid_ci_low"] == 0.0
+    assert got["fid_ci_high"] == pytest.approx(high, rel=1e-7)
+    assert got["fid_standard_error"] == pytest.approx(se_, rel=1e-7)

@@ -95,7 +95,7 @@ class FID(Metric):
         Output("fid_spectrum", "", "eigenvalues of the generated covariance", array=True),
         Output("fid_reference_spectrum", "", "eigenvalues of the reference covariance", True),
         Output("fid_standard_error", "", "jackknife standard error («ci»)", optional=True),
-        Output("fid_ci_low", "", "lower end of the interval («ci»)", optional=True),
+        Output("fid_ci_low", "", "lower end of the interval, at least 0 («ci»)", optional=True),
         Output("fid_ci_high", "", "upper end of the interval («ci»)", optional=True),
         Output("fid_jackknife_bias", "", "jackknife estimate of FID's bias («ci»)", optional=True),
         se_target_output("fid"),
@@ -208,7 +208,9 @@ class FID(Metric):
         )
         return {
             "fid_standard_error": jack.standard_error,
-            "fid_ci_low": jack.low,
+            # FID ≥ 0: the t interval's low end, which can reach below 0 when FID is small
+            # beside its error, is clipped there (coverage can only grow).
+            "fid_ci_low": max(0.0, jack.low),
             "fid_ci_high": jack.high,
             "fid_jackknife_bias": jack.bias,
             "fid_rows_for_se_target": rows_for_target(o, jack.standard_error, n),
