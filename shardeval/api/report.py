@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shardeval.api.results import Report, engine_text, features_made, jsonable
+from shardeval.api.spatial_inputs import reads_spatial, spatial_provenance
 
 
 def side_line(side: Any, label: str | None = None) -> str:
@@ -58,15 +59,16 @@ def build_report(
         data[name] = jsonable(outputs)
     data["options"] = {m.name: dict(m.options) for m in instances}
     sides = {s.role: s for s in (real, gen) if s is not None}
-    data["inputs"] = {role: s.provenance for role, s in sides.items()}
-    made_from = {role: s.provenance for role, s in sides.items()}
+    relabel = spatial_provenance if reads_spatial(instances) else (lambda described: described)
+    data["inputs"] = {role: relabel(s.provenance) for role, s in sides.items()}
+    made_from = dict(data["inputs"])
     statistics = getattr(real, "provenance", {}).get("statistics") if real is not None else None
     if isinstance(statistics, dict) and real is not None and real.kind == "features":
         # rows from a file that holds statistics too (a guided-diffusion reference batch)
         made_from = {
             "real": made_from["real"],
-            "real statistics": statistics,
-            "gen": gen.provenance,
+            "real statistics": relabel(statistics),
+            "gen": made_from["gen"],
         }
     for side in sides.values():
         if side.kind == "statistics" and side.n is None:

@@ -45,6 +45,26 @@ def spatial_arrays(opened: Sequence[Any], as_statistics: Sequence[bool]) -> list
     ]
 
 
+#: The network and layer sFID's features come from, as reports name it.
+SPATIAL_EXTRACTOR = "inception-2015-12-05/mixed_6/conv[:7]"
+
+
+def spatial_provenance(described: Any) -> Any:
+    """A side's description with the network and layer its spatial features come from: the
+    store (or reference batch) records those of its main features, the pool3 ones.
+
+    Example:
+        >>> spatial_provenance({"feature_extractor": "inception-2015-12-05/pool3"})
+        {'feature_extractor': 'inception-2015-12-05/mixed_6/conv[:7]'}
+    """
+    if not isinstance(described, dict):
+        return described
+    extractor = described.get("feature_extractor")
+    if not (isinstance(extractor, str) and extractor.startswith("inception-2015-12-05/")):
+        return described
+    return {**described, "feature_extractor": SPATIAL_EXTRACTOR}
+
+
 def spatial_statistics(x: Any) -> Gaussian:
     """Reference statistics of spatial features: a guided-diffusion reference batch's
     ``mu_s``/``sigma_s``; any other statistics as :func:`statistics` reads them (a file of

@@ -100,7 +100,11 @@ def test_extract_spatial_then_sfid_on_the_command_line(tmp_path, rng, weights, c
     assert main(["sfid", *stores, "-q", "--json"]) == 0
     import json
 
-    out = json.loads(capsys.readouterr().out)["sfid"]
+    report = json.loads(capsys.readouterr().out)
+    out = report["sfid"]
+    # the stores record their pool3 features' layer; the report names the spatial one read
+    for made in report["features_made_by"].values():
+        assert made["feature_extractor"] == "inception-2015-12-05/mixed_6/conv[:7]"
     a, b = (zarr.open_group(s, mode="r")["spatial"][:].astype(np.float64) for s in stores)
     assert a.shape == b.shape == (4, 2023)
     # n = 4 rows in 2,023 dimensions: covariances of rank 3, whose zero eigenvalues rounding
