@@ -253,6 +253,7 @@ def test_the_interval_never_reaches_below_zero():
     got = se.fid(real, gen, ci=0.95, precision="fp64").to_dict()["fid"]
     estimate, se_, _, low, high = _reference_jackknife(real, gen, 10, 0, 0.95)
     assert low < 0  # the case this test is about
+    assert got["fid"] == pytest.approx(estimate, rel=1e-9)
     assert got["fid_ci_low"] == 0.0
     assert got["fid_ci_high"] == pytest.approx(high, rel=1e-7)
     assert got["fid_standard_error"] == pytest.approx(se_, rel=1e-7)
