@@ -155,7 +155,7 @@ def test_resize_choice():
         resolve_resize("dinov2-vitl14", "clean")
     with pytest.raises(EncoderError, match="unknown encoder"):
         resolve_resize("vgg", None)
-    assert {s.dim for s in ENCODERS.values()} == {2048, 1024, 768}
+    assert {s.dim for s in ENCODERS.values()} == {2048, 1024, 768, 384, 1536}
 
 
 def test_encoders_package_imports_nothing_heavy():
@@ -313,3 +313,53 @@ def test_a_wrong_weights_file_is_one_line_saying_what_it_is(tmp_path):
         for text in (message, *(str(w.message) for w in caught)):
             assert "weights_only" not in text, (name, text)
             assert "trust" not in text, (name, text)
+
+
+@pytest.mark.parametrize(
+    ("name", "model_id", "dim"),
+    [
+        ("dinov2-vits14", "facebook/dinov2-small", 384),
+        ("dinov2-vitb14", "facebook/dinov2-base", 768),
+        ("dinov2-vitl14", "facebook/dinov2-large", 1024),
+        ("dinov2-vitg14", "facebook/dinov2-giant", 1536),
+    ],
+)
+def test_each_dinov2_size_is_declared_with_its_snapshot(name, model_id, dim, tmp_path, monkeypatch):
+    spec = ENCODERS[name]
+    assert (spec.dim, spec.weights.model_id, spec.feature_extractor) == (
+        dim,
+        model_id,
+        f"{name}/cls",
+    )
+    assert spec.default_resize == "pil-bicubic-224"
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(WeightsError, match=model_id):
+        locate_weights(name)
+
+
+def test_dinov2_giant_layout_loads_under_its_name(tmp_path, rng, transformers):
+    """ViT-g/14's layer is a SwiGLU MLP (``use_swiglu_ffn``): a tiny model of that layout loads
+    through the registered path and gives the CLS token after the final norm."""
+    torch.manual_seed(1)
+    config = transformers.Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=70,
+        patch_size=14,
+        use_swiglu_ffn=True,
+    )
+    reference = transformers.Dinov2Model(config).eval()
+    reference.save_pretrained(tmp_path / "giant")
+    encoder = load_encoder("dinov2-vitg14", locate_weights("dinov2-vitg14", tmp_path / "giant"))
+    images = _images(rng, [(50, 60), (224, 224)])
+    features = encoder.encode(images, batch_size=2)
+    x = torch.stack([pre.dinov2(im) for im in images])
+    with torch.no_grad():
+        reference.embeddings.interpolate_pos_encoding = (
+            encoder.network.model.embeddings.interpolate_pos_encoding
+        )
+        cls = reference(pixel_values=x).last_hidden_state[:, 0]
+    np.testing.assert_allclose(features, cls.numpy(), rtol=1e-5, atol=1e-5)

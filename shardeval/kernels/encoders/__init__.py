@@ -5,7 +5,8 @@ Per-batch compute that knows nothing of Dask or Zarr. Every encoder is one decla
 preprocessing of the reference tool whose features it reproduces (its ``summary`` names it),
 where its weights are, what digest is pinned for them, its dimension and its class logits. The
 registered ones reproduce pytorch-fid, clean-fid and torch-fidelity (``inception``, by its
-resize modes), dgm-eval (``dinov2-vitl14``) and CMMD (``clip-vitl14-336``).
+resize modes), dgm-eval (``dinov2-vitl14``; DINOv2's other sizes ``dinov2-vits14``, ``-vitb14``,
+``-vitg14`` alike) and CMMD (``clip-vitl14-336``).
 
 Users bring their own: ``timm:NAME``, ``open_clip:NAME:PRETRAINED`` or ``hf:MODEL_ID`` from the
 local cache (:mod:`~shardeval.kernels.encoders.providers`), or a torch module or callable in
@@ -16,8 +17,9 @@ model libraries are imported when an encoder is loaded.
 
 Example:
     >>> from shardeval.kernels.encoders import ENCODERS
-    >>> sorted(ENCODERS)
-    ['clip-vitl14-336', 'dinov2-vitl14', 'inception']
+    >>> sorted(ENCODERS)  # doctest: +NORMALIZE_WHITESPACE
+    ['clip-vitl14-336', 'dinov2-vitb14', 'dinov2-vitg14', 'dinov2-vitl14', 'dinov2-vits14',
+     'inception']
     >>> ENCODERS["inception"].dim
     2048
 """

@@ -24,8 +24,9 @@ their weights ``unpinned``. This module imports nothing heavy: the command line 
 list the encoders.
 
 Example:
-    >>> sorted(ENCODERS)
-    ['clip-vitl14-336', 'dinov2-vitl14', 'inception']
+    >>> sorted(ENCODERS)  # doctest: +NORMALIZE_WHITESPACE
+    ['clip-vitl14-336', 'dinov2-vitb14', 'dinov2-vitg14', 'dinov2-vitl14', 'dinov2-vits14',
+     'inception']
     >>> ENCODERS["inception"].dim, ENCODERS["inception"].default_resize
     (2048, 'legacy-pytorch')
     >>> spec_by_name("timm:resnet18").source
@@ -251,16 +252,26 @@ _REGISTERED = (
         ),
         summary="FID's 2048-d pool3, as pytorch-fid, clean-fid and torch-fidelity",
     ),
-    EncoderSpec(
-        name="dinov2-vitl14",
-        title="DINOv2 ViT-L/14",
-        dim=1024,
-        feature_extractor="dinov2-vitl14/cls",
-        size=224,
-        resizes=(Resize("pil-bicubic-224", function_ref("resize:dinov2"), "dgm-eval's"),),
-        network=function_ref("vit:dinov2_network"),
-        weights=WeightsSource("hf", model_id="facebook/dinov2-large"),
-        summary="1024-d CLS, as dgm-eval",
+    *(
+        EncoderSpec(
+            name=f"dinov2-vit{size}14",
+            title=f"DINOv2 ViT-{size.upper()}/14",
+            dim=dim,
+            feature_extractor=f"dinov2-vit{size}14/cls",
+            size=224,
+            resizes=(Resize("pil-bicubic-224", function_ref("resize:dinov2"), "dgm-eval's"),),
+            network=function_ref("vit:dinov2_network"),
+            weights=WeightsSource("hf", model_id=f"facebook/dinov2-{model}"),
+            summary=f"{dim}-d CLS, as dgm-eval{note}",
+        )
+        # The four sizes of the DINOv2 paper (torch hub's dinov2_vit{s,b,l,g}14); ViT-L/14 is
+        # dgm-eval's FD-DINOv2, listed first.
+        for size, dim, model, note in (
+            ("l", 1024, "large", " (its FD-DINOv2)"),
+            ("s", 384, "small", ""),
+            ("b", 768, "base", ""),
+            ("g", 1536, "giant", ""),
+        )
     ),
     EncoderSpec(
         name="clip-vitl14-336",

@@ -3,7 +3,8 @@ here, only when such an encoder is loaded):
 
 * ``dinov2-vitl14``: ``Dinov2Model`` of ``facebook/dinov2-large``, the CLS token after the final
   layer norm (``pooler_output``), 1024-d, as dgm-eval takes it from torch hub's
-  ``dinov2_vitl14``.
+  ``dinov2_vitl14``; ``dinov2-vits14``, ``-vitb14``, ``-vitg14`` the same of
+  ``facebook/dinov2-small`` (384-d), ``-base`` (768-d), ``-giant`` (1536-d).
 * ``clip-vitl14-336``: ``CLIPVisionModelWithProjection`` of
   ``openai/clip-vit-large-patch14-336``, ``image_embeds`` (768-d) divided by their L2 norm, as
   CMMD uses them.
@@ -115,7 +116,7 @@ def use_hub_interpolation(model: nn.Module) -> None:
 
 
 class DinoV2Features(nn.Module):
-    """(B, 3, 224, 224) ImageNet-normalised → (B, 1024): the CLS token after the last norm."""
+    """(B, 3, 224, 224) ImageNet-normalised → (B, d): the CLS token after the last norm."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -137,20 +138,23 @@ class ClipFeatures(nn.Module):
         return emb / torch.linalg.vector_norm(emb, dim=-1, keepdim=True)
 
 
-def load_dinov2(folder: str, hub_interpolation: bool = True) -> DinoV2Features:
+def load_dinov2(
+    folder: str, hub_interpolation: bool = True, name: str = "dinov2-vitl14"
+) -> DinoV2Features:
     """DINOv2 from a Hugging Face model folder, on the CPU, in eval mode.
 
     Args:
         folder: holds config.json and model.safetensors (or pytorch_model.bin).
         hub_interpolation: interpolate position embeddings as torch hub does (dgm-eval's
             features); False keeps ``transformers``' own interpolation.
+        name: the encoder's name, for messages (the sizes share this loader).
 
     Raises:
         MissingDependencyError: transformers is not installed.
         WeightsError: the folder cannot be loaded, or leaves parameters uninitialised.
     """
-    transformers = _transformers("dinov2-vitl14")
-    model = _load(transformers.Dinov2Model, folder, "dinov2-vitl14")
+    transformers = _transformers(name)
+    model = _load(transformers.Dinov2Model, folder, name)
     if hub_interpolation:
         use_hub_interpolation(model)
     return DinoV2Features(model).eval()
@@ -170,8 +174,9 @@ def load_clip(folder: str) -> ClipFeatures:
 
 
 def dinov2_network(spec: EncoderSpec, folder: str) -> DinoV2Features:
-    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for DINOv2."""
-    return load_dinov2(folder)
+    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for DINOv2 (each
+    size: the folder's config says which)."""
+    return load_dinov2(folder, name=spec.name)
 
 
 def clip_network(spec: EncoderSpec, folder: str) -> ClipFeatures:
