@@ -10,6 +10,7 @@ registration (:func:`shardeval.pipeline.core.states.state`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -85,6 +86,10 @@ def chain_merge(nodes: Sequence[Any], *, name: str = "merge") -> Delayed:
     return acc
 
 
+def _shared(value: Any) -> Delayed:
+    return delayed(value, pure=True)
+
+
 def _chunk_block(
     block: np.ndarray,
     chunk: Callable[..., Any],
@@ -97,13 +102,39 @@ def _chunk_block(
     return out
 
 
+#: An argument of shard tasks holding this many bytes of arrays or more is one key of the graph.
+SHARED_BYTES = 1 << 20
+
+
+def array_bytes(value: Any) -> int:
+    """The bytes of the numpy arrays ``value`` holds: itself, or the fields of a dataclass,
+    or the items of a tuple or list (nested).
+
+    Example:
+        >>> array_bytes((np.zeros(3), 7, [np.zeros((2, 2), np.float32)]))
+        40
+    """
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(array_bytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+    if isinstance(value, (tuple, list)):
+        return sum(array_bytes(v) for v in value)
+    return 0
+
+
 def shard_tasks(source: FeatureSource, chunk: Callable[..., Any], *args: Any) -> list[Delayed]:
     """One delayed ``chunk(block, offset, *args)`` per shard of ``source``.
 
     Built with ``map_blocks`` so that Dask fuses reading a block and reducing it into one task:
     a block is read only when a thread is ready to reduce it, so memory holds a block per
-    thread, never a queue of blocks read ahead.
+    thread, never a queue of blocks read ahead. An argument of :data:`SHARED_BYTES` or more (a
+    mixture's covariances, a whitening matrix: K · d² floats) is one key of the graph that
+    every shard's task refers to, not a copy inside each task: a cluster sends it to a worker
+    once, where it would otherwise travel with each of the shards' tasks. (Dask does this
+    itself for a bare array, by its ``sizeof``, but sees a dataclass of arrays as a few bytes.)
     """
+    args = tuple(_shared(a) if array_bytes(a) >= SHARED_BYTES else a for a in args)
     token = tokenize(source.array.name, chunk.__name__, args)
     states = da.map_blocks(
         _chunk_block,
