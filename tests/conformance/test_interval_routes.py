@@ -1,5 +1,9 @@
 """Intervals in the training loop: the metrics that keep rows give the one-shot interval (the
-same bits), FID over rows included; the class that keeps moments refuses «ci» in one line."""
+same bits), FID over rows included; the class that keeps moments refuses «ci» in one line.
+FID∞'s interval is the same on every route: its command, `metrics`, the Python verb, a job's
+history row and the training loop."""
+
+import json
 
 import numpy as np
 import pytest
@@ -24,6 +28,11 @@ def _fed(metric, real, gen, rng):
     [
         (["fid"], {"ci": 0.9, "ci_groups": 5}, ("fid", "fid_standard_error", "fid_ci_low")),
         (["kid"], {"ci": 0.9}, ("kid", "kid_standard_error", "kid_ci_low", "kid_ci_high")),
+        (
+            ["fid_inf"],
+            {"ci": 0.9, "ci_groups": 5},
+            ("fid_inf", "fid_inf_standard_error", "fid_inf_ci_low", "fid_inf_ci_high"),
+        ),
     ],
 )
 def test_the_training_loop_gives_the_one_shot_interval(names, options, keys):
@@ -41,3 +50,32 @@ def test_the_class_of_moments_refuses_an_interval_and_names_the_one_that_gives_i
     with pytest.raises(OptionError, match=r"se\.RowMetrics\(\['fid'\], ci=0\.95\)"):
         se.FID(ci=0.95)
     se.FID(ci=0.0)  # no interval asked: nothing to refuse
+
+
+def test_every_route_gives_fid_infinitys_interval(tmp_path, capsys):
+    from shardeval.workflows.cli import main
+    from shardeval.workflows.history import History
+    from shardeval.workflows.jobs import load_job, run_job
+
+    rng = np.random.default_rng(6)
+    np.save(tmp_path / "real.npy", rng.normal(size=(300, 4)))
+    np.save(tmp_path / "gen.npy", 1.1 * rng.normal(size=(260, 4)) + 0.3)
+    real, gen = str(tmp_path / "real.npy"), str(tmp_path / "gen.npy")
+    flags = ["--ci", "0.9", "--ci-groups", "5", "--seed", "2"]
+    python = se.fid_infinity(real, gen, ci=0.9, ci_groups=5, seed=2).to_dict()["fid_inf"]
+    outputs = []
+    for argv in (["fid", "--infinity"], ["metrics", "--metrics", "fid_inf"]):
+        capsys.readouterr()
+        assert main([*argv, *flags, real, gen, "--json", "-q"]) == 0
+        outputs.append(json.loads(capsys.readouterr().out)["fid_inf"])
+    (tmp_path / "job.toml").write_text(
+        f'[job]\nname = "ci"\nhistory = "h.zarr"\n[reference]\nstore = "{real}"\n'
+        f'[[entries]]\nname = "gen"\nstore = "{gen}"\nstep = 1\n'
+        "[metrics.fid_inf]\nci = 0.9\nci_groups = 5\nseed = 2\n"
+    )
+    run_job(load_job(tmp_path / "job.toml"))
+    (row,) = History(str(tmp_path / "h.zarr")).table()
+    assert python["fid_inf_ci_low"] < python["fid_inf"] < python["fid_inf_ci_high"]
+    for key in ("fid_inf", "fid_inf_standard_error", "fid_inf_ci_low", "fid_inf_ci_high"):
+        assert outputs[0][key] == outputs[1][key] == python[key], key
+        assert row[key] == pytest.approx(python[key], rel=1e-12), key

@@ -226,6 +226,26 @@ def test_job_seed_out_of_range_is_refused_at_load(tmp_path, capsys, store):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("level", ["1.5", "1.0", "-0.5"])
+def test_a_job_with_fid_infinitys_level_outside_0_1_is_refused_at_load(
+    tmp_path, capsys, store, level
+):
+    (tmp_path / "job.toml").write_text(
+        f'[job]\nname = "j"\nhistory = "runs/h.zarr"\n[reference]\nstore = "{store}"\n'
+        f'[[entries]]\nname = "e"\nstore = "{store}"\n[metrics.fid_inf]\nci = {level}\n'
+    )
+    _one_line(capsys, ["run", tmp_path / "job.toml"], "option 'ci': expected 0 (no interval)")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("small", ["gen", "real"])
+def test_fid_infinitys_interval_over_too_few_rows_for_its_groups(tmp_path, capsys, store, small):
+    few = write_zarr(tmp_path / "few.zarr", np.random.default_rng(1).normal(size=(25, 4)))
+    sides = [store, few] if small == "gen" else [few, store]
+    flags = ["--ci", "0.9", "--ci-groups", "30"]
+    _one_line(capsys, ["fid", "--infinity", *flags, *sides], "leave a group of 0 rows among 30")
+
+
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
 def test_a_job_with_a_float_option_that_is_not_finite_is_refused_at_load(
     tmp_path, capsys, store, value

@@ -339,6 +339,9 @@ class FIDInfinity(Metric):
     params: ClassVar[tuple[Param, ...]] = (
         Param("seed", SEED_RANGE, SEED, "seed of the nested subsets", metavar="S"),
         NONFINITE,
+        CI,
+        CI_GROUPS,
+        CI_SEED,
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid_inf", "", "intercept of FID_N against 1/N"),
@@ -348,6 +351,9 @@ class FIDInfinity(Metric):
         Output("fid_inf_n", "rows", "rows of the generated set"),
         Output("fid_inf_sizes", "rows", "sizes of the nested subsets", array=True),
         Output("fid_inf_fids", "", "FID at each size", array=True),
+        Output("fid_inf_standard_error", "", "standard error («ci»)", optional=True),
+        Output("fid_inf_ci_low", "", "lower end of the interval («ci»)", optional=True),
+        Output("fid_inf_ci_high", "", "upper end of the interval («ci»)", optional=True),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("FID∞ and FID over steps", "steps", ("fid_inf", "fid_inf_fid"), "FID"),
@@ -378,6 +384,38 @@ class FIDInfinity(Metric):
             "fid_inf_n": int(r.sizes[-1]),
             "fid_inf_sizes": np.asarray(r.sizes, dtype=np.float64),
             "fid_inf_fids": np.asarray(r.fids),
+        } | self.interval(r, reference, bands, real, gen, context)
+
+    def interval(
+        self, r: Any, reference: Gaussian, bands: Any, real: Side, gen: Side, context: Context
+    ) -> dict[str, Any]:
+        """With «ci», FID∞'s standard error and interval
+        (:mod:`shardeval.pipeline.fid.infinity_interval`): FID's jackknife over the generated
+        rows' groups scaled by the fit's weights, and the reference's (a reference of
+        statistics held fixed)."""
+        o = self.options
+        if not o["ci"]:
+            return dict.fromkeys(("fid_inf_standard_error", "fid_inf_ci_low", "fid_inf_ci_high"))
+        from shardeval.pipeline.fid.infinity import merged
+        from shardeval.pipeline.fid.infinity_interval import fid_infinity_interval
+
+        args = (context, o["ci_groups"], o["ci_seed"], o["nonfinite"])
+        interval = fid_infinity_interval(
+            r.fid_infinity,
+            r.fid,
+            r.sizes,
+            reference,
+            Gaussian.from_moments(merged(bands), gen.location),
+            gen.groups(*args),
+            real.groups(*args) if real.can_recompute else None,
+            o["ci"],
+            (real.location, gen.location),
+            context.engine,
+        )
+        return {
+            "fid_inf_standard_error": interval.standard_error,
+            "fid_inf_ci_low": interval.low,
+            "fid_inf_ci_high": interval.high,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -387,7 +425,19 @@ class FIDInfinity(Metric):
         return [
             f"FID∞ {o['fid_inf']:.6g}{below}   (least squares of FID_N over {len(sizes)} nested "
             f"subsets of GEN, {int(sizes[0]):,} to {int(sizes[-1]):,} rows: slope "
-            f"{o['fid_inf_slope']:.4g}, R² {o['fid_inf_r2']:.3f}; seed {self.options['seed']})"
+            f"{o['fid_inf_slope']:.4g}, R² {o['fid_inf_r2']:.3f}; seed {self.options['seed']})",
+            *self._interval_lines(o),
+        ]
+
+    def _interval_lines(self, o: dict[str, Any]) -> list[str]:
+        opt = self.options
+        if o.get("fid_inf_standard_error") is None:
+            return []
+        return [
+            f"  ± {o['fid_inf_standard_error']:.3g} (standard error); {opt['ci']:.0%} interval "
+            f"[{o['fid_inf_ci_low']:.6g}, {o['fid_inf_ci_high']:.6g}]: FID's delete-a-group "
+            f"jackknife over {opt['ci_groups']} groups of rows (seed {opt['ci_seed']}), scaled "
+            "by the fit's weights (first order; see docs/metrics.md)"
         ]
 
 
