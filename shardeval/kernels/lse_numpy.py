@@ -43,8 +43,8 @@ def largest(values: np.ndarray, k: int) -> np.ndarray:
 def weight_stats_numpy(log_w: np.ndarray, top: int = 0, higher: bool = False) -> WeightSumsNumpy:
     """Sufficient statistics of importance log-weights (flattened), as
     :func:`shardeval.kernels.weight_stats` computes them; ``higher`` adds the sums of the
-    third and fourth powers against the same max (two more exponentials per weight; the
-    first two sums are computed the same way either way).
+    third and fourth powers against the same max (as products of the first two powers'
+    exponentials, which are computed the same way either way).
 
     Example:
         >>> import numpy as np
@@ -58,17 +58,12 @@ def weight_stats_numpy(log_w: np.ndarray, top: int = 0, higher: bool = False) ->
         return WeightSumsNumpy(0, -np.inf, 0.0, 0.0, np.zeros(0), nothing, nothing)
     m = float(v.max())
     shifted = v - float(_finite_or_zero(np.asarray(m)))
+    w, w2 = np.exp(shifted), np.exp(2.0 * shifted)
     cube = fourth = None
-    if higher:
-        cube, fourth = float(np.exp(3.0 * shifted).sum()), float(np.exp(4.0 * shifted).sum())
+    if higher:  # products of the two exponentials: two multiplications, no more exp
+        cube, fourth = float((w2 * w).sum()), float((w2 * w2).sum())
     return WeightSumsNumpy(
-        v.size,
-        m,
-        float(np.exp(shifted).sum()),
-        float(np.exp(2.0 * shifted).sum()),
-        largest(v, top),
-        cube,
-        fourth,
+        v.size, m, float(w.sum()), float(w2.sum()), largest(v, top), cube, fourth
     )
 
 
