@@ -305,4 +305,6 @@ def ess(
         **tail,
         "settings": settings,
     }
-    return Report("ess", {"ess": result}, data, ess_summary(result, tail["seconds"], level), result.ess)
+    return Report(
+        "ess", {"ess": result}, data, ess_summary(result, tail["seconds"], level), result.ess
+    )

@@ -164,6 +164,7 @@ def ess_interval(weights: WeightStats, khat: float, level: float, reff: float = 
     low, high = normal_interval(f, error, level)
     return ESSInterval(error, max(0.0, low), min(1.0, high))
 
+
 def _weight_summary_examples(rng: np.random.Generator) -> Examples[WeightSummary]:
     empty_weights, weights = examples_of(WeightStats, rng)
     higher = empty_weights.has_higher
@@ -234,9 +235,7 @@ def summarize_weights(
         w = weight_stats(to_tensor(ok, device), top=keep, backend=backend, higher=higher)  # type: ignore[arg-type]
         top = w.top.cpu().numpy()
         more = [None if t is None else float(t) for t in (w.sum_cube, w.sum_fourth)]
-        weights = WeightStats(
-            w.n, float(w.max), float(w.sum), float(w.sum_sq), top, keep, *more
-        )
+        weights = WeightStats(w.n, float(w.max), float(w.sum), float(w.sum_sq), top, keep, *more)
     else:
         weights = WeightStats.empty(keep, higher)
     rows_nan = nan.reshape(lw.shape[0], -1).any(axis=1)
