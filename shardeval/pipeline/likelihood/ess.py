@@ -49,7 +49,10 @@ class ESSResult:
     """Effective sample size and Pareto k̂ of importance weights.
 
     For a 1-D set of weights the fields describe it; for (N, K) they describe the whole set and
-    ``per_row`` summarises the rows (ESS/K quantiles, k̂ quantiles and readings).
+    ``per_row`` summarises the rows (ESS/K quantiles, k̂ quantiles and readings). With an
+    interval asked (:func:`ess_interval`): the standard errors and interval ends of ESS and
+    ESS/N, and ``ess_ci_method``; or, when k̂ does not allow one, ``ess_ci_withheld`` (why)
+    with the rest None. Without one, all of these are None.
     """
 
     n: int
@@ -78,8 +81,8 @@ CI_KHAT_MAX = 0.25
 
 #: The method an interval of ESS states in the report.
 CI_METHOD = (
-    "delta method on ESS/N = m1^2/m2 (m_k = E w^k, from the sums of w^1..w^4), normal "
-    "interval clipped to [0, N]; over all weights as independent draws (variance / r_eff)"
+    "delta method on ESS/N = m₁²/m₂ (m_k = E w^k, from Σw, Σw², Σw³, Σw⁴), normal interval "
+    "clipped to [0, N]; over all weights as independent draws, the variance divided by r_eff"
 )
 
 
@@ -138,7 +141,9 @@ def ess_interval(weights: WeightStats, khat: float, level: float, reff: float = 
     if not (isinstance(level, float | int) and 0 < level < 1):
         raise OptionError(f"the interval's level must be in (0, 1), got {level!r}")
     if not weights.has_higher:
-        raise ValueError("an interval of ESS needs the sums of w³ and w⁴: summarise with higher")
+        raise ValueError(
+            "an interval of ESS needs the sums of w³ and w⁴: summarise the weights with higher=True"
+        )
     if weights.n < 2:
         return ESSInterval(None, None, None, f"no interval from {weights.n} weight")
     if not math.isfinite(khat):
