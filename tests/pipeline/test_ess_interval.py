@@ -175,6 +175,21 @@ def test_equal_weights_have_a_zero_standard_error():
     assert (got.low, got.high) == (1.0, 1.0)
 
 
+def test_nearly_equal_weights_withhold_what_rounding_cannot_resolve():
+    """log w ~ N(0, 1e-5²): the true relative variance, 2·σ⁴ = 2e-20, is far below float64's
+    rounding of the sums' ratios (about 1e-13), which would give 0 or noise; σ = 1e-2 is well
+    above it and matches the float64 formula."""
+    rng = np.random.default_rng(13)
+    tiny = WeightStats.from_values(rng.normal(0.0, 1e-5, 5000), keep=71, higher=True)
+    got = ess_interval(tiny, khat=0.0, level=0.9)
+    assert got.standard_error is None
+    assert "nearly equal" in got.withheld
+    lw = rng.normal(0.0, 1e-2, 5000)
+    small = WeightStats.from_values(lw, keep=71, higher=True)
+    _, error, _, _ = _reference(lw, 0.9)
+    assert ess_interval(small, khat=0.0, level=0.9).standard_error == pytest.approx(error, rel=1e-6)
+
+
 def test_rows_of_weights_give_the_interval_of_the_whole_set():
     """(N, K) log-weights: the interval is the whole set's, over all N·K weights."""
     lw = np.random.default_rng(9).normal(0.0, SIGMA, (300, 8))

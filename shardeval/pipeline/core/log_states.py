@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,6 +169,18 @@ class WeightStats:
             return float("nan")
         value = n * (4 * s2 / (s1 * s1) - 4 * s3 / (s1 * s2) + s4 / (s2 * s2)) - 1.0
         return max(0.0, value)
+
+    def ess_fraction_rounding(self) -> float:
+        """A bound on the rounding of :meth:`ess_fraction_relative_variance`: its four terms'
+        magnitudes times 4·(log₂ N + 1)·ε, the relative error of pairwise float64 sums of N
+        terms carried through the ratios. The terms are each near 1 and cancel to about
+        2·CV⁴ (CV the weights' coefficient of variation), so weights equal to within a CV of
+        about 1e-4 leave nothing above this bound. NaN without s₃, s₄."""
+        s1, s2, s3, s4, n = self.sum, self.sum_sq, self.sum_cube, self.sum_fourth, self.n
+        if s3 is None or s4 is None or s1 <= 0:
+            return float("nan")
+        terms = n * (4 * s2 / (s1 * s1) + 4 * s3 / (s1 * s2) + s4 / (s2 * s2)) + 1.0
+        return terms * 4 * (math.log2(max(n, 1)) + 1) * float(np.finfo(np.float64).eps)
 
 
 def _row_log_sum_exp_examples(rng: np.random.Generator) -> Examples[RowLogSumExp]:

@@ -164,8 +164,19 @@ def ess_interval(weights: WeightStats, khat: float, level: float, reff: float = 
         )
     from shardeval.pipeline.metrics.intervals import normal_interval
 
-    f = weights.ess() / weights.n
-    error = f * math.sqrt(weights.ess_fraction_relative_variance() / (weights.n * reff))
+    f, n = weights.ess() / weights.n, weights.n
+    if weights.sum == n:  # every weight equals the largest: f = 1 exactly, and no spread
+        return ESSInterval(0.0, 1.0, 1.0)
+    variance = weights.ess_fraction_relative_variance()
+    if variance <= weights.ess_fraction_rounding():
+        return ESSInterval(
+            None,
+            None,
+            None,
+            f"no interval: the weights are nearly equal (ESS/N {f:.10g}), and the standard "
+            "error of ESS/N is below the rounding of the float64 sums of their powers",
+        )
+    error = f * math.sqrt(variance / (n * reff))
     low, high = normal_interval(f, error, level)
     return ESSInterval(error, max(0.0, low), min(1.0, high))
 
