@@ -55,6 +55,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/pipeline/test_states.py",
         "tests/pipeline/test_state_laws.py",
         "tests/pipeline/test_likelihood.py",
+        "tests/pipeline/test_ess_interval.py",
     ),
     "shardeval/pipeline/core/count_states.py": (
         "tests/pipeline/test_states.py",
@@ -85,9 +86,11 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "shardeval/pipeline/mmd/cmmd.py": ("tests/pipeline/test_samples.py",),
     "shardeval/pipeline/neighbours/prdc.py": ("tests/pipeline/test_samples.py",),
+    # ESS's interval: its calibration test (800 replicates) takes under a second, so it stays.
     "shardeval/pipeline/likelihood/ess.py": (
         "tests/pipeline/test_likelihood.py",
         "tests/pipeline/test_lse_numpy_path.py",
+        "tests/pipeline/test_ess_interval.py",
     ),
     "shardeval/pipeline/likelihood/nll.py": ("tests/pipeline/test_likelihood.py",),
     "shardeval/pipeline/likelihood/gaussian_nll.py": ("tests/pipeline/test_gaussian_nll.py",),

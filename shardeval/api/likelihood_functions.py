@@ -236,6 +236,7 @@ def ess(
     log_weights: Any,
     *,
     reff: float | None = None,
+    ci: float | None = None,
     shard_rows: int | None = None,
     array: str | None = None,
     split_every: int | None = None,
@@ -253,6 +254,18 @@ def ess(
     (N, K), with the largest normalised weight and the PSIS Pareto k̂ (Vehtari et al. 2024;
     < 0.5 good, < 0.7 usable, ≥ 0.7 unreliable); for (N, K) also per row.
 
+    Args:
+        reff: relative efficiency of the draws (1 for independent draws).
+        ci: a confidence level in (0, 1) (0 or None: none): the standard error of ESS and
+            ESS/N by the delta method on m₁²/m₂ (m_k = E w^k) and their normal intervals
+            (``ess_standard_error``, ``ess_ci_low``, ``ess_ci_high``, ``ess_fraction_*``,
+            ``ess_ci_method``), of the population value N·m₁²/m₂ over all weights as
+            independent draws (for (N, K) the whole set's, none per row). Given only while
+            k̂ < 0.25 (a finite fourth moment of w); otherwise ``ess_ci_withheld`` says why.
+
+    Raises:
+        OptionError: a level outside (0, 1).
+
     Returns:
         :class:`~shardeval.api.results.Report` (``float()`` the ESS; ``results["ess"]`` the
         :class:`~shardeval.pipeline.likelihood.ess.ESSResult`).
@@ -264,6 +277,7 @@ def ess(
     """
     options = dict(locals())
     check_options(options)
+    level = interval_level(ci)
     _must_exist(log_weights)
     from shardeval.pipeline.likelihood.ess import ess_of
 
@@ -278,9 +292,12 @@ def ess(
             backend=backend or "auto",
             split_every=split_every,
             progress=run.progress,
+            ci=level,
         )
         tail = run.tail(notes)
         settings = run.settings()
+    if level:
+        settings["ci"] = level
     data = {
         "metric": "ess",
         **ess_dict(result),
@@ -288,4 +305,6 @@ def ess(
         **tail,
         "settings": settings,
     }
-    return Report("ess", {"ess": result}, data, ess_summary(result, tail["seconds"]), result.ess)
+    return Report(
+        "ess", {"ess": result}, data, ess_summary(result, tail["seconds"], level), result.ess
+    )

@@ -311,13 +311,23 @@ def ess_dict(r: ESSResult) -> dict[str, Any]:
     return data
 
 
-def ess_summary(r: ESSResult, seconds: float) -> str:
+def ess_summary(r: ESSResult, seconds: float, level: float = 0.0) -> str:
+    from shardeval.pipeline.likelihood.ess import CI_KHAT_MAX
+
     lines = [
         f"ESS {r.ess:,.1f} of {r.n:,} weights (ESS/N {r.ess_fraction:.4g}); "
         f"largest normalised weight {r.max_weight:.3g}",
         f"  Pareto k̂ {r.khat:.3f} ({r.khat_reading}; tail of {r.tail:,}"
         + (f", r_eff {r.reff:g})" if r.reff != 1.0 else ")"),
     ]
+    if r.ess_ci_withheld is not None:
+        lines.append(f"  {r.ess_ci_withheld}")
+    elif r.ess_ci_low is not None and r.ess_ci_high is not None:
+        lines.append(
+            f"  {level:.0%} interval of ESS [{r.ess_ci_low:,.1f}, {r.ess_ci_high:,.1f}] "
+            f"± {r.ess_standard_error:,.3g} (s.e.); ESS/N [{r.ess_fraction_ci_low:.4g}, "
+            f"{r.ess_fraction_ci_high:.4g}] (delta method, normal; k̂ < {CI_KHAT_MAX})"
+        )
     if r.per_row:
         lines.append(_per_row_line(r.per_row))
     lines.append(f"  {seconds:.2f} s")

@@ -26,13 +26,15 @@ class LSEPair(NamedTuple):
 
 class WeightSums(NamedTuple):
     """For log-weights lw: n, m = max lw, Σ exp(lw − m), Σ exp(2(lw − m)), the ``top`` largest
-    lw (descending), all float64."""
+    lw (descending), and, when asked, Σ exp(3(lw − m)) and Σ exp(4(lw − m)); all float64."""
 
     n: int
     max: torch.Tensor
     sum: torch.Tensor
     sum_sq: torch.Tensor
     top: torch.Tensor
+    sum_cube: torch.Tensor | None = None
+    sum_fourth: torch.Tensor | None = None
 
 
 def _safe(m: torch.Tensor) -> torch.Tensor:
@@ -158,13 +160,19 @@ def weight_sums_triton(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return top_m, total, total_sq
 
 
-def weight_stats_reference(log_w: torch.Tensor, top: int = 0) -> WeightSums:
+def weight_stats_reference(log_w: torch.Tensor, top: int = 0, higher: bool = False) -> WeightSums:
     """Float64 torch reference of :func:`weight_stats`."""
     _check_real(log_w, "log_w")
     v = log_w.to(torch.float64).reshape(-1)
     m, s = logsumexp_reference(v)
-    s2 = torch.exp(2 * (v - _safe(m))).sum() if v.numel() else torch.zeros((), dtype=v.dtype)
-    return WeightSums(v.numel(), m, s, s2, _top(v, top))
+
+    def power_sum(p: int) -> torch.Tensor:
+        if not v.numel():
+            return torch.zeros((), dtype=v.dtype, device=v.device)
+        return torch.exp(p * (v - _safe(m))).sum()
+
+    more = (power_sum(3), power_sum(4)) if higher else (None, None)
+    return WeightSums(v.numel(), m, s, power_sum(2), _top(v, top), *more)
 
 
 def _top(v: torch.Tensor, top: int) -> torch.Tensor:
@@ -172,7 +180,9 @@ def _top(v: torch.Tensor, top: int) -> torch.Tensor:
     return torch.topk(v.to(torch.float64), k).values if k else v.new_zeros(0, dtype=torch.float64)
 
 
-def weight_stats(log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto") -> WeightSums:
+def weight_stats(
+    log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto", higher: bool = False
+) -> WeightSums:
     """Sufficient statistics of a block of importance log-weights, for ESS and tail fits.
 
     ESS = (Σw)² / Σw² = exp(2·LSE(lw) − LSE(2·lw)) = s² / s₂ with the returned sums (the max
@@ -182,9 +192,13 @@ def weight_stats(log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto"
         log_w: floating tensor of log-weights (any shape; flattened).
         top: how many of the largest log-weights to keep.
         backend: ``auto``, ``triton`` or ``torch``.
+        higher: also Σ exp(3(lw − m)) and Σ exp(4(lw − m)), for ESS's standard error. All
+            four sums are then taken in float64 on the tensor's device by torch (not the
+            Triton kernel, whose fp32 partial sums would cancel in the standard error).
 
     Returns:
-        WeightSums(n, max, sum, sum_sq, top), float64.
+        WeightSums(n, max, sum, sum_sq, top, sum_cube, sum_fourth), float64 (the last two
+        None unless ``higher``).
 
     Example:
         >>> import torch
@@ -193,8 +207,8 @@ def weight_stats(log_w: torch.Tensor, *, top: int = 0, backend: Backend = "auto"
         2.666667
     """
     _check_real(log_w, "log_w")
-    if log_w.numel() == 0 or resolve_backend(log_w, backend) == "torch":
-        return weight_stats_reference(log_w, top)
+    if higher or log_w.numel() == 0 or resolve_backend(log_w, backend) == "torch":
+        return weight_stats_reference(log_w, top, higher)
     from shardeval.kernels._selfcheck import launch
 
     return launch(

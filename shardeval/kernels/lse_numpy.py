@@ -15,13 +15,16 @@ import numpy as np
 
 class WeightSumsNumpy(NamedTuple):
     """As :class:`shardeval.kernels.lse.WeightSums`, in numpy float64: n, m = max lw,
-    Σ exp(lw − m), Σ exp(2(lw − m)) and the ``top`` largest lw, descending."""
+    Σ exp(lw − m), Σ exp(2(lw − m)), the ``top`` largest lw, descending, and, when asked
+    (``higher``), Σ exp(3(lw − m)) and Σ exp(4(lw − m)) (else None)."""
 
     n: int
     max: float
     sum: float
     sum_sq: float
     top: np.ndarray
+    sum_cube: float | None = None
+    sum_fourth: float | None = None
 
 
 def _finite_or_zero(m: np.ndarray) -> np.ndarray:
@@ -37,9 +40,11 @@ def largest(values: np.ndarray, k: int) -> np.ndarray:
     return np.flip(np.sort(top, axis=-1), axis=-1).astype(np.float64)
 
 
-def weight_stats_numpy(log_w: np.ndarray, top: int = 0) -> WeightSumsNumpy:
+def weight_stats_numpy(log_w: np.ndarray, top: int = 0, higher: bool = False) -> WeightSumsNumpy:
     """Sufficient statistics of importance log-weights (flattened), as
-    :func:`shardeval.kernels.weight_stats` computes them.
+    :func:`shardeval.kernels.weight_stats` computes them; ``higher`` adds the sums of the
+    third and fourth powers against the same max (as products of the first two powers'
+    exponentials, which are computed the same way either way).
 
     Example:
         >>> import numpy as np
@@ -49,15 +54,16 @@ def weight_stats_numpy(log_w: np.ndarray, top: int = 0) -> WeightSumsNumpy:
     """
     v = np.asarray(log_w, dtype=np.float64).reshape(-1)
     if v.size == 0:
-        return WeightSumsNumpy(0, -np.inf, 0.0, 0.0, np.zeros(0))
+        nothing = 0.0 if higher else None
+        return WeightSumsNumpy(0, -np.inf, 0.0, 0.0, np.zeros(0), nothing, nothing)
     m = float(v.max())
     shifted = v - float(_finite_or_zero(np.asarray(m)))
+    w, w2 = np.exp(shifted), np.exp(2.0 * shifted)
+    cube = fourth = None
+    if higher:  # products of the two exponentials: two multiplications, no more exp
+        cube, fourth = float((w2 * w).sum()), float((w2 * w2).sum())
     return WeightSumsNumpy(
-        v.size,
-        m,
-        float(np.exp(shifted).sum()),
-        float(np.exp(2.0 * shifted).sum()),
-        largest(v, top),
+        v.size, m, float(w.sum()), float(w2.sum()), largest(v, top), cube, fourth
     )
 
 

@@ -83,6 +83,7 @@ def _cli(capsys, *argv):
             lambda p: se.nll(p["a"], p["b"], gmm=2, covariance="diag", seed=4),
         ),
         (("ess", "lw", "--reff", "0.7"), lambda p: se.ess(p["lw"], reff=0.7)),
+        (("ess", "lw", "--ci", "0.9"), lambda p: se.ess(p["lw"], ci=0.9)),
     ],
 )
 def test_every_command_gives_the_api_numbers(stores, capsys, argv, call):

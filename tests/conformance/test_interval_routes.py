@@ -79,3 +79,63 @@ def test_every_route_gives_fid_infinitys_interval(tmp_path, capsys):
     for key in ("fid_inf", "fid_inf_standard_error", "fid_inf_ci_low", "fid_inf_ci_high"):
         assert outputs[0][key] == outputs[1][key] == python[key], key
         assert row[key] == pytest.approx(python[key], rel=1e-12), key
+
+
+#: ESS's interval outputs: the same on every route.
+ESS_INTERVAL = (
+    "ess",
+    "ess_standard_error",
+    "ess_ci_low",
+    "ess_ci_high",
+    "ess_fraction_standard_error",
+    "ess_fraction_ci_low",
+    "ess_fraction_ci_high",
+    "ess_ci_method",
+    "ess_ci_withheld",
+)
+
+
+def test_every_route_gives_the_ess_interval(tmp_path, capsys):
+    """The function, the command line and the training-loop class: one ESS interval, given for
+    light log-normal weights and withheld, in one line, for a Pareto tail (k = 0.5)."""
+    import json
+
+    from shardeval.workflows.cli import main
+
+    rng = np.random.default_rng(17)
+    for name, values, given in (
+        ("light", rng.normal(0.0, 0.3, 900), True),
+        ("heavy", np.log(rng.pareto(2.0, 900) + 1.0), False),
+    ):
+        path = str(tmp_path / f"{name}.npy")
+        np.save(path, values)
+        report = se.ess(path, ci=0.9)
+        python = report.to_dict()
+        assert (python["ess_ci_low"] is not None) == given, name
+        assert (python["ess_ci_withheld"] is None) == given, name
+        line = "90% interval of ESS" if given else "no interval: Pareto k̂"
+        assert sum(line in x for x in report.summary().splitlines()) == 1, name
+        capsys.readouterr()
+        assert main(["ess", path, "--ci", "0.9", "--json", "-q"]) == 0
+        command = json.loads(capsys.readouterr().out)
+        with se.ESS(ci=0.9) as metric:
+            _fed_values(metric, values, rng)
+            loop = metric.compute().to_dict()
+        for key in ESS_INTERVAL:
+            assert command[key] == python[key], (name, key)
+            if isinstance(python[key], float):
+                assert loop[key] == pytest.approx(python[key], rel=1e-12), (name, key)
+            else:
+                assert loop[key] == python[key], (name, key)
+    with pytest.raises(OptionError, match="ci"):
+        se.ESS(ci=1.0)
+    with pytest.raises(OptionError, match="ci"):
+        se.ess(np.zeros(5), ci=-0.1)
+
+
+def _fed_values(metric, values, rng):
+    start = 0
+    while start < len(values):
+        step = int(rng.integers(1, 200))
+        metric.update(values[start : start + step])
+        start += step

@@ -58,3 +58,18 @@ print("torch" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False"]
+
+
+@pytest.mark.parametrize("shape", [(2,), (1000,), (37, 64)])
+def test_the_sums_of_cubes_and_fourth_powers_agree_with_the_torch_path(shape):
+    lw = _log_weights(np.random.default_rng(shape[0] + 5), shape)
+    a = summarize_weights(lw, 0, 20, 1.0, "cpu", "auto", True).weights
+    b = summarize_weights(lw, 0, 20, 1.0, "cpu", "torch", True).weights
+    finite = lw[np.isfinite(lw)]
+    w = np.exp(finite - finite.max())
+    np.testing.assert_allclose([a.sum_cube, a.sum_fourth], [(w**3).sum(), (w**4).sum()], rtol=1e-13)
+    np.testing.assert_allclose([a.sum_cube, a.sum_fourth], [b.sum_cube, b.sum_fourth], rtol=1e-13)
+    assert (a.sum, a.sum_sq) == (
+        summarize_weights(lw, 0, 20, 1.0, "cpu", "auto").weights.sum,
+        summarize_weights(lw, 0, 20, 1.0, "cpu", "auto").weights.sum_sq,
+    )

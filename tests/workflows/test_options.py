@@ -630,6 +630,21 @@ def check_nll_ci(capsys, f, command, monkeypatch):
     _refused_by_the_parser(capsys, "nll", f["ll"], "--ci", "1.5", match="argument --ci")
 
 
+def check_ess_ci(capsys, f, command, monkeypatch):
+    # exp of t₃ log-weights: a tail far too heavy for a fourth moment, so the interval is
+    # withheld, in one line saying why, with exit 0 and every other figure as without --ci.
+    plain = _report(capsys, "ess", f["lw"])
+    got = _report(capsys, "ess", f["lw"], "--ci", "0.9")
+    assert plain["ess_ci_method"] is None
+    assert plain["ess_ci_withheld"] is None
+    assert (got["ess"], got["khat"]) == (plain["ess"], plain["khat"])
+    assert got["khat"] >= 0.25
+    assert got["ess_ci_low"] is None
+    assert got["ess_ci_withheld"].startswith("no interval: Pareto k̂")
+    assert got["settings"]["ci"] == 0.9
+    _refused_by_the_parser(capsys, "ess", f["lw"], "--ci", "1", match="argument --ci")
+
+
 def check_nll_kernel_refusal(option, value):
     def check(capsys, f, command, monkeypatch):
         shared = {
@@ -1232,6 +1247,7 @@ CHECKS = {
     ("fid", "ref"): check_fid_ref,
     **{("ess", k): v for k, v in ENGINE.items()},
     ("ess", "reff"): check_reff,
+    ("ess", "ci"): check_ess_ci,
     **{("nll", k): v for k, v in ENGINE.items()},
     ("nll", "reff"): check_reff,
     ("nll", "iw"): check_nll_mode,

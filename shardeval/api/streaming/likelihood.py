@@ -209,8 +209,14 @@ class ESS(_LogValues):
 
     Args:
         reff: relative efficiency of the draws (1 for independent draws).
+        ci: a confidence level: the standard error and interval of ESS (see
+            :func:`shardeval.ess`); 0 or None: none.
         work_dir, process_group, sync_timeout: as for :class:`~shardeval.RowMetrics`.
         **options: :func:`shardeval.ess`'s run options.
+
+    Raises:
+        TypeError: an option :func:`shardeval.ess` does not take.
+        OptionError: an option's value out of its range.
 
     Example:
         >>> import numpy as np
@@ -225,7 +231,13 @@ class ESS(_LogValues):
 
     state_format = "shardeval.ESS"
     called = "an ESS"
-    _own_options = ("reff",)
+    _own_options = ("reff", "ci")
+
+    def __init__(self, **options: Any) -> None:
+        from shardeval.api.likelihood_functions import interval_level
+
+        interval_level(options.get("ci"))  # refused here, not at compute()
+        super().__init__(**options)
 
     def _summarise(self, values: Any) -> Report:
         from shardeval.api.functions import ess

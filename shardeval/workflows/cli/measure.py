@@ -96,7 +96,7 @@ def cmd_ess(args: argparse.Namespace) -> int:
 
     must_exist(args.store)
     claim_report(args)
-    report = se.ess(args.store, **api_options(args))
+    report = se.ess(args.store, ci=args.ci, **api_options(args))
     return emit(args, report.to_dict(), report.summary())
 
 

@@ -230,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="effective sample size and Pareto k of log-weights",
         description="ESS = (Σw)²/Σw², ESS/N, the largest normalised weight and the PSIS Pareto "
         "k̂ (< 0.5 good, < 0.7 usable, ≥ 0.7 unreliable) of log-weights (N,) or (N, K) (then "
-        "also per row, summarised).",
+        "also per row, summarised). --ci adds the standard error and interval of ESS (delta "
+        "method; of the whole set's; given only while k̂ < 0.25).",
     )
     ess.add_argument("store", metavar="LOGW")
+    add_param(ess.add_argument_group("interval of the ESS"), NORMAL_CI)
     add_run_options(ess, (*ENGINE, *READING, "nonfinite", "device", "backend", "reff"))
     add_output_options(ess)
 
