@@ -256,3 +256,39 @@ def test_feature_dimensions_must_agree():
     real, gen = _sets(14)
     with pytest.raises(se.ShardevalError, match=r"d=5|features"):
         _section(real, gen[:, :4])
+
+
+def _kl_mpmath(mu_p, s_p, mu_q, s_q):
+    """KL(p‖q) of the float64 statistics in 50-digit arithmetic (mpmath)."""
+    import mpmath
+
+    mpmath.mp.dps = 50
+    sp, sq = mpmath.matrix(s_p.tolist()), mpmath.matrix(s_q.tolist())
+    diff = mpmath.matrix((mu_q - mu_p).tolist())
+    inv_q = sq**-1
+    d = len(mu_p)
+    trace = mpmath.fsum((inv_q * sp)[i, i] for i in range(d))
+    return 0.5 * (
+        trace + (diff.T * inv_q * diff)[0] - d + mpmath.log(mpmath.det(sq) / mpmath.det(sp))
+    )
+
+
+# (Wider spreads make Σ_p itself ill-conditioned: its Cholesky factor's backward error, ε·‖Σ_p‖,
+# then moves μ_min by more than the spectrum's rounding, whatever routine follows.)
+@pytest.mark.parametrize("spread", [1e-3, 1e-5])
+def test_a_wide_spectrum_keeps_the_small_eigenvalues_digits_both_ways(spread):
+    # Σ_q⁻¹Σ_p with eigenvalues over `spread` (to 1 / spread): the reverse KL is led by
+    # 1/μ_min, the forward by ln μ_min, so each needs the small μ to relative accuracy
+    rng = np.random.default_rng(8)
+    d = 6
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    s_q = basis @ np.diag(rng.uniform(0.5, 2.0, d)) @ basis.T
+    lower = np.linalg.cholesky(s_q)
+    other = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    mu = np.geomspace(math.sqrt(spread), 1 / math.sqrt(spread), d)
+    s_p = lower @ other @ np.diag(mu) @ other.T @ lower.T
+    s_p = 0.5 * (s_p + s_p.T)
+    mu_p, mu_q = rng.normal(size=d), rng.normal(size=d)
+    got = kl_gaussian(Gaussian(mu_p, s_p), Gaussian(mu_q, s_q))
+    assert got.forward == pytest.approx(float(_kl_mpmath(mu_p, s_p, mu_q, s_q)), rel=1e-11)
+    assert got.reverse == pytest.approx(float(_kl_mpmath(mu_q, s_q, mu_p, s_p)), rel=1e-11)
