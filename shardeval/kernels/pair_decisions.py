@@ -148,9 +148,7 @@ def _decide_triton(x: Any, y: Any, request: PairRequest, diagonal_block: bool) -
     if request.knn is not None:
         knn = part("pair_knn", replace(request, radii=None, nearest=False, realism=None)).knn
     if request.radii is not None:
-        radius = part(
-            "pair_radius", replace(request, knn=None, nearest=False, realism=None)
-        ).radius
+        radius = part("pair_radius", replace(request, knn=None, nearest=False, realism=None)).radius
     return PairResult(None, None, knn, radius, nearest, realism)
 
 

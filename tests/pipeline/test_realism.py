@@ -4,7 +4,6 @@ computation, whatever the blocks; the discarded half, ties, copies and zero radi
 stated; the PRDC values unchanged by asking for it."""
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
@@ -51,9 +50,8 @@ def _store(folder, name, x):
 
 def _prdc(folder, real, gen, **kw):
     params = kw.pop("prdc", PRDCParams(realism=True))
-    return sample_metrics(_store(folder, "real", real), _store(folder, "gen", gen), prdc=params, **kw)[
-        "prdc"
-    ]
+    real, gen = _store(folder, "real", real), _store(folder, "gen", gen)
+    return sample_metrics(real, gen, prdc=params, **kw)["prdc"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -112,9 +110,7 @@ def test_the_half_with_the_largest_radii_is_discarded_ties_kept():
     rng = np.random.default_rng(0)
     for n in range(1, 40):
         r = rng.integers(0, 6, n).astype(np.float64) ** 2
-        np.testing.assert_array_equal(
-            realism_radii(r) > 0, (r <= np.percentile(r, 50)) & (r > 0)
-        )
+        np.testing.assert_array_equal(realism_radii(r) > 0, (r <= np.percentile(r, 50)) & (r > 0))
 
 
 def test_a_copy_of_a_kept_row_is_inf_and_a_zero_radius_adds_nothing(tmp_path):

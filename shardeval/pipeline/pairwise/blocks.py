@@ -178,9 +178,7 @@ class PairPlan:
         for g in np.unique(groups):
             cols = np.flatnonzero(groups == g)
             radii = (x_le, x_lt, y_le[cols])
-            piece = replace(
-                request, poly=None, rbf=None, nearest=False, realism=None, radii=radii
-            )
+            piece = replace(request, poly=None, rbf=None, nearest=False, realism=None, radii=radii)
             pieces.append((piece, cols, int(g)))
         return pieces
 
