@@ -16,6 +16,8 @@ distance ± twice its error bound) reach the largest lower bound is recomputed i
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from shardeval.kernels.pair_types import PairRequest, PairResult, RadiusDecisions
@@ -261,18 +263,14 @@ class _Realism:
     """
 
     def __init__(self, radii: np.ndarray, n: int) -> None:
-        r = np.asarray(radii, dtype=np.float64)
-        self.rows = np.flatnonzero(r > 0)
-        self.radii = r[self.rows]
+        self.all = np.asarray(radii, dtype=np.float64)
+        self.rows = np.flatnonzero(self.all > 0)
+        self.radii = self.all[self.rows]
         self.ratio = np.zeros(n)
-
-    def _chunks(self, sq: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(rows, their radii, their approximate squared distances in float64) by chunks."""
-        out = []
-        for a in range(0, self.rows.size, _REALISM_ROWS):
-            rows = self.rows[a : a + _REALISM_ROWS]
-            out.append((rows, self.radii[a : a + _REALISM_ROWS, None], sq[rows]))
-        return out
+        # The candidates are screened in fp32 when every radius is a normal fp32 number (fp32
+        # rows, which pair_decisions keeps within fp32's range), else in float64.
+        tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        self.fits32 = bool(((self.radii >= tiny) & (self.radii <= big)).all())
 
     def add(self, sq: np.ndarray, err: np.ndarray, x: np.ndarray, y: np.ndarray, start: int) -> int:
         """The tile's columns (``err`` (width,) bounds each column's approximation); returns
@@ -281,29 +279,38 @@ class _Realism:
         Each exact squared distance D lies within 2·err of its approximation a (err bounds
         both a's error and the float64 recomputation's), so r / D lies in [r / (a + 2·err),
         r / (a − 2·err)] (inf where a ≤ 2·err). The largest ratio is at least the largest
-        lower bound L: every row whose upper bound reaches L (less a margin for the float64
-        divisions' rounding) is recomputed, and the largest exact ratio of them taken.
+        lower bound L: every row whose upper bound reaches L is recomputed, and the largest
+        exact ratio of them taken. The screen runs in the tile's precision with L lowered by
+        2^-16 of itself and 2·err raised by 2^-20, far beyond the few fp32 roundings of each
+        bound (2^-24 each), so it keeps every row the exact screen keeps.
         """
         width = sq.shape[1]
         if self.rows.size == 0 or width == 0:
             return 0
-        margin = 2.0 * err[None, :]
-        lower = np.zeros(width)
-        with np.errstate(divide="ignore"):
-            for _, r, s in self._chunks(sq):
-                np.maximum(lower, (r / (s.astype(np.float64) + margin)).max(axis=0), out=lower)
-            limit = lower * (1 - 2.0**-40)
-            found_rows, found_cols, found_radii = [], [], []
-            for rows, r, s in self._chunks(sq):
-                below = s.astype(np.float64) - margin
-                upper = np.where(below > 0, r / np.where(below > 0, below, 1.0), np.inf)
-                i, j = np.nonzero(upper >= limit[None, :])
+        dtype: Any = np.float32 if sq.dtype == np.float32 and self.fits32 else np.float64
+        margin: Any = (2.0 * (1 + 2.0**-20) * err).astype(dtype)[None, :]
+        radii: Any = self.radii.astype(dtype)[:, None]
+        chunks = [
+            (self.rows[a : a + _REALISM_ROWS], radii[a : a + _REALISM_ROWS])
+            for a in range(0, self.rows.size, _REALISM_ROWS)
+        ]
+        lower: Any = np.zeros(width, dtype)
+        found_rows, found_cols = [], []
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for rows, r in chunks:
+                s = sq[rows].astype(dtype, copy=False)
+                np.maximum(lower, (r / (s + margin)).max(axis=0), out=lower)
+            limit = (lower * (1 - 2.0**-16))[None, :]
+            for rows, r in chunks:
+                # upper ≥ L: r / (a − 2·err) ≥ L, or a ≤ 2·err (the upper bound is inf); as a
+                # product (r > 0), with no division
+                below = sq[rows].astype(dtype, copy=False) - margin
+                i, j = np.nonzero((below <= 0) | (r >= limit * below))
                 found_rows.append(rows[i])
                 found_cols.append(j)
-                found_radii.append(r[i, 0])
             rows_c, cols_c = np.concatenate(found_rows), np.concatenate(found_cols)
             exact = _exact_sq(x, y, rows_c, cols_c + start)
-            ratio = np.concatenate(found_radii) / exact
+            ratio = self.all[rows_c] / exact
         np.maximum.at(self.ratio, start + cols_c, ratio)
         return int(rows_c.size)
 

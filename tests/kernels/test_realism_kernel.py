@@ -114,3 +114,15 @@ def test_tensors_on_the_triton_path_give_the_cpu_path_ratios():
     ).realism
     np.testing.assert_array_equal(got, realism_reference(x, y, r))
     assert np.isinf(got[3])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_radii_beyond_fp32_take_the_float64_screen(dtype):
+    # Radii fp32 cannot hold as normal numbers are screened in float64: the same exact ratios.
+    x, y = _data((60, 8), dtype, 51), _data((80, 8), dtype, 52)
+    for scale in (1e-50, 1e45):
+        radii = _radii(60, 53) * scale
+        radii[0] = 2.0 * scale
+        got = _realism(x, y, radii)
+        np.testing.assert_array_equal(got, realism_reference(x, y, radii))
+        assert (got > 0).all()
