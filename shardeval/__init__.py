@@ -2,12 +2,13 @@
 
 ``import shardeval as se`` costs nothing until a function runs: names are imported on first
 use. One function per command (``se.fid``, ``se.kid``, ``se.cmmd``, ``se.prdc``,
-``se.fid_infinity``, ``se.sfid``, ``se.metrics``, ``se.compare``, ``se.stats``,
+``se.authpct``, ``se.fid_infinity``, ``se.sfid``, ``se.metrics``, ``se.compare``, ``se.stats``,
 ``se.merge_stats``, ``se.nll``, ``se.ess``, ``se.inception_score``, ``se.extract``;
 ``se.frechet_distance`` in pytorch-fid's
 argument order), each returning a typed report (``float()`` the headline, ``.to_dict()`` the
-JSON report), and training-loop metrics (``se.FID``…) that accumulate mergeable states and
-``sync()`` under ``torch.distributed``.
+JSON report; ``se.save_per_sample`` writes its per-row values beside the rows' names), and
+training-loop metrics (``se.FID``…) that accumulate mergeable states and ``sync()`` under
+``torch.distributed``.
 
 ``shardeval.pipeline`` holds the mathematics and the task graph, ``shardeval.kernels`` the
 per-shard compute on one device, ``shardeval.workflows`` the command line, job files, history
@@ -24,11 +25,22 @@ _EXPORTS = {
         "shardeval.api.functions",
     ),
     **dict.fromkeys(
-        ("fid", "fid_infinity", "sfid", "kid", "cmmd", "prdc", "metrics", "inception_score"),
+        (
+            "fid",
+            "fid_infinity",
+            "sfid",
+            "kid",
+            "cmmd",
+            "prdc",
+            "authpct",
+            "metrics",
+            "inception_score",
+        ),
         "shardeval.api.verbs",
     ),
     **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
     "fetch": "shardeval.api.fetching",
+    **dict.fromkeys(("per_sample_arrays", "save_per_sample"), "shardeval.api.per_sample"),
     "compare": "shardeval.api.compare",
     "Report": "shardeval.api.results",
     # Training-loop metrics: classes beside the functions of the same name in lower case
@@ -85,6 +97,7 @@ __all__ = [
     "ShapeError",
     "ShardevalError",
     "StoreError",
+    "authpct",
     "cmmd",
     "compare",
     "encoder",
@@ -99,7 +112,9 @@ __all__ = [
     "merge_stats",
     "metrics",
     "nll",
+    "per_sample_arrays",
     "prdc",
+    "save_per_sample",
     "sfid",
     "stats",
 ]
@@ -109,6 +124,7 @@ if _TYPE_CHECKING:
     from shardeval.api.extraction import encoder, extract
     from shardeval.api.fetching import fetch
     from shardeval.api.functions import ess, frechet_distance, merge_stats, nll, stats
+    from shardeval.api.per_sample import per_sample_arrays, save_per_sample
     from shardeval.api.results import Report
     from shardeval.api.streaming import (
         CMMD,
@@ -124,6 +140,7 @@ if _TYPE_CHECKING:
         RowMetrics,
     )
     from shardeval.api.verbs import (
+        authpct,
         cmmd,
         fid,
         fid_infinity,

@@ -1,5 +1,6 @@
 """The metric functions, made from the declarations: ``se.fid``, ``se.fid_infinity``,
-``se.kid``, ``se.cmmd``, ``se.prdc``, ``se.inception_score`` and ``se.metrics``.
+``se.kid``, ``se.cmmd``, ``se.prdc``, ``se.authpct``, ``se.inception_score`` and
+``se.metrics``.
 
 Each is :func:`~shardeval.api.evaluate.evaluate` of its metrics; its keyword arguments, their
 defaults and its docstring's arguments come from the metrics' declarations (their parameters)
@@ -272,6 +273,24 @@ float64. ``float()`` is the precision.""",
     True""",
 )
 
+authpct = make_verb(
+    "authpct",
+    ("authpct",),
+    """Authenticity, AuthPct (Alaa et al., "How Faithful is your Synthetic Data?", ICML 2022),
+as dgm-eval computes it: the percentage of generated rows farther from their nearest training
+row t* than t* is from its own nearest other training row. **``real`` is the training set.**
+Exact over the full sets: every nearest-neighbour decision exact in float64. With
+``per_sample`` each generated row's nearest training row (distance and index) and whether it
+is authentic (:func:`shardeval.save_per_sample` writes them beside the rows' names).""",
+    """    >>> import numpy as np, shardeval as se
+    >>> rng = np.random.default_rng(0)
+    >>> train = rng.normal(size=(300, 4))
+    >>> gen = np.concatenate([train[:30], rng.normal(size=(170, 4))])   # 30 copies
+    >>> r = se.authpct(train, gen, per_sample=True)
+    >>> r["authpct"]["authpct_copies"], bool(r["authpct"]["authpct_authentic"][:30].any())
+    (30, False)""",
+)
+
 inception_score = make_verb(
     "inception_score",
     ("is",),
@@ -327,6 +346,7 @@ def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> 
 
 __all__ = [
     "IMAGES",
+    "authpct",
     "cmmd",
     "fid",
     "fid_infinity",

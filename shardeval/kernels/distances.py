@@ -9,10 +9,14 @@ bound for any summation order); every comparison within that bound of its thresh
 candidate within it of the k-th nearest, is recomputed in float64 from the rows themselves.
 Self-distances are exactly zero, and no squared distance is negative. A row's nearest row of
 the other block is the one at the smallest exact distance, and of rows at one exact distance
-(duplicates) the first.
+(duplicates) the first. The realism reduction takes, per column, the largest ratio of a row's
+squared radius to its exact squared distance: every row whose ratio bounds (from the fp32
+distance ± twice its error bound) reach the largest lower bound is recomputed in float64.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -115,12 +119,13 @@ def _reduce(
     best_y = np.full((n, k), np.inf) if k else None
     radius = _Radius(m, n, request.radii, dtype) if request.radii is not None else None
     nearest = _Nearest(n) if request.nearest else None
+    realism = _Realism(request.realism, n) if request.realism is not None else None
     for start in range(0, n, TILE):
         stop = min(start + TILE, n)
         g = x @ y[start:stop].T
         diag_i = np.arange(start, min(stop, m)) if diagonal_block else np.zeros(0, np.int64)
         diag_j = diag_i - start
-        if best_x is None and radius is None and nearest is None:
+        if best_x is None and radius is None and nearest is None and realism is None:
             continue
         sq = xx_w[:, None] + yy_w[None, start:stop] - 2 * g
         np.maximum(sq, 0, out=sq)
@@ -141,6 +146,8 @@ def _reduce(
             recomputed += radius.uncertain - before
         if nearest is not None:
             recomputed += nearest.add(sq, err_y, x, y, start) - (stop - start)
+        if realism is not None:
+            recomputed += realism.add(sq, err_y, x, y, start) - (stop - start)
         if probe and start == 0 and recomputed > UNDECIDED_FRACTION * m * (stop - start):
             return None
     return PairResult(
@@ -149,6 +156,7 @@ def _reduce(
         (best_x, best_y) if best_x is not None and best_y is not None else None,
         radius.result() if radius is not None else None,
         (nearest.sq, nearest.index) if nearest is not None else None,
+        realism.ratio if realism is not None else None,
     )
 
 
@@ -238,6 +246,84 @@ class _Nearest:
         self.sq[start + cols[first]] = exact[first]
         self.index[start + cols[first]] = rows[first]
         return int(rows.size)
+
+
+#: Rows of the realism reduction's float64 temporaries at a time (rows × TILE × 8 bytes).
+_REALISM_ROWS = 2048
+
+
+class _Realism:
+    """Accumulates, tile by tile of the columns, each column's largest ratio r_i / ‖x_i − y_j‖²
+    over the rows with a squared radius r_i > 0, from exact float64 squared distances (a row
+    equal to the column: inf).
+
+    Args:
+        radii: (m,) squared radii of the rows (0: the row does not count).
+        n: columns.
+    """
+
+    def __init__(self, radii: np.ndarray, n: int) -> None:
+        self.all = np.asarray(radii, dtype=np.float64)
+        self.rows = np.flatnonzero(self.all > 0)
+        self.radii = self.all[self.rows]
+        self.ratio = np.zeros(n)
+        # The candidates are screened in fp32 when every radius is a normal fp32 number (fp32
+        # rows, which pair_decisions keeps within fp32's range), else in float64.
+        tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+        self.fits32 = bool(((self.radii >= tiny) & (self.radii <= big)).all())
+
+    def add(self, sq: np.ndarray, err: np.ndarray, x: np.ndarray, y: np.ndarray, start: int) -> int:
+        """The tile's columns (``err`` (width,) bounds each column's approximation); returns
+        how many distances were recomputed exactly.
+
+        Each exact squared distance D lies within 2·err of its approximation a (err bounds
+        both a's error and the float64 recomputation's), so r / D lies in [r / (a + 2·err),
+        r / (a − 2·err)] (inf where a ≤ 2·err). The largest ratio is at least the largest
+        lower bound L: every row whose upper bound reaches L is recomputed, and the largest
+        exact ratio of them taken. The screen runs in the tile's precision with L lowered by
+        2^-16 of itself and 2·err raised by 2^-20, far beyond the few fp32 roundings of each
+        bound (2^-24 each), so it keeps every row the exact screen keeps.
+        """
+        width = sq.shape[1]
+        if self.rows.size == 0 or width == 0:
+            return 0
+        dtype: Any = np.float32 if sq.dtype == np.float32 and self.fits32 else np.float64
+        margin: Any = (2.0 * (1 + 2.0**-20) * err).astype(dtype)[None, :]
+        radii: Any = self.radii.astype(dtype)[:, None]
+        chunks = [
+            (self.rows[a : a + _REALISM_ROWS], radii[a : a + _REALISM_ROWS])
+            for a in range(0, self.rows.size, _REALISM_ROWS)
+        ]
+        lower: Any = np.zeros(width, dtype)
+        found_rows, found_cols = [], []
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            for rows, r in chunks:
+                s = sq[rows].astype(dtype, copy=False)
+                np.maximum(lower, (r / (s + margin)).max(axis=0), out=lower)
+            limit = (lower * (1 - 2.0**-16))[None, :]
+            for rows, r in chunks:
+                # upper ≥ L: r / (a − 2·err) ≥ L, or a ≤ 2·err (the upper bound is inf); as a
+                # product (r > 0), with no division
+                below = sq[rows].astype(dtype, copy=False) - margin
+                i, j = np.nonzero((below <= 0) | (r >= limit * below))
+                found_rows.append(rows[i])
+                found_cols.append(j)
+            rows_c, cols_c = np.concatenate(found_rows), np.concatenate(found_cols)
+            exact = _exact_sq(x, y, rows_c, cols_c + start)
+            ratio = self.all[rows_c] / exact
+        np.maximum.at(self.ratio, start + cols_c, ratio)
+        return int(rows_c.size)
+
+
+def realism_reference(x: np.ndarray, y: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Float64 reference of the ``realism`` reduction: per row of ``y``, the largest
+    r_i / ‖x_i − y‖² over the rows of ``x`` with r_i > 0 (0 where none)."""
+    sq = exact_sq_distances(x, y)
+    keep = np.asarray(radii) > 0
+    if not keep.any():
+        return np.zeros(y.shape[0])
+    with np.errstate(divide="ignore"):
+        return (np.asarray(radii, np.float64)[keep, None] / sq[keep]).max(axis=0)
 
 
 def nearest_reference(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -53,10 +53,13 @@ def decide(x: Any, y: Any, request: PairRequest, diagonal_block: bool, backend: 
     if radii is not None:
         le, lt, y_le = (np.asarray(r, np.float64) * 4.0**-exponent for r in radii)
         radii = (le, lt, y_le)
+    realism = request.realism
+    if realism is not None:  # ratios of squared lengths: the same in the scaled unit
+        realism = np.asarray(realism, np.float64) * 4.0**-exponent
     result = _pair_reduce(
         _times_power_of_two(x, -exponent),
         _times_power_of_two(y, -exponent),
-        replace(request, radii=radii),
+        replace(request, radii=radii, realism=realism),
         diagonal_block,
         backend,
     )
@@ -131,16 +134,22 @@ def _decide_triton(x: Any, y: Any, request: PairRequest, diagonal_block: bool) -
             lambda: _pair_reduce(to_numpy(x), to_numpy(y), asked, diagonal_block, "torch"),
         )
 
-    knn = radius = nearest = None
-    if request.nearest:  # no kernel of its own: the CPU path, on the rows copied to the host
-        nearest = _pair_reduce(
-            to_numpy(x), to_numpy(y), PairRequest(nearest=True), diagonal_block, "torch"
-        ).nearest
+    knn = radius = nearest = realism = None
+    if request.nearest or request.realism is not None:
+        # no kernels of their own: the CPU path, on the rows copied to the host
+        host = _pair_reduce(
+            to_numpy(x),
+            to_numpy(y),
+            PairRequest(nearest=request.nearest, realism=request.realism),
+            diagonal_block,
+            "torch",
+        )
+        nearest, realism = host.nearest, host.realism
     if request.knn is not None:
-        knn = part("pair_knn", replace(request, radii=None, nearest=False)).knn
+        knn = part("pair_knn", replace(request, radii=None, nearest=False, realism=None)).knn
     if request.radii is not None:
-        radius = part("pair_radius", replace(request, knn=None, nearest=False)).radius
-    return PairResult(None, None, knn, radius, nearest)
+        radius = part("pair_radius", replace(request, knn=None, nearest=False, realism=None)).radius
+    return PairResult(None, None, knn, radius, nearest, realism)
 
 
 def _torch() -> Any:

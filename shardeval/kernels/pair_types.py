@@ -23,6 +23,9 @@ class PairRequest:
             or None.
         nearest: for each row of y, its nearest row of x (exact squared distance and index;
             of rows at one distance, the first).
+        realism: (m,) squared radii of the rows of x (0: a row that does not count) for
+            each row of y's largest ratio r_i / ‖x_i − y‖² (the realism score's square,
+            :class:`PairResult`), or None.
     """
 
     poly: PolyKernel | None = None
@@ -30,11 +33,17 @@ class PairRequest:
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     nearest: bool = False
+    realism: np.ndarray | None = None
 
     @property
     def decides(self) -> bool:
         """Whether it asks for decisions on distances (not only kernel sums)."""
-        return self.knn is not None or self.radii is not None or self.nearest
+        return (
+            self.knn is not None
+            or self.radii is not None
+            or self.nearest
+            or self.realism is not None
+        )
 
 
 class PairResult(NamedTuple):
@@ -47,6 +56,9 @@ class PairResult(NamedTuple):
     #: per row of y, (the exact squared distance (n,) to its nearest row of x, that row's
     #: index in x (n,), int64)
     nearest: tuple[np.ndarray, np.ndarray] | None = None
+    #: per row of y (n,), max_i r_i / ‖x_i − y‖² over the rows of x with r_i > 0 (0 where
+    #: none; inf where such a row equals y), from the exact float64 squared distances
+    realism: np.ndarray | None = None
 
 
 class RadiusDecisions(NamedTuple):

@@ -134,6 +134,7 @@ def _base(command, f):
         "kid": ["kid", f["a"], f["b"]],
         "cmmd": ["cmmd", f["a"], f["b"]],
         "prdc": ["prdc", f["a"], f["b"]],
+        "authpct": ["authpct", f["a"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
         "compare": ["compare", f["a"], f["b"], f["a"]],
         "extract": _extract(f),
@@ -231,6 +232,7 @@ def check_array(capsys, f, command, monkeypatch):
         "kid": lambda r: r["kid"]["kid"],
         "cmmd": lambda r: r["cmmd"]["cmmd"],
         "prdc": lambda r: r["prdc"]["prdc_precision"],
+        "authpct": lambda r: r["authpct"]["authpct"],
     }[command]
     argv = [command, f["g"], f["g2"]] + (["--metrics", "fid"] if command == "metrics" else [])
     u = value(_report(capsys, *argv, "--array", "u"))
@@ -274,17 +276,21 @@ def check_device(capsys, f, command, monkeypatch):
 
 def check_backend(capsys, f, command, monkeypatch):
     # The tests run Triton kernels in its interpreter (tests/conftest.py).
-    if command in ("kid", "cmmd", "prdc"):
+    if command in ("kid", "cmmd", "prdc", "authpct"):
         small = [command, f["a_small"], f["b_small"]]
-        # Kernel sums (KID, CMMD) and decisions (PRDC) have their own Triton launchers.
-        triton_entry = "pair_reduce_triton" if command == "prdc" else "kernel_sums_triton"
+        # Kernel sums (KID, CMMD) and decisions (PRDC, AuthPct's radii) have their own Triton
+        # launchers.
+        decides = command in ("prdc", "authpct")
+        triton_entry = "pair_reduce_triton" if decides else "kernel_sums_triton"
         calls = _spy(monkeypatch, shardeval.kernels._triton_path, triton_entry)
         report = _report(capsys, *small, "--backend", "triton", "--shard-rows", "50")
         assert calls
         calls.clear()
         cpu = _report(capsys, *small, "--backend", "torch", "--shard-rows", "50")
         assert not calls
-        key = {"kid": "kid", "cmmd": "cmmd", "prdc": "prdc_precision"}[command]
+        key = {"kid": "kid", "cmmd": "cmmd", "prdc": "prdc_precision", "authpct": "authpct"}[
+            command
+        ]
         assert report[command][key] == pytest.approx(cpu[command][key], rel=1e-4, abs=1e-6)
     elif command in ("fid", "sfid", "metrics", "compare"):
         calls = _spy(monkeypatch, shardeval.kernels.moments, "shard_moments_triton")
@@ -364,6 +370,8 @@ def check_json(capsys, f, command, monkeypatch):
 def check_overwrite(capsys, f, command, monkeypatch):
     path = f["tmp"] / f"ow-{command}.json"
     _refused(capsys, *_base(command, f), "--overwrite", match="--overwrite applies to the report")
+    if command in ("prdc", "authpct", "metrics"):
+        _refused(capsys, *_base(command, f), "--overwrite", match="the per-sample group written")
     assert _run(capsys, *_base(command, f), "--out", path, "-q")[0] == 0
     _refused(capsys, *_base(command, f), "--out", path, match="pass --overwrite")
     assert _run(capsys, *_base(command, f), "--out", path, "--overwrite", "-q")[0] == 0
@@ -1060,15 +1068,52 @@ def check_unbiased(capsys, f, command, monkeypatch):
         _refused(capsys, *_base(command, f), "--unbiased", match="which is not asked for")
 
 
+def _per_sample_run(capsys, f, command, metric, out, *extra):
+    """A run writing ``metric``'s per-row values to ``out``; its report and the group."""
+    argv = (
+        ["metrics", f["a"], f["g"], "--metrics", metric]
+        if command == "metrics"
+        else [metric, f["a"], f["g"]]
+    )
+    report = _section(_report(capsys, *argv, "--array", "v", "--per-sample", out, *extra), metric)
+    return report, zarr.open_group(str(out), mode="r")
+
+
 def check_per_sample(capsys, f, command, monkeypatch):
-    plain = _one_metric(capsys, f, command, "authpct")
-    rows = _one_metric(capsys, f, command, "authpct", "--per-sample")
-    assert (plain["per_sample"], rows["per_sample"]) == (False, True)
-    assert plain["nearest_index"] is None
-    assert plain["nearest_distance"] is None
-    assert len(rows["nearest_index"]) == len(rows["nearest_distance"]) == rows["n"] == 500
-    assert rows["authpct"] == plain["authpct"]
-    _refused(capsys, *_base(command, f), "--per-sample", match="which is not asked for")
+    metrics = ("prdc", "authpct") if command == "metrics" else (command,)
+    for metric in metrics:
+        plain = _one_metric(capsys, f, command, metric)
+        out = f["tmp"] / f"rows-{command}-{metric}.zarr"
+        rows, group = _per_sample_run(capsys, f, command, metric, out)
+        assert (plain["per_sample"], rows["per_sample"]) == (False, True)
+        arrays = {
+            "prdc": ("realism",),
+            "authpct": ("nearest_distance", "nearest_index", "authentic"),
+        }[metric]
+        for name in arrays:
+            assert plain[name] is None
+            assert len(rows[name]) == rows["n"] == 500
+            np.testing.assert_array_equal(
+                group[f"{metric}_{name}"][:], np.asarray(rows[name], dtype=float)
+            )
+        headline = "precision" if metric == "prdc" else "authpct"
+        assert group.attrs["metric"] == metric
+        assert group.attrs["rows"] == 500
+        assert "names" not in group  # g.zarr has none: the rows are known by index
+        # Refused, one line, exit 2: the group exists (no --overwrite), or is something else.
+        argv = (
+            ["metrics", f["a"], f["b"], "--metrics", metric]
+            if command == "metrics"
+            else [metric, f["a"], f["b"]]
+        )
+        _refused(capsys, *argv, "--per-sample", out, match="pass --overwrite")
+        _refused(capsys, *argv, "--per-sample", f["a"], match="is not a shardeval per-sample")
+        _per_sample_run(capsys, f, command, metric, out, "--overwrite")
+        assert rows[headline] == plain[headline]
+    if command == "metrics":
+        out = f["tmp"] / "rows-metrics-fid.zarr"
+        _refused(capsys, *_base(command, f), "--per-sample", out, match="which are not asked")
+        assert not out.exists()
 
 
 def check_sigma(capsys, f, command, monkeypatch):
@@ -1213,8 +1258,8 @@ CHECKS = {
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "metrics")},
     **{(c, "ci_groups"): check_ci_groups for c in ("fid", "sfid", "metrics")},
     **{(c, "ci_seed"): check_ci_seed for c in ("fid", "sfid", "metrics")},
-    **{(c, k): v for c in ("kid", "cmmd", "prdc") for k, v in PAIRS.items()},
-    **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "metrics")},
+    **{(c, k): v for c in ("kid", "cmmd", "prdc", "authpct") for k, v in PAIRS.items()},
+    **{(c, "precision"): check_precision for c in ("kid", "cmmd", "prdc", "authpct", "metrics")},
     **{(c, "subsets"): check_subsets for c in ("kid", "metrics")},
     **{(c, "subset_size"): check_subset_size for c in ("kid", "metrics")},
     **{(c, "seed"): check_kid_seed for c in ("kid", "metrics")},
@@ -1222,7 +1267,7 @@ CHECKS = {
     **{(c, "sigma"): check_sigma for c in ("cmmd", "metrics")},
     **{(c, "k"): check_k for c in ("prdc", "metrics")},
     **{(c, "pr_k"): check_pr_k for c in ("prdc", "metrics")},
-    ("metrics", "per_sample"): check_per_sample,
+    **{(c, "per_sample"): check_per_sample for c in ("prdc", "authpct", "metrics")},
     ("metrics", "metrics"): check_metrics,
     **{("compare", k): v for k, v in ENGINE.items()},
     ("compare", "precision"): check_precision,
@@ -1284,7 +1329,7 @@ CHECKS = {
     },
     **{
         (command, option): check_image_option(option)
-        for command in ("fid", "kid", "cmmd", "prdc", "metrics", "compare", "stats")
+        for command in ("fid", "kid", "cmmd", "prdc", "authpct", "metrics", "compare", "stats")
         for option in _IMAGE_OPTIONS
     },
     **FETCH_CHECKS,

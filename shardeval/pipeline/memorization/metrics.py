@@ -26,7 +26,8 @@ class AuthPct(Metric):
             "per_sample",
             Flag(),
             False,
-            "also report each generated row's nearest training row and its distance",
+            "also report each generated row's nearest training row, its distance, and "
+            "whether the row is authentic",
         ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
@@ -54,6 +55,15 @@ class AuthPct(Metric):
             optional=True,
             per_row=True,
         ),
+        Output(
+            "authpct_authentic",
+            "",
+            "whether each generated row is authentic: farther from that training row than it "
+            "is from its own nearest other («per_sample»)",
+            array=True,
+            optional=True,
+            per_row=True,
+        ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("Authenticity over steps", "steps", ("authpct",), "authentic rows"),
@@ -73,6 +83,7 @@ class AuthPct(Metric):
             "authpct_n_train": r.n_train,
             "authpct_nearest_distance": r.nearest_distance if per_sample else None,
             "authpct_nearest_index": r.nearest_index if per_sample else None,
+            "authpct_authentic": r.authentic if per_sample else None,
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:

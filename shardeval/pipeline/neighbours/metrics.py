@@ -9,7 +9,7 @@ from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 from shardeval.pipeline.metrics.intervals import CI_LEVEL, normal_interval, wilson_interval
 from shardeval.pipeline.mmd.metrics import reference
 from shardeval.pipeline.neighbours import CI_GROUPS, PR_K, K
-from shardeval.pipeline.runoptions import Interval
+from shardeval.pipeline.runoptions import Flag, Interval
 
 if TYPE_CHECKING:
     from shardeval.pipeline.metrics.sides import Side
@@ -61,6 +61,12 @@ class PRDC(Metric):
             "density and coverage on the reference, recall on the generated set; 0: none",
             "LEVEL",
         ),
+        Param(
+            "per_sample",
+            Flag(),
+            False,
+            "also report each generated row's realism score (Kynkäänniemi et al. 2019, Sec. 5)",
+        ),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("prdc_precision", "fraction", "generated rows inside the reference's manifold"),
@@ -71,6 +77,15 @@ class PRDC(Metric):
         Output("prdc_n_real", "rows", "rows of the reference"),
         Output("prdc_uncertain", "", "distance comparisons re-decided in float64"),
         *_interval_outputs(),
+        Output(
+            "prdc_realism",
+            "",
+            "each generated row's realism score: max over the reference rows of the smaller "
+            "half of radii of radius / distance («per_sample»)",
+            array=True,
+            optional=True,
+            per_row=True,
+        ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot(
@@ -86,7 +101,13 @@ class PRDC(Metric):
         from shardeval.pipeline.pairwise.passes import PRDCParams
 
         groups = CI_GROUPS if self.options["ci"] else 0
-        return {"prdc": PRDCParams(k=self.options["k"], pr_k=self.options["pr_k"], groups=groups)}
+        params = PRDCParams(
+            k=self.options["k"],
+            pr_k=self.options["pr_k"],
+            groups=groups,
+            realism=bool(self.options["per_sample"]),
+        )
+        return {"prdc": params}
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         r = context.samples(reference(real), gen)["prdc"]
@@ -98,6 +119,7 @@ class PRDC(Metric):
             "prdc_n": r.n_gen,
             "prdc_n_real": r.n_real,
             "prdc_uncertain": r.uncertain,
+            "prdc_realism": r.realism if self.options["per_sample"] else None,
         }
         level = self.options["ci"]
         for value, _, _ in _VALUES:

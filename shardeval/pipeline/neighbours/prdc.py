@@ -11,6 +11,12 @@ other point of its own set:
 * density   = 1/(kM) Σ_j Σ_i 1[‖x_i − y_j‖ < NND_k(x_i)]     (k = ``k``, 5)
 * coverage  = (1/N) Σ_i 1[∃j: ‖x_i − y_j‖ < NND_k(x_i)]
 
+and, per generated row y, the realism score of Kynkäänniemi et al. (Sec. 5):
+
+* R(y) = max_{x_i ∈ X'} NND_k'(x_i) / ‖x_i − y‖, where X' keeps the reference rows whose
+  radius is at most the median radius (the half with the largest radii discarded:
+  :func:`realism_radii`)
+
 "Inside" is ≤ for precision and recall (the 2019 definition) and strict < for density and
 coverage (the 2020 reference code); they differ only on exact ties. The radii come from one pass
 over each set's own block pairs, the tests from one pass over the cross pairs; every distance
@@ -53,6 +59,8 @@ class PRDCResult:
         uncertain: comparisons re-decided in float64 (near-ties of fp32 distances).
         errors: their conditional standard errors
             (:mod:`shardeval.pipeline.neighbours.intervals`), or None where not asked.
+        realism: (M,) each generated row's realism score (:func:`realism_from`), or None
+            where not asked.
     """
 
     precision: float
@@ -65,6 +73,7 @@ class PRDCResult:
     pr_k: int
     uncertain: int
     errors: PRDCErrors | None = None
+    realism: np.ndarray | None = None
 
 
 def radii(neighbours: Neighbours, k: int) -> np.ndarray:
@@ -72,11 +81,74 @@ def radii(neighbours: Neighbours, k: int) -> np.ndarray:
     return neighbours.sq[:, k - 1]
 
 
+def realism_radii(sq_radii: np.ndarray) -> np.ndarray:
+    """The reference rows' squared radii that count for the realism score, 0 for the others:
+    the half with the largest radii is discarded.
+
+    Kynkäänniemi et al. (NeurIPS 2019, Sec. 5) discard "half of the hyperspheres with the
+    largest radii"; their code (``ManifoldEstimator(..., clamp_to_percentile=50)``) sets to 0
+    every radius above ``np.percentile(radii, 50)``, the median (for an even N, the mean of
+    the two middle radii). The rows kept are therefore those whose radius is at most the
+    ⌈N/2⌉-th smallest radius: for an odd N that is the median; for an even N every radius
+    above the lower middle one is at least the upper middle one, which exceeds the median
+    unless the two are equal (then both are kept). Ties at the threshold are all kept. Taken
+    as an order statistic, the rule is exact: no mean of two radii is rounded.
+
+    A row that counts but has radius 0 (k copies of it in the reference) would give 0/0 for
+    a generated row equal to it; it is left out, as in the reference code, where its ratio
+    0 / (0 + 1e-5) is 0.
+
+    Args:
+        sq_radii: (N,) squared distances of each reference row to its k-th nearest other row.
+
+    Returns:
+        (N,) float64: the squared radius where the row counts, else 0.
+
+    Example:
+        >>> realism_radii(np.array([4.0, 1.0, 9.0, 1.0])).tolist()   # ⌈4/2⌉-th smallest: 1
+        [0.0, 1.0, 0.0, 1.0]
+        >>> realism_radii(np.array([4.0, 1.0, 9.0])).tolist()        # the median, 4
+        [4.0, 1.0, 0.0]
+    """
+    r = np.asarray(sq_radii, dtype=np.float64)
+    if r.size == 0:
+        return r.copy()
+    threshold = np.partition(r, (r.size + 1) // 2 - 1)[(r.size + 1) // 2 - 1]
+    return np.where(r <= threshold, r, 0.0)
+
+
+def realism_from(ratio: np.ndarray) -> np.ndarray:
+    """Realism scores from the merged largest squared ratios r_i / ‖x_i − y‖²
+    (:class:`~shardeval.pipeline.pairwise.pair_states.Realism`): their square roots.
+
+    R(y) = max_i NND_k(x_i) / ‖x_i − y‖ over the rows that count
+    (:func:`realism_radii`); a square root is monotone, so it is √ of the largest ratio of
+    squares, and the same whatever unit the rows were compared in. inf: y equals a row that
+    counts; 0: every row that counts has radius 0 (or none counts).
+
+    The reference code (``precision_recall.py``) reports the ratio of *squared* distances
+    with 1e-5 added to the denominator, max_i NND_k(x_i)² / (‖x_i − y‖² + 1e-5): about R²,
+    which ranks the rows alike.
+
+    Example:
+        >>> realism_from(np.array([4.0, 0.25, np.inf])).tolist()
+        [2.0, 0.5, inf]
+    """
+    return np.sqrt(np.asarray(ratio, dtype=np.float64))
+
+
 def prdc_from(
-    decisions: Decisions, n_real: int, n_gen: int, k: int, pr_k: int, groups: int = 0
+    decisions: Decisions,
+    n_real: int,
+    n_gen: int,
+    k: int,
+    pr_k: int,
+    groups: int = 0,
+    realism: np.ndarray | None = None,
 ) -> PRDCResult:
     """The four values from the merged radius tests, and with ``groups`` (coverage's
-    jackknife groups, which the tests recorded) their standard errors."""
+    jackknife groups, which the tests recorded) their standard errors; ``realism``: the
+    merged squared ratios of the realism score (:func:`realism_from`)."""
     return PRDCResult(
         precision=float(decisions.y_within.mean()),
         recall=float(decisions.x_within.mean()),
@@ -88,6 +160,7 @@ def prdc_from(
         pr_k=pr_k,
         uncertain=decisions.uncertain,
         errors=standard_errors(decisions, k, groups) if groups else None,
+        realism=None if realism is None else realism_from(realism),
     )
 
 

@@ -43,6 +43,7 @@ from shardeval.pipeline.pairwise.pair_states import (
     Decisions,
     Nearest,
     Neighbours,
+    Realism,
     SelfState,
     SetSums,
     k_smallest,
@@ -65,6 +66,7 @@ __all__ = [
     "Nearest",
     "Neighbours",
     "PairPlan",
+    "Realism",
     "RowBlocks",
     "SelfState",
     "SetInspection",
@@ -91,6 +93,10 @@ class PairPlan:
         radii: squared radii for the cross pass (PRDC): x_le (N,), x_lt (N,), y_le (M,).
         nearest: the cross pass finds each generated row's nearest reference row (its exact
             squared distance and index; the memorization metrics).
+        realism: (N,) squared radii of the reference rows that count (0: those that do not)
+            for each generated row's largest radius-to-distance ratio in the cross pass
+            (the realism score, :func:`shardeval.pipeline.neighbours.prdc.realism_radii`),
+            or None.
         device: where the pair kernels run (``auto``: a worker's GPU if it has one).
         backend: ``auto`` (Triton on a GPU, the BLAS path on a CPU), ``triton`` or ``torch``.
         exponent: e ≠ 0: the neighbours and radius tests take every block × 2^-e in float64,
@@ -109,6 +115,7 @@ class PairPlan:
     knn: int | None = None
     radii: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None)
     nearest: bool = False
+    realism: np.ndarray | None = field(default=None)
     device: str = "cpu"
     backend: str = "auto"
     exponent: int = 0
@@ -127,6 +134,7 @@ class PairPlan:
             knn=None if cross else self.knn,
             radii=radii,
             nearest=cross and self.nearest,
+            realism=self.realism[slice(*bx)] if cross and self.realism is not None else None,
         )
 
     def token(self) -> tuple[Any, ...]:
@@ -140,6 +148,7 @@ class PairPlan:
             kernel(self.rbf),
             self.knn,
             self.nearest,
+            self.realism is not None,
             self.exponent,
             self.groups,
         )
@@ -150,21 +159,26 @@ class PairPlan:
         """The kernel calls of a cross (block, chunk) pair: (request, the chunk's columns or
         None for all, their group or None). With :attr:`groups`, the radius tests run once per
         group of the chunk's columns, and the kernel sums and the nearest rows once over all
-        of them."""
+        of them (and the realism ratios)."""
         request = self.request(True, bx, by)
         if not self.groups or request.radii is None:
             return [(request, None, None)]
         from shardeval.pipeline.fid.jackknife import CI_SEED, row_groups
 
         pieces: list[tuple[Any, np.ndarray | None, int | None]] = []
-        if request.poly is not None or request.rbf is not None or request.nearest:
+        if (
+            request.poly is not None
+            or request.rbf is not None
+            or request.nearest
+            or request.realism is not None
+        ):
             pieces.append((replace(request, radii=None), None, None))
         x_le, x_lt, y_le = request.radii
         groups = row_groups(by[0], by[1] - by[0], self.groups, CI_SEED)
         for g in np.unique(groups):
             cols = np.flatnonzero(groups == g)
             radii = (x_le, x_lt, y_le[cols])
-            piece = replace(request, poly=None, rbf=None, nearest=False, radii=radii)
+            piece = replace(request, poly=None, rbf=None, nearest=False, realism=None, radii=radii)
             pieces.append((piece, cols, int(g)))
         return pieces
 
@@ -182,7 +196,11 @@ def _reduce(x: np.ndarray, y: np.ndarray, plan: PairPlan, request: Any, diagonal
         sums = None
         if request.poly is not None or request.rbf is not None:
             sums = _reduce(
-                x, y, plain, replace(request, knn=None, radii=None, nearest=False), diagonal
+                x,
+                y,
+                plain,
+                replace(request, knn=None, radii=None, nearest=False, realism=None),
+                diagonal,
             )
         xs = np.ldexp(x.astype(np.float64), -plan.exponent)
         ys = xs if y is x else np.ldexp(y.astype(np.float64), -plan.exponent)
@@ -286,6 +304,7 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             "x_groups": np.zeros(a.n, np.uint64) if plan.groups else None,
         }
     nearest = Nearest.empty(b.n) if plan.nearest else None
+    realism = Realism.empty(b.n) if plan.realism is not None else None
     for by in b.chunks(0):
         y = b.read_rows(*by)
         for request, cols, group in plan.pieces(bx, by):
@@ -296,6 +315,8 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
             if nearest is not None and result.nearest is not None:
                 sq, index = result.nearest  # block i holds the nearest of its rows: in X, bx[0] on
                 nearest.sq[slice(*by)], nearest.index[slice(*by)] = sq, index + bx[0]
+            if realism is not None and result.realism is not None:
+                realism.ratio[slice(*by)] = result.realism  # block i's rows: one chunk each
             if radius is None or result.radius is None:
                 continue
             r = result.radius
@@ -313,6 +334,7 @@ def _cross_row(a: RowBlocks, i: int, b: RowBlocks, plan: PairPlan) -> CrossState
         rbf.cross() if rbf is not None else None,
         Decisions(**radius) if radius is not None else None,
         nearest,
+        realism,
     )
 
 

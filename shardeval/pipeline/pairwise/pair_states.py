@@ -1,7 +1,7 @@
 """The states the block pairs reduce to: per-row arrays over a whole set (kernel row sums, the
-k nearest squared distances, the outcome of radius tests, the nearest row of the other set),
-O(N) each, merged by addition, by elementwise or, by keeping the k smallest, or the least
-(distance, index)."""
+k nearest squared distances, the outcome of radius tests, the nearest row of the other set,
+the largest radius-to-distance ratio), O(N) each, merged by addition, by elementwise or, by
+keeping the k smallest, by the least (distance, index), or by the elementwise maximum."""
 
 from __future__ import annotations
 
@@ -271,6 +271,39 @@ class Nearest:
         return Nearest(np.where(take, other.sq, self.sq), np.where(take, other.index, self.index))
 
 
+def _realism_examples(rng: np.random.Generator) -> Examples[Realism]:
+    def drawn() -> Realism:
+        # few distinct ratios, so that merges meet ties; inf: a copy of a reference row
+        ratio = rng.integers(0, 3, 6).astype(np.float64)
+        ratio[rng.integers(6)] = np.inf
+        return Realism(ratio)
+
+    return Realism.empty(6), [drawn() for _ in range(3)]
+
+
+@state(examples=_realism_examples)
+@dataclass(frozen=True, eq=False)
+class Realism:
+    """Per row y of a generated set (M,), the largest ratio r_i / ‖x_i − y‖² over the rows of
+    the reference X that count (squared radius r_i > 0): the square of the realism score
+    (:func:`shardeval.pipeline.neighbours.prdc.realism_radii`). 0 where no row that counts
+    was seen; inf where one equals y. Merged by the elementwise maximum (associative,
+    commutative, with 0 as identity: ratios are never negative).
+
+    Attributes:
+        ratio: (M,) float64, exact (each ratio from the float64 squared distance).
+    """
+
+    ratio: np.ndarray
+
+    @classmethod
+    def empty(cls, rows: int) -> Realism:
+        return cls(np.zeros(rows))
+
+    def merge(self, other: Realism) -> Realism:
+        return Realism(np.maximum(self.ratio, other.ratio))
+
+
 def _merge_optional(a: Any, b: Any) -> Any:
     return None if a is None else a.merge(b)
 
@@ -304,11 +337,15 @@ def _cross_state_examples(rng: np.random.Generator) -> Examples[CrossState]:
     empty_sums, sums = examples_of(CrossSums, rng)
     empty_radius, radius = examples_of(Decisions, rng)
     empty_nearest, nearest = examples_of(Nearest, rng)
+    empty_realism, realism = examples_of(Realism, rng)
     found = [
-        CrossState(rbf=s, radius=r, nearest=n)
-        for s, r, n in zip(sums, radius, nearest, strict=True)
+        CrossState(rbf=s, radius=r, nearest=n, realism=q)
+        for s, r, n, q in zip(sums, radius, nearest, realism, strict=True)
     ]
-    return CrossState(rbf=empty_sums, radius=empty_radius, nearest=empty_nearest), found
+    empty = CrossState(
+        rbf=empty_sums, radius=empty_radius, nearest=empty_nearest, realism=empty_realism
+    )
+    return empty, found
 
 
 @state(examples=_cross_state_examples)
@@ -320,6 +357,7 @@ class CrossState:
     rbf: CrossSums | None = None
     radius: Decisions | None = None
     nearest: Nearest | None = None
+    realism: Realism | None = None
 
     def merge(self, other: CrossState) -> CrossState:
         return CrossState(
@@ -327,4 +365,5 @@ class CrossState:
             _merge_optional(self.rbf, other.rbf),
             _merge_optional(self.radius, other.radius),
             _merge_optional(self.nearest, other.nearest),
+            _merge_optional(self.realism, other.realism),
         )

@@ -43,7 +43,12 @@ from shardeval.pipeline.mmd.kid import (
     subset_mmd2,
 )
 from shardeval.pipeline.neighbours import PR_K, K
-from shardeval.pipeline.neighbours.prdc import distance_exponent, prdc_from, radii
+from shardeval.pipeline.neighbours.prdc import (
+    distance_exponent,
+    prdc_from,
+    radii,
+    realism_radii,
+)
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
     PairPlan,
@@ -115,11 +120,14 @@ class CMMDParams:
 class PRDCParams:
     """Neighbours of density and coverage (``k``) and of precision and recall (``pr_k``);
     ``groups`` > 0: the standard errors too, coverage's by a jackknife over that many groups
-    of the generated rows (:mod:`shardeval.pipeline.neighbours.intervals`)."""
+    of the generated rows (:mod:`shardeval.pipeline.neighbours.intervals`); ``realism``: each
+    generated row's realism score too (:func:`~shardeval.pipeline.neighbours.prdc.realism_radii`,
+    radii of ``pr_k`` neighbours)."""
 
     k: int = K
     pr_k: int = PR_K
     groups: int = 0
+    realism: bool = False
 
 
 def _check(real: FeatureSource, gen: FeatureSource, precision: str) -> None:
@@ -234,9 +242,11 @@ def sample_metrics(
     if reference_cache is not None:
         reference_cache[key] = (sx, poly, rbf)
     m, n = real.n, gen.n
-    cross_radii = None
+    cross_radii = realism = None
     if prdc and sx.knn is not None and sy.knn is not None:
         cross_radii = (radii(sx.knn, prdc.pr_k), radii(sx.knn, prdc.k), radii(sy.knn, prdc.pr_k))
+        if prdc.realism:
+            realism = realism_radii(cross_radii[0])
     # One store given twice takes the cross pass too: its pairs (i, i) are cross pairs of the
     # two-sample estimators (see shardeval.pipeline.mmd.kid).
     cross_plan = PairPlan(
@@ -244,6 +254,7 @@ def sample_metrics(
         rbf=rbf,
         radii=cross_radii,
         nearest=memorization,
+        realism=realism,
         device=device,
         backend=backend,
         exponent=exponent,
@@ -298,7 +309,10 @@ def sample_metrics(
     if prdc:
         if cross is None or cross.radius is None:  # unreachable
             raise ValueError("the cross pass did not test the radii")
-        out["prdc"] = prdc_from(cross.radius, m, n, prdc.k, prdc.pr_k, prdc.groups)
+        if prdc.realism and cross.realism is None:  # unreachable
+            raise ValueError("the cross pass did not take the realism ratios")
+        ratios = cross.realism.ratio if cross.realism is not None else None
+        out["prdc"] = prdc_from(cross.radius, m, n, prdc.k, prdc.pr_k, prdc.groups, ratios)
     if memorization:
         from shardeval.pipeline.memorization.authpct import memorization_from
 

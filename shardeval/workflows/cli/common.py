@@ -89,14 +89,39 @@ def progress(args: argparse.Namespace) -> ProgressBar | None:
     return None if args.quiet else ProgressBar()
 
 
-def claim_report(args: argparse.Namespace) -> None:
-    """Before computing: the JSON report may be written where --out says."""
+def claim_report(args: argparse.Namespace, inputs: Iterable[str] = ()) -> None:
+    """Before computing: the JSON report may be written where --out says, and the per-sample
+    group where --per-sample says (a command that has it; not inside ``inputs``)."""
+    per_sample = getattr(args, "per_sample", None)
+    if per_sample:
+        from shardeval.api.per_sample import claim_per_sample
+
+        if args.out and os.path.abspath(args.out) == os.path.abspath(per_sample):
+            raise UsageError(f"--out and --per-sample both name {per_sample!r}: give two paths")
+        claim_per_sample(per_sample, list(inputs), args.overwrite)
     if args.out:
         from shardeval.workflows.report import claim_json
 
         claim_json(args.out, args.overwrite)
-    elif args.overwrite:
-        raise UsageError("--overwrite applies to the report written with --out")
+    elif args.overwrite and not per_sample:
+        also = " and the per-sample group written with --per-sample"
+        raise UsageError(
+            "--overwrite applies to the report written with --out"
+            + (also if hasattr(args, "per_sample") else "")
+        )
+
+
+def save_per_sample(args: argparse.Namespace, report: Any) -> None:
+    """Write the report's per-row values where --per-sample says (a command that has it),
+    and say so."""
+    per_sample = getattr(args, "per_sample", None)
+    if not per_sample:
+        return
+    import shardeval as se
+
+    written = se.save_per_sample(report, per_sample, overwrite=args.overwrite)
+    if not args.quiet:
+        notice(f"per-sample values written to {written}")
 
 
 def emit(args: argparse.Namespace, data: dict[str, Any], summary: str) -> int:

@@ -98,11 +98,17 @@ def metric_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: The metrics' parameter that asks for one value per generated row: on the command line it
+#: names where they are written (``--per-sample OUT``), which asks for them.
+PER_SAMPLE = "per_sample"
+
+
 def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """The parameters of the metrics ``names``, made from their declarations: one flag per
     name (``--seed`` serves every metric that declares a seed), a switch for a flag, the
     declaration's constraint as the type. A parameter that is a run option (``nonfinite``)
-    is the run's flag."""
+    is the run's flag; :data:`PER_SAMPLE` is ``--per-sample OUT``, the Zarr group the
+    per-row values go to."""
     from shardeval.pipeline.metrics import METRICS
 
     owners: dict[str, list[str]] = {}
@@ -120,6 +126,15 @@ def metric_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
             group = group or parser.add_argument_group(cls.title)
             others = [m for m in owners[param.name] if m != name]
             shared = f"; also {', '.join(others)}'s" if others else ""
+            if param.name == PER_SAMPLE:
+                group.add_argument(
+                    "--per-sample",
+                    metavar="OUT",
+                    help=f"{param.help}{shared}, written to the Zarr group OUT row for row with "
+                    "GEN, with its names (an extraction store's); --overwrite replaces one "
+                    "written before",
+                )
+                continue
             add_param(group, param, f"{param.help} (default {param.default!r}{shared})")
 
 
@@ -146,7 +161,10 @@ def metric_flags(args: argparse.Namespace, names: Sequence[str]) -> dict[str, An
     from shardeval.pipeline.runoptions import is_given
 
     params = {p.name for m in names for p in METRICS[m].params} - set(BY_NAME)
-    return {n: getattr(args, n) for n in params if is_given(getattr(args, n, None))}
+    given = {n: getattr(args, n) for n in params if is_given(getattr(args, n, None))}
+    if PER_SAMPLE in given:  # a path: the values are asked for
+        given[PER_SAMPLE] = True
+    return given
 
 
 def run_flags(args: argparse.Namespace) -> dict[str, Any]:

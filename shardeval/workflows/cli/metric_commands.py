@@ -1,6 +1,6 @@
-"""The metric commands (fid, sfid, kid, cmmd, prdc, is): each one's inputs and words; their options
-come from the metrics' declarations and the run options they take, so a new parameter of a
-metric is a flag of its command without another edit.
+"""The metric commands (fid, sfid, kid, cmmd, prdc, authpct, is): each one's inputs and words;
+their options come from the metrics' declarations and the run options they take, so a new
+parameter of a metric is a flag of its command without another edit.
 """
 
 from __future__ import annotations
@@ -105,7 +105,25 @@ METRIC_COMMANDS = (
         "precision, recall, density and coverage, exact over all pairs",
         "Precision and recall (Kynkäänniemi et al. 2019; radius: distance to the --pr-k-th "
         "nearest other point, inside means <=) and density and coverage (Naeem et al. 2020; "
-        "--k, strict <), over the full sets; every decision exact in float64.",
+        "--k, strict <), over the full sets; every decision exact in float64. --per-sample "
+        "OUT writes each generated row's realism score (Kynkäänniemi et al., Sec. 5) to the "
+        "Zarr group OUT, beside GEN's names.",
+        "examples:\n  shardeval prdc real.zarr gen.zarr\n"
+        "  shardeval prdc real.zarr gen.zarr --per-sample gen-realism.zarr",
+    ),
+    MetricCommand(
+        "authpct",
+        ("authpct",),
+        ("2", "STORE", "TRAIN GEN"),
+        "AuthPct: authenticity of the generated set against the training set, exact",
+        "AuthPct (Alaa et al. 2022, as dgm-eval computes it): the percentage of GEN's rows "
+        "farther from their nearest TRAIN row than that row is from its own nearest other "
+        "TRAIN row. TRAIN is the model's training set. Exact over the full sets: every "
+        "nearest-neighbour decision exact in float64. --per-sample OUT writes each generated "
+        "row's nearest training row (distance, index) and authentic flag to the Zarr group "
+        "OUT, beside GEN's names.",
+        "examples:\n  shardeval authpct train.zarr gen.zarr\n"
+        "  shardeval authpct train.zarr gen.zarr --per-sample gen-nearest.zarr",
     ),
     MetricCommand(
         "is",

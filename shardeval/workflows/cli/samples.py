@@ -1,5 +1,6 @@
-"""The sample-metric commands: kid, cmmd, prdc, is (the Inception Score of one set), and
-metrics (several at once)."""
+"""The sample-metric commands: kid, cmmd, prdc, authpct, is (the Inception Score of one set),
+and metrics (several at once); prdc, authpct and metrics write per-row values with
+--per-sample."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from shardeval.workflows.cli.common import (
     claim_report,
     emit,
     must_exist,
+    save_per_sample,
 )
 from shardeval.workflows.cli.flags import metric_flags
 
@@ -19,9 +21,10 @@ def _one(args: argparse.Namespace, name: str) -> int:
     import shardeval as se
 
     must_exist(*args.stores)
-    claim_report(args)
+    claim_report(args, args.stores)
     function = getattr(se, name)
     report = function(*args.stores, **metric_flags(args, (name,)), **api_options(args))
+    save_per_sample(args, report)
     return emit(args, report.to_dict(), report.summary())
 
 
@@ -41,6 +44,10 @@ def cmd_prdc(args: argparse.Namespace) -> int:
     return _one(args, "prdc")
 
 
+def cmd_authpct(args: argparse.Namespace) -> int:
+    return _one(args, "authpct")
+
+
 def cmd_is(args: argparse.Namespace) -> int:
     import shardeval as se
 
@@ -54,7 +61,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     import shardeval as se
 
     must_exist(*args.stores)
-    claim_report(args)
+    claim_report(args, args.stores)
     from shardeval.pipeline.metrics import METRICS
 
     options = metric_flags(args, tuple(METRICS))
@@ -62,4 +69,5 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         raise UsageError(f"metrics takes REAL GEN (or GEN alone); got {len(args.stores)} stores")
     real, gen = args.stores if len(args.stores) == 2 else (None, args.stores[0])
     report = se.metrics(real, gen, args.metrics, **options, **api_options(args))
+    save_per_sample(args, report)
     return emit(args, report.to_dict(), report.summary())
