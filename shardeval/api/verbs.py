@@ -288,7 +288,9 @@ over splits, torch-fidelity's ``isc``). A −inf logit is a class of probability
 )
 
 
-def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> Report:
+def metrics(
+    real: Any, gen: Any, names: Sequence[str] | str, *, test: Any = None, **options: Any
+) -> Report:
     """Several metrics at once, by their plug-ins (:mod:`shardeval.pipeline.metrics`), sharing
     the passes: the sets' moments once for every metric that reads them, the pair metrics'
     block pairs once for KID, CMMD and PRDC together. A job evaluates each entry so.
@@ -299,6 +301,8 @@ def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> 
         names: registered metric names (``fid``, ``fid_inf``, ``kid``, ``cmmd``, ``prdc``,
             ``nll_gaussian``, ``is``, and any registered since), as a list or as the command
             line's comma-separated text (``"fid,kid"``).
+        test: a held-out test set (features), for the metrics that compare with one (``ct``,
+            with ``real`` the training set); refused by the others.
         **options: the metrics' own options by name (an option several asked metrics declare,
             such as ``seed``, goes to each of them it means something to), and the run options
             (:mod:`shardeval.pipeline.runoptions`: ``shard_rows``, ``precision``,
@@ -322,7 +326,7 @@ def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> 
     """
     run = {k: v for k, v in options.items() if k in BY_NAME}
     own = {k: v for k, v in options.items() if k not in BY_NAME}
-    return evaluate(names, real, gen, metric_options=own, run_options=run)
+    return evaluate(names, real, gen, metric_options=own, run_options=run, test=test)
 
 
 __all__ = [
