@@ -24,7 +24,17 @@ _EXPORTS = {
         "shardeval.api.functions",
     ),
     **dict.fromkeys(
-        ("fid", "fid_infinity", "sfid", "kid", "cmmd", "prdc", "metrics", "inception_score"),
+        (
+            "fid",
+            "fid_infinity",
+            "sfid",
+            "kid",
+            "cmmd",
+            "prdc",
+            "ct",
+            "metrics",
+            "inception_score",
+        ),
         "shardeval.api.verbs",
     ),
     **dict.fromkeys(("extract", "encoder"), "shardeval.api.extraction"),
@@ -87,6 +97,7 @@ __all__ = [
     "StoreError",
     "cmmd",
     "compare",
+    "ct",
     "encoder",
     "ess",
     "extract",
@@ -125,6 +136,7 @@ if _TYPE_CHECKING:
     )
     from shardeval.api.verbs import (
         cmmd,
+        ct,
         fid,
         fid_infinity,
         inception_score,

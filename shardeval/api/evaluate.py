@@ -25,7 +25,7 @@ from shardeval.api.functions import (
     refuse,
     with_features,
 )
-from shardeval.api.heldout import check_test, test_side
+from shardeval.api.heldout import check_test, check_test_side
 from shardeval.api.inputs import (
     arrays_for,
     describe_input,
@@ -404,7 +404,9 @@ def evaluate(
     check_test(evaluation.instances, test)
     with _noted() as notes, _running(evaluation.run_options()) as run:
         real_side, gen_side = evaluation.sides(run, inputs)
-        held_out = test_side(run, test, gen_side)
+        array = run.options.get("array")
+        held_out = None if test is None else _side(run, "test", test, test, False, False, array)
+        check_test_side(held_out, gen_side)
         images = any(inputs.images)
         return evaluation.report(run, notes, real_side, gen_side, images, held_out)
 

@@ -47,16 +47,14 @@ def check_test(instances: Sequence[Any], test: Any) -> None:
         )
 
 
-def test_side(run: Any, test: Any, gen: Any) -> Any:
-    """The held-out test set as a side (None stays None), of the generated set's d."""
-    if test is None:
-        return None
-    from shardeval.api.evaluate import _side
+def check_test_side(test: Any, gen: Any) -> None:
+    """The held-out test set's side (None: not given) is of the generated set's d.
 
-    side = _side(run, "test", test, test, False, False, run.options.get("array"))
-    if side.d != gen.d:
+    Raises:
+        ShapeError: naming both and their d.
+    """
+    if test is not None and test.d != gen.d:
         raise ShapeError(
             f"feature dimensions differ: {gen.shown!r} has d={gen.d}, the test set "
-            f"{side.shown!r} has d={side.d}; compare features of one model"
+            f"{test.shown!r} has d={test.d}; compare features of one model"
         )
-    return side

@@ -51,6 +51,7 @@ What follows dgm-eval, and where it differs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -150,16 +151,17 @@ def cell_rows(
     for name in ("train", "test"):
         empty = np.flatnonzero(count[name] == 0)
         if empty.size:
+            listed = ", ".join(str(int(c)) for c in empty[:5]) + (", …" if empty.size > 5 else "")
             raise ShapeError(
-                f"cell {int(empty[0])} of {cells} holds no {name} row: C_T needs {name} rows "
-                f"in every cell; use fewer cells (rows per cell: {count[name].tolist()})"
+                f"{empty.size} of the {cells} cells hold no {name} row (cell {listed}): C_T "
+                f"needs {name} rows in every cell; use fewer «cells»"
             )
     kept = count["gen"] > tau_rows
     if not kept.any():
         raise ShapeError(
-            f"every cell holds {tau_rows} or fewer of the {gen_cell.size} generated rows "
-            f"(per cell: {count['gen'].tolist()}): C_T keeps none; give more generated rows, "
-            "fewer cells or a lower tau_rows"
+            f"every cell holds «tau_rows={tau_rows}» or fewer of the {gen_cell.size} generated "
+            f"rows (at most {int(count['gen'].max())}): C_T keeps none; give more generated "
+            "rows, fewer «cells» or a lower «tau_rows»"
         )
     return count["train"], count["test"], count["gen"], kept
 
@@ -293,11 +295,11 @@ def data_copying(
             )
     if train.n < cells:
         raise ShapeError(
-            f"C_T cuts the training set into cells={cells} cells by k-means; "
+            f"C_T cuts the training set into «cells={cells}» cells by k-means; "
             f"{train.location!r} has {train.n} row(s)"
         )
     engine = engine or Engine()
-    passes = {
+    passes: dict[str, Any] = {
         "engine": engine,
         "block_rows": block_rows,
         "split_every": split_every,
@@ -309,7 +311,7 @@ def data_copying(
     sample = seeding_sample(train, cells, rng, engine, split_every)
     if sample.shape[0] < cells:
         raise ShapeError(
-            f"C_T cuts the training set into cells={cells} cells by k-means; "
+            f"C_T cuts the training set into «cells={cells}» cells by k-means; "
             f"{train.location!r} has {sample.shape[0]} finite row(s)"
         )
     centres = best_kmeans(sample, cells, rng)

@@ -36,6 +36,7 @@ _COMMANDS = {
     "kid": ("shardeval.workflows.cli.samples", "cmd_kid"),
     "cmmd": ("shardeval.workflows.cli.samples", "cmd_cmmd"),
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),
+    "ct": ("shardeval.workflows.cli.samples", "cmd_ct"),
     "is": ("shardeval.workflows.cli.samples", "cmd_is"),
     "metrics": ("shardeval.workflows.cli.samples", "cmd_metrics"),
     "compare": ("shardeval.workflows.cli.compare", "cmd_compare"),

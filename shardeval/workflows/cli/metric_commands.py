@@ -1,6 +1,6 @@
-"""The metric commands (fid, sfid, kid, cmmd, prdc, is): each one's inputs and words; their options
-come from the metrics' declarations and the run options they take, so a new parameter of a
-metric is a flag of its command without another edit.
+"""The metric commands (fid, sfid, kid, cmmd, prdc, ct, is): each one's inputs and words; their
+options come from the metrics' declarations and the run options they take, so a new parameter
+of a metric is a flag of its command without another edit.
 """
 
 from __future__ import annotations
@@ -106,6 +106,20 @@ METRIC_COMMANDS = (
         "Precision and recall (Kynkäänniemi et al. 2019; radius: distance to the --pr-k-th "
         "nearest other point, inside means <=) and density and coverage (Naeem et al. 2020; "
         "--k, strict <), over the full sets; every decision exact in float64.",
+    ),
+    MetricCommand(
+        "ct",
+        ("ct",),
+        ("3", "STORE", "TRAIN TEST GEN"),
+        "data-copying C_T against the training set and a held-out test set",
+        "C_T (Meehan, Chaudhuri & Dasgupta 2020), with dgm-eval's choices: TRAIN is cut into "
+        "--cells k-means cells; in each, the Z-scored Mann-Whitney U of GEN's distances to "
+        "their nearest TRAIN row against TEST's (a held-out set of TRAIN's distribution), "
+        "averaged over the cells holding more than --tau-rows GEN rows, weighted by TEST's "
+        "fractions. Below 0 (the paper flags below -3): GEN lies closer to TRAIN than fresh "
+        "rows do, i.e. copies it. Nearest rows are exact over the full sets.",
+        "examples:\n  shardeval ct train.zarr test.zarr gen.zarr\n"
+        "  shardeval ct train.zarr test.zarr gen.zarr --cells 20 --ties",
     ),
     MetricCommand(
         "is",

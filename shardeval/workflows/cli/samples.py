@@ -1,4 +1,4 @@
-"""The sample-metric commands: kid, cmmd, prdc, is (the Inception Score of one set), and
+"""The sample-metric commands: kid, cmmd, prdc, ct, is (the Inception Score of one set), and
 metrics (several at once)."""
 
 from __future__ import annotations
@@ -41,6 +41,10 @@ def cmd_prdc(args: argparse.Namespace) -> int:
     return _one(args, "prdc")
 
 
+def cmd_ct(args: argparse.Namespace) -> int:
+    return _one(args, "ct")
+
+
 def cmd_is(args: argparse.Namespace) -> int:
     import shardeval as se
 
@@ -61,5 +65,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if len(args.stores) > 2:
         raise UsageError(f"metrics takes REAL GEN (or GEN alone); got {len(args.stores)} stores")
     real, gen = args.stores if len(args.stores) == 2 else (None, args.stores[0])
-    report = se.metrics(real, gen, args.metrics, **options, **api_options(args))
+    if args.test is not None:
+        must_exist(args.test)
+    report = se.metrics(real, gen, args.metrics, test=args.test, **options, **api_options(args))
     return emit(args, report.to_dict(), report.summary())
