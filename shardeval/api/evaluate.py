@@ -404,7 +404,9 @@ def evaluate(
     check_test(evaluation.instances, test)
     with _noted() as notes, _running(evaluation.run_options()) as run:
         real_side, gen_side = evaluation.sides(run, inputs)
-        array = run.options.get("array")
+        # «array» as the other inputs take it: the variable of an input that holds several
+        others = [x for x in inputs.values if x is not None]
+        array = arrays_for([*others, test], run.options.get("array"))[-1]
         held_out = None if test is None else _side(run, "test", test, test, False, False, array)
         check_test_side(held_out, gen_side)
         images = any(inputs.images)

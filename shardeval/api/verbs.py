@@ -311,8 +311,9 @@ Detect Data-Copying in Generative Models", AISTATS 2020) with dgm-eval's choices
 k-means cell of the training set, the Z-scored Mann-Whitney U of the generated rows' distances
 to their nearest training row against the held-out test rows', averaged over the cells that
 hold more than ``tau_rows`` generated rows, weighted by the test set's fractions; nearest rows
-exact over the full sets. Below 0 (the paper flags below −3): the generated rows lie closer to
-the training rows than fresh rows do, i.e. copying; above 0: under-fitting.""",
+exact over the full sets. Without copying C_T is near 0 (each Z_U about N(0, 1)); below 0: the
+generated rows lie closer to the training rows than fresh rows do, i.e. copying; above 0:
+under-fitting.""",
     """    >>> import numpy as np, shardeval as se
     >>> rng = np.random.default_rng(0)
     >>> train, test = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))

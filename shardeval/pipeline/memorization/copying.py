@@ -25,8 +25,8 @@ and the kept cells Π_τ are averaged, weighted by the test set's fractions P_n(
 
 * C_T = Σ_{π ∈ Π_τ} P_n(π) Z_U(π) / Σ_{π ∈ Π_τ} P_n(π).
 
-Under the null hypothesis (Q_m drawn like P_n), C_T is about N(0, 1); the paper flags
-data-copying below −3 (Section 5).
+Under the null hypothesis (Q_m drawn like P_n), each Z_U is about N(0, 1), so C_T is about
+N(0, Σ w²) with w the normalised weights P_n(π)/Σ P_n(π): within a few units of 0.
 
 What follows dgm-eval, and where it differs:
 
