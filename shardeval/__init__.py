@@ -33,6 +33,7 @@ _EXPORTS = {
             "cmmd",
             "prdc",
             "authpct",
+            "ct",
             "metrics",
             "inception_score",
         ),
@@ -100,6 +101,7 @@ __all__ = [
     "authpct",
     "cmmd",
     "compare",
+    "ct",
     "encoder",
     "ess",
     "extract",
@@ -142,6 +144,7 @@ if _TYPE_CHECKING:
     from shardeval.api.verbs import (
         authpct,
         cmmd,
+        ct,
         fid,
         fid_infinity,
         inception_score,

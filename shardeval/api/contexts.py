@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def metric_context(run: Any, instances: Sequence[Any], gen: Any) -> Any:
+def metric_context(run: Any, instances: Sequence[Any], gen: Any, test: Any = None) -> Any:
     """The context the metrics ``instances`` compute in: the run's engine, options and
-    progress, the pair metrics they want from one pass, and whether «array» named what they
-    read."""
+    progress, the pair metrics they want from one pass, whether «array» named what they
+    read, and the held-out test set (a side, or None)."""
     from shardeval.pipeline.metrics import Context
 
     requests: dict[str, Any] = {}
@@ -28,6 +28,7 @@ def metric_context(run: Any, instances: Sequence[Any], gen: Any) -> Any:
         run.progress,
         sample_requests=requests,
         named=named,
+        test=test,
     )
 
 

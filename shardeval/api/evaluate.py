@@ -25,6 +25,7 @@ from shardeval.api.functions import (
     refuse,
     with_features,
 )
+from shardeval.api.heldout import check_test, check_test_side
 from shardeval.api.inputs import (
     arrays_for,
     describe_input,
@@ -312,15 +313,18 @@ class Evaluation:
             arrays[i] = name
         return arrays
 
-    def report(self, run: Any, notes: Any, real: Any, gen: Any, images: bool = False) -> Report:
-        """The metrics of ``gen`` against ``real`` (sides), and their report."""
-        context = metric_context(run, self.instances, gen)
+    def report(
+        self, run: Any, notes: Any, real: Any, gen: Any, images: bool = False, test: Any = None
+    ) -> Report:
+        """The metrics of ``gen`` against ``real`` (sides; ``test``: the held-out test set's
+        side, or None), and their report."""
+        context = metric_context(run, self.instances, gen, test)
         for m in self.instances:  # before any pass: a run that fails spends none
             m.check(real, gen, context)
         prefetch_passes(context, self.instances, real, gen)
         results = {m.name: m.check_outputs(m.compute(real, gen, context)) for m in self.instances}
         taken = taken_options(self.instances, images)
-        return build_report(self.instances, results, real, gen, run, notes, taken)
+        return build_report(self.instances, results, real, gen, run, notes, taken, test=test)
 
     @contextlib.contextmanager
     def session(self, engine: Any, *, progress: Any = None, log: Any = None) -> Iterator[Session]:
@@ -372,6 +376,7 @@ def evaluate(
     metric_options: dict[str, Any] | None = None,
     run_options: dict[str, Any] | None = None,
     real_is_statistics: bool = False,
+    test: Any = None,
 ) -> Report:
     """The metrics ``names`` of ``gen`` against ``real`` (None for metrics of one set).
 
@@ -382,6 +387,9 @@ def evaluate(
         metric_options: the metrics' own options by name (see :func:`metric_instances`).
         run_options: run options by name (:mod:`shardeval.pipeline.runoptions`), checked here.
         real_is_statistics: read ``real`` as statistics whatever it looks like.
+        test: a held-out test set (features: a store or an array), for the metrics that
+            compare with one (``ct``: then ``real`` is the training set); refused by the
+            others.
 
     Returns:
         The :class:`~shardeval.api.results.Report`: one section per metric with its declared
@@ -393,9 +401,16 @@ def evaluate(
     """
     evaluation = Evaluation(names, metric_options=metric_options, run_options=run_options)
     inputs = evaluation.inputs(real, gen, real_is_statistics)
+    check_test(evaluation.instances, test)
     with _noted() as notes, _running(evaluation.run_options()) as run:
         real_side, gen_side = evaluation.sides(run, inputs)
-        return evaluation.report(run, notes, real_side, gen_side, any(inputs.images))
+        # «array» as the other inputs take it: the variable of an input that holds several
+        others = [x for x in inputs.values if x is not None]
+        array = arrays_for([*others, test], run.options.get("array"))[-1]
+        held_out = None if test is None else _side(run, "test", test, test, False, False, array)
+        check_test_side(held_out, gen_side)
+        images = any(inputs.images)
+        return evaluation.report(run, notes, real_side, gen_side, images, held_out)
 
 
 def _open_sides(

@@ -42,6 +42,7 @@ def build_report(
     taken: Sequence[str],
     *,
     extra: dict[str, Any] | None = None,
+    test: Any = None,
 ) -> Report:
     """The report of ``results`` (each metric's checked outputs) for ``gen`` against ``real``.
 
@@ -53,12 +54,13 @@ def build_report(
         notes: the report's warnings.
         taken: the run options the metrics took (recorded as ``settings``).
         extra: fields a route adds (a training loop's ``processes``, ``local``).
+        test: the held-out test set's side (C_T's), or None.
     """
     data: dict[str, Any] = {"metric": ",".join(results)}
     for name, outputs in results.items():
         data[name] = jsonable(outputs)
     data["options"] = {m.name: dict(m.options) for m in instances}
-    sides = {s.role: s for s in (real, gen) if s is not None}
+    sides = {s.role: s for s in (real, gen, test) if s is not None}
     relabel = spatial_provenance if reads_spatial(instances) else (lambda described: described)
     data["inputs"] = {role: relabel(s.provenance) for role, s in sides.items()}
     made_from = dict(data["inputs"])
@@ -69,6 +71,7 @@ def build_report(
             "real": made_from["real"],
             "real statistics": relabel(statistics),
             "gen": made_from["gen"],
+            **({"test": made_from["test"]} if test is not None else {}),
         }
     for side in sides.values():
         if side.kind == "statistics" and side.n is None:

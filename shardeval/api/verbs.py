@@ -1,5 +1,5 @@
 """The metric functions, made from the declarations: ``se.fid``, ``se.fid_infinity``,
-``se.kid``, ``se.cmmd``, ``se.prdc``, ``se.authpct``, ``se.inception_score`` and
+``se.kid``, ``se.cmmd``, ``se.prdc``, ``se.authpct``, ``se.inception_score``, ``se.ct`` and
 ``se.metrics``.
 
 Each is :func:`~shardeval.api.evaluate.evaluate` of its metrics; its keyword arguments, their
@@ -118,6 +118,12 @@ def make_verb(
 
 
 def _inputs_text(inputs: Sequence[str]) -> str:
+    if list(inputs) == ["train", "test", "gen"]:
+        return (
+            "features of the training set (the reference), of a held-out test set (rows of the "
+            "training distribution not trained on) and of the generated set: each a store path "
+            "or URL, an array, a tensor, a Dask array or an xarray DataArray."
+        )
     if list(inputs) == ["logits"]:
         return (
             "(N, C) class logits: an array or tensor, a store whose array says it holds logits, "
@@ -307,7 +313,40 @@ over splits, torch-fidelity's ``isc``). A −inf logit is a class of probability
 )
 
 
-def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> Report:
+def _ct_route(
+    train: Any, test: Any, gen: Any, metric_options: dict[str, Any], given: dict[str, Any]
+) -> Report:
+    """``se.ct``: C_T of ``gen`` against ``train``, with ``test`` held out."""
+    return evaluate(
+        ("ct",), train, gen, metric_options=metric_options, run_options=given, test=test
+    )
+
+
+ct = make_verb(
+    "ct",
+    ("ct",),
+    """The data-copying statistic C_T (Meehan, Chaudhuri & Dasgupta, "A Non-Parametric Test to
+Detect Data-Copying in Generative Models", AISTATS 2020) with dgm-eval's choices: in each
+k-means cell of the training set, the Z-scored Mann-Whitney U of the generated rows' distances
+to their nearest training row against the held-out test rows', averaged over the cells that
+hold more than ``tau_rows`` generated rows, weighted by the test set's fractions; nearest rows
+exact over the full sets. Without copying C_T is near 0 (each Z_U about N(0, 1)); below 0: the
+generated rows lie closer to the training rows than fresh rows do, i.e. copying; above 0:
+under-fitting.""",
+    """    >>> import numpy as np, shardeval as se
+    >>> rng = np.random.default_rng(0)
+    >>> train, test = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))
+    >>> copies = train[:200] + 1e-3 * rng.normal(size=(200, 4))
+    >>> bool(float(se.ct(train, test, copies)) < -3)
+    True""",
+    inputs=("train", "test", "gen"),
+    route=_ct_route,
+)
+
+
+def metrics(
+    real: Any, gen: Any, names: Sequence[str] | str, *, test: Any = None, **options: Any
+) -> Report:
     """Several metrics at once, by their plug-ins (:mod:`shardeval.pipeline.metrics`), sharing
     the passes: the sets' moments once for every metric that reads them, the pair metrics'
     block pairs once for KID, CMMD and PRDC together. A job evaluates each entry so.
@@ -318,6 +357,8 @@ def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> 
         names: registered metric names (``fid``, ``fid_inf``, ``kid``, ``cmmd``, ``prdc``,
             ``nll_gaussian``, ``is``, and any registered since), as a list or as the command
             line's comma-separated text (``"fid,kid"``).
+        test: a held-out test set (features), for the metrics that compare with one (``ct``,
+            with ``real`` the training set); refused by the others.
         **options: the metrics' own options by name (an option several asked metrics declare,
             such as ``seed``, goes to each of them it means something to), and the run options
             (:mod:`shardeval.pipeline.runoptions`: ``shard_rows``, ``precision``,
@@ -341,13 +382,14 @@ def metrics(real: Any, gen: Any, names: Sequence[str] | str, **options: Any) -> 
     """
     run = {k: v for k, v in options.items() if k in BY_NAME}
     own = {k: v for k, v in options.items() if k not in BY_NAME}
-    return evaluate(names, real, gen, metric_options=own, run_options=run)
+    return evaluate(names, real, gen, metric_options=own, run_options=run, test=test)
 
 
 __all__ = [
     "IMAGES",
     "authpct",
     "cmmd",
+    "ct",
     "fid",
     "fid_infinity",
     "inception_score",

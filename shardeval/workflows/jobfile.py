@@ -188,6 +188,12 @@ def _metrics(path: str, raw: Any) -> dict[str, Metric]:
             raise JobError(f"{path}: [metrics.{name}] is not a metric; known: {sorted(METRICS)}")
         if not isinstance(options, dict):
             raise JobError(f"{path}: [metrics.{name}] must be a table of options")
+        if METRICS[name].needs_test:
+            raise JobError(
+                f"{path}: [metrics.{name}] compares each entry with a held-out test set "
+                "beside the training set, which a job's [reference] does not name: compute it "
+                f"with `shardeval {name} TRAIN TEST GEN`"
+            )
         try:
             metrics[name] = METRICS[name](options)
         except MetricOptionError as exc:

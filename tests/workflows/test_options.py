@@ -20,6 +20,7 @@ from shardeval.pipeline import Moments, save_stats
 from shardeval.workflows.cli import main
 from shardeval.workflows.cli.parser import build_parser
 from tests.conftest import write_zarr
+from tests.workflows.test_cli_ct import CT_CHECKS
 from tests.workflows.test_cli_fetch import FETCH_CHECKS
 
 
@@ -46,7 +47,8 @@ def _refused(capsys, *argv, match):
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("opts")
     rng = np.random.default_rng(4)
-    a = (rng.normal(size=(600, 4)) @ rng.normal(size=(4, 4)) + 1).astype(np.float32)
+    rows, mix = rng.normal(size=(600, 4)), rng.normal(size=(4, 4))
+    a = (rows @ mix + 1).astype(np.float32)
     b = (rng.normal(size=(500, 4)) * 1.3).astype(np.float32)
     nan = a.copy()
     nan[7, 1] = np.nan
@@ -66,7 +68,12 @@ def files(tmp_path_factory):
         "  processes: false\n  dashboard_address: ':0'\n"
     )
     _extract_inputs(tmp, rng)
+    # C_T's held-out test set (drawn like a), and generated rows that copy a's exactly
+    a_test = (rng.normal(size=(400, 4)) @ mix + 1).astype(np.float32)
+    copies = np.concatenate([a[:150], a[:150], b[:200]])
     return {
+        "a_test": write_zarr(tmp / "a_test.zarr", a_test, chunk_rows=100),
+        "copies": write_zarr(tmp / "copies.zarr", copies, chunk_rows=100),
         "a": write_zarr(tmp / "a.zarr", a, chunk_rows=100),
         # The same numbers in an array named as logits (the Inception Score reads no other).
         "logits": write_zarr(tmp / "logits.zarr", a, chunk_rows=100),
@@ -135,6 +142,7 @@ def _base(command, f):
         "cmmd": ["cmmd", f["a"], f["b"]],
         "prdc": ["prdc", f["a"], f["b"]],
         "authpct": ["authpct", f["a"], f["b"]],
+        "ct": ["ct", f["a"], f["a_test"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
         "compare": ["compare", f["a"], f["b"], f["a"]],
         "extract": _extract(f),
@@ -1333,6 +1341,9 @@ CHECKS = {
         for option in _IMAGE_OPTIONS
     },
     **FETCH_CHECKS,
+    **{("ct", k): v for k, v in PAIRS.items()},
+    ("ct", "precision"): check_precision,
+    **CT_CHECKS,
     ("stats", "quiet"): check_stats_quiet,
     ("stats", "output"): check_stats_output,
     ("stats", "overwrite"): check_stats_overwrite,

@@ -40,12 +40,13 @@ _PAIR_METRICS = ("kid", "cmmd", "prdc")
 
 
 def row_metrics() -> tuple[str, ...]:
-    """The registered metrics a :class:`RowMetrics` computes: every one. (FID has a class of
-    its own, :class:`~shardeval.api.streaming.fid.FID`, which keeps moments instead of rows;
-    over rows, it takes what needs them: its interval's groups, «ci».)"""
+    """The registered metrics a :class:`RowMetrics` computes: every one of two sets at most.
+    (FID has a class of its own, :class:`~shardeval.api.streaming.fid.FID`, which keeps
+    moments instead of rows; over rows, it takes what needs them: its interval's groups, «ci».
+    A metric that also reads a held-out test set, C_T, is computed at once: ``se.ct``.)"""
     from shardeval.pipeline.metrics import METRICS
 
-    return tuple(METRICS)
+    return tuple(m for m, cls in METRICS.items() if not cls.needs_test)
 
 
 #: Options that change a row metric's result: processes that sync must agree on them.

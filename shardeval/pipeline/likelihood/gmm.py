@@ -261,6 +261,29 @@ def _pooled(weight: np.ndarray, mean: np.ndarray, m2: np.ndarray, diagonal: bool
     return total
 
 
+def seeding_sample(
+    source: FeatureSource,
+    k: int,
+    rng: np.random.Generator,
+    engine: Engine,
+    split_every: int | None = None,
+) -> np.ndarray:
+    """The finite rows k-means seeds on: at most :data:`SAMPLE_ROWS` rows of ``source`` drawn
+    without replacement by ``rng`` (in index order, whatever the sharding), or every finite
+    row when the sample holds fewer than ``k`` (the caller refuses fewer still)."""
+    size = min(source.n, SAMPLE_ROWS)
+    index = np.sort(rng.choice(source.n, size=size, replace=False)).astype(np.int64)
+    (sample,) = engine.reduce([shard_tasks(source, pick_rows, index)], split_every=split_every)
+    rows: np.ndarray = sample.rows
+    if rows.shape[0] < k:  # the sample missed finite rows: seed on all of them
+        (sample,) = engine.reduce(
+            [shard_tasks(source, pick_rows, np.arange(source.n, dtype=np.int64))],
+            split_every=split_every,
+        )
+        rows = sample.rows
+    return rows
+
+
 def check_gmm(**values: object) -> None:
     """Refuse fit settings (``gmm``, ``covariance``, ``reg_covar``, ``tol``, ``max_iter``,
     ``seed``) as their declarations do (:func:`~shardeval.pipeline.runoptions.option_problem`).
@@ -324,16 +347,7 @@ def fit_gmm(
         )
     engine = engine or Engine()
     rng = np.random.default_rng(seed)
-    size = min(source.n, SAMPLE_ROWS)
-    index = np.sort(rng.choice(source.n, size=size, replace=False)).astype(np.int64)
-    (sample,) = engine.reduce([shard_tasks(source, pick_rows, index)], split_every=split_every)
-    rows = sample.rows
-    if rows.shape[0] < k:  # the sample missed finite rows: seed on all of them
-        (sample,) = engine.reduce(
-            [shard_tasks(source, pick_rows, np.arange(source.n, dtype=np.int64))],
-            split_every=split_every,
-        )
-        rows = sample.rows
+    rows = seeding_sample(source, k, rng, engine, split_every)
     if rows.shape[0] < k:
         (count,) = engine.reduce([shard_tasks(source, count_finite)], split_every=split_every)
         check_nonfinite(source.location, count.nonfinite, nonfinite)

@@ -1,13 +1,15 @@
-"""Authenticity (AuthPct) of the generated set against the training set, and each generated
-row's nearest training row."""
+"""Authenticity (AuthPct) of the generated set against the training set, each generated row's
+nearest training row, and the data-copying statistic C_T (with a held-out test set)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from shardeval.pipeline.errors import OptionError
+from shardeval.pipeline.memorization import CT_CELLS, CT_SEED, CT_TAU_ROWS, NEIGHBOURS
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 from shardeval.pipeline.mmd.metrics import reference
-from shardeval.pipeline.runoptions import Flag
+from shardeval.pipeline.runoptions import SEED_RANGE, Flag, Interval, OneOf
 
 if TYPE_CHECKING:
     from shardeval.pipeline.metrics.sides import Side
@@ -92,4 +94,115 @@ class AuthPct(Metric):
             f"AuthPct {o['authpct']:.2f} % of {o['authpct_n']:,} generated rows are authentic "
             f"against {o['authpct_n_train']:,} training rows; {o['authpct_copies']:,} are "
             "copies of a training row"
+        ]
+
+
+class DataCopying(Metric):
+    """Meehan, Chaudhuri & Dasgupta's C_T with dgm-eval's choices,
+    :mod:`shardeval.pipeline.memorization.copying`: in each k-means cell of the training set,
+    the Z-scored Mann-Whitney U of the generated rows' distances to their nearest training row
+    against a held-out test set's, averaged over the cells weighted by the test set's
+    fractions. **The reference is the training set; the test set is a third input.** Below 0:
+    the generated rows lie closer to the training rows than fresh rows do (data-copying)."""
+
+    name = "ct"
+    title = "Data-copying C_T, against the training set and a held-out test set"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param("cells", Interval(int, 1, None), CT_CELLS, "k-means cells of the training set", "K"),
+        Param(
+            "tau_rows",
+            Interval(int, 0, None),
+            CT_TAU_ROWS,
+            "a cell counts when it holds more than this many generated rows (dgm-eval's τ·m)",
+            "ROWS",
+        ),
+        Param("seed", SEED_RANGE, CT_SEED, "seed of the k-means sample and seeding", "SEED"),
+        Param(
+            "neighbours",
+            OneOf(NEIGHBOURS),
+            "cell",
+            "where a row's nearest training row is searched: its own cell's rows (dgm-eval's) "
+            "or all",
+            "WHERE",
+        ),
+        Param(
+            "ties",
+            Flag(),
+            False,
+            "the tie correction in Z_U's variance (scipy's; dgm-eval leaves it out)",
+        ),
+    )
+    outputs: ClassVar[tuple[Output, ...]] = (
+        Output("ct", "", "Σ P_n(π) Z_U(π) / Σ P_n(π) over the kept cells (below 0: copying)"),
+        Output("ct_cells_kept", "cells", "cells holding more than tau_rows generated rows"),
+        Output(
+            "ct_cross_cell",
+            "rows",
+            "test and generated rows whose nearest training row lies in another cell "
+            "(«neighbours='all'»)",
+            optional=True,
+        ),
+        Output("ct_n_train", "rows", "rows of the training set (the reference)"),
+        Output("ct_n_test", "rows", "rows of the held-out test set"),
+        Output("ct_n", "rows", "rows of the generated set"),
+        Output("ct_zu", "", "each cell's Z_U (0 where skipped)", array=True),
+        Output("ct_test_fraction", "", "each cell's share of the test rows, P_n(π)", array=True),
+        Output("ct_gen_rows", "rows", "generated rows in each cell", array=True),
+    )
+    plots: ClassVar[tuple[Plot, ...]] = (
+        Plot("Data-copying C_T over steps", "steps", ("ct",), "C_T"),
+    )
+    needs_reference_features = True
+    needs_test = True
+
+    def check(self, real: Side | None, gen: Side, context: Context) -> None:
+        if context.test is None:
+            raise OptionError(
+                "ct compares the generated set with a held-out test set (rows of the training "
+                "distribution not trained on): give «test»"
+            )
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        from shardeval.pipeline.memorization.copying import data_copying
+
+        self.check(real, gen, context)
+        test = context.test
+        if test is None:  # refused by check
+            raise OptionError("ct needs «test»")
+        train = reference(real)
+        r = data_copying(
+            train.rows(),
+            test.rows(),
+            gen.rows(),
+            cells=self.options["cells"],
+            tau_rows=self.options["tau_rows"],
+            seed=self.options["seed"],
+            ties=self.options["ties"],
+            neighbours=self.options["neighbours"],
+            engine=context.engine,
+            block_rows=context.block_rows,
+            precision=context.precision,
+            split_every=context.split_every,
+            device=context.device,
+            backend=context.backend,
+            progress=context.progress,
+        )
+        return {
+            "ct": r.ct,
+            "ct_cells_kept": int(r.kept.sum()),
+            "ct_cross_cell": r.cross_cell,
+            "ct_n_train": int(r.train_rows.sum()),
+            "ct_n_test": int(r.test_rows.sum()),
+            "ct_n": int(r.gen_rows.sum()),
+            "ct_zu": r.zu,
+            "ct_test_fraction": r.test_fraction,
+            "ct_gen_rows": r.gen_rows,
+        }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o = outputs
+        return [
+            f"C_T {o['ct']:.4f} over {o['ct_cells_kept']} of {len(o['ct_zu'])} cells "
+            f"({o['ct_n']:,} generated, {o['ct_n_test']:,} test, {o['ct_n_train']:,} training "
+            "rows); below 0: closer to the training rows than the test rows are (data-copying)"
         ]

@@ -24,6 +24,7 @@ _SHIPPED = (
     ("shardeval.pipeline.mmd.metrics", "CMMD"),
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
     ("shardeval.pipeline.memorization.metrics", "AuthPct"),
+    ("shardeval.pipeline.memorization.metrics", "DataCopying"),
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
     ("shardeval.pipeline.inception_score.metrics", "InceptionScore"),
     ("shardeval.pipeline.vendi.metrics", "Vendi"),

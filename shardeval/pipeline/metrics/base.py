@@ -165,6 +165,8 @@ class Context:
         named: whether the user named the array read as what every metric asked reads (see
             :attr:`Metric.reads`): True when «array» was given or an array passed in memory,
             False when it could have been, None where «array» names features only (a job's).
+        test: a held-out test set, for the metrics that compare with one besides the
+            reference (:attr:`Metric.needs_test`); None when not given.
     """
 
     engine: Engine
@@ -172,6 +174,7 @@ class Context:
     progress: Progress | None = None
     sample_requests: dict[str, Any] = field(default_factory=dict)
     named: bool | None = None
+    test: Side | None = None
     _samples: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
 
     @property
@@ -269,6 +272,9 @@ class Metric(abc.ABC):
     needs_reference: ClassVar[bool] = True
     #: the metric compares rows of the set with rows of the reference (not its statistics)
     needs_reference_features: ClassVar[bool] = False
+    #: the metric also reads a held-out test set, rows of the training distribution not
+    #: trained on (C_T's), given as «test» beside the reference (the training set)
+    needs_test: ClassVar[bool] = False
     #: the roles that may be statistics rather than rows (FID takes statistics on either side)
     takes_statistics: ClassVar[tuple[str, ...]] = ()
     #: what it reads of a set: its ``features``, class ``logits`` (which a store may keep

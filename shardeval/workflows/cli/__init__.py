@@ -37,6 +37,7 @@ _COMMANDS = {
     "cmmd": ("shardeval.workflows.cli.samples", "cmd_cmmd"),
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),
     "authpct": ("shardeval.workflows.cli.samples", "cmd_authpct"),
+    "ct": ("shardeval.workflows.cli.samples", "cmd_ct"),
     "is": ("shardeval.workflows.cli.samples", "cmd_is"),
     "metrics": ("shardeval.workflows.cli.samples", "cmd_metrics"),
     "compare": ("shardeval.workflows.cli.compare", "cmd_compare"),

@@ -1,6 +1,6 @@
-"""The metric commands (fid, sfid, kid, cmmd, prdc, authpct, is): each one's inputs and words;
-their options come from the metrics' declarations and the run options they take, so a new
-parameter of a metric is a flag of its command without another edit.
+"""The metric commands (fid, sfid, kid, cmmd, prdc, authpct, ct, is): each one's inputs and
+words; their options come from the metrics' declarations and the run options they take, so a
+new parameter of a metric is a flag of its command without another edit.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ READING = ("shard_rows", "array", "split_every")
 def metric_run_options(names: Sequence[str]) -> tuple[str, ...]:
     """The run options of a command of the metrics ``names``: the engine's, reading rows, each
     metric's declared ones, and the image inputs' (not for sFID alone: the feature cache of
-    images does not keep its spatial features)."""
+    images does not keep its spatial features; nor for C_T alone: its held-out test set is
+    features)."""
     taken = {*ENGINE, *READING}
-    if any(METRICS[name].reads != "spatial" for name in names):
+    if any(METRICS[n].reads != "spatial" and not METRICS[n].needs_test for n in names):
         taken.update(IMAGES)
     for name in names:
         cls = METRICS[name]
@@ -124,6 +125,21 @@ METRIC_COMMANDS = (
         "OUT, beside GEN's names.",
         "examples:\n  shardeval authpct train.zarr gen.zarr\n"
         "  shardeval authpct train.zarr gen.zarr --per-sample gen-nearest.zarr",
+    ),
+    MetricCommand(
+        "ct",
+        ("ct",),
+        ("3", "STORE", "TRAIN TEST GEN"),
+        "data-copying C_T against the training set and a held-out test set",
+        "C_T (Meehan, Chaudhuri & Dasgupta 2020), with dgm-eval's choices: TRAIN is cut into "
+        "--cells k-means cells; in each, the Z-scored Mann-Whitney U of GEN's distances to "
+        "their nearest TRAIN row against TEST's (a held-out set of TRAIN's distribution), "
+        "averaged over the cells holding more than --tau-rows GEN rows, weighted by TEST's "
+        "fractions. Near 0 without copying (each Z_U about N(0, 1)); below 0: GEN lies closer "
+        "to TRAIN than fresh rows do, i.e. copies it. Nearest rows are exact over the full "
+        "sets; defaults are dgm-eval's (docs/metrics.md).",
+        "examples:\n  shardeval ct train.zarr test.zarr gen.zarr\n"
+        "  shardeval ct train.zarr test.zarr gen.zarr --cells 20 --ties",
     ),
     MetricCommand(
         "is",

@@ -150,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"comma-separated, from {', '.join(METRICS)}",
     )
+    metrics.add_argument(
+        "--test",
+        metavar="STORE",
+        help="a held-out test set (features of the training distribution not trained on), for "
+        "the metrics that compare with one ("
+        + ", ".join(m for m in METRICS if METRICS[m].needs_test)
+        + "; REAL is then the training set)",
+    )
     add_run_options(metrics, metric_run_options(tuple(METRICS)))
     metric_options(metrics, tuple(METRICS))
     add_output_options(metrics)

@@ -1,5 +1,5 @@
-"""The sample-metric commands: kid, cmmd, prdc, authpct, is (the Inception Score of one set),
-and metrics (several at once); prdc, authpct and metrics write per-row values with
+"""The sample-metric commands: kid, cmmd, prdc, authpct, ct, is (the Inception Score of one
+set), and metrics (several at once); prdc, authpct and metrics write per-row values with
 --per-sample."""
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ def cmd_authpct(args: argparse.Namespace) -> int:
     return _one(args, "authpct")
 
 
+def cmd_ct(args: argparse.Namespace) -> int:
+    return _one(args, "ct")
+
+
 def cmd_is(args: argparse.Namespace) -> int:
     import shardeval as se
 
@@ -68,6 +72,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if len(args.stores) > 2:
         raise UsageError(f"metrics takes REAL GEN (or GEN alone); got {len(args.stores)} stores")
     real, gen = args.stores if len(args.stores) == 2 else (None, args.stores[0])
-    report = se.metrics(real, gen, args.metrics, **options, **api_options(args))
+    if args.test is not None:
+        must_exist(args.test)
+    report = se.metrics(real, gen, args.metrics, test=args.test, **options, **api_options(args))
     save_per_sample(args, report)
     return emit(args, report.to_dict(), report.summary())
