@@ -269,3 +269,133 @@ def test_a_state_reports_the_bytes_of_its_fields_to_dask():
         assert bundle.__sizeof__() == want
     finally:
         _REGISTRY.pop(Bundle, None)
+
+
+def test_states_of_float32_rows_are_the_float64_moments_of_their_values():
+    # Rows of float32 (a feature store's dtype) are read in float64 before any sum: the
+    # moments are numpy's float64 moments of the same values, to float64's rounding.
+    from shardeval.pipeline.core.states import RowMean, ScalarMoments
+
+    rows = DATA.astype(np.float32)
+    exact = rows.astype(np.float64)
+    mean, cov = np_stats(exact)
+    m = Moments.from_rows(rows)
+    np.testing.assert_allclose(m.mean, mean, rtol=1e-13)
+    np.testing.assert_allclose(m.covariance(), cov, rtol=1e-11, atol=1e-11 * np.abs(cov).max())
+    np.testing.assert_allclose(RowMean.from_rows(rows).mean, mean, rtol=1e-13)
+    s = ScalarMoments.from_values(rows[:, 0])
+    assert s.mean == pytest.approx(exact[:, 0].mean(), rel=1e-13)
+    assert s.variance() == pytest.approx(exact[:, 0].var(ddof=1), rel=1e-10)
+
+
+def test_a_block_of_no_rows_is_the_empty_state():
+    # A shard whose rows were all dropped (non-finite) gives the identity: count 0, zero
+    # mean and co-moment of the block's width, never the NaN mean of no rows.
+    from shardeval.pipeline.core.states import RowMean
+
+    none = np.empty((0, 4))
+    m = Moments.from_rows(none)
+    assert (m.n, m.d) == (0, 4)
+    np.testing.assert_array_equal(m.mean, np.zeros(4))
+    np.testing.assert_array_equal(m.m2, np.zeros((4, 4)))
+    for r in (RowMean.from_rows(none), RowMean.empty(4)):
+        assert r.n == 0
+        np.testing.assert_array_equal(r.mean, np.zeros(4))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cuts=st.lists(st.integers(1, len(DATA) - 1), max_size=8), data=st.data())
+def test_row_means_and_scalar_moments_are_numpys_on_the_concatenated_values(cuts, data):
+    # RowMean's mean and ScalarMoments' count, mean, variances, extremes and standard error
+    # against numpy on all the values, under a random partition (an empty block among them)
+    # and a random merge tree; ScalarMoments flattens a block of several values per row.
+    from shardeval.pipeline.core.states import RowMean, ScalarMoments
+
+    blocks = [*_split(DATA, cuts), DATA[:0]]
+    draw = lambda k: data.draw(st.integers(0, k - 1)) if k > 0 else 0  # noqa: E731
+    row_mean = _random_tree_merge([RowMean.from_rows(b) for b in blocks], draw)
+    assert row_mean.n == len(DATA)
+    np.testing.assert_allclose(row_mean.mean, DATA.mean(axis=0), rtol=1e-12)
+    scalars = _random_tree_merge([ScalarMoments.from_values(b[:, 1:3]) for b in blocks], draw)
+    values = DATA[:, 1:3].reshape(-1)
+    assert scalars.n == values.size
+    assert scalars.mean == pytest.approx(values.mean(), rel=1e-12)
+    for ddof in (0, 1):
+        assert scalars.variance(ddof) == pytest.approx(values.var(ddof=ddof), rel=1e-10)
+    assert (scalars.min, scalars.max) == (values.min(), values.max())
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert scalars.standard_error() == pytest.approx(se, rel=1e-10)
+
+
+def test_scalar_moments_of_too_few_values_have_no_variance():
+    # n ≤ ddof: no variance (NaN, never a division by zero); no standard error below 2
+    # values; from 2 values, the sample's: |a − b| / 2 for two.
+    from shardeval.pipeline.core.states import ScalarMoments
+
+    none, one = ScalarMoments.empty(), ScalarMoments.from_values(np.array([4.0]))
+    two = ScalarMoments.from_values(np.array([1.0, 4.0]))
+    assert np.isnan(none.variance(0))
+    assert np.isnan(one.variance())
+    assert one.variance(0) == 0.0
+    assert np.isnan(none.standard_error())
+    assert np.isnan(one.standard_error())
+    assert two.standard_error() == pytest.approx(1.5, rel=1e-15)
+    assert two.variance() == pytest.approx(4.5, rel=1e-15)
+
+
+def test_moments_of_no_dimensions_pickle():
+    # The packed upper triangle of a 0 × 0 co-moment is empty: nothing to concatenate.
+    back = pickle.loads(pickle.dumps(Moments.empty(0)))
+    assert (back.n, back.d, back.m2.shape) == (0, 0, (0, 0))
+
+
+def test_log_states_of_float32_values_are_scipys_in_float64():
+    # Log-weights or log-densities stored as float32 are read in float64 before exp: the sums
+    # are scipy's float64 log-sum-exp of the same values (float32's exp would be off by 1e-7).
+    # WeightStats flattens a block (n, k) of log-weights; RowLogSumExp sums each row.
+    from scipy.special import logsumexp
+
+    from shardeval.pipeline.core.states import LogSumExp, RowLogSumExp, WeightStats
+
+    values = (np.random.default_rng(12).standard_normal((6, 50)) * 4).astype(np.float32)
+    exact = values.astype(np.float64)
+    lse = LogSumExp.from_values(values)
+    assert lse.value == pytest.approx(logsumexp(exact), rel=1e-14)
+    w = WeightStats.from_values(values, keep=7)
+    assert w.n == exact.size
+    weights = np.exp(exact - exact.max())
+    assert w.sum == pytest.approx(weights.sum(), rel=1e-13)
+    assert w.ess() == pytest.approx(weights.sum() ** 2 / (weights**2).sum(), rel=1e-13)
+    assert w.max_normalized_weight() == pytest.approx(1 / weights.sum(), rel=1e-13)
+    np.testing.assert_array_equal(w.top, np.sort(exact.reshape(-1))[::-1][:7])
+    rows = RowLogSumExp.from_values(values)
+    np.testing.assert_allclose(rows.values(), logsumexp(exact, axis=1), rtol=1e-14)
+
+
+def test_log_states_of_zero_weights_and_of_no_values():
+    # Every log-weight −inf (every weight zero): sums 0, ESS and the largest weight undefined
+    # (NaN, never a division by zero); a query row with no sample in reach: −inf, without a
+    # warning; a block of no values or of one value.
+    import warnings
+
+    from shardeval.pipeline.core.states import RowLogSumExp, WeightStats
+
+    zero = WeightStats.from_values(np.full(4, -np.inf), keep=3)
+    assert (zero.n, zero.max, zero.sum, zero.sum_sq, zero.all_zero) == (4, -np.inf, 0.0, 0.0, True)
+    assert np.isnan(zero.ess())
+    assert np.isnan(zero.max_normalized_weight())
+    none = WeightStats.from_values(np.zeros(0), keep=3)
+    assert (none.n, none.keep, none.top.size, none.all_zero) == (0, 3, 0, True)
+    one = WeightStats.from_values(np.array([5.0]), keep=3)
+    assert (one.n, one.max, one.sum, one.ess(), one.top.tolist()) == (1, 5.0, 1.0, 1.0, [5.0])
+    values = np.array([[-np.inf, -np.inf, -np.inf], [1.0, 2.0, -np.inf], [3.0, 3.0, 3.0]])
+    rows = RowLogSumExp.from_values(values)
+    np.testing.assert_array_equal(rows.max, [-np.inf, 2.0, 3.0])
+    np.testing.assert_allclose(rows.sum, [0.0, 1.0 + np.exp(-1.0), 3.0], rtol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = rows.values()
+    np.testing.assert_allclose(got, [-np.inf, np.logaddexp(1.0, 2.0), 3.0 + np.log(3.0)])
+    nothing = RowLogSumExp.from_values(np.zeros((5, 0)))
+    np.testing.assert_array_equal(nothing.max, np.full(5, -np.inf))
+    np.testing.assert_array_equal(nothing.sum, np.zeros(5))
