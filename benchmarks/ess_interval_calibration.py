@@ -131,9 +131,7 @@ def main() -> None:
     for i, (label, draw, truth) in enumerate(LAWS):
         for j, n in enumerate(SIZES):
             got = cell(draw, truth, n, args.replicates, args.level, args.seed + 10 * i + j)
-            coverage = (
-                f"{got['coverage']:.3f} ± {got['error']:.3f}" if got["printed"] else "—"
-            )
+            coverage = f"{got['coverage']:.3f} ± {got['error']:.3f}" if got["printed"] else "—"
             print(
                 f"{label:26s} {truth:6.3f} {n:6,d} {got['printed']:8.3f} {coverage:>15s} "
                 f"{got['khat']:6.3f} {got['fourth']:6.3f} {got['equal']:6.3f}  {got['verdict']}",
