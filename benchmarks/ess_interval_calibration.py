@@ -66,7 +66,7 @@ def _student() -> tuple[str, Draw, float]:
 
 
 LAWS = [
-    *(_log_normal(s) for s in (0.2, 0.5, 0.7, 1.0, 1.5)),
+    *(_log_normal(s) for s in (0.2, 0.3, 0.5, 0.7, 1.0, 1.5)),
     *(_pareto(k) for k in (0.0, 0.1, 0.2)),
     *(_laplace(b) for b in (0.1, 0.2)),
     _student(),
