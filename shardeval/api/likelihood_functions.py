@@ -261,7 +261,8 @@ def ess(
             (``ess_standard_error``, ``ess_ci_low``, ``ess_ci_high``, ``ess_fraction_*``,
             ``ess_ci_method``), of the population value N·m₁²/m₂ over all weights as
             independent draws (for (N, K) the whole set's, none per row). Given only while
-            k̂ < 0.25 (a finite fourth moment of w); otherwise ``ess_ci_withheld`` says why.
+            k̂ < 0.25 (a finite fourth moment of w) and Σw⁴/max w⁴ ≥ 60 (the fourth moment
+            not resting on a few weights); otherwise ``ess_ci_withheld`` says why.
 
     Raises:
         OptionError: a level outside (0, 1).

@@ -104,7 +104,7 @@ def test_every_route_gives_the_ess_interval(tmp_path, capsys):
 
     rng = np.random.default_rng(17)
     for name, values, given in (
-        ("light", rng.normal(0.0, 0.3, 900), True),
+        ("light", rng.normal(0.0, 0.2, 900), True),
         ("heavy", np.log(rng.pareto(2.0, 900) + 1.0), False),
     ):
         path = str(tmp_path / f"{name}.npy")

@@ -154,6 +154,12 @@ class WeightStats:
         """max w / Σw = 1 / s."""
         return 1.0 / self.sum if self.sum > 0 else float("nan")
 
+    def fourth_power_count(self) -> float:
+        """Σw⁴ / max w⁴ = s₄ (the sum is against the max): how many weights' worth of w⁴ the
+        fourth moment rests on, 1 when the largest weight makes up all of it, N when every
+        weight is equal (an ESS∞ of w⁴). NaN without s₄."""
+        return float("nan") if self.sum_fourth is None else self.sum_fourth
+
     def ess_fraction_relative_variance(self) -> float:
         """N·Var(ÊSS/N)/(ESS/N)², the delta method's asymptotic relative variance of
         ESS/N = m₁²/m₂ (m_k = E w^k), from the four sums:

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="ESS = (Σw)²/Σw², ESS/N, the largest normalised weight and the PSIS Pareto "
         "k̂ (< 0.5 good, < 0.7 usable, ≥ 0.7 unreliable) of log-weights (N,) or (N, K) (then "
         "also per row, summarised). --ci adds the standard error and interval of ESS (delta "
-        "method; of the whole set's; given only while k̂ < 0.25).",
+        "method; of the whole set's; given only while k̂ < 0.25 and Σw⁴/max w⁴ ≥ 60).",
     )
     ess.add_argument("store", metavar="LOGW")
     add_param(ess.add_argument_group("interval of the ESS"), NORMAL_CI)
