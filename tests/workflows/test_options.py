@@ -939,7 +939,7 @@ def check_kid_ci(capsys, f, command, monkeypatch):
 
 
 def check_se_target(capsys, f, command, monkeypatch):
-    metrics = ("fid", "kid", "cmmd") if command == "metrics" else (command,)
+    metrics = ("fid", "fid_inf", "kid", "cmmd") if command == "metrics" else (command,)
     for metric in metrics:
         argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", metric, f["a"], f["b"]]
         _refused(capsys, command, *argv, "--se-target", "0.1", match="applies with --ci")
