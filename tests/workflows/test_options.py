@@ -22,6 +22,7 @@ from shardeval.workflows.cli.parser import build_parser
 from tests.conftest import write_zarr
 from tests.workflows.test_cli_ct import CT_CHECKS
 from tests.workflows.test_cli_fetch import FETCH_CHECKS
+from tests.workflows.test_cli_fld import FLD_CHECKS
 
 
 def _run(capsys, *argv):
@@ -143,6 +144,7 @@ def _base(command, f):
         "prdc": ["prdc", f["a"], f["b"]],
         "authpct": ["authpct", f["a"], f["b"]],
         "ct": ["ct", f["a"], f["a_test"], f["b"]],
+        "fld": ["fld", f["a"], f["a_test"], f["b"]],
         "metrics": ["metrics", f["a"], f["b"], "--metrics", "fid"],
         "compare": ["compare", f["a"], f["b"], f["a"]],
         "extract": _extract(f),
@@ -937,7 +939,7 @@ def check_kid_ci(capsys, f, command, monkeypatch):
 
 
 def check_se_target(capsys, f, command, monkeypatch):
-    metrics = ("fid", "kid", "cmmd") if command == "metrics" else (command,)
+    metrics = ("fid", "fid_inf", "kid", "cmmd") if command == "metrics" else (command,)
     for metric in metrics:
         argv = [f["a"], f["b"]] if command != "metrics" else ["--metrics", metric, f["a"], f["b"]]
         _refused(capsys, command, *argv, "--se-target", "0.1", match="applies with --ci")
@@ -1344,6 +1346,8 @@ CHECKS = {
     **{("ct", k): v for k, v in PAIRS.items()},
     ("ct", "precision"): check_precision,
     **CT_CHECKS,
+    **{("fld", k): v for k, v in PAIRS.items() if k not in ("device", "backend", "array")},
+    **FLD_CHECKS,
     ("stats", "quiet"): check_stats_quiet,
     ("stats", "output"): check_stats_output,
     ("stats", "overwrite"): check_stats_overwrite,

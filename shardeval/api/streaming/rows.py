@@ -43,7 +43,8 @@ def row_metrics() -> tuple[str, ...]:
     """The registered metrics a :class:`RowMetrics` computes: every one of two sets at most.
     (FID has a class of its own, :class:`~shardeval.api.streaming.fid.FID`, which keeps
     moments instead of rows; over rows, it takes what needs them: its interval's groups, «ci».
-    A metric that also reads a held-out test set, C_T, is computed at once: ``se.ct``.)"""
+    The metrics that also read a held-out test set, C_T and FLD, are computed at once:
+    ``se.ct``, ``se.fld``.)"""
     from shardeval.pipeline.metrics import METRICS
 
     return tuple(m for m, cls in METRICS.items() if not cls.needs_test)

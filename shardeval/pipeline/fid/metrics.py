@@ -342,6 +342,7 @@ class FIDInfinity(Metric):
         CI,
         CI_GROUPS,
         CI_SEED,
+        se_target_param("fid_inf"),
     )
     outputs: ClassVar[tuple[Output, ...]] = (
         Output("fid_inf", "", "intercept of FID_N against 1/N"),
@@ -354,6 +355,7 @@ class FIDInfinity(Metric):
         Output("fid_inf_standard_error", "", "standard error («ci»)", optional=True),
         Output("fid_inf_ci_low", "", "lower end of the interval («ci»)", optional=True),
         Output("fid_inf_ci_high", "", "upper end of the interval («ci»)", optional=True),
+        se_target_output("fid_inf"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("FID∞ and FID over steps", "steps", ("fid_inf", "fid_inf_fid"), "FID"),
@@ -395,7 +397,14 @@ class FIDInfinity(Metric):
         statistics held fixed)."""
         o = self.options
         if not o["ci"]:
-            return dict.fromkeys(("fid_inf_standard_error", "fid_inf_ci_low", "fid_inf_ci_high"))
+            return dict.fromkeys(
+                (
+                    "fid_inf_standard_error",
+                    "fid_inf_ci_low",
+                    "fid_inf_ci_high",
+                    "fid_inf_rows_for_se_target",
+                )
+            )
         from shardeval.pipeline.fid.infinity import merged
         from shardeval.pipeline.fid.infinity_interval import fid_infinity_interval
 
@@ -416,6 +425,9 @@ class FIDInfinity(Metric):
             "fid_inf_standard_error": interval.standard_error,
             "fid_inf_ci_low": interval.low,
             "fid_inf_ci_high": interval.high,
+            "fid_inf_rows_for_se_target": rows_for_target(
+                o, interval.standard_error, int(r.sizes[-1])
+            ),
         }
 
     def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
@@ -446,6 +458,9 @@ class FIDInfinity(Metric):
                 ]
                 if o["fid_inf_ci_low"] <= 0
                 else []
+            ),
+            *se_target_lines(
+                o.get("fid_inf_rows_for_se_target"), opt["se_target"], o["fid_inf_standard_error"]
             ),
         ]
 

@@ -15,3 +15,8 @@ CT_CELLS, CT_TAU_ROWS, CT_SEED = 3, 20, 0
 #: Where C_T searches a row's nearest training row: among the training rows of its own cell
 #: (dgm-eval's and the authors' code), or among all of them.
 NEIGHBOURS = ("cell", "all")
+
+#: FLD's defaults, the authors' code's: generated rows used as the mixture's centres (a seeded
+#: sample when there are more), the seed, and what the generated mixture evaluates.
+FLD_GEN_ROWS, FLD_SEED = 10_000, 0
+FLD_EVALUATE = ("test", "train", "gap")

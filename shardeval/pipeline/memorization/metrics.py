@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from shardeval.pipeline.errors import OptionError
-from shardeval.pipeline.memorization import CT_CELLS, CT_SEED, CT_TAU_ROWS, NEIGHBOURS
+from shardeval.pipeline.memorization import (
+    CT_CELLS,
+    CT_SEED,
+    CT_TAU_ROWS,
+    FLD_EVALUATE,
+    FLD_GEN_ROWS,
+    FLD_SEED,
+    NEIGHBOURS,
+)
 from shardeval.pipeline.metrics.base import Context, Metric, Output, Param, Plot
 from shardeval.pipeline.mmd.metrics import reference
 from shardeval.pipeline.runoptions import SEED_RANGE, Flag, Interval, OneOf
@@ -206,3 +214,135 @@ class DataCopying(Metric):
             f"({o['ct_n']:,} generated, {o['ct_n_test']:,} test, {o['ct_n_train']:,} training "
             "rows); below 0: closer to the training rows than the test rows are (data-copying)"
         ]
+
+
+def _counting(context: Context, label: str) -> Any:
+    """The run's progress, its lines saying ``label`` (a terminal bar counts shards else)."""
+    counting = getattr(context.progress, "counting", None)
+    return counting(label) if counting is not None else context.progress
+
+
+class FLD(Metric):
+    """The feature likelihood divergence of Jiralerspong et al. (NeurIPS 2023) with the
+    authors' defaults, :mod:`shardeval.pipeline.memorization.fld`: a mixture of Gaussians
+    centred on (up to 10,000) generated rows, one bandwidth each fitted to the training set,
+    scores the held-out test set; FLD is 100 × its NLL per dimension minus a baseline's
+    (a mixture on half the training rows fitted to the other half). Lower is better; copies of
+    the training set score high. **The reference is the training set; the test set is a third
+    input.** Runs in the client process in float64."""
+
+    name = "fld"
+    title = "Feature likelihood divergence FLD, against the training set and a held-out test set"
+    params: ClassVar[tuple[Param, ...]] = (
+        Param(
+            "evaluate",
+            OneOf(FLD_EVALUATE),
+            "test",
+            "what the generated set's mixture scores: the test set (FLD), the training set "
+            "(train FLD), or the gap 100·(train NLL − test NLL), below 0 when copying",
+            "SET",
+        ),
+        Param(
+            "gen_rows",
+            Interval(int, 1, None),
+            FLD_GEN_ROWS,
+            "generated rows that centre the mixture (a seeded sample when there are more)",
+            "ROWS",
+        ),
+        Param(
+            "seed", SEED_RANGE, FLD_SEED, "seed of that sample, the batches and the split", "SEED"
+        ),
+    )
+    outputs: ClassVar[tuple[Output, ...]] = (
+        Output("fld", "", "100 × (NLL per dimension − the baseline's); lower is better"),
+        Output("fld_nll_test", "nats/dim", "the test set's NLL under the generated mixture"),
+        Output(
+            "fld_nll_train",
+            "nats/dim",
+            "the training set's NLL under it («evaluate» train or gap)",
+            optional=True,
+        ),
+        Output(
+            "fld_baseline_nll",
+            "nats/dim",
+            "the test set's NLL under the baseline mixture (not for «evaluate» gap)",
+            optional=True,
+        ),
+        Output("fld_centres", "rows", "generated rows centring the mixture"),
+        Output("fld_n", "rows", "rows of the generated set"),
+        Output("fld_n_train", "rows", "rows of the training set (the reference)"),
+        Output("fld_n_test", "rows", "rows of the held-out test set"),
+    )
+    plots: ClassVar[tuple[Plot, ...]] = (Plot("FLD over steps", "steps", ("fld",), "FLD"),)
+    needs_reference_features = True
+    needs_test = True
+    run_options = ()  # float64 numpy in the client: no kernel, no products to make in fp32
+
+    def check(self, real: Side | None, gen: Side, context: Context) -> None:
+        if context.test is None:
+            raise OptionError(
+                "fld compares the generated set with a held-out test set (rows of the training "
+                "distribution not trained on): give «test»"
+            )
+
+    def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        from shardeval.pipeline.core.reduce import shard_tasks
+        from shardeval.pipeline.likelihood.gmm import every_row
+        from shardeval.pipeline.memorization.fld import fld
+
+        self.check(real, gen, context)
+        test = context.test
+        if test is None:  # refused by check
+            raise OptionError("fld needs «test»")
+        # the three sets' rows, gathered through the engine's merge tree (the fit holds them)
+        train_rows, test_rows, gen_rows = context.engine.reduce(
+            [shard_tasks(s.rows(), every_row) for s in (reference(real), test, gen)],
+            split_every=context.split_every,
+            progress=context.progress,
+        )
+        r = fld(
+            train_rows.rows,
+            test_rows.rows,
+            gen_rows.rows,
+            evaluate=self.options["evaluate"],
+            gen_rows=self.options["gen_rows"],
+            seed=self.options["seed"],
+            progress=_counting(context, "epochs"),
+        )
+        return {
+            "fld": r.fld,
+            "fld_nll_test": r.nll_test,
+            "fld_nll_train": r.nll_train,
+            "fld_baseline_nll": r.baseline_nll,
+            "fld_centres": r.centres,
+            "fld_n": r.n_gen,
+            "fld_n_train": r.n_train,
+            "fld_n_test": r.n_test,
+        }
+
+    def summary_lines(self, outputs: dict[str, Any]) -> list[str]:
+        o = outputs
+        if o["fld_baseline_nll"] is None:
+            what = (
+                f"FLD gap {o['fld']:.3f} = 100 × (train NLL {o['fld_nll_train']:.5f} − test NLL "
+                f"{o['fld_nll_test']:.5f} nats/dim); below 0: training rows likelier than fresh "
+                "ones (copying)"
+            )
+        else:
+            scored = "test" if o["fld_nll_train"] is None else "train"
+            nll = o["fld_nll_test"] if scored == "test" else o["fld_nll_train"]
+            what = (
+                f"FLD ({scored}) {o['fld']:.3f} = 100 × ({scored} NLL {nll:.5f} − baseline "
+                f"{o['fld_baseline_nll']:.5f} nats/dim); lower is better, 0: as good as "
+                "training data"
+            )
+        lines = [
+            f"{what} ({o['fld_centres']:,} of {o['fld_n']:,} generated rows as centres, "
+            f"{o['fld_n_train']:,} training, {o['fld_n_test']:,} test rows)"
+        ]
+        if o["fld"] > 1_000 or o["fld"] < -1_000:
+            lines.append(
+                "beyond ±1,000: the generated set likely copies the training set (the "
+                "authors' warning)"
+            )
+        return lines

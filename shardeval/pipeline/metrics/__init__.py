@@ -25,6 +25,7 @@ _SHIPPED = (
     ("shardeval.pipeline.neighbours.metrics", "PRDC"),
     ("shardeval.pipeline.memorization.metrics", "AuthPct"),
     ("shardeval.pipeline.memorization.metrics", "DataCopying"),
+    ("shardeval.pipeline.memorization.metrics", "FLD"),
     ("shardeval.pipeline.likelihood.metrics", "GaussianNLL"),
     ("shardeval.pipeline.inception_score.metrics", "InceptionScore"),
     ("shardeval.pipeline.vendi.metrics", "Vendi"),

@@ -38,6 +38,7 @@ _COMMANDS = {
     "prdc": ("shardeval.workflows.cli.samples", "cmd_prdc"),
     "authpct": ("shardeval.workflows.cli.samples", "cmd_authpct"),
     "ct": ("shardeval.workflows.cli.samples", "cmd_ct"),
+    "fld": ("shardeval.workflows.cli.samples", "cmd_fld"),
     "is": ("shardeval.workflows.cli.samples", "cmd_is"),
     "metrics": ("shardeval.workflows.cli.samples", "cmd_metrics"),
     "compare": ("shardeval.workflows.cli.compare", "cmd_compare"),

@@ -1,4 +1,4 @@
-"""The metric commands (fid, sfid, kid, cmmd, prdc, authpct, ct, is): each one's inputs and
+"""The metric commands (fid, sfid, kid, cmmd, prdc, authpct, ct, fld, is): each one's inputs and
 words; their options come from the metrics' declarations and the run options they take, so a
 new parameter of a metric is a flag of its command without another edit.
 """
@@ -140,6 +140,22 @@ METRIC_COMMANDS = (
         "sets; defaults are dgm-eval's (docs/metrics.md).",
         "examples:\n  shardeval ct train.zarr test.zarr gen.zarr\n"
         "  shardeval ct train.zarr test.zarr gen.zarr --cells 20 --ties",
+    ),
+    MetricCommand(
+        "fld",
+        ("fld",),
+        ("3", "STORE", "TRAIN TEST GEN"),
+        "feature likelihood divergence FLD against the training set and a held-out test set",
+        "FLD (Jiralerspong et al. 2023), with the authors' defaults: after standardising every "
+        "set by TEST's mean and standard deviation, a mixture of Gaussians centred on "
+        "--gen-rows rows of GEN (a seeded sample when it has more), one bandwidth each fitted "
+        "to TRAIN by 50 epochs of Adam, scores TEST; FLD = 100 x (its NLL per dimension - a "
+        "baseline's: a mixture on half of TRAIN fitted to the other half). Lower is better, "
+        "about 0 for a generator as good as the training data; copies of TRAIN score high. "
+        "--evaluate train scores TRAIN instead, --evaluate gap gives 100 x (train NLL - test "
+        "NLL), below 0 when GEN copies TRAIN. Float64, in this process (docs/metrics.md).",
+        "examples:\n  shardeval fld train.zarr test.zarr gen.zarr\n"
+        "  shardeval fld train.zarr test.zarr gen.zarr --evaluate gap --json",
     ),
     MetricCommand(
         "is",

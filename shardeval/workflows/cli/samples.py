@@ -1,4 +1,4 @@
-"""The sample-metric commands: kid, cmmd, prdc, authpct, ct, is (the Inception Score of one
+"""The sample-metric commands: kid, cmmd, prdc, authpct, ct, fld, is (the Inception Score of one
 set), and metrics (several at once); prdc, authpct and metrics write per-row values with
 --per-sample."""
 
@@ -50,6 +50,10 @@ def cmd_authpct(args: argparse.Namespace) -> int:
 
 def cmd_ct(args: argparse.Namespace) -> int:
     return _one(args, "ct")
+
+
+def cmd_fld(args: argparse.Namespace) -> int:
+    return _one(args, "fld")
 
 
 def cmd_is(args: argparse.Namespace) -> int:
