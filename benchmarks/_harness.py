@@ -69,3 +69,24 @@ def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: statistics.median(r[k] for r in runs) for k in keys}
     out["value"] = runs[0]["value"]
     return out
+
+
+def side_by_side(
+    module: str, methods: list[str], tag: str, repeats: int, baseline: str
+) -> dict[str, dict[str, Any]]:
+    """Run ``methods`` of ``module`` on the data ``tag`` interleaved, ``repeats`` times each,
+    print a table of their medians (value, seconds, peak memory, time over ``baseline``'s),
+    and return the medians by method."""
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    for _ in range(repeats):
+        for m in methods:
+            runs[m].append(run_child(module, m, tag))
+    med = {m: medians(rs) for m, rs in runs.items()}
+    width = max(len(m) for m in methods) + 2
+    print(f"{'method':<{width}} {'value':>14} {'seconds':>9} {'peak MiB':>9} {'ratio':>7}")
+    for m, r in med.items():
+        print(
+            f"{m:<{width}} {r['value']['value']:>14.8g} {r['seconds']:>9.2f} "
+            f"{r['peak_rss_mib']:>9.0f} {r['seconds'] / med[baseline]['seconds']:>7.3f}"
+        )
+    return med

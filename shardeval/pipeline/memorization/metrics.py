@@ -105,7 +105,31 @@ class AuthPct(Metric):
         ]
 
 
-class DataCopying(Metric):
+class _HeldOut(Metric):
+    """A metric of the training set (the reference), a held-out test set and the generated
+    set."""
+
+    needs_reference_features = True
+    needs_test = True
+
+    def check(self, real: Side | None, gen: Side, context: Context) -> None:
+        self.held_out(context)
+
+    def held_out(self, context: Context) -> Side:
+        """The held-out test set's side.
+
+        Raises:
+            OptionError: none was given.
+        """
+        if context.test is None:
+            raise OptionError(
+                f"{self.name} compares the generated set with a held-out test set (rows of the "
+                "training distribution not trained on): give «test»"
+            )
+        return context.test
+
+
+class DataCopying(_HeldOut):
     """Meehan, Chaudhuri & Dasgupta's C_T with dgm-eval's choices,
     :mod:`shardeval.pipeline.memorization.copying`: in each k-means cell of the training set,
     the Z-scored Mann-Whitney U of the generated rows' distances to their nearest training row
@@ -160,23 +184,11 @@ class DataCopying(Metric):
     plots: ClassVar[tuple[Plot, ...]] = (
         Plot("Data-copying C_T over steps", "steps", ("ct",), "C_T"),
     )
-    needs_reference_features = True
-    needs_test = True
-
-    def check(self, real: Side | None, gen: Side, context: Context) -> None:
-        if context.test is None:
-            raise OptionError(
-                "ct compares the generated set with a held-out test set (rows of the training "
-                "distribution not trained on): give «test»"
-            )
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.memorization.copying import data_copying
 
-        self.check(real, gen, context)
-        test = context.test
-        if test is None:  # refused by check
-            raise OptionError("ct needs «test»")
+        test = self.held_out(context)
         train = reference(real)
         r = data_copying(
             train.rows(),
@@ -222,7 +234,7 @@ def _counting(context: Context, label: str) -> Any:
     return counting(label) if counting is not None else context.progress
 
 
-class FLD(Metric):
+class FLD(_HeldOut):
     """The feature likelihood divergence of Jiralerspong et al. (NeurIPS 2023) with the
     authors' defaults, :mod:`shardeval.pipeline.memorization.fld`: a mixture of Gaussians
     centred on (up to 10,000) generated rows, one bandwidth each fitted to the training set,
@@ -274,26 +286,14 @@ class FLD(Metric):
         Output("fld_n_test", "rows", "rows of the held-out test set"),
     )
     plots: ClassVar[tuple[Plot, ...]] = (Plot("FLD over steps", "steps", ("fld",), "FLD"),)
-    needs_reference_features = True
-    needs_test = True
     run_options = ()  # float64 numpy in the client: no kernel, no products to make in fp32
-
-    def check(self, real: Side | None, gen: Side, context: Context) -> None:
-        if context.test is None:
-            raise OptionError(
-                "fld compares the generated set with a held-out test set (rows of the training "
-                "distribution not trained on): give «test»"
-            )
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
         from shardeval.pipeline.core.reduce import shard_tasks
         from shardeval.pipeline.likelihood.gmm import every_row
         from shardeval.pipeline.memorization.fld import fld
 
-        self.check(real, gen, context)
-        test = context.test
-        if test is None:  # refused by check
-            raise OptionError("fld needs «test»")
+        test = self.held_out(context)
         # the three sets' rows, gathered through the engine's merge tree (the fit holds them)
         train_rows, test_rows, gen_rows = context.engine.reduce(
             [shard_tasks(s.rows(), every_row) for s in (reference(real), test, gen)],
