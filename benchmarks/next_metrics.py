@@ -18,6 +18,7 @@ and as ``.npy`` files. Methods:
 
 Usage:
     python -m benchmarks.next_metrics [--n 50000] [--authpct-n 20000] [--repeats 3]
+        [--only vendi|kl|authpct]
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=50_000, help="rows of each set")
     parser.add_argument("--authpct-n", type=int, default=20_000, help="rows of each, AuthPct")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--only", choices=("vendi", "kl", "authpct"), help="run one metric's methods only"
+    )
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "TAG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -150,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
         f"medians of {args.repeats} runs"
     )
     print(f"{'method':<22} {'value':>16} {'seconds':>9} {'peak MiB':>9} {'ratio':>7}")
-    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
+    methods = [m for m in METHODS if args.only is None or m.startswith(args.only + "/")]
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for _ in range(args.repeats):
-        for m in METHODS:
+        for m in methods:
             runs[m].append(run_child("benchmarks.next_metrics", m, tag))
     med = {m: medians(rs) for m, rs in runs.items()}
     for m, r in med.items():
