@@ -155,7 +155,7 @@ def test_resize_choice():
         resolve_resize("dinov2-vitl14", "clean")
     with pytest.raises(EncoderError, match="unknown encoder"):
         resolve_resize("vgg", None)
-    assert {s.dim for s in ENCODERS.values()} == {2048, 1024, 768, 384, 1536}
+    assert {s.dim for s in ENCODERS.values()} == {2048, 1024, 768, 384, 1536, 1152}
 
 
 def test_encoders_package_imports_nothing_heavy():

@@ -6,7 +6,8 @@ preprocessing of the reference tool whose features it reproduces (its ``summary`
 where its weights are, what digest is pinned for them, its dimension and its class logits. The
 registered ones reproduce pytorch-fid, clean-fid and torch-fidelity (``inception``, by its
 resize modes), dgm-eval (``dinov2-vitl14``; DINOv2's other sizes ``dinov2-vits14``, ``-vitb14``,
-``-vitg14`` alike) and CMMD (``clip-vitl14-336``).
+``-vitg14`` alike) and CMMD (``clip-vitl14-336``), and SigLIP's vision tower as
+``transformers`` runs it (``siglip-so400m-patch14-384``, ``siglip-base-patch16-224``).
 
 Users bring their own: ``timm:NAME``, ``open_clip:NAME:PRETRAINED`` or ``hf:MODEL_ID`` from the
 local cache (:mod:`~shardeval.kernels.encoders.providers`), or a torch module or callable in
@@ -19,7 +20,7 @@ Example:
     >>> from shardeval.kernels.encoders import ENCODERS
     >>> sorted(ENCODERS)  # doctest: +NORMALIZE_WHITESPACE
     ['clip-vitl14-336', 'dinov2-vitb14', 'dinov2-vitg14', 'dinov2-vitl14', 'dinov2-vits14',
-     'inception']
+     'inception', 'siglip-base-patch16-224', 'siglip-so400m-patch14-384']
     >>> ENCODERS["inception"].dim
     2048
 """

@@ -26,7 +26,7 @@ list the encoders.
 Example:
     >>> sorted(ENCODERS)  # doctest: +NORMALIZE_WHITESPACE
     ['clip-vitl14-336', 'dinov2-vitb14', 'dinov2-vitg14', 'dinov2-vitl14', 'dinov2-vits14',
-     'inception']
+     'inception', 'siglip-base-patch16-224', 'siglip-so400m-patch14-384']
     >>> ENCODERS["inception"].dim, ENCODERS["inception"].default_resize
     (2048, 'legacy-pytorch')
     >>> spec_by_name("timm:resnet18").source
@@ -283,6 +283,31 @@ _REGISTERED = (
         network=function_ref("vit:clip_network"),
         weights=WeightsSource("hf", model_id="openai/clip-vit-large-patch14-336"),
         summary="768-d unit-norm embeddings, as CMMD",
+    ),
+    *(
+        EncoderSpec(
+            name=f"siglip-{model}",
+            title=f"SigLIP {title}",
+            dim=dim,
+            feature_extractor=f"siglip-{model}/pooled",
+            size=size,
+            resizes=(
+                Resize(
+                    f"siglip-pil-bicubic-{size}",
+                    function_ref("resize:siglip"),
+                    "transformers' SiglipImageProcessor",
+                ),
+            ),
+            network=function_ref("vit:siglip_network"),
+            weights=WeightsSource("hf", model_id=f"google/siglip-{model}"),
+            summary=f"{dim}-d raw attention-pooled output, as transformers' SiglipVisionModel",
+        )
+        # The vision towers of SigLIP (Zhai et al. 2023); shape-optimised So400m/14 at 384 px
+        # first, the one vision-language models build on.
+        for model, title, dim, size in (
+            ("so400m-patch14-384", "So400m/14-384", 1152, 384),
+            ("base-patch16-224", "B/16-224", 768, 224),
+        )
     ),
 )
 

@@ -22,6 +22,9 @@ measurably with the resize (clean-fid's paper):
   ToTensor, ImageNet mean/std.
 * CLIP ViT-L/14-336 (CMMD): centre crop to the largest square, PIL bicubic to 336, / 255, CLIP
   mean/std.
+* SigLIP (transformers' ``SiglipImageProcessor`` with its defaults, its Pillow path): PIL
+  bicubic on the uint8 RGB image straight to the model's side (aspect not kept, no crop),
+  rescale by 1/255, normalise with mean 0.5 and std 0.5 (values in [−1, 1]).
 * A user's module (:func:`~shardeval.kernels.encoders.declare.python_encoder`): the image as
   it is (:func:`pixels`), or PIL bicubic to its declared size first (:func:`pil_pixels`).
 
@@ -44,6 +47,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: SigLIP's processor: transformers' IMAGENET_STANDARD_MEAN / _STD, (x − 0.5) / 0.5.
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
 
 
 def check_rgb(image: np.ndarray) -> np.ndarray:
@@ -230,6 +236,34 @@ def clip(image: np.ndarray, size: int = 336) -> torch.Tensor:
     """CMMD's CLIP input: centre square crop, PIL bicubic to ``size``, / 255, CLIP
     normalisation. Returns (3, size, size) float32."""
     return normalize(to_tensor(pil_bicubic(center_crop_square(image), size)), CLIP_MEAN, CLIP_STD)
+
+
+def siglip(image: np.ndarray, size: int = 384) -> torch.Tensor:
+    """SigLIP's input (Zhai et al., "Sigmoid Loss for Language Image Pre-Training", ICCV 2023)
+    as transformers' ``SiglipImageProcessor`` makes it with its defaults at the model's side
+    (its Pillow backend, the slow processor of transformers 4.x: ``resample`` bicubic,
+    ``rescale_factor`` 1/255, mean and std 0.5, no centre crop).
+
+    PIL's antialiased bicubic to ``size`` × ``size`` on the uint8 image (quantised to uint8 by
+    PIL), x' = x / 255 in float32, then (x' − 0.5) / 0.5 in float32 (its ``normalize``):
+    y = 2x/255 − 1, in [−1, 1]. transformers' ``rescale`` multiplies by 1/255 in float64 and
+    casts to float32; for each of the 256 uint8 values that is the float32 division (tested),
+    so the input is bit for bit the processor's.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: output side (the model's ``image_size``: 384 for So400m/14-384).
+
+    Returns:
+        (3, size, size) float32, contiguous.
+
+    Example:
+        >>> import numpy as np
+        >>> x = siglip(np.full((5, 7, 3), 255, np.uint8), size=4)
+        >>> tuple(x.shape), float(x.min()), float(x.max())
+        ((3, 4, 4), 1.0, 1.0)
+    """
+    return normalize(to_tensor(pil_bicubic(image, size)), SIGLIP_MEAN, SIGLIP_STD)
 
 
 def pixels(image: np.ndarray, size: int | None = None, *, uint8: bool = False) -> torch.Tensor:

@@ -8,6 +8,13 @@ here, only when such an encoder is loaded):
 * ``clip-vitl14-336``: ``CLIPVisionModelWithProjection`` of
   ``openai/clip-vit-large-patch14-336``, ``image_embeds`` (768-d) divided by their L2 norm, as
   CMMD uses them.
+* ``siglip-so400m-patch14-384``: ``SiglipVisionModel`` of ``google/siglip-so400m-patch14-384``
+  (Zhai et al., "Sigmoid Loss for Language Image Pre-Training", ICCV 2023), ``pooler_output``:
+  the multihead attention-pooling ("MAP") head's output on the last layer's normed tokens,
+  1152-d, **not** L2-normalised (SigLIP's own image-text logits normalise it; the features here
+  are the raw pooled vector, as ``SiglipVisionModel`` returns it); ``siglip-base-patch16-224``
+  the same of ``google/siglip-base-patch16-224`` (768-d). A full SigLIP checkpoint loads: its
+  text tower is not read.
 
 Position embeddings of DINOv2: the checkpoint holds a 37 × 37 grid (518 px) and dgm-eval feeds
 224 px (16 × 16 patches), so the grid is interpolated. torch hub's DINOv2 passes
@@ -138,6 +145,17 @@ class ClipFeatures(nn.Module):
         return emb / torch.linalg.vector_norm(emb, dim=-1, keepdim=True)
 
 
+class SiglipFeatures(nn.Module):
+    """(B, 3, S, S) in [−1, 1] → (B, d): SigLIP's attention-pooled output, as it is."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).pooler_output
+
+
 def load_dinov2(
     folder: str, hub_interpolation: bool = True, name: str = "dinov2-vitl14"
 ) -> DinoV2Features:
@@ -173,6 +191,40 @@ def load_clip(folder: str) -> ClipFeatures:
     return ClipFeatures(model).eval()
 
 
+def load_siglip(folder: str, size: int, name: str) -> SiglipFeatures:
+    """SigLIP's vision tower from a Hugging Face model folder (a full SigLIP checkpoint or a
+    vision tower alone), on the CPU, in eval mode.
+
+    Args:
+        folder: holds config.json and model.safetensors (or pytorch_model.bin).
+        size: the input side the encoder declares: the checkpoint's ``image_size`` must be it
+            (its position embeddings are not interpolated).
+        name: the encoder's name, for messages.
+
+    Raises:
+        MissingDependencyError: transformers is not installed.
+        WeightsError: the folder cannot be loaded, leaves parameters uninitialised, has no
+            attention-pooling head (``vision_use_head`` false), or is for another image size.
+    """
+    transformers = _transformers(name)
+    model = _load(transformers.SiglipVisionModel, folder, name)
+    config = model.config
+    # The head is model.head from transformers 5, model.vision_model.head before: by its class.
+    heads = [m for m in model.modules() if type(m).__name__.endswith("AttentionPoolingHead")]
+    if not getattr(config, "vision_use_head", True) or not heads:
+        raise WeightsError(
+            f"weights {folder!r} have no attention-pooling head (vision_use_head is false), "
+            f"whose output {name} gives; give the model's own Hugging Face folder"
+        )
+    side = config.image_size
+    if side not in (size, [size, size], (size, size)):
+        raise WeightsError(
+            f"weights {folder!r} are a SigLIP for {side} px images, but {name} runs at "
+            f"{size} px; give its own Hugging Face folder"
+        )
+    return SiglipFeatures(model).eval()
+
+
 def dinov2_network(spec: EncoderSpec, folder: str) -> DinoV2Features:
     """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for DINOv2 (each
     size: the folder's config says which)."""
@@ -182,3 +234,9 @@ def dinov2_network(spec: EncoderSpec, folder: str) -> DinoV2Features:
 def clip_network(spec: EncoderSpec, folder: str) -> ClipFeatures:
     """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for CLIP."""
     return load_clip(folder)
+
+
+def siglip_network(spec: EncoderSpec, folder: str) -> SiglipFeatures:
+    """The loader :data:`~shardeval.kernels.encoders.registry.ENCODERS` names for SigLIP (each
+    model: the declaration gives its input side)."""
+    return load_siglip(folder, size=int(spec.size or 0), name=spec.name)
