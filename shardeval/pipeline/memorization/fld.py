@@ -112,23 +112,35 @@ class Mixture:
 
 
 def _loss_and_grad(
-    dist: np.ndarray, origin_dist: np.ndarray, log_var: np.ndarray, origin_log_var: float, d: int
+    dist: np.ndarray,
+    origin_dist: np.ndarray,
+    log_var: np.ndarray,
+    origin_log_var: float,
+    d: int,
+    work: np.ndarray,
 ) -> tuple[float, np.ndarray, float]:
     """The fit's loss on one batch (−mean log p / d, without the constant (½) log 2π) and its
-    gradient in the log-variances and in the origin's."""
+    gradient in the log-variances and in the origin's; ``work`` holds at least the batch's
+    (rows, centres) floats and is overwritten."""
     b, m = dist.shape
-    d2 = 0.5 * dist * np.exp(-log_var)  # ½ D e^(−s): (b, m)
     half_d = 0.5 * d
-    a = -d2 - half_d * log_var - math.log(m)
+    half_inv = 0.5 * np.exp(-log_var)  # ½ e^(−s)
+    # one (b, m) array, reused from step to step: a fresh one per step costs more in page
+    # faults than the arithmetic does
+    e = np.multiply(dist, -half_inv, out=work[:b])
+    e -= half_d * log_var + math.log(m)
     o2 = 0.5 * origin_dist * math.exp(-origin_log_var)
     o = -o2 - half_d * origin_log_var
-    top = np.maximum(a.max(axis=1), o)
-    e = np.exp(a - top[:, None])
+    top = np.maximum(e.max(axis=1), o)
+    e -= top[:, None]
+    np.exp(e, out=e)
     eo = np.exp(o - top)
     z = e.sum(axis=1) + eo
     loss = -float((top + np.log(z)).sum()) / (b * d)
+    e /= z[:, None]  # the responsibilities r
     scale = -1.0 / (b * d)
-    grad = scale * ((e / z[:, None]) * (d2 - half_d)).sum(axis=0)
+    # Σ_i r_ij (½ D_ij e^(−s_j) − d/2), with ½ e^(−s_j) taken out of the sum
+    grad = scale * (half_inv * np.einsum("ij,ij->j", e, dist) - half_d * e.sum(axis=0))
     grad_origin = scale * float(((eo / z) * (o2 - half_d)).sum())
     return loss, grad, grad_origin
 
@@ -181,6 +193,7 @@ def fit_mixture(
         cached.__getitem__ if keep else (lambda i: _distances(x[batches[i]], centres))
     )
     params = np.append(np.log((nearest + MIN_DIST_FLOOR) / d), 0.0)
+    work = np.empty((len(batches[0]), m))
     first, second = np.zeros(m + 1), np.zeros(m + 1)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     losses = []
@@ -190,7 +203,7 @@ def fit_mixture(
         for i, rows in enumerate(batches):
             step += 1
             loss, grad, grad_origin = _loss_and_grad(
-                distance(i), origin_dist[rows], params[:m], float(params[m]), d
+                distance(i), origin_dist[rows], params[:m], float(params[m]), d, work
             )
             g = np.append(grad, grad_origin)
             losses.append(loss)
