@@ -53,6 +53,19 @@ def per_sample_arrays(report: Report) -> dict[str, np.ndarray]:
     return out
 
 
+def is_per_sample_group(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a per-sample group this package wrote (never raises).
+
+    Example:
+        >>> import tempfile
+        >>> is_per_sample_group(tempfile.mkdtemp())
+        False
+    """
+    from shardeval.pipeline.io.per_sample import is_per_sample_group as is_group
+
+    return is_group(path)
+
+
 def claim_per_sample(
     path: str | os.PathLike[str], inputs: Sequence[str] = (), overwrite: bool = False
 ) -> None:

@@ -33,7 +33,7 @@ def written_by_job(job: Job, name: str, path: str) -> bool:
     (never raises)."""
     import zarr
 
-    from shardeval.pipeline.io.per_sample import is_per_sample_group
+    from shardeval.api.per_sample import is_per_sample_group
 
     if not is_per_sample_group(path):
         return False

@@ -7,6 +7,7 @@ by name, as numpy ranks them from the features."""
 import html
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,8 +124,8 @@ def test_ct_in_a_job_is_the_apis_number_and_a_new_test_set_recomputes_it_alone(j
     assert [r["fid"] for r in after] == [r["fid"] for r in rows]
     assert after[0]["ct_n_test"] == 280
     assert after[0]["ct"] == float(se.ct(train, test, _store(job_dir, 100)))
-    page, md = write_report(job.history, str(job_dir / "report.html"))
-    assert f"held-out test set**: {test} (digest" in open(md).read()
+    _, md = write_report(job.history, str(job_dir / "report.html"))
+    assert f"held-out test set**: {test} (digest" in Path(md).read_text()
 
 
 def _refused(job_dir, text, match):
@@ -165,7 +166,8 @@ def test_refusals_at_load_one_line_each(job_dir, capsys):
     (job_dir / "job.toml").write_text(JOB.replace('test = "test.zarr"\n', ""))
     assert main(["run", str(job_dir / "job.toml"), "-q"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "'test' in [reference]" in err, err
+    assert err.count("\n") == 1, err
+    assert "'test' in [reference]" in err, err
 
 
 def test_a_test_set_of_another_dimension_is_refused_before_any_compute(job_dir):
@@ -198,13 +200,13 @@ def test_per_sample_groups_per_entry_and_the_worst_rows_in_the_report(job_dir):
     job = load_job(job_dir / "job.toml")
     run_job(job)
     train = _features(job_dir / "train.zarr")
-    page = open(write_report(job.history, str(job_dir / "report.html"))[0]).read()
+    page = Path(write_report(job.history, str(job_dir / "report.html"))[0]).read_text()
     listed = _listed(page)
     for step in (100, 200):
         gen = _features(_store(job_dir, step))
         names = _names(_store(job_dir, step))
         group = zarr.open_group(str(job_dir / "runs" / "rows" / f"step-{step}.zarr"), mode="r")
-        assert group.attrs["job"] == "rows" and group.attrs["entry"] == f"step-{step}"
+        assert (group.attrs["job"], group.attrs["entry"]) == ("rows", f"step-{step}")
         assert group["names"][:].tolist() == names.tolist()
         distance = cdist(gen, train).min(axis=1)
         np.testing.assert_allclose(group["authpct_nearest_distance"][:], distance, rtol=1e-12)
