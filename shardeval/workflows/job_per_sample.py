@@ -132,12 +132,13 @@ def worst_rows(path: str, declared: dict[str, Any], count: int = WORST_ROWS) -> 
         if o.get("per_row") and o.get("worst")
     }
     group = zarr.open_group(path, mode="r")
-    names = np.asarray(group["names"][:]).astype(object) if "names" in group else None
+    arrays = {name: node for name, node in group.arrays()}
+    names = np.asarray(arrays["names"][:]).astype(object) if "names" in arrays else None
     out = []
     for output, heading in ranked.items():
-        if output not in group:
+        if output not in arrays:
             continue
-        values = np.asarray(group[output][:], dtype=np.float64)
+        values = np.asarray(arrays[output][:], dtype=np.float64)
         kept = np.flatnonzero(~np.isnan(values))
         order = kept[np.argsort(values[kept], kind="stable")][:count]
         rows = [(f"row {i}" if names is None else str(names[i]), float(values[i])) for i in order]

@@ -112,7 +112,8 @@ def run_job(
     start = time.perf_counter()
     engine = engine or engines.engine()
     prepared = prepare(job)
-    claim_groups(job, [e.store for e in job.entries] + [reference_location(job), job.test_store])
+    inputs = [e.store for e in job.entries] + [reference_location(job), job.test_store or ""]
+    claim_groups(job, inputs)
     history = History(job.history)
     compared = any(m.needs_reference for m in job.metrics.values())
     # --verify: bytes decide, the reference's as well as each entry's.
