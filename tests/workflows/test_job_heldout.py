@@ -144,7 +144,7 @@ def test_refusals_at_load_one_line_each(job_dir, capsys):
     _refused(
         job_dir,
         JOB.replace("[metrics.ct]\n", ""),
-        "reference.test: 'test' in [reference] applies to ct, which is not asked for",
+        "reference.test: 'test' in [reference] applies to ct",
     )
     _refused(job_dir, JOB.replace('"test.zarr"', '"gone.zarr"'), "gone.zarr' does not exist")
     assert main(["stats", str(job_dir / "train.zarr"), "-o", str(job_dir / "s.zarr"), "-q"]) == 0
