@@ -347,16 +347,24 @@ class Session:
         array = self.run.options.get("array")
         return _side(self.run, "real", real, real, False, False, array)
 
-    def measure(self, real: Any, gen: Any, metrics: Sequence[Any] | None = None) -> Report:
+    def measure(
+        self, real: Any, gen: Any, metrics: Sequence[Any] | None = None, test: Any = None
+    ) -> Report:
         """The metrics (all, or ``metrics``, plug-in instances of this evaluation) of the
-        features ``gen`` (a feature source) against the side ``real``."""
+        features ``gen`` (a feature source) against the side ``real``, with the held-out test
+        set ``test`` (a feature source) for the metrics that read one."""
         evaluation = self.evaluation
         if metrics is not None:
             evaluation = Evaluation(list(metrics), run_options=self.evaluation.given)
+        check_test(evaluation.instances, test)
         with _noted() as notes:
             array = self.run.options.get("array")
             gen_side = _side(self.run, "gen", gen, gen, False, False, array)
-            return evaluation.report(self.run, notes, real, gen_side)
+            held_out = (
+                None if test is None else _side(self.run, "test", test, test, False, False, array)
+            )
+            check_test_side(held_out, gen_side)
+            return evaluation.report(self.run, notes, real, gen_side, test=held_out)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,19 @@ def per_sample_arrays(report: Report) -> dict[str, np.ndarray]:
     return out
 
 
+def is_per_sample_group(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a per-sample group this package wrote (never raises).
+
+    Example:
+        >>> import tempfile
+        >>> is_per_sample_group(tempfile.mkdtemp())
+        False
+    """
+    from shardeval.pipeline.io.per_sample import is_per_sample_group as is_group
+
+    return is_group(path)
+
+
 def claim_per_sample(
     path: str | os.PathLike[str], inputs: Sequence[str] = (), overwrite: bool = False
 ) -> None:
@@ -68,7 +81,11 @@ def claim_per_sample(
 
 
 def save_per_sample(
-    report: Report, path: str | os.PathLike[str], *, overwrite: bool = False
+    report: Report,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    recorded: dict[str, Any] | None = None,
 ) -> str:
     """Write a report's per-sample values as a Zarr group at ``path``: one array per value,
     row for row with the generated store, its ``names`` (the image of each row, which an
@@ -81,6 +98,8 @@ def save_per_sample(
             ``se.metrics(..., "authpct", per_sample=True)``…).
         path: the group to write (local); never over anything but a per-sample group.
         overwrite: replace a per-sample group written before.
+        recorded: more attributes (JSON values) for the group, such as who wrote it (a job
+            records its name and the entry's, and replaces only the groups it wrote).
 
     Returns:
         The path written.
@@ -128,5 +147,6 @@ def save_per_sample(
         "settings": report.data.get("settings"),
         "created": report.data.get("created"),
         "versions": report.data.get("versions"),
+        **(recorded or {}),
     }
     return write_per_sample(path, arrays, names, jsonable(attrs), overwrite=overwrite)

@@ -41,6 +41,11 @@ class HistoryRow:
         made_by: how the entry's features were made (JSON of
             :func:`shardeval.workflows.madeby.record_of`; "" when not recorded).
         reference_made_by: how its reference's features were made (the same).
+        test: the held-out test set's location ("" when the job names none).
+        test_fingerprint: digest of the test set (and the array read from it); the results
+            of the metrics that read it record it in their options digest.
+        test_made_by: how the test set's features were made (as ``made_by``).
+        per_sample: the entry's per-sample group ("" when the job writes none).
     """
 
     name: str
@@ -58,6 +63,10 @@ class HistoryRow:
     content_digest: str = ""
     made_by: str = ""
     reference_made_by: str = ""
+    test: str = ""
+    test_fingerprint: str = ""
+    test_made_by: str = ""
+    per_sample: str = ""
 
 
 PROVENANCE = tuple(f.name for f in fields(HistoryRow))
@@ -122,10 +131,17 @@ def whole_job_done(ds: Any, i: int, row: HistoryRow, check_content: bool) -> boo
     columns = ["fingerprint", "options", "reference_fingerprint"]
     if check_content:
         columns.append("content_digest")
-    return all(
+    same = all(
         column in ds.variables and str(ds[column].values[i]) == getattr(row, column)
         for column in columns
     )
+    # A row written before rows recorded a test set ran with none.
+    return same and _text(ds, "test_fingerprint", i) == row.test_fingerprint
+
+
+def _text(ds: Any, column: str, i: int) -> str:
+    """Row ``i``'s text in ``column`` ("" where the history has no such column)."""
+    return str(ds[column].values[i]) if column in ds.variables else ""
 
 
 def _recorded(ds: Any, metric: str, i: int) -> dict[str, Any]:
@@ -291,7 +307,8 @@ def with_kept_results(new: Any, earlier: Any) -> Any:
 def empty_where_never_computed(ds: Any) -> Any:
     """Metric provenance as "" (never computed) in rows that lack it, where joining rows
     filled in NaN, so that the variable stays text."""
+    text = {f.name for f in fields(HistoryRow) if f.type in ("str", str)}
     for name in list(ds.data_vars):
-        if str(name).endswith(_PROVENANCE_SUFFIX):
+        if str(name).endswith(_PROVENANCE_SUFFIX) or name in text:
             ds[name] = ds[name].fillna("").astype(str)
     return ds

@@ -22,6 +22,7 @@ from shardeval.pipeline.io.atomic import atomic_file, claim_output, is_stream
 from shardeval.workflows import madeby
 from shardeval.workflows.history import History, HistoryError
 from shardeval.workflows.intervals import interval_of, noise_lines, within_noise
+from shardeval.workflows.job_per_sample import worst_section
 from shardeval.workflows.madeby import series_of
 
 __all__ = ["markdown_path", "numerical_zero_floor", "series_of", "write_report"]
@@ -207,18 +208,8 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
     engines = [
         ", ".join(f"{k} {v}" for k, v in json.loads(e).items()) for e in _unique(ds, "engine")
     ]
-    references = [
-        f"{loc} (digest {fp[:12]})"
-        for loc, fp in sorted(
-            {
-                (str(a), str(b))
-                for a, b in zip(
-                    ds["reference"].values, ds["reference_fingerprint"].values, strict=True
-                )
-            }
-        )
-        if loc  # "": entries of metrics that measure them alone (the Inception Score)
-    ]
+    # "": entries of metrics that measure them alone (the Inception Score)
+    references = _located(ds, "reference", "reference_fingerprint")
     created = [
         t
         for r in rows
@@ -241,6 +232,9 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
     reference_made = _ways(rows, "reference_made_by")
     if reference_made:
         facts.append(("reference features made by", "; ".join(reference_made)))
+    tests = _located(ds, "test", "test_fingerprint")
+    if tests:
+        facts.append(("held-out test set", "; ".join(tests)))
     facts += [("warning", warned) for warned in madeby.warnings_of(rows)]
     return [
         *facts,
@@ -249,6 +243,15 @@ def _provenance(history: History, ds: Any, rows: list[dict[str, Any]]) -> list[t
         ("updated", str(ds.attrs.get("updated", ""))),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
     ]
+
+
+def _located(ds: Any, column: str, digest: str) -> list[str]:
+    """Each input recorded in ``column`` with its digest (none where the column is absent
+    or empty)."""
+    if column not in ds.variables:
+        return []
+    pairs = {(str(a), str(b)) for a, b in zip(ds[column].values, ds[digest].values, strict=True)}
+    return [f"{loc} (digest {fp[:12]})" for loc, fp in sorted(pairs) if loc]
 
 
 def _ways(rows: list[dict[str, Any]], column: str) -> list[str]:
@@ -342,6 +345,7 @@ def write_report(history_path: str, out: str, *, overwrite: bool = False) -> tup
             f'<section id="{html.escape(metric)}"><h2>{html.escape(spec["title"])}</h2>'
             f"{table}<ul>{notes}</ul>{plots}</section>"
         )
+    sections.append(worst_section(ds, rows, declared))
     marked = noise_lines(rows, [n for _, n in headline])
     if marked:
         sections.insert(

@@ -63,6 +63,9 @@ class Prepared:
     reference_images: ImageSource | None
     extraction: Extraction | None
     reference_listing: str = ""
+    #: The held-out test set, opened (None: the job names none), and its digest.
+    test: FeatureSource | None = None
+    test_digest: str = ""
 
 
 def digest_of(*parts: Any) -> str:
@@ -150,6 +153,15 @@ def prepare(job: Job) -> Prepared:
             f"{job.path}: the reference has d={d} features but entries {other} differ; "
             "compare features of one model"
         )
+    test = test_digest = None
+    if job.test_store is not None:
+        test = open_store(job.test_store, array=job.array, shard_rows=job.shard_rows)
+        if test.d != d:
+            raise JobError(
+                f"{job.path}: the test set {job.test_store!r} has d={test.d} features, the "
+                f"reference and entries d={d}; compare features of one model"
+            )
+        test_digest = digest_of(listing_fingerprint(job.test_store), job.array)
     History(job.history).check(d)
     if "://" in reference_location(job):
         reference_listing = ""  # looked at again only where that is cheap: local files
@@ -162,6 +174,8 @@ def prepare(job: Job) -> Prepared:
         reference_images,
         extraction,
         reference_listing,
+        test,
+        test_digest or "",
     )
 
 

@@ -46,6 +46,10 @@ class Job:
     cluster: str | None = None
     reference_images: str | None = None
     extract: dict[str, Any] = field(default_factory=dict)
+    #: The held-out test set (features) of the metrics that read one besides the reference.
+    test_store: str | None = None
+    #: The folder receiving each entry's per-sample values, one group per entry.
+    per_sample: str | None = None
     #: The run options the file sets ([engine]'s kernels, [job]'s reading), checked.
     settings: dict[str, Any] = field(default_factory=dict)
 

@@ -11,8 +11,13 @@ read and checked (:func:`load_job`) into a :class:`~shardeval.workflows.job_spec
     shard_rows = 65536                # optional: rows per shard (pair metrics: per block)
     split_every = 8                   # optional: fan-in of a balanced merge tree
 
+    per_sample = "runs/per-sample"    # optional: each entry's per-sample values (metrics
+                                      # asked with per_sample = true), one group per entry
+
     [reference]                       # not needed when no metric compares with one (is)
     store = "data/real.zarr"          # or: stats = "real-stats.zarr" (or a .npz)
+    test = "data/test.zarr"           # held-out test set (features), for the metrics that
+                                      # read one (ct): then store is the training set
 
     [engine]                          # optional; default: threaded scheduler in-process
     scheduler = "tcp://10.0.0.5:8786" # or: cluster = "cluster/slurm.yaml"
@@ -76,8 +81,8 @@ _RUN_KEYS = {
 }
 
 _SECTIONS: dict[str, set[str] | None] = {
-    "job": {"name", "history", *_RUN_KEYS["job"]},
-    "reference": {"store", "stats", "images"},
+    "job": {"name", "history", "per_sample", *_RUN_KEYS["job"]},
+    "reference": {"store", "stats", "images", "test"},
     "engine": {"scheduler", "cluster", *_RUN_KEYS["engine"]},
     "extract": {"encoder", "resize", "weights", "batch_size", "skip_bad"},
     "entries": None,
@@ -188,12 +193,6 @@ def _metrics(path: str, raw: Any) -> dict[str, Metric]:
             raise JobError(f"{path}: [metrics.{name}] is not a metric; known: {sorted(METRICS)}")
         if not isinstance(options, dict):
             raise JobError(f"{path}: [metrics.{name}] must be a table of options")
-        if METRICS[name].needs_test:
-            raise JobError(
-                f"{path}: [metrics.{name}] compares each entry with a held-out test set "
-                "beside the training set, which a job's [reference] does not name: compute it "
-                f"with `shardeval {name} TRAIN TEST GEN`"
-            )
         try:
             metrics[name] = METRICS[name](options)
         except MetricOptionError as exc:
@@ -272,6 +271,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         f"{path}: [reference]", raw.get("reference", {}), _SECTIONS["reference"] or set()
     )
     engine = _check_keys(f"{path}: [engine]", raw.get("engine", {}), _SECTIONS["engine"] or set())
+    ref = dict(ref)
+    test = ref.pop("test", None)
     if len(ref) > 1 or ("reference" in raw and not ref):
         raise JobError(f"{path}: [reference] needs exactly one of 'store', 'stats' or 'images'")
     ref_kind, ref_path = next(iter(ref.items()), (None, None))
@@ -300,6 +301,8 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     settings = _settings(path, {"job": job, "engine": engine})
     metrics = _metrics(path, raw.get("metrics"))
     _check_settings(path, metrics, settings)
+    test = _test_set(path, base, metrics, test)
+    per_sample = _per_sample(path, base, metrics, job.get("per_sample"))
     compared = sorted(name for name, m in metrics.items() if m.needs_reference)
     if ref_kind is None and compared:
         raise JobError(
@@ -334,7 +337,49 @@ def load_job(path: str | os.PathLike[str]) -> Job:
         settings=settings,
         reference_images=ref_path if ref_kind == "images" else None,
         extract=extract,
+        test_store=test,
+        per_sample=per_sample,
     )
+
+
+def _test_set(path: str, base: str, metrics: dict[str, Metric], given: Any) -> str | None:
+    """The held-out test set ([reference] test), given exactly when a metric of the job reads
+    one, as features (:func:`shardeval.api.heldout.check_test`'s checks)."""
+    from shardeval._words import marked
+    from shardeval.api.heldout import check_test
+    from shardeval.pipeline.errors import ShardevalError
+
+    test = None if given is None else _resolve(base, _string(f"{path}: reference.test", given))
+    try:
+        check_test(list(metrics.values()), test)
+    except ShardevalError as exc:
+        words = marked(exc).replace("«test»", "'test' in [reference]")
+        raise JobError(f"{path}: reference.test: {words}") from None
+    return test
+
+
+def gives_per_sample(metric: Metric) -> bool:
+    """Whether ``metric``, as its options ask, gives values per generated row."""
+    return any(o.per_row for o in metric.outputs) and bool(metric.options.get("per_sample", True))
+
+
+def _per_sample(path: str, base: str, metrics: dict[str, Metric], given: Any) -> str | None:
+    """The folder of the entries' per-sample groups ([job] per_sample): local, and only where
+    a metric of the job gives such values (else it would be ignored)."""
+    if given is None:
+        return None
+    folder = _string(f"{path}: job.per_sample", given)
+    if "://" in folder:
+        raise JobError(
+            f"{path}: job.per_sample {folder!r}: per-sample groups are written on a local path"
+        )
+    if not any(gives_per_sample(m) for m in metrics.values()):
+        takers = sorted(n for n, cls in METRICS.items() if any(o.per_row for o in cls.outputs))
+        raise JobError(
+            f"{path}: job.per_sample is where per-sample values go, and no metric of the job "
+            f"gives them: set per_sample = true in [metrics.NAME] (NAME one of {takers})"
+        )
+    return os.path.normpath(_resolve(base, folder))
 
 
 def _settings(path: str, sections: dict[str, dict[str, Any]]) -> dict[str, Any]:

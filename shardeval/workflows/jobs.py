@@ -33,6 +33,13 @@ from shardeval.workflows.job_inputs import (
     reference_location,
     reference_of,
 )
+from shardeval.workflows.job_per_sample import (
+    claim_groups,
+    kept_group,
+    per_row_metrics,
+    with_per_sample,
+    write_group,
+)
 from shardeval.workflows.job_spec import Job, JobError
 from shardeval.workflows.jobfile import load_job
 from shardeval.workflows.madeby import (
@@ -105,6 +112,8 @@ def run_job(
     start = time.perf_counter()
     engine = engine or engines.engine()
     prepared = prepare(job)
+    inputs = [e.store for e in job.entries] + [reference_location(job), job.test_store or ""]
+    claim_groups(job, inputs)
     history = History(job.history)
     compared = any(m.needs_reference for m in job.metrics.values())
     # --verify: bytes decide, the reference's as well as each entry's.
@@ -163,7 +172,15 @@ def _run_entries(
 
     engine, progress = session.run.engine, session.run.progress
     declarations = job.declarations()
-    digests = {name: job.metric_digest(name) for name in job.metrics}
+    # The results of a metric that reads the test set are of that test set too.
+    digests = {
+        name: digest_of(job.metric_digest(name), prepared.test_digest)
+        if metric.needs_test
+        else job.metric_digest(name)
+        for name, metric in job.metrics.items()
+    }
+    test_content = entry_bytes(job.test_store, None) if verify and job.test_store else None
+    test_made = {} if prepared.test is None else features_made_by(prepared.test)
     engine_text = json.dumps(engine.describe(), sort_keys=True)
     compared = reference.reference is not None
     reference_made = _reference_made_by(job, reference) if compared else {}
@@ -182,7 +199,8 @@ def _run_entries(
             settings = ()
             if "://" not in entry.store:  # looked at again only where that is cheap
                 listings["store_listing"] = digest
-        content = digest_of(read, *settings, reference_content) if verify else ""
+        held_out = [test_content] if test_content else []
+        content = digest_of(read, *settings, reference_content, *held_out) if verify else ""
         row = HistoryRow(
             name=entry.name,
             store=entry.store,
@@ -197,9 +215,13 @@ def _run_entries(
             seconds=0.0,
             created="",
             content_digest=content,
+            test=job.test_store or "",
+            test_fingerprint=prepared.test_digest,
+            test_made_by=json.dumps(test_made, sort_keys=True) if test_made else "",
         )
         done = set() if force else history.current(row, digests, check_content=verify)
         wanted = {name: metric for name, metric in job.metrics.items() if name not in done}
+        wanted = with_per_sample(job, entry, wanted)
         if not wanted:
             summary.skipped.append(entry.name)
             log(f"[{i}/{len(job.entries)}] {entry.name}: already in the history, skipped")
@@ -210,7 +232,13 @@ def _run_entries(
             if entry.images
             else prepared.sources[entry.name]
         )
-        report = session.measure(real, source, list(wanted.values()))
+        reads_test = any(m.needs_test for m in wanted.values())
+        test = prepared.test if reads_test else None
+        report = session.measure(real, source, list(wanted.values()), test=test)
+        group = ""
+        if job.per_sample is not None and per_row_metrics(job) & set(wanted):
+            group = write_group(job, entry, report)
+            log(f"[{i}/{len(job.entries)}] {entry.name}: per-sample values -> {group}")
         per_row = {o.name for m in wanted.values() for o in m.outputs if o.per_row}
         values = {
             k: v
@@ -226,6 +254,7 @@ def _run_entries(
                 "created": now_iso(),
                 "made_by": json.dumps(made_by, sort_keys=True),
                 "reference_made_by": json.dumps(reference_made, sort_keys=True),
+                "per_sample": group or kept_group(job, entry),
             }
         )
         made_rows.append(

@@ -89,8 +89,7 @@ def test_every_route_gives_one_section(sets, capsys, metric):
 #: Registered metrics of features without a command of their own (any registered later too):
 #: `metrics --metrics NAME`, se.metrics and a job's history row, with an option away from its
 #: default where they have one worth setting. A metric that also reads a held-out test set
-#: (C_T) has its routes tested with its mathematics (tests/pipeline/test_copying.py): a job's
-#: [reference] names no test set.
+#: has its routes below.
 LISTED = {"kl_gaussian": {"ridge": 0.25}, "vendi": {"q": 2.0}}
 WITHOUT_COMMAND = sorted(
     name
@@ -145,3 +144,31 @@ def test_the_inception_score_routes_agree(tmp_path, capsys):
     python = se.inception_score(str(path), splits=4, as_logits=True, ci=0.9).to_dict()
     assert command["is"] == listed["is"] == python["is"]
     assert python["is"]["is_ci_low"] < python["is"]["is"] < python["is"]["is_ci_high"]
+
+
+#: Every registered metric that also reads a held-out test set (any registered later too).
+WITH_TEST = sorted(name for name, cls in METRICS.items() if cls.needs_test)
+
+
+@pytest.mark.parametrize("metric", WITH_TEST)
+def test_every_route_of_a_metric_with_a_test_set_gives_one_section(sets, capsys, metric):
+    """`metrics --metrics NAME --test TEST`, se.metrics(..., test=) and a job's history row
+    ([reference] test) give one section for the same training, test and generated sets."""
+    folder, real, gen = sets
+    test = str(folder / "test.npy")
+    np.save(test, np.random.default_rng(8).normal(size=(280, 6)))
+    listed = _cli(capsys, ["metrics", "--metrics", metric, "--test", test, real, gen])
+    python = se.metrics(real, gen, [metric], test=test).to_dict()
+    assert listed[metric] == python[metric]
+    (folder / f"{metric}-test.toml").write_text(
+        f'[job]\nname = "{metric}"\nhistory = "{metric}-test-history.zarr"\n'
+        f'[reference]\nstore = "{real}"\ntest = "{test}"\n'
+        f'[[entries]]\nname = "gen"\nstore = "{gen}"\nstep = 1\n[metrics.{metric}]\n'
+    )
+    run_job(load_job(folder / f"{metric}-test.toml"))
+    (row,) = History(str(folder / f"{metric}-test-history.zarr")).table()
+    arrays = {o.name for o in METRICS[metric].outputs if o.array}
+    for key, value in listed[metric].items():
+        if value is None or key in arrays:
+            continue
+        assert row[key] == value, key  # one computation: the same number on every route

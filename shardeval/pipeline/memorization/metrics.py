@@ -56,6 +56,7 @@ class AuthPct(Metric):
             array=True,
             optional=True,
             per_row=True,
+            worst="most memorised (smallest distance to the nearest training row)",
         ),
         Output(
             "authpct_nearest_index",

@@ -104,6 +104,8 @@ class Output:
             beside an exact estimate): then it is None, recorded as missing, never a number.
         per_row: an array with one value per row of the generated set: the reports of one
             evaluation carry it, a history (one row per entry, of any length) does not.
+        worst: of a per-row output, what its lowest values mark, as a report heads the rows
+            it lists first (``"least realistic"``); "" when its values are not ranked.
     """
 
     name: str
@@ -112,6 +114,7 @@ class Output:
     array: bool = False
     optional: bool = False
     per_row: bool = False
+    worst: str = ""
 
 
 @dataclass(frozen=True)

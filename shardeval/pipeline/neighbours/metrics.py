@@ -85,6 +85,7 @@ class PRDC(Metric):
             array=True,
             optional=True,
             per_row=True,
+            worst="least realistic (lowest realism score)",
         ),
     )
     plots: ClassVar[tuple[Plot, ...]] = (
