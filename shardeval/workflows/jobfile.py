@@ -367,6 +367,13 @@ def _per_sample(path: str, base: str, metrics: dict[str, Metric], given: Any) ->
     """The folder of the entries' per-sample groups ([job] per_sample): local, and only where
     a metric of the job gives such values (else it would be ignored)."""
     if given is None:
+        asked = sorted(n for n, m in metrics.items() if m.options.get("per_sample"))
+        if asked:  # else its per-row values would be computed and dropped
+            raise JobError(
+                f"{path}: metrics.{asked[0]}.per_sample = true: a job keeps per-sample values "
+                'only in per-sample groups: give [job] per_sample = "DIR" (one group per '
+                "entry), or leave per_sample out"
+            )
         return None
     folder = _string(f"{path}: job.per_sample", given)
     if "://" in folder:

@@ -198,6 +198,7 @@ def test_the_metric_by_every_route(tmp_path, capsys):
 
     from shardeval.workflows.cli import main
     from shardeval.workflows.history import History
+    from shardeval.workflows.job_spec import JobError
     from shardeval.workflows.jobs import load_job, run_job
 
     rng = np.random.default_rng(8)
@@ -220,16 +221,21 @@ def test_the_metric_by_every_route(tmp_path, capsys):
     assert main([*argv, "--json", "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["authpct"] == plain
     # A history holds one row per entry: the per-sample arrays (one value per generated row,
-    # of each entry's length) stay in the reports.
+    # of each entry's length) go to the entries' per-sample groups, which the job must name.
     np.save(tmp_path / "short.npy", gen[:90])
-    (tmp_path / "job.toml").write_text(
-        '[job]\nname = "memo"\nhistory = "history.zarr"\n'
+    job = (
+        '[job]\nname = "memo"\nhistory = "history.zarr"\n{rows}'
         f'[reference]\nstore = "{tmp_path / "train.npy"}"\n'
         f'[[entries]]\nname = "gen"\nstore = "{tmp_path / "gen.npy"}"\nstep = 1\n'
         f'[[entries]]\nname = "short"\nstore = "{tmp_path / "short.npy"}"\nstep = 2\n'
         "[metrics.authpct]\nper_sample = true\n"
     )
+    (tmp_path / "job.toml").write_text(job.format(rows=""))
+    with pytest.raises(JobError, match=r"metrics.authpct.per_sample = true: .* \[job\] per_sample"):
+        load_job(tmp_path / "job.toml")
+    (tmp_path / "job.toml").write_text(job.format(rows='per_sample = "rows"\n'))
     run_job(load_job(tmp_path / "job.toml"))
+    assert (tmp_path / "rows" / "short.zarr").exists()
     row, short = History(str(tmp_path / "history.zarr")).table()
     assert row["authpct"] == authpct
     assert short["authpct"] == authpct_reference(train, gen[:90])[0]

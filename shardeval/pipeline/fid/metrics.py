@@ -398,12 +398,8 @@ class FIDInfinity(Metric):
         o = self.options
         if not o["ci"]:
             return dict.fromkeys(
-                (
-                    "fid_inf_standard_error",
-                    "fid_inf_ci_low",
-                    "fid_inf_ci_high",
-                    "fid_inf_rows_for_se_target",
-                )
+                f"fid_inf_{k}"
+                for k in ("standard_error", "ci_low", "ci_high", "rows_for_se_target")
             )
         from shardeval.pipeline.fid.infinity import merged
         from shardeval.pipeline.fid.infinity_interval import fid_infinity_interval
