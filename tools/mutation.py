@@ -41,8 +41,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     # The core's states (core/states.py only gathers them): the registry and the merge
     # primitives (Chan's moments, log-sum-exp pairs), then the states by family. The merge laws
     # over every state, Moments' values, and the likelihood states' values (ScalarMoments,
-    # WeightStats, Histogram). The pair states (RowMean, RowLogSumExp, Magnitudes) are checked
-    # by value only through the pair metrics, in the mmd and neighbours entries.
+    # WeightStats, Histogram), Magnitudes' and Histogram's values and quantiles. The pair states
+    # (RowMean, RowLogSumExp) are checked by value only through the pair metrics, in the mmd and
+    # neighbours entries.
     "shardeval/pipeline/core/mergeable.py": (
         "tests/pipeline/test_states.py",
         "tests/pipeline/test_state_laws.py",
@@ -60,6 +61,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "shardeval/pipeline/core/count_states.py": (
         "tests/pipeline/test_states.py",
+        "tests/pipeline/test_count_states.py",
         "tests/pipeline/test_state_laws.py",
         "tests/pipeline/test_likelihood.py",
     ),
