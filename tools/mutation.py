@@ -79,7 +79,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/pipeline/test_statsio.py",
     ),
     # The jackknife's groups, replicates and interval against their definitions, alone and
-    # paired (FID(real, A) − FID(real, B)); the calibration tests (hundreds of replicates, a
+    # paired (FID(real, A) − FID(real, B)), and its parts (splitmix64, the closed form, the
+    # bounds on a replicate's rows, the engine); the calibration tests (hundreds of replicates, a
     # statistical check, seconds each) are left out: slow on every survivor.
     "shardeval/pipeline/fid/jackknife.py": tuple(
         f"tests/pipeline/{name}"
@@ -100,6 +101,7 @@ MODULES: dict[str, tuple[str, ...]] = {
             "test_paired_difference.py::"
             "test_a_reference_of_statistics_is_held_fixed_in_every_replicate",
             "test_paired_difference.py::test_sets_in_different_numbers_of_groups_are_refused",
+            "test_jackknife_parts.py",
         )
     ),
     "shardeval/pipeline/fid/infinity.py": ("tests/pipeline/test_samples.py",),
