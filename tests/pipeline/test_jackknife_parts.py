@@ -160,3 +160,30 @@ def test_the_replicates_run_on_the_engine_given():
     assert engine.tasks == 8  # four replicates of each distance
     alone = fid_difference_jackknife(0.0, real, a, b, 0.9, ("r", "a", "b"))
     np.testing.assert_allclose(paired.replicates, alone.replicates, rtol=1e-12)
+
+
+def test_the_groups_pass_reports_progress_and_names_a_side_with_nonfinite_rows(tmp_path):
+    from shardeval.pipeline.core.engine import Engine
+    from shardeval.pipeline.errors import NonFiniteError
+    from shardeval.pipeline.fid.jackknife import grouped_moments
+    from shardeval.pipeline.io.stores import open_features
+
+    rows = np.random.default_rng(5).normal(size=(96, 3))
+    rows[[7, 40], [0, 2]] = [np.nan, np.inf]
+    np.save(tmp_path / "side.npy", rows)
+    source = open_features(str(tmp_path / "side.npy"), shard_rows=16)
+    args = {"groups": 4, "seed": 0, "engine": Engine("sync"), "device": "cpu", "backend": "auto"}
+    with pytest.raises(NonFiniteError, match=r"side\.npy'.*first at rows 7, 40"):
+        grouped_moments(source, nonfinite="error", **args)
+    seen = []
+    got, dropped = grouped_moments(
+        source, nonfinite="drop", precision="fp64", progress=lambda *p: seen.append(p), **args
+    )
+    assert seen[-1] == (6, 6)  # every shard
+    assert dropped == 2
+    finite = np.isfinite(rows).all(axis=1)
+    ids = row_groups(0, len(rows), 4, 0)
+    for g, m in enumerate(got.groups):
+        mine = rows[finite & (ids == g)]
+        assert m.n == len(mine)
+        np.testing.assert_allclose(m.mean, mine.mean(axis=0), rtol=1e-12)
