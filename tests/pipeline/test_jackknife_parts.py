@@ -187,3 +187,60 @@ def test_the_groups_pass_reports_progress_and_names_a_side_with_nonfinite_rows(t
         mine = rows[finite & (ids == g)]
         assert m.n == len(mine)
         np.testing.assert_allclose(m.mean, mine.mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("tiny", [0, 1])
+def test_a_replicate_that_cannot_be_computed_names_its_side(tiny):
+    # Values of 1e-160: variances of 1e-320, below float64's normal range, which FID refuses
+    # naming the statistics' side, in the replicates as in the estimate.
+    rng = np.random.default_rng(6)
+    sides = [rng.normal(size=(100, 2)) for _ in range(2)]
+    sides[tiny] *= 1e-160
+    real, gen = (summarize_groups(x, 0, 4, 0, precision="fp64") for x in sides)
+    names = ("the-real", "the-gen")
+    with pytest.raises(NumericalError, match=f"'{names[tiny]}' have variances below"):
+        fid_jackknife(0.0, real, gen, 0.9, names)
+
+
+class _RecordingEngine:
+    """A local (or seemingly distributed) engine that records what the groups' pass asks."""
+
+    def __init__(self, distributed: bool):
+        from shardeval.pipeline.core.engine import Engine
+
+        self.is_distributed, self.asked, self.sync = distributed, {}, Engine("sync")
+
+    def reduce(self, roots, **options):
+        self.asked = options
+        if self.is_distributed:
+            raise _Reached
+        return self.sync.reduce(roots, **options)
+
+
+class _Reached(Exception):
+    pass
+
+
+def test_the_groups_pass_hands_its_fan_in_to_the_engine_and_leaves_a_clusters_devices_be(
+    tmp_path,
+):
+    import torch
+
+    from shardeval.pipeline.errors import EngineError
+    from shardeval.pipeline.fid.jackknife import grouped_moments
+    from shardeval.pipeline.io.stores import open_features
+
+    np.save(tmp_path / "side.npy", np.random.default_rng(7).normal(size=(64, 2)))
+    source = open_features(str(tmp_path / "side.npy"), shard_rows=8)
+    local = _RecordingEngine(distributed=False)
+    got, _ = grouped_moments(source, groups=3, seed=0, engine=local, device="cpu", split_every=3)
+    assert local.asked["split_every"] == 3
+    assert sum(m.n for m in got.groups) == 64
+    if not torch.cuda.is_available():
+        # this machine has no GPU: refused here, but a cluster's workers may have one
+        with pytest.raises(EngineError, match="no CUDA GPU"):
+            grouped_moments(source, groups=3, seed=0, engine=local, device="cuda")
+        with pytest.raises(_Reached):
+            grouped_moments(
+                source, groups=3, seed=0, engine=_RecordingEngine(distributed=True), device="cuda"
+            )
