@@ -55,6 +55,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "shardeval/pipeline/core/log_states.py": (
         "tests/pipeline/test_states.py",
+        "tests/pipeline/test_weight_stats.py",
         "tests/pipeline/test_state_laws.py",
         "tests/pipeline/test_likelihood.py",
         "tests/pipeline/test_ess_interval.py",
