@@ -30,16 +30,19 @@ def test_the_relative_variance_of_ess_is_the_delta_methods_from_the_moments(spre
         n = len(w)
         terms = n * (4 * s2 / s1**2 + 4 * s3 / (s1 * s2) + s4 / s2**2) + 1
         bound = terms * 4 * (math.log2(n) + 1) * np.finfo(np.float64).eps
-        assert stats.ess_fraction_rounding() == pytest.approx(bound, rel=1e-9)
+        assert stats.ess_fraction_rounding() == pytest.approx(bound, rel=1e-9, abs=0)
 
 
 def test_equal_weights_have_no_variance_and_none_below_zero():
     stats = WeightStats.from_values(np.full(1000, 3.0), keep=2, higher=True)
     assert stats.ess_fraction_relative_variance() == 0.0  # 4 − 4 + 1 − 1, rounded at most
     assert 0 < stats.ess_fraction_rounding() < 1e-9
+    # One weight: ESS/N = 1 exactly, no variance; the bound's approx has no absolute
+    # tolerance (pytest's default 1e-12 is above the bound itself).
     one = WeightStats.from_values(np.array([0.5]), keep=1, higher=True)
+    assert one.ess_fraction_relative_variance() == 0.0
     assert one.ess_fraction_rounding() == pytest.approx(
-        10 * 4 * np.finfo(np.float64).eps, rel=1e-12
+        10 * 4 * np.finfo(np.float64).eps, rel=1e-12, abs=0
     )  # N = 1: 4 + 4 + 1 + 1 terms, log₂ 1 + 1 = 1
 
 
