@@ -41,8 +41,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     # The core's states (core/states.py only gathers them): the registry and the merge
     # primitives (Chan's moments, log-sum-exp pairs), then the states by family. The merge laws
     # over every state, Moments' values, and the likelihood states' values (ScalarMoments,
-    # WeightStats, Histogram). The pair states (RowMean, RowLogSumExp, Magnitudes) are checked
-    # by value only through the pair metrics, in the mmd and neighbours entries.
+    # WeightStats, Histogram), Magnitudes' and Histogram's values and quantiles. The pair states
+    # (RowMean, RowLogSumExp) are checked by value only through the pair metrics, in the mmd and
+    # neighbours entries.
     "shardeval/pipeline/core/mergeable.py": (
         "tests/pipeline/test_states.py",
         "tests/pipeline/test_state_laws.py",
@@ -54,12 +55,14 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "shardeval/pipeline/core/log_states.py": (
         "tests/pipeline/test_states.py",
+        "tests/pipeline/test_weight_stats.py",
         "tests/pipeline/test_state_laws.py",
         "tests/pipeline/test_likelihood.py",
         "tests/pipeline/test_ess_interval.py",
     ),
     "shardeval/pipeline/core/count_states.py": (
         "tests/pipeline/test_states.py",
+        "tests/pipeline/test_count_states.py",
         "tests/pipeline/test_state_laws.py",
         "tests/pipeline/test_likelihood.py",
     ),
@@ -77,7 +80,8 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/pipeline/test_statsio.py",
     ),
     # The jackknife's groups, replicates and interval against their definitions, alone and
-    # paired (FID(real, A) − FID(real, B)); the calibration tests (hundreds of replicates, a
+    # paired (FID(real, A) − FID(real, B)), and its parts (splitmix64, the closed form, the
+    # bounds on a replicate's rows, the engine); the calibration tests (hundreds of replicates, a
     # statistical check, seconds each) are left out: slow on every survivor.
     "shardeval/pipeline/fid/jackknife.py": tuple(
         f"tests/pipeline/{name}"
@@ -98,6 +102,7 @@ MODULES: dict[str, tuple[str, ...]] = {
             "test_paired_difference.py::"
             "test_a_reference_of_statistics_is_held_fixed_in_every_replicate",
             "test_paired_difference.py::test_sets_in_different_numbers_of_groups_are_refused",
+            "test_jackknife_parts.py",
         )
     ),
     "shardeval/pipeline/fid/infinity.py": ("tests/pipeline/test_samples.py",),

@@ -327,6 +327,25 @@ def test_row_means_and_scalar_moments_are_numpys_on_the_concatenated_values(cuts
     assert scalars.standard_error() == pytest.approx(se, rel=1e-10)
 
 
+def test_scalar_moments_merged_with_single_values_are_numpys():
+    # Blocks of one value (a shard of one row of one value) on either side of a merge, and a
+    # chain of them: count, mean, variance and extremes of all the values.
+    from shardeval.pipeline.core.states import ScalarMoments
+
+    values = np.array([3.0, -1.5, 7.25, 0.5, 2.0])
+    ones = [ScalarMoments.from_values(values[i : i + 1]) for i in range(len(values))]
+    rest = ScalarMoments.from_values(values[1:])
+    for merged in (
+        ones[0].merge(rest),
+        rest.merge(ones[0]),
+        ones[0].merge(ones[1]).merge(ones[2]).merge(ones[3]).merge(ones[4]),
+    ):
+        assert merged.n == len(values)
+        assert merged.mean == pytest.approx(values.mean(), rel=1e-15)
+        assert merged.variance() == pytest.approx(values.var(ddof=1), rel=1e-14)
+        assert (merged.min, merged.max) == (values.min(), values.max())
+
+
 def test_scalar_moments_of_too_few_values_have_no_variance():
     # n ≤ ddof: no variance (NaN, never a division by zero); no standard error below 2
     # values; from 2 values, the sample's: |a − b| / 2 for two.
