@@ -243,9 +243,17 @@ def fid_replicates(
 
     Raises:
         ShapeError: a side whose rows without some group are fewer than 2, or fewer rows
-            than groups (a group with no row leaves no replicate).
+            than groups (a group with no row leaves no replicate); sides in different numbers
+            of groups.
     """
     from shardeval.pipeline.fid.gaussian import Gaussian
+
+    if not isinstance(real, Gaussian) and len(real.groups) != len(gen.groups):
+        raise ShapeError(
+            f"{locations[0]!r} is in {len(real.groups)} groups and {locations[1]!r} in "
+            f"{len(gen.groups)}: a group is dropped from both sides at once, so both need the "
+            "same «ci_groups»"
+        )
 
     sides = [(gen, locations[1])] + (
         [(real, locations[0])] if not isinstance(real, Gaussian) else []
