@@ -71,6 +71,15 @@ def _run_prdc5(paths: dict[str, str]) -> list[float]:
     return _run_prdc(paths, 5, 5)
 
 
+def _run_prdc_realism(paths: dict[str, str]) -> list[float]:
+    """PRDC with each generated row's realism score (Kynkäänniemi et al. 2019, Sec. 5) in the
+    same pass: its cost beside ``shardeval-prdc``'s; the value adds the scores' median."""
+    from shardeval.pipeline.pairwise.passes import PRDCParams
+
+    r = _shardeval(paths, prdc=PRDCParams(realism=True))["prdc"]
+    return [r.precision, r.recall, r.density, r.coverage, float(np.median(r.realism))]
+
+
 def _run_subset_kid(paths: dict[str, str], subsets: int = 100, size: int = 1000) -> float:
     """torch-fidelity's protocol: subsets drawn with one RandomState(2020), the unbiased MMD²
     (within-set sums without their diagonals over m(m−1), the cross mean over m²)."""
@@ -103,6 +112,7 @@ METHODS: dict[str, Callable[[dict[str, str]], Any]] = {
     "shardeval-kid": _run_kid,
     "shardeval-prdc": _run_prdc,
     "shardeval-prdc5": _run_prdc5,
+    "shardeval-realism": _run_prdc_realism,
     "subset-kid": _run_subset_kid,
     "prdc-package": _run_prdc_package,
 }
