@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,6 +163,15 @@ def prdc_from(
         errors=standard_errors(decisions, k, groups) if groups else None,
         realism=None if realism is None else realism_from(realism),
     )
+
+
+def sets_exponent(magnitudes: Sequence[Magnitudes], locations: Sequence[str]) -> int:
+    """:func:`distance_exponent` of several sets' values together (one factor for all of
+    them), the sets named by their locations."""
+    spread = magnitudes[0]
+    for more in magnitudes[1:]:
+        spread = spread.merge(more)
+    return distance_exponent(spread, " and ".join(repr(location) for location in locations))
 
 
 def distance_exponent(magnitudes: Magnitudes, names: str) -> int:

@@ -12,7 +12,7 @@ from shardeval.pipeline.core.chunks import check_device
 from shardeval.pipeline.core.engine import Engine, Progress
 from shardeval.pipeline.errors import ShapeError
 from shardeval.pipeline.io.stores import FeatureSource
-from shardeval.pipeline.neighbours.prdc import distance_exponent
+from shardeval.pipeline.neighbours.prdc import sets_exponent
 from shardeval.pipeline.pairwise.blocks import PairPlan, cross_statistics, inspect_sets, row_blocks
 from shardeval.pipeline.pairwise.pair_states import Nearest
 
@@ -71,11 +71,8 @@ def nearest_rows(
     seen = inspect_sets([reference, *sets], engine)
     exponent = 0
     if rb.float64 or any(b.float64 for b in blocks):  # float64 rows' distances in range
-        spread = seen[0].magnitudes
-        for s in seen[1:]:
-            spread = spread.merge(s.magnitudes)
-        names = ", ".join(repr(s.location) for s in (reference, *sets))
-        exponent = distance_exponent(spread, names)
+        locations = [s.location for s in (reference, *sets)]
+        exponent = sets_exponent([s.magnitudes for s in seen], locations)
     plan = PairPlan(nearest=True, device=device, backend=backend, exponent=exponent)
     found = []
     for b in blocks:

@@ -44,10 +44,10 @@ from shardeval.pipeline.mmd.kid import (
 )
 from shardeval.pipeline.neighbours import PR_K, K
 from shardeval.pipeline.neighbours.prdc import (
-    distance_exponent,
     prdc_from,
     radii,
     realism_radii,
+    sets_exponent,
 )
 from shardeval.pipeline.options import PRECISIONS
 from shardeval.pipeline.pairwise.blocks import (
@@ -210,9 +210,8 @@ def sample_metrics(
     exponent = 0
     # fp32 rows' float64 distances are in range
     if (prdc or memorization) and (rb.float64 or gb.float64):
-        spread = seen[0].magnitudes.merge(seen[-1].magnitudes)
-        names = repr(real.location) if same else f"{real.location!r} and {gen.location!r}"
-        exponent = distance_exponent(spread, names)
+        sources = [real] if same else [real, gen]
+        exponent = sets_exponent([s.magnitudes for s in seen], [s.location for s in sources])
     key = ("self", real.location, real.name, kid, cmmd, knn, rb.bounds, precision, exponent)
     cached = reference_cache.get(key) if reference_cache is not None else None
     if cached is not None:
