@@ -46,6 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shardeval.kernels.lse_numpy import row_logsumexp_numpy
 from shardeval.pipeline.errors import NumericalError, ShapeError
 from shardeval.pipeline.memorization import FLD_EVALUATE as EVALUATE
 from shardeval.pipeline.memorization import FLD_GEN_ROWS as GEN_ROWS
@@ -102,8 +103,8 @@ class Mixture:
         inv = np.exp(-self.log_var)
         for rows in _blocks(x.shape[0], m):
             a = -0.5 * squared_distances(x[rows], self.centres) * inv - 0.5 * d * self.log_var
-            top = a.max(axis=1)
-            out[rows] = top + np.log(np.exp(a - top[:, None]).sum(axis=1)) - const
+            top, total = row_logsumexp_numpy(a)
+            out[rows] = top + np.log(total) - const
         return out
 
     def nll(self, x: np.ndarray) -> float:
