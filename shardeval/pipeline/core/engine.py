@@ -38,6 +38,15 @@ from shardeval.pipeline.options import DEFAULT_SPLIT_EVERY
 #: ``progress(done, total)``: called as shard tasks finish.
 Progress = Callable[[int, int], None]
 
+
+def counting(progress: Progress | None, what: str) -> Progress | None:
+    """``progress`` told that it counts ``what``, when it takes such a word (a display whose
+    label says "shards" by default, passed on by a measurement that counts something else
+    too: images extracted first, a fit's epochs); else ``progress`` as it is."""
+    told = getattr(progress, "counting", None)
+    return told(what) if callable(told) else progress
+
+
 LOCAL_SCHEDULERS = ("threads", "sync")
 
 #: A distributed scheduler's address: a comm protocol and host:port, or a bare host:port.

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from shardeval.pipeline.core.chunks import check_device, uses_gpu
-from shardeval.pipeline.core.engine import Engine, Progress
+from shardeval.pipeline.core.engine import Engine, Progress, counting
 from shardeval.pipeline.core.reduce import SHARD_PREFIX
 from shardeval.pipeline.errors import StoreError
 from shardeval.pipeline.images.encoding import (
@@ -145,14 +145,6 @@ def _run(
     ]
     sizes = [len(args[-1]) for args in calls]
     return engine.run_delayed(tasks, progress=progress, sizes=sizes, gpu=gpu) if tasks else []
-
-
-def _counting(progress: Progress | None, what: str) -> Progress | None:
-    """``progress`` told that it counts ``what``, when it takes such a word (a display whose
-    label says "shards" by default, passed on by a measurement that extracts its inputs
-    first); else ``progress`` as it is."""
-    counting = getattr(progress, "counting", None)
-    return counting(what) if callable(counting) else progress
 
 
 def extract_features(
@@ -366,7 +358,7 @@ def extract_features(
             # This process is the worker: load the encoder now, so a bad checkpoint fails before
             # any task runs, and every task finds it in the cache.
             cached_encoder(spec, given, digest, device, mode)
-        counted = _counting(progress, "images")
+        counted = counting(progress, "images")
         results = _run(engine, "extract", extract_chunk, calls, counted, uses_gpu(device))
         left, chunks = missing_chunks(features)
         for extra in (scores, beside):
@@ -434,6 +426,6 @@ def _bad_images(
         (source.refs(range(i, min(i + CHECK_ROWS, len(source)))),)
         for i in range(0, len(source), CHECK_ROWS)
     ]
-    counted = _counting(progress, "images checked")
+    counted = counting(progress, "images checked")
     bad = [b for part in _run(engine, "check", check_chunk, calls, counted) for b in part]
     return [(source.names[i], reason) for i, reason in sorted(bad)]

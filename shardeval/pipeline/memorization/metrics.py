@@ -229,12 +229,6 @@ class DataCopying(_HeldOut):
         ]
 
 
-def _counting(context: Context, label: str) -> Any:
-    """The run's progress, its lines saying ``label`` (a terminal bar counts shards else)."""
-    counting = getattr(context.progress, "counting", None)
-    return counting(label) if counting is not None else context.progress
-
-
 class FLD(_HeldOut):
     """The feature likelihood divergence of Jiralerspong et al. (NeurIPS 2023) with the
     authors' defaults, :mod:`shardeval.pipeline.memorization.fld`: a mixture of Gaussians
@@ -290,6 +284,7 @@ class FLD(_HeldOut):
     run_options = ()  # float64 numpy in the client: no kernel, no products to make in fp32
 
     def compute(self, real: Side | None, gen: Side, context: Context) -> dict[str, Any]:
+        from shardeval.pipeline.core.engine import counting
         from shardeval.pipeline.core.reduce import shard_tasks
         from shardeval.pipeline.likelihood.gmm import every_row
         from shardeval.pipeline.memorization.fld import fld
@@ -308,7 +303,7 @@ class FLD(_HeldOut):
             evaluate=self.options["evaluate"],
             gen_rows=self.options["gen_rows"],
             seed=self.options["seed"],
-            progress=_counting(context, "epochs"),
+            progress=counting(context.progress, "epochs"),
         )
         return {
             "fld": r.fld,
