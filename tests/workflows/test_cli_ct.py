@@ -11,32 +11,38 @@ import pytest
 from shardeval.workflows.cli import main
 
 
-def _run(capsys, *argv):
+def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
 
 
-def _ct(capsys, f, command, *extra, gen="b"):
-    """C_T's section and options, from `ct` or from `metrics --metrics ct --test`."""
-    if command == "ct":
-        argv = ["ct", f["a"], f["a_test"], f[gen]]
+def held_out_section(capsys, f, metric, command, *extra, gen="b"):
+    """The section and options of a metric of a held-out test set (``metric``: ct, fld), from
+    its own command or from `metrics --metrics METRIC --test`."""
+    if command == metric:
+        argv = [metric, f["a"], f["a_test"], f[gen]]
     else:
-        argv = ["metrics", f["a"], f[gen], "--metrics", "ct", "--test", f["a_test"]]
-    code, out, err = _run(capsys, *argv, *extra, "--json", "-q")
+        argv = ["metrics", f["a"], f[gen], "--metrics", metric, "--test", f["a_test"]]
+    code, out, err = run(capsys, *argv, *extra, "--json", "-q")
     assert code == 0, err
     report = json.loads(out)
-    return {**report["ct"], **report["options"]["ct"]}
+    return {**report[metric], **report["options"][metric]}
+
+
+def _ct(capsys, f, command, *extra, gen="b"):
+    """C_T's section and options, from `ct` or from `metrics --metrics ct --test`."""
+    return held_out_section(capsys, f, "ct", command, *extra, gen=gen)
 
 
 def _refused(capsys, *argv, match):
-    code, _, err = _run(capsys, *argv, "-q")
+    code, _, err = run(capsys, *argv, "-q")
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1, err
     assert match in err, err
 
 
-def _refused_by_the_parser(capsys, *argv, match):
+def refused_by_the_parser(capsys, *argv, match):
     with pytest.raises(SystemExit) as exit_:
         main([str(a) for a in argv])
     assert exit_.value.code == 2
@@ -50,7 +56,7 @@ def check_cells(capsys, f, command, monkeypatch):
     assert (len(three["ct_zu"]), len(five["ct_zu"])) == (3, 5)
     assert three["ct"] != five["ct"]
     argv = ["ct", f["a"], f["a_test"], f["b"]]
-    _refused_by_the_parser(capsys, *argv, "--cells", "0", match="argument --cells")
+    refused_by_the_parser(capsys, *argv, "--cells", "0", match="argument --cells")
     _refused(capsys, "ct", f["a"], f["a_test"], f["b"], "--cells", "601", match="has 600 row")
 
 
@@ -83,7 +89,7 @@ def check_neighbours(capsys, f, command, monkeypatch):
     assert everywhere["ct_cross_cell"] > 0
     assert cell["ct"] != everywhere["ct"]
     argv = ["ct", f["a"], f["a_test"], f["b"], "--neighbours", "x"]
-    _refused_by_the_parser(capsys, *argv, match="argument --neighbours")
+    refused_by_the_parser(capsys, *argv, match="argument --neighbours")
 
 
 def check_ties(capsys, f, command, monkeypatch):
@@ -110,7 +116,7 @@ def check_test(capsys, f, command, monkeypatch):
 
 def check_ct_array(capsys, f, command, monkeypatch):
     def value(*stores, extra=()):
-        code, out, err = _run(capsys, "ct", *stores, *extra, "--json", "-q")
+        code, out, err = run(capsys, "ct", *stores, *extra, "--json", "-q")
         assert code == 0, err
         return json.loads(out)["ct"]["ct"]
 
@@ -127,10 +133,10 @@ def check_ct_array(capsys, f, command, monkeypatch):
 def check_ct_backend(capsys, f, command, monkeypatch):
     # No Triton kernel finds the nearest rows: the CPU path does, with either backend.
     argv = ["ct", f["a"], f["a_test"], f["b"]]
-    code, out, err = _run(capsys, *argv, "--backend", "triton", "--json", "-q")
+    code, out, err = run(capsys, *argv, "--backend", "triton", "--json", "-q")
     assert code == 0, err
     triton = json.loads(out)
-    code, out, err = _run(capsys, *argv, "--backend", "torch", "--json", "-q")
+    code, out, err = run(capsys, *argv, "--backend", "torch", "--json", "-q")
     torch = json.loads(out)
     assert triton["settings"]["backend"] == "triton"
     assert torch["settings"]["backend"] == "torch"

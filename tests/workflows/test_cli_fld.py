@@ -10,32 +10,12 @@ import numpy as np
 import pytest
 
 import shardeval as se
-from shardeval.workflows.cli import main
-
-
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.workflows.test_cli_ct import held_out_section, refused_by_the_parser, run
 
 
 def _fld(capsys, f, command, *extra, gen="b"):
     """FLD's section and options, from `fld` or from `metrics --metrics fld --test`."""
-    if command == "fld":
-        argv = ["fld", f["a"], f["a_test"], f[gen]]
-    else:
-        argv = ["metrics", f["a"], f[gen], "--metrics", "fld", "--test", f["a_test"]]
-    code, out, err = _run(capsys, *argv, *extra, "--json", "-q")
-    assert code == 0, err
-    report = json.loads(out)
-    return {**report["fld"], **report["options"]["fld"]}
-
-
-def _refused_by_the_parser(capsys, *argv, match):
-    with pytest.raises(SystemExit) as exit_:
-        main([str(a) for a in argv])
-    assert exit_.value.code == 2
-    assert match in capsys.readouterr().err
+    return held_out_section(capsys, f, "fld", command, *extra, gen=gen)
 
 
 def check_evaluate(capsys, f, command, monkeypatch):
@@ -53,7 +33,7 @@ def check_evaluate(capsys, f, command, monkeypatch):
     assert gap["fld"] == pytest.approx(100 * (gap["fld_nll_train"] - gap["fld_nll_test"]))
     assert len({test["fld"], train["fld"], gap["fld"]}) == 3
     argv = ["fld", f["a"], f["a_test"], f["b"], "--evaluate", "all"]
-    _refused_by_the_parser(capsys, *argv, match="argument --evaluate")
+    refused_by_the_parser(capsys, *argv, match="argument --evaluate")
 
 
 def check_gen_rows(capsys, f, command, monkeypatch):
@@ -63,7 +43,7 @@ def check_gen_rows(capsys, f, command, monkeypatch):
     assert whole["fld_n"] == part["fld_n"] == 500
     assert whole["fld"] != part["fld"]
     argv = ["fld", f["a"], f["a_test"], f["b"], "--gen-rows", "0"]
-    _refused_by_the_parser(capsys, *argv, match="argument --gen-rows")
+    refused_by_the_parser(capsys, *argv, match="argument --gen-rows")
 
 
 def check_fld_seed(capsys, f, command, monkeypatch):
@@ -76,7 +56,7 @@ def check_fld_seed(capsys, f, command, monkeypatch):
 
 def check_fld_array(capsys, f, command, monkeypatch):
     def value(*stores, extra=()):
-        code, out, err = _run(capsys, "fld", *stores, *extra, "--json", "-q")
+        code, out, err = run(capsys, "fld", *stores, *extra, "--json", "-q")
         assert code == 0, err
         return json.loads(out)["fld"]["fld"]
 
@@ -86,7 +66,7 @@ def check_fld_array(capsys, f, command, monkeypatch):
     )
     mixed = value(f["g"], f["a_test"], f["b"], extra=("--array", "u"))
     assert mixed == value(f["a"], f["a_test"], f["b"])
-    code, _, err = _run(capsys, "fld", f["a"], f["a_test"], f["b"], "--array", "u", "-q")
+    code, _, err = run(capsys, "fld", f["a"], f["a_test"], f["b"], "--array", "u", "-q")
     assert code == 2
     assert "single Zarr" in err
 
@@ -112,10 +92,10 @@ def sets(tmp_path):
 
 def test_every_route_gives_one_section_under_any_sharding(sets, capsys):
     train, test, gen = sets["train"], sets["test"], sets["gen"]
-    code, out, err = _run(capsys, "fld", train, test, gen, "--seed", "2", "--json", "-q")
+    code, out, err = run(capsys, "fld", train, test, gen, "--seed", "2", "--json", "-q")
     assert code == 0, err
     command = json.loads(out)
-    code, out, err = _run(
+    code, out, err = run(
         capsys,
         "metrics",
         train,
@@ -141,13 +121,13 @@ def test_every_route_gives_one_section_under_any_sharding(sets, capsys):
 
 def test_refusals_are_one_line(sets, capsys):
     train, test, gen = sets["train"], sets["test"], sets["gen"]
-    code, _, err = _run(capsys, "metrics", train, gen, "--metrics", "fld", "-q")
+    code, _, err = run(capsys, "metrics", train, gen, "--metrics", "fld", "-q")
     assert code == 2
     assert "give --test" in err
     assert len(err.strip().splitlines()) == 1
     wide = str(sets["gen"]).replace("gen.npy", "wide.npy")
     np.save(wide, np.ones((30, 6)))
-    code, _, err = _run(capsys, "fld", train, test, wide, "-q")
+    code, _, err = run(capsys, "fld", train, test, wide, "-q")
     assert code == 2
     assert "d=6" in err
     assert len(err.strip().splitlines()) == 1
